@@ -1,1 +1,26 @@
-//! wsgate-cluster
+//! The two seams between a wsgate node and the rest of its cluster.
+//!
+//! The gateway and the upstream manager never talk to Redis or NATS themselves. They use
+//! two small traits:
+//!
+//! - [`Broker`] moves messages between nodes: channel publications (with the per-channel
+//!   offset and epoch that make gaps detectable), sends to a user or to one connection, and
+//!   upstream topics. Every publication goes *through* the broker, even on a single node, so
+//!   that ordering and history have exactly one owner.
+//! - [`Store`] keeps the state that must outlive one node: presence today, connection
+//!   records, ownership and leases as the cluster grows.
+//!
+//! [`memory`] holds the embedded implementations: one process, no dependency, and no queue
+//! on the publish path (a publication is handed to the local [`Deliver`] sink synchronously,
+//! under the channel's own lock, which is what keeps per-channel order).
+
+mod broker;
+pub mod memory;
+mod model;
+mod store;
+
+pub use broker::{Broker, BrokerError, Deliver};
+pub use model::{
+    Envelope, NodeId, Publication, PublishRequest, Recovery, RecoveryGap, StreamPosition,
+};
+pub use store::{PresenceEntry, Store, StoreError};

@@ -1,1 +1,20 @@
-//! wsgate-core
+//! The logic of a wsgate node, without its sockets.
+//!
+//! - [`gateway`]: the inbound face. A [`gateway::Gateway`] owns the registry of client
+//!   connections (by id, by user, by channel), speaks the client protocol, fans out
+//!   publications that the [`wsgate_cluster::Broker`] hands it, and sweeps heartbeats.
+//!   It never touches a socket: each connection is an [`gateway::Connection`] with a
+//!   bounded outbox that the server's connection task drains into its WebSocket.
+//! - [`protocol`]: the JSON frames of the client protocol, decoded and encoded.
+//! - [`auth`]: who a connecting client is (none, or JWT HS256/RS256).
+//! - [`metrics`]: the Prometheus series every part of the node reports into.
+//!
+//! Time is passed in as a [`clock::Clock`], so the heartbeat sweep can be tested without
+//! waiting.
+
+pub mod auth;
+pub mod clock;
+pub mod gateway;
+pub mod ids;
+pub mod metrics;
+pub mod protocol;

@@ -1,0 +1,59 @@
+//! The [`Broker`] seam: how messages reach every node that should deliver them.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::model::{Envelope, NodeId, PublishRequest, Recovery, StreamPosition};
+
+/// A node's local delivery: the gateway implements it, the broker calls it.
+///
+/// `deliver` must not block or await: it hands the envelope to per-connection queues and
+/// returns how many connections accepted it. Brokers call it for one channel at a time in
+/// offset order.
+pub trait Deliver: Send + Sync + 'static {
+    fn deliver(&self, envelope: &Envelope) -> usize;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    #[error("broker error: {0}")]
+    Other(String),
+}
+
+/// Moves messages between the nodes of a cluster (or within the one node of the embedded
+/// default).
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Gives the local node's sink to the broker. Called once, before any traffic.
+    fn attach(&self, sink: Arc<dyn Deliver>);
+
+    /// Assigns the channel's next offset, appends the message to the channel's bounded
+    /// history and delivers it to every node, in offset order per channel. Returns the
+    /// publication's position and how many local connections took it.
+    async fn publish(&self, req: PublishRequest) -> Result<(StreamPosition, usize), BrokerError>;
+
+    /// Where the channel stands now.
+    async fn position(&self, channel: &str) -> Result<StreamPosition, BrokerError>;
+
+    /// Everything after `since` that history still holds, or the reason it cannot.
+    async fn recover(&self, channel: &str, since: &StreamPosition)
+    -> Result<Recovery, BrokerError>;
+
+    /// To every connection of `user`, on every node. Returns local deliveries.
+    async fn send_to_user(&self, user: &str, data: Bytes) -> Result<usize, BrokerError>;
+
+    /// To one connection, held by `node`. Returns whether it was delivered locally.
+    async fn send_to_connection(
+        &self,
+        node: &NodeId,
+        id: &str,
+        data: Bytes,
+    ) -> Result<usize, BrokerError>;
+
+    /// Whether the broker can take traffic now (feeds `/ready`).
+    fn is_healthy(&self) -> bool;
+}

@@ -1,0 +1,83 @@
+//! Values that cross the seams: what is published, where a stream stands, what recovery found.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// The id of a wsgate instance (`HOSTNAME` unless configured).
+pub type NodeId = Arc<str>;
+
+/// Where a channel's stream stands: the offset of its newest message, and the epoch that
+/// names this incarnation of the stream. An epoch changes whenever history is lost, so
+/// "offset 42 of epoch A" can never be mistaken for "offset 42 of epoch B".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamPosition {
+    pub offset: u64,
+    pub epoch: Arc<str>,
+}
+
+/// A publish as a backend or client asked for it; the broker turns it into a [`Publication`].
+#[derive(Debug, Clone)]
+pub struct PublishRequest {
+    pub channel: Arc<str>,
+    /// The `data` member as JSON text, already validated by the caller.
+    pub data: Bytes,
+    /// Seed 003's "broadcast to a team excluding a user".
+    pub exclude_user: Option<Arc<str>>,
+}
+
+/// One message of a channel's stream, with its place in that stream.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    pub channel: Arc<str>,
+    pub offset: u64,
+    pub epoch: Arc<str>,
+    pub data: Bytes,
+    pub exclude_user: Option<Arc<str>>,
+    /// Unix time in microseconds when the broker accepted it: the start of the
+    /// publish→deliver latency that nodes report.
+    pub published_at_us: u64,
+}
+
+/// What a broker hands to a node for local delivery.
+#[derive(Debug, Clone)]
+pub enum Envelope {
+    Channel(Publication),
+    /// To every connection of a user on this node.
+    User { user: Arc<str>, data: Bytes },
+    /// To one connection, by id.
+    Connection { id: Arc<str>, data: Bytes },
+}
+
+/// What a subscriber that asked for `since` gets back.
+#[derive(Debug, Clone)]
+pub struct Recovery {
+    /// The stream's position at the moment the subscription became live.
+    pub position: StreamPosition,
+    /// Messages after `since`, oldest first. Empty when nothing was missed or on a gap.
+    pub publications: Vec<Publication>,
+    /// `None` when every missed message is in `publications`.
+    pub gap: Option<RecoveryGap>,
+}
+
+/// Why a recovery could not be complete. Reported to the client, never hidden.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveryGap {
+    /// The stream the client knew is gone (history lost, store restarted): its epoch changed.
+    EpochChanged,
+    /// The client is further behind than the retained history reaches.
+    HistoryTruncated,
+    /// The client claims an offset the stream has not reached.
+    OffsetAhead,
+}
+
+impl RecoveryGap {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecoveryGap::EpochChanged => "epoch_changed",
+            RecoveryGap::HistoryTruncated => "history_truncated",
+            RecoveryGap::OffsetAhead => "offset_ahead",
+        }
+    }
+}

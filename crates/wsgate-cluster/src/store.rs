@@ -1,0 +1,30 @@
+//! The [`Store`] seam: state that must outlive one node.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store error: {0}")]
+    Other(String),
+}
+
+/// One connection present in a channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PresenceEntry {
+    pub connection_id: Arc<str>,
+    pub user: Arc<str>,
+    pub node: Arc<str>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn presence_join(&self, channel: &str, entry: PresenceEntry) -> Result<(), StoreError>;
+    async fn presence_leave(&self, channel: &str, connection_id: &str) -> Result<(), StoreError>;
+    async fn presence(&self, channel: &str) -> Result<Vec<PresenceEntry>, StoreError>;
+    fn is_healthy(&self) -> bool;
+}

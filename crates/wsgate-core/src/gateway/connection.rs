@@ -1,0 +1,289 @@
+//! One client connection as the rest of the node sees it.
+//!
+//! The server's connection task owns the socket; everyone else (publishers, the heartbeat
+//! sweep, the control API) holds an `Arc<Connection>` and talks to the task through the
+//! [`Outbox`] and the close request. Everything here is sized for 10k+ idle connections per
+//! node: counters are atomics, the outbox allocates nothing until it is used, and there is no
+//! per-connection timer (the sweep is one task for the whole node).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::Notify;
+use tungstenite::Utf8Bytes;
+
+use crate::auth::Identity;
+
+/// A channel publication encoded once per node and shared by every local subscriber.
+#[derive(Debug)]
+pub struct Delivery {
+    pub channel: Arc<str>,
+    pub offset: u64,
+    pub frame: Utf8Bytes,
+    pub published_at_us: u64,
+}
+
+/// What the connection task writes to the socket.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    Publication(Arc<Delivery>),
+    Frame(Utf8Bytes),
+    /// A WebSocket ping frame (the heartbeat).
+    Ping,
+}
+
+/// Why and how a connection is being closed. Set once; the first reason wins.
+#[derive(Debug, Clone)]
+pub struct CloseRequest {
+    pub code: u16,
+    /// Metric label and log field.
+    pub reason: &'static str,
+    /// Sent to the client in the close frame.
+    pub message: String,
+}
+
+/// The outbound queue was full: the client reads too slowly.
+#[derive(Debug)]
+pub struct Overflow;
+
+/// A bounded queue between publishers and one connection task. A `VecDeque` behind a
+/// short mutex instead of a channel: an idle connection costs no buffer at all, and the task
+/// drains everything queued in one lock and one socket flush.
+#[derive(Debug)]
+pub struct Outbox {
+    queue: Mutex<VecDeque<Outbound>>,
+    capacity: usize,
+    wake: Notify,
+}
+
+impl Outbox {
+    fn new(capacity: usize) -> Self {
+        Self {
+            queue: Mutex::new(VecDeque::new()),
+            capacity,
+            wake: Notify::new(),
+        }
+    }
+
+    /// Queues `item` unless the queue is full.
+    pub fn push(&self, item: Outbound) -> Result<(), Overflow> {
+        {
+            let mut q = self.queue.lock();
+            if q.len() >= self.capacity {
+                return Err(Overflow);
+            }
+            q.push_back(item);
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Queues a control frame even when full (a ping must not be refused by data).
+    pub fn push_control(&self, item: Outbound) {
+        self.queue.lock().push_back(item);
+        self.wake.notify_one();
+    }
+
+    /// Moves up to `max` queued items into `out`; returns how many.
+    pub fn drain_into(&self, out: &mut Vec<Outbound>, max: usize) -> usize {
+        let mut q = self.queue.lock();
+        let n = q.len().min(max);
+        out.extend(q.drain(..n));
+        // Give back a burst's memory once the queue is idle again.
+        if q.is_empty() && q.capacity() > 64 {
+            *q = VecDeque::new();
+        }
+        n
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Resolves when something was queued since the last call (a permit is kept if nobody
+    /// was waiting, so no wake-up is lost).
+    pub async fn ready(&self) {
+        self.wake.notified().await
+    }
+}
+
+/// Counters of one connection, for its debug view.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub messages_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub errors: AtomicU64,
+    /// Node clock (ms) of the last frame or pong from the client.
+    pub last_seen_ms: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl Stats {
+    pub fn record_error(&self, message: impl Into<String>) {
+        self.errors.fetch_add(1, Relaxed);
+        *self.last_error.lock() = Some(message.into());
+    }
+}
+
+#[derive(Debug)]
+pub struct Connection {
+    pub id: Arc<str>,
+    pub identity: Identity,
+    pub remote: Option<SocketAddr>,
+    pub connected_at_unix_ms: u64,
+    pub connected_at_ms: u64,
+    pub stats: Stats,
+    pub outbox: Outbox,
+    close: OnceLock<CloseRequest>,
+    closing: Notify,
+    channels: Mutex<Vec<Arc<str>>>,
+}
+
+impl Connection {
+    pub(crate) fn new(
+        id: Arc<str>,
+        identity: Identity,
+        remote: Option<SocketAddr>,
+        now_ms: u64,
+        outbox_capacity: usize,
+    ) -> Self {
+        let stats = Stats::default();
+        stats.last_seen_ms.store(now_ms, Relaxed);
+        Self {
+            id,
+            identity,
+            remote,
+            connected_at_unix_ms: crate::clock::unix_ms(),
+            connected_at_ms: now_ms,
+            stats,
+            outbox: Outbox::new(outbox_capacity),
+            close: OnceLock::new(),
+            closing: Notify::new(),
+            channels: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn user(&self) -> &Arc<str> {
+        &self.identity.user
+    }
+
+    /// Asks the connection task to close. Returns false if a close was already requested.
+    pub fn request_close(&self, code: u16, reason: &'static str, message: impl Into<String>) -> bool {
+        let first = self
+            .close
+            .set(CloseRequest {
+                code,
+                reason,
+                message: message.into(),
+            })
+            .is_ok();
+        if first {
+            self.closing.notify_one();
+        }
+        first
+    }
+
+    pub fn close_request(&self) -> Option<&CloseRequest> {
+        self.close.get()
+    }
+
+    /// Resolves once a close was requested.
+    pub async fn closing(&self) {
+        if self.close.get().is_none() {
+            self.closing.notified().await;
+        }
+    }
+
+    pub fn touch(&self, now_ms: u64) {
+        self.stats.last_seen_ms.store(now_ms, Relaxed);
+    }
+
+    pub fn channels(&self) -> Vec<Arc<str>> {
+        self.channels.lock().clone()
+    }
+
+    pub fn is_subscribed(&self, channel: &str) -> bool {
+        self.channels.lock().iter().any(|c| &**c == channel)
+    }
+
+    pub(crate) fn add_channel(&self, channel: Arc<str>) -> bool {
+        let mut c = self.channels.lock();
+        if c.iter().any(|x| *x == channel) {
+            return false;
+        }
+        c.push(channel);
+        true
+    }
+
+    pub(crate) fn remove_channel(&self, channel: &str) -> bool {
+        let mut c = self.channels.lock();
+        let before = c.len();
+        c.retain(|x| &**x != channel);
+        c.len() != before
+    }
+
+    pub(crate) fn take_channels(&self) -> Vec<Arc<str>> {
+        std::mem::take(&mut *self.channels.lock())
+    }
+
+    pub fn channel_count(&self) -> usize {
+        self.channels.lock().len()
+    }
+
+    /// Seed 003's per-connection debug view.
+    pub fn info(&self, node: &str, now_ms: u64) -> ConnectionInfo {
+        let s = &self.stats;
+        let last_seen = s.last_seen_ms.load(Relaxed);
+        ConnectionInfo {
+            id: self.id.to_string(),
+            kind: "gateway",
+            user: self.identity.user.to_string(),
+            channels: self.channels().iter().map(|c| c.to_string()).collect(),
+            connected_at_ms: self.connected_at_unix_ms,
+            uptime_ms: now_ms.saturating_sub(self.connected_at_ms),
+            last_heartbeat_ms_ago: now_ms.saturating_sub(last_seen),
+            messages_sent: s.messages_out.load(Relaxed),
+            messages_received: s.messages_in.load(Relaxed),
+            bytes_sent: s.bytes_out.load(Relaxed),
+            bytes_received: s.bytes_in.load(Relaxed),
+            errors: s.errors.load(Relaxed),
+            last_error: s.last_error.lock().clone(),
+            queue_depth: self.outbox.len(),
+            state: if self.close.get().is_some() { "closing" } else { "open" },
+            node: node.to_string(),
+            remote: self.remote.map(|a| a.to_string()),
+        }
+    }
+}
+
+/// A connection as the control API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionInfo {
+    pub id: String,
+    pub kind: &'static str,
+    pub user: String,
+    pub channels: Vec<String>,
+    pub connected_at_ms: u64,
+    pub uptime_ms: u64,
+    pub last_heartbeat_ms_ago: u64,
+    pub messages_sent: u64,
+    pub messages_received: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub errors: u64,
+    pub last_error: Option<String>,
+    pub queue_depth: usize,
+    pub state: &'static str,
+    pub node: String,
+    pub remote: Option<String>,
+}

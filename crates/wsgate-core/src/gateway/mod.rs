@@ -1,0 +1,359 @@
+//! The inbound face of a node: client connections, channels, users, presence, heartbeats.
+
+mod connection;
+mod registry;
+mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use tracing::{info, warn};
+use wsgate_cluster::{
+    Broker, BrokerError, Deliver, Envelope, NodeId, PresenceEntry, PublishRequest, Store,
+};
+
+pub use connection::{
+    CloseRequest, Connection, ConnectionInfo, Delivery, Outbound, Outbox, Overflow, Stats,
+};
+pub use registry::Registry;
+pub use session::Session;
+
+use crate::auth::Identity;
+use crate::clock::Clock;
+use crate::metrics::Metrics;
+use crate::protocol::{self, close};
+
+/// Who may publish from a client connection (backends always may, through the API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientPublish {
+    /// Clients never publish.
+    Deny,
+    /// Clients publish to channels they are subscribed to.
+    #[default]
+    Subscribed,
+    /// Clients publish to any channel their token allows.
+    Any,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub node: NodeId,
+    /// WebSocket ping interval. Default 30 s (seed 003).
+    pub heartbeat_interval: Duration,
+    /// Close (4008) a connection silent for this long. Default 65 s (seed 003).
+    pub heartbeat_timeout: Duration,
+    /// Frames queued per connection before it is closed as a slow consumer (4029).
+    pub outbox_capacity: usize,
+    pub client_publish: ClientPublish,
+    /// Protocol errors in a row before the connection is closed (1008).
+    pub max_protocol_errors: u32,
+    pub max_channels_per_connection: usize,
+}
+
+impl GatewayConfig {
+    pub fn new(node: NodeId) -> Self {
+        Self {
+            node,
+            heartbeat_interval: Duration::from_secs(30),
+            heartbeat_timeout: Duration::from_secs(65),
+            outbox_capacity: 1024,
+            client_publish: ClientPublish::default(),
+            max_protocol_errors: 10,
+            max_channels_per_connection: 256,
+        }
+    }
+}
+
+/// Why a gateway operation failed, as the control API reports it.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// Seed 000's exact string.
+    #[error("Connection not found")]
+    ConnectionNotFound,
+    #[error("{0}")]
+    InvalidData(String),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// Presence of a channel across the cluster.
+#[derive(Debug, Clone, Serialize)]
+pub struct Presence {
+    pub channel: String,
+    pub users: Vec<String>,
+    pub connections: usize,
+}
+
+pub struct Gateway {
+    pub config: GatewayConfig,
+    pub registry: Arc<Registry>,
+    pub broker: Arc<dyn Broker>,
+    pub store: Arc<dyn Store>,
+    pub metrics: Metrics,
+    pub clock: Clock,
+}
+
+impl Gateway {
+    /// Builds the gateway and attaches its local delivery to the broker.
+    pub fn new(
+        config: GatewayConfig,
+        broker: Arc<dyn Broker>,
+        store: Arc<dyn Store>,
+        metrics: Metrics,
+    ) -> Arc<Self> {
+        let registry = Arc::new(Registry::default());
+        broker.attach(Arc::new(LocalDelivery {
+            registry: registry.clone(),
+            metrics: metrics.clone(),
+        }));
+        Arc::new(Self {
+            config,
+            registry,
+            broker,
+            store,
+            metrics,
+            clock: Clock::new(),
+        })
+    }
+
+    pub fn node(&self) -> &NodeId {
+        &self.config.node
+    }
+
+    /// Registers a new client connection; the caller sends `hello` and runs its task.
+    pub fn open(&self, identity: Identity, remote: Option<SocketAddr>) -> Arc<Connection> {
+        let id = crate::ids::new_connection_id(&self.config.node);
+        let conn = Arc::new(Connection::new(
+            id,
+            identity,
+            remote,
+            self.clock.now_ms(),
+            self.config.outbox_capacity,
+        ));
+        self.registry.insert(conn.clone());
+        self.metrics.connections.inc();
+        self.metrics.active_connections.inc();
+        info!(connection_id = %conn.id, user = %conn.user(), remote = ?remote, "connected");
+        conn
+    }
+
+    /// The `hello` frame for a new connection.
+    pub fn hello(&self, conn: &Connection) -> tungstenite::Utf8Bytes {
+        protocol::Frame::op("hello")
+            .str("connection_id", &conn.id)
+            .str("node", &self.config.node)
+            .str("user", conn.user())
+            .num("heartbeat_ms", self.config.heartbeat_interval.as_millis() as u64)
+            .finish()
+    }
+
+    /// Forgets a connection whose task has ended. `reason` labels the metric and the log.
+    pub async fn close(&self, conn: &Connection, reason: &'static str, code: Option<u16>) {
+        let channels = self.registry.remove(conn);
+        self.metrics.subscriptions.dec_by(channels.len() as i64);
+        for channel in &channels {
+            if let Err(e) = self.store.presence_leave(channel, &conn.id).await {
+                self.metrics.store_errors.inc();
+                warn!(connection_id = %conn.id, error = %e, "presence leave failed");
+            }
+        }
+        self.metrics.active_connections.dec();
+        self.metrics.disconnected(reason);
+        info!(
+            connection_id = %conn.id,
+            user = %conn.user(),
+            reason,
+            code,
+            uptime_ms = self.clock.now_ms().saturating_sub(conn.connected_at_ms),
+            "disconnected"
+        );
+    }
+
+    /// Publishes to a channel through the broker (every node, in offset order).
+    pub async fn publish(
+        &self,
+        channel: &str,
+        data: Bytes,
+        exclude_user: Option<&str>,
+    ) -> Result<(u64, Arc<str>, usize), GatewayError> {
+        let req = PublishRequest {
+            channel: channel.into(),
+            data,
+            exclude_user: exclude_user.map(Into::into),
+        };
+        let (pos, delivered) = self.broker.publish(req).await.inspect_err(|_| {
+            self.metrics.broker_errors.inc();
+        })?;
+        self.count_publication("channel");
+        Ok((pos.offset, pos.epoch, delivered))
+    }
+
+    pub async fn send_to_user(&self, user: &str, data: Bytes) -> Result<usize, GatewayError> {
+        let n = self.broker.send_to_user(user, data).await.inspect_err(|_| {
+            self.metrics.broker_errors.inc();
+        })?;
+        self.count_publication("user");
+        Ok(n)
+    }
+
+    pub async fn send_to_connection(&self, id: &str, data: Bytes) -> Result<(), GatewayError> {
+        let node = crate::ids::node_of(id).ok_or(GatewayError::ConnectionNotFound)?;
+        let n = self
+            .broker
+            .send_to_connection(&NodeId::from(node), id, data)
+            .await
+            .inspect_err(|_| {
+                self.metrics.broker_errors.inc();
+            })?;
+        self.count_publication("connection");
+        if n == 0 {
+            return Err(GatewayError::ConnectionNotFound);
+        }
+        Ok(())
+    }
+
+    fn count_publication(&self, kind: &'static str) {
+        self.metrics
+            .publications
+            .get_or_create(&crate::metrics::KindLabel { kind })
+            .inc();
+    }
+
+    /// Closes one connection on request of the control API.
+    pub fn kick(&self, id: &str, message: &str) -> Result<(), GatewayError> {
+        let conn = self.registry.get(id).ok_or(GatewayError::ConnectionNotFound)?;
+        conn.request_close(close::KICKED, "kicked", message);
+        Ok(())
+    }
+
+    /// Asks every connection to close with 1001 (shutdown).
+    pub fn close_all(&self, message: &str) {
+        for conn in self.registry.all() {
+            conn.request_close(close::GOING_AWAY, "shutdown", message);
+        }
+    }
+
+    pub async fn presence(&self, channel: &str) -> Result<Presence, GatewayError> {
+        let entries = self.store.presence(channel).await.map_err(|e| {
+            self.metrics.store_errors.inc();
+            GatewayError::Broker(BrokerError::Unavailable(e.to_string()))
+        })?;
+        Ok(presence_of(channel, entries))
+    }
+
+    pub(crate) async fn presence_join(&self, channel: &str, conn: &Connection) {
+        let entry = PresenceEntry {
+            connection_id: conn.id.clone(),
+            user: conn.user().clone(),
+            node: self.config.node.clone(),
+        };
+        if let Err(e) = self.store.presence_join(channel, entry).await {
+            self.metrics.store_errors.inc();
+            warn!(connection_id = %conn.id, channel, error = %e, "presence join failed");
+        }
+    }
+
+    /// One heartbeat sweep: closes connections silent for longer than the timeout (4008)
+    /// and, when `ping` is set, queues a WebSocket ping to every other one.
+    pub fn sweep(&self, ping: bool) -> SweepReport {
+        let now = self.clock.now_ms();
+        let timeout = self.config.heartbeat_timeout.as_millis() as u64;
+        let mut report = SweepReport::default();
+        for conn in self.registry.all() {
+            let silent = now.saturating_sub(conn.stats.last_seen_ms.load(Relaxed));
+            if silent > timeout {
+                if conn.request_close(
+                    close::HEARTBEAT_TIMEOUT,
+                    "heartbeat_timeout",
+                    "heartbeat timeout",
+                ) {
+                    self.metrics.heartbeat_failures.inc();
+                    warn!(connection_id = %conn.id, user = %conn.user(), silent_ms = silent, "heartbeat timeout");
+                    report.closed += 1;
+                }
+            } else if ping {
+                conn.outbox.push_control(Outbound::Ping);
+                report.pinged += 1;
+            }
+        }
+        report
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    pub pinged: usize,
+    pub closed: usize,
+}
+
+fn presence_of(channel: &str, entries: Vec<PresenceEntry>) -> Presence {
+    let mut users: Vec<String> = entries.iter().map(|e| e.user.to_string()).collect();
+    users.sort();
+    users.dedup();
+    Presence {
+        channel: channel.to_string(),
+        users,
+        connections: entries.len(),
+    }
+}
+
+/// The broker's way into this node: fans envelopes out to local outboxes.
+struct LocalDelivery {
+    registry: Arc<Registry>,
+    metrics: Metrics,
+}
+
+impl LocalDelivery {
+    fn push(&self, conn: &Connection, item: Outbound) -> bool {
+        match conn.outbox.push(item) {
+            Ok(()) => true,
+            Err(Overflow) => {
+                if conn.request_close(close::SLOW_CONSUMER, "slow_consumer", "slow consumer: outbox full") {
+                    self.metrics.slow_consumers.inc();
+                    warn!(connection_id = %conn.id, user = %conn.user(), "slow consumer closed");
+                }
+                false
+            }
+        }
+    }
+}
+
+impl Deliver for LocalDelivery {
+    fn deliver(&self, envelope: &Envelope) -> usize {
+        match envelope {
+            Envelope::Channel(p) => {
+                let Some(subs) = self.registry.subscribers(&p.channel) else {
+                    return 0;
+                };
+                let delivery = Arc::new(Delivery {
+                    channel: p.channel.clone(),
+                    offset: p.offset,
+                    frame: protocol::channel_message(&p.channel, p.offset, &p.data),
+                    published_at_us: p.published_at_us,
+                });
+                let exclude = p.exclude_user.as_deref();
+                subs.iter()
+                    .filter(|c| exclude != Some(&**c.user()))
+                    .filter(|c| self.push(c, Outbound::Publication(delivery.clone())))
+                    .count()
+            }
+            Envelope::User { user, data } => {
+                let frame = protocol::direct_message(data);
+                self.registry
+                    .of_user(user)
+                    .iter()
+                    .filter(|c| self.push(c, Outbound::Frame(frame.clone())))
+                    .count()
+            }
+            Envelope::Connection { id, data } => match self.registry.get(id) {
+                Some(c) => usize::from(self.push(&c, Outbound::Frame(protocol::direct_message(data)))),
+                None => 0,
+            },
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! The client protocol, one connection at a time.
+//!
+//! A [`Session`] is owned by the connection task: it turns each text frame into answers and
+//! decides which queued publications to skip. Skipping is how a subscription joins a live
+//! stream without a hole or a duplicate: the subscriber is registered first (so nothing
+//! published afterwards is missed), then the stream position is read, then every queued
+//! publication at or below that position is dropped because the answer (`subscribed`, plus
+//! recovered history) already covers it.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use serde_json::value::RawValue;
+use tungstenite::Utf8Bytes;
+use wsgate_cluster::{Recovery, StreamPosition};
+
+use super::connection::{CloseRequest, Connection, Delivery};
+use super::{ClientPublish, Gateway};
+use crate::metrics::ReasonLabel;
+use crate::protocol::{self, ClientOp, Frame, ProtocolError, Since, close};
+
+pub struct Session {
+    pub conn: Arc<Connection>,
+    /// Per channel: publications up to this offset are already answered.
+    skip_through: Vec<(Arc<str>, u64)>,
+    errors_in_row: u32,
+}
+
+impl Session {
+    pub fn new(conn: Arc<Connection>) -> Self {
+        Self {
+            conn,
+            skip_through: Vec::new(),
+            errors_in_row: 0,
+        }
+    }
+
+    /// Whether a queued publication is already covered by a `subscribed` answer.
+    pub fn skips(&mut self, d: &Delivery) -> bool {
+        if self.skip_through.is_empty() {
+            return false;
+        }
+        let Some(i) = self.skip_through.iter().position(|(c, _)| *c == d.channel) else {
+            return false;
+        };
+        if d.offset <= self.skip_through[i].1 {
+            return true;
+        }
+        // The live stream has passed the answered position: no more skipping here.
+        self.skip_through.swap_remove(i);
+        false
+    }
+
+    /// Handles one text frame. `Ok` holds the frames to send back (possibly none);
+    /// `Err` means the connection must close.
+    pub async fn handle_text(
+        &mut self,
+        gw: &Gateway,
+        text: &str,
+    ) -> Result<Vec<Utf8Bytes>, CloseRequest> {
+        let conn = self.conn.clone();
+        conn.stats.messages_in.fetch_add(1, Relaxed);
+        conn.stats.bytes_in.fetch_add(text.len() as u64, Relaxed);
+        gw.metrics.messages_received.inc();
+        let (id, result) = match protocol::decode(text) {
+            Ok(req) => (req.id, self.handle(gw, req.id, req.op).await),
+            Err((id, e)) => (id, Err(e)),
+        };
+        match result {
+            Ok(frames) => {
+                self.errors_in_row = 0;
+                Ok(frames)
+            }
+            Err(e) => {
+                gw.metrics.protocol_error(e.code);
+                conn.stats.record_error(format!("{}: {}", e.code, e.message));
+                self.errors_in_row += 1;
+                if self.errors_in_row >= gw.config.max_protocol_errors {
+                    return Err(CloseRequest {
+                        code: close::POLICY_VIOLATION,
+                        reason: "protocol_abuse",
+                        message: format!("{} protocol errors in a row", self.errors_in_row),
+                    });
+                }
+                Ok(vec![protocol::error_frame(id, &e)])
+            }
+        }
+    }
+
+    async fn handle(
+        &mut self,
+        gw: &Gateway,
+        id: Option<&RawValue>,
+        op: ClientOp<'_>,
+    ) -> Result<Vec<Utf8Bytes>, ProtocolError> {
+        match op {
+            ClientOp::Ping { ts } => {
+                let mut f = Frame::op("pong").id(id);
+                if let Some(ts) = ts {
+                    f = f.raw("ts", ts.get());
+                }
+                Ok(vec![f.finish()])
+            }
+            ClientOp::Subscribe { channel, since } => self.subscribe(gw, id, &channel, since).await,
+            ClientOp::Unsubscribe { channel } => {
+                if !gw.registry.unsubscribe(&channel, &self.conn) {
+                    return Err(ProtocolError::new(
+                        "not_subscribed",
+                        format!("not subscribed to `{channel}`"),
+                    ));
+                }
+                gw.metrics.subscriptions.dec();
+                self.skip_through.retain(|(c, _)| **c != *channel);
+                if let Err(e) = gw.store.presence_leave(&channel, &self.conn.id).await {
+                    gw.metrics.store_errors.inc();
+                    tracing::warn!(connection_id = %self.conn.id, error = %e, "presence leave failed");
+                }
+                Ok(vec![Frame::op("unsubscribed").id(id).str("channel", &channel).finish()])
+            }
+            ClientOp::Publish { channel, data } => {
+                self.check_grant(&channel)?;
+                let allowed = match gw.config.client_publish {
+                    ClientPublish::Deny => false,
+                    ClientPublish::Subscribed => self.conn.is_subscribed(&channel),
+                    ClientPublish::Any => true,
+                };
+                if !allowed {
+                    return Err(ProtocolError::new(
+                        "forbidden",
+                        format!("publishing to `{channel}` is not allowed"),
+                    ));
+                }
+                let data = bytes::Bytes::copy_from_slice(data.get().as_bytes());
+                let (offset, _, _) = gw
+                    .publish(&channel, data, None)
+                    .await
+                    .map_err(|e| ProtocolError::new("unavailable", e.to_string()))?;
+                Ok(vec![
+                    Frame::op("published")
+                        .id(id)
+                        .str("channel", &channel)
+                        .num("offset", offset)
+                        .finish(),
+                ])
+            }
+            ClientOp::Presence { channel } => {
+                self.check_grant(&channel)?;
+                let p = gw
+                    .presence(&channel)
+                    .await
+                    .map_err(|e| ProtocolError::new("unavailable", e.to_string()))?;
+                let users = serde_json::to_string(&p.users).unwrap_or_else(|_| "[]".into());
+                Ok(vec![
+                    Frame::op("presence")
+                        .id(id)
+                        .str("channel", &channel)
+                        .raw("users", &users)
+                        .num("connections", p.connections as u64)
+                        .finish(),
+                ])
+            }
+        }
+    }
+
+    fn check_grant(&self, channel: &str) -> Result<(), ProtocolError> {
+        if self.conn.identity.channels.allows(channel) {
+            Ok(())
+        } else {
+            Err(ProtocolError::new(
+                "forbidden",
+                format!("token does not grant channel `{channel}`"),
+            ))
+        }
+    }
+
+    async fn subscribe(
+        &mut self,
+        gw: &Gateway,
+        id: Option<&RawValue>,
+        channel: &str,
+        since: Option<Since>,
+    ) -> Result<Vec<Utf8Bytes>, ProtocolError> {
+        self.check_grant(channel)?;
+        let channel: Arc<str> = channel.into();
+        let fresh = !self.conn.is_subscribed(&channel);
+        if fresh && self.conn.channel_count() >= gw.config.max_channels_per_connection {
+            return Err(ProtocolError::new(
+                "too_many_channels",
+                format!(
+                    "at most {} channels per connection",
+                    gw.config.max_channels_per_connection
+                ),
+            ));
+        }
+        if fresh {
+            gw.registry.subscribe(&channel, &self.conn);
+            gw.metrics.subscriptions.inc();
+        }
+        let answer = match &since {
+            Some(s) => {
+                let since = StreamPosition {
+                    offset: s.offset,
+                    epoch: s.epoch.as_str().into(),
+                };
+                gw.broker.recover(&channel, &since).await
+            }
+            None => gw.broker.position(&channel).await.map(|position| Recovery {
+                position,
+                publications: Vec::new(),
+                gap: None,
+            }),
+        };
+        let recovery = match answer {
+            Ok(r) => r,
+            Err(e) => {
+                gw.metrics.broker_errors.inc();
+                if fresh {
+                    gw.registry.unsubscribe(&channel, &self.conn);
+                    gw.metrics.subscriptions.dec();
+                }
+                return Err(ProtocolError::new("unavailable", e.to_string()));
+            }
+        };
+        if fresh {
+            gw.presence_join(&channel, &self.conn).await;
+        }
+        self.skip_through.retain(|(c, _)| *c != channel);
+        self.skip_through
+            .push((channel.clone(), recovery.position.offset));
+
+        let mut f = Frame::op("subscribed")
+            .id(id)
+            .str("channel", &channel)
+            .num("offset", recovery.position.offset)
+            .str("epoch", &recovery.position.epoch);
+        if since.is_some() {
+            let outcome = recovery.gap.map_or("recovered", |g| g.as_str());
+            gw.metrics.recoveries.get_or_create(&ReasonLabel { reason: outcome }).inc();
+            f = f.bool("recovered", recovery.gap.is_none());
+            if let Some(gap) = recovery.gap {
+                f = f.str("gap", gap.as_str());
+            }
+        }
+        let mut frames = Vec::with_capacity(1 + recovery.publications.len());
+        frames.push(f.finish());
+        frames.extend(
+            recovery
+                .publications
+                .iter()
+                .map(|p| protocol::channel_message(&p.channel, p.offset, &p.data)),
+        );
+        Ok(frames)
+    }
+}

@@ -1,0 +1,366 @@
+//! The client protocol: JSON text frames, each with an `op`.
+//!
+//! Decoding is strict about shape and generous in its answers: every malformed frame maps to
+//! a [`ProtocolError`] whose code and message go back to the client in an `error` frame.
+//! Encoding builds frames by hand around pre-validated JSON, so that a publication is
+//! serialised once per node and its bytes shared by every subscriber.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tungstenite::Utf8Bytes;
+
+/// WebSocket close codes wsgate uses, and why.
+pub mod close {
+    /// The node is shutting down: reconnect (to another node).
+    pub const GOING_AWAY: u16 = 1001;
+    /// RFC 6455 protocol error (bad framing).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// Text frame that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// Policy violation: too many protocol errors in a row.
+    pub const POLICY_VIOLATION: u16 = 1008;
+    /// A frame above the configured maximum message size.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// Internal error.
+    pub const INTERNAL: u16 = 1011;
+    /// Authentication failed: missing, invalid or expired token.
+    pub const AUTH_FAILED: u16 = 4001;
+    /// Closed by an operator or backend through the control API.
+    pub const KICKED: u16 = 4003;
+    /// Neither a pong nor any frame arrived within the heartbeat timeout.
+    pub const HEARTBEAT_TIMEOUT: u16 = 4008;
+    /// The client read too slowly (its outbox overflowed) or exceeded a rate limit.
+    pub const SLOW_CONSUMER: u16 = 4029;
+}
+
+/// A `since` position sent by a client that wants what it missed.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Since {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+/// A decoded client frame. `id`, when the client sent one, is echoed in the answer.
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub id: Option<&'a RawValue>,
+    pub op: ClientOp<'a>,
+}
+
+#[derive(Debug)]
+pub enum ClientOp<'a> {
+    Subscribe {
+        channel: Cow<'a, str>,
+        since: Option<Since>,
+    },
+    Unsubscribe {
+        channel: Cow<'a, str>,
+    },
+    Publish {
+        channel: Cow<'a, str>,
+        data: &'a RawValue,
+    },
+    Ping {
+        ts: Option<&'a RawValue>,
+    },
+    Presence {
+        channel: Cow<'a, str>,
+    },
+}
+
+/// Why a frame was refused; `code` is stable and machine-readable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ProtocolError {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+pub const MAX_CHANNEL_LEN: usize = 256;
+
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow)]
+    op: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ChannelBody<'a> {
+    #[serde(borrow)]
+    channel: Cow<'a, str>,
+    since: Option<Since>,
+}
+
+#[derive(Deserialize)]
+struct PublishBody<'a> {
+    #[serde(borrow)]
+    channel: Cow<'a, str>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+struct PingBody<'a> {
+    #[serde(borrow)]
+    ts: Option<&'a RawValue>,
+}
+
+fn invalid(op: &str, e: serde_json::Error) -> ProtocolError {
+    ProtocolError::new("invalid_frame", format!("invalid {op} frame: {e}"))
+}
+
+fn check_channel(channel: Cow<'_, str>) -> Result<Cow<'_, str>, ProtocolError> {
+    if channel.is_empty() || channel.len() > MAX_CHANNEL_LEN {
+        return Err(ProtocolError::new(
+            "invalid_channel",
+            format!("channel names are 1 to {MAX_CHANNEL_LEN} bytes"),
+        ));
+    }
+    if channel.chars().any(char::is_control) {
+        return Err(ProtocolError::new(
+            "invalid_channel",
+            "channel names have no control characters",
+        ));
+    }
+    Ok(channel)
+}
+
+/// Decodes one text frame.
+pub fn decode(text: &str) -> Result<Request<'_>, (Option<&RawValue>, ProtocolError)> {
+    let head: Head<'_> = serde_json::from_str(text).map_err(|e| {
+        let code = if e.is_data() {
+            "invalid_frame"
+        } else {
+            "invalid_json"
+        };
+        (
+            None,
+            ProtocolError::new(code, format!("frame is not a JSON object: {e}")),
+        )
+    })?;
+    let id = head.id;
+    let fail = |e| (id, e);
+    let op = match head.op.as_deref() {
+        None => {
+            return Err(fail(ProtocolError::new(
+                "invalid_frame",
+                "missing field `op`",
+            )));
+        }
+        Some("subscribe") => {
+            let b: ChannelBody<'_> =
+                serde_json::from_str(text).map_err(|e| fail(invalid("subscribe", e)))?;
+            ClientOp::Subscribe {
+                channel: check_channel(b.channel).map_err(fail)?,
+                since: b.since,
+            }
+        }
+        Some("unsubscribe") => {
+            let b: ChannelBody<'_> =
+                serde_json::from_str(text).map_err(|e| fail(invalid("unsubscribe", e)))?;
+            ClientOp::Unsubscribe {
+                channel: check_channel(b.channel).map_err(fail)?,
+            }
+        }
+        Some("publish") => {
+            let b: PublishBody<'_> =
+                serde_json::from_str(text).map_err(|e| fail(invalid("publish", e)))?;
+            ClientOp::Publish {
+                channel: check_channel(b.channel).map_err(fail)?,
+                data: b.data,
+            }
+        }
+        Some("ping") => {
+            let b: PingBody<'_> =
+                serde_json::from_str(text).map_err(|e| fail(invalid("ping", e)))?;
+            ClientOp::Ping { ts: b.ts }
+        }
+        Some("presence") => {
+            let b: ChannelBody<'_> =
+                serde_json::from_str(text).map_err(|e| fail(invalid("presence", e)))?;
+            ClientOp::Presence {
+                channel: check_channel(b.channel).map_err(fail)?,
+            }
+        }
+        Some(other) => {
+            return Err(fail(ProtocolError::new(
+                "unknown_op",
+                format!("unknown op `{other}`"),
+            )));
+        }
+    };
+    Ok(Request { id, op })
+}
+
+/// Builds server frames. Every frame is one JSON object written into one buffer.
+pub struct Frame {
+    buf: String,
+}
+
+impl Frame {
+    pub fn op(op: &str) -> Self {
+        let mut buf = String::with_capacity(96);
+        buf.push_str("{\"op\":\"");
+        buf.push_str(op);
+        buf.push('"');
+        Self { buf }
+    }
+
+    pub fn str(mut self, key: &str, value: &str) -> Self {
+        self.key(key);
+        // Serialising a &str to a String cannot fail.
+        self.buf
+            .push_str(&serde_json::to_string(value).unwrap_or_default());
+        self
+    }
+
+    pub fn num(mut self, key: &str, value: u64) -> Self {
+        self.key(key);
+        self.buf.push_str(itoa::Buffer::new().format(value));
+        self
+    }
+
+    pub fn bool(mut self, key: &str, value: bool) -> Self {
+        self.key(key);
+        self.buf.push_str(if value { "true" } else { "false" });
+        self
+    }
+
+    /// `raw` must be valid JSON (it came from a parsed frame or a validated API body).
+    pub fn raw(mut self, key: &str, raw: &str) -> Self {
+        self.key(key);
+        self.buf.push_str(raw);
+        self
+    }
+
+    pub fn id(self, id: Option<&RawValue>) -> Self {
+        match id {
+            Some(id) => self.raw("id", id.get()),
+            None => self,
+        }
+    }
+
+    fn key(&mut self, key: &str) {
+        self.buf.push_str(",\"");
+        self.buf.push_str(key);
+        self.buf.push_str("\":");
+    }
+
+    pub fn finish(mut self) -> Utf8Bytes {
+        self.buf.push('}');
+        Utf8Bytes::from(self.buf)
+    }
+}
+
+/// `{"op":"error","code":…,"message":…}`.
+pub fn error_frame(id: Option<&RawValue>, e: &ProtocolError) -> Utf8Bytes {
+    Frame::op("error")
+        .id(id)
+        .str("code", e.code)
+        .str("message", &e.message)
+        .finish()
+}
+
+/// `{"op":"message","channel":…,"offset":…,"data":…}` for a channel publication.
+pub fn channel_message(channel: &str, offset: u64, data: &Bytes) -> Utf8Bytes {
+    Frame::op("message")
+        .str("channel", channel)
+        .num("offset", offset)
+        .raw("data", json_text(data))
+        .finish()
+}
+
+/// `{"op":"message","data":…}` for a message sent to a user or one connection.
+pub fn direct_message(data: &Bytes) -> Utf8Bytes {
+    Frame::op("message").raw("data", json_text(data)).finish()
+}
+
+/// The JSON text of a validated payload. Payloads enter only through validated paths
+/// (client frames, API bodies, broker messages checked on receipt); anything else becomes
+/// `null` rather than a broken frame.
+fn json_text(data: &Bytes) -> &str {
+    std::str::from_utf8(data).unwrap_or("null")
+}
+
+/// Validates that `data` is one JSON value and returns it as bytes for the broker.
+pub fn validate_json(data: &str) -> Result<Bytes, ProtocolError> {
+    serde_json::from_str::<&RawValue>(data)
+        .map(|raw| Bytes::copy_from_slice(raw.get().as_bytes()))
+        .map_err(|e| ProtocolError::new("invalid_json", format!("data is not JSON: {e}")))
+}
+
+/// A shared channel name, as stored in indexes.
+pub type Channel = Arc<str>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> &'static str {
+        decode(text).unwrap_err().1.code
+    }
+
+    #[test]
+    fn decodes_every_op() {
+        let r = decode(r#"{"op":"subscribe","channel":"team:42","id":7}"#).unwrap();
+        assert_eq!(r.id.unwrap().get(), "7");
+        assert!(matches!(r.op, ClientOp::Subscribe { ref channel, since: None } if channel == "team:42"));
+        let r = decode(r#"{"op":"subscribe","channel":"a","since":{"offset":3,"epoch":"e"}}"#)
+            .unwrap();
+        assert!(matches!(r.op, ClientOp::Subscribe { since: Some(Since { offset: 3, .. }), .. }));
+        let r = decode(r#"{"op":"publish","channel":"a","data":{"x":[1,2]}}"#).unwrap();
+        assert!(matches!(r.op, ClientOp::Publish { data, .. } if data.get() == r#"{"x":[1,2]}"#));
+        let r = decode(r#"{"op":"ping","ts":123}"#).unwrap();
+        assert!(matches!(r.op, ClientOp::Ping { ts: Some(t) } if t.get() == "123"));
+        assert!(matches!(
+            decode(r#"{"op":"presence","channel":"a"}"#).unwrap().op,
+            ClientOp::Presence { .. }
+        ));
+        assert!(matches!(
+            decode(r#"{"op":"unsubscribe","channel":"a"}"#).unwrap().op,
+            ClientOp::Unsubscribe { .. }
+        ));
+    }
+
+    #[test]
+    fn every_malformed_frame_has_a_code() {
+        assert_eq!(err("not json"), "invalid_json");
+        assert_eq!(err("[1,2]"), "invalid_frame");
+        assert_eq!(err(r#"{"channel":"a"}"#), "invalid_frame");
+        assert_eq!(err(r#"{"op":"dance"}"#), "unknown_op");
+        assert_eq!(err(r#"{"op":"subscribe"}"#), "invalid_frame");
+        assert_eq!(err(r#"{"op":"publish","channel":"a"}"#), "invalid_frame");
+        assert_eq!(err(r#"{"op":"subscribe","channel":""}"#), "invalid_channel");
+        let long = format!(r#"{{"op":"subscribe","channel":"{}"}}"#, "x".repeat(300));
+        assert_eq!(err(&long), "invalid_channel");
+        assert_eq!(decode(r#"{"op":"dance","id":"q"}"#).unwrap_err().0.unwrap().get(), "\"q\"");
+    }
+
+    #[test]
+    fn frames_are_valid_json() {
+        let f = channel_message("a\"b", 5, &Bytes::from_static(b"{\"k\":1}"));
+        let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
+        assert_eq!(v["channel"], "a\"b");
+        assert_eq!(v["offset"], 5);
+        assert_eq!(v["data"]["k"], 1);
+        let e = error_frame(None, &ProtocolError::new("x", "line\nbreak"));
+        let v: serde_json::Value = serde_json::from_str(e.as_str()).unwrap();
+        assert_eq!(v["message"], "line\nbreak");
+        assert!(validate_json("{").is_err());
+        assert_eq!(&validate_json(" [1] ").unwrap()[..], b"[1]");
+    }
+}
