@@ -45,9 +45,15 @@ pub struct Publication {
 pub enum Envelope {
     Channel(Publication),
     /// To every connection of a user on this node.
-    User { user: Arc<str>, data: Bytes },
+    User {
+        user: Arc<str>,
+        data: Bytes,
+    },
     /// To one connection, by id.
-    Connection { id: Arc<str>, data: Bytes },
+    Connection {
+        id: Arc<str>,
+        data: Bytes,
+    },
 }
 
 /// What a subscriber that asked for `since` gets back.

@@ -29,10 +29,12 @@ impl ChannelGrant {
     pub fn allows(&self, channel: &str) -> bool {
         match self {
             ChannelGrant::All => true,
-            ChannelGrant::Only(list) => list.iter().any(|pattern| match pattern.strip_suffix('*') {
-                Some(prefix) => channel.starts_with(prefix),
-                None => pattern == channel,
-            }),
+            ChannelGrant::Only(list) => {
+                list.iter().any(|pattern| match pattern.strip_suffix('*') {
+                    Some(prefix) => channel.starts_with(prefix),
+                    None => pattern == channel,
+                })
+            }
         }
     }
 }
@@ -102,16 +104,16 @@ impl Authenticator {
     pub fn authenticate(&self, token: Option<&str>) -> Result<Identity, AuthError> {
         match self {
             Authenticator::None => Ok(Identity {
-                user: format!("anon-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
-                    .into(),
+                user: format!("anon-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]).into(),
                 channels: ChannelGrant::All,
             }),
             Authenticator::Jwt { key, validation } => {
                 let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
-                let data = decode::<Claims>(token, key, validation).map_err(|e| match e.kind() {
-                    ErrorKind::ExpiredSignature => AuthError::Expired,
-                    kind => AuthError::Invalid(format!("{kind:?}")),
-                })?;
+                let data =
+                    decode::<Claims>(token, key, validation).map_err(|e| match e.kind() {
+                        ErrorKind::ExpiredSignature => AuthError::Expired,
+                        kind => AuthError::Invalid(format!("{kind:?}")),
+                    })?;
                 let user = data
                     .claims
                     .sub
@@ -135,25 +137,48 @@ mod tests {
     use jsonwebtoken::{EncodingKey, Header, encode};
 
     fn token(claims: serde_json::Value, secret: &[u8]) -> String {
-        encode(&Header::default(), &claims, &EncodingKey::from_secret(secret)).unwrap()
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
     }
 
     #[test]
     fn jwt_modes() {
         let auth = Authenticator::hs256(b"s3cret");
         let exp = crate::clock::unix_ms() / 1000 + 60;
-        let ok = token(serde_json::json!({"sub":"u1","exp":exp,"channels":["team:*","news"]}), b"s3cret");
+        let ok = token(
+            serde_json::json!({"sub":"u1","exp":exp,"channels":["team:*","news"]}),
+            b"s3cret",
+        );
         let id = auth.authenticate(Some(&ok)).unwrap();
         assert_eq!(&*id.user, "u1");
         assert!(id.channels.allows("team:42") && id.channels.allows("news"));
         assert!(!id.channels.allows("news2") && !id.channels.allows("admin"));
         assert_eq!(auth.authenticate(None).unwrap_err(), AuthError::Missing);
         let expired = token(serde_json::json!({"sub":"u1","exp":1000}), b"s3cret");
-        assert_eq!(auth.authenticate(Some(&expired)).unwrap_err(), AuthError::Expired);
+        assert_eq!(
+            auth.authenticate(Some(&expired)).unwrap_err(),
+            AuthError::Expired
+        );
         let forged = token(serde_json::json!({"sub":"u1","exp":exp}), b"other");
-        assert!(matches!(auth.authenticate(Some(&forged)), Err(AuthError::Invalid(_))));
-        assert!(matches!(auth.authenticate(Some("garbage")), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            auth.authenticate(Some(&forged)),
+            Err(AuthError::Invalid(_))
+        ));
+        assert!(matches!(
+            auth.authenticate(Some("garbage")),
+            Err(AuthError::Invalid(_))
+        ));
         assert!(!format!("{auth:?}").contains("s3cret"));
-        assert!(Authenticator::None.authenticate(None).unwrap().user.starts_with("anon-"));
+        assert!(
+            Authenticator::None
+                .authenticate(None)
+                .unwrap()
+                .user
+                .starts_with("anon-")
+        );
     }
 }

@@ -159,10 +159,14 @@ impl Metrics {
     }
 
     pub fn disconnected(&self, reason: &'static str) {
-        self.disconnections.get_or_create(&ReasonLabel { reason }).inc();
+        self.disconnections
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     pub fn protocol_error(&self, code: &'static str) {
-        self.protocol_errors.get_or_create(&CodeLabel { code }).inc();
+        self.protocol_errors
+            .get_or_create(&CodeLabel { code })
+            .inc();
     }
 }

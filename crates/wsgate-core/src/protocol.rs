@@ -318,10 +318,18 @@ mod tests {
     fn decodes_every_op() {
         let r = decode(r#"{"op":"subscribe","channel":"team:42","id":7}"#).unwrap();
         assert_eq!(r.id.unwrap().get(), "7");
-        assert!(matches!(r.op, ClientOp::Subscribe { ref channel, since: None } if channel == "team:42"));
-        let r = decode(r#"{"op":"subscribe","channel":"a","since":{"offset":3,"epoch":"e"}}"#)
-            .unwrap();
-        assert!(matches!(r.op, ClientOp::Subscribe { since: Some(Since { offset: 3, .. }), .. }));
+        assert!(
+            matches!(r.op, ClientOp::Subscribe { ref channel, since: None } if channel == "team:42")
+        );
+        let r =
+            decode(r#"{"op":"subscribe","channel":"a","since":{"offset":3,"epoch":"e"}}"#).unwrap();
+        assert!(matches!(
+            r.op,
+            ClientOp::Subscribe {
+                since: Some(Since { offset: 3, .. }),
+                ..
+            }
+        ));
         let r = decode(r#"{"op":"publish","channel":"a","data":{"x":[1,2]}}"#).unwrap();
         assert!(matches!(r.op, ClientOp::Publish { data, .. } if data.get() == r#"{"x":[1,2]}"#));
         let r = decode(r#"{"op":"ping","ts":123}"#).unwrap();
@@ -347,7 +355,14 @@ mod tests {
         assert_eq!(err(r#"{"op":"subscribe","channel":""}"#), "invalid_channel");
         let long = format!(r#"{{"op":"subscribe","channel":"{}"}}"#, "x".repeat(300));
         assert_eq!(err(&long), "invalid_channel");
-        assert_eq!(decode(r#"{"op":"dance","id":"q"}"#).unwrap_err().0.unwrap().get(), "\"q\"");
+        assert_eq!(
+            decode(r#"{"op":"dance","id":"q"}"#)
+                .unwrap_err()
+                .0
+                .unwrap()
+                .get(),
+            "\"q\""
+        );
     }
 
     #[test]

@@ -1,1 +1,36 @@
-fn main() {}
+//! `wsgate`: the WebSocket connection manager.
+//!
+//! - `wsgate serve`: run a node (embedded in-memory store and broker by default).
+//! - `wsgate bench`: the fan-out benchmark of docs/benchmarks.md.
+
+mod bench;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "wsgate",
+    version,
+    about = "WebSocket connection manager: gateway, upstream manager, control plane"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a wsgate node.
+    Serve(serve::ServeArgs),
+    /// Measure fan-out throughput, latency, CPU per delivery and memory per connection.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve::main(args),
+        Command::Bench(args) => bench::main(args),
+    }
+}

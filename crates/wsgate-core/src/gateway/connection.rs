@@ -178,7 +178,12 @@ impl Connection {
     }
 
     /// Asks the connection task to close. Returns false if a close was already requested.
-    pub fn request_close(&self, code: u16, reason: &'static str, message: impl Into<String>) -> bool {
+    pub fn request_close(
+        &self,
+        code: u16,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) -> bool {
         let first = self
             .close
             .set(CloseRequest {
@@ -259,7 +264,11 @@ impl Connection {
             errors: s.errors.load(Relaxed),
             last_error: s.last_error.lock().clone(),
             queue_depth: self.outbox.len(),
-            state: if self.close.get().is_some() { "closing" } else { "open" },
+            state: if self.close.get().is_some() {
+                "closing"
+            } else {
+                "open"
+            },
             node: node.to_string(),
             remote: self.remote.map(|a| a.to_string()),
         }

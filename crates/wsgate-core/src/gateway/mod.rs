@@ -148,7 +148,10 @@ impl Gateway {
             .str("connection_id", &conn.id)
             .str("node", &self.config.node)
             .str("user", conn.user())
-            .num("heartbeat_ms", self.config.heartbeat_interval.as_millis() as u64)
+            .num(
+                "heartbeat_ms",
+                self.config.heartbeat_interval.as_millis() as u64,
+            )
             .finish()
     }
 
@@ -194,9 +197,13 @@ impl Gateway {
     }
 
     pub async fn send_to_user(&self, user: &str, data: Bytes) -> Result<usize, GatewayError> {
-        let n = self.broker.send_to_user(user, data).await.inspect_err(|_| {
-            self.metrics.broker_errors.inc();
-        })?;
+        let n = self
+            .broker
+            .send_to_user(user, data)
+            .await
+            .inspect_err(|_| {
+                self.metrics.broker_errors.inc();
+            })?;
         self.count_publication("user");
         Ok(n)
     }
@@ -226,7 +233,10 @@ impl Gateway {
 
     /// Closes one connection on request of the control API.
     pub fn kick(&self, id: &str, message: &str) -> Result<(), GatewayError> {
-        let conn = self.registry.get(id).ok_or(GatewayError::ConnectionNotFound)?;
+        let conn = self
+            .registry
+            .get(id)
+            .ok_or(GatewayError::ConnectionNotFound)?;
         conn.request_close(close::KICKED, "kicked", message);
         Ok(())
     }
@@ -313,7 +323,11 @@ impl LocalDelivery {
         match conn.outbox.push(item) {
             Ok(()) => true,
             Err(Overflow) => {
-                if conn.request_close(close::SLOW_CONSUMER, "slow_consumer", "slow consumer: outbox full") {
+                if conn.request_close(
+                    close::SLOW_CONSUMER,
+                    "slow_consumer",
+                    "slow consumer: outbox full",
+                ) {
                     self.metrics.slow_consumers.inc();
                     warn!(connection_id = %conn.id, user = %conn.user(), "slow consumer closed");
                 }
@@ -351,7 +365,9 @@ impl Deliver for LocalDelivery {
                     .count()
             }
             Envelope::Connection { id, data } => match self.registry.get(id) {
-                Some(c) => usize::from(self.push(&c, Outbound::Frame(protocol::direct_message(data)))),
+                Some(c) => {
+                    usize::from(self.push(&c, Outbound::Frame(protocol::direct_message(data))))
+                }
                 None => 0,
             },
         }

@@ -60,7 +60,10 @@ impl Registry {
     }
 
     pub fn of_user(&self, user: &str) -> Vec<Arc<Connection>> {
-        self.by_user.get(user).map(|l| l.clone()).unwrap_or_default()
+        self.by_user
+            .get(user)
+            .map(|l| l.clone())
+            .unwrap_or_default()
     }
 
     pub fn subscribers(&self, channel: &str) -> Option<Subscribers> {
@@ -72,7 +75,10 @@ impl Registry {
         if !conn.add_channel(channel.clone()) {
             return false;
         }
-        let mut entry = self.channels.entry(channel.clone()).or_insert_with(|| Arc::new([]));
+        let mut entry = self
+            .channels
+            .entry(channel.clone())
+            .or_insert_with(|| Arc::new([]));
         let next: Subscribers = entry.iter().cloned().chain([conn.clone()]).collect();
         *entry = next;
         true

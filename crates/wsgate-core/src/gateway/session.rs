@@ -58,33 +58,61 @@ impl Session {
         gw: &Gateway,
         text: &str,
     ) -> Result<Vec<Utf8Bytes>, CloseRequest> {
-        let conn = self.conn.clone();
-        conn.stats.messages_in.fetch_add(1, Relaxed);
-        conn.stats.bytes_in.fetch_add(text.len() as u64, Relaxed);
-        gw.metrics.messages_received.inc();
+        self.count_in(gw, text.len());
         let (id, result) = match protocol::decode(text) {
             Ok(req) => (req.id, self.handle(gw, req.id, req.op).await),
             Err((id, e)) => (id, Err(e)),
         };
-        match result {
+        self.answer(gw, id, result)
+    }
+
+    /// Binary frames are not part of the JSON protocol: answered with an error frame.
+    pub fn handle_binary(
+        &mut self,
+        gw: &Gateway,
+        len: usize,
+    ) -> Result<Vec<Utf8Bytes>, CloseRequest> {
+        self.count_in(gw, len);
+        let e = ProtocolError::new(
+            "unsupported",
+            "binary frames are not supported; send JSON text frames",
+        );
+        self.answer(gw, None, Err(e))
+    }
+
+    fn count_in(&self, gw: &Gateway, len: usize) {
+        self.conn.stats.messages_in.fetch_add(1, Relaxed);
+        self.conn.stats.bytes_in.fetch_add(len as u64, Relaxed);
+        gw.metrics.messages_received.inc();
+    }
+
+    /// Turns an op's outcome into frames, counting errors and closing on repeated abuse.
+    fn answer(
+        &mut self,
+        gw: &Gateway,
+        id: Option<&RawValue>,
+        result: Result<Vec<Utf8Bytes>, ProtocolError>,
+    ) -> Result<Vec<Utf8Bytes>, CloseRequest> {
+        let e = match result {
             Ok(frames) => {
                 self.errors_in_row = 0;
-                Ok(frames)
+                return Ok(frames);
             }
-            Err(e) => {
-                gw.metrics.protocol_error(e.code);
-                conn.stats.record_error(format!("{}: {}", e.code, e.message));
-                self.errors_in_row += 1;
-                if self.errors_in_row >= gw.config.max_protocol_errors {
-                    return Err(CloseRequest {
-                        code: close::POLICY_VIOLATION,
-                        reason: "protocol_abuse",
-                        message: format!("{} protocol errors in a row", self.errors_in_row),
-                    });
-                }
-                Ok(vec![protocol::error_frame(id, &e)])
-            }
+            Err(e) => e,
+        };
+        gw.metrics.protocol_error(e.code);
+        self.conn
+            .stats
+            .record_error(format!("{}: {}", e.code, e.message));
+        self.errors_in_row += 1;
+        if self.errors_in_row >= gw.config.max_protocol_errors {
+            return Err(CloseRequest {
+                code: close::POLICY_VIOLATION,
+                reason: "protocol_abuse",
+                message: format!("{} protocol errors in a row", self.errors_in_row),
+            });
         }
+        Ok(vec![protocol::error_frame(id, &e)])
     }
 
     async fn handle(
@@ -115,7 +143,12 @@ impl Session {
                     gw.metrics.store_errors.inc();
                     tracing::warn!(connection_id = %self.conn.id, error = %e, "presence leave failed");
                 }
-                Ok(vec![Frame::op("unsubscribed").id(id).str("channel", &channel).finish()])
+                Ok(vec![
+                    Frame::op("unsubscribed")
+                        .id(id)
+                        .str("channel", &channel)
+                        .finish(),
+                ])
             }
             ClientOp::Publish { channel, data } => {
                 self.check_grant(&channel)?;
@@ -235,7 +268,10 @@ impl Session {
             .str("epoch", &recovery.position.epoch);
         if since.is_some() {
             let outcome = recovery.gap.map_or("recovered", |g| g.as_str());
-            gw.metrics.recoveries.get_or_create(&ReasonLabel { reason: outcome }).inc();
+            gw.metrics
+                .recoveries
+                .get_or_create(&ReasonLabel { reason: outcome })
+                .inc();
             f = f.bool("recovered", recovery.gap.is_none());
             if let Some(gap) = recovery.gap {
                 f = f.str("gap", gap.as_str());

@@ -1,0 +1,176 @@
+//! Node configuration: defaults, then a TOML file, then `WSGATE_*` environment variables,
+//! then command-line flags (the binary merges those last).
+//!
+//! Every default is chosen for a laptop run and stated where it is defined; durations are in
+//! milliseconds so tests can run heartbeats in milliseconds too.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use wsgate_core::gateway::{ClientPublish, GatewayConfig};
+
+/// A secret string: usable, never printed.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    // Serialised only when config is merged or shown; the value never leaves the process.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// Development: everyone is welcome, anonymous users get a generated id.
+    #[default]
+    None,
+    /// JWT (HS256 with `jwt_secret`, or RS256 with `jwt_public_key_file`).
+    Jwt,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    pub jwt_secret: Option<Secret>,
+    pub jwt_public_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP and WebSocket listener. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Instance id; default `HOSTNAME`, else `wsgate`.
+    pub node_id: Option<String>,
+    pub log_format: LogFormat,
+    pub auth: AuthConfig,
+    /// When set, `/api/*` and `/connections*` require `Authorization: Bearer <api_key>`.
+    pub api_key: Option<Secret>,
+    /// WebSocket ping interval. Default 30 000 (seed 003).
+    pub heartbeat_interval_ms: u64,
+    /// Close (4008) a connection silent this long. Default 65 000 (seed 003).
+    pub heartbeat_timeout_ms: u64,
+    /// Largest client frame; larger ones close the connection with 1009. Default 64 KiB.
+    pub max_message_size: usize,
+    /// Frames queued per connection before it is closed as a slow consumer. Default 1024.
+    pub outbox_capacity: usize,
+    pub client_publish: ClientPublish,
+    /// Protocol errors in a row before a connection is closed with 1008. Default 10.
+    pub max_protocol_errors: u32,
+    /// Default 256.
+    pub max_channels_per_connection: usize,
+    /// Messages kept per channel for `since` recovery. Default 256.
+    pub history_size: usize,
+    /// How long shutdown waits for connections to close after sending 1001. Default 10 000.
+    pub drain_timeout_ms: u64,
+    /// How long a close frame may take to write before the socket is dropped. Default 2 000.
+    pub close_grace_ms: u64,
+    /// Socket read buffer per connection. Default 4 KiB: tungstenite's 128 KiB default is
+    /// zero-filled per connection and costs both memory and CPU.
+    pub read_buffer_size: usize,
+    /// Largest HTTP API request body. Default 1 MiB.
+    pub api_body_limit: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            node_id: None,
+            log_format: LogFormat::default(),
+            auth: AuthConfig::default(),
+            api_key: None,
+            heartbeat_interval_ms: 30_000,
+            heartbeat_timeout_ms: 65_000,
+            max_message_size: 64 * 1024,
+            outbox_capacity: 1024,
+            client_publish: ClientPublish::default(),
+            max_protocol_errors: 10,
+            max_channels_per_connection: 256,
+            history_size: 256,
+            drain_timeout_ms: 10_000,
+            close_grace_ms: 2_000,
+            read_buffer_size: 4096,
+            api_body_limit: 1024 * 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults ← TOML file (if given) ← `WSGATE_*` env (nested keys with `__`,
+    /// e.g. `WSGATE_AUTH__MODE=jwt`).
+    pub fn figment(file: Option<&std::path::Path>) -> Figment {
+        let mut f = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            f = f.merge(Toml::file(path));
+        }
+        f.merge(Env::prefixed("WSGATE_").split("__"))
+    }
+
+    pub fn node_id(&self) -> String {
+        self.node_id
+            .clone()
+            .filter(|s| !s.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
+            .unwrap_or_else(|| "wsgate".into())
+    }
+
+    pub fn gateway(&self) -> GatewayConfig {
+        let mut g = GatewayConfig::new(self.node_id().into());
+        g.heartbeat_interval = Duration::from_millis(self.heartbeat_interval_ms.max(1));
+        g.heartbeat_timeout = Duration::from_millis(self.heartbeat_timeout_ms.max(1));
+        g.outbox_capacity = self.outbox_capacity.max(1);
+        g.client_publish = self.client_publish;
+        g.max_protocol_errors = self.max_protocol_errors.max(1);
+        g.max_channels_per_connection = self.max_channels_per_connection;
+        g
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.auth.mode == AuthMode::Jwt
+            && self.auth.jwt_secret.is_none()
+            && self.auth.jwt_public_key_file.is_none()
+        {
+            anyhow::bail!("auth.mode = jwt needs auth.jwt_secret or auth.jwt_public_key_file");
+        }
+        if self.heartbeat_timeout_ms <= self.heartbeat_interval_ms {
+            anyhow::bail!(
+                "heartbeat_timeout_ms ({}) must be longer than heartbeat_interval_ms ({})",
+                self.heartbeat_timeout_ms,
+                self.heartbeat_interval_ms
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,65 @@
+//! JSON errors: every failure of the API is `{"success":false,"error":"…"}`.
+
+use axum::Json;
+use axum::extract::FromRequest;
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use wsgate_core::gateway::GatewayError;
+
+pub fn json_error(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        Json(serde_json::json!({"success": false, "error": message})),
+    )
+        .into_response()
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        json_error(self.status, &self.message)
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        Self {
+            status: r.status(),
+            message: r.body_text(),
+        }
+    }
+}
+
+impl From<GatewayError> for ApiError {
+    fn from(e: GatewayError) -> Self {
+        let status = match &e {
+            GatewayError::ConnectionNotFound => StatusCode::NOT_FOUND,
+            GatewayError::InvalidData(_) => StatusCode::BAD_REQUEST,
+            GatewayError::Broker(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Self {
+            status,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// `Json` whose rejections are JSON errors too.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);

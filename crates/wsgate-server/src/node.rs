@@ -1,0 +1,185 @@
+//! One running node: its parts, its lifecycle and its main loop.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+use wsgate_cluster::memory::{MemoryBroker, MemoryStore};
+use wsgate_core::auth::Authenticator;
+use wsgate_core::gateway::Gateway;
+use wsgate_core::metrics::Metrics;
+
+use crate::config::{AuthMode, Config};
+
+/// Whether the node takes traffic. `/ready` reads it; shutdown flips it first.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    started: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Lifecycle {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+    pub fn is_started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+}
+
+/// What `/version` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildInfo {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub git_commit: &'static str,
+    pub build_time: &'static str,
+    pub node: String,
+}
+
+/// Everything a request handler or connection task needs, shared.
+pub struct Node {
+    pub config: Config,
+    pub gateway: Arc<Gateway>,
+    pub auth: Authenticator,
+    pub lifecycle: Lifecycle,
+    pub build: BuildInfo,
+    pub metrics_registry: prometheus_client::registry::Registry,
+    /// Every connection task, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+}
+
+impl Node {
+    pub fn new(config: Config) -> anyhow::Result<Arc<Self>> {
+        config.validate()?;
+        let auth = match config.auth.mode {
+            AuthMode::None => Authenticator::None,
+            AuthMode::Jwt => match (&config.auth.jwt_secret, &config.auth.jwt_public_key_file) {
+                (_, Some(path)) => {
+                    let pem = std::fs::read(path).map_err(|e| {
+                        anyhow::anyhow!("reading JWT public key {}: {e}", path.display())
+                    })?;
+                    Authenticator::rs256_pem(&pem)?
+                }
+                (Some(secret), None) => Authenticator::hs256(secret.expose().as_bytes()),
+                (None, None) => unreachable!("validated"),
+            },
+        };
+        let gw_config = config.gateway();
+        let node_id = gw_config.node.clone();
+        let metrics = Metrics::default();
+        let mut registry = prometheus_client::registry::Registry::default();
+        metrics.register(&mut registry);
+        let broker = Arc::new(MemoryBroker::new(node_id.clone(), config.history_size));
+        let store = Arc::new(MemoryStore::new());
+        let gateway = Gateway::new(gw_config, broker, store, metrics);
+        Ok(Arc::new(Self {
+            build: BuildInfo {
+                name: "wsgate",
+                version: env!("CARGO_PKG_VERSION"),
+                git_commit: env!("WSGATE_GIT_COMMIT"),
+                build_time: env!("WSGATE_BUILD_TIME"),
+                node: node_id.to_string(),
+            },
+            config,
+            gateway,
+            auth,
+            lifecycle: Lifecycle::default(),
+            metrics_registry: registry,
+            tasks: TaskTracker::new(),
+        }))
+    }
+
+    /// Whether this node should receive new traffic.
+    pub fn is_ready(&self) -> bool {
+        self.lifecycle.is_started()
+            && !self.lifecycle.is_draining()
+            && self.gateway.broker.is_healthy()
+            && self.gateway.store.is_healthy()
+    }
+}
+
+/// Serves `listener` until `shutdown` resolves, then drains and returns.
+pub async fn run(
+    node: Arc<Node>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    let heartbeat = tokio::spawn(heartbeat_loop(node.clone()));
+    let app = crate::http::router(node.clone());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
+    let drain_node = node.clone();
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        // Stop advertising readiness and refuse upgrades before anything else, so a balancer
+        // steers new clients away while the old ones are told to go.
+        drain_node.lifecycle.draining.store(true, Ordering::Release);
+        info!("shutdown: draining connections");
+        drain_node.gateway.close_all("server shutting down");
+        let _ = draining_tx.send(());
+        // Keep the listener's HTTP side up until the WebSocket drain is over.
+        let _ = stop_rx.await;
+    });
+    node.lifecycle.started.store(true, Ordering::Release);
+    info!(%addr, node = %node.build.node, version = node.build.version, "wsgate listening");
+
+    let mut serving = tokio::spawn(async move { server.await });
+    tokio::select! {
+        _ = draining_rx => {}
+        joined = &mut serving => {
+            heartbeat.abort();
+            return Ok(joined??);
+        }
+    }
+    // Draining has begun: give connections their bounded time to close.
+    node.tasks.close();
+    let drain = Duration::from_millis(node.config.drain_timeout_ms);
+    if tokio::time::timeout(drain, node.tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            remaining = node.gateway.registry.len(),
+            "drain timeout: dropping remaining connections"
+        );
+    }
+    let _ = stop_tx.send(());
+    heartbeat.abort();
+    match tokio::time::timeout(Duration::from_secs(5), serving).await {
+        Ok(joined) => joined??,
+        Err(_) => warn!("HTTP connections still open after drain; exiting anyway"),
+    }
+    info!("wsgate stopped");
+    Ok(())
+}
+
+/// One task for the whole node: pings every connection each interval and closes the silent
+/// ones. Ticks four times per interval so a timeout is noticed within a quarter interval.
+async fn heartbeat_loop(node: Arc<Node>) {
+    let gw = &node.gateway;
+    let interval = gw.config.heartbeat_interval;
+    let tick = (interval.min(gw.config.heartbeat_timeout) / 4).max(Duration::from_millis(5));
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_ping = gw.clock.now_ms();
+    loop {
+        ticker.tick().await;
+        let now = gw.clock.now_ms();
+        let ping = now.saturating_sub(last_ping) >= interval.as_millis() as u64;
+        if ping {
+            last_ping = now;
+        }
+        gw.sweep(ping);
+    }
+}

@@ -1,0 +1,92 @@
+//! `wsgate serve`: configuration, logging, signals, and the node itself.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use serde::Serialize;
+use tracing::info;
+use wsgate_server::Config;
+use wsgate_server::config::LogFormat;
+
+/// Flags override the TOML file and `WSGATE_*` variables.
+#[derive(Args, Serialize, Default)]
+pub struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, short, env = "WSGATE_CONFIG")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Listener address, e.g. 0.0.0.0:8080 (default 127.0.0.1:8080).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<String>,
+    /// Instance id (default: HOSTNAME).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_id: Option<String>,
+    /// pretty or json.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_format: Option<String>,
+    /// Require `Authorization: Bearer <key>` on the control API.
+    #[arg(long, env = "WSGATE_API_KEY", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_key: Option<String>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    heartbeat_interval_ms: Option<u64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    heartbeat_timeout_ms: Option<u64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drain_timeout_ms: Option<u64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outbox_capacity: Option<usize>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_message_size: Option<usize>,
+}
+
+pub fn main(args: ServeArgs) -> anyhow::Result<()> {
+    let config: Config = Config::figment(args.config.as_deref())
+        .merge(figment::providers::Serialized::defaults(&args))
+        .extract()
+        .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    init_logging(config.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let node = wsgate_server::Node::new(config)?;
+        let listener = tokio::net::TcpListener::bind(node.config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding {}: {e}", node.config.listen))?;
+        // Machines (tests, scripts) read the bound address from stdout; logs go to stderr.
+        println!("wsgate listening on http://{}", listener.local_addr()?);
+        wsgate_server::run(node, listener, shutdown_signal()).await
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    info!(signal = name, "shutdown requested");
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("WSGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
