@@ -1,0 +1,290 @@
+//! Test harness: real servers on loopback, real WebSocket clients, bounded waits.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use wsgate_server::{Config, Node};
+
+/// How long any single wait in a test may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// A node running in this process on `127.0.0.1:0`.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub node: Arc<Node>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    pub async fn with(tune: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config {
+            node_id: Some("test-node".into()),
+            // Test clients often never answer a close frame; do not wait long for them.
+            close_grace_ms: 200,
+            ..Config::default()
+        };
+        tune(&mut config);
+        let node = Node::new(config).expect("valid config");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(wsgate_server::run(node.clone(), listener, async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            node,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Triggers graceful shutdown and waits for `run` to return.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            within("server shutdown", task).await.unwrap().unwrap();
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = http()
+            .post(self.http(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = http().get(self.http(path)).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let r = http().delete(self.http(path)).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
+    pub async fn metrics(&self) -> String {
+        http()
+            .get(self.http("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Waits until `/metrics` shows `series` at `value` or more.
+    pub async fn await_metric(&self, series: &str, value: f64) {
+        within(&format!("metric {series} >= {value}"), async {
+            loop {
+                if metric_value(&self.metrics().await, series).is_some_and(|v| v >= value) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+    }
+}
+
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(WAIT)
+        .build()
+        .unwrap()
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A WebSocket client speaking the gateway protocol.
+pub struct Client {
+    pub ws: Ws,
+    pub hello: Value,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Self {
+        let (ws, _) = within("connect", tokio_tungstenite::connect_async(url))
+            .await
+            .expect("upgrade");
+        let mut c = Self {
+            ws,
+            hello: Value::Null,
+        };
+        c.hello = c.recv().await;
+        assert_eq!(c.hello["op"], "hello", "first frame is hello");
+        c
+    }
+
+    pub fn id(&self) -> String {
+        self.hello["connection_id"].as_str().unwrap().to_string()
+    }
+
+    pub fn user(&self) -> String {
+        self.hello["user"].as_str().unwrap().to_string()
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        within("send", self.ws.send(Message::Text(v.to_string().into())))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        within("send", self.ws.send(Message::Text(text.into())))
+            .await
+            .unwrap();
+    }
+
+    /// The next JSON text frame (pings and pongs are skipped).
+    pub async fn recv(&mut self) -> Value {
+        within("a frame", async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).unwrap(),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    other => panic!("expected a text frame, got {other:?}"),
+                }
+            }
+        })
+        .await
+    }
+
+    pub async fn request(&mut self, v: Value) -> Value {
+        self.send(v).await;
+        self.recv().await
+    }
+
+    pub async fn subscribe(&mut self, channel: &str) -> Value {
+        let r = self
+            .request(serde_json::json!({"op":"subscribe","channel":channel}))
+            .await;
+        assert_eq!(r["op"], "subscribed", "{r}");
+        r
+    }
+
+    /// Reads until the server closes; returns the close code (text frames are collected).
+    pub async fn closed(&mut self) -> (u16, Vec<Value>) {
+        let mut texts = Vec::new();
+        let code = within("close", async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Text(t))) => texts.push(serde_json::from_str(&t).unwrap()),
+                    Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
+                    Some(Ok(Message::Close(None))) => return u16::from(CloseCode::Status),
+                    Some(Ok(_)) => continue,
+                    other => panic!("expected a close frame, got {other:?}"),
+                }
+            }
+        })
+        .await;
+        (code, texts)
+    }
+}
+
+/// A `wsgate serve` process.
+pub struct Process {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Process {
+    pub async fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("WSGATE_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn wsgate");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let line = within("wsgate to listen", lines.next_line())
+            .await
+            .unwrap()
+            .expect("a listening line");
+        let addr = line
+            .rsplit("http://")
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"));
+        Self { child, addr }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        let pid = self.child.id().expect("running") as i32;
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc_kill(pid, sig) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+pub const SIGTERM: i32 = 15;
+pub const SIGKILL: i32 = 9;
+
+pub fn hs256_token(secret: &str, claims: Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+pub fn in_a_minute() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 60
+}
