@@ -135,7 +135,12 @@ impl Config {
         if let Some(path) = file {
             f = f.merge(Toml::file(path));
         }
-        f.merge(Env::prefixed("WSGATE_").split("__"))
+        // WSGATE_LOG (the log filter) and WSGATE_CONFIG (the file) are read elsewhere.
+        f.merge(
+            Env::prefixed("WSGATE_")
+                .ignore(&["log", "config"])
+                .split("__"),
+        )
     }
 
     pub fn node_id(&self) -> String {

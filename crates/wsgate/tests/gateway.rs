@@ -20,17 +20,28 @@ async fn hello_subscribe_publish_unsubscribe() {
     assert_eq!(sub["offset"], 0);
 
     let (status, body) = srv
-        .post("/api/v1/publish", json!({"channel":"team:42","data":{"text":"hi"}}))
+        .post(
+            "/api/v1/publish",
+            json!({"channel":"team:42","data":{"text":"hi"}}),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["success"], true);
     assert_eq!(body["offset"], 1);
     assert_eq!(body["delivered"], 1);
     let m = c.recv().await;
-    assert_eq!(m, json!({"op":"message","channel":"team:42","offset":1,"data":{"text":"hi"}}));
+    assert_eq!(
+        m,
+        json!({"op":"message","channel":"team:42","offset":1,"data":{"text":"hi"}})
+    );
 
-    let r = c.request(json!({"op":"unsubscribe","channel":"team:42","id":"u1"})).await;
-    assert_eq!(r, json!({"op":"unsubscribed","id":"u1","channel":"team:42"}));
+    let r = c
+        .request(json!({"op":"unsubscribe","channel":"team:42","id":"u1"}))
+        .await;
+    assert_eq!(
+        r,
+        json!({"op":"unsubscribed","id":"u1","channel":"team:42"})
+    );
     let (_, body) = srv
         .post("/api/v1/publish", json!({"channel":"team:42","data":2}))
         .await;
@@ -48,10 +59,14 @@ async fn clients_publish_where_policy_allows() {
     let mut b = Client::connect(&srv.ws_url()).await;
     b.subscribe("room").await;
     // Default policy: only subscribers publish.
-    let r = a.request(json!({"op":"publish","channel":"room","data":1})).await;
+    let r = a
+        .request(json!({"op":"publish","channel":"room","data":1}))
+        .await;
     assert_eq!(r["code"], "forbidden");
     a.subscribe("room").await;
-    let ack = a.request(json!({"op":"publish","channel":"room","data":{"m":"x"}})).await;
+    let ack = a
+        .request(json!({"op":"publish","channel":"room","data":{"m":"x"}}))
+        .await;
     assert_eq!(ack, json!({"op":"published","channel":"room","offset":1}));
     // The publisher is a subscriber too: it gets its own message after the ack.
     assert_eq!(a.recv().await["offset"], 1);
@@ -93,11 +108,17 @@ async fn per_channel_order_holds_under_concurrent_publishers() {
         let mut last_per_publisher = HashMap::new();
         for expected in 1..=PUBLISHERS * EACH {
             let m = c.recv().await;
-            assert_eq!(m["offset"], expected, "offsets arrive in order without holes");
+            assert_eq!(
+                m["offset"], expected,
+                "offsets arrive in order without holes"
+            );
             let p = m["data"]["p"].as_u64().unwrap();
             let i = m["data"]["i"].as_u64().unwrap();
             let prev = last_per_publisher.insert(p, i);
-            assert!(prev.is_none_or(|prev| prev + 1 == i), "publisher {p} order kept");
+            assert!(
+                prev.is_none_or(|prev| prev + 1 == i),
+                "publisher {p} order kept"
+            );
         }
     }
     srv.shutdown().await;
@@ -151,7 +172,10 @@ async fn user_send_reaches_every_connection_of_the_user() {
     assert_eq!(b.request(json!({"op":"ping"})).await["op"], "pong");
 
     let (status, body) = srv
-        .post(&format!("/api/v1/connections/{}/send", b.id()), json!({"data":"direct"}))
+        .post(
+            &format!("/api/v1/connections/{}/send", b.id()),
+            json!({"data":"direct"}),
+        )
         .await;
     assert_eq!((status, body["success"].clone()), (200, json!(true)));
     assert_eq!(b.recv().await["data"], "direct");
@@ -165,8 +189,14 @@ async fn tokens_are_checked_and_claims_restrict_channels() {
     for (token, why) in [
         (String::new(), "missing token"),
         ("garbage".to_string(), "invalid token"),
-        (hs256_token(SECRET, json!({"sub":"u","exp":1000})), "token expired"),
-        (hs256_token("wrong", json!({"sub":"u","exp":in_a_minute()})), "invalid token"),
+        (
+            hs256_token(SECRET, json!({"sub":"u","exp":1000})),
+            "token expired",
+        ),
+        (
+            hs256_token("wrong", json!({"sub":"u","exp":in_a_minute()})),
+            "invalid token",
+        ),
     ] {
         let (mut ws, _) = tokio_tungstenite::connect_async(format!("{url}?token={token}"))
             .await
@@ -183,21 +213,35 @@ async fn tokens_are_checked_and_claims_restrict_channels() {
             other => panic!("{why}: expected close 4001, got {other:?}"),
         }
     }
-    srv.await_metric("websocket_connection_rejections_total{reason=\"auth_expired\"}", 1.0)
-        .await;
+    srv.await_metric(
+        "websocket_connection_rejections_total{reason=\"auth_expired\"}",
+        1.0,
+    )
+    .await;
 
-    let limited = hs256_token(SECRET, json!({"sub":"u","exp":in_a_minute(),"channels":["team:*"]}));
+    let limited = hs256_token(
+        SECRET,
+        json!({"sub":"u","exp":in_a_minute(),"channels":["team:*"]}),
+    );
     let mut c = Client::connect(&format!("{url}?token={limited}")).await;
     c.subscribe("team:7").await;
     let r = c.request(json!({"op":"subscribe","channel":"admin"})).await;
     assert_eq!(r["code"], "forbidden");
 
     // The bearer header works as well as the query parameter.
-    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url.as_str()).unwrap();
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {limited}").parse().unwrap());
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        url.as_str(),
+    )
+    .unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {limited}").parse().unwrap(),
+    );
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    let hello = within("hello", futures_util::StreamExt::next(&mut ws)).await.unwrap().unwrap();
+    let hello = within("hello", futures_util::StreamExt::next(&mut ws))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(hello.to_text().unwrap().contains("\"user\":\"u\""));
     srv.shutdown().await;
 }
@@ -259,8 +303,11 @@ async fn malformed_frames_get_errors_and_the_connection_stays() {
     let (code, texts) = c.closed().await;
     assert_eq!(code, 1008);
     assert_eq!(texts.len(), 4, "four error frames, then the close");
-    srv.await_metric("websocket_disconnections_total{reason=\"protocol_abuse\"}", 1.0)
-        .await;
+    srv.await_metric(
+        "websocket_disconnections_total{reason=\"protocol_abuse\"}",
+        1.0,
+    )
+    .await;
     srv.shutdown().await;
 }
 
@@ -282,14 +329,30 @@ async fn oversized_frames_close_with_1009() {
 async fn unknown_connection_ids_answer_connection_not_found() {
     let srv = TestServer::start().await;
     let id = "0123456789abcdef-test-node";
-    let (s, b) = srv.post(&format!("/api/v1/connections/{id}/send"), json!({"data":1})).await;
-    assert_eq!((s, b), (404, json!({"success":false,"error":"Connection not found"})));
+    let (s, b) = srv
+        .post(&format!("/api/v1/connections/{id}/send"), json!({"data":1}))
+        .await;
+    assert_eq!(
+        (s, b),
+        (404, json!({"success":false,"error":"Connection not found"}))
+    );
     let (s, b) = srv.delete(&format!("/api/v1/connections/{id}")).await;
-    assert_eq!((s, b), (404, json!({"success":false,"error":"Connection not found"})));
+    assert_eq!(
+        (s, b),
+        (404, json!({"success":false,"error":"Connection not found"}))
+    );
     let (s, b) = srv.get(&format!("/connections/{id}")).await;
-    assert_eq!((s, b), (404, json!({"success":false,"error":"Connection not found"})));
-    let (s, b) = srv.post("/api/v1/connections/garbage/send", json!({"data":1})).await;
-    assert_eq!((s, b["error"].clone()), (404, json!("Connection not found")));
+    assert_eq!(
+        (s, b),
+        (404, json!({"success":false,"error":"Connection not found"}))
+    );
+    let (s, b) = srv
+        .post("/api/v1/connections/garbage/send", json!({"data":1}))
+        .await;
+    assert_eq!(
+        (s, b["error"].clone()),
+        (404, json!("Connection not found"))
+    );
     // Bad bodies are JSON errors too.
     let (s, b) = srv.post("/api/v1/publish", json!({"channel":"a"})).await;
     assert_eq!(s, 422);
@@ -303,7 +366,10 @@ async fn kicked_connections_close_with_reason() {
     let srv = TestServer::start().await;
     let mut c = Client::connect(&srv.ws_url()).await;
     let (s, _) = srv
-        .delete(&format!("/api/v1/connections/{}?reason=maintenance", c.id()))
+        .delete(&format!(
+            "/api/v1/connections/{}?reason=maintenance",
+            c.id()
+        ))
         .await;
     assert_eq!(s, 200);
     let (code, _) = c.closed().await;
@@ -332,8 +398,18 @@ async fn connections_listing_and_debug_view() {
     let (_, one) = srv.get(&format!("/connections/{}", a.id())).await;
     let info = &one["connection"];
     for field in [
-        "id", "kind", "user", "channels", "connected_at_ms", "uptime_ms",
-        "last_heartbeat_ms_ago", "messages_sent", "messages_received", "errors", "state", "node",
+        "id",
+        "kind",
+        "user",
+        "channels",
+        "connected_at_ms",
+        "uptime_ms",
+        "last_heartbeat_ms_ago",
+        "messages_sent",
+        "messages_received",
+        "errors",
+        "state",
+        "node",
     ] {
         assert!(!info[field].is_null(), "debug view has {field}: {info}");
     }
@@ -372,8 +448,11 @@ async fn operations_endpoints() {
 
 #[tokio::test]
 async fn api_key_guards_the_control_api_when_set() {
-    let srv = TestServer::with(|c| c.api_key = Some(wsgate_server::config::Secret::new("k3y"))).await;
-    let (s, b) = srv.post("/api/v1/publish", json!({"channel":"a","data":1})).await;
+    let srv =
+        TestServer::with(|c| c.api_key = Some(wsgate_server::config::Secret::new("k3y"))).await;
+    let (s, b) = srv
+        .post("/api/v1/publish", json!({"channel":"a","data":1}))
+        .await;
     assert_eq!((s, b["success"].clone()), (401, json!(false)));
     let r = http()
         .post(srv.http("/api/v1/publish"))
@@ -395,7 +474,8 @@ async fn recovery_with_since_fills_gaps_or_says_why_not() {
     let sub = c.subscribe("feed").await;
     let epoch = sub["epoch"].as_str().unwrap().to_string();
     for i in 1..=5 {
-        srv.post("/api/v1/publish", json!({"channel":"feed","data":i})).await;
+        srv.post("/api/v1/publish", json!({"channel":"feed","data":i}))
+            .await;
     }
     for i in 1..=5 {
         assert_eq!(c.recv().await["offset"], i);
@@ -409,18 +489,29 @@ async fn recovery_with_since_fills_gaps_or_says_why_not() {
     assert_eq!(r["offset"], 5);
     assert_eq!(c.recv().await["offset"], 4);
     assert_eq!(c.recv().await["offset"], 5);
-    srv.post("/api/v1/publish", json!({"channel":"feed","data":6})).await;
-    assert_eq!(c.recv().await["offset"], 6, "live continues with no duplicate");
+    srv.post("/api/v1/publish", json!({"channel":"feed","data":6}))
+        .await;
+    assert_eq!(
+        c.recv().await["offset"],
+        6,
+        "live continues with no duplicate"
+    );
 
     let mut d = Client::connect(&srv.ws_url()).await;
     let r = d
         .request(json!({"op":"subscribe","channel":"feed","since":{"offset":1,"epoch":epoch}}))
         .await;
-    assert_eq!((r["recovered"].clone(), r["gap"].clone()), (json!(false), json!("history_truncated")));
+    assert_eq!(
+        (r["recovered"].clone(), r["gap"].clone()),
+        (json!(false), json!("history_truncated"))
+    );
     let mut e = Client::connect(&srv.ws_url()).await;
     let r = e
         .request(json!({"op":"subscribe","channel":"feed","since":{"offset":1,"epoch":"gone"}}))
         .await;
-    assert_eq!((r["recovered"].clone(), r["gap"].clone()), (json!(false), json!("epoch_changed")));
+    assert_eq!(
+        (r["recovered"].clone(), r["gap"].clone()),
+        (json!(false), json!("epoch_changed"))
+    );
     srv.shutdown().await;
 }

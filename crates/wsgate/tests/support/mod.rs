@@ -125,15 +125,17 @@ impl TestServer {
 }
 
 pub fn metric_value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(WAIT)
-        .build()
-        .unwrap()
+    reqwest::Client::builder().timeout(WAIT).build().unwrap()
 }
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
