@@ -189,10 +189,12 @@ impl BackoffState {
     /// Starts the next retry: returns the delay before it, or `None` when
     /// `max_attempts` retries have already been made (give up).
     pub fn next_delay(&mut self) -> Option<Duration> {
-        if let Some(max) = self.policy.max_attempts {
-            if self.retries >= max {
-                return None;
-            }
+        if self
+            .policy
+            .max_attempts
+            .is_some_and(|max| self.retries >= max)
+        {
+            return None;
         }
         self.retries = self.retries.saturating_add(1);
         let unit = self.jitter.next_unit();

@@ -214,10 +214,10 @@ impl Pending {
     fn remember_expired(&mut self, id: CorrelationId) {
         if self.expired_set.insert(id.clone()) {
             self.expired.push_back(id);
-            if self.expired.len() > EXPIRED_MEMORY {
-                if let Some(old) = self.expired.pop_front() {
-                    self.expired_set.remove(&old);
-                }
+            if self.expired.len() > EXPIRED_MEMORY
+                && let Some(old) = self.expired.pop_front()
+            {
+                self.expired_set.remove(&old);
             }
         }
     }

@@ -36,6 +36,7 @@ use crate::{
 };
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type ReplyTx = oneshot::Sender<Result<Message, Error>>;
 
 /// Requests from handles to the driver.
 pub(crate) enum Command {
@@ -404,10 +405,10 @@ impl Driver {
                 cmd = self.cmd_rx.recv() => {
                     match self.handle_connected(&mut ws, cmd, &mut sweep_armed).await {
                         Ok(Flow::Continue) => {
-                            if let Some(at) = sweep_armed {
-                                if sweep.deadline() != at {
-                                    sweep.as_mut().reset(at);
-                                }
+                            if let Some(at) = sweep_armed
+                                && sweep.deadline() != at
+                            {
+                                sweep.as_mut().reset(at);
                             }
                         }
                         Ok(Flow::Stop) => {
@@ -577,12 +578,8 @@ impl Driver {
     fn tag_request(
         &self,
         msg: Message,
-        reply: oneshot::Sender<Result<Message, Error>>,
-    ) -> Option<(
-        Message,
-        CorrelationId,
-        oneshot::Sender<Result<Message, Error>>,
-    )> {
+        reply: ReplyTx,
+    ) -> Option<(Message, CorrelationId, ReplyTx)> {
         match self.cfg.correlation.tag(msg) {
             Ok((frame, id)) if !self.pending.contains(&id) => Some((frame, id, reply)),
             Ok(_) => {

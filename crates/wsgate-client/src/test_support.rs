@@ -144,7 +144,10 @@ impl ServerLog {
     /// A request header of the latest handshake.
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.last_headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+        self.last_headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -188,7 +191,9 @@ pub struct TestServer {
 impl TestServer {
     /// Binds `127.0.0.1:0` and starts accepting.
     pub async fn start(cfg: TestServerConfig) -> TestServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
         let inner = Arc::new(Inner {
             cfg,
@@ -200,7 +205,11 @@ impl TestServer {
             next_conn: AtomicU64::new(1),
         });
         let accept = tokio::spawn(accept_loop(listener, inner.clone()));
-        TestServer { addr, inner, accept }
+        TestServer {
+            addr,
+            inner,
+            accept,
+        }
     }
 
     /// `ws://127.0.0.1:<port>/`.
@@ -229,7 +238,10 @@ impl TestServer {
         match tokio::time::timeout(timeout, rx.wait_for(pred)).await {
             Ok(Ok(log)) => Ok(log.clone()),
             Ok(Err(_)) => Err("server gone".into()),
-            Err(_) => Err(format!("timed out after {timeout:?}; log: {:?}", summary(&self.log()))),
+            Err(_) => Err(format!(
+                "timed out after {timeout:?}; log: {:?}",
+                summary(&self.log())
+            )),
         }
     }
 
@@ -300,6 +312,8 @@ async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
     }
 }
 
+// The error type is tungstenite's callback contract, not ours to shrink.
+#[allow(clippy::result_large_err)]
 async fn serve(stream: TcpStream, inner: Arc<Inner>) {
     let refusing = inner.refusing.load(SeqCst);
     let mut headers = Vec::new();
@@ -314,7 +328,14 @@ async fn serve(stream: TcpStream, inner: Arc<Inner>) {
         }
         // Echo the first requested subprotocol, as a real server would.
         if let Some(p) = req.headers().get("sec-websocket-protocol") {
-            let first = p.to_str().unwrap_or("").split(',').next().unwrap_or("").trim().to_owned();
+            let first = p
+                .to_str()
+                .unwrap_or("")
+                .split(',')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned();
             if let Ok(v) = HeaderValue::from_str(&first) {
                 resp.headers_mut().insert("sec-websocket-protocol", v);
             }
@@ -360,8 +381,9 @@ async fn serve(stream: TcpStream, inner: Arc<Inner>) {
                     }
                 }
                 Some(ConnCmd::Garbage) => {
-                    // Reserved opcode 0xB with bogus length: a protocol error for any client.
-                    let _ = ws.get_mut().write_all(&[0xFB, 0x7F, 0xDE, 0xAD, 0xBE, 0xEF]).await;
+                    // A complete frame header with every reserved bit and a reserved opcode:
+                    // a protocol error for any client.
+                    let _ = ws.get_mut().write_all(&[0xFF, 0x00]).await;
                     let _ = ws.get_mut().flush().await;
                 }
                 Some(ConnCmd::Wake) => {}
@@ -418,9 +440,12 @@ async fn serve(stream: TcpStream, inner: Arc<Inner>) {
             }
         }
     }
+    // Count the connection as gone *before* the socket closes: the client can
+    // only react to the close after this, so `max_active` never shows a
+    // spurious overlap.
     inner.conns().remove(&conn);
-    drop(ws);
     inner.log.send_modify(|l| l.active -= 1);
+    drop(ws);
 }
 
 fn reply_for(cfg: &TestServerConfig, msg: &Message) -> Option<(WsMessage, Duration)> {
@@ -438,7 +463,8 @@ fn reply_for(cfg: &TestServerConfig, msg: &Message) -> Option<(WsMessage, Durati
                 return None;
             }
             let id = v.get(&cfg.json_id_field)?.clone();
-            let delay = Duration::from_millis(v.get("delay_ms").and_then(|d| d.as_u64()).unwrap_or(0));
+            let delay =
+                Duration::from_millis(v.get("delay_ms").and_then(|d| d.as_u64()).unwrap_or(0));
             let mut reply = serde_json::json!({ "op": "response", "echo": v });
             reply[&cfg.json_id_field] = id;
             Some((WsMessage::Text(reply.to_string().into()), delay))

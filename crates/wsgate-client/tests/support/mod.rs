@@ -36,7 +36,10 @@ pub async fn next_event(events: &mut Events) -> Event {
 }
 
 /// Skips events until one matches `pred`; returns it and the skipped ones.
-pub async fn wait_event(events: &mut Events, mut pred: impl FnMut(&Event) -> bool) -> (Event, Vec<Event>) {
+pub async fn wait_event(
+    events: &mut Events,
+    mut pred: impl FnMut(&Event) -> bool,
+) -> (Event, Vec<Event>) {
     let mut skipped = Vec::new();
     loop {
         let e = next_event(events).await;
@@ -49,5 +52,8 @@ pub async fn wait_event(events: &mut Events, mut pred: impl FnMut(&Event) -> boo
 
 /// Waits for a server condition, failing the test with the log on timeout.
 pub async fn server_wait(server: &TestServer, pred: impl FnMut(&ServerLog) -> bool) -> ServerLog {
-    server.wait_for(T, pred).await.unwrap_or_else(|e| panic!("{e}"))
+    server
+        .wait_for(T, pred)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
