@@ -147,7 +147,11 @@ impl Backoff {
     pub fn delay_with(&self, n: u32, unit: f64) -> Duration {
         let base = self.base_delay(n);
         let cut = self.jitter * unit.clamp(0.0, 1.0);
-        base.mul_f64(1.0 - cut)
+        if cut <= 0.0 {
+            return base;
+        }
+        // Not `mul_f64`: it panics when a huge `max_delay` rounds up past `Duration::MAX`.
+        Duration::try_from_secs_f64(base.as_secs_f64() * (1.0 - cut)).map_or(base, |d| d.min(base))
     }
 
     /// A fresh counter using `rand` for jitter.
@@ -277,6 +281,10 @@ mod tests {
         let p = Backoff::new();
         assert_eq!(p.base_delay(u32::MAX), DEFAULT_MAX_DELAY);
         assert_eq!(p.base_delay(40), DEFAULT_MAX_DELAY);
+        let unbounded = Backoff::new()
+            .max_delay(Duration::MAX)
+            .initial_delay(Duration::MAX);
+        assert!(unbounded.delay_with(3, 0.5) <= Duration::MAX);
     }
 
     proptest! {

@@ -185,7 +185,8 @@ impl Driver {
     async fn wait_before(&mut self, retry: u32, delay: Duration, error: Error) -> Flow {
         let now = Instant::now();
         let cooldown = self.breaker.remaining(now.into_std());
-        let wait = delay.max(cooldown);
+        // Capped so `now + wait` cannot overflow with absurd settings.
+        let wait = delay.max(cooldown).min(Duration::from_secs(86_400 * 365));
         self.set_state(if cooldown > Duration::ZERO {
             ConnectionState::CircuitOpen
         } else {

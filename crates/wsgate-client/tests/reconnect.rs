@@ -155,6 +155,27 @@ async fn backoff_grows_caps_and_gives_up_with_failed_state() {
 }
 
 #[tokio::test]
+async fn injected_jitter_source_shapes_the_delays() {
+    let server = TestServer::start(TestServerConfig::default()).await;
+    server.set_refusing(true);
+    let cfg = fast_config(server.url())
+        .backoff(
+            Backoff::new()
+                .initial_delay(40 * MS)
+                .jitter(0.5)
+                .max_attempts(Some(2)),
+        )
+        .jitter_source(|| Box::new(wsgate_client::FixedJitter(0.5)));
+    let (_client, mut events) = Client::spawn(cfg);
+    let mut delays = Vec::new();
+    while let Event::Reconnecting { delay, .. } = next_event(&mut events).await {
+        delays.push(delay);
+    }
+    // Half of the 50 % jitter band removed: 75 % of 40 ms and of 80 ms.
+    assert_eq!(delays, vec![30 * MS, 60 * MS]);
+}
+
+#[tokio::test]
 async fn breaker_opens_half_opens_and_failed_probe_reopens() {
     let server = TestServer::start(TestServerConfig::default()).await;
     server.set_refusing(true);
