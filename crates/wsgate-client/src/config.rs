@@ -391,3 +391,31 @@ impl ClientConfig {
         &self.url
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matchers() {
+        let ok = Message::from(r#"{"op":"auth_ok","n":1}"#);
+        assert!(Matcher::contains("auth_ok").matches(&ok));
+        assert!(Matcher::contains("auth_ok").matches(&Message::binary(&b"xx auth_ok"[..])));
+        assert!(Matcher::json_field("op", "auth_ok").matches(&ok));
+        assert!(Matcher::json_field("n", 1).matches(&ok));
+        assert!(!Matcher::json_field("op", "auth_failed").matches(&ok));
+        assert!(!Matcher::json_field("op", "auth_ok").matches(&Message::from("not json")));
+        assert!(Matcher::predicate(|m| m.len() > 3).matches(&ok));
+        assert!(!Matcher::predicate(|m| m.is_empty()).matches(&ok));
+    }
+
+    #[test]
+    fn debug_hides_header_values() {
+        let cfg = ClientConfig::new("ws://x").header("authorization", "Bearer s3cr3t");
+        let dbg = format!("{cfg:?}");
+        assert!(
+            dbg.contains("authorization") && !dbg.contains("s3cr3t"),
+            "{dbg}"
+        );
+    }
+}

@@ -227,3 +227,33 @@ async fn in_flight_request_fails_when_connection_drops() {
     assert_eq!(res, Err(Error::ConnectionLost));
     client.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn snapshot_counts_messages_and_bytes_each_way() {
+    let server = TestServer::start(TestServerConfig::default()).await;
+    let cfg = fast_config(server.url()).id("upstream-7");
+    let (client, mut events) = tokio::time::timeout(T, Client::connect(cfg))
+        .await
+        .unwrap()
+        .unwrap();
+    client.send("hello").await.unwrap();
+    client
+        .send(Message::binary(vec![1u8, 2, 3, 4]))
+        .await
+        .unwrap();
+    server_wait(&server, |l| l.count_on(1) == 2).await;
+    server.broadcast("abc".into());
+    let (ev, _) = wait_event(&mut events, |e| matches!(e, Event::Message(_))).await;
+    assert_eq!(ev, Event::Message("abc".into()));
+    let s = client.snapshot();
+    assert_eq!(
+        (s.id.as_str(), s.url.as_str()),
+        ("upstream-7", server.url().as_str())
+    );
+    assert_eq!((s.messages_out, s.bytes_out), (2, 9));
+    assert_eq!((s.messages_in, s.bytes_in), (1, 3));
+    assert_eq!((s.total_attempts, s.reconnects, s.attempts), (1, 0, 0));
+    assert!(s.connected_since.is_some());
+    assert_eq!(s.last_error, None);
+    client.close().await.unwrap();
+}
