@@ -1,0 +1,70 @@
+//! 1,000 forced reconnects must not grow tasks or file descriptors.
+
+mod support;
+
+use support::*;
+use wsgate_client::{Auth, Backoff, Client, Event, Heartbeat, Matcher, Subscription};
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_reconnects_leak_no_tasks_or_fds() {
+    const N: u64 = 1_000;
+    let server = TestServer::start(TestServerConfig::default().require_auth("secret")).await;
+    let cfg = fast_config(server.url())
+        .backoff(
+            Backoff::new()
+                .immediate_first_retry(true)
+                .jitter(0.0)
+                .max_attempts(Some(3)),
+        )
+        // Timers armed on every connection must be released with it.
+        .heartbeat(Some(Heartbeat::default()))
+        .auth(
+            Auth::new()
+                .send("secret")
+                .expect(Matcher::contains("auth_ok")),
+        );
+    let (client, mut events) = tokio::time::timeout(T, Client::connect(cfg))
+        .await
+        .unwrap()
+        .unwrap();
+    client
+        .subscribe(Subscription::new("a", "sub a"))
+        .await
+        .unwrap();
+    client
+        .subscribe(Subscription::new("b", "sub b"))
+        .await
+        .unwrap();
+    server_wait(&server, |l| l.count_on(1) == 3).await;
+
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let tasks_before = metrics.num_alive_tasks();
+    let fds_before = open_fds();
+
+    for i in 0..N {
+        server.drop_all();
+        wait_event(&mut events, |e| *e == Event::Reconnected).await;
+        // The server's side of the old connection is gone too before we go on.
+        let conn = i + 2;
+        server_wait(&server, |l| l.active == 1 && l.count_on(conn) == 3).await;
+    }
+
+    let log = server.log();
+    assert_eq!(
+        log.handshakes,
+        N + 1,
+        "one connection per drop, no duplicates"
+    );
+    assert_eq!(log.max_active, 1);
+    assert_eq!(client.snapshot().reconnects, N);
+    assert_eq!(log.texts_on(N + 1), vec!["secret", "sub a", "sub b"]);
+    assert_eq!(metrics.num_alive_tasks(), tasks_before, "task count grew");
+    assert_eq!(open_fds(), fds_before, "file descriptor count grew");
+    client.close().await.unwrap();
+}
