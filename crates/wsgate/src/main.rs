@@ -25,6 +25,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Measure fan-out throughput, latency, CPU per delivery and memory per connection.
     Bench(bench::BenchArgs),
+    /// The featureless fan-out server that `wsgate bench --baseline` compares against.
+    #[command(hide = true)]
+    BenchBaselineServer(bench::BaselineArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,5 +35,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::main(args),
         Command::Bench(args) => bench::main(args),
+        Command::BenchBaselineServer(args) => bench::baseline::main(args),
     }
 }

@@ -54,6 +54,8 @@ pub fn main(args: ServeArgs) -> anyhow::Result<()> {
         .extract()
         .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     init_logging(config.log_format);
+    // Every client is a file descriptor: take the hard limit, not the shell's soft default.
+    crate::bench::procfs::raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

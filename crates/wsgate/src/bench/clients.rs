@@ -1,0 +1,162 @@
+//! The client side of the benchmark: a fleet of subscribers and a paced publisher.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_util::{SinkExt, StreamExt, stream};
+use parking_lot::Mutex;
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// Connections opened at once while the fleet connects.
+const CONNECT_CONCURRENCY: usize = 200;
+
+pub struct Fleet {
+    delivered: Arc<AtomicU64>,
+    latencies_us: Arc<Mutex<Vec<u64>>>,
+    tasks: JoinSet<()>,
+}
+
+impl Fleet {
+    /// Connects `n` clients, each subscribed to the channel `bench`.
+    pub async fn connect(url: &str, n: usize, sample_every: usize) -> anyhow::Result<Self> {
+        let delivered = Arc::new(AtomicU64::new(0));
+        let latencies_us = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = JoinSet::new();
+        let sockets: Vec<_> = stream::iter(0..n)
+            .map(|i| async move { (i, subscriber(url).await) })
+            .buffer_unordered(CONNECT_CONCURRENCY)
+            .collect()
+            .await;
+        for (i, ws) in sockets {
+            let mut ws = ws.with_context(|| format!("client {i}"))?;
+            let delivered = delivered.clone();
+            let sample = (sample_every > 0 && i % sample_every == 0).then(|| latencies_us.clone());
+            tasks.spawn(async move {
+                while let Some(Ok(msg)) = ws.next().await {
+                    if let Message::Text(t) = msg {
+                        delivered.fetch_add(1, Relaxed);
+                        if let (Some(sample), Some(sent)) = (&sample, sent_at_us(t.as_str())) {
+                            sample.lock().push(now_us().saturating_sub(sent));
+                        }
+                    }
+                }
+            });
+        }
+        Ok(Self {
+            delivered,
+            latencies_us,
+            tasks,
+        })
+    }
+
+    /// Waits until `expected` messages arrived in total, or `timeout`; returns the count.
+    pub async fn wait_for(&self, expected: u64, timeout: Duration) -> u64 {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let n = self.delivered.load(Relaxed);
+            if n >= expected || tokio::time::Instant::now() >= deadline {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Closes every client; returns the sorted latency samples in µs.
+    pub async fn stop(mut self) -> Vec<u64> {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        let mut l = std::mem::take(&mut *self.latencies_us.lock());
+        l.sort_unstable();
+        l
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn subscriber(url: &str) -> anyhow::Result<Ws> {
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    let (mut ws, _) = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio_tungstenite::connect_async_with_config(url, Some(config), false),
+    )
+    .await
+    .context("connect timeout")??;
+    let hello = next_text(&mut ws).await?;
+    anyhow::ensure!(
+        hello.contains("\"hello\""),
+        "unexpected first frame {hello}"
+    );
+    ws.send(Message::Text(
+        r#"{"op":"subscribe","channel":"bench"}"#.into(),
+    ))
+    .await?;
+    let sub = next_text(&mut ws).await?;
+    anyhow::ensure!(sub.contains("\"subscribed\""), "unexpected answer {sub}");
+    Ok(ws)
+}
+
+async fn next_text(ws: &mut Ws) -> anyhow::Result<String> {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .context("no frame")?
+            .context("closed")??;
+        if let Message::Text(t) = msg {
+            return Ok(t.to_string());
+        }
+    }
+}
+
+/// Publishes `rate` messages per second for `duration`; returns how many were accepted.
+pub async fn publish(
+    url: &str,
+    rate: u32,
+    duration: Duration,
+    payload: usize,
+) -> anyhow::Result<u64> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let pad = "x".repeat(payload);
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
+    let total = (rate as u64) * duration.as_secs();
+    let mut accepted = 0;
+    for _ in 0..total {
+        ticker.tick().await;
+        let body = format!(
+            r#"{{"channel":"bench","data":{{"t":{},"pad":"{pad}"}}}}"#,
+            now_us()
+        );
+        let r = http
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await?;
+        if r.status().is_success() {
+            accepted += 1;
+        }
+    }
+    Ok(accepted)
+}
+
+/// The publish time the benchmark put in `data.t`, found without parsing the whole frame.
+fn sent_at_us(frame: &str) -> Option<u64> {
+    let rest = &frame[frame.find("\"t\":")? + 4..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or_default()
+}

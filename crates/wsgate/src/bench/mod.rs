@@ -1,0 +1,241 @@
+//! `wsgate bench`: fan-out of one channel to N WebSocket subscribers over loopback.
+//!
+//! The workload (docs/benchmarks.md records its figures):
+//! 1. start the server under test as a child process (`wsgate serve`, or with `--baseline`
+//!    also a featureless axum + tungstenite fan-out server built into this binary);
+//! 2. measure its RSS, connect N clients that subscribe to one channel, let them idle, and
+//!    measure RSS again: the difference over N is the memory per idle connection;
+//! 3. publish `--rate` messages per second for `--seconds` through the HTTP API; every client
+//!    counts what it receives and a sample of clients records publish→receive latency;
+//! 4. server CPU (utime + stime from /proc) over the publish phase divided by messages
+//!    delivered is the CPU per delivery.
+//!
+//! With `--baseline` both servers run the same workload in the same run, and the report gives
+//! wsgate's figures as ratios of the baseline's: the machine is shared and noisy, ratios are
+//! what carry over.
+
+pub mod baseline;
+mod clients;
+pub mod procfs;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub use baseline::BaselineArgs;
+
+#[derive(Args, Clone)]
+pub struct BenchArgs {
+    /// Subscribers of the one channel.
+    #[arg(long, default_value_t = 10_000)]
+    pub connections: usize,
+    /// Publishes per second during the measured phase.
+    #[arg(long, default_value_t = 20)]
+    pub rate: u32,
+    /// Length of the measured publish phase.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Bytes of payload per message.
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+    /// Every Nth client records latency (all clients count deliveries).
+    #[arg(long, default_value_t = 50)]
+    pub latency_sample: usize,
+    /// Also run the featureless axum + tungstenite fan-out server on the same workload and
+    /// report ratios against it.
+    #[arg(long)]
+    pub baseline: bool,
+    /// Write the report as JSON to this file as well.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub server: &'static str,
+    pub connections: usize,
+    pub rss_baseline_kib: u64,
+    pub rss_idle_kib: u64,
+    pub rss_per_idle_connection_kib: f64,
+    pub connect_seconds: f64,
+    pub published: u64,
+    pub expected_deliveries: u64,
+    pub delivered: u64,
+    pub deliveries_per_second: f64,
+    pub server_cpu_seconds: f64,
+    pub server_cpu_us_per_delivery: f64,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    pub latency_max_ms: f64,
+}
+
+pub fn main(args: BenchArgs) -> anyhow::Result<()> {
+    procfs::raise_fd_limit();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let mut reports = Vec::new();
+        if args.baseline {
+            reports.push(run_one(&args, Target::Baseline).await?);
+        }
+        reports.push(run_one(&args, Target::Wsgate).await?);
+        print_reports(&reports);
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&reports)?)?;
+        }
+        Ok(())
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Target {
+    Wsgate,
+    Baseline,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::Wsgate => "wsgate",
+            Target::Baseline => "baseline (axum + tungstenite)",
+        }
+    }
+}
+
+async fn spawn_server(target: Target, outbox: usize) -> anyhow::Result<(Child, String)> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    match target {
+        Target::Wsgate => cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--outbox-capacity",
+            &outbox.to_string(),
+        ]),
+        Target::Baseline => cmd.args(["bench-baseline-server", "--listen", "127.0.0.1:0"]),
+    };
+    let mut child = cmd
+        .env("WSGATE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .context("server did not start")??
+        .context("server exited")?;
+    let addr = line
+        .rsplit("http://")
+        .next()
+        .context("no address")?
+        .to_string();
+    Ok((child, addr))
+}
+
+async fn run_one(args: &BenchArgs, target: Target) -> anyhow::Result<Report> {
+    eprintln!("== {}: {} connections", target.name(), args.connections);
+    let (child, addr) = spawn_server(target, 4096).await?;
+    let pid = child.id().context("server pid")?;
+    // Let the allocator and runtime settle before the baseline reading.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_baseline = procfs::rss_kib(pid)?;
+
+    let started = Instant::now();
+    let fleet = clients::Fleet::connect(
+        &format!("ws://{addr}/ws"),
+        args.connections,
+        args.latency_sample,
+    )
+    .await?;
+    let connect_seconds = started.elapsed().as_secs_f64();
+    // Idle: let every connection task park and the kernel settle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_idle = procfs::rss_kib(pid)?;
+    eprintln!("   connected in {connect_seconds:.1}s, RSS {rss_baseline} KiB -> {rss_idle} KiB");
+
+    let cpu_before = procfs::cpu_seconds(pid)?;
+    let published = clients::publish(
+        &format!("http://{addr}/api/v1/publish"),
+        args.rate,
+        Duration::from_secs(args.seconds),
+        args.payload,
+    )
+    .await?;
+    let expected = published * args.connections as u64;
+    let delivered = fleet.wait_for(expected, Duration::from_secs(30)).await;
+    let cpu_after = procfs::cpu_seconds(pid)?;
+    let publish_seconds = args.seconds as f64;
+    let latencies = fleet.stop().await;
+    drop(child);
+
+    let cpu = cpu_after - cpu_before;
+    let pct = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((latencies.len() - 1) as f64 * p).round() as usize;
+        latencies[i] as f64 / 1000.0
+    };
+    Ok(Report {
+        server: target.name(),
+        connections: args.connections,
+        rss_baseline_kib: rss_baseline,
+        rss_idle_kib: rss_idle,
+        rss_per_idle_connection_kib: rss_idle.saturating_sub(rss_baseline) as f64
+            / args.connections as f64,
+        connect_seconds,
+        published,
+        expected_deliveries: expected,
+        delivered,
+        deliveries_per_second: delivered as f64 / publish_seconds,
+        server_cpu_seconds: cpu,
+        server_cpu_us_per_delivery: cpu * 1e6 / delivered.max(1) as f64,
+        latency_p50_ms: pct(0.50),
+        latency_p99_ms: pct(0.99),
+        latency_max_ms: pct(1.0),
+    })
+}
+
+fn print_reports(reports: &[Report]) {
+    println!(
+        "{:<32} {:>8} {:>12} {:>12} {:>14} {:>10} {:>10} {:>12}",
+        "server",
+        "conns",
+        "delivered",
+        "expected",
+        "cpu µs/deliv",
+        "p50 ms",
+        "p99 ms",
+        "KiB/idle conn"
+    );
+    for r in reports {
+        println!(
+            "{:<32} {:>8} {:>12} {:>12} {:>14.3} {:>10.2} {:>10.2} {:>12.2}",
+            r.server,
+            r.connections,
+            r.delivered,
+            r.expected_deliveries,
+            r.server_cpu_us_per_delivery,
+            r.latency_p50_ms,
+            r.latency_p99_ms,
+            r.rss_per_idle_connection_kib
+        );
+    }
+    if let [base, ours] = reports {
+        println!(
+            "ratios wsgate/baseline: cpu per delivery {:.2}, memory per idle connection {:.2}, p99 latency {:.2}",
+            ours.server_cpu_us_per_delivery / base.server_cpu_us_per_delivery,
+            ours.rss_per_idle_connection_kib / base.rss_per_idle_connection_kib,
+            ours.latency_p99_ms / base.latency_p99_ms,
+        );
+    }
+}
