@@ -108,7 +108,10 @@ fn skip_group(s: &[char], mut i: usize, open: char, close: char) -> usize {
         }
         i += 1;
     }
-    panic!("unbalanced {open}{close} in {:?}", s.iter().collect::<String>());
+    panic!(
+        "unbalanced {open}{close} in {:?}",
+        s.iter().collect::<String>()
+    );
 }
 
 fn skip_string(s: &[char], i: usize) -> usize {
@@ -237,10 +240,7 @@ fn promql_reference_extraction() {
         "sum(rate(a_total{reason!=\"x,y\"}[5m])) by (reason) / on(instance) group_left b offset 5m and up{job=~\".*\"} == 0",
     );
     assert_eq!(r.metrics.keys().collect::<Vec<_>>(), ["a_total", "b", "up"]);
-    assert_eq!(
-        r.metrics["a_total"],
-        BTreeSet::from(["reason".to_string()])
-    );
+    assert_eq!(r.metrics["a_total"], BTreeSet::from(["reason".to_string()]));
     assert!(r.grouping.contains("reason") && r.grouping.contains("instance"));
 }
 
@@ -390,7 +390,9 @@ async fn exercise(srv: &TestServer) {
     assert_eq!(c.recv().await["op"], "error");
 
     let r = c
-        .request(json!({"op":"subscribe","channel":"deploy:since","since":{"offset":3,"epoch":"gone"}}))
+        .request(
+            json!({"op":"subscribe","channel":"deploy:since","since":{"offset":3,"epoch":"gone"}}),
+        )
         .await;
     assert_eq!(r["op"], "subscribed", "{r}");
 
@@ -405,7 +407,10 @@ async fn exercise(srv: &TestServer) {
 #[tokio::test]
 async fn every_metric_in_alerts_and_dashboard_is_exported() {
     let mut exprs = alert_exprs();
-    assert!(exprs.len() >= 8, "alerts.yaml has seed 003's rules and more");
+    assert!(
+        exprs.len() >= 8,
+        "alerts.yaml has seed 003's rules and more"
+    );
     exprs.extend(dashboard_exprs());
 
     let srv = TestServer::start().await;
@@ -520,7 +525,9 @@ fn every_alert_has_severity_summary_and_a_runbook_section() {
                 .unwrap_or_else(|| panic!("{name}: no runbook annotation"));
             let frag = runbook
                 .strip_prefix("docs/operations.md#")
-                .unwrap_or_else(|| panic!("{name}: runbook {runbook} is not in docs/operations.md"));
+                .unwrap_or_else(|| {
+                    panic!("{name}: runbook {runbook} is not in docs/operations.md")
+                });
             assert!(
                 anchors.contains(frag),
                 "{name}: docs/operations.md has no heading #{frag}"
@@ -687,13 +694,23 @@ fn helm_chart_is_consistent() {
             text.matches("}}").count(),
             "{name}: unbalanced {{{{ }}}}"
         );
-        let opens = ["{{- if ", "{{ if ", "{{- range ", "{{ range ", "{{- with ", "{{ with "]
-            .iter()
-            .chain(&["{{- define ", "{{ define "])
-            .map(|p| text.matches(p).count())
-            .sum::<usize>();
+        let opens = [
+            "{{- if ",
+            "{{ if ",
+            "{{- range ",
+            "{{ range ",
+            "{{- with ",
+            "{{ with ",
+        ]
+        .iter()
+        .chain(&["{{- define ", "{{ define "])
+        .map(|p| text.matches(p).count())
+        .sum::<usize>();
         let ends = text.matches("{{- end").count() + text.matches("{{ end").count();
-        assert_eq!(opens, ends, "{name}: if/range/with/define and end do not pair");
+        assert_eq!(
+            opens, ends,
+            "{name}: if/range/with/define and end do not pair"
+        );
         for p in values_paths(&text) {
             assert!(
                 lookup(&values, &p).is_some(),
@@ -701,7 +718,10 @@ fn helm_chart_is_consistent() {
             );
         }
         if name.ends_with(".yaml") {
-            let doc = yaml(&strip_template(&text), &format!("templates/{name} (stripped)"));
+            let doc = yaml(
+                &strip_template(&text),
+                &format!("templates/{name} (stripped)"),
+            );
             let kind = doc["kind"]
                 .as_str()
                 .unwrap_or_else(|| panic!("{name}: no kind"))
@@ -762,12 +782,15 @@ fn helm_chart_is_consistent() {
         .map(|e| (e["name"].as_str().unwrap().to_string(), e))
         .collect();
     assert_eq!(
-        env["WSGATE_NODE_ID"]["valueFrom"]["fieldRef"]["fieldPath"],
-        "metadata.name",
+        env["WSGATE_NODE_ID"]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name",
         "instance id = pod name"
     );
     assert_eq!(env["WSGATE_LISTEN"]["value"], "0.0.0.0:8080");
-    for secret in ["WSGATE_AUTH__JWT_SECRET", "WSGATE_API_KEY", "WSGATE_REDIS_URL"] {
+    for secret in [
+        "WSGATE_AUTH__JWT_SECRET",
+        "WSGATE_API_KEY",
+        "WSGATE_REDIS_URL",
+    ] {
         assert!(
             env[secret]["valueFrom"]["secretKeyRef"]["key"].is_string(),
             "{secret} comes from a Secret"
@@ -806,7 +829,10 @@ fn helm_chart_is_consistent() {
         );
     }
     assert_eq!(ann["nginx.ingress.kubernetes.io/affinity"], "cookie");
-    assert_eq!(ann["nginx.ingress.kubernetes.io/affinity-mode"], "persistent");
+    assert_eq!(
+        ann["nginx.ingress.kubernetes.io/affinity-mode"],
+        "persistent"
+    );
     let ingress_text = read(&format!("{CHART}/templates/ingress.yaml"));
     for key in ["proxy-read-timeout", "proxy-send-timeout"] {
         assert!(
@@ -833,7 +859,11 @@ fn dockerfile_facts() {
     assert!(froms.len() >= 2, "multi-stage");
     assert!(froms[0].contains(" AS builder"));
     assert!(df.contains("WSGATE_LISTEN=0.0.0.0:8080"));
-    assert!(lines.iter().any(|l| l.starts_with("EXPOSE ") && l.contains("8080")));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("EXPOSE ") && l.contains("8080"))
+    );
     let user = lines
         .iter()
         .rev()
