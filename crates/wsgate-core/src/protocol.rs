@@ -296,6 +296,30 @@ fn json_text(data: &Bytes) -> &str {
     std::str::from_utf8(data).unwrap_or("null")
 }
 
+/// A complete server→client text frame (header and payload) as it goes on the wire. Server
+/// frames are unmasked, so one encoding serves every subscriber. Framing is tungstenite's.
+pub fn wire_text(payload: &[u8]) -> Bytes {
+    use tungstenite::protocol::frame::Frame;
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
+    let frame = Frame::message(
+        Bytes::copy_from_slice(payload),
+        OpCode::Data(Data::Text),
+        true,
+    );
+    let mut out = Vec::with_capacity(frame.len());
+    // Writing into a Vec cannot fail.
+    let _ = frame.format(&mut out);
+    Bytes::from(out)
+}
+
+/// A server→client ping frame with an empty payload.
+pub fn wire_ping() -> Bytes {
+    use tungstenite::protocol::frame::Frame;
+    let mut out = Vec::with_capacity(2);
+    let _ = Frame::ping(Bytes::new()).format(&mut out);
+    Bytes::from(out)
+}
+
 /// Validates that `data` is one JSON value and returns it as bytes for the broker.
 pub fn validate_json(data: &str) -> Result<Bytes, ProtocolError> {
     serde_json::from_str::<&RawValue>(data)
@@ -363,6 +387,16 @@ mod tests {
                 .get(),
             "\"q\""
         );
+    }
+
+    #[test]
+    fn wire_frames_are_unmasked_websocket_frames() {
+        let w = wire_text(b"hi");
+        assert_eq!(&w[..], &[0x81, 2, b'h', b'i']);
+        let long = wire_text(&[b'x'; 300]);
+        assert_eq!(&long[..4], &[0x81, 126, 1, 44]);
+        assert_eq!(long.len(), 304);
+        assert_eq!(&wire_ping()[..], &[0x89, 0]);
     }
 
     #[test]

@@ -83,7 +83,8 @@ pub struct Config {
     pub heartbeat_timeout_ms: u64,
     /// Largest client frame; larger ones close the connection with 1009. Default 64 KiB.
     pub max_message_size: usize,
-    /// Frames queued per connection before it is closed as a slow consumer. Default 1024.
+    /// Frames a connection's backlog may hold (the kernel's send buffer being full) before it
+    /// is closed as a slow consumer (4029). Default 1024.
     pub outbox_capacity: usize,
     pub client_publish: ClientPublish,
     /// Protocol errors in a row before a connection is closed with 1008. Default 10.
@@ -156,7 +157,6 @@ impl Config {
         let mut g = GatewayConfig::new(self.node_id().into());
         g.heartbeat_interval = Duration::from_millis(self.heartbeat_interval_ms.max(1));
         g.heartbeat_timeout = Duration::from_millis(self.heartbeat_timeout_ms.max(1));
-        g.outbox_capacity = self.outbox_capacity.max(1);
         g.client_publish = self.client_publish;
         g.max_protocol_errors = self.max_protocol_errors.max(1);
         g.max_channels_per_connection = self.max_channels_per_connection;

@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod http;
+mod listener;
 mod node;
 pub mod ws;
 

@@ -113,36 +113,21 @@ pub async fn run(
     let addr = listener.local_addr()?;
     let heartbeat = tokio::spawn(heartbeat_loop(node.clone()));
     let app = crate::http::router(node.clone());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
-    let drain_node = node.clone();
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        // Stop advertising readiness and refuse upgrades before anything else, so a balancer
-        // steers new clients away while the old ones are told to go.
-        drain_node.lifecycle.draining.store(true, Ordering::Release);
-        info!("shutdown: draining connections");
-        drain_node.gateway.close_all("server shutting down");
-        let _ = draining_tx.send(());
-        // Keep the listener's HTTP side up until the WebSocket drain is over.
-        let _ = stop_rx.await;
-    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut serving = tokio::spawn(crate::listener::serve(listener, app, stop_rx));
     node.lifecycle.started.store(true, Ordering::Release);
     info!(%addr, node = %node.build.node, version = node.build.version, "wsgate listening");
 
-    let mut serving = tokio::spawn(async move { server.await });
     tokio::select! {
-        _ = draining_rx => {}
-        joined = &mut serving => {
-            heartbeat.abort();
-            return Ok(joined??);
-        }
+        () = shutdown => {}
+        _ = &mut serving => anyhow::bail!("the accept loop ended unexpectedly"),
     }
-    // Draining has begun: give connections their bounded time to close.
+    // Stop advertising readiness and refuse upgrades before anything else, so a balancer
+    // steers new clients away while the old ones are told to go. The listener stays up during
+    // the drain so that new clients get a clear 503 instead of a refused connection.
+    node.lifecycle.draining.store(true, Ordering::Release);
+    info!("shutdown: draining connections");
+    node.gateway.close_all("server shutting down");
     node.tasks.close();
     let drain = Duration::from_millis(node.config.drain_timeout_ms);
     if tokio::time::timeout(drain, node.tasks.wait())
@@ -154,12 +139,9 @@ pub async fn run(
             "drain timeout: dropping remaining connections"
         );
     }
-    let _ = stop_tx.send(());
+    let _ = stop_tx.send(true);
     heartbeat.abort();
-    match tokio::time::timeout(Duration::from_secs(5), serving).await {
-        Ok(joined) => joined??,
-        Err(_) => warn!("HTTP connections still open after drain; exiting anyway"),
-    }
+    let _ = serving.await;
     info!("wsgate stopped");
     Ok(())
 }

@@ -556,7 +556,7 @@ fn runbook_lists_every_close_code_and_disconnect_reason() {
     // request_close / Ending; grep the sources so a new reason shows up here.
     let mut reasons = BTreeSet::new();
     for src in [
-        "crates/wsgate-server/src/ws.rs",
+        "crates/wsgate-server/src/ws/task.rs",
         "crates/wsgate-core/src/gateway/mod.rs",
         "crates/wsgate-core/src/gateway/session.rs",
     ] {

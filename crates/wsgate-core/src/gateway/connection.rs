@@ -1,12 +1,11 @@
 //! One client connection as the rest of the node sees it.
 //!
-//! The server's connection task owns the socket; everyone else (publishers, the heartbeat
-//! sweep, the control API) holds an `Arc<Connection>` and talks to the task through the
-//! [`Outbox`] and the close request. Everything here is sized for 10k+ idle connections per
-//! node: counters are atomics, the outbox allocates nothing until it is used, and there is no
-//! per-connection timer (the sweep is one task for the whole node).
+//! The server's connection task owns the socket's reading side; everyone else (publishers,
+//! the heartbeat sweep, the control API) holds an `Arc<Connection>` and sends through its
+//! [`Transport`] or asks for a close. Everything here is sized for 10k+ idle connections per
+//! node: counters are atomics, the transport's backlog allocates nothing until it is used, and
+//! there is no per-connection timer (the sweep is one task for the whole node).
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
@@ -14,27 +13,9 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::Notify;
-use tungstenite::Utf8Bytes;
 
+use super::transport::Transport;
 use crate::auth::Identity;
-
-/// A channel publication encoded once per node and shared by every local subscriber.
-#[derive(Debug)]
-pub struct Delivery {
-    pub channel: Arc<str>,
-    pub offset: u64,
-    pub frame: Utf8Bytes,
-    pub published_at_us: u64,
-}
-
-/// What the connection task writes to the socket.
-#[derive(Debug, Clone)]
-pub enum Outbound {
-    Publication(Arc<Delivery>),
-    Frame(Utf8Bytes),
-    /// A WebSocket ping frame (the heartbeat).
-    Ping,
-}
 
 /// Why and how a connection is being closed. Set once; the first reason wins.
 #[derive(Debug, Clone)]
@@ -44,75 +25,6 @@ pub struct CloseRequest {
     pub reason: &'static str,
     /// Sent to the client in the close frame.
     pub message: String,
-}
-
-/// The outbound queue was full: the client reads too slowly.
-#[derive(Debug)]
-pub struct Overflow;
-
-/// A bounded queue between publishers and one connection task. A `VecDeque` behind a
-/// short mutex instead of a channel: an idle connection costs no buffer at all, and the task
-/// drains everything queued in one lock and one socket flush.
-#[derive(Debug)]
-pub struct Outbox {
-    queue: Mutex<VecDeque<Outbound>>,
-    capacity: usize,
-    wake: Notify,
-}
-
-impl Outbox {
-    fn new(capacity: usize) -> Self {
-        Self {
-            queue: Mutex::new(VecDeque::new()),
-            capacity,
-            wake: Notify::new(),
-        }
-    }
-
-    /// Queues `item` unless the queue is full.
-    pub fn push(&self, item: Outbound) -> Result<(), Overflow> {
-        {
-            let mut q = self.queue.lock();
-            if q.len() >= self.capacity {
-                return Err(Overflow);
-            }
-            q.push_back(item);
-        }
-        self.wake.notify_one();
-        Ok(())
-    }
-
-    /// Queues a control frame even when full (a ping must not be refused by data).
-    pub fn push_control(&self, item: Outbound) {
-        self.queue.lock().push_back(item);
-        self.wake.notify_one();
-    }
-
-    /// Moves up to `max` queued items into `out`; returns how many.
-    pub fn drain_into(&self, out: &mut Vec<Outbound>, max: usize) -> usize {
-        let mut q = self.queue.lock();
-        let n = q.len().min(max);
-        out.extend(q.drain(..n));
-        // Give back a burst's memory once the queue is idle again.
-        if q.is_empty() && q.capacity() > 64 {
-            *q = VecDeque::new();
-        }
-        n
-    }
-
-    pub fn len(&self) -> usize {
-        self.queue.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Resolves when something was queued since the last call (a permit is kept if nobody
-    /// was waiting, so no wake-up is lost).
-    pub async fn ready(&self) {
-        self.wake.notified().await
-    }
 }
 
 /// Counters of one connection, for its debug view.
@@ -143,7 +55,7 @@ pub struct Connection {
     pub connected_at_unix_ms: u64,
     pub connected_at_ms: u64,
     pub stats: Stats,
-    pub outbox: Outbox,
+    pub transport: Arc<dyn Transport>,
     close: OnceLock<CloseRequest>,
     closing: Notify,
     channels: Mutex<Vec<Arc<str>>>,
@@ -155,7 +67,7 @@ impl Connection {
         identity: Identity,
         remote: Option<SocketAddr>,
         now_ms: u64,
-        outbox_capacity: usize,
+        transport: Arc<dyn Transport>,
     ) -> Self {
         let stats = Stats::default();
         stats.last_seen_ms.store(now_ms, Relaxed);
@@ -166,7 +78,7 @@ impl Connection {
             connected_at_unix_ms: crate::clock::unix_ms(),
             connected_at_ms: now_ms,
             stats,
-            outbox: Outbox::new(outbox_capacity),
+            transport,
             close: OnceLock::new(),
             closing: Notify::new(),
             channels: Mutex::new(Vec::new()),
@@ -263,7 +175,7 @@ impl Connection {
             bytes_received: s.bytes_in.load(Relaxed),
             errors: s.errors.load(Relaxed),
             last_error: s.last_error.lock().clone(),
-            queue_depth: self.outbox.len(),
+            queue_depth: self.transport.backlog(),
             state: if self.close.get().is_some() {
                 "closing"
             } else {

@@ -3,6 +3,7 @@
 mod connection;
 mod registry;
 mod session;
+mod transport;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,11 +17,10 @@ use wsgate_cluster::{
     Broker, BrokerError, Deliver, Envelope, NodeId, PresenceEntry, PublishRequest, Store,
 };
 
-pub use connection::{
-    CloseRequest, Connection, ConnectionInfo, Delivery, Outbound, Outbox, Overflow, Stats,
-};
+pub use connection::{CloseRequest, Connection, ConnectionInfo, Stats};
 pub use registry::Registry;
 pub use session::Session;
+pub use transport::{Delivery, Outbound, Overflow, Skips, Transport};
 
 use crate::auth::Identity;
 use crate::clock::Clock;
@@ -47,8 +47,6 @@ pub struct GatewayConfig {
     pub heartbeat_interval: Duration,
     /// Close (4008) a connection silent for this long. Default 65 s (seed 003).
     pub heartbeat_timeout: Duration,
-    /// Frames queued per connection before it is closed as a slow consumer (4029).
-    pub outbox_capacity: usize,
     pub client_publish: ClientPublish,
     /// Protocol errors in a row before the connection is closed (1008).
     pub max_protocol_errors: u32,
@@ -61,7 +59,6 @@ impl GatewayConfig {
             node,
             heartbeat_interval: Duration::from_secs(30),
             heartbeat_timeout: Duration::from_secs(65),
-            outbox_capacity: 1024,
             client_publish: ClientPublish::default(),
             max_protocol_errors: 10,
             max_channels_per_connection: 256,
@@ -126,14 +123,19 @@ impl Gateway {
     }
 
     /// Registers a new client connection; the caller sends `hello` and runs its task.
-    pub fn open(&self, identity: Identity, remote: Option<SocketAddr>) -> Arc<Connection> {
+    pub fn open(
+        &self,
+        identity: Identity,
+        remote: Option<SocketAddr>,
+        transport: Arc<dyn Transport>,
+    ) -> Arc<Connection> {
         let id = crate::ids::new_connection_id(&self.config.node);
         let conn = Arc::new(Connection::new(
             id,
             identity,
             remote,
             self.clock.now_ms(),
-            self.config.outbox_capacity,
+            transport,
         ));
         self.registry.insert(conn.clone());
         self.metrics.connections.inc();
@@ -287,7 +289,7 @@ impl Gateway {
                     report.closed += 1;
                 }
             } else if ping {
-                conn.outbox.push_control(Outbound::Ping);
+                conn.transport.send_control(protocol::wire_ping());
                 report.pinged += 1;
             }
         }
@@ -312,21 +314,25 @@ fn presence_of(channel: &str, entries: Vec<PresenceEntry>) -> Presence {
     }
 }
 
-/// The broker's way into this node: fans envelopes out to local outboxes.
+/// The broker's way into this node: fans envelopes out to local sockets.
 struct LocalDelivery {
     registry: Arc<Registry>,
     metrics: Metrics,
 }
 
 impl LocalDelivery {
-    fn push(&self, conn: &Connection, item: Outbound) -> bool {
-        match conn.outbox.push(item) {
-            Ok(()) => true,
+    fn push(&self, conn: &Connection, item: &Outbound, frame_len: usize) -> bool {
+        match conn.transport.send(item) {
+            Ok(()) => {
+                conn.stats.messages_out.fetch_add(1, Relaxed);
+                conn.stats.bytes_out.fetch_add(frame_len as u64, Relaxed);
+                true
+            }
             Err(Overflow) => {
                 if conn.request_close(
                     close::SLOW_CONSUMER,
                     "slow_consumer",
-                    "slow consumer: outbox full",
+                    "slow consumer: backlog full",
                 ) {
                     self.metrics.slow_consumers.inc();
                     warn!(connection_id = %conn.id, user = %conn.user(), "slow consumer closed");
@@ -337,6 +343,15 @@ impl LocalDelivery {
     }
 }
 
+impl LocalDelivery {
+    fn sent(&self, messages: usize, frame_len: usize) {
+        self.metrics.messages_sent.inc_by(messages as u64);
+        self.metrics
+            .bytes_sent
+            .inc_by((messages * frame_len) as u64);
+    }
+}
+
 impl Deliver for LocalDelivery {
     fn deliver(&self, envelope: &Envelope) -> usize {
         match envelope {
@@ -344,29 +359,45 @@ impl Deliver for LocalDelivery {
                 let Some(subs) = self.registry.subscribers(&p.channel) else {
                     return 0;
                 };
-                let delivery = Arc::new(Delivery {
+                let frame = protocol::channel_message(&p.channel, p.offset, &p.data);
+                let item = Outbound::Publication(Arc::new(Delivery {
                     channel: p.channel.clone(),
                     offset: p.offset,
-                    frame: protocol::channel_message(&p.channel, p.offset, &p.data),
+                    wire: protocol::wire_text(frame.as_bytes()),
                     published_at_us: p.published_at_us,
-                });
+                }));
                 let exclude = p.exclude_user.as_deref();
-                subs.iter()
+                let delivered = subs
+                    .iter()
                     .filter(|c| exclude != Some(&**c.user()))
-                    .filter(|c| self.push(c, Outbound::Publication(delivery.clone())))
-                    .count()
+                    .filter(|c| self.push(c, &item, frame.len()))
+                    .count();
+                self.sent(delivered, frame.len());
+                // One observation per publication and node: the time until the last local
+                // subscriber's socket took the frame (or its backlog did).
+                let us = crate::clock::unix_us().saturating_sub(p.published_at_us);
+                self.metrics.delivery_latency.observe(us as f64 / 1e6);
+                delivered
             }
             Envelope::User { user, data } => {
                 let frame = protocol::direct_message(data);
-                self.registry
+                let item = Outbound::Frame(protocol::wire_text(frame.as_bytes()));
+                let delivered = self
+                    .registry
                     .of_user(user)
                     .iter()
-                    .filter(|c| self.push(c, Outbound::Frame(frame.clone())))
-                    .count()
+                    .filter(|c| self.push(c, &item, frame.len()))
+                    .count();
+                self.sent(delivered, frame.len());
+                delivered
             }
             Envelope::Connection { id, data } => match self.registry.get(id) {
                 Some(c) => {
-                    usize::from(self.push(&c, Outbound::Frame(protocol::direct_message(data))))
+                    let frame = protocol::direct_message(data);
+                    let item = Outbound::Frame(protocol::wire_text(frame.as_bytes()));
+                    let delivered = usize::from(self.push(&c, &item, frame.len()));
+                    self.sent(delivered, frame.len());
+                    delivered
                 }
                 None => 0,
             },

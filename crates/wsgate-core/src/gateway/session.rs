@@ -1,11 +1,11 @@
 //! The client protocol, one connection at a time.
 //!
-//! A [`Session`] is owned by the connection task: it turns each text frame into answers and
-//! decides which queued publications to skip. Skipping is how a subscription joins a live
-//! stream without a hole or a duplicate: the subscriber is registered first (so nothing
-//! published afterwards is missed), then the stream position is read, then every queued
-//! publication at or below that position is dropped because the answer (`subscribed`, plus
-//! recovered history) already covers it.
+//! A [`Session`] is owned by the connection task: it turns each text frame into answers.
+//! A subscription joins a live stream without a hole or a duplicate: the transport holds
+//! publications back, the subscriber is registered (so nothing published afterwards is
+//! missed), the stream position is read, and the transport is told to drop publications of
+//! that channel at or below the position, because the answer (`subscribed`, plus recovered
+//! history) covers them. The connection task writes the answer, then releases the hold.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -14,15 +14,13 @@ use serde_json::value::RawValue;
 use tungstenite::Utf8Bytes;
 use wsgate_cluster::{Recovery, StreamPosition};
 
-use super::connection::{CloseRequest, Connection, Delivery};
+use super::connection::{CloseRequest, Connection};
 use super::{ClientPublish, Gateway};
 use crate::metrics::ReasonLabel;
 use crate::protocol::{self, ClientOp, Frame, ProtocolError, Since, close};
 
 pub struct Session {
     pub conn: Arc<Connection>,
-    /// Per channel: publications up to this offset are already answered.
-    skip_through: Vec<(Arc<str>, u64)>,
     errors_in_row: u32,
 }
 
@@ -30,25 +28,8 @@ impl Session {
     pub fn new(conn: Arc<Connection>) -> Self {
         Self {
             conn,
-            skip_through: Vec::new(),
             errors_in_row: 0,
         }
-    }
-
-    /// Whether a queued publication is already covered by a `subscribed` answer.
-    pub fn skips(&mut self, d: &Delivery) -> bool {
-        if self.skip_through.is_empty() {
-            return false;
-        }
-        let Some(i) = self.skip_through.iter().position(|(c, _)| *c == d.channel) else {
-            return false;
-        };
-        if d.offset <= self.skip_through[i].1 {
-            return true;
-        }
-        // The live stream has passed the answered position: no more skipping here.
-        self.skip_through.swap_remove(i);
-        false
     }
 
     /// Handles one text frame. `Ok` holds the frames to send back (possibly none);
@@ -138,7 +119,7 @@ impl Session {
                     ));
                 }
                 gw.metrics.subscriptions.dec();
-                self.skip_through.retain(|(c, _)| **c != *channel);
+                self.conn.transport.forget_skip(&channel);
                 if let Err(e) = gw.store.presence_leave(&channel, &self.conn.id).await {
                     gw.metrics.store_errors.inc();
                     tracing::warn!(connection_id = %self.conn.id, error = %e, "presence leave failed");
@@ -225,6 +206,7 @@ impl Session {
                 ),
             ));
         }
+        self.conn.transport.hold();
         if fresh {
             gw.registry.subscribe(&channel, &self.conn);
             gw.metrics.subscriptions.inc();
@@ -257,9 +239,9 @@ impl Session {
         if fresh {
             gw.presence_join(&channel, &self.conn).await;
         }
-        self.skip_through.retain(|(c, _)| *c != channel);
-        self.skip_through
-            .push((channel.clone(), recovery.position.offset));
+        self.conn
+            .transport
+            .skip_through(channel.clone(), recovery.position.offset);
 
         let mut f = Frame::op("subscribed")
             .id(id)

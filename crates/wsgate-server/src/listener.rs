@@ -1,0 +1,89 @@
+//! The accept loop: HTTP/1.1 on plain TCP streams, with upgrades.
+//!
+//! wsgate serves its own listener instead of `axum::serve` because an upgraded WebSocket must
+//! come back as the `TcpStream` it started as (`Upgraded::downcast`): the connection's socket is
+//! then shared between its task and every publisher (see `ws::socket`). axum's server wraps
+//! streams in a private type for HTTP/2 detection, which makes that impossible. The control API
+//! needs nothing beyond HTTP/1.1; gRPC has its own port.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+use tracing::{debug, warn};
+
+/// A client that opens TCP and never finishes its request headers is dropped after this.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `app` on `listener` until `stop` turns true, then lets HTTP connections finish
+/// their current request (bounded) and returns. Upgraded WebSockets are not waited for here:
+/// their tasks belong to the node's drain.
+pub async fn serve(listener: TcpListener, app: Router, mut stop: watch::Receiver<bool>) {
+    let conns = TaskTracker::new();
+    loop {
+        let (tcp, remote) = tokio::select! {
+            () = stopped(&mut stop) => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning on a full descriptor table.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Frames are written whole; Nagle would only add latency.
+        let _ = tcp.set_nodelay(true);
+        conns.spawn(connection(tcp, remote, app.clone(), stop.clone()));
+    }
+    conns.close();
+    if tokio::time::timeout(Duration::from_secs(5), conns.wait())
+        .await
+        .is_err()
+    {
+        warn!("HTTP connections still open after shutdown; leaving them");
+    }
+}
+
+async fn connection(
+    tcp: tokio::net::TcpStream,
+    remote: SocketAddr,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+) {
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(remote));
+        app.clone().oneshot(req)
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(tcp), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        served = conn.as_mut() => {
+            if let Err(e) = served {
+                debug!(%remote, error = %e, "HTTP connection ended with an error");
+            }
+        }
+        () = stopped(&mut stop) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Resolves once `stop` is true (the guard `wait_for` returns is not `Send`; it ends here).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}

@@ -1,0 +1,154 @@
+//! The WebSocket edge: the HTTP upgrade, the shared socket, and the one task each client
+//! connection runs.
+//!
+//! - [`socket`]: the socket shared by the connection task and every publisher. Publishers
+//!   write pre-encoded frames straight into the kernel; a bounded backlog only forms when the
+//!   client reads slower than it is sent to.
+//! - [`task`]: the connection task: reads and answers the client, drains the backlog, closes.
+//!
+//! The upgrade is done with hyper and tokio-tungstenite directly (not axum's `WebSocket`) so
+//! that the TCP stream itself can be shared: the server's own accept loop serves HTTP/1 on
+//! plain `TcpStream`s, and an upgraded connection is downcast back to its stream.
+
+mod socket;
+mod task;
+
+pub use socket::{SharedSocket, SocketIo};
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tracing::{debug, warn};
+use wsgate_core::metrics::ReasonLabel;
+
+use crate::http::json_error;
+use crate::node::Node;
+
+#[derive(Deserialize)]
+pub struct WsQuery {
+    token: Option<String>,
+}
+
+/// `GET /ws`: validates the handshake, authenticates, answers 101 and hands the socket to a
+/// connection task.
+pub async fn upgrade(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    Query(query): Query<WsQuery>,
+    mut req: Request<Body>,
+) -> Response {
+    let reject = |status: StatusCode, reason: &'static str, msg: &str| {
+        node.gateway
+            .metrics
+            .connection_rejections
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+        json_error(status, msg)
+    };
+    if node.lifecycle.is_draining() {
+        let mut r = reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "server is shutting down",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
+    }
+    let key = match handshake_key(req.headers()) {
+        Ok(key) => key,
+        Err(msg) => return reject(StatusCode::BAD_REQUEST, "bad_handshake", msg),
+    };
+    let token = query.token.or_else(|| bearer(req.headers()));
+    let identity = node.auth.authenticate(token.as_deref());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let task_node = node.clone();
+    node.tasks.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                debug!(%remote, error = %e, "upgrade failed");
+                return;
+            }
+        };
+        // The accept loop serves plain TCP streams, so the upgraded connection is one.
+        let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => parts,
+            Err(_) => {
+                warn!(%remote, "upgraded connection is not a TCP stream; dropped");
+                return;
+            }
+        };
+        let socket = SharedSocket::new(parts.io.into_inner(), task_node.config.outbox_capacity);
+        let io = SocketIo::new(socket.clone(), parts.read_buf);
+        let config = WebSocketConfig::default()
+            .read_buffer_size(task_node.config.read_buffer_size)
+            .max_message_size(Some(task_node.config.max_message_size))
+            .max_frame_size(Some(task_node.config.max_message_size));
+        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+        match identity {
+            Ok(identity) => task::serve(task_node, socket, ws, identity, remote).await,
+            Err(e) => task::refuse(task_node, socket, ws, e, remote).await,
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(
+            header::SEC_WEBSOCKET_ACCEPT,
+            derive_accept_key(key.as_bytes()),
+        )
+        .body(Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| v.trim().eq_ignore_ascii_case(token))
+}
+
+/// RFC 6455 §4.2.1: what a client handshake must carry.
+fn handshake_key(headers: &HeaderMap) -> Result<String, &'static str> {
+    if !header_has(headers, header::UPGRADE, "websocket") {
+        return Err("expected a WebSocket upgrade (Upgrade: websocket)");
+    }
+    if !header_has(headers, header::CONNECTION, "upgrade") {
+        return Err("expected Connection: upgrade");
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .and_then(|v| v.to_str().ok())
+        != Some("13")
+    {
+        return Err("unsupported Sec-WebSocket-Version (expected 13)");
+    }
+    headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| k.len() == 24)
+        .map(str::to_owned)
+        .ok_or("missing or malformed Sec-WebSocket-Key")
+}
+
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
+}

@@ -1,0 +1,220 @@
+//! The life of one client connection after the upgrade.
+//!
+//! One task, one `select!`: a close request, the backlog (only when the client reads slower
+//! than it is sent to), and the socket's inbound frames. Publications do not pass through
+//! here at all: they are written into the socket by the publisher (see [`super::socket`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tracing::warn;
+use wsgate_core::auth::{AuthError, Identity};
+use wsgate_core::gateway::{CloseRequest, Connection, Gateway, Session};
+use wsgate_core::metrics::ReasonLabel;
+use wsgate_core::protocol::{self, close};
+
+use super::socket::{SharedSocket, SocketIo};
+use crate::node::Node;
+
+type Socket = WebSocketStream<SocketIo>;
+
+/// A client whose token failed: told why in the close frame (4001), then dropped.
+pub(super) async fn refuse(
+    node: Arc<Node>,
+    socket: Arc<SharedSocket>,
+    mut ws: Socket,
+    e: AuthError,
+    remote: SocketAddr,
+) {
+    let reason = match e {
+        AuthError::Missing => "auth_missing",
+        AuthError::Expired => "auth_expired",
+        AuthError::Invalid(_) => "auth_invalid",
+    };
+    node.gateway
+        .metrics
+        .connection_rejections
+        .get_or_create(&ReasonLabel { reason })
+        .inc();
+    warn!(%remote, reason, error = %e, "authentication failed");
+    close_gracefully(&node, &socket, &mut ws, close::AUTH_FAILED, &e.to_string()).await;
+}
+
+/// Sends a close frame after everything already queued, then waits (bounded) for the
+/// client's answer so the close handshake completes.
+async fn close_gracefully(
+    node: &Node,
+    socket: &SharedSocket,
+    ws: &mut Socket,
+    code: u16,
+    message: &str,
+) {
+    socket.stop_publications();
+    // Close reasons are limited to 123 bytes by RFC 6455.
+    let mut reason = message.to_string();
+    while reason.len() > 123 {
+        reason.pop();
+    }
+    let frame = CloseFrame {
+        code: code.into(),
+        reason: reason.into(),
+    };
+    let grace = Duration::from_millis(node.config.close_grace_ms);
+    let _ = tokio::time::timeout(grace, async {
+        ws.send(Message::Close(Some(frame))).await?;
+        socket.flush().await?;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() {
+                break;
+            }
+        }
+        Ok::<_, WsError>(())
+    })
+    .await;
+}
+
+/// Why a connection task ended.
+struct Ending {
+    reason: &'static str,
+    /// Close frame we send, if any.
+    close: Option<(u16, String)>,
+}
+
+impl Ending {
+    fn quiet(reason: &'static str) -> Self {
+        Self {
+            reason,
+            close: None,
+        }
+    }
+    fn from_request(r: &CloseRequest) -> Self {
+        Self {
+            reason: r.reason,
+            close: Some((r.code, r.message.clone())),
+        }
+    }
+}
+
+/// The life of one authenticated connection.
+pub(super) async fn serve(
+    node: Arc<Node>,
+    socket: Arc<SharedSocket>,
+    mut ws: Socket,
+    identity: Identity,
+    remote: SocketAddr,
+) {
+    let gw = node.gateway.clone();
+    let conn = gw.open(identity, Some(remote), socket.clone());
+    let mut session = Session::new(conn.clone());
+    socket.write_frame(protocol::wire_text(gw.hello(&conn).as_bytes()));
+    let ending = run(&gw, &socket, &mut ws, &mut session).await;
+    if let Some((code, message)) = &ending.close {
+        close_gracefully(&node, &socket, &mut ws, *code, message).await;
+    } else if ending.reason == "client_closed" {
+        // tungstenite queued the answer to the client's close frame; send it.
+        socket.stop_publications();
+        let grace = Duration::from_millis(node.config.close_grace_ms);
+        let _ = tokio::time::timeout(grace, async {
+            let _ = ws.flush().await;
+            socket.flush().await
+        })
+        .await;
+    }
+    gw.close(&conn, ending.reason, ending.close.as_ref().map(|c| c.0))
+        .await;
+}
+
+async fn run(
+    gw: &Gateway,
+    socket: &SharedSocket,
+    ws: &mut Socket,
+    session: &mut Session,
+) -> Ending {
+    let conn = session.conn.clone();
+    loop {
+        let backlog = socket.has_backlog();
+        tokio::select! {
+            biased;
+            () = conn.closing() => {
+                return conn.close_request().map_or(Ending::quiet("closed"), Ending::from_request);
+            }
+            flushed = socket.flush(), if backlog => {
+                if let Err(e) = flushed {
+                    conn.stats.record_error(e.to_string());
+                    return Ending::quiet("io_error");
+                }
+            }
+            () = socket.backlogged(), if !backlog => {}
+            frame = ws.next() => {
+                if let Some(ending) = inbound(gw, socket, session, frame).await {
+                    return ending;
+                }
+            }
+        }
+    }
+}
+
+/// Handles one inbound frame; `Some` ends the connection.
+async fn inbound(
+    gw: &Gateway,
+    socket: &SharedSocket,
+    session: &mut Session,
+    frame: Option<Result<Message, WsError>>,
+) -> Option<Ending> {
+    let conn = session.conn.clone();
+    let msg = match frame {
+        None => return Some(Ending::quiet("client_gone")),
+        Some(Ok(msg)) => msg,
+        Some(Err(e)) => return Some(read_error(&conn, e)),
+    };
+    conn.touch(gw.clock.now_ms());
+    let answer = match msg {
+        Message::Text(text) => session.handle_text(gw, text.as_str()).await,
+        Message::Binary(data) => session.handle_binary(gw, data.len()),
+        Message::Close(_) => return Some(Ending::quiet("client_closed")),
+        // Pings are answered by tungstenite; both only prove liveness.
+        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return None,
+    };
+    let frames: Vec<Utf8Bytes> = match answer {
+        Ok(frames) => frames,
+        Err(close) => return Some(Ending::from_request(&close)),
+    };
+    for f in frames {
+        socket.write_frame(protocol::wire_text(f.as_bytes()));
+    }
+    // Publications held back while a subscription was answered go out after the answer.
+    if socket.release().is_err() {
+        let slow = conn.request_close(
+            close::SLOW_CONSUMER,
+            "slow_consumer",
+            "slow consumer: backlog full",
+        );
+        if slow {
+            gw.metrics.slow_consumers.inc();
+        }
+    }
+    None
+}
+
+fn read_error(conn: &Connection, e: WsError) -> Ending {
+    conn.stats.record_error(e.to_string());
+    let (reason, code) = match &e {
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+            ("message_too_big", close::MESSAGE_TOO_BIG)
+        }
+        WsError::Capacity(_) => ("message_too_big", close::MESSAGE_TOO_BIG),
+        WsError::Utf8(_) => ("invalid_utf8", close::INVALID_PAYLOAD),
+        WsError::Protocol(_) => ("protocol_error", close::PROTOCOL_ERROR),
+        _ => return Ending::quiet("io_error"),
+    };
+    Ending {
+        reason,
+        close: Some((code, e.to_string())),
+    }
+}
