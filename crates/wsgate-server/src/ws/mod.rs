@@ -90,7 +90,11 @@ pub async fn upgrade(
             }
         };
         let socket = SharedSocket::new(parts.io.into_inner(), task_node.config.outbox_capacity);
-        let io = SocketIo::new(socket.clone(), parts.read_buf);
+        // Bytes the client sent right behind its handshake. Copied out so that hyper's whole
+        // read buffer (8 KiB or more) is not kept alive per connection by an empty slice.
+        let leftover = bytes::Bytes::copy_from_slice(&parts.read_buf);
+        drop(parts.read_buf);
+        let io = SocketIo::new(socket.clone(), leftover);
         let config = WebSocketConfig::default()
             .read_buffer_size(task_node.config.read_buffer_size)
             .max_message_size(Some(task_node.config.max_message_size))
