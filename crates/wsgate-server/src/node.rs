@@ -13,6 +13,7 @@ use wsgate_cluster::memory::{MemoryBroker, MemoryStore};
 use wsgate_core::auth::Authenticator;
 use wsgate_core::gateway::Gateway;
 use wsgate_core::metrics::Metrics;
+use wsgate_core::upstream::UpstreamManager;
 
 use crate::config::{AuthMode, Config};
 
@@ -46,6 +47,8 @@ pub struct BuildInfo {
 pub struct Node {
     pub config: Config,
     pub gateway: Arc<Gateway>,
+    /// Outbound connections held for backends (the upstream API).
+    pub upstreams: Arc<UpstreamManager>,
     pub auth: Authenticator,
     pub lifecycle: Lifecycle,
     pub build: BuildInfo,
@@ -78,6 +81,7 @@ impl Node {
         let broker = Arc::new(MemoryBroker::new(node_id.clone(), config.history_size));
         let store = Arc::new(MemoryStore::new());
         let gateway = Gateway::new(gw_config, broker, store, metrics);
+        let upstreams = UpstreamManager::new(gateway.clone());
         Ok(Arc::new(Self {
             build: BuildInfo {
                 name: "wsgate",
@@ -88,6 +92,7 @@ impl Node {
             },
             config,
             gateway,
+            upstreams,
             auth,
             lifecycle: Lifecycle::default(),
             metrics_registry: registry,
@@ -139,6 +144,7 @@ pub async fn run(
         _ = draining_rx => {}
         joined = &mut serving => {
             heartbeat.abort();
+            node.upstreams.shutdown().await;
             return Ok(joined??);
         }
     }
@@ -154,6 +160,9 @@ pub async fn run(
             "drain timeout: dropping remaining connections"
         );
     }
+    // Upstream connections go after the gateway drain: clients still connected until then
+    // keep receiving what upstreams publish. Their records stay in the store.
+    node.upstreams.shutdown().await;
     let _ = stop_tx.send(());
     heartbeat.abort();
     match tokio::time::timeout(Duration::from_secs(5), serving).await {
