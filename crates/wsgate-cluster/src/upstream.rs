@@ -274,13 +274,17 @@ mod tests {
     #[test]
     fn debug_hides_secrets() {
         let mut spec = UpstreamSpec::new("ws://h/?key=s3cr3t");
-        spec.headers.push(("authorization".into(), "Bearer s3cr3t".into()));
+        spec.headers
+            .push(("authorization".into(), "Bearer s3cr3t".into()));
         spec.auth = Some(UpstreamAuth {
             messages: vec!["login s3cr3t".into()],
             expect: None,
             timeout_ms: 1,
         });
         let dbg = format!("{spec:?}");
-        assert!(dbg.contains("authorization") && !dbg.contains("s3cr3t"), "{dbg}");
+        assert!(
+            dbg.contains("authorization") && !dbg.contains("s3cr3t"),
+            "{dbg}"
+        );
     }
 }

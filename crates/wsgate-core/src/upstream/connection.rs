@@ -54,9 +54,9 @@ impl Shared {
         let put = self.gateway.store.upstream_put(rec.clone());
         let res = match tokio::time::timeout(WRITE_TIMEOUT, put).await {
             Ok(r) => r.map_err(UpstreamError::from),
-            Err(_) => Err(UpstreamError::Store(wsgate_cluster::StoreError::Unavailable(
-                "upstream record write timed out".into(),
-            ))),
+            Err(_) => Err(UpstreamError::Store(
+                wsgate_cluster::StoreError::Unavailable("upstream record write timed out".into()),
+            )),
         };
         if let Err(e) = &res {
             self.gateway.metrics.store_errors.inc();

@@ -226,7 +226,11 @@ impl UpstreamManager {
     /// Disconnect: closes the connection, waits for its pump, forgets it and its record.
     pub async fn disconnect(&self, id: &str) -> Result<(), UpstreamError> {
         let Some((_, up)) = self.conns.remove(id) else {
-            return Err(self.lookup(id).await.err().unwrap_or(UpstreamError::NotFound));
+            return Err(self
+                .lookup(id)
+                .await
+                .err()
+                .unwrap_or(UpstreamError::NotFound));
         };
         up.close(CLOSE_WAIT).await;
         up.shared.gauge.clear(&self.gateway.metrics);

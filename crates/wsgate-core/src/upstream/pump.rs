@@ -24,7 +24,11 @@ use super::state::state_name;
 /// Longest wait for the broker to accept one publication.
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub async fn run(shared: Arc<Shared>, mut events: Events, mut state: watch::Receiver<ConnectionState>) {
+pub async fn run(
+    shared: Arc<Shared>,
+    mut events: Events,
+    mut state: watch::Receiver<ConnectionState>,
+) {
     let metrics = shared.gateway.metrics.clone();
     let mut last = *state.borrow_and_update();
     on_state(&shared, None, last).await;

@@ -74,7 +74,9 @@ mod tests {
     use super::*;
 
     fn gauge(m: &Metrics, state: &'static str) -> i64 {
-        m.upstream_connections.get_or_create(&StateLabel { state }).get()
+        m.upstream_connections
+            .get_or_create(&StateLabel { state })
+            .get()
     }
 
     #[test]

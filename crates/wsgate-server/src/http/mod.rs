@@ -40,7 +40,10 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .route("/api/v1/upstreams/{id}/send", post(upstreams::send))
         .route("/api/v1/upstreams/{id}/send-raw", post(upstreams::send_raw))
-        .route("/api/v1/upstreams/{id}/send-async", post(upstreams::send_async))
+        .route(
+            "/api/v1/upstreams/{id}/send-async",
+            post(upstreams::send_async),
+        )
         .route(
             "/api/v1/upstreams/{id}/subscriptions",
             post(upstreams::subscriptions),

@@ -96,7 +96,12 @@ pub async fn list_connections(
     // Upstream connections have no user and no channels: a user or channel filter
     // excludes them.
     if q.kind.as_deref() != Some("gateway") && q.user.is_none() && q.channel.is_none() {
-        infos.extend(node.upstreams.list().into_iter().map(|u| (u.id.clone(), json!(u))));
+        infos.extend(
+            node.upstreams
+                .list()
+                .into_iter()
+                .map(|u| (u.id.clone(), json!(u))),
+        );
     }
     infos.sort_by(|a, b| a.0.cmp(&b.0));
     let total = infos.len();

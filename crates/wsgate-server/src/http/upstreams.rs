@@ -131,7 +131,10 @@ impl ConnectBody {
     }
 }
 
-pub async fn connect(State(node): State<Arc<Node>>, ApiJson(body): ApiJson<ConnectBody>) -> ApiResult {
+pub async fn connect(
+    State(node): State<Arc<Node>>,
+    ApiJson(body): ApiJson<ConnectBody>,
+) -> ApiResult {
     let (spec, wait) = body.into_spec()?;
     let c = node.upstreams.connect(spec, wait).await?;
     Ok(Json(json!({
@@ -234,7 +237,11 @@ pub async fn subscriptions(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<SubscriptionsBody>,
 ) -> ApiResult {
-    let add = body.add.into_iter().map(SubscriptionBody::into_spec).collect();
+    let add = body
+        .add
+        .into_iter()
+        .map(SubscriptionBody::into_spec)
+        .collect();
     let keys = node
         .upstreams
         .update_subscriptions(&id, add, body.remove)
@@ -253,7 +260,9 @@ pub async fn publish_start(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<PublishStartBody>,
 ) -> ApiResult {
-    node.upstreams.start_publish(&id, body.topic.clone()).await?;
+    node.upstreams
+        .start_publish(&id, body.topic.clone())
+        .await?;
     Ok(Json(json!({
         "success": true,
         "topic": body.topic,
