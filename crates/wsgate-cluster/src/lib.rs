@@ -18,9 +18,11 @@ mod broker;
 pub mod memory;
 mod model;
 mod store;
+pub mod upstream;
 
 pub use broker::{Broker, BrokerError, Deliver};
 pub use model::{
     Envelope, NodeId, Publication, PublishRequest, Recovery, RecoveryGap, StreamPosition,
 };
 pub use store::{PresenceEntry, Store, StoreError};
+pub use upstream::UpstreamRecord;

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::Serialize;
 
+use crate::upstream::UpstreamRecord;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store unavailable: {0}")]
@@ -26,5 +28,13 @@ pub trait Store: Send + Sync + 'static {
     async fn presence_join(&self, channel: &str, entry: PresenceEntry) -> Result<(), StoreError>;
     async fn presence_leave(&self, channel: &str, connection_id: &str) -> Result<(), StoreError>;
     async fn presence(&self, channel: &str) -> Result<Vec<PresenceEntry>, StoreError>;
+
+    /// Creates or replaces the record of an upstream connection (keyed by its id).
+    async fn upstream_put(&self, record: UpstreamRecord) -> Result<(), StoreError>;
+    async fn upstream_get(&self, id: &str) -> Result<Option<UpstreamRecord>, StoreError>;
+    /// Removes a record; removing an unknown id is not an error.
+    async fn upstream_delete(&self, id: &str) -> Result<(), StoreError>;
+    /// Every record, in no particular order.
+    async fn upstream_list(&self) -> Result<Vec<UpstreamRecord>, StoreError>;
     fn is_healthy(&self) -> bool;
 }

@@ -7,6 +7,9 @@
 //!   bounded outbox that the server's connection task drains into its WebSocket.
 //! - [`protocol`]: the JSON frames of the client protocol, decoded and encoded.
 //! - [`auth`]: who a connecting client is (none, or JWT HS256/RS256).
+//! - [`upstream`]: the outbound face. An [`upstream::UpstreamManager`] holds WebSocket
+//!   connections to backends (each a reconnecting `wsgate_client::Client`) and can publish
+//!   what they receive into gateway channels.
 //! - [`metrics`]: the Prometheus series every part of the node reports into.
 //!
 //! Time is passed in as a [`clock::Clock`], so the heartbeat sweep can be tested without
@@ -18,3 +21,4 @@ pub mod gateway;
 pub mod ids;
 pub mod metrics;
 pub mod protocol;
+pub mod upstream;

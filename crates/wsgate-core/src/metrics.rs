@@ -23,6 +23,21 @@ pub struct CodeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
+/// Every state an upstream connection can be in, as the `state` label spells it.
+pub const UPSTREAM_STATES: [&str; 6] = [
+    "connecting",
+    "connected",
+    "reconnecting",
+    "circuit_open",
+    "failed",
+    "closed",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: &'static str,
 }
@@ -46,6 +61,20 @@ pub struct Metrics {
     pub broker_errors: Counter,
     pub store_errors: Counter,
     pub recoveries: Family<ReasonLabel, Counter>,
+    /// Upstream connections re-established after a loss (the first connection not counted).
+    pub upstream_reconnections: Counter,
+    /// Upstream connections that ran out of reconnect attempts.
+    pub upstream_give_ups: Counter,
+    /// Times an upstream connection's circuit breaker opened.
+    pub upstream_breaker_opens: Counter,
+    /// SendAsync calls that got no reply in time.
+    pub upstream_request_timeouts: Counter,
+    /// Data messages received from upstreams (correlated replies excluded).
+    pub upstream_messages_received: Counter,
+    /// Upstream messages published to a gateway channel.
+    pub upstream_published: Counter,
+    /// Upstream connections held by this node, by state.
+    pub upstream_connections: Family<StateLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -69,6 +98,20 @@ impl Default for Metrics {
             broker_errors: Counter::default(),
             store_errors: Counter::default(),
             recoveries: Family::default(),
+            upstream_reconnections: Counter::default(),
+            upstream_give_ups: Counter::default(),
+            upstream_breaker_opens: Counter::default(),
+            upstream_request_timeouts: Counter::default(),
+            upstream_messages_received: Counter::default(),
+            upstream_published: Counter::default(),
+            upstream_connections: {
+                // Every state exported from the start, so alerts see 0 rather than nothing.
+                let f = Family::<StateLabel, Gauge>::default();
+                for state in UPSTREAM_STATES {
+                    let _ = f.get_or_create(&StateLabel { state });
+                }
+                f
+            },
         }
     }
 }
@@ -155,6 +198,41 @@ impl Metrics {
             "wsgate_recoveries",
             "Subscriptions with `since`, by outcome",
             self.recoveries.clone(),
+        );
+        r.register(
+            "wsgate_upstream_reconnections",
+            "Upstream connections re-established after a loss",
+            self.upstream_reconnections.clone(),
+        );
+        r.register(
+            "wsgate_upstream_give_ups",
+            "Upstream connections that ran out of reconnect attempts (state failed)",
+            self.upstream_give_ups.clone(),
+        );
+        r.register(
+            "wsgate_upstream_breaker_opens",
+            "Times an upstream connection's circuit breaker opened",
+            self.upstream_breaker_opens.clone(),
+        );
+        r.register(
+            "wsgate_upstream_request_timeouts",
+            "SendAsync requests that got no reply within their timeout",
+            self.upstream_request_timeouts.clone(),
+        );
+        r.register(
+            "wsgate_upstream_messages_received",
+            "Data messages received from upstream connections",
+            self.upstream_messages_received.clone(),
+        );
+        r.register(
+            "wsgate_upstream_published",
+            "Upstream messages published to a gateway channel (topic:<name>)",
+            self.upstream_published.clone(),
+        );
+        r.register(
+            "wsgate_upstream_connections",
+            "Upstream connections held by this node, by state",
+            self.upstream_connections.clone(),
         );
     }
 

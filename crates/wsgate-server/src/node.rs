@@ -13,6 +13,7 @@ use wsgate_cluster::memory::{MemoryBroker, MemoryStore};
 use wsgate_core::auth::Authenticator;
 use wsgate_core::gateway::Gateway;
 use wsgate_core::metrics::Metrics;
+use wsgate_core::upstream::UpstreamManager;
 
 use crate::config::{AuthMode, Config};
 
@@ -46,6 +47,8 @@ pub struct BuildInfo {
 pub struct Node {
     pub config: Config,
     pub gateway: Arc<Gateway>,
+    /// Outbound connections held for backends (the upstream API).
+    pub upstreams: Arc<UpstreamManager>,
     pub auth: Authenticator,
     pub lifecycle: Lifecycle,
     pub build: BuildInfo,
@@ -78,6 +81,7 @@ impl Node {
         let broker = Arc::new(MemoryBroker::new(node_id.clone(), config.history_size));
         let store = Arc::new(MemoryStore::new());
         let gateway = Gateway::new(gw_config, broker, store, metrics);
+        let upstreams = UpstreamManager::new(gateway.clone());
         Ok(Arc::new(Self {
             build: BuildInfo {
                 name: "wsgate",
@@ -88,6 +92,7 @@ impl Node {
             },
             config,
             gateway,
+            upstreams,
             auth,
             lifecycle: Lifecycle::default(),
             metrics_registry: registry,
@@ -120,7 +125,10 @@ pub async fn run(
 
     tokio::select! {
         () = shutdown => {}
-        _ = &mut serving => anyhow::bail!("the accept loop ended unexpectedly"),
+        _ = &mut serving => {
+            node.upstreams.shutdown().await;
+            anyhow::bail!("the accept loop ended unexpectedly");
+        }
     }
     // Stop advertising readiness and refuse upgrades before anything else, so a balancer
     // steers new clients away while the old ones are told to go. The listener stays up during
@@ -139,6 +147,9 @@ pub async fn run(
             "drain timeout: dropping remaining connections"
         );
     }
+    // Upstream connections go after the gateway drain: clients still connected until then
+    // keep receiving what upstreams publish. Their records stay in the store.
+    node.upstreams.shutdown().await;
     let _ = stop_tx.send(true);
     heartbeat.abort();
     let _ = serving.await;

@@ -7,10 +7,12 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 
 use crate::store::{PresenceEntry, Store, StoreError};
+use crate::upstream::UpstreamRecord;
 
 #[derive(Default)]
 pub struct MemoryStore {
     presence: DashMap<Arc<str>, HashMap<Arc<str>, PresenceEntry>>,
+    upstreams: DashMap<String, UpstreamRecord>,
 }
 
 impl MemoryStore {
@@ -45,7 +47,52 @@ impl Store for MemoryStore {
             .unwrap_or_default())
     }
 
+    async fn upstream_put(&self, record: UpstreamRecord) -> Result<(), StoreError> {
+        self.upstreams.insert(record.id.clone(), record);
+        Ok(())
+    }
+
+    async fn upstream_get(&self, id: &str) -> Result<Option<UpstreamRecord>, StoreError> {
+        Ok(self.upstreams.get(id).map(|r| r.clone()))
+    }
+
+    async fn upstream_delete(&self, id: &str) -> Result<(), StoreError> {
+        self.upstreams.remove(id);
+        Ok(())
+    }
+
+    async fn upstream_list(&self) -> Result<Vec<UpstreamRecord>, StoreError> {
+        Ok(self.upstreams.iter().map(|r| r.clone()).collect())
+    }
+
     fn is_healthy(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::UpstreamSpec;
+
+    #[tokio::test]
+    async fn upstream_records_round_trip() {
+        let store = MemoryStore::new();
+        let mut rec = UpstreamRecord {
+            id: "a-n1".into(),
+            owner: "n1".into(),
+            state: "connecting".into(),
+            created_at_ms: 1,
+            spec: UpstreamSpec::new("ws://h/"),
+        };
+        store.upstream_put(rec.clone()).await.unwrap();
+        assert_eq!(store.upstream_get("a-n1").await.unwrap(), Some(rec.clone()));
+        rec.spec.publish_topic = Some("t".into());
+        store.upstream_put(rec.clone()).await.unwrap();
+        assert_eq!(store.upstream_list().await.unwrap(), vec![rec]);
+        store.upstream_delete("a-n1").await.unwrap();
+        store.upstream_delete("a-n1").await.unwrap();
+        assert_eq!(store.upstream_get("a-n1").await.unwrap(), None);
+        assert!(store.upstream_list().await.unwrap().is_empty());
     }
 }

@@ -6,6 +6,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use wsgate_core::gateway::GatewayError;
+use wsgate_core::upstream::UpstreamError;
 
 pub fn json_error(status: StatusCode, message: &str) -> Response {
     (
@@ -63,3 +64,24 @@ impl From<GatewayError> for ApiError {
 #[derive(FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub struct ApiJson<T>(pub T);
+
+impl From<UpstreamError> for ApiError {
+    fn from(e: UpstreamError) -> Self {
+        let status = match &e {
+            UpstreamError::NotFound => StatusCode::NOT_FOUND,
+            UpstreamError::OwnedByDifferentInstance(_) => StatusCode::CONFLICT,
+            UpstreamError::NotConnected => StatusCode::CONFLICT,
+            UpstreamError::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
+            UpstreamError::Invalid(_) => StatusCode::BAD_REQUEST,
+            UpstreamError::Upstream(wsgate_client::Error::OutboxFull { .. }) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            UpstreamError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            UpstreamError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Self {
+            status,
+            message: e.to_string(),
+        }
+    }
+}

@@ -6,6 +6,7 @@
 mod api;
 mod error;
 mod ops;
+mod upstreams;
 
 use std::sync::Arc;
 
@@ -29,6 +30,32 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .route("/api/v1/connections/{id}", delete(api::disconnect))
         .route("/api/v1/channels/{channel}/presence", get(api::presence))
+        .route(
+            "/api/v1/upstreams",
+            post(upstreams::connect).get(upstreams::list),
+        )
+        .route(
+            "/api/v1/upstreams/{id}",
+            get(upstreams::get).delete(upstreams::disconnect),
+        )
+        .route("/api/v1/upstreams/{id}/send", post(upstreams::send))
+        .route("/api/v1/upstreams/{id}/send-raw", post(upstreams::send_raw))
+        .route(
+            "/api/v1/upstreams/{id}/send-async",
+            post(upstreams::send_async),
+        )
+        .route(
+            "/api/v1/upstreams/{id}/subscriptions",
+            post(upstreams::subscriptions),
+        )
+        .route(
+            "/api/v1/upstreams/{id}/publish/start",
+            post(upstreams::publish_start),
+        )
+        .route(
+            "/api/v1/upstreams/{id}/publish/stop",
+            post(upstreams::publish_stop),
+        )
         .route("/connections", get(ops::list_connections))
         .route("/connections/{id}", get(ops::get_connection))
         .layer(middleware::from_fn_with_state(

@@ -87,14 +87,30 @@ pub async fn list_connections(
         (Some(user), _) => gw.registry.of_user(user),
         (None, _) => gw.registry.all(),
     };
-    let mut infos: Vec<ConnectionInfo> = conns
+    let mut infos: Vec<(String, Value)> = conns
         .iter()
         .filter(|c| q.channel.as_deref().is_none_or(|ch| c.is_subscribed(ch)))
         .map(|c| c.info(gw.node(), now))
+        .map(|i: ConnectionInfo| (i.id.clone(), json!(i)))
         .collect();
-    infos.sort_by(|a, b| a.id.cmp(&b.id));
+    // Upstream connections have no user and no channels: a user or channel filter
+    // excludes them.
+    if q.kind.as_deref() != Some("gateway") && q.user.is_none() && q.channel.is_none() {
+        infos.extend(
+            node.upstreams
+                .list()
+                .into_iter()
+                .map(|u| (u.id.clone(), json!(u))),
+        );
+    }
+    infos.sort_by(|a, b| a.0.cmp(&b.0));
     let total = infos.len();
-    let page: Vec<ConnectionInfo> = infos.into_iter().skip(q.offset).take(limit).collect();
+    let page: Vec<Value> = infos
+        .into_iter()
+        .skip(q.offset)
+        .take(limit)
+        .map(|(_, v)| v)
+        .collect();
     let next = (q.offset + page.len() < total).then_some(q.offset + page.len());
     Ok(Json(json!({
         "success": true,
@@ -105,18 +121,18 @@ pub async fn list_connections(
     })))
 }
 
-/// `GET /connections/{id}`: seed 003's debug view of one connection.
+/// `GET /connections/{id}`: seed 003's debug view of one connection (gateway or upstream).
 pub async fn get_connection(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let gw = &node.gateway;
-    let conn = gw
-        .registry
-        .get(&id)
-        .ok_or(wsgate_core::gateway::GatewayError::ConnectionNotFound)?;
-    Ok(Json(json!({
-        "success": true,
-        "connection": conn.info(gw.node(), gw.clock.now_ms()),
-    })))
+    if let Some(conn) = gw.registry.get(&id) {
+        return Ok(Json(json!({
+            "success": true,
+            "connection": conn.info(gw.node(), gw.clock.now_ms()),
+        })));
+    }
+    let view = node.upstreams.get(&id).await?;
+    Ok(Json(json!({"success": true, "connection": view})))
 }

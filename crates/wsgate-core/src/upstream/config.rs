@@ -1,0 +1,174 @@
+//! From an [`UpstreamSpec`] (what the API and the store hold) to a
+//! [`wsgate_client::ClientConfig`] (what the connection runs on), and the checks a spec
+//! must pass first. Kept apart so a record reclaimed from the store is turned into a
+//! connection by exactly the same code as a fresh Connect.
+
+use std::time::Duration;
+
+use wsgate_client::{
+    Auth, Backoff, BreakerConfig, ClientConfig, Correlation, Heartbeat, HeartbeatPing, Matcher,
+    Message, OfflinePolicy, Subscription,
+};
+use wsgate_cluster::upstream::{
+    AuthExpect, CorrelationMode, OfflineMode, UpstreamSpec, UpstreamSubscription,
+};
+
+use super::UpstreamError;
+
+/// Messages queued per connection in outbox mode while the socket is down.
+pub const OUTBOX_CAPACITY: usize = 1_000;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Rejects specs that cannot work, with a message for the API caller.
+pub fn validate(spec: &UpstreamSpec) -> Result<(), UpstreamError> {
+    let bad = |m: &str| Err(UpstreamError::Invalid(m.to_string()));
+    if !(spec.url.starts_with("ws://") || spec.url.starts_with("wss://")) {
+        return bad("url must start with ws:// or wss://");
+    }
+    let r = &spec.reconnect;
+    if r.max_ms < r.initial_ms {
+        return bad("reconnect.max_ms must be at least reconnect.initial_ms");
+    }
+    if !(0.0..=1.0).contains(&r.jitter) {
+        return bad("reconnect.jitter must be between 0 and 1");
+    }
+    if let Some(h) = &spec.heartbeat
+        && (h.interval_ms == 0 || h.timeout_ms == 0)
+    {
+        return bad("heartbeat.interval_ms and heartbeat.timeout_ms must be positive");
+    }
+    if let CorrelationMode::JsonField { field } = &spec.correlation
+        && field.is_empty()
+    {
+        return bad("correlation.field must not be empty");
+    }
+    if let Some(AuthExpect::JsonFields(text)) = spec.auth.as_ref().and_then(|a| a.expect.as_ref())
+        && !serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| v.is_object())
+    {
+        return bad("auth.expect must be a string or a JSON object");
+    }
+    if spec.subscriptions.iter().any(|s| s.key.is_empty()) {
+        return bad("subscription keys must not be empty");
+    }
+    if let Some(t) = &spec.publish_topic {
+        validate_topic(t)?;
+    }
+    Ok(())
+}
+
+/// Topic names become channel names (`topic:<name>`), so they follow channel rules.
+pub fn validate_topic(topic: &str) -> Result<(), UpstreamError> {
+    let max = crate::protocol::MAX_CHANNEL_LEN - super::TOPIC_PREFIX.len();
+    if topic.is_empty() || topic.len() > max || topic.chars().any(char::is_control) {
+        return Err(UpstreamError::Invalid(format!(
+            "topic names are 1 to {max} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
+pub fn subscription(s: &UpstreamSubscription) -> Subscription {
+    let sub = Subscription::new(s.key.clone(), s.message.clone());
+    match &s.unsubscribe {
+        Some(u) => sub.with_unsubscribe(u.clone()),
+        None => sub,
+    }
+}
+
+fn matcher(expect: &AuthExpect) -> Matcher {
+    match expect {
+        AuthExpect::Contains(s) => Matcher::contains(s.clone()),
+        AuthExpect::JsonFields(text) => {
+            let want: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(text).unwrap_or_default();
+            Matcher::predicate(move |m: &Message| {
+                serde_json::from_slice::<serde_json::Value>(m.as_bytes())
+                    .ok()
+                    .and_then(|v| v.as_object().cloned())
+                    .is_some_and(|got| want.iter().all(|(k, v)| got.get(k) == Some(v)))
+            })
+        }
+    }
+}
+
+/// The client configuration for connection `id`. Subscriptions are not part of it: the
+/// manager hands them to the client as tracked subscriptions, which the client replays.
+pub fn client_config(id: &str, spec: &UpstreamSpec) -> ClientConfig {
+    let r = &spec.reconnect;
+    let mut cfg = ClientConfig::new(spec.url.clone())
+        .id(id)
+        .auto_reconnect(spec.auto_reconnect)
+        .backoff(
+            Backoff::new()
+                .initial_delay(ms(r.initial_ms))
+                .max_delay(ms(r.max_ms))
+                .jitter(r.jitter)
+                .max_attempts(r.max_attempts),
+        )
+        .offline(match spec.offline {
+            OfflineMode::Reject => OfflinePolicy::Reject,
+            OfflineMode::Outbox => OfflinePolicy::Outbox {
+                capacity: OUTBOX_CAPACITY,
+            },
+        })
+        .correlation(match &spec.correlation {
+            CorrelationMode::None => Correlation::None,
+            CorrelationMode::UuidPrefix => Correlation::UuidPrefix,
+            CorrelationMode::JsonField { field } => Correlation::JsonField(field.clone()),
+        });
+    for (k, v) in &spec.headers {
+        cfg = cfg.header(k.clone(), v.clone());
+    }
+    if let Some(b) = spec.breaker {
+        cfg = cfg.breaker(BreakerConfig {
+            failure_threshold: b.failure_threshold,
+            cooldown: ms(b.cooldown_ms),
+        });
+    }
+    if let Some(h) = spec.heartbeat {
+        cfg = cfg.heartbeat(Some(Heartbeat {
+            interval: ms(h.interval_ms),
+            timeout: ms(h.timeout_ms),
+            ping: HeartbeatPing::WebSocket,
+        }));
+    }
+    if let Some(a) = &spec.auth {
+        let mut auth = Auth::new().timeout(ms(a.timeout_ms));
+        for m in &a.messages {
+            auth = auth.send(m.clone());
+        }
+        if let Some(e) = &a.expect {
+            auth = auth.expect(matcher(e));
+        }
+        cfg = cfg.auth(auth);
+    }
+    cfg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_fields_matcher_checks_every_field() {
+        let m = matcher(&AuthExpect::JsonFields(r#"{"op":"auth_ok"}"#.into()));
+        assert!(m.matches(&Message::from(r#"{"op":"auth_ok","user":"x"}"#)));
+        assert!(!m.matches(&Message::from(r#"{"op":"auth_failed"}"#)));
+        assert!(!m.matches(&Message::from("auth_ok")));
+    }
+
+    #[test]
+    fn validation() {
+        assert!(validate(&UpstreamSpec::new("ws://h/")).is_ok());
+        assert!(validate(&UpstreamSpec::new("http://h/")).is_err());
+        let mut s = UpstreamSpec::new("ws://h/");
+        s.reconnect.max_ms = 1;
+        assert!(validate(&s).is_err());
+        let mut s = UpstreamSpec::new("ws://h/");
+        s.publish_topic = Some(String::new());
+        assert!(validate(&s).is_err());
+    }
+}

@@ -1,0 +1,55 @@
+//! The upstream manager: outbound WebSocket connections that wsgate holds for backends
+//! (seed 000's Connect, Send, SendRaw, SendAsync, subscriptions, StartPublish /
+//! StopPublish, Disconnect, List, Get).
+//!
+//! ## Why it looks like this
+//!
+//! - **The client library owns the connection.** Each connection is a
+//!   [`wsgate_client::Client`]: its driver task is the only code that reconnects, runs the
+//!   auth step and replays subscriptions (seed 002). The manager never re-implements any of
+//!   that; it translates API requests into client calls.
+//! - **One pump per connection, nothing else.** Besides the client's driver, a connection
+//!   has exactly one task, the [`pump`], which consumes the client's events and state
+//!   changes: metrics, the record's state, and publishing. Closing a connection closes the
+//!   client and then joins the pump, so no task outlives it.
+//! - **Publishing goes through the gateway.** With a publish topic set, every received
+//!   data message is published with [`Gateway::publish`](crate::gateway::Gateway::publish)
+//!   to channel `topic:<name>` ([`TOPIC_PREFIX`]): through the broker seam, with offsets
+//!   and history, to browsers subscribed to that channel on any node. Correlated replies
+//!   to SendAsync are not published (the client hands them to their caller only).
+//! - **Data mapping** (see [`mapping`]): a text frame that is valid JSON is published as
+//!   that value; other text as a JSON string; binary as `{"binary_base64":"…"}`.
+//! - **Records in the store.** Every connection has an
+//!   [`UpstreamRecord`](wsgate_cluster::UpstreamRecord) in the [`Store`](wsgate_cluster::Store),
+//!   rewritten when subscriptions, the publish topic or the state change, so cluster mode
+//!   can re-establish it elsewhere with [`UpstreamManager::start`].
+//! - **Errors** are [`UpstreamError`], whose seed 000 strings are API.
+//! - **Secrets** (header values, auth messages, URL query strings) are never logged and
+//!   never shown in a [`UpstreamView`].
+
+pub mod config;
+mod connection;
+mod error;
+mod manager;
+pub mod mapping;
+mod pump;
+mod state;
+mod view;
+
+use std::time::Duration;
+
+pub use connection::Upstream;
+pub use error::UpstreamError;
+pub use manager::{Connected, UpstreamManager};
+pub use pump::PUBLISH_TIMEOUT;
+pub use state::state_name;
+pub use view::UpstreamView;
+
+/// Channel prefix of upstream publications: topic `btc` is channel `topic:btc`.
+pub const TOPIC_PREFIX: &str = "topic:";
+
+/// Bound on one record write to the store.
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Bound on closing one connection (close handshake, then the pump's end).
+pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(5);
