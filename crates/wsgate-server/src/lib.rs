@@ -13,6 +13,7 @@
 pub mod config;
 pub mod http;
 mod node;
+mod seams;
 pub mod ws;
 
 pub use config::Config;
