@@ -94,10 +94,10 @@ async fn slow_consumer_is_closed_while_fast_ones_get_everything() {
     let fast_reader = tokio::spawn(async move {
         let mut next = 1u64;
         loop {
-            if let Some(total) = *published.borrow_and_update() {
-                if next > total {
-                    return next - 1;
-                }
+            if let Some(total) = *published.borrow_and_update()
+                && next > total
+            {
+                return next - 1;
             }
             tokio::select! {
                 m = fast.recv() => {
@@ -122,7 +122,7 @@ async fn slow_consumer_is_closed_while_fast_ones_get_everything() {
             .unwrap();
         assert_eq!(r.status(), 200);
         sent += 1;
-        if sent % 50 == 0
+        if sent.is_multiple_of(50)
             && metric_value(&srv.metrics().await, "websocket_slow_consumers_total") == Some(1.0)
         {
             break;

@@ -223,7 +223,7 @@ impl Connection {
 
     pub(crate) fn add_channel(&self, channel: Arc<str>) -> bool {
         let mut c = self.channels.lock();
-        if c.iter().any(|x| *x == channel) {
+        if c.contains(&channel) {
             return false;
         }
         c.push(channel);
