@@ -79,7 +79,7 @@ pub struct NatsBroker {
     client: Arc<OnceLock<Client>>,
     subjects: Arc<Subjects>,
     sink: Arc<OnceLock<Arc<dyn Deliver>>>,
-    task: JoinHandle<()>,
+    tasks: [JoinHandle<()>; 2],
 }
 
 impl NatsBroker {
@@ -106,16 +106,18 @@ impl NatsBroker {
             node_subject: subjects.node(&node),
             subjects: subjects.clone(),
             client: client.clone(),
-            conn,
             dispatcher: Dispatcher::new(streams.clone(), sink.clone()),
         };
-        let task = tokio::spawn(node_loop.run());
+        let tasks = [
+            tokio::spawn(node_loop.run()),
+            tokio::spawn(watch_redis(conn, streams.clone())),
+        ];
         Ok(Self {
             streams,
             client,
             subjects,
             sink,
-            task,
+            tasks,
         })
     }
 
@@ -129,7 +131,9 @@ impl NatsBroker {
 
 impl Drop for NatsBroker {
     fn drop(&mut self) {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
@@ -224,8 +228,19 @@ struct NodeLoop {
     node_subject: Subject,
     subjects: Arc<Subjects>,
     client: Arc<OnceLock<Client>>,
-    conn: redis::aio::ConnectionManager,
     dispatcher: Dispatcher,
+}
+
+/// Keeps the Redis half of the broker's health current even without traffic, in its own
+/// task so that a slow Redis never holds up deliveries.
+async fn watch_redis(conn: redis::aio::ConnectionManager, streams: Arc<ChannelStreams>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let r: Result<String, _> = redis::cmd("PING").query_async(&mut conn.clone()).await;
+        streams.health.observe(&r);
+    }
 }
 
 impl NodeLoop {
@@ -271,8 +286,6 @@ impl NodeLoop {
                 return;
             }
         };
-        let mut check = tokio::time::interval(Duration::from_secs(1));
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut connected_before = false;
         loop {
             tokio::select! {
@@ -287,14 +300,12 @@ impl NodeLoop {
                     }
                 }
                 _ = reconnected.notified() => {
-                    self.check_redis().await;
                     if connected_before {
                         self.dispatcher.streams_metrics().resubscriptions.inc();
                         self.dispatcher.resync().await;
                     }
                     connected_before = true;
                 }
-                _ = check.tick() => self.check_redis().await,
             }
         }
     }
@@ -309,10 +320,5 @@ impl NodeLoop {
                 0
             }
         }
-    }
-
-    async fn check_redis(&self) {
-        let r: Result<String, _> = redis::cmd("PING").query_async(&mut self.conn.clone()).await;
-        self.dispatcher.streams_health().observe(&r);
     }
 }

@@ -59,16 +59,26 @@ impl Dispatcher {
     async fn on_publication(&mut self, p: Publication) -> usize {
         let now = Instant::now();
         self.prune(now);
-        let Some(track) = self.channels.get_mut(&*p.channel) else {
+        if !self.channels.contains_key(&*p.channel) {
+            // First sighting: start where a local subscriber joined, if one did (anything
+            // between that and this is in the stream); otherwise here.
+            let start = match self.streams.joins.remove(&*p.channel) {
+                Some((_, (join, _))) if join.epoch == p.epoch && join.offset < p.offset => {
+                    join.offset
+                }
+                _ => p.offset.saturating_sub(1),
+            };
             self.channels.insert(
                 p.channel.clone(),
                 Track {
                     epoch: p.epoch.clone(),
-                    offset: p.offset,
+                    offset: start,
                     seen: now,
                 },
             );
-            return self.deliver_direct(&Envelope::Channel(p));
+        }
+        let Some(track) = self.channels.get_mut(&*p.channel) else {
+            return 0;
         };
         track.seen = now;
         if track.epoch != p.epoch {
@@ -104,7 +114,7 @@ impl Dispatcher {
 
     /// Delivers what history holds after `since` (up to `until`, when given), in order.
     async fn fill(&mut self, channel: &Arc<str>, since: &StreamPosition, until: u64) -> usize {
-        let recovery = match self.streams.recover(channel, since).await {
+        let recovery = match self.streams.recover_quietly(channel, since).await {
             Ok(r) => r,
             Err(e) => {
                 let lost = until.saturating_sub(since.offset + 1);
@@ -161,7 +171,7 @@ impl Dispatcher {
             .collect();
         debug!(channels = known.len(), "resync after resubscribe");
         for (channel, since) in known {
-            let recovery = match self.streams.recover(&channel, &since).await {
+            let recovery = match self.streams.recover_quietly(&channel, &since).await {
                 Ok(r) => r,
                 Err(e) => {
                     warn!(%channel, error = %e, "resync failed");
@@ -188,6 +198,9 @@ impl Dispatcher {
         self.last_prune = now;
         self.channels
             .retain(|_, t| now.duration_since(t.seen) < IDLE);
+        self.streams
+            .joins
+            .retain(|_, (_, at)| now.duration_since(*at) < IDLE);
     }
 }
 

@@ -3,6 +3,9 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
+
+use dashmap::DashMap;
 
 use bytes::Bytes;
 use redis::aio::ConnectionManager;
@@ -28,6 +31,11 @@ pub(crate) struct ChannelStreams {
     recover: Script,
     pub health: Arc<Health>,
     pub metrics: ClusterMetrics,
+    /// Positions answered to local subscribers, per channel: where this node's delivery of
+    /// a channel it has not seen yet must start. Without it, a node whose first live
+    /// message of a channel is offset 2 (offset 1 still in flight, from another publisher)
+    /// could not tell that 1 is missing. Taken by the dispatcher.
+    pub joins: DashMap<Arc<str>, (StreamPosition, Instant)>,
 }
 
 impl ChannelStreams {
@@ -45,6 +53,7 @@ impl ChannelStreams {
             recover: Script::new(include_str!("lua/recover.lua")),
             health: Arc::new(Health::default()),
             metrics,
+            joins: DashMap::new(),
         }
     }
 
@@ -95,19 +104,47 @@ impl ChannelStreams {
         })
     }
 
+    /// Where a channel stands, for a subscriber of this node (remembered as its join).
     pub async fn position(&self, channel: &str) -> Result<StreamPosition, BrokerError> {
         let (position, _) = self.read(channel, None).await?;
+        self.joined(channel, &position);
         Ok(position)
     }
 
-    /// Position and history after `since`, with the rules of [`crate::memory::recover_from`].
+    /// Position and history after `since`, with the rules of [`crate::memory::recover_from`],
+    /// for a subscriber of this node (remembered as its join).
     pub async fn recover(
+        &self,
+        channel: &str,
+        since: &StreamPosition,
+    ) -> Result<Recovery, BrokerError> {
+        let recovery = self.recover_quietly(channel, since).await?;
+        self.joined(channel, &recovery.position);
+        Ok(recovery)
+    }
+
+    /// The same read, for the dispatcher's own fills.
+    pub async fn recover_quietly(
         &self,
         channel: &str,
         since: &StreamPosition,
     ) -> Result<Recovery, BrokerError> {
         let (position, history) = self.read(channel, Some(since)).await?;
         Ok(crate::memory::recover_from(&history, position, since))
+    }
+
+    fn joined(&self, channel: &str, position: &StreamPosition) {
+        // The lowest answered position wins: delivering from there covers every subscriber.
+        let now = Instant::now();
+        self.joins
+            .entry(channel.into())
+            .and_modify(|(p, at)| {
+                if p.epoch != position.epoch || position.offset < p.offset {
+                    *p = position.clone();
+                }
+                *at = now;
+            })
+            .or_insert_with(|| (position.clone(), now));
     }
 
     async fn read(
