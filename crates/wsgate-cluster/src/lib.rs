@@ -12,15 +12,25 @@
 //!
 //! [`memory`] holds the embedded implementations: one process, no dependency, and no queue
 //! on the publish path (a publication is handed to the local [`Deliver`] sink synchronously,
-//! under the channel's own lock, which is what keeps per-channel order).
+//! under the channel's own lock, which is what keeps per-channel order). [`redis`] (feature
+//! `redis`) and [`nats`] (feature `nats`) make several nodes one gateway: see their module
+//! docs and `docs/cluster.md`.
 
 mod broker;
 pub mod memory;
+mod metrics;
 mod model;
+#[cfg(feature = "nats")]
+pub mod nats;
+#[cfg(feature = "redis")]
+pub mod redis;
 mod store;
 pub mod upstream;
+#[cfg(feature = "redis")]
+mod wire;
 
 pub use broker::{Broker, BrokerError, Deliver};
+pub use metrics::ClusterMetrics;
 pub use model::{
     Envelope, NodeId, Publication, PublishRequest, Recovery, RecoveryGap, StreamPosition,
 };

@@ -58,6 +58,30 @@ pub enum AuthMode {
     Jwt,
 }
 
+/// Where shared state lives (presence today).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// In this process: one node.
+    #[default]
+    Memory,
+    /// Redis at `redis_url`: presence is cluster-wide.
+    Redis,
+}
+
+/// How publications reach the nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BrokerKind {
+    /// In this process: one node.
+    #[default]
+    Memory,
+    /// Redis pub/sub, offsets and history in Redis Streams.
+    Redis,
+    /// NATS core pub/sub at `nats_url`; offsets and history still in Redis (`redis_url`).
+    Nats,
+}
+
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
@@ -103,6 +127,19 @@ pub struct Config {
     pub read_buffer_size: usize,
     /// Largest HTTP API request body. Default 1 MiB.
     pub api_body_limit: usize,
+    /// `memory` (default, one node) or `redis`.
+    pub store: StoreKind,
+    /// `memory` (default, one node), `redis` or `nats`.
+    pub broker: BrokerKind,
+    /// Default `redis://127.0.0.1:6379`.
+    pub redis_url: String,
+    /// Default `nats://127.0.0.1:4222`.
+    pub nats_url: String,
+    /// Prefix of every Redis key and NATS subject, so deployments can share them.
+    /// Default `wsgate`.
+    pub key_prefix: String,
+    /// A dead node's presence entries disappear within this bound. Default 15 000.
+    pub presence_ttl_ms: u64,
 }
 
 impl Default for Config {
@@ -125,6 +162,12 @@ impl Default for Config {
             close_grace_ms: 2_000,
             read_buffer_size: 2048,
             api_body_limit: 1024 * 1024,
+            store: StoreKind::default(),
+            broker: BrokerKind::default(),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            nats_url: "nats://127.0.0.1:4222".into(),
+            key_prefix: "wsgate".into(),
+            presence_ttl_ms: 15_000,
         }
     }
 }
@@ -176,6 +219,12 @@ impl Config {
                 self.heartbeat_timeout_ms,
                 self.heartbeat_interval_ms
             );
+        }
+        if self.key_prefix.is_empty() {
+            anyhow::bail!("key_prefix must not be empty");
+        }
+        if self.presence_ttl_ms < 100 {
+            anyhow::bail!("presence_ttl_ms must be at least 100");
         }
         Ok(())
     }

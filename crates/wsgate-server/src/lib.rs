@@ -14,6 +14,7 @@ pub mod config;
 pub mod http;
 mod listener;
 mod node;
+mod seams;
 pub mod ws;
 
 pub use config::Config;

@@ -9,7 +9,6 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
-use wsgate_cluster::memory::{MemoryBroker, MemoryStore};
 use wsgate_core::auth::Authenticator;
 use wsgate_core::gateway::Gateway;
 use wsgate_core::metrics::Metrics;
@@ -78,8 +77,7 @@ impl Node {
         let metrics = Metrics::default();
         let mut registry = prometheus_client::registry::Registry::default();
         metrics.register(&mut registry);
-        let broker = Arc::new(MemoryBroker::new(node_id.clone(), config.history_size));
-        let store = Arc::new(MemoryStore::new());
+        let (broker, store) = crate::seams::build(&config, &node_id, &mut registry)?;
         let gateway = Gateway::new(gw_config, broker, store, metrics);
         let upstreams = UpstreamManager::new(gateway.clone());
         Ok(Arc::new(Self {

@@ -20,6 +20,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once per process; boxing the big variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run a wsgate node.
     Serve(serve::ServeArgs),

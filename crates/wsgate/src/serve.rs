@@ -46,6 +46,34 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_message_size: Option<usize>,
+    /// Shared state: memory (one node) or redis.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    store: Option<String>,
+    /// Fan-out between nodes: memory (one node), redis or nats.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    broker: Option<String>,
+    /// e.g. redis://127.0.0.1:6379
+    #[arg(long, env = "WSGATE_REDIS_URL", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_url: Option<String>,
+    /// e.g. nats://127.0.0.1:4222
+    #[arg(long, env = "WSGATE_NATS_URL", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nats_url: Option<String>,
+    /// Prefix of Redis keys and NATS subjects (default wsgate).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_prefix: Option<String>,
+    /// Messages kept per channel for `since` recovery (default 256).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    history_size: Option<usize>,
+    /// A dead node's presence entries disappear within this bound (default 15000).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presence_ttl_ms: Option<u64>,
 }
 
 pub fn main(args: ServeArgs) -> anyhow::Result<()> {

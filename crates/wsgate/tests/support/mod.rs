@@ -1,6 +1,8 @@
 //! Test harness: real servers on loopback, real WebSocket clients, bounded waits.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::Arc;

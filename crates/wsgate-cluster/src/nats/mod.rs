@@ -1,0 +1,324 @@
+//! [`NatsBroker`]: delivery between nodes over core NATS; offsets and history in Redis.
+//!
+//! # Why Redis keeps the streams
+//! Core NATS has no per-subject offsets and no history. JetStream has history, but its
+//! sequence is per stream, not per channel; per-channel offsets would need one stream per
+//! channel or an optimistic-concurrency retry loop on every publish, and a second engine to
+//! operate. The Redis publish script already gives per-channel offsets, epochs and bounded
+//! history in one round trip, so the NATS broker reuses it ([`crate::redis`]'s
+//! `publish.lua` without its `PUBLISH`) and uses NATS only to move messages: run
+//! `--broker nats --store redis`.
+//!
+//! # Subjects
+//! Each node subscribes to exactly three subjects, whatever its number of clients:
+//! `P.pub` (channel publications), `P.user` (sends to a user) and `P.node.<node>` (sends
+//! to one connection, as request/reply so the sender learns whether it was delivered).
+//! `P` is the key prefix; characters NATS reserves in tokens (`.`, `*`, `>`, spaces) are
+//! replaced by `_`.
+//!
+//! # Order
+//! Two nodes that publish to one channel get consecutive offsets from Redis but may reach
+//! NATS in the other order. The receiving [`Dispatcher`] never delivers out of order: on a
+//! jump it reads the missing publications from the Redis stream (they are always there
+//! first), delivers them, and drops the late live copy as a duplicate. Such reorderings
+//! show in `wsgate_cluster_gaps_detected_total` as well as real losses.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_nats::connection::State;
+use async_nats::{Client, Event, Subject};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::broker::{Broker, BrokerError, Deliver};
+use crate::metrics::ClusterMetrics;
+use crate::model::{Envelope, NodeId, PublishRequest, Recovery, StreamPosition};
+use crate::redis::{ChannelStreams, Dispatcher, Keys, RedisConfig};
+use crate::wire;
+
+/// How long a send to one connection waits for the holding node's answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+struct Subjects {
+    publications: Subject,
+    users: Subject,
+    prefix: String,
+}
+
+impl Subjects {
+    fn new(prefix: &str) -> Self {
+        let prefix = token(prefix);
+        Self {
+            publications: format!("{prefix}.pub").into(),
+            users: format!("{prefix}.user").into(),
+            prefix,
+        }
+    }
+
+    fn node(&self, node: &str) -> Subject {
+        format!("{}.node.{}", self.prefix, token(node)).into()
+    }
+}
+
+fn token(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '.' | '*' | '>' | ' ' | '\t' | '\r' | '\n' => '_',
+            c => c,
+        })
+        .collect()
+}
+
+pub struct NatsBroker {
+    streams: Arc<ChannelStreams>,
+    client: Arc<OnceLock<Client>>,
+    subjects: Arc<Subjects>,
+    sink: Arc<OnceLock<Arc<dyn Deliver>>>,
+    tasks: [JoinHandle<()>; 2],
+}
+
+impl NatsBroker {
+    /// Connects in the background (NATS or Redis may still be down: the broker reports
+    /// itself unhealthy until both answer). Needs a Tokio runtime.
+    pub fn start(
+        node: NodeId,
+        nats_url: &str,
+        redis: &RedisConfig,
+        metrics: ClusterMetrics,
+    ) -> Result<Self, BrokerError> {
+        let conn = redis.manager()?;
+        let streams = Arc::new(ChannelStreams::new(
+            conn.clone(),
+            Keys::new(&redis.key_prefix),
+            redis.history_size,
+            metrics,
+        ));
+        let subjects = Arc::new(Subjects::new(&redis.key_prefix));
+        let client = Arc::new(OnceLock::new());
+        let sink = Arc::new(OnceLock::new());
+        let node_loop = NodeLoop {
+            url: nats_url.to_string(),
+            node_subject: subjects.node(&node),
+            subjects: subjects.clone(),
+            client: client.clone(),
+            dispatcher: Dispatcher::new(streams.clone(), sink.clone()),
+        };
+        let tasks = [
+            tokio::spawn(node_loop.run()),
+            tokio::spawn(watch_redis(conn, streams.clone())),
+        ];
+        Ok(Self {
+            streams,
+            client,
+            subjects,
+            sink,
+            tasks,
+        })
+    }
+
+    fn connected(&self) -> Result<&Client, BrokerError> {
+        match self.client.get() {
+            Some(c) if c.connection_state() == State::Connected => Ok(c),
+            _ => Err(BrokerError::Unavailable("NATS not connected".into())),
+        }
+    }
+}
+
+impl Drop for NatsBroker {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn nats_error(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(format!("NATS: {e}"))
+}
+
+#[async_trait]
+impl Broker for NatsBroker {
+    fn attach(&self, sink: Arc<dyn Deliver>) {
+        let _ = self.sink.set(sink);
+    }
+
+    /// Delivery is asynchronous (through the node's own subscription): returns 0 local
+    /// deliveries. Refused before touching Redis when NATS is down, so an accepted
+    /// publication is also announced.
+    async fn publish(&self, req: PublishRequest) -> Result<(StreamPosition, usize), BrokerError> {
+        let client = self.connected()?;
+        let p = self.streams.append(req, false).await?.publication;
+        let position = StreamPosition {
+            offset: p.offset,
+            epoch: p.epoch.clone(),
+        };
+        if let Err(e) = client
+            .publish(self.subjects.publications.clone(), wire::encode_channel(&p))
+            .await
+        {
+            // In history already: nodes fill it in at the next publication of the channel,
+            // and `since` recovers it.
+            self.streams.metrics.errors.inc();
+            warn!(channel = %p.channel, offset = p.offset, error = %e, "NATS publish failed after append");
+        }
+        Ok((position, 0))
+    }
+
+    async fn position(&self, channel: &str) -> Result<StreamPosition, BrokerError> {
+        self.streams.position(channel).await
+    }
+
+    async fn recover(
+        &self,
+        channel: &str,
+        since: &StreamPosition,
+    ) -> Result<Recovery, BrokerError> {
+        self.streams.recover(channel, since).await
+    }
+
+    /// Core NATS does not count receivers: returns 0.
+    async fn send_to_user(&self, user: &str, data: Bytes) -> Result<usize, BrokerError> {
+        let client = self.connected()?;
+        client
+            .publish(
+                self.subjects.users.clone(),
+                wire::encode_direct(b'u', user, &data),
+            )
+            .await
+            .map_err(nats_error)?;
+        Ok(0)
+    }
+
+    /// A request to the holding node, which answers how many connections took it.
+    async fn send_to_connection(
+        &self,
+        node: &NodeId,
+        id: &str,
+        data: Bytes,
+    ) -> Result<usize, BrokerError> {
+        let client = self.connected()?;
+        let request = client.request(
+            self.subjects.node(node),
+            wire::encode_direct(b'n', id, &data),
+        );
+        match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+            Err(_) => Err(BrokerError::Unavailable("NATS request timed out".into())),
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(0),
+            Ok(Err(e)) => Err(nats_error(e)),
+            Ok(Ok(reply)) => Ok(std::str::from_utf8(&reply.payload)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0)),
+        }
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.connected().is_ok() && self.streams.health.get()
+    }
+}
+
+/// The node's subscriptions and the Redis health check, in one task.
+struct NodeLoop {
+    url: String,
+    node_subject: Subject,
+    subjects: Arc<Subjects>,
+    client: Arc<OnceLock<Client>>,
+    dispatcher: Dispatcher,
+}
+
+/// Keeps the Redis half of the broker's health current even without traffic, in its own
+/// task so that a slow Redis never holds up deliveries.
+async fn watch_redis(conn: redis::aio::ConnectionManager, streams: Arc<ChannelStreams>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let r: Result<String, _> = redis::cmd("PING").query_async(&mut conn.clone()).await;
+        streams.health.observe(&r);
+    }
+}
+
+impl NodeLoop {
+    async fn run(mut self) {
+        let reconnected = Arc::new(Notify::new());
+        let events = reconnected.clone();
+        let options = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(1))
+            .request_timeout(Some(REQUEST_TIMEOUT))
+            .event_callback(move |event| {
+                let events = events.clone();
+                async move {
+                    match event {
+                        Event::Connected => {
+                            info!("NATS connected");
+                            events.notify_one();
+                        }
+                        Event::Disconnected => warn!("NATS disconnected"),
+                        other => info!(event = %other, "NATS event"),
+                    }
+                }
+            });
+        let client = match async_nats::connect_with_options(self.url.as_str(), options).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, url = %self.url, "NATS client could not be created; broker stays unavailable");
+                return;
+            }
+        };
+        let _ = self.client.set(client.clone());
+        let subscribe = async {
+            Ok::<_, async_nats::SubscribeError>((
+                client.subscribe(self.subjects.publications.clone()).await?,
+                client.subscribe(self.subjects.users.clone()).await?,
+                client.subscribe(self.node_subject.clone()).await?,
+            ))
+        };
+        let (mut pubs, mut users, mut direct) = match subscribe.await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "NATS subscribe failed; broker stays unavailable");
+                return;
+            }
+        };
+        let mut connected_before = false;
+        loop {
+            tokio::select! {
+                Some(m) = pubs.next() => { self.on_message(m.payload).await; }
+                Some(m) = users.next() => { self.on_message(m.payload).await; }
+                Some(m) = direct.next() => {
+                    let n = self.on_message(m.payload).await;
+                    if let Some(reply) = m.reply
+                        && let Err(e) = client.publish(reply, Bytes::from(n.to_string())).await
+                    {
+                        warn!(error = %e, "NATS reply failed");
+                    }
+                }
+                _ = reconnected.notified() => {
+                    if connected_before {
+                        self.dispatcher.streams_metrics().resubscriptions.inc();
+                        self.dispatcher.resync().await;
+                    }
+                    connected_before = true;
+                }
+            }
+        }
+    }
+
+    async fn on_message(&mut self, payload: Bytes) -> usize {
+        match wire::decode(payload) {
+            Ok(e @ Envelope::Channel(_)) => self.dispatcher.on_envelope(e).await,
+            Ok(e) => self.dispatcher.deliver_direct(&e),
+            Err(e) => {
+                self.dispatcher.streams_metrics().malformed.inc();
+                warn!(error = %e, "dropping message");
+                0
+            }
+        }
+    }
+}

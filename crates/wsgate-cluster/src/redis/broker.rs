@@ -1,0 +1,252 @@
+//! [`RedisBroker`]: publications through the publish script, delivery through one
+//! subscription per node.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::{ChannelStreams, Dispatcher, Health, Keys, RedisConfig, backoff};
+use crate::broker::{Broker, BrokerError, Deliver};
+use crate::metrics::ClusterMetrics;
+use crate::model::{NodeId, PublishRequest, Recovery, StreamPosition};
+use crate::wire;
+
+/// How often the subscription connection is pinged, and how long an answer may take: a
+/// half-open connection is noticed within about three seconds.
+const PING_EVERY: Duration = Duration::from_secs(1);
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct RedisBroker {
+    node: NodeId,
+    streams: Arc<ChannelStreams>,
+    conn: ConnectionManager,
+    keys: Keys,
+    sink: Arc<OnceLock<Arc<dyn Deliver>>>,
+    subscribed: Arc<Health>,
+    task: JoinHandle<()>,
+}
+
+impl RedisBroker {
+    /// Starts the node's subscription task; returns at once (Redis may still be down: the
+    /// broker reports itself unhealthy until it is reached). Needs a Tokio runtime.
+    pub fn start(
+        node: NodeId,
+        config: &RedisConfig,
+        metrics: ClusterMetrics,
+    ) -> Result<Self, BrokerError> {
+        let conn = config.manager()?;
+        let keys = Keys::new(&config.key_prefix);
+        let streams = Arc::new(ChannelStreams::new(
+            conn.clone(),
+            keys.clone(),
+            config.history_size,
+            metrics,
+        ));
+        let sink = Arc::new(OnceLock::new());
+        let subscribed = Arc::new(Health::default());
+        let subscription = Subscription {
+            client: config.client()?,
+            channels: [
+                keys.publications.clone(),
+                keys.users.clone(),
+                keys.node(&node),
+            ],
+            conn: conn.clone(),
+            dispatcher: Dispatcher::new(streams.clone(), sink.clone()),
+            subscribed: subscribed.clone(),
+        };
+        let task = tokio::spawn(subscription.run());
+        Ok(Self {
+            node,
+            streams,
+            conn,
+            keys,
+            sink,
+            subscribed,
+            task,
+        })
+    }
+
+    async fn announce(&self, channel: &str, payload: Bytes) -> Result<usize, BrokerError> {
+        let r: Result<i64, _> = redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(&payload[..])
+            .query_async(&mut self.conn.clone())
+            .await;
+        self.streams.health.observe(&r);
+        if r.is_err() {
+            self.streams.metrics.errors.inc();
+        }
+        Ok(r? as usize)
+    }
+}
+
+impl Drop for RedisBroker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    fn attach(&self, sink: Arc<dyn Deliver>) {
+        let _ = self.sink.set(sink);
+    }
+
+    /// Delivery is asynchronous here (through the node's own subscription, so that local and
+    /// remote subscribers see one order): the count returned is the number of nodes that
+    /// received the publication.
+    async fn publish(&self, req: PublishRequest) -> Result<(StreamPosition, usize), BrokerError> {
+        let appended = self.streams.append(req, true).await?;
+        let p = appended.publication;
+        Ok((
+            StreamPosition {
+                offset: p.offset,
+                epoch: p.epoch,
+            },
+            appended.receivers,
+        ))
+    }
+
+    async fn position(&self, channel: &str) -> Result<StreamPosition, BrokerError> {
+        self.streams.position(channel).await
+    }
+
+    async fn recover(
+        &self,
+        channel: &str,
+        since: &StreamPosition,
+    ) -> Result<Recovery, BrokerError> {
+        self.streams.recover(channel, since).await
+    }
+
+    /// Returns the number of nodes the send reached.
+    async fn send_to_user(&self, user: &str, data: Bytes) -> Result<usize, BrokerError> {
+        self.announce(&self.keys.users, wire::encode_direct(b'u', user, &data))
+            .await
+    }
+
+    /// Returns 1 when the node that holds the connection is subscribed, 0 when no such node.
+    async fn send_to_connection(
+        &self,
+        node: &NodeId,
+        id: &str,
+        data: Bytes,
+    ) -> Result<usize, BrokerError> {
+        let topic = if *node == self.node {
+            // Still through Redis, so a send and a later channel message keep their order.
+            self.keys.node(&self.node)
+        } else {
+            self.keys.node(node)
+        };
+        self.announce(&topic, wire::encode_direct(b'n', id, &data))
+            .await
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.subscribed.get() && self.streams.health.get()
+    }
+}
+
+/// The node's one subscription: reconnects with backoff, resubscribes, catches up.
+struct Subscription {
+    client: redis::Client,
+    channels: [String; 3],
+    conn: ConnectionManager,
+    dispatcher: Dispatcher,
+    subscribed: Arc<Health>,
+}
+
+impl Subscription {
+    async fn run(mut self) {
+        let mut attempt = 0u32;
+        let mut connected_before = false;
+        loop {
+            match self.connect().await {
+                Ok(pubsub) => {
+                    attempt = 0;
+                    self.check_commands().await;
+                    self.subscribed.set(true);
+                    if connected_before {
+                        self.dispatcher.streams_metrics().resubscriptions.inc();
+                        info!("redis subscription restored; catching up from history");
+                        self.dispatcher.resync().await;
+                    } else {
+                        info!(channels = ?self.channels, "redis subscription established");
+                    }
+                    connected_before = true;
+                    let why = self.pump(pubsub).await;
+                    self.subscribed.set(false);
+                    warn!(reason = why, "redis subscription lost; reconnecting");
+                }
+                Err(e) => {
+                    self.subscribed.set(false);
+                    if attempt == 0 {
+                        warn!(error = %e, "redis subscription failed; retrying with backoff");
+                    }
+                }
+            }
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt = attempt.saturating_add(1);
+        }
+    }
+
+    async fn connect(&self) -> Result<redis::aio::PubSub, redis::RedisError> {
+        let connect = async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            for channel in &self.channels {
+                pubsub.subscribe(channel).await?;
+            }
+            Ok(pubsub)
+        };
+        tokio::time::timeout(PING_TIMEOUT, connect)
+            .await
+            .unwrap_or_else(|_| {
+                Err(redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "subscribe timed out",
+                )))
+            })
+    }
+
+    /// The command connection reconnects on its own; this makes its health known again.
+    async fn check_commands(&self) {
+        let r: Result<String, _> = redis::cmd("PING").query_async(&mut self.conn.clone()).await;
+        self.dispatcher.streams_health().observe(&r);
+    }
+
+    /// Reads the subscription until it fails. Returns why.
+    async fn pump(&mut self, pubsub: redis::aio::PubSub) -> &'static str {
+        let (mut sink, mut stream) = pubsub.split();
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(msg) = msg else { return "connection closed" };
+                    match wire::decode(Bytes::copy_from_slice(msg.get_payload_bytes())) {
+                        Ok(envelope) => {
+                            self.dispatcher.on_envelope(envelope).await;
+                        }
+                        Err(e) => {
+                            self.dispatcher.streams_metrics().malformed.inc();
+                            warn!(error = %e, channel = msg.get_channel_name(), "dropping message");
+                        }
+                    }
+                }
+                _ = ping.tick() => {
+                    let pong = tokio::time::timeout(PING_TIMEOUT, sink.ping::<redis::Value>()).await;
+                    if !matches!(pong, Ok(Ok(_))) {
+                        return "ping failed";
+                    }
+                }
+            }
+        }
+    }
+}

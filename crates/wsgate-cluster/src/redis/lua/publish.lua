@@ -1,0 +1,39 @@
+-- Appends one publication to a channel's stream and (optionally) announces it to the nodes.
+-- One round trip orders everything: the offset increment, the history append and the
+-- PUBLISH happen atomically, so nodes see publications of a channel in offset order.
+--
+-- KEYS[1] meta hash {e = epoch, o = offset}
+-- KEYS[2] history stream (entry ids are "<offset>-0")
+-- KEYS[3] pub/sub channel of the nodes ("" = do not publish: the NATS broker does that)
+-- ARGV[1] channel name   ARGV[2] data   ARGV[3] excluded user ("" = none)
+-- ARGV[4] history size (0 = keep no history)
+-- Returns { offset, epoch, published_at_us, receivers }
+local t = redis.call('TIME')
+-- Built as text: Lua numbers would print 16 digits in exponent notation.
+local now_us = t[1] .. string.format('%06d', tonumber(t[2]))
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  -- A new stream (first use, or history lost): a new epoch, from the server's clock.
+  epoch = string.format('%x%05x', tonumber(t[1]), tonumber(t[2]))
+  redis.call('HSET', KEYS[1], 'e', epoch)
+  -- Whatever history is left belongs to the lost epoch: its ids would collide with ours.
+  redis.call('DEL', KEYS[2])
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
+local size = tonumber(ARGV[4])
+if size > 0 then
+  if ARGV[3] == '' then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', size, offset .. '-0', 'd', ARGV[2], 't', now_us)
+  else
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', size, offset .. '-0', 'd', ARGV[2], 't', now_us, 'x', ARGV[3])
+  end
+end
+local receivers = 0
+if KEYS[3] ~= '' then
+  -- Wire format (see wire.rs): "c <offset> <epoch> <us> <len(channel)> <len(exclude)>\n"
+  -- followed by channel, excluded user and data.
+  local msg = 'c ' .. offset .. ' ' .. epoch .. ' ' .. now_us .. ' ' .. #ARGV[1] .. ' ' .. #ARGV[3]
+    .. '\n' .. ARGV[1] .. ARGV[3] .. ARGV[2]
+  receivers = redis.call('PUBLISH', KEYS[3], msg)
+end
+return { offset, epoch, now_us, receivers }

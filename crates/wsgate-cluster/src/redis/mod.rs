@@ -1,0 +1,153 @@
+//! Redis implementations of the seams: [`RedisBroker`] and [`RedisStore`].
+//!
+//! # Key layout
+//! Every key and pub/sub channel starts with a configurable prefix `P` (default `wsgate`),
+//! so several deployments can share one Redis.
+//!
+//! | key | type | what |
+//! | --- | --- | --- |
+//! | `P:{<channel>}:meta` | hash `e`, `o` | the channel's epoch and newest offset |
+//! | `P:{<channel>}:stream` | stream | bounded history (`MAXLEN ~ history_size`), entry id `<offset>-0`, fields `d` data, `t` µs, `x` excluded user |
+//! | `P:presence:<channel>` | hash | connection id → `<node>\n<user>` |
+//! | `P:alive:<node>` | string, TTL | the node is alive; refreshed every TTL/3 |
+//! | `P:pub` | pub/sub | channel publications, for every node |
+//! | `P:user` | pub/sub | sends to a user, for every node |
+//! | `P:node:<node>` | pub/sub | sends to one connection, for the node that holds it |
+//!
+//! Why this shape:
+//! - The meta hash and the stream of a channel share a hash tag (`{<channel>}`), so they
+//!   live in one slot if the deployment ever moves to Redis Cluster, and one Lua script
+//!   (`lua/publish.lua`) can increment the offset, append to the
+//!   stream and `PUBLISH` in a single round trip. Redis runs scripts one at a time, so the
+//!   order of `PUBLISH`es is the order of offsets: nodes receive every channel in order.
+//! - Stream ids are the offsets themselves, so "what came after offset N" is one `XRANGE`.
+//! - The epoch lives in Redis next to the offset and is made from the server clock when the
+//!   meta hash is missing: a Redis that restarts without persistence (or evicts the key)
+//!   loses both, and the next stream gets a new epoch. Old positions then answer
+//!   `epoch_changed`, never a silently wrong "nothing missed".
+//! - Each node holds exactly three subscriptions (`P:pub`, `P:user`, `P:node:<self>`),
+//!   whatever the number of clients; the node filters locally. Sends to one connection only
+//!   reach the node named in the connection id.
+//! - Presence entries carry their node; a node is alive while `P:alive:<node>` exists.
+//!   A SIGKILLed node stops refreshing it, so its entries drop out of every presence read
+//!   (and are deleted by it) at most `presence_ttl` after its last refresh: default 15 s.
+//!
+//! # Failure behaviour
+//! Commands go through a [`redis::aio::ConnectionManager`] with connection and response
+//! timeouts, so a missing Redis costs a bounded wait and an `Unavailable` error, never a
+//! hang or a queue. The pub/sub connection is a separate task that reconnects with capped
+//! exponential backoff, resubscribes, then re-reads every channel it had seen so that
+//! publications made while it was away are delivered (in order) or counted as lost.
+
+mod broker;
+mod dispatch;
+mod keys;
+mod store;
+mod streams;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+pub use broker::RedisBroker;
+pub(crate) use dispatch::Dispatcher;
+pub use keys::Keys;
+pub use store::RedisStore;
+pub(crate) use streams::ChannelStreams;
+
+use crate::broker::BrokerError;
+use crate::store::StoreError;
+
+/// Settings shared by the Redis broker and store.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// e.g. `redis://127.0.0.1:6379/0`.
+    pub url: String,
+    /// Prefix of every key and pub/sub channel. Default `wsgate`.
+    pub key_prefix: String,
+    /// Publications kept per channel (approximately: `MAXLEN ~`). 0 keeps none.
+    pub history_size: usize,
+    /// How long a dead node's presence entries survive it. Default 15 s.
+    pub presence_ttl: Duration,
+    /// Bound on one command's round trip. Default 2 s.
+    pub response_timeout: Duration,
+}
+
+impl RedisConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            key_prefix: "wsgate".into(),
+            history_size: 256,
+            presence_ttl: Duration::from_secs(15),
+            response_timeout: Duration::from_secs(2),
+        }
+    }
+
+    pub(crate) fn client(&self) -> Result<redis::Client, redis::RedisError> {
+        redis::Client::open(self.url.as_str())
+    }
+
+    /// A command connection that connects lazily and reconnects by itself.
+    pub(crate) fn manager(&self) -> Result<redis::aio::ConnectionManager, redis::RedisError> {
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(self.response_timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        redis::aio::ConnectionManager::new_lazy_with_config(self.client()?, config)
+    }
+}
+
+/// Whether a failure means "Redis is not there" (as opposed to a bad command).
+pub(crate) fn is_unavailable(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+}
+
+impl From<redis::RedisError> for BrokerError {
+    fn from(e: redis::RedisError) -> Self {
+        if is_unavailable(&e) {
+            BrokerError::Unavailable(e.to_string())
+        } else {
+            BrokerError::Other(e.to_string())
+        }
+    }
+}
+
+impl From<redis::RedisError> for StoreError {
+    fn from(e: redis::RedisError) -> Self {
+        if is_unavailable(&e) {
+            StoreError::Unavailable(e.to_string())
+        } else {
+            StoreError::Other(e.to_string())
+        }
+    }
+}
+
+/// A health flag fed by the outcome of each round trip.
+#[derive(Debug, Default)]
+pub(crate) struct Health(AtomicBool);
+
+impl Health {
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+    pub fn set(&self, ok: bool) {
+        self.0.store(ok, Ordering::Release);
+    }
+    /// Records a round trip's outcome: only unavailability makes the flag false.
+    pub fn observe<T>(&self, r: &Result<T, redis::RedisError>) {
+        match r {
+            Ok(_) => self.set(true),
+            Err(e) if is_unavailable(e) => self.set(false),
+            Err(_) => {}
+        }
+    }
+}
+
+/// Capped exponential backoff with jitter for the reconnect loops.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    let base = 100u64.saturating_mul(1 << attempt.min(5)).min(2_000);
+    let jitter = uuid::Uuid::new_v4().as_u128() as u64 % (base / 4 + 1);
+    Duration::from_millis(base - base / 8 + jitter)
+}

@@ -1,0 +1,324 @@
+//! [`RedisStore`]: cluster-wide presence whose dead entries expire on their own.
+//!
+//! Entries live in one hash per channel and name their node; a node is alive while its
+//! `P:alive:<node>` key exists. The node refreshes that key every `min(ttl / 3, 1 s)` (which
+//! also tells `/ready` whether Redis answers). Reads go through `presence.lua`, which drops
+//! and deletes the entries of nodes whose key has expired: a SIGKILLed node disappears from
+//! presence at most `presence_ttl` after its last refresh.
+//!
+//! The node also keeps its own entries in memory. When a refresh finds its alive key
+//! missing (Redis restarted empty, or the node was cut off longer than the TTL) it writes
+//! them all back, so presence heals without the gateway doing anything.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use redis::Script;
+use redis::aio::ConnectionManager;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::{Health, Keys, RedisConfig};
+use crate::metrics::ClusterMetrics;
+use crate::model::NodeId;
+use crate::store::{PresenceEntry, Store, StoreError};
+use crate::upstream::UpstreamRecord;
+
+/// This node's entries: channel → connection → user.
+type Local = DashMap<Arc<str>, HashMap<Arc<str>, Arc<str>>>;
+
+pub struct RedisStore {
+    node: NodeId,
+    conn: ConnectionManager,
+    keys: Keys,
+    presence: Script,
+    local: Arc<Local>,
+    health: Arc<Health>,
+    metrics: ClusterMetrics,
+    task: JoinHandle<()>,
+}
+
+impl RedisStore {
+    /// Starts the liveness task; returns at once. Needs a Tokio runtime.
+    pub fn start(
+        node: NodeId,
+        config: &RedisConfig,
+        metrics: ClusterMetrics,
+    ) -> Result<Self, StoreError> {
+        let conn = config.manager()?;
+        let keys = Keys::new(&config.key_prefix);
+        let local = Arc::new(Local::new());
+        let health = Arc::new(Health::default());
+        let liveness = Liveness {
+            alive_key: keys.alive(&node),
+            node: node.clone(),
+            keys: keys.clone(),
+            conn: conn.clone(),
+            ttl: config.presence_ttl.max(Duration::from_millis(100)),
+            local: local.clone(),
+            health: health.clone(),
+            metrics: metrics.clone(),
+        };
+        let task = tokio::spawn(liveness.run());
+        Ok(Self {
+            node,
+            conn,
+            keys,
+            presence: Script::new(include_str!("lua/presence.lua")),
+            local,
+            health,
+            metrics,
+            task,
+        })
+    }
+
+    fn observe<T>(&self, r: &Result<T, redis::RedisError>) {
+        self.health.observe(r);
+        if r.is_err() {
+            self.metrics.errors.inc();
+        }
+    }
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn entry_value(node: &str, user: &str) -> String {
+    let mut v = String::with_capacity(node.len() + 1 + user.len());
+    v.push_str(node);
+    v.push('\n');
+    v.push_str(user);
+    v
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn presence_join(&self, channel: &str, entry: PresenceEntry) -> Result<(), StoreError> {
+        // Remembered first: if Redis is away now, the next successful refresh writes it.
+        self.local
+            .entry(channel.into())
+            .or_default()
+            .insert(entry.connection_id.clone(), entry.user.clone());
+        let r: Result<i64, _> = redis::cmd("HSET")
+            .arg(self.keys.presence(channel))
+            .arg(&*entry.connection_id)
+            .arg(entry_value(&self.node, &entry.user))
+            .query_async(&mut self.conn.clone())
+            .await;
+        self.observe(&r);
+        r.map(drop).map_err(Into::into)
+    }
+
+    async fn presence_leave(&self, channel: &str, connection_id: &str) -> Result<(), StoreError> {
+        self.local.remove_if_mut(channel, |_, members| {
+            members.remove(connection_id);
+            members.is_empty()
+        });
+        let r: Result<i64, _> = redis::cmd("HDEL")
+            .arg(self.keys.presence(channel))
+            .arg(connection_id)
+            .query_async(&mut self.conn.clone())
+            .await;
+        self.observe(&r);
+        r.map(drop).map_err(Into::into)
+    }
+
+    async fn presence(&self, channel: &str) -> Result<Vec<PresenceEntry>, StoreError> {
+        let r: Result<Vec<Vec<u8>>, _> = self
+            .presence
+            .key(self.keys.presence(channel))
+            .arg(self.keys.alive_prefix())
+            .invoke_async(&mut self.conn.clone())
+            .await;
+        self.observe(&r);
+        let flat = r?;
+        let mut out = Vec::with_capacity(flat.len() / 2);
+        for pair in flat.chunks_exact(2) {
+            let (Ok(id), Ok(value)) =
+                (std::str::from_utf8(&pair[0]), std::str::from_utf8(&pair[1]))
+            else {
+                continue;
+            };
+            let (node, user) = value.split_once('\n').unwrap_or((value, ""));
+            out.push(PresenceEntry {
+                connection_id: id.into(),
+                user: user.into(),
+                node: node.into(),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn upstream_put(&self, record: UpstreamRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_string(&record).map_err(|e| StoreError::Other(e.to_string()))?;
+        let mut conn = self.conn.clone();
+        // Record and index change together, so the index never names a missing record
+        // (`wsgate doctor --redis` checks exactly that).
+        let r: Result<(), _> = redis::pipe()
+            .atomic()
+            .set(self.keys.record(&record.id), json)
+            .ignore()
+            .sadd(self.keys.record_index(), &record.id)
+            .ignore()
+            .query_async(&mut conn)
+            .await;
+        self.observe(&r);
+        r.map_err(unavailable)
+    }
+
+    async fn upstream_get(&self, id: &str) -> Result<Option<UpstreamRecord>, StoreError> {
+        let mut conn = self.conn.clone();
+        let r: Result<Option<String>, _> = redis::cmd("GET")
+            .arg(self.keys.record(id))
+            .query_async(&mut conn)
+            .await;
+        self.observe(&r);
+        r.map_err(unavailable)?
+            .map(|json| decode_record(&json))
+            .transpose()
+    }
+
+    async fn upstream_delete(&self, id: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let r: Result<(), _> = redis::pipe()
+            .atomic()
+            .del(self.keys.record(id))
+            .ignore()
+            .srem(self.keys.record_index(), id)
+            .ignore()
+            .query_async(&mut conn)
+            .await;
+        self.observe(&r);
+        r.map_err(unavailable)
+    }
+
+    async fn upstream_list(&self) -> Result<Vec<UpstreamRecord>, StoreError> {
+        let mut conn = self.conn.clone();
+        let ids: Result<Vec<String>, _> = redis::cmd("SMEMBERS")
+            .arg(self.keys.record_index())
+            .query_async(&mut conn)
+            .await;
+        self.observe(&ids);
+        let ids = ids.map_err(unavailable)?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.keys.record(id)).collect();
+        let r: Result<Vec<Option<String>>, _> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await;
+        self.observe(&r);
+        r.map_err(unavailable)?
+            .into_iter()
+            .flatten()
+            .map(|json| decode_record(&json))
+            .collect()
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.health.get()
+    }
+}
+
+fn unavailable(e: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn decode_record(json: &str) -> Result<UpstreamRecord, StoreError> {
+    serde_json::from_str(json)
+        .map_err(|e| StoreError::Other(format!("corrupt upstream record: {e}")))
+}
+
+/// Keeps `P:alive:<node>` alive and re-registers this node's entries when it was lost.
+struct Liveness {
+    node: NodeId,
+    alive_key: String,
+    keys: Keys,
+    conn: ConnectionManager,
+    ttl: Duration,
+    local: Arc<Local>,
+    health: Arc<Health>,
+    metrics: ClusterMetrics,
+}
+
+impl Liveness {
+    async fn run(self) {
+        let every = (self.ttl / 3).min(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut was_healthy = true;
+        loop {
+            tick.tick().await;
+            let ok = self.refresh().await;
+            if ok != was_healthy {
+                if ok {
+                    info!("redis store reachable again");
+                } else {
+                    warn!("redis store unreachable");
+                }
+                was_healthy = ok;
+            }
+        }
+    }
+
+    /// One refresh. Returns whether Redis answered.
+    async fn refresh(&self) -> bool {
+        // SET .. GET answers the previous value: nil means the key had expired or Redis
+        // lost it, and this node's entries must be written again.
+        let r: Result<Option<String>, _> = redis::cmd("SET")
+            .arg(&self.alive_key)
+            .arg("1")
+            .arg("PX")
+            .arg(self.ttl.as_millis() as u64)
+            .arg("GET")
+            .query_async(&mut self.conn.clone())
+            .await;
+        self.health.observe(&r);
+        match r {
+            Ok(Some(_)) => true,
+            Ok(None) => {
+                let ok = self.rewrite().await;
+                self.health.set(ok);
+                ok
+            }
+            Err(e) => {
+                self.metrics.errors.inc();
+                tracing::debug!(error = %e, "presence refresh failed");
+                false
+            }
+        }
+    }
+
+    async fn rewrite(&self) -> bool {
+        let mut pipe = redis::pipe();
+        let mut n = 0usize;
+        for channel in self.local.iter() {
+            let key = self.keys.presence(channel.key());
+            for (id, user) in channel.value() {
+                pipe.hset(&key, &**id, entry_value(&self.node, user))
+                    .ignore();
+                n += 1;
+            }
+        }
+        if n == 0 {
+            return true;
+        }
+        let r: Result<(), _> = pipe.query_async(&mut self.conn.clone()).await;
+        match r {
+            Ok(()) => {
+                info!(entries = n, "presence re-registered in redis");
+                true
+            }
+            Err(e) => {
+                self.metrics.errors.inc();
+                warn!(error = %e, "presence re-registration failed");
+                false
+            }
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! Cluster mode end to end: real `redis-server`, `nats-server` and `wsgate serve` processes.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::cluster::{Cluster, Via, poll};
+use support::{Client, SIGKILL, WAIT};
+
+/// Reads channel messages until `n` arrived; returns their offsets in arrival order.
+async fn offsets(c: &mut Client, n: usize) -> Vec<u64> {
+    let mut seen = Vec::with_capacity(n);
+    while seen.len() < n {
+        let m = c.recv().await;
+        assert_eq!(m["op"], "message", "{m}");
+        seen.push(m["offset"].as_u64().expect("offset"));
+    }
+    seen
+}
+
+async fn cross_node_delivery_and_presence(via: Via) {
+    let cluster = Cluster::start(via).await;
+    let a = cluster.node("node-a", &[]).await;
+    let b = cluster.node("node-b", &[]).await;
+
+    let mut on_b = Client::connect(&b.ws_url()).await;
+    assert_eq!(on_b.hello["node"], "node-b");
+    on_b.subscribe("room").await;
+
+    // Channel: published through A, delivered on B.
+    assert_eq!(a.publish("room", json!({"text":"hi"})).await, 1);
+    assert_eq!(
+        on_b.recv().await,
+        json!({"op":"message","channel":"room","offset":1,"data":{"text":"hi"}})
+    );
+
+    // User: sent through A, delivered to the user's connection on B.
+    let (status, body) = a
+        .post(
+            &format!("/api/v1/users/{}/send", on_b.user()),
+            json!({"data":{"to":"user"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        on_b.recv().await,
+        json!({"op":"message","data":{"to":"user"}})
+    );
+
+    // Connection id held by B, sent through A.
+    let (status, body) = a
+        .post(
+            &format!("/api/v1/connections/{}/send", on_b.id()),
+            json!({"data":{"to":"conn"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        on_b.recv().await,
+        json!({"op":"message","data":{"to":"conn"}})
+    );
+    // A connection of a node that does not exist is not found, not silently dropped.
+    let (status, _) = a
+        .post(
+            "/api/v1/connections/0123456789abcdef-node-z/send",
+            json!({"data":1}),
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    // Presence is cluster-wide: seen from both nodes, with members on both.
+    let mut on_a = Client::connect(&a.ws_url()).await;
+    on_a.subscribe("room").await;
+    let mut users = vec![on_a.user(), on_b.user()];
+    users.sort();
+    for node in [&a, &b] {
+        let p = node.presence("room").await;
+        assert_eq!(p["connections"], 2, "{p}");
+        assert_eq!(p["users"], json!(users));
+    }
+    // And a publication reaches subscribers on both nodes with the same offset.
+    assert_eq!(b.publish("room", json!(2)).await, 2);
+    assert_eq!(on_a.recv().await["offset"], 2);
+    assert_eq!(on_b.recv().await["offset"], 2);
+}
+
+#[tokio::test]
+async fn redis_cross_node_delivery_and_presence() {
+    cross_node_delivery_and_presence(Via::Redis).await;
+}
+
+#[tokio::test]
+async fn nats_cross_node_delivery_and_presence() {
+    cross_node_delivery_and_presence(Via::Nats).await;
+}
+
+async fn order_across_nodes(via: Via) {
+    const PER_PUBLISHER: u64 = 100;
+    let cluster = Cluster::start(via).await;
+    let nodes = [
+        cluster.node("n1", &[]).await,
+        cluster.node("n2", &[]).await,
+        cluster.node("n3", &[]).await,
+    ];
+    let mut subs = Vec::new();
+    for node in &nodes {
+        for _ in 0..2 {
+            let mut c = Client::connect(&node.ws_url()).await;
+            c.subscribe("ordered").await;
+            subs.push(c);
+        }
+    }
+    // Two concurrent publishers per node on two of the nodes.
+    let started = Instant::now();
+    let mut publishers = Vec::new();
+    for node in &nodes[..2] {
+        for p in 0..2 {
+            let url = node.url("/api/v1/publish");
+            publishers.push(tokio::spawn(async move {
+                let http = support::http();
+                for i in 0..PER_PUBLISHER / 2 {
+                    let r = http
+                        .post(&url)
+                        .json(&json!({"channel":"ordered","data":{"p":p,"i":i}}))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status().as_u16(), 200);
+                }
+            }));
+        }
+    }
+    for p in publishers {
+        support::within("publishers", p).await.unwrap();
+    }
+    let total = 2 * PER_PUBLISHER;
+    let expected: Vec<u64> = (1..=total).collect();
+    for (i, c) in subs.iter_mut().enumerate() {
+        assert_eq!(
+            offsets(c, total as usize).await,
+            expected,
+            "subscriber {i} saw a hole or a reordering"
+        );
+    }
+    eprintln!(
+        "{via:?}: {total} publications from 4 HTTP publishers on 2 nodes reached {} subscribers on 3 nodes, in order, in {:?}",
+        subs.len(),
+        started.elapsed()
+    );
+    // Every reordering was repaired from history, none lost.
+    for node in &nodes {
+        let metrics = support::http()
+            .get(node.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(
+            support::metric_value(&metrics, "wsgate_cluster_gap_lost_total"),
+            Some(0.0),
+            "{metrics}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn redis_per_channel_order_across_nodes() {
+    order_across_nodes(Via::Redis).await;
+}
+
+#[tokio::test]
+async fn nats_per_channel_order_across_nodes() {
+    order_across_nodes(Via::Nats).await;
+}
+
+async fn subscribe_since(c: &mut Client, channel: &str, offset: u64, epoch: &str) -> Value {
+    let r = c
+        .request(
+            json!({"op":"subscribe","channel":channel,"since":{"offset":offset,"epoch":epoch}}),
+        )
+        .await;
+    assert_eq!(r["op"], "subscribed", "{r}");
+    r
+}
+
+#[tokio::test]
+async fn history_follows_a_client_to_the_other_node_and_epochs_change_with_redis() {
+    let mut cluster = Cluster::start(Via::Redis).await;
+    let a = cluster.node("hist-a", &["--history-size", "100"]).await;
+    let b = cluster.node("hist-b", &["--history-size", "100"]).await;
+
+    let mut c = Client::connect(&a.ws_url()).await;
+    let sub = c.subscribe("feed").await;
+    let epoch = sub["epoch"].as_str().unwrap().to_string();
+    a.publish("feed", json!(1)).await;
+    a.publish("feed", json!(2)).await;
+    assert_eq!(offsets(&mut c, 2).await, [1, 2]);
+    drop(c);
+
+    // Missed while away, published through both nodes.
+    for i in 3..=6 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(node.publish("feed", json!(i)).await, i);
+    }
+    let mut back = Client::connect(&b.ws_url()).await;
+    let r = subscribe_since(&mut back, "feed", 2, &epoch).await;
+    assert_eq!(r["recovered"], true, "{r}");
+    assert_eq!(r["offset"], 6);
+    assert_eq!(r["epoch"], epoch.as_str());
+    let missed: Vec<Value> = {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            v.push(back.recv().await);
+        }
+        v
+    };
+    assert_eq!(
+        missed
+            .iter()
+            .map(|m| m["offset"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [3, 4, 5, 6]
+    );
+    assert_eq!(missed[0]["data"], 3);
+    // Live traffic continues after the recovered part, without a duplicate.
+    a.publish("feed", json!(7)).await;
+    assert_eq!(back.recv().await["offset"], 7);
+
+    // Redis restarts empty: the old position must not be mistaken for the new stream's.
+    cluster.redis.kill().await;
+    cluster.redis.restart().await;
+    b.await_ready(true).await;
+    let mut late = Client::connect(&b.ws_url()).await;
+    let r = subscribe_since(&mut late, "feed", 7, &epoch).await;
+    assert_eq!(r["recovered"], false, "{r}");
+    assert_eq!(r["gap"], "epoch_changed");
+    assert_ne!(r["epoch"], epoch.as_str());
+    assert_eq!(r["offset"], 0);
+}
+
+#[tokio::test]
+async fn redis_outage_turns_ready_off_and_traffic_resumes() {
+    let mut cluster = Cluster::start(Via::Redis).await;
+    let mut a = cluster.node("out-a", &[]).await;
+    let mut b = cluster.node("out-b", &[]).await;
+    let mut on_b = Client::connect(&b.ws_url()).await;
+    on_b.subscribe("live").await;
+    assert_eq!(a.publish("live", json!("before")).await, 1);
+    assert_eq!(on_b.recv().await["data"], "before");
+
+    // Traffic keeps going while Redis dies: publishers get errors, nobody panics.
+    let url = a.url("/api/v1/publish");
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let traffic = tokio::spawn(async move {
+        let http = support::http();
+        let (mut ok, mut failed) = (0u32, 0u32);
+        loop {
+            if stop_rx.try_recv().is_ok() {
+                return (ok, failed);
+            }
+            match http
+                .post(&url)
+                .json(&json!({"channel":"busy","data":1}))
+                .send()
+                .await
+            {
+                Ok(r) if r.status().as_u16() == 200 => ok += 1,
+                Ok(r) => {
+                    assert_eq!(r.status().as_u16(), 503, "an outage is 503, not a crash");
+                    failed += 1;
+                }
+                Err(e) => panic!("node stopped answering: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    cluster.redis.kill().await;
+    a.await_ready(false).await;
+    b.await_ready(false).await;
+    let (status, body) = a
+        .post("/api/v1/publish", json!({"channel":"live","data":"lost"}))
+        .await;
+    assert_eq!(status, 503, "{body}");
+    let (status, _) = b.get("/health").await;
+    assert_eq!(status, 200, "liveness is not readiness");
+
+    cluster.redis.restart().await;
+    a.await_ready(true).await;
+    b.await_ready(true).await;
+    let _ = stop_tx.send(());
+    let (ok, failed) = support::within("traffic", traffic).await.unwrap();
+    assert!(ok > 0 && failed > 0, "ok {ok}, failed {failed}");
+
+    // Publishing resumes and reaches the old subscription on the other node (the new
+    // stream starts again at offset 1: Redis lost everything).
+    assert_eq!(a.publish("live", json!("after")).await, 1);
+    let m = on_b.recv().await;
+    assert_eq!(
+        (m["offset"].as_u64(), &m["data"]),
+        (Some(1), &json!("after"))
+    );
+    assert!(a.is_running() && b.is_running());
+}
+
+#[tokio::test]
+async fn presence_of_a_killed_node_expires_within_the_ttl() {
+    const TTL_MS: u64 = 600;
+    let cluster = Cluster::start(Via::Redis).await;
+    let ttl = TTL_MS.to_string();
+    let a = cluster.node("doomed", &["--presence-ttl-ms", &ttl]).await;
+    let b = cluster.node("survivor", &["--presence-ttl-ms", &ttl]).await;
+    let mut on_a = Client::connect(&a.ws_url()).await;
+    on_a.subscribe("lobby").await;
+    let mut on_b = Client::connect(&b.ws_url()).await;
+    on_b.subscribe("lobby").await;
+    assert_eq!(b.presence("lobby").await["connections"], 2);
+
+    a.0.signal(SIGKILL);
+    let killed = Instant::now();
+    let p = poll("the dead node's presence to expire", WAIT, || async {
+        let p = b.presence("lobby").await;
+        (p["connections"] == 1).then_some(p)
+    })
+    .await;
+    let took = killed.elapsed();
+    assert_eq!(p["users"], json!([on_b.user()]));
+    // The bound: one TTL after the last refresh (refreshes come every TTL/3).
+    assert!(
+        took <= Duration::from_millis(TTL_MS + 400),
+        "dead entries took {took:?} to expire"
+    );
+    eprintln!("presence of a SIGKILLed node expired after {took:?} (ttl {TTL_MS} ms)");
+    drop(on_a);
+}

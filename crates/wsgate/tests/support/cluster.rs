@@ -1,0 +1,264 @@
+//! Cluster harness: our own `redis-server` and `nats-server` on free loopback ports (never the
+//! machine's services), `wsgate serve` processes pointed at them, and HTTP helpers by address.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+use super::{Process, WAIT, http, within};
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, for at most `limit`.
+pub async fn poll<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A `redis-server` of our own: no persistence, so a restart loses everything (on purpose).
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub async fn start() -> Self {
+        let mut s = Self {
+            port: free_port(),
+            child: None,
+        };
+        s.restart().await;
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port, empty, and waits until it answers PING.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        let port = self.port;
+        poll("redis-server to answer PING", WAIT, || async move {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+            s.write_all(b"*1\r\n$4\r\nPING\r\n").await.ok()?;
+            let mut buf = [0u8; 7];
+            s.read_exact(&mut buf).await.ok()?;
+            (&buf == b"+PONG\r\n").then_some(())
+        })
+        .await;
+    }
+
+    /// SIGKILL, and wait until it is gone.
+    pub async fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.start_kill().unwrap();
+        within("redis-server to exit", child.wait()).await.unwrap();
+    }
+
+    /// One command through redis-cli; returns its raw output.
+    pub async fn cli(&self, args: &[&str]) -> String {
+        let out = within(
+            "redis-cli",
+            Command::new("redis-cli")
+                .args(["-p", &self.port.to_string()])
+                .args(args)
+                .output(),
+        )
+        .await
+        .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// A `nats-server` of our own.
+pub struct NatsServer {
+    pub port: u16,
+    child: Child,
+}
+
+impl NatsServer {
+    pub async fn start() -> Self {
+        let port = free_port();
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn nats-server");
+        poll("nats-server to send INFO", WAIT, || async move {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+            let mut buf = [0u8; 5];
+            s.read_exact(&mut buf).await.ok()?;
+            (&buf == b"INFO ").then_some(())
+        })
+        .await;
+        Self { port, child }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+/// Which broker a cluster test runs on (the store is always Redis).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Redis,
+    Nats,
+}
+
+/// Redis (and NATS when asked) plus the arguments that point a node at them.
+pub struct Cluster {
+    pub redis: RedisServer,
+    pub nats: Option<NatsServer>,
+    pub via: Via,
+    /// Unique per test, so tests never see each other's keys even if they shared a server.
+    pub prefix: String,
+}
+
+impl Cluster {
+    pub async fn start(via: Via) -> Self {
+        let redis = RedisServer::start().await;
+        let nats = match via {
+            Via::Nats => Some(NatsServer::start().await),
+            Via::Redis => None,
+        };
+        Self {
+            prefix: format!("t{}", redis.port),
+            redis,
+            nats,
+            via,
+        }
+    }
+
+    /// A `wsgate serve` node named `name`, ready (`/ready` 200) before it is returned.
+    pub async fn node(&self, name: &str, extra: &[&str]) -> Node {
+        let redis_url = self.redis.url();
+        let mut args = vec![
+            "--node-id",
+            name,
+            "--store",
+            "redis",
+            "--redis-url",
+            &redis_url,
+            "--key-prefix",
+            &self.prefix,
+        ];
+        let nats_url = self.nats.as_ref().map(NatsServer::url);
+        match &nats_url {
+            Some(url) => args.extend(["--broker", "nats", "--nats-url", url]),
+            None => args.extend(["--broker", "redis"]),
+        }
+        args.extend(extra);
+        let node = Node(Process::spawn(&args).await);
+        node.await_ready(true).await;
+        node
+    }
+}
+
+/// One `wsgate serve` process, with HTTP helpers.
+pub struct Node(pub Process);
+
+impl Node {
+    pub fn addr(&self) -> SocketAddr {
+        self.0.addr
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.0.addr)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.0.addr)
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = http()
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = http().get(self.url(path)).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
+    /// Publishes `data` to `channel` through this node's API; returns the offset.
+    pub async fn publish(&self, channel: &str, data: Value) -> u64 {
+        let (status, body) = self
+            .post(
+                "/api/v1/publish",
+                serde_json::json!({"channel": channel, "data": data}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["offset"].as_u64().expect("offset")
+    }
+
+    pub async fn presence(&self, channel: &str) -> Value {
+        let (status, body) = self
+            .get(&format!("/api/v1/channels/{channel}/presence"))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Waits until `/ready` answers 200 (`true`) or 503 (`false`).
+    pub async fn await_ready(&self, ready: bool) {
+        let want = if ready { 200 } else { 503 };
+        let url = self.url("/ready");
+        poll(&format!("/ready {want} on {}", self.0.addr), WAIT, || {
+            let url = url.clone();
+            async move {
+                let r = http().get(url).send().await.ok()?;
+                (r.status().as_u16() == want).then_some(())
+            }
+        })
+        .await;
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.0.child.try_wait().unwrap().is_none()
+    }
+}
