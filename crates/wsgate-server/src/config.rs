@@ -101,6 +101,12 @@ pub struct Config {
     pub read_buffer_size: usize,
     /// Largest HTTP API request body. Default 1 MiB.
     pub api_body_limit: usize,
+    /// gRPC control API listener (`wsgate.v1.WsGate`, health, reflection). Default
+    /// `127.0.0.1:50051`.
+    pub grpc_listen: SocketAddr,
+    /// Serve the gRPC control API. Default true; `false` (`WSGATE_GRPC_ENABLED=false`)
+    /// leaves the HTTP API as the only control API.
+    pub grpc_enabled: bool,
 }
 
 impl Default for Config {
@@ -123,6 +129,8 @@ impl Default for Config {
             close_grace_ms: 2_000,
             read_buffer_size: 4096,
             api_body_limit: 1024 * 1024,
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            grpc_enabled: true,
         }
     }
 }

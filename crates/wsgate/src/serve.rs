@@ -19,6 +19,14 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     listen: Option<String>,
+    /// gRPC control API address (default 127.0.0.1:50051).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grpc_listen: Option<String>,
+    /// Do not serve the gRPC control API.
+    #[arg(long)]
+    #[serde(skip)]
+    no_grpc: bool,
     /// Instance id (default: HOSTNAME).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -49,10 +57,13 @@ pub struct ServeArgs {
 }
 
 pub fn main(args: ServeArgs) -> anyhow::Result<()> {
-    let config: Config = Config::figment(args.config.as_deref())
+    let mut config: Config = Config::figment(args.config.as_deref())
         .merge(figment::providers::Serialized::defaults(&args))
         .extract()
         .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    if args.no_grpc {
+        config.grpc_enabled = false;
+    }
     init_logging(config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -64,7 +75,11 @@ pub fn main(args: ServeArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("binding {}: {e}", node.config.listen))?;
         // Machines (tests, scripts) read the bound address from stdout; logs go to stderr.
         println!("wsgate listening on http://{}", listener.local_addr()?);
-        wsgate_server::run(node, listener, shutdown_signal()).await
+        let grpc = wsgate_server::bind_grpc(&node.config).await?;
+        if let Some(g) = &grpc {
+            println!("wsgate gRPC on {}", g.local_addr()?);
+        }
+        wsgate_server::run_with(node, listener, grpc, shutdown_signal()).await
     })
 }
 
