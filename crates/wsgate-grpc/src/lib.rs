@@ -115,25 +115,25 @@ pub async fn serve(
     let stop_watcher = watcher.clone();
 
     let key = options.api_key.map(|k| format!("Bearer {k}"));
-    let svc = pb::ws_gate_server::WsGateServer::with_interceptor(
-        api,
-        move |req: tonic::Request<()>| match &key {
-            None => Ok(req),
-            Some(want) => {
-                let given = req
-                    .metadata()
-                    .get("authorization")
-                    .and_then(|v| v.to_str().ok());
-                if given.is_some_and(|g| constant_time_eq(g.as_bytes(), want.as_bytes())) {
-                    Ok(req)
-                } else {
-                    Err(tonic::Status::unauthenticated(
-                        "Unauthorized: missing or wrong API key",
-                    ))
+    let svc =
+        pb::ws_gate_server::WsGateServer::with_interceptor(api, move |req: tonic::Request<()>| {
+            match &key {
+                None => Ok(req),
+                Some(want) => {
+                    let given = req
+                        .metadata()
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok());
+                    if given.is_some_and(|g| constant_time_eq(g.as_bytes(), want.as_bytes())) {
+                        Ok(req)
+                    } else {
+                        Err(tonic::Status::unauthenticated(
+                            "Unauthorized: missing or wrong API key",
+                        ))
+                    }
                 }
             }
-        },
-    );
+        });
     info!(addr = ?addr, "wsgate gRPC listening");
     let result = tonic::transport::Server::builder()
         .add_service(health)

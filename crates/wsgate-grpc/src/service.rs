@@ -290,8 +290,8 @@ impl WsGate for GrpcApi {
     }
 
     async fn send_async(&self, req: Request<pb::SendAsyncRequest>) -> Reply<pb::SendAsyncReply> {
-        use pb::send_async_request::Request as Req;
         use pb::send_async_reply::Response as Resp;
+        use pb::send_async_request::Request as Req;
         let r = req.into_inner();
         let msg = match r.request {
             Some(Req::Message(t)) => Message::from(t),
@@ -491,7 +491,9 @@ impl WsGate for GrpcApi {
             Err(e) => return answer(Err::<(), _>(e), |_| pb::DeliveryReply::ok()),
         };
         answer(
-            self.gateway.send_to_connection(&r.connection_id, data).await,
+            self.gateway
+                .send_to_connection(&r.connection_id, data)
+                .await,
             |_| pb::DeliveryReply {
                 delivered: 1,
                 ..Default::default()

@@ -184,7 +184,11 @@ async fn gateway_operations() {
         }
     );
     assert!(!r.success);
-    assert!(r.error.starts_with("data is not one JSON value"), "{}", r.error);
+    assert!(
+        r.error.starts_with("data is not one JSON value"),
+        "{}",
+        r.error
+    );
     let r = call!(
         c,
         disconnect_client,
@@ -255,10 +259,7 @@ async fn upstream_operations_and_connection_views() {
         }
     );
     assert!(r.success, "{}", r.error);
-    let log = up
-        .wait_for(WAIT, |l| l.received.len() >= 3)
-        .await
-        .unwrap();
+    let log = up.wait_for(WAIT, |l| l.received.len() >= 3).await.unwrap();
     let frames: Vec<&Message> = log.received.iter().map(|r| &r.msg).collect();
     assert_eq!(
         frames[0].as_text(),
@@ -335,7 +336,11 @@ async fn upstream_operations_and_connection_views() {
     assert_eq!(g.user, browser.user());
     assert_eq!(g.channels, vec!["topic:btc".to_string()]);
     assert_eq!((g.state.as_str(), g.node.as_str()), ("open", "test-node"));
-    assert!(g.messages_sent >= 2, "hello, subscribed, message: {g:?}");
+    assert_eq!(g.messages_received, 1, "the subscribe: {g:?}");
+    assert!(
+        g.messages_sent >= 1 && g.bytes_sent > 0,
+        "the publication: {g:?}"
+    );
 
     // ListConnections shows both kinds, sorted by id; filters as GET /connections.
     let l = call!(c, list_connections, ListConnectionsRequest::default());
@@ -359,7 +364,10 @@ async fn upstream_operations_and_connection_views() {
     ids.sort();
     assert_eq!(
         ids,
-        vec![format!("gateway:{}", browser.id()), format!("upstream:{id}")]
+        vec![
+            format!("gateway:{}", browser.id()),
+            format!("upstream:{id}")
+        ]
     );
     let l = call!(
         c,
@@ -423,7 +431,10 @@ async fn upstream_operations_and_connection_views() {
             message: "x".into(),
         }
     );
-    assert_eq!((r.success, r.error.as_str()), (false, "Connection not found"));
+    assert_eq!(
+        (r.success, r.error.as_str()),
+        (false, "Connection not found")
+    );
     srv.shutdown().await;
 }
 
@@ -518,7 +529,12 @@ async fn seed_000_errors() {
         created_at_ms: 0,
         spec: wsgate_cluster::upstream::UpstreamSpec::new("ws://127.0.0.1:1/"),
     };
-    srv.node.gateway.store.upstream_put(rec.clone()).await.unwrap();
+    srv.node
+        .gateway
+        .store
+        .upstream_put(rec.clone())
+        .await
+        .unwrap();
     let r = call!(
         c,
         send,
@@ -615,7 +631,8 @@ async fn seed_000_errors() {
 
 #[tokio::test]
 async fn health_reflection_and_api_key() {
-    let srv = TestServer::with(|c| c.api_key = Some(wsgate_server::config::Secret::new("k3y"))).await;
+    let srv =
+        TestServer::with(|c| c.api_key = Some(wsgate_server::config::Secret::new("k3y"))).await;
     let channel = channel(&srv).await;
 
     // Health: SERVING for the server and the service, without the API key.
@@ -636,10 +653,10 @@ async fn health_reflection_and_api_key() {
     }
 
     // Reflection lists the service.
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
     let mut refl = ServerReflectionClient::new(channel.clone());
     let req = ServerReflectionRequest {
         host: String::new(),
@@ -661,7 +678,10 @@ async fn health_reflection_and_api_key() {
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     assert!(names.contains(&"wsgate.v1.WsGate".to_string()), "{names:?}");
-    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
 
     // The API needs the key: UNAUTHENTICATED without it, answers with it.
     let mut c = WsGateClient::new(channel.clone());
