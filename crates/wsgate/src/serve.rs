@@ -19,14 +19,6 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     listen: Option<String>,
-    /// gRPC control API address (default 127.0.0.1:50051).
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    grpc_listen: Option<String>,
-    /// Do not serve the gRPC control API.
-    #[arg(long)]
-    #[serde(skip)]
-    no_grpc: bool,
     /// Instance id (default: HOSTNAME).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -57,13 +49,12 @@ pub struct ServeArgs {
 }
 
 pub fn main(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config: Config = Config::figment(args.config.as_deref())
+    // The gRPC API is set with `grpc_listen` / `grpc_enabled` in the file or as
+    // `WSGATE_GRPC_LISTEN` / `WSGATE_GRPC_ENABLED`.
+    let config: Config = Config::figment(args.config.as_deref())
         .merge(figment::providers::Serialized::defaults(&args))
         .extract()
         .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
-    if args.no_grpc {
-        config.grpc_enabled = false;
-    }
     init_logging(config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

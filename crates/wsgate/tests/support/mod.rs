@@ -255,7 +255,8 @@ impl Process {
     pub async fn spawn(args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0"])
+            .env("WSGATE_GRPC_LISTEN", "127.0.0.1:0")
             .args(args)
             .env("WSGATE_LOG", "info")
             .stdout(Stdio::piped())
