@@ -66,10 +66,9 @@ pub fn main(args: ServeArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("binding {}: {e}", node.config.listen))?;
         // Machines (tests, scripts) read the bound address from stdout; logs go to stderr.
         println!("wsgate listening on http://{}", listener.local_addr()?);
+        // The gRPC address goes to the log only: stdout's single line is read by machines
+        // that may close the pipe after it.
         let grpc = wsgate_server::bind_grpc(&node.config).await?;
-        if let Some(g) = &grpc {
-            println!("wsgate gRPC on {}", g.local_addr()?);
-        }
         wsgate_server::run_with(node, listener, grpc, shutdown_signal()).await
     })
 }
