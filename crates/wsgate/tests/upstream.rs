@@ -461,7 +461,10 @@ async fn publish_reaches_gateway_subscribers_until_stopped() {
     assert_eq!(rec.spec.publish_topic, None);
     let m = srv.metrics().await;
     assert_eq!(metric(&m, "wsgate_upstream_published_total"), 3.0);
+    // Graceful shutdown closes the upstream with a close frame, after the gateway drain.
     srv.shutdown().await;
+    let log = upstream_log(&up, |l| l.active == 0).await;
+    assert_eq!(log.client_closes, 1, "closed cleanly, not dropped");
 }
 
 #[tokio::test]

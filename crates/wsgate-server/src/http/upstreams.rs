@@ -1,10 +1,30 @@
 //! The upstream API: seed 000's operations over HTTP/JSON.
 //!
-//! Bodies are turned into the manager's types here; messages in them may be JSON values
-//! (sent as their JSON text) or strings (sent as they are). Every answer is
-//! `{"success":bool,"error"?}`; the status codes come from [`ApiError`]'s mapping of
-//! `UpstreamError` (404 not found, 409 not connected or owned elsewhere, 504 request
-//! timeout, 400 bad input).
+//! | route | operation | body → answer |
+//! | --- | --- | --- |
+//! | `POST /api/v1/upstreams` | Connect | `{url, headers?, auth?: {messages, expect?, timeout_ms?}, subscriptions?: [{key?, message, unsubscribe?}], auto_reconnect?, reconnect?: {initial_ms, max_ms, max_attempts, jitter}, breaker?: {failure_threshold, cooldown_ms}, heartbeat?: {interval_ms, timeout_ms}, correlation?: {mode: "uuid-prefix"\|"json-field", field?}, publish_topic?, offline?: "reject"\|"outbox", wait_ms?}` → `{connection_id, state}` |
+//! | `GET /api/v1/upstreams` | List | → `{total, upstreams: [view]}` |
+//! | `GET /api/v1/upstreams/{id}` | Get | → `{upstream: view}` |
+//! | `DELETE /api/v1/upstreams/{id}` | Disconnect | → `{}` |
+//! | `POST …/{id}/send` | Send (text) | `{message}` |
+//! | `POST …/{id}/send-raw` | SendRaw (binary) | `{data_base64}` |
+//! | `POST …/{id}/send-async` | SendAsync | `{message\|data_base64, timeout_ms}` → `{response}` or `{response_base64}` |
+//! | `POST …/{id}/subscriptions` | track / untrack | `{add?: [{key?, message, unsubscribe?}], remove?: [key]}` → `{subscriptions: [key]}` |
+//! | `POST …/{id}/publish/start` | StartPublish | `{topic}` → `{channel: "topic:<topic>"}` |
+//! | `POST …/{id}/publish/stop` | StopPublish | `{}` |
+//!
+//! Messages in bodies may be JSON values (sent as their JSON text) or strings (sent as
+//! they are). A subscription without `key` is keyed by its message text. `auth.expect` is
+//! a string (the reply contains it) or a JSON object (the reply has those fields). Connect
+//! waits up to `wait_ms` (default 10 s, 0: not at all) for the first connection and
+//! reports the state; the connection is kept and follows its reconnect policy either way.
+//! SendAsync replies are JSON values when they parse, else strings; binary replies come as
+//! `response_base64` (UUID mode returns the payload without its 16-byte prefix).
+//!
+//! Every answer is `{"success":bool,"error"?}`. Status codes: 404 `Connection not found`,
+//! 409 `WebSocket is not connected` and `Connection owned by different instance: <id>`,
+//! 504 `Request timeout`, 400 bad input, 502 other upstream failures, 503 outbox full or
+//! store unavailable.
 
 use std::sync::Arc;
 use std::time::Duration;
