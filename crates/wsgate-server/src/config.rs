@@ -140,6 +140,12 @@ pub struct Config {
     pub key_prefix: String,
     /// A dead node's presence entries disappear within this bound. Default 15 000.
     pub presence_ttl_ms: u64,
+    /// gRPC control API listener (`wsgate.v1.WsGate`, health, reflection). Default
+    /// `127.0.0.1:50051`.
+    pub grpc_listen: SocketAddr,
+    /// Serve the gRPC control API. Default true; `false` (`WSGATE_GRPC_ENABLED=false`)
+    /// leaves the HTTP API as the only control API.
+    pub grpc_enabled: bool,
 }
 
 impl Default for Config {
@@ -168,6 +174,8 @@ impl Default for Config {
             nats_url: "nats://127.0.0.1:4222".into(),
             key_prefix: "wsgate".into(),
             presence_ttl_ms: 15_000,
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            grpc_enabled: true,
         }
     }
 }

@@ -18,4 +18,4 @@ mod seams;
 pub mod ws;
 
 pub use config::Config;
-pub use node::{BuildInfo, Lifecycle, Node, run};
+pub use node::{BuildInfo, Lifecycle, Node, bind_grpc, run, run_with};

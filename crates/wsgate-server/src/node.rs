@@ -107,14 +107,66 @@ impl Node {
     }
 }
 
-/// Serves `listener` until `shutdown` resolves, then drains and returns.
+/// Binds the gRPC listener the config asks for (`grpc_listen`), or none when
+/// `grpc_enabled` is false.
+pub async fn bind_grpc(config: &Config) -> anyhow::Result<Option<TcpListener>> {
+    if !config.grpc_enabled {
+        return Ok(None);
+    }
+    let l = TcpListener::bind(config.grpc_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding gRPC {}: {e}", config.grpc_listen))?;
+    Ok(Some(l))
+}
+
+/// Serves `listener` (and the gRPC API on `grpc_listen`, unless disabled) until `shutdown`
+/// resolves, then drains and returns.
 pub async fn run(
     node: Arc<Node>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let grpc = bind_grpc(&node.config).await?;
+    run_with(node, listener, grpc, shutdown).await
+}
+
+/// [`run`] with the gRPC listener bound by the caller (`None`: no gRPC API). The gRPC
+/// server stops with the HTTP side: health turns NOT_SERVING when draining begins (it
+/// follows [`Node::is_ready`]); calls are taken until the drain is over, as HTTP ones are.
+pub async fn run_with(
+    node: Arc<Node>,
+    listener: TcpListener,
+    grpc: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let heartbeat = tokio::spawn(heartbeat_loop(node.clone()));
+    let (grpc_stop, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
+    let grpc = grpc.map(|l| {
+        let api = wsgate_grpc::GrpcApi::new(node.gateway.clone(), node.upstreams.clone());
+        let ready_node = node.clone();
+        let options = wsgate_grpc::ServeOptions {
+            api_key: node.config.api_key.as_ref().map(|k| k.expose().to_string()),
+            ready: Arc::new(move || ready_node.is_ready()),
+        };
+        if let Ok(a) = l.local_addr() {
+            info!(addr = %a, "wsgate gRPC API listening");
+        }
+        tokio::spawn(wsgate_grpc::serve(api, l, options, async move {
+            let _ = grpc_stopped.await;
+        }))
+    });
+    let stop_grpc = move || async move {
+        let _ = grpc_stop.send(());
+        if let Some(task) = grpc {
+            match tokio::time::timeout(Duration::from_secs(5), task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => warn!(error = %e, "gRPC server failed"),
+                Ok(Err(e)) => warn!(error = %e, "gRPC server task failed"),
+                Err(_) => warn!("gRPC calls still open after drain; exiting anyway"),
+            }
+        }
+    };
     let app = crate::http::router(node.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut serving = tokio::spawn(crate::listener::serve(listener, app, stop_rx));
@@ -124,6 +176,8 @@ pub async fn run(
     tokio::select! {
         () = shutdown => {}
         _ = &mut serving => {
+            heartbeat.abort();
+            stop_grpc().await;
             node.upstreams.shutdown().await;
             anyhow::bail!("the accept loop ended unexpectedly");
         }
@@ -149,6 +203,7 @@ pub async fn run(
     // keep receiving what upstreams publish. Their records stay in the store.
     node.upstreams.shutdown().await;
     let _ = stop_tx.send(true);
+    stop_grpc().await;
     heartbeat.abort();
     let _ = serving.await;
     info!("wsgate stopped");

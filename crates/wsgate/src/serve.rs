@@ -77,6 +77,8 @@ pub struct ServeArgs {
 }
 
 pub fn main(args: ServeArgs) -> anyhow::Result<()> {
+    // The gRPC API is set with `grpc_listen` / `grpc_enabled` in the file or as
+    // `WSGATE_GRPC_LISTEN` / `WSGATE_GRPC_ENABLED`.
     let config: Config = Config::figment(args.config.as_deref())
         .merge(figment::providers::Serialized::defaults(&args))
         .extract()
@@ -94,7 +96,10 @@ pub fn main(args: ServeArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("binding {}: {e}", node.config.listen))?;
         // Machines (tests, scripts) read the bound address from stdout; logs go to stderr.
         println!("wsgate listening on http://{}", listener.local_addr()?);
-        wsgate_server::run(node, listener, shutdown_signal()).await
+        // The gRPC address goes to the log only: stdout's single line is read by machines
+        // that may close the pipe after it.
+        let grpc = wsgate_server::bind_grpc(&node.config).await?;
+        wsgate_server::run_with(node, listener, grpc, shutdown_signal()).await
     })
 }
 

@@ -30,6 +30,8 @@ pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) ->
 /// A node running in this process on `127.0.0.1:0`.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The gRPC API (`None` when the config disables it).
+    pub grpc_addr: Option<SocketAddr>,
     pub node: Arc<Node>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -51,12 +53,24 @@ impl TestServer {
         let node = Node::new(config).expect("valid config");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        // The gRPC API on a free port too (the configured 50051 would collide).
+        let grpc = match node.config.grpc_enabled {
+            true => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            false => None,
+        };
+        let grpc_addr = grpc.as_ref().map(|l| l.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(wsgate_server::run(node.clone(), listener, async move {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(wsgate_server::run_with(
+            node.clone(),
+            listener,
+            grpc,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         Self {
             addr,
+            grpc_addr,
             node,
             stop: Some(stop),
             task: Some(task),
@@ -65,6 +79,11 @@ impl TestServer {
 
     pub fn http(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// `http://127.0.0.1:<port>` of the gRPC API.
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc_addr.expect("gRPC enabled"))
     }
 
     pub fn ws_url(&self) -> String {
@@ -239,6 +258,7 @@ impl Process {
         let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
+            .env("WSGATE_GRPC_LISTEN", "127.0.0.1:0")
             .args(args)
             .env("WSGATE_LOG", "info")
             .stdout(Stdio::piped())
