@@ -187,7 +187,7 @@ async fn connections_asks_for_the_api_key() {
 fn line<'a>(out: &'a str, status: &str, check: &str) -> Option<&'a str> {
     out.lines().find(|l| {
         l.strip_prefix(status)
-            .is_some_and(|r| r.trim_start().split_whitespace().next() == Some(check))
+            .is_some_and(|r| r.split_whitespace().next() == Some(check))
     })
 }
 
