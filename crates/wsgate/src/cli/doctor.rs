@@ -220,6 +220,50 @@ async fn run(args: DoctorArgs) -> Report {
 mod tests {
     use super::*;
 
+    /// Every runbook link the checks print names a heading of docs/operations.md.
+    #[test]
+    fn runbook_links_resolve() {
+        let doc = include_str!("../../../../docs/operations.md");
+        let slugs: Vec<String> = doc
+            .lines()
+            .filter_map(|l| l.strip_prefix('#'))
+            .map(|h| {
+                h.trim_start_matches('#')
+                    .trim()
+                    .to_lowercase()
+                    .chars()
+                    .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-')
+                    .map(|c| if c == ' ' { '-' } else { c })
+                    .collect()
+            })
+            .collect();
+        let mut linked = 0;
+        for src in [
+            include_str!("doctor/ws.rs"),
+            include_str!("doctor/api.rs"),
+            include_str!("doctor/redis.rs"),
+        ] {
+            // `.runbook("anchor")`, and `const X: &str = "anchor";` used as `.runbook(X)`.
+            let literal = src
+                .split("runbook(\"")
+                .skip(1)
+                .filter_map(|p| p.split('"').next());
+            let consts = src.split("const ").skip(1).filter_map(|p| {
+                let (name, rest) = p.split_once(": &str = \"")?;
+                let value = rest.split('"').next()?;
+                src.contains(&format!("runbook({name})")).then_some(value)
+            });
+            for anchor in literal.chain(consts) {
+                linked += 1;
+                assert!(
+                    slugs.iter().any(|s| s == anchor),
+                    "docs/operations.md has no #{anchor}"
+                );
+            }
+        }
+        assert!(linked >= 9, "found {linked} links");
+    }
+
     #[test]
     fn render_shows_cause_fix_and_runbook() {
         let c = CheckResult::fail("tcp", "refused")
