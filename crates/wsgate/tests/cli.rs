@@ -285,6 +285,11 @@ async fn doctor_names_the_status_of_a_refused_upgrade() {
 /// Forwards each new TCP connection to the next backend in turn (a balancer without
 /// affinity in front of pods that do not share a broker: seed 001's "only the sender sees it").
 async fn round_robin(backends: Vec<SocketAddr>) -> SocketAddr {
+    proxy(backends, None).await
+}
+
+/// The same, cutting every connection after `cut` (a proxy read timeout, as NGINX's 60 s).
+async fn proxy(backends: Vec<SocketAddr>, cut: Option<std::time::Duration>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -294,7 +299,11 @@ async fn round_robin(backends: Vec<SocketAddr>) -> SocketAddr {
             next += 1;
             tokio::spawn(async move {
                 if let Ok(mut outbound) = TcpStream::connect(backend).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                    match cut {
+                        Some(cut) => drop(tokio::time::timeout(cut, copy).await),
+                        None => drop(copy.await),
+                    }
                 }
             });
         }
@@ -338,6 +347,36 @@ async fn doctor_fails_delivery_between_nodes_without_a_shared_broker() {
     );
     a.shutdown().await;
     b.shutdown().await;
+}
+
+#[tokio::test]
+async fn doctor_idle_hold_answers_pings_and_catches_a_proxy_timeout() {
+    // Pings every 50 ms, 300 ms timeout: a hold that did not answer them would end in 4008.
+    let srv = TestServer::with(|c| {
+        c.heartbeat_interval_ms = 50;
+        c.heartbeat_timeout_ms = 300;
+    })
+    .await;
+    let out = wsgate(&["doctor", &srv.ws_url(), "--idle", "1s"], "").await;
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    let idle = line(&out.stdout, "WARN", "idle").unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(
+        !idle.contains(" 0 server ping"),
+        "pings were answered: {idle}"
+    );
+
+    // A proxy that cuts connections after 1 s: the hold notices and names the timeout.
+    let cutting = proxy(vec![srv.addr], Some(std::time::Duration::from_millis(1000))).await;
+    let out = wsgate(
+        &["doctor", &format!("ws://{cutting}/ws"), "--idle", "3s"],
+        "",
+    )
+    .await;
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    let idle = line(&out.stdout, "FAIL", "idle").unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(idle.contains("without a close frame"), "{idle}");
+    assert!(out.stdout.contains("proxy-read-timeout"), "{}", out.stdout);
+    srv.shutdown().await;
 }
 
 /// A `redis-server` on a free loopback port, killed on drop.
