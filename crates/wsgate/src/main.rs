@@ -2,8 +2,10 @@
 //!
 //! - `wsgate serve`: run a node (embedded in-memory store and broker by default).
 //! - `wsgate bench`: the fan-out benchmark of docs/benchmarks.md.
+//! - `wsgate connect`, `wsgate connections`, `wsgate doctor`: the operator's tools.
 
 mod bench;
+mod cli;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +29,12 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Measure fan-out throughput, latency, CPU per delivery and memory per connection.
     Bench(bench::BenchArgs),
+    /// Interactive WebSocket client: stdin lines out, frames in, with time and direction.
+    Connect(cli::connect::ConnectArgs),
+    /// List a running server's connections, or `show ID` for one connection's debug view.
+    Connections(cli::connections::ConnectionsArgs),
+    /// Check a deployment end to end (DNS, TCP, upgrade, ping, idle hold, delivery, API, Redis).
+    Doctor(cli::doctor::DoctorArgs),
     /// The featureless fan-out server that `wsgate bench --baseline` compares against.
     #[command(hide = true)]
     BenchBaselineServer(bench::BaselineArgs),
@@ -37,6 +45,9 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::main(args),
         Command::Bench(args) => bench::main(args),
+        Command::Connect(args) => cli::finish(cli::connect::main(args)),
+        Command::Connections(args) => cli::finish(cli::connections::main(args)),
+        Command::Doctor(args) => cli::finish(cli::doctor::main(args)),
         Command::BenchBaselineServer(args) => bench::baseline::main(args),
     }
 }

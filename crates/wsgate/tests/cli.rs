@@ -1,0 +1,495 @@
+//! The operator CLI (`wsgate connect`, `connections`, `doctor`) as a user runs it: the real
+//! binary, against in-process servers, a real redis-server, and a round-robin proxy.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+
+use serde_json::Value;
+use support::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+
+struct Output {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `wsgate ARGS` with `stdin` as its input, bounded.
+async fn wsgate(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .args(args)
+        .env_remove("WSGATE_API_KEY")
+        .env_remove("WSGATE_SERVER")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn wsgate");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    let out = within(&format!("wsgate {args:?}"), child.wait_with_output())
+        .await
+        .unwrap();
+    let o = Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    eprintln!("wsgate {args:?} → {}\n{}\n{}", o.code, o.stdout, o.stderr);
+    o
+}
+
+#[tokio::test]
+async fn connect_in_a_pipe_prints_hello_and_pong_then_closes() {
+    let srv = TestServer::start().await;
+    let out = wsgate(&["connect", &srv.ws_url()], "{\"op\":\"ping\",\"ts\":1}\n").await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let hello = out
+        .stdout
+        .lines()
+        .position(|l| l.contains("< {\"op\":\"hello\""));
+    let sent = out
+        .stdout
+        .lines()
+        .position(|l| l.contains("> {\"op\":\"ping\",\"ts\":1}"));
+    let pong = out
+        .stdout
+        .lines()
+        .position(|l| l.contains("< {\"op\":\"pong\",\"ts\":1}"));
+    assert!(
+        hello.is_some() && sent.is_some() && pong.is_some(),
+        "{}",
+        out.stdout
+    );
+    assert!(hello < pong, "hello comes first");
+    assert!(
+        out.stdout.contains("< [close 1000"),
+        "the server's close is printed: {}",
+        out.stdout
+    );
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn connect_pretty_prints_json() {
+    let srv = TestServer::start().await;
+    let out = wsgate(&["connect", "--json", &srv.ws_url()], "").await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("\"op\": \"hello\""), "{}", out.stdout);
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn connect_handshake_failure_shows_the_http_status() {
+    let srv = TestServer::start().await;
+    let url = format!("ws://{}/not-a-websocket", srv.addr);
+    let out = wsgate(&["connect", &url], "").await;
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("HTTP 404"), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("backtrace"),
+        "one plain line: {}",
+        out.stderr
+    );
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_lists_and_shows_a_client() {
+    let srv = TestServer::start().await;
+    let mut client = Client::connect(&srv.ws_url()).await;
+    client.subscribe("room-7").await;
+    let server = format!("http://{}", srv.addr);
+
+    let out = wsgate(&["connections", "--server", &server], "").await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let row = out.stdout.lines().find(|l| l.starts_with(&client.id()));
+    let row = row.unwrap_or_else(|| panic!("no row for {}: {}", client.id(), out.stdout));
+    assert!(
+        row.contains(&client.user()) && row.contains("room-7"),
+        "{row}"
+    );
+
+    let out = wsgate(
+        &[
+            "connections",
+            "--server",
+            &server,
+            "--channel",
+            "elsewhere",
+            "--json",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(out.code, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out.stdout).unwrap(),
+        serde_json::json!([])
+    );
+
+    let out = wsgate(
+        &["connections", "show", &client.id(), "--server", &server],
+        "",
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("last_heartbeat_ms_ago"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("user") && l.contains(&client.user())),
+        "{}",
+        out.stdout
+    );
+
+    let out = wsgate(
+        &["connections", "show", "no-such-id", "--server", &server],
+        "",
+    )
+    .await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("Connection not found"),
+        "{}",
+        out.stderr
+    );
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_asks_for_the_api_key() {
+    let srv =
+        TestServer::with(|c| c.api_key = Some(wsgate_server::config::Secret::new("sekrit"))).await;
+    let server = format!("http://{}", srv.addr);
+    let out = wsgate(&["connections", "--server", &server], "").await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("--api-key"), "{}", out.stderr);
+    let out = wsgate(
+        &["connections", "--server", &server, "--api-key", "sekrit"],
+        "",
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    srv.shutdown().await;
+}
+
+fn line<'a>(out: &'a str, status: &str, check: &str) -> Option<&'a str> {
+    out.lines().find(|l| {
+        l.strip_prefix(status)
+            .is_some_and(|r| r.split_whitespace().next() == Some(check))
+    })
+}
+
+#[tokio::test]
+async fn doctor_passes_a_healthy_server() {
+    let srv = TestServer::start().await;
+    let api = format!("http://{}", srv.addr);
+    let args = [
+        "doctor",
+        &srv.ws_url(),
+        "--api",
+        &api,
+        "--idle",
+        "1s",
+        "--sample",
+        "100ms",
+    ];
+    let out = wsgate(&args, "").await;
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    for check in [
+        "dns",
+        "tcp",
+        "upgrade",
+        "hello",
+        "ping",
+        "ready",
+        "version",
+        "upstreams",
+    ] {
+        assert!(
+            line(&out.stdout, "PASS", check).is_some(),
+            "no PASS for {check}: {}",
+            out.stdout
+        );
+    }
+    // One node: delivery works, and doctor says the cross-node path was not exercised.
+    let delivery = line(&out.stdout, "WARN", "delivery").expect("a delivery line");
+    assert!(
+        delivery.contains("both clients received") && delivery.contains("test-node"),
+        "{delivery}"
+    );
+    // A 1 s hold proves nothing about a 60 s proxy timeout, and doctor says so.
+    assert!(
+        line(&out.stdout, "WARN", "idle").is_some(),
+        "{}",
+        out.stdout
+    );
+
+    let mut json_args = args.to_vec();
+    json_args.push("--json");
+    let out = wsgate(&json_args, "").await;
+    assert_eq!(out.code, 0);
+    let v: Value = serde_json::from_str(&out.stdout).expect("--json prints JSON");
+    assert_eq!(v["ok"], true);
+    let checks = v["checks"].as_array().unwrap();
+    let ping = checks.iter().find(|c| c["name"] == "ping").unwrap();
+    assert_eq!(ping["status"], "PASS");
+    assert!(ping["detail"].as_str().unwrap().contains("ms"));
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn doctor_fails_tcp_where_nothing_listens() {
+    // A port that was free a moment ago: bound, then released.
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let out = wsgate(&["doctor", &format!("ws://{addr}/ws"), "--idle", "1s"], "").await;
+    assert_eq!(out.code, 1);
+    let tcp = line(&out.stdout, "FAIL", "tcp").unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(tcp.contains("refused"), "{tcp}");
+    assert!(out.stdout.contains("fix    start wsgate"), "{}", out.stdout);
+    assert!(
+        line(&out.stdout, "PASS", "upgrade").is_none(),
+        "stops after TCP"
+    );
+}
+
+#[tokio::test]
+async fn doctor_names_the_status_of_a_refused_upgrade() {
+    let srv = TestServer::start().await;
+    let out = wsgate(
+        &["doctor", &format!("ws://{}/nope", srv.addr), "--idle", "1s"],
+        "",
+    )
+    .await;
+    assert_eq!(out.code, 1);
+    let up = line(&out.stdout, "FAIL", "upgrade").unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(up.contains("HTTP 404"), "{up}");
+    srv.shutdown().await;
+}
+
+/// Forwards each new TCP connection to the next backend in turn (a balancer without
+/// affinity in front of pods that do not share a broker: seed 001's "only the sender sees it").
+async fn round_robin(backends: Vec<SocketAddr>) -> SocketAddr {
+    proxy(backends, None).await
+}
+
+/// The same, cutting every connection after `cut` (a proxy read timeout, as NGINX's 60 s).
+async fn proxy(backends: Vec<SocketAddr>, cut: Option<std::time::Duration>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut next = 0;
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let backend = backends[next % backends.len()];
+            next += 1;
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = TcpStream::connect(backend).await {
+                    let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                    match cut {
+                        Some(cut) => drop(tokio::time::timeout(cut, copy).await),
+                        None => drop(copy.await),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn doctor_fails_delivery_between_nodes_without_a_shared_broker() {
+    let a = TestServer::with(|c| c.node_id = Some("node-a".into())).await;
+    let b = TestServer::with(|c| c.node_id = Some("node-b".into())).await;
+    let proxy = round_robin(vec![a.addr, b.addr]).await;
+    let api = format!("http://{}", a.addr);
+    let out = wsgate(
+        &[
+            "doctor",
+            &format!("ws://{proxy}/ws"),
+            "--api",
+            &api,
+            "--idle",
+            "1s",
+            "--sample",
+            "0s",
+            "--timeout",
+            "2s",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    let d = line(&out.stdout, "FAIL", "delivery").unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(
+        d.contains("node-a") && d.contains("node-b"),
+        "names both nodes: {d}"
+    );
+    assert!(d.contains("node node-b did not receive"), "{d}");
+    assert!(
+        out.stdout.contains("#messages-not-delivered-cross-node"),
+        "{}",
+        out.stdout
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn doctor_idle_hold_answers_pings_and_catches_a_proxy_timeout() {
+    // Pings every 50 ms, 300 ms timeout: a hold that did not answer them would end in 4008.
+    let srv = TestServer::with(|c| {
+        c.heartbeat_interval_ms = 50;
+        c.heartbeat_timeout_ms = 300;
+    })
+    .await;
+    let out = wsgate(&["doctor", &srv.ws_url(), "--idle", "1s"], "").await;
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    let idle = line(&out.stdout, "WARN", "idle").unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(
+        !idle.contains(" 0 server ping"),
+        "pings were answered: {idle}"
+    );
+
+    // A proxy that cuts connections after 1 s: the hold notices and names the timeout.
+    let cutting = proxy(vec![srv.addr], Some(std::time::Duration::from_millis(1000))).await;
+    let out = wsgate(
+        &["doctor", &format!("ws://{cutting}/ws"), "--idle", "3s"],
+        "",
+    )
+    .await;
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    let idle = line(&out.stdout, "FAIL", "idle").unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(idle.contains("without a close frame"), "{idle}");
+    assert!(out.stdout.contains("proxy-read-timeout"), "{}", out.stdout);
+    srv.shutdown().await;
+}
+
+/// A `redis-server` on a free loopback port, killed on drop.
+struct Redis {
+    _child: Child,
+    url: String,
+}
+
+impl Redis {
+    async fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server (apt-get install redis-server; .ci/run installs it)");
+        let url = format!("redis://127.0.0.1:{port}/");
+        let client = redis::Client::open(url.as_str()).unwrap();
+        within("redis-server to answer PING", async {
+            loop {
+                if let Ok(mut con) = client.get_multiplexed_async_connection().await
+                    && redis::cmd("PING")
+                        .query_async::<String>(&mut con)
+                        .await
+                        .is_ok()
+                {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        Self { _child: child, url }
+    }
+
+    async fn cmd(&self, args: &[&str]) {
+        let client = redis::Client::open(self.url.as_str()).unwrap();
+        let mut con = within("redis", client.get_multiplexed_async_connection())
+            .await
+            .unwrap();
+        let mut c = redis::cmd(args[0]);
+        for a in &args[1..] {
+            c.arg(*a);
+        }
+        within("redis command", c.query_async::<redis::Value>(&mut con))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn doctor_finds_an_index_entry_without_its_record() {
+    let redis = Redis::start().await;
+    redis
+        .cmd(&["SADD", "wsgate:websocket-index", "live-1", "ghost-7"])
+        .await;
+    redis.cmd(&["SET", "wsgate:websocket-live-1", "{}"]).await;
+    redis
+        .cmd(&["SET", "wsgate:alive:node-a", "1", "PX", "30000"])
+        .await;
+    let srv = TestServer::start().await;
+    let out = wsgate(
+        &[
+            "doctor",
+            &srv.ws_url(),
+            "--idle",
+            "1s",
+            "--redis",
+            &redis.url,
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(
+        line(&out.stdout, "PASS", "redis").is_some(),
+        "{}",
+        out.stdout
+    );
+    let index =
+        line(&out.stdout, "FAIL", "redis-index").unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(
+        index.contains("ghost-7") && !index.contains("live-1"),
+        "{index}"
+    );
+    assert!(
+        out.stdout.contains("#state-store-out-of-sync"),
+        "{}",
+        out.stdout
+    );
+    let leases =
+        line(&out.stdout, "PASS", "redis-leases").unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(leases.contains("node-a"), "{leases}");
+    // Nothing subscribes to the broker here: said, not failed.
+    assert!(
+        line(&out.stdout, "WARN", "redis-pubsub").is_some(),
+        "{}",
+        out.stdout
+    );
+    srv.shutdown().await;
+}
