@@ -1,11 +1,11 @@
 //! How frames reach a client socket: the [`Transport`] seam between the gateway and the
 //! server's WebSocket edge.
 //!
-//! Publishers write *through* the transport, not into a queue: the server's implementation
-//! writes the pre-encoded frame straight into the socket (`try_write`) when nothing is waiting
-//! before it, and only keeps a bounded backlog when the kernel's send buffer is full. So the
-//! publish path has no queue and no task hop of our own; a connection's task is woken only
-//! when its client reads slower than it is sent to.
+//! Publishers hand the transport a frame encoded once per node; the server's implementation
+//! keeps a bounded per-connection backlog that its connection task writes out with one
+//! vectored write per burst (see `wsgate_server::ws::socket` for why, with measurements).
+//! `send` never blocks and never waits for a socket: a full backlog is `Overflow`, and the
+//! gateway closes that connection as a slow consumer.
 
 use std::sync::Arc;
 

@@ -4,6 +4,7 @@
 //! than it is sent to), and the socket's inbound frames. Publications do not pass through
 //! here at all: they are written into the socket by the publisher (see [`super::socket`]).
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 use tracing::warn;
 use wsgate_core::auth::{AuthError, Identity};
 use wsgate_core::gateway::{CloseRequest, Connection, Gateway, Session};
@@ -43,7 +44,16 @@ pub(super) async fn refuse(
         .get_or_create(&ReasonLabel { reason })
         .inc();
     warn!(%remote, reason, error = %e, "authentication failed");
-    close_gracefully(&node, &socket, &mut ws, close::AUTH_FAILED, &e.to_string()).await;
+    let mut taken = VecDeque::new();
+    close_gracefully(
+        &node,
+        &socket,
+        &mut ws,
+        &mut taken,
+        close::AUTH_FAILED,
+        &e.to_string(),
+    )
+    .await;
 }
 
 /// Sends a close frame after everything already queued, then waits (bounded) for the
@@ -52,6 +62,7 @@ async fn close_gracefully(
     node: &Node,
     socket: &SharedSocket,
     ws: &mut Socket,
+    taken: &mut VecDeque<Bytes>,
     code: u16,
     message: &str,
 ) {
@@ -68,7 +79,7 @@ async fn close_gracefully(
     let grace = Duration::from_millis(node.config.close_grace_ms);
     let _ = tokio::time::timeout(grace, async {
         ws.send(Message::Close(Some(frame))).await?;
-        socket.flush().await?;
+        socket.flush(taken).await?;
         while let Some(Ok(msg)) = ws.next().await {
             if msg.is_close() {
                 break;
@@ -113,16 +124,17 @@ pub(super) async fn serve(
     let conn = gw.open(identity, Some(remote), socket.clone());
     let mut session = Session::new(conn.clone());
     socket.write_frame(protocol::wire_text(gw.hello(&conn).as_bytes()));
-    let ending = run(&gw, &socket, &mut ws, &mut session).await;
+    let mut taken = VecDeque::new();
+    let ending = run(&gw, &socket, &mut ws, &mut session, &mut taken).await;
     if let Some((code, message)) = &ending.close {
-        close_gracefully(&node, &socket, &mut ws, *code, message).await;
+        close_gracefully(&node, &socket, &mut ws, &mut taken, *code, message).await;
     } else if ending.reason == "client_closed" {
         // tungstenite queued the answer to the client's close frame; send it.
         socket.stop_publications();
         let grace = Duration::from_millis(node.config.close_grace_ms);
         let _ = tokio::time::timeout(grace, async {
             let _ = ws.flush().await;
-            socket.flush().await
+            socket.flush(&mut taken).await
         })
         .await;
     }
@@ -130,11 +142,14 @@ pub(super) async fn serve(
         .await;
 }
 
+/// `taken` holds frames a flush took from the backlog and has not written yet; it outlives
+/// this loop so the close path writes them (in order) before the close frame.
 async fn run(
     gw: &Gateway,
     socket: &SharedSocket,
     ws: &mut Socket,
     session: &mut Session,
+    taken: &mut VecDeque<Bytes>,
 ) -> Ending {
     let conn = session.conn.clone();
     loop {
@@ -144,7 +159,7 @@ async fn run(
             () = conn.closing() => {
                 return conn.close_request().map_or(Ending::quiet("closed"), Ending::from_request);
             }
-            flushed = socket.flush(), if backlog => {
+            flushed = socket.flush(taken), if backlog => {
                 if let Err(e) = flushed {
                     conn.stats.record_error(e.to_string());
                     return Ending::quiet("io_error");
