@@ -17,6 +17,7 @@
 pub mod baseline;
 mod clients;
 pub mod procfs;
+mod soak;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -54,6 +55,10 @@ pub struct BenchArgs {
     /// Write the report as JSON to this file as well.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Soak mode instead of the fan-out: this many connect/publish/disconnect cycles (after a
+    /// warm-up), failing if the server's RSS or descriptors do not return to their level.
+    #[arg(long, default_value_t = 0)]
+    pub soak_cycles: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -81,6 +86,9 @@ pub fn main(args: BenchArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        if args.soak_cycles > 0 {
+            return soak::run(&args).await;
+        }
         let mut reports = Vec::new();
         if args.baseline {
             reports.push(run_one(&args, Target::Baseline).await?);

@@ -13,6 +13,11 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .context("VmRSS not found")
 }
 
+/// Open file descriptors of the process.
+pub fn fd_count(pid: u32) -> anyhow::Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
 /// User plus system CPU time of the process, in seconds.
 pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
