@@ -20,6 +20,7 @@ mod broker;
 pub mod memory;
 mod metrics;
 mod model;
+pub mod ownership;
 #[cfg(feature = "nats")]
 pub mod nats;
 #[cfg(feature = "redis")]
@@ -34,5 +35,6 @@ pub use metrics::ClusterMetrics;
 pub use model::{
     Envelope, NodeId, Publication, PublishRequest, Recovery, RecoveryGap, StreamPosition,
 };
+pub use ownership::{Ownership, RequestHandler, Sweep};
 pub use store::{PresenceEntry, Store, StoreError};
 pub use upstream::UpstreamRecord;
