@@ -29,7 +29,9 @@
 
 pub mod config;
 mod connection;
+mod cluster;
 mod error;
+mod forward;
 mod manager;
 pub mod mapping;
 mod pump;
