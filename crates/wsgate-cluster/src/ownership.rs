@@ -41,8 +41,13 @@ pub trait Ownership: Send + Sync + 'static {
     /// Deletes every upstream record (`CLEAR_ALL_ON_START`). Returns how many.
     async fn clear_all(&self) -> Result<usize, StoreError>;
     /// Sends `body` to `node`'s handler and waits (at most `timeout`) for its reply.
-    async fn request(&self, node: &str, body: String, timeout: Duration)
-    -> Result<String, StoreError>;
+    /// `None`: no process of that node listens (it is dead even if its lease is not).
+    async fn request(
+        &self,
+        node: &str,
+        body: String,
+        timeout: Duration,
+    ) -> Result<Option<String>, StoreError>;
     /// Starts answering requests addressed to this node with `handler`.
     fn serve(&self, handler: RequestHandler);
     /// How often the reclaimer should sweep.

@@ -305,7 +305,7 @@ impl Ownership for RedisOwnership {
         node: &str,
         body: String,
         timeout: Duration,
-    ) -> Result<String, StoreError> {
+    ) -> Result<Option<String>, StoreError> {
         self.start_subscription();
         let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -324,11 +324,9 @@ impl Ownership for RedisOwnership {
             .await;
         let res = match sent {
             Err(e) => Err(err(e)),
-            Ok(0) => Err(StoreError::Unavailable(format!(
-                "instance {node} does not take forwarded calls"
-            ))),
+            Ok(0) => Ok(None),
             Ok(_) => match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(reply)) => Ok(reply),
+                Ok(Ok(reply)) => Ok(Some(reply)),
                 Ok(Err(_)) => Err(StoreError::Other("forwarded call dropped".into())),
                 Err(_) => Err(StoreError::Unavailable(format!(
                     "instance {node} did not answer a forwarded call in time"

@@ -177,7 +177,11 @@ impl UpstreamManager {
         };
         self.gateway.metrics.upstream_forwarded.inc();
         let body = serde_json::to_string(&op).map_err(|e| UpstreamError::Remote(e.to_string()))?;
-        let reply = cluster.request(owner, body, timeout).await?;
+        let Some(reply) = cluster.request(owner, body, timeout).await? else {
+            // Its lease has not run out yet, but no process of it listens: dead, and not
+            // reclaimed yet.
+            return Err(UpstreamError::OwnedByDifferentInstance(owner.into()));
+        };
         serde_json::from_str::<Reply>(&reply)
             .map_err(|e| UpstreamError::Remote(format!("bad forwarded reply: {e}")))?
             .into_result()
