@@ -20,9 +20,9 @@ mod broker;
 pub mod memory;
 mod metrics;
 mod model;
-pub mod ownership;
 #[cfg(feature = "nats")]
 pub mod nats;
+pub mod ownership;
 #[cfg(feature = "redis")]
 pub mod redis;
 mod store;

@@ -49,7 +49,9 @@ fn redis_config(config: &Config) -> anyhow::Result<wsgate_cluster::redis::RedisC
                 .map_err(|e| anyhow::anyhow!(e))?,
         );
     } else if config.store == StoreKind::Redis {
-        warn!("no cluster key: upstream secrets are stored in clear text (allow_insecure_dev_store)");
+        warn!(
+            "no cluster key: upstream secrets are stored in clear text (allow_insecure_dev_store)"
+        );
     }
     r.key_prefix = config.key_prefix.clone();
     r.history_size = config.history_size;

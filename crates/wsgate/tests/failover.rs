@@ -86,7 +86,10 @@ async fn sigkill_owner_fails_over_to_exactly_one_survivor() {
         .cli(&["GET", &format!("{}:websocket-{id}", cluster.prefix)])
         .await;
     assert!(raw.contains("\"sealed\""), "{raw}");
-    assert!(!raw.contains(SECRET_AUTH) && !raw.contains(SECRET_HEADER), "{raw}");
+    assert!(
+        !raw.contains(SECRET_AUTH) && !raw.contains(SECRET_HEADER),
+        "{raw}"
+    );
 
     let before = up.log().handshakes;
     assert_eq!(before, 1);
@@ -141,7 +144,8 @@ async fn sigkill_owner_fails_over_to_exactly_one_survivor() {
     let holder = if new_owner == "node-b" { &b } else { &c };
     let (status, v) = holder.get(&format!("/connections/{id}")).await;
     assert_eq!(status, 200, "{v}");
-    assert_eq!(v["state"], "connected", "{v}");
+    assert_eq!(v["connection"]["state"], "connected", "{v}");
+    assert_eq!(v["connection"]["node"], new_owner.as_str(), "{v}");
 }
 
 #[tokio::test]
@@ -177,7 +181,10 @@ async fn repeated_kills_never_duplicate_a_connection() {
         })
         .await
         .expect("every connection back");
-        println!("round {round}: {owned} connection(s) of {name} back after {:?}", t0.elapsed());
+        println!(
+            "round {round}: {owned} connection(s) of {name} back after {:?}",
+            t0.elapsed()
+        );
         for id in &ids {
             let o = owner_of(&cluster, id).await.unwrap();
             assert_ne!(o, name, "{id} still names the dead node");
@@ -201,9 +208,11 @@ async fn sigterm_hands_over_within_the_bound() {
     let id = connect(&a, &up, None).await;
     let t0 = Instant::now();
     a.0.signal(SIGTERM);
-    up.wait_for(Duration::from_secs(5), |l| l.handshakes == 2 && l.active == 1)
-        .await
-        .expect("a survivor takes the connection");
+    up.wait_for(Duration::from_secs(5), |l| {
+        l.handshakes == 2 && l.active == 1
+    })
+    .await
+    .expect("a survivor takes the connection");
     let took = t0.elapsed();
     println!("SIGTERM hand-over (signal -> new upstream handshake): {took:?}");
     assert!(took < Duration::from_secs(2), "{took:?}");
@@ -292,7 +301,10 @@ async fn restart_rebuilds_and_clear_all_on_start_wipes() {
     up.wait_for(WAIT, |l| l.handshakes == 2 && l.active == 1)
         .await
         .expect("rebuilt");
-    let log = up.wait_for(WAIT, |l| l.texts_on(2).len() >= 2).await.unwrap();
+    let log = up
+        .wait_for(WAIT, |l| l.texts_on(2).len() >= 2)
+        .await
+        .unwrap();
     assert_eq!(log.texts_on(2)[1], "SUB trades");
     let (status, v) = a.get(&format!("/connections/{id}")).await;
     assert_eq!(status, 200, "{v}");

@@ -316,7 +316,8 @@ impl Ownership for RedisOwnership {
             from: self.node.to_string(),
             b: body,
         };
-        let payload = serde_json::to_string(&frame).map_err(|e| StoreError::Other(e.to_string()))?;
+        let payload =
+            serde_json::to_string(&frame).map_err(|e| StoreError::Other(e.to_string()))?;
         let sent: Result<i64, _> = redis::cmd("PUBLISH")
             .arg(self.keys.rpc(node))
             .arg(payload)
@@ -371,8 +372,7 @@ impl RpcTask {
                     debug!(channel = %self.channel, "forwarding channel subscribed");
                     let mut stream = ps.into_on_message();
                     while let Some(msg) = stream.next().await {
-                        let Ok(frame) =
-                            serde_json::from_slice::<Frame>(msg.get_payload_bytes())
+                        let Ok(frame) = serde_json::from_slice::<Frame>(msg.get_payload_bytes())
                         else {
                             continue;
                         };

@@ -162,7 +162,8 @@ mod tests {
 
     fn record() -> UpstreamRecord {
         let mut spec = UpstreamSpec::new("ws://h/");
-        spec.headers.push(("authorization".into(), "Bearer s3cr3t".into()));
+        spec.headers
+            .push(("authorization".into(), "Bearer s3cr3t".into()));
         spec.auth = Some(UpstreamAuth {
             messages: vec!["login s3cr3t".into()],
             expect: None,
@@ -180,7 +181,10 @@ mod tests {
     #[test]
     fn round_trip_without_plaintext() {
         let json = encode(Some(&key()), &record()).unwrap();
-        assert!(!json.contains("s3cr3t") && !json.contains("authorization"), "{json}");
+        assert!(
+            !json.contains("s3cr3t") && !json.contains("authorization"),
+            "{json}"
+        );
         assert!(json.starts_with(r#"{"id":"ab-n1","owner":"n1""#), "{json}");
         assert_eq!(decode(Some(&key()), &json).unwrap(), record());
         // Another key, or the blob moved to another record, does not open.

@@ -38,7 +38,9 @@ impl UpstreamManager {
     pub fn spawn_reclaimer(self: &Arc<Self>, clear_all: bool) -> Option<JoinHandle<()>> {
         let own = self.cluster.get()?.clone();
         let me = self.clone();
-        Some(tokio::spawn(async move { me.reclaimer(own, clear_all).await }))
+        Some(tokio::spawn(
+            async move { me.reclaimer(own, clear_all).await },
+        ))
     }
 
     async fn reclaimer(self: Arc<Self>, own: Arc<dyn Ownership>, clear_all: bool) {
@@ -49,7 +51,10 @@ impl UpstreamManager {
                  cluster; their connections will not be re-established"
             );
             let n = retry("clear all records", || own.clear_all()).await;
-            warn!(deleted = n, "CLEAR_ALL_ON_START: upstream connection records wiped");
+            warn!(
+                deleted = n,
+                "CLEAR_ALL_ON_START: upstream connection records wiped"
+            );
         } else {
             let records = retry("list records", || self.gateway.store.upstream_list()).await;
             let mut n = 0;
@@ -60,7 +65,10 @@ impl UpstreamManager {
                 }
             }
             if n > 0 {
-                info!(connections = n, "upstream connections rebuilt from the store");
+                info!(
+                    connections = n,
+                    "upstream connections rebuilt from the store"
+                );
             }
         }
         let mut tick = tokio::time::interval(own.sweep_interval());

@@ -17,17 +17,34 @@ use super::UpstreamError;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
-    Send { id: String, text: String },
-    SendRaw { id: String, b64: String },
-    SendAsync { id: String, msg: WireMessage, timeout_ms: u64 },
+    Send {
+        id: String,
+        text: String,
+    },
+    SendRaw {
+        id: String,
+        b64: String,
+    },
+    SendAsync {
+        id: String,
+        msg: WireMessage,
+        timeout_ms: u64,
+    },
     Subscriptions {
         id: String,
         add: Vec<UpstreamSubscription>,
         remove: Vec<String>,
     },
-    StartPublish { id: String, topic: String },
-    StopPublish { id: String },
-    Disconnect { id: String },
+    StartPublish {
+        id: String,
+        topic: String,
+    },
+    StopPublish {
+        id: String,
+    },
+    Disconnect {
+        id: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

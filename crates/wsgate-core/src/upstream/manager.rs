@@ -19,9 +19,9 @@ use wsgate_cluster::upstream::{UpstreamSpec, UpstreamSubscription};
 use base64::Engine;
 use wsgate_cluster::Ownership;
 
-use super::forward::{Op, Reply, WireMessage};
 use super::config::{client_config, subscription, validate, validate_topic};
 use super::connection::{Fixed, Shared, Upstream};
+use super::forward::{Op, Reply, WireMessage};
 use super::state::{GaugeSlot, state_name};
 use super::view::{UpstreamView, correlation_name};
 use super::{CLOSE_WAIT, UpstreamError, pump};
@@ -190,7 +190,10 @@ impl UpstreamManager {
     /// Answers a call forwarded by another node: runs it here, never forwards again.
     pub async fn handle_forwarded(&self, body: String) -> String {
         let reply = match serde_json::from_str::<Op>(&body) {
-            Ok(op) => self.run_local(op).await.unwrap_or_else(|e| Reply::error(&e)),
+            Ok(op) => self
+                .run_local(op)
+                .await
+                .unwrap_or_else(|e| Reply::error(&e)),
             Err(e) => Reply::error(&UpstreamError::Invalid(format!("bad forwarded call: {e}"))),
         };
         serde_json::to_string(&reply).unwrap_or_default()
@@ -234,7 +237,10 @@ impl UpstreamManager {
         match self.route(id).await? {
             Route::Local(up) => send_on(&up, text).await,
             Route::Remote(owner) => {
-                let op = Op::Send { id: id.into(), text };
+                let op = Op::Send {
+                    id: id.into(),
+                    text,
+                };
                 self.forward(&owner, op, FORWARD_TIMEOUT).await.map(drop)
             }
         }
@@ -269,9 +275,7 @@ impl UpstreamManager {
                     msg: WireMessage::from(&msg),
                     timeout_ms: timeout.as_millis() as u64,
                 };
-                let reply = self
-                    .forward(&owner, op, timeout + FORWARD_TIMEOUT)
-                    .await?;
+                let reply = self.forward(&owner, op, timeout + FORWARD_TIMEOUT).await?;
                 reply
                     .frame
                     .ok_or_else(|| UpstreamError::Remote("forwarded reply without frame".into()))?

@@ -27,9 +27,9 @@
 //! - **Secrets** (header values, auth messages, URL query strings) are never logged and
 //!   never shown in a [`UpstreamView`].
 
+mod cluster;
 pub mod config;
 mod connection;
-mod cluster;
 mod error;
 mod forward;
 mod manager;
