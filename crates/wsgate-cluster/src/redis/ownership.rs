@@ -182,7 +182,7 @@ impl Ownership for RedisOwnership {
             .filter(|i| **i != *self.node && !alive[*i])
             .cloned()
             .collect();
-        if dead.is_empty() && n % FULL_SCAN_EVERY != 0 {
+        if dead.is_empty() && !n.is_multiple_of(FULL_SCAN_EVERY) {
             return Ok(Sweep::default());
         }
         // Full scan.
