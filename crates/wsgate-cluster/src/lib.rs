@@ -22,6 +22,7 @@ mod metrics;
 mod model;
 #[cfg(feature = "nats")]
 pub mod nats;
+pub mod ownership;
 #[cfg(feature = "redis")]
 pub mod redis;
 mod store;
@@ -34,5 +35,6 @@ pub use metrics::ClusterMetrics;
 pub use model::{
     Envelope, NodeId, Publication, PublishRequest, Recovery, RecoveryGap, StreamPosition,
 };
+pub use ownership::{Ownership, RequestHandler, Sweep};
 pub use store::{PresenceEntry, Store, StoreError};
 pub use upstream::UpstreamRecord;

@@ -69,6 +69,10 @@ pub struct Metrics {
     pub upstream_breaker_opens: Counter,
     /// SendAsync calls that got no reply in time.
     pub upstream_request_timeouts: Counter,
+    /// Upstream connections this node took over from a dead or departing instance.
+    pub upstream_reclaimed: Counter,
+    /// Upstream API calls this node forwarded to the owning instance.
+    pub upstream_forwarded: Counter,
     /// Data messages received from upstreams (correlated replies excluded).
     pub upstream_messages_received: Counter,
     /// Upstream messages published to a gateway channel.
@@ -102,6 +106,8 @@ impl Default for Metrics {
             upstream_give_ups: Counter::default(),
             upstream_breaker_opens: Counter::default(),
             upstream_request_timeouts: Counter::default(),
+            upstream_reclaimed: Counter::default(),
+            upstream_forwarded: Counter::default(),
             upstream_messages_received: Counter::default(),
             upstream_published: Counter::default(),
             upstream_connections: {
@@ -213,6 +219,16 @@ impl Metrics {
             "wsgate_upstream_breaker_opens",
             "Times an upstream connection's circuit breaker opened",
             self.upstream_breaker_opens.clone(),
+        );
+        r.register(
+            "wsgate_upstream_reclaimed",
+            "Upstream connections taken over from a dead or departing instance",
+            self.upstream_reclaimed.clone(),
+        );
+        r.register(
+            "wsgate_upstream_forwarded",
+            "Upstream API calls forwarded to the owning instance",
+            self.upstream_forwarded.clone(),
         );
         r.register(
             "wsgate_upstream_request_timeouts",

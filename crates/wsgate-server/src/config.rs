@@ -146,6 +146,20 @@ pub struct Config {
     /// Serve the gRPC control API. Default true; `false` (`WSGATE_GRPC_ENABLED=false`)
     /// leaves the HTTP API as the only control API.
     pub grpc_enabled: bool,
+    /// Cluster mode: an instance's lease lives this long without renewal (renewed every
+    /// third of it); a SIGKILLed instance's upstream connections are reclaimed after it.
+    /// Default 3 000.
+    pub lease_ttl_ms: u64,
+    /// Wipe every upstream connection record at start (also env `CLEAR_ALL_ON_START=TRUE`,
+    /// seed 000). Destructive; logged loudly. Default false.
+    pub clear_all_on_start: bool,
+    /// Base64 of 32 bytes: seals upstream secrets (header values, auth messages) in the
+    /// Redis store with AES-256-GCM. Env `WSGATE_CLUSTER_KEY`.
+    pub cluster_key: Option<Secret>,
+    /// File holding the cluster key (base64), instead of `cluster_key`.
+    pub cluster_key_file: Option<PathBuf>,
+    /// Allow a Redis store without a cluster key (secrets in clear text). Dev only.
+    pub allow_insecure_dev_store: bool,
 }
 
 impl Default for Config {
@@ -176,6 +190,11 @@ impl Default for Config {
             presence_ttl_ms: 15_000,
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             grpc_enabled: true,
+            lease_ttl_ms: 3_000,
+            clear_all_on_start: false,
+            cluster_key: None,
+            cluster_key_file: None,
+            allow_insecure_dev_store: false,
         }
     }
 }
@@ -204,6 +223,29 @@ impl Config {
             .unwrap_or_else(|| "wsgate".into())
     }
 
+    /// `clear_all_on_start`, or seed 000's `CLEAR_ALL_ON_START=TRUE` in the environment.
+    pub fn clear_all_on_start(&self) -> bool {
+        self.clear_all_on_start
+            || std::env::var("CLEAR_ALL_ON_START")
+                .map(|v| v.eq_ignore_ascii_case("true") || v == "1")
+                .unwrap_or(false)
+    }
+
+    /// The cluster key's base64 text, from `cluster_key` or `cluster_key_file`.
+    pub fn cluster_key_text(&self) -> anyhow::Result<Option<Secret>> {
+        if let Some(k) = &self.cluster_key {
+            return Ok(Some(k.clone()));
+        }
+        match &self.cluster_key_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("reading cluster key {}: {e}", path.display()))?;
+                Ok(Some(Secret::new(text.trim().to_string())))
+            }
+            None => Ok(None),
+        }
+    }
+
     pub fn gateway(&self) -> GatewayConfig {
         let mut g = GatewayConfig::new(self.node_id().into());
         g.heartbeat_interval = Duration::from_millis(self.heartbeat_interval_ms.max(1));
@@ -230,6 +272,20 @@ impl Config {
         }
         if self.key_prefix.is_empty() {
             anyhow::bail!("key_prefix must not be empty");
+        }
+        if self.lease_ttl_ms < 300 {
+            anyhow::bail!("lease_ttl_ms must be at least 300");
+        }
+        if self.store == StoreKind::Redis
+            && self.cluster_key.is_none()
+            && self.cluster_key_file.is_none()
+            && !self.allow_insecure_dev_store
+        {
+            anyhow::bail!(
+                "store = redis needs a cluster key to encrypt upstream secrets: set \
+                 WSGATE_CLUSTER_KEY (base64 of 32 random bytes, e.g. `openssl rand -base64 32`) \
+                 or cluster_key_file, or allow_insecure_dev_store = true for development"
+            );
         }
         if self.presence_ttl_ms < 100 {
             anyhow::bail!("presence_ttl_ms must be at least 100");

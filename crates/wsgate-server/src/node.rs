@@ -77,9 +77,12 @@ impl Node {
         let metrics = Metrics::default();
         let mut registry = prometheus_client::registry::Registry::default();
         metrics.register(&mut registry);
-        let (broker, store) = crate::seams::build(&config, &node_id, &mut registry)?;
+        let (broker, store, ownership) = crate::seams::build(&config, &node_id, &mut registry)?;
         let gateway = Gateway::new(gw_config, broker, store, metrics);
         let upstreams = UpstreamManager::new(gateway.clone());
+        if let Some(ownership) = ownership {
+            upstreams.attach_cluster(ownership);
+        }
         Ok(Arc::new(Self {
             build: BuildInfo {
                 name: "wsgate",
@@ -141,6 +144,9 @@ pub async fn run_with(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let heartbeat = tokio::spawn(heartbeat_loop(node.clone()));
+    let reclaimer = node
+        .upstreams
+        .spawn_reclaimer(node.config.clear_all_on_start());
     let (grpc_stop, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
     let grpc = grpc.map(|l| {
         let api = wsgate_grpc::GrpcApi::new(node.gateway.clone(), node.upstreams.clone());
@@ -177,6 +183,9 @@ pub async fn run_with(
         () = shutdown => {}
         _ = &mut serving => {
             heartbeat.abort();
+            if let Some(r) = &reclaimer {
+                r.abort();
+            }
             stop_grpc().await;
             node.upstreams.shutdown().await;
             anyhow::bail!("the accept loop ended unexpectedly");
@@ -186,6 +195,13 @@ pub async fn run_with(
     // steers new clients away while the old ones are told to go. The listener stays up during
     // the drain so that new clients get a clear 503 instead of a refused connection.
     node.lifecycle.draining.store(true, Ordering::Release);
+    // Cluster mode: hand upstream connections over first, so survivors re-establish them
+    // within a sweep instead of after the drain (a rolling restart stays non-disruptive).
+    if let Some(r) = reclaimer {
+        r.abort();
+        let _ = r.await;
+        node.upstreams.hand_over().await;
+    }
     info!("shutdown: draining connections");
     node.gateway.close_all("server shutting down");
     node.tasks.close();

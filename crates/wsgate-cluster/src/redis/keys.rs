@@ -45,6 +45,16 @@ impl Keys {
         format!("{}:node:{node}", self.prefix)
     }
 
+    /// Every instance that registered (lease holders and the dead not yet reclaimed).
+    pub fn instances(&self) -> String {
+        format!("{}:instances", self.prefix)
+    }
+
+    /// Request/reply channel of one node (forwarded upstream API calls).
+    pub fn rpc(&self, node: &str) -> String {
+        format!("{}:rpc:{node}", self.prefix)
+    }
+
     /// Seed 000's layout: one `websocket-<id>` key per upstream connection record...
     pub fn record(&self, id: &str) -> String {
         format!("{}:websocket-{id}", self.prefix)

@@ -42,6 +42,8 @@
 mod broker;
 mod dispatch;
 mod keys;
+mod ownership;
+mod sealed;
 mod store;
 mod streams;
 
@@ -51,6 +53,8 @@ use std::time::Duration;
 pub use broker::RedisBroker;
 pub(crate) use dispatch::Dispatcher;
 pub use keys::Keys;
+pub use ownership::RedisOwnership;
+pub use sealed::ClusterKey;
 pub use store::RedisStore;
 pub(crate) use streams::ChannelStreams;
 
@@ -70,6 +74,12 @@ pub struct RedisConfig {
     pub presence_ttl: Duration,
     /// Bound on one command's round trip. Default 2 s.
     pub response_timeout: Duration,
+    /// An instance's lease (its `alive` key) lives this long without renewal; renewed
+    /// every third of it. The `alive` key's TTL is `min(presence_ttl, lease_ttl)`.
+    /// Default 3 s.
+    pub lease_ttl: Duration,
+    /// Seals upstream record secrets at rest (`None`: stored in clear, dev only).
+    pub cluster_key: Option<ClusterKey>,
 }
 
 impl RedisConfig {
@@ -80,7 +90,16 @@ impl RedisConfig {
             history_size: 256,
             presence_ttl: Duration::from_secs(15),
             response_timeout: Duration::from_secs(2),
+            lease_ttl: Duration::from_secs(3),
+            cluster_key: None,
         }
+    }
+
+    /// The TTL of the node's `alive` key (lease and presence liveness in one).
+    pub fn alive_ttl(&self) -> Duration {
+        self.presence_ttl
+            .min(self.lease_ttl)
+            .max(Duration::from_millis(100))
     }
 
     pub(crate) fn client(&self) -> Result<redis::Client, redis::RedisError> {

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,6 +22,8 @@ use redis::aio::ConnectionManager;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use super::ownership::RedisOwnership;
+use super::sealed::{self, ClusterKey};
 use super::{Health, Keys, RedisConfig};
 use crate::metrics::ClusterMetrics;
 use crate::model::NodeId;
@@ -35,6 +38,11 @@ pub struct RedisStore {
     conn: ConnectionManager,
     keys: Keys,
     presence: Script,
+    put: Script,
+    key: Option<ClusterKey>,
+    lease_stopped: Arc<AtomicBool>,
+    client: redis::Client,
+    lease_ttl: Duration,
     local: Arc<Local>,
     health: Arc<Health>,
     metrics: ClusterMetrics,
@@ -52,12 +60,14 @@ impl RedisStore {
         let keys = Keys::new(&config.key_prefix);
         let local = Arc::new(Local::new());
         let health = Arc::new(Health::default());
+        let lease_stopped = Arc::new(AtomicBool::new(false));
         let liveness = Liveness {
+            stopped: lease_stopped.clone(),
             alive_key: keys.alive(&node),
             node: node.clone(),
             keys: keys.clone(),
             conn: conn.clone(),
-            ttl: config.presence_ttl.max(Duration::from_millis(100)),
+            ttl: config.alive_ttl(),
             local: local.clone(),
             health: health.clone(),
             metrics: metrics.clone(),
@@ -68,11 +78,32 @@ impl RedisStore {
             conn,
             keys,
             presence: Script::new(include_str!("lua/presence.lua")),
+            put: Script::new(include_str!("lua/put.lua")),
+            key: config.cluster_key.clone(),
+            lease_stopped,
+            client: config.client()?,
+            lease_ttl: config.alive_ttl(),
             local,
             health,
             metrics,
             task,
         })
+    }
+
+    /// The ownership side (leases, claims, forwarding) over the same connection.
+    pub fn ownership(&self) -> RedisOwnership {
+        RedisOwnership {
+            node: self.node.clone(),
+            conn: self.conn.clone(),
+            client: self.client.clone(),
+            keys: self.keys.clone(),
+            lease_ttl: self.lease_ttl,
+            key: self.key.clone(),
+            lease_stopped: self.lease_stopped.clone(),
+            inner: Default::default(),
+            sweeps: AtomicU64::new(0),
+            claim: Script::new(include_str!("lua/claim.lua")),
+        }
     }
 
     fn observe<T>(&self, r: &Result<T, redis::RedisError>) {
@@ -156,20 +187,27 @@ impl Store for RedisStore {
     }
 
     async fn upstream_put(&self, record: UpstreamRecord) -> Result<(), StoreError> {
-        let json = serde_json::to_string(&record).map_err(|e| StoreError::Other(e.to_string()))?;
-        let mut conn = self.conn.clone();
+        let json = sealed::encode(self.key.as_ref(), &record)?;
         // Record and index change together, so the index never names a missing record
-        // (`wsgate doctor --redis` checks exactly that).
-        let r: Result<(), _> = redis::pipe()
-            .atomic()
-            .set(self.keys.record(&record.id), json)
-            .ignore()
-            .sadd(self.keys.record_index(), &record.id)
-            .ignore()
-            .query_async(&mut conn)
+        // (`wsgate doctor --redis` checks exactly that); a record that now names another
+        // owner is not overwritten (fencing).
+        let r: Result<i64, _> = self
+            .put
+            .key(self.keys.record(&record.id))
+            .key(self.keys.record_index())
+            .arg(json)
+            .arg(&record.owner)
+            .arg(&record.id)
+            .invoke_async(&mut self.conn.clone())
             .await;
         self.observe(&r);
-        r.map_err(unavailable)
+        match r.map_err(unavailable)? {
+            1 => Ok(()),
+            _ => Err(StoreError::Other(format!(
+                "upstream record {} is now owned by another instance",
+                record.id
+            ))),
+        }
     }
 
     async fn upstream_get(&self, id: &str) -> Result<Option<UpstreamRecord>, StoreError> {
@@ -180,7 +218,7 @@ impl Store for RedisStore {
             .await;
         self.observe(&r);
         r.map_err(unavailable)?
-            .map(|json| decode_record(&json))
+            .map(|json| sealed::decode(self.key.as_ref(), &json))
             .transpose()
     }
 
@@ -216,7 +254,7 @@ impl Store for RedisStore {
         r.map_err(unavailable)?
             .into_iter()
             .flatten()
-            .map(|json| decode_record(&json))
+            .map(|json| sealed::decode(self.key.as_ref(), &json))
             .collect()
     }
 
@@ -229,13 +267,10 @@ fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-fn decode_record(json: &str) -> Result<UpstreamRecord, StoreError> {
-    serde_json::from_str(json)
-        .map_err(|e| StoreError::Other(format!("corrupt upstream record: {e}")))
-}
-
 /// Keeps `P:alive:<node>` alive and re-registers this node's entries when it was lost.
 struct Liveness {
+    /// Set at hand-over: the lease must lapse, not be renewed.
+    stopped: Arc<AtomicBool>,
     node: NodeId,
     alive_key: String,
     keys: Keys,
@@ -254,6 +289,9 @@ impl Liveness {
         let mut was_healthy = true;
         loop {
             tick.tick().await;
+            if self.stopped.load(Ordering::Acquire) {
+                return;
+            }
             let ok = self.refresh().await;
             if ok != was_healthy {
                 if ok {
@@ -279,6 +317,13 @@ impl Liveness {
             .query_async(&mut self.conn.clone())
             .await;
         self.health.observe(&r);
+        if r.is_ok() {
+            let _: Result<i64, _> = redis::cmd("SADD")
+                .arg(self.keys.instances())
+                .arg(&*self.node)
+                .query_async(&mut self.conn.clone())
+                .await;
+        }
         match r {
             Ok(Some(_)) => true,
             Ok(None) => {

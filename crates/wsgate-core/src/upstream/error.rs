@@ -25,6 +25,9 @@ pub enum UpstreamError {
     /// Any other failure of the connection (outbox full, connection lost mid-request, …).
     #[error("{0}")]
     Upstream(wsgate_client::Error),
+    /// A forwarded call failed on (or on the way to) the owning instance.
+    #[error("{0}")]
+    Remote(String),
     /// The connection record could not be written.
     #[error(transparent)]
     Store(#[from] StoreError),

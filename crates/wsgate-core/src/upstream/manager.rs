@@ -16,16 +16,22 @@ use wsgate_client::{Client, ConnectionState, Message};
 use wsgate_cluster::UpstreamRecord;
 use wsgate_cluster::upstream::{UpstreamSpec, UpstreamSubscription};
 
+use base64::Engine;
+use wsgate_cluster::Ownership;
+
 use super::config::{client_config, subscription, validate, validate_topic};
 use super::connection::{Fixed, Shared, Upstream};
+use super::forward::{Op, Reply, WireMessage};
 use super::state::{GaugeSlot, state_name};
 use super::view::{UpstreamView, correlation_name};
 use super::{CLOSE_WAIT, UpstreamError, pump};
 use crate::gateway::Gateway;
 
 pub struct UpstreamManager {
-    gateway: Arc<Gateway>,
-    conns: DashMap<Arc<str>, Arc<Upstream>>,
+    pub(super) gateway: Arc<Gateway>,
+    pub(super) conns: DashMap<Arc<str>, Arc<Upstream>>,
+    /// Cluster mode: leases, reclaiming and forwarding (see [`super::cluster`]).
+    pub(super) cluster: std::sync::OnceLock<Arc<dyn Ownership>>,
 }
 
 /// What Connect reports.
@@ -42,10 +48,11 @@ impl UpstreamManager {
         Arc::new(Self {
             gateway,
             conns: DashMap::new(),
+            cluster: std::sync::OnceLock::new(),
         })
     }
 
-    fn node(&self) -> &str {
+    pub(super) fn node(&self) -> &str {
         self.gateway.node()
     }
 
@@ -125,7 +132,7 @@ impl UpstreamManager {
         up
     }
 
-    /// The local connection `id`, or why there is none.
+    /// The local connection `id`, or why there is none (never forwards).
     async fn lookup(&self, id: &str) -> Result<Arc<Upstream>, UpstreamError> {
         if let Some(up) = self.conns.get(id) {
             return Ok(up.clone());
@@ -139,16 +146,118 @@ impl UpstreamManager {
         }
     }
 
+    /// Where an operation on `id` runs: here, or on the live owner named by its record.
+    /// A record whose owner has no lease (dead, not yet reclaimed) is seed 000's
+    /// `Connection owned by different instance`.
+    async fn route(&self, id: &str) -> Result<Route, UpstreamError> {
+        match self.lookup(id).await {
+            Ok(up) => Ok(Route::Local(up)),
+            Err(UpstreamError::OwnedByDifferentInstance(owner)) => {
+                if let Some(cluster) = self.cluster.get()
+                    && !owner.is_empty()
+                    && cluster.is_alive(&owner).await.unwrap_or(false)
+                {
+                    return Ok(Route::Remote(owner));
+                }
+                Err(UpstreamError::OwnedByDifferentInstance(owner))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs `op` on `owner` and returns its answer (errors included).
+    async fn forward(
+        &self,
+        owner: &str,
+        op: Op,
+        timeout: Duration,
+    ) -> Result<Reply, UpstreamError> {
+        let Some(cluster) = self.cluster.get() else {
+            return Err(UpstreamError::OwnedByDifferentInstance(owner.into()));
+        };
+        self.gateway.metrics.upstream_forwarded.inc();
+        let body = serde_json::to_string(&op).map_err(|e| UpstreamError::Remote(e.to_string()))?;
+        let Some(reply) = cluster.request(owner, body, timeout).await? else {
+            // Its lease has not run out yet, but no process of it listens: dead, and not
+            // reclaimed yet.
+            return Err(UpstreamError::OwnedByDifferentInstance(owner.into()));
+        };
+        serde_json::from_str::<Reply>(&reply)
+            .map_err(|e| UpstreamError::Remote(format!("bad forwarded reply: {e}")))?
+            .into_result()
+    }
+
+    /// Answers a call forwarded by another node: runs it here, never forwards again.
+    pub async fn handle_forwarded(&self, body: String) -> String {
+        let reply = match serde_json::from_str::<Op>(&body) {
+            Ok(op) => self
+                .run_local(op)
+                .await
+                .unwrap_or_else(|e| Reply::error(&e)),
+            Err(e) => Reply::error(&UpstreamError::Invalid(format!("bad forwarded call: {e}"))),
+        };
+        serde_json::to_string(&reply).unwrap_or_default()
+    }
+
+    async fn run_local(&self, op: Op) -> Result<Reply, UpstreamError> {
+        let mut reply = Reply::default();
+        match op {
+            Op::Send { id, text } => send_on(&*self.lookup(&id).await?, text).await?,
+            Op::SendRaw { id, b64 } => {
+                let msg = WireMessage::Binary(b64).into_message()?;
+                let up = self.lookup(&id).await?;
+                up.client.send(msg).await?;
+            }
+            Op::SendAsync {
+                id,
+                msg,
+                timeout_ms,
+            } => {
+                let up = self.lookup(&id).await?;
+                let r = self
+                    .request_on(&up, msg.into_message()?, Duration::from_millis(timeout_ms))
+                    .await?;
+                reply.frame = Some(WireMessage::from(&r));
+            }
+            Op::Subscriptions { id, add, remove } => {
+                let up = self.lookup(&id).await?;
+                reply.keys = Some(subscriptions_on(&up, add, remove).await?);
+            }
+            Op::StartPublish { id, topic } => {
+                start_publish_on(&*self.lookup(&id).await?, topic).await?
+            }
+            Op::StopPublish { id } => stop_publish_on(&*self.lookup(&id).await?).await?,
+            Op::Disconnect { id } => self.disconnect_local(&id).await?,
+        }
+        Ok(reply)
+    }
+
     /// Send: one text frame.
     pub async fn send(&self, id: &str, text: String) -> Result<(), UpstreamError> {
-        let up = self.lookup(id).await?;
-        Ok(up.client.send(Message::from(text)).await?)
+        match self.route(id).await? {
+            Route::Local(up) => send_on(&up, text).await,
+            Route::Remote(owner) => {
+                let op = Op::Send {
+                    id: id.into(),
+                    text,
+                };
+                self.forward(&owner, op, FORWARD_TIMEOUT).await.map(drop)
+            }
+        }
     }
 
     /// SendRaw: one binary frame.
     pub async fn send_raw(&self, id: &str, data: Bytes) -> Result<(), UpstreamError> {
-        let up = self.lookup(id).await?;
-        Ok(up.client.send(Message::Binary(data)).await?)
+        match self.route(id).await? {
+            Route::Local(up) => Ok(up.client.send(Message::Binary(data)).await?),
+            Route::Remote(owner) => {
+                let op = Op::SendRaw {
+                    id: id.into(),
+                    b64: base64::engine::general_purpose::STANDARD.encode(&data),
+                };
+                self.forward(&owner, op, FORWARD_TIMEOUT).await.map(drop)
+            }
+        }
     }
 
     /// SendAsync: a request and its correlated reply (see the connection's correlation mode).
@@ -158,7 +267,29 @@ impl UpstreamManager {
         msg: Message,
         timeout: Duration,
     ) -> Result<Message, UpstreamError> {
-        let up = self.lookup(id).await?;
+        match self.route(id).await? {
+            Route::Local(up) => self.request_on(&up, msg, timeout).await,
+            Route::Remote(owner) => {
+                let op = Op::SendAsync {
+                    id: id.into(),
+                    msg: WireMessage::from(&msg),
+                    timeout_ms: timeout.as_millis() as u64,
+                };
+                let reply = self.forward(&owner, op, timeout + FORWARD_TIMEOUT).await?;
+                reply
+                    .frame
+                    .ok_or_else(|| UpstreamError::Remote("forwarded reply without frame".into()))?
+                    .into_message()
+            }
+        }
+    }
+
+    async fn request_on(
+        &self,
+        up: &Upstream,
+        msg: Message,
+        timeout: Duration,
+    ) -> Result<Message, UpstreamError> {
         up.client.request(msg, timeout).await.map_err(|e| {
             if e == wsgate_client::Error::RequestTimeout {
                 self.gateway.metrics.upstream_request_timeouts.inc();
@@ -181,50 +312,64 @@ impl UpstreamManager {
                 "subscription keys must not be empty".into(),
             ));
         }
-        let up = self.lookup(id).await?;
-        for key in &remove {
-            up.client.unsubscribe(key.clone()).await?;
+        match self.route(id).await? {
+            Route::Local(up) => subscriptions_on(&up, add, remove).await,
+            Route::Remote(owner) => {
+                let op = Op::Subscriptions {
+                    id: id.into(),
+                    add,
+                    remove,
+                };
+                let reply = self.forward(&owner, op, FORWARD_TIMEOUT).await?;
+                Ok(reply.keys.unwrap_or_default())
+            }
         }
-        for sub in &add {
-            up.client.subscribe(subscription(sub)).await?;
-        }
-        up.shared
-            .update_record(|r| {
-                let subs = &mut r.spec.subscriptions;
-                subs.retain(|s| !remove.contains(&s.key));
-                for sub in add {
-                    match subs.iter_mut().find(|s| s.key == sub.key) {
-                        Some(existing) => *existing = sub,
-                        None => subs.push(sub),
-                    }
-                }
-            })
-            .await?;
-        Ok(up.client.snapshot().subscriptions)
     }
 
     /// StartPublish: from now on every received message is published to `topic:<topic>`.
     pub async fn start_publish(&self, id: &str, topic: String) -> Result<(), UpstreamError> {
         validate_topic(&topic)?;
-        let up = self.lookup(id).await?;
-        up.shared.topic.send_replace(Some(topic.as_str().into()));
-        up.shared
-            .update_record(|r| r.spec.publish_topic = Some(topic))
-            .await
+        match self.route(id).await? {
+            Route::Local(up) => start_publish_on(&up, topic).await,
+            Route::Remote(owner) => {
+                let op = Op::StartPublish {
+                    id: id.into(),
+                    topic,
+                };
+                self.forward(&owner, op, FORWARD_TIMEOUT).await.map(drop)
+            }
+        }
     }
 
     /// StopPublish. Messages the pump already holds may still be published; none received
     /// after the pump sees the change are.
     pub async fn stop_publish(&self, id: &str) -> Result<(), UpstreamError> {
-        let up = self.lookup(id).await?;
-        up.shared.topic.send_replace(None);
-        up.shared
-            .update_record(|r| r.spec.publish_topic = None)
-            .await
+        match self.route(id).await? {
+            Route::Local(up) => stop_publish_on(&up).await,
+            Route::Remote(owner) => {
+                let op = Op::StopPublish { id: id.into() };
+                self.forward(&owner, op, FORWARD_TIMEOUT).await.map(drop)
+            }
+        }
     }
 
     /// Disconnect: closes the connection, waits for its pump, forgets it and its record.
     pub async fn disconnect(&self, id: &str) -> Result<(), UpstreamError> {
+        if self.conns.contains_key(id) {
+            return self.disconnect_local(id).await;
+        }
+        match self.route(id).await? {
+            Route::Local(_) => self.disconnect_local(id).await,
+            Route::Remote(owner) => {
+                let op = Op::Disconnect { id: id.into() };
+                self.forward(&owner, op, FORWARD_TIMEOUT + CLOSE_WAIT)
+                    .await
+                    .map(drop)
+            }
+        }
+    }
+
+    async fn disconnect_local(&self, id: &str) -> Result<(), UpstreamError> {
         let Some((_, up)) = self.conns.remove(id) else {
             return Err(self
                 .lookup(id)
@@ -283,6 +428,60 @@ impl UpstreamManager {
             info!(connections = n, "upstream connections closed");
         }
     }
+}
+
+/// Where an operation runs.
+enum Route {
+    Local(Arc<Upstream>),
+    /// On this live instance.
+    Remote(String),
+}
+
+/// Bound on a forwarded call (plus the SendAsync timeout for SendAsync).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn send_on(up: &Upstream, text: String) -> Result<(), UpstreamError> {
+    Ok(up.client.send(Message::from(text)).await?)
+}
+
+async fn subscriptions_on(
+    up: &Upstream,
+    add: Vec<UpstreamSubscription>,
+    remove: Vec<String>,
+) -> Result<Vec<String>, UpstreamError> {
+    for key in &remove {
+        up.client.unsubscribe(key.clone()).await?;
+    }
+    for sub in &add {
+        up.client.subscribe(subscription(sub)).await?;
+    }
+    up.shared
+        .update_record(|r| {
+            let subs = &mut r.spec.subscriptions;
+            subs.retain(|s| !remove.contains(&s.key));
+            for sub in add {
+                match subs.iter_mut().find(|s| s.key == sub.key) {
+                    Some(existing) => *existing = sub,
+                    None => subs.push(sub),
+                }
+            }
+        })
+        .await?;
+    Ok(up.client.snapshot().subscriptions)
+}
+
+async fn start_publish_on(up: &Upstream, topic: String) -> Result<(), UpstreamError> {
+    up.shared.topic.send_replace(Some(topic.as_str().into()));
+    up.shared
+        .update_record(|r| r.spec.publish_topic = Some(topic))
+        .await
+}
+
+async fn stop_publish_on(up: &Upstream) -> Result<(), UpstreamError> {
+    up.shared.topic.send_replace(None);
+    up.shared
+        .update_record(|r| r.spec.publish_topic = None)
+        .await
 }
 
 fn now_ms() -> u64 {

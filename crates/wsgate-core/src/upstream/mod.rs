@@ -27,9 +27,11 @@
 //! - **Secrets** (header values, auth messages, URL query strings) are never logged and
 //!   never shown in a [`UpstreamView`].
 
+mod cluster;
 pub mod config;
 mod connection;
 mod error;
+mod forward;
 mod manager;
 pub mod mapping;
 mod pump;

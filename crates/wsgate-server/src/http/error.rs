@@ -77,6 +77,7 @@ impl From<UpstreamError> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             UpstreamError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            UpstreamError::Remote(_) => StatusCode::BAD_GATEWAY,
             UpstreamError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         Self {

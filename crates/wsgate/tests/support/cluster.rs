@@ -13,6 +13,9 @@ use tokio::process::{Child, Command};
 
 use super::{Process, WAIT, http, within};
 
+/// The cluster key every test node shares (base64 of 32 bytes).
+pub const CLUSTER_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -169,6 +172,11 @@ impl Cluster {
 
     /// A `wsgate serve` node named `name`, ready (`/ready` 200) before it is returned.
     pub async fn node(&self, name: &str, extra: &[&str]) -> Node {
+        self.node_env(name, extra, &[]).await
+    }
+
+    /// [`Cluster::node`] with extra environment variables (they win over the defaults).
+    pub async fn node_env(&self, name: &str, extra: &[&str], envs: &[(&str, &str)]) -> Node {
         let redis_url = self.redis.url();
         let mut args = vec![
             "--node-id",
@@ -186,7 +194,9 @@ impl Cluster {
             None => args.extend(["--broker", "redis"]),
         }
         args.extend(extra);
-        let node = Node(Process::spawn(&args).await);
+        let mut all = vec![("WSGATE_CLUSTER_KEY", CLUSTER_KEY)];
+        all.extend_from_slice(envs);
+        let node = Node(Process::spawn_env(&args, &all).await);
         node.await_ready(true).await;
         node
     }

@@ -255,7 +255,13 @@ pub struct Process {
 
 impl Process {
     pub async fn spawn(args: &[&str]) -> Self {
+        Self::spawn_env(args, &[]).await
+    }
+
+    /// [`Process::spawn`] with extra environment variables.
+    pub async fn spawn_env(args: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+            .envs(envs.iter().copied())
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .env("WSGATE_GRPC_LISTEN", "127.0.0.1:0")

@@ -1,0 +1,151 @@
+//! Cluster mode of the upstream manager: rebuild on start, the reclaimer, hand-over.
+//!
+//! One task per node ([`UpstreamManager::spawn_reclaimer`]): takes the lease, wipes every
+//! record when `CLEAR_ALL_ON_START` asks for it (or else restarts the records this
+//! instance id still owns), then sweeps every [`Ownership::sweep_interval`]. Every record a
+//! sweep wins is started with [`UpstreamManager::start`], so the client library replays
+//! auth and subscriptions and the pump resumes the publish topic. Records the sweep says
+//! another node now owns are closed here (this node was presumed dead).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+use wsgate_cluster::Ownership;
+
+use super::forward::Reply;
+use super::{CLOSE_WAIT, UpstreamError, UpstreamManager};
+
+impl UpstreamManager {
+    /// Cluster mode: answer calls forwarded to this node and use `ownership` for routing.
+    pub fn attach_cluster(self: &Arc<Self>, ownership: Arc<dyn Ownership>) {
+        let weak = Arc::downgrade(self);
+        ownership.serve(Arc::new(move |body| {
+            let weak = weak.clone();
+            Box::pin(async move {
+                match weak.upgrade() {
+                    Some(m) => m.handle_forwarded(body).await,
+                    None => serde_json::to_string(&Reply::error(&UpstreamError::NotFound))
+                        .unwrap_or_default(),
+                }
+            })
+        }));
+        let _ = self.cluster.set(ownership);
+    }
+
+    /// Starts the reclaimer (cluster mode only). Abort the handle before [`Self::hand_over`].
+    pub fn spawn_reclaimer(self: &Arc<Self>, clear_all: bool) -> Option<JoinHandle<()>> {
+        let own = self.cluster.get()?.clone();
+        let me = self.clone();
+        Some(tokio::spawn(
+            async move { me.reclaimer(own, clear_all).await },
+        ))
+    }
+
+    async fn reclaimer(self: Arc<Self>, own: Arc<dyn Ownership>, clear_all: bool) {
+        retry("lease", || own.acquire_lease()).await;
+        if clear_all {
+            warn!(
+                "CLEAR_ALL_ON_START=TRUE: deleting ALL upstream connection records of the \
+                 cluster; their connections will not be re-established"
+            );
+            let n = retry("clear all records", || own.clear_all()).await;
+            warn!(
+                deleted = n,
+                "CLEAR_ALL_ON_START: upstream connection records wiped"
+            );
+        } else {
+            let records = retry("list records", || self.gateway.store.upstream_list()).await;
+            let mut n = 0;
+            for rec in records {
+                if rec.owner == self.node() && !self.conns.contains_key(rec.id.as_str()) {
+                    self.start(rec).await;
+                    n += 1;
+                }
+            }
+            if n > 0 {
+                info!(
+                    connections = n,
+                    "upstream connections rebuilt from the store"
+                );
+            }
+        }
+        let mut tick = tokio::time::interval(own.sweep_interval());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let local: Vec<String> = self.conns.iter().map(|e| e.key().to_string()).collect();
+            let sweep = match tokio::time::timeout(Duration::from_secs(5), own.sweep(&local)).await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    debug!(error = %e, "reclaim sweep failed");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            for id in sweep.lost {
+                if let Some((_, up)) = self.conns.remove(id.as_str()) {
+                    warn!(upstream_id = %id, "another instance took this upstream connection over; closing the local one");
+                    up.close(CLOSE_WAIT).await;
+                    up.shared.gauge.clear(&self.gateway.metrics);
+                }
+            }
+            for rec in sweep.claimed {
+                if !self.conns.contains_key(rec.id.as_str()) {
+                    self.gateway.metrics.upstream_reclaimed.inc();
+                    self.start(rec).await;
+                }
+            }
+        }
+    }
+
+    /// Graceful hand-over (SIGTERM in cluster mode): closes every local connection, marks
+    /// their records unowned and drops the lease, so survivors take them on their next
+    /// sweep instead of waiting for the lease to expire. Returns how many were released.
+    pub async fn hand_over(&self) -> usize {
+        let Some(own) = self.cluster.get() else {
+            return 0;
+        };
+        let ids: Vec<String> = self.conns.iter().map(|e| e.key().to_string()).collect();
+        self.shutdown().await;
+        match tokio::time::timeout(Duration::from_secs(3), own.release(&ids)).await {
+            Ok(Ok(n)) => {
+                info!(connections = n, "upstream connections handed over");
+                n
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "hand-over failed; survivors take over at lease expiry");
+                0
+            }
+            Err(_) => {
+                warn!("hand-over timed out; survivors take over at lease expiry");
+                0
+            }
+        }
+    }
+}
+
+/// Retries `f` with capped backoff until it succeeds (Redis may come up after us).
+async fn retry<T, E: std::fmt::Display, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut delay = Duration::from_millis(100);
+    let mut warned = false;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) => {
+                if !warned {
+                    warn!(error = %e, "{what} failed; retrying");
+                    warned = true;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! Ownership of upstream connections across a cluster, with real processes: SIGKILL and
+//! SIGTERM fail-over, no duplicates under repeated kills, forwarding to the owner,
+//! `CLEAR_ALL_ON_START`, rebuild after restart, and secrets sealed in Redis.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::cluster::{Cluster, Node, Via, poll};
+use support::{Client, SIGKILL, SIGTERM, WAIT, within};
+use wsgate_client::Message;
+use wsgate_client::test_support::{TestServer as Upstream, TestServerConfig as UpstreamConfig};
+
+const SECRET_AUTH: &str = "auth-s3cr3t";
+const SECRET_HEADER: &str = "hdr-s3cr3t";
+
+fn fast_reconnect() -> Value {
+    json!({"initial_ms": 5, "max_ms": 50, "max_attempts": null, "jitter": 0.0})
+}
+
+/// Connects an upstream through `node`; returns its id.
+async fn connect(node: &Node, up: &Upstream, topic: Option<&str>) -> String {
+    let mut body = json!({
+        "url": up.url(),
+        "headers": {"x-api-key": SECRET_HEADER},
+        "auth": {"messages": [{"op": "auth", "token": SECRET_AUTH}], "expect": {"op": "auth_ok"}},
+        "subscriptions": [{"key": "trades", "message": "SUB trades"}],
+        "correlation": {"mode": "json-field", "field": "id"},
+        "reconnect": fast_reconnect(),
+    });
+    if let Some(t) = topic {
+        body["publish_topic"] = json!(t);
+    }
+    let (status, r) = node.post("/api/v1/upstreams", body).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["state"], "connected", "{r}");
+    r["connection_id"].as_str().unwrap().to_string()
+}
+
+async fn owner_of(cluster: &Cluster, id: &str) -> Option<String> {
+    let raw = cluster
+        .redis
+        .cli(&["GET", &format!("{}:websocket-{id}", cluster.prefix)])
+        .await;
+    let v: Value = serde_json::from_str(raw.trim()).ok()?;
+    v["owner"].as_str().map(str::to_string)
+}
+
+async fn metric(node: &Node, series: &str) -> f64 {
+    let text = support::http()
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    support::metric_value(&text, series).unwrap_or(0.0)
+}
+
+async fn kill(node: &mut Node, sig: i32) {
+    node.0.signal(sig);
+    within("wsgate to exit", node.0.child.wait()).await.unwrap();
+}
+
+#[tokio::test]
+async fn sigkill_owner_fails_over_to_exactly_one_survivor() {
+    let up = Upstream::start(UpstreamConfig::default().require_auth(SECRET_AUTH)).await;
+    let cluster = Cluster::start(Via::Redis).await;
+    let mut a = cluster.node("node-a", &[]).await;
+    let b = cluster.node("node-b", &[]).await;
+    let c = cluster.node("node-c", &[]).await;
+    let id = connect(&a, &up, Some("feed")).await;
+    assert_eq!(owner_of(&cluster, &id).await.as_deref(), Some("node-a"));
+
+    // A browser on a surviving node follows the upstream's topic.
+    let mut browser = Client::connect(&b.ws_url()).await;
+    browser.subscribe("topic:feed").await;
+    up.broadcast(Message::from(r#"{"n":1}"#));
+    assert_eq!(browser.recv().await["data"], json!({"n": 1}));
+
+    // Secrets at rest are sealed: redis-cli sees ciphertext only.
+    let raw = cluster
+        .redis
+        .cli(&["GET", &format!("{}:websocket-{id}", cluster.prefix)])
+        .await;
+    assert!(raw.contains("\"sealed\""), "{raw}");
+    assert!(
+        !raw.contains(SECRET_AUTH) && !raw.contains(SECRET_HEADER),
+        "{raw}"
+    );
+
+    let before = up.log().handshakes;
+    assert_eq!(before, 1);
+    let t0 = Instant::now();
+    kill(&mut a, SIGKILL).await;
+    let log = up
+        .wait_for(Duration::from_secs(10), |l| l.handshakes > before)
+        .await
+        .expect("a survivor re-establishes the connection");
+    let failover = t0.elapsed();
+    println!("SIGKILL failover (kill -> new upstream handshake), lease_ttl 3 s: {failover:?}");
+    assert!(failover < Duration::from_secs(5), "{failover:?}");
+    let conn = log.handshakes;
+
+    // Auth first, then the subscription, replayed on the new connection.
+    let log = up
+        .wait_for(WAIT, |l| l.texts_on(conn).len() >= 2)
+        .await
+        .unwrap();
+    let texts = log.texts_on(conn);
+    assert!(texts[0].contains(SECRET_AUTH), "{texts:?}");
+    assert_eq!(texts[1], "SUB trades", "{texts:?}");
+    assert_eq!(
+        log.header("x-api-key"),
+        Some(SECRET_HEADER),
+        "headers decrypted"
+    );
+
+    // The publish topic resumed: the browser on B receives upstream broadcasts again.
+    let new_owner = poll("a new owner", WAIT, || async {
+        owner_of(&cluster, &id)
+            .await
+            .filter(|o| o == "node-b" || o == "node-c")
+    })
+    .await;
+    up.broadcast(Message::from(r#"{"n":2}"#));
+    let m = browser.recv().await;
+    assert_eq!(m["data"], json!({"n": 2}), "{m}");
+
+    // Exactly one survivor took it: one reclaim in total, and no further handshake while
+    // both survivors keep sweeping (a bounded observation window, ~8 sweeps).
+    let reclaimed = metric(&b, "wsgate_upstream_reclaimed_total").await
+        + metric(&c, "wsgate_upstream_reclaimed_total").await;
+    assert_eq!(reclaimed, 1.0);
+    assert!(
+        up.wait_for(Duration::from_secs(2), |l| l.handshakes > conn)
+            .await
+            .is_err(),
+        "a second survivor re-established it too"
+    );
+    assert_eq!(up.log().max_active, 1);
+    let holder = if new_owner == "node-b" { &b } else { &c };
+    let (status, v) = holder.get(&format!("/connections/{id}")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["connection"]["state"], "connected", "{v}");
+    assert_eq!(v["connection"]["node"], new_owner.as_str(), "{v}");
+}
+
+#[tokio::test]
+async fn repeated_kills_never_duplicate_a_connection() {
+    let up = Upstream::start(UpstreamConfig::default().require_auth(SECRET_AUTH)).await;
+    let cluster = Cluster::start(Via::Redis).await;
+    let env = [("WSGATE_LEASE_TTL_MS", "600")];
+    let names = ["node-a", "node-b", "node-c"];
+    let mut nodes = Vec::new();
+    for n in names {
+        nodes.push(Some(cluster.node_env(n, &[], &env).await));
+    }
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(connect(nodes[i % 3].as_ref().unwrap(), &up, None).await);
+    }
+    let mut expected_handshakes = 4u64;
+    for round in 0..5 {
+        let victim = round % 3;
+        let name = names[victim];
+        let mut owned = 0u64;
+        for id in &ids {
+            if owner_of(&cluster, id).await.as_deref() == Some(name) {
+                owned += 1;
+            }
+        }
+        let t0 = Instant::now();
+        let mut node = nodes[victim].take().unwrap();
+        kill(&mut node, SIGKILL).await;
+        expected_handshakes += owned;
+        up.wait_for(Duration::from_secs(10), |l| {
+            l.handshakes >= expected_handshakes && l.active == 4
+        })
+        .await
+        .expect("every connection back");
+        println!(
+            "round {round}: {owned} connection(s) of {name} back after {:?}",
+            t0.elapsed()
+        );
+        for id in &ids {
+            let o = owner_of(&cluster, id).await.unwrap();
+            assert_ne!(o, name, "{id} still names the dead node");
+        }
+        // The dead node comes back under the same id (nothing of it left to rebuild).
+        nodes[victim] = Some(cluster.node_env(name, &[], &env).await);
+    }
+    let log = up.log();
+    assert_eq!(log.handshakes, expected_handshakes, "no connection twice");
+    assert_eq!(log.max_active, 4, "never two connections for one record");
+    assert_eq!(log.auth_failures, 0);
+}
+
+#[tokio::test]
+async fn sigterm_hands_over_within_the_bound() {
+    let up = Upstream::start(UpstreamConfig::default().require_auth(SECRET_AUTH)).await;
+    let cluster = Cluster::start(Via::Redis).await;
+    let mut a = cluster.node("node-a", &[]).await;
+    let _b = cluster.node("node-b", &[]).await;
+    let _c = cluster.node("node-c", &[]).await;
+    let id = connect(&a, &up, None).await;
+    let t0 = Instant::now();
+    a.0.signal(SIGTERM);
+    up.wait_for(Duration::from_secs(5), |l| {
+        l.handshakes == 2 && l.active == 1
+    })
+    .await
+    .expect("a survivor takes the connection");
+    let took = t0.elapsed();
+    println!("SIGTERM hand-over (signal -> new upstream handshake): {took:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    within("node-a to exit", a.0.child.wait()).await.unwrap();
+    let o = owner_of(&cluster, &id).await.unwrap();
+    assert!(o == "node-b" || o == "node-c", "{o}");
+    assert!(
+        up.wait_for(Duration::from_millis(1500), |l| l.handshakes > 2)
+            .await
+            .is_err(),
+        "taken twice"
+    );
+}
+
+#[tokio::test]
+async fn calls_to_a_non_owner_are_forwarded_and_a_dead_owner_is_named() {
+    let up = Upstream::start(UpstreamConfig::default().require_auth(SECRET_AUTH)).await;
+    let cluster = Cluster::start(Via::Redis).await;
+    // A lease far longer than the test: a killed owner stays unreclaimed.
+    let env = [("WSGATE_LEASE_TTL_MS", "60000")];
+    let mut a = cluster.node_env("node-a", &[], &env).await;
+    let b = cluster.node_env("node-b", &[], &env).await;
+    let id = connect(&a, &up, None).await;
+
+    let (status, r) = b
+        .post(
+            &format!("/api/v1/upstreams/{id}/send"),
+            json!({"message": "via-b"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    up.wait_for(WAIT, |l| l.texts_on(1).iter().any(|t| t == "via-b"))
+        .await
+        .unwrap();
+    let (status, r) = b
+        .post(
+            &format!("/api/v1/upstreams/{id}/send-async"),
+            json!({"message": {"op": "request", "id": "q1", "n": 7}, "timeout_ms": 5000}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["response"]["id"], "q1", "{r}");
+    assert_eq!(r["response"]["echo"]["n"], 7, "{r}");
+    // Errors come back as the owner answered them.
+    let (status, r) = b
+        .post(
+            &format!("/api/v1/upstreams/{id}/subscriptions"),
+            json!({"add": [{"key": "", "message": "x"}]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{r}");
+    let (status, r) = b
+        .post(
+            &format!("/api/v1/upstreams/{id}/subscriptions"),
+            json!({"add": [{"key": "book", "message": "SUB book"}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(metric(&b, "wsgate_upstream_forwarded_total").await, 3.0);
+    assert_eq!(up.log().handshakes, 1, "nothing re-established");
+
+    kill(&mut a, SIGKILL).await;
+    let (status, r) = b
+        .post(
+            &format!("/api/v1/upstreams/{id}/send"),
+            json!({"message": "x"}),
+        )
+        .await;
+    assert_eq!(status, 409, "{r}");
+    assert_eq!(
+        r,
+        json!({"success": false, "error": "Connection owned by different instance: node-a"})
+    );
+}
+
+#[tokio::test]
+async fn restart_rebuilds_and_clear_all_on_start_wipes() {
+    let up = Upstream::start(UpstreamConfig::default().require_auth(SECRET_AUTH)).await;
+    let cluster = Cluster::start(Via::Redis).await;
+    let mut a = cluster.node("node-a", &[]).await;
+    let id = connect(&a, &up, None).await;
+    kill(&mut a, SIGKILL).await;
+
+    // Same instance id, no survivor: the node rebuilds its connection from the store.
+    let mut a = cluster.node("node-a", &[]).await;
+    up.wait_for(WAIT, |l| l.handshakes == 2 && l.active == 1)
+        .await
+        .expect("rebuilt");
+    let log = up
+        .wait_for(WAIT, |l| l.texts_on(2).len() >= 2)
+        .await
+        .unwrap();
+    assert_eq!(log.texts_on(2)[1], "SUB trades");
+    let (status, v) = a.get(&format!("/connections/{id}")).await;
+    assert_eq!(status, 200, "{v}");
+    kill(&mut a, SIGKILL).await;
+
+    let a = cluster
+        .node_env("node-a", &[], &[("CLEAR_ALL_ON_START", "TRUE")])
+        .await;
+    let index = format!("{}:websocket-index", cluster.prefix);
+    poll("records wiped", WAIT, || async {
+        (cluster.redis.cli(&["SCARD", &index]).await.trim() == "0").then_some(())
+    })
+    .await;
+    let (status, r) = a.get(&format!("/api/v1/upstreams/{id}")).await;
+    assert_eq!(status, 404, "{r}");
+    assert_eq!(owner_of(&cluster, &id).await, None);
+    assert!(
+        up.wait_for(Duration::from_millis(800), |l| l.handshakes > 2)
+            .await
+            .is_err(),
+        "a wiped record was re-established"
+    );
+}
