@@ -148,7 +148,9 @@ pub struct Config {
     pub grpc_enabled: bool,
     /// Cluster mode: an instance's lease lives this long without renewal (renewed every
     /// third of it); a SIGKILLed instance's upstream connections are reclaimed after it.
-    /// Default 3 000.
+    /// Default 750, for the team's < 1 s fail-over target: a Redis stall longer than this
+    /// makes survivors take the node's connections over (the fenced record writes make the
+    /// old owner close its copies), so raise it where Redis is far or slow.
     pub lease_ttl_ms: u64,
     /// Wipe every upstream connection record at start (also env `CLEAR_ALL_ON_START=TRUE`,
     /// seed 000). Destructive; logged loudly. Default false.
@@ -190,7 +192,7 @@ impl Default for Config {
             presence_ttl_ms: 15_000,
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             grpc_enabled: true,
-            lease_ttl_ms: 3_000,
+            lease_ttl_ms: 750,
             clear_all_on_start: false,
             cluster_key: None,
             cluster_key_file: None,

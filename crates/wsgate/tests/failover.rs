@@ -100,8 +100,9 @@ async fn sigkill_owner_fails_over_to_exactly_one_survivor() {
         .await
         .expect("a survivor re-establishes the connection");
     let failover = t0.elapsed();
-    println!("SIGKILL failover (kill -> new upstream handshake), lease_ttl 3 s: {failover:?}");
-    assert!(failover < Duration::from_secs(5), "{failover:?}");
+    println!("SIGKILL failover (kill -> new upstream handshake), default lease: {failover:?}");
+    // Issue 5's bound with default settings (the team aims at < 1 s; see docs/cluster.md).
+    assert!(failover < Duration::from_secs(2), "{failover:?}");
     let conn = log.handshakes;
 
     // Auth first, then the subscription, replayed on the new connection.
