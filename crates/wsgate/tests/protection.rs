@@ -617,3 +617,88 @@ async fn hostile_clients_get_rfc_answers_and_others_keep_being_served() {
     w.check(&srv).await;
     srv.shutdown().await;
 }
+
+#[tokio::test]
+async fn secrets_never_reach_the_logs_or_the_api() {
+    const JWT_SECRET: &str = "jwt-s3cret-5b8f0c2e";
+    const API_KEY: &str = "api-k3y-91d2a7";
+    let log = std::env::temp_dir().join(format!("wsgate-secrets-{}.log", std::process::id()));
+    let file = std::fs::File::create(&log).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .env("WSGATE_GRPC_LISTEN", "127.0.0.1:0")
+        .env("WSGATE_LOG", "debug")
+        .env("WSGATE_AUTH__MODE", "jwt")
+        .env("WSGATE_AUTH__JWT_SECRET", JWT_SECRET)
+        .env("WSGATE_API_KEY", API_KEY)
+        .stdout(std::process::Stdio::piped())
+        .stderr(file)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+    let line = within("listening", lines.next_line()).await.unwrap().unwrap();
+    let addr = line.rsplit("http://").next().unwrap().to_string();
+    let token = hs256_token(JWT_SECRET, json!({"sub":"alice","exp":in_a_minute()}));
+    // A good token, a bad one, API calls with the right key and a wrong one.
+    let mut c = Client::connect(&format!("ws://{addr}/ws?token={token}")).await;
+    c.subscribe("s").await;
+    let (ws, _) = within(
+        "upgrade",
+        tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token=bad.{API_KEY}.x")),
+    )
+    .await
+    .unwrap();
+    let mut bad = Client {
+        ws,
+        hello: Value::Null,
+    };
+    assert_eq!(bad.closed().await.0, 4001);
+    let api = |path: &str, key: &str| {
+        http()
+            .get(format!("http://{addr}{path}"))
+            .bearer_auth(key)
+            .send()
+    };
+    for (path, key) in [
+        ("/connections", API_KEY),
+        ("/connections", JWT_SECRET),
+        ("/version", API_KEY),
+        ("/ready", API_KEY),
+    ] {
+        let body = within("api", api(path, key))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(!body.contains(API_KEY) && !body.contains(JWT_SECRET), "{path}: {body}");
+    }
+    let id = c.id();
+    let body = within("api", api(&format!("/connections/{id}"), API_KEY))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(body.contains("alice"), "{body}");
+    assert!(!body.contains(API_KEY) && !body.contains(JWT_SECRET), "{body}");
+    drop(c);
+    let pid = child.id().unwrap() as i32;
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { kill(pid, 15) }, 0);
+    let status = within("exit", child.wait()).await.unwrap();
+    assert!(status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    assert!(text.contains("wsgate listening"), "the log was captured");
+    assert!(text.contains("authentication failed"), "the refusal was logged");
+    assert!(text.lines().count() > 5);
+    assert!(!text.contains(JWT_SECRET), "JWT secret in the log");
+    assert!(!text.contains(API_KEY), "API key in the log");
+}
+
+unsafe extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
