@@ -638,7 +638,10 @@ async fn secrets_never_reach_the_logs_or_the_api() {
         .unwrap();
     let mut lines =
         tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
-    let line = within("listening", lines.next_line()).await.unwrap().unwrap();
+    let line = within("listening", lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
     let addr = line.rsplit("http://").next().unwrap().to_string();
     let token = hs256_token(JWT_SECRET, json!({"sub":"alice","exp":in_a_minute()}));
     // A good token, a bad one, API calls with the right key and a wrong one.
@@ -673,7 +676,10 @@ async fn secrets_never_reach_the_logs_or_the_api() {
             .text()
             .await
             .unwrap();
-        assert!(!body.contains(API_KEY) && !body.contains(JWT_SECRET), "{path}: {body}");
+        assert!(
+            !body.contains(API_KEY) && !body.contains(JWT_SECRET),
+            "{path}: {body}"
+        );
     }
     let id = c.id();
     let body = within("api", api(&format!("/connections/{id}"), API_KEY))
@@ -683,7 +689,10 @@ async fn secrets_never_reach_the_logs_or_the_api() {
         .await
         .unwrap();
     assert!(body.contains("alice"), "{body}");
-    assert!(!body.contains(API_KEY) && !body.contains(JWT_SECRET), "{body}");
+    assert!(
+        !body.contains(API_KEY) && !body.contains(JWT_SECRET),
+        "{body}"
+    );
     drop(c);
     let pid = child.id().unwrap() as i32;
     // SAFETY: kill(2) on our own child.
@@ -693,7 +702,10 @@ async fn secrets_never_reach_the_logs_or_the_api() {
     let text = std::fs::read_to_string(&log).unwrap();
     let _ = std::fs::remove_file(&log);
     assert!(text.contains("wsgate listening"), "the log was captured");
-    assert!(text.contains("authentication failed"), "the refusal was logged");
+    assert!(
+        text.contains("authentication failed"),
+        "the refusal was logged"
+    );
     assert!(text.lines().count() > 5);
     assert!(!text.contains(JWT_SECRET), "JWT secret in the log");
     assert!(!text.contains(API_KEY), "API key in the log");
