@@ -57,8 +57,8 @@ pub struct Limits {
     ip_rate: Option<DefaultKeyedRateLimiter<IpAddr>>,
     api_rate: Option<DefaultKeyedRateLimiter<String>>,
     active: Arc<AtomicUsize>,
-    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    per_user: Arc<Mutex<HashMap<Arc<str>, usize>>>,
+    per_ip: Counts<IpAddr>,
+    per_user: Counts<Arc<str>>,
 }
 
 impl std::fmt::Debug for Limits {
@@ -70,12 +70,14 @@ impl std::fmt::Debug for Limits {
     }
 }
 
+type Counts<K> = Arc<Mutex<HashMap<K, usize>>>;
+
 /// A place taken in one or more counters; given back on drop.
 #[derive(Default)]
 pub struct Slot {
     active: Option<Arc<AtomicUsize>>,
-    ip: Option<(Arc<Mutex<HashMap<IpAddr, usize>>>, IpAddr)>,
-    user: Option<(Arc<Mutex<HashMap<Arc<str>, usize>>>, Arc<str>)>,
+    ip: Option<(Counts<IpAddr>, IpAddr)>,
+    user: Option<(Counts<Arc<str>>, Arc<str>)>,
 }
 
 impl Drop for Slot {
@@ -174,7 +176,7 @@ impl Limits {
             return false;
         };
         let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
-        self.allowed_origins.iter().any(|o| *o == origin)
+        self.allowed_origins.contains(&origin)
     }
 
     /// Takes a place for a new connection from `ip`, or says why not.

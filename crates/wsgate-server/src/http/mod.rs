@@ -108,20 +108,20 @@ async fn require_api_key(State(node): State<Arc<Node>>, req: Request, next: Next
         );
         return r;
     }
-    if let Some(key) = &node.config.api_key {
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.expose().as_bytes())) {
-            node.gateway
-                .metrics
-                .api_rejections
-                .get_or_create(&wsgate_core::metrics::ReasonLabel {
-                    reason: "unauthorized",
-                })
-                .inc();
-            return json_error(
-                axum::http::StatusCode::UNAUTHORIZED,
-                "Unauthorized: missing or wrong API key",
-            );
-        }
+    if let Some(key) = &node.config.api_key
+        && !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.expose().as_bytes()))
+    {
+        node.gateway
+            .metrics
+            .api_rejections
+            .get_or_create(&wsgate_core::metrics::ReasonLabel {
+                reason: "unauthorized",
+            })
+            .inc();
+        return json_error(
+            axum::http::StatusCode::UNAUTHORIZED,
+            "Unauthorized: missing or wrong API key",
+        );
     }
     next.run(req).await
 }
