@@ -50,6 +50,11 @@ pub struct Metrics {
     pub heartbeat_failures: Counter,
     pub active_connections: Gauge,
     pub connection_rejections: Family<ReasonLabel, Counter>,
+    /// Control API requests refused before their handler (`rate_limited`, `unauthorized`).
+    pub api_rejections: Family<ReasonLabel, Counter>,
+    /// Client frames dropped by the per-connection rate limit, by `kind` (`messages`,
+    /// `bytes`).
+    pub rate_limited_frames: Family<KindLabel, Counter>,
     pub messages_received: Counter,
     pub messages_sent: Counter,
     pub bytes_sent: Counter,
@@ -91,6 +96,8 @@ impl Default for Metrics {
             heartbeat_failures: Counter::default(),
             active_connections: Gauge::default(),
             connection_rejections: Family::default(),
+            api_rejections: Family::default(),
+            rate_limited_frames: Family::default(),
             messages_received: Counter::default(),
             messages_sent: Counter::default(),
             bytes_sent: Counter::default(),
@@ -149,6 +156,16 @@ impl Metrics {
             "websocket_connection_rejections",
             "Upgrade requests refused, by reason",
             self.connection_rejections.clone(),
+        );
+        r.register(
+            "wsgate_api_rejections",
+            "Control API requests refused before their handler, by reason",
+            self.api_rejections.clone(),
+        );
+        r.register(
+            "wsgate_rate_limited_frames",
+            "Client frames dropped by the per-connection rate limit, by kind",
+            self.rate_limited_frames.clone(),
         );
         r.register(
             "websocket_messages_received",
@@ -254,6 +271,12 @@ impl Metrics {
 
     pub fn disconnected(&self, reason: &'static str) {
         self.disconnections
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    pub fn reject(&self, reason: &'static str) {
+        self.connection_rejections
             .get_or_create(&ReasonLabel { reason })
             .inc();
     }

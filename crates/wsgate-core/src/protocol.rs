@@ -412,4 +412,125 @@ mod tests {
         assert!(validate_json("{").is_err());
         assert_eq!(&validate_json(" [1] ").unwrap()[..], b"[1]");
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+        use std::io::Cursor;
+        use tungstenite::protocol::{Role, WebSocket};
+
+        /// Any JSON value the client may send as `data`, `id` or `ts`.
+        fn json_value() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from),
+                ".*".prop_map(serde_json::Value::from),
+            ];
+            leaf.prop_recursive(3, 16, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                    prop::collection::btree_map(".*", inner, 0..4)
+                        .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Whatever a client sends, decoding answers (a request or an error with a code),
+            /// and never panics.
+            #[test]
+            fn decode_never_panics(text in ".*") {
+                if let Err((_, e)) = decode(&text) {
+                    prop_assert!(!e.code.is_empty());
+                }
+            }
+
+            /// Near-valid frames: real ops with arbitrary fields.
+            #[test]
+            fn decode_never_panics_on_near_valid_frames(
+                op in prop_oneof![
+                    Just("subscribe"), Just("unsubscribe"), Just("publish"),
+                    Just("ping"), Just("presence"), Just("other")
+                ],
+                channel in json_value(),
+                data in json_value(),
+                since in json_value(),
+                id in json_value(),
+            ) {
+                let text = serde_json::json!({
+                    "op": op, "channel": channel, "data": data, "since": since, "id": id
+                }).to_string();
+                let _ = decode(&text);
+            }
+
+            /// A decoded publish keeps channel, data and id exactly.
+            #[test]
+            fn publish_round_trips(channel in "[a-z:0-9]{1,64}", data in json_value(), id in any::<u32>()) {
+                let text = serde_json::json!({
+                    "op":"publish","channel":channel,"data":data,"id":id
+                }).to_string();
+                let r = decode(&text).unwrap();
+                prop_assert_eq!(r.id.unwrap().get(), id.to_string());
+                match r.op {
+                    ClientOp::Publish { channel: c, data: d } => {
+                        prop_assert_eq!(c.as_ref(), channel.as_str());
+                        let back: serde_json::Value = serde_json::from_str(d.get()).unwrap();
+                        prop_assert_eq!(back, data);
+                    }
+                    other => prop_assert!(false, "decoded as {other:?}"),
+                }
+            }
+
+            /// Encoded frames are JSON objects with the fields that were put in.
+            #[test]
+            fn encoded_frames_parse_back(
+                op in "[a-z_]{1,12}",
+                s in ".*",
+                n in any::<u64>(),
+                b in any::<bool>(),
+                code in "[a-z_]{1,12}",
+                channel in ".*",
+                data in json_value(),
+            ) {
+                let f = Frame::op(&op).str("s", &s).num("n", n).bool("b", b).finish();
+                let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
+                prop_assert_eq!(&v["op"], &serde_json::Value::from(op));
+                prop_assert_eq!(&v["s"], &serde_json::Value::from(s.clone()));
+                prop_assert_eq!(v["n"].as_u64(), Some(n));
+                prop_assert_eq!(v["b"].as_bool(), Some(b));
+                let code: &'static str = Box::leak(code.into_boxed_str());
+                let e = error_frame(None, &ProtocolError::new(code, s.clone()));
+                let v: serde_json::Value = serde_json::from_str(e.as_str()).unwrap();
+                prop_assert_eq!(v["code"].as_str(), Some(code));
+                prop_assert_eq!(v["message"].as_str(), Some(s.as_str()));
+                let raw = Bytes::from(data.to_string());
+                let m = channel_message(&channel, n, &raw);
+                let v: serde_json::Value = serde_json::from_str(m.as_str()).unwrap();
+                prop_assert_eq!(v["channel"].as_str(), Some(channel.as_str()));
+                prop_assert_eq!(v["offset"].as_u64(), Some(n));
+                prop_assert_eq!(&v["data"], &data);
+            }
+
+            /// `wire_text` frames are what tungstenite (as a client) reads back.
+            #[test]
+            fn wire_text_decodes_with_tungstenite(payloads in prop::collection::vec(".{0,300}", 1..4), big in 0usize..70_000) {
+                let mut wire = Vec::new();
+                let mut expected: Vec<String> = payloads.clone();
+                expected.push("x".repeat(big));
+                for p in &expected {
+                    wire.extend_from_slice(&wire_text(p.as_bytes()));
+                }
+                let mut ws = WebSocket::from_raw_socket(Cursor::new(wire), Role::Client, None);
+                for p in &expected {
+                    match ws.read().unwrap() {
+                        tungstenite::Message::Text(t) => prop_assert_eq!(t.as_str(), p.as_str()),
+                        other => prop_assert!(false, "got {other:?}"),
+                    }
+                }
+            }
+        }
+    }
 }

@@ -162,6 +162,55 @@ pub struct Config {
     pub cluster_key_file: Option<PathBuf>,
     /// Allow a Redis store without a cluster key (secrets in clear text). Dev only.
     pub allow_insecure_dev_store: bool,
+
+    // ---- Protection (docs/operations.md, "Limits"). 0 disables a numeric limit. ----
+    /// Client connections this node holds at most; past it upgrades get HTTP 503 with
+    /// `Retry-After`, and `/ready` turns false from 95 % on so balancers steer away first.
+    /// Default 50 000: about 300 MiB of connection state, well under a 64k fd limit.
+    pub max_connections: usize,
+    /// Open connections per client IP (HTTP 429). Default 1 000: generous for clients behind
+    /// one NAT, small enough that one host cannot take the node.
+    pub max_connections_per_ip: usize,
+    /// New connections per second per client IP (HTTP 429 with `Retry-After`). Default 20,
+    /// bursts of `ip_connect_burst` (default 100): a reconnecting client with backoff never
+    /// comes near; a storm from one host is cut.
+    pub ip_connect_rate: u32,
+    pub ip_connect_burst: u32,
+    /// Open connections per user (JWT `sub`). Past it the new connection is accepted and
+    /// closed at once with 4029 (a browser cannot read an HTTP status of a failed upgrade,
+    /// but it sees a close code). Default 100.
+    pub max_connections_per_user: usize,
+    /// Proxies whose `Forwarded` / `X-Forwarded-For` are believed (CIDRs or addresses).
+    /// Default none: the peer address is the client.
+    pub trusted_proxies: Vec<String>,
+    /// Origins allowed to open a WebSocket from a browser (`https://app.example.com`).
+    /// Requests without `Origin` are not browsers and are let in. Default none: browsers are
+    /// refused (403) until their origin is listed, or `allow_any_origin` is set.
+    pub allowed_origins: Vec<String>,
+    /// Development only (`--allow-any-origin`): skip the Origin check. Default false, so that
+    /// a forgotten setting fails closed (cross-site WebSocket hijacking).
+    pub allow_any_origin: bool,
+    /// Inbound frames per second per connection (`rate_limited` error frame, the frame is
+    /// dropped). Default 100, bursts of `client_message_burst` (default 200).
+    pub client_message_rate: u32,
+    pub client_message_burst: u32,
+    /// Inbound payload bytes per second per connection. Default 1 MiB/s, bursts of
+    /// `client_byte_burst` (default 2 MiB; never below `max_message_size`).
+    pub client_byte_rate: u32,
+    pub client_byte_burst: u32,
+    /// Frames in a row refused by the rate limit before the connection is closed with 4029.
+    /// Default 50.
+    pub rate_limit_strikes: u32,
+    /// Control API requests per second per API key (per client IP without a key); HTTP 429.
+    /// Default 200, bursts of `api_burst` (default 400).
+    pub api_rate: u32,
+    pub api_burst: u32,
+    /// A connection that has not sent complete request headers within this is dropped
+    /// (slowloris; a TCP connection that never upgrades). Default 10 000.
+    pub handshake_timeout_ms: u64,
+    /// Largest request head (request line + headers) in bytes; larger ones get 431.
+    /// Default 16 KiB (tokens in a query string fit; hyper's floor is 8 KiB).
+    pub max_header_size: usize,
 }
 
 impl Default for Config {
@@ -197,6 +246,23 @@ impl Default for Config {
             cluster_key: None,
             cluster_key_file: None,
             allow_insecure_dev_store: false,
+            max_connections: 50_000,
+            max_connections_per_ip: 1_000,
+            ip_connect_rate: 20,
+            ip_connect_burst: 100,
+            max_connections_per_user: 100,
+            trusted_proxies: Vec::new(),
+            allowed_origins: Vec::new(),
+            allow_any_origin: false,
+            client_message_rate: 100,
+            client_message_burst: 200,
+            client_byte_rate: 1024 * 1024,
+            client_byte_burst: 2 * 1024 * 1024,
+            rate_limit_strikes: 50,
+            api_rate: 200,
+            api_burst: 400,
+            handshake_timeout_ms: 10_000,
+            max_header_size: 16 * 1024,
         }
     }
 }
@@ -288,6 +354,12 @@ impl Config {
                  WSGATE_CLUSTER_KEY (base64 of 32 random bytes, e.g. `openssl rand -base64 32`) \
                  or cluster_key_file, or allow_insecure_dev_store = true for development"
             );
+        }
+        for p in &self.trusted_proxies {
+            crate::limits::parse_net(p)?;
+        }
+        if self.handshake_timeout_ms == 0 {
+            anyhow::bail!("handshake_timeout_ms must be positive");
         }
         if self.presence_ttl_ms < 100 {
             anyhow::bail!("presence_ttl_ms must be at least 100");

@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod http;
+pub mod limits;
 mod listener;
 mod node;
 mod seams;

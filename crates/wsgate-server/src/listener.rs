@@ -20,13 +20,27 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
-/// A client that opens TCP and never finishes its request headers is dropped after this.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How HTTP connections are served (from `Config`).
+#[derive(Clone)]
+pub struct Options {
+    /// A client that opens TCP and never finishes its request headers is dropped after
+    /// this (`handshake_timeout_ms`): it never upgrades, it only holds a descriptor.
+    pub handshake_timeout: Duration,
+    /// Largest request head hyper buffers (`max_header_size`); hyper answers 431 past it.
+    pub max_header_size: usize,
+    /// Counts connections dropped by the handshake timeout.
+    pub timeouts: prometheus_client::metrics::counter::Counter,
+}
 
 /// Serves `app` on `listener` until `stop` turns true, then lets HTTP connections finish
 /// their current request (bounded) and returns. Upgraded WebSockets are not waited for here:
 /// their tasks belong to the node's drain.
-pub async fn serve(listener: TcpListener, app: Router, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    options: Options,
+    mut stop: watch::Receiver<bool>,
+) {
     let conns = TaskTracker::new();
     loop {
         let (tcp, remote) = tokio::select! {
@@ -43,7 +57,13 @@ pub async fn serve(listener: TcpListener, app: Router, mut stop: watch::Receiver
         };
         // Frames are written whole; Nagle would only add latency.
         let _ = tcp.set_nodelay(true);
-        conns.spawn(connection(tcp, remote, app.clone(), stop.clone()));
+        conns.spawn(connection(
+            tcp,
+            remote,
+            app.clone(),
+            options.clone(),
+            stop.clone(),
+        ));
     }
     conns.close();
     if tokio::time::timeout(Duration::from_secs(5), conns.wait())
@@ -58,6 +78,7 @@ async fn connection(
     tcp: tokio::net::TcpStream,
     remote: SocketAddr,
     app: Router,
+    options: Options,
     mut stop: watch::Receiver<bool>,
 ) {
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
@@ -66,13 +87,17 @@ async fn connection(
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(options.handshake_timeout)
+        .max_buf_size(options.max_header_size.max(8192))
         .serve_connection(TokioIo::new(tcp), svc)
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
         served = conn.as_mut() => {
             if let Err(e) = served {
+                if e.is_timeout() {
+                    options.timeouts.inc();
+                }
                 debug!(%remote, error = %e, "HTTP connection ended with an error");
             }
         }

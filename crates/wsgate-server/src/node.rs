@@ -54,6 +54,8 @@ pub struct Node {
     pub metrics_registry: prometheus_client::registry::Registry,
     /// Every connection task, so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// Connection caps, rate limits, trusted proxies, the Origin allow-list.
+    pub limits: crate::limits::Limits,
 }
 
 impl Node {
@@ -72,6 +74,7 @@ impl Node {
                 (None, None) => unreachable!("validated"),
             },
         };
+        let limits = crate::limits::Limits::new(&config)?;
         let gw_config = config.gateway();
         let node_id = gw_config.node.clone();
         let metrics = Metrics::default();
@@ -98,6 +101,7 @@ impl Node {
             lifecycle: Lifecycle::default(),
             metrics_registry: registry,
             tasks: TaskTracker::new(),
+            limits,
         }))
     }
 
@@ -107,6 +111,7 @@ impl Node {
             && !self.lifecycle.is_draining()
             && self.gateway.broker.is_healthy()
             && self.gateway.store.is_healthy()
+            && !self.limits.near_full()
     }
 }
 
@@ -175,7 +180,23 @@ pub async fn run_with(
     };
     let app = crate::http::router(node.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut serving = tokio::spawn(crate::listener::serve(listener, app, stop_rx));
+    let mut serving = tokio::spawn(crate::listener::serve(
+        listener,
+        app,
+        crate::listener::Options {
+            handshake_timeout: Duration::from_millis(node.config.handshake_timeout_ms),
+            max_header_size: node.config.max_header_size,
+            timeouts: node
+                .gateway
+                .metrics
+                .connection_rejections
+                .get_or_create(&wsgate_core::metrics::ReasonLabel {
+                    reason: "handshake_timeout",
+                })
+                .clone(),
+        },
+        stop_rx,
+    ));
     node.lifecycle.started.store(true, Ordering::Release);
     info!(%addr, node = %node.build.node, version = node.build.version, "wsgate listening");
 
@@ -235,8 +256,13 @@ async fn heartbeat_loop(node: Arc<Node>) {
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_ping = gw.clock.now_ms();
+    let mut last_housekeeping = last_ping;
     loop {
         ticker.tick().await;
+        if gw.clock.now_ms().saturating_sub(last_housekeeping) >= 60_000 {
+            last_housekeeping = gw.clock.now_ms();
+            node.limits.housekeeping();
+        }
         let now = gw.clock.now_ms();
         let ping = now.saturating_sub(last_ping) >= interval.as_millis() as u64;
         if ping {

@@ -74,6 +74,22 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     presence_ttl_ms: Option<u64>,
+    /// Development only: accept WebSocket upgrades from any browser Origin.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    allow_any_origin: bool,
+    /// Client connections this node holds at most (default 50000).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_connections: Option<usize>,
+    /// Open connections per client IP (default 1000; 0: no limit).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_connections_per_ip: Option<usize>,
+    /// New connections per second per client IP (default 20; 0: no limit).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ip_connect_rate: Option<u32>,
 }
 
 pub fn main(args: ServeArgs) -> anyhow::Result<()> {

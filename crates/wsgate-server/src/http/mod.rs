@@ -75,15 +75,53 @@ pub fn router(node: Arc<Node>) -> Router {
 }
 
 /// When an API key is configured, the control API and connection listings require it.
+/// Every caller is rate limited (`api_rate`): by its API key, or by client IP without one.
 async fn require_api_key(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
-    if let Some(key) = &node.config.api_key {
-        let given = crate::ws::bearer(req.headers());
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.expose().as_bytes())) {
-            return json_error(
-                axum::http::StatusCode::UNAUTHORIZED,
-                "Unauthorized: missing or wrong API key",
-            );
+    let given = crate::ws::bearer(req.headers());
+    let limit_key = match (&node.config.api_key, &given) {
+        // The key itself is never logged or exported; it only names a limiter bucket.
+        (Some(_), Some(g)) => format!("key:{g}"),
+        _ => {
+            let peer = req
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0)
+                .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+            format!("ip:{}", node.limits.client_ip(peer, req.headers()))
         }
+    };
+    if let Err(wait) = node.limits.api_check(&limit_key) {
+        node.gateway
+            .metrics
+            .api_rejections
+            .get_or_create(&wsgate_core::metrics::ReasonLabel {
+                reason: "rate_limited",
+            })
+            .inc();
+        let mut r = json_error(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "Too many requests: API rate limit exceeded",
+        );
+        r.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from(wait),
+        );
+        return r;
+    }
+    if let Some(key) = &node.config.api_key
+        && !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.expose().as_bytes()))
+    {
+        node.gateway
+            .metrics
+            .api_rejections
+            .get_or_create(&wsgate_core::metrics::ReasonLabel {
+                reason: "unauthorized",
+            })
+            .inc();
+        return json_error(
+            axum::http::StatusCode::UNAUTHORIZED,
+            "Unauthorized: missing or wrong API key",
+        );
     }
     next.run(req).await
 }

@@ -29,7 +29,6 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tracing::{debug, warn};
-use wsgate_core::metrics::ReasonLabel;
 
 use crate::http::json_error;
 use crate::node::Node;
@@ -48,11 +47,7 @@ pub async fn upgrade(
     mut req: Request<Body>,
 ) -> Response {
     let reject = |status: StatusCode, reason: &'static str, msg: &str| {
-        node.gateway
-            .metrics
-            .connection_rejections
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
+        node.gateway.metrics.reject(reason);
         json_error(status, msg)
     };
     if node.lifecycle.is_draining() {
@@ -68,6 +63,25 @@ pub async fn upgrade(
     let key = match handshake_key(req.headers()) {
         Ok(key) => key,
         Err(msg) => return reject(StatusCode::BAD_REQUEST, "bad_handshake", msg),
+    };
+    // Cross-site WebSocket hijacking: a browser sends its page's Origin; refuse unknown ones.
+    if !node.limits.origin_allowed(req.headers()) {
+        return reject(StatusCode::FORBIDDEN, "origin", "origin not allowed");
+    }
+    let client_ip = node.limits.client_ip(remote, req.headers());
+    let mut slot = match node.limits.admit(client_ip) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            debug!(%remote, %client_ip, reason = refusal.reason, "upgrade refused");
+            let status =
+                StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let mut r = reject(status, refusal.reason, refusal.message);
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(refusal.retry_after_secs),
+            );
+            return r;
+        }
     };
     let token = query.token.or_else(|| bearer(req.headers()));
     let identity = node.auth.authenticate(token.as_deref());
@@ -101,7 +115,14 @@ pub async fn upgrade(
             .max_frame_size(Some(task_node.config.max_message_size));
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
         match identity {
-            Ok(identity) => task::serve(task_node, socket, ws, identity, remote).await,
+            Ok(identity) => {
+                if !task_node.limits.admit_user(&mut slot, &identity.user) {
+                    task::refuse_user(task_node, socket, ws, remote).await;
+                    return;
+                }
+                task::serve(task_node, socket, ws, identity, remote).await;
+                drop(slot);
+            }
             Err(e) => task::refuse(task_node, socket, ws, e, remote).await,
         }
     });

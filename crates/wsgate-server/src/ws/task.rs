@@ -10,17 +10,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use governor::{DefaultDirectRateLimiter, RateLimiter};
+use std::num::NonZeroU32;
+use std::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
-use tracing::warn;
+use tracing::{debug, warn};
 use wsgate_core::auth::{AuthError, Identity};
 use wsgate_core::gateway::{CloseRequest, Connection, Gateway, Session};
-use wsgate_core::metrics::ReasonLabel;
-use wsgate_core::protocol::{self, close};
+use wsgate_core::metrics::{KindLabel, ReasonLabel};
+use wsgate_core::protocol::{self, ProtocolError, close};
 
 use super::socket::{SharedSocket, SocketIo};
+use crate::limits::quota;
 use crate::node::Node;
 
 type Socket = WebSocketStream<SocketIo>;
@@ -54,6 +58,71 @@ pub(super) async fn refuse(
         &e.to_string(),
     )
     .await;
+}
+
+/// A user already at `max_connections_per_user`: told so in a 4029 close frame, then dropped.
+pub(super) async fn refuse_user(
+    node: Arc<Node>,
+    socket: Arc<SharedSocket>,
+    mut ws: Socket,
+    remote: SocketAddr,
+) {
+    node.gateway.metrics.reject("user_connections");
+    debug!(%remote, "too many connections for this user");
+    close_gracefully(
+        &node,
+        &socket,
+        &mut ws,
+        &mut VecDeque::new(),
+        close::SLOW_CONSUMER,
+        "too many connections for this user",
+    )
+    .await;
+}
+
+/// The per-connection inbound rate limits (governor): frames and payload bytes per second.
+/// A frame over either is dropped with one `rate_limited` error frame per streak; a streak
+/// of `rate_limit_strikes` dropped frames closes the connection with 4029.
+pub(super) struct Inbound {
+    messages: Option<DefaultDirectRateLimiter>,
+    bytes: Option<DefaultDirectRateLimiter>,
+    strikes: u32,
+    max_strikes: u32,
+    last_strike: Option<Instant>,
+}
+
+impl Inbound {
+    pub(super) fn new(config: &crate::Config) -> Self {
+        let byte_burst = config
+            .client_byte_burst
+            .max(u32::try_from(config.max_message_size).unwrap_or(u32::MAX));
+        Self {
+            messages: quota(config.client_message_rate, config.client_message_burst)
+                .map(RateLimiter::direct),
+            bytes: quota(config.client_byte_rate, byte_burst).map(RateLimiter::direct),
+            strikes: 0,
+            max_strikes: config.rate_limit_strikes.max(1),
+            last_strike: None,
+        }
+    }
+
+    /// `None`: the frame may be handled. `Some(kind)`: dropped by that limit.
+    fn limited(&self, len: usize) -> Option<&'static str> {
+        if let Some(m) = &self.messages
+            && m.check().is_err()
+        {
+            return Some("messages");
+        }
+        if let Some(b) = &self.bytes {
+            let n = NonZeroU32::new(u32::try_from(len).unwrap_or(u32::MAX));
+            if let Some(n) = n
+                && !matches!(b.check_n(n), Ok(Ok(())))
+            {
+                return Some("bytes");
+            }
+        }
+        None
+    }
 }
 
 /// Sends a close frame after everything already queued, then waits (bounded) for the
@@ -125,7 +194,8 @@ pub(super) async fn serve(
     let mut session = Session::new(conn.clone());
     socket.write_frame(protocol::wire_text(gw.hello(&conn).as_bytes()));
     let mut taken = VecDeque::new();
-    let ending = run(&gw, &socket, &mut ws, &mut session, &mut taken).await;
+    let mut limits = Inbound::new(&node.config);
+    let ending = run(&gw, &socket, &mut ws, &mut session, &mut taken, &mut limits).await;
     if let Some((code, message)) = &ending.close {
         close_gracefully(&node, &socket, &mut ws, &mut taken, *code, message).await;
     } else if ending.reason == "client_closed" {
@@ -150,6 +220,7 @@ async fn run(
     ws: &mut Socket,
     session: &mut Session,
     taken: &mut VecDeque<Bytes>,
+    limits: &mut Inbound,
 ) -> Ending {
     let conn = session.conn.clone();
     loop {
@@ -167,7 +238,7 @@ async fn run(
             }
             () = socket.backlogged(), if !backlog => {}
             frame = ws.next() => {
-                if let Some(ending) = inbound(gw, socket, session, frame).await {
+                if let Some(ending) = inbound(gw, socket, session, limits, frame).await {
                     return ending;
                 }
             }
@@ -180,6 +251,7 @@ async fn inbound(
     gw: &Gateway,
     socket: &SharedSocket,
     session: &mut Session,
+    limits: &mut Inbound,
     frame: Option<Result<Message, WsError>>,
 ) -> Option<Ending> {
     let conn = session.conn.clone();
@@ -189,6 +261,49 @@ async fn inbound(
         Some(Err(e)) => return Some(read_error(&conn, e)),
     };
     conn.touch(gw.clock.now_ms());
+    let len = match &msg {
+        Message::Text(t) => Some(t.len()),
+        Message::Binary(b) => Some(b.len()),
+        _ => None,
+    };
+    if let Some(len) = len {
+        if let Some(kind) = limits.limited(len) {
+            gw.metrics
+                .rate_limited_frames
+                .get_or_create(&KindLabel { kind })
+                .inc();
+            limits.strikes += 1;
+            limits.last_strike = Some(Instant::now());
+            if limits.strikes >= limits.max_strikes {
+                return Some(Ending {
+                    reason: "rate_limited",
+                    close: Some((
+                        close::SLOW_CONSUMER,
+                        format!("rate limit exceeded ({kind})"),
+                    )),
+                });
+            }
+            if limits.strikes == 1 {
+                gw.metrics.protocol_error("rate_limited");
+                let e = ProtocolError::new(
+                    "rate_limited",
+                    format!("too many {kind} per second; frames are being dropped"),
+                );
+                socket.write_frame(protocol::wire_text(
+                    protocol::error_frame(None, &e).as_bytes(),
+                ));
+            }
+            return None;
+        }
+        // A streak ends once frames pass again and a second went by without a drop.
+        if limits
+            .last_strike
+            .is_some_and(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            limits.strikes = 0;
+            limits.last_strike = None;
+        }
+    }
     let answer = match msg {
         Message::Text(text) => session.handle_text(gw, text.as_str()).await,
         Message::Binary(data) => session.handle_binary(gw, data.len()),

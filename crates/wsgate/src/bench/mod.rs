@@ -127,11 +127,20 @@ async fn spawn_server(target: Target, outbox: usize) -> anyhow::Result<(Child, S
             "127.0.0.1:0",
             "--outbox-capacity",
             &outbox.to_string(),
+            // Every bench client comes from one address: per-IP limits would refuse them.
+            "--max-connections-per-ip",
+            "0",
+            "--ip-connect-rate",
+            "0",
+            "--max-connections",
+            "0",
         ]),
         Target::Baseline => cmd.args(["bench-baseline-server", "--listen", "127.0.0.1:0"]),
     };
     let mut child = cmd
         .env("WSGATE_LOG", "warn")
+        // The bench publishes through the API as fast as it measures.
+        .env("WSGATE_API_RATE", "0")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)

@@ -1,0 +1,399 @@
+//! What a node refuses, and when: connection caps (node, IP, user), connect and request rates
+//! (governor), the client-IP rule behind trusted proxies, and the Origin allow-list.
+//!
+//! Every counter here is taken with a [`Slot`] guard that gives it back on drop, so a
+//! connection that ends in any way (closed, failed upgrade, panicked task) frees its place.
+//! Rate limits are governor's GCRA limiters (keyed by IP or API key): no hand-rolled buckets.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, header};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use ipnet::IpNet;
+use parking_lot::Mutex;
+
+use crate::config::Config;
+
+/// Why an upgrade (or an API call) was refused: the `reason` label, the HTTP status, and
+/// how long the client should wait before trying again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: &'static str,
+    pub status: u16,
+    pub retry_after_secs: u64,
+    pub message: &'static str,
+}
+
+/// A quota of `per_sec` with bursts of `burst`; `None` when `per_sec` is 0 (disabled).
+pub fn quota(per_sec: u32, burst: u32) -> Option<Quota> {
+    let rate = NonZeroU32::new(per_sec)?;
+    let burst = NonZeroU32::new(burst.max(per_sec)).unwrap_or(rate);
+    Some(Quota::per_second(rate).allow_burst(burst))
+}
+
+fn keyed<K: std::hash::Hash + Eq + Clone>(q: Option<Quota>) -> Option<DefaultKeyedRateLimiter<K>> {
+    q.map(RateLimiter::keyed)
+}
+
+/// Seconds until a limiter would let the next request through (at least 1).
+fn wait_secs(not_until: &governor::NotUntil<governor::clock::QuantaInstant>) -> u64 {
+    let wait: Duration = not_until.wait_time_from(DefaultClock::default().now());
+    wait.as_secs() + 1
+}
+
+pub struct Limits {
+    max_connections: usize,
+    max_per_ip: usize,
+    max_per_user: usize,
+    trusted_proxies: Vec<IpNet>,
+    allowed_origins: Vec<String>,
+    allow_any_origin: bool,
+    ip_rate: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    api_rate: Option<DefaultKeyedRateLimiter<String>>,
+    active: Arc<AtomicUsize>,
+    per_ip: Counts<IpAddr>,
+    per_user: Counts<Arc<str>>,
+}
+
+impl std::fmt::Debug for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limits")
+            .field("max_connections", &self.max_connections)
+            .field("active", &self.active.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+type Counts<K> = Arc<Mutex<HashMap<K, usize>>>;
+
+/// A place taken in one or more counters; given back on drop.
+#[derive(Default)]
+pub struct Slot {
+    active: Option<Arc<AtomicUsize>>,
+    ip: Option<(Counts<IpAddr>, IpAddr)>,
+    user: Option<(Counts<Arc<str>>, Arc<str>)>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(a) = &self.active {
+            a.fetch_sub(1, Ordering::AcqRel);
+        }
+        if let Some((map, ip)) = &self.ip {
+            release(&mut map.lock(), ip);
+        }
+        if let Some((map, user)) = &self.user {
+            release(&mut map.lock(), user);
+        }
+    }
+}
+
+fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = map.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
+}
+
+impl Limits {
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        let trusted_proxies = config
+            .trusted_proxies
+            .iter()
+            .map(|s| parse_net(s))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self {
+            max_connections: config.max_connections,
+            max_per_ip: config.max_connections_per_ip,
+            max_per_user: config.max_connections_per_user,
+            trusted_proxies,
+            allowed_origins: config
+                .allowed_origins
+                .iter()
+                .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+                .collect(),
+            allow_any_origin: config.allow_any_origin,
+            ip_rate: keyed(quota(config.ip_connect_rate, config.ip_connect_burst)),
+            api_rate: keyed(quota(config.api_rate, config.api_burst)),
+            active: Arc::default(),
+            per_ip: Arc::default(),
+            per_user: Arc::default(),
+        })
+    }
+
+    /// Client connections holding a place on this node (upgraded or upgrading).
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// True at 95 % of `max_connections` or more: `/ready` turns false so a balancer steers
+    /// new clients elsewhere before upgrades are refused.
+    pub fn near_full(&self) -> bool {
+        self.max_connections > 0 && self.active() * 100 >= self.max_connections * 95
+    }
+
+    /// The client's address: the peer, or — when the peer is a trusted proxy — the first
+    /// address not trusted, read right to left from `Forwarded` / `X-Forwarded-For`.
+    pub fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+        let peer = canonical(peer.ip());
+        if !self.trusted(peer) {
+            return peer;
+        }
+        let mut chain: Vec<IpAddr> = forwarded_for(headers);
+        if chain.is_empty() {
+            chain = x_forwarded_for(headers);
+        }
+        chain
+            .into_iter()
+            .rev()
+            .map(canonical)
+            .find(|ip| !self.trusted(*ip))
+            .unwrap_or(peer)
+    }
+
+    fn trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+
+    /// `Origin` check for browser upgrades. Requests without `Origin` are not from a browser
+    /// and are let through (browsers always send it on a WebSocket upgrade).
+    pub fn origin_allowed(&self, headers: &HeaderMap) -> bool {
+        if self.allow_any_origin {
+            return true;
+        }
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return true;
+        };
+        let Ok(origin) = origin.to_str() else {
+            return false;
+        };
+        let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+        self.allowed_origins.contains(&origin)
+    }
+
+    /// Takes a place for a new connection from `ip`, or says why not.
+    pub fn admit(&self, ip: IpAddr) -> Result<Slot, Refusal> {
+        let mut slot = Slot::default();
+        let n = self.active.fetch_add(1, Ordering::AcqRel);
+        slot.active = Some(self.active.clone());
+        if self.max_connections > 0 && n >= self.max_connections {
+            return Err(Refusal {
+                reason: "node_full",
+                status: 503,
+                retry_after_secs: 5,
+                message: "this node is at its connection limit; try again later",
+            });
+        }
+        if let Some(rl) = &self.ip_rate
+            && let Err(nu) = rl.check_key(&ip)
+        {
+            return Err(Refusal {
+                reason: "ip_rate",
+                status: 429,
+                retry_after_secs: wait_secs(&nu),
+                message: "too many connection attempts from this address",
+            });
+        }
+        {
+            let mut map = self.per_ip.lock();
+            let n = map.entry(ip).or_insert(0);
+            if self.max_per_ip > 0 && *n >= self.max_per_ip {
+                if *n == 0 {
+                    map.remove(&ip);
+                }
+                return Err(Refusal {
+                    reason: "ip_connections",
+                    status: 429,
+                    retry_after_secs: 5,
+                    message: "too many open connections from this address",
+                });
+            }
+            *n += 1;
+        }
+        slot.ip = Some((self.per_ip.clone(), ip));
+        Ok(slot)
+    }
+
+    /// Adds the user to a slot; `false` when the user already has `max_connections_per_user`.
+    pub fn admit_user(&self, slot: &mut Slot, user: &Arc<str>) -> bool {
+        let mut map = self.per_user.lock();
+        let n = map.entry(user.clone()).or_insert(0);
+        if self.max_per_user > 0 && *n >= self.max_per_user {
+            if *n == 0 {
+                map.remove(user);
+            }
+            return false;
+        }
+        *n += 1;
+        slot.user = Some((self.per_user.clone(), user.clone()));
+        true
+    }
+
+    /// Control API rate limit, keyed by API key when one was presented, else by client IP.
+    pub fn api_check(&self, key: &str) -> Result<(), u64> {
+        match &self.api_rate {
+            Some(rl) => rl.check_key(&key.to_string()).map_err(|nu| wait_secs(&nu)),
+            None => Ok(()),
+        }
+    }
+
+    /// Forgets idle limiter keys (call now and then: keyed limiters grow with distinct keys).
+    pub fn housekeeping(&self) {
+        if let Some(rl) = &self.ip_rate {
+            rl.retain_recent();
+            rl.shrink_to_fit();
+        }
+        if let Some(rl) = &self.api_rate {
+            rl.retain_recent();
+            rl.shrink_to_fit();
+        }
+    }
+}
+
+/// `10.0.0.0/8` or a single address (`10.1.2.3`).
+pub fn parse_net(s: &str) -> anyhow::Result<IpNet> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<IpNet>() {
+        return Ok(n);
+    }
+    s.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| anyhow::anyhow!("trusted_proxies: `{s}` is not an address or CIDR"))
+}
+
+/// IPv4-mapped IPv6 addresses compare as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn x_forwarded_for(headers: &HeaderMap) -> Vec<IpAddr> {
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| parse_node(s.trim()))
+        .collect()
+}
+
+/// RFC 7239 `Forwarded: for=1.2.3.4;proto=https, for="[2001:db8::1]:443"`.
+fn forwarded_for(headers: &HeaderMap) -> Vec<IpAddr> {
+    headers
+        .get_all(header::FORWARDED)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|elem| {
+            elem.split(';').find_map(|pair| {
+                let (k, v) = pair.trim().split_once('=')?;
+                k.trim()
+                    .eq_ignore_ascii_case("for")
+                    .then(|| parse_node(v.trim().trim_matches('"')))
+                    .flatten()
+            })
+        })
+        .collect()
+}
+
+/// An address with an optional port: `1.2.3.4`, `1.2.3.4:80`, `[::1]:80`, `::1`.
+fn parse_node(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Some(sa.ip());
+    }
+    s.strip_prefix('[')?.split(']').next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(tune: impl FnOnce(&mut Config)) -> Limits {
+        let mut c = Config::default();
+        tune(&mut c);
+        Limits::new(&c).unwrap()
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn forwarded_headers_count_only_from_trusted_proxies() {
+        let l = limits(|c| c.trusted_proxies = vec!["10.0.0.0/8".into(), "192.168.1.1".into()]);
+        let h = headers(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.0.0.7")]);
+        let proxy: SocketAddr = "10.1.1.1:5000".parse().unwrap();
+        let stranger: SocketAddr = "8.8.8.8:5000".parse().unwrap();
+        // Right to left, the first untrusted hop: a client cannot forge its way past it.
+        assert_eq!(l.client_ip(proxy, &h), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(l.client_ip(stranger, &h), stranger.ip());
+        let f = headers(&[(
+            "forwarded",
+            "for=9.9.9.9, for=\"[2001:db8::1]:443\";proto=https",
+        )]);
+        assert_eq!(
+            l.client_ip("192.168.1.1:1".parse().unwrap(), &f),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+        // Only proxies in the chain: the proxy itself.
+        let h = headers(&[("x-forwarded-for", "10.0.0.2")]);
+        assert_eq!(l.client_ip(proxy, &h), proxy.ip());
+        assert!(parse_net("not-an-ip").is_err());
+    }
+
+    #[test]
+    fn origins_are_matched_exactly_and_missing_origin_is_allowed() {
+        let l = limits(|c| c.allowed_origins = vec!["https://App.example.com/".into()]);
+        assert!(l.origin_allowed(&headers(&[])));
+        assert!(l.origin_allowed(&headers(&[("origin", "https://app.example.com")])));
+        assert!(!l.origin_allowed(&headers(&[("origin", "https://evil.example.com")])));
+        assert!(!l.origin_allowed(&headers(&[("origin", "http://app.example.com")])));
+        let any = limits(|c| c.allow_any_origin = true);
+        assert!(any.origin_allowed(&headers(&[("origin", "https://evil.example.com")])));
+    }
+
+    #[test]
+    fn slots_give_their_places_back() {
+        let l = limits(|c| {
+            c.max_connections = 2;
+            c.max_connections_per_ip = 1;
+            c.max_connections_per_user = 1;
+            c.ip_connect_rate = 0;
+        });
+        let a: IpAddr = "1.1.1.1".parse().unwrap();
+        let b: IpAddr = "2.2.2.2".parse().unwrap();
+        let mut s1 = l.admit(a).unwrap();
+        assert_eq!(l.admit(a).err().unwrap().reason, "ip_connections");
+        let user: Arc<str> = "u".into();
+        assert!(l.admit_user(&mut s1, &user));
+        let mut s2 = l.admit(b).unwrap();
+        assert!(!l.admit_user(&mut s2, &user));
+        assert_eq!(
+            l.admit("3.3.3.3".parse().unwrap()).err().unwrap().status,
+            503
+        );
+        assert!(l.near_full());
+        drop(s1);
+        assert!(l.admit_user(&mut s2, &user));
+        drop(s2);
+        assert_eq!(l.active(), 0);
+        assert!(l.per_ip.lock().is_empty() && l.per_user.lock().is_empty());
+    }
+}
