@@ -329,3 +329,50 @@ async fn restart_rebuilds_and_clear_all_on_start_wipes() {
         "a wiped record was re-established"
     );
 }
+
+#[tokio::test]
+async fn rolling_restart_never_leaves_the_upstream_down_longer_than_the_hand_over() {
+    let up = Upstream::start(UpstreamConfig::default().require_auth(SECRET_AUTH)).await;
+    let cluster = Cluster::start(Via::Redis).await;
+    let names = ["node-a", "node-b", "node-c"];
+    let mut nodes = Vec::new();
+    for name in names {
+        nodes.push(cluster.node(name, &[]).await);
+    }
+    let id = connect(&nodes[0], &up, None).await;
+    // Restart every node in turn, as a Kubernetes rolling update does.
+    for i in 0..names.len() {
+        let owner = owner_of(&cluster, &id)
+            .await
+            .expect("a record with an owner");
+        let before = up.log().handshakes;
+        let t0 = Instant::now();
+        nodes[i].0.signal(SIGTERM);
+        within("node to exit", nodes[i].0.child.wait())
+            .await
+            .unwrap();
+        if owner == names[i] {
+            up.wait_for(Duration::from_secs(5), |l| {
+                l.handshakes == before + 1 && l.active == 1
+            })
+            .await
+            .expect("a survivor takes the connection");
+            let down = t0.elapsed();
+            println!("rolling restart: {} handed over in {down:?}", names[i]);
+            assert!(down < Duration::from_secs(2), "{down:?}");
+        }
+        nodes[i] = cluster.node(names[i], &[]).await;
+        let log = up.log();
+        let expected = before + u64::from(owner == names[i]);
+        assert_eq!(
+            log.handshakes as u64, expected,
+            "restarting {} moved nothing else",
+            names[i]
+        );
+        assert_eq!(
+            log.active, 1,
+            "exactly one connection after restarting {}",
+            names[i]
+        );
+    }
+}
