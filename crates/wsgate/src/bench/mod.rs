@@ -18,6 +18,7 @@ pub mod baseline;
 mod clients;
 pub mod procfs;
 mod soak;
+mod storm;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -59,6 +60,32 @@ pub struct BenchArgs {
     /// warm-up), failing if the server's RSS or descriptors do not return to their level.
     #[arg(long, default_value_t = 0)]
     pub soak_cycles: usize,
+    /// Reconnect-storm mode instead of the fan-out: `--connections` reconnecting clients
+    /// (wsgate-client), the server restarted on the same port, time until all resubscribed.
+    #[arg(long)]
+    pub storm: bool,
+    /// Storm: first reconnect delay in ms (doubling on every failed attempt).
+    #[arg(long, default_value_t = 100)]
+    pub storm_initial_ms: u64,
+    /// Storm: cap on one reconnect delay in ms.
+    #[arg(long, default_value_t = 5000)]
+    pub storm_max_ms: u64,
+    /// Storm: jitter fraction (a delay d becomes a random value in [d(1-j), d]).
+    #[arg(long, default_value_t = 0.5)]
+    pub storm_jitter: f64,
+    /// Storm: no jitter at all (every client retries on the same schedule).
+    #[arg(long)]
+    pub no_jitter: bool,
+    /// Storm: run the restarted server with this per-IP connect rate (per second; 0: no
+    /// limit), so that the limiter refuses part of the storm.
+    #[arg(long, default_value_t = 0)]
+    pub storm_limit_rate: u32,
+    /// Storm: burst of the per-IP connect rate limit (with `--storm-limit-rate`).
+    #[arg(long, default_value_t = 100)]
+    pub storm_limit_burst: u32,
+    /// Storm: give up waiting for the clients after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    pub storm_timeout: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -86,6 +113,9 @@ pub fn main(args: BenchArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        if args.storm {
+            return storm::run(&args).await;
+        }
         if args.soak_cycles > 0 {
             return soak::run(&args).await;
         }
@@ -118,24 +148,67 @@ impl Target {
 }
 
 async fn spawn_server(target: Target, outbox: usize) -> anyhow::Result<(Child, String)> {
+    spawn_server_with(target, outbox, &ServerOpts::default()).await
+}
+
+/// How the bench starts `wsgate serve` beyond the defaults.
+pub(crate) struct ServerOpts {
+    /// Listener address (`127.0.0.1:0`: any free port).
+    pub listen: String,
+    /// Per-IP connect rate (0: no limit, the bench default).
+    pub ip_connect_rate: u32,
+    /// Per-IP connect burst (`None`: the server's default).
+    pub ip_connect_burst: Option<u32>,
+    /// Drain timeout on SIGTERM in ms (`None`: the server's default).
+    pub drain_timeout_ms: Option<u64>,
+}
+
+impl Default for ServerOpts {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:0".into(),
+            ip_connect_rate: 0,
+            ip_connect_burst: None,
+            drain_timeout_ms: None,
+        }
+    }
+}
+
+async fn spawn_server_with(
+    target: Target,
+    outbox: usize,
+    opts: &ServerOpts,
+) -> anyhow::Result<(Child, String)> {
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
     match target {
-        Target::Wsgate => cmd.args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--outbox-capacity",
-            &outbox.to_string(),
-            // Every bench client comes from one address: per-IP limits would refuse them.
-            "--max-connections-per-ip",
-            "0",
-            "--ip-connect-rate",
-            "0",
-            "--max-connections",
-            "0",
-        ]),
-        Target::Baseline => cmd.args(["bench-baseline-server", "--listen", "127.0.0.1:0"]),
+        Target::Wsgate => {
+            cmd.args([
+                "serve",
+                "--listen",
+                &opts.listen,
+                "--outbox-capacity",
+                &outbox.to_string(),
+                // Every bench client comes from one address: per-IP limits would refuse them.
+                "--max-connections-per-ip",
+                "0",
+                "--ip-connect-rate",
+                &opts.ip_connect_rate.to_string(),
+                "--max-connections",
+                "0",
+            ]);
+            if let Some(ms) = opts.drain_timeout_ms {
+                cmd.args(["--drain-timeout-ms", &ms.to_string()]);
+            }
+            if let Some(burst) = opts.ip_connect_burst {
+                cmd.env("WSGATE_IP_CONNECT_BURST", burst.to_string());
+            }
+            // A fixed gRPC port would collide between a server and its restart.
+            cmd.env("WSGATE_GRPC_ENABLED", "false");
+        }
+        Target::Baseline => {
+            cmd.args(["bench-baseline-server", "--listen", &opts.listen]);
+        }
     };
     let mut child = cmd
         .env("WSGATE_LOG", "warn")
