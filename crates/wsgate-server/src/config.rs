@@ -211,6 +211,13 @@ pub struct Config {
     /// Largest request head (request line + headers) in bytes; larger ones get 431.
     /// Default 16 KiB (tokens in a query string fit; hyper's floor is 8 KiB).
     pub max_header_size: usize,
+
+    // ---- Transport security (docs/operations.md, "TLS"). ----
+    /// PEM certificate chain for TLS on `listen` (HTTP API and WebSocket, same port). Set
+    /// together with `tls_key_file`; reloaded on SIGHUP. Default none: plain TCP.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -263,6 +270,8 @@ impl Default for Config {
             api_burst: 400,
             handshake_timeout_ms: 10_000,
             max_header_size: 16 * 1024,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -360,6 +369,9 @@ impl Config {
         }
         if self.handshake_timeout_ms == 0 {
             anyhow::bail!("handshake_timeout_ms must be positive");
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            anyhow::bail!("tls_cert_file and tls_key_file must be set together");
         }
         if self.presence_ttl_ms < 100 {
             anyhow::bail!("presence_ttl_ms must be at least 100");

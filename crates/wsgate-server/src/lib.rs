@@ -16,6 +16,7 @@ pub mod limits;
 mod listener;
 mod node;
 mod seams;
+pub mod tls;
 pub mod ws;
 
 pub use config::Config;

@@ -5,8 +5,13 @@
 //! then shared between its task and every publisher (see `ws::socket`). axum's server wraps
 //! streams in a private type for HTTP/2 detection, which makes that impossible. The control API
 //! needs nothing beyond HTTP/1.1; gRPC has its own port.
+//!
+//! With TLS configured, each connection first completes a rustls handshake (bounded by the
+//! handshake timeout) and HTTP/1.1 is served over the `TlsStream`; upgrades then come back
+//! as that stream instead.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -14,6 +19,7 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
@@ -30,6 +36,8 @@ pub struct Options {
     pub max_header_size: usize,
     /// Counts connections dropped by the handshake timeout.
     pub timeouts: prometheus_client::metrics::counter::Counter,
+    /// TLS on this listener; `None`: plain TCP.
+    pub tls: Option<Arc<crate::tls::TlsReloader>>,
 }
 
 /// Serves `app` on `listener` until `stop` turns true, then lets HTTP connections finish
@@ -57,13 +65,42 @@ pub async fn serve(
         };
         // Frames are written whole; Nagle would only add latency.
         let _ = tcp.set_nodelay(true);
-        conns.spawn(connection(
-            tcp,
-            remote,
-            app.clone(),
-            options.clone(),
-            stop.clone(),
-        ));
+        match &options.tls {
+            None => {
+                conns.spawn(connection(
+                    tcp,
+                    remote,
+                    app.clone(),
+                    options.clone(),
+                    stop.clone(),
+                ));
+            }
+            Some(tls) => {
+                // The certificate current at accept time serves this connection for its life.
+                let acceptor = tls.acceptor();
+                let (app, options, mut stop) = (app.clone(), options.clone(), stop.clone());
+                conns.spawn(async move {
+                    let handshake =
+                        tokio::time::timeout(options.handshake_timeout, acceptor.accept(tcp));
+                    let tls = tokio::select! {
+                        () = stopped(&mut stop) => return,
+                        done = handshake => match done {
+                            Ok(Ok(tls)) => tls,
+                            Ok(Err(e)) => {
+                                debug!(%remote, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                options.timeouts.inc();
+                                debug!(%remote, "TLS handshake timed out");
+                                return;
+                            }
+                        },
+                    };
+                    connection(tls, remote, app, options, stop).await;
+                });
+            }
+        }
     }
     conns.close();
     if tokio::time::timeout(Duration::from_secs(5), conns.wait())
@@ -74,13 +111,15 @@ pub async fn serve(
     }
 }
 
-async fn connection(
-    tcp: tokio::net::TcpStream,
+async fn connection<I>(
+    io: I,
     remote: SocketAddr,
     app: Router,
     options: Options,
     mut stop: watch::Receiver<bool>,
-) {
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(remote));
         app.clone().oneshot(req)
@@ -89,7 +128,7 @@ async fn connection(
         .timer(TokioTimer::new())
         .header_read_timeout(options.handshake_timeout)
         .max_buf_size(options.max_header_size.max(8192))
-        .serve_connection(TokioIo::new(tcp), svc)
+        .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {

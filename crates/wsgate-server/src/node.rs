@@ -56,6 +56,9 @@ pub struct Node {
     pub tasks: TaskTracker,
     /// Connection caps, rate limits, trusted proxies, the Origin allow-list.
     pub limits: crate::limits::Limits,
+    /// TLS on the listener (`tls_cert_file`), when configured; [`Node::reload_tls`] swaps
+    /// the certificate for new handshakes.
+    pub tls: Option<Arc<crate::tls::TlsReloader>>,
 }
 
 impl Node {
@@ -75,6 +78,10 @@ impl Node {
             },
         };
         let limits = crate::limits::Limits::new(&config)?;
+        let tls = match (&config.tls_cert_file, &config.tls_key_file) {
+            (Some(cert), Some(key)) => Some(Arc::new(crate::tls::TlsReloader::load(cert, key)?)),
+            _ => None,
+        };
         let gw_config = config.gateway();
         let node_id = gw_config.node.clone();
         let metrics = Metrics::default();
@@ -102,7 +109,17 @@ impl Node {
             metrics_registry: registry,
             tasks: TaskTracker::new(),
             limits,
+            tls,
         }))
+    }
+
+    /// Re-reads the TLS certificate and key (SIGHUP). Established connections keep theirs;
+    /// on error the previous certificate stays in use. `Ok(false)`: TLS is not configured.
+    pub fn reload_tls(&self) -> anyhow::Result<bool> {
+        match &self.tls {
+            Some(tls) => tls.reload().map(|()| true),
+            None => Ok(false),
+        }
     }
 
     /// Whether this node should receive new traffic.
@@ -186,6 +203,7 @@ pub async fn run_with(
         crate::listener::Options {
             handshake_timeout: Duration::from_millis(node.config.handshake_timeout_ms),
             max_header_size: node.config.max_header_size,
+            tls: node.tls.clone(),
             timeouts: node
                 .gateway
                 .metrics
@@ -198,7 +216,7 @@ pub async fn run_with(
         stop_rx,
     ));
     node.lifecycle.started.store(true, Ordering::Release);
-    info!(%addr, node = %node.build.node, version = node.build.version, "wsgate listening");
+    info!(%addr, node = %node.build.node, version = node.build.version, tls = node.tls.is_some(), "wsgate listening");
 
     tokio::select! {
         () = shutdown => {}

@@ -111,12 +111,36 @@ pub fn main(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("binding {}: {e}", node.config.listen))?;
         // Machines (tests, scripts) read the bound address from stdout; logs go to stderr.
-        println!("wsgate listening on http://{}", listener.local_addr()?);
+        let scheme = if node.tls.is_some() { "https" } else { "http" };
+        println!("wsgate listening on {scheme}://{}", listener.local_addr()?);
+        if node.tls.is_some() {
+            tokio::spawn(reload_tls_on_sighup(node.clone()));
+        }
         // The gRPC address goes to the log only: stdout's single line is read by machines
         // that may close the pipe after it.
         let grpc = wsgate_server::bind_grpc(&node.config).await?;
         wsgate_server::run_with(node, listener, grpc, shutdown_signal()).await
     })
+}
+
+/// SIGHUP re-reads the TLS certificate and key; connections already open keep theirs.
+async fn reload_tls_on_sighup(node: std::sync::Arc<wsgate_server::Node>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(hup) => hup,
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGHUP handler: TLS certificate reload disabled");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        match node.reload_tls() {
+            Ok(_) => info!("TLS certificate reloaded"),
+            Err(e) => {
+                tracing::warn!(error = %e, "TLS certificate reload failed; keeping the old one")
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -2,8 +2,8 @@
 //! connection runs.
 //!
 //! - [`socket`]: the socket shared by the connection task and every publisher. Publishers
-//!   write pre-encoded frames straight into the kernel; a bounded backlog only forms when the
-//!   client reads slower than it is sent to.
+//!   queue pre-encoded frames into a bounded backlog the connection task writes out (over
+//!   TLS, through the task's half of the split `TlsStream`).
 //! - [`task`]: the connection task: reads and answers the client, drains the backlog, closes.
 //!
 //! The upgrade is done with hyper and tokio-tungstenite directly (not axum's `WebSocket`) so
@@ -95,20 +95,30 @@ pub async fn upgrade(
                 return;
             }
         };
-        // The accept loop serves plain TCP streams, so the upgraded connection is one.
-        let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => parts,
-            Err(_) => {
-                warn!(%remote, "upgraded connection is not a TCP stream; dropped");
-                return;
+        // The accept loop serves plain TCP streams, or TLS streams over them when TLS is on.
+        // Bytes the client sent right behind its handshake are copied out so that hyper's
+        // whole read buffer (8 KiB or more) is not kept alive per connection by a slice.
+        let capacity = task_node.config.outbox_capacity;
+        let (socket, io) = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let socket = SharedSocket::new(parts.io.into_inner(), capacity);
+                let leftover = bytes::Bytes::copy_from_slice(&parts.read_buf);
+                drop(parts.read_buf);
+                (socket.clone(), SocketIo::new(socket, leftover))
             }
+            Err(upgraded) => match upgraded.downcast::<TokioIo<socket::TlsStream>>() {
+                Ok(parts) => {
+                    let (socket, read) = SharedSocket::new_tls(parts.io.into_inner(), capacity);
+                    let leftover = bytes::Bytes::copy_from_slice(&parts.read_buf);
+                    drop(parts.read_buf);
+                    (socket.clone(), SocketIo::tls(socket, leftover, read))
+                }
+                Err(_) => {
+                    warn!(%remote, "upgraded connection is not a TCP or TLS stream; dropped");
+                    return;
+                }
+            },
         };
-        let socket = SharedSocket::new(parts.io.into_inner(), task_node.config.outbox_capacity);
-        // Bytes the client sent right behind its handshake. Copied out so that hyper's whole
-        // read buffer (8 KiB or more) is not kept alive per connection by an empty slice.
-        let leftover = bytes::Bytes::copy_from_slice(&parts.read_buf);
-        drop(parts.read_buf);
-        let io = SocketIo::new(socket.clone(), leftover);
         let config = WebSocketConfig::default()
             .read_buffer_size(task_node.config.read_buffer_size)
             .max_message_size(Some(task_node.config.max_message_size))

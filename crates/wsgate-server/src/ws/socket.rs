@@ -19,6 +19,11 @@
 //!
 //! The connection task reads through [`SocketIo`] (tungstenite parses frames and answers pings
 //! and closes through it too; its writes take the same path as everyone else's).
+//!
+//! TLS: the kernel socket carries records, not frames, so nothing may ever be written to it
+//! directly. The `TlsStream` is split; [`SocketIo`] owns the read half, the connection task
+//! writes through the write half (behind an uncontended async mutex), and every frame, the
+//! connection's own included, is queued and written by the task's [`SharedSocket::flush`].
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -28,7 +33,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
 use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use wsgate_core::gateway::{Outbound, Overflow, Skips, Transport};
@@ -52,9 +57,29 @@ struct WriteState {
     in_flight: usize,
 }
 
+/// A TLS connection as hyper's upgrade gives it back.
+pub type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// What frames are written to.
+enum Wire {
+    /// Plain TCP: written directly (`try_write`) from any thread.
+    Tcp(TcpStream),
+    /// TLS: only the connection task writes, through the write half.
+    Tls(tokio::sync::Mutex<WriteHalf<TlsStream>>),
+}
+
+impl std::fmt::Debug for Wire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Wire::Tcp(tcp) => f.debug_tuple("Tcp").field(tcp).finish(),
+            Wire::Tls(_) => f.write_str("Tls"),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct SharedSocket {
-    tcp: TcpStream,
+    wire: Wire,
     state: Mutex<WriteState>,
     /// Signalled when the backlog stops being empty (or the socket fails).
     wake: Notify,
@@ -72,8 +97,19 @@ impl SharedSocket {
     /// `capacity`: frames the backlog (and the hold) may keep before the client counts as a
     /// slow consumer.
     pub fn new(tcp: TcpStream, capacity: usize) -> Arc<Self> {
+        Self::with_wire(Wire::Tcp(tcp), capacity)
+    }
+
+    /// A TLS connection: the returned read half is for [`SocketIo::tls`].
+    pub fn new_tls(tls: TlsStream, capacity: usize) -> (Arc<Self>, ReadHalf<TlsStream>) {
+        let (read, write) = tokio::io::split(tls);
+        let socket = Self::with_wire(Wire::Tls(tokio::sync::Mutex::new(write)), capacity);
+        (socket, read)
+    }
+
+    fn with_wire(wire: Wire, capacity: usize) -> Arc<Self> {
         Arc::new(Self {
-            tcp,
+            wire,
             state: Mutex::new(WriteState::default()),
             wake: Notify::new(),
             capacity: capacity.max(1),
@@ -90,7 +126,15 @@ impl SharedSocket {
             st.backlog.push_back(bytes);
             return Wrote::Done;
         }
-        match self.tcp.try_write(&bytes) {
+        let tcp = match &self.wire {
+            Wire::Tcp(tcp) => tcp,
+            Wire::Tls(_) => {
+                // Only the task writes TLS records: queue and wake it.
+                st.backlog.push_back(bytes);
+                return Wrote::Backlogged;
+            }
+        };
+        match tcp.try_write(&bytes) {
             Ok(n) if n == bytes.len() => Wrote::Done,
             Ok(n) => {
                 st.backlog.push_back(bytes.slice(n..));
@@ -187,9 +231,12 @@ impl SharedSocket {
         st.held = None;
     }
 
+    /// Whether [`Self::flush`] has work: queued frames, a failure to report, or a flush that
+    /// was interrupted (cancelled by the task's `select!`) with frames or TLS records taken
+    /// but not yet written.
     pub fn has_backlog(&self) -> bool {
         let st = self.state.lock();
-        !st.backlog.is_empty() || st.failed
+        !st.backlog.is_empty() || st.failed || st.writing
     }
 
     /// Resolves when the backlog may have become non-empty.
@@ -203,6 +250,10 @@ impl SharedSocket {
     /// Frames are taken out under the lock and written without it: a publisher never waits
     /// for a syscall on this socket, it only appends behind what is being written.
     pub async fn flush(&self, taken: &mut VecDeque<Bytes>) -> io::Result<()> {
+        let tcp = match &self.wire {
+            Wire::Tcp(tcp) => tcp,
+            Wire::Tls(write) => return self.flush_tls(write, taken).await,
+        };
         loop {
             {
                 let mut st = self.state.lock();
@@ -232,12 +283,12 @@ impl SharedSocket {
                         *slot = IoSlice::new(frame);
                         n += 1;
                     }
-                    self.tcp.try_write_vectored(&iov[..n])
+                    tcp.try_write_vectored(&iov[..n])
                 };
                 match written {
                     Ok(n) => advance(taken, n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.tcp.writable().await?;
+                        tcp.writable().await?;
                     }
                     Err(e) => {
                         let mut st = self.state.lock();
@@ -246,6 +297,65 @@ impl SharedSocket {
                         return Err(e);
                     }
                 }
+            }
+        }
+    }
+}
+
+impl SharedSocket {
+    /// [`Self::flush`] over TLS: the backlog goes through the write half (vectored writes
+    /// into rustls), then the records rustls holds are flushed to the kernel. `writing` stays
+    /// set until both are done, so a cancelled flush is resumed (see [`Self::has_backlog`])
+    /// and publishers do not wake the task meanwhile.
+    async fn flush_tls(
+        &self,
+        write: &tokio::sync::Mutex<WriteHalf<TlsStream>>,
+        taken: &mut VecDeque<Bytes>,
+    ) -> io::Result<()> {
+        let mut w = write.lock().await;
+        loop {
+            {
+                let mut st = self.state.lock();
+                if st.failed {
+                    st.writing = false;
+                    return Err(io::ErrorKind::BrokenPipe.into());
+                }
+                taken.extend(st.backlog.drain(..));
+                st.in_flight = taken.len();
+                st.writing = true;
+            }
+            let result = async {
+                while !taken.is_empty() {
+                    let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
+                    let mut n = 0;
+                    for (slot, frame) in iov.iter_mut().zip(taken.iter()) {
+                        *slot = IoSlice::new(frame);
+                        n += 1;
+                    }
+                    match w.write_vectored(&iov[..n]).await? {
+                        0 => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                        n => advance(taken, n),
+                    }
+                }
+                w.flush().await
+            }
+            .await;
+            let mut st = self.state.lock();
+            if let Err(e) = result {
+                st.failed = true;
+                st.writing = false;
+                return Err(e);
+            }
+            st.in_flight = 0;
+            if st.backlog.is_empty() {
+                st.writing = false;
+                if st.backlog.capacity() > 64 {
+                    st.backlog = VecDeque::new();
+                }
+                if taken.capacity() > 64 {
+                    *taken = VecDeque::new();
+                }
+                return Ok(());
             }
         }
     }
@@ -303,11 +413,26 @@ impl Transport for SharedSocket {
 pub struct SocketIo {
     socket: Arc<SharedSocket>,
     leftover: Bytes,
+    /// TLS: records are read and decrypted through this half; `None` on plain TCP.
+    tls: Option<ReadHalf<TlsStream>>,
 }
 
 impl SocketIo {
     pub fn new(socket: Arc<SharedSocket>, leftover: Bytes) -> Self {
-        Self { socket, leftover }
+        Self {
+            socket,
+            leftover,
+            tls: None,
+        }
+    }
+
+    /// A TLS connection's reader (from [`SharedSocket::new_tls`]).
+    pub fn tls(socket: Arc<SharedSocket>, leftover: Bytes, read: ReadHalf<TlsStream>) -> Self {
+        Self {
+            socket,
+            leftover,
+            tls: Some(read),
+        }
     }
 }
 
@@ -323,9 +448,16 @@ impl AsyncRead for SocketIo {
             self.leftover.advance(n);
             return Poll::Ready(Ok(()));
         }
+        let this = &mut *self;
+        if let Some(read) = &mut this.tls {
+            return Pin::new(read).poll_read(cx, buf);
+        }
+        let Wire::Tcp(tcp) = &this.socket.wire else {
+            return Poll::Ready(Err(io::ErrorKind::Unsupported.into()));
+        };
         loop {
-            ready!(self.socket.tcp.poll_read_ready(cx))?;
-            match self.socket.tcp.try_read(buf.initialize_unfilled()) {
+            ready!(tcp.poll_read_ready(cx))?;
+            match tcp.try_read(buf.initialize_unfilled()) {
                 Ok(n) => {
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
