@@ -155,8 +155,14 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// No idle keep-alive connections: a pooled connection keeps a server task and socket alive,
+/// which would blur the leak tests' task and descriptor counts.
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder().timeout(WAIT).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(WAIT)
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
 }
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
