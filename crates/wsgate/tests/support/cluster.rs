@@ -219,18 +219,11 @@ impl Node {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = http()
-            .post(self.url(path))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.json().await.unwrap())
+        super::post_json(&self.url(path), body).await
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let r = http().get(self.url(path)).send().await.unwrap();
-        (r.status().as_u16(), r.json().await.unwrap())
+        super::get_json(&self.url(path)).await
     }
 
     /// Publishes `data` to `channel` through this node's API; returns the offset.

@@ -101,23 +101,15 @@ impl TestServer {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = http()
-            .post(self.http(path))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.json().await.unwrap())
+        post_json(&self.http(path), body).await
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let r = http().get(self.http(path)).send().await.unwrap();
-        (r.status().as_u16(), r.json().await.unwrap())
+        get_json(&self.http(path)).await
     }
 
     pub async fn delete(&self, path: &str) -> (u16, Value) {
-        let r = http().delete(self.http(path)).send().await.unwrap();
-        (r.status().as_u16(), r.json().await.unwrap())
+        json_answer(http().delete(self.http(path))).await
     }
 
     pub async fn metrics(&self) -> String {
@@ -153,6 +145,21 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
             .parse()
             .ok()
     })
+}
+
+/// `POST url` with a JSON body; the status and the JSON answer.
+pub async fn post_json(url: &str, body: Value) -> (u16, Value) {
+    json_answer(http().post(url).json(&body)).await
+}
+
+/// `GET url`; the status and the JSON answer.
+pub async fn get_json(url: &str) -> (u16, Value) {
+    json_answer(http().get(url)).await
+}
+
+async fn json_answer(req: reqwest::RequestBuilder) -> (u16, Value) {
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
 }
 
 /// No idle keep-alive connections: a pooled connection keeps a server task and socket alive,
