@@ -150,14 +150,7 @@ async fn order_across_nodes(via: Via) {
     );
     // Every reordering was repaired from history, none lost.
     for node in &nodes {
-        let metrics = support::http()
-            .get(node.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = support::get_text(&node.url("/metrics")).await;
         assert_eq!(
             support::metric_value(&metrics, "wsgate_cluster_gap_lost_total"),
             Some(0.0),

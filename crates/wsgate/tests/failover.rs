@@ -48,14 +48,7 @@ async fn owner_of(cluster: &Cluster, id: &str) -> Option<String> {
 }
 
 async fn metric(node: &Node, series: &str) -> f64 {
-    let text = support::http()
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = support::get_text(&node.url("/metrics")).await;
     support::metric_value(&text, series).unwrap_or(0.0)
 }
 

@@ -265,12 +265,7 @@ impl SharedSocket {
                 st.in_flight = taken.len();
                 if taken.is_empty() {
                     st.writing = false;
-                    if st.backlog.capacity() > 64 {
-                        st.backlog = VecDeque::new();
-                    }
-                    if taken.capacity() > 64 {
-                        *taken = VecDeque::new();
-                    }
+                    release_idle(&mut st.backlog, taken);
                     return Ok(());
                 }
                 st.writing = true;
@@ -278,11 +273,7 @@ impl SharedSocket {
             while !taken.is_empty() {
                 let written = {
                     let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
-                    let mut n = 0;
-                    for (slot, frame) in iov.iter_mut().zip(taken.iter()) {
-                        *slot = IoSlice::new(frame);
-                        n += 1;
-                    }
+                    let n = fill_iovecs(&mut iov, taken);
                     tcp.try_write_vectored(&iov[..n])
                 };
                 match written {
@@ -327,11 +318,7 @@ impl SharedSocket {
             let result = async {
                 while !taken.is_empty() {
                     let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
-                    let mut n = 0;
-                    for (slot, frame) in iov.iter_mut().zip(taken.iter()) {
-                        *slot = IoSlice::new(frame);
-                        n += 1;
-                    }
+                    let n = fill_iovecs(&mut iov, taken);
                     match w.write_vectored(&iov[..n]).await? {
                         0 => return Err(io::Error::from(io::ErrorKind::WriteZero)),
                         n => advance(taken, n),
@@ -349,15 +336,31 @@ impl SharedSocket {
             st.in_flight = 0;
             if st.backlog.is_empty() {
                 st.writing = false;
-                if st.backlog.capacity() > 64 {
-                    st.backlog = VecDeque::new();
-                }
-                if taken.capacity() > 64 {
-                    *taken = VecDeque::new();
-                }
+                release_idle(&mut st.backlog, taken);
                 return Ok(());
             }
         }
+    }
+}
+
+/// Points `iov` at the first frames of `taken`; returns how many slots it filled.
+fn fill_iovecs<'a>(iov: &mut [IoSlice<'a>; MAX_IOVECS], taken: &'a VecDeque<Bytes>) -> usize {
+    let mut n = 0;
+    for (slot, frame) in iov.iter_mut().zip(taken) {
+        *slot = IoSlice::new(frame);
+        n += 1;
+    }
+    n
+}
+
+/// Gives back a burst's memory once the connection is idle again: an idle connection keeps
+/// no queue capacity (memory per idle connection is a target).
+fn release_idle(backlog: &mut VecDeque<Bytes>, taken: &mut VecDeque<Bytes>) {
+    if backlog.capacity() > 64 {
+        *backlog = VecDeque::new();
+    }
+    if taken.capacity() > 64 {
+        *taken = VecDeque::new();
     }
 }
 

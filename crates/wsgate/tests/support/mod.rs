@@ -113,14 +113,7 @@ impl TestServer {
     }
 
     pub async fn metrics(&self) -> String {
-        http()
-            .get(self.http("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        get_text(&self.http("/metrics")).await
     }
 
     /// Waits until `/metrics` shows `series` at `value` or more.
@@ -155,6 +148,11 @@ pub async fn post_json(url: &str, body: Value) -> (u16, Value) {
 /// `GET url`; the status and the JSON answer.
 pub async fn get_json(url: &str) -> (u16, Value) {
     json_answer(http().get(url)).await
+}
+
+/// `GET url`; the body as text (e.g. `/metrics`).
+pub async fn get_text(url: &str) -> String {
+    http().get(url).send().await.unwrap().text().await.unwrap()
 }
 
 async fn json_answer(req: reqwest::RequestBuilder) -> (u16, Value) {
