@@ -29,6 +29,9 @@ log "build"
 check build npm run --silent build || true
 [ -f dist/wsgate.min.js ] || finish
 
+log "type declarations (CommonJS and ESM consumers)"
+check types node node_modules/typescript/bin/tsc -p test/types
+
 log "size budget (minified + gzipped < 6 KiB)"
 check size npm run --silent size
 

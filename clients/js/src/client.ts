@@ -213,9 +213,9 @@ export class Wsgate extends Emitter<ClientEvents> {
       return this.retry(1006, 'connect failed');
     }
     this.ws = ws;
-    ws.onmessage = (ev) => this.ws === ws && this.frame(String(ev.data));
-    ws.onclose = (ev) => this.closed(ws, ev.code, ev.reason || '');
-    ws.onerror = (ev) => this.ws === ws && this.emit('error', asError((ev && ev.error) || new Error('WebSocket error')));
+    ws.onmessage = (ev: { data: unknown }) => this.ws === ws && this.frame(String(ev.data));
+    ws.onclose = (ev: { code: number; reason?: string }) => this.closed(ws, ev.code, ev.reason || '');
+    ws.onerror = (ev: any) => this.ws === ws && this.emit('error', asError((ev && ev.error) || new Error('WebSocket error')));
     this.arm(this.opts.connectTimeout, 'connect timeout');
   }
 

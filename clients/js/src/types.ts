@@ -1,12 +1,15 @@
-/** The part of the WebSocket API the client uses: the browser's, Node's global, or `ws`'s. */
+/**
+ * The part of the WebSocket API the client uses: the browser's, Node's global, or `ws`'s.
+ * The handler properties are loosely typed so that each implementation's own event types fit.
+ */
 export interface SocketLike {
   readonly readyState: number;
   send(data: string): void;
   close(code?: number, reason?: string): void;
-  onopen: ((ev: any) => void) | null;
-  onmessage: ((ev: { data: unknown }) => void) | null;
-  onclose: ((ev: { code: number; reason: string }) => void) | null;
-  onerror: ((ev: any) => void) | null;
+  onopen: any;
+  onmessage: any;
+  onclose: any;
+  onerror: any;
 }
 
 /** A WebSocket constructor: `globalThis.WebSocket`, or `WebSocket` from the `ws` package. */
