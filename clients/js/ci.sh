@@ -3,7 +3,7 @@
 # then run the unit tests (fake socket), the end-to-end tests (real `wsgate` nodes and
 # `redis-server`) and the browser tests (headless Chromium via playwright-core).
 # Needs: node >= 20, redis-server, /usr/bin/chromium (or CHROMIUM=…), and the wsgate binary
-# (WSGATE_BIN, else target/debug/wsgate, built here when missing).
+# (SDK_WSGATE_BIN, else target/debug/wsgate, built here when missing).
 # Closing line: `sdk: N passed, N failed`; the exit status is non-zero on any failure.
 set -uo pipefail
 cd "$(dirname "$0")"
@@ -35,9 +35,9 @@ check types node node_modules/typescript/bin/tsc -p test/types
 log "size budget (minified + gzipped < 6 KiB)"
 check size npm run --silent size
 
-if [ -z "${WSGATE_BIN:-}" ]; then
-  export WSGATE_BIN="$repo/target/debug/wsgate"
-  if [ ! -x "$WSGATE_BIN" ]; then
+if [ -z "${SDK_WSGATE_BIN:-}" ]; then
+  export SDK_WSGATE_BIN="$repo/target/debug/wsgate"
+  if [ ! -x "$SDK_WSGATE_BIN" ]; then
     log "cargo build -p wsgate (for the end-to-end tests)"
     (cd "$repo" && cargo build -p wsgate --locked) || { failed=$((failed + 1)); finish; }
   fi

@@ -7,13 +7,13 @@ import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 
 const REPO = fileURLToPath(new URL('../../../../', import.meta.url));
-/** The binary under test: `WSGATE_BIN`, else the workspace's debug build. */
-export const WSGATE_BIN = process.env.WSGATE_BIN || `${REPO}target/debug/wsgate`;
+/** The binary under test: `SDK_WSGATE_BIN`, else the workspace's debug build. */
+export const WSGATE_BIN = process.env.SDK_WSGATE_BIN || `${REPO}target/debug/wsgate`;
 /** The cluster key the Rust cluster tests use (32 bytes, base64). */
 const CLUSTER_KEY = 'MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=';
 
 export function requireBinary() {
-  if (!existsSync(WSGATE_BIN)) throw new Error(`${WSGATE_BIN} missing: run \`cargo build -p wsgate\` (or set WSGATE_BIN)`);
+  if (!existsSync(WSGATE_BIN)) throw new Error(`${WSGATE_BIN} missing: run \`cargo build -p wsgate\` (or set SDK_WSGATE_BIN)`);
 }
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -90,7 +90,7 @@ export class Node {
       args.push('--store', 'redis', '--broker', 'redis', '--redis-url', this.redis.url, '--key-prefix', `sdk${this.redis.port}`);
     }
     this.child = spawn(WSGATE_BIN, [...args, ...this.args], {
-      env: { ...process.env, WSGATE_CLUSTER_KEY: CLUSTER_KEY, WSGATE_GRPC_ENABLED: 'false', WSGATE_LOG: 'warn', ...this.env },
+      env: { ...inherited(), WSGATE_CLUSTER_KEY: CLUSTER_KEY, WSGATE_GRPC_ENABLED: 'false', WSGATE_LOG: 'warn', ...this.env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     this.child.stdout.on('data', (d) => (this.log += d));
@@ -126,6 +126,11 @@ export class Node {
     if (status !== 200 || !body.success) throw new Error(`publish failed: ${status} ${JSON.stringify(body)}`);
     return body.offset;
   }
+}
+
+/** The environment without `WSGATE_*` (the node reads every one as configuration). */
+function inherited() {
+  return Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('WSGATE_')));
 }
 
 export function hs256(secret, claims) {
