@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import WebSocket from 'ws';
-import { Wsgate } from '../../dist/esm/index.js';
+import { CLOSE_LIVENESS, Wsgate } from '../../dist/esm/index.js';
 import { Node, Redis, hs256, requireBinary, until } from './harness.mjs';
 
 const fast = { WebSocket, minReconnectDelay: 100, maxReconnectDelay: 400 };
@@ -86,6 +86,31 @@ describe('cluster recovery (Redis store and broker, two nodes)', () => {
     await until(() => got.messages.length === 3, 'messages 2 and 3 recovered', 15_000);
     assert.deepEqual(got.messages.map((m) => m.data), [1, 2, 3]);
     assert.equal(got.subscribed[1].recovered, true);
+    c.disconnect();
+  });
+
+  test('a node that stops answering (SIGSTOP) is given up by the ping check and recovered from', async () => {
+    const { c, disconnects } = watch(a.ws, { pingInterval: 200, pongTimeout: 300, connectTimeout: 500 });
+    const sub = c.subscribe('room:frozen');
+    const got = collect(sub);
+    c.connect();
+    await until(() => got.subscribed.length === 1, 'subscribed');
+    await b.publish('room:frozen', 1);
+    await until(() => got.messages.length === 1, 'message 1');
+    a.child.kill('SIGSTOP'); // the TCP connection stays open; nothing answers
+    try {
+      await until(() => disconnects().length >= 1, 'the liveness check to give up', 5_000);
+      assert.equal(disconnects()[0].code, CLOSE_LIVENESS);
+      assert.equal(disconnects()[0].reason, 'ping timeout');
+      await b.publish('room:frozen', 2);
+    } finally {
+      a.child.kill('SIGCONT');
+    }
+    await until(() => got.messages.length === 2, 'message 2 after the node thawed', 15_000);
+    await b.publish('room:frozen', 3);
+    await until(() => got.messages.length === 3, 'message 3');
+    assert.deepEqual(got.messages.map((m) => m.data), [1, 2, 3]);
+    assert.equal(got.subscribed.at(-1).recovered, true);
     c.disconnect();
   });
 
