@@ -78,14 +78,44 @@ describe('connection', () => {
   });
 
   test('without a WebSocket implementation: an error, no crash', () => {
-    const c = new Wsgate(URL, { WebSocket: undefined });
     const saved = globalThis.WebSocket;
-    const errors = [];
-    c.on('error', (e) => errors.push(e));
-    if (!saved) {
+    globalThis.WebSocket = undefined;
+    try {
+      const c = new Wsgate(URL);
+      const errors = [];
+      c.on('error', (e) => errors.push(e));
       c.connect();
       assert.equal(errors[0].code, 'no_websocket');
       assert.equal(c.state, 'disconnected');
+    } finally {
+      globalThis.WebSocket = saved;
+    }
+  });
+
+  test('disconnect() while getToken is pending: no socket is opened', async () => {
+    let release;
+    const c = client({ getToken: () => new Promise((r) => (release = r)) });
+    const log = record(c, ['disconnected']);
+    c.connect();
+    assert.equal(c.state, 'connecting');
+    c.disconnect();
+    assert.equal(c.state, 'disconnected');
+    assert.equal(log[0][1].reconnect, false);
+    release('tok');
+    await sleep(20);
+    assert.equal(FakeSocket.all.length, 0);
+  });
+
+  test('uses the global WebSocket when none is passed', () => {
+    const saved = globalThis.WebSocket;
+    globalThis.WebSocket = FakeSocket;
+    try {
+      const c = new Wsgate(URL);
+      c.connect();
+      assert.equal(FakeSocket.all.length, 1);
+      c.disconnect();
+    } finally {
+      globalThis.WebSocket = saved;
     }
   });
 
@@ -188,13 +218,24 @@ describe('connection', () => {
     const c = client({ pingInterval: 20, pongTimeout: 30 });
     const log = record(c, ['disconnected']);
     const ws = await connected(c);
-    await until(() => ws.lastOp('ping'), 'a ping');
-    ws.push({ op: 'pong', ts: ws.lastOp('ping').ts });
-    await sleep(45);
+    ws.autoPong = true;
+    await until(() => ws.ops().filter((o) => o === 'ping').length >= 3, 'three answered pings');
     assert.equal(c.state, 'connected', 'answered pings keep it up');
-    assert.ok(ws.ops().filter((o) => o === 'ping').length >= 2);
-    await until(() => FakeSocket.all.length === 2, 'a reconnect after silence', 1000);
+    assert.equal(log.length, 0);
+    ws.autoPong = false;
+    await until(() => FakeSocket.all.length === 2, 'a reconnect after silence', 2000);
     assert.deepEqual(log[0][1], { code: CLOSE_LIVENESS, reason: 'ping timeout', reconnect: true, delay: 5 });
+    assert.deepEqual(ws.closedWith, { code: CLOSE_LIVENESS, reason: 'ping timeout' });
+  });
+
+  test('traffic counts as liveness: no ping while frames keep arriving', async () => {
+    const c = client({ pingInterval: 40, pongTimeout: 1000 });
+    const ws = await connected(c);
+    for (let i = 0; i < 10; i++) {
+      ws.push({ op: 'message', data: i });
+      await sleep(10);
+    }
+    assert.equal(ws.ops().filter((o) => o === 'ping').length <= 1, true);
   });
 
   test('the ping interval follows hello.heartbeat_ms (at most 25 s)', async () => {

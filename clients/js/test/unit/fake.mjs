@@ -16,7 +16,10 @@ export class FakeSocket {
     FakeSocket.all.push(this);
   }
   send(text) {
-    this.sent.push(JSON.parse(text));
+    const f = JSON.parse(text);
+    this.sent.push(f);
+    // `autoPong`: answer pings like a live server would.
+    if (this.autoPong && f.op === 'ping') queueMicrotask(() => this.push({ op: 'pong', id: f.id, ts: f.ts }));
   }
   close(code, reason) {
     this.closedWith = { code, reason };
