@@ -1,10 +1,14 @@
 // End-to-end: the SDK (built dist/, Node, the `ws` package) against real `wsgate serve` nodes.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import WebSocket from 'ws';
 import { CLOSE_LIVENESS, Wsgate } from '../../dist/esm/index.js';
 import { Node, Redis, hs256, requireBinary, until } from './harness.mjs';
 
+const execFileP = promisify(execFile);
 const fast = { WebSocket, minReconnectDelay: 100, maxReconnectDelay: 400 };
 const range = (a, b) => Array.from({ length: b - a + 1 }, (_, i) => a + i);
 
@@ -142,7 +146,7 @@ describe('one node (memory)', () => {
   let n;
   before(async () => {
     requireBinary();
-    n = await Node.start({ name: 'solo' });
+    n = await Node.start({ name: 'solo', args: ['--history-size', '3'] });
   });
   after(() => n?.stop());
 
@@ -162,6 +166,42 @@ describe('one node (memory)', () => {
     assert.ok((await c.ping()) >= 0);
     await assert.rejects(c.rpc('echo', 1), (e) => e.code === 'unknown_op' || e.code === 'invalid_frame');
     c.disconnect();
+  });
+
+  test('away longer than the history: history_truncated, and what is retained follows in order', async () => {
+    const { c } = watch(n.ws);
+    const sub = c.subscribe('news:1');
+    const got = collect(sub);
+    c.connect();
+    await until(() => got.subscribed.length === 1, 'subscribed');
+    await n.publish('news:1', 1);
+    await until(() => got.messages.length === 1, 'message 1');
+    c.disconnect();
+    for (const i of range(2, 10)) await n.publish('news:1', i); // history keeps 3
+    c.connect();
+    await until(() => got.subscribed.length === 2, 'the resubscription');
+    await n.publish('news:1', 11);
+    await until(() => got.messages.length === 5, 'the retained 3 and the live one');
+    assert.deepEqual(got.messages.map((m) => m.data), [1, 8, 9, 10, 11]);
+    assert.equal(got.subscribed[1].recovered, false);
+    assert.equal(got.subscribed[1].gap, 'history_truncated');
+    c.disconnect();
+  });
+
+  test('Node\'s own WebSocket (no `ws`), from the CommonJS build', async () => {
+    // Node 20 has a global WebSocket behind --experimental-websocket (on by default from 22).
+    const flags = typeof globalThis.WebSocket === 'function' ? [] : ['--experimental-websocket'];
+    const script = `
+      const { Wsgate } = require(${JSON.stringify(fileURLToPath(new URL('../../dist/cjs/index.js', import.meta.url)))});
+      const c = new Wsgate(${JSON.stringify(n.ws)});
+      const sub = c.subscribe('global:1');
+      sub.on('subscribed', () => sub.publish('via global WebSocket').catch(() => {})); // its answer comes after the message
+      sub.on('message', (m) => { console.log(JSON.stringify(m)); c.disconnect(); });
+      c.connect();
+      setTimeout(() => process.exit(3), 5000);
+    `;
+    const { stdout } = await execFileP(process.execPath, [...flags, '--no-warnings', '-e', script]);
+    assert.deepEqual(JSON.parse(stdout), { channel: 'global:1', offset: 1, data: 'via global WebSocket' });
   });
 
   test('an operator\'s DELETE closes with 4003: no reconnect', async () => {
