@@ -198,7 +198,7 @@ describe('one node (memory)', () => {
       sub.on('subscribed', () => sub.publish('via global WebSocket').catch(() => {})); // its answer comes after the message
       sub.on('message', (m) => { console.log(JSON.stringify(m)); c.disconnect(); });
       c.connect();
-      setTimeout(() => process.exit(3), 5000);
+      setTimeout(() => process.exit(3), 5000).unref();
     `;
     const { stdout } = await execFileP(process.execPath, [...flags, '--no-warnings', '-e', script]);
     assert.deepEqual(JSON.parse(stdout), { channel: 'global:1', offset: 1, data: 'via global WebSocket' });
