@@ -188,8 +188,11 @@ export class Wsgate extends Emitter<ClientEvents> {
     const me = ++this.opening;
     this.setState('connecting');
     this.emit('connecting', { attempt: this.attempt });
+    if (me !== this.opening) return; // a handler called disconnect()
     const { getToken } = this.opts;
-    if (getToken && (this.token === undefined || this.tokenRefused)) {
+    const exp = tokenExpiry(this.token);
+    // A new token when there is none, the server refused it (4001), or it is about to expire.
+    if (getToken && (this.token === undefined || this.tokenRefused || (exp !== undefined && exp - this.opts.refreshBefore <= Date.now()))) {
       try {
         this.token = await getToken();
         this.tokenRefused = false;
@@ -268,8 +271,9 @@ export class Wsgate extends Emitter<ClientEvents> {
       }, interval);
     }
     this.scheduleRefresh();
-    this.emit('connected', { connectionId: f.connection_id, node: f.node, user: f.user, heartbeatMs: f.heartbeat_ms });
+    // Resubscribe first: a `connected` handler that subscribes must not send twice.
     for (const sub of this.subs.values()) sub._send();
+    this.emit('connected', { connectionId: f.connection_id, node: f.node, user: f.user, heartbeatMs: f.heartbeat_ms });
   }
 
   /** A connection that says nothing for `ms` is given up (closed and reconnected). */

@@ -188,6 +188,22 @@ describe('connection', () => {
     assert.equal(FakeSocket.last.url, `${URL}?token=tok2`);
   });
 
+  test('a token about to expire is replaced before a reconnect', async () => {
+    const soon = jwt({ sub: 'u', exp: Math.floor(Date.now() / 1000) + 5 });
+    let n = 0;
+    const c = client({ token: soon, getToken: () => `fresh${++n}`, refreshBefore: 30_000 });
+    c.connect();
+    await until(() => FakeSocket.all.length === 1, 'socket');
+    assert.equal(FakeSocket.last.url, `${URL}?token=fresh1`);
+  });
+
+  test('a connected handler that subscribes sends one subscribe', async () => {
+    const c = client();
+    c.on('connected', () => c.subscribe('a:1'));
+    const ws = await connected(c);
+    assert.deepEqual(ws.ops(), ['subscribe']);
+  });
+
   test('getToken failing: retried with backoff, error reported', async () => {
     let n = 0;
     const c = client({
@@ -357,8 +373,8 @@ describe('token refresh', () => {
   });
 
   test('a refused refresh is reported', async () => {
-    const exp = Math.floor(Date.now() / 1000) + 1;
-    const c = client({ token: jwt({ exp }), getToken: () => 'new', refreshBefore: 990 });
+    const exp = Math.floor(Date.now() / 1000) + 3; // 2 to 3 s ahead: refreshed 10 to 1010 ms after hello
+    const c = client({ token: jwt({ exp }), getToken: () => 'new', refreshBefore: 1990 });
     const errors = [];
     c.on('error', (e) => errors.push(e.code));
     const ws = await connected(c);
