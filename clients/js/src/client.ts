@@ -78,6 +78,8 @@ export class Wsgate extends Emitter<ClientEvents> {
   connect(): this {
     if (!this.want) {
       this.want = true;
+      // Browsers: when the network comes back, retry now instead of at the end of the backoff.
+      (globalThis as any).addEventListener?.('online', this.online);
       if (this.state === 'disconnected') {
         clearTimeout(this.reconnectTimer);
         this.open();
@@ -89,6 +91,7 @@ export class Wsgate extends Emitter<ClientEvents> {
   /** Closes the connection and stops reconnecting. Subscriptions are kept for `connect()`. */
   disconnect(code = 1000, reason = 'client disconnect'): this {
     this.want = false;
+    (globalThis as any).removeEventListener?.('online', this.online);
     this.opening++;
     clearTimeout(this.reconnectTimer);
     const ws = this.ws;
@@ -183,6 +186,13 @@ export class Wsgate extends Emitter<ClientEvents> {
   _retryDelay(attempt: number): number {
     return backoffDelay(attempt, this.opts.minReconnectDelay, this.opts.maxReconnectDelay, this.opts.random);
   }
+
+  private readonly online = (): void => {
+    if (this.want && this.state === 'disconnected') {
+      clearTimeout(this.reconnectTimer);
+      this.open();
+    }
+  };
 
   private async open(): Promise<void> {
     const me = ++this.opening;
@@ -343,6 +353,7 @@ export class Wsgate extends Emitter<ClientEvents> {
     const again = this.want && (code === 4001 ? !!this.opts.getToken : !FINAL.includes(code));
     if (!again) {
       this.want = false;
+      (globalThis as any).removeEventListener?.('online', this.online);
       this.emit('disconnected', { code, reason, reconnect: false });
     } else this.retry(code, reason);
   }

@@ -82,25 +82,28 @@ describe('headless Chromium', () => {
     await page.close();
   });
 
-  test('examples/chat.html: connect, send, see the message and who is here', async () => {
-    const page = await ctx.newPage();
-    const errors = [];
-    page.on('pageerror', (e) => errors.push(e));
-    await page.goto(`${origin()}/examples/chat.html`);
-    await page.fill('#url', b.ws);
-    await page.fill('#channel', 'chat:demo');
-    await page.click('#go');
-    await page.waitForFunction(() => document.getElementById('state').textContent === 'connected');
-    await page.waitForFunction(() => document.getElementById('log').textContent.includes('joined chat:demo'));
-    await page.fill('#name', 'ann');
-    await page.fill('#text', 'hello from chromium');
-    await page.click('#send button');
-    await page.waitForFunction(() => document.getElementById('log').textContent.includes('ann: hello from chromium'));
-    await b.publish('chat:demo', { name: 'api', text: 'hi ann' });
-    await page.waitForFunction(() => document.getElementById('log').textContent.includes('api: hi ann'));
-    await page.click('#who');
-    await page.waitForFunction(() => /here: .+\(1 connections\)/.test(document.getElementById('log').textContent));
-    assert.deepEqual(errors, []);
-    await page.close();
-  });
+  for (const from of ['http', 'file']) {
+    test(`examples/chat.html (${from}://): connect, send, see the message and who is here`, async () => {
+      const page = await ctx.newPage();
+      const errors = [];
+      page.on('pageerror', (e) => errors.push(e));
+      await page.goto(from === 'http' ? `${origin()}/examples/chat.html` : `file://${ROOT}examples/chat.html`);
+      const channel = `chat:demo-${from}`;
+      await page.fill('#url', b.ws);
+      await page.fill('#channel', channel);
+      await page.click('#go');
+      await page.waitForFunction(() => document.getElementById('state').textContent === 'connected');
+      await page.waitForFunction((ch) => document.getElementById('log').textContent.includes(`joined ${ch}`), channel);
+      await page.fill('#name', 'ann');
+      await page.fill('#text', 'hello from chromium');
+      await page.click('#send button');
+      await page.waitForFunction(() => document.getElementById('log').textContent.includes('ann: hello from chromium'));
+      await b.publish(channel, { name: 'api', text: 'hi ann' });
+      await page.waitForFunction(() => document.getElementById('log').textContent.includes('api: hi ann'));
+      await page.click('#who');
+      await page.waitForFunction(() => /here: .+\(1 connections\)/.test(document.getElementById('log').textContent));
+      assert.deepEqual(errors, []);
+      await page.close();
+    });
+  }
 });

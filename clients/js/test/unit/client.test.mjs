@@ -161,6 +161,27 @@ describe('connection', () => {
     assert.equal(delays.at(-1), 9);
   });
 
+  test('a browser coming back online reconnects without waiting for the backoff', async () => {
+    const target = new EventTarget();
+    globalThis.addEventListener = target.addEventListener.bind(target);
+    globalThis.removeEventListener = target.removeEventListener.bind(target);
+    try {
+      const c = client({ minReconnectDelay: 60_000, maxReconnectDelay: 60_000 });
+      const ws = await connected(c);
+      ws.drop(1006);
+      assert.equal(FakeSocket.all.length, 1);
+      target.dispatchEvent(new Event('online'));
+      assert.equal(FakeSocket.all.length, 2);
+      assert.equal(c.state, 'connecting');
+      c.disconnect();
+      target.dispatchEvent(new Event('online'));
+      assert.equal(FakeSocket.all.length, 2, 'no listener after disconnect()');
+    } finally {
+      delete globalThis.addEventListener;
+      delete globalThis.removeEventListener;
+    }
+  });
+
   test('4001 without getToken: stays down', async () => {
     const c = client({ token: 't1' });
     const log = record(c, ['disconnected']);
