@@ -22,6 +22,13 @@ finish() {
   exit $?
 }
 
+major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+if [ "$major" -lt 20 ]; then
+  echo "node >= 20 is required (found: $(node --version 2>/dev/null || echo none))"
+  failed=$((failed + 1))
+  finish
+fi
+
 log "npm ci"
 if ! npm ci --no-audit --no-fund; then failed=$((failed + 1)); finish; fi
 
@@ -36,11 +43,10 @@ log "size budget (minified + gzipped < 6 KiB)"
 check size npm run --silent size
 
 if [ -z "${SDK_WSGATE_BIN:-}" ]; then
+  # The workspace's debug binary, brought up to date (a no-op right after `cargo test`).
   export SDK_WSGATE_BIN="$repo/target/debug/wsgate"
-  if [ ! -x "$SDK_WSGATE_BIN" ]; then
-    log "cargo build -p wsgate (for the end-to-end tests)"
-    (cd "$repo" && cargo build -p wsgate --locked) || { failed=$((failed + 1)); finish; }
-  fi
+  log "cargo build -p wsgate (for the end-to-end tests)"
+  (cd "$repo" && cargo build -p wsgate --locked) || { failed=$((failed + 1)); finish; }
 fi
 
 log "unit, end-to-end and browser tests"
