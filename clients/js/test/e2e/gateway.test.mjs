@@ -82,8 +82,7 @@ describe('cluster recovery (Redis store and broker, two nodes)', () => {
     await until(() => disconnects().length >= 1, 'the drain close');
     assert.equal(disconnects()[0].code, 1001);
     assert.equal(disconnects()[0].reconnect, true);
-    await a.stop().catch(() => {});
-    await new Promise((r) => a.child.exitCode !== null || a.child.signalCode !== null ? r() : a.child.once('exit', r));
+    await a.stop(); // the drain may still be waiting for other connections
     await b.publish('room:drain', 2);
     await b.publish('room:drain', 3);
     await a.start();
