@@ -4,15 +4,21 @@
 #   - promtool (from Debian's `prometheus` package: only the promtool binary is unpacked into
 #     a cache folder, nothing is installed or started): `check rules` and the alert unit tests.
 #   - the Grafana dashboard parses as JSON.
+#   - the Kustomize base (deploy/kubernetes) renders with `kubectl kustomize` (Debian's
+#     `kubectl` package) and every object it renders validates, strictly (unknown fields are
+#     errors), with `kubernetes-validate` (PyPI) against the oldest and newest Kubernetes
+#     schemas it ships.
 #
-# Helm and kubeconform are not available from this project's package sources (Debian, PyPI,
-# npm), so `helm lint`/`helm template` cannot run here. The chart is checked instead by
+# Helm is not available from this project's package sources (Debian, PyPI, npm), so `helm
+# lint`/`helm template` cannot run here. The chart is checked instead by
 # crates/wsgate/tests/deploy.rs (values parse, every .Values reference resolves, templates
-# parse as YAML once template actions are stripped, probes/drain/ingress facts); and that
-# test also checks every metric in alerts.yaml and wsgate.json against a running wsgate.
-# If `helm` is on PATH anyway, it is used.
+# parse as YAML once template actions are stripped, probes/drain/ingress facts, and the same
+# defaults, ports, probes and ingress paths as the Kustomize base); that test also checks
+# every metric in alerts.yaml and wsgate.json against a running wsgate. If `helm` is on PATH
+# anyway, it is used, and its renders are validated like the Kustomize base.
 #
-# Idempotent: the second run finds promtool in the cache. Set PROMTOOL to use another one.
+# Idempotent: the second run finds promtool in the cache and kubectl/kubernetes-validate
+# installed. Set PROMTOOL to use another promtool.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,12 +57,46 @@ log "promtool test rules"
 log "grafana dashboard is JSON"
 python3 -m json.tool deploy/grafana/wsgate.json >/dev/null
 
+if ! command -v kubectl >/dev/null; then
+  log "installing kubectl (Debian)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubectl >/dev/null
+fi
+if ! command -v kubernetes-validate >/dev/null; then
+  log "installing kubernetes-validate (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate
+fi
+rendered="$(mktemp -d)"
+trap 'rm -rf "$rendered"' EXIT
+
+# Every object, strictly, against the oldest and the newest schemas kubernetes-validate has.
+validate() {
+  local v
+  for v in $(python3 -c '
+import kubernetes_validate.utils as u
+vs = sorted(set(u.all_versions()), key=lambda v: tuple(int(x) for x in v.split(".")))
+print(vs[0], vs[-1])'); do
+    kubernetes-validate --strict --quiet -k "$v" "$@"
+    log "valid against Kubernetes $v"
+  done
+}
+
+log "$(kubectl version --client 2>&1 | tr '\n' ' ')"
+log "kubectl kustomize deploy/kubernetes"
+kubectl kustomize deploy/kubernetes >"$rendered/kustomize.yaml"
+kinds="$(grep -c '^kind:' "$rendered/kustomize.yaml")"
+log "kubernetes-validate: $kinds objects"
+validate "$rendered/kustomize.yaml"
+
 if command -v helm >/dev/null; then
   log "helm lint / helm template"
   helm lint deploy/helm/wsgate
-  helm template wsgate deploy/helm/wsgate >/dev/null
+  helm template wsgate deploy/helm/wsgate >"$rendered/helm-default.yaml"
   helm template wsgate deploy/helm/wsgate --set cluster.enabled=true --set replicaCount=3 \
-    --set secrets.redisUrl=redis://redis:6379 --set metrics.serviceMonitor.enabled=true >/dev/null
+    --set secrets.redisUrl=redis://redis:6379 --set secrets.clusterKey=k \
+    --set grpc.enabled=true --set metrics.serviceMonitor.enabled=true \
+    >/dev/null
+  validate "$rendered/helm-default.yaml"
 else
   log "helm not installed: the chart is checked by crates/wsgate/tests/deploy.rs"
 fi
