@@ -8,7 +8,7 @@ use std::process::Stdio;
 
 use serde_json::Value;
 use support::*;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
@@ -280,6 +280,63 @@ async fn doctor_names_the_status_of_a_refused_upgrade() {
     let up = line(&out.stdout, "FAIL", "upgrade").unwrap_or_else(|| panic!("{}", out.stdout));
     assert!(up.contains("HTTP 404"), "{up}");
     srv.shutdown().await;
+}
+
+/// A legacy proxy: reads each request head and answers `response`, then closes.
+async fn answering(response: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = conn.write_all(response.as_bytes()).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn doctor_shows_the_status_line_and_headers_of_an_http_1_0_refusal() {
+    let addr = answering(
+        "HTTP/1.0 400 Bad Request\r\nServer: legacy-proxy/1.0\r\nContent-Type: text/plain\r\n\r\nno upgrades here",
+    )
+    .await;
+    let out = wsgate(&["doctor", &format!("ws://{addr}/ws"), "--idle", "1s"], "").await;
+    assert_eq!(out.code, 1);
+    let up = line(&out.stdout, "FAIL", "upgrade").unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(
+        up.contains("HTTP/1.0 400 Bad Request"),
+        "the status line: {up}"
+    );
+    assert!(up.contains("Server: legacy-proxy/1.0"), "the headers: {up}");
+    assert!(up.contains("Content-Type: text/plain"), "the headers: {up}");
+}
+
+#[tokio::test]
+async fn doctor_shows_the_status_line_of_an_http_1_1_refusal() {
+    let addr = answering(
+        "HTTP/1.1 502 Bad Gateway\r\nServer: edge\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let out = wsgate(&["doctor", &format!("ws://{addr}/ws"), "--idle", "1s"], "").await;
+    assert_eq!(out.code, 1);
+    let up = line(&out.stdout, "FAIL", "upgrade").unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(
+        up.contains("HTTP/1.1 502 Bad Gateway"),
+        "the status line: {up}"
+    );
+    assert!(up.contains("server: edge"), "the headers: {up}");
+    assert!(out.stdout.contains("no ready backend"), "{}", out.stdout);
 }
 
 /// Forwards each new TCP connection to the next backend in turn (a balancer without
