@@ -10,12 +10,13 @@
 #     schemas it ships.
 #
 # Helm is not available from this project's package sources (Debian, PyPI, npm), so `helm
-# lint`/`helm template` cannot run here. The chart is checked instead by
-# crates/wsgate/tests/deploy.rs (values parse, every .Values reference resolves, templates
-# parse as YAML once template actions are stripped, probes/drain/ingress facts, and the same
-# defaults, ports, probes and ingress paths as the Kustomize base); that test also checks
-# every metric in alerts.yaml and wsgate.json against a running wsgate. If `helm` is on PATH
-# anyway, it is used, and its renders are validated like the Kustomize base.
+# lint`/`helm template` cannot run here. crates/wsgate/tests/deploy.rs renders the chart
+# instead (the subset of Go templates it uses: tests/deploy/helm_render.rs), with its defaults
+# and with its options on, validates the renders with kubernetes-validate (installed here),
+# and checks that the default render is the Kustomize base (env defaults, ports, probes,
+# enableServiceLinks, ingress paths). That test also checks every metric in alerts.yaml and
+# wsgate.json against a running wsgate. If `helm` is on PATH anyway, it is used, and its
+# default render is validated like the Kustomize base.
 #
 # Idempotent: the second run finds promtool in the cache and kubectl/kubernetes-validate
 # installed. Set PROMTOOL to use another promtool.
@@ -98,6 +99,6 @@ if command -v helm >/dev/null; then
     >/dev/null
   validate "$rendered/helm-default.yaml"
 else
-  log "helm not installed: the chart is checked by crates/wsgate/tests/deploy.rs"
+  log "helm not installed: crates/wsgate/tests/deploy.rs renders and validates the chart"
 fi
 log "deployment checks passed"

@@ -13,7 +13,9 @@
 //!   affinity, ingress annotations, secrets, PDB).
 //! - The Kustomize base (`deploy/kubernetes`) is what the chart installs with its default
 //!   values: the chart is rendered here (`helm_render`) and compared object by object
-//!   (env defaults, ports, probes, enableServiceLinks, ingress paths, ...).
+//!   (env defaults, ports, probes, enableServiceLinks, ingress paths, ...). The renders (the
+//!   defaults, and one with gRPC, JWT RS256, NATS and cluster mode on) are validated with
+//!   `kubernetes-validate`, as deploy/check.sh validates the rendered Kustomize base.
 //! - The Dockerfile keeps its non-root user, listener, port and HEALTHCHECK.
 
 #[path = "deploy/helm_render.rs"]
@@ -933,6 +935,49 @@ fn kustomize_base() -> (Value, BTreeMap<String, Value>) {
     (k, objects)
 }
 
+/// Validates rendered objects with `kubernetes-validate` (PyPI; deploy/check.sh installs it,
+/// so CI always has it), strictly, against the oldest and newest schemas it ships. Without
+/// the tool the check is skipped with a note, except under CI.
+fn kubernetes_validate(what: &str, objects: &BTreeMap<String, Value>) {
+    let probe = std::process::Command::new("kubernetes-validate")
+        .arg("--version")
+        .output();
+    if probe.is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "kubernetes-validate is missing (deploy/check.sh installs it)"
+        );
+        eprintln!("kubernetes-validate not installed: {what} not validated against schemas");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!(
+        "wsgate-chart-{}-{}",
+        std::process::id(),
+        what.replace(' ', "-")
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut files = Vec::new();
+    for (kind, obj) in objects {
+        let path = dir.join(format!("{kind}.yaml"));
+        std::fs::write(&path, serde_yaml_ng::to_string(obj).unwrap()).unwrap();
+        files.push(path);
+    }
+    for version in ["1.25.0", "1.37.0"] {
+        let out = std::process::Command::new("kubernetes-validate")
+            .args(["--strict", "--quiet", "-k", version])
+            .args(&files)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "the chart's {what} render is not valid Kubernetes {version}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 fn same(what: &str, chart: &Value, base: &Value) {
     assert_eq!(
         chart, base,
@@ -945,6 +990,7 @@ fn kustomize_base_is_the_charts_default_install() {
     let values = yaml(&read(&format!("{CHART}/values.yaml")), "values.yaml");
     let chart = helm_render::render(&repo().join(CHART), &values);
     let (kustomization, base) = kustomize_base();
+    kubernetes_validate("default", &chart);
 
     // The same objects, except the Secret: the chart generates the API key, the base leaves
     // creating it to the operator (a key in the repository is a key everyone knows).
@@ -1082,6 +1128,7 @@ fn chart_renders_its_options() {
     values["secrets"]["apiKey"] = json!("chosen");
     values["config"]["allowedOrigins"] = json!(["https://app.example.com"]);
     let chart = helm_render::render(&repo().join(CHART), &values);
+    kubernetes_validate("options", &chart);
 
     let pod = &chart["Deployment"]["spec"]["template"]["spec"];
     let c = &pod["containers"][0];
