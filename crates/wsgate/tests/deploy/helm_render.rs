@@ -158,7 +158,7 @@ fn words(s: &str) -> Vec<String> {
     out
 }
 
-fn get<'v>(mut v: &'v Value, path: &str) -> Value {
+fn get(mut v: &Value, path: &str) -> Value {
     for key in path.split('.').filter(|k| !k.is_empty()) {
         match v.get(key) {
             Some(next) => v = next,
