@@ -305,15 +305,22 @@ async fn answering(response: &'static str) -> SocketAddr {
     addr
 }
 
-#[tokio::test]
-async fn doctor_shows_the_status_line_and_headers_of_an_http_1_0_refusal() {
-    let addr = answering(
-        "HTTP/1.0 400 Bad Request\r\nServer: legacy-proxy/1.0\r\nContent-Type: text/plain\r\n\r\nno upgrades here",
-    )
-    .await;
+/// Runs doctor against a server answering every upgrade with `response`: the FAIL upgrade
+/// line, and everything doctor printed.
+async fn doctor_upgrade_refused_with(response: &'static str) -> (String, String) {
+    let addr = answering(response).await;
     let out = wsgate(&["doctor", &format!("ws://{addr}/ws"), "--idle", "1s"], "").await;
     assert_eq!(out.code, 1);
     let up = line(&out.stdout, "FAIL", "upgrade").unwrap_or_else(|| panic!("{}", out.stdout));
+    (up.to_string(), out.stdout)
+}
+
+#[tokio::test]
+async fn doctor_shows_the_status_line_and_headers_of_an_http_1_0_refusal() {
+    let (up, _) = doctor_upgrade_refused_with(
+        "HTTP/1.0 400 Bad Request\r\nServer: legacy-proxy/1.0\r\nContent-Type: text/plain\r\n\r\nno upgrades here",
+    )
+    .await;
     assert!(
         up.contains("HTTP/1.0 400 Bad Request"),
         "the status line: {up}"
@@ -324,19 +331,16 @@ async fn doctor_shows_the_status_line_and_headers_of_an_http_1_0_refusal() {
 
 #[tokio::test]
 async fn doctor_shows_the_status_line_of_an_http_1_1_refusal() {
-    let addr = answering(
+    let (up, stdout) = doctor_upgrade_refused_with(
         "HTTP/1.1 502 Bad Gateway\r\nServer: edge\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
     )
     .await;
-    let out = wsgate(&["doctor", &format!("ws://{addr}/ws"), "--idle", "1s"], "").await;
-    assert_eq!(out.code, 1);
-    let up = line(&out.stdout, "FAIL", "upgrade").unwrap_or_else(|| panic!("{}", out.stdout));
     assert!(
         up.contains("HTTP/1.1 502 Bad Gateway"),
         "the status line: {up}"
     );
     assert!(up.contains("server: edge"), "the headers: {up}");
-    assert!(out.stdout.contains("no ready backend"), "{}", out.stdout);
+    assert!(stdout.contains("no ready backend"), "{stdout}");
 }
 
 /// Forwards each new TCP connection to the next backend in turn (a balancer without
