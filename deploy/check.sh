@@ -5,9 +5,9 @@
 #     a cache folder, nothing is installed or started): `check rules` and the alert unit tests.
 #   - the Grafana dashboard parses as JSON.
 #   - the Kustomize base (deploy/kubernetes) renders with `kubectl kustomize` (Debian's
-#     `kubectl` package) and every object it renders validates, strictly (unknown fields are
-#     errors), with `kubernetes-validate` (PyPI) against the oldest and newest Kubernetes
-#     schemas it ships.
+#     `kubernetes-client` package when no kubectl is installed) and every object validates,
+#     strictly (unknown fields are errors), with `kubernetes-validate` (PyPI) against the
+#     oldest and newest Kubernetes schemas it ships.
 #
 # Helm is not available from this project's package sources (Debian, PyPI, npm), so `helm
 # lint`/`helm template` cannot run here. crates/wsgate/tests/deploy.rs renders the chart
@@ -59,9 +59,11 @@ log "grafana dashboard is JSON"
 python3 -m json.tool deploy/grafana/wsgate.json >/dev/null
 
 if ! command -v kubectl >/dev/null; then
-  log "installing kubectl (Debian)"
+  # Debian ships kubectl as `kubernetes-client` (bookworm: 1.20, with kustomize v2 inside:
+  # the base uses nothing newer).
+  log "installing kubectl (Debian's kubernetes-client)"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubectl >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >/dev/null
 fi
 if ! command -v kubernetes-validate >/dev/null; then
   log "installing kubernetes-validate (PyPI)"
@@ -82,7 +84,7 @@ print(vs[0], vs[-1])'); do
   done
 }
 
-log "$(kubectl version --client 2>&1 | tr '\n' ' ')"
+log "$(kubectl version --client 2>&1 | head -1)"
 log "kubectl kustomize deploy/kubernetes"
 kubectl kustomize deploy/kubernetes >"$rendered/kustomize.yaml"
 kinds="$(grep -c '^kind:' "$rendered/kustomize.yaml")"

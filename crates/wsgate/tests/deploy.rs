@@ -919,7 +919,7 @@ fn dockerfile_facts() {
 
 const KUSTOMIZE: &str = "deploy/kubernetes";
 
-/// The base's objects by kind, as written (before `kubectl kustomize` adds its labels).
+/// The base's objects by kind, as written (`kubectl kustomize` only sets the image tag).
 fn kustomize_base() -> (Value, BTreeMap<String, Value>) {
     let k = yaml(
         &read(&format!("{KUSTOMIZE}/kustomization.yaml")),
@@ -1004,9 +1004,27 @@ fn kustomize_base_is_the_charts_default_install() {
     for obj in base.values() {
         assert_eq!(obj["metadata"]["name"], "wsgate");
     }
+    // Labels and selectors are written out in the base (any kustomize renders it).
     let selector = &chart["Deployment"]["spec"]["selector"]["matchLabels"];
-    same("labels", selector, &kustomization["labels"][0]["pairs"]);
-    assert_eq!(kustomization["labels"][0]["includeSelectors"], true);
+    for obj in base.values() {
+        same("labels", selector, &obj["metadata"]["labels"]);
+    }
+    let bd = &base["Deployment"]["spec"];
+    same(
+        "Deployment selector",
+        selector,
+        &bd["selector"]["matchLabels"],
+    );
+    same(
+        "pod labels",
+        selector,
+        &bd["template"]["metadata"]["labels"],
+    );
+    same(
+        "Service selector",
+        selector,
+        &base["Service"]["spec"]["selector"],
+    );
     assert_eq!(
         kustomization["images"][0]["newTag"].as_str(),
         Some(env!("CARGO_PKG_VERSION")),
