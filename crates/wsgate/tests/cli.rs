@@ -8,7 +8,7 @@ use std::process::Stdio;
 
 use serde_json::Value;
 use support::*;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
@@ -280,6 +280,68 @@ async fn doctor_names_the_status_of_a_refused_upgrade() {
     let up = line(&out.stdout, "FAIL", "upgrade").unwrap_or_else(|| panic!("{}", out.stdout));
     assert!(up.contains("HTTP 404"), "{up}");
     srv.shutdown().await;
+}
+
+/// A legacy proxy: reads each request head and answers `response`, then closes.
+async fn answering(response: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = conn.write_all(response.as_bytes()).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn doctor_shows_the_status_line_and_headers_of_a_refused_upgrade_whatever_the_version() {
+    // (the server's answer, what the FAIL upgrade line and its advice must show)
+    let cases: [(&'static str, &[&str]); 2] = [
+        // The WebSocket client rejects HTTP/1.0 before showing it ("HTTP version must be 1.1
+        // or higher"): doctor reads the answer itself.
+        (
+            "HTTP/1.0 400 Bad Request\r\nServer: legacy-proxy/1.0\r\nContent-Type: text/plain\r\n\r\nno upgrades here",
+            &[
+                "HTTP/1.0 400 Bad Request",
+                "Server: legacy-proxy/1.0",
+                "Content-Type: text/plain",
+            ],
+        ),
+        (
+            "HTTP/1.1 502 Bad Gateway\r\nServer: edge\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            &[
+                "HTTP/1.1 502 Bad Gateway",
+                "server: edge",
+                "no ready backend",
+            ],
+        ),
+    ];
+    for (response, shown) in cases {
+        let addr = answering(response).await;
+        let out = wsgate(&["doctor", &format!("ws://{addr}/ws"), "--idle", "1s"], "").await;
+        assert_eq!(out.code, 1);
+        let up = line(&out.stdout, "FAIL", "upgrade").unwrap_or_else(|| panic!("{}", out.stdout));
+        let advice = &out.stdout[out.stdout.find(up).unwrap()..];
+        for s in shown {
+            assert!(
+                advice.contains(s),
+                "doctor does not show {s:?}:\n{}",
+                out.stdout
+            );
+        }
+    }
 }
 
 /// Forwards each new TCP connection to the next backend in turn (a balancer without

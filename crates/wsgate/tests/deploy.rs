@@ -11,8 +11,15 @@
 //!   its template actions are stripped, every `WSGATE_*` variable it sets is a real setting,
 //!   and the facts the seeds require hold (probes, drain timing, instance id, Service
 //!   affinity, ingress annotations, secrets, PDB).
+//! - The Kustomize base (`deploy/kubernetes`) is what the chart installs with its default
+//!   values: the chart is rendered here (`helm_render`) and compared object by object
+//!   (env defaults, ports, probes, enableServiceLinks, ingress paths, ...). The renders (the
+//!   defaults, and one with gRPC, JWT RS256, NATS and cluster mode on) are validated with
+//!   `kubernetes-validate`, as deploy/check.sh validates the rendered Kustomize base.
 //! - The Dockerfile keeps its non-root user, listener, port and HEALTHCHECK.
 
+#[path = "deploy/helm_render.rs"]
+mod helm_render;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -663,9 +670,6 @@ fn config_env_names() -> BTreeSet<String> {
     out
 }
 
-/// Settings the chart passes for cluster mode, which is being built on another branch.
-const PLANNED_ENV: &[&str] = &["WSGATE_STORE", "WSGATE_BROKER", "WSGATE_REDIS_URL"];
-
 #[test]
 fn helm_chart_is_consistent() {
     let chart = yaml(&read(&format!("{CHART}/Chart.yaml")), "Chart.yaml");
@@ -763,6 +767,7 @@ fn helm_chart_is_consistent() {
 
     // Deployment.
     let dep = &manifests["Deployment"];
+    let dep_text = read(&format!("{CHART}/templates/deployment.yaml"));
     let pod = &dep["spec"]["template"]["spec"];
     assert!(pod["terminationGracePeriodSeconds"].is_string());
     let c = &pod["containers"][0];
@@ -774,7 +779,12 @@ fn helm_chart_is_consistent() {
     assert!(values["resources"]["requests"]["memory"].is_string());
     let ports: Vec<&Value> = c["ports"].as_array().unwrap().iter().collect();
     assert!(ports.iter().any(|p| p["containerPort"] == 8080));
-    assert!(ports.iter().any(|p| p["containerPort"] == 50051));
+    assert!(ports.iter().any(|p| p["name"] == "grpc"));
+    assert_eq!(
+        values["grpc"]["port"],
+        defaults.grpc_listen.port(),
+        "the chart's gRPC port is wsgate's"
+    );
     let env: BTreeMap<String, &Value> = c["env"]
         .as_array()
         .unwrap()
@@ -799,12 +809,36 @@ fn helm_chart_is_consistent() {
     let known = config_env_names();
     for name in env.keys() {
         assert!(
-            known.contains(name) || PLANNED_ENV.contains(&name.as_str()),
+            known.contains(name),
             "the chart sets {name}, which is no wsgate setting (known: {known:?})"
         );
     }
-    for planned in PLANNED_ENV {
-        assert!(env.contains_key(*planned), "cluster setting {planned}");
+    for cluster in [
+        "WSGATE_STORE",
+        "WSGATE_BROKER",
+        "WSGATE_REDIS_URL",
+        "WSGATE_NATS_URL",
+        "WSGATE_CLUSTER_KEY",
+    ] {
+        assert!(env.contains_key(cluster), "cluster setting {cluster}");
+    }
+    assert!(
+        env["WSGATE_API_KEY"]["valueFrom"]["secretKeyRef"]["optional"].is_null(),
+        "the API key is required: the pod does not start without it"
+    );
+    assert_eq!(
+        env["WSGATE_AUTH__JWT_PUBLIC_KEY_FILE"]["value"], "TEMPLATED",
+        "the RS256 key is a mounted file"
+    );
+    assert_eq!(
+        pod["enableServiceLinks"], false,
+        "no service-link variables"
+    );
+    for text in [&dep_text, &read(&format!("{CHART}/values.yaml"))] {
+        assert!(
+            !text.to_lowercase().contains("being added") && !text.contains("Being built"),
+            "no promises in the chart"
+        );
     }
 
     // Service: affinity at the ingress, never here (seed 001).
@@ -877,4 +911,297 @@ fn dockerfile_facts() {
     for l in [".git", "target"] {
         assert!(ignore.lines().any(|x| x.trim() == l), ".dockerignore {l}");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Kustomize base = the chart's default install
+// ---------------------------------------------------------------------------------------
+
+const KUSTOMIZE: &str = "deploy/kubernetes";
+
+/// The base's objects by kind, as written (`kubectl kustomize` only sets the image tag).
+fn kustomize_base() -> (Value, BTreeMap<String, Value>) {
+    let k = yaml(
+        &read(&format!("{KUSTOMIZE}/kustomization.yaml")),
+        "kustomization.yaml",
+    );
+    let mut objects = BTreeMap::new();
+    for file in k["resources"].as_array().expect("resources") {
+        let file = file.as_str().unwrap();
+        let doc = yaml(&read(&format!("{KUSTOMIZE}/{file}")), file);
+        let kind = doc["kind"].as_str().expect("kind").to_string();
+        assert!(objects.insert(kind.clone(), doc).is_none(), "two {kind}s");
+    }
+    (k, objects)
+}
+
+/// Validates rendered objects with `kubernetes-validate` (PyPI; deploy/check.sh installs it,
+/// so CI always has it), strictly, against the oldest and newest schemas it ships. Without
+/// the tool the check is skipped with a note, except under CI.
+fn kubernetes_validate(what: &str, objects: &BTreeMap<String, Value>) {
+    let probe = std::process::Command::new("kubernetes-validate")
+        .arg("--version")
+        .output();
+    if probe.is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "kubernetes-validate is missing (deploy/check.sh installs it)"
+        );
+        eprintln!("kubernetes-validate not installed: {what} not validated against schemas");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!(
+        "wsgate-chart-{}-{}",
+        std::process::id(),
+        what.replace(' ', "-")
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut files = Vec::new();
+    for (kind, obj) in objects {
+        let path = dir.join(format!("{kind}.yaml"));
+        std::fs::write(&path, serde_yaml_ng::to_string(obj).unwrap()).unwrap();
+        files.push(path);
+    }
+    for version in ["1.25.0", "1.37.0"] {
+        let out = std::process::Command::new("kubernetes-validate")
+            .args(["--strict", "--quiet", "-k", version])
+            .args(&files)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "the chart's {what} render is not valid Kubernetes {version}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn same(what: &str, chart: &Value, base: &Value) {
+    assert_eq!(
+        chart, base,
+        "{what}: the chart's default (left) and deploy/kubernetes (right) differ"
+    );
+}
+
+#[test]
+fn kustomize_base_is_the_charts_default_install() {
+    let values = yaml(&read(&format!("{CHART}/values.yaml")), "values.yaml");
+    let chart = helm_render::render(&repo().join(CHART), &values);
+    let (kustomization, base) = kustomize_base();
+    kubernetes_validate("default", &chart);
+
+    // The same objects, except the Secret: the chart generates the API key, the base leaves
+    // creating it to the operator (a key in the repository is a key everyone knows).
+    let chart_kinds: BTreeSet<&String> = chart.keys().filter(|k| *k != "Secret").collect();
+    assert_eq!(chart_kinds, base.keys().collect::<BTreeSet<_>>());
+    assert!(chart.contains_key("Secret"), "the chart makes its Secret");
+    assert_eq!(
+        chart["Secret"]["stringData"]["api-key"], "generated-at-install",
+        "the chart generates an API key when none is given"
+    );
+    for obj in base.values() {
+        assert_eq!(obj["metadata"]["name"], "wsgate");
+    }
+    // Labels and selectors are written out in the base (any kustomize renders it).
+    let selector = &chart["Deployment"]["spec"]["selector"]["matchLabels"];
+    for obj in base.values() {
+        same("labels", selector, &obj["metadata"]["labels"]);
+    }
+    let bd = &base["Deployment"]["spec"];
+    same(
+        "Deployment selector",
+        selector,
+        &bd["selector"]["matchLabels"],
+    );
+    same(
+        "pod labels",
+        selector,
+        &bd["template"]["metadata"]["labels"],
+    );
+    same(
+        "Service selector",
+        selector,
+        &base["Service"]["spec"]["selector"],
+    );
+    assert_eq!(
+        kustomization["images"][0]["newTag"].as_str(),
+        Some(env!("CARGO_PKG_VERSION")),
+        "the base's image is this version"
+    );
+
+    // Deployment: the pod, its container, its env (every default), ports and probes.
+    let (cd, bd) = (&chart["Deployment"], &base["Deployment"]);
+    same("replicas", &cd["spec"]["replicas"], &bd["spec"]["replicas"]);
+    same("strategy", &cd["spec"]["strategy"], &bd["spec"]["strategy"]);
+    let (cp, bp) = (
+        &cd["spec"]["template"]["spec"],
+        &bd["spec"]["template"]["spec"],
+    );
+    for key in [
+        "enableServiceLinks",
+        "serviceAccountName",
+        "terminationGracePeriodSeconds",
+        "securityContext",
+        "volumes",
+    ] {
+        same(&format!("pod {key}"), &cp[key], &bp[key]);
+    }
+    assert_eq!(bp["enableServiceLinks"], false);
+    let (cc, bc) = (&cp["containers"][0], &bp["containers"][0]);
+    for key in [
+        "name",
+        "args",
+        "imagePullPolicy",
+        "securityContext",
+        "ports",
+        "env",
+        "readinessProbe",
+        "livenessProbe",
+        "startupProbe",
+        "lifecycle",
+        "resources",
+        "volumeMounts",
+    ] {
+        same(&format!("container {key}"), &cc[key], &bc[key]);
+    }
+    assert_eq!(cp["containers"].as_array().unwrap().len(), 1);
+    assert_eq!(bp["containers"].as_array().unwrap().len(), 1);
+    let known = config_env_names();
+    for e in bc["env"].as_array().unwrap() {
+        let name = e["name"].as_str().unwrap();
+        assert!(
+            known.contains(name),
+            "the base sets {name}, no wsgate setting"
+        );
+    }
+    let env = |name: &str| {
+        bc["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("the base sets {name}"))
+            .clone()
+    };
+    assert_eq!(env("WSGATE_GRPC_ENABLED")["value"], "false");
+    assert_eq!(env("WSGATE_TRUSTED_PROXIES")["value"], "[\"10.0.0.0/8\"]");
+    assert!(env("WSGATE_API_KEY")["valueFrom"]["secretKeyRef"]["optional"].is_null());
+
+    // Service, PDB, ServiceAccount.
+    for key in ["type", "sessionAffinity", "ports"] {
+        same(
+            &format!("Service {key}"),
+            &chart["Service"]["spec"][key],
+            &base["Service"]["spec"][key],
+        );
+    }
+    same(
+        "PodDisruptionBudget",
+        &chart["PodDisruptionBudget"]["spec"],
+        &base["PodDisruptionBudget"]["spec"],
+    );
+    same(
+        "ServiceAccount token",
+        &chart["ServiceAccount"]["automountServiceAccountToken"],
+        &base["ServiceAccount"]["automountServiceAccountToken"],
+    );
+
+    // Ingress: the same annotations, and only /ws is public.
+    let (ci, bi) = (&chart["Ingress"], &base["Ingress"]);
+    same(
+        "Ingress annotations",
+        &ci["metadata"]["annotations"],
+        &bi["metadata"]["annotations"],
+    );
+    same("Ingress spec", &ci["spec"], &bi["spec"]);
+    for ing in [ci, bi] {
+        let paths: Vec<&Value> = ing["spec"]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r["http"]["paths"].as_array().unwrap())
+            .collect();
+        assert!(!paths.is_empty());
+        for p in paths {
+            assert_eq!(p["path"], "/ws", "the ingress routes only the WebSocket");
+            assert_eq!(p["pathType"], "Exact");
+        }
+    }
+}
+
+#[test]
+fn chart_renders_its_options() {
+    let mut values = yaml(&read(&format!("{CHART}/values.yaml")), "values.yaml");
+    values["grpc"]["enabled"] = json!(true);
+    values["auth"]["mode"] = json!("jwt");
+    values["auth"]["jwtPublicKey"]["pem"] =
+        json!("-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----\n");
+    values["cluster"]["enabled"] = json!(true);
+    values["cluster"]["broker"] = json!("nats");
+    values["replicaCount"] = json!(3);
+    values["secrets"]["natsUrl"] = json!("nats://nats:4222");
+    values["secrets"]["redisUrl"] = json!("redis://redis:6379");
+    values["secrets"]["apiKey"] = json!("chosen");
+    values["config"]["allowedOrigins"] = json!(["https://app.example.com"]);
+    let chart = helm_render::render(&repo().join(CHART), &values);
+    kubernetes_validate("options", &chart);
+
+    let pod = &chart["Deployment"]["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let env: BTreeMap<&str, &Value> = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), e))
+        .collect();
+    assert_eq!(env["WSGATE_GRPC_ENABLED"]["value"], "true");
+    assert_eq!(env["WSGATE_GRPC_LISTEN"]["value"], "0.0.0.0:50051");
+    assert!(
+        c["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "grpc" && p["containerPort"] == 50051)
+    );
+    let grpc_port = chart["Service"]["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "grpc")
+        .expect("the Service exposes gRPC")
+        .clone();
+    assert_eq!(grpc_port["targetPort"], "grpc");
+    assert_eq!(
+        env["WSGATE_NATS_URL"]["valueFrom"]["secretKeyRef"]["key"],
+        "nats-url"
+    );
+    assert_eq!(
+        chart["Secret"]["stringData"]["nats-url"],
+        "nats://nats:4222"
+    );
+    assert_eq!(chart["Secret"]["stringData"]["api-key"], "chosen");
+    assert_eq!(
+        env["WSGATE_ALLOWED_ORIGINS"]["value"],
+        "[\"https://app.example.com\"]"
+    );
+
+    // The RS256 public key: ConfigMap → read-only volume → WSGATE_AUTH__JWT_PUBLIC_KEY_FILE.
+    let file = env["WSGATE_AUTH__JWT_PUBLIC_KEY_FILE"]["value"]
+        .as_str()
+        .unwrap();
+    let cm = &chart["ConfigMap"];
+    let (dir, key) = file.rsplit_once('/').unwrap();
+    assert!(
+        cm["data"][key]
+            .as_str()
+            .unwrap()
+            .contains("BEGIN PUBLIC KEY")
+    );
+    assert_eq!(c["volumeMounts"][0]["mountPath"], dir);
+    assert_eq!(c["volumeMounts"][0]["readOnly"], true);
+    let volume = &pod["volumes"][0];
+    assert_eq!(volume["name"], c["volumeMounts"][0]["name"]);
+    assert_eq!(volume["configMap"]["name"], cm["metadata"]["name"]);
 }

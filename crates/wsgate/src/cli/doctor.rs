@@ -7,6 +7,7 @@
 //! Exit code 0 when nothing failed (warnings allowed), 1 on any FAIL.
 
 mod api;
+mod raw_upgrade;
 mod redis;
 mod ws;
 

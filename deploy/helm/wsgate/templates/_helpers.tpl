@@ -45,3 +45,36 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "wsgate.secretName" -}}
 {{- default (include "wsgate.fullname" .) .Values.secrets.existingSecret -}}
 {{- end -}}
+
+{{/*
+The control API key: secrets.apiKey; else the key already in the chart's Secret (so upgrades
+keep it); else a new random one. Computed once per render and remembered in .Values, so the
+Secret and the Deployment's checksum annotation see the same key.
+*/}}
+{{- define "wsgate.apiKey" -}}
+{{- if not (hasKey .Values.secrets "generatedApiKey") -}}
+{{- $key := .Values.secrets.apiKey -}}
+{{- if not $key -}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "wsgate.fullname" .) -}}
+{{- if and $existing $existing.data (hasKey $existing.data "api-key") -}}
+{{- $key = index $existing.data "api-key" | b64dec -}}
+{{- else -}}
+{{- $key = randAlphaNum 48 -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set .Values.secrets "generatedApiKey" $key -}}
+{{- end -}}
+{{- index .Values.secrets "generatedApiKey" -}}
+{{- end -}}
+
+{{/* Where the RS256 public key is mounted. */}}
+{{- define "wsgate.jwtPublicKeyDir" -}}/etc/wsgate/jwt{{- end -}}
+
+{{/* The ConfigMap holding the RS256 public key, or "" when there is none. */}}
+{{- define "wsgate.jwtPublicKeyConfigMap" -}}
+{{- if .Values.auth.jwtPublicKey.existingConfigMap -}}
+{{- .Values.auth.jwtPublicKey.existingConfigMap -}}
+{{- else if .Values.auth.jwtPublicKey.pem -}}
+{{- printf "%s-jwt-public-key" (include "wsgate.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}

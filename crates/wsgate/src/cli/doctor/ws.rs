@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::http::Uri;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::CheckResult;
+use super::{CheckResult, raw_upgrade};
 use crate::cli::{Api, api_error, ms, ws_request};
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -167,7 +167,7 @@ fn headers_of(resp: &tungstenite::http::Response<Option<Vec<u8>>>) -> String {
         .filter(|(k, _)| k.as_str() != "date")
         .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?")))
         .collect();
-    hs.truncate(8);
+    hs.truncate(raw_upgrade::SHOWN_HEADERS);
     hs.join(", ")
 }
 
@@ -202,11 +202,10 @@ async fn open(o: &Opts, name: &str) -> Result<(Ws, Duration), CheckResult> {
     let req =
         ws_request(&o.url, &o.headers, None).map_err(|e| CheckResult::fail(name, e.to_string()))?;
     let start = Instant::now();
-    match tokio::time::timeout(o.timeout, tokio_tungstenite::connect_async(req)).await {
+    match tokio::time::timeout(o.timeout, tokio_tungstenite::connect_async(req.clone())).await {
         Ok(Ok((ws, _))) => Ok((ws, start.elapsed())),
         Ok(Err(tungstenite::Error::Http(resp))) => {
             let status = resp.status();
-            let (cause, fix, anchor) = upgrade_advice(status.as_u16());
             let body = resp
                 .body()
                 .as_deref()
@@ -214,23 +213,65 @@ async fn open(o: &Opts, name: &str) -> Result<(Ws, Duration), CheckResult> {
                 .filter(|b| !b.is_empty())
                 .map(|b| format!("; body: {b}"))
                 .unwrap_or_default();
-            Err(CheckResult::fail(
+            Err(refused(
                 name,
-                format!("HTTP {status} instead of 101 Switching Protocols; headers: {}{body}", headers_of(&resp)),
-            )
-            .cause(cause)
-            .fix(fix)
-            .runbook(anchor))
+                status.as_u16(),
+                format!(
+                    "HTTP {status} instead of 101 Switching Protocols; status line: {:?} {status}; headers: {}{body}",
+                    resp.version(),
+                    headers_of(&resp)
+                ),
+            ))
         }
-        Ok(Err(e)) => Err(CheckResult::fail(name, format!("handshake failed: {e}"))
-            .cause("the connection was accepted but no valid WebSocket handshake came back: a TLS port spoken to in plain text, a proxy resetting upgrades, or a non-HTTP service on that port")
-            .fix("check that the URL's scheme and port are wsgate's (ws:// to the HTTP port)")
-            .runbook(DROPS)),
+        // The client refused an answer without showing it (an HTTP/1.0 status line, a
+        // malformed header): read it by hand, so the status is never lost.
+        Ok(Err(e)) => Err(match raw_upgrade::probe(&req, o.timeout).await {
+            Ok(raw) => match raw.status {
+                Some(code) => refused(
+                    name,
+                    code,
+                    format!(
+                        "HTTP {code} instead of 101 Switching Protocols; status line: {}; headers: {}; the WebSocket client refused this answer: {e}",
+                        raw.status_line,
+                        raw.headers.join(", ")
+                    ),
+                ),
+                None => handshake_failed(
+                    name,
+                    format!(
+                        "handshake failed: {e}; status line: {}; headers: {}",
+                        raw.status_line,
+                        raw.headers.join(", ")
+                    ),
+                ),
+            },
+            Err(why) => handshake_failed(
+                name,
+                format!("handshake failed: {e} (asked again by hand: {why})"),
+            ),
+        }),
         Err(_) => Err(CheckResult::fail(name, format!("no answer to the upgrade within {:?}", o.timeout))
             .cause("the proxy or server accepted TCP but never answered: an overloaded node, or a proxy waiting for a backend")
             .fix("check the node's CPU and /ready; check the proxy's backend health")
             .runbook(REFUSED)),
     }
+}
+
+/// An upgrade answered with another status, with seed 001's cause and fix for it.
+fn refused(name: &str, status: u16, detail: String) -> CheckResult {
+    let (cause, fix, anchor) = upgrade_advice(status);
+    CheckResult::fail(name, detail)
+        .cause(cause)
+        .fix(fix)
+        .runbook(anchor)
+}
+
+/// An upgrade answered with something that is no HTTP status at all.
+fn handshake_failed(name: &str, detail: String) -> CheckResult {
+    CheckResult::fail(name, detail)
+        .cause("the connection was accepted but no valid WebSocket handshake came back: a TLS port spoken to in plain text, a proxy resetting upgrades, or a non-HTTP service on that port")
+        .fix("check that the URL's scheme and port are wsgate's (ws:// to the HTTP port)")
+        .runbook(DROPS)
 }
 
 pub async fn check_upgrade(o: &Opts) -> (CheckResult, Option<Ws>) {
