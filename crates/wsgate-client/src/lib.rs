@@ -68,7 +68,6 @@
 
 #![warn(missing_docs)]
 
-mod backoff;
 mod breaker;
 mod client;
 mod config;
@@ -83,7 +82,7 @@ mod subscriptions;
 #[cfg(feature = "test-support")]
 pub mod test_support;
 
-pub use backoff::{
+pub use wsgate_backoff::{
     Backoff, BackoffState, DEFAULT_INITIAL_DELAY, DEFAULT_JITTER, DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_DELAY, FixedJitter, JitterSource, RandomJitter,
 };

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use tonic::{Request, Response, Status};
 use wsgate_client::Message;
-use wsgate_cluster::upstream::{
+use wsgate_core::seams::upstream::{
     AuthExpect, BreakerPolicy, CorrelationMode, HeartbeatPolicy, OfflineMode, ReconnectPolicy,
     UpstreamAuth, UpstreamSpec, UpstreamSubscription,
 };

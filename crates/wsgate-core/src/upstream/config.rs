@@ -9,7 +9,7 @@ use wsgate_client::{
     Auth, Backoff, BreakerConfig, ClientConfig, Correlation, Heartbeat, HeartbeatPing, Matcher,
     Message, OfflinePolicy, Subscription,
 };
-use wsgate_cluster::upstream::{
+use crate::seams::upstream::{
     AuthExpect, CorrelationMode, OfflineMode, UpstreamSpec, UpstreamSubscription,
 };
 

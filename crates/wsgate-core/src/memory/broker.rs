@@ -9,8 +9,7 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 
 use super::{new_epoch, now_us};
-use crate::broker::{Broker, BrokerError, Deliver};
-use crate::model::{
+use crate::seams::{Broker, BrokerError, Deliver, 
     Envelope, NodeId, Publication, PublishRequest, Recovery, RecoveryGap, StreamPosition,
 };
 

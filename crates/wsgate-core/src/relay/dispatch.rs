@@ -1,10 +1,10 @@
 //! A node's inbound side: hands what arrives on its subscription to the local sink, each
-//! channel in offset order, filling holes from the history stream.
+//! channel in offset order, filling holes from the channel log.
 //!
 //! Owned by the one task that reads the subscription, so its per-channel state needs no
-//! lock. A publication is in the stream before any node hears of it (the publish script
-//! appends first), so when live traffic jumps from offset N to N+k the missing ones can be
-//! read back with one `XRANGE` and delivered before N+k. Whatever arrives later at or below
+//! lock. A publication is in the stream before any node hears of it (the log appends
+//! first), so when live traffic jumps from offset N to N+k the missing ones can be
+//! read back with one read of the log and delivered before N+k. Whatever arrives later at or below
 //! the delivered offset is a duplicate and dropped. Nothing is ever delivered out of order.
 
 use std::collections::HashMap;
@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
-use super::ChannelStreams;
-use crate::broker::Deliver;
-use crate::model::{Envelope, Publication, StreamPosition};
+use super::Relay;
+use crate::seams::{ClusterMetrics, Deliver, Envelope, Publication, StreamPosition};
 
 /// Channels not heard of for this long are forgotten (their next publication starts afresh).
 const IDLE: Duration = Duration::from_secs(600);
@@ -26,17 +25,17 @@ struct Track {
     seen: Instant,
 }
 
-pub(crate) struct Dispatcher {
-    streams: Arc<ChannelStreams>,
+pub struct Dispatcher {
+    relay: Arc<Relay>,
     sink: Arc<OnceLock<Arc<dyn Deliver>>>,
     channels: HashMap<Arc<str>, Track>,
     last_prune: Instant,
 }
 
 impl Dispatcher {
-    pub fn new(streams: Arc<ChannelStreams>, sink: Arc<OnceLock<Arc<dyn Deliver>>>) -> Self {
+    pub fn new(relay: Arc<Relay>, sink: Arc<OnceLock<Arc<dyn Deliver>>>) -> Self {
         Self {
-            streams,
+            relay,
             sink,
             channels: HashMap::new(),
             last_prune: Instant::now(),
@@ -62,7 +61,7 @@ impl Dispatcher {
         if !self.channels.contains_key(&*p.channel) {
             // First sighting: start where a local subscriber joined, if one did (anything
             // between that and this is in the stream); otherwise here.
-            let start = match self.streams.joins.remove(&*p.channel) {
+            let start = match self.relay.joins.remove(&*p.channel) {
                 Some((_, (join, _))) if join.epoch == p.epoch && join.offset < p.offset => {
                     join.offset
                 }
@@ -82,14 +81,14 @@ impl Dispatcher {
         };
         track.seen = now;
         if track.epoch != p.epoch {
-            self.streams.metrics.epoch_changes.inc();
+            self.relay.metrics.epoch_changes.inc();
             warn!(channel = %p.channel, old = %track.epoch, new = %p.epoch, "channel epoch changed: history was lost in Redis");
             track.epoch = p.epoch.clone();
             track.offset = p.offset;
             return self.deliver_direct(&Envelope::Channel(p));
         }
         if p.offset <= track.offset {
-            self.streams.metrics.duplicates_dropped.inc();
+            self.relay.metrics.duplicates_dropped.inc();
             return 0;
         }
         if p.offset == track.offset + 1 {
@@ -100,7 +99,7 @@ impl Dispatcher {
             offset: track.offset,
             epoch: track.epoch.clone(),
         };
-        self.streams.metrics.gaps_detected.inc();
+        self.relay.metrics.gaps_detected.inc();
         warn!(channel = %p.channel, after = since.offset, got = p.offset, "offset jump on live traffic: filling from history");
         let mut delivered = self.fill(&p.channel, &since, p.offset).await;
         if let Some(t) = self.channels.get_mut(&*p.channel)
@@ -114,11 +113,11 @@ impl Dispatcher {
 
     /// Delivers what history holds after `since` (up to `until`, when given), in order.
     async fn fill(&mut self, channel: &Arc<str>, since: &StreamPosition, until: u64) -> usize {
-        let recovery = match self.streams.recover_quietly(channel, since).await {
+        let recovery = match self.relay.log.recover(channel, since).await {
             Ok(r) => r,
             Err(e) => {
                 let lost = until.saturating_sub(since.offset + 1);
-                self.streams.metrics.gap_lost.inc_by(lost);
+                self.relay.metrics.gap_lost.inc_by(lost);
                 warn!(%channel, error = %e, lost, "could not fill from history");
                 return 0;
             }
@@ -138,18 +137,18 @@ impl Dispatcher {
             .filter(|p| p.offset < until)
         {
             if p.offset > expected {
-                self.streams.metrics.gap_lost.inc_by(p.offset - expected);
+                self.relay.metrics.gap_lost.inc_by(p.offset - expected);
             }
             expected = p.offset + 1;
             track.offset = p.offset;
-            self.streams.metrics.gap_filled.inc();
+            self.relay.metrics.gap_filled.inc();
             delivered += self
                 .sink
                 .get()
                 .map_or(0, |s| s.deliver(&Envelope::Channel(p)));
         }
         if until > expected {
-            self.streams.metrics.gap_lost.inc_by(until - expected);
+            self.relay.metrics.gap_lost.inc_by(until - expected);
         }
         delivered
     }
@@ -171,7 +170,7 @@ impl Dispatcher {
             .collect();
         debug!(channels = known.len(), "resync after resubscribe");
         for (channel, since) in known {
-            let recovery = match self.streams.recover_quietly(&channel, &since).await {
+            let recovery = match self.relay.log.recover(&channel, &since).await {
                 Ok(r) => r,
                 Err(e) => {
                     warn!(%channel, error = %e, "resync failed");
@@ -179,7 +178,7 @@ impl Dispatcher {
                 }
             };
             if recovery.position.epoch != since.epoch {
-                self.streams.metrics.epoch_changes.inc();
+                self.relay.metrics.epoch_changes.inc();
                 warn!(%channel, "channel epoch changed while disconnected: history was lost in Redis");
                 self.channels.remove(&channel);
                 continue;
@@ -198,18 +197,14 @@ impl Dispatcher {
         self.last_prune = now;
         self.channels
             .retain(|_, t| now.duration_since(t.seen) < IDLE);
-        self.streams
+        self.relay
             .joins
             .retain(|_, (_, at)| now.duration_since(*at) < IDLE);
     }
 }
 
 impl Dispatcher {
-    pub fn streams_metrics(&self) -> &crate::metrics::ClusterMetrics {
-        &self.streams.metrics
-    }
-
-    pub fn streams_health(&self) -> &super::Health {
-        &self.streams.health
+    pub fn metrics(&self) -> &ClusterMetrics {
+        &self.relay.metrics
     }
 }
