@@ -530,8 +530,8 @@ async fn seed_000_errors() {
         spec: wsgate_core::seams::upstream::UpstreamSpec::new("ws://127.0.0.1:1/"),
     };
     srv.node
-        .gateway
-        .store
+        .upstreams
+        .records()
         .upstream_put(rec.clone())
         .await
         .unwrap();

@@ -141,8 +141,8 @@ async fn reconnect_runs_auth_then_replays_subscriptions() {
     // The record follows the subscriptions (what cluster mode re-establishes from).
     let rec = srv
         .node
-        .gateway
-        .store
+        .upstreams
+        .records()
         .upstream_get(&id)
         .await
         .unwrap()
@@ -186,8 +186,8 @@ async fn reconnect_runs_auth_then_replays_subscriptions() {
     assert_eq!(status, 200);
     assert!(
         srv.node
-            .gateway
-            .store
+            .upstreams
+            .records()
             .upstream_get(&id)
             .await
             .unwrap()
@@ -421,8 +421,8 @@ async fn publish_reaches_gateway_subscribers_until_stopped() {
     assert_eq!(view(&srv, &id).await["publish_topic"], "feed");
     let rec = srv
         .node
-        .gateway
-        .store
+        .upstreams
+        .records()
         .upstream_get(&id)
         .await
         .unwrap()
@@ -452,8 +452,8 @@ async fn publish_reaches_gateway_subscribers_until_stopped() {
     assert_eq!(view(&srv, &id).await["publish_topic"], Value::Null);
     let rec = srv
         .node
-        .gateway
-        .store
+        .upstreams
+        .records()
         .upstream_get(&id)
         .await
         .unwrap()
@@ -529,8 +529,8 @@ async fn seed_000_error_strings_over_http() {
         spec: wsgate_core::seams::upstream::UpstreamSpec::new("ws://127.0.0.1:1/"),
     };
     srv.node
-        .gateway
-        .store
+        .upstreams
+        .records()
         .upstream_put(rec.clone())
         .await
         .unwrap();

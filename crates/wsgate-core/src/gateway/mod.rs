@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use bytes::Bytes;
-use serde::Serialize;
-use tracing::{info, warn};
 use crate::seams::{
     Broker, BrokerError, Deliver, Envelope, NodeId, PresenceEntry, PresenceStore, PublishRequest,
 };
+use bytes::Bytes;
+use serde::Serialize;
+use tracing::{info, warn};
 
 pub use connection::{CloseRequest, Connection, ConnectionInfo, Stats};
 pub use registry::Registry;

@@ -10,9 +10,9 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
+use crate::seams::{Recovery, StreamPosition};
 use serde_json::value::RawValue;
 use tungstenite::Utf8Bytes;
-use crate::seams::{Recovery, StreamPosition};
 
 use super::connection::{CloseRequest, Connection};
 use super::{ClientPublish, Gateway};

@@ -10,10 +10,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::seams::{Forwarding, Ownership};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use wsgate_backoff::Backoff;
-use crate::seams::{Forwarding, Ownership};
 
 use super::forward::Reply;
 use super::{CLOSE_WAIT, UpstreamError, UpstreamManager};

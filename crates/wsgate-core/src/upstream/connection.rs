@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use crate::seams::{UpstreamRecord, UpstreamRecords};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::warn;
 use wsgate_client::Client;
-use crate::seams::{UpstreamRecord, UpstreamRecords};
 
 use super::state::GaugeSlot;
 use super::{UpstreamError, WRITE_TIMEOUT};
@@ -56,9 +56,9 @@ impl Shared {
         let put = self.records.upstream_put(rec.clone());
         let res = match tokio::time::timeout(WRITE_TIMEOUT, put).await {
             Ok(r) => r.map_err(UpstreamError::from),
-            Err(_) => Err(UpstreamError::Store(
-                crate::seams::StoreError::Unavailable("upstream record write timed out".into()),
-            )),
+            Err(_) => Err(UpstreamError::Store(crate::seams::StoreError::Unavailable(
+                "upstream record write timed out".into(),
+            ))),
         };
         if let Err(e) = &res {
             self.gateway.metrics.store_errors.inc();

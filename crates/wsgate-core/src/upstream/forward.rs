@@ -5,12 +5,12 @@
 //! it locally (never forwarding again) and answers a [`Reply`]. Errors travel as their
 //! kind and text, so the caller answers exactly as the owner would have.
 
+use crate::seams::upstream::UpstreamSubscription;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use wsgate_client::Message;
-use crate::seams::upstream::UpstreamSubscription;
 
 use super::UpstreamError;
 

@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::seams::upstream::{UpstreamSpec, UpstreamSubscription};
+use crate::seams::{UpstreamRecord, UpstreamRecords};
 use bytes::Bytes;
 use dashmap::DashMap;
 use tokio::sync::watch;
 use tracing::{info, warn};
 use wsgate_client::{Client, ConnectionState, Message};
-use crate::seams::{UpstreamRecord, UpstreamRecords};
-use crate::seams::upstream::{UpstreamSpec, UpstreamSubscription};
 
 use base64::Engine;
 
