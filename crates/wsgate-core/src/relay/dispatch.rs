@@ -320,20 +320,19 @@ mod tests {
         out
     }
 
+    /// `p` arrives on the node's subscription.
+    async fn live(dispatcher: &mut Dispatcher, p: &Publication) {
+        dispatcher.on_envelope(Envelope::Channel(p.clone())).await;
+    }
+
     #[tokio::test]
     async fn a_jump_is_filled_from_the_log_and_the_late_copy_dropped() {
         let mut n = node();
         let ps = append(&n.log, 4).await;
-        n.dispatcher
-            .on_envelope(Envelope::Channel(ps[0].clone()))
-            .await;
+        live(&mut n.dispatcher, &ps[0]).await;
         // Offsets 2 and 3 are still in flight: 4 arrives first.
-        n.dispatcher
-            .on_envelope(Envelope::Channel(ps[3].clone()))
-            .await;
-        n.dispatcher
-            .on_envelope(Envelope::Channel(ps[1].clone()))
-            .await;
+        live(&mut n.dispatcher, &ps[3]).await;
+        live(&mut n.dispatcher, &ps[1]).await;
         assert_eq!(*n.delivered.0.lock(), vec![1, 2, 3, 4]);
         let m = n.dispatcher.metrics();
         assert_eq!(m.gaps_detected.get(), 1);
@@ -350,9 +349,7 @@ mod tests {
         // but 3 arrives first.
         assert_eq!(n.relay.position("c").await.unwrap().offset, 1);
         let ps = [ps, append(&n.log, 2).await].concat();
-        n.dispatcher
-            .on_envelope(Envelope::Channel(ps[2].clone()))
-            .await;
+        live(&mut n.dispatcher, &ps[2]).await;
         assert_eq!(*n.delivered.0.lock(), vec![2, 3]);
     }
 
@@ -360,9 +357,7 @@ mod tests {
     async fn resync_catches_up_after_a_lost_subscription() {
         let mut n = node();
         let ps = append(&n.log, 1).await;
-        n.dispatcher
-            .on_envelope(Envelope::Channel(ps[0].clone()))
-            .await;
+        live(&mut n.dispatcher, &ps[0]).await;
         append(&n.log, 2).await;
         n.dispatcher.resync().await;
         assert_eq!(*n.delivered.0.lock(), vec![1, 2, 3]);
