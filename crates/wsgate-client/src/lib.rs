@@ -68,7 +68,6 @@
 
 #![warn(missing_docs)]
 
-mod backoff;
 mod breaker;
 mod client;
 mod config;
@@ -83,10 +82,6 @@ mod subscriptions;
 #[cfg(feature = "test-support")]
 pub mod test_support;
 
-pub use backoff::{
-    Backoff, BackoffState, DEFAULT_INITIAL_DELAY, DEFAULT_JITTER, DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_MAX_DELAY, FixedJitter, JitterSource, RandomJitter,
-};
 pub use breaker::{
     Admission, BreakerConfig, BreakerState, CircuitBreaker, DEFAULT_COOLDOWN,
     DEFAULT_FAILURE_THRESHOLD, Transition,
@@ -104,3 +99,7 @@ pub use event::{CloseReason, Event, Events};
 pub use message::{Message, Utf8Bytes};
 pub use stats::{ConnectionState, Snapshot};
 pub use subscriptions::{Added, Subscription, Subscriptions};
+pub use wsgate_backoff::{
+    Backoff, BackoffState, DEFAULT_INITIAL_DELAY, DEFAULT_JITTER, DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_DELAY, FixedJitter, JitterSource, RandomJitter,
+};

@@ -1,8 +1,12 @@
 //! The logic of a wsgate node, without its sockets.
 //!
+//! - [`seams`]: the traits between a node and its cluster ([`seams::Broker`], presence,
+//!   upstream records, ownership, forwarding, the channel log) and the values that cross
+//!   them. [`memory`] is the embedded engine beside them; the Redis and NATS engines are
+//!   the `wsgate-redis` and `wsgate-nats` crates, which share [`relay`].
 //! - [`gateway`]: the inbound face. A [`gateway::Gateway`] owns the registry of client
 //!   connections (by id, by user, by channel), speaks the client protocol, fans out
-//!   publications that the [`wsgate_cluster::Broker`] hands it, and sweeps heartbeats.
+//!   publications that the [`seams::Broker`] hands it, and sweeps heartbeats.
 //!   It never touches a socket: each connection is an [`gateway::Connection`] with a
 //!   bounded outbox that the server's connection task drains into its WebSocket.
 //! - [`protocol`]: the JSON frames of the client protocol, decoded and encoded.
@@ -19,6 +23,9 @@ pub mod auth;
 pub mod clock;
 pub mod gateway;
 pub mod ids;
+pub mod memory;
 pub mod metrics;
 pub mod protocol;
+pub mod relay;
+pub mod seams;
 pub mod upstream;

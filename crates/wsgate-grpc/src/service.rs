@@ -10,12 +10,12 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use tonic::{Request, Response, Status};
 use wsgate_client::Message;
-use wsgate_cluster::upstream::{
+use wsgate_core::gateway::{ConnectionInfo, Gateway};
+use wsgate_core::protocol::MAX_CHANNEL_LEN;
+use wsgate_core::seams::upstream::{
     AuthExpect, BreakerPolicy, CorrelationMode, HeartbeatPolicy, OfflineMode, ReconnectPolicy,
     UpstreamAuth, UpstreamSpec, UpstreamSubscription,
 };
-use wsgate_core::gateway::{ConnectionInfo, Gateway};
-use wsgate_core::protocol::MAX_CHANNEL_LEN;
 use wsgate_core::upstream::{TOPIC_PREFIX, UpstreamManager, UpstreamView, state_name};
 
 use crate::pb::{self, ws_gate_server::WsGate};

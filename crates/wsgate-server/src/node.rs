@@ -87,11 +87,11 @@ impl Node {
         let metrics = Metrics::default();
         let mut registry = prometheus_client::registry::Registry::default();
         metrics.register(&mut registry);
-        let (broker, store, ownership) = crate::seams::build(&config, &node_id, &mut registry)?;
-        let gateway = Gateway::new(gw_config, broker, store, metrics);
-        let upstreams = UpstreamManager::new(gateway.clone());
-        if let Some(ownership) = ownership {
-            upstreams.attach_cluster(ownership);
+        let seams = crate::seams::build(&config, &node_id, &mut registry)?;
+        let gateway = Gateway::new(gw_config, seams.broker, seams.presence, metrics);
+        let upstreams = UpstreamManager::new(gateway.clone(), seams.records);
+        if let Some((ownership, forwarding)) = seams.cluster {
+            upstreams.attach_cluster(ownership, forwarding);
         }
         Ok(Arc::new(Self {
             build: BuildInfo {
@@ -127,7 +127,7 @@ impl Node {
         self.lifecycle.is_started()
             && !self.lifecycle.is_draining()
             && self.gateway.broker.is_healthy()
-            && self.gateway.store.is_healthy()
+            && self.gateway.presence.is_healthy()
             && !self.limits.near_full()
     }
 }

@@ -1,19 +1,26 @@
-//! Builds the configured [`Broker`] and [`Store`]: embedded, Redis or NATS.
+//! Builds the configured engines: embedded, Redis or NATS.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use tracing::{info, warn};
-use wsgate_cluster::memory::{MemoryBroker, MemoryStore};
-use wsgate_cluster::{Broker, ClusterMetrics, NodeId, Ownership, Store};
+use wsgate_core::memory::{MemoryBroker, MemoryStore};
+use wsgate_core::seams::{
+    Broker, ClusterMetrics, Forwarding, NodeId, Ownership, PresenceStore, UpstreamRecords,
+};
 
 use crate::config::{BrokerKind, Config, StoreKind};
 
-/// The node's seams, plus the ownership side of a cluster store (`None` in memory).
-pub type Seams = (Arc<dyn Broker>, Arc<dyn Store>, Option<Arc<dyn Ownership>>);
+/// The node's seams, as the configured engines implement them.
+pub struct Seams {
+    pub broker: Arc<dyn Broker>,
+    pub presence: Arc<dyn PresenceStore>,
+    pub records: Arc<dyn UpstreamRecords>,
+    /// The cluster side of a shared store (`None` in memory: every record is this node's).
+    pub cluster: Option<(Arc<dyn Ownership>, Arc<dyn Forwarding>)>,
+}
 
-/// The node's two seams. Redis and NATS clients connect in the background: a node starts
+/// The node's seams. Redis and NATS clients connect in the background: a node starts
 /// even when they are down, and `/ready` says so until they answer.
 pub fn build(config: &Config, node: &NodeId, registry: &mut Registry) -> anyhow::Result<Seams> {
     let metrics = ClusterMetrics::default();
@@ -29,24 +36,28 @@ pub fn build(config: &Config, node: &NodeId, registry: &mut Registry) -> anyhow:
         BrokerKind::Redis => redis_broker(config, node, &metrics)?,
         BrokerKind::Nats => nats_broker(config, node, &metrics)?,
     };
-    let (store, ownership): (Arc<dyn Store>, Option<Arc<dyn Ownership>>) = match config.store {
-        StoreKind::Memory => (Arc::new(MemoryStore::new()), None),
-        StoreKind::Redis => {
-            let (s, o) = redis_store(config, node, &metrics)?;
-            (s, Some(o))
+    Ok(match config.store {
+        StoreKind::Memory => {
+            let store = Arc::new(MemoryStore::new());
+            Seams {
+                broker,
+                presence: store.clone(),
+                records: store,
+                cluster: None,
+            }
         }
-    };
-    Ok((broker, store, ownership))
+        StoreKind::Redis => redis_store(config, node, &metrics, broker)?,
+    })
 }
 
 #[cfg(feature = "redis")]
-fn redis_config(config: &Config) -> anyhow::Result<wsgate_cluster::redis::RedisConfig> {
-    let mut r = wsgate_cluster::redis::RedisConfig::new(config.redis_url.clone());
+fn redis_config(config: &Config) -> anyhow::Result<wsgate_redis::RedisConfig> {
+    use std::time::Duration;
+    let mut r = wsgate_redis::RedisConfig::new(config.redis_url.clone());
     r.lease_ttl = Duration::from_millis(config.lease_ttl_ms);
     if let Some(key) = config.cluster_key_text()? {
         r.cluster_key = Some(
-            wsgate_cluster::redis::ClusterKey::from_base64(key.expose())
-                .map_err(|e| anyhow::anyhow!(e))?,
+            wsgate_redis::ClusterKey::from_base64(key.expose()).map_err(|e| anyhow::anyhow!(e))?,
         );
     } else if config.store == StoreKind::Redis {
         warn!(
@@ -65,11 +76,8 @@ fn redis_broker(
     node: &NodeId,
     metrics: &ClusterMetrics,
 ) -> anyhow::Result<Arc<dyn Broker>> {
-    let b = wsgate_cluster::redis::RedisBroker::start(
-        node.clone(),
-        &redis_config(config)?,
-        metrics.clone(),
-    )?;
+    let b =
+        wsgate_redis::RedisBroker::start(node.clone(), &redis_config(config)?, metrics.clone())?;
     Ok(Arc::new(b))
 }
 
@@ -78,28 +86,38 @@ fn redis_store(
     config: &Config,
     node: &NodeId,
     metrics: &ClusterMetrics,
-) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn Ownership>)> {
-    let s = wsgate_cluster::redis::RedisStore::start(
-        node.clone(),
-        &redis_config(config)?,
-        metrics.clone(),
-    )?;
-    let ownership = Arc::new(s.ownership());
-    Ok((Arc::new(s), ownership))
+    broker: Arc<dyn Broker>,
+) -> anyhow::Result<Seams> {
+    let s = wsgate_redis::RedisStore::start(node.clone(), &redis_config(config)?, metrics.clone())?;
+    let cluster: (Arc<dyn Ownership>, Arc<dyn Forwarding>) =
+        (Arc::new(s.ownership()), Arc::new(s.forwarding()));
+    let store = Arc::new(s);
+    Ok(Seams {
+        broker,
+        presence: store.clone(),
+        records: store,
+        cluster: Some(cluster),
+    })
 }
 
+/// NATS moves the messages; the channel offsets and history stay in Redis (`redis_url`).
 #[cfg(feature = "nats")]
 fn nats_broker(
     config: &Config,
     node: &NodeId,
     metrics: &ClusterMetrics,
 ) -> anyhow::Result<Arc<dyn Broker>> {
-    let b = wsgate_cluster::nats::NatsBroker::start(
+    if config.redis_url.trim().is_empty() {
+        anyhow::bail!("broker = nats keeps channel offsets and history in Redis: set redis_url");
+    }
+    let log = wsgate_redis::ChannelStreams::start(&redis_config(config)?, metrics.clone())?;
+    let b = wsgate_nats::NatsBroker::start(
         node.clone(),
         &config.nats_url,
-        &redis_config(config)?,
+        &config.key_prefix,
+        Arc::new(log),
         metrics.clone(),
-    )?;
+    );
     Ok(Arc::new(b))
 }
 
@@ -113,7 +131,8 @@ fn redis_store(
     _: &Config,
     _: &NodeId,
     _: &ClusterMetrics,
-) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn Ownership>)> {
+    _: Arc<dyn Broker>,
+) -> anyhow::Result<Seams> {
     anyhow::bail!("store = redis: this wsgate was built without the `redis` feature")
 }
 

@@ -141,8 +141,8 @@ async fn reconnect_runs_auth_then_replays_subscriptions() {
     // The record follows the subscriptions (what cluster mode re-establishes from).
     let rec = srv
         .node
-        .gateway
-        .store
+        .upstreams
+        .records()
         .upstream_get(&id)
         .await
         .unwrap()
@@ -186,8 +186,8 @@ async fn reconnect_runs_auth_then_replays_subscriptions() {
     assert_eq!(status, 200);
     assert!(
         srv.node
-            .gateway
-            .store
+            .upstreams
+            .records()
             .upstream_get(&id)
             .await
             .unwrap()
@@ -421,8 +421,8 @@ async fn publish_reaches_gateway_subscribers_until_stopped() {
     assert_eq!(view(&srv, &id).await["publish_topic"], "feed");
     let rec = srv
         .node
-        .gateway
-        .store
+        .upstreams
+        .records()
         .upstream_get(&id)
         .await
         .unwrap()
@@ -452,8 +452,8 @@ async fn publish_reaches_gateway_subscribers_until_stopped() {
     assert_eq!(view(&srv, &id).await["publish_topic"], Value::Null);
     let rec = srv
         .node
-        .gateway
-        .store
+        .upstreams
+        .records()
         .upstream_get(&id)
         .await
         .unwrap()
@@ -521,16 +521,16 @@ async fn seed_000_error_strings_over_http() {
     }
 
     // A record held by another node (cluster mode's case).
-    let rec = wsgate_cluster::UpstreamRecord {
+    let rec = wsgate_core::seams::UpstreamRecord {
         id: "fedcba9876543210-other-node".into(),
         owner: "other-node".into(),
         state: "connected".into(),
         created_at_ms: 0,
-        spec: wsgate_cluster::upstream::UpstreamSpec::new("ws://127.0.0.1:1/"),
+        spec: wsgate_core::seams::upstream::UpstreamSpec::new("ws://127.0.0.1:1/"),
     };
     srv.node
-        .gateway
-        .store
+        .upstreams
+        .records()
         .upstream_put(rec.clone())
         .await
         .unwrap();

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use crate::seams::{
+    Broker, BrokerError, Deliver, Envelope, NodeId, PresenceEntry, PresenceStore, PublishRequest,
+};
 use bytes::Bytes;
 use serde::Serialize;
 use tracing::{info, warn};
-use wsgate_cluster::{
-    Broker, BrokerError, Deliver, Envelope, NodeId, PresenceEntry, PublishRequest, Store,
-};
 
 pub use connection::{CloseRequest, Connection, ConnectionInfo, Stats};
 pub use registry::Registry;
@@ -90,7 +90,7 @@ pub struct Gateway {
     pub config: GatewayConfig,
     pub registry: Arc<Registry>,
     pub broker: Arc<dyn Broker>,
-    pub store: Arc<dyn Store>,
+    pub presence: Arc<dyn PresenceStore>,
     pub metrics: Metrics,
     pub clock: Clock,
 }
@@ -100,7 +100,7 @@ impl Gateway {
     pub fn new(
         config: GatewayConfig,
         broker: Arc<dyn Broker>,
-        store: Arc<dyn Store>,
+        presence: Arc<dyn PresenceStore>,
         metrics: Metrics,
     ) -> Arc<Self> {
         let registry = Arc::new(Registry::default());
@@ -112,7 +112,7 @@ impl Gateway {
             config,
             registry,
             broker,
-            store,
+            presence,
             metrics,
             clock: Clock::new(),
         })
@@ -162,7 +162,7 @@ impl Gateway {
         let channels = self.registry.remove(conn);
         self.metrics.subscriptions.dec_by(channels.len() as i64);
         for channel in &channels {
-            if let Err(e) = self.store.presence_leave(channel, &conn.id).await {
+            if let Err(e) = self.presence.presence_leave(channel, &conn.id).await {
                 self.metrics.store_errors.inc();
                 warn!(connection_id = %conn.id, error = %e, "presence leave failed");
             }
@@ -251,7 +251,7 @@ impl Gateway {
     }
 
     pub async fn presence(&self, channel: &str) -> Result<Presence, GatewayError> {
-        let entries = self.store.presence(channel).await.map_err(|e| {
+        let entries = self.presence.presence(channel).await.map_err(|e| {
             self.metrics.store_errors.inc();
             GatewayError::Broker(BrokerError::Unavailable(e.to_string()))
         })?;
@@ -264,7 +264,7 @@ impl Gateway {
             user: conn.user().clone(),
             node: self.config.node.clone(),
         };
-        if let Err(e) = self.store.presence_join(channel, entry).await {
+        if let Err(e) = self.presence.presence_join(channel, entry).await {
             self.metrics.store_errors.inc();
             warn!(connection_id = %conn.id, channel, error = %e, "presence join failed");
         }

@@ -10,9 +10,9 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
+use crate::seams::{Recovery, StreamPosition};
 use serde_json::value::RawValue;
 use tungstenite::Utf8Bytes;
-use wsgate_cluster::{Recovery, StreamPosition};
 
 use super::connection::{CloseRequest, Connection};
 use super::{ClientPublish, Gateway};
@@ -120,7 +120,7 @@ impl Session {
                 }
                 gw.metrics.subscriptions.dec();
                 self.conn.transport.forget_skip(&channel);
-                if let Err(e) = gw.store.presence_leave(&channel, &self.conn.id).await {
+                if let Err(e) = gw.presence.presence_leave(&channel, &self.conn.id).await {
                     gw.metrics.store_errors.inc();
                     tracing::warn!(connection_id = %self.conn.id, error = %e, "presence leave failed");
                 }

@@ -10,18 +10,31 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::seams::{Forwarding, Ownership};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
-use wsgate_cluster::Ownership;
+use wsgate_backoff::Backoff;
 
 use super::forward::Reply;
 use super::{CLOSE_WAIT, UpstreamError, UpstreamManager};
 
+/// The cluster side of the manager: who owns which connection, and the channel that
+/// carries calls to the owner.
+pub(super) struct ClusterSeams {
+    pub ownership: Arc<dyn Ownership>,
+    pub forwarding: Arc<dyn Forwarding>,
+}
+
 impl UpstreamManager {
-    /// Cluster mode: answer calls forwarded to this node and use `ownership` for routing.
-    pub fn attach_cluster(self: &Arc<Self>, ownership: Arc<dyn Ownership>) {
+    /// Cluster mode: answer calls forwarded to this node (over `forwarding`) and use
+    /// `ownership` for routing.
+    pub fn attach_cluster(
+        self: &Arc<Self>,
+        ownership: Arc<dyn Ownership>,
+        forwarding: Arc<dyn Forwarding>,
+    ) {
         let weak = Arc::downgrade(self);
-        ownership.serve(Arc::new(move |body| {
+        forwarding.serve(Arc::new(move |body| {
             let weak = weak.clone();
             Box::pin(async move {
                 match weak.upgrade() {
@@ -31,12 +44,15 @@ impl UpstreamManager {
                 }
             })
         }));
-        let _ = self.cluster.set(ownership);
+        let _ = self.cluster.set(ClusterSeams {
+            ownership,
+            forwarding,
+        });
     }
 
     /// Starts the reclaimer (cluster mode only). Abort the handle before [`Self::hand_over`].
     pub fn spawn_reclaimer(self: &Arc<Self>, clear_all: bool) -> Option<JoinHandle<()>> {
-        let own = self.cluster.get()?.clone();
+        let own = self.cluster.get()?.ownership.clone();
         let me = self.clone();
         Some(tokio::spawn(
             async move { me.reclaimer(own, clear_all).await },
@@ -56,7 +72,7 @@ impl UpstreamManager {
                 "CLEAR_ALL_ON_START: upstream connection records wiped"
             );
         } else {
-            let records = retry("list records", || self.gateway.store.upstream_list()).await;
+            let records = retry("list records", || self.records.upstream_list()).await;
             let mut n = 0;
             for rec in records {
                 if rec.owner == self.node() && !self.conns.contains_key(rec.id.as_str()) {
@@ -105,7 +121,7 @@ impl UpstreamManager {
     /// their records unowned and drops the lease, so survivors take them on their next
     /// sweep instead of waiting for the lease to expire. Returns how many were released.
     pub async fn hand_over(&self) -> usize {
-        let Some(own) = self.cluster.get() else {
+        let Some(own) = self.cluster.get().map(|c| &c.ownership) else {
             return 0;
         };
         let ids: Vec<String> = self.conns.iter().map(|e| e.key().to_string()).collect();
@@ -127,24 +143,30 @@ impl UpstreamManager {
     }
 }
 
+/// The longest wait between two tries of [`retry`].
+const RETRY_MAX_DELAY: Duration = Duration::from_secs(2);
+
 /// Retries `f` with capped backoff until it succeeds (Redis may come up after us).
 async fn retry<T, E: std::fmt::Display, F, Fut>(what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
-    let mut delay = Duration::from_millis(100);
-    let mut warned = false;
+    let mut backoff = Backoff::new()
+        .initial_delay(Duration::from_millis(100))
+        .max_delay(RETRY_MAX_DELAY)
+        .jitter(0.0)
+        .max_attempts(None)
+        .start();
     loop {
         match f().await {
             Ok(v) => return v,
             Err(e) => {
-                if !warned {
+                if backoff.retries() == 0 {
                     warn!(error = %e, "{what} failed; retrying");
-                    warned = true;
                 }
+                let delay = backoff.next_delay().unwrap_or(RETRY_MAX_DELAY);
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
             }
         }
     }

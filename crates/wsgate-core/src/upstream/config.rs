@@ -5,12 +5,12 @@
 
 use std::time::Duration;
 
+use crate::seams::upstream::{
+    AuthExpect, CorrelationMode, OfflineMode, UpstreamSpec, UpstreamSubscription,
+};
 use wsgate_client::{
     Auth, Backoff, BreakerConfig, ClientConfig, Correlation, Heartbeat, HeartbeatPing, Matcher,
     Message, OfflinePolicy, Subscription,
-};
-use wsgate_cluster::upstream::{
-    AuthExpect, CorrelationMode, OfflineMode, UpstreamSpec, UpstreamSubscription,
 };
 
 use super::UpstreamError;

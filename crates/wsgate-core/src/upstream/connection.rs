@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use crate::seams::{UpstreamRecord, UpstreamRecords};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::warn;
 use wsgate_client::Client;
-use wsgate_cluster::UpstreamRecord;
 
 use super::state::GaugeSlot;
 use super::{UpstreamError, WRITE_TIMEOUT};
@@ -32,6 +32,8 @@ pub struct Shared {
     pub id: Arc<str>,
     pub fixed: Fixed,
     pub gateway: Arc<Gateway>,
+    /// Where the durable record is written.
+    pub records: Arc<dyn UpstreamRecords>,
     /// The durable record. An async mutex held across the store write, so record writes of
     /// one connection reach the store in the order they were made. Control operations and
     /// state changes only: never taken per message.
@@ -51,12 +53,12 @@ impl Shared {
     ) -> Result<(), UpstreamError> {
         let mut rec = self.record.lock().await;
         edit(&mut rec);
-        let put = self.gateway.store.upstream_put(rec.clone());
+        let put = self.records.upstream_put(rec.clone());
         let res = match tokio::time::timeout(WRITE_TIMEOUT, put).await {
             Ok(r) => r.map_err(UpstreamError::from),
-            Err(_) => Err(UpstreamError::Store(
-                wsgate_cluster::StoreError::Unavailable("upstream record write timed out".into()),
-            )),
+            Err(_) => Err(UpstreamError::Store(crate::seams::StoreError::Unavailable(
+                "upstream record write timed out".into(),
+            ))),
         };
         if let Err(e) = &res {
             self.gateway.metrics.store_errors.inc();

@@ -3,7 +3,7 @@
 //! The `Display` strings of the first four variants are API (seed 000): HTTP and gRPC
 //! answers carry them verbatim in `error`, and clients match on them.
 
-use wsgate_cluster::StoreError;
+use crate::seams::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {

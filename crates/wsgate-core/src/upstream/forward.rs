@@ -1,16 +1,16 @@
 //! Upstream API calls forwarded to the instance that owns the connection (cluster mode).
 //!
 //! The caller's node serialises the operation as an [`Op`], sends it through the
-//! [`Ownership`](wsgate_cluster::Ownership) request/reply channel to the owner, which runs
+//! [`Forwarding`](crate::seams::Forwarding) request/reply channel to the owner, which runs
 //! it locally (never forwarding again) and answers a [`Reply`]. Errors travel as their
 //! kind and text, so the caller answers exactly as the owner would have.
 
+use crate::seams::upstream::UpstreamSubscription;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use wsgate_client::Message;
-use wsgate_cluster::upstream::UpstreamSubscription;
 
 use super::UpstreamError;
 

@@ -8,17 +8,17 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::seams::upstream::{UpstreamSpec, UpstreamSubscription};
+use crate::seams::{UpstreamRecord, UpstreamRecords};
 use bytes::Bytes;
 use dashmap::DashMap;
 use tokio::sync::watch;
 use tracing::{info, warn};
 use wsgate_client::{Client, ConnectionState, Message};
-use wsgate_cluster::UpstreamRecord;
-use wsgate_cluster::upstream::{UpstreamSpec, UpstreamSubscription};
 
 use base64::Engine;
-use wsgate_cluster::Ownership;
 
+use super::cluster::ClusterSeams;
 use super::config::{client_config, subscription, validate, validate_topic};
 use super::connection::{Fixed, Shared, Upstream};
 use super::forward::{Op, Reply, WireMessage};
@@ -29,9 +29,11 @@ use crate::gateway::Gateway;
 
 pub struct UpstreamManager {
     pub(super) gateway: Arc<Gateway>,
+    /// Where every connection's durable record is kept.
+    pub(super) records: Arc<dyn UpstreamRecords>,
     pub(super) conns: DashMap<Arc<str>, Arc<Upstream>>,
     /// Cluster mode: leases, reclaiming and forwarding (see [`super::cluster`]).
-    pub(super) cluster: std::sync::OnceLock<Arc<dyn Ownership>>,
+    pub(super) cluster: std::sync::OnceLock<ClusterSeams>,
 }
 
 /// What Connect reports.
@@ -43,13 +45,19 @@ pub struct Connected {
 }
 
 impl UpstreamManager {
-    /// A manager publishing through `gateway` and keeping records in its store.
-    pub fn new(gateway: Arc<Gateway>) -> Arc<Self> {
+    /// A manager publishing through `gateway` and keeping records in `records`.
+    pub fn new(gateway: Arc<Gateway>, records: Arc<dyn UpstreamRecords>) -> Arc<Self> {
         Arc::new(Self {
             gateway,
+            records,
             conns: DashMap::new(),
             cluster: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The store of upstream records.
+    pub fn records(&self) -> &Arc<dyn UpstreamRecords> {
+        &self.records
     }
 
     pub(super) fn node(&self) -> &str {
@@ -73,15 +81,14 @@ impl UpstreamManager {
             created_at_ms: now_ms(),
             spec,
         };
-        self.gateway
-            .store
+        self.records
             .upstream_put(record.clone())
             .await
             .inspect_err(|_| {
                 self.gateway.metrics.store_errors.inc();
             })?;
         let up = self.start(record).await;
-        info!(upstream_id = %id, url = %wsgate_cluster::upstream::redact_url(&up.client.snapshot().url), "upstream connecting");
+        info!(upstream_id = %id, url = %crate::seams::upstream::redact_url(&up.client.snapshot().url), "upstream connecting");
         let mut state = up.client.watch_state();
         let _ = tokio::time::timeout(
             wait,
@@ -108,6 +115,7 @@ impl UpstreamManager {
                 header_names: spec.headers.iter().map(|(k, _)| k.clone()).collect(),
             },
             gateway: self.gateway.clone(),
+            records: self.records.clone(),
             topic: watch::channel(spec.publish_topic.as_deref().map(Arc::from)).0,
             gauge: GaugeSlot::default(),
             published: AtomicU64::new(0),
@@ -138,7 +146,7 @@ impl UpstreamManager {
             return Ok(up.clone());
         }
         // Cluster mode: a record held by another node gets the more useful error.
-        match self.gateway.store.upstream_get(id).await {
+        match self.records.upstream_get(id).await {
             Ok(Some(rec)) if rec.owner != self.node() => {
                 Err(UpstreamError::OwnedByDifferentInstance(rec.owner))
             }
@@ -155,7 +163,7 @@ impl UpstreamManager {
             Err(UpstreamError::OwnedByDifferentInstance(owner)) => {
                 if let Some(cluster) = self.cluster.get()
                     && !owner.is_empty()
-                    && cluster.is_alive(&owner).await.unwrap_or(false)
+                    && cluster.ownership.is_alive(&owner).await.unwrap_or(false)
                 {
                     return Ok(Route::Remote(owner));
                 }
@@ -177,7 +185,7 @@ impl UpstreamManager {
         };
         self.gateway.metrics.upstream_forwarded.inc();
         let body = serde_json::to_string(&op).map_err(|e| UpstreamError::Remote(e.to_string()))?;
-        let Some(reply) = cluster.request(owner, body, timeout).await? else {
+        let Some(reply) = cluster.forwarding.request(owner, body, timeout).await? else {
             // Its lease has not run out yet, but no process of it listens: dead, and not
             // reclaimed yet.
             return Err(UpstreamError::OwnedByDifferentInstance(owner.into()));
@@ -379,7 +387,7 @@ impl UpstreamManager {
         };
         up.close(CLOSE_WAIT).await;
         up.shared.gauge.clear(&self.gateway.metrics);
-        if let Err(e) = self.gateway.store.upstream_delete(id).await {
+        if let Err(e) = self.records.upstream_delete(id).await {
             self.gateway.metrics.store_errors.inc();
             warn!(upstream_id = %id, error = %e, "upstream record delete failed");
         }

@@ -20,7 +20,7 @@
 //! - **Data mapping** (see [`mapping`]): a text frame that is valid JSON is published as
 //!   that value; other text as a JSON string; binary as `{"binary_base64":"…"}`.
 //! - **Records in the store.** Every connection has an
-//!   [`UpstreamRecord`](wsgate_cluster::UpstreamRecord) in the [`Store`](wsgate_cluster::Store),
+//!   [`UpstreamRecord`](crate::seams::UpstreamRecord) in the [`UpstreamRecords`](crate::seams::UpstreamRecords) store,
 //!   rewritten when subscriptions, the publish topic or the state change, so cluster mode
 //!   can re-establish it elsewhere with [`UpstreamManager::start`].
 //! - **Errors** are [`UpstreamError`], whose seed 000 strings are API.

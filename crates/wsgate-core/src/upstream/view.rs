@@ -7,9 +7,9 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::UNIX_EPOCH;
 
+use crate::seams::upstream::{CorrelationMode, redact_url};
 use serde::Serialize;
 use wsgate_client::BreakerState;
-use wsgate_cluster::upstream::{CorrelationMode, redact_url};
 
 use super::connection::Upstream;
 use super::state::state_name;

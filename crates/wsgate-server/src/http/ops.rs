@@ -24,7 +24,7 @@ pub async fn ready(State(node): State<Arc<Node>>) -> Response {
         "started": node.lifecycle.is_started(),
         "draining": node.lifecycle.is_draining(),
         "broker": if gw.broker.is_healthy() { "ok" } else { "unavailable" },
-        "store": if gw.store.is_healthy() { "ok" } else { "unavailable" },
+        "store": if gw.presence.is_healthy() { "ok" } else { "unavailable" },
         "connections": gw.registry.len(),
     });
     let status = if node.is_ready() {

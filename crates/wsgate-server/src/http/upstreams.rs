@@ -37,7 +37,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use wsgate_client::Message;
-use wsgate_cluster::upstream::{
+use wsgate_core::seams::upstream::{
     AuthExpect, BreakerPolicy, CorrelationMode, HeartbeatPolicy, OfflineMode, ReconnectPolicy,
     UpstreamAuth, UpstreamSpec, UpstreamSubscription,
 };

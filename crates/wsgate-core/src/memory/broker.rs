@@ -9,9 +9,9 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 
 use super::{new_epoch, now_us};
-use crate::broker::{Broker, BrokerError, Deliver};
-use crate::model::{
-    Envelope, NodeId, Publication, PublishRequest, Recovery, RecoveryGap, StreamPosition,
+use crate::seams::{
+    Broker, BrokerError, Deliver, Envelope, NodeId, Publication, PublishRequest, Recovery,
+    RecoveryGap, StreamPosition,
 };
 
 /// One channel's stream. Its mutex is held while a publication is handed to the local sink:

@@ -11,11 +11,14 @@ use redis::aio::ConnectionManager;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use super::{ChannelStreams, Dispatcher, Health, Keys, RedisConfig, backoff};
-use crate::broker::{Broker, BrokerError, Deliver};
-use crate::metrics::ClusterMetrics;
-use crate::model::{NodeId, PublishRequest, Recovery, StreamPosition};
-use crate::wire;
+use wsgate_core::relay::{Dispatcher, Relay, wire};
+use wsgate_core::seams::{
+    Broker, BrokerError, ClusterMetrics, Deliver, NodeId, PublishRequest, Recovery, StreamPosition,
+};
+
+use super::{
+    ChannelStreams, Health, Keys, RedisConfig, broker_error, next_delay, reconnect_backoff,
+};
 
 /// How often the subscription connection is pinged, and how long an answer may take: a
 /// half-open connection is noticed within about three seconds.
@@ -25,6 +28,7 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct RedisBroker {
     node: NodeId,
     streams: Arc<ChannelStreams>,
+    relay: Arc<Relay>,
     conn: ConnectionManager,
     keys: Keys,
     sink: Arc<OnceLock<Arc<dyn Deliver>>>,
@@ -40,31 +44,34 @@ impl RedisBroker {
         config: &RedisConfig,
         metrics: ClusterMetrics,
     ) -> Result<Self, BrokerError> {
-        let conn = config.manager()?;
+        let conn = config.manager().map_err(broker_error)?;
         let keys = Keys::new(&config.key_prefix);
         let streams = Arc::new(ChannelStreams::new(
             conn.clone(),
             keys.clone(),
             config.history_size,
-            metrics,
+            metrics.clone(),
         ));
+        let relay = Arc::new(Relay::new(streams.clone(), metrics));
         let sink = Arc::new(OnceLock::new());
         let subscribed = Arc::new(Health::default());
         let subscription = Subscription {
-            client: config.client()?,
+            client: config.client().map_err(broker_error)?,
             channels: [
                 keys.publications.clone(),
                 keys.users.clone(),
                 keys.node(&node),
             ],
             conn: conn.clone(),
-            dispatcher: Dispatcher::new(streams.clone(), sink.clone()),
+            dispatcher: Dispatcher::new(relay.clone(), sink.clone()),
+            health: streams.health.clone(),
             subscribed: subscribed.clone(),
         };
         let task = tokio::spawn(subscription.run());
         Ok(Self {
             node,
             streams,
+            relay,
             conn,
             keys,
             sink,
@@ -83,7 +90,7 @@ impl RedisBroker {
         if r.is_err() {
             self.streams.metrics.errors.inc();
         }
-        Ok(r? as usize)
+        Ok(r.map_err(broker_error)? as usize)
     }
 }
 
@@ -103,7 +110,7 @@ impl Broker for RedisBroker {
     /// remote subscribers see one order): the count returned is the number of nodes that
     /// received the publication.
     async fn publish(&self, req: PublishRequest) -> Result<(StreamPosition, usize), BrokerError> {
-        let appended = self.streams.append(req, true).await?;
+        let appended = self.streams.append_announced(req).await?;
         let p = appended.publication;
         Ok((
             StreamPosition {
@@ -115,7 +122,7 @@ impl Broker for RedisBroker {
     }
 
     async fn position(&self, channel: &str) -> Result<StreamPosition, BrokerError> {
-        self.streams.position(channel).await
+        self.relay.position(channel).await
     }
 
     async fn recover(
@@ -123,7 +130,7 @@ impl Broker for RedisBroker {
         channel: &str,
         since: &StreamPosition,
     ) -> Result<Recovery, BrokerError> {
-        self.streams.recover(channel, since).await
+        self.relay.recover(channel, since).await
     }
 
     /// Returns the number of nodes the send reached.
@@ -160,21 +167,23 @@ struct Subscription {
     channels: [String; 3],
     conn: ConnectionManager,
     dispatcher: Dispatcher,
+    /// The command connection's health (shared with the streams).
+    health: Arc<Health>,
     subscribed: Arc<Health>,
 }
 
 impl Subscription {
     async fn run(mut self) {
-        let mut attempt = 0u32;
+        let mut backoff = reconnect_backoff();
         let mut connected_before = false;
         loop {
             match self.connect().await {
                 Ok(pubsub) => {
-                    attempt = 0;
+                    backoff.reset();
                     self.check_commands().await;
                     self.subscribed.set(true);
                     if connected_before {
-                        self.dispatcher.streams_metrics().resubscriptions.inc();
+                        self.dispatcher.metrics().resubscriptions.inc();
                         info!("redis subscription restored; catching up from history");
                         self.dispatcher.resync().await;
                     } else {
@@ -187,13 +196,12 @@ impl Subscription {
                 }
                 Err(e) => {
                     self.subscribed.set(false);
-                    if attempt == 0 {
+                    if backoff.retries() == 0 {
                         warn!(error = %e, "redis subscription failed; retrying with backoff");
                     }
                 }
             }
-            tokio::time::sleep(backoff(attempt)).await;
-            attempt = attempt.saturating_add(1);
+            tokio::time::sleep(next_delay(&mut backoff)).await;
         }
     }
 
@@ -218,7 +226,7 @@ impl Subscription {
     /// The command connection reconnects on its own; this makes its health known again.
     async fn check_commands(&self) {
         let r: Result<String, _> = redis::cmd("PING").query_async(&mut self.conn.clone()).await;
-        self.dispatcher.streams_health().observe(&r);
+        self.health.observe(&r);
     }
 
     /// Reads the subscription until it fails. Returns why.
@@ -235,7 +243,7 @@ impl Subscription {
                             self.dispatcher.on_envelope(envelope).await;
                         }
                         Err(e) => {
-                            self.dispatcher.streams_metrics().malformed.inc();
+                            self.dispatcher.metrics().malformed.inc();
                             warn!(error = %e, channel = msg.get_channel_name(), "dropping message");
                         }
                     }

@@ -1,20 +1,16 @@
-//! The [`Ownership`] seam: who holds which upstream connection in a cluster.
+//! The [`Ownership`] seam: which node holds which upstream connection in a cluster.
 //!
 //! Single-node stores have none (every record is this node's). Cluster stores (Redis)
-//! implement it with leases, an atomic compare-and-set claim of orphaned records and a
-//! request/reply channel per node used to forward API calls to a connection's owner.
+//! implement it with leases and an atomic compare-and-set claim of orphaned records. The
+//! channel that carries API calls to a connection's owner is a separate seam,
+//! [`Forwarding`](super::Forwarding).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::future::BoxFuture;
 
-use crate::store::StoreError;
-use crate::upstream::UpstreamRecord;
-
-/// Answers one forwarded request (its body) with a reply body.
-pub type RequestHandler = Arc<dyn Fn(String) -> BoxFuture<'static, String> + Send + Sync>;
+use super::presence::StoreError;
+use super::upstream::UpstreamRecord;
 
 /// What one reclaimer sweep found.
 #[derive(Debug, Default)]
@@ -40,16 +36,6 @@ pub trait Ownership: Send + Sync + 'static {
     async fn release(&self, ids: &[String]) -> Result<usize, StoreError>;
     /// Deletes every upstream record (`CLEAR_ALL_ON_START`). Returns how many.
     async fn clear_all(&self) -> Result<usize, StoreError>;
-    /// Sends `body` to `node`'s handler and waits (at most `timeout`) for its reply.
-    /// `None`: no process of that node listens (it is dead even if its lease is not).
-    async fn request(
-        &self,
-        node: &str,
-        body: String,
-        timeout: Duration,
-    ) -> Result<Option<String>, StoreError>;
-    /// Starts answering requests addressed to this node with `handler`.
-    fn serve(&self, handler: RequestHandler);
     /// How often the reclaimer should sweep.
     fn sweep_interval(&self) -> Duration;
 }

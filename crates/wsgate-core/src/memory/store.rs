@@ -6,8 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use dashmap::DashMap;
 
-use crate::store::{PresenceEntry, Store, StoreError};
-use crate::upstream::UpstreamRecord;
+use crate::seams::{PresenceEntry, PresenceStore, StoreError, UpstreamRecord, UpstreamRecords};
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -22,7 +21,7 @@ impl MemoryStore {
 }
 
 #[async_trait]
-impl Store for MemoryStore {
+impl PresenceStore for MemoryStore {
     async fn presence_join(&self, channel: &str, entry: PresenceEntry) -> Result<(), StoreError> {
         self.presence
             .entry(channel.into())
@@ -47,6 +46,13 @@ impl Store for MemoryStore {
             .unwrap_or_default())
     }
 
+    fn is_healthy(&self) -> bool {
+        true
+    }
+}
+
+#[async_trait]
+impl UpstreamRecords for MemoryStore {
     async fn upstream_put(&self, record: UpstreamRecord) -> Result<(), StoreError> {
         self.upstreams.insert(record.id.clone(), record);
         Ok(())
@@ -64,16 +70,12 @@ impl Store for MemoryStore {
     async fn upstream_list(&self) -> Result<Vec<UpstreamRecord>, StoreError> {
         Ok(self.upstreams.iter().map(|r| r.clone()).collect())
     }
-
-    fn is_healthy(&self) -> bool {
-        true
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::UpstreamSpec;
+    use crate::seams::upstream::UpstreamSpec;
 
     #[tokio::test]
     async fn upstream_records_round_trip() {

@@ -10,13 +10,13 @@
 //! ```
 //!
 //! `data` is the publication's JSON text, passed through untouched. The `c` form is built by
-//! `redis/lua/publish.lua` (Redis broker) or by [`encode_channel`] (NATS broker).
+//! `wsgate-redis`'s `lua/publish.lua` (Redis broker) or by [`encode_channel`] (NATS broker).
 
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::model::{Envelope, Publication};
+use crate::seams::{Envelope, Publication};
 
 #[derive(Debug, thiserror::Error)]
 #[error("malformed cluster message: {0}")]

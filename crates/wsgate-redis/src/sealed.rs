@@ -15,8 +15,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 
-use crate::store::StoreError;
-use crate::upstream::{UpstreamAuth, UpstreamRecord, UpstreamSpec};
+use wsgate_core::seams::StoreError;
+use wsgate_core::seams::UpstreamRecord;
+use wsgate_core::seams::upstream::{UpstreamAuth, UpstreamSpec};
 
 /// The cluster key: 32 bytes shared by every node.
 #[derive(Clone)]

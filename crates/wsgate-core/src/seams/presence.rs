@@ -1,11 +1,10 @@
-//! The [`Store`] seam: state that must outlive one node.
+//! The [`PresenceStore`] seam: who is in which channel, across the cluster; and
+//! [`StoreError`], the error of every store-side seam.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::Serialize;
-
-use crate::upstream::UpstreamRecord;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -24,17 +23,11 @@ pub struct PresenceEntry {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait PresenceStore: Send + Sync + 'static {
     async fn presence_join(&self, channel: &str, entry: PresenceEntry) -> Result<(), StoreError>;
     async fn presence_leave(&self, channel: &str, connection_id: &str) -> Result<(), StoreError>;
     async fn presence(&self, channel: &str) -> Result<Vec<PresenceEntry>, StoreError>;
-
-    /// Creates or replaces the record of an upstream connection (keyed by its id).
-    async fn upstream_put(&self, record: UpstreamRecord) -> Result<(), StoreError>;
-    async fn upstream_get(&self, id: &str) -> Result<Option<UpstreamRecord>, StoreError>;
-    /// Removes a record; removing an unknown id is not an error.
-    async fn upstream_delete(&self, id: &str) -> Result<(), StoreError>;
-    /// Every record, in no particular order.
-    async fn upstream_list(&self) -> Result<Vec<UpstreamRecord>, StoreError>;
+    /// Whether the store answers now (feeds `/ready`). One backend holds presence and
+    /// upstream records, so this stands for both.
     fn is_healthy(&self) -> bool;
 }

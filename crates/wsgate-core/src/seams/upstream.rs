@@ -2,7 +2,7 @@
 //!
 //! A record holds everything a node needs to re-establish the connection from scratch
 //! (URL, headers, auth, subscriptions, policies, publish topic) plus who owns it and the
-//! state last seen. It lives in the [`Store`](crate::Store) so that, in cluster mode, a
+//! state last seen. It lives in the [`UpstreamRecords`](super::UpstreamRecords) store so that, in cluster mode, a
 //! surviving node can reclaim the connections of a dead one.
 //!
 //! Records contain secrets (header values, auth messages). The memory store keeps them in

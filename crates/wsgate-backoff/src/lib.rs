@@ -1,4 +1,11 @@
-//! Reconnect delay policy: exponential growth to a cap, jitter, attempt limit.
+//! Retry delay policy: exponential growth to a cap, jitter, attempt limit.
+//!
+//! One implementation serves every retry loop of wsgate: the upstream client's reconnects
+//! (`wsgate-client` re-exports it), the core's cluster retries (lease, record listing) and
+//! the Redis engine's reconnects. It is its own crate because those three must not depend
+//! on each other for it: `wsgate-client` stays usable alone (no dependency on the core),
+//! and a storage engine has no business depending on a WebSocket client. The policy is
+//! pure (no clock, no sleeping), so each caller sleeps its own way.
 //!
 //! [`Backoff`] is the immutable policy (what the user configures);
 //! [`BackoffState`] is the per-connection counter that hands out delays. It
@@ -105,7 +112,7 @@ impl Backoff {
         self
     }
 
-    /// Retries after which the client gives up (`None` = retry forever).
+    /// Retries after which the caller gives up (`None` = retry forever).
     /// Default 10.
     pub fn max_attempts(mut self, n: Option<u32>) -> Self {
         self.max_attempts = n;

@@ -3,18 +3,19 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
-use dashmap::DashMap;
-
+use async_trait::async_trait;
 use bytes::Bytes;
 use redis::aio::ConnectionManager;
 use redis::{Script, Value};
+use tokio::task::JoinHandle;
+use wsgate_core::memory::recover_from;
+use wsgate_core::seams::{
+    BrokerError, ChannelLog, ClusterMetrics, Publication, PublishRequest, Recovery, StreamPosition,
+};
 
-use super::{Health, Keys};
-use crate::broker::BrokerError;
-use crate::metrics::ClusterMetrics;
-use crate::model::{Publication, PublishRequest, Recovery, StreamPosition};
+use super::{Health, Keys, RedisConfig, broker_error};
 
 /// What the publish script answers.
 pub(crate) struct Appended {
@@ -23,23 +24,22 @@ pub(crate) struct Appended {
     pub receivers: usize,
 }
 
-pub(crate) struct ChannelStreams {
+/// The channel log in Redis: the [`ChannelLog`] the Redis broker publishes through, and the
+/// one the NATS broker sequences with.
+pub struct ChannelStreams {
     conn: ConnectionManager,
     keys: Keys,
     history_size: usize,
     publish: Script,
     recover: Script,
-    pub health: Arc<Health>,
-    pub metrics: ClusterMetrics,
-    /// Positions answered to local subscribers, per channel: where this node's delivery of
-    /// a channel it has not seen yet must start. Without it, a node whose first live
-    /// message of a channel is offset 2 (offset 1 still in flight, from another publisher)
-    /// could not tell that 1 is missing. Taken by the dispatcher.
-    pub joins: DashMap<Arc<str>, (StreamPosition, Instant)>,
+    pub(crate) health: Arc<Health>,
+    pub(crate) metrics: ClusterMetrics,
+    /// Keeps `health` current without traffic (only when no subscription task does).
+    watch: Option<JoinHandle<()>>,
 }
 
 impl ChannelStreams {
-    pub fn new(
+    pub(crate) fn new(
         conn: ConnectionManager,
         keys: Keys,
         history_size: usize,
@@ -53,8 +53,22 @@ impl ChannelStreams {
             recover: Script::new(include_str!("lua/recover.lua")),
             health: Arc::new(Health::default()),
             metrics,
-            joins: DashMap::new(),
+            watch: None,
         }
+    }
+
+    /// A channel log for a broker that moves messages elsewhere (NATS): connects in the
+    /// background and keeps its own health current. Needs a Tokio runtime.
+    pub fn start(config: &RedisConfig, metrics: ClusterMetrics) -> Result<Self, BrokerError> {
+        let conn = config.manager().map_err(broker_error)?;
+        let mut streams = Self::new(
+            conn.clone(),
+            Keys::new(&config.key_prefix),
+            config.history_size,
+            metrics,
+        );
+        streams.watch = Some(tokio::spawn(watch(conn, streams.health.clone())));
+        Ok(streams)
     }
 
     fn observe<T>(&self, r: &Result<T, redis::RedisError>) {
@@ -64,9 +78,16 @@ impl ChannelStreams {
         }
     }
 
-    /// Appends `req` to its channel's stream; with `announce`, also `PUBLISH`es it to
-    /// `P:pub` in the same script.
-    pub async fn append(
+    /// Appends `req` to its channel's stream and `PUBLISH`es it to `P:pub` in the same
+    /// script (the Redis broker's publish).
+    pub(crate) async fn append_announced(
+        &self,
+        req: PublishRequest,
+    ) -> Result<Appended, BrokerError> {
+        self.append_with(req, true).await
+    }
+
+    async fn append_with(
         &self,
         req: PublishRequest,
         announce: bool,
@@ -87,7 +108,7 @@ impl ChannelStreams {
             .invoke_async(&mut self.conn.clone())
             .await;
         self.observe(&r);
-        let items = array(r?)?;
+        let items = array(r.map_err(broker_error)?)?;
         let [offset, epoch, at, receivers] = items.as_slice() else {
             return Err(bad("publish answer"));
         };
@@ -102,49 +123,6 @@ impl ChannelStreams {
             },
             receivers: int(receivers)? as usize,
         })
-    }
-
-    /// Where a channel stands, for a subscriber of this node (remembered as its join).
-    pub async fn position(&self, channel: &str) -> Result<StreamPosition, BrokerError> {
-        let (position, _) = self.read(channel, None).await?;
-        self.joined(channel, &position);
-        Ok(position)
-    }
-
-    /// Position and history after `since`, with the rules of [`crate::memory::recover_from`],
-    /// for a subscriber of this node (remembered as its join).
-    pub async fn recover(
-        &self,
-        channel: &str,
-        since: &StreamPosition,
-    ) -> Result<Recovery, BrokerError> {
-        let recovery = self.recover_quietly(channel, since).await?;
-        self.joined(channel, &recovery.position);
-        Ok(recovery)
-    }
-
-    /// The same read, for the dispatcher's own fills.
-    pub async fn recover_quietly(
-        &self,
-        channel: &str,
-        since: &StreamPosition,
-    ) -> Result<Recovery, BrokerError> {
-        let (position, history) = self.read(channel, Some(since)).await?;
-        Ok(crate::memory::recover_from(&history, position, since))
-    }
-
-    fn joined(&self, channel: &str, position: &StreamPosition) {
-        // The lowest answered position wins: delivering from there covers every subscriber.
-        let now = Instant::now();
-        self.joins
-            .entry(channel.into())
-            .and_modify(|(p, at)| {
-                if p.epoch != position.epoch || position.offset < p.offset {
-                    *p = position.clone();
-                }
-                *at = now;
-            })
-            .or_insert_with(|| (position.clone(), now));
     }
 
     async fn read(
@@ -165,7 +143,7 @@ impl ChannelStreams {
             .invoke_async(&mut self.conn.clone())
             .await;
         self.observe(&r);
-        let mut items = array(r?)?.into_iter();
+        let mut items = array(r.map_err(broker_error)?)?.into_iter();
         let (Some(epoch), Some(offset)) = (items.next(), items.next()) else {
             return Err(bad("recover answer"));
         };
@@ -223,5 +201,49 @@ fn int(v: &Value) -> Result<u64, BrokerError> {
     match v {
         Value::Int(i) => u64::try_from(*i).map_err(|_| bad("integer")),
         other => text(other)?.parse().map_err(|_| bad("integer")),
+    }
+}
+
+impl Drop for ChannelStreams {
+    fn drop(&mut self) {
+        if let Some(task) = &self.watch {
+            task.abort();
+        }
+    }
+}
+
+#[async_trait]
+impl ChannelLog for ChannelStreams {
+    async fn append(&self, req: PublishRequest) -> Result<Publication, BrokerError> {
+        Ok(self.append_with(req, false).await?.publication)
+    }
+
+    async fn position(&self, channel: &str) -> Result<StreamPosition, BrokerError> {
+        Ok(self.read(channel, None).await?.0)
+    }
+
+    async fn recover(
+        &self,
+        channel: &str,
+        since: &StreamPosition,
+    ) -> Result<Recovery, BrokerError> {
+        let (position, history) = self.read(channel, Some(since)).await?;
+        Ok(recover_from(&history, position, since))
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.health.get()
+    }
+}
+
+/// Keeps the log's health current even without traffic, in its own task so that a slow
+/// Redis never holds up deliveries.
+async fn watch(conn: ConnectionManager, health: Arc<Health>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let r: Result<String, _> = redis::cmd("PING").query_async(&mut conn.clone()).await;
+        health.observe(&r);
     }
 }

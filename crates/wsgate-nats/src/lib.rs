@@ -1,13 +1,15 @@
-//! [`NatsBroker`]: delivery between nodes over core NATS; offsets and history in Redis.
+//! [`NatsBroker`]: delivery between nodes over core NATS; offsets and history in a
+//! [`ChannelLog`] (Redis's, at run time).
 //!
-//! # Why Redis keeps the streams
+//! # Why another engine keeps the streams
 //! Core NATS has no per-subject offsets and no history. JetStream has history, but its
 //! sequence is per stream, not per channel; per-channel offsets would need one stream per
 //! channel or an optimistic-concurrency retry loop on every publish, and a second engine to
 //! operate. The Redis publish script already gives per-channel offsets, epochs and bounded
-//! history in one round trip, so the NATS broker reuses it ([`crate::redis`]'s
-//! `publish.lua` without its `PUBLISH`) and uses NATS only to move messages: run
-//! `--broker nats --store redis`.
+//! history in one round trip, so the server hands the NATS broker `wsgate-redis`'s channel
+//! log (its `publish.lua` without the `PUBLISH`) and NATS only moves messages: run
+//! `--broker nats --store redis`. This crate sees the log only through the core's
+//! [`ChannelLog`] seam, so it does not depend on Redis to compile.
 //!
 //! # Subjects
 //! Each node subscribes to exactly three subjects, whatever its number of clients:
@@ -19,7 +21,7 @@
 //! # Order
 //! Two nodes that publish to one channel get consecutive offsets from Redis but may reach
 //! NATS in the other order. The receiving [`Dispatcher`] never delivers out of order: on a
-//! jump it reads the missing publications from the Redis stream (they are always there
+//! jump it reads the missing publications from the channel log (they are always there
 //! first), delivers them, and drops the late live copy as a duplicate. Such reorderings
 //! show in `wsgate_cluster_gaps_detected_total` as well as real losses.
 
@@ -35,11 +37,11 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::broker::{Broker, BrokerError, Deliver};
-use crate::metrics::ClusterMetrics;
-use crate::model::{Envelope, NodeId, PublishRequest, Recovery, StreamPosition};
-use crate::redis::{ChannelStreams, Dispatcher, Keys, RedisConfig};
-use crate::wire;
+use wsgate_core::relay::{Dispatcher, Relay, wire};
+use wsgate_core::seams::{
+    Broker, BrokerError, ChannelLog, ClusterMetrics, Deliver, Envelope, NodeId, PublishRequest,
+    Recovery, StreamPosition,
+};
 
 /// How long a send to one connection waits for the holding node's answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -75,30 +77,26 @@ fn token(s: &str) -> String {
 }
 
 pub struct NatsBroker {
-    streams: Arc<ChannelStreams>,
+    relay: Arc<Relay>,
     client: Arc<OnceLock<Client>>,
     subjects: Arc<Subjects>,
     sink: Arc<OnceLock<Arc<dyn Deliver>>>,
-    tasks: [JoinHandle<()>; 2],
+    task: JoinHandle<()>,
 }
 
 impl NatsBroker {
-    /// Connects in the background (NATS or Redis may still be down: the broker reports
-    /// itself unhealthy until both answer). Needs a Tokio runtime.
+    /// Connects in the background (NATS or the log may still be down: the broker reports
+    /// itself unhealthy until both answer). `prefix` names the subjects (the key prefix).
+    /// Needs a Tokio runtime.
     pub fn start(
         node: NodeId,
         nats_url: &str,
-        redis: &RedisConfig,
+        prefix: &str,
+        log: Arc<dyn ChannelLog>,
         metrics: ClusterMetrics,
-    ) -> Result<Self, BrokerError> {
-        let conn = redis.manager()?;
-        let streams = Arc::new(ChannelStreams::new(
-            conn.clone(),
-            Keys::new(&redis.key_prefix),
-            redis.history_size,
-            metrics,
-        ));
-        let subjects = Arc::new(Subjects::new(&redis.key_prefix));
+    ) -> Self {
+        let relay = Arc::new(Relay::new(log, metrics));
+        let subjects = Arc::new(Subjects::new(prefix));
         let client = Arc::new(OnceLock::new());
         let sink = Arc::new(OnceLock::new());
         let node_loop = NodeLoop {
@@ -106,19 +104,15 @@ impl NatsBroker {
             node_subject: subjects.node(&node),
             subjects: subjects.clone(),
             client: client.clone(),
-            dispatcher: Dispatcher::new(streams.clone(), sink.clone()),
+            dispatcher: Dispatcher::new(relay.clone(), sink.clone()),
         };
-        let tasks = [
-            tokio::spawn(node_loop.run()),
-            tokio::spawn(watch_redis(conn, streams.clone())),
-        ];
-        Ok(Self {
-            streams,
+        Self {
+            relay,
             client,
             subjects,
             sink,
-            tasks,
-        })
+            task: tokio::spawn(node_loop.run()),
+        }
     }
 
     fn connected(&self) -> Result<&Client, BrokerError> {
@@ -131,9 +125,7 @@ impl NatsBroker {
 
 impl Drop for NatsBroker {
     fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
+        self.task.abort();
     }
 }
 
@@ -148,11 +140,11 @@ impl Broker for NatsBroker {
     }
 
     /// Delivery is asynchronous (through the node's own subscription): returns 0 local
-    /// deliveries. Refused before touching Redis when NATS is down, so an accepted
+    /// deliveries. Refused before touching the log when NATS is down, so an accepted
     /// publication is also announced.
     async fn publish(&self, req: PublishRequest) -> Result<(StreamPosition, usize), BrokerError> {
         let client = self.connected()?;
-        let p = self.streams.append(req, false).await?.publication;
+        let p = self.relay.log().append(req).await?;
         let position = StreamPosition {
             offset: p.offset,
             epoch: p.epoch.clone(),
@@ -163,14 +155,14 @@ impl Broker for NatsBroker {
         {
             // In history already: nodes fill it in at the next publication of the channel,
             // and `since` recovers it.
-            self.streams.metrics.errors.inc();
+            self.relay.metrics().errors.inc();
             warn!(channel = %p.channel, offset = p.offset, error = %e, "NATS publish failed after append");
         }
         Ok((position, 0))
     }
 
     async fn position(&self, channel: &str) -> Result<StreamPosition, BrokerError> {
-        self.streams.position(channel).await
+        self.relay.position(channel).await
     }
 
     async fn recover(
@@ -178,7 +170,7 @@ impl Broker for NatsBroker {
         channel: &str,
         since: &StreamPosition,
     ) -> Result<Recovery, BrokerError> {
-        self.streams.recover(channel, since).await
+        self.relay.recover(channel, since).await
     }
 
     /// Core NATS does not count receivers: returns 0.
@@ -218,29 +210,17 @@ impl Broker for NatsBroker {
     }
 
     fn is_healthy(&self) -> bool {
-        self.connected().is_ok() && self.streams.health.get()
+        self.connected().is_ok() && self.relay.log().is_healthy()
     }
 }
 
-/// The node's subscriptions and the Redis health check, in one task.
+/// The node's subscriptions, in one task.
 struct NodeLoop {
     url: String,
     node_subject: Subject,
     subjects: Arc<Subjects>,
     client: Arc<OnceLock<Client>>,
     dispatcher: Dispatcher,
-}
-
-/// Keeps the Redis half of the broker's health current even without traffic, in its own
-/// task so that a slow Redis never holds up deliveries.
-async fn watch_redis(conn: redis::aio::ConnectionManager, streams: Arc<ChannelStreams>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let r: Result<String, _> = redis::cmd("PING").query_async(&mut conn.clone()).await;
-        streams.health.observe(&r);
-    }
 }
 
 impl NodeLoop {
@@ -301,7 +281,7 @@ impl NodeLoop {
                 }
                 _ = reconnected.notified() => {
                     if connected_before {
-                        self.dispatcher.streams_metrics().resubscriptions.inc();
+                        self.dispatcher.metrics().resubscriptions.inc();
                         self.dispatcher.resync().await;
                     }
                     connected_before = true;
@@ -315,7 +295,7 @@ impl NodeLoop {
             Ok(e @ Envelope::Channel(_)) => self.dispatcher.on_envelope(e).await,
             Ok(e) => self.dispatcher.deliver_direct(&e),
             Err(e) => {
-                self.dispatcher.streams_metrics().malformed.inc();
+                self.dispatcher.metrics().malformed.inc();
                 warn!(error = %e, "dropping message");
                 0
             }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::model::{Envelope, NodeId, PublishRequest, Recovery, StreamPosition};
+use super::model::{Envelope, NodeId, PublishRequest, Recovery, StreamPosition};
 
 /// A node's local delivery: the gateway implements it, the broker calls it.
 ///

@@ -1,4 +1,4 @@
-//! [`RedisOwnership`]: leases, the reclaimer's atomic claims, hand-over and forwarding.
+//! [`RedisOwnership`]: leases, the reclaimer's atomic claims and hand-over.
 //!
 //! - **Lease** = the node's `P:alive:<node>` key (the same key presence uses: one liveness
 //!   mechanism), TTL `lease_ttl`, renewed every TTL/3 by the store's liveness task, plus
@@ -11,29 +11,24 @@
 //! - **Hand-over**: the liveness task stops, records go to owner `""` (nobody has a lease
 //!   under the empty id, so they are orphans), the lease is deleted; survivors see it on
 //!   their next sweep.
-//! - **Forwarding**: request/reply over pub/sub channel `P:rpc:<node>`; one subscription
-//!   per node carries both the requests addressed to it and the replies to its own requests.
+//!
+//! Forwarding API calls to a connection's owner is [`super::RedisForwarding`].
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dashmap::DashMap;
-use futures_util::StreamExt;
 use rand::seq::SliceRandom;
 use redis::Script;
 use redis::aio::ConnectionManager;
-use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
+use serde::Deserialize;
 use tracing::{debug, info, warn};
+use wsgate_core::seams::{NodeId, Ownership, StoreError, Sweep};
 
 use super::sealed::{self, ClusterKey};
-use super::{Keys, backoff};
-use crate::model::NodeId;
-use crate::ownership::{Ownership, RequestHandler, Sweep};
-use crate::store::StoreError;
+use super::{Keys, store_error};
 
 /// A full record scan at least every this many sweeps, even when no lease vanished.
 const FULL_SCAN_EVERY: u64 = 20;
@@ -41,43 +36,18 @@ const FULL_SCAN_EVERY: u64 = 20;
 pub struct RedisOwnership {
     pub(crate) node: NodeId,
     pub(crate) conn: ConnectionManager,
-    pub(crate) client: redis::Client,
     pub(crate) keys: Keys,
     pub(crate) lease_ttl: Duration,
     pub(crate) key: Option<ClusterKey>,
     /// Set by `release`: the liveness task stops renewing the lease.
     pub(crate) lease_stopped: Arc<AtomicBool>,
-    pub(crate) inner: Arc<Rpc>,
     pub(crate) sweeps: AtomicU64,
     pub(crate) claim: Script,
-}
-
-/// Request/reply state shared with the subscription task.
-#[derive(Default)]
-pub(crate) struct Rpc {
-    pending: DashMap<u64, oneshot::Sender<String>>,
-    next: AtomicU64,
-    handler: OnceLock<RequestHandler>,
-    started: AtomicBool,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Frame {
-    /// `q` request, `r` reply.
-    k: char,
-    id: u64,
-    /// The requester (where the reply goes).
-    from: String,
-    b: String,
 }
 
 #[derive(Deserialize)]
 struct Head {
     owner: String,
-}
-
-fn err(e: redis::RedisError) -> StoreError {
-    StoreError::from(e)
 }
 
 impl RedisOwnership {
@@ -103,7 +73,7 @@ impl RedisOwnership {
             .arg(Self::json(to))
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(err)?;
+            .map_err(store_error)?;
         Ok(r)
     }
 
@@ -116,26 +86,12 @@ impl RedisOwnership {
             .arg(&keys)
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(err)?;
+            .map_err(store_error)?;
         Ok(nodes
             .iter()
             .cloned()
             .zip(vals.into_iter().map(|v| v.is_some()))
             .collect())
-    }
-
-    fn start_subscription(&self) {
-        if self.inner.started.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let task = RpcTask {
-            client: self.client.clone(),
-            conn: self.conn.clone(),
-            channel: self.keys.rpc(&self.node),
-            keys: self.keys.clone(),
-            rpc: self.inner.clone(),
-        };
-        tokio::spawn(task.run());
     }
 }
 
@@ -153,7 +109,7 @@ impl Ownership for RedisOwnership {
             .ignore()
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(err)?;
+            .map_err(store_error)?;
         Ok(())
     }
 
@@ -165,7 +121,7 @@ impl Ownership for RedisOwnership {
             .arg(self.keys.alive(node))
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(err)?;
+            .map_err(store_error)?;
         Ok(n == 1)
     }
 
@@ -175,7 +131,7 @@ impl Ownership for RedisOwnership {
             .arg(self.keys.instances())
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(err)?;
+            .map_err(store_error)?;
         let mut alive = self.alive_map(&instances).await?;
         let dead: Vec<String> = instances
             .iter()
@@ -190,7 +146,7 @@ impl Ownership for RedisOwnership {
             .arg(self.keys.record_index())
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(err)?;
+            .map_err(store_error)?;
         let mut records: Vec<(String, String)> = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
             let keys: Vec<String> = chunk.iter().map(|id| self.keys.record(id)).collect();
@@ -198,7 +154,7 @@ impl Ownership for RedisOwnership {
                 .arg(&keys)
                 .query_async(&mut self.conn.clone())
                 .await
-                .map_err(err)?;
+                .map_err(store_error)?;
             for (id, v) in chunk.iter().zip(vals) {
                 if let Some(json) = v
                     && let Ok(head) = serde_json::from_str::<Head>(&json)
@@ -278,7 +234,7 @@ impl Ownership for RedisOwnership {
             .arg(self.keys.alive(&self.node))
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(err)?;
+            .map_err(store_error)?;
         Ok(n)
     }
 
@@ -287,7 +243,7 @@ impl Ownership for RedisOwnership {
             .arg(self.keys.record_index())
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(err)?;
+            .map_err(store_error)?;
         let mut pipe = redis::pipe();
         for id in &ids {
             pipe.del(self.keys.record(id)).ignore();
@@ -296,135 +252,11 @@ impl Ownership for RedisOwnership {
         let _: () = pipe
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(err)?;
+            .map_err(store_error)?;
         Ok(ids.len())
-    }
-
-    async fn request(
-        &self,
-        node: &str,
-        body: String,
-        timeout: Duration,
-    ) -> Result<Option<String>, StoreError> {
-        self.start_subscription();
-        let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.inner.pending.insert(id, tx);
-        let frame = Frame {
-            k: 'q',
-            id,
-            from: self.node.to_string(),
-            b: body,
-        };
-        let payload =
-            serde_json::to_string(&frame).map_err(|e| StoreError::Other(e.to_string()))?;
-        let sent: Result<i64, _> = redis::cmd("PUBLISH")
-            .arg(self.keys.rpc(node))
-            .arg(payload)
-            .query_async(&mut self.conn.clone())
-            .await;
-        let res = match sent {
-            Err(e) => Err(err(e)),
-            Ok(0) => Ok(None),
-            Ok(_) => match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(reply)) => Ok(Some(reply)),
-                Ok(Err(_)) => Err(StoreError::Other("forwarded call dropped".into())),
-                Err(_) => Err(StoreError::Unavailable(format!(
-                    "instance {node} did not answer a forwarded call in time"
-                ))),
-            },
-        };
-        self.inner.pending.remove(&id);
-        res
-    }
-
-    fn serve(&self, handler: RequestHandler) {
-        let _ = self.inner.handler.set(handler);
-        self.start_subscription();
     }
 
     fn sweep_interval(&self) -> Duration {
         (self.lease_ttl / 12).clamp(Duration::from_millis(100), Duration::from_millis(500))
-    }
-}
-
-/// The node's `P:rpc:<node>` subscription: requests in, replies to its own requests in.
-struct RpcTask {
-    client: redis::Client,
-    conn: ConnectionManager,
-    channel: String,
-    keys: Keys,
-    rpc: Arc<Rpc>,
-}
-
-impl RpcTask {
-    async fn run(self) {
-        let mut attempt = 0u32;
-        loop {
-            let connect = async {
-                let mut ps = self.client.get_async_pubsub().await?;
-                ps.subscribe(&self.channel).await?;
-                Ok::<_, redis::RedisError>(ps)
-            };
-            match tokio::time::timeout(Duration::from_secs(2), connect).await {
-                Ok(Ok(ps)) => {
-                    attempt = 0;
-                    debug!(channel = %self.channel, "forwarding channel subscribed");
-                    let mut stream = ps.into_on_message();
-                    while let Some(msg) = stream.next().await {
-                        let Ok(frame) = serde_json::from_slice::<Frame>(msg.get_payload_bytes())
-                        else {
-                            continue;
-                        };
-                        self.on_frame(frame);
-                    }
-                    warn!("forwarding subscription lost; reconnecting");
-                }
-                _ => {
-                    if attempt == 0 {
-                        warn!("forwarding subscription failed; retrying");
-                    }
-                }
-            }
-            tokio::time::sleep(backoff(attempt)).await;
-            attempt = attempt.saturating_add(1);
-        }
-    }
-
-    fn on_frame(&self, frame: Frame) {
-        match frame.k {
-            'r' => {
-                if let Some((_, tx)) = self.rpc.pending.remove(&frame.id) {
-                    let _ = tx.send(frame.b);
-                }
-            }
-            'q' => {
-                let Some(handler) = self.rpc.handler.get().cloned() else {
-                    return;
-                };
-                let mut conn = self.conn.clone();
-                let reply_to = self.keys.rpc(&frame.from);
-                tokio::spawn(async move {
-                    let body = handler(frame.b).await;
-                    let reply = Frame {
-                        k: 'r',
-                        id: frame.id,
-                        from: String::new(),
-                        b: body,
-                    };
-                    if let Ok(payload) = serde_json::to_string(&reply) {
-                        let r: Result<i64, _> = redis::cmd("PUBLISH")
-                            .arg(reply_to)
-                            .arg(payload)
-                            .query_async(&mut conn)
-                            .await;
-                        if let Err(e) = r {
-                            warn!(error = %e, "forwarded call reply not sent");
-                        }
-                    }
-                });
-            }
-            _ => {}
-        }
     }
 }

@@ -22,13 +22,15 @@ use redis::aio::ConnectionManager;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use wsgate_core::seams::{
+    ClusterMetrics, NodeId, PresenceEntry, PresenceStore, StoreError, UpstreamRecord,
+    UpstreamRecords,
+};
+
+use super::forwarding::RedisForwarding;
 use super::ownership::RedisOwnership;
 use super::sealed::{self, ClusterKey};
-use super::{Health, Keys, RedisConfig};
-use crate::metrics::ClusterMetrics;
-use crate::model::NodeId;
-use crate::store::{PresenceEntry, Store, StoreError};
-use crate::upstream::UpstreamRecord;
+use super::{Health, Keys, RedisConfig, store_error};
 
 /// This node's entries: channel → connection → user.
 type Local = DashMap<Arc<str>, HashMap<Arc<str>, Arc<str>>>;
@@ -56,7 +58,7 @@ impl RedisStore {
         config: &RedisConfig,
         metrics: ClusterMetrics,
     ) -> Result<Self, StoreError> {
-        let conn = config.manager()?;
+        let conn = config.manager().map_err(store_error)?;
         let keys = Keys::new(&config.key_prefix);
         let local = Arc::new(Local::new());
         let health = Arc::new(Health::default());
@@ -81,7 +83,7 @@ impl RedisStore {
             put: Script::new(include_str!("lua/put.lua")),
             key: config.cluster_key.clone(),
             lease_stopped,
-            client: config.client()?,
+            client: config.client().map_err(store_error)?,
             lease_ttl: config.alive_ttl(),
             local,
             health,
@@ -90,19 +92,28 @@ impl RedisStore {
         })
     }
 
-    /// The ownership side (leases, claims, forwarding) over the same connection.
+    /// The ownership side (leases, claims, hand-over) over the same connection.
     pub fn ownership(&self) -> RedisOwnership {
         RedisOwnership {
             node: self.node.clone(),
             conn: self.conn.clone(),
-            client: self.client.clone(),
             keys: self.keys.clone(),
             lease_ttl: self.lease_ttl,
             key: self.key.clone(),
             lease_stopped: self.lease_stopped.clone(),
-            inner: Default::default(),
             sweeps: AtomicU64::new(0),
             claim: Script::new(include_str!("lua/claim.lua")),
+        }
+    }
+
+    /// The forwarding channel to other nodes, over the same connection.
+    pub fn forwarding(&self) -> RedisForwarding {
+        RedisForwarding {
+            node: self.node.clone(),
+            conn: self.conn.clone(),
+            client: self.client.clone(),
+            keys: self.keys.clone(),
+            inner: Default::default(),
         }
     }
 
@@ -129,7 +140,7 @@ fn entry_value(node: &str, user: &str) -> String {
 }
 
 #[async_trait]
-impl Store for RedisStore {
+impl PresenceStore for RedisStore {
     async fn presence_join(&self, channel: &str, entry: PresenceEntry) -> Result<(), StoreError> {
         // Remembered first: if Redis is away now, the next successful refresh writes it.
         self.local
@@ -143,7 +154,7 @@ impl Store for RedisStore {
             .query_async(&mut self.conn.clone())
             .await;
         self.observe(&r);
-        r.map(drop).map_err(Into::into)
+        r.map(drop).map_err(store_error)
     }
 
     async fn presence_leave(&self, channel: &str, connection_id: &str) -> Result<(), StoreError> {
@@ -157,7 +168,7 @@ impl Store for RedisStore {
             .query_async(&mut self.conn.clone())
             .await;
         self.observe(&r);
-        r.map(drop).map_err(Into::into)
+        r.map(drop).map_err(store_error)
     }
 
     async fn presence(&self, channel: &str) -> Result<Vec<PresenceEntry>, StoreError> {
@@ -168,7 +179,7 @@ impl Store for RedisStore {
             .invoke_async(&mut self.conn.clone())
             .await;
         self.observe(&r);
-        let flat = r?;
+        let flat = r.map_err(store_error)?;
         let mut out = Vec::with_capacity(flat.len() / 2);
         for pair in flat.chunks_exact(2) {
             let (Ok(id), Ok(value)) =
@@ -186,6 +197,13 @@ impl Store for RedisStore {
         Ok(out)
     }
 
+    fn is_healthy(&self) -> bool {
+        self.health.get()
+    }
+}
+
+#[async_trait]
+impl UpstreamRecords for RedisStore {
     async fn upstream_put(&self, record: UpstreamRecord) -> Result<(), StoreError> {
         let json = sealed::encode(self.key.as_ref(), &record)?;
         // Record and index change together, so the index never names a missing record
@@ -256,10 +274,6 @@ impl Store for RedisStore {
             .flatten()
             .map(|json| sealed::decode(self.key.as_ref(), &json))
             .collect()
-    }
-
-    fn is_healthy(&self) -> bool {
-        self.health.get()
     }
 }
 

@@ -1,4 +1,11 @@
-//! Redis implementations of the seams: [`RedisBroker`] and [`RedisStore`].
+//! The Redis engine: implementations of the core's seams (`wsgate_core::seams`).
+//!
+//! - [`RedisBroker`]: the `Broker` (publish script + one subscription per node).
+//! - [`RedisStore`]: the `PresenceStore` and the `UpstreamRecords` store (records sealed
+//!   at rest with the [`ClusterKey`]); [`RedisStore::ownership`] gives the `Ownership`
+//!   (leases, claims, hand-over) and [`RedisStore::forwarding`] the `Forwarding` channel.
+//! - [`ChannelStreams`]: the `ChannelLog` (per-channel offsets, epochs, bounded history)
+//!   that the NATS broker of `wsgate-nats` sequences with.
 //!
 //! # Key layout
 //! Every key and pub/sub channel starts with a configurable prefix `P` (default `wsgate`),
@@ -40,7 +47,7 @@
 //! publications made while it was away are delivered (in order) or counted as lost.
 
 mod broker;
-mod dispatch;
+mod forwarding;
 mod keys;
 mod ownership;
 mod sealed;
@@ -51,15 +58,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub use broker::RedisBroker;
-pub(crate) use dispatch::Dispatcher;
+pub use forwarding::RedisForwarding;
 pub use keys::Keys;
 pub use ownership::RedisOwnership;
 pub use sealed::ClusterKey;
 pub use store::RedisStore;
-pub(crate) use streams::ChannelStreams;
-
-use crate::broker::BrokerError;
-use crate::store::StoreError;
+pub use streams::ChannelStreams;
+use wsgate_backoff::{Backoff, BackoffState};
+use wsgate_core::seams::{BrokerError, StoreError};
 
 /// Settings shared by the Redis broker and store.
 #[derive(Debug, Clone)]
@@ -123,23 +129,21 @@ pub(crate) fn is_unavailable(e: &redis::RedisError) -> bool {
     e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
 }
 
-impl From<redis::RedisError> for BrokerError {
-    fn from(e: redis::RedisError) -> Self {
-        if is_unavailable(&e) {
-            BrokerError::Unavailable(e.to_string())
-        } else {
-            BrokerError::Other(e.to_string())
-        }
+/// A Redis failure as the broker seam reports it.
+pub(crate) fn broker_error(e: redis::RedisError) -> BrokerError {
+    if is_unavailable(&e) {
+        BrokerError::Unavailable(e.to_string())
+    } else {
+        BrokerError::Other(e.to_string())
     }
 }
 
-impl From<redis::RedisError> for StoreError {
-    fn from(e: redis::RedisError) -> Self {
-        if is_unavailable(&e) {
-            StoreError::Unavailable(e.to_string())
-        } else {
-            StoreError::Other(e.to_string())
-        }
+/// A Redis failure as the store seams report it.
+pub(crate) fn store_error(e: redis::RedisError) -> StoreError {
+    if is_unavailable(&e) {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        StoreError::Other(e.to_string())
     }
 }
 
@@ -164,9 +168,21 @@ impl Health {
     }
 }
 
-/// Capped exponential backoff with jitter for the reconnect loops.
-pub(crate) fn backoff(attempt: u32) -> Duration {
-    let base = 100u64.saturating_mul(1 << attempt.min(5)).min(2_000);
-    let jitter = uuid::Uuid::new_v4().as_u128() as u64 % (base / 4 + 1);
-    Duration::from_millis(base - base / 8 + jitter)
+/// The longest wait between two reconnect attempts.
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
+
+/// Capped exponential backoff with jitter for the reconnect loops: 100 ms doubling to 2 s,
+/// up to a quarter removed at random, never giving up.
+pub(crate) fn reconnect_backoff() -> BackoffState {
+    Backoff::new()
+        .initial_delay(Duration::from_millis(100))
+        .max_delay(RECONNECT_MAX_DELAY)
+        .jitter(0.25)
+        .max_attempts(None)
+        .start()
+}
+
+/// The next reconnect delay (the policy never gives up; the cap is the fallback).
+pub(crate) fn next_delay(backoff: &mut BackoffState) -> Duration {
+    backoff.next_delay().unwrap_or(RECONNECT_MAX_DELAY)
 }
