@@ -76,6 +76,7 @@ mod correlation;
 mod driver;
 mod error;
 mod event;
+mod machine;
 mod message;
 mod stats;
 mod subscriptions;
