@@ -445,9 +445,7 @@ impl Driver {
                 self.shared.status().pending_requests = self.pending.len();
             }
             Routed::Late => {
-                self.shared
-                    .late_replies
-                    .fetch_add(1, Relaxed);
+                self.shared.late_replies.fetch_add(1, Relaxed);
                 debug!("late reply dropped");
             }
             Routed::NotAReply(msg) => self.emit(Event::Message(msg)).await,

@@ -380,7 +380,11 @@ mod tests {
 
         let mut plain = default_machine(false);
         plain.start();
-        assert_eq!(plain.on(Input::Opened, now), [Action::Restore], "no auth step");
+        assert_eq!(
+            plain.on(Input::Opened, now),
+            [Action::Restore],
+            "no auth step"
+        );
     }
 
     #[test]

@@ -17,8 +17,7 @@ use serde_json::Value;
 use wsgate_cluster::memory::{MemoryBroker, MemoryStore};
 
 use super::{
-    CloseRequest, Connection, Gateway, GatewayConfig, Outbound, Overflow, Session, Skips,
-    Transport,
+    CloseRequest, Connection, Gateway, GatewayConfig, Outbound, Overflow, Session, Skips, Transport,
 };
 use crate::auth::Identity;
 use crate::metrics::Metrics;
@@ -91,8 +90,7 @@ impl Recording {
 
 impl Transport for Recording {
     fn send(&self, item: &Outbound) -> Result<(), Overflow> {
-        let mut st = self.state.lock();
-        self.publish(&mut st, item)
+        self.publish(&mut self.state.lock(), item)
     }
 
     fn send_control(&self, frame: Bytes) {
@@ -104,16 +102,18 @@ impl Transport for Recording {
     }
 
     fn skip_through(&self, channel: Arc<str>, offset: u64) {
-        self.state.lock().skips.set(channel, offset);
+        self.state.lock().skips.set(channel, offset)
     }
 
     fn forget_skip(&self, channel: &str) {
-        self.state.lock().skips.forget(channel);
+        self.state.lock().skips.forget(channel)
     }
 
     fn backlog(&self) -> usize {
         let st = self.state.lock();
-        st.frames.len() + st.held.as_ref().map_or(0, Vec::len)
+        st.held
+            .as_ref()
+            .map_or(st.frames.len(), |h| st.frames.len() + h.len())
     }
 }
 

@@ -17,6 +17,21 @@ async fn subscribe(node: &Node, peer: &mut Peer, frame: Value) -> Vec<Value> {
     peer.take_json()
 }
 
+/// A channel with `n` publications (1..=n) and a first subscriber; returns the epoch.
+async fn stream_of(node: &Node, channel: &str, n: u64) -> Value {
+    let mut first = node.connect("first", 16);
+    let answer = subscribe(
+        node,
+        &mut first,
+        json!({"op":"subscribe","channel":channel}),
+    )
+    .await;
+    for i in 1..=n {
+        node.publish(channel, &i.to_string()).await;
+    }
+    answer[0]["epoch"].clone()
+}
+
 fn offsets(frames: &[Value]) -> Vec<u64> {
     frames
         .iter()
@@ -42,12 +57,7 @@ async fn subscribe_answers_with_the_stream_position_then_delivers() {
     let a = &answer[0];
     assert_eq!(
         (&a["op"], &a["id"], &a["channel"], &a["offset"]),
-        (
-            &json!("subscribed"),
-            &json!(7),
-            &json!("news"),
-            &json!(2)
-        )
+        (&json!("subscribed"), &json!(7), &json!("news"), &json!(2))
     );
     assert!(a["epoch"].as_str().is_some_and(|e| !e.is_empty()));
     assert!(a.get("recovered").is_none(), "only answered with `since`");
@@ -63,17 +73,7 @@ async fn subscribe_answers_with_the_stream_position_then_delivers() {
 #[tokio::test]
 async fn recover_since_a_position_in_history_replays_in_order() {
     let node = Node::new(16, |_| {});
-    let mut first = node.connect("alice", 16);
-    let answer = subscribe(
-        &node,
-        &mut first,
-        json!({"op":"subscribe","channel":"c"}),
-    )
-    .await;
-    let epoch = answer[0]["epoch"].clone();
-    for n in 1..=4 {
-        node.publish("c", &n.to_string()).await;
-    }
+    let epoch = stream_of(&node, "c", 4).await;
 
     let mut again = node.connect("alice", 16);
     let frames = subscribe(
@@ -86,27 +86,25 @@ async fn recover_since_a_position_in_history_replays_in_order() {
     assert_eq!(frames[0]["offset"], 4);
     assert_eq!(frames[0]["recovered"], true);
     assert!(frames[0].get("gap").is_none());
-    assert_eq!(offsets(&frames[1..]), vec![2, 3, 4], "missed ones, in order");
+    assert_eq!(
+        offsets(&frames[1..]),
+        vec![2, 3, 4],
+        "missed ones, in order"
+    );
     assert_eq!(frames[1]["data"], 2);
 
     node.publish("c", "5").await;
-    assert_eq!(offsets(&again.take_json()), vec![5], "then live, no duplicate");
+    assert_eq!(
+        offsets(&again.take_json()),
+        vec![5],
+        "then live, no duplicate"
+    );
 }
 
 #[tokio::test]
 async fn recover_too_old_or_across_epochs_says_why() {
     let node = Node::new(2, |_| {});
-    let mut first = node.connect("alice", 16);
-    let answer = subscribe(
-        &node,
-        &mut first,
-        json!({"op":"subscribe","channel":"c"}),
-    )
-    .await;
-    let epoch = answer[0]["epoch"].clone();
-    for n in 1..=5 {
-        node.publish("c", &n.to_string()).await;
-    }
+    let epoch = stream_of(&node, "c", 5).await;
 
     let mut late = node.connect("bob", 16);
     let frames = subscribe(
@@ -118,7 +116,11 @@ async fn recover_too_old_or_across_epochs_says_why() {
     assert_eq!(frames[0]["recovered"], false);
     assert_eq!(frames[0]["gap"], "history_truncated");
     assert_eq!(frames[0]["offset"], 5);
-    assert_eq!(offsets(&frames[1..]), vec![4, 5], "what history still holds");
+    assert_eq!(
+        offsets(&frames[1..]),
+        vec![4, 5],
+        "what history still holds"
+    );
 
     let mut stranger = node.connect("carol", 16);
     let frames = subscribe(
@@ -129,7 +131,10 @@ async fn recover_too_old_or_across_epochs_says_why() {
     .await;
     assert_eq!(frames[0]["recovered"], false);
     assert_eq!(frames[0]["gap"], "epoch_changed");
-    assert_eq!(frames[0]["epoch"], epoch, "the current epoch to continue from");
+    assert_eq!(
+        frames[0]["epoch"], epoch,
+        "the current epoch to continue from"
+    );
     assert_eq!(frames.len(), 1, "nothing replayed across epochs");
 }
 
@@ -188,11 +193,12 @@ async fn a_backlog_over_capacity_closes_a_slow_consumer() {
         node.publish("c", &n.to_string()).await;
         fast.take();
     }
-    assert_eq!(
-        slow.closed(),
-        Some((close::SLOW_CONSUMER, "slow_consumer"))
-    );
+    assert_eq!(slow.closed(), Some((close::SLOW_CONSUMER, "slow_consumer")));
     assert_eq!(fast.closed(), None, "a reader that keeps up stays");
-    assert_eq!(offsets(&slow.take_json()), vec![1, 2], "what fitted went out");
+    assert_eq!(
+        offsets(&slow.take_json()),
+        vec![1, 2],
+        "what fitted went out"
+    );
     assert_eq!(node.gw.metrics.slow_consumers.get(), 1);
 }
