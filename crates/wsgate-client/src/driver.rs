@@ -1,17 +1,24 @@
-//! The driver: the one task that owns the socket and the reconnect loop.
+//! The driver: the one task that owns the socket, and performs what the connection's state
+//! machine decides.
 //!
-//! Everything that can fail (handshake, auth, read, write, heartbeat, server
-//! close) ends up as a return value of [`Driver::establish`] or
-//! [`Driver::session`], and only [`Driver::run`] decides what happens next.
-//! That is what makes a second, competing reconnect loop impossible (seed
-//! 002, failure 1): there is no other place that could start one.
+//! [`Machine`] (in `machine.rs`) decides every step of a connection's life (connect,
+//! authenticate, replay, serve, back off, give up, close) and reads no socket. This task is
+//! its thin I/O side: [`Driver::run`] performs each [`Action`] and feeds what came of it
+//! (an [`Input`]) back to the machine. Everything that can fail (handshake, auth, read,
+//! write, heartbeat, server close) becomes such an input, and only the machine decides what
+//! happens next: there is no other place that could start a second, competing reconnect
+//! loop (seed 002, failure 1). Handle commands (send, request, subscribe, ...) are
+//! bookkeeping of this task: served offline while connecting or backing off, on the socket
+//! while active.
 //!
-//! Old connection resources are released by construction: the socket is a
-//! local of `session`, dropped when it returns, and the heartbeat timers are
-//! locals too; no task is spawned per connection.
+//! Old connection resources are released by construction: the socket is a local of `run`
+//! handed from step to step of one attempt, dropped by the step that fails, and owned by
+//! `session` once ready (dropped when it returns); the heartbeat timers are locals of
+//! `session`; no task is spawned per connection.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
@@ -26,13 +33,14 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::breaker::{Admission, CircuitBreaker, Transition};
+use crate::breaker::{BreakerState, CircuitBreaker};
 use crate::correlation::{CorrelationId, Pending, Routed};
+use crate::machine::{Action, Input, Machine};
 use crate::stats::Shared;
 use crate::subscriptions::{Added, Subscriptions};
 use crate::{
-    BackoffState, ClientConfig, CloseReason, ConnectionState, Error, Event, HeartbeatPing, Message,
-    OfflinePolicy, Subscription,
+    ClientConfig, ConnectionState, Error, Event, HeartbeatPing, Message, OfflinePolicy,
+    Subscription,
 };
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -70,18 +78,6 @@ enum Flow {
     Stop,
 }
 
-/// How a connection attempt ended when it did not produce a ready socket.
-enum AttemptEnd {
-    Failed(Error),
-    Stop,
-}
-
-/// How a ready connection ended.
-enum SessionEnd {
-    Lost(Error),
-    Stop,
-}
-
 pub(crate) struct Driver {
     cfg: ClientConfig,
     shared: Arc<Shared>,
@@ -91,9 +87,9 @@ pub(crate) struct Driver {
     subs: Subscriptions,
     outbox: VecDeque<Message>,
     pending: Pending,
-    backoff: BackoffState,
-    breaker: CircuitBreaker,
-    ever_connected: bool,
+    machine: Machine,
+    /// Data frames that arrived during auth, emitted once the connection is ready.
+    early: Vec<Message>,
     close_acks: Vec<oneshot::Sender<()>>,
 }
 
@@ -105,8 +101,12 @@ impl Driver {
         cmd_rx: mpsc::Receiver<Command>,
         events: mpsc::Sender<Event>,
     ) -> Self {
-        let backoff = cfg.backoff.start_with((cfg.jitter)());
-        let breaker = CircuitBreaker::new(cfg.breaker);
+        let machine = Machine::new(
+            cfg.backoff.start_with((cfg.jitter)()),
+            CircuitBreaker::new(cfg.breaker),
+            cfg.auto_reconnect,
+            cfg.auth.is_some(),
+        );
         Self {
             cfg,
             shared,
@@ -116,113 +116,126 @@ impl Driver {
             subs: Subscriptions::default(),
             outbox: VecDeque::new(),
             pending: Pending::default(),
-            backoff,
-            breaker,
-            ever_connected: false,
+            machine,
+            early: Vec::new(),
             close_acks: Vec::new(),
         }
     }
 
-    /// The reconnect loop. Returns when the client is closed or gives up.
+    /// Performs the machine's actions until it finishes: the client is closed or gave up.
     pub async fn run(mut self) {
         let span = info_span!("wsgate_client", id = %self.shared.id, url = %self.shared.url);
         async move {
+            // The socket of the attempt in progress; `Serve` takes it for the session.
+            let mut ws: Option<Ws> = None;
+            let mut actions = self.machine.start();
             loop {
-                let attempt = self.backoff.retries();
-                self.set_state(ConnectionState::Connecting);
-                self.shared
-                    .total_attempts
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                info!(attempt, "connection attempt");
-                let error = match self.establish().await {
-                    Ok((ws, early)) => {
-                        self.on_ready(early).await;
-                        match self.session(ws).await {
-                            SessionEnd::Stop => {
-                                return self.finish_closed(CloseReason::ClientClosed).await;
-                            }
-                            SessionEnd::Lost(err) => {
-                                warn!(error = %err, "connection lost");
-                                self.pending.fail_all(Error::ConnectionLost);
-                                self.record_error(&err);
-                                if !self.cfg.auto_reconnect {
-                                    return self
-                                        .finish_closed(CloseReason::ConnectionLost(err))
-                                        .await;
-                                }
-                                err
-                            }
-                        }
-                    }
-                    Err(AttemptEnd::Stop) => {
-                        return self.finish_closed(CloseReason::ClientClosed).await;
-                    }
-                    Err(AttemptEnd::Failed(err)) => {
-                        warn!(attempt, error = %err, "connection attempt failed");
-                        self.record_error(&err);
-                        let tr = self.breaker.record_failure(Instant::now().into_std());
-                        self.log_breaker(tr);
-                        err
-                    }
-                };
-                let Some(delay) = self.backoff.next_delay() else {
-                    return self.give_up(error).await;
-                };
-                let retry = self.backoff.retries();
-                self.shared.status().attempts = retry;
-                if self.wait_before(retry, delay, error).await == Flow::Stop {
-                    return self.finish_closed(CloseReason::ClientClosed).await;
+                let mut next = None;
+                for action in actions {
+                    debug_assert!(next.is_none(), "an action with an outcome ends its batch");
+                    next = self.perform(action, &mut ws).await;
                 }
+                let Some(input) = next else {
+                    return; // `Finish`
+                };
+                actions = self.machine.on(input, Instant::now());
             }
         }
         .instrument(span)
         .await
     }
 
-    /// Sleeps out the backoff delay (or the breaker's cooldown if longer),
-    /// still serving commands so `close`, `subscribe` and queued sends work
-    /// while disconnected.
-    async fn wait_before(&mut self, retry: u32, delay: Duration, error: Error) -> Flow {
-        let now = Instant::now();
-        let cooldown = self.breaker.remaining(now.into_std());
-        // Capped so `now + wait` cannot overflow with absurd settings.
-        let wait = delay.max(cooldown).min(Duration::from_secs(86_400 * 365));
-        self.set_state(if cooldown > Duration::ZERO {
-            ConnectionState::CircuitOpen
-        } else {
-            ConnectionState::Reconnecting
-        });
-        info!(retry, ?wait, "reconnecting");
-        self.emit(Event::Reconnecting {
-            attempt: retry,
-            delay: wait,
-            error,
-        })
-        .await;
-        let until = now + wait;
+    /// One action. Those that do I/O return what came of it, the machine's next input.
+    async fn perform(&mut self, action: Action, ws: &mut Option<Ws>) -> Option<Input> {
+        match action {
+            Action::SetState(state, breaker) => self.set_state(state, breaker),
+            Action::Connect { attempt } => {
+                self.shared.total_attempts.fetch_add(1, Relaxed);
+                info!(attempt, "connection attempt");
+                return Some(match self.handshake().await {
+                    Ok(socket) => {
+                        *ws = Some(socket);
+                        Input::Opened
+                    }
+                    Err(end) => end,
+                });
+            }
+            // A failed step drops the socket here, before any backoff wait.
+            Action::Authenticate => {
+                let mut socket = ws.take().expect("authenticate follows the handshake");
+                return Some(match self.authenticate(&mut socket).await {
+                    Ok(early) => {
+                        self.early = early;
+                        *ws = Some(socket);
+                        Input::Authenticated
+                    }
+                    Err(e) => Input::AttemptFailed(e),
+                });
+            }
+            Action::Restore => {
+                let mut socket = ws.take().expect("restore follows the handshake");
+                return Some(match self.restore(&mut socket).await {
+                    Ok(()) => {
+                        *ws = Some(socket);
+                        Input::Restored
+                    }
+                    Err(e) => Input::AttemptFailed(e),
+                });
+            }
+            Action::Serve => {
+                let socket = ws.take().expect("serve follows the restore");
+                return Some(self.session(socket).await);
+            }
+            Action::Wait(until) => return Some(self.wait(until).await),
+            Action::Breaker(t) => {
+                info!(from = ?t.from, to = ?t.to, "circuit breaker state change");
+                self.shared.status().breaker = t.to;
+            }
+            Action::RecordError(err) => self.shared.status().last_error = Some(err),
+            Action::Attempts(n) => self.shared.status().attempts = n,
+            Action::MarkConnected { reconnected } => {
+                {
+                    let mut st = self.shared.status();
+                    st.attempts = 0;
+                    st.connected_since = Some(SystemTime::now());
+                }
+                if reconnected {
+                    self.shared.reconnects.fetch_add(1, Relaxed);
+                }
+            }
+            Action::Emit(event) => self.emit(event).await,
+            Action::EmitEarly => {
+                for msg in std::mem::take(&mut self.early) {
+                    self.emit(Event::Message(msg)).await;
+                }
+            }
+            Action::FailPending(err) => self.pending.fail_all(err),
+            Action::DropOutbox => self.drop_outbox(),
+            Action::Finish => self.ack_close(),
+        }
+        None
+    }
+
+    /// Sleeps out the backoff delay (or the breaker's cooldown), still serving commands so
+    /// `close`, `subscribe` and queued sends work while disconnected.
+    async fn wait(&mut self, until: Instant) -> Input {
         loop {
             tokio::select! {
-                _ = sleep_until(until) => break,
+                _ = sleep_until(until) => return Input::WaitOver,
                 cmd = self.cmd_rx.recv() => {
                     if self.handle_offline(cmd) == Flow::Stop {
-                        return Flow::Stop;
+                        return Input::Stop;
                     }
                 }
             }
         }
-        // Open → HalfOpen happens here; the attempt that follows is the probe.
-        let (admission, tr) = self.breaker.admit(Instant::now().into_std());
-        self.log_breaker(tr);
-        if let Admission::Wait(left) = admission {
-            debug!(?left, "breaker still open after wait");
-        }
-        Flow::Continue
     }
 
-    /// Connect, authenticate, replay subscriptions, flush the outbox.
-    /// Returns the ready socket and data frames that arrived during auth.
-    async fn establish(&mut self) -> Result<(Ws, Vec<Message>), AttemptEnd> {
-        let request = self.build_request().map_err(AttemptEnd::Failed)?;
+    /// The WebSocket handshake, serving commands offline meanwhile: it is the one slow step
+    /// that they must not wait for.
+    async fn handshake(&mut self) -> Result<Ws, Input> {
+        let failed = |e| Input::AttemptFailed(e);
+        let request = self.build_request().map_err(failed)?;
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(self.cfg.read_buffer_size)
             .max_message_size(self.cfg.max_message_size);
@@ -231,45 +244,43 @@ impl Driver {
             tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true),
         );
         tokio::pin!(connect);
-        // The handshake is the one slow step that commands must not wait for.
-        let mut ws = loop {
+        loop {
             tokio::select! {
-                res = &mut connect => match res {
-                    Ok(Ok((ws, _resp))) => break ws,
-                    Ok(Err(e)) => return Err(AttemptEnd::Failed(Error::Connect(e.to_string()))),
-                    Err(_) => return Err(AttemptEnd::Failed(Error::Connect(format!(
+                res = &mut connect => return match res {
+                    Ok(Ok((ws, _resp))) => Ok(ws),
+                    Ok(Err(e)) => Err(failed(Error::Connect(e.to_string()))),
+                    Err(_) => Err(failed(Error::Connect(format!(
                         "handshake timed out after {:?}", self.cfg.connect_timeout
                     )))),
                 },
                 cmd = self.cmd_rx.recv() => {
                     if self.handle_offline(cmd) == Flow::Stop {
-                        return Err(AttemptEnd::Stop);
+                        return Err(Input::Stop);
                     }
                 }
             }
-        };
-        // From here on, commands wait in the channel: they are handled once
-        // the connection is ready, so user traffic always follows auth and
-        // the subscription replay. Each step below is bounded by a timeout.
-        let early = self
-            .authenticate(&mut ws)
-            .await
-            .map_err(AttemptEnd::Failed)?;
+        }
+    }
+
+    /// Replays every subscription in insertion order, then flushes the outbox. Commands
+    /// wait in the channel meanwhile (as during auth), so user traffic always follows the
+    /// replay. Each write is bounded by the write timeout.
+    async fn restore(&mut self, ws: &mut Ws) -> Result<(), Error> {
         let subs: Vec<Message> = self
             .subs
             .iter()
             .map(|s| s.subscribe_message().clone())
             .collect();
         for msg in subs {
-            self.write(&mut ws, msg).await.map_err(AttemptEnd::Failed)?;
+            self.write(ws, msg).await?;
         }
         // Pop only after a successful write: a failed flush keeps the message.
         while let Some(msg) = self.outbox.front().cloned() {
-            self.write(&mut ws, msg).await.map_err(AttemptEnd::Failed)?;
+            self.write(ws, msg).await?;
             self.outbox.pop_front();
         }
         self.shared.status().outbox_len = 0;
-        Ok((ws, early))
+        Ok(())
     }
 
     fn build_request(&self) -> Result<tungstenite::handshake::client::Request, Error> {
@@ -337,35 +348,8 @@ impl Driver {
         }
     }
 
-    async fn on_ready(&mut self, early: Vec<Message>) {
-        self.backoff.reset();
-        let tr = self.breaker.record_success();
-        self.log_breaker(tr);
-        {
-            let mut st = self.shared.status();
-            st.attempts = 0;
-            st.connected_since = Some(SystemTime::now());
-        }
-        self.set_state(ConnectionState::Connected);
-        let event = if self.ever_connected {
-            self.shared
-                .reconnects
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            info!("reconnected");
-            Event::Reconnected
-        } else {
-            info!("connected");
-            Event::Opened
-        };
-        self.ever_connected = true;
-        self.emit(event).await;
-        for msg in early {
-            self.emit(Event::Message(msg)).await;
-        }
-    }
-
     /// Serves a ready connection until it fails or the client stops.
-    async fn session(&mut self, mut ws: Ws) -> SessionEnd {
+    async fn session(&mut self, mut ws: Ws) -> Input {
         let hb = self.cfg.heartbeat.clone();
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
         let mut ping = hb.as_ref().map(|h| {
@@ -399,8 +383,8 @@ impl Driver {
                             server_close = Some(Error::ServerClosed { code, reason });
                         }
                         Some(Ok(_)) => {} // ping (auto-answered), pong: liveness only
-                        Some(Err(e)) => break SessionEnd::Lost(server_close.take().unwrap_or_else(|| Error::transport(e))),
-                        None => break SessionEnd::Lost(server_close.take().unwrap_or_else(|| Error::Transport("connection closed".into()))),
+                        Some(Err(e)) => break Input::Lost(server_close.take().unwrap_or_else(|| Error::transport(e))),
+                        None => break Input::Lost(server_close.take().unwrap_or_else(|| Error::Transport("connection closed".into()))),
                     }
                 }
                 cmd = self.cmd_rx.recv() => {
@@ -414,13 +398,13 @@ impl Driver {
                         }
                         Ok(Flow::Stop) => {
                             self.graceful_close(&mut ws).await;
-                            break SessionEnd::Stop;
+                            break Input::Stop;
                         }
                         Err(Error::ReconnectRequested) => {
                             self.graceful_close(&mut ws).await;
-                            break SessionEnd::Lost(Error::ReconnectRequested);
+                            break Input::Lost(Error::ReconnectRequested);
                         }
-                        Err(e) => break SessionEnd::Lost(e),
+                        Err(e) => break Input::Lost(e),
                     }
                 }
                 _ = async { ping.as_mut().expect("guarded").tick().await }, if ping.is_some() => {
@@ -429,14 +413,14 @@ impl Driver {
                         _ => WsMessage::Ping(bytes::Bytes::new()),
                     };
                     if let Err(e) = self.write_raw(&mut ws, frame).await {
-                        break SessionEnd::Lost(e);
+                        break Input::Lost(e);
                     }
                 }
                 _ = &mut silence, if silence_limit.is_some() => {
                     let limit = silence_limit.unwrap_or_default();
                     if last_rx + limit <= Instant::now() {
                         warn!(?limit, "heartbeat timeout");
-                        break SessionEnd::Lost(Error::HeartbeatTimeout(limit));
+                        break Input::Lost(Error::HeartbeatTimeout(limit));
                     }
                     silence.as_mut().reset(last_rx + limit);
                 }
@@ -461,9 +445,7 @@ impl Driver {
                 self.shared.status().pending_requests = self.pending.len();
             }
             Routed::Late => {
-                self.shared
-                    .late_replies
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.shared.late_replies.fetch_add(1, Relaxed);
                 debug!("late reply dropped");
             }
             Routed::NotAReply(msg) => self.emit(Event::Message(msg)).await,
@@ -643,53 +625,18 @@ impl Driver {
         self.shared.status().subscriptions = self.subs.keys();
     }
 
-    fn set_state(&self, state: ConnectionState) {
+    fn set_state(&self, state: ConnectionState, breaker: BreakerState) {
         {
             let mut st = self.shared.status();
             st.state = state;
-            st.breaker = self.breaker.state();
+            st.breaker = breaker;
         }
         self.state_tx.send_replace(state);
-    }
-
-    fn record_error(&self, err: &Error) {
-        self.shared.status().last_error = Some(err.clone());
-    }
-
-    fn log_breaker(&self, tr: Option<Transition>) {
-        if let Some(t) = tr {
-            info!(from = ?t.from, to = ?t.to, "circuit breaker state change");
-            self.shared.status().breaker = t.to;
-        }
     }
 
     async fn emit(&self, event: Event) {
         // A dropped `Events` is allowed: the event is discarded.
         let _ = self.events.send(event).await;
-    }
-
-    async fn give_up(mut self, last: Error) {
-        let attempts = self.backoff.retries();
-        let error = Error::GaveUp {
-            attempts,
-            last_error: Box::new(last),
-        };
-        warn!(attempts, error = %error, "giving up");
-        self.record_error(&error);
-        self.pending.fail_all(Error::NotConnected);
-        self.drop_outbox();
-        self.set_state(ConnectionState::Failed);
-        self.emit(Event::GaveUp { error }).await;
-        self.ack_close();
-    }
-
-    async fn finish_closed(mut self, reason: CloseReason) {
-        info!(?reason, "closed");
-        self.pending.fail_all(Error::NotConnected);
-        self.drop_outbox();
-        self.set_state(ConnectionState::Closed);
-        self.emit(Event::Closed { reason }).await;
-        self.ack_close();
     }
 
     fn drop_outbox(&mut self) {

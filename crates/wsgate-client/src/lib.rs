@@ -24,6 +24,10 @@
 //!   reconnects: there cannot be two reconnect loops. Handles talk to it over
 //!   a bounded channel; there is no global state, so thousands of clients
 //!   cost one task and one socket each (and a 4 KiB read buffer).
+//! - **Explicit state machine.** The driver's decisions (connect,
+//!   authenticate, replay, serve, back off, give up, close) are a pure
+//!   transition function, inputs in and actions out, unit-tested without
+//!   sockets; the task only performs the actions (`machine.rs`, `driver.rs`).
 //! - **Ready means restored.** On every (re)connect the driver runs the
 //!   [`Auth`] step, then replays every tracked [`Subscription`] in insertion
 //!   order, then flushes the offline outbox, and only then reports `Opened`
@@ -75,6 +79,7 @@ mod correlation;
 mod driver;
 mod error;
 mod event;
+mod machine;
 mod message;
 mod stats;
 mod subscriptions;

@@ -16,8 +16,9 @@
 //!   what they receive into gateway channels.
 //! - [`metrics`]: the Prometheus series every part of the node reports into.
 //!
-//! Time is passed in as a [`clock::Clock`], so the heartbeat sweep can be tested without
-//! waiting.
+//! Time is read through [`clock::Clock`], which follows tokio's clock: the gateway's tests
+//! (`gateway/tests.rs`, over the memory engine and a recording transport, no sockets) run
+//! the heartbeat rules on a paused runtime, in virtual time.
 
 pub mod auth;
 pub mod clock;

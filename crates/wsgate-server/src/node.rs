@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use wsgate_core::auth::Authenticator;
-use wsgate_core::gateway::Gateway;
+use wsgate_core::gateway::{Gateway, Heartbeat};
 use wsgate_core::metrics::Metrics;
 use wsgate_core::upstream::UpstreamManager;
 
@@ -265,27 +265,17 @@ pub async fn run_with(
     Ok(())
 }
 
-/// One task for the whole node: pings every connection each interval and closes the silent
-/// ones. Ticks four times per interval so a timeout is noticed within a quarter interval.
+/// One task for the whole node: the gateway's heartbeat, and the limits' housekeeping once a
+/// minute.
 async fn heartbeat_loop(node: Arc<Node>) {
     let gw = &node.gateway;
-    let interval = gw.config.heartbeat_interval;
-    let tick = (interval.min(gw.config.heartbeat_timeout) / 4).max(Duration::from_millis(5));
-    let mut ticker = tokio::time::interval(tick);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_ping = gw.clock.now_ms();
-    let mut last_housekeeping = last_ping;
+    let mut heartbeat = Heartbeat::new(gw);
+    let mut last_housekeeping = gw.clock.now_ms();
     loop {
-        ticker.tick().await;
+        heartbeat.tick(gw).await;
         if gw.clock.now_ms().saturating_sub(last_housekeeping) >= 60_000 {
             last_housekeeping = gw.clock.now_ms();
             node.limits.housekeeping();
         }
-        let now = gw.clock.now_ms();
-        let ping = now.saturating_sub(last_ping) >= interval.as_millis() as u64;
-        if ping {
-            last_ping = now;
-        }
-        gw.sweep(ping);
     }
 }

@@ -1,9 +1,15 @@
 //! The inbound face of a node: client connections, channels, users, presence, heartbeats.
 
 mod connection;
+mod heartbeat;
 mod registry;
 mod session;
 mod transport;
+
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +24,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 pub use connection::{CloseRequest, Connection, ConnectionInfo, Stats};
+pub use heartbeat::Heartbeat;
 pub use registry::Registry;
 pub use session::Session;
 pub use transport::{Delivery, Outbound, Overflow, Skips, Transport};

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::seams::upstream::{UpstreamSpec, UpstreamSubscription};
 use crate::seams::{UpstreamRecord, UpstreamRecords};
@@ -25,6 +25,7 @@ use super::forward::{Op, Reply, WireMessage};
 use super::state::{GaugeSlot, state_name};
 use super::view::{UpstreamView, correlation_name};
 use super::{CLOSE_WAIT, UpstreamError, pump};
+use crate::clock::unix_ms as now_ms;
 use crate::gateway::Gateway;
 
 pub struct UpstreamManager {
@@ -490,11 +491,4 @@ async fn stop_publish_on(up: &Upstream) -> Result<(), UpstreamError> {
     up.shared
         .update_record(|r| r.spec.publish_topic = None)
         .await
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
 }

@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use wsgate_core::clock::unix_us;
 
 /// Connections opened at once while the fleet connects.
 const CONNECT_CONCURRENCY: usize = 200;
@@ -40,7 +41,7 @@ impl Fleet {
                     if let Message::Text(t) = msg {
                         delivered.fetch_add(1, Relaxed);
                         if let (Some(sample), Some(sent)) = (&sample, sent_at_us(t.as_str())) {
-                            sample.lock().push(now_us().saturating_sub(sent));
+                            sample.lock().push(unix_us().saturating_sub(sent));
                         }
                     }
                 }
@@ -130,7 +131,7 @@ pub async fn publish(
         ticker.tick().await;
         let body = format!(
             r#"{{"channel":"bench","data":{{"t":{},"pad":"{pad}"}}}}"#,
-            now_us()
+            unix_us()
         );
         let r = http
             .post(url)
@@ -152,11 +153,4 @@ fn sent_at_us(frame: &str) -> Option<u64> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(rest.len());
     rest[..end].parse().ok()
-}
-
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or_default()
 }

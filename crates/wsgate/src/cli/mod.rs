@@ -7,7 +7,7 @@ pub mod connect;
 pub mod connections;
 pub mod doctor;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::Value;
@@ -59,10 +59,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Wall-clock time of day, UTC, with milliseconds: `14:03:27.412`.
 pub fn clock() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let ms = now.as_millis() % 86_400_000;
+    let ms = wsgate_core::clock::unix_ms() % 86_400_000;
     format!(
         "{:02}:{:02}:{:02}.{:03}",
         ms / 3_600_000,

@@ -323,9 +323,5 @@ pub fn hs256_token(secret: &str, claims: Value) -> String {
 }
 
 pub fn in_a_minute() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 60
+    wsgate_core::clock::unix_ms() / 1000 + 60
 }

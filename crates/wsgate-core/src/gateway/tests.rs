@@ -1,0 +1,204 @@
+//! The gateway's rules, driven without sockets (see [`super::testing`]): subscribe, recover,
+//! heartbeats in virtual time, slow consumers.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::Heartbeat;
+use super::testing::{Node, Peer, Received};
+use crate::protocol::close;
+
+/// Subscribes `peer` to `channel` and returns the `subscribed` answer (and anything after it).
+async fn subscribe(node: &Node, peer: &mut Peer, frame: Value) -> Vec<Value> {
+    peer.send(&node.gw, &frame.to_string())
+        .await
+        .expect("subscribe is answered");
+    peer.take_json()
+}
+
+/// A channel with `n` publications (1..=n) and a first subscriber; returns the epoch.
+async fn stream_of(node: &Node, channel: &str, n: u64) -> Value {
+    let mut first = node.connect("first", 16);
+    let answer = subscribe(
+        node,
+        &mut first,
+        json!({"op":"subscribe","channel":channel}),
+    )
+    .await;
+    for i in 1..=n {
+        node.publish(channel, &i.to_string()).await;
+    }
+    answer[0]["epoch"].clone()
+}
+
+fn offsets(frames: &[Value]) -> Vec<u64> {
+    frames
+        .iter()
+        .filter(|f| f["op"] == "message")
+        .map(|f| f["offset"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn subscribe_answers_with_the_stream_position_then_delivers() {
+    let node = Node::new(16, |_| {});
+    node.publish("news", "1").await;
+    node.publish("news", "2").await;
+    let mut peer = node.connect("alice", 16);
+
+    let answer = subscribe(
+        &node,
+        &mut peer,
+        json!({"op":"subscribe","id":7,"channel":"news"}),
+    )
+    .await;
+    assert_eq!(answer.len(), 1, "no history without `since`: {answer:?}");
+    let a = &answer[0];
+    assert_eq!(
+        (&a["op"], &a["id"], &a["channel"], &a["offset"]),
+        (&json!("subscribed"), &json!(7), &json!("news"), &json!(2))
+    );
+    assert!(a["epoch"].as_str().is_some_and(|e| !e.is_empty()));
+    assert!(a.get("recovered").is_none(), "only answered with `since`");
+
+    node.publish("news", r#"{"n":3}"#).await;
+    let live = peer.take_json();
+    assert_eq!(
+        live,
+        vec![json!({"op":"message","channel":"news","offset":3,"data":{"n":3}})]
+    );
+}
+
+#[tokio::test]
+async fn recover_since_a_position_in_history_replays_in_order() {
+    let node = Node::new(16, |_| {});
+    let epoch = stream_of(&node, "c", 4).await;
+
+    let mut again = node.connect("alice", 16);
+    let frames = subscribe(
+        &node,
+        &mut again,
+        json!({"op":"subscribe","channel":"c","since":{"offset":1,"epoch":epoch}}),
+    )
+    .await;
+    assert_eq!(frames[0]["op"], "subscribed");
+    assert_eq!(frames[0]["offset"], 4);
+    assert_eq!(frames[0]["recovered"], true);
+    assert!(frames[0].get("gap").is_none());
+    assert_eq!(
+        offsets(&frames[1..]),
+        vec![2, 3, 4],
+        "missed ones, in order"
+    );
+    assert_eq!(frames[1]["data"], 2);
+
+    node.publish("c", "5").await;
+    assert_eq!(
+        offsets(&again.take_json()),
+        vec![5],
+        "then live, no duplicate"
+    );
+}
+
+#[tokio::test]
+async fn recover_too_old_or_across_epochs_says_why() {
+    let node = Node::new(2, |_| {});
+    let epoch = stream_of(&node, "c", 5).await;
+
+    let mut late = node.connect("bob", 16);
+    let frames = subscribe(
+        &node,
+        &mut late,
+        json!({"op":"subscribe","channel":"c","since":{"offset":1,"epoch":epoch}}),
+    )
+    .await;
+    assert_eq!(frames[0]["recovered"], false);
+    assert_eq!(frames[0]["gap"], "history_truncated");
+    assert_eq!(frames[0]["offset"], 5);
+    assert_eq!(
+        offsets(&frames[1..]),
+        vec![4, 5],
+        "what history still holds"
+    );
+
+    let mut stranger = node.connect("carol", 16);
+    let frames = subscribe(
+        &node,
+        &mut stranger,
+        json!({"op":"subscribe","channel":"c","since":{"offset":3,"epoch":"gone"}}),
+    )
+    .await;
+    assert_eq!(frames[0]["recovered"], false);
+    assert_eq!(frames[0]["gap"], "epoch_changed");
+    assert_eq!(
+        frames[0]["epoch"], epoch,
+        "the current epoch to continue from"
+    );
+    assert_eq!(frames.len(), 1, "nothing replayed across epochs");
+}
+
+/// Pings go out once per interval; a peer that answers (any frame counts) stays; a silent one
+/// is closed with 4008 once the timeout has passed, noticed within a quarter interval.
+#[tokio::test(start_paused = true)]
+async fn heartbeat_pings_each_interval_and_closes_the_silent() {
+    let node = Node::new(0, |c| {
+        c.heartbeat_interval = Duration::from_secs(30);
+        c.heartbeat_timeout = Duration::from_secs(65);
+    });
+    let gw = &node.gw;
+    let lively = node.connect("alice", 16);
+    let silent = node.connect("bob", 16);
+    let mut heartbeat = Heartbeat::new(gw);
+    let mut lively_pings = Vec::new();
+    let mut silent_pings = Vec::new();
+    let mut silent_closed_at = None;
+
+    while gw.clock.now_ms() < 120_000 {
+        // The paused runtime jumps straight to the next tick.
+        let report = heartbeat.tick(gw).await;
+        let now = gw.clock.now_ms();
+        for r in lively.take() {
+            assert_eq!(r, Received::Ping);
+            lively_pings.push(now);
+            lively.conn().touch(now); // the pong
+        }
+        silent_pings.extend(silent.take().into_iter().map(|_| now));
+        if report.closed > 0 {
+            assert!(silent_closed_at.is_none(), "closed once");
+            silent_closed_at = Some(now);
+        }
+    }
+
+    assert_eq!(lively_pings, vec![30_000, 60_000, 90_000, 120_000]);
+    assert_eq!(silent_pings, vec![30_000, 60_000]);
+    assert_eq!(silent_closed_at, Some(67_500), "first tick past 65 s");
+    assert_eq!(
+        silent.closed(),
+        Some((close::HEARTBEAT_TIMEOUT, "heartbeat_timeout"))
+    );
+    assert_eq!(lively.closed(), None);
+    assert_eq!(gw.metrics.heartbeat_failures.get(), 1);
+}
+
+#[tokio::test]
+async fn a_backlog_over_capacity_closes_a_slow_consumer() {
+    let node = Node::new(0, |_| {});
+    let mut slow = node.connect("alice", 2);
+    let mut fast = node.connect("bob", 2);
+    subscribe(&node, &mut slow, json!({"op":"subscribe","channel":"c"})).await;
+    subscribe(&node, &mut fast, json!({"op":"subscribe","channel":"c"})).await;
+
+    for n in 1..=3 {
+        node.publish("c", &n.to_string()).await;
+        fast.take();
+    }
+    assert_eq!(slow.closed(), Some((close::SLOW_CONSUMER, "slow_consumer")));
+    assert_eq!(fast.closed(), None, "a reader that keeps up stays");
+    assert_eq!(
+        offsets(&slow.take_json()),
+        vec![1, 2],
+        "what fitted went out"
+    );
+    assert_eq!(node.gw.metrics.slow_consumers.get(), 1);
+}
