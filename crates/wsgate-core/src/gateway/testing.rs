@@ -11,10 +11,10 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use crate::memory::{MemoryBroker, MemoryStore};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use serde_json::Value;
-use wsgate_cluster::memory::{MemoryBroker, MemoryStore};
 
 use super::{
     CloseRequest, Connection, Gateway, GatewayConfig, Outbound, Overflow, Session, Skips, Transport,

@@ -8,7 +8,8 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
-use super::{new_epoch, now_us};
+use super::new_epoch;
+use crate::clock::unix_us as now_us;
 use crate::seams::{
     Broker, BrokerError, Deliver, Envelope, NodeId, Publication, PublishRequest, Recovery,
     RecoveryGap, StreamPosition,

@@ -11,11 +11,3 @@ pub(crate) fn new_epoch() -> std::sync::Arc<str> {
     let id = uuid::Uuid::new_v4().simple().to_string();
     id[..12].into()
 }
-
-/// Unix time in microseconds.
-pub(crate) fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or_default()
-}
