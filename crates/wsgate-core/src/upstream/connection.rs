@@ -15,9 +15,9 @@ use tracing::warn;
 use wsgate_client::Client;
 use wsgate_cluster::UpstreamRecord;
 
+use super::parts::UpstreamParts;
 use super::state::GaugeSlot;
 use super::{UpstreamError, WRITE_TIMEOUT};
-use crate::gateway::Gateway;
 
 /// What never changes after Connect, readable without the record's lock.
 pub struct Fixed {
@@ -31,7 +31,7 @@ pub struct Fixed {
 pub struct Shared {
     pub id: Arc<str>,
     pub fixed: Fixed,
-    pub gateway: Arc<Gateway>,
+    pub parts: Arc<UpstreamParts>,
     /// The durable record. An async mutex held across the store write, so record writes of
     /// one connection reach the store in the order they were made. Control operations and
     /// state changes only: never taken per message.
@@ -51,7 +51,7 @@ impl Shared {
     ) -> Result<(), UpstreamError> {
         let mut rec = self.record.lock().await;
         edit(&mut rec);
-        let put = self.gateway.store.upstream_put(rec.clone());
+        let put = self.parts.records.upstream_put(rec.clone());
         let res = match tokio::time::timeout(WRITE_TIMEOUT, put).await {
             Ok(r) => r.map_err(UpstreamError::from),
             Err(_) => Err(UpstreamError::Store(
@@ -59,7 +59,7 @@ impl Shared {
             )),
         };
         if let Err(e) = &res {
-            self.gateway.metrics.store_errors.inc();
+            self.parts.metrics.store_errors.inc();
             warn!(upstream_id = %self.id, error = %e, "upstream record write failed");
         }
         res
