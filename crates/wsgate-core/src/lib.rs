@@ -17,6 +17,7 @@
 
 pub mod auth;
 pub mod clock;
+pub mod control;
 pub mod gateway;
 pub mod ids;
 pub mod metrics;
