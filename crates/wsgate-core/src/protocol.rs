@@ -345,9 +345,7 @@ pub fn wire_ping() -> Bytes {
 pub fn validate_json(data: &str) -> Result<Bytes, ProtocolError> {
     serde_json::from_str::<&RawValue>(data)
         .map(|raw| Bytes::copy_from_slice(raw.get().as_bytes()))
-        .map_err(|e| {
-            ProtocolError::new("invalid_json", format!("data is not one JSON value: {e}"))
-        })
+        .map_err(|e| ProtocolError::new("invalid_json", format!("data is not one JSON value: {e}")))
 }
 
 /// A shared channel name, as stored in indexes.

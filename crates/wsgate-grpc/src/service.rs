@@ -12,8 +12,8 @@ use wsgate_cluster::upstream::{
     AuthExpect, BreakerPolicy, CorrelationMode, HeartbeatPolicy, OfflineMode, ReconnectPolicy,
 };
 use wsgate_core::control::{
-    Connect, ConnectAuth, ConnectionView, Control, ControlError, ListConnections, Payload,
-    Publish, Subscribe,
+    Connect, ConnectAuth, ConnectionView, Control, ControlError, ListConnections, Payload, Publish,
+    Subscribe,
 };
 use wsgate_core::gateway::ConnectionInfo;
 use wsgate_core::upstream::UpstreamView;
@@ -261,10 +261,9 @@ impl WsGate for GrpcApi {
 
     async fn send(&self, req: Request<pb::SendRequest>) -> Reply<pb::SendReply> {
         let r = req.into_inner();
-        answer(
-            self.control.send(&r.connection_id, r.message).await,
-            |_| pb::SendReply::ok(),
-        )
+        answer(self.control.send(&r.connection_id, r.message).await, |_| {
+            pb::SendReply::ok()
+        })
     }
 
     async fn send_raw(&self, req: Request<pb::SendRawRequest>) -> Reply<pb::SendReply> {
@@ -284,7 +283,9 @@ impl WsGate for GrpcApi {
         let reply = match r.request {
             Some(Req::Message(t)) => Ok(Message::from(t)),
             Some(Req::Data(b)) => Ok(Message::Binary(Bytes::from(b))),
-            None => Err(ControlError::invalid("give exactly one of message and data")),
+            None => Err(ControlError::invalid(
+                "give exactly one of message and data",
+            )),
         };
         let reply = match reply {
             Ok(msg) => {
@@ -435,7 +436,11 @@ impl WsGate for GrpcApi {
     ) -> Reply<pb::DeliveryReply> {
         let r = req.into_inner();
         let sent = match Payload::parse(&r.data) {
-            Ok(data) => self.control.send_to_connection(&r.connection_id, data).await,
+            Ok(data) => {
+                self.control
+                    .send_to_connection(&r.connection_id, data)
+                    .await
+            }
             Err(e) => Err(e),
         };
         answer(sent, |_| pb::DeliveryReply {

@@ -124,7 +124,9 @@ mod tests {
     }
 
     fn rejections(m: &Metrics, reason: &'static str) -> u64 {
-        m.api_rejections.get_or_create(&ReasonLabel { reason }).get()
+        m.api_rejections
+            .get_or_create(&ReasonLabel { reason })
+            .get()
     }
 
     #[test]
@@ -149,7 +151,12 @@ mod tests {
         let access = Access::new(Some("k3y".into()), rate.clone());
         assert!(access.authorize(caller(Some("k3y")), &m).is_ok());
         let e = access.authorize(caller(Some("k3y")), &m).unwrap_err();
-        assert_eq!(e.code, ErrorCode::RateLimited { retry_after_secs: 7 });
+        assert_eq!(
+            e.code,
+            ErrorCode::RateLimited {
+                retry_after_secs: 7
+            }
+        );
         assert_eq!(e.message, "Too many requests: API rate limit exceeded");
         // Without a key the address names the bucket.
         assert_eq!(

@@ -80,7 +80,9 @@ impl Connect {
             offline: self.offline.unwrap_or_default(),
             publish_topic: self.publish_topic,
         };
-        let wait = self.wait_ms.map_or(DEFAULT_CONNECT_WAIT, Duration::from_millis);
+        let wait = self
+            .wait_ms
+            .map_or(DEFAULT_CONNECT_WAIT, Duration::from_millis);
         (spec, wait)
     }
 }

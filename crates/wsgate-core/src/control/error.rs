@@ -88,7 +88,11 @@ mod tests {
     #[test]
     fn seed_000_strings_and_codes() {
         let cases = [
-            (UpstreamError::NotFound, ErrorCode::NotFound, "Connection not found"),
+            (
+                UpstreamError::NotFound,
+                ErrorCode::NotFound,
+                "Connection not found",
+            ),
             (
                 UpstreamError::OwnedByDifferentInstance("pod-1".into()),
                 ErrorCode::Conflict,
@@ -99,7 +103,11 @@ mod tests {
                 ErrorCode::Conflict,
                 "WebSocket is not connected",
             ),
-            (UpstreamError::RequestTimeout, ErrorCode::Timeout, "Request timeout"),
+            (
+                UpstreamError::RequestTimeout,
+                ErrorCode::Timeout,
+                "Request timeout",
+            ),
             (
                 UpstreamError::Remote("boom".into()),
                 ErrorCode::BadGateway,
@@ -110,7 +118,10 @@ mod tests {
             assert_eq!(ControlError::from(e), ControlError::new(code, message));
         }
         let e = ControlError::from(GatewayError::ConnectionNotFound);
-        assert_eq!((e.code, e.message.as_str()), (ErrorCode::NotFound, "Connection not found"));
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (ErrorCode::NotFound, "Connection not found")
+        );
         let full = UpstreamError::from(wsgate_client::Error::OutboxFull { capacity: 1 });
         assert_eq!(ControlError::from(full).code, ErrorCode::Unavailable);
     }

@@ -111,7 +111,10 @@ mod tests {
         assert_eq!((first.total, first.items.len()), (250, 100));
         assert_eq!(first.next_offset, Some(100));
         let last = Page::of(all.clone(), 200, Some(100));
-        assert_eq!((last.items[0], last.items.len(), last.next_offset), (200, 50, None));
+        assert_eq!(
+            (last.items[0], last.items.len(), last.next_offset),
+            (200, 50, None)
+        );
         // Limits are clamped to 1..=MAX_PAGE_SIZE.
         assert_eq!(Page::of(all.clone(), 0, Some(0)).items, [0]);
         let big: Vec<u32> = (0..5000).collect();
@@ -123,7 +126,10 @@ mod tests {
 
     #[test]
     fn kinds_and_filters() {
-        assert_eq!("gateway".parse::<ConnectionKind>().unwrap(), ConnectionKind::Gateway);
+        assert_eq!(
+            "gateway".parse::<ConnectionKind>().unwrap(),
+            ConnectionKind::Gateway
+        );
         assert_eq!(
             "".parse::<ConnectionKind>().unwrap_err().message,
             "kind is gateway or upstream"

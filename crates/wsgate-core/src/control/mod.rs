@@ -160,7 +160,12 @@ impl Control {
             );
         }
         if q.wants_upstreams() {
-            all.extend(self.upstreams.list().into_iter().map(ConnectionView::Upstream));
+            all.extend(
+                self.upstreams
+                    .list()
+                    .into_iter()
+                    .map(ConnectionView::Upstream),
+            );
         }
         all.sort_by(|a, b| a.id().cmp(b.id()));
         Page::of(all, q.offset, q.limit)

@@ -95,7 +95,10 @@ mod tests {
             assert!(e.message.starts_with("data is not one JSON value"), "{e}");
         }
         let raw: Box<RawValue> = serde_json::from_str("[1, 2]").unwrap();
-        assert_eq!(Payload::from(&*raw).into_bytes(), Bytes::from_static(b"[1, 2]"));
+        assert_eq!(
+            Payload::from(&*raw).into_bytes(),
+            Bytes::from_static(b"[1, 2]")
+        );
     }
 
     #[test]

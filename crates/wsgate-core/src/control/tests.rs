@@ -81,7 +81,11 @@ async fn gateway_operations_validate_and_report_seed_000_errors() {
         data: payload(r#"{"n":1}"#),
         exclude_user: None,
     };
-    assert_error(c.publish(publish("")).await, ErrorCode::InvalidArgument, BAD_CHANNEL);
+    assert_error(
+        c.publish(publish("")).await,
+        ErrorCode::InvalidArgument,
+        BAD_CHANNEL,
+    );
     let p = c.publish(publish("news")).await.unwrap();
     assert_eq!((p.channel.as_str(), p.offset, p.delivered), ("news", 1, 0));
     assert_error(
@@ -151,7 +155,9 @@ async fn listings_page_and_filter_both_kinds() {
         ErrorCode::NotFound,
         "Connection not found",
     );
-    f.control.disconnect_client(&conns[0].id, Some("bye")).unwrap();
+    f.control
+        .disconnect_client(&conns[0].id, Some("bye"))
+        .unwrap();
 }
 
 #[tokio::test]

@@ -212,12 +212,17 @@ impl UpstreamManager {
             UpstreamOp::Send { text, .. } => up.client.send(Message::from(text)).await?,
             UpstreamOp::SendRaw { data, .. } => up.client.send(Message::Binary(data)).await?,
             UpstreamOp::SendAsync { msg, timeout, .. } => {
-                return up.client.request(msg, timeout).await.map(Outcome::Reply).map_err(|e| {
-                    if e == wsgate_client::Error::RequestTimeout {
-                        self.parts.metrics.upstream_request_timeouts.inc();
-                    }
-                    UpstreamError::from(e)
-                });
+                return up
+                    .client
+                    .request(msg, timeout)
+                    .await
+                    .map(Outcome::Reply)
+                    .map_err(|e| {
+                        if e == wsgate_client::Error::RequestTimeout {
+                            self.parts.metrics.upstream_request_timeouts.inc();
+                        }
+                        UpstreamError::from(e)
+                    });
             }
             UpstreamOp::Subscriptions { add, remove, .. } => {
                 return subscriptions_on(up, add, remove).await.map(Outcome::Keys);

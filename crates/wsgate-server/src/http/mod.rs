@@ -14,8 +14,8 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use wsgate_core::control::Caller;
 use axum::routing::{delete, get, post};
+use wsgate_core::control::Caller;
 
 pub use error::{ApiError, ApiJson, json_error};
 
