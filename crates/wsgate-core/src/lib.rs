@@ -10,6 +10,8 @@
 //! - [`upstream`]: the outbound face. An [`upstream::UpstreamManager`] holds WebSocket
 //!   connections to backends (each a reconnecting `wsgate_client::Client`) and can publish
 //!   what they receive into gateway channels.
+//! - [`control`]: the control API as typed commands and results: authorization,
+//!   validation, defaults, paging and routing, once for HTTP and gRPC alike.
 //! - [`metrics`]: the Prometheus series every part of the node reports into.
 //!
 //! Time is passed in as a [`clock::Clock`], so the heartbeat sweep can be tested without
