@@ -370,7 +370,7 @@ impl WsGate for GrpcApi {
                 channel: q.channel,
                 kind,
                 offset: q.offset as usize,
-                limit: q.limit.map(|l| l.min(usize::MAX as u64) as usize),
+                limit: q.limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX)),
             })
         });
         answer(page, |page| pb::ListConnectionsReply {

@@ -1,13 +1,17 @@
 //! The façade driven without sockets: memory broker and store, a transport that drops
-//! everything, no upstream server (operations on unknown or foreign connections only).
+//! everything, no upstream server (operations on unknown or foreign connections only), and
+//! for cluster routing two nodes joined by an in-process forwarding channel.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use wsgate_client::Message;
 use wsgate_cluster::memory::{MemoryBroker, MemoryStore};
 use wsgate_cluster::upstream::UpstreamSpec;
-use wsgate_cluster::{Store, UpstreamRecord};
+use wsgate_cluster::{Ownership, RequestHandler, Store, StoreError, Sweep, UpstreamRecord};
 
 use super::*;
 use crate::auth::{ChannelGrant, Identity};
@@ -34,12 +38,17 @@ impl Transport for Nowhere {
 struct Fixture {
     control: Control,
     gateway: Arc<Gateway>,
+    upstreams: Arc<UpstreamManager>,
     store: Arc<MemoryStore>,
 }
 
 fn fixture() -> Fixture {
-    let node: wsgate_cluster::NodeId = "n1".into();
-    let store = Arc::new(MemoryStore::new());
+    node_fixture("n1", Arc::new(MemoryStore::new()))
+}
+
+/// Node `node` of a cluster whose nodes share `store`.
+fn node_fixture(node: &str, store: Arc<MemoryStore>) -> Fixture {
+    let node: wsgate_cluster::NodeId = node.into();
     let metrics = Metrics::default();
     let gateway = Gateway::new(
         GatewayConfig::new(node.clone()),
@@ -53,10 +62,15 @@ fn fixture() -> Fixture {
         publisher: gateway.clone(),
         metrics,
     });
-    let control = Control::new(gateway.clone(), upstreams, Access::new(None, Arc::new(())));
+    let control = Control::new(
+        gateway.clone(),
+        upstreams.clone(),
+        Access::new(None, Arc::new(())),
+    );
     Fixture {
         control,
         gateway,
+        upstreams,
         store,
     }
 }
@@ -206,16 +220,7 @@ async fn upstream_operations_are_checked_then_routed() {
         "Connection not found",
     );
     // Recorded as another node's, and no cluster to forward through.
-    f.store
-        .upstream_put(UpstreamRecord {
-            id: "abcd-n2".into(),
-            owner: "n2".into(),
-            state: "connected".into(),
-            created_at_ms: 0,
-            spec: UpstreamSpec::new("ws://h/"),
-        })
-        .await
-        .unwrap();
+    f.store.upstream_put(record("abcd-n2", "n2")).await.unwrap();
     let owned = "Connection owned by different instance: n2";
     assert_error(
         c.send_raw("abcd-n2", Bytes::from_static(b"\x00")).await,
@@ -225,4 +230,110 @@ async fn upstream_operations_are_checked_then_routed() {
     assert_error(c.get_upstream("abcd-n2").await, ErrorCode::Conflict, owned);
     assert_error(c.stop_publish("abcd-n2").await, ErrorCode::Conflict, owned);
     assert!(c.list_upstreams().is_empty());
+}
+
+fn record(id: &str, owner: &str) -> UpstreamRecord {
+    UpstreamRecord {
+        id: id.into(),
+        owner: owner.into(),
+        state: "connected".into(),
+        created_at_ms: 0,
+        spec: UpstreamSpec::new("ws://h/"),
+    }
+}
+
+/// The forwarding channel of a cluster in one process: each node's handler by name.
+#[derive(Default)]
+struct Wire(Mutex<HashMap<String, RequestHandler>>);
+
+/// One node's ends of the [`Wire`]; everything but forwarding is unused here.
+struct Peer {
+    me: String,
+    wire: Arc<Wire>,
+}
+
+#[async_trait::async_trait]
+impl Ownership for Peer {
+    async fn acquire_lease(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn is_alive(&self, node: &str) -> Result<bool, StoreError> {
+        Ok(self.wire.0.lock().contains_key(node))
+    }
+    async fn sweep(&self, _: &[String]) -> Result<Sweep, StoreError> {
+        Ok(Sweep::default())
+    }
+    async fn release(&self, _: &[String]) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+    async fn clear_all(&self) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+    async fn request(
+        &self,
+        node: &str,
+        body: String,
+        _: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let handler = self.wire.0.lock().get(node).cloned();
+        match handler {
+            Some(h) => Ok(Some(h(body).await)),
+            None => Ok(None),
+        }
+    }
+    fn serve(&self, handler: RequestHandler) {
+        self.wire.0.lock().insert(self.me.clone(), handler);
+    }
+    fn sweep_interval(&self) -> Duration {
+        Duration::from_secs(3600)
+    }
+}
+
+#[tokio::test]
+async fn operations_on_a_live_owners_connection_are_forwarded_once() {
+    let store = Arc::new(MemoryStore::new());
+    let wire = Arc::new(Wire::default());
+    let nodes: Vec<Fixture> = ["n1", "n2"]
+        .into_iter()
+        .map(|n| {
+            let f = node_fixture(n, store.clone());
+            f.upstreams.attach_cluster(Arc::new(Peer {
+                me: n.into(),
+                wire: wire.clone(),
+            }));
+            f
+        })
+        .collect();
+    let forwarded = |f: &Fixture| f.gateway.metrics.upstream_forwarded.get();
+    // n2's record, but n2 holds no such connection: n1 forwards, n2 answers, n1 reports
+    // n2's answer.
+    store.upstream_put(record("abcd-n2", "n2")).await.unwrap();
+    let n1 = &nodes[0].control;
+    assert_error(
+        n1.send("abcd-n2", "hi".into()).await,
+        ErrorCode::NotFound,
+        "Connection not found",
+    );
+    assert_error(
+        n1.update_subscriptions("abcd-n2", vec![], vec!["k".into()])
+            .await,
+        ErrorCode::NotFound,
+        "Connection not found",
+    );
+    assert_eq!(forwarded(&nodes[0]), 2);
+    // Checked before routing: nothing forwarded.
+    assert!(
+        n1.send_async("abcd-n2", Message::from("q"), Some(0))
+            .await
+            .is_err()
+    );
+    assert_eq!(forwarded(&nodes[0]), 2);
+    // An owner that is not alive is seed 000's error, not a forward.
+    store.upstream_put(record("abcd-n3", "n3")).await.unwrap();
+    assert_error(
+        n1.disconnect_upstream("abcd-n3").await,
+        ErrorCode::Conflict,
+        "Connection owned by different instance: n3",
+    );
+    assert_eq!((forwarded(&nodes[0]), forwarded(&nodes[1])), (2, 0));
 }
