@@ -47,9 +47,9 @@ trait Outcome: Default {
         r.set(true, String::new());
         r
     }
-    fn failed(error: impl ToString) -> Self {
+    fn failed(error: ControlError) -> Self {
         let mut r = Self::default();
-        r.set(false, error.to_string());
+        r.set(false, error.message);
         r
     }
 }

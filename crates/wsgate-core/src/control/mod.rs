@@ -6,10 +6,10 @@
 //! to repeat lives here:
 //!
 //! - **authorization**: [`Control::authorize`] checks the API rate limit and the API key
-//!   ([`access`]);
+//!   (`access.rs`);
 //! - **validation and defaults**: one channel-name rule, one payload rule, the Connect,
-//!   SendAsync and paging defaults as named constants ([`rules`], [`Connect`]);
-//! - **listing and paging** of gateway and upstream connections together ([`listing`]);
+//!   SendAsync and paging defaults as named constants (`rules.rs`, [`Connect`]);
+//! - **listing and paging** of gateway and upstream connections together ([`Page`]);
 //! - **routing**: operations on an upstream connection become one
 //!   [`UpstreamOp`], which [`UpstreamManager::execute`] runs here or on the owning instance;
 //! - **errors**: one [`ControlError`] whose message is seed 000's string to the letter.
