@@ -14,6 +14,8 @@
 //! - [`upstream`]: the outbound face. An [`upstream::UpstreamManager`] holds WebSocket
 //!   connections to backends (each a reconnecting `wsgate_client::Client`) and can publish
 //!   what they receive into gateway channels.
+//! - [`control`]: the control API as typed commands and results: authorization,
+//!   validation, defaults, paging and routing, once for HTTP and gRPC alike.
 //! - [`metrics`]: the Prometheus series every part of the node reports into.
 //!
 //! Time is read through [`clock::Clock`], which follows tokio's clock: the gateway's tests
@@ -22,6 +24,7 @@
 
 pub mod auth;
 pub mod clock;
+pub mod control;
 pub mod gateway;
 pub mod ids;
 pub mod memory;

@@ -123,20 +123,40 @@ fn invalid(op: &str, e: serde_json::Error) -> ProtocolError {
     ProtocolError::new("invalid_frame", format!("invalid {op} frame: {e}"))
 }
 
+/// Why a name cannot be a channel name (or a topic, which becomes one). Each surface words
+/// it its own way (the client protocol, the control API); the rule is [`check_name`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadName {
+    /// Empty, or longer than allowed.
+    Length,
+    /// Contains a control character.
+    ControlCharacter,
+}
+
+/// The channel-name rule, the only one: 1 to `max` bytes ([`MAX_CHANNEL_LEN`] for a
+/// channel) without control characters.
+pub fn check_name(name: &str, max: usize) -> Result<(), BadName> {
+    if name.is_empty() || name.len() > max {
+        return Err(BadName::Length);
+    }
+    if name.chars().any(char::is_control) {
+        return Err(BadName::ControlCharacter);
+    }
+    Ok(())
+}
+
 fn check_channel(channel: Cow<'_, str>) -> Result<Cow<'_, str>, ProtocolError> {
-    if channel.is_empty() || channel.len() > MAX_CHANNEL_LEN {
-        return Err(ProtocolError::new(
+    match check_name(&channel, MAX_CHANNEL_LEN) {
+        Ok(()) => Ok(channel),
+        Err(BadName::Length) => Err(ProtocolError::new(
             "invalid_channel",
             format!("channel names are 1 to {MAX_CHANNEL_LEN} bytes"),
-        ));
-    }
-    if channel.chars().any(char::is_control) {
-        return Err(ProtocolError::new(
+        )),
+        Err(BadName::ControlCharacter) => Err(ProtocolError::new(
             "invalid_channel",
             "channel names have no control characters",
-        ));
+        )),
     }
-    Ok(channel)
 }
 
 /// Decodes one text frame.
@@ -320,11 +340,12 @@ pub fn wire_ping() -> Bytes {
     Bytes::from(out)
 }
 
-/// Validates that `data` is one JSON value and returns it as bytes for the broker.
+/// Validates that `data` is one JSON value and returns it as bytes for the broker (the
+/// control API's payload rule).
 pub fn validate_json(data: &str) -> Result<Bytes, ProtocolError> {
     serde_json::from_str::<&RawValue>(data)
         .map(|raw| Bytes::copy_from_slice(raw.get().as_bytes()))
-        .map_err(|e| ProtocolError::new("invalid_json", format!("data is not JSON: {e}")))
+        .map_err(|e| ProtocolError::new("invalid_json", format!("data is not one JSON value: {e}")))
 }
 
 /// A shared channel name, as stored in indexes.

@@ -1,13 +1,13 @@
 //! The wsgate control API over gRPC (`wsgate.v1.WsGate`, `proto/wsgate/v1/wsgate.proto`).
 //!
 //! The same operations and answers as the HTTP/JSON API, over the same
-//! [`Gateway`](wsgate_core::gateway::Gateway) and
-//! [`UpstreamManager`](wsgate_core::upstream::UpstreamManager): every reply carries
-//! `success` and `error`, and `error` is the HTTP API's string to the letter (seed 000's
-//! `Connection not found`, `Connection owned by different instance: <id>`, `WebSocket is
-//! not connected`, `Request timeout`). Application errors and malformed requests are
+//! [`Control`](wsgate_core::control::Control) façade: every reply carries `success` and
+//! `error`, and `error` is the façade's message, the HTTP API's string to the letter (seed
+//! 000's `Connection not found`, `Connection owned by different instance: <id>`, `WebSocket
+//! is not connected`, `Request timeout`). Application errors and malformed requests are
 //! `success = false` replies with gRPC status OK, as seed 000 does; a non-OK status means the
-//! call never reached the API (UNAUTHENTICATED without the node's API key, or transport).
+//! call never reached the API: the façade's authorization refused it (UNAUTHENTICATED
+//! without the node's API key, RESOURCE_EXHAUSTED over the API rate limit), or transport.
 //!
 //! [`serve`] runs the service with `grpc.health.v1` (its status follows a readiness
 //! function, i.e. `/ready`) and server reflection (v1 and v1alpha) on one listener.
@@ -18,6 +18,7 @@
 mod service;
 
 use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tracing::info;
+use wsgate_core::control::{Caller, ControlError, ErrorCode};
 
 pub use service::GrpcApi;
 
@@ -55,9 +57,6 @@ pub type Ready = Arc<dyn Fn() -> bool + Send + Sync>;
 /// Options of [`serve`].
 #[derive(Clone)]
 pub struct ServeOptions {
-    /// When set, every `WsGate` call needs `authorization: Bearer <api_key>` metadata
-    /// (health and reflection do not).
-    pub api_key: Option<String>,
     /// Health reports SERVING for `""` and [`SERVICE_NAME`] while this returns true.
     pub ready: Ready,
 }
@@ -114,24 +113,23 @@ pub async fn serve(
     let watcher = watcher.abort_handle();
     let stop_watcher = watcher.clone();
 
-    let key = options.api_key.map(|k| format!("Bearer {k}"));
+    // Every `WsGate` call passes the façade's authorization (health and reflection do not):
+    // `authorization: Bearer <api_key>` metadata when the node has a key, and the API rate
+    // limit.
+    let control = api.control();
     let svc =
         pb::ws_gate_server::WsGateServer::with_interceptor(api, move |req: tonic::Request<()>| {
-            match &key {
-                None => Ok(req),
-                Some(want) => {
-                    let given = req
-                        .metadata()
-                        .get("authorization")
-                        .and_then(|v| v.to_str().ok());
-                    if given.is_some_and(|g| constant_time_eq(g.as_bytes(), want.as_bytes())) {
-                        Ok(req)
-                    } else {
-                        Err(tonic::Status::unauthenticated(
-                            "Unauthorized: missing or wrong API key",
-                        ))
-                    }
-                }
+            let key = req
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            let ip = req
+                .remote_addr()
+                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+            match control.authorize(Caller { key, ip }) {
+                Ok(()) => Ok(req),
+                Err(e) => Err(refusal(e)),
             }
         });
     info!(addr = ?addr, "wsgate gRPC listening");
@@ -152,10 +150,10 @@ pub async fn serve(
     result
 }
 
-/// Compares without an early exit, so response time does not leak how much of a key matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// The status of a call the façade's authorization refused.
+fn refusal(e: ControlError) -> tonic::Status {
+    match e.code {
+        ErrorCode::RateLimited { .. } => tonic::Status::resource_exhausted(e.message),
+        _ => tonic::Status::unauthenticated(e.message),
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

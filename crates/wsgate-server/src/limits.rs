@@ -55,7 +55,7 @@ pub struct Limits {
     allowed_origins: Vec<String>,
     allow_any_origin: bool,
     ip_rate: Option<DefaultKeyedRateLimiter<IpAddr>>,
-    api_rate: Option<DefaultKeyedRateLimiter<String>>,
+    api_rate: Arc<ApiRate>,
     active: Arc<AtomicUsize>,
     per_ip: Counts<IpAddr>,
     per_user: Counts<Arc<str>>,
@@ -122,7 +122,7 @@ impl Limits {
                 .collect(),
             allow_any_origin: config.allow_any_origin,
             ip_rate: keyed(quota(config.ip_connect_rate, config.ip_connect_burst)),
-            api_rate: keyed(quota(config.api_rate, config.api_burst)),
+            api_rate: Arc::new(ApiRate(keyed(quota(config.api_rate, config.api_burst)))),
             active: Arc::default(),
             per_ip: Arc::default(),
             per_user: Arc::default(),
@@ -237,12 +237,9 @@ impl Limits {
         true
     }
 
-    /// Control API rate limit, keyed by API key when one was presented, else by client IP.
-    pub fn api_check(&self, key: &str) -> Result<(), u64> {
-        match &self.api_rate {
-            Some(rl) => rl.check_key(&key.to_string()).map_err(|nu| wait_secs(&nu)),
-            None => Ok(()),
-        }
+    /// The control API rate limit (`api_rate`), for the control façade to check.
+    pub fn api_rate(&self) -> Arc<ApiRate> {
+        self.api_rate.clone()
     }
 
     /// Forgets idle limiter keys (call now and then: keyed limiters grow with distinct keys).
@@ -251,9 +248,21 @@ impl Limits {
             rl.retain_recent();
             rl.shrink_to_fit();
         }
-        if let Some(rl) = &self.api_rate {
+        if let Some(rl) = &self.api_rate.0 {
             rl.retain_recent();
             rl.shrink_to_fit();
+        }
+    }
+}
+
+/// The control API rate limit, keyed by API key or client IP (the façade picks the key).
+pub struct ApiRate(Option<DefaultKeyedRateLimiter<String>>);
+
+impl wsgate_core::control::RateLimit for ApiRate {
+    fn check(&self, key: &str) -> Result<(), u64> {
+        match &self.0 {
+            Some(rl) => rl.check_key(&key.to_string()).map_err(|nu| wait_secs(&nu)),
+            None => Ok(()),
         }
     }
 }

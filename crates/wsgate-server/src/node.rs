@@ -10,9 +10,10 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use wsgate_core::auth::Authenticator;
+use wsgate_core::control::{Access, Control};
 use wsgate_core::gateway::{Gateway, Heartbeat};
 use wsgate_core::metrics::Metrics;
-use wsgate_core::upstream::UpstreamManager;
+use wsgate_core::upstream::{UpstreamManager, UpstreamParts};
 
 use crate::config::{AuthMode, Config};
 
@@ -48,6 +49,8 @@ pub struct Node {
     pub gateway: Arc<Gateway>,
     /// Outbound connections held for backends (the upstream API).
     pub upstreams: Arc<UpstreamManager>,
+    /// The control API (HTTP and gRPC handlers call it).
+    pub control: Arc<Control>,
     pub auth: Authenticator,
     pub lifecycle: Lifecycle,
     pub build: BuildInfo,
@@ -88,11 +91,21 @@ impl Node {
         let mut registry = prometheus_client::registry::Registry::default();
         metrics.register(&mut registry);
         let seams = crate::seams::build(&config, &node_id, &mut registry)?;
-        let gateway = Gateway::new(gw_config, seams.broker, seams.presence, metrics);
-        let upstreams = UpstreamManager::new(gateway.clone(), seams.records);
+        let gateway = Gateway::new(gw_config, seams.broker, seams.presence, metrics.clone());
+        let upstreams = UpstreamManager::new(UpstreamParts {
+            node: node_id.clone(),
+            records: seams.records,
+            publisher: gateway.clone(),
+            metrics,
+        });
         if let Some((ownership, forwarding)) = seams.cluster {
             upstreams.attach_cluster(ownership, forwarding);
         }
+        let access = Access::new(
+            config.api_key.as_ref().map(|k| k.expose().to_string()),
+            limits.api_rate(),
+        );
+        let control = Arc::new(Control::new(gateway.clone(), upstreams.clone(), access));
         Ok(Arc::new(Self {
             build: BuildInfo {
                 name: "wsgate",
@@ -104,6 +117,7 @@ impl Node {
             config,
             gateway,
             upstreams,
+            control,
             auth,
             lifecycle: Lifecycle::default(),
             metrics_registry: registry,
@@ -171,10 +185,9 @@ pub async fn run_with(
         .spawn_reclaimer(node.config.clear_all_on_start());
     let (grpc_stop, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
     let grpc = grpc.map(|l| {
-        let api = wsgate_grpc::GrpcApi::new(node.gateway.clone(), node.upstreams.clone());
+        let api = wsgate_grpc::GrpcApi::new(node.control.clone());
         let ready_node = node.clone();
         let options = wsgate_grpc::ServeOptions {
-            api_key: node.config.api_key.as_ref().map(|k| k.expose().to_string()),
             ready: Arc::new(move || ready_node.is_ready()),
         };
         if let Ok(a) = l.local_addr() {

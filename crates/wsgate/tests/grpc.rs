@@ -708,6 +708,52 @@ async fn health_reflection_and_api_key() {
     srv.shutdown().await;
 }
 
+/// Authorization is the control façade's, so gRPC and HTTP share the API rate limit: one
+/// bucket per key across both, RESOURCE_EXHAUSTED over it on gRPC, 429 on HTTP.
+#[tokio::test]
+async fn grpc_shares_the_api_rate_limit() {
+    let srv = TestServer::with(|c| {
+        c.api_rate = 1;
+        c.api_burst = 2;
+        c.api_key = Some(wsgate_server::config::Secret::new("k3y"));
+    })
+    .await;
+    let mut c = grpc(&srv).await;
+    let presence = || {
+        let mut req = tonic::Request::new(PresenceRequest {
+            channel: "x".into(),
+        });
+        req.metadata_mut()
+            .insert("authorization", "Bearer k3y".parse().unwrap());
+        req
+    };
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        let r = within("presence", c.presence(presence())).await;
+        codes.push(r.map_or_else(|s| s.code(), |_| tonic::Code::Ok));
+    }
+    assert_eq!(
+        &codes[..2],
+        &[tonic::Code::Ok, tonic::Code::Ok],
+        "{codes:?}"
+    );
+    assert!(codes.contains(&tonic::Code::ResourceExhausted), "{codes:?}");
+    let status = within(
+        "http after grpc",
+        http()
+            .get(srv.http("/connections"))
+            .bearer_auth("k3y")
+            .send(),
+    )
+    .await
+    .unwrap()
+    .status();
+    assert_eq!(status, 429);
+    srv.await_metric("wsgate_api_rejections_total{reason=\"rate_limited\"}", 2.0)
+        .await;
+    srv.shutdown().await;
+}
+
 #[tokio::test]
 async fn disabled_grpc_binds_nothing() {
     let srv = TestServer::with(|c| c.grpc_enabled = false).await;

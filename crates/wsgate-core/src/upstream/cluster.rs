@@ -72,7 +72,7 @@ impl UpstreamManager {
                 "CLEAR_ALL_ON_START: upstream connection records wiped"
             );
         } else {
-            let records = retry("list records", || self.records.upstream_list()).await;
+            let records = retry("list records", || self.parts.records.upstream_list()).await;
             let mut n = 0;
             for rec in records {
                 if rec.owner == self.node() && !self.conns.contains_key(rec.id.as_str()) {
@@ -105,12 +105,12 @@ impl UpstreamManager {
                 if let Some((_, up)) = self.conns.remove(id.as_str()) {
                     warn!(upstream_id = %id, "another instance took this upstream connection over; closing the local one");
                     up.close(CLOSE_WAIT).await;
-                    up.shared.gauge.clear(&self.gateway.metrics);
+                    up.shared.gauge.clear(&self.parts.metrics);
                 }
             }
             for rec in sweep.claimed {
                 if !self.conns.contains_key(rec.id.as_str()) {
-                    self.gateway.metrics.upstream_reclaimed.inc();
+                    self.parts.metrics.upstream_reclaimed.inc();
                     self.start(rec).await;
                 }
             }

@@ -62,12 +62,11 @@ pub fn validate(spec: &UpstreamSpec) -> Result<(), UpstreamError> {
 /// Topic names become channel names (`topic:<name>`), so they follow channel rules.
 pub fn validate_topic(topic: &str) -> Result<(), UpstreamError> {
     let max = crate::protocol::MAX_CHANNEL_LEN - super::TOPIC_PREFIX.len();
-    if topic.is_empty() || topic.len() > max || topic.chars().any(char::is_control) {
-        return Err(UpstreamError::Invalid(format!(
+    crate::protocol::check_name(topic, max).map_err(|_| {
+        UpstreamError::Invalid(format!(
             "topic names are 1 to {max} bytes without control characters"
-        )));
-    }
-    Ok(())
+        ))
+    })
 }
 
 pub fn subscription(s: &UpstreamSubscription) -> Subscription {

@@ -9,15 +9,15 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use crate::seams::{UpstreamRecord, UpstreamRecords};
+use crate::seams::UpstreamRecord;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::warn;
 use wsgate_client::Client;
 
+use super::parts::UpstreamParts;
 use super::state::GaugeSlot;
 use super::{UpstreamError, WRITE_TIMEOUT};
-use crate::gateway::Gateway;
 
 /// What never changes after Connect, readable without the record's lock.
 pub struct Fixed {
@@ -31,9 +31,7 @@ pub struct Fixed {
 pub struct Shared {
     pub id: Arc<str>,
     pub fixed: Fixed,
-    pub gateway: Arc<Gateway>,
-    /// Where the durable record is written.
-    pub records: Arc<dyn UpstreamRecords>,
+    pub parts: Arc<UpstreamParts>,
     /// The durable record. An async mutex held across the store write, so record writes of
     /// one connection reach the store in the order they were made. Control operations and
     /// state changes only: never taken per message.
@@ -53,7 +51,7 @@ impl Shared {
     ) -> Result<(), UpstreamError> {
         let mut rec = self.record.lock().await;
         edit(&mut rec);
-        let put = self.records.upstream_put(rec.clone());
+        let put = self.parts.records.upstream_put(rec.clone());
         let res = match tokio::time::timeout(WRITE_TIMEOUT, put).await {
             Ok(r) => r.map_err(UpstreamError::from),
             Err(_) => Err(UpstreamError::Store(crate::seams::StoreError::Unavailable(
@@ -61,7 +59,7 @@ impl Shared {
             ))),
         };
         if let Err(e) = &res {
-            self.gateway.metrics.store_errors.inc();
+            self.parts.metrics.store_errors.inc();
             warn!(upstream_id = %self.id, error = %e, "upstream record write failed");
         }
         res

@@ -1,79 +1,15 @@
-//! Upstream API calls forwarded to the instance that owns the connection (cluster mode).
+//! Upstream operations forwarded to the instance that owns the connection (cluster mode).
 //!
-//! The caller's node serialises the operation as an [`Op`], sends it through the
-//! [`Forwarding`](crate::seams::Forwarding) request/reply channel to the owner, which runs
-//! it locally (never forwarding again) and answers a [`Reply`]. Errors travel as their
+//! The caller's node serialises the [`UpstreamOp`](super::UpstreamOp) and sends it through
+//! the [`Forwarding`](crate::seams::Forwarding) request/reply channel to the owner, which
+//! runs it locally (never forwarding again) and answers a [`Reply`]. Errors travel as their
 //! kind and text, so the caller answers exactly as the owner would have.
 
-use crate::seams::upstream::UpstreamSubscription;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use wsgate_client::Message;
 
 use super::UpstreamError;
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Op {
-    Send {
-        id: String,
-        text: String,
-    },
-    SendRaw {
-        id: String,
-        b64: String,
-    },
-    SendAsync {
-        id: String,
-        msg: WireMessage,
-        timeout_ms: u64,
-    },
-    Subscriptions {
-        id: String,
-        add: Vec<UpstreamSubscription>,
-        remove: Vec<String>,
-    },
-    StartPublish {
-        id: String,
-        topic: String,
-    },
-    StopPublish {
-        id: String,
-    },
-    Disconnect {
-        id: String,
-    },
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WireMessage {
-    Text(String),
-    Binary(String),
-}
-
-impl From<&Message> for WireMessage {
-    fn from(m: &Message) -> Self {
-        match m {
-            Message::Text(t) => WireMessage::Text(t.to_string()),
-            Message::Binary(b) => WireMessage::Binary(B64.encode(b)),
-        }
-    }
-}
-
-impl WireMessage {
-    pub fn into_message(self) -> Result<Message, UpstreamError> {
-        Ok(match self {
-            WireMessage::Text(t) => Message::from(t),
-            WireMessage::Binary(b) => Message::Binary(Bytes::from(
-                B64.decode(b)
-                    .map_err(|_| UpstreamError::Remote("bad forwarded frame".into()))?,
-            )),
-        })
-    }
-}
+use super::op::Outcome;
+use super::op::wire::WireMessage;
 
 /// The owner's answer.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -108,26 +44,57 @@ impl Reply {
         }
     }
 
-    /// The error it carries, if any.
-    pub fn into_result(self) -> Result<Self, UpstreamError> {
-        let Some(kind) = self.error.as_deref() else {
-            return Ok(self);
-        };
-        let m = self.message.clone().unwrap_or_default();
-        Err(match kind {
-            "not_found" => UpstreamError::NotFound,
-            "owned" => UpstreamError::OwnedByDifferentInstance(m),
-            "not_connected" => UpstreamError::NotConnected,
-            "timeout" => UpstreamError::RequestTimeout,
-            "invalid" => UpstreamError::Invalid(m),
-            _ => UpstreamError::Remote(m),
+    /// The owner's side: what it answers for the result of running an operation.
+    pub fn of(result: Result<Outcome, UpstreamError>) -> Self {
+        match result {
+            Ok(Outcome::Done) => Reply::default(),
+            Ok(Outcome::Reply(m)) => Reply {
+                frame: Some(WireMessage::from(&m)),
+                ..Reply::default()
+            },
+            Ok(Outcome::Keys(keys)) => Reply {
+                keys: Some(keys),
+                ..Reply::default()
+            },
+            Err(e) => Reply::error(&e),
+        }
+    }
+
+    /// The caller's side: the outcome or the error it carries.
+    pub fn into_outcome(self) -> Result<Outcome, UpstreamError> {
+        if let Some(kind) = self.error.as_deref() {
+            let m = self.message.unwrap_or_default();
+            return Err(match kind {
+                "not_found" => UpstreamError::NotFound,
+                "owned" => UpstreamError::OwnedByDifferentInstance(m),
+                "not_connected" => UpstreamError::NotConnected,
+                "timeout" => UpstreamError::RequestTimeout,
+                "invalid" => UpstreamError::Invalid(m),
+                _ => UpstreamError::Remote(m),
+            });
+        }
+        Ok(match (self.frame, self.keys) {
+            (Some(frame), _) => Outcome::Reply(
+                frame
+                    .into_message()
+                    .map_err(|_| UpstreamError::Remote("bad forwarded frame".into()))?,
+            ),
+            (None, Some(keys)) => Outcome::Keys(keys),
+            (None, None) => Outcome::Done,
         })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+    use wsgate_client::Message;
+
     use super::*;
+
+    fn trip(r: Reply) -> Reply {
+        serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap()
+    }
 
     #[test]
     fn errors_survive_the_trip() {
@@ -138,16 +105,20 @@ mod tests {
             UpstreamError::RequestTimeout,
             UpstreamError::Invalid("bad".into()),
         ] {
-            let json = serde_json::to_string(&Reply::error(&e)).unwrap();
-            let back: Reply = serde_json::from_str(&json).unwrap();
-            assert_eq!(back.into_result().unwrap_err().to_string(), e.to_string());
+            let back = trip(Reply::error(&e));
+            assert_eq!(back.into_outcome().unwrap_err().to_string(), e.to_string());
         }
-        let m = WireMessage::from(&Message::Binary(Bytes::from_static(b"\x00\x01")));
-        let json = serde_json::to_string(&m).unwrap();
-        let back: WireMessage = serde_json::from_str(&json).unwrap();
-        assert_eq!(
-            back.into_message().unwrap(),
-            Message::Binary(Bytes::from_static(b"\x00\x01"))
-        );
+    }
+
+    #[test]
+    fn outcomes_survive_the_trip() {
+        for o in [
+            Outcome::Done,
+            Outcome::Reply(Message::Binary(Bytes::from_static(b"\x00\x01"))),
+            Outcome::Reply(Message::from("pong")),
+            Outcome::Keys(vec!["a".into(), "b".into()]),
+        ] {
+            assert_eq!(trip(Reply::of(Ok(o.clone()))).into_outcome().unwrap(), o);
+        }
     }
 }

@@ -8,30 +8,26 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use crate::seams::upstream::{UpstreamSpec, UpstreamSubscription};
-use crate::seams::{UpstreamRecord, UpstreamRecords};
-use bytes::Bytes;
 use dashmap::DashMap;
 use tokio::sync::watch;
 use tracing::{info, warn};
 use wsgate_client::{Client, ConnectionState, Message};
 
-use base64::Engine;
-
 use super::cluster::ClusterSeams;
-use super::config::{client_config, subscription, validate, validate_topic};
+use super::config::{client_config, subscription, validate};
 use super::connection::{Fixed, Shared, Upstream};
-use super::forward::{Op, Reply, WireMessage};
+use super::forward::Reply;
+use super::op::{Outcome, UpstreamOp};
+use super::parts::UpstreamParts;
 use super::state::{GaugeSlot, state_name};
 use super::view::{UpstreamView, correlation_name};
 use super::{CLOSE_WAIT, UpstreamError, pump};
 use crate::clock::unix_ms as now_ms;
-use crate::gateway::Gateway;
+use crate::seams::upstream::{UpstreamSpec, UpstreamSubscription};
+use crate::seams::{UpstreamRecord, UpstreamRecords};
 
 pub struct UpstreamManager {
-    pub(super) gateway: Arc<Gateway>,
-    /// Where every connection's durable record is kept.
-    pub(super) records: Arc<dyn UpstreamRecords>,
+    pub(super) parts: Arc<UpstreamParts>,
     pub(super) conns: DashMap<Arc<str>, Arc<Upstream>>,
     /// Cluster mode: leases, reclaiming and forwarding (see [`super::cluster`]).
     pub(super) cluster: std::sync::OnceLock<ClusterSeams>,
@@ -46,11 +42,11 @@ pub struct Connected {
 }
 
 impl UpstreamManager {
-    /// A manager publishing through `gateway` and keeping records in `records`.
-    pub fn new(gateway: Arc<Gateway>, records: Arc<dyn UpstreamRecords>) -> Arc<Self> {
+    /// A manager of connections on `parts.node`, publishing through `parts.publisher` and
+    /// keeping records in `parts.records`.
+    pub fn new(parts: UpstreamParts) -> Arc<Self> {
         Arc::new(Self {
-            gateway,
-            records,
+            parts: Arc::new(parts),
             conns: DashMap::new(),
             cluster: std::sync::OnceLock::new(),
         })
@@ -58,11 +54,11 @@ impl UpstreamManager {
 
     /// The store of upstream records.
     pub fn records(&self) -> &Arc<dyn UpstreamRecords> {
-        &self.records
+        &self.parts.records
     }
 
     pub(super) fn node(&self) -> &str {
-        self.gateway.node()
+        &self.parts.node
     }
 
     /// Connect: registers the connection, writes its record, starts it and waits up to
@@ -82,11 +78,12 @@ impl UpstreamManager {
             created_at_ms: now_ms(),
             spec,
         };
-        self.records
+        self.parts
+            .records
             .upstream_put(record.clone())
             .await
             .inspect_err(|_| {
-                self.gateway.metrics.store_errors.inc();
+                self.parts.metrics.store_errors.inc();
             })?;
         let up = self.start(record).await;
         info!(upstream_id = %id, url = %crate::seams::upstream::redact_url(&up.client.snapshot().url), "upstream connecting");
@@ -115,8 +112,7 @@ impl UpstreamManager {
                 correlation: correlation_name(&spec.correlation),
                 header_names: spec.headers.iter().map(|(k, _)| k.clone()).collect(),
             },
-            gateway: self.gateway.clone(),
-            records: self.records.clone(),
+            parts: self.parts.clone(),
             topic: watch::channel(spec.publish_topic.as_deref().map(Arc::from)).0,
             gauge: GaugeSlot::default(),
             published: AtomicU64::new(0),
@@ -147,7 +143,7 @@ impl UpstreamManager {
             return Ok(up.clone());
         }
         // Cluster mode: a record held by another node gets the more useful error.
-        match self.records.upstream_get(id).await {
+        match self.parts.records.upstream_get(id).await {
             Ok(Some(rec)) if rec.owner != self.node() => {
                 Err(UpstreamError::OwnedByDifferentInstance(rec.owner))
             }
@@ -174,17 +170,23 @@ impl UpstreamManager {
         }
     }
 
+    /// Runs `op` where connection `op.id()` is held: here, or forwarded to its live owner.
+    /// This is the one routing decision every operation on an existing connection takes.
+    pub async fn execute(&self, op: UpstreamOp) -> Result<Outcome, UpstreamError> {
+        op.check()?;
+        match self.route(op.id()).await? {
+            Route::Local(up) => self.run(&up, op).await,
+            Route::Remote(owner) => self.forward(&owner, op).await,
+        }
+    }
+
     /// Runs `op` on `owner` and returns its answer (errors included).
-    async fn forward(
-        &self,
-        owner: &str,
-        op: Op,
-        timeout: Duration,
-    ) -> Result<Reply, UpstreamError> {
+    async fn forward(&self, owner: &str, op: UpstreamOp) -> Result<Outcome, UpstreamError> {
         let Some(cluster) = self.cluster.get() else {
             return Err(UpstreamError::OwnedByDifferentInstance(owner.into()));
         };
-        self.gateway.metrics.upstream_forwarded.inc();
+        self.parts.metrics.upstream_forwarded.inc();
+        let timeout = op.forward_timeout();
         let body = serde_json::to_string(&op).map_err(|e| UpstreamError::Remote(e.to_string()))?;
         let Some(reply) = cluster.forwarding.request(owner, body, timeout).await? else {
             // Its lease has not run out yet, but no process of it listens: dead, and not
@@ -193,189 +195,57 @@ impl UpstreamManager {
         };
         serde_json::from_str::<Reply>(&reply)
             .map_err(|e| UpstreamError::Remote(format!("bad forwarded reply: {e}")))?
-            .into_result()
+            .into_outcome()
     }
 
     /// Answers a call forwarded by another node: runs it here, never forwards again.
     pub async fn handle_forwarded(&self, body: String) -> String {
-        let reply = match serde_json::from_str::<Op>(&body) {
-            Ok(op) => self
-                .run_local(op)
-                .await
-                .unwrap_or_else(|e| Reply::error(&e)),
-            Err(e) => Reply::error(&UpstreamError::Invalid(format!("bad forwarded call: {e}"))),
+        let result = match serde_json::from_str::<UpstreamOp>(&body) {
+            Ok(op) => match self.lookup(op.id()).await {
+                Ok(up) => self.run(&up, op).await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(UpstreamError::Invalid(format!("bad forwarded call: {e}"))),
         };
-        serde_json::to_string(&reply).unwrap_or_default()
+        serde_json::to_string(&Reply::of(result)).unwrap_or_default()
     }
 
-    async fn run_local(&self, op: Op) -> Result<Reply, UpstreamError> {
-        let mut reply = Reply::default();
+    /// Runs `op` on `up`, a connection held here.
+    async fn run(&self, up: &Upstream, op: UpstreamOp) -> Result<Outcome, UpstreamError> {
         match op {
-            Op::Send { id, text } => send_on(&*self.lookup(&id).await?, text).await?,
-            Op::SendRaw { id, b64 } => {
-                let msg = WireMessage::Binary(b64).into_message()?;
-                let up = self.lookup(&id).await?;
-                up.client.send(msg).await?;
-            }
-            Op::SendAsync {
-                id,
-                msg,
-                timeout_ms,
-            } => {
-                let up = self.lookup(&id).await?;
-                let r = self
-                    .request_on(&up, msg.into_message()?, Duration::from_millis(timeout_ms))
-                    .await?;
-                reply.frame = Some(WireMessage::from(&r));
-            }
-            Op::Subscriptions { id, add, remove } => {
-                let up = self.lookup(&id).await?;
-                reply.keys = Some(subscriptions_on(&up, add, remove).await?);
-            }
-            Op::StartPublish { id, topic } => {
-                start_publish_on(&*self.lookup(&id).await?, topic).await?
-            }
-            Op::StopPublish { id } => stop_publish_on(&*self.lookup(&id).await?).await?,
-            Op::Disconnect { id } => self.disconnect_local(&id).await?,
-        }
-        Ok(reply)
-    }
-
-    /// Send: one text frame.
-    pub async fn send(&self, id: &str, text: String) -> Result<(), UpstreamError> {
-        match self.route(id).await? {
-            Route::Local(up) => send_on(&up, text).await,
-            Route::Remote(owner) => {
-                let op = Op::Send {
-                    id: id.into(),
-                    text,
-                };
-                self.forward(&owner, op, FORWARD_TIMEOUT).await.map(drop)
-            }
-        }
-    }
-
-    /// SendRaw: one binary frame.
-    pub async fn send_raw(&self, id: &str, data: Bytes) -> Result<(), UpstreamError> {
-        match self.route(id).await? {
-            Route::Local(up) => Ok(up.client.send(Message::Binary(data)).await?),
-            Route::Remote(owner) => {
-                let op = Op::SendRaw {
-                    id: id.into(),
-                    b64: base64::engine::general_purpose::STANDARD.encode(&data),
-                };
-                self.forward(&owner, op, FORWARD_TIMEOUT).await.map(drop)
-            }
-        }
-    }
-
-    /// SendAsync: a request and its correlated reply (see the connection's correlation mode).
-    pub async fn send_async(
-        &self,
-        id: &str,
-        msg: Message,
-        timeout: Duration,
-    ) -> Result<Message, UpstreamError> {
-        match self.route(id).await? {
-            Route::Local(up) => self.request_on(&up, msg, timeout).await,
-            Route::Remote(owner) => {
-                let op = Op::SendAsync {
-                    id: id.into(),
-                    msg: WireMessage::from(&msg),
-                    timeout_ms: timeout.as_millis() as u64,
-                };
-                let reply = self.forward(&owner, op, timeout + FORWARD_TIMEOUT).await?;
-                reply
-                    .frame
-                    .ok_or_else(|| UpstreamError::Remote("forwarded reply without frame".into()))?
-                    .into_message()
-            }
-        }
-    }
-
-    async fn request_on(
-        &self,
-        up: &Upstream,
-        msg: Message,
-        timeout: Duration,
-    ) -> Result<Message, UpstreamError> {
-        up.client.request(msg, timeout).await.map_err(|e| {
-            if e == wsgate_client::Error::RequestTimeout {
-                self.gateway.metrics.upstream_request_timeouts.inc();
-            }
-            UpstreamError::from(e)
-        })
-    }
-
-    /// Adds (or replaces, by key) tracked subscriptions and removes others by key. Each is
-    /// sent now when connected and replayed after every reconnect; the record follows.
-    /// Returns the tracked keys afterwards.
-    pub async fn update_subscriptions(
-        &self,
-        id: &str,
-        add: Vec<UpstreamSubscription>,
-        remove: Vec<String>,
-    ) -> Result<Vec<String>, UpstreamError> {
-        if add.iter().any(|s| s.key.is_empty()) {
-            return Err(UpstreamError::Invalid(
-                "subscription keys must not be empty".into(),
-            ));
-        }
-        match self.route(id).await? {
-            Route::Local(up) => subscriptions_on(&up, add, remove).await,
-            Route::Remote(owner) => {
-                let op = Op::Subscriptions {
-                    id: id.into(),
-                    add,
-                    remove,
-                };
-                let reply = self.forward(&owner, op, FORWARD_TIMEOUT).await?;
-                Ok(reply.keys.unwrap_or_default())
-            }
-        }
-    }
-
-    /// StartPublish: from now on every received message is published to `topic:<topic>`.
-    pub async fn start_publish(&self, id: &str, topic: String) -> Result<(), UpstreamError> {
-        validate_topic(&topic)?;
-        match self.route(id).await? {
-            Route::Local(up) => start_publish_on(&up, topic).await,
-            Route::Remote(owner) => {
-                let op = Op::StartPublish {
-                    id: id.into(),
-                    topic,
-                };
-                self.forward(&owner, op, FORWARD_TIMEOUT).await.map(drop)
-            }
-        }
-    }
-
-    /// StopPublish. Messages the pump already holds may still be published; none received
-    /// after the pump sees the change are.
-    pub async fn stop_publish(&self, id: &str) -> Result<(), UpstreamError> {
-        match self.route(id).await? {
-            Route::Local(up) => stop_publish_on(&up).await,
-            Route::Remote(owner) => {
-                let op = Op::StopPublish { id: id.into() };
-                self.forward(&owner, op, FORWARD_TIMEOUT).await.map(drop)
-            }
-        }
-    }
-
-    /// Disconnect: closes the connection, waits for its pump, forgets it and its record.
-    pub async fn disconnect(&self, id: &str) -> Result<(), UpstreamError> {
-        if self.conns.contains_key(id) {
-            return self.disconnect_local(id).await;
-        }
-        match self.route(id).await? {
-            Route::Local(_) => self.disconnect_local(id).await,
-            Route::Remote(owner) => {
-                let op = Op::Disconnect { id: id.into() };
-                self.forward(&owner, op, FORWARD_TIMEOUT + CLOSE_WAIT)
+            UpstreamOp::Send { text, .. } => up.client.send(Message::from(text)).await?,
+            UpstreamOp::SendRaw { data, .. } => up.client.send(Message::Binary(data)).await?,
+            UpstreamOp::SendAsync { msg, timeout, .. } => {
+                return up
+                    .client
+                    .request(msg, timeout)
                     .await
-                    .map(drop)
+                    .map(Outcome::Reply)
+                    .map_err(|e| {
+                        if e == wsgate_client::Error::RequestTimeout {
+                            self.parts.metrics.upstream_request_timeouts.inc();
+                        }
+                        UpstreamError::from(e)
+                    });
             }
+            UpstreamOp::Subscriptions { add, remove, .. } => {
+                return subscriptions_on(up, add, remove).await.map(Outcome::Keys);
+            }
+            UpstreamOp::StartPublish { topic, .. } => {
+                up.shared.topic.send_replace(Some(topic.as_str().into()));
+                up.shared
+                    .update_record(|r| r.spec.publish_topic = Some(topic))
+                    .await?
+            }
+            UpstreamOp::StopPublish { .. } => {
+                up.shared.topic.send_replace(None);
+                up.shared
+                    .update_record(|r| r.spec.publish_topic = None)
+                    .await?
+            }
+            UpstreamOp::Disconnect { id } => self.disconnect_local(&id).await?,
         }
+        Ok(Outcome::Done)
     }
 
     async fn disconnect_local(&self, id: &str) -> Result<(), UpstreamError> {
@@ -387,9 +257,9 @@ impl UpstreamManager {
                 .unwrap_or(UpstreamError::NotFound));
         };
         up.close(CLOSE_WAIT).await;
-        up.shared.gauge.clear(&self.gateway.metrics);
-        if let Err(e) = self.records.upstream_delete(id).await {
-            self.gateway.metrics.store_errors.inc();
+        up.shared.gauge.clear(&self.parts.metrics);
+        if let Err(e) = self.parts.records.upstream_delete(id).await {
+            self.parts.metrics.store_errors.inc();
             warn!(upstream_id = %id, error = %e, "upstream record delete failed");
         }
         info!(upstream_id = %id, "upstream disconnected");
@@ -424,7 +294,7 @@ impl UpstreamManager {
         let mut closing = tokio::task::JoinSet::new();
         for id in ids {
             if let Some((_, up)) = self.conns.remove(&id) {
-                let metrics = self.gateway.metrics.clone();
+                let metrics = self.parts.metrics.clone();
                 closing.spawn(async move {
                     up.close(CLOSE_WAIT).await;
                     up.shared.gauge.clear(&metrics);
@@ -444,13 +314,6 @@ enum Route {
     Local(Arc<Upstream>),
     /// On this live instance.
     Remote(String),
-}
-
-/// Bound on a forwarded call (plus the SendAsync timeout for SendAsync).
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
-
-async fn send_on(up: &Upstream, text: String) -> Result<(), UpstreamError> {
-    Ok(up.client.send(Message::from(text)).await?)
 }
 
 async fn subscriptions_on(
@@ -477,18 +340,4 @@ async fn subscriptions_on(
         })
         .await?;
     Ok(up.client.snapshot().subscriptions)
-}
-
-async fn start_publish_on(up: &Upstream, topic: String) -> Result<(), UpstreamError> {
-    up.shared.topic.send_replace(Some(topic.as_str().into()));
-    up.shared
-        .update_record(|r| r.spec.publish_topic = Some(topic))
-        .await
-}
-
-async fn stop_publish_on(up: &Upstream) -> Result<(), UpstreamError> {
-    up.shared.topic.send_replace(None);
-    up.shared
-        .update_record(|r| r.spec.publish_topic = None)
-        .await
 }

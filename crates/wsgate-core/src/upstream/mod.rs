@@ -12,8 +12,15 @@
 //!   has exactly one task, the [`pump`], which consumes the client's events and state
 //!   changes: metrics, the record's state, and publishing. Closing a connection closes the
 //!   client and then joins the pump, so no task outlives it.
+//! - **One entry per operation kind, routed once.** Every operation on an existing
+//!   connection is an [`UpstreamOp`] given to [`UpstreamManager::execute`], which decides
+//!   once whether it runs here or on the owning instance (cluster mode; the same value is
+//!   what travels there).
+//! - **Given its parts, not the gateway.** The manager gets the node id, the records store,
+//!   a [`Publisher`] and the metrics ([`UpstreamParts`]), nothing else.
 //! - **Publishing goes through the gateway.** With a publish topic set, every received
-//!   data message is published with [`Gateway::publish`](crate::gateway::Gateway::publish)
+//!   data message is published through the [`Publisher`] (the node's
+//!   [`Gateway`](crate::gateway::Gateway))
 //!   to channel `topic:<name>` ([`TOPIC_PREFIX`]): through the broker seam, with offsets
 //!   and history, to browsers subscribed to that channel on any node. Correlated replies
 //!   to SendAsync are not published (the client hands them to their caller only).
@@ -34,6 +41,8 @@ mod error;
 mod forward;
 mod manager;
 pub mod mapping;
+mod op;
+mod parts;
 mod pump;
 mod state;
 mod view;
@@ -43,6 +52,8 @@ use std::time::Duration;
 pub use connection::Upstream;
 pub use error::UpstreamError;
 pub use manager::{Connected, UpstreamManager};
+pub use op::{Outcome, UpstreamOp};
+pub use parts::{Publisher, UpstreamParts};
 pub use pump::PUBLISH_TIMEOUT;
 pub use state::state_name;
 pub use view::UpstreamView;

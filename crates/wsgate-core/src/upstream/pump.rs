@@ -29,7 +29,7 @@ pub async fn run(
     mut events: Events,
     mut state: watch::Receiver<ConnectionState>,
 ) {
-    let metrics = shared.gateway.metrics.clone();
+    let metrics = shared.parts.metrics.clone();
     let mut last = *state.borrow_and_update();
     on_state(&shared, None, last).await;
     let mut state_open = true;
@@ -74,7 +74,7 @@ pub async fn run(
 }
 
 async fn on_state(shared: &Shared, from: Option<ConnectionState>, to: ConnectionState) {
-    let metrics = &shared.gateway.metrics;
+    let metrics = &shared.parts.metrics;
     shared.gauge.set(metrics, to);
     if to == ConnectionState::CircuitOpen && from != Some(ConnectionState::CircuitOpen) {
         metrics.upstream_breaker_opens.inc();
@@ -93,19 +93,19 @@ async fn on_state(shared: &Shared, from: Option<ConnectionState>, to: Connection
 async fn publish(shared: &Shared, topic: &str, msg: &Message) {
     let channel = format!("{TOPIC_PREFIX}{topic}");
     let data = publication_data(msg);
-    let gw = &shared.gateway;
-    match tokio::time::timeout(PUBLISH_TIMEOUT, gw.publish(&channel, data, None)).await {
-        Ok(Ok(_)) => {
-            gw.metrics.upstream_published.inc();
+    let parts = &shared.parts;
+    match tokio::time::timeout(PUBLISH_TIMEOUT, parts.publisher.publish(&channel, data)).await {
+        Ok(Ok(())) => {
+            parts.metrics.upstream_published.inc();
             shared.published.fetch_add(1, Relaxed);
         }
         Ok(Err(e)) => {
-            // `Gateway::publish` has counted the broker error.
+            // The publisher has counted the broker error.
             shared.publish_errors.fetch_add(1, Relaxed);
             warn!(upstream_id = %shared.id, channel, error = %e, "upstream publish failed");
         }
         Err(_) => {
-            gw.metrics.broker_errors.inc();
+            parts.metrics.broker_errors.inc();
             shared.publish_errors.fetch_add(1, Relaxed);
             warn!(upstream_id = %shared.id, channel, "upstream publish timed out; message dropped");
         }

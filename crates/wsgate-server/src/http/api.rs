@@ -1,14 +1,15 @@
-//! The control API that backends call: publish, send, disconnect, presence.
+//! The control API that backends call: publish, send, disconnect, presence. Each handler
+//! decodes its body into a command of [`Control`](wsgate_core::control::Control) and
+//! encodes the result; rules, defaults and errors are the façade's.
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use wsgate_core::protocol::MAX_CHANNEL_LEN;
+use wsgate_core::control::{Payload, Publish};
 
 use super::error::{ApiError, ApiJson};
 use crate::node::Node;
@@ -32,41 +33,24 @@ pub struct DisconnectQuery {
     reason: Option<String>,
 }
 
-fn payload(raw: &RawValue) -> Bytes {
-    Bytes::copy_from_slice(raw.get().as_bytes())
-}
-
-fn check_channel(channel: &str) -> Result<(), ApiError> {
-    if channel.is_empty()
-        || channel.len() > MAX_CHANNEL_LEN
-        || channel.chars().any(char::is_control)
-    {
-        return Err(ApiError::bad_request(format!(
-            "channel names are 1 to {MAX_CHANNEL_LEN} bytes without control characters"
-        )));
-    }
-    Ok(())
-}
-
 pub async fn publish(
     State(node): State<Arc<Node>>,
     ApiJson(body): ApiJson<PublishBody>,
 ) -> ApiResult {
-    check_channel(&body.channel)?;
-    let (offset, epoch, delivered) = node
-        .gateway
-        .publish(
-            &body.channel,
-            payload(&body.data),
-            body.exclude_user.as_deref(),
-        )
+    let p = node
+        .control
+        .publish(Publish {
+            channel: body.channel,
+            data: Payload::from(&*body.data),
+            exclude_user: body.exclude_user,
+        })
         .await?;
     Ok(Json(json!({
         "success": true,
-        "channel": body.channel,
-        "offset": offset,
-        "epoch": &*epoch,
-        "delivered": delivered,
+        "channel": p.channel,
+        "offset": p.offset,
+        "epoch": &*p.epoch,
+        "delivered": p.delivered,
     })))
 }
 
@@ -75,10 +59,8 @@ pub async fn send_to_user(
     Path(user): Path<String>,
     ApiJson(body): ApiJson<DataBody>,
 ) -> ApiResult {
-    let delivered = node
-        .gateway
-        .send_to_user(&user, payload(&body.data))
-        .await?;
+    let data = Payload::from(&*body.data);
+    let delivered = node.control.send_to_user(&user, data).await?;
     Ok(Json(json!({"success": true, "delivered": delivered})))
 }
 
@@ -87,9 +69,8 @@ pub async fn send_to_connection(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<DataBody>,
 ) -> ApiResult {
-    node.gateway
-        .send_to_connection(&id, payload(&body.data))
-        .await?;
+    let data = Payload::from(&*body.data);
+    node.control.send_to_connection(&id, data).await?;
     Ok(Json(json!({"success": true, "delivered": 1})))
 }
 
@@ -98,16 +79,12 @@ pub async fn disconnect(
     Path(id): Path<String>,
     Query(q): Query<DisconnectQuery>,
 ) -> ApiResult {
-    let reason = q
-        .reason
-        .unwrap_or_else(|| "closed by the control API".into());
-    node.gateway.kick(&id, &reason)?;
+    node.control.disconnect_client(&id, q.reason.as_deref())?;
     Ok(Json(json!({"success": true})))
 }
 
 pub async fn presence(State(node): State<Arc<Node>>, Path(channel): Path<String>) -> ApiResult {
-    check_channel(&channel)?;
-    let p = node.gateway.presence(&channel).await?;
+    let p = node.control.presence(&channel).await?;
     Ok(Json(json!({
         "success": true,
         "channel": p.channel,

@@ -1,12 +1,12 @@
-//! JSON errors: every failure of the API is `{"success":false,"error":"…"}`.
+//! JSON errors: every failure of the API is `{"success":false,"error":"…"}`, with the
+//! status its [`ErrorCode`] maps to (and `Retry-After` when rate limited).
 
 use axum::Json;
 use axum::extract::FromRequest;
 use axum::extract::rejection::JsonRejection;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use wsgate_core::gateway::GatewayError;
-use wsgate_core::upstream::UpstreamError;
+use wsgate_core::control::{ControlError, ErrorCode};
 
 pub fn json_error(status: StatusCode, message: &str) -> Response {
     (
@@ -20,6 +20,8 @@ pub fn json_error(status: StatusCode, message: &str) -> Response {
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// Seconds for `Retry-After` (429).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -27,13 +29,41 @@ impl ApiError {
         Self {
             status: StatusCode::BAD_REQUEST,
             message: message.into(),
+            retry_after: None,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        json_error(self.status, &self.message)
+        let mut r = json_error(self.status, &self.message);
+        if let Some(secs) = self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        r
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        let (status, retry_after) = match e.code {
+            ErrorCode::NotFound => (StatusCode::NOT_FOUND, None),
+            ErrorCode::Conflict => (StatusCode::CONFLICT, None),
+            ErrorCode::InvalidArgument => (StatusCode::BAD_REQUEST, None),
+            ErrorCode::Timeout => (StatusCode::GATEWAY_TIMEOUT, None),
+            ErrorCode::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, None),
+            ErrorCode::BadGateway => (StatusCode::BAD_GATEWAY, None),
+            ErrorCode::Unauthorized => (StatusCode::UNAUTHORIZED, None),
+            ErrorCode::RateLimited { retry_after_secs } => {
+                (StatusCode::TOO_MANY_REQUESTS, Some(retry_after_secs))
+            }
+        };
+        Self {
+            status,
+            message: e.message,
+            retry_after,
+        }
     }
 }
 
@@ -42,20 +72,7 @@ impl From<JsonRejection> for ApiError {
         Self {
             status: r.status(),
             message: r.body_text(),
-        }
-    }
-}
-
-impl From<GatewayError> for ApiError {
-    fn from(e: GatewayError) -> Self {
-        let status = match &e {
-            GatewayError::ConnectionNotFound => StatusCode::NOT_FOUND,
-            GatewayError::InvalidData(_) => StatusCode::BAD_REQUEST,
-            GatewayError::Broker(_) => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        Self {
-            status,
-            message: e.to_string(),
+            retry_after: None,
         }
     }
 }
@@ -64,25 +81,3 @@ impl From<GatewayError> for ApiError {
 #[derive(FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub struct ApiJson<T>(pub T);
-
-impl From<UpstreamError> for ApiError {
-    fn from(e: UpstreamError) -> Self {
-        let status = match &e {
-            UpstreamError::NotFound => StatusCode::NOT_FOUND,
-            UpstreamError::OwnedByDifferentInstance(_) => StatusCode::CONFLICT,
-            UpstreamError::NotConnected => StatusCode::CONFLICT,
-            UpstreamError::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
-            UpstreamError::Invalid(_) => StatusCode::BAD_REQUEST,
-            UpstreamError::Upstream(wsgate_client::Error::OutboxFull { .. }) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            UpstreamError::Upstream(_) => StatusCode::BAD_GATEWAY,
-            UpstreamError::Remote(_) => StatusCode::BAD_GATEWAY,
-            UpstreamError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        Self {
-            status,
-            message: e.to_string(),
-        }
-    }
-}

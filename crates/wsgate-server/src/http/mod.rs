@@ -13,8 +13,9 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
+use wsgate_core::control::Caller;
 
 pub use error::{ApiError, ApiJson, json_error};
 
@@ -74,62 +75,22 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
-/// When an API key is configured, the control API and connection listings require it.
-/// Every caller is rate limited (`api_rate`): by its API key, or by client IP without one.
+/// The control API and connection listings pass
+/// [`Control::authorize`](wsgate_core::control::Control::authorize): the API rate limit
+/// (by API key, or by client IP without one), then the API key when one is configured.
 async fn require_api_key(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
-    let given = crate::ws::bearer(req.headers());
-    let limit_key = match (&node.config.api_key, &given) {
-        // The key itself is never logged or exported; it only names a limiter bucket.
-        (Some(_), Some(g)) => format!("key:{g}"),
-        _ => {
-            let peer = req
-                .extensions()
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|c| c.0)
-                .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-            format!("ip:{}", node.limits.client_ip(peer, req.headers()))
-        }
+    let key = crate::ws::bearer(req.headers());
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0)
+        .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+    let caller = Caller {
+        key: key.as_deref(),
+        ip: node.limits.client_ip(peer, req.headers()),
     };
-    if let Err(wait) = node.limits.api_check(&limit_key) {
-        node.gateway
-            .metrics
-            .api_rejections
-            .get_or_create(&wsgate_core::metrics::ReasonLabel {
-                reason: "rate_limited",
-            })
-            .inc();
-        let mut r = json_error(
-            axum::http::StatusCode::TOO_MANY_REQUESTS,
-            "Too many requests: API rate limit exceeded",
-        );
-        r.headers_mut().insert(
-            axum::http::header::RETRY_AFTER,
-            axum::http::HeaderValue::from(wait),
-        );
-        return r;
-    }
-    if let Some(key) = &node.config.api_key
-        && !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.expose().as_bytes()))
-    {
-        node.gateway
-            .metrics
-            .api_rejections
-            .get_or_create(&wsgate_core::metrics::ReasonLabel {
-                reason: "unauthorized",
-            })
-            .inc();
-        return json_error(
-            axum::http::StatusCode::UNAUTHORIZED,
-            "Unauthorized: missing or wrong API key",
-        );
+    if let Err(e) = node.control.authorize(caller) {
+        return ApiError::from(e).into_response();
     }
     next.run(req).await
-}
-
-/// Compares without an early exit, so response time does not leak how much of a key matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -8,7 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use wsgate_core::gateway::ConnectionInfo;
+use wsgate_core::control::ListConnections;
 
 use super::error::ApiError;
 use crate::node::Node;
@@ -64,60 +64,26 @@ pub struct ListQuery {
     limit: Option<usize>,
 }
 
-const DEFAULT_PAGE: usize = 100;
-const MAX_PAGE: usize = 1000;
-
 /// `GET /connections`: filtered by user, channel and kind; sorted by id; paginated with
 /// `offset` and `limit` (default 100, at most 1000). `next_offset` is null on the last page.
 pub async fn list_connections(
     State(node): State<Arc<Node>>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let gw = &node.gateway;
-    let now = gw.clock.now_ms();
-    let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
-    if q.kind
-        .as_deref()
-        .is_some_and(|k| k != "gateway" && k != "upstream")
-    {
-        return Err(ApiError::bad_request("kind is gateway or upstream"));
-    }
-    let conns = match (&q.user, q.kind.as_deref()) {
-        (_, Some("upstream")) => Vec::new(),
-        (Some(user), _) => gw.registry.of_user(user),
-        (None, _) => gw.registry.all(),
+    let query = ListConnections {
+        kind: q.kind.as_deref().map(str::parse).transpose()?,
+        user: q.user,
+        channel: q.channel,
+        offset: q.offset,
+        limit: q.limit,
     };
-    let mut infos: Vec<(String, Value)> = conns
-        .iter()
-        .filter(|c| q.channel.as_deref().is_none_or(|ch| c.is_subscribed(ch)))
-        .map(|c| c.info(gw.node(), now))
-        .map(|i: ConnectionInfo| (i.id.clone(), json!(i)))
-        .collect();
-    // Upstream connections have no user and no channels: a user or channel filter
-    // excludes them.
-    if q.kind.as_deref() != Some("gateway") && q.user.is_none() && q.channel.is_none() {
-        infos.extend(
-            node.upstreams
-                .list()
-                .into_iter()
-                .map(|u| (u.id.clone(), json!(u))),
-        );
-    }
-    infos.sort_by(|a, b| a.0.cmp(&b.0));
-    let total = infos.len();
-    let page: Vec<Value> = infos
-        .into_iter()
-        .skip(q.offset)
-        .take(limit)
-        .map(|(_, v)| v)
-        .collect();
-    let next = (q.offset + page.len() < total).then_some(q.offset + page.len());
+    let page = node.control.list_connections(&query);
     Ok(Json(json!({
         "success": true,
-        "total": total,
-        "offset": q.offset,
-        "next_offset": next,
-        "connections": page,
+        "total": page.total,
+        "offset": page.offset,
+        "next_offset": page.next_offset,
+        "connections": page.items,
     })))
 }
 
@@ -126,13 +92,6 @@ pub async fn get_connection(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let gw = &node.gateway;
-    if let Some(conn) = gw.registry.get(&id) {
-        return Ok(Json(json!({
-            "success": true,
-            "connection": conn.info(gw.node(), gw.clock.now_ms()),
-        })));
-    }
-    let view = node.upstreams.get(&id).await?;
-    Ok(Json(json!({"success": true, "connection": view})))
+    let connection = node.control.get_connection(&id).await?;
+    Ok(Json(json!({"success": true, "connection": connection})))
 }

@@ -21,13 +21,15 @@
 //! SendAsync replies are JSON values when they parse, else strings; binary replies come as
 //! `response_base64` (UUID mode returns the payload without its 16-byte prefix).
 //!
+//! Rules, defaults and routing are [`Control`](wsgate_core::control::Control)'s; these
+//! handlers only turn JSON into its commands and its results into JSON.
+//!
 //! Every answer is `{"success":bool,"error"?}`. Status codes: 404 `Connection not found`,
 //! 409 `WebSocket is not connected` and `Connection owned by different instance: <id>`,
 //! 504 `Request timeout`, 400 bad input, 502 other upstream failures, 503 outbox full or
 //! store unavailable.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -37,22 +39,15 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use wsgate_client::Message;
+use wsgate_core::control::{Connect, ConnectAuth, Subscribe};
 use wsgate_core::seams::upstream::{
     AuthExpect, BreakerPolicy, CorrelationMode, HeartbeatPolicy, OfflineMode, ReconnectPolicy,
-    UpstreamAuth, UpstreamSpec, UpstreamSubscription,
 };
-use wsgate_core::upstream::state_name;
 
 use super::error::{ApiError, ApiJson};
 use crate::node::Node;
 
 type ApiResult = Result<Json<Value>, ApiError>;
-
-/// Longest Connect waits for the first connection by default.
-const DEFAULT_CONNECT_WAIT_MS: u64 = 10_000;
-/// Default SendAsync timeout, and the longest one accepted.
-const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
-const MAX_REQUEST_TIMEOUT_MS: u64 = 300_000;
 
 /// A message as a body gives it: a string is sent as is, any other JSON value as its text.
 fn wire_text(v: Value) -> String {
@@ -78,14 +73,12 @@ pub struct SubscriptionBody {
     unsubscribe: Option<Value>,
 }
 
-impl SubscriptionBody {
-    /// Without a key, the subscribe message's text is the key.
-    fn into_spec(self) -> UpstreamSubscription {
-        let message = wire_text(self.message);
-        UpstreamSubscription {
-            key: self.key.unwrap_or_else(|| message.clone()),
-            message,
-            unsubscribe: self.unsubscribe.map(wire_text),
+impl From<SubscriptionBody> for Subscribe {
+    fn from(b: SubscriptionBody) -> Self {
+        Subscribe {
+            key: b.key,
+            message: wire_text(b.message),
+            unsubscribe: b.unsubscribe.map(wire_text),
         }
     }
 }
@@ -106,15 +99,16 @@ pub struct ConnectBody {
     correlation: Option<CorrelationMode>,
     publish_topic: Option<String>,
     offline: Option<OfflineMode>,
-    /// How long Connect waits for the first connection (0: return at once). Default 10 s.
     wait_ms: Option<u64>,
 }
 
-impl ConnectBody {
-    fn into_spec(self) -> Result<(UpstreamSpec, Duration), ApiError> {
-        let auth = match self.auth {
+impl TryFrom<ConnectBody> for Connect {
+    type Error = ApiError;
+
+    fn try_from(b: ConnectBody) -> Result<Self, ApiError> {
+        let auth = match b.auth {
             None => None,
-            Some(a) => Some(UpstreamAuth {
+            Some(a) => Some(ConnectAuth {
                 messages: a.messages.into_iter().map(wire_text).collect(),
                 expect: match a.expect {
                     None | Some(Value::Null) => None,
@@ -126,28 +120,23 @@ impl ConnectBody {
                         ));
                     }
                 },
-                timeout_ms: a.timeout_ms.unwrap_or(10_000),
+                timeout_ms: a.timeout_ms,
             }),
         };
-        let spec = UpstreamSpec {
-            url: self.url,
-            headers: self.headers.into_iter().collect(),
+        Ok(Connect {
+            url: b.url,
+            headers: b.headers.into_iter().collect(),
             auth,
-            subscriptions: self
-                .subscriptions
-                .into_iter()
-                .map(SubscriptionBody::into_spec)
-                .collect(),
-            auto_reconnect: self.auto_reconnect.unwrap_or(true),
-            reconnect: self.reconnect.unwrap_or_default(),
-            breaker: self.breaker,
-            heartbeat: self.heartbeat,
-            correlation: self.correlation.unwrap_or_default(),
-            offline: self.offline.unwrap_or_default(),
-            publish_topic: self.publish_topic,
-        };
-        let wait = Duration::from_millis(self.wait_ms.unwrap_or(DEFAULT_CONNECT_WAIT_MS));
-        Ok((spec, wait))
+            subscriptions: b.subscriptions.into_iter().map(Into::into).collect(),
+            auto_reconnect: b.auto_reconnect,
+            reconnect: b.reconnect,
+            breaker: b.breaker,
+            heartbeat: b.heartbeat,
+            correlation: b.correlation,
+            offline: b.offline,
+            publish_topic: b.publish_topic,
+            wait_ms: b.wait_ms,
+        })
     }
 }
 
@@ -155,12 +144,11 @@ pub async fn connect(
     State(node): State<Arc<Node>>,
     ApiJson(body): ApiJson<ConnectBody>,
 ) -> ApiResult {
-    let (spec, wait) = body.into_spec()?;
-    let c = node.upstreams.connect(spec, wait).await?;
+    let c = node.control.connect(Connect::try_from(body)?).await?;
     Ok(Json(json!({
         "success": true,
-        "connection_id": &*c.id,
-        "state": state_name(c.state),
+        "connection_id": &*c.connection_id,
+        "state": c.state,
     })))
 }
 
@@ -175,7 +163,7 @@ pub async fn send(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<SendBody>,
 ) -> ApiResult {
-    node.upstreams.send(&id, wire_text(body.message)).await?;
+    node.control.send(&id, wire_text(body.message)).await?;
     Ok(Json(json!({"success": true})))
 }
 
@@ -197,7 +185,7 @@ pub async fn send_raw(
     ApiJson(body): ApiJson<SendRawBody>,
 ) -> ApiResult {
     let data = decode(&body.data_base64)?;
-    node.upstreams.send_raw(&id, data).await?;
+    node.control.send_raw(&id, data).await?;
     Ok(Json(json!({"success": true})))
 }
 
@@ -223,16 +211,7 @@ pub async fn send_async(
             ));
         }
     };
-    let timeout_ms = body.timeout_ms.unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS);
-    if timeout_ms == 0 || timeout_ms > MAX_REQUEST_TIMEOUT_MS {
-        return Err(ApiError::bad_request(format!(
-            "timeout_ms must be between 1 and {MAX_REQUEST_TIMEOUT_MS}"
-        )));
-    }
-    let reply = node
-        .upstreams
-        .send_async(&id, msg, Duration::from_millis(timeout_ms))
-        .await?;
+    let reply = node.control.send_async(&id, msg, body.timeout_ms).await?;
     Ok(Json(match reply {
         Message::Text(t) => {
             let response = serde_json::from_str::<Value>(t.as_str())
@@ -257,13 +236,9 @@ pub async fn subscriptions(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<SubscriptionsBody>,
 ) -> ApiResult {
-    let add = body
-        .add
-        .into_iter()
-        .map(SubscriptionBody::into_spec)
-        .collect();
+    let add = body.add.into_iter().map(Into::into).collect();
     let keys = node
-        .upstreams
+        .control
         .update_subscriptions(&id, add, body.remove)
         .await?;
     Ok(Json(json!({"success": true, "subscriptions": keys})))
@@ -280,28 +255,26 @@ pub async fn publish_start(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<PublishStartBody>,
 ) -> ApiResult {
-    node.upstreams
-        .start_publish(&id, body.topic.clone())
-        .await?;
+    let started = node.control.start_publish(&id, body.topic).await?;
     Ok(Json(json!({
         "success": true,
-        "topic": body.topic,
-        "channel": format!("{}{}", wsgate_core::upstream::TOPIC_PREFIX, body.topic),
+        "topic": started.topic,
+        "channel": started.channel,
     })))
 }
 
 pub async fn publish_stop(State(node): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult {
-    node.upstreams.stop_publish(&id).await?;
+    node.control.stop_publish(&id).await?;
     Ok(Json(json!({"success": true})))
 }
 
 pub async fn disconnect(State(node): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult {
-    node.upstreams.disconnect(&id).await?;
+    node.control.disconnect_upstream(&id).await?;
     Ok(Json(json!({"success": true})))
 }
 
 pub async fn list(State(node): State<Arc<Node>>) -> ApiResult {
-    let upstreams = node.upstreams.list();
+    let upstreams = node.control.list_upstreams();
     Ok(Json(json!({
         "success": true,
         "total": upstreams.len(),
@@ -310,6 +283,6 @@ pub async fn list(State(node): State<Arc<Node>>) -> ApiResult {
 }
 
 pub async fn get(State(node): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult {
-    let view = node.upstreams.get(&id).await?;
+    let view = node.control.get_upstream(&id).await?;
     Ok(Json(json!({"success": true, "upstream": view})))
 }

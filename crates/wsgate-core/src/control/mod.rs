@@ -1,0 +1,301 @@
+//! The control façade: every operation of the control API, once, for every transport.
+//!
+//! HTTP/JSON (`wsgate-server`) and gRPC (`wsgate-grpc`) are codecs over [`Control`]: they
+//! decode a request into a typed command, call the method of the same name, and encode the
+//! typed result or map [`ControlError::code`] to their status. Everything a transport used
+//! to repeat lives here:
+//!
+//! - **authorization**: [`Control::authorize`] checks the API rate limit and the API key
+//!   (`access.rs`);
+//! - **validation and defaults**: one channel-name rule, one payload rule, the Connect,
+//!   SendAsync and paging defaults as named constants (`rules.rs`, [`Connect`]);
+//! - **listing and paging** of gateway and upstream connections together ([`Page`]);
+//! - **routing**: operations on an upstream connection become one
+//!   [`UpstreamOp`], which [`UpstreamManager::execute`] runs here or on the owning instance;
+//! - **errors**: one [`ControlError`] whose message is seed 000's string to the letter.
+//!
+//! A future transport (an admin console, a CLI over the API) gets the same behaviour by
+//! calling the same methods.
+
+mod access;
+mod connect;
+mod error;
+mod listing;
+mod rules;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use wsgate_client::Message;
+
+pub use access::{Access, Caller, RATE_LIMITED, RateLimit, UNAUTHORIZED};
+pub use connect::{Connect, ConnectAuth, Subscribe};
+pub use error::{ControlError, ErrorCode};
+pub use listing::{ConnectionKind, ConnectionView, ListConnections, Page};
+pub use rules::{
+    DEFAULT_AUTH_TIMEOUT_MS, DEFAULT_CONNECT_WAIT, DEFAULT_DISCONNECT_REASON, DEFAULT_PAGE_SIZE,
+    DEFAULT_REQUEST_TIMEOUT_MS, MAX_PAGE_SIZE, MAX_REQUEST_TIMEOUT_MS, Payload,
+};
+
+use crate::gateway::{Gateway, Presence};
+use crate::upstream::{
+    Outcome, TOPIC_PREFIX, UpstreamError, UpstreamManager, UpstreamOp, UpstreamView, state_name,
+};
+
+/// Publish: `data` to every subscriber of `channel` (but `exclude_user`'s connections).
+#[derive(Debug, Clone)]
+pub struct Publish {
+    pub channel: String,
+    pub data: Payload,
+    pub exclude_user: Option<String>,
+}
+
+/// What Publish reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub channel: String,
+    /// The publication's position in the channel's history.
+    pub offset: u64,
+    pub epoch: Arc<str>,
+    /// Local connections it was delivered to.
+    pub delivered: usize,
+}
+
+/// What Connect reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connected {
+    pub connection_id: Arc<str>,
+    /// The state when Connect returned (`connected` unless the wait ran out or it failed).
+    pub state: &'static str,
+}
+
+/// What StartPublish reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishStarted {
+    pub topic: String,
+    /// `topic:<topic>`: the gateway channel the messages go to.
+    pub channel: String,
+}
+
+/// The control API of one node.
+pub struct Control {
+    gateway: Arc<Gateway>,
+    upstreams: Arc<UpstreamManager>,
+    access: Access,
+}
+
+impl Control {
+    pub fn new(gateway: Arc<Gateway>, upstreams: Arc<UpstreamManager>, access: Access) -> Self {
+        Self {
+            gateway,
+            upstreams,
+            access,
+        }
+    }
+
+    /// Whether `caller` may call: API rate limit first, then the API key. Refusals are
+    /// counted in `wsgate_api_rejections_total{reason}`.
+    pub fn authorize(&self, caller: Caller<'_>) -> Result<(), ControlError> {
+        self.access.authorize(caller, &self.gateway.metrics)
+    }
+
+    // Client connections (the gateway side).
+
+    pub async fn publish(&self, cmd: Publish) -> Result<Published, ControlError> {
+        rules::check_channel(&cmd.channel)?;
+        let data = cmd.data.into_bytes();
+        let (offset, epoch, delivered) = self
+            .gateway
+            .publish(&cmd.channel, data, cmd.exclude_user.as_deref())
+            .await?;
+        Ok(Published {
+            channel: cmd.channel,
+            offset,
+            epoch,
+            delivered,
+        })
+    }
+
+    /// Sends `data` to every connection of `user`; returns how many took it.
+    pub async fn send_to_user(&self, user: &str, data: Payload) -> Result<usize, ControlError> {
+        Ok(self.gateway.send_to_user(user, data.into_bytes()).await?)
+    }
+
+    pub async fn send_to_connection(&self, id: &str, data: Payload) -> Result<(), ControlError> {
+        Ok(self
+            .gateway
+            .send_to_connection(id, data.into_bytes())
+            .await?)
+    }
+
+    /// Closes client connection `id` (4003) with `reason`, or [`DEFAULT_DISCONNECT_REASON`].
+    pub fn disconnect_client(&self, id: &str, reason: Option<&str>) -> Result<(), ControlError> {
+        let reason = reason.unwrap_or(DEFAULT_DISCONNECT_REASON);
+        Ok(self.gateway.kick(id, reason)?)
+    }
+
+    pub async fn presence(&self, channel: &str) -> Result<Presence, ControlError> {
+        rules::check_channel(channel)?;
+        Ok(self.gateway.presence(channel).await?)
+    }
+
+    // Both kinds of connection.
+
+    /// ListConnections: this node's client and upstream connections, filtered, sorted by
+    /// id, one page.
+    pub fn list_connections(&self, q: &ListConnections) -> Page<ConnectionView> {
+        let gw = &self.gateway;
+        let mut all: Vec<ConnectionView> = Vec::new();
+        if q.wants_gateway() {
+            let now = gw.clock.now_ms();
+            let conns = match &q.user {
+                Some(user) => gw.registry.of_user(user),
+                None => gw.registry.all(),
+            };
+            all.extend(
+                conns
+                    .iter()
+                    .filter(|c| q.channel.as_deref().is_none_or(|ch| c.is_subscribed(ch)))
+                    .map(|c| ConnectionView::Gateway(c.info(gw.node(), now))),
+            );
+        }
+        if q.wants_upstreams() {
+            all.extend(
+                self.upstreams
+                    .list()
+                    .into_iter()
+                    .map(ConnectionView::Upstream),
+            );
+        }
+        all.sort_by(|a, b| a.id().cmp(b.id()));
+        Page::of(all, q.offset, q.limit)
+    }
+
+    /// GetConnection: a client connection of this node, else an upstream connection.
+    pub async fn get_connection(&self, id: &str) -> Result<ConnectionView, ControlError> {
+        let gw = &self.gateway;
+        if let Some(conn) = gw.registry.get(id) {
+            return Ok(ConnectionView::Gateway(
+                conn.info(gw.node(), gw.clock.now_ms()),
+            ));
+        }
+        Ok(ConnectionView::Upstream(self.get_upstream(id).await?))
+    }
+
+    // Upstream connections.
+
+    /// Connect: starts the connection and waits (see [`Connect::wait_ms`]) for it to be
+    /// ready. The connection is kept, following its reconnect policy, either way.
+    pub async fn connect(&self, cmd: Connect) -> Result<Connected, ControlError> {
+        let (spec, wait) = cmd.into_spec();
+        let c = self.upstreams.connect(spec, wait).await?;
+        Ok(Connected {
+            connection_id: c.id,
+            state: state_name(c.state),
+        })
+    }
+
+    /// Send: one text frame.
+    pub async fn send(&self, id: &str, text: String) -> Result<(), ControlError> {
+        self.run(UpstreamOp::Send {
+            id: id.into(),
+            text,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// SendRaw: one binary frame.
+    pub async fn send_raw(&self, id: &str, data: Bytes) -> Result<(), ControlError> {
+        self.run(UpstreamOp::SendRaw {
+            id: id.into(),
+            data,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// SendAsync: `msg` and its correlated reply, waiting `timeout_ms` (default
+    /// [`DEFAULT_REQUEST_TIMEOUT_MS`], at most [`MAX_REQUEST_TIMEOUT_MS`]).
+    pub async fn send_async(
+        &self,
+        id: &str,
+        msg: Message,
+        timeout_ms: Option<u64>,
+    ) -> Result<Message, ControlError> {
+        let timeout = rules::request_timeout(timeout_ms)?;
+        let op = UpstreamOp::SendAsync {
+            id: id.into(),
+            msg,
+            timeout,
+        };
+        match self.run(op).await? {
+            Outcome::Reply(m) => Ok(m),
+            _ => Err(UpstreamError::Remote("forwarded reply without frame".into()).into()),
+        }
+    }
+
+    /// Tracks `add` (replacing by key), untracks `remove`; returns the tracked keys.
+    pub async fn update_subscriptions(
+        &self,
+        id: &str,
+        add: Vec<Subscribe>,
+        remove: Vec<String>,
+    ) -> Result<Vec<String>, ControlError> {
+        let op = UpstreamOp::Subscriptions {
+            id: id.into(),
+            add: add.into_iter().map(Into::into).collect(),
+            remove,
+        };
+        match self.run(op).await? {
+            Outcome::Keys(keys) => Ok(keys),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// StartPublish: from now on received messages go to channel `topic:<topic>`.
+    pub async fn start_publish(
+        &self,
+        id: &str,
+        topic: String,
+    ) -> Result<PublishStarted, ControlError> {
+        let channel = format!("{TOPIC_PREFIX}{topic}");
+        self.run(UpstreamOp::StartPublish {
+            id: id.into(),
+            topic: topic.clone(),
+        })
+        .await?;
+        Ok(PublishStarted { topic, channel })
+    }
+
+    pub async fn stop_publish(&self, id: &str) -> Result<(), ControlError> {
+        self.run(UpstreamOp::StopPublish { id: id.into() })
+            .await
+            .map(drop)
+    }
+
+    /// Disconnect: closes upstream connection `id` and forgets its record.
+    pub async fn disconnect_upstream(&self, id: &str) -> Result<(), ControlError> {
+        self.run(UpstreamOp::Disconnect { id: id.into() })
+            .await
+            .map(drop)
+    }
+
+    /// List: the upstream connections this node holds, sorted by id.
+    pub fn list_upstreams(&self) -> Vec<UpstreamView> {
+        self.upstreams.list()
+    }
+
+    /// Get: one upstream connection held here (`Connection owned by different instance`
+    /// when another node holds it).
+    pub async fn get_upstream(&self, id: &str) -> Result<UpstreamView, ControlError> {
+        Ok(self.upstreams.get(id).await?)
+    }
+
+    async fn run(&self, op: UpstreamOp) -> Result<Outcome, ControlError> {
+        Ok(self.upstreams.execute(op).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,346 @@
+//! The façade driven without sockets: memory broker and store, a transport that drops
+//! everything, no upstream server (operations on unknown or foreign connections only), and
+//! for cluster routing two nodes joined by an in-process forwarding channel.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::memory::{MemoryBroker, MemoryStore};
+use crate::seams::upstream::UpstreamSpec;
+use crate::seams::{
+    Forwarding, Ownership, RequestHandler, StoreError, Sweep, UpstreamRecord, UpstreamRecords,
+};
+use bytes::Bytes;
+use parking_lot::Mutex;
+use wsgate_client::Message;
+
+use super::*;
+use crate::auth::{ChannelGrant, Identity};
+use crate::gateway::{GatewayConfig, Outbound, Overflow, Transport};
+use crate::metrics::Metrics;
+use crate::upstream::UpstreamParts;
+
+#[derive(Debug)]
+struct Nowhere;
+
+impl Transport for Nowhere {
+    fn send(&self, _: &Outbound) -> Result<(), Overflow> {
+        Ok(())
+    }
+    fn send_control(&self, _: Bytes) {}
+    fn hold(&self) {}
+    fn skip_through(&self, _: Arc<str>, _: u64) {}
+    fn forget_skip(&self, _: &str) {}
+    fn backlog(&self) -> usize {
+        0
+    }
+}
+
+struct Fixture {
+    control: Control,
+    gateway: Arc<Gateway>,
+    upstreams: Arc<UpstreamManager>,
+    store: Arc<MemoryStore>,
+}
+
+fn fixture() -> Fixture {
+    node_fixture("n1", Arc::new(MemoryStore::new()))
+}
+
+/// Node `node` of a cluster whose nodes share `store`.
+fn node_fixture(node: &str, store: Arc<MemoryStore>) -> Fixture {
+    let node: crate::seams::NodeId = node.into();
+    let metrics = Metrics::default();
+    let gateway = Gateway::new(
+        GatewayConfig::new(node.clone()),
+        Arc::new(MemoryBroker::new(node.clone(), 16)),
+        store.clone(),
+        metrics.clone(),
+    );
+    let upstreams = UpstreamManager::new(UpstreamParts {
+        node,
+        records: store.clone(),
+        publisher: gateway.clone(),
+        metrics,
+    });
+    let control = Control::new(
+        gateway.clone(),
+        upstreams.clone(),
+        Access::new(None, Arc::new(())),
+    );
+    Fixture {
+        control,
+        gateway,
+        upstreams,
+        store,
+    }
+}
+
+fn payload(text: &str) -> Payload {
+    Payload::parse(text).unwrap()
+}
+
+fn assert_error<T: std::fmt::Debug>(r: Result<T, ControlError>, code: ErrorCode, message: &str) {
+    let e = r.unwrap_err();
+    assert_eq!((e.code, e.message.as_str()), (code, message));
+}
+
+const BAD_CHANNEL: &str = "channel names are 1 to 256 bytes without control characters";
+
+#[tokio::test]
+async fn gateway_operations_validate_and_report_seed_000_errors() {
+    let f = fixture();
+    let c = &f.control;
+    let publish = |channel: &str| Publish {
+        channel: channel.into(),
+        data: payload(r#"{"n":1}"#),
+        exclude_user: None,
+    };
+    assert_error(
+        c.publish(publish("")).await,
+        ErrorCode::InvalidArgument,
+        BAD_CHANNEL,
+    );
+    let p = c.publish(publish("news")).await.unwrap();
+    assert_eq!((p.channel.as_str(), p.offset, p.delivered), ("news", 1, 0));
+    assert_error(
+        c.presence("a\u{7}b").await,
+        ErrorCode::InvalidArgument,
+        BAD_CHANNEL,
+    );
+    assert_eq!(c.presence("news").await.unwrap().connections, 0);
+    assert_eq!(c.send_to_user("nobody", payload("1")).await.unwrap(), 0);
+    assert_error(
+        c.send_to_connection("0123-n1", payload("1")).await,
+        ErrorCode::NotFound,
+        "Connection not found",
+    );
+    assert_error(
+        c.disconnect_client("0123-n1", None),
+        ErrorCode::NotFound,
+        "Connection not found",
+    );
+}
+
+#[tokio::test]
+async fn listings_page_and_filter_both_kinds() {
+    let f = fixture();
+    let identity = |user: &str| Identity {
+        user: user.into(),
+        channels: ChannelGrant::default(),
+    };
+    let conns: Vec<_> = ["ann", "bob", "ann"]
+        .into_iter()
+        .map(|u| f.gateway.open(identity(u), None, Arc::new(Nowhere)))
+        .collect();
+    f.gateway.registry.subscribe(&Arc::from("news"), &conns[1]);
+
+    let all = f.control.list_connections(&ListConnections::default());
+    assert_eq!((all.total, all.items.len(), all.next_offset), (3, 3, None));
+    let ids: Vec<&str> = all.items.iter().map(ConnectionView::id).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted);
+
+    let page = f.control.list_connections(&ListConnections {
+        limit: Some(2),
+        ..Default::default()
+    });
+    assert_eq!((page.items.len(), page.next_offset), (2, Some(2)));
+    let ann = f.control.list_connections(&ListConnections {
+        user: Some("ann".into()),
+        ..Default::default()
+    });
+    assert_eq!(ann.total, 2);
+    let news = f.control.list_connections(&ListConnections {
+        channel: Some("news".into()),
+        ..Default::default()
+    });
+    assert_eq!(news.items[0].id(), &*conns[1].id);
+    let upstreams = f.control.list_connections(&ListConnections {
+        kind: Some(ConnectionKind::Upstream),
+        ..Default::default()
+    });
+    assert_eq!(upstreams.total, 0);
+
+    let one = f.control.get_connection(&conns[0].id).await.unwrap();
+    assert!(matches!(one, ConnectionView::Gateway(i) if i.user == "ann"));
+    assert_error(
+        f.control.get_connection("nope").await,
+        ErrorCode::NotFound,
+        "Connection not found",
+    );
+    f.control
+        .disconnect_client(&conns[0].id, Some("bye"))
+        .unwrap();
+}
+
+#[tokio::test]
+async fn upstream_operations_are_checked_then_routed() {
+    let f = fixture();
+    let c = &f.control;
+    // Arguments are checked before the connection is looked up.
+    assert_error(
+        c.send_async("nope", Message::from("q"), Some(0)).await,
+        ErrorCode::InvalidArgument,
+        "timeout_ms must be between 1 and 300000",
+    );
+    assert_error(
+        c.start_publish("nope", String::new()).await,
+        ErrorCode::InvalidArgument,
+        "topic names are 1 to 250 bytes without control characters",
+    );
+    let keyless = Subscribe {
+        key: Some(String::new()),
+        message: "m".into(),
+        unsubscribe: None,
+    };
+    assert_error(
+        c.update_subscriptions("nope", vec![keyless], vec![]).await,
+        ErrorCode::InvalidArgument,
+        "subscription keys must not be empty",
+    );
+    assert_error(
+        c.connect(Connect {
+            url: "http://h/".into(),
+            ..Default::default()
+        })
+        .await,
+        ErrorCode::InvalidArgument,
+        "url must start with ws:// or wss://",
+    );
+    // Unknown here and in the store.
+    assert_error(
+        c.send("nope", "hi".into()).await,
+        ErrorCode::NotFound,
+        "Connection not found",
+    );
+    assert_error(
+        c.disconnect_upstream("nope").await,
+        ErrorCode::NotFound,
+        "Connection not found",
+    );
+    // Recorded as another node's, and no cluster to forward through.
+    f.store.upstream_put(record("abcd-n2", "n2")).await.unwrap();
+    let owned = "Connection owned by different instance: n2";
+    assert_error(
+        c.send_raw("abcd-n2", Bytes::from_static(b"\x00")).await,
+        ErrorCode::Conflict,
+        owned,
+    );
+    assert_error(c.get_upstream("abcd-n2").await, ErrorCode::Conflict, owned);
+    assert_error(c.stop_publish("abcd-n2").await, ErrorCode::Conflict, owned);
+    assert!(c.list_upstreams().is_empty());
+}
+
+fn record(id: &str, owner: &str) -> UpstreamRecord {
+    UpstreamRecord {
+        id: id.into(),
+        owner: owner.into(),
+        state: "connected".into(),
+        created_at_ms: 0,
+        spec: UpstreamSpec::new("ws://h/"),
+    }
+}
+
+/// The forwarding channel of a cluster in one process: each node's handler by name.
+#[derive(Default)]
+struct Wire(Mutex<HashMap<String, RequestHandler>>);
+
+/// One node's ends of the [`Wire`]; everything but forwarding is unused here.
+struct Peer {
+    me: String,
+    wire: Arc<Wire>,
+}
+
+#[async_trait::async_trait]
+impl Ownership for Peer {
+    async fn acquire_lease(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn is_alive(&self, node: &str) -> Result<bool, StoreError> {
+        Ok(self.wire.0.lock().contains_key(node))
+    }
+    async fn sweep(&self, _: &[String]) -> Result<Sweep, StoreError> {
+        Ok(Sweep::default())
+    }
+    async fn release(&self, _: &[String]) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+    async fn clear_all(&self) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+    fn sweep_interval(&self) -> Duration {
+        Duration::from_secs(3600)
+    }
+}
+
+#[async_trait::async_trait]
+impl Forwarding for Peer {
+    async fn request(
+        &self,
+        node: &str,
+        body: String,
+        _: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let handler = self.wire.0.lock().get(node).cloned();
+        match handler {
+            Some(h) => Ok(Some(h(body).await)),
+            None => Ok(None),
+        }
+    }
+    fn serve(&self, handler: RequestHandler) {
+        self.wire.0.lock().insert(self.me.clone(), handler);
+    }
+}
+
+#[tokio::test]
+async fn operations_on_a_live_owners_connection_are_forwarded_once() {
+    let store = Arc::new(MemoryStore::new());
+    let wire = Arc::new(Wire::default());
+    let nodes: Vec<Fixture> = ["n1", "n2"]
+        .into_iter()
+        .map(|n| {
+            let f = node_fixture(n, store.clone());
+            let peer = Arc::new(Peer {
+                me: n.into(),
+                wire: wire.clone(),
+            });
+            f.upstreams.attach_cluster(peer.clone(), peer);
+            f
+        })
+        .collect();
+    let forwarded = |f: &Fixture| f.gateway.metrics.upstream_forwarded.get();
+    // n2's record, but n2 holds no such connection: n1 forwards, n2 answers, n1 reports
+    // n2's answer.
+    store.upstream_put(record("abcd-n2", "n2")).await.unwrap();
+    let n1 = &nodes[0].control;
+    assert_error(
+        n1.send("abcd-n2", "hi".into()).await,
+        ErrorCode::NotFound,
+        "Connection not found",
+    );
+    assert_error(
+        n1.update_subscriptions("abcd-n2", vec![], vec!["k".into()])
+            .await,
+        ErrorCode::NotFound,
+        "Connection not found",
+    );
+    assert_eq!(forwarded(&nodes[0]), 2);
+    // Checked before routing: nothing forwarded.
+    assert!(
+        n1.send_async("abcd-n2", Message::from("q"), Some(0))
+            .await
+            .is_err()
+    );
+    assert_eq!(forwarded(&nodes[0]), 2);
+    // An owner that is not alive is seed 000's error, not a forward.
+    store.upstream_put(record("abcd-n3", "n3")).await.unwrap();
+    assert_error(
+        n1.disconnect_upstream("abcd-n3").await,
+        ErrorCode::Conflict,
+        "Connection owned by different instance: n3",
+    );
+    assert_eq!((forwarded(&nodes[0]), forwarded(&nodes[1])), (2, 0));
+}
