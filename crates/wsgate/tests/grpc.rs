@@ -632,7 +632,7 @@ async fn seed_000_errors() {
 #[tokio::test]
 async fn health_reflection_and_api_key() {
     let srv =
-        TestServer::with(|c| c.api_key = Some(wsgate_server::config::Secret::new("k3y"))).await;
+        TestServer::with(|c| c.api.api_key = Some(wsgate_server::config::Secret::new("k3y"))).await;
     let channel = channel(&srv).await;
 
     // Health: SERVING for the server and the service, without the API key.
@@ -710,7 +710,7 @@ async fn health_reflection_and_api_key() {
 
 #[tokio::test]
 async fn disabled_grpc_binds_nothing() {
-    let srv = TestServer::with(|c| c.grpc_enabled = false).await;
+    let srv = TestServer::with(|c| c.grpc.grpc_enabled = false).await;
     assert!(srv.grpc_addr.is_none());
     let (status, _) = srv.get("/ready").await;
     assert_eq!(status, 200);

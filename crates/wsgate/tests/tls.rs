@@ -122,8 +122,8 @@ async fn https_post(srv: &TestServer, trusted: &Cert, path: &str, body: Value) -
 async fn tls_server(dir: &Path) -> TestServer {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     TestServer::with(move |c| {
-        c.tls_cert_file = Some(cert);
-        c.tls_key_file = Some(key);
+        c.listener.tls_cert_file = Some(cert);
+        c.listener.tls_key_file = Some(key);
     })
     .await
 }

@@ -1,7 +1,5 @@
 //! The control API that backends call: publish, send, disconnect, presence.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use bytes::Bytes;
@@ -11,7 +9,7 @@ use serde_json::{Value, json};
 use wsgate_core::protocol::MAX_CHANNEL_LEN;
 
 use super::error::{ApiError, ApiJson};
-use crate::node::Node;
+use super::ApiState;
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
@@ -49,7 +47,7 @@ fn check_channel(channel: &str) -> Result<(), ApiError> {
 }
 
 pub async fn publish(
-    State(node): State<Arc<Node>>,
+    State(node): State<ApiState>,
     ApiJson(body): ApiJson<PublishBody>,
 ) -> ApiResult {
     check_channel(&body.channel)?;
@@ -71,7 +69,7 @@ pub async fn publish(
 }
 
 pub async fn send_to_user(
-    State(node): State<Arc<Node>>,
+    State(node): State<ApiState>,
     Path(user): Path<String>,
     ApiJson(body): ApiJson<DataBody>,
 ) -> ApiResult {
@@ -83,7 +81,7 @@ pub async fn send_to_user(
 }
 
 pub async fn send_to_connection(
-    State(node): State<Arc<Node>>,
+    State(node): State<ApiState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<DataBody>,
 ) -> ApiResult {
@@ -94,7 +92,7 @@ pub async fn send_to_connection(
 }
 
 pub async fn disconnect(
-    State(node): State<Arc<Node>>,
+    State(node): State<ApiState>,
     Path(id): Path<String>,
     Query(q): Query<DisconnectQuery>,
 ) -> ApiResult {
@@ -105,7 +103,7 @@ pub async fn disconnect(
     Ok(Json(json!({"success": true})))
 }
 
-pub async fn presence(State(node): State<Arc<Node>>, Path(channel): Path<String>) -> ApiResult {
+pub async fn presence(State(node): State<ApiState>, Path(channel): Path<String>) -> ApiResult {
     check_channel(&channel)?;
     let p = node.gateway.presence(&channel).await?;
     Ok(Json(json!({

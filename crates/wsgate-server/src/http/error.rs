@@ -1,6 +1,5 @@
 //! JSON errors: every failure of the API is `{"success":false,"error":"…"}`.
 
-use axum::Json;
 use axum::extract::FromRequest;
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
@@ -8,13 +7,7 @@ use axum::response::{IntoResponse, Response};
 use wsgate_core::gateway::GatewayError;
 use wsgate_core::upstream::UpstreamError;
 
-pub fn json_error(status: StatusCode, message: &str) -> Response {
-    (
-        status,
-        Json(serde_json::json!({"success": false, "error": message})),
-    )
-        .into_response()
-}
+use crate::reply::json_error;
 
 #[derive(Debug)]
 pub struct ApiError {

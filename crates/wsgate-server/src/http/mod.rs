@@ -4,11 +4,11 @@
 //! error strings that seed 000 defined are kept to the letter (`Connection not found`).
 
 mod api;
+mod config;
 mod error;
 mod ops;
+mod state;
 mod upstreams;
-
-use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -16,11 +16,15 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{delete, get, post};
 
-pub use error::{ApiError, ApiJson, json_error};
+pub use config::{ApiConfig, DEFAULT_API_BODY_LIMIT};
+pub use error::{ApiError, ApiJson};
+pub use state::{ApiState, ApiView, BuildInfo};
 
-use crate::node::Node;
+use crate::reply::{bearer, constant_time_eq, json_error};
+use crate::ws::WsState;
 
-pub fn router(node: Arc<Node>) -> Router {
+/// Every route of the listener: `/ws` on the WebSocket edge's view, the rest on the API's.
+pub fn router(api: ApiState, ws: WsState) -> Router {
     let protected = Router::new()
         .route("/api/v1/publish", post(api::publish))
         .route("/api/v1/users/{user}/send", post(api::send_to_user))
@@ -58,27 +62,27 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .route("/connections", get(ops::list_connections))
         .route("/connections/{id}", get(ops::get_connection))
-        .layer(middleware::from_fn_with_state(
-            node.clone(),
-            require_api_key,
-        ))
-        .layer(DefaultBodyLimit::max(node.config.api_body_limit));
-    Router::new()
+        .layer(middleware::from_fn_with_state(api.clone(), require_api_key))
+        .layer(DefaultBodyLimit::max(api.config.api_body_limit));
+    let edge = Router::new()
         .route("/ws", get(crate::ws::upgrade))
+        .with_state(ws);
+    Router::new()
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
         .route("/version", get(ops::version))
         .merge(protected)
         .fallback(|| async { json_error(axum::http::StatusCode::NOT_FOUND, "Not found") })
-        .with_state(node)
+        .with_state(api)
+        .merge(edge)
 }
 
 /// When an API key is configured, the control API and connection listings require it.
 /// Every caller is rate limited (`api_rate`): by its API key, or by client IP without one.
-async fn require_api_key(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
-    let given = crate::ws::bearer(req.headers());
-    let limit_key = match (&node.config.api_key, &given) {
+async fn require_api_key(State(api): State<ApiState>, req: Request, next: Next) -> Response {
+    let given = bearer(req.headers());
+    let limit_key = match (api.api_key(), &given) {
         // The key itself is never logged or exported; it only names a limiter bucket.
         (Some(_), Some(g)) => format!("key:{g}"),
         _ => {
@@ -87,17 +91,11 @@ async fn require_api_key(State(node): State<Arc<Node>>, req: Request, next: Next
                 .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
                 .map(|c| c.0)
                 .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-            format!("ip:{}", node.limits.client_ip(peer, req.headers()))
+            format!("ip:{}", api.limits.client_ip(peer, req.headers()))
         }
     };
-    if let Err(wait) = node.limits.api_check(&limit_key) {
-        node.gateway
-            .metrics
-            .api_rejections
-            .get_or_create(&wsgate_core::metrics::ReasonLabel {
-                reason: "rate_limited",
-            })
-            .inc();
+    if let Err(wait) = api.limits.api_check(&limit_key) {
+        api.metrics().api_reject("rate_limited");
         let mut r = json_error(
             axum::http::StatusCode::TOO_MANY_REQUESTS,
             "Too many requests: API rate limit exceeded",
@@ -108,28 +106,14 @@ async fn require_api_key(State(node): State<Arc<Node>>, req: Request, next: Next
         );
         return r;
     }
-    if let Some(key) = &node.config.api_key
+    if let Some(key) = api.api_key()
         && !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.expose().as_bytes()))
     {
-        node.gateway
-            .metrics
-            .api_rejections
-            .get_or_create(&wsgate_core::metrics::ReasonLabel {
-                reason: "unauthorized",
-            })
-            .inc();
+        api.metrics().api_reject("unauthorized");
         return json_error(
             axum::http::StatusCode::UNAUTHORIZED,
             "Unauthorized: missing or wrong API key",
         );
     }
     next.run(req).await
-}
-
-/// Compares without an early exit, so response time does not leak how much of a key matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

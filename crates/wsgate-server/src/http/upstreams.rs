@@ -26,7 +26,6 @@
 //! 504 `Request timeout`, 400 bad input, 502 other upstream failures, 503 outbox full or
 //! store unavailable.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -44,7 +43,7 @@ use wsgate_cluster::upstream::{
 use wsgate_core::upstream::state_name;
 
 use super::error::{ApiError, ApiJson};
-use crate::node::Node;
+use super::ApiState;
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
@@ -152,7 +151,7 @@ impl ConnectBody {
 }
 
 pub async fn connect(
-    State(node): State<Arc<Node>>,
+    State(node): State<ApiState>,
     ApiJson(body): ApiJson<ConnectBody>,
 ) -> ApiResult {
     let (spec, wait) = body.into_spec()?;
@@ -171,7 +170,7 @@ pub struct SendBody {
 }
 
 pub async fn send(
-    State(node): State<Arc<Node>>,
+    State(node): State<ApiState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<SendBody>,
 ) -> ApiResult {
@@ -192,7 +191,7 @@ fn decode(b64: &str) -> Result<Bytes, ApiError> {
 }
 
 pub async fn send_raw(
-    State(node): State<Arc<Node>>,
+    State(node): State<ApiState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<SendRawBody>,
 ) -> ApiResult {
@@ -210,7 +209,7 @@ pub struct SendAsyncBody {
 }
 
 pub async fn send_async(
-    State(node): State<Arc<Node>>,
+    State(node): State<ApiState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<SendAsyncBody>,
 ) -> ApiResult {
@@ -253,7 +252,7 @@ pub struct SubscriptionsBody {
 }
 
 pub async fn subscriptions(
-    State(node): State<Arc<Node>>,
+    State(node): State<ApiState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<SubscriptionsBody>,
 ) -> ApiResult {
@@ -276,7 +275,7 @@ pub struct PublishStartBody {
 }
 
 pub async fn publish_start(
-    State(node): State<Arc<Node>>,
+    State(node): State<ApiState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<PublishStartBody>,
 ) -> ApiResult {
@@ -290,17 +289,17 @@ pub async fn publish_start(
     })))
 }
 
-pub async fn publish_stop(State(node): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult {
+pub async fn publish_stop(State(node): State<ApiState>, Path(id): Path<String>) -> ApiResult {
     node.upstreams.stop_publish(&id).await?;
     Ok(Json(json!({"success": true})))
 }
 
-pub async fn disconnect(State(node): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult {
+pub async fn disconnect(State(node): State<ApiState>, Path(id): Path<String>) -> ApiResult {
     node.upstreams.disconnect(&id).await?;
     Ok(Json(json!({"success": true})))
 }
 
-pub async fn list(State(node): State<Arc<Node>>) -> ApiResult {
+pub async fn list(State(node): State<ApiState>) -> ApiResult {
     let upstreams = node.upstreams.list();
     Ok(Json(json!({
         "success": true,
@@ -309,7 +308,7 @@ pub async fn list(State(node): State<Arc<Node>>) -> ApiResult {
     })))
 }
 
-pub async fn get(State(node): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult {
+pub async fn get(State(node): State<ApiState>, Path(id): Path<String>) -> ApiResult {
     let view = node.upstreams.get(&id).await?;
     Ok(Json(json!({"success": true, "upstream": view})))
 }

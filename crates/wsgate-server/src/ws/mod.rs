@@ -10,13 +10,16 @@
 //! that the TCP stream itself can be shared: the server's own accept loop serves HTTP/1 on
 //! plain `TcpStream`s, and an upgraded connection is downcast back to its stream.
 
+mod config;
 mod socket;
+mod state;
 mod task;
 
+pub use config::*;
 pub use socket::{SharedSocket, SocketIo};
+pub use state::{WsState, WsView};
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, Request, State};
@@ -30,8 +33,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tracing::{debug, warn};
 
-use crate::http::json_error;
-use crate::node::Node;
+use crate::reply::{bearer, json_error};
 
 #[derive(Deserialize)]
 pub struct WsQuery {
@@ -41,7 +43,7 @@ pub struct WsQuery {
 /// `GET /ws`: validates the handshake, authenticates, answers 101 and hands the socket to a
 /// connection task.
 pub async fn upgrade(
-    State(node): State<Arc<Node>>,
+    State(node): State<WsState>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     Query(query): Query<WsQuery>,
     mut req: Request<Body>,
@@ -178,12 +180,4 @@ fn handshake_key(headers: &HeaderMap) -> Result<String, &'static str> {
         .filter(|k| k.len() == 24)
         .map(str::to_owned)
         .ok_or("missing or malformed Sec-WebSocket-Key")
-}
-
-pub(crate) fn bearer(headers: &HeaderMap) -> Option<String> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_string())
 }
