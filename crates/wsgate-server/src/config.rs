@@ -38,7 +38,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub auth: AuthConfig,
     /// How long shutdown waits for connections to close after sending 1001.
-    /// Default [`crate::supervisor::DEFAULT_DRAIN_TIMEOUT_MS`].
+    /// Default [`crate::lifecycle::DEFAULT_DRAIN_TIMEOUT_MS`].
     pub drain_timeout_ms: u64,
     #[serde(flatten)]
     pub listener: ListenerConfig,
@@ -63,7 +63,7 @@ impl Default for Config {
             node_id: None,
             log_format: LogFormat::default(),
             auth: AuthConfig::default(),
-            drain_timeout_ms: crate::supervisor::DEFAULT_DRAIN_TIMEOUT_MS,
+            drain_timeout_ms: crate::lifecycle::DEFAULT_DRAIN_TIMEOUT_MS,
             listener: ListenerConfig::default(),
             ws: WsConfig::default(),
             gateway: GatewaySettings::default(),

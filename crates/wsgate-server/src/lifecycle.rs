@@ -3,6 +3,10 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// Default of `drain_timeout_ms`: long enough for clients to read their 1001 and go, short
+/// enough for a rolling restart (the Helm chart's grace period is derived from it).
+pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 10_000;
+
 /// Whether the node takes traffic. `/ready` reads it; the supervisor moves it forward.
 #[derive(Debug, Default)]
 pub struct Lifecycle {

@@ -101,6 +101,11 @@ impl Node {
         &self.config
     }
 
+    /// The gateway, for callers outside the edges (tests, embedders).
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
     /// Whether the listener speaks TLS.
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()

@@ -26,9 +26,6 @@ use crate::grpc::GrpcServer;
 use crate::limits::Limits;
 use crate::node::Node;
 
-/// Default of `drain_timeout_ms`: long enough for clients to read their 1001 and go, short
-/// enough for a rolling restart (the Helm chart's grace period is derived from it).
-pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 10_000;
 /// Keyed rate limiters forget idle keys this often.
 const HOUSEKEEPING_MS: u64 = 60_000;
 

@@ -7,7 +7,7 @@ use serde::Serialize;
 use tracing::info;
 use wsgate_server::Config;
 use wsgate_server::config::LogFormat;
-use wsgate_server::{gateway, limits, listener, seams, supervisor, ws};
+use wsgate_server::{gateway, lifecycle, limits, listener, seams, ws};
 
 /// Flags override the TOML file and `WSGATE_*` variables.
 #[derive(Args, Serialize, Default)]
@@ -37,7 +37,7 @@ pub struct ServeArgs {
     #[arg(long, help = format!("Close (4008) a connection silent this long (default {})", gateway::DEFAULT_HEARTBEAT_TIMEOUT_MS))]
     #[serde(skip_serializing_if = "Option::is_none")]
     heartbeat_timeout_ms: Option<u64>,
-    #[arg(long, help = format!("How long shutdown waits for connections to close (default {})", supervisor::DEFAULT_DRAIN_TIMEOUT_MS))]
+    #[arg(long, help = format!("How long shutdown waits for connections to close (default {})", lifecycle::DEFAULT_DRAIN_TIMEOUT_MS))]
     #[serde(skip_serializing_if = "Option::is_none")]
     drain_timeout_ms: Option<u64>,
     #[arg(long, help = format!("Frames a slow client's backlog may hold before it is closed (default {})", ws::DEFAULT_OUTBOX_CAPACITY))]

@@ -530,7 +530,7 @@ async fn seed_000_errors() {
         spec: wsgate_cluster::upstream::UpstreamSpec::new("ws://127.0.0.1:1/"),
     };
     srv.node
-        .gateway
+        .gateway()
         .store
         .upstream_put(rec.clone())
         .await

@@ -199,7 +199,7 @@ async fn wss_subscribe_and_https_publish() {
 async fn https_post_quiet(srv: &TestServer, i: u64) -> (u16, ()) {
     let r = srv
         .node
-        .gateway
+        .gateway()
         .publish("secure", bytes::Bytes::from(i.to_string()), None)
         .await;
     (if r.is_ok() { 200 } else { 500 }, ())

@@ -31,7 +31,7 @@ type Socket = WebSocketStream<SocketIo>;
 
 /// A client whose token failed: told why in the close frame (4001), then dropped.
 pub(super) async fn refuse(
-    node: WsState,
+    edge: WsState,
     socket: Arc<SharedSocket>,
     mut ws: Socket,
     e: AuthError,
@@ -42,11 +42,11 @@ pub(super) async fn refuse(
         AuthError::Expired => "auth_expired",
         AuthError::Invalid(_) => "auth_invalid",
     };
-    node.gateway.metrics.reject(reason);
+    edge.gateway.metrics.reject(reason);
     warn!(%remote, reason, error = %e, "authentication failed");
     let mut taken = VecDeque::new();
     close_gracefully(
-        &node,
+        &edge,
         &socket,
         &mut ws,
         &mut taken,
@@ -58,15 +58,15 @@ pub(super) async fn refuse(
 
 /// A user already at `max_connections_per_user`: told so in a 4029 close frame, then dropped.
 pub(super) async fn refuse_user(
-    node: WsState,
+    edge: WsState,
     socket: Arc<SharedSocket>,
     mut ws: Socket,
     remote: SocketAddr,
 ) {
-    node.gateway.metrics.reject("user_connections");
+    edge.gateway.metrics.reject("user_connections");
     debug!(%remote, "too many connections for this user");
     close_gracefully(
-        &node,
+        &edge,
         &socket,
         &mut ws,
         &mut VecDeque::new(),
@@ -124,7 +124,7 @@ impl Inbound {
 /// Sends a close frame after everything already queued, then waits (bounded) for the
 /// client's answer so the close handshake completes.
 async fn close_gracefully(
-    node: &WsView,
+    edge: &WsView,
     socket: &SharedSocket,
     ws: &mut Socket,
     taken: &mut VecDeque<Bytes>,
@@ -141,7 +141,7 @@ async fn close_gracefully(
         code: code.into(),
         reason: reason.into(),
     };
-    let grace = node.config.close_grace();
+    let grace = edge.config.close_grace();
     let _ = tokio::time::timeout(grace, async {
         ws.send(Message::Close(Some(frame))).await?;
         socket.flush(taken).await?;
@@ -179,25 +179,25 @@ impl Ending {
 
 /// The life of one authenticated connection.
 pub(super) async fn serve(
-    node: WsState,
+    edge: WsState,
     socket: Arc<SharedSocket>,
     mut ws: Socket,
     identity: Identity,
     remote: SocketAddr,
 ) {
-    let gw = node.gateway.clone();
+    let gw = edge.gateway.clone();
     let conn = gw.open(identity, Some(remote), socket.clone());
     let mut session = Session::new(conn.clone());
     socket.write_frame(protocol::wire_text(gw.hello(&conn).as_bytes()));
     let mut taken = VecDeque::new();
-    let mut limits = Inbound::new(&node.config);
+    let mut limits = Inbound::new(&edge.config);
     let ending = run(&gw, &socket, &mut ws, &mut session, &mut taken, &mut limits).await;
     if let Some((code, message)) = &ending.close {
-        close_gracefully(&node, &socket, &mut ws, &mut taken, *code, message).await;
+        close_gracefully(&edge, &socket, &mut ws, &mut taken, *code, message).await;
     } else if ending.reason == "client_closed" {
         // tungstenite queued the answer to the client's close frame; send it.
         socket.stop_publications();
-        let grace = node.config.close_grace();
+        let grace = edge.config.close_grace();
         let _ = tokio::time::timeout(grace, async {
             let _ = ws.flush().await;
             socket.flush(&mut taken).await
