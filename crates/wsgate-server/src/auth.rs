@@ -59,8 +59,9 @@ impl AuthConfig {
         }
         match self.jwt_key()? {
             JwtKey::PublicKeyFile(path) => {
-                let pem = std::fs::read(path)
-                    .map_err(|e| anyhow::anyhow!("reading JWT public key {}: {e}", path.display()))?;
+                let pem = std::fs::read(path).map_err(|e| {
+                    anyhow::anyhow!("reading JWT public key {}: {e}", path.display())
+                })?;
                 Ok(Authenticator::rs256_pem(&pem)?)
             }
             JwtKey::Secret(secret) => Ok(Authenticator::hs256(secret.expose().as_bytes())),

@@ -14,10 +14,8 @@ use tracing::{info, warn};
 use crate::http::ApiState;
 
 /// Default of `grpc_listen`: loopback, beside the HTTP listener's default.
-pub const DEFAULT_GRPC_LISTEN: SocketAddr = SocketAddr::new(
-    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-    50051,
-);
+pub const DEFAULT_GRPC_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50051);
 /// How long a stopping node waits for gRPC calls still open after the drain.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -20,19 +20,17 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
-use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
 /// Default of `listen`: loopback, so a laptop run is not reachable from the network.
-pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(
-    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-    8080,
-);
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
 /// Default of `handshake_timeout_ms`: a real client sends its upgrade request within
 /// milliseconds; 10 s forgives a slow mobile link and still cuts slowloris.
 pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
@@ -85,7 +83,9 @@ impl ListenerConfig {
     /// Loads the certificate when TLS is configured.
     pub fn tls(&self) -> anyhow::Result<Option<Arc<crate::tls::TlsReloader>>> {
         match (&self.tls_cert_file, &self.tls_key_file) {
-            (Some(cert), Some(key)) => Ok(Some(Arc::new(crate::tls::TlsReloader::load(cert, key)?))),
+            (Some(cert), Some(key)) => {
+                Ok(Some(Arc::new(crate::tls::TlsReloader::load(cert, key)?)))
+            }
             _ => Ok(None),
         }
     }

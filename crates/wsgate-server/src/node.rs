@@ -48,12 +48,7 @@ impl Node {
         let node: wsgate_cluster::NodeId = node_id.clone().into();
         let (broker, store, ownership) =
             crate::seams::build(&config.cluster, &node, &mut registry)?;
-        let gateway = Gateway::new(
-            config.gateway.gateway_config(node),
-            broker,
-            store,
-            metrics,
-        );
+        let gateway = Gateway::new(config.gateway.gateway_config(node), broker, store, metrics);
         let upstreams = UpstreamManager::new(gateway.clone());
         if let Some(ownership) = ownership {
             upstreams.attach_cluster(ownership);

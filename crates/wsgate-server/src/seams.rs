@@ -189,7 +189,11 @@ pub type Seams = (Arc<dyn Broker>, Arc<dyn Store>, Option<Arc<dyn Ownership>>);
 
 /// The node's two seams. Redis and NATS clients connect in the background: a node starts
 /// even when they are down, and `/ready` says so until they answer.
-pub fn build(config: &ClusterConfig, node: &NodeId, registry: &mut Registry) -> anyhow::Result<Seams> {
+pub fn build(
+    config: &ClusterConfig,
+    node: &NodeId,
+    registry: &mut Registry,
+) -> anyhow::Result<Seams> {
     let metrics = ClusterMetrics::default();
     if config.store != StoreKind::Memory || config.broker != BrokerKind::Memory {
         metrics.register(registry);
@@ -219,11 +223,8 @@ fn redis_broker(
     node: &NodeId,
     metrics: &ClusterMetrics,
 ) -> anyhow::Result<Arc<dyn Broker>> {
-    let b = wsgate_cluster::redis::RedisBroker::start(
-        node.clone(),
-        &config.redis()?,
-        metrics.clone(),
-    )?;
+    let b =
+        wsgate_cluster::redis::RedisBroker::start(node.clone(), &config.redis()?, metrics.clone())?;
     Ok(Arc::new(b))
 }
 
@@ -233,11 +234,8 @@ fn redis_store(
     node: &NodeId,
     metrics: &ClusterMetrics,
 ) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn Ownership>)> {
-    let s = wsgate_cluster::redis::RedisStore::start(
-        node.clone(),
-        &config.redis()?,
-        metrics.clone(),
-    )?;
+    let s =
+        wsgate_cluster::redis::RedisStore::start(node.clone(), &config.redis()?, metrics.clone())?;
     let ownership = Arc::new(s.ownership());
     Ok((Arc::new(s), ownership))
 }
@@ -258,7 +256,11 @@ fn nats_broker(
 }
 
 #[cfg(not(feature = "redis"))]
-fn redis_broker(_: &ClusterConfig, _: &NodeId, _: &ClusterMetrics) -> anyhow::Result<Arc<dyn Broker>> {
+fn redis_broker(
+    _: &ClusterConfig,
+    _: &NodeId,
+    _: &ClusterMetrics,
+) -> anyhow::Result<Arc<dyn Broker>> {
     anyhow::bail!("broker = redis: this wsgate was built without the `redis` feature")
 }
 
@@ -272,6 +274,10 @@ fn redis_store(
 }
 
 #[cfg(not(feature = "nats"))]
-fn nats_broker(_: &ClusterConfig, _: &NodeId, _: &ClusterMetrics) -> anyhow::Result<Arc<dyn Broker>> {
+fn nats_broker(
+    _: &ClusterConfig,
+    _: &NodeId,
+    _: &ClusterMetrics,
+) -> anyhow::Result<Arc<dyn Broker>> {
     anyhow::bail!("broker = nats: this wsgate was built without the `nats` feature")
 }

@@ -16,7 +16,10 @@ pub struct ServeArgs {
     #[arg(long, short, env = "WSGATE_CONFIG")]
     #[serde(skip)]
     config: Option<PathBuf>,
-    #[arg(long, help = format!("Listener address, e.g. 0.0.0.0:8080 (default {})", listener::DEFAULT_LISTEN))]
+    #[arg(long, help = format!(
+        "Listener address, e.g. 0.0.0.0:8080 (default {})",
+        listener::DEFAULT_LISTEN
+    ))]
     #[serde(skip_serializing_if = "Option::is_none")]
     listen: Option<String>,
     /// Instance id (default: HOSTNAME).
@@ -31,19 +34,34 @@ pub struct ServeArgs {
     #[arg(long, env = "WSGATE_API_KEY", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     api_key: Option<String>,
-    #[arg(long, help = format!("WebSocket ping interval (default {})", gateway::DEFAULT_HEARTBEAT_INTERVAL_MS))]
+    #[arg(long, help = format!(
+        "WebSocket ping interval (default {})",
+        gateway::DEFAULT_HEARTBEAT_INTERVAL_MS
+    ))]
     #[serde(skip_serializing_if = "Option::is_none")]
     heartbeat_interval_ms: Option<u64>,
-    #[arg(long, help = format!("Close (4008) a connection silent this long (default {})", gateway::DEFAULT_HEARTBEAT_TIMEOUT_MS))]
+    #[arg(long, help = format!(
+        "Close (4008) a connection silent this long (default {})",
+        gateway::DEFAULT_HEARTBEAT_TIMEOUT_MS
+    ))]
     #[serde(skip_serializing_if = "Option::is_none")]
     heartbeat_timeout_ms: Option<u64>,
-    #[arg(long, help = format!("How long shutdown waits for connections to close (default {})", lifecycle::DEFAULT_DRAIN_TIMEOUT_MS))]
+    #[arg(long, help = format!(
+        "How long shutdown waits for connections to close (default {})",
+        lifecycle::DEFAULT_DRAIN_TIMEOUT_MS
+    ))]
     #[serde(skip_serializing_if = "Option::is_none")]
     drain_timeout_ms: Option<u64>,
-    #[arg(long, help = format!("Frames a slow client's backlog may hold before it is closed (default {})", ws::DEFAULT_OUTBOX_CAPACITY))]
+    #[arg(long, help = format!(
+        "Frames a slow client's backlog may hold before it is closed (default {})",
+        ws::DEFAULT_OUTBOX_CAPACITY
+    ))]
     #[serde(skip_serializing_if = "Option::is_none")]
     outbox_capacity: Option<usize>,
-    #[arg(long, help = format!("Largest client frame in bytes (default {})", ws::DEFAULT_MAX_MESSAGE_SIZE))]
+    #[arg(long, help = format!(
+        "Largest client frame in bytes (default {})",
+        ws::DEFAULT_MAX_MESSAGE_SIZE
+    ))]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_message_size: Option<usize>,
     /// Shared state: memory (one node) or redis.
@@ -62,26 +80,44 @@ pub struct ServeArgs {
     #[arg(long, env = "WSGATE_NATS_URL", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     nats_url: Option<String>,
-    #[arg(long, help = format!("Prefix of Redis keys and NATS subjects (default {})", seams::DEFAULT_KEY_PREFIX))]
+    #[arg(long, help = format!(
+        "Prefix of Redis keys and NATS subjects (default {})",
+        seams::DEFAULT_KEY_PREFIX
+    ))]
     #[serde(skip_serializing_if = "Option::is_none")]
     key_prefix: Option<String>,
-    #[arg(long, help = format!("Messages kept per channel for `since` recovery (default {})", seams::DEFAULT_HISTORY_SIZE))]
+    #[arg(long, help = format!(
+        "Messages kept per channel for `since` recovery (default {})",
+        seams::DEFAULT_HISTORY_SIZE
+    ))]
     #[serde(skip_serializing_if = "Option::is_none")]
     history_size: Option<usize>,
-    #[arg(long, help = format!("A dead node's presence entries disappear within this bound (default {})", seams::DEFAULT_PRESENCE_TTL_MS))]
+    #[arg(long, help = format!(
+        "A dead node's presence entries disappear within this bound (default {})",
+        seams::DEFAULT_PRESENCE_TTL_MS
+    ))]
     #[serde(skip_serializing_if = "Option::is_none")]
     presence_ttl_ms: Option<u64>,
     /// Development only: accept WebSocket upgrades from any browser Origin.
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     allow_any_origin: bool,
-    #[arg(long, help = format!("Client connections this node holds at most (default {})", limits::DEFAULT_MAX_CONNECTIONS))]
+    #[arg(long, help = format!(
+        "Client connections this node holds at most (default {})",
+        limits::DEFAULT_MAX_CONNECTIONS
+    ))]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_connections: Option<usize>,
-    #[arg(long, help = format!("Open connections per client IP (default {}; 0: no limit)", limits::DEFAULT_MAX_CONNECTIONS_PER_IP))]
+    #[arg(long, help = format!(
+        "Open connections per client IP (default {}; 0: no limit)",
+        limits::DEFAULT_MAX_CONNECTIONS_PER_IP
+    ))]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_connections_per_ip: Option<usize>,
-    #[arg(long, help = format!("New connections per second per client IP (default {}; 0: no limit)", limits::DEFAULT_IP_CONNECT_RATE))]
+    #[arg(long, help = format!(
+        "New connections per second per client IP (default {}; 0: no limit)",
+        limits::DEFAULT_IP_CONNECT_RATE
+    ))]
     #[serde(skip_serializing_if = "Option::is_none")]
     ip_connect_rate: Option<u32>,
 }

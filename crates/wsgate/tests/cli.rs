@@ -170,7 +170,8 @@ async fn connections_lists_and_shows_a_client() {
 #[tokio::test]
 async fn connections_asks_for_the_api_key() {
     let srv =
-        TestServer::with(|c| c.api.api_key = Some(wsgate_server::config::Secret::new("sekrit"))).await;
+        TestServer::with(|c| c.api.api_key = Some(wsgate_server::config::Secret::new("sekrit")))
+            .await;
     let server = format!("http://{}", srv.addr);
     let out = wsgate(&["connections", "--server", &server], "").await;
     assert_eq!(out.code, 1);

@@ -185,7 +185,8 @@ async fn per_ip_connect_rate_answers_429_with_retry_after() {
 #[tokio::test]
 async fn browser_origins_outside_the_allow_list_get_403() {
     let srv =
-        TestServer::with(|c| c.limits.allowed_origins = vec!["https://app.example.com".into()]).await;
+        TestServer::with(|c| c.limits.allowed_origins = vec!["https://app.example.com".into()])
+            .await;
     let mut w = Watcher::new(&srv).await;
     let (status, _) = try_upgrade(&srv, &[("origin", "https://evil.example.net")])
         .await

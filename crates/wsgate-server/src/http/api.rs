@@ -8,8 +8,8 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use wsgate_core::protocol::MAX_CHANNEL_LEN;
 
-use super::error::{ApiError, ApiJson};
 use super::ApiState;
+use super::error::{ApiError, ApiJson};
 
 type ApiResult = Result<Json<Value>, ApiError>;
 

@@ -8,8 +8,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use wsgate_core::gateway::ConnectionInfo;
 
-use super::error::ApiError;
 use super::ApiState;
+use super::error::ApiError;
 
 pub async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))

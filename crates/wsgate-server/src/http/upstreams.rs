@@ -42,8 +42,8 @@ use wsgate_cluster::upstream::{
 };
 use wsgate_core::upstream::state_name;
 
-use super::error::{ApiError, ApiJson};
 use super::ApiState;
+use super::error::{ApiError, ApiJson};
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
