@@ -114,10 +114,12 @@ impl Config {
 mod tests {
     use super::*;
 
-    fn extract(toml: &str) -> Result<Config, figment::Error> {
+    /// The config `toml` gives, or `None` when it is refused.
+    fn extract(toml: &str) -> Option<Config> {
         Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::string(toml))
             .extract()
+            .ok()
     }
 
     #[test]
@@ -132,8 +134,8 @@ mod tests {
         assert_eq!(c.cluster.redis_url, "redis://x");
         assert!(!c.grpc.grpc_enabled);
         assert_eq!(c.auth.mode, AuthMode::Jwt);
-        assert!(extract("max_conections = 7").is_err());
-        assert!(extract("[auth]\nmood = \"jwt\"").is_err());
+        assert!(extract("max_conections = 7").is_none());
+        assert!(extract("[auth]\nmood = \"jwt\"").is_none());
         let keys = serde_json::to_value(Config::default()).unwrap();
         assert!(keys.get("max_connections").is_some() && keys.get("limits").is_none());
     }

@@ -29,6 +29,7 @@ pub mod seams;
 mod secret;
 pub mod supervisor;
 pub mod tls;
+pub mod view;
 pub mod ws;
 
 pub use config::Config;

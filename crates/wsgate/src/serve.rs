@@ -72,12 +72,16 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     broker: Option<String>,
-    /// e.g. redis://127.0.0.1:6379
-    #[arg(long, env = "WSGATE_REDIS_URL", hide_env_values = true)]
+    #[arg(long, env = "WSGATE_REDIS_URL", hide_env_values = true, help = format!(
+        "Redis URL (default {})",
+        seams::DEFAULT_REDIS_URL
+    ))]
     #[serde(skip_serializing_if = "Option::is_none")]
     redis_url: Option<String>,
-    /// e.g. nats://127.0.0.1:4222
-    #[arg(long, env = "WSGATE_NATS_URL", hide_env_values = true)]
+    #[arg(long, env = "WSGATE_NATS_URL", hide_env_values = true, help = format!(
+        "NATS URL (default {})",
+        seams::DEFAULT_NATS_URL
+    ))]
     #[serde(skip_serializing_if = "Option::is_none")]
     nats_url: Option<String>,
     #[arg(long, help = format!(

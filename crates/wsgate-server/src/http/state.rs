@@ -1,7 +1,6 @@
 //! The control APIs' view of the node: what the HTTP handlers, the API-key middleware, the
 //! operations endpoints and the gRPC server use.
 
-use std::ops::Deref;
 use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
@@ -14,6 +13,7 @@ use super::ApiConfig;
 use crate::lifecycle::Lifecycle;
 use crate::limits::Limits;
 use crate::secret::Secret;
+use crate::view::View;
 
 /// What `/version` reports.
 #[derive(Debug, Clone, Serialize)]
@@ -57,18 +57,4 @@ impl ApiView {
 }
 
 /// The control APIs' view of the node (axum state of `/api/*`, `/connections*`, ops).
-#[derive(Clone)]
-pub struct ApiState(Arc<ApiView>);
-
-impl ApiState {
-    pub fn new(view: ApiView) -> Self {
-        Self(Arc::new(view))
-    }
-}
-
-impl Deref for ApiState {
-    type Target = ApiView;
-    fn deref(&self) -> &ApiView {
-        &self.0
-    }
-}
+pub type ApiState = View<ApiView>;

@@ -1,6 +1,5 @@
 //! The WebSocket edge's view of the node: what the upgrade and the connection tasks use.
 
-use std::ops::Deref;
 use std::sync::Arc;
 
 use tokio_util::task::TaskTracker;
@@ -10,6 +9,7 @@ use wsgate_core::gateway::Gateway;
 use super::WsConfig;
 use crate::lifecycle::Lifecycle;
 use crate::limits::Limits;
+use crate::view::View;
 
 /// What the WebSocket edge uses: the upgrade checks, the connection tasks and their settings.
 pub struct WsView {
@@ -23,18 +23,4 @@ pub struct WsView {
 }
 
 /// The WebSocket edge's view of the node (axum state of `/ws`).
-#[derive(Clone)]
-pub struct WsState(Arc<WsView>);
-
-impl WsState {
-    pub fn new(view: WsView) -> Self {
-        Self(Arc::new(view))
-    }
-}
-
-impl Deref for WsState {
-    type Target = WsView;
-    fn deref(&self) -> &WsView {
-        &self.0
-    }
-}
+pub type WsState = View<WsView>;
