@@ -281,6 +281,33 @@ impl Metrics {
             .inc();
     }
 
+    /// The counter of upgrades refused for `reason`, for a caller that counts on its own
+    /// (the accept loop's handshake timeouts).
+    pub fn rejections(&self, reason: &'static str) -> Counter {
+        self.connection_rejections
+            .get_or_create(&ReasonLabel { reason })
+            .clone()
+    }
+
+    /// A control API request refused before its handler (`rate_limited`, `unauthorized`).
+    pub fn api_reject(&self, reason: &'static str) {
+        self.api_rejections
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// A client frame dropped by the per-connection rate limit (`messages`, `bytes`).
+    pub fn rate_limited_frame(&self, kind: &'static str) {
+        self.rate_limited_frames
+            .get_or_create(&KindLabel { kind })
+            .inc();
+    }
+
+    /// A connection closed because its outbox overflowed.
+    pub fn slow_consumer(&self) {
+        self.slow_consumers.inc();
+    }
+
     pub fn protocol_error(&self, code: &'static str) {
         self.protocol_errors
             .get_or_create(&CodeLabel { code })

@@ -6,18 +6,34 @@
 //! Tests start it in-process on `127.0.0.1:0`; the `wsgate` binary wraps it with signals and
 //! logging.
 //!
-//! - [`ws`]: the upgrade and the one task each connection runs.
-//! - [`http`]: routes, the control API, operations endpoints, JSON errors.
-//! - [`config`]: every setting, its default and why.
+//! - [`node`]: the parts built once; [`supervisor`]: their start and stop order.
+//! - [`ws`]: the upgrade and the one task each connection runs ([`ws::WsState`]).
+//! - [`http`]: routes, the control API, operations endpoints ([`http::ApiState`]).
+//! - [`reply`]: JSON errors and bearer tokens, shared by both edges.
+//! - [`config`]: the top-level settings, composed of each part's own.
+//!
+//! Modules depend downwards only: `supervisor` → `node` → `http` → `ws` → `reply`, `limits`,
+//! `lifecycle`; `config` composes the parts' settings and none of them imports it.
 
+pub mod auth;
 pub mod config;
+pub mod gateway;
+pub mod grpc;
 pub mod http;
+pub mod lifecycle;
 pub mod limits;
-mod listener;
+pub mod listener;
 mod node;
-mod seams;
+pub mod reply;
+pub mod seams;
+mod secret;
+pub mod supervisor;
 pub mod tls;
+pub mod view;
 pub mod ws;
 
 pub use config::Config;
-pub use node::{BuildInfo, Lifecycle, Node, bind_grpc, run, run_with};
+pub use http::BuildInfo;
+pub use lifecycle::Lifecycle;
+pub use node::Node;
+pub use supervisor::{bind_grpc, run, run_with};

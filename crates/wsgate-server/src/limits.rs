@@ -17,8 +17,88 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use ipnet::IpNet;
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+/// Default of `max_connections`: about 300 MiB of connection state, well under a 64k fd limit.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
+/// Default of `max_connections_per_ip`: generous for clients behind one NAT, small enough that
+/// one host cannot take the node.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1_000;
+/// Default of `ip_connect_rate` (per second): a reconnecting client with backoff never comes
+/// near; a storm from one host is cut.
+pub const DEFAULT_IP_CONNECT_RATE: u32 = 20;
+/// Default of `ip_connect_burst`: a page opening a few sockets at once is not refused.
+pub const DEFAULT_IP_CONNECT_BURST: u32 = 100;
+/// Default of `max_connections_per_user`: many tabs and devices, not a botnet on one account.
+pub const DEFAULT_MAX_CONNECTIONS_PER_USER: usize = 100;
+/// Default of `api_rate` (requests per second per key or IP): far above a backend's
+/// steady publishing, low enough that a runaway loop does not starve the node.
+pub const DEFAULT_API_RATE: u32 = 200;
+/// Default of `api_burst`: twice the rate, for batch jobs.
+pub const DEFAULT_API_BURST: u32 = 400;
+
+/// Protection settings (docs/operations.md, "Limits"); top-level keys of the node's config.
+/// 0 disables a numeric limit.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct LimitsConfig {
+    /// Client connections this node holds at most; past it upgrades get HTTP 503 with
+    /// `Retry-After`, and `/ready` turns false from 95 % on so balancers steer away first.
+    /// Default [`DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: usize,
+    /// Open connections per client IP (HTTP 429). Default [`DEFAULT_MAX_CONNECTIONS_PER_IP`].
+    pub max_connections_per_ip: usize,
+    /// New connections per second per client IP (HTTP 429 with `Retry-After`), bursts of
+    /// `ip_connect_burst`. Defaults [`DEFAULT_IP_CONNECT_RATE`], [`DEFAULT_IP_CONNECT_BURST`].
+    pub ip_connect_rate: u32,
+    pub ip_connect_burst: u32,
+    /// Open connections per user (JWT `sub`). Past it the new connection is accepted and
+    /// closed at once with 4029 (a browser cannot read an HTTP status of a failed upgrade,
+    /// but it sees a close code). Default [`DEFAULT_MAX_CONNECTIONS_PER_USER`].
+    pub max_connections_per_user: usize,
+    /// Proxies whose `Forwarded` / `X-Forwarded-For` are believed (CIDRs or addresses).
+    /// Default none: the peer address is the client.
+    pub trusted_proxies: Vec<String>,
+    /// Origins allowed to open a WebSocket from a browser (`https://app.example.com`).
+    /// Requests without `Origin` are not browsers and are let in. Default none: browsers are
+    /// refused (403) until their origin is listed, or `allow_any_origin` is set.
+    pub allowed_origins: Vec<String>,
+    /// Development only (`--allow-any-origin`): skip the Origin check. Default false, so that
+    /// a forgotten setting fails closed (cross-site WebSocket hijacking).
+    pub allow_any_origin: bool,
+    /// Control API requests per second per API key (per client IP without a key); HTTP 429.
+    /// Bursts of `api_burst`. Defaults [`DEFAULT_API_RATE`], [`DEFAULT_API_BURST`].
+    pub api_rate: u32,
+    pub api_burst: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            ip_connect_rate: DEFAULT_IP_CONNECT_RATE,
+            ip_connect_burst: DEFAULT_IP_CONNECT_BURST,
+            max_connections_per_user: DEFAULT_MAX_CONNECTIONS_PER_USER,
+            trusted_proxies: Vec::new(),
+            allowed_origins: Vec::new(),
+            allow_any_origin: false,
+            api_rate: DEFAULT_API_RATE,
+            api_burst: DEFAULT_API_BURST,
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.trusted_proxies()?;
+        Ok(())
+    }
+
+    fn trusted_proxies(&self) -> anyhow::Result<Vec<IpNet>> {
+        self.trusted_proxies.iter().map(|s| parse_net(s)).collect()
+    }
+}
 
 /// Why an upgrade (or an API call) was refused: the `reason` label, the HTTP status, and
 /// how long the client should wait before trying again.
@@ -104,12 +184,8 @@ fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
 }
 
 impl Limits {
-    pub fn new(config: &Config) -> anyhow::Result<Self> {
-        let trusted_proxies = config
-            .trusted_proxies
-            .iter()
-            .map(|s| parse_net(s))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+    pub fn new(config: &LimitsConfig) -> anyhow::Result<Self> {
+        let trusted_proxies = config.trusted_proxies()?;
         Ok(Self {
             max_connections: config.max_connections,
             max_per_ip: config.max_connections_per_ip,
@@ -330,8 +406,8 @@ fn parse_node(s: &str) -> Option<IpAddr> {
 mod tests {
     use super::*;
 
-    fn limits(tune: impl FnOnce(&mut Config)) -> Limits {
-        let mut c = Config::default();
+    fn limits(tune: impl FnOnce(&mut LimitsConfig)) -> Limits {
+        let mut c = LimitsConfig::default();
         tune(&mut c);
         Limits::new(&c).unwrap()
     }

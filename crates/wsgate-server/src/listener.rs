@@ -11,6 +11,7 @@
 //! as that stream instead.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -26,7 +28,84 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
-/// How HTTP connections are served (from `Config`).
+/// Default of `listen`: loopback, so a laptop run is not reachable from the network.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
+/// Default of `handshake_timeout_ms`: a real client sends its upgrade request within
+/// milliseconds; 10 s forgives a slow mobile link and still cuts slowloris.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// Default of `max_header_size`: 16 KiB (tokens in a query string fit; hyper's floor is 8 KiB).
+pub const DEFAULT_MAX_HEADER_SIZE: usize = 16 * 1024;
+
+/// The listener's settings; top-level keys of the node's config.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ListenerConfig {
+    /// HTTP and WebSocket listener. Default [`DEFAULT_LISTEN`].
+    pub listen: SocketAddr,
+    /// A connection that has not sent complete request headers within this is dropped
+    /// (slowloris; a TCP connection that never upgrades); with TLS, the handshake too.
+    /// Default [`DEFAULT_HANDSHAKE_TIMEOUT_MS`].
+    pub handshake_timeout_ms: u64,
+    /// Largest request head (request line + headers) in bytes; larger ones get 431.
+    /// Default [`DEFAULT_MAX_HEADER_SIZE`].
+    pub max_header_size: usize,
+    /// PEM certificate chain for TLS on `listen` (HTTP API and WebSocket, same port). Set
+    /// together with `tls_key_file`; reloaded on SIGHUP. Default none: plain TCP.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN,
+            handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
+            max_header_size: DEFAULT_MAX_HEADER_SIZE,
+            tls_cert_file: None,
+            tls_key_file: None,
+        }
+    }
+}
+
+impl ListenerConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.handshake_timeout_ms == 0 {
+            anyhow::bail!("handshake_timeout_ms must be positive");
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            anyhow::bail!("tls_cert_file and tls_key_file must be set together");
+        }
+        Ok(())
+    }
+
+    /// Loads the certificate when TLS is configured.
+    pub fn tls(&self) -> anyhow::Result<Option<Arc<crate::tls::TlsReloader>>> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                Ok(Some(Arc::new(crate::tls::TlsReloader::load(cert, key)?)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// How connections are served, with the counter of handshake timeouts.
+    pub(crate) fn options(
+        &self,
+        tls: Option<Arc<crate::tls::TlsReloader>>,
+        timeouts: prometheus_client::metrics::counter::Counter,
+    ) -> Options {
+        Options {
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+            max_header_size: self.max_header_size,
+            timeouts,
+            tls,
+        }
+    }
+}
+
+/// How HTTP connections are served (from [`ListenerConfig`]).
 #[derive(Clone)]
 pub struct Options {
     /// A client that opens TCP and never finishes its request headers is dropped after

@@ -1,15 +1,190 @@
-//! Builds the configured engines: embedded, Redis or NATS.
+//! Builds the configured engines (embedded, Redis or NATS) from the cluster settings
+//! ([`ClusterConfig`]) that live here with their defaults.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+#[cfg(feature = "redis")]
+use std::time::Duration;
 
 use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 use wsgate_core::memory::{MemoryBroker, MemoryStore};
 use wsgate_core::seams::{
     Broker, ClusterMetrics, Forwarding, NodeId, Ownership, PresenceStore, UpstreamRecords,
 };
 
-use crate::config::{BrokerKind, Config, StoreKind};
+use crate::secret::Secret;
+
+/// Where shared state lives (presence today).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// In this process: one node.
+    #[default]
+    Memory,
+    /// Redis at `redis_url`: presence is cluster-wide.
+    Redis,
+}
+
+/// How publications reach the nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BrokerKind {
+    /// In this process: one node.
+    #[default]
+    Memory,
+    /// Redis pub/sub, offsets and history in Redis Streams.
+    Redis,
+    /// NATS core pub/sub at `nats_url`; offsets and history still in Redis (`redis_url`).
+    Nats,
+}
+
+/// Default of `redis_url`: a Redis on this machine, the usual development setup.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// Default of `nats_url`: a NATS server on this machine.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+/// Default of `key_prefix`, so deployments sharing a Redis or NATS can pick their own.
+pub const DEFAULT_KEY_PREFIX: &str = "wsgate";
+/// Default of `history_size` (messages per channel): a few seconds of a busy channel, enough
+/// for a reconnect to recover without a gap.
+pub const DEFAULT_HISTORY_SIZE: usize = 256;
+/// Default of `presence_ttl_ms`: a dead node's presence entries disappear within 15 s.
+pub const DEFAULT_PRESENCE_TTL_MS: u64 = 15_000;
+/// Shortest `presence_ttl_ms` accepted: presence is refreshed on a fraction of it.
+pub const MIN_PRESENCE_TTL_MS: u64 = 100;
+/// Default of `lease_ttl_ms`: 750, for the team's < 1 s fail-over target. A Redis stall
+/// longer than this makes survivors take the node's connections over (the fenced record
+/// writes make the old owner close its copies), so raise it where Redis is far or slow.
+pub const DEFAULT_LEASE_TTL_MS: u64 = 750;
+/// Shortest `lease_ttl_ms` accepted: leases are renewed every third of it.
+pub const MIN_LEASE_TTL_MS: u64 = 300;
+
+/// The cluster settings: which engines, where they are, and the timings of shared state.
+/// Top-level keys of the node's config (`store`, `redis_url`, `lease_ttl_ms`, ...).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ClusterConfig {
+    /// `memory` (default, one node) or `redis`.
+    pub store: StoreKind,
+    /// `memory` (default, one node), `redis` or `nats`.
+    pub broker: BrokerKind,
+    /// Default [`DEFAULT_REDIS_URL`].
+    pub redis_url: String,
+    /// Default [`DEFAULT_NATS_URL`].
+    pub nats_url: String,
+    /// Prefix of every Redis key and NATS subject, so deployments can share them.
+    /// Default [`DEFAULT_KEY_PREFIX`].
+    pub key_prefix: String,
+    /// Messages kept per channel for `since` recovery. Default [`DEFAULT_HISTORY_SIZE`].
+    pub history_size: usize,
+    /// A dead node's presence entries disappear within this bound.
+    /// Default [`DEFAULT_PRESENCE_TTL_MS`].
+    pub presence_ttl_ms: u64,
+    /// Cluster mode: an instance's lease lives this long without renewal (renewed every
+    /// third of it); a SIGKILLed instance's upstream connections are reclaimed after it.
+    /// Default [`DEFAULT_LEASE_TTL_MS`].
+    pub lease_ttl_ms: u64,
+    /// Wipe every upstream connection record at start (also env `CLEAR_ALL_ON_START=TRUE`,
+    /// seed 000). Destructive; logged loudly. Default false.
+    pub clear_all_on_start: bool,
+    /// Base64 of 32 bytes: seals upstream secrets (header values, auth messages) in the
+    /// Redis store with AES-256-GCM. Env `WSGATE_CLUSTER_KEY`.
+    pub cluster_key: Option<Secret>,
+    /// File holding the cluster key (base64), instead of `cluster_key`.
+    pub cluster_key_file: Option<PathBuf>,
+    /// Allow a Redis store without a cluster key (secrets in clear text). Dev only.
+    pub allow_insecure_dev_store: bool,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            store: StoreKind::default(),
+            broker: BrokerKind::default(),
+            redis_url: DEFAULT_REDIS_URL.into(),
+            nats_url: DEFAULT_NATS_URL.into(),
+            key_prefix: DEFAULT_KEY_PREFIX.into(),
+            history_size: DEFAULT_HISTORY_SIZE,
+            presence_ttl_ms: DEFAULT_PRESENCE_TTL_MS,
+            lease_ttl_ms: DEFAULT_LEASE_TTL_MS,
+            clear_all_on_start: false,
+            cluster_key: None,
+            cluster_key_file: None,
+            allow_insecure_dev_store: false,
+        }
+    }
+}
+
+impl ClusterConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.key_prefix.is_empty() {
+            anyhow::bail!("key_prefix must not be empty");
+        }
+        if self.lease_ttl_ms < MIN_LEASE_TTL_MS {
+            anyhow::bail!("lease_ttl_ms must be at least {MIN_LEASE_TTL_MS}");
+        }
+        if self.store == StoreKind::Redis
+            && self.cluster_key.is_none()
+            && self.cluster_key_file.is_none()
+            && !self.allow_insecure_dev_store
+        {
+            anyhow::bail!(
+                "store = redis needs a cluster key to encrypt upstream secrets: set \
+                 WSGATE_CLUSTER_KEY (base64 of 32 random bytes, e.g. `openssl rand -base64 32`) \
+                 or cluster_key_file, or allow_insecure_dev_store = true for development"
+            );
+        }
+        if self.presence_ttl_ms < MIN_PRESENCE_TTL_MS {
+            anyhow::bail!("presence_ttl_ms must be at least {MIN_PRESENCE_TTL_MS}");
+        }
+        Ok(())
+    }
+
+    /// `clear_all_on_start`, or seed 000's `CLEAR_ALL_ON_START=TRUE` in the environment.
+    pub fn clear_all_on_start(&self) -> bool {
+        self.clear_all_on_start
+            || std::env::var("CLEAR_ALL_ON_START")
+                .map(|v| v.eq_ignore_ascii_case("true") || v == "1")
+                .unwrap_or(false)
+    }
+
+    /// The cluster key's base64 text, from `cluster_key` or `cluster_key_file`.
+    pub fn cluster_key_text(&self) -> anyhow::Result<Option<Secret>> {
+        if let Some(k) = &self.cluster_key {
+            return Ok(Some(k.clone()));
+        }
+        match &self.cluster_key_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("reading cluster key {}: {e}", path.display()))?;
+                Ok(Some(Secret::new(text.trim().to_string())))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The Redis engine's settings: the one place the node's config is translated for it.
+    #[cfg(feature = "redis")]
+    pub fn redis(&self) -> anyhow::Result<wsgate_redis::RedisConfig> {
+        let mut r = wsgate_redis::RedisConfig::new(self.redis_url.clone());
+        r.lease_ttl = Duration::from_millis(self.lease_ttl_ms);
+        if let Some(key) = self.cluster_key_text()? {
+            r.cluster_key = Some(
+                wsgate_redis::ClusterKey::from_base64(key.expose())
+                    .map_err(|e| anyhow::anyhow!(e))?,
+            );
+        } else if self.store == StoreKind::Redis {
+            warn!(
+                "no cluster key: upstream secrets are stored in clear text (allow_insecure_dev_store)"
+            );
+        }
+        r.key_prefix = self.key_prefix.clone();
+        r.history_size = self.history_size;
+        r.presence_ttl = Duration::from_millis(self.presence_ttl_ms);
+        Ok(r)
+    }
+}
 
 /// The node's seams, as the configured engines implement them.
 pub struct Seams {
@@ -22,7 +197,11 @@ pub struct Seams {
 
 /// The node's seams. Redis and NATS clients connect in the background: a node starts
 /// even when they are down, and `/ready` says so until they answer.
-pub fn build(config: &Config, node: &NodeId, registry: &mut Registry) -> anyhow::Result<Seams> {
+pub fn build(
+    config: &ClusterConfig,
+    node: &NodeId,
+    registry: &mut Registry,
+) -> anyhow::Result<Seams> {
     let metrics = ClusterMetrics::default();
     if config.store != StoreKind::Memory || config.broker != BrokerKind::Memory {
         metrics.register(registry);
@@ -51,44 +230,23 @@ pub fn build(config: &Config, node: &NodeId, registry: &mut Registry) -> anyhow:
 }
 
 #[cfg(feature = "redis")]
-fn redis_config(config: &Config) -> anyhow::Result<wsgate_redis::RedisConfig> {
-    use std::time::Duration;
-    let mut r = wsgate_redis::RedisConfig::new(config.redis_url.clone());
-    r.lease_ttl = Duration::from_millis(config.lease_ttl_ms);
-    if let Some(key) = config.cluster_key_text()? {
-        r.cluster_key = Some(
-            wsgate_redis::ClusterKey::from_base64(key.expose()).map_err(|e| anyhow::anyhow!(e))?,
-        );
-    } else if config.store == StoreKind::Redis {
-        warn!(
-            "no cluster key: upstream secrets are stored in clear text (allow_insecure_dev_store)"
-        );
-    }
-    r.key_prefix = config.key_prefix.clone();
-    r.history_size = config.history_size;
-    r.presence_ttl = Duration::from_millis(config.presence_ttl_ms);
-    Ok(r)
-}
-
-#[cfg(feature = "redis")]
 fn redis_broker(
-    config: &Config,
+    config: &ClusterConfig,
     node: &NodeId,
     metrics: &ClusterMetrics,
 ) -> anyhow::Result<Arc<dyn Broker>> {
-    let b =
-        wsgate_redis::RedisBroker::start(node.clone(), &redis_config(config)?, metrics.clone())?;
+    let b = wsgate_redis::RedisBroker::start(node.clone(), &config.redis()?, metrics.clone())?;
     Ok(Arc::new(b))
 }
 
 #[cfg(feature = "redis")]
 fn redis_store(
-    config: &Config,
+    config: &ClusterConfig,
     node: &NodeId,
     metrics: &ClusterMetrics,
     broker: Arc<dyn Broker>,
 ) -> anyhow::Result<Seams> {
-    let s = wsgate_redis::RedisStore::start(node.clone(), &redis_config(config)?, metrics.clone())?;
+    let s = wsgate_redis::RedisStore::start(node.clone(), &config.redis()?, metrics.clone())?;
     let cluster: (Arc<dyn Ownership>, Arc<dyn Forwarding>) =
         (Arc::new(s.ownership()), Arc::new(s.forwarding()));
     let store = Arc::new(s);
@@ -103,14 +261,14 @@ fn redis_store(
 /// NATS moves the messages; the channel offsets and history stay in Redis (`redis_url`).
 #[cfg(feature = "nats")]
 fn nats_broker(
-    config: &Config,
+    config: &ClusterConfig,
     node: &NodeId,
     metrics: &ClusterMetrics,
 ) -> anyhow::Result<Arc<dyn Broker>> {
     if config.redis_url.trim().is_empty() {
         anyhow::bail!("broker = nats keeps channel offsets and history in Redis: set redis_url");
     }
-    let log = wsgate_redis::ChannelStreams::start(&redis_config(config)?, metrics.clone())?;
+    let log = wsgate_redis::ChannelStreams::start(&config.redis()?, metrics.clone())?;
     let b = wsgate_nats::NatsBroker::start(
         node.clone(),
         &config.nats_url,
@@ -122,13 +280,17 @@ fn nats_broker(
 }
 
 #[cfg(not(feature = "redis"))]
-fn redis_broker(_: &Config, _: &NodeId, _: &ClusterMetrics) -> anyhow::Result<Arc<dyn Broker>> {
+fn redis_broker(
+    _: &ClusterConfig,
+    _: &NodeId,
+    _: &ClusterMetrics,
+) -> anyhow::Result<Arc<dyn Broker>> {
     anyhow::bail!("broker = redis: this wsgate was built without the `redis` feature")
 }
 
 #[cfg(not(feature = "redis"))]
 fn redis_store(
-    _: &Config,
+    _: &ClusterConfig,
     _: &NodeId,
     _: &ClusterMetrics,
     _: Arc<dyn Broker>,
@@ -137,6 +299,10 @@ fn redis_store(
 }
 
 #[cfg(not(feature = "nats"))]
-fn nats_broker(_: &Config, _: &NodeId, _: &ClusterMetrics) -> anyhow::Result<Arc<dyn Broker>> {
+fn nats_broker(
+    _: &ClusterConfig,
+    _: &NodeId,
+    _: &ClusterMetrics,
+) -> anyhow::Result<Arc<dyn Broker>> {
     anyhow::bail!("broker = nats: this wsgate was built without the `nats` feature")
 }

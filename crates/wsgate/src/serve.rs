@@ -7,6 +7,7 @@ use serde::Serialize;
 use tracing::info;
 use wsgate_server::Config;
 use wsgate_server::config::LogFormat;
+use wsgate_server::{gateway, lifecycle, limits, listener, seams, ws};
 
 /// Flags override the TOML file and `WSGATE_*` variables.
 #[derive(Args, Serialize, Default)]
@@ -15,8 +16,10 @@ pub struct ServeArgs {
     #[arg(long, short, env = "WSGATE_CONFIG")]
     #[serde(skip)]
     config: Option<PathBuf>,
-    /// Listener address, e.g. 0.0.0.0:8080 (default 127.0.0.1:8080).
-    #[arg(long)]
+    #[arg(long, help = format!(
+        "Listener address, e.g. 0.0.0.0:8080 (default {})",
+        listener::DEFAULT_LISTEN
+    ))]
     #[serde(skip_serializing_if = "Option::is_none")]
     listen: Option<String>,
     /// Instance id (default: HOSTNAME).
@@ -31,19 +34,34 @@ pub struct ServeArgs {
     #[arg(long, env = "WSGATE_API_KEY", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     api_key: Option<String>,
-    #[arg(long)]
+    #[arg(long, help = format!(
+        "WebSocket ping interval (default {})",
+        gateway::DEFAULT_HEARTBEAT_INTERVAL_MS
+    ))]
     #[serde(skip_serializing_if = "Option::is_none")]
     heartbeat_interval_ms: Option<u64>,
-    #[arg(long)]
+    #[arg(long, help = format!(
+        "Close (4008) a connection silent this long (default {})",
+        gateway::DEFAULT_HEARTBEAT_TIMEOUT_MS
+    ))]
     #[serde(skip_serializing_if = "Option::is_none")]
     heartbeat_timeout_ms: Option<u64>,
-    #[arg(long)]
+    #[arg(long, help = format!(
+        "How long shutdown waits for connections to close (default {})",
+        lifecycle::DEFAULT_DRAIN_TIMEOUT_MS
+    ))]
     #[serde(skip_serializing_if = "Option::is_none")]
     drain_timeout_ms: Option<u64>,
-    #[arg(long)]
+    #[arg(long, help = format!(
+        "Frames a slow client's backlog may hold before it is closed (default {})",
+        ws::DEFAULT_OUTBOX_CAPACITY
+    ))]
     #[serde(skip_serializing_if = "Option::is_none")]
     outbox_capacity: Option<usize>,
-    #[arg(long)]
+    #[arg(long, help = format!(
+        "Largest client frame in bytes (default {})",
+        ws::DEFAULT_MAX_MESSAGE_SIZE
+    ))]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_message_size: Option<usize>,
     /// Shared state: memory (one node) or redis.
@@ -54,40 +72,56 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     broker: Option<String>,
-    /// e.g. redis://127.0.0.1:6379
-    #[arg(long, env = "WSGATE_REDIS_URL", hide_env_values = true)]
+    #[arg(long, env = "WSGATE_REDIS_URL", hide_env_values = true, help = format!(
+        "Redis URL (default {})",
+        seams::DEFAULT_REDIS_URL
+    ))]
     #[serde(skip_serializing_if = "Option::is_none")]
     redis_url: Option<String>,
-    /// e.g. nats://127.0.0.1:4222
-    #[arg(long, env = "WSGATE_NATS_URL", hide_env_values = true)]
+    #[arg(long, env = "WSGATE_NATS_URL", hide_env_values = true, help = format!(
+        "NATS URL (default {})",
+        seams::DEFAULT_NATS_URL
+    ))]
     #[serde(skip_serializing_if = "Option::is_none")]
     nats_url: Option<String>,
-    /// Prefix of Redis keys and NATS subjects (default wsgate).
-    #[arg(long)]
+    #[arg(long, help = format!(
+        "Prefix of Redis keys and NATS subjects (default {})",
+        seams::DEFAULT_KEY_PREFIX
+    ))]
     #[serde(skip_serializing_if = "Option::is_none")]
     key_prefix: Option<String>,
-    /// Messages kept per channel for `since` recovery (default 256).
-    #[arg(long)]
+    #[arg(long, help = format!(
+        "Messages kept per channel for `since` recovery (default {})",
+        seams::DEFAULT_HISTORY_SIZE
+    ))]
     #[serde(skip_serializing_if = "Option::is_none")]
     history_size: Option<usize>,
-    /// A dead node's presence entries disappear within this bound (default 15000).
-    #[arg(long)]
+    #[arg(long, help = format!(
+        "A dead node's presence entries disappear within this bound (default {})",
+        seams::DEFAULT_PRESENCE_TTL_MS
+    ))]
     #[serde(skip_serializing_if = "Option::is_none")]
     presence_ttl_ms: Option<u64>,
     /// Development only: accept WebSocket upgrades from any browser Origin.
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     allow_any_origin: bool,
-    /// Client connections this node holds at most (default 50000).
-    #[arg(long)]
+    #[arg(long, help = format!(
+        "Client connections this node holds at most (default {})",
+        limits::DEFAULT_MAX_CONNECTIONS
+    ))]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_connections: Option<usize>,
-    /// Open connections per client IP (default 1000; 0: no limit).
-    #[arg(long)]
+    #[arg(long, help = format!(
+        "Open connections per client IP (default {}; 0: no limit)",
+        limits::DEFAULT_MAX_CONNECTIONS_PER_IP
+    ))]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_connections_per_ip: Option<usize>,
-    /// New connections per second per client IP (default 20; 0: no limit).
-    #[arg(long)]
+    #[arg(long, help = format!(
+        "New connections per second per client IP (default {}; 0: no limit)",
+        limits::DEFAULT_IP_CONNECT_RATE
+    ))]
     #[serde(skip_serializing_if = "Option::is_none")]
     ip_connect_rate: Option<u32>,
 }
@@ -107,18 +141,19 @@ pub fn main(args: ServeArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let node = wsgate_server::Node::new(config)?;
-        let listener = tokio::net::TcpListener::bind(node.config.listen)
+        let listen = node.config().listener.listen;
+        let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .map_err(|e| anyhow::anyhow!("binding {}: {e}", node.config.listen))?;
+            .map_err(|e| anyhow::anyhow!("binding {listen}: {e}"))?;
         // Machines (tests, scripts) read the bound address from stdout; logs go to stderr.
-        let scheme = if node.tls.is_some() { "https" } else { "http" };
+        let scheme = if node.is_tls() { "https" } else { "http" };
         println!("wsgate listening on {scheme}://{}", listener.local_addr()?);
-        if node.tls.is_some() {
+        if node.is_tls() {
             tokio::spawn(reload_tls_on_sighup(node.clone()));
         }
         // The gRPC address goes to the log only: stdout's single line is read by machines
         // that may close the pipe after it.
-        let grpc = wsgate_server::bind_grpc(&node.config).await?;
+        let grpc = wsgate_server::bind_grpc(node.config()).await?;
         wsgate_server::run_with(node, listener, grpc, shutdown_signal()).await
     })
 }

@@ -749,8 +749,14 @@ fn helm_chart_is_consistent() {
     // Values follow the binary's defaults (seed 003's heartbeat) and the drain fits.
     let defaults = wsgate_server::Config::default();
     let cfg = &values["config"];
-    assert_eq!(cfg["heartbeatIntervalMs"], defaults.heartbeat_interval_ms);
-    assert_eq!(cfg["heartbeatTimeoutMs"], defaults.heartbeat_timeout_ms);
+    assert_eq!(
+        cfg["heartbeatIntervalMs"],
+        defaults.gateway.heartbeat_interval_ms
+    );
+    assert_eq!(
+        cfg["heartbeatTimeoutMs"],
+        defaults.gateway.heartbeat_timeout_ms
+    );
     assert_eq!(cfg["drainTimeoutMs"], defaults.drain_timeout_ms);
     assert_eq!(values["probes"]["readiness"]["path"], "/ready");
     assert_eq!(values["probes"]["liveness"]["path"], "/health");
@@ -782,7 +788,7 @@ fn helm_chart_is_consistent() {
     assert!(ports.iter().any(|p| p["name"] == "grpc"));
     assert_eq!(
         values["grpc"]["port"],
-        defaults.grpc_listen.port(),
+        defaults.grpc.grpc_listen.port(),
         "the chart's gRPC port is wsgate's"
     );
     let env: BTreeMap<String, &Value> = c["env"]

@@ -283,7 +283,7 @@ async fn presence_is_answered_by_api_and_protocol() {
 
 #[tokio::test]
 async fn malformed_frames_get_errors_and_the_connection_stays() {
-    let srv = TestServer::with(|c| c.max_protocol_errors = 5).await;
+    let srv = TestServer::with(|c| c.gateway.max_protocol_errors = 5).await;
     let mut c = Client::connect(&srv.ws_url()).await;
     for (frame, code) in [
         ("{not json", "invalid_json"),
@@ -318,7 +318,7 @@ async fn malformed_frames_get_errors_and_the_connection_stays() {
 
 #[tokio::test]
 async fn oversized_frames_close_with_1009() {
-    let srv = TestServer::with(|c| c.max_message_size = 1024).await;
+    let srv = TestServer::with(|c| c.ws.max_message_size = 1024).await;
     let mut c = Client::connect(&srv.ws_url()).await;
     let mut ok = Client::connect(&srv.ws_url()).await;
     let big = format!(r#"{{"op":"ping","ts":"{}"}}"#, "x".repeat(2000));
@@ -454,7 +454,7 @@ async fn operations_endpoints() {
 #[tokio::test]
 async fn api_key_guards_the_control_api_when_set() {
     let srv =
-        TestServer::with(|c| c.api_key = Some(wsgate_server::config::Secret::new("k3y"))).await;
+        TestServer::with(|c| c.api.api_key = Some(wsgate_server::config::Secret::new("k3y"))).await;
     let (s, b) = srv
         .post("/api/v1/publish", json!({"channel":"a","data":1}))
         .await;
@@ -474,7 +474,7 @@ async fn api_key_guards_the_control_api_when_set() {
 
 #[tokio::test]
 async fn recovery_with_since_fills_gaps_or_says_why_not() {
-    let srv = TestServer::with(|c| c.history_size = 3).await;
+    let srv = TestServer::with(|c| c.cluster.history_size = 3).await;
     let mut c = Client::connect(&srv.ws_url()).await;
     let sub = c.subscribe("feed").await;
     let epoch = sub["epoch"].as_str().unwrap().to_string();

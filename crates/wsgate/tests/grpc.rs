@@ -530,7 +530,7 @@ async fn seed_000_errors() {
         spec: wsgate_core::seams::upstream::UpstreamSpec::new("ws://127.0.0.1:1/"),
     };
     srv.node
-        .upstreams
+        .upstreams()
         .records()
         .upstream_put(rec.clone())
         .await
@@ -632,7 +632,7 @@ async fn seed_000_errors() {
 #[tokio::test]
 async fn health_reflection_and_api_key() {
     let srv =
-        TestServer::with(|c| c.api_key = Some(wsgate_server::config::Secret::new("k3y"))).await;
+        TestServer::with(|c| c.api.api_key = Some(wsgate_server::config::Secret::new("k3y"))).await;
     let channel = channel(&srv).await;
 
     // Health: SERVING for the server and the service, without the API key.
@@ -713,9 +713,9 @@ async fn health_reflection_and_api_key() {
 #[tokio::test]
 async fn grpc_shares_the_api_rate_limit() {
     let srv = TestServer::with(|c| {
-        c.api_rate = 1;
-        c.api_burst = 2;
-        c.api_key = Some(wsgate_server::config::Secret::new("k3y"));
+        c.limits.api_rate = 1;
+        c.limits.api_burst = 2;
+        c.api.api_key = Some(wsgate_server::config::Secret::new("k3y"));
     })
     .await;
     let mut c = grpc(&srv).await;
@@ -756,7 +756,7 @@ async fn grpc_shares_the_api_rate_limit() {
 
 #[tokio::test]
 async fn disabled_grpc_binds_nothing() {
-    let srv = TestServer::with(|c| c.grpc_enabled = false).await;
+    let srv = TestServer::with(|c| c.grpc.grpc_enabled = false).await;
     assert!(srv.grpc_addr.is_none());
     let (status, _) = srv.get("/ready").await;
     assert_eq!(status, 200);

@@ -12,10 +12,10 @@ use tokio_tungstenite::tungstenite::Message;
 #[tokio::test]
 async fn heartbeat_closes_silent_clients_and_keeps_live_ones() {
     let srv = TestServer::with(|c| {
-        c.heartbeat_interval_ms = 40;
-        c.heartbeat_timeout_ms = 300;
+        c.gateway.heartbeat_interval_ms = 40;
+        c.gateway.heartbeat_timeout_ms = 300;
         // Wait for the silent client's close answer long enough for it to read its backlog.
-        c.close_grace_ms = 5_000;
+        c.ws.close_grace_ms = 5_000;
     })
     .await;
     // Never reads after hello: it cannot answer pings.
@@ -80,8 +80,8 @@ async fn heartbeat_closes_silent_clients_and_keeps_live_ones() {
 #[tokio::test]
 async fn slow_consumer_is_closed_while_fast_ones_get_everything() {
     let srv = TestServer::with(|c| {
-        c.outbox_capacity = 8;
-        c.close_grace_ms = 5_000;
+        c.ws.outbox_capacity = 8;
+        c.ws.close_grace_ms = 5_000;
     })
     .await;
     let mut slow = Client::connect(&srv.ws_url()).await;

@@ -82,7 +82,7 @@ async fn rejections(srv: &TestServer, reason: &str) -> f64 {
 
 #[tokio::test]
 async fn node_connection_limit_answers_503_and_turns_ready_false() {
-    let srv = TestServer::with(|c| c.max_connections = 3).await;
+    let srv = TestServer::with(|c| c.limits.max_connections = 3).await;
     let mut w = Watcher::new(&srv).await;
     assert_eq!(srv.get("/ready").await.0, 200);
     let _a = try_upgrade(&srv, &[]).await.expect("second fits");
@@ -113,9 +113,9 @@ async fn node_connection_limit_answers_503_and_turns_ready_false() {
 #[tokio::test]
 async fn per_ip_limits_answer_429_and_honour_only_trusted_proxies() {
     let srv = TestServer::with(|c| {
-        c.max_connections_per_ip = 2;
-        c.ip_connect_rate = 0;
-        c.trusted_proxies = vec!["127.0.0.1/32".into()];
+        c.limits.max_connections_per_ip = 2;
+        c.limits.ip_connect_rate = 0;
+        c.limits.trusted_proxies = vec!["127.0.0.1/32".into()];
     })
     .await;
     let mut w = Watcher::new(&srv).await;
@@ -135,8 +135,8 @@ async fn per_ip_limits_answer_429_and_honour_only_trusted_proxies() {
 
     // Untrusted peer: the header is ignored, so it cannot dodge the limit by lying.
     let srv = TestServer::with(|c| {
-        c.max_connections_per_ip = 2;
-        c.ip_connect_rate = 0;
+        c.limits.max_connections_per_ip = 2;
+        c.limits.ip_connect_rate = 0;
     })
     .await;
     let mut w = Watcher::new(&srv).await;
@@ -155,9 +155,9 @@ async fn per_ip_limits_answer_429_and_honour_only_trusted_proxies() {
 #[tokio::test]
 async fn per_ip_connect_rate_answers_429_with_retry_after() {
     let srv = TestServer::with(|c| {
-        c.ip_connect_rate = 1;
-        c.ip_connect_burst = 2;
-        c.trusted_proxies = vec!["127.0.0.1".into()];
+        c.limits.ip_connect_rate = 1;
+        c.limits.ip_connect_burst = 2;
+        c.limits.trusted_proxies = vec!["127.0.0.1".into()];
     })
     .await;
     let mut w = Watcher::new(&srv).await;
@@ -185,7 +185,8 @@ async fn per_ip_connect_rate_answers_429_with_retry_after() {
 #[tokio::test]
 async fn browser_origins_outside_the_allow_list_get_403() {
     let srv =
-        TestServer::with(|c| c.allowed_origins = vec!["https://app.example.com".into()]).await;
+        TestServer::with(|c| c.limits.allowed_origins = vec!["https://app.example.com".into()])
+            .await;
     let mut w = Watcher::new(&srv).await;
     let (status, _) = try_upgrade(&srv, &[("origin", "https://evil.example.net")])
         .await
@@ -204,7 +205,7 @@ async fn browser_origins_outside_the_allow_list_get_403() {
     let evil = [("origin", "https://evil.example.net")];
     assert_eq!(try_upgrade(&srv, &evil).await.err().unwrap().0, 403);
     srv.shutdown().await;
-    let srv = TestServer::with(|c| c.allow_any_origin = true).await;
+    let srv = TestServer::with(|c| c.limits.allow_any_origin = true).await;
     try_upgrade(&srv, &evil).await.expect("any origin");
     srv.shutdown().await;
 }
@@ -215,7 +216,7 @@ async fn a_user_over_its_connection_limit_is_closed_with_4029() {
     let srv = TestServer::with(|c| {
         c.auth.mode = AuthMode::Jwt;
         c.auth.jwt_secret = Some(Secret::new(SECRET));
-        c.max_connections_per_user = 1;
+        c.limits.max_connections_per_user = 1;
     })
     .await;
     let token = |sub: &str| hs256_token(SECRET, json!({"sub": sub, "exp": in_a_minute()}));
@@ -244,9 +245,9 @@ async fn a_user_over_its_connection_limit_is_closed_with_4029() {
 #[tokio::test]
 async fn inbound_message_rate_answers_rate_limited_then_closes_4029() {
     let srv = TestServer::with(|c| {
-        c.client_message_rate = 5;
-        c.client_message_burst = 5;
-        c.rate_limit_strikes = 20;
+        c.ws.client_message_rate = 5;
+        c.ws.client_message_burst = 5;
+        c.ws.rate_limit_strikes = 20;
     })
     .await;
     let mut w = Watcher::new(&srv).await;
@@ -285,9 +286,9 @@ async fn inbound_message_rate_answers_rate_limited_then_closes_4029() {
 #[tokio::test]
 async fn inbound_byte_rate_drops_frames_with_an_error() {
     let srv = TestServer::with(|c| {
-        c.max_message_size = 1024;
-        c.client_byte_rate = 1024;
-        c.client_byte_burst = 1024;
+        c.ws.max_message_size = 1024;
+        c.ws.client_byte_rate = 1024;
+        c.ws.client_byte_burst = 1024;
     })
     .await;
     let mut w = Watcher::new(&srv).await;
@@ -306,7 +307,7 @@ async fn inbound_byte_rate_drops_frames_with_an_error() {
 
 #[tokio::test]
 async fn a_client_that_never_upgrades_is_dropped_after_the_handshake_timeout() {
-    let srv = TestServer::with(|c| c.handshake_timeout_ms = 300).await;
+    let srv = TestServer::with(|c| c.listener.handshake_timeout_ms = 300).await;
     let mut w = Watcher::new(&srv).await;
     let started = std::time::Instant::now();
     let mut silent = TcpStream::connect(srv.addr).await.unwrap();
@@ -345,9 +346,9 @@ async fn a_client_that_never_upgrades_is_dropped_after_the_handshake_timeout() {
 #[tokio::test]
 async fn control_api_is_rate_limited_per_key() {
     let srv = TestServer::with(|c| {
-        c.api_rate = 1;
-        c.api_burst = 3;
-        c.api_key = Some(Secret::new("k-123"));
+        c.limits.api_rate = 1;
+        c.limits.api_burst = 3;
+        c.api.api_key = Some(Secret::new("k-123"));
     })
     .await;
     let call = |key: &'static str| http().get(srv.http("/connections")).bearer_auth(key).send();
@@ -492,8 +493,8 @@ impl Raw {
 async fn hostile_clients_get_rfc_answers_and_others_keep_being_served() {
     let srv = TestServer::with(|c| {
         // The limiters are tested above; here every hostile frame reaches the protocol.
-        c.client_message_rate = 0;
-        c.client_byte_rate = 0;
+        c.ws.client_message_rate = 0;
+        c.ws.client_byte_rate = 0;
     })
     .await;
     let mut w = Watcher::new(&srv).await;

@@ -122,8 +122,8 @@ async fn https_post(srv: &TestServer, trusted: &Cert, path: &str, body: Value) -
 async fn tls_server(dir: &Path) -> TestServer {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     TestServer::with(move |c| {
-        c.tls_cert_file = Some(cert);
-        c.tls_key_file = Some(key);
+        c.listener.tls_cert_file = Some(cert);
+        c.listener.tls_key_file = Some(key);
     })
     .await
 }
@@ -199,7 +199,7 @@ async fn wss_subscribe_and_https_publish() {
 async fn https_post_quiet(srv: &TestServer, i: u64) -> (u16, ()) {
     let r = srv
         .node
-        .gateway
+        .gateway()
         .publish("secure", bytes::Bytes::from(i.to_string()), None)
         .await;
     (if r.is_ok() { 200 } else { 500 }, ())

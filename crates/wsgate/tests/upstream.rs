@@ -141,7 +141,7 @@ async fn reconnect_runs_auth_then_replays_subscriptions() {
     // The record follows the subscriptions (what cluster mode re-establishes from).
     let rec = srv
         .node
-        .upstreams
+        .upstreams()
         .records()
         .upstream_get(&id)
         .await
@@ -186,7 +186,7 @@ async fn reconnect_runs_auth_then_replays_subscriptions() {
     assert_eq!(status, 200);
     assert!(
         srv.node
-            .upstreams
+            .upstreams()
             .records()
             .upstream_get(&id)
             .await
@@ -421,7 +421,7 @@ async fn publish_reaches_gateway_subscribers_until_stopped() {
     assert_eq!(view(&srv, &id).await["publish_topic"], "feed");
     let rec = srv
         .node
-        .upstreams
+        .upstreams()
         .records()
         .upstream_get(&id)
         .await
@@ -452,7 +452,7 @@ async fn publish_reaches_gateway_subscribers_until_stopped() {
     assert_eq!(view(&srv, &id).await["publish_topic"], Value::Null);
     let rec = srv
         .node
-        .upstreams
+        .upstreams()
         .records()
         .upstream_get(&id)
         .await
@@ -529,7 +529,7 @@ async fn seed_000_error_strings_over_http() {
         spec: wsgate_core::seams::upstream::UpstreamSpec::new("ws://127.0.0.1:1/"),
     };
     srv.node
-        .upstreams
+        .upstreams()
         .records()
         .upstream_put(rec.clone())
         .await

@@ -50,25 +50,36 @@ pub enum ClientPublish {
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     pub node: NodeId,
-    /// WebSocket ping interval. Default 30 s (seed 003).
+    /// WebSocket ping interval. Default [`DEFAULT_HEARTBEAT_INTERVAL`].
     pub heartbeat_interval: Duration,
-    /// Close (4008) a connection silent for this long. Default 65 s (seed 003).
+    /// Close (4008) a connection silent for this long. Default [`DEFAULT_HEARTBEAT_TIMEOUT`].
     pub heartbeat_timeout: Duration,
     pub client_publish: ClientPublish,
     /// Protocol errors in a row before the connection is closed (1008).
+    /// Default [`DEFAULT_MAX_PROTOCOL_ERRORS`].
     pub max_protocol_errors: u32,
+    /// Default [`DEFAULT_MAX_CHANNELS_PER_CONNECTION`].
     pub max_channels_per_connection: usize,
 }
+
+/// Seed 003's ping interval: 30 s keeps NAT and balancer idle timers (usually 60 s) open.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
+/// Seed 003's silence bound: two missed pings plus slack.
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(65);
+/// A client that errs 10 times in a row is broken, not unlucky.
+pub const DEFAULT_MAX_PROTOCOL_ERRORS: u32 = 10;
+/// Enough for any UI; bounds the memory and fan-out work one connection can cause.
+pub const DEFAULT_MAX_CHANNELS_PER_CONNECTION: usize = 256;
 
 impl GatewayConfig {
     pub fn new(node: NodeId) -> Self {
         Self {
             node,
-            heartbeat_interval: Duration::from_secs(30),
-            heartbeat_timeout: Duration::from_secs(65),
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
             client_publish: ClientPublish::default(),
-            max_protocol_errors: 10,
-            max_channels_per_connection: 256,
+            max_protocol_errors: DEFAULT_MAX_PROTOCOL_ERRORS,
+            max_channels_per_connection: DEFAULT_MAX_CHANNELS_PER_CONNECTION,
         }
     }
 }
@@ -127,6 +138,26 @@ impl Gateway {
 
     pub fn node(&self) -> &NodeId {
         &self.config.node
+    }
+
+    /// Now on the gateway's clock, in milliseconds.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// Client connections open on this node.
+    pub fn connection_count(&self) -> usize {
+        self.registry.len()
+    }
+
+    /// Whether the broker answers (`/ready`, gRPC health).
+    pub fn broker_healthy(&self) -> bool {
+        self.broker.is_healthy()
+    }
+
+    /// Whether the presence store answers (`/ready`, gRPC health).
+    pub fn presence_healthy(&self) -> bool {
+        self.presence.is_healthy()
     }
 
     /// Registers a new client connection; the caller sends `hello` and runs its task.

@@ -2,8 +2,6 @@
 //! decodes its body into a command of [`Control`](wsgate_core::control::Control) and
 //! encodes the result; rules, defaults and errors are the façade's.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use serde::Deserialize;
@@ -11,8 +9,8 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use wsgate_core::control::{Payload, Publish};
 
+use super::ApiState;
 use super::error::{ApiError, ApiJson};
-use crate::node::Node;
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
@@ -34,7 +32,7 @@ pub struct DisconnectQuery {
 }
 
 pub async fn publish(
-    State(node): State<Arc<Node>>,
+    State(node): State<ApiState>,
     ApiJson(body): ApiJson<PublishBody>,
 ) -> ApiResult {
     let p = node
@@ -55,7 +53,7 @@ pub async fn publish(
 }
 
 pub async fn send_to_user(
-    State(node): State<Arc<Node>>,
+    State(node): State<ApiState>,
     Path(user): Path<String>,
     ApiJson(body): ApiJson<DataBody>,
 ) -> ApiResult {
@@ -65,7 +63,7 @@ pub async fn send_to_user(
 }
 
 pub async fn send_to_connection(
-    State(node): State<Arc<Node>>,
+    State(node): State<ApiState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<DataBody>,
 ) -> ApiResult {
@@ -75,7 +73,7 @@ pub async fn send_to_connection(
 }
 
 pub async fn disconnect(
-    State(node): State<Arc<Node>>,
+    State(node): State<ApiState>,
     Path(id): Path<String>,
     Query(q): Query<DisconnectQuery>,
 ) -> ApiResult {
@@ -83,7 +81,7 @@ pub async fn disconnect(
     Ok(Json(json!({"success": true})))
 }
 
-pub async fn presence(State(node): State<Arc<Node>>, Path(channel): Path<String>) -> ApiResult {
+pub async fn presence(State(node): State<ApiState>, Path(channel): Path<String>) -> ApiResult {
     let p = node.control.presence(&channel).await?;
     Ok(Json(json!({
         "success": true,

@@ -1,20 +1,13 @@
 //! JSON errors: every failure of the API is `{"success":false,"error":"…"}`, with the
 //! status its [`ErrorCode`] maps to (and `Retry-After` when rate limited).
 
-use axum::Json;
 use axum::extract::FromRequest;
 use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use wsgate_core::control::{ControlError, ErrorCode};
 
-pub fn json_error(status: StatusCode, message: &str) -> Response {
-    (
-        status,
-        Json(serde_json::json!({"success": false, "error": message})),
-    )
-        .into_response()
-}
+use crate::reply::json_error;
 
 #[derive(Debug)]
 pub struct ApiError {

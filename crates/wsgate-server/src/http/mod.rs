@@ -4,11 +4,11 @@
 //! error strings that seed 000 defined are kept to the letter (`Connection not found`).
 
 mod api;
+mod config;
 mod error;
 mod ops;
+mod state;
 mod upstreams;
-
-use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -17,11 +17,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use wsgate_core::control::Caller;
 
-pub use error::{ApiError, ApiJson, json_error};
+pub use config::{ApiConfig, DEFAULT_API_BODY_LIMIT};
+pub use error::{ApiError, ApiJson};
+pub use state::{ApiState, ApiView, BuildInfo};
 
-use crate::node::Node;
+use crate::reply::{bearer, json_error};
+use crate::ws::WsState;
 
-pub fn router(node: Arc<Node>) -> Router {
+/// Every route of the listener: `/ws` on the WebSocket edge's view, the rest on the API's.
+pub fn router(api: ApiState, ws: WsState) -> Router {
     let protected = Router::new()
         .route("/api/v1/publish", post(api::publish))
         .route("/api/v1/users/{user}/send", post(api::send_to_user))
@@ -59,27 +63,27 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .route("/connections", get(ops::list_connections))
         .route("/connections/{id}", get(ops::get_connection))
-        .layer(middleware::from_fn_with_state(
-            node.clone(),
-            require_api_key,
-        ))
-        .layer(DefaultBodyLimit::max(node.config.api_body_limit));
-    Router::new()
+        .layer(middleware::from_fn_with_state(api.clone(), require_api_key))
+        .layer(DefaultBodyLimit::max(api.config.api_body_limit));
+    let edge = Router::new()
         .route("/ws", get(crate::ws::upgrade))
+        .with_state(ws);
+    Router::new()
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
         .route("/version", get(ops::version))
         .merge(protected)
         .fallback(|| async { json_error(axum::http::StatusCode::NOT_FOUND, "Not found") })
-        .with_state(node)
+        .with_state(api)
+        .merge(edge)
 }
 
 /// The control API and connection listings pass
 /// [`Control::authorize`](wsgate_core::control::Control::authorize): the API rate limit
 /// (by API key, or by client IP without one), then the API key when one is configured.
-async fn require_api_key(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
-    let key = crate::ws::bearer(req.headers());
+async fn require_api_key(State(api): State<ApiState>, req: Request, next: Next) -> Response {
+    let key = bearer(req.headers());
     let peer = req
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
@@ -87,9 +91,9 @@ async fn require_api_key(State(node): State<Arc<Node>>, req: Request, next: Next
         .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
     let caller = Caller {
         key: key.as_deref(),
-        ip: node.limits.client_ip(peer, req.headers()),
+        ip: api.limits.client_ip(peer, req.headers()),
     };
-    if let Err(e) = node.control.authorize(caller) {
+    if let Err(e) = api.control.authorize(caller) {
         return ApiError::from(e).into_response();
     }
     next.run(req).await

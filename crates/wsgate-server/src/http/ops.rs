@@ -1,7 +1,5 @@
 //! Operations endpoints: what an on-call engineer and a balancer look at.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
@@ -10,14 +8,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use wsgate_core::control::ListConnections;
 
+use super::ApiState;
 use super::error::ApiError;
-use crate::node::Node;
 
 pub async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-pub async fn ready(State(node): State<Arc<Node>>) -> Response {
+pub async fn ready(State(node): State<ApiState>) -> Response {
     let gw = &node.gateway;
     let body = json!({
         "ready": node.is_ready(),
@@ -35,10 +33,10 @@ pub async fn ready(State(node): State<Arc<Node>>) -> Response {
     (status, Json(body)).into_response()
 }
 
-pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
+pub async fn metrics(State(node): State<ApiState>) -> Response {
     let mut out = String::with_capacity(16 * 1024);
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &node.metrics_registry) {
-        return super::json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string());
+        return crate::reply::json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string());
     }
     (
         [(
@@ -50,7 +48,7 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
         .into_response()
 }
 
-pub async fn version(State(node): State<Arc<Node>>) -> Json<Value> {
+pub async fn version(State(node): State<ApiState>) -> Json<Value> {
     Json(serde_json::to_value(&node.build).unwrap_or_default())
 }
 
@@ -67,7 +65,7 @@ pub struct ListQuery {
 /// `GET /connections`: filtered by user, channel and kind; sorted by id; paginated with
 /// `offset` and `limit` (default 100, at most 1000). `next_offset` is null on the last page.
 pub async fn list_connections(
-    State(node): State<Arc<Node>>,
+    State(node): State<ApiState>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let query = ListConnections {
@@ -89,7 +87,7 @@ pub async fn list_connections(
 
 /// `GET /connections/{id}`: seed 003's debug view of one connection (gateway or upstream).
 pub async fn get_connection(
-    State(node): State<Arc<Node>>,
+    State(node): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let connection = node.control.get_connection(&id).await?;

@@ -29,8 +29,6 @@
 //! 504 `Request timeout`, 400 bad input, 502 other upstream failures, 503 outbox full or
 //! store unavailable.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::{Path, State};
 use base64::Engine;
@@ -44,8 +42,8 @@ use wsgate_core::seams::upstream::{
     AuthExpect, BreakerPolicy, CorrelationMode, HeartbeatPolicy, OfflineMode, ReconnectPolicy,
 };
 
+use super::ApiState;
 use super::error::{ApiError, ApiJson};
-use crate::node::Node;
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
@@ -141,7 +139,7 @@ impl TryFrom<ConnectBody> for Connect {
 }
 
 pub async fn connect(
-    State(node): State<Arc<Node>>,
+    State(node): State<ApiState>,
     ApiJson(body): ApiJson<ConnectBody>,
 ) -> ApiResult {
     let c = node.control.connect(Connect::try_from(body)?).await?;
@@ -159,7 +157,7 @@ pub struct SendBody {
 }
 
 pub async fn send(
-    State(node): State<Arc<Node>>,
+    State(node): State<ApiState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<SendBody>,
 ) -> ApiResult {
@@ -180,7 +178,7 @@ fn decode(b64: &str) -> Result<Bytes, ApiError> {
 }
 
 pub async fn send_raw(
-    State(node): State<Arc<Node>>,
+    State(node): State<ApiState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<SendRawBody>,
 ) -> ApiResult {
@@ -198,7 +196,7 @@ pub struct SendAsyncBody {
 }
 
 pub async fn send_async(
-    State(node): State<Arc<Node>>,
+    State(node): State<ApiState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<SendAsyncBody>,
 ) -> ApiResult {
@@ -232,7 +230,7 @@ pub struct SubscriptionsBody {
 }
 
 pub async fn subscriptions(
-    State(node): State<Arc<Node>>,
+    State(node): State<ApiState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<SubscriptionsBody>,
 ) -> ApiResult {
@@ -251,7 +249,7 @@ pub struct PublishStartBody {
 }
 
 pub async fn publish_start(
-    State(node): State<Arc<Node>>,
+    State(node): State<ApiState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<PublishStartBody>,
 ) -> ApiResult {
@@ -263,17 +261,17 @@ pub async fn publish_start(
     })))
 }
 
-pub async fn publish_stop(State(node): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult {
+pub async fn publish_stop(State(node): State<ApiState>, Path(id): Path<String>) -> ApiResult {
     node.control.stop_publish(&id).await?;
     Ok(Json(json!({"success": true})))
 }
 
-pub async fn disconnect(State(node): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult {
+pub async fn disconnect(State(node): State<ApiState>, Path(id): Path<String>) -> ApiResult {
     node.control.disconnect_upstream(&id).await?;
     Ok(Json(json!({"success": true})))
 }
 
-pub async fn list(State(node): State<Arc<Node>>) -> ApiResult {
+pub async fn list(State(node): State<ApiState>) -> ApiResult {
     let upstreams = node.control.list_upstreams();
     Ok(Json(json!({
         "success": true,
@@ -282,7 +280,7 @@ pub async fn list(State(node): State<Arc<Node>>) -> ApiResult {
     })))
 }
 
-pub async fn get(State(node): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult {
+pub async fn get(State(node): State<ApiState>, Path(id): Path<String>) -> ApiResult {
     let view = node.control.get_upstream(&id).await?;
     Ok(Json(json!({"success": true, "upstream": view})))
 }

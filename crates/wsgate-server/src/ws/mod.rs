@@ -10,13 +10,16 @@
 //! that the TCP stream itself can be shared: the server's own accept loop serves HTTP/1 on
 //! plain `TcpStream`s, and an upgraded connection is downcast back to its stream.
 
+mod config;
 mod socket;
+mod state;
 mod task;
 
+pub use config::*;
 pub use socket::{SharedSocket, SocketIo};
+pub use state::{WsState, WsView};
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, Request, State};
@@ -30,8 +33,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tracing::{debug, warn};
 
-use crate::http::json_error;
-use crate::node::Node;
+use crate::reply::{bearer, json_error};
 
 #[derive(Deserialize)]
 pub struct WsQuery {
@@ -41,16 +43,16 @@ pub struct WsQuery {
 /// `GET /ws`: validates the handshake, authenticates, answers 101 and hands the socket to a
 /// connection task.
 pub async fn upgrade(
-    State(node): State<Arc<Node>>,
+    State(edge): State<WsState>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     Query(query): Query<WsQuery>,
     mut req: Request<Body>,
 ) -> Response {
     let reject = |status: StatusCode, reason: &'static str, msg: &str| {
-        node.gateway.metrics.reject(reason);
+        edge.gateway.metrics.reject(reason);
         json_error(status, msg)
     };
-    if node.lifecycle.is_draining() {
+    if edge.lifecycle.is_draining() {
         let mut r = reject(
             StatusCode::SERVICE_UNAVAILABLE,
             "draining",
@@ -65,11 +67,11 @@ pub async fn upgrade(
         Err(msg) => return reject(StatusCode::BAD_REQUEST, "bad_handshake", msg),
     };
     // Cross-site WebSocket hijacking: a browser sends its page's Origin; refuse unknown ones.
-    if !node.limits.origin_allowed(req.headers()) {
+    if !edge.limits.origin_allowed(req.headers()) {
         return reject(StatusCode::FORBIDDEN, "origin", "origin not allowed");
     }
-    let client_ip = node.limits.client_ip(remote, req.headers());
-    let mut slot = match node.limits.admit(client_ip) {
+    let client_ip = edge.limits.client_ip(remote, req.headers());
+    let mut slot = match edge.limits.admit(client_ip) {
         Ok(slot) => slot,
         Err(refusal) => {
             debug!(%remote, %client_ip, reason = refusal.reason, "upgrade refused");
@@ -84,10 +86,10 @@ pub async fn upgrade(
         }
     };
     let token = query.token.or_else(|| bearer(req.headers()));
-    let identity = node.auth.authenticate(token.as_deref());
+    let identity = edge.auth.authenticate(token.as_deref());
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let task_node = node.clone();
-    node.tasks.spawn(async move {
+    let task_edge = edge.clone();
+    edge.tasks.spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -98,7 +100,7 @@ pub async fn upgrade(
         // The accept loop serves plain TCP streams, or TLS streams over them when TLS is on.
         // Bytes the client sent right behind its handshake are copied out so that hyper's
         // whole read buffer (8 KiB or more) is not kept alive per connection by a slice.
-        let capacity = task_node.config.outbox_capacity;
+        let capacity = task_edge.config.outbox_capacity;
         let (socket, io) = match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
                 let socket = SharedSocket::new(parts.io.into_inner(), capacity);
@@ -120,20 +122,20 @@ pub async fn upgrade(
             },
         };
         let config = WebSocketConfig::default()
-            .read_buffer_size(task_node.config.read_buffer_size)
-            .max_message_size(Some(task_node.config.max_message_size))
-            .max_frame_size(Some(task_node.config.max_message_size));
+            .read_buffer_size(task_edge.config.read_buffer_size)
+            .max_message_size(Some(task_edge.config.max_message_size))
+            .max_frame_size(Some(task_edge.config.max_message_size));
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
         match identity {
             Ok(identity) => {
-                if !task_node.limits.admit_user(&mut slot, &identity.user) {
-                    task::refuse_user(task_node, socket, ws, remote).await;
+                if !task_edge.limits.admit_user(&mut slot, &identity.user) {
+                    task::refuse_user(task_edge, socket, ws, remote).await;
                     return;
                 }
-                task::serve(task_node, socket, ws, identity, remote).await;
+                task::serve(task_edge, socket, ws, identity, remote).await;
                 drop(slot);
             }
-            Err(e) => task::refuse(task_node, socket, ws, e, remote).await,
+            Err(e) => task::refuse(task_edge, socket, ws, e, remote).await,
         }
     });
     Response::builder()
@@ -178,12 +180,4 @@ fn handshake_key(headers: &HeaderMap) -> Result<String, &'static str> {
         .filter(|k| k.len() == 24)
         .map(str::to_owned)
         .ok_or("missing or malformed Sec-WebSocket-Key")
-}
-
-pub(crate) fn bearer(headers: &HeaderMap) -> Option<String> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_string())
 }

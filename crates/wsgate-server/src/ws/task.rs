@@ -20,18 +20,18 @@ use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 use tracing::{debug, warn};
 use wsgate_core::auth::{AuthError, Identity};
 use wsgate_core::gateway::{CloseRequest, Connection, Gateway, Session};
-use wsgate_core::metrics::{KindLabel, ReasonLabel};
 use wsgate_core::protocol::{self, ProtocolError, close};
 
+use super::WsConfig;
 use super::socket::{SharedSocket, SocketIo};
+use super::state::{WsState, WsView};
 use crate::limits::quota;
-use crate::node::Node;
 
 type Socket = WebSocketStream<SocketIo>;
 
 /// A client whose token failed: told why in the close frame (4001), then dropped.
 pub(super) async fn refuse(
-    node: Arc<Node>,
+    edge: WsState,
     socket: Arc<SharedSocket>,
     mut ws: Socket,
     e: AuthError,
@@ -42,15 +42,11 @@ pub(super) async fn refuse(
         AuthError::Expired => "auth_expired",
         AuthError::Invalid(_) => "auth_invalid",
     };
-    node.gateway
-        .metrics
-        .connection_rejections
-        .get_or_create(&ReasonLabel { reason })
-        .inc();
+    edge.gateway.metrics.reject(reason);
     warn!(%remote, reason, error = %e, "authentication failed");
     let mut taken = VecDeque::new();
     close_gracefully(
-        &node,
+        &edge,
         &socket,
         &mut ws,
         &mut taken,
@@ -62,15 +58,15 @@ pub(super) async fn refuse(
 
 /// A user already at `max_connections_per_user`: told so in a 4029 close frame, then dropped.
 pub(super) async fn refuse_user(
-    node: Arc<Node>,
+    edge: WsState,
     socket: Arc<SharedSocket>,
     mut ws: Socket,
     remote: SocketAddr,
 ) {
-    node.gateway.metrics.reject("user_connections");
+    edge.gateway.metrics.reject("user_connections");
     debug!(%remote, "too many connections for this user");
     close_gracefully(
-        &node,
+        &edge,
         &socket,
         &mut ws,
         &mut VecDeque::new(),
@@ -92,7 +88,7 @@ pub(super) struct Inbound {
 }
 
 impl Inbound {
-    pub(super) fn new(config: &crate::Config) -> Self {
+    pub(super) fn new(config: &WsConfig) -> Self {
         let byte_burst = config
             .client_byte_burst
             .max(u32::try_from(config.max_message_size).unwrap_or(u32::MAX));
@@ -128,7 +124,7 @@ impl Inbound {
 /// Sends a close frame after everything already queued, then waits (bounded) for the
 /// client's answer so the close handshake completes.
 async fn close_gracefully(
-    node: &Node,
+    edge: &WsView,
     socket: &SharedSocket,
     ws: &mut Socket,
     taken: &mut VecDeque<Bytes>,
@@ -145,7 +141,7 @@ async fn close_gracefully(
         code: code.into(),
         reason: reason.into(),
     };
-    let grace = Duration::from_millis(node.config.close_grace_ms);
+    let grace = edge.config.close_grace();
     let _ = tokio::time::timeout(grace, async {
         ws.send(Message::Close(Some(frame))).await?;
         socket.flush(taken).await?;
@@ -183,25 +179,25 @@ impl Ending {
 
 /// The life of one authenticated connection.
 pub(super) async fn serve(
-    node: Arc<Node>,
+    edge: WsState,
     socket: Arc<SharedSocket>,
     mut ws: Socket,
     identity: Identity,
     remote: SocketAddr,
 ) {
-    let gw = node.gateway.clone();
+    let gw = edge.gateway.clone();
     let conn = gw.open(identity, Some(remote), socket.clone());
     let mut session = Session::new(conn.clone());
     socket.write_frame(protocol::wire_text(gw.hello(&conn).as_bytes()));
     let mut taken = VecDeque::new();
-    let mut limits = Inbound::new(&node.config);
+    let mut limits = Inbound::new(&edge.config);
     let ending = run(&gw, &socket, &mut ws, &mut session, &mut taken, &mut limits).await;
     if let Some((code, message)) = &ending.close {
-        close_gracefully(&node, &socket, &mut ws, &mut taken, *code, message).await;
+        close_gracefully(&edge, &socket, &mut ws, &mut taken, *code, message).await;
     } else if ending.reason == "client_closed" {
         // tungstenite queued the answer to the client's close frame; send it.
         socket.stop_publications();
-        let grace = Duration::from_millis(node.config.close_grace_ms);
+        let grace = edge.config.close_grace();
         let _ = tokio::time::timeout(grace, async {
             let _ = ws.flush().await;
             socket.flush(&mut taken).await
@@ -260,7 +256,7 @@ async fn inbound(
         Some(Ok(msg)) => msg,
         Some(Err(e)) => return Some(read_error(&conn, e)),
     };
-    conn.touch(gw.clock.now_ms());
+    conn.touch(gw.now_ms());
     let len = match &msg {
         Message::Text(t) => Some(t.len()),
         Message::Binary(b) => Some(b.len()),
@@ -268,10 +264,7 @@ async fn inbound(
     };
     if let Some(len) = len {
         if let Some(kind) = limits.limited(len) {
-            gw.metrics
-                .rate_limited_frames
-                .get_or_create(&KindLabel { kind })
-                .inc();
+            gw.metrics.rate_limited_frame(kind);
             limits.strikes += 1;
             limits.last_strike = Some(Instant::now());
             if limits.strikes >= limits.max_strikes {
@@ -326,7 +319,7 @@ async fn inbound(
             "slow consumer: backlog full",
         );
         if slow {
-            gw.metrics.slow_consumers.inc();
+            gw.metrics.slow_consumer();
         }
     }
     None

@@ -45,16 +45,16 @@ impl TestServer {
     pub async fn with(tune: impl FnOnce(&mut Config)) -> Self {
         let mut config = Config {
             node_id: Some("test-node".into()),
-            // Test clients often never answer a close frame; do not wait long for them.
-            close_grace_ms: 200,
             ..Config::default()
         };
+        // Test clients often never answer a close frame; do not wait long for them.
+        config.ws.close_grace_ms = 200;
         tune(&mut config);
         let node = Node::new(config).expect("valid config");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         // The gRPC API on a free port too (the configured 50051 would collide).
-        let grpc = match node.config.grpc_enabled {
+        let grpc = match node.config().grpc.grpc_enabled {
             true => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
             false => None,
         };

@@ -1,0 +1,66 @@
+//! The gateway's settings as the node's config spells them (milliseconds, top-level keys),
+//! and their translation into `wsgate-core`'s [`GatewayConfig`], whose defaults they share.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use wsgate_core::gateway::{
+    ClientPublish, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT,
+    DEFAULT_MAX_CHANNELS_PER_CONNECTION, DEFAULT_MAX_PROTOCOL_ERRORS, GatewayConfig,
+};
+use wsgate_core::seams::NodeId;
+
+/// Default of `heartbeat_interval_ms` (seed 003): core's [`DEFAULT_HEARTBEAT_INTERVAL`].
+pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = DEFAULT_HEARTBEAT_INTERVAL.as_millis() as u64;
+/// Default of `heartbeat_timeout_ms` (seed 003): core's [`DEFAULT_HEARTBEAT_TIMEOUT`].
+pub const DEFAULT_HEARTBEAT_TIMEOUT_MS: u64 = DEFAULT_HEARTBEAT_TIMEOUT.as_millis() as u64;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct GatewaySettings {
+    /// WebSocket ping interval. Default [`DEFAULT_HEARTBEAT_INTERVAL_MS`].
+    pub heartbeat_interval_ms: u64,
+    /// Close (4008) a connection silent this long. Default [`DEFAULT_HEARTBEAT_TIMEOUT_MS`].
+    pub heartbeat_timeout_ms: u64,
+    pub client_publish: ClientPublish,
+    /// Protocol errors in a row before a connection is closed with 1008.
+    /// Default [`DEFAULT_MAX_PROTOCOL_ERRORS`].
+    pub max_protocol_errors: u32,
+    /// Default [`DEFAULT_MAX_CHANNELS_PER_CONNECTION`].
+    pub max_channels_per_connection: usize,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: DEFAULT_HEARTBEAT_INTERVAL_MS,
+            heartbeat_timeout_ms: DEFAULT_HEARTBEAT_TIMEOUT_MS,
+            client_publish: ClientPublish::default(),
+            max_protocol_errors: DEFAULT_MAX_PROTOCOL_ERRORS,
+            max_channels_per_connection: DEFAULT_MAX_CHANNELS_PER_CONNECTION,
+        }
+    }
+}
+
+impl GatewaySettings {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.heartbeat_timeout_ms <= self.heartbeat_interval_ms {
+            anyhow::bail!(
+                "heartbeat_timeout_ms ({}) must be longer than heartbeat_interval_ms ({})",
+                self.heartbeat_timeout_ms,
+                self.heartbeat_interval_ms
+            );
+        }
+        Ok(())
+    }
+
+    pub fn gateway_config(&self, node: NodeId) -> GatewayConfig {
+        let mut g = GatewayConfig::new(node);
+        g.heartbeat_interval = Duration::from_millis(self.heartbeat_interval_ms.max(1));
+        g.heartbeat_timeout = Duration::from_millis(self.heartbeat_timeout_ms.max(1));
+        g.client_publish = self.client_publish;
+        g.max_protocol_errors = self.max_protocol_errors.max(1);
+        g.max_channels_per_connection = self.max_channels_per_connection;
+        g
+    }
+}

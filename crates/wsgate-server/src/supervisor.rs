@@ -1,0 +1,170 @@
+//! The node's lifecycle: what starts, in which order, and how it stops.
+//!
+//! Start: the heartbeat sweep, the upstream reclaimer (cluster mode), the gRPC server, the
+//! accept loop; then the node reports itself started. Stop, once `shutdown` resolves:
+//!
+//! 1. draining: `/ready` turns false and upgrades get 503, so a balancer steers new clients
+//!    away while the listener stays up to say so;
+//! 2. cluster mode: the reclaimer stops and upstream connections are handed over, so that
+//!    survivors re-establish them within a sweep instead of after the drain;
+//! 3. every client is sent 1001 and the connection tasks are awaited (`drain_timeout_ms`);
+//! 4. upstream connections close (their records stay in the store): clients still connected
+//!    until then kept receiving what upstreams publish;
+//! 5. the accept loop, then the gRPC server, then the heartbeat stop.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+use wsgate_core::gateway::{Gateway, Heartbeat};
+
+use crate::grpc::GrpcServer;
+use crate::limits::Limits;
+use crate::node::Node;
+
+/// Keyed rate limiters forget idle keys this often.
+const HOUSEKEEPING_MS: u64 = 60_000;
+
+/// Binds the gRPC listener the config asks for (`grpc_listen`), or none when
+/// `grpc_enabled` is false.
+pub async fn bind_grpc(config: &crate::Config) -> anyhow::Result<Option<TcpListener>> {
+    config.grpc.bind().await
+}
+
+/// Serves `listener` (and the gRPC API on `grpc_listen`, unless disabled) until `shutdown`
+/// resolves, then drains and returns.
+pub async fn run(
+    node: Arc<Node>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let grpc = bind_grpc(node.config()).await?;
+    run_with(node, listener, grpc, shutdown).await
+}
+
+/// [`run`] with the gRPC listener bound by the caller (`None`: no gRPC API). The gRPC
+/// server stops with the HTTP side: health turns NOT_SERVING when draining begins (it
+/// follows [`Node::is_ready`]); calls are taken until the drain is over, as HTTP ones are.
+pub async fn run_with(
+    node: Arc<Node>,
+    listener: TcpListener,
+    grpc: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let mut running = Running::start(node, listener, grpc)?;
+    tokio::select! {
+        () = shutdown => {}
+        _ = &mut running.http => {
+            running.abort().await;
+            anyhow::bail!("the accept loop ended unexpectedly");
+        }
+    }
+    running.stop().await;
+    info!("wsgate stopped");
+    Ok(())
+}
+
+/// The node's tasks while it serves.
+struct Running {
+    node: Arc<Node>,
+    heartbeat: JoinHandle<()>,
+    /// Cluster mode: takes over upstream connections of dead instances.
+    reclaimer: Option<JoinHandle<()>>,
+    grpc: GrpcServer,
+    http: JoinHandle<()>,
+    stop_http: watch::Sender<bool>,
+}
+
+impl Running {
+    fn start(
+        node: Arc<Node>,
+        listener: TcpListener,
+        grpc: Option<TcpListener>,
+    ) -> anyhow::Result<Self> {
+        let addr = listener.local_addr()?;
+        let config = node.config();
+        let heartbeat = tokio::spawn(heartbeat_loop(node.gateway.clone(), node.limits.clone()));
+        let reclaimer = node
+            .upstreams
+            .spawn_reclaimer(config.cluster.clear_all_on_start());
+        let grpc = GrpcServer::start(node.api(), grpc);
+        let options = config.listener.options(
+            node.tls.clone(),
+            node.gateway.metrics.rejections("handshake_timeout"),
+        );
+        let (stop_http, stop_rx) = watch::channel(false);
+        let http = tokio::spawn(crate::listener::serve(
+            listener,
+            crate::http::router(node.api().clone(), node.ws().clone()),
+            options,
+            stop_rx,
+        ));
+        node.lifecycle.start();
+        info!(%addr, node = %node.api().build.node, version = node.api().build.version, tls = node.is_tls(), "wsgate listening");
+        Ok(Self {
+            node,
+            heartbeat,
+            reclaimer,
+            grpc,
+            http,
+            stop_http,
+        })
+    }
+
+    /// The accept loop died: stop the rest without a drain.
+    async fn abort(self) {
+        self.heartbeat.abort();
+        if let Some(r) = &self.reclaimer {
+            r.abort();
+        }
+        self.grpc.stop().await;
+        self.node.upstreams.shutdown().await;
+    }
+
+    /// The graceful stop, in the order the module documentation gives.
+    async fn stop(self) {
+        let node = &self.node;
+        node.lifecycle.drain();
+        if let Some(r) = self.reclaimer {
+            r.abort();
+            let _ = r.await;
+            node.upstreams.hand_over().await;
+        }
+        info!("shutdown: draining connections");
+        node.gateway.close_all("server shutting down");
+        node.tasks.close();
+        let drain = Duration::from_millis(node.config().drain_timeout_ms);
+        if tokio::time::timeout(drain, node.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                remaining = node.gateway.connection_count(),
+                "drain timeout: dropping remaining connections"
+            );
+        }
+        node.upstreams.shutdown().await;
+        let _ = self.stop_http.send(true);
+        self.grpc.stop().await;
+        self.heartbeat.abort();
+        let _ = self.http.await;
+    }
+}
+
+/// One task for the whole node: the gateway's [`Heartbeat`] (pings and stale-connection
+/// sweeps), plus the limiters' housekeeping once a minute.
+async fn heartbeat_loop(gw: Arc<Gateway>, limits: Arc<Limits>) {
+    let mut heartbeat = Heartbeat::new(&gw);
+    let mut last_housekeeping = gw.now_ms();
+    loop {
+        heartbeat.tick(&gw).await;
+        if gw.now_ms().saturating_sub(last_housekeeping) >= HOUSEKEEPING_MS {
+            last_housekeeping = gw.now_ms();
+            limits.housekeeping();
+        }
+    }
+}
