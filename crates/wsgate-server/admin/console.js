@@ -254,7 +254,7 @@
           title: `Disconnect ${id}?`,
           text: upstream
             ? 'Closes the upstream connection and forgets it (DELETE /api/v1/upstreams/{id}).'
-            : 'The client is closed with code 4000 and the reason below.',
+            : 'The client is closed with code 4003 and the reason below (it does not reconnect).',
           label: upstream ? null : 'Reason',
           value: 'closed by the admin console',
           ok: 'Disconnect',
@@ -385,11 +385,13 @@
       return [s.t, Math.max(0, d) / ((s.t - prev.t) / 1000)];
     });
 
+  // Messages out counts frames written to client sockets (every fan-out copy); deliveries
+  // count publications, each delivered once per node to all its local subscribers.
   const CHARTS = [
     { title: 'Connections', lines: [['gateway', () => gauge('websocket_active_connections')], ['upstream', () => gauge('wsgate_upstream_connections')]] },
     { title: 'Messages in / s', lines: [['from clients', () => rate('websocket_messages_received_total')], ['from upstreams', () => rate('wsgate_upstream_messages_received_total')]] },
-    { title: 'Messages out / s', lines: [['to clients', () => rate('websocket_messages_sent_total')]] },
-    { title: 'Deliveries / s', lines: [['publications delivered', () => rate('websocket_delivery_latency_seconds_count')]] },
+    { title: 'Messages out / s', lines: [['to client sockets', () => rate('websocket_messages_sent_total')]] },
+    { title: 'Deliveries / s', lines: [['publications delivered here', () => rate('websocket_delivery_latency_seconds_count')], ['accepted (API, clients, upstreams)', () => rate('wsgate_publications_total')]] },
   ];
 
   const SVG = 'http://www.w3.org/2000/svg';
@@ -405,10 +407,14 @@
     return v >= 10 || Number.isInteger(v) ? String(Math.round(v)) : v.toFixed(1);
   }
 
+  const ago = (ms) => (ms >= 60_000 ? `${Math.round(ms / 60_000)}m` : `${Math.round(ms / 1000)}s`);
+
   function drawCharts() {
     const W = 420, H = 160, L = 44, R = 8, T = 10, B = 22;
     const now = Date.now();
-    const x = (t) => L + ((t - (now - WINDOW_MS)) / WINDOW_MS) * (W - L - R);
+    // Up to 15 minutes: the span grows from the first sample (at least one minute).
+    const span = Math.min(WINDOW_MS, Math.max(60_000, samples.length ? now - samples[0].t : 0));
+    const x = (t) => L + ((t - (now - span)) / span) * (W - L - R);
     $('chart-grid').replaceChildren(
       ...CHARTS.map((c) => {
         const lines = c.lines.map(([label, f]) => [label, f()]);
@@ -419,10 +425,11 @@
           g.append(svg('line', { x1: L, x2: W - R, y1: y(max * f), y2: y(max * f), class: 'grid' }));
           g.append(svg('text', { x: L - 4, y: y(max * f) + 4, class: 'tick', 'text-anchor': 'end' }, fmt(max * f)));
         }
-        for (const [t, label] of [[now - WINDOW_MS, '-15m'], [now - WINDOW_MS / 3, '-5m'], [now, 'now']]) {
-          g.append(svg('text', { x: x(t), y: H - 6, class: 'tick', 'text-anchor': t === now ? 'end' : 'start' }, label));
+        for (const [t, label] of [[now - span, `-${ago(span)}`], [now - span / 2, `-${ago(span / 2)}`], [now, 'now']]) {
+          g.append(svg('text', { x: x(t), y: H - 6, class: 'tick', 'text-anchor': t === now ? 'end' : t === now - span ? 'start' : 'middle' }, label));
         }
         lines.forEach(([, pts], i) => {
+          if (pts.length === 1) g.append(svg('circle', { cx: x(pts[0][0]), cy: y(pts[0][1]), r: 2, class: `dot s${i}` }));
           if (pts.length) g.append(svg('polyline', { points: pts.map(([t, v]) => `${x(t).toFixed(1)},${y(v).toFixed(1)}`).join(' '), class: `line s${i}` }));
         });
         const legend = h('p', { class: 'legend' }, ...lines.map(([label, pts], i) => h('span', { class: `s${i}` }, `${label}: ${pts.length ? fmt(pts[pts.length - 1][1]) : '–'}`)));
