@@ -391,7 +391,7 @@
     { title: 'Connections', lines: [['gateway', () => gauge('websocket_active_connections')], ['upstream', () => gauge('wsgate_upstream_connections')]] },
     { title: 'Messages in / s', lines: [['from clients', () => rate('websocket_messages_received_total')], ['from upstreams', () => rate('wsgate_upstream_messages_received_total')]] },
     { title: 'Messages out / s', lines: [['to client sockets', () => rate('websocket_messages_sent_total')]] },
-    { title: 'Deliveries / s', lines: [['publications delivered here', () => rate('websocket_delivery_latency_seconds_count')], ['accepted (API, clients, upstreams)', () => rate('wsgate_publications_total')]] },
+    { title: 'Deliveries / s', lines: [['publications delivered here', () => rate('websocket_delivery_latency_seconds_count')], ['publications accepted', () => rate('wsgate_publications_total')]] },
   ];
 
   const SVG = 'http://www.w3.org/2000/svg';
