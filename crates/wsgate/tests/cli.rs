@@ -190,7 +190,10 @@ async fn connections_watch_redraws_the_table_with_what_changed() {
         out.push(line.expect("wsgate exited before its first table"));
     }
     let second = Client::connect(&srv.ws_url()).await;
-    while let Some(line) = within("the next refreshes", lines.next_line()).await.unwrap() {
+    while let Some(line) = within("the next refreshes", lines.next_line())
+        .await
+        .unwrap()
+    {
         out.push(line);
     }
     let status = within("wsgate to exit", child.wait()).await.unwrap();

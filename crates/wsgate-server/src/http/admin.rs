@@ -49,7 +49,10 @@ async fn asset(content_type: &'static str, body: &'static str) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     // A new binary may ship a new console: revalidate instead of caching stale scripts.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r

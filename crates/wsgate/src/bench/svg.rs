@@ -21,7 +21,11 @@ pub struct Trace {
 const SIZE: (u32, u32) = (1100, 440);
 /// Most points one CDF line gets; more add bytes, not information.
 const MAX_CDF_POINTS: usize = 400;
-const COLORS: [RGBColor; 3] = [RGBColor(47, 111, 223), RGBColor(217, 130, 43), RGBColor(31, 138, 76)];
+const COLORS: [RGBColor; 3] = [
+    RGBColor(47, 111, 223),
+    RGBColor(217, 130, 43),
+    RGBColor(31, 138, 76),
+];
 
 /// Writes the picture of `runs` (name, trace) to `path`.
 pub fn write(path: &Path, runs: &[(&str, &Trace)]) -> anyhow::Result<()> {
@@ -68,7 +72,12 @@ pub fn rates(samples: &[(f64, u64)]) -> Vec<(f64, f64)> {
     samples
         .windows(2)
         .filter(|w| w[1].0 > w[0].0)
-        .map(|w| (w[1].0, w[1].1.saturating_sub(w[0].1) as f64 / (w[1].0 - w[0].0)))
+        .map(|w| {
+            (
+                w[1].0,
+                w[1].1.saturating_sub(w[0].1) as f64 / (w[1].0 - w[0].0),
+            )
+        })
         .collect()
 }
 
@@ -125,7 +134,12 @@ type Chart<'a, 'b> = ChartContext<
     Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
 >;
 
-fn series<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>, name: &str, i: usize, points: Vec<(f64, f64)>) -> anyhow::Result<()> {
+fn series<'a, 'b: 'a>(
+    chart: &mut Chart<'a, 'b>,
+    name: &str,
+    i: usize,
+    points: Vec<(f64, f64)>,
+) -> anyhow::Result<()> {
     let color = COLORS[i % COLORS.len()];
     chart
         .draw_series(LineSeries::new(points, color.stroke_width(2)))
@@ -135,7 +149,10 @@ fn series<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>, name: &str, i: usize, points: V
     Ok(())
 }
 
-fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>, position: SeriesLabelPosition) -> anyhow::Result<()> {
+fn legend<'a, 'b: 'a>(
+    chart: &mut Chart<'a, 'b>,
+    position: SeriesLabelPosition,
+) -> anyhow::Result<()> {
     chart
         .configure_series_labels()
         .position(position)
@@ -176,7 +193,11 @@ mod tests {
     fn a_small_synthetic_run_draws_both_panels_and_both_servers() {
         let wsgate = synthetic(10, 4000);
         let baseline = synthetic(8, 4200);
-        let svg = render(&[("wsgate", &wsgate), ("baseline (axum + tungstenite)", &baseline)]).unwrap();
+        let svg = render(&[
+            ("wsgate", &wsgate),
+            ("baseline (axum + tungstenite)", &baseline),
+        ])
+        .unwrap();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         for text in [
             "Latency CDF (publish → receive)",
@@ -193,7 +214,11 @@ mod tests {
             let lines: Vec<&str> = svg.split(stroke.as_str()).skip(1).collect();
             assert_eq!(lines.len(), 4, "{stroke}");
             let points = |l: &str| l.split('"').next().unwrap().split_whitespace().count();
-            assert_eq!(lines.iter().filter(|l| points(l) > 15).count(), 2, "{stroke}");
+            assert_eq!(
+                lines.iter().filter(|l| points(l) > 15).count(),
+                2,
+                "{stroke}"
+            );
         }
         let path = std::env::temp_dir().join(format!("wsgate-bench-{}.svg", std::process::id()));
         write(&path, &[("wsgate", &wsgate)]).unwrap();
