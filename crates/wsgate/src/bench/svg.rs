@@ -83,46 +83,58 @@ pub fn rates(samples: &[(f64, u64)]) -> Vec<(f64, f64)> {
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
 
+/// One panel: a line per run, on axes that fit every line.
+struct Panel<'t> {
+    caption: &'t str,
+    x_desc: &'t str,
+    y_desc: &'t str,
+    lines: Vec<Vec<(f64, f64)>>,
+    /// The y axis' top, when fixed (a CDF ends at 1).
+    y_max: Option<f64>,
+}
+
 fn latency_cdf(area: &Area, runs: &[(&str, &Trace)]) -> anyhow::Result<()> {
-    let lines: Vec<Vec<(f64, f64)>> = runs.iter().map(|(_, t)| cdf(&t.latencies_us)).collect();
-    let max_ms = lines.iter().flatten().map(|p| p.0).fold(0.0, f64::max);
-    let mut chart = ChartBuilder::on(area)
-        .caption("Latency CDF (publish → receive)", ("sans-serif", 20))
-        .margin(16)
-        .x_label_area_size(40)
-        .y_label_area_size(52)
-        .build_cartesian_2d(0.0..(max_ms * 1.05).max(0.1), 0.0..1.0)
-        .map_err(plot)?;
-    chart
-        .configure_mesh()
-        .x_desc("latency (ms)")
-        .y_desc("fraction of messages")
-        .draw()
-        .map_err(plot)?;
-    for (i, ((name, _), points)) in runs.iter().zip(lines).enumerate() {
-        series(&mut chart, name, i, points)?;
-    }
-    legend(&mut chart, SeriesLabelPosition::LowerRight)
+    let panel = Panel {
+        caption: "Latency CDF (publish → receive)",
+        x_desc: "latency (ms)",
+        y_desc: "fraction of messages",
+        lines: runs.iter().map(|(_, t)| cdf(&t.latencies_us)).collect(),
+        y_max: Some(1.0),
+    };
+    draw(area, runs, panel)
 }
 
 fn deliveries(area: &Area, runs: &[(&str, &Trace)]) -> anyhow::Result<()> {
-    let lines: Vec<Vec<(f64, f64)>> = runs.iter().map(|(_, t)| rates(&t.deliveries)).collect();
-    let max_t = lines.iter().flatten().map(|p| p.0).fold(0.0, f64::max);
-    let max_rate = lines.iter().flatten().map(|p| p.1).fold(0.0, f64::max);
+    let panel = Panel {
+        caption: "Deliveries per second",
+        x_desc: "seconds since publishing began",
+        y_desc: "deliveries / s",
+        lines: runs.iter().map(|(_, t)| rates(&t.deliveries)).collect(),
+        y_max: None,
+    };
+    draw(area, runs, panel)
+}
+
+fn draw(area: &Area, runs: &[(&str, &Trace)], panel: Panel) -> anyhow::Result<()> {
+    let points = || panel.lines.iter().flatten();
+    let x_max = points().map(|p| p.0).fold(0.0, f64::max);
+    let y_max = panel
+        .y_max
+        .unwrap_or_else(|| points().map(|p| p.1).fold(0.0, f64::max) * 1.1);
     let mut chart = ChartBuilder::on(area)
-        .caption("Deliveries per second", ("sans-serif", 20))
+        .caption(panel.caption, ("sans-serif", 20))
         .margin(16)
         .x_label_area_size(40)
         .y_label_area_size(64)
-        .build_cartesian_2d(0.0..max_t.max(1.0), 0.0..(max_rate * 1.1).max(1.0))
+        .build_cartesian_2d(0.0..(x_max * 1.02).max(0.1), 0.0..y_max.max(1.0))
         .map_err(plot)?;
     chart
         .configure_mesh()
-        .x_desc("seconds since publishing began")
-        .y_desc("deliveries / s")
+        .x_desc(panel.x_desc)
+        .y_desc(panel.y_desc)
         .draw()
         .map_err(plot)?;
-    for (i, ((name, _), points)) in runs.iter().zip(lines).enumerate() {
+    for (i, ((name, _), points)) in runs.iter().zip(panel.lines).enumerate() {
         series(&mut chart, name, i, points)?;
     }
     legend(&mut chart, SeriesLabelPosition::LowerRight)
