@@ -26,3 +26,18 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
 pub fn on_terminal() -> bool {
     std::io::stderr().is_terminal()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn off_a_terminal_the_bar_is_hidden() {
+        // The test harness captures stderr: the bench's situation in a pipe or a CI log.
+        if !on_terminal() {
+            let b = bar(10, "connecting");
+            b.inc(5);
+            assert!(b.is_hidden());
+        }
+    }
+}
