@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CI for the JavaScript SDK (@wsgate/client): install (npm ci), build, check the size budget,
 # then run the unit tests (fake socket), the end-to-end tests (real `wsgate` nodes and
-# `redis-server`) and the browser tests (headless Chromium via playwright-core).
+# `redis-server`) and the browser tests (headless Chromium via playwright-core): the SDK's, and
+# the admin console's (test/browser/console.test.mjs, which rewrites docs/img/console*.png).
 # Needs: node >= 20, redis-server, /usr/bin/chromium (or CHROMIUM=…), and the wsgate binary
 # (SDK_WSGATE_BIN, else target/debug/wsgate, built here when missing).
 # Closing line: `sdk: N passed, N failed`; the exit status is non-zero on any failure.

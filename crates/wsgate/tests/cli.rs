@@ -168,6 +168,52 @@ async fn connections_lists_and_shows_a_client() {
 }
 
 #[tokio::test]
+async fn connections_watch_redraws_the_table_with_what_changed() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let srv = TestServer::start().await;
+    let first = Client::connect(&srv.ws_url()).await;
+    let server = format!("http://{}", srv.addr);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .args(["connections", "--server", &server, "--watch"])
+        .args(["--interval", "1", "--count", "3"])
+        .env_remove("WSGATE_API_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn wsgate");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut out = Vec::new();
+    // The first refresh shows the first client; then a second one connects.
+    while !out.iter().any(|l: &String| l.starts_with(&first.id())) {
+        let line = within("the first table", lines.next_line()).await.unwrap();
+        out.push(line.expect("wsgate exited before its first table"));
+    }
+    let second = Client::connect(&srv.ws_url()).await;
+    while let Some(line) = within("the next refreshes", lines.next_line())
+        .await
+        .unwrap()
+    {
+        out.push(line);
+    }
+    let status = within("wsgate to exit", child.wait()).await.unwrap();
+    let text = out.join("\n");
+    assert!(status.success(), "{text}");
+    // A pipe gets every refresh appended (no escape codes), each with its header.
+    assert!(!text.contains('\x1b'), "{text}");
+    let headers: Vec<&String> = out.iter().filter(|l| l.contains(" · refresh ")).collect();
+    assert_eq!(headers.len(), 3, "{text}");
+    assert!(headers[0].starts_with("1 connection(s) on"), "{text}");
+    assert!(headers[2].starts_with("2 connection(s) on"), "{text}");
+    let last_table = text.rsplit(" · refresh 3 ").next().unwrap();
+    assert!(
+        last_table.contains(&first.id()) && last_table.contains(&second.id()),
+        "{text}"
+    );
+    srv.shutdown().await;
+}
+
+#[tokio::test]
 async fn connections_asks_for_the_api_key() {
     let srv =
         TestServer::with(|c| c.api.api_key = Some(wsgate_server::config::Secret::new("sekrit")))

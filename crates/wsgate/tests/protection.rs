@@ -371,6 +371,38 @@ async fn control_api_is_rate_limited_per_key() {
     srv.shutdown().await;
 }
 
+/// The admin console's calls as a browser makes them: same origin (which the allow list, empty
+/// by default, does not name), `Origin` on the writes, the key as a Bearer token. The Origin
+/// check guards only the WebSocket upgrade; the API is guarded by the key alone.
+#[tokio::test]
+async fn the_console_is_public_and_its_same_origin_api_calls_need_only_the_key() {
+    let srv = TestServer::with(|c| c.api_key = Some(Secret::new("k-console"))).await;
+    let origin = format!("http://{}", srv.addr);
+    let page = within("GET /admin", http().get(srv.http("/admin")).send())
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
+    let mut client = Client::connect(&srv.ws_url()).await;
+    let kick = |key: &'static str| {
+        http()
+            .delete(srv.http(&format!("/api/v1/connections/{}", client.id())))
+            .header("origin", &origin)
+            .bearer_auth(key)
+            .send()
+    };
+    assert_eq!(within("kick", kick("wrong")).await.unwrap().status(), 401);
+    assert_eq!(
+        within("kick", kick("k-console")).await.unwrap().status(),
+        200
+    );
+    assert_eq!(client.closed().await.0, 4003);
+    // The same origin is still refused for a WebSocket: it is not on the allow list.
+    let refused = try_upgrade(&srv, &[("origin", origin.as_str())]).await;
+    assert_eq!(refused.err().expect("not on the allow list").0, 403);
+    srv.shutdown().await;
+}
+
 // ---- Hostile client over a raw socket ----
 
 /// One unmasked server frame from the front of `buf`: opcode, payload, bytes used.

@@ -3,6 +3,7 @@
 //! Every answer of the control API is JSON with `success`, and `error` when it is false;
 //! error strings that seed 000 defined are kept to the letter (`Connection not found`).
 
+mod admin;
 mod api;
 mod config;
 mod error;
@@ -73,6 +74,7 @@ pub fn router(api: ApiState, ws: WsState) -> Router {
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
         .route("/version", get(ops::version))
+        .merge(admin::routes())
         .merge(protected)
         .fallback(|| async { json_error(axum::http::StatusCode::NOT_FOUND, "Not found") })
         .with_state(api)

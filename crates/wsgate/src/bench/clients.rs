@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures_util::{SinkExt, StreamExt, stream};
+use indicatif::ProgressBar;
 use parking_lot::Mutex;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
@@ -22,14 +23,20 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Connects `n` clients, each subscribed to the channel `bench`.
-    pub async fn connect(url: &str, n: usize, sample_every: usize) -> anyhow::Result<Self> {
+    /// Connects `n` clients, each subscribed to the channel `bench`; `progress` counts them.
+    pub async fn connect(
+        url: &str,
+        n: usize,
+        sample_every: usize,
+        progress: &ProgressBar,
+    ) -> anyhow::Result<Self> {
         let delivered = Arc::new(AtomicU64::new(0));
         let latencies_us = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = JoinSet::new();
         let sockets: Vec<_> = stream::iter(0..n)
             .map(|i| async move { (i, subscriber(url).await) })
             .buffer_unordered(CONNECT_CONCURRENCY)
+            .inspect(|_| progress.inc(1))
             .collect()
             .await;
         for (i, ws) in sockets {
@@ -66,6 +73,28 @@ impl Fleet {
         }
     }
 
+    /// Samples the delivered count every `every` until `stop`: the deliveries-over-time
+    /// line of `--svg`.
+    pub fn sample_deliveries(&self, every: Duration) -> DeliverySampler {
+        let delivered = self.delivered.clone();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let start = tokio::time::Instant::now();
+            let mut samples = Vec::new();
+            let mut ticker = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    _ = &mut stopped => break,
+                }
+                samples.push((start.elapsed().as_secs_f64(), delivered.load(Relaxed)));
+            }
+            samples.push((start.elapsed().as_secs_f64(), delivered.load(Relaxed)));
+            samples
+        });
+        DeliverySampler { stop, task }
+    }
+
     /// Closes every client; returns the sorted latency samples in µs.
     pub async fn stop(mut self) -> Vec<u64> {
         self.tasks.abort_all();
@@ -73,6 +102,20 @@ impl Fleet {
         let mut l = std::mem::take(&mut *self.latencies_us.lock());
         l.sort_unstable();
         l
+    }
+}
+
+/// A running `Fleet::sample_deliveries`.
+pub struct DeliverySampler {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Vec<(f64, u64)>>,
+}
+
+impl DeliverySampler {
+    /// Ends the sampling; (seconds since it began, cumulative deliveries).
+    pub async fn stop(self) -> Vec<(f64, u64)> {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or_default()
     }
 }
 
@@ -114,11 +157,13 @@ async fn next_text(ws: &mut Ws) -> anyhow::Result<String> {
 }
 
 /// Publishes `rate` messages per second for `duration`; returns how many were accepted.
+/// `progress` counts the attempts.
 pub async fn publish(
     url: &str,
     rate: u32,
     duration: Duration,
     payload: usize,
+    progress: &ProgressBar,
 ) -> anyhow::Result<u64> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -142,6 +187,7 @@ pub async fn publish(
         if r.status().is_success() {
             accepted += 1;
         }
+        progress.inc(1);
     }
     Ok(accepted)
 }

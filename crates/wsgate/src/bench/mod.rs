@@ -17,8 +17,10 @@
 pub mod baseline;
 mod clients;
 pub mod procfs;
+mod progress;
 mod soak;
 mod storm;
+pub mod svg;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -56,6 +58,10 @@ pub struct BenchArgs {
     /// Write the report as JSON to this file as well.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Draw the fan-out run as SVG to this file: the latency CDF and deliveries per second
+    /// over time, wsgate beside the baseline when `--baseline` runs too.
+    #[arg(long, conflicts_with_all = ["storm", "soak_cycles"])]
+    pub svg: Option<PathBuf>,
     /// Soak mode instead of the fan-out: this many connect/publish/disconnect cycles (after a
     /// warm-up), failing if the server's RSS or descriptors do not return to their level.
     #[arg(long, default_value_t = 0)]
@@ -105,6 +111,9 @@ pub struct Report {
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
     pub latency_max_ms: f64,
+    /// The raw series behind the figures, for `--svg`.
+    #[serde(skip)]
+    pub trace: svg::Trace,
 }
 
 pub fn main(args: BenchArgs) -> anyhow::Result<()> {
@@ -127,6 +136,12 @@ pub fn main(args: BenchArgs) -> anyhow::Result<()> {
         print_reports(&reports);
         if let Some(path) = &args.json {
             std::fs::write(path, serde_json::to_string_pretty(&reports)?)?;
+        }
+        if let Some(path) = &args.svg {
+            let runs: Vec<(&str, &svg::Trace)> =
+                reports.iter().map(|r| (r.server, &r.trace)).collect();
+            svg::write(path, &runs)?;
+            eprintln!("wrote {}", path.display());
         }
         Ok(())
     })
@@ -231,6 +246,9 @@ async fn spawn_server_with(
     Ok((child, addr))
 }
 
+/// How often `--svg`'s deliveries-per-second line samples the delivered count.
+const DELIVERY_SAMPLE: Duration = Duration::from_millis(250);
+
 async fn run_one(args: &BenchArgs, target: Target) -> anyhow::Result<Report> {
     eprintln!("== {}: {} connections", target.name(), args.connections);
     let (child, addr) = spawn_server(target, 4096).await?;
@@ -240,12 +258,15 @@ async fn run_one(args: &BenchArgs, target: Target) -> anyhow::Result<Report> {
     let rss_baseline = procfs::rss_kib(pid)?;
 
     let started = Instant::now();
+    let connecting = progress::bar(args.connections as u64, "connecting");
     let fleet = clients::Fleet::connect(
         &format!("ws://{addr}/ws"),
         args.connections,
         args.latency_sample,
+        &connecting,
     )
     .await?;
+    connecting.finish_and_clear();
     let connect_seconds = started.elapsed().as_secs_f64();
     // Idle: let every connection task park and the kernel settle.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -253,16 +274,21 @@ async fn run_one(args: &BenchArgs, target: Target) -> anyhow::Result<Report> {
     eprintln!("   connected in {connect_seconds:.1}s, RSS {rss_baseline} KiB -> {rss_idle} KiB");
 
     let cpu_before = procfs::cpu_seconds(pid)?;
+    let sampler = fleet.sample_deliveries(DELIVERY_SAMPLE);
+    let publishing = progress::bar(args.rate as u64 * args.seconds, "publishing");
     let published = clients::publish(
         &format!("http://{addr}/api/v1/publish"),
         args.rate,
         Duration::from_secs(args.seconds),
         args.payload,
+        &publishing,
     )
     .await?;
+    publishing.finish_and_clear();
     let expected = published * args.connections as u64;
     let delivered = fleet.wait_for(expected, Duration::from_secs(30)).await;
     let cpu_after = procfs::cpu_seconds(pid)?;
+    let deliveries = sampler.stop().await;
     let publish_seconds = args.seconds as f64;
     let latencies = fleet.stop().await;
     drop(child);
@@ -292,6 +318,10 @@ async fn run_one(args: &BenchArgs, target: Target) -> anyhow::Result<Report> {
         latency_p50_ms: pct(0.50),
         latency_p99_ms: pct(0.99),
         latency_max_ms: pct(1.0),
+        trace: svg::Trace {
+            latencies_us: latencies,
+            deliveries,
+        },
     })
 }
 

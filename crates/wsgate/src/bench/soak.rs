@@ -9,8 +9,9 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use indicatif::ProgressBar;
 
-use super::{BenchArgs, Target, clients, procfs, spawn_server};
+use super::{BenchArgs, Target, clients, procfs, progress, spawn_server};
 
 /// Descriptors that may come and go between readings (the metrics request itself, logs).
 const FD_SLACK: usize = 8;
@@ -23,14 +24,18 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .build()?;
     let metrics_url = format!("http://{addr}/metrics");
     let mut rows: Vec<(usize, u64, usize)> = Vec::new();
+    let cycles = progress::bar(args.soak_cycles as u64 + 1, "soak cycles");
+    let quiet = ProgressBar::hidden();
     for cycle in 0..=args.soak_cycles {
         let fleet =
-            clients::Fleet::connect(&format!("ws://{addr}/ws"), args.connections, 0).await?;
+            clients::Fleet::connect(&format!("ws://{addr}/ws"), args.connections, 0, &quiet)
+                .await?;
         let published = clients::publish(
             &format!("http://{addr}/api/v1/publish"),
             args.rate,
             Duration::from_secs(1),
             args.payload,
+            &quiet,
         )
         .await?;
         let expected = published * args.connections as u64;
@@ -43,9 +48,11 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         wait_for_no_connections(&http, &metrics_url).await?;
         let rss = procfs::rss_kib(pid)?;
         let fds = procfs::fd_count(pid)?;
-        eprintln!("   cycle {cycle}: RSS {rss} KiB, {fds} descriptors");
+        cycles.suspend(|| eprintln!("   cycle {cycle}: RSS {rss} KiB, {fds} descriptors"));
+        cycles.inc(1);
         rows.push((cycle, rss, fds));
     }
+    cycles.finish_and_clear();
     drop(child);
     // Cycle 0 is the warm-up.
     let (_, rss_start, fds_start) = rows.get(1).copied().context("need --soak-cycles >= 1")?;

@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use wsgate_client::{Backoff, BreakerConfig, Client, ClientConfig, Event};
 
-use super::{BenchArgs, ServerOpts, Target, procfs, spawn_server_with};
+use super::{BenchArgs, ServerOpts, Target, procfs, progress, spawn_server_with};
 
 /// Clients spawned per batch while the fleet first connects (the listen backlog is finite).
 const CONNECT_BATCH: usize = 1000;
@@ -124,6 +124,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut clients = Vec::with_capacity(args.connections);
     let deadline = Instant::now() + Duration::from_secs(args.storm_timeout);
+    let subscribing = progress::bar(args.connections as u64, "subscribing");
     for i in 0..args.connections {
         let config = ClientConfig::new(url.clone())
             .id(format!("storm-{i}"))
@@ -145,6 +146,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         clients.push(client);
         if (i + 1) % CONNECT_BATCH == 0 || i + 1 == args.connections {
             while shared.subscribed.load(Relaxed) < i + 1 {
+                subscribing.set_position(shared.subscribed.load(Relaxed) as u64);
                 anyhow::ensure!(
                     Instant::now() < deadline,
                     "only {} of {} clients subscribed before the timeout",
@@ -155,6 +157,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             }
         }
     }
+    subscribing.finish_and_clear();
     let initial_connect_seconds = started.elapsed().as_secs_f64();
     eprintln!(
         "   {} clients subscribed in {initial_connect_seconds:.1}s",
@@ -217,9 +220,12 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
     let deadline = t_up + Duration::from_secs(args.storm_timeout);
     let mut last_print = Instant::now();
+    // On a terminal a bar; in a pipe one plain line per second.
+    let resubscribing = progress::bar(args.connections as u64, "resubscribing");
     while shared.resubscribed.load(Relaxed) < args.connections && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        if last_print.elapsed() >= Duration::from_secs(1) {
+        resubscribing.set_position(shared.resubscribed.load(Relaxed) as u64);
+        if !progress::on_terminal() && last_print.elapsed() >= Duration::from_secs(1) {
             last_print = Instant::now();
             eprintln!(
                 "   {:>5.1}s: {} resubscribed",
@@ -228,6 +234,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             );
         }
     }
+    resubscribing.finish_and_clear();
     let t_end = Instant::now();
     done.store(true, Relaxed);
     let (peak_cpu, peak_rss, cpu_seconds) = sampler.await?;

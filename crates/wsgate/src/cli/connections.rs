@@ -1,6 +1,9 @@
 //! `wsgate connections`: the connections of a running server, as a table
 //! (`GET /connections`, every page), and `wsgate connections show ID` (`GET /connections/{id}`).
+//! With `--watch` the table is fetched again every `--interval` seconds and redrawn in place
+//! on a terminal (in a pipe every refresh is appended, so logs stay readable).
 
+use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
@@ -36,6 +39,15 @@ pub struct ConnectionsArgs {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// Redraw the table every `--interval` seconds until interrupted (or `--count` refreshes).
+    #[arg(long, conflicts_with = "json")]
+    watch: bool,
+    /// Seconds between refreshes with `--watch`.
+    #[arg(long, default_value_t = 2.0, requires = "watch")]
+    interval: f64,
+    /// Stop after this many refreshes with `--watch`.
+    #[arg(long, requires = "watch")]
+    count: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -58,11 +70,58 @@ async fn run(args: ConnectionsArgs) -> anyhow::Result<()> {
     let api = Api::new(&args.server, args.api_key.clone(), Duration::from_secs(10))?;
     match &args.action {
         Some(Action::Show { id }) => show(&api, id, args.json).await,
+        None if args.watch => watch(&api, &args).await,
         None => list(&api, &args).await,
     }
 }
 
 async fn list(api: &Api, args: &ConnectionsArgs) -> anyhow::Result<()> {
+    let all = fetch_all(api, args).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&Value::Array(all))?);
+    } else {
+        print!("{}", table(&all));
+        eprintln!("{} connection(s) on {}", all.len(), api.base);
+    }
+    Ok(())
+}
+
+/// Home the cursor and clear the screen: the next table replaces the last one.
+const CLEAR: &str = "\x1b[H\x1b[2J";
+
+async fn watch(api: &Api, args: &ConnectionsArgs) -> anyhow::Result<()> {
+    let in_place = std::io::stdout().is_terminal();
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(args.interval.max(0.1)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for refresh in 1u64.. {
+        ticker.tick().await;
+        let all = fetch_all(api, args).await?;
+        let mut out = String::new();
+        if in_place {
+            out.push_str(CLEAR);
+        } else if refresh > 1 {
+            out.push('\n');
+        }
+        out.push_str(&format!(
+            "{} connection(s) on {} · refresh {refresh} · every {}s{}\n\n",
+            all.len(),
+            api.base,
+            args.interval,
+            if in_place { " · Ctrl-C to stop" } else { "" },
+        ));
+        out.push_str(&table(&all));
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(out.as_bytes())?;
+        stdout.flush()?;
+        if args.count.is_some_and(|c| refresh >= c) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Every page of `GET /connections` with the filters of `args`.
+async fn fetch_all(api: &Api, args: &ConnectionsArgs) -> anyhow::Result<Vec<Value>> {
     let mut query = String::from("limit=1000");
     if let Some(u) = &args.user {
         query.push_str(&format!("&user={}", encode(u)));
@@ -94,13 +153,7 @@ async fn list(api: &Api, args: &ConnectionsArgs) -> anyhow::Result<()> {
             _ => break,
         }
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&Value::Array(all))?);
-    } else {
-        print!("{}", table(&all));
-        eprintln!("{} connection(s) on {}", all.len(), api.base);
-    }
-    Ok(())
+    Ok(all)
 }
 
 async fn show(api: &Api, id: &str, json: bool) -> anyhow::Result<()> {
