@@ -376,7 +376,7 @@ async fn control_api_is_rate_limited_per_key() {
 /// check guards only the WebSocket upgrade; the API is guarded by the key alone.
 #[tokio::test]
 async fn the_console_is_public_and_its_same_origin_api_calls_need_only_the_key() {
-    let srv = TestServer::with(|c| c.api_key = Some(Secret::new("k-console"))).await;
+    let srv = TestServer::with(|c| c.api.api_key = Some(Secret::new("k-console"))).await;
     let origin = format!("http://{}", srv.addr);
     let page = within("GET /admin", http().get(srv.http("/admin")).send())
         .await
