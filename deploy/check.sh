@@ -10,7 +10,7 @@
 #     oldest and newest Kubernetes schemas it ships.
 #
 # Helm is not available from this project's package sources (Debian, PyPI, npm), so `helm
-# lint`/`helm template` cannot run here. crates/wsgate/tests/deploy.rs renders the chart
+# lint`/`helm template` cannot run here. crates/wsgate-tests/tests/deploy.rs renders the chart
 # instead (the subset of Go templates it uses: tests/deploy/helm_render.rs), with its defaults
 # and with its options on, validates the renders with kubernetes-validate (installed here),
 # and checks that the default render is the Kustomize base (env defaults, ports, probes,
@@ -101,6 +101,6 @@ if command -v helm >/dev/null; then
     >/dev/null
   validate "$rendered/helm-default.yaml"
 else
-  log "helm not installed: crates/wsgate/tests/deploy.rs renders and validates the chart"
+  log "helm not installed: crates/wsgate-tests/tests/deploy.rs renders and validates the chart"
 fi
 log "deployment checks passed"

@@ -20,7 +20,7 @@
 
 #[path = "deploy/helm_render.rs"]
 mod helm_render;
-mod support;
+use wsgate_tests as support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -1,4 +1,8 @@
-//! Test harness: real servers on loopback, real WebSocket clients, bounded waits.
+//! The harness of wsgate's end-to-end tests (`tests/*.rs` of this crate): nodes in this
+//! process on `127.0.0.1:0` ([`TestServer`]) or as real processes of the shipped program
+//! ([`wsgate_bin`], [`cluster`]), real redis-server and nats-server on free loopback ports,
+//! real WebSocket and HTTP clients, and bounded waits ([`within`]) so that a hung test fails
+//! fast.
 #![allow(dead_code)]
 
 pub mod cluster;
@@ -17,6 +21,24 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use wsgate_server::{Config, Node};
+
+/// The program under test: this package's `wsgate-node` binary (`wsgate::run`, the same
+/// program as the shipped `wsgate`). Cargo builds it before it runs any integration test of
+/// this package and puts it beside the test executables' `deps/` folder.
+pub fn wsgate_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test executable sits in <target>/<profile>/deps");
+    let bin = dir.join(format!("wsgate-node{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing: run these tests through `cargo test -p wsgate-tests`",
+        bin.display()
+    );
+    bin
+}
 
 /// How long any single wait in a test may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -271,7 +293,7 @@ impl Process {
 
     /// [`Process::spawn`] with extra environment variables.
     pub async fn spawn_env(args: &[&str], envs: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        let mut child = Command::new(wsgate_bin())
             .envs(envs.iter().copied())
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])

@@ -1,6 +1,6 @@
 //! The gateway end to end: real server, real sockets, the protocol as clients see it.
 
-mod support;
+use wsgate_tests as support;
 
 use std::collections::HashMap;
 

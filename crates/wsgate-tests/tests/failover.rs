@@ -2,7 +2,7 @@
 //! SIGTERM fail-over, no duplicates under repeated kills, forwarding to the owner,
 //! `CLEAR_ALL_ON_START`, rebuild after restart, and secrets sealed in Redis.
 
-mod support;
+use wsgate_tests as support;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! from the same proto, real WebSocket clients and the `wsgate-client` test-support server
 //! as the remote upstream; once with Python `grpcio` (a client we did not write).
 
-mod support;
+use wsgate_tests as support;
 
 use std::time::Duration;
 

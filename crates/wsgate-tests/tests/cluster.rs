@@ -1,6 +1,6 @@
 //! Cluster mode end to end: real `redis-server`, `nats-server` and `wsgate serve` processes.
 
-mod support;
+use wsgate_tests as support;
 
 use std::time::{Duration, Instant};
 

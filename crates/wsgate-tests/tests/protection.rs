@@ -2,7 +2,7 @@
 //! or close code, the metric, and that a well-behaved client on the same node keeps receiving
 //! every publication meanwhile.
 
-mod support;
+use wsgate_tests as support;
 
 use std::time::Duration;
 
@@ -657,7 +657,7 @@ async fn secrets_never_reach_the_logs_or_the_api() {
     const API_KEY: &str = "api-k3y-91d2a7";
     let log = std::env::temp_dir().join(format!("wsgate-secrets-{}.log", std::process::id()));
     let file = std::fs::File::create(&log).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
+    let mut child = tokio::process::Command::new(support::wsgate_bin())
         .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
         .env("WSGATE_GRPC_LISTEN", "127.0.0.1:0")
         .env("WSGATE_LOG", "debug")

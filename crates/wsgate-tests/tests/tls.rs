@@ -2,7 +2,7 @@
 //! certificate generated here (rcgen), and a certificate reload that new connections see
 //! while old ones keep working.
 
-mod support;
+use wsgate_tests as support;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-use super::{Process, WAIT, http, within};
+use crate::{Process, WAIT, http, within};
 
 /// The cluster key every test node shares (base64 of 32 bytes).
 pub const CLUSTER_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
@@ -219,11 +219,11 @@ impl Node {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        super::post_json(&self.url(path), body).await
+        crate::post_json(&self.url(path), body).await
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        super::get_json(&self.url(path)).await
+        crate::get_json(&self.url(path)).await
     }
 
     /// Publishes `data` to `channel` through this node's API; returns the offset.

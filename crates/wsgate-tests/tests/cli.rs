@@ -1,7 +1,7 @@
 //! The operator CLI (`wsgate connect`, `connections`, `doctor`) as a user runs it: the real
 //! binary, against in-process servers, a real redis-server, and a round-robin proxy.
 
-mod support;
+use wsgate_tests as support;
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -20,7 +20,7 @@ struct Output {
 
 /// Runs `wsgate ARGS` with `stdin` as its input, bounded.
 async fn wsgate(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+    let mut child = Command::new(support::wsgate_bin())
         .args(args)
         .env_remove("WSGATE_API_KEY")
         .env_remove("WSGATE_SERVER")
@@ -173,7 +173,7 @@ async fn connections_watch_redraws_the_table_with_what_changed() {
     let srv = TestServer::start().await;
     let first = Client::connect(&srv.ws_url()).await;
     let server = format!("http://{}", srv.addr);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+    let mut child = Command::new(support::wsgate_bin())
         .args(["connections", "--server", &server, "--watch"])
         .args(["--interval", "1", "--count", "3"])
         .env_remove("WSGATE_API_KEY")

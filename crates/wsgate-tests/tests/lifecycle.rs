@@ -1,6 +1,6 @@
 //! Connection lifecycles that involve time, pressure or process signals.
 
-mod support;
+use wsgate_tests as support;
 
 use std::time::Duration;
 

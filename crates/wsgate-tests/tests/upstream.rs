@@ -1,7 +1,7 @@
 //! The upstream manager end to end, through the HTTP API: a real wsgate node in process,
 //! the `wsgate-client` test-support server as the remote upstream, real sockets.
 
-mod support;
+use wsgate_tests as support;
 
 use std::time::Duration;
 
