@@ -244,6 +244,7 @@ impl UpstreamManager {
                     .await?
             }
             UpstreamOp::Disconnect { id } => self.disconnect_local(&id).await?,
+            UpstreamOp::Reconnect { id } => self.restart_local(&id).await?,
         }
         Ok(Outcome::Done)
     }
@@ -263,6 +264,26 @@ impl UpstreamManager {
             warn!(upstream_id = %id, error = %e, "upstream record delete failed");
         }
         info!(upstream_id = %id, "upstream disconnected");
+        Ok(())
+    }
+
+    /// Closes connection `id` and starts it again from its record: same id, tracked
+    /// subscriptions, auth and publish topic; a new client, so a fresh backoff and breaker
+    /// (the way out of `failed`).
+    async fn restart_local(&self, id: &str) -> Result<(), UpstreamError> {
+        let Some((_, old)) = self.conns.remove(id) else {
+            return Err(self
+                .lookup(id)
+                .await
+                .err()
+                .unwrap_or(UpstreamError::NotFound));
+        };
+        old.close(CLOSE_WAIT).await;
+        old.shared.gauge.clear(&self.parts.metrics);
+        let mut record = old.shared.record.lock().await.clone();
+        record.state = state_name(ConnectionState::Connecting).to_string();
+        self.start(record).await;
+        info!(upstream_id = %id, "upstream restarted on request");
         Ok(())
     }
 
