@@ -2,10 +2,10 @@
 //!
 //! The client does its own TCP connect and TLS handshake (then hands the stream to
 //! tungstenite), so the trust store and the error strings are ours:
-//! - **Roots.** The platform's roots plus `SSL_CERT_FILE` / `SSL_CERT_DIR` when set (the
-//!   convention of OpenSSL, curl and `rustls-native-certs`, which reads them), loaded once
-//!   per process; plus a per-connection CA bundle ([`TlsOptions::ca_pem`]) for private
-//!   gateways.
+//! - **Roots.** The platform's roots, or `SSL_CERT_FILE` / `SSL_CERT_DIR` when set (they
+//!   replace the platform store: the convention of OpenSSL, curl and `rustls-native-certs`,
+//!   which reads them), loaded once per process; plus a per-connection CA bundle
+//!   ([`TlsOptions::ca_pem`]) for private gateways.
 //! - **Mutual TLS.** An optional client certificate chain and key ([`TlsOptions::client_cert_pem`]).
 //! - **SNI** is the URL's host.
 //! - **Errors** say what went wrong in the words operators search for: `certificate has
@@ -50,8 +50,14 @@ impl TlsOptions {
         self.client_config().map(|_| ())
     }
 
+    /// A connector for `tokio_tungstenite::connect_async_tls_with_config` (the CLI's way
+    /// to reach `wss://` with the same trust as the client).
+    pub fn connector(&self) -> Result<tokio_tungstenite::Connector, Error> {
+        self.client_config().map(tokio_tungstenite::Connector::Rustls)
+    }
+
     /// The rustls configuration these options describe.
-    pub(crate) fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, Error> {
+    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, Error> {
         let mut roots = platform_roots().clone();
         if let Some(pem) = &self.ca_pem {
             let certs = certs(pem, "tls.ca_pem")?;
@@ -107,7 +113,7 @@ fn private_key(pem: &str) -> Result<PrivateKeyDer<'static>, Error> {
         .ok_or_else(|| invalid("tls.client_key_pem holds no private key"))
 }
 
-/// The platform's roots plus `SSL_CERT_FILE` / `SSL_CERT_DIR`, read once per process
+/// The platform's roots (or `SSL_CERT_FILE` / `SSL_CERT_DIR`), read once per process
 /// (reading a certificate directory per connection attempt would be thousands of file
 /// reads on a reconnect storm). Certificates that fail to load are skipped and logged.
 pub fn platform_roots() -> &'static RootCertStore {

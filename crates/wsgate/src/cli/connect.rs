@@ -73,7 +73,7 @@ fn describe(m: &Message, json: bool) -> Option<String> {
 async fn run(args: ConnectArgs) -> anyhow::Result<()> {
     let req = ws_request(&args.url, &args.headers, args.subprotocol.as_deref())?;
     let (ws, resp) =
-        match tokio::time::timeout(args.timeout, tokio_tungstenite::connect_async(req)).await {
+        match tokio::time::timeout(args.timeout, super::ws_connect(req)).await {
             Err(_) => anyhow::bail!(
                 "handshake with {} timed out after {:?}: nothing answered the upgrade",
                 args.url,
