@@ -64,15 +64,23 @@ impl Ca {
 
     /// A certificate for `names`; `expired` puts its validity in 2020.
     fn leaf(&self, names: &[&str], expired: bool) -> Leaf {
+        self.leaf_until(names, expired.then_some(-2200))
+    }
+
+    /// A certificate for `names` ending `days` from today (`None`: rcgen's default, far).
+    fn leaf_until(&self, names: &[&str], days: Option<i64>) -> Leaf {
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .unwrap();
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, names[0]);
-        if expired {
-            params.not_before = date_time_ymd(2019, 1, 1);
-            params.not_after = date_time_ymd(2020, 1, 1);
+        if let Some(days) = days {
+            let today = (SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() / 86_400) as i64;
+            let (y, m, d) = civil(today - 3000);
+            params.not_before = date_time_ymd(y, m, d);
+            let (y, m, d) = civil(today + days);
+            params.not_after = date_time_ymd(y, m, d);
         }
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
@@ -83,6 +91,20 @@ impl Ca {
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
         }
     }
+}
+
+/// Year, month, day of a day number since 1970-01-01 (Howard Hinnant's `civil_from_days`).
+fn civil(days: i64) -> (i32, u8, u8) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y as i32, m as u8, d as u8)
 }
 
 fn acceptor(leaf: &Leaf, client_ca: Option<&Ca>) -> TlsAcceptor {
@@ -257,6 +279,8 @@ where
             }
         }
     }
+    // A clean end: TLS close_notify after the WebSocket close handshake.
+    let _ = ws.into_inner().shutdown().await;
 }
 
 /// The exchange's side of a signed login: `{"op":"login","key":"K","ts":"<ms>","sig":"<hex>"}`.
@@ -603,4 +627,84 @@ async fn grpc_connect_with_a_signed_login_and_reconnect() {
     .into_inner();
     assert_eq!((r.success, r.error.as_str()), (false, "Connection not found"));
     srv.shutdown().await;
+}
+
+/// Runs the real `wsgate ARGS` with `envs`, bounded; returns (exit code, stdout, stderr).
+async fn wsgate(args: &[&str], envs: &[(&str, &str)], stdin: &str) -> (i32, String, String) {
+    use std::process::Stdio;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn wsgate");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    let out = within("wsgate to finish", child.wait_with_output()).await.unwrap();
+    let o = (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    eprintln!("wsgate {args:?} → {}\n{}\n{}", o.0, o.1, o.2);
+    o
+}
+
+/// Doctor's `tls` check, from `wsgate doctor URL --json`.
+async fn doctor_tls(url: &str, ca_file: &str) -> Value {
+    let (_, out, _) = wsgate(
+        &["doctor", url, "--json", "--idle", "1s", "--timeout", "3s"],
+        &[("SSL_CERT_FILE", ca_file)],
+        "",
+    )
+    .await;
+    let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "tls")
+        .cloned()
+        .unwrap_or_else(|| panic!("no tls check: {report}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_and_doctor_reach_wss() {
+    let ca = Ca::new("wsgate test CA");
+    let ca_file = temp_file("cli-ca.pem", &ca.pem());
+    let good = Exchange::start(Script::Hold, Some(acceptor(&ca.leaf(&["localhost"], false), None))).await;
+    let url = good.url("localhost", true);
+
+    let (code, _, err) = wsgate(&["connect", &url], &[("SSL_CERT_FILE", &ca_file)], "hi\n").await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(&format!("connected to {url}")), "{err}");
+    let (code, _, err) = wsgate(&["connect", &url], &[], "hi\n").await;
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown issuer"), "{err}");
+
+    let tls = doctor_tls(&url, &ca_file).await;
+    assert_eq!(tls["status"], "PASS", "{tls}");
+    let detail = tls["detail"].as_str().unwrap();
+    for part in ["subject CN=localhost", "issuer CN=wsgate test CA", "day(s) left", "hostname matches"] {
+        assert!(detail.contains(part), "{part}: {detail}");
+    }
+
+    let expired = Exchange::start(Script::Hold, Some(acceptor(&ca.leaf(&["localhost"], true), None))).await;
+    let tls = doctor_tls(&expired.url("localhost", true), &ca_file).await;
+    assert_eq!(tls["status"], "FAIL", "{tls}");
+    assert!(tls["detail"].as_str().unwrap().starts_with("certificate has expired"), "{tls}");
+
+    let soon = Exchange::start(Script::Hold, Some(acceptor(&ca.leaf_until(&["localhost"], Some(5)), None))).await;
+    let tls = doctor_tls(&soon.url("localhost", true), &ca_file).await;
+    assert_eq!(tls["status"], "WARN", "{tls}");
+
+    let other = Exchange::start(Script::Hold, Some(acceptor(&ca.leaf(&["exchange.example"], false), None))).await;
+    let tls = doctor_tls(&other.url("localhost", true), &ca_file).await;
+    assert_eq!(tls["status"], "FAIL", "{tls}");
+    let detail = tls["detail"].as_str().unwrap();
+    assert!(detail.starts_with("hostname mismatch") && detail.contains("hostname does NOT match"), "{detail}");
 }
