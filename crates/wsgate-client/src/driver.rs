@@ -264,10 +264,7 @@ impl Driver {
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(self.cfg.read_buffer_size)
             .max_message_size(self.cfg.max_message_size);
-        let connect = tokio::time::timeout(
-            self.cfg.connect_timeout,
-            open(request, tls, ws_config),
-        );
+        let connect = tokio::time::timeout(self.cfg.connect_timeout, open(request, tls, ws_config));
         tokio::pin!(connect);
         loop {
             tokio::select! {
@@ -309,8 +306,11 @@ impl Driver {
         }
         // Requests whose callers gave up (timed out) while queued are never sent.
         self.pending.sweep(std::time::Instant::now());
-        self.outbox
-            .retain(|q| q.request.as_ref().is_none_or(|id| self.pending.contains(id)));
+        self.outbox.retain(|q| {
+            q.request
+                .as_ref()
+                .is_none_or(|id| self.pending.contains(id))
+        });
         self.shared.status().pending_requests = self.pending.len();
         // Pop only after a successful write: a failed flush keeps the message.
         while let Some(msg) = self.outbox.front().map(|q| q.msg.clone()) {
@@ -802,7 +802,10 @@ mod tests {
         assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
         let soon = SystemTime::now() + Duration::from_secs(30);
         let got = parse_retry_after(&httpdate::fmt_http_date(soon)).unwrap();
-        assert!(got > Duration::from_secs(27) && got <= Duration::from_secs(30), "{got:?}");
+        assert!(
+            got > Duration::from_secs(27) && got <= Duration::from_secs(30),
+            "{got:?}"
+        );
         assert_eq!(
             parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
             Some(Duration::ZERO)

@@ -108,8 +108,8 @@ pub use correlation::{Correlation, uuid_prefixed};
 pub use error::{Error, Result};
 pub use event::{CloseReason, Event, Events};
 pub use message::{Message, Utf8Bytes};
-pub use stats::{ConnectionState, Snapshot};
 pub use sign::{SignAlgorithm, SignEncoding, Signer, Values};
+pub use stats::{ConnectionState, Snapshot};
 pub use subscriptions::{Added, Subscription, Subscriptions};
 pub use tls::{TlsOptions, describe as describe_tls_error, platform_roots};
 pub use wsgate_backoff::{

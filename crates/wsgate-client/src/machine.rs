@@ -520,13 +520,19 @@ mod tests {
             m.on(Input::WaitOver, now);
         }
         assert_eq!(waits[..2], [SEC, 2 * SEC], "grows: {waits:?}");
-        assert_eq!(waits[2], Duration::from_secs(600), "breaker cooldown: {waits:?}");
+        assert_eq!(
+            waits[2],
+            Duration::from_secs(600),
+            "breaker cooldown: {waits:?}"
+        );
     }
 
     #[test]
     fn retry_after_is_honoured_up_to_the_cap() {
         let now = Instant::now();
-        let backoff = Backoff::new().jitter(0.0).max_delay(Duration::from_secs(20));
+        let backoff = Backoff::new()
+            .jitter(0.0)
+            .max_delay(Duration::from_secs(20));
         let mut m = machine(backoff, BreakerConfig::disabled(), true, false);
         m.start();
         let throttled = |s| Error::Throttled {
@@ -537,7 +543,10 @@ mod tests {
         assert!(acts.contains(&Action::Wait(now + 5 * SEC)), "{acts:?}");
         m.on(Input::WaitOver, now);
         let acts = m.on(Input::AttemptFailed(throttled(3600)), now);
-        assert!(acts.contains(&Action::Wait(now + 20 * SEC)), "capped: {acts:?}");
+        assert!(
+            acts.contains(&Action::Wait(now + 20 * SEC)),
+            "capped: {acts:?}"
+        );
     }
 
     #[test]

@@ -87,7 +87,6 @@ impl Signer {
     }
 }
 
-
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes.iter().fold(String::new(), |mut s, b| {
@@ -176,7 +175,10 @@ mod tests {
             encoding: SignEncoding::Base64,
             ..s
         };
-        assert_eq!(s.sign(&values()), "Fkt6e/z4GeLjlfvnO1bgo4e9ZCIugx/WECcM1+olBVSXWL91wFqZSm0DT2X48Ob9yuqxo01Ka0tjbgcKOLznNw==");
+        assert_eq!(
+            s.sign(&values()),
+            "Fkt6e/z4GeLjlfvnO1bgo4e9ZCIugx/WECcM1+olBVSXWL91wFqZSm0DT2X48Ob9yuqxo01Ka0tjbgcKOLznNw=="
+        );
     }
 
     #[test]

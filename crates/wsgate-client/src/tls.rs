@@ -53,7 +53,8 @@ impl TlsOptions {
     /// A connector for `tokio_tungstenite::connect_async_tls_with_config` (the CLI's way
     /// to reach `wss://` with the same trust as the client).
     pub fn connector(&self) -> Result<tokio_tungstenite::Connector, Error> {
-        self.client_config().map(tokio_tungstenite::Connector::Rustls)
+        self.client_config()
+            .map(tokio_tungstenite::Connector::Rustls)
     }
 
     /// The rustls configuration these options describe.

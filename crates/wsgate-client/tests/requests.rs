@@ -275,7 +275,11 @@ async fn a_request_that_timed_out_while_queued_offline_is_never_sent() {
     client.send("after").await.unwrap();
     server.set_refusing(false);
     let log = server_wait(&server, |l| l.count_on(1) >= 1).await;
-    assert_eq!(log.texts_on(1), vec!["after"], "the timed-out request was dropped");
+    assert_eq!(
+        log.texts_on(1),
+        vec!["after"],
+        "the timed-out request was dropped"
+    );
     assert_eq!(client.snapshot().pending_requests, 0);
     client.close().await.unwrap();
 }
@@ -290,7 +294,10 @@ async fn a_caller_id_still_pending_is_refused() {
         .unwrap();
     let first = {
         let c = client.clone();
-        tokio::spawn(async move { c.request(r#"{"op":"request","id":7,"delay_ms":300}"#, T).await })
+        tokio::spawn(async move {
+            c.request(r#"{"op":"request","id":7,"delay_ms":300}"#, T)
+                .await
+        })
     };
     tokio::time::timeout(T, async {
         while client.snapshot().pending_requests != 1 {
@@ -304,7 +311,15 @@ async fn a_caller_id_still_pending_is_refused() {
         .await
         .unwrap_err();
     assert_eq!(err.to_string(), "Request id already pending");
-    let reply = tokio::time::timeout(T, first).await.unwrap().unwrap().unwrap();
-    assert_eq!(json(&reply)["id"], 7, "the first caller still gets its reply");
+    let reply = tokio::time::timeout(T, first)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        json(&reply)["id"],
+        7,
+        "the first caller still gets its reply"
+    );
     client.close().await.unwrap();
 }

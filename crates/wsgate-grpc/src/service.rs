@@ -401,9 +401,10 @@ impl WsGate for GrpcApi {
 
     async fn reconnect(&self, req: Request<pb::ReconnectRequest>) -> Reply<pb::ReconnectReply> {
         let r = req.into_inner();
-        answer(self.control.reconnect_upstream(&r.connection_id).await, |_| {
-            pb::ReconnectReply::ok()
-        })
+        answer(
+            self.control.reconnect_upstream(&r.connection_id).await,
+            |_| pb::ReconnectReply::ok(),
+        )
     }
 
     async fn list_connections(

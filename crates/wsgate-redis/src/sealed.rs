@@ -206,7 +206,10 @@ mod tests {
             !json.contains("s3cr3t") && !json.contains("authorization"),
             "{json}"
         );
-        assert!(!json.contains("realtime") && !json.contains("KEY"), "{json}");
+        assert!(
+            !json.contains("realtime") && !json.contains("KEY"),
+            "{json}"
+        );
         assert!(json.starts_with(r#"{"id":"ab-n1","owner":"n1""#), "{json}");
         assert_eq!(decode(Some(&key()), &json).unwrap(), record());
         // Another key, or the blob moved to another record, does not open.

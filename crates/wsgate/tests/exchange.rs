@@ -20,7 +20,6 @@ use rcgen::{
 use serde_json::{Value, json};
 use sha2::Sha256;
 use support::{Process, TestServer, get_json, post_json, within};
-use wsgate_grpc::client::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -28,6 +27,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tokio_tungstenite::tungstenite::Message;
+use wsgate_grpc::client::*;
 
 // ---- a test PKI -------------------------------------------------------------------------
 
@@ -76,7 +76,11 @@ impl Ca {
             .distinguished_name
             .push(rcgen::DnType::CommonName, names[0]);
         if let Some(days) = days {
-            let today = (SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() / 86_400) as i64;
+            let today = (SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                / 86_400) as i64;
             let (y, m, d) = civil(today - 3000);
             params.not_before = date_time_ymd(y, m, d);
             let (y, m, d) = civil(today + days);
@@ -381,34 +385,56 @@ impl Node {
 async fn wss_with_a_test_ca_from_ssl_cert_file_and_clear_errors() {
     let ca = Ca::new("wsgate test CA");
     let ca_file = temp_file("ca.pem", &ca.pem());
-    let good = Exchange::start(Script::Hold, Some(acceptor(&ca.leaf(&["localhost"], false), None))).await;
-    let expired =
-        Exchange::start(Script::Hold, Some(acceptor(&ca.leaf(&["localhost"], true), None))).await;
-    let other_host =
-        Exchange::start(Script::Hold, Some(acceptor(&ca.leaf(&["exchange.example"], false), None)))
-            .await;
+    let good = Exchange::start(
+        Script::Hold,
+        Some(acceptor(&ca.leaf(&["localhost"], false), None)),
+    )
+    .await;
+    let expired = Exchange::start(
+        Script::Hold,
+        Some(acceptor(&ca.leaf(&["localhost"], true), None)),
+    )
+    .await;
+    let other_host = Exchange::start(
+        Script::Hold,
+        Some(acceptor(&ca.leaf(&["exchange.example"], false), None)),
+    )
+    .await;
     let private = Ca::new("private gateway CA");
-    let untrusted =
-        Exchange::start(Script::Hold, Some(acceptor(&private.leaf(&["localhost"], false), None)))
-            .await;
+    let untrusted = Exchange::start(
+        Script::Hold,
+        Some(acceptor(&private.leaf(&["localhost"], false), None)),
+    )
+    .await;
     let node = Node::start(&[("SSL_CERT_FILE", &ca_file)]).await;
 
-    let (state, err) = node.first_attempt(&good.url("localhost", true), Value::Null).await;
+    let (state, err) = node
+        .first_attempt(&good.url("localhost", true), Value::Null)
+        .await;
     assert_eq!((state.as_str(), err.as_str()), ("connected", ""));
 
-    let (state, err) = node.first_attempt(&expired.url("localhost", true), Value::Null).await;
+    let (state, err) = node
+        .first_attempt(&expired.url("localhost", true), Value::Null)
+        .await;
     assert_ne!(state, "connected");
     assert!(err.contains("certificate has expired"), "{err}");
 
-    let (_, err) = node.first_attempt(&other_host.url("localhost", true), Value::Null).await;
+    let (_, err) = node
+        .first_attempt(&other_host.url("localhost", true), Value::Null)
+        .await;
     assert!(err.contains("hostname mismatch"), "{err}");
 
-    let (_, err) = node.first_attempt(&untrusted.url("localhost", true), Value::Null).await;
+    let (_, err) = node
+        .first_attempt(&untrusted.url("localhost", true), Value::Null)
+        .await;
     assert!(err.contains("unknown issuer"), "{err}");
 
     // The same server with its CA given for this connection only.
     let (state, err) = node
-        .first_attempt(&untrusted.url("localhost", true), json!({"ca_pem": private.pem()}))
+        .first_attempt(
+            &untrusted.url("localhost", true),
+            json!({"ca_pem": private.pem()}),
+        )
         .await;
     assert_eq!((state.as_str(), err.as_str()), ("connected", ""));
 
@@ -478,9 +504,10 @@ async fn signed_logins_are_fresh_on_every_connection_and_refresh() {
         .await;
     // Connections 0..2 are dropped after their login: three re-logins, each freshly signed;
     // connection 3 stays and its login is refreshed on the open connection.
-    ex.wait("three dropped connections with good logins and two refreshes", |l| {
-        l.logins_on.len() >= 4 && l.logins_on[..3] == [1, 1, 1] && l.logins_on[3] >= 3
-    })
+    ex.wait(
+        "three dropped connections with good logins and two refreshes",
+        |l| l.logins_on.len() >= 4 && l.logins_on[..3] == [1, 1, 1] && l.logins_on[3] >= 3,
+    )
     .await;
     let log = ex.log.lock();
     assert!(log.good_logins >= 3);
@@ -524,16 +551,24 @@ async fn a_flapping_server_is_retried_with_growing_delays_then_restarted_by_the_
     assert!(gaps.windows(2).all(|w| w[1] > w[0]), "must grow: {gaps:?}");
 
     // The reconnect API restarts it with the same id, auth and subscriptions.
-    let (status, r) = post_json(&node.url(&format!("/api/v1/upstreams/{id}/reconnect")), json!({})).await;
+    let (status, r) = post_json(
+        &node.url(&format!("/api/v1/upstreams/{id}/reconnect")),
+        json!({}),
+    )
+    .await;
     assert_eq!(status, 200, "{r}");
-    ex.wait("a new connection after the restart", |l| l.accepts.len() >= 6)
-        .await;
+    ex.wait("a new connection after the restart", |l| {
+        l.accepts.len() >= 6
+    })
+    .await;
     let v = node.view(&id).await;
     assert_ne!(v["state"], "failed", "{v}");
     assert_eq!(v["subscriptions"], json!(["trades"]));
-    let (status, r) =
-        post_json(&node.url("/api/v1/upstreams/nope-x/reconnect"), json!({})).await;
-    assert_eq!((status, r["error"].as_str()), (404, Some("Connection not found")));
+    let (status, r) = post_json(&node.url("/api/v1/upstreams/nope-x/reconnect"), json!({})).await;
+    assert_eq!(
+        (status, r["error"].as_str()),
+        (404, Some("Connection not found"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -548,12 +583,17 @@ async fn retry_after_on_a_429_handshake_is_honoured() {
         }))
         .await;
     let v = node
-        .await_view(&id, "connected after the throttle", |v| v["state"] == "connected")
+        .await_view(&id, "connected after the throttle", |v| {
+            v["state"] == "connected"
+        })
         .await;
     let accepts = ex.log.lock().accepts.clone();
     assert_eq!(accepts.len(), 2, "{v}");
     let gap = accepts[1] - accepts[0];
-    assert!(gap >= Duration::from_millis(950), "waited Retry-After, not 10 ms: {gap:?}");
+    assert!(
+        gap >= Duration::from_millis(950),
+        "waited Retry-After, not 10 ms: {gap:?}"
+    );
 }
 
 /// The same signed login and a restart through gRPC: one control façade behind both codecs.
@@ -625,7 +665,10 @@ async fn grpc_connect_with_a_signed_login_and_reconnect() {
     .await
     .unwrap()
     .into_inner();
-    assert_eq!((r.success, r.error.as_str()), (false, "Connection not found"));
+    assert_eq!(
+        (r.success, r.error.as_str()),
+        (false, "Connection not found")
+    );
     srv.shutdown().await;
 }
 
@@ -644,7 +687,9 @@ async fn wsgate(args: &[&str], envs: &[(&str, &str)], stdin: &str) -> (i32, Stri
     let mut input = child.stdin.take().unwrap();
     input.write_all(stdin.as_bytes()).await.unwrap();
     drop(input);
-    let out = within("wsgate to finish", child.wait_with_output()).await.unwrap();
+    let out = within("wsgate to finish", child.wait_with_output())
+        .await
+        .unwrap();
     let o = (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -676,7 +721,11 @@ async fn doctor_tls(url: &str, ca_file: &str) -> Value {
 async fn connect_and_doctor_reach_wss() {
     let ca = Ca::new("wsgate test CA");
     let ca_file = temp_file("cli-ca.pem", &ca.pem());
-    let good = Exchange::start(Script::Hold, Some(acceptor(&ca.leaf(&["localhost"], false), None))).await;
+    let good = Exchange::start(
+        Script::Hold,
+        Some(acceptor(&ca.leaf(&["localhost"], false), None)),
+    )
+    .await;
     let url = good.url("localhost", true);
 
     let (code, _, err) = wsgate(&["connect", &url], &[("SSL_CERT_FILE", &ca_file)], "hi\n").await;
@@ -689,22 +738,48 @@ async fn connect_and_doctor_reach_wss() {
     let tls = doctor_tls(&url, &ca_file).await;
     assert_eq!(tls["status"], "PASS", "{tls}");
     let detail = tls["detail"].as_str().unwrap();
-    for part in ["subject CN=localhost", "issuer CN=wsgate test CA", "day(s) left", "hostname matches"] {
+    for part in [
+        "subject CN=localhost",
+        "issuer CN=wsgate test CA",
+        "day(s) left",
+        "hostname matches",
+    ] {
         assert!(detail.contains(part), "{part}: {detail}");
     }
 
-    let expired = Exchange::start(Script::Hold, Some(acceptor(&ca.leaf(&["localhost"], true), None))).await;
+    let expired = Exchange::start(
+        Script::Hold,
+        Some(acceptor(&ca.leaf(&["localhost"], true), None)),
+    )
+    .await;
     let tls = doctor_tls(&expired.url("localhost", true), &ca_file).await;
     assert_eq!(tls["status"], "FAIL", "{tls}");
-    assert!(tls["detail"].as_str().unwrap().starts_with("certificate has expired"), "{tls}");
+    assert!(
+        tls["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("certificate has expired"),
+        "{tls}"
+    );
 
-    let soon = Exchange::start(Script::Hold, Some(acceptor(&ca.leaf_until(&["localhost"], Some(5)), None))).await;
+    let soon = Exchange::start(
+        Script::Hold,
+        Some(acceptor(&ca.leaf_until(&["localhost"], Some(5)), None)),
+    )
+    .await;
     let tls = doctor_tls(&soon.url("localhost", true), &ca_file).await;
     assert_eq!(tls["status"], "WARN", "{tls}");
 
-    let other = Exchange::start(Script::Hold, Some(acceptor(&ca.leaf(&["exchange.example"], false), None))).await;
+    let other = Exchange::start(
+        Script::Hold,
+        Some(acceptor(&ca.leaf(&["exchange.example"], false), None)),
+    )
+    .await;
     let tls = doctor_tls(&other.url("localhost", true), &ca_file).await;
     assert_eq!(tls["status"], "FAIL", "{tls}");
     let detail = tls["detail"].as_str().unwrap();
-    assert!(detail.starts_with("hostname mismatch") && detail.contains("hostname does NOT match"), "{detail}");
+    assert!(
+        detail.starts_with("hostname mismatch") && detail.contains("hostname does NOT match"),
+        "{detail}"
+    );
 }

@@ -58,7 +58,9 @@ pub fn validate(spec: &UpstreamSpec) -> Result<(), UpstreamError> {
         spec.auth.as_ref().and_then(|a| a.expect.as_ref())
         && (field.is_empty() || serde_json::from_str::<serde_json::Value>(equals).is_err())
     {
-        return bad("auth.expect.field must not be empty and auth.expect.equals must be a JSON value");
+        return bad(
+            "auth.expect.field must not be empty and auth.expect.equals must be a JSON value",
+        );
     }
     if let Some(a) = &spec.auth {
         if a.sign.as_ref().is_some_and(|s| s.secret.is_empty()) {

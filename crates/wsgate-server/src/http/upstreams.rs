@@ -76,7 +76,9 @@ fn auth_expect(v: Option<Value>) -> Result<Option<AuthExpect>, ApiError> {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(AuthExpect::Contains(s)),
         Some(Value::Object(o))
-            if o.len() == 2 && o.get("field").is_some_and(Value::is_string) && o.contains_key("equals") =>
+            if o.len() == 2
+                && o.get("field").is_some_and(Value::is_string)
+                && o.contains_key("equals") =>
         {
             Some(AuthExpect::Field {
                 field: o["field"].as_str().unwrap_or_default().to_string(),

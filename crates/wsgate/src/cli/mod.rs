@@ -109,7 +109,9 @@ pub async fn ws_connect(
     req: tungstenite::handshake::client::Request,
 ) -> Result<
     (
-        tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
         tungstenite::handshake::client::Response,
     ),
     tungstenite::Error,

@@ -99,28 +99,32 @@ pub async fn check_tls(host: &str, addrs: &[SocketAddr], timeout: Duration) -> C
     let inner = match WebPkiServerVerifier::builder_with_provider(roots, provider.clone()).build() {
         Ok(v) => v,
         Err(e) => {
-            return CheckResult::fail("tls", format!("no trusted root certificates: {e}"))
-                .fix("install the CA certificates package, or point SSL_CERT_FILE at a PEM bundle");
+            return CheckResult::fail("tls", format!("no trusted root certificates: {e}")).fix(
+                "install the CA certificates package, or point SSL_CERT_FILE at a PEM bundle",
+            );
         }
     };
     let verifier = Arc::new(Recording {
         inner,
         seen: seen.clone(),
     });
-    let config = match ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions() {
-        Ok(b) => b
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth(),
-        Err(e) => return CheckResult::fail("tls", e.to_string()),
-    };
+    let config =
+        match ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions() {
+            Ok(b) => b
+                .dangerous()
+                .with_custom_certificate_verifier(verifier)
+                .with_no_client_auth(),
+            Err(e) => return CheckResult::fail("tls", e.to_string()),
+        };
     let Ok(name) = ServerName::try_from(host.to_string()) else {
         return CheckResult::fail("tls", format!("`{host}` is not a valid TLS server name"));
     };
     let start = std::time::Instant::now();
     let handshake = async {
         let tcp = TcpStream::connect(addrs).await?;
-        TlsConnector::from(Arc::new(config)).connect(name, tcp).await
+        TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
     };
     let outcome = tokio::time::timeout(timeout, handshake).await;
     let took = start.elapsed();
@@ -160,7 +164,10 @@ pub async fn check_tls(host: &str, addrs: &[SocketAddr], timeout: Duration) -> C
             format!("expires in {} day(s): {detail}", facts.days_left),
         )
         .fix("renew the certificate before it expires"),
-        Ok(()) => CheckResult::pass("tls", format!("trusted, handshake in {}: {detail}", ms(took))),
+        Ok(()) => CheckResult::pass(
+            "tls",
+            format!("trusted, handshake in {}: {detail}", ms(took)),
+        ),
     }
 }
 
