@@ -509,10 +509,11 @@ async fn signed_logins_are_fresh_on_every_connection_and_refresh() {
         |l| l.logins_on.len() >= 4 && l.logins_on[..3] == [1, 1, 1] && l.logins_on[3] >= 3,
     )
     .await;
-    let log = ex.log.lock();
-    assert!(log.good_logins >= 3);
-    assert!(log.bad_logins.is_empty(), "{:?}", log.bad_logins);
-    drop(log);
+    {
+        let log = ex.log.lock();
+        assert!(log.good_logins >= 3);
+        assert!(log.bad_logins.is_empty(), "{:?}", log.bad_logins);
+    }
     // The secret is never shown.
     let v = node.view(&id).await;
     assert_eq!(v["state"], "connected", "{v}");
