@@ -157,15 +157,21 @@ async fn reject_mode_fails_fast_with_exact_text() {
     client.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn outbox_mode_queues_in_order_and_overflow_is_an_error() {
+/// A JSON-correlated client in outbox mode whose server refuses it (for now).
+async fn offline_client(capacity: usize) -> (TestServer, Client, wsgate_client::Events) {
     let server = TestServer::start(TestServerConfig::default()).await;
     server.set_refusing(true);
     let cfg = fast_config(server.url())
-        .offline(OfflinePolicy::Outbox { capacity: 3 })
+        .offline(OfflinePolicy::Outbox { capacity })
         .correlation(Correlation::JsonField("id".into()));
-    let (client, _events) = Client::spawn(cfg);
+    let (client, events) = Client::spawn(cfg);
     server_wait(&server, |l| l.refused >= 1).await;
+    (server, client, events)
+}
+
+#[tokio::test]
+async fn outbox_mode_queues_in_order_and_overflow_is_an_error() {
+    let (server, client, _events) = offline_client(3).await;
     client.send("one").await.unwrap();
     client.send("two").await.unwrap();
     // A request queued offline is answered once connected.
@@ -260,13 +266,7 @@ async fn snapshot_counts_messages_and_bytes_each_way() {
 
 #[tokio::test]
 async fn a_request_that_timed_out_while_queued_offline_is_never_sent() {
-    let server = TestServer::start(TestServerConfig::default()).await;
-    server.set_refusing(true);
-    let cfg = fast_config(server.url())
-        .offline(OfflinePolicy::Outbox { capacity: 10 })
-        .correlation(Correlation::JsonField("id".into()));
-    let (client, _events) = Client::spawn(cfg);
-    server_wait(&server, |l| l.refused >= 1).await;
+    let (server, client, _events) = offline_client(10).await;
     let err = client
         .request(r#"{"op":"request","id":"stale"}"#, 30 * MS)
         .await

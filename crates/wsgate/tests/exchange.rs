@@ -673,31 +673,10 @@ async fn grpc_connect_with_a_signed_login_and_reconnect() {
     srv.shutdown().await;
 }
 
-/// Runs the real `wsgate ARGS` with `envs`, bounded; returns (exit code, stdout, stderr).
+/// `wsgate ARGS` with `envs`: (exit code, stdout, stderr).
 async fn wsgate(args: &[&str], envs: &[(&str, &str)], stdin: &str) -> (i32, String, String) {
-    use std::process::Stdio;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
-        .args(args)
-        .envs(envs.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn wsgate");
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.as_bytes()).await.unwrap();
-    drop(input);
-    let out = within("wsgate to finish", child.wait_with_output())
-        .await
-        .unwrap();
-    let o = (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    eprintln!("wsgate {args:?} → {}\n{}\n{}", o.0, o.1, o.2);
-    o
+    let o = support::run_cli(args, envs, stdin).await;
+    (o.code, o.stdout, o.stderr)
 }
 
 /// Doctor's `tls` check, from `wsgate doctor URL --json`.

@@ -249,7 +249,9 @@ impl UpstreamManager {
         Ok(Outcome::Done)
     }
 
-    async fn disconnect_local(&self, id: &str) -> Result<(), UpstreamError> {
+    /// Takes connection `id` out of this node and closes it (its pump finished, its gauge
+    /// cleared); the record is left alone.
+    async fn close_local(&self, id: &str) -> Result<Arc<Upstream>, UpstreamError> {
         let Some((_, up)) = self.conns.remove(id) else {
             return Err(self
                 .lookup(id)
@@ -259,6 +261,11 @@ impl UpstreamManager {
         };
         up.close(CLOSE_WAIT).await;
         up.shared.gauge.clear(&self.parts.metrics);
+        Ok(up)
+    }
+
+    async fn disconnect_local(&self, id: &str) -> Result<(), UpstreamError> {
+        self.close_local(id).await?;
         if let Err(e) = self.parts.records.upstream_delete(id).await {
             self.parts.metrics.store_errors.inc();
             warn!(upstream_id = %id, error = %e, "upstream record delete failed");
@@ -271,15 +278,7 @@ impl UpstreamManager {
     /// subscriptions, auth and publish topic; a new client, so a fresh backoff and breaker
     /// (the way out of `failed`).
     async fn restart_local(&self, id: &str) -> Result<(), UpstreamError> {
-        let Some((_, old)) = self.conns.remove(id) else {
-            return Err(self
-                .lookup(id)
-                .await
-                .err()
-                .unwrap_or(UpstreamError::NotFound));
-        };
-        old.close(CLOSE_WAIT).await;
-        old.shared.gauge.clear(&self.parts.metrics);
+        let old = self.close_local(id).await?;
         let mut record = old.shared.record.lock().await.clone();
         record.state = state_name(ConnectionState::Connecting).to_string();
         self.start(record).await;
