@@ -126,6 +126,11 @@ impl Backoff {
         self
     }
 
+    /// The cap on any single delay ([`Backoff::max_delay`]).
+    pub fn delay_cap(&self) -> Duration {
+        self.max_delay
+    }
+
     /// The configured attempt limit.
     pub fn attempt_limit(&self) -> Option<u32> {
         self.max_attempts

@@ -4,7 +4,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{Backoff, BreakerConfig, Correlation, JitterSource, Message, RandomJitter};
+use crate::{
+    Backoff, BreakerConfig, Correlation, JitterSource, Message, RandomJitter, Signer, TlsOptions,
+};
 
 /// Default TCP + TLS + WebSocket handshake timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,7 +97,8 @@ impl fmt::Debug for Matcher {
 
 /// The authentication step, run on every (re)connect before anything else.
 ///
-/// Its messages are sent in order; then, if [`Auth::expect`] is set, the
+/// Its messages are templates rendered afresh for every attempt (see [`Auth::sign`] and the
+/// placeholders of `sign.rs`), then sent in order; then, if [`Auth::expect`] is set, the
 /// driver waits up to [`Auth::timeout`] for a matching reply. A reply matching
 /// [`Auth::reject`], a timeout or a socket error fails the attempt (it counts
 /// towards backoff and the breaker). Other frames received meanwhile are
@@ -106,6 +109,8 @@ pub struct Auth {
     pub(crate) expect: Option<Matcher>,
     pub(crate) reject: Option<Matcher>,
     pub(crate) timeout: Duration,
+    pub(crate) signer: Option<Signer>,
+    pub(crate) refresh: Option<Duration>,
 }
 
 impl Default for Auth {
@@ -115,6 +120,8 @@ impl Default for Auth {
             expect: None,
             reject: None,
             timeout: DEFAULT_AUTH_TIMEOUT,
+            signer: None,
+            refresh: None,
         }
     }
 }
@@ -146,6 +153,19 @@ impl Auth {
     /// How long to wait for the expected reply. Default 10 s.
     pub fn timeout(mut self, d: Duration) -> Self {
         self.timeout = d;
+        self
+    }
+
+    /// Computes `{{signature}}` in the messages, afresh for every attempt. Default none.
+    pub fn sign(mut self, s: Signer) -> Self {
+        self.signer = Some(s);
+        self
+    }
+
+    /// Re-sends the messages (freshly rendered) on the open connection every `period`, for
+    /// logins that expire. Replies are ordinary messages. Default none.
+    pub fn refresh(mut self, period: Duration) -> Self {
+        self.refresh = Some(period).filter(|p| !p.is_zero());
         self
     }
 }
@@ -210,6 +230,8 @@ pub struct ClientConfig {
     pub(crate) subprotocol: Option<String>,
     pub(crate) auto_reconnect: bool,
     pub(crate) backoff: Backoff,
+    pub(crate) min_stable: Option<Duration>,
+    pub(crate) tls: TlsOptions,
     pub(crate) jitter: JitterFactory,
     pub(crate) breaker: BreakerConfig,
     pub(crate) auth: Option<Auth>,
@@ -238,6 +260,8 @@ impl fmt::Debug for ClientConfig {
             .field("subprotocol", &self.subprotocol)
             .field("auto_reconnect", &self.auto_reconnect)
             .field("backoff", &self.backoff)
+            .field("min_stable", &self.min_stable)
+            .field("tls", &self.tls)
             .field("breaker", &self.breaker)
             .field("auth", &self.auth.is_some())
             .field("heartbeat", &self.heartbeat)
@@ -257,6 +281,8 @@ impl ClientConfig {
             subprotocol: None,
             auto_reconnect: true,
             backoff: Backoff::default(),
+            min_stable: None,
+            tls: TlsOptions::default(),
             jitter: Arc::new(|| Box::new(RandomJitter)),
             breaker: BreakerConfig::default(),
             auth: None,
@@ -302,6 +328,21 @@ impl ClientConfig {
     /// Reconnect delay policy. Default [`Backoff::default`].
     pub fn backoff(mut self, b: Backoff) -> Self {
         self.backoff = b;
+        self
+    }
+
+    /// How long a connection must stay up (authenticated and subscribed) before it counts
+    /// as a success that resets the backoff and closes the breaker; a shorter one counts
+    /// as a failed attempt, so a server that accepts and drops at once is retried with
+    /// growing delays. Default: the backoff's `max_delay`.
+    pub fn min_stable(mut self, d: Duration) -> Self {
+        self.min_stable = Some(d);
+        self
+    }
+
+    /// TLS settings for `wss://` (extra CA, client certificate). Default: platform roots.
+    pub fn tls(mut self, t: TlsOptions) -> Self {
+        self.tls = t;
         self
     }
 

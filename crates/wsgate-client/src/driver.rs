@@ -15,6 +15,12 @@
 //! handed from step to step of one attempt, dropped by the step that fails, and owned by
 //! `session` once ready (dropped when it returns); the heartbeat timers are locals of
 //! `session`; no task is spawned per connection.
+//!
+//! The handshake is ours down to TCP: the TLS step (`tls.rs`) sets the trust store and the
+//! error strings, and a 429/503 answer's `Retry-After` becomes [`Error::Throttled`] for the
+//! machine to honour. Auth messages are rendered afresh for every attempt and every
+//! refresh (`sign.rs`). A request queued offline whose caller has given up is dropped from
+//! the outbox, never sent late.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -35,7 +41,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::breaker::{BreakerState, CircuitBreaker};
 use crate::correlation::{CorrelationId, Pending, Routed};
-use crate::machine::{Action, Input, Machine};
+use crate::machine::{Action, Input, Machine, Settings};
 use crate::stats::Shared;
 use crate::subscriptions::{Added, Subscriptions};
 use crate::{
@@ -44,6 +50,13 @@ use crate::{
 };
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A message waiting in the offline outbox; a request's id, to drop it once its caller
+/// has given up.
+struct Queued {
+    msg: Message,
+    request: Option<CorrelationId>,
+}
 type ReplyTx = oneshot::Sender<Result<Message, Error>>;
 
 /// Requests from handles to the driver.
@@ -85,7 +98,9 @@ pub(crate) struct Driver {
     cmd_rx: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
     subs: Subscriptions,
-    outbox: VecDeque<Message>,
+    outbox: VecDeque<Queued>,
+    /// The rustls configuration, built at the first `wss://` attempt.
+    tls: Option<Arc<rustls::ClientConfig>>,
     pending: Pending,
     machine: Machine,
     /// Data frames that arrived during auth, emitted once the connection is ready.
@@ -101,11 +116,16 @@ impl Driver {
         cmd_rx: mpsc::Receiver<Command>,
         events: mpsc::Sender<Event>,
     ) -> Self {
+        let cap = cfg.backoff.delay_cap();
         let machine = Machine::new(
             cfg.backoff.start_with((cfg.jitter)()),
             CircuitBreaker::new(cfg.breaker),
-            cfg.auto_reconnect,
-            cfg.auth.is_some(),
+            Settings {
+                auto_reconnect: cfg.auto_reconnect,
+                has_auth: cfg.auth.is_some(),
+                min_stable: cfg.min_stable.unwrap_or(cap),
+                retry_after_cap: cap,
+            },
         );
         Self {
             cfg,
@@ -115,6 +135,7 @@ impl Driver {
             events,
             subs: Subscriptions::default(),
             outbox: VecDeque::new(),
+            tls: None,
             pending: Pending::default(),
             machine,
             early: Vec::new(),
@@ -182,9 +203,9 @@ impl Driver {
                     Err(e) => Input::AttemptFailed(e),
                 });
             }
-            Action::Serve => {
+            Action::Serve { stable_at } => {
                 let socket = ws.take().expect("serve follows the restore");
-                return Some(self.session(socket).await);
+                return Some(self.session(socket, stable_at).await);
             }
             Action::Wait(until) => return Some(self.wait(until).await),
             Action::Breaker(t) => {
@@ -236,19 +257,19 @@ impl Driver {
     async fn handshake(&mut self) -> Result<Ws, Input> {
         let failed = |e| Input::AttemptFailed(e);
         let request = self.build_request().map_err(failed)?;
+        let tls = match request.uri().scheme_str() {
+            Some("wss") => Some(self.tls_config().map_err(failed)?),
+            _ => None,
+        };
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(self.cfg.read_buffer_size)
             .max_message_size(self.cfg.max_message_size);
-        let connect = tokio::time::timeout(
-            self.cfg.connect_timeout,
-            tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true),
-        );
+        let connect = tokio::time::timeout(self.cfg.connect_timeout, open(request, tls, ws_config));
         tokio::pin!(connect);
         loop {
             tokio::select! {
                 res = &mut connect => return match res {
-                    Ok(Ok((ws, _resp))) => Ok(ws),
-                    Ok(Err(e)) => Err(failed(Error::Connect(e.to_string()))),
+                    Ok(res) => res.map_err(failed),
                     Err(_) => Err(failed(Error::Connect(format!(
                         "handshake timed out after {:?}", self.cfg.connect_timeout
                     )))),
@@ -260,6 +281,15 @@ impl Driver {
                 }
             }
         }
+    }
+
+    fn tls_config(&mut self) -> Result<Arc<rustls::ClientConfig>, Error> {
+        if let Some(c) = &self.tls {
+            return Ok(c.clone());
+        }
+        let c = self.cfg.tls.client_config()?;
+        self.tls = Some(c.clone());
+        Ok(c)
     }
 
     /// Replays every subscription in insertion order, then flushes the outbox. Commands
@@ -274,8 +304,16 @@ impl Driver {
         for msg in subs {
             self.write(ws, msg).await?;
         }
+        // Requests whose callers gave up (timed out) while queued are never sent.
+        self.pending.sweep(std::time::Instant::now());
+        self.outbox.retain(|q| {
+            q.request
+                .as_ref()
+                .is_none_or(|id| self.pending.contains(id))
+        });
+        self.shared.status().pending_requests = self.pending.len();
         // Pop only after a successful write: a failed flush keeps the message.
-        while let Some(msg) = self.outbox.front().cloned() {
+        while let Some(msg) = self.outbox.front().map(|q| q.msg.clone()) {
             self.write(ws, msg).await?;
             self.outbox.pop_front();
         }
@@ -310,7 +348,7 @@ impl Driver {
         let Some(auth) = self.cfg.auth.clone() else {
             return Ok(Vec::new());
         };
-        for msg in auth.messages {
+        for msg in crate::sign::render(&auth.messages, auth.signer.as_ref()) {
             self.write(ws, msg)
                 .await
                 .map_err(|e| Error::Auth(e.to_string()))?;
@@ -348,8 +386,9 @@ impl Driver {
         }
     }
 
-    /// Serves a ready connection until it fails or the client stops.
-    async fn session(&mut self, mut ws: Ws) -> Input {
+    /// Serves a ready connection until it fails or the client stops. At `stable_at` the
+    /// machine hears that the connection proved stable; its answer is bookkeeping only.
+    async fn session(&mut self, mut ws: Ws, stable_at: Option<Instant>) -> Input {
         let hb = self.cfg.heartbeat.clone();
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
         let mut ping = hb.as_ref().map(|h| {
@@ -358,6 +397,12 @@ impl Driver {
             i
         });
         let silence_limit = hb.as_ref().map(|h| h.timeout);
+        let auth = self.cfg.auth.clone();
+        let mut refresh = auth.as_ref().and_then(|a| a.refresh).map(|p| {
+            let mut i = tokio::time::interval_at(Instant::now() + p, p);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
         let mut last_rx = Instant::now();
         // Re-armed only when it fires (not per frame): cheap on busy sockets.
         let silence = sleep_until(silence_limit.map_or(far, |t| last_rx + t));
@@ -367,6 +412,9 @@ impl Driver {
         let sweep = sleep_until(sweep_armed.unwrap_or(far));
         tokio::pin!(sweep);
         let mut server_close: Option<Error> = None;
+        let mut unproven = stable_at.is_some();
+        let stable = sleep_until(stable_at.unwrap_or(far));
+        tokio::pin!(stable);
 
         let end = loop {
             tokio::select! {
@@ -414,6 +462,27 @@ impl Driver {
                     };
                     if let Err(e) = self.write_raw(&mut ws, frame).await {
                         break Input::Lost(e);
+                    }
+                }
+                _ = async { refresh.as_mut().expect("guarded").tick().await }, if refresh.is_some() => {
+                    let auth = auth.as_ref().expect("refresh comes with auth");
+                    debug!("refreshing the login");
+                    let mut res = Ok(());
+                    for msg in crate::sign::render(&auth.messages, auth.signer.as_ref()) {
+                        res = self.write(&mut ws, msg).await;
+                        if res.is_err() {
+                            break;
+                        }
+                    }
+                    if let Err(e) = res {
+                        break Input::Lost(e);
+                    }
+                }
+                _ = &mut stable, if unproven => {
+                    unproven = false;
+                    for action in self.machine.on(Input::Stable, Instant::now()) {
+                        let next = Box::pin(self.perform(action, &mut None)).await;
+                        debug_assert!(next.is_none(), "stability changes bookkeeping only");
                     }
                 }
                 _ = &mut silence, if silence_limit.is_some() => {
@@ -519,7 +588,7 @@ impl Driver {
         let Some(cmd) = cmd else { return Flow::Stop };
         match cmd {
             Command::Send { msg, ack } => {
-                let _ = ack.send(self.enqueue(msg));
+                let _ = ack.send(self.enqueue(msg, None));
             }
             Command::Request {
                 msg,
@@ -529,7 +598,7 @@ impl Driver {
                 let Some((frame, id, reply)) = self.tag_request(msg, reply) else {
                     return Flow::Continue;
                 };
-                match self.enqueue(frame) {
+                match self.enqueue(frame, Some(id.clone())) {
                     // The sweep is armed when the session starts (see `session`).
                     Ok(()) => self.pending.insert(id, reply, deadline.into_std()),
                     Err(e) => {
@@ -566,9 +635,7 @@ impl Driver {
         match self.cfg.correlation.tag(msg) {
             Ok((frame, id)) if !self.pending.contains(&id) => Some((frame, id, reply)),
             Ok(_) => {
-                let _ = reply.send(Err(Error::InvalidRequest(
-                    "duplicate correlation id in flight".into(),
-                )));
+                let _ = reply.send(Err(Error::RequestIdPending));
                 None
             }
             Err(e) => {
@@ -578,14 +645,14 @@ impl Driver {
         }
     }
 
-    fn enqueue(&mut self, msg: Message) -> Result<(), Error> {
+    fn enqueue(&mut self, msg: Message, request: Option<CorrelationId>) -> Result<(), Error> {
         match self.cfg.offline {
             OfflinePolicy::Reject => Err(Error::NotConnected),
             OfflinePolicy::Outbox { capacity } if self.outbox.len() >= capacity => {
                 Err(Error::OutboxFull { capacity })
             }
             OfflinePolicy::Outbox { .. } => {
-                self.outbox.push_back(msg);
+                self.outbox.push_back(Queued { msg, request });
                 self.shared.status().outbox_len = self.outbox.len();
                 Ok(())
             }
@@ -657,6 +724,63 @@ impl Driver {
     }
 }
 
+/// TCP, TLS for `wss://`, then the WebSocket handshake.
+async fn open(
+    request: tungstenite::handshake::client::Request,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    ws_config: WebSocketConfig,
+) -> Result<Ws, Error> {
+    let uri = request.uri();
+    let host = uri
+        .host()
+        .ok_or_else(|| Error::InvalidConfig("url has no host".into()))?
+        .to_string();
+    let port = uri
+        .port_u16()
+        .unwrap_or(if tls.is_some() { 443 } else { 80 });
+    let addr = host.trim_start_matches('[').trim_end_matches(']');
+    let tcp = TcpStream::connect((addr, port))
+        .await
+        .map_err(|e| Error::Connect(e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    let stream = match tls {
+        Some(config) => MaybeTlsStream::Rustls(crate::tls::connect(config, &host, tcp).await?),
+        None => MaybeTlsStream::Plain(tcp),
+    };
+    match tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config)).await {
+        Ok((ws, _resp)) => Ok(ws),
+        Err(tungstenite::Error::Http(resp)) => Err(rejected(&resp)),
+        Err(e) => Err(Error::Connect(e.to_string())),
+    }
+}
+
+/// A handshake answered with an HTTP error: 429/503 with a `Retry-After` (seconds or an
+/// HTTP date) is [`Error::Throttled`].
+fn rejected(resp: &tungstenite::http::Response<Option<Vec<u8>>>) -> Error {
+    let status = resp.status().as_u16();
+    let retry_after = (status == 429 || status == 503)
+        .then(|| resp.headers().get("retry-after")?.to_str().ok())
+        .flatten()
+        .and_then(parse_retry_after);
+    match retry_after {
+        Some(retry_after) => Error::Throttled {
+            status,
+            retry_after,
+        },
+        None => Error::Connect(format!("HTTP error: {}", resp.status())),
+    }
+}
+
+/// `Retry-After`: delta-seconds or an HTTP date (a date in the past is no wait).
+fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(SystemTime::now()).unwrap_or_default())
+}
+
 fn close_text(frame: Option<&CloseFrame>) -> String {
     frame.map_or_else(
         || "no close frame".into(),
@@ -667,4 +791,25 @@ fn close_text(frame: Option<&CloseFrame>) -> String {
 fn preview(msg: &Message) -> String {
     let s = String::from_utf8_lossy(msg.as_bytes());
     s.chars().take(200).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
+        let soon = SystemTime::now() + Duration::from_secs(30);
+        let got = parse_retry_after(&httpdate::fmt_http_date(soon)).unwrap();
+        assert!(
+            got > Duration::from_secs(27) && got <= Duration::from_secs(30),
+            "{got:?}"
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
 }

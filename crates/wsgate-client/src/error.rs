@@ -45,6 +45,24 @@ pub enum Error {
     #[error("connect failed: {0}")]
     Connect(String),
 
+    /// The TLS handshake failed (`certificate has expired`, `unknown issuer`,
+    /// `hostname mismatch`, …).
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
+
+    /// The server answered the handshake with 429 or 503 and a `Retry-After`.
+    #[error("connect failed: HTTP {status}, retry after {retry_after:?}")]
+    Throttled {
+        /// The HTTP status.
+        status: u16,
+        /// The server's `Retry-After` (the wait is capped by the backoff's `max_delay`).
+        retry_after: std::time::Duration,
+    },
+
+    /// A caller-supplied correlation id is still in flight. Exact text is API.
+    #[error("Request id already pending")]
+    RequestIdPending,
+
     /// The authentication step failed: rejected, timed out or the socket died.
     #[error("authentication failed: {0}")]
     Auth(String),

@@ -66,8 +66,12 @@
 //! # Ok(()) }
 //! ```
 //!
+//! - **`wss://`** through rustls: platform roots plus `SSL_CERT_FILE` / `SSL_CERT_DIR`,
+//!   an optional CA bundle and client certificate per connection ([`TlsOptions`]).
+//! - **Flapping.** A connection counts as a success only once it stayed up for
+//!   [`ClientConfig::min_stable`]; `Retry-After` on a 429/503 handshake is honoured.
+//!
 //! ## Features
-//! - `rustls` / `native-tls`: `wss://` support.
 //! - `test-support`: [`test_support`], a scriptable upstream test server.
 
 #![warn(missing_docs)]
@@ -81,8 +85,10 @@ mod error;
 mod event;
 mod machine;
 mod message;
+mod sign;
 mod stats;
 mod subscriptions;
+mod tls;
 
 #[cfg(feature = "test-support")]
 pub mod test_support;
@@ -102,8 +108,10 @@ pub use correlation::{Correlation, uuid_prefixed};
 pub use error::{Error, Result};
 pub use event::{CloseReason, Event, Events};
 pub use message::{Message, Utf8Bytes};
+pub use sign::{SignAlgorithm, SignEncoding, Signer, Values};
 pub use stats::{ConnectionState, Snapshot};
 pub use subscriptions::{Added, Subscription, Subscriptions};
+pub use tls::{TlsOptions, describe as describe_tls_error, platform_roots};
 pub use wsgate_backoff::{
     Backoff, BackoffState, DEFAULT_INITIAL_DELAY, DEFAULT_JITTER, DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_DELAY, FixedJitter, JitterSource, RandomJitter,

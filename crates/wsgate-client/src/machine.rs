@@ -21,6 +21,14 @@
 //!                 │ WaitOver ─▶ Connecting        out of attempts ─▶ Failed
 //!  Stop (any non-terminal phase) ─▶ Closed;  Lost without auto_reconnect ─▶ Closed
 //! ```
+//!
+//! **Flapping.** Being ready is not yet a success: a connection counts as one (the backoff
+//! resets, the breaker closes) only once it stayed up for `min_stable` (`Serve` carries
+//! the instant; the session reports `Stable` then, and stays open). One lost sooner
+//! counts as a failed attempt, so a server that accepts, authenticates and closes at once
+//! is retried with growing delays and can open the breaker, instead of being hammered at
+//! the first delay forever. A handshake answered 429/503 with `Retry-After` waits at least
+//! that long (capped by the backoff's `max_delay`).
 
 use std::time::Duration;
 
@@ -86,6 +94,8 @@ pub(crate) enum Input {
     Restored,
     /// The handshake, auth or replay failed.
     AttemptFailed(Error),
+    /// A ready connection stayed up for `min_stable` (reported by the session, which goes on).
+    Stable,
     /// A ready connection ended.
     Lost(Error),
     /// The backoff wait is over.
@@ -108,8 +118,12 @@ pub(crate) enum Action {
     Authenticate,
     /// Replay subscriptions, flush the outbox → `Restored` / `AttemptFailed`.
     Restore,
-    /// Serve the ready connection until it ends → `Lost` / `Stop`.
-    Serve,
+    /// Serve the ready connection until it ends → `Lost` / `Stop`; report `Stable` at
+    /// `stable_at` (`None`: already counted as stable).
+    Serve {
+        /// When the connection counts as stable.
+        stable_at: Option<Instant>,
+    },
     /// Sleep until then, serving commands offline → `WaitOver` / `Stop`.
     Wait(Instant),
     /// Log and show the breaker's state change.
@@ -144,22 +158,35 @@ pub(crate) struct Machine {
     auto_reconnect: bool,
     has_auth: bool,
     ever_connected: bool,
+    /// How long a ready connection must last to count as a success.
+    min_stable: Duration,
+    /// Cap on a server's `Retry-After` (the backoff's `max_delay`).
+    retry_after_cap: Duration,
+    /// The current connection is ready but not yet stable.
+    unproven: bool,
+}
+
+/// What the machine is built from, beside its policies.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    pub auto_reconnect: bool,
+    pub has_auth: bool,
+    pub min_stable: Duration,
+    pub retry_after_cap: Duration,
 }
 
 impl Machine {
-    pub fn new(
-        backoff: BackoffState,
-        breaker: CircuitBreaker,
-        auto_reconnect: bool,
-        has_auth: bool,
-    ) -> Self {
+    pub fn new(backoff: BackoffState, breaker: CircuitBreaker, settings: Settings) -> Self {
         Self {
             phase: Phase::Connecting,
             backoff,
             breaker,
-            auto_reconnect,
-            has_auth,
+            auto_reconnect: settings.auto_reconnect,
+            has_auth: settings.has_auth,
             ever_connected: false,
+            min_stable: settings.min_stable,
+            retry_after_cap: settings.retry_after_cap,
+            unproven: false,
         }
     }
 
@@ -192,7 +219,7 @@ impl Machine {
                 self.phase = Phase::Subscribing;
                 vec![Action::Restore]
             }
-            (Phase::Subscribing, Input::Restored) => self.ready(acts),
+            (Phase::Subscribing, Input::Restored) => self.ready(now, acts),
             (
                 Phase::Connecting | Phase::Authenticating | Phase::Subscribing,
                 Input::AttemptFailed(err),
@@ -203,10 +230,20 @@ impl Machine {
                 acts.extend(tr.map(Action::Breaker));
                 self.retry(err, now, acts)
             }
+            (Phase::Active, Input::Stable) => {
+                self.proven(&mut acts);
+                self.set_phase(Phase::Active, &mut acts);
+                acts
+            }
             (Phase::Active, Input::Lost(err)) => {
                 warn!(error = %err, "connection lost");
                 acts.push(Action::FailPending(Error::ConnectionLost));
                 acts.push(Action::RecordError(err.clone()));
+                if std::mem::take(&mut self.unproven) {
+                    info!(min_stable = ?self.min_stable, "connection was not stable: backing off further");
+                    let tr = self.breaker.record_failure(now.into_std());
+                    acts.extend(tr.map(Action::Breaker));
+                }
                 if self.auto_reconnect {
                     self.retry(err, now, acts)
                 } else {
@@ -239,9 +276,22 @@ impl Machine {
         acts
     }
 
-    fn ready(&mut self, mut acts: Vec<Action>) -> Vec<Action> {
+    /// The connection proved stable: a success.
+    fn proven(&mut self, acts: &mut Vec<Action>) {
+        self.unproven = false;
         self.backoff.reset();
+        acts.push(Action::Attempts(0));
         acts.extend(self.breaker.record_success().map(Action::Breaker));
+    }
+
+    fn ready(&mut self, now: Instant, mut acts: Vec<Action>) -> Vec<Action> {
+        let stable_at = if self.min_stable.is_zero() {
+            self.proven(&mut acts);
+            None
+        } else {
+            self.unproven = true;
+            Some(now + self.min_stable.min(MAX_WAIT))
+        };
         let reconnected = self.ever_connected;
         self.ever_connected = true;
         acts.push(Action::MarkConnected { reconnected });
@@ -257,7 +307,7 @@ impl Machine {
             Event::Opened
         }));
         acts.push(Action::EmitEarly);
-        acts.push(Action::Serve);
+        acts.push(Action::Serve { stable_at });
         acts
     }
 
@@ -269,7 +319,11 @@ impl Machine {
         let retry = self.backoff.retries();
         acts.push(Action::Attempts(retry));
         let cooldown = self.breaker.remaining(now.into_std());
-        let wait = delay.max(cooldown).min(MAX_WAIT);
+        let asked = match &error {
+            Error::Throttled { retry_after, .. } => (*retry_after).min(self.retry_after_cap),
+            _ => Duration::ZERO,
+        };
+        let wait = delay.max(cooldown).max(asked).min(MAX_WAIT);
         let circuit_open = cooldown > Duration::ZERO;
         self.set_phase(Phase::BackingOff { circuit_open }, &mut acts);
         info!(retry, ?wait, "reconnecting");
@@ -316,11 +370,16 @@ mod tests {
     const SEC: Duration = Duration::from_secs(1);
 
     fn machine(backoff: Backoff, breaker: BreakerConfig, auto: bool, auth: bool) -> Machine {
+        let settings = Settings {
+            auto_reconnect: auto,
+            has_auth: auth,
+            min_stable: backoff.delay_cap(),
+            retry_after_cap: backoff.delay_cap(),
+        };
         Machine::new(
             backoff.start_with(Box::new(FixedJitter(0.0))),
             CircuitBreaker::new(breaker),
-            auto,
-            auth,
+            settings,
         )
     }
 
@@ -347,7 +406,7 @@ mod tests {
         m.on(Input::Restored, now)
     }
 
-    fn ready(reconnected: bool) -> Vec<Action> {
+    fn ready(reconnected: bool, now: Instant) -> Vec<Action> {
         vec![
             Action::MarkConnected { reconnected },
             Action::SetState(ConnectionState::Connected, closed()),
@@ -357,7 +416,9 @@ mod tests {
                 Event::Opened
             }),
             Action::EmitEarly,
-            Action::Serve,
+            Action::Serve {
+                stable_at: Some(now + Duration::from_secs(60)),
+            },
         ]
     }
 
@@ -375,7 +436,7 @@ mod tests {
         assert_eq!(m.on(Input::Opened, now), [Action::Authenticate]);
         assert_eq!(m.phase(), Phase::Authenticating);
         assert_eq!(m.on(Input::Authenticated, now), [Action::Restore]);
-        assert_eq!(m.on(Input::Restored, now), ready(false));
+        assert_eq!(m.on(Input::Restored, now), ready(false, now));
         assert_eq!(m.phase(), Phase::Active);
 
         let mut plain = default_machine(false);
@@ -417,11 +478,75 @@ mod tests {
                 Action::Connect { attempt: 1 }
             ]
         );
-        assert_eq!(connect(&mut m, later), ready(true));
-        // Success resets the backoff: the next loss waits the first delay again.
-        let acts = m.on(Input::Lost(Error::ConnectionLost), later);
+        assert_eq!(connect(&mut m, later), ready(true, later));
+        // A connection that stayed up for `min_stable` (default: the 60 s cap) is a
+        // success: it resets the backoff, and the next loss waits the first delay again.
+        let stable = later + Duration::from_secs(60);
+        assert_eq!(
+            m.on(Input::Stable, stable),
+            [
+                Action::Attempts(0),
+                Action::SetState(ConnectionState::Connected, closed())
+            ]
+        );
+        let acts = m.on(Input::Lost(Error::ConnectionLost), stable);
         assert!(acts.contains(&Action::Attempts(1)), "{acts:?}");
-        assert!(acts.contains(&Action::Wait(later + SEC)), "{acts:?}");
+        assert!(acts.contains(&Action::Wait(stable + SEC)), "{acts:?}");
+    }
+
+    #[test]
+    fn a_flapping_connection_backs_off_further_and_opens_the_breaker() {
+        let breaker = BreakerConfig {
+            failure_threshold: 3,
+            cooldown: Duration::from_secs(600),
+        };
+        let mut m = machine(Backoff::new().jitter(0.0), breaker, true, true);
+        let mut now = Instant::now();
+        m.start();
+        let mut waits = Vec::new();
+        for _ in 0..3 {
+            connect(&mut m, now);
+            // Lost right after being ready: not stable.
+            let acts = m.on(Input::Lost(Error::ConnectionLost), now);
+            let until = acts
+                .iter()
+                .find_map(|a| match a {
+                    Action::Wait(t) => Some(*t),
+                    _ => None,
+                })
+                .expect("waits");
+            waits.push(until - now);
+            now = until;
+            m.on(Input::WaitOver, now);
+        }
+        assert_eq!(waits[..2], [SEC, 2 * SEC], "grows: {waits:?}");
+        assert_eq!(
+            waits[2],
+            Duration::from_secs(600),
+            "breaker cooldown: {waits:?}"
+        );
+    }
+
+    #[test]
+    fn retry_after_is_honoured_up_to_the_cap() {
+        let now = Instant::now();
+        let backoff = Backoff::new()
+            .jitter(0.0)
+            .max_delay(Duration::from_secs(20));
+        let mut m = machine(backoff, BreakerConfig::disabled(), true, false);
+        m.start();
+        let throttled = |s| Error::Throttled {
+            status: 429,
+            retry_after: Duration::from_secs(s),
+        };
+        let acts = m.on(Input::AttemptFailed(throttled(5)), now);
+        assert!(acts.contains(&Action::Wait(now + 5 * SEC)), "{acts:?}");
+        m.on(Input::WaitOver, now);
+        let acts = m.on(Input::AttemptFailed(throttled(3600)), now);
+        assert!(
+            acts.contains(&Action::Wait(now + 20 * SEC)),
+            "capped: {acts:?}"
+        );
     }
 
     #[test]

@@ -22,6 +22,9 @@ async fn thousand_reconnects_leak_no_tasks_or_fds() {
                 .jitter(0.0)
                 .max_attempts(Some(3)),
         )
+        // Every drop here is forced right after the restore: counted as stable, so the
+        // attempt limit applies per drop (flapping is `reconnect.rs`'s subject).
+        .min_stable(std::time::Duration::ZERO)
         // Timers armed on every connection must be released with it.
         .heartbeat(Some(Heartbeat::default()))
         .auth(

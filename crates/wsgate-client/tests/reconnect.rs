@@ -196,7 +196,10 @@ async fn breaker_opens_half_opens_and_failed_probe_reopens() {
         .breaker(BreakerConfig {
             failure_threshold: 3,
             cooldown,
-        });
+        })
+        // The successful probe counts at once (no stability period), so the breaker is
+        // closed when `Opened` arrives.
+        .min_stable(Duration::ZERO);
     let (client, mut events) = Client::spawn(cfg);
     let mut state = client.watch_state();
 

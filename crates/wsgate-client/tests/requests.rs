@@ -157,15 +157,21 @@ async fn reject_mode_fails_fast_with_exact_text() {
     client.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn outbox_mode_queues_in_order_and_overflow_is_an_error() {
+/// A JSON-correlated client in outbox mode whose server refuses it (for now).
+async fn offline_client(capacity: usize) -> (TestServer, Client, wsgate_client::Events) {
     let server = TestServer::start(TestServerConfig::default()).await;
     server.set_refusing(true);
     let cfg = fast_config(server.url())
-        .offline(OfflinePolicy::Outbox { capacity: 3 })
+        .offline(OfflinePolicy::Outbox { capacity })
         .correlation(Correlation::JsonField("id".into()));
-    let (client, _events) = Client::spawn(cfg);
+    let (client, events) = Client::spawn(cfg);
     server_wait(&server, |l| l.refused >= 1).await;
+    (server, client, events)
+}
+
+#[tokio::test]
+async fn outbox_mode_queues_in_order_and_overflow_is_an_error() {
+    let (server, client, _events) = offline_client(3).await;
     client.send("one").await.unwrap();
     client.send("two").await.unwrap();
     // A request queued offline is answered once connected.
@@ -255,5 +261,65 @@ async fn snapshot_counts_messages_and_bytes_each_way() {
     assert_eq!((s.total_attempts, s.reconnects, s.attempts), (1, 0, 0));
     assert!(s.connected_since.is_some());
     assert_eq!(s.last_error, None);
+    client.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_request_that_timed_out_while_queued_offline_is_never_sent() {
+    let (server, client, _events) = offline_client(10).await;
+    let err = client
+        .request(r#"{"op":"request","id":"stale"}"#, 30 * MS)
+        .await
+        .unwrap_err();
+    assert_eq!(err, Error::RequestTimeout);
+    client.send("after").await.unwrap();
+    server.set_refusing(false);
+    let log = server_wait(&server, |l| l.count_on(1) >= 1).await;
+    assert_eq!(
+        log.texts_on(1),
+        vec!["after"],
+        "the timed-out request was dropped"
+    );
+    assert_eq!(client.snapshot().pending_requests, 0);
+    client.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_caller_id_still_pending_is_refused() {
+    let server = TestServer::start(TestServerConfig::default()).await;
+    let cfg = fast_config(server.url()).correlation(Correlation::JsonField("id".into()));
+    let (client, _events) = tokio::time::timeout(T, Client::connect(cfg))
+        .await
+        .unwrap()
+        .unwrap();
+    let first = {
+        let c = client.clone();
+        tokio::spawn(async move {
+            c.request(r#"{"op":"request","id":7,"delay_ms":300}"#, T)
+                .await
+        })
+    };
+    tokio::time::timeout(T, async {
+        while client.snapshot().pending_requests != 1 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("first request in flight");
+    let err = client
+        .request(r#"{"op":"request","id":7}"#, T)
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "Request id already pending");
+    let reply = tokio::time::timeout(T, first)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        json(&reply)["id"],
+        7,
+        "the first caller still gets its reply"
+    );
     client.close().await.unwrap();
 }

@@ -15,6 +15,7 @@ use wsgate_core::control::{
 use wsgate_core::gateway::ConnectionInfo;
 use wsgate_core::seams::upstream::{
     AuthExpect, BreakerPolicy, CorrelationMode, HeartbeatPolicy, OfflineMode, ReconnectPolicy,
+    SignAlgorithm, SignEncoding, UpstreamSign, UpstreamTls,
 };
 use wsgate_core::upstream::UpstreamView;
 
@@ -73,6 +74,7 @@ outcome!(
     pb::StartPublishReply,
     pb::StopPublishReply,
     pb::DisconnectReply,
+    pb::ReconnectReply,
     pb::ListConnectionsReply,
     pb::GetConnectionReply,
     pb::PublishReply,
@@ -102,19 +104,54 @@ fn subscription(s: pb::Subscription) -> Subscribe {
 }
 
 fn auth_expect(a: &mut pb::AuthStep) -> Result<Option<AuthExpect>, ControlError> {
-    match (a.expect_contains.take(), a.expect_json_fields.take()) {
-        (None, None) => Ok(None),
-        (Some(s), None) => Ok(Some(AuthExpect::Contains(s))),
-        (None, Some(j)) => match serde_json::from_str::<serde_json::Value>(&j) {
+    let field = match (a.expect_field.take(), a.expect_equals_json.take()) {
+        (None, None) => None,
+        (Some(field), Some(equals)) => Some(AuthExpect::Field { field, equals }),
+        _ => {
+            return Err(ControlError::invalid(
+                "auth.expect_field and auth.expect_equals_json go together",
+            ));
+        }
+    };
+    match (a.expect_contains.take(), a.expect_json_fields.take(), field) {
+        (None, None, None) => Ok(None),
+        (Some(s), None, None) => Ok(Some(AuthExpect::Contains(s))),
+        (None, None, Some(f)) => Ok(Some(f)),
+        (None, Some(j), None) => match serde_json::from_str::<serde_json::Value>(&j) {
             Ok(v @ serde_json::Value::Object(_)) => Ok(Some(AuthExpect::JsonFields(v.to_string()))),
             _ => Err(ControlError::invalid(
                 "auth.expect_json_fields must be a JSON object",
             )),
         },
-        (Some(_), Some(_)) => Err(ControlError::invalid(
+        _ => Err(ControlError::invalid(
             "give at most one of auth.expect_contains and auth.expect_json_fields",
         )),
     }
+}
+
+fn sign_step(s: pb::SignStep) -> Result<UpstreamSign, ControlError> {
+    Ok(UpstreamSign {
+        algorithm: match s.algorithm.as_str() {
+            "hmac-sha256" => SignAlgorithm::HmacSha256,
+            "hmac-sha512" => SignAlgorithm::HmacSha512,
+            other => {
+                return Err(ControlError::invalid(format!(
+                    "unknown auth.sign.algorithm {other:?} (hmac-sha256 or hmac-sha512)"
+                )));
+            }
+        },
+        secret: s.secret,
+        payload: s.payload,
+        encoding: match s.encoding.as_str() {
+            "" | "hex" => SignEncoding::Hex,
+            "base64" => SignEncoding::Base64,
+            other => {
+                return Err(ControlError::invalid(format!(
+                    "unknown auth.sign.encoding {other:?} (hex or base64)"
+                )));
+            }
+        },
+    })
 }
 
 impl TryFrom<pb::ConnectRequest> for Connect {
@@ -125,8 +162,10 @@ impl TryFrom<pb::ConnectRequest> for Connect {
             None => None,
             Some(mut a) => Some(ConnectAuth {
                 expect: auth_expect(&mut a)?,
+                sign: a.sign.map(sign_step).transpose()?,
                 messages: a.messages,
                 timeout_ms: a.timeout_ms,
+                refresh_ms: a.refresh_ms,
             }),
         };
         let correlation = match pb::CorrelationMode::try_from(r.correlation) {
@@ -158,6 +197,11 @@ impl TryFrom<pb::ConnectRequest> for Connect {
         Ok(Connect {
             url: r.url,
             headers: r.headers.into_iter().collect(),
+            tls: r.tls.map(|t| UpstreamTls {
+                ca_pem: t.ca_pem,
+                client_cert_pem: t.client_cert_pem,
+                client_key_pem: t.client_key_pem,
+            }),
             auth,
             subscriptions: r.subscriptions.into_iter().map(subscription).collect(),
             auto_reconnect: r.auto_reconnect,
@@ -166,6 +210,7 @@ impl TryFrom<pb::ConnectRequest> for Connect {
                 max_ms: p.max_ms,
                 max_attempts: p.max_attempts,
                 jitter: p.jitter,
+                min_stable_ms: p.min_stable_ms,
             }),
             breaker: r.breaker.map(|b| BreakerPolicy {
                 failure_threshold: b.failure_threshold,
@@ -351,6 +396,14 @@ impl WsGate for GrpcApi {
         answer(
             self.control.disconnect_upstream(&r.connection_id).await,
             |_| pb::DisconnectReply::ok(),
+        )
+    }
+
+    async fn reconnect(&self, req: Request<pb::ReconnectRequest>) -> Reply<pb::ReconnectReply> {
+        let r = req.into_inner();
+        answer(
+            self.control.reconnect_upstream(&r.connection_id).await,
+            |_| pb::ReconnectReply::ok(),
         )
     }
 

@@ -1,9 +1,10 @@
-//! Upstream records at rest: header values and auth messages sealed with AES-256-GCM.
+//! Upstream records at rest: header values, the auth step (messages, signing secret) and
+//! the TLS settings (client key) sealed with AES-256-GCM.
 //!
 //! The stored JSON keeps what the cluster must read without the key (id, owner, state,
 //! URL host/path, subscriptions' keys and messages, policies) and replaces `spec.headers`
 //! and `spec.auth` with `sealed`: base64 of a random 96-bit nonce followed by the
-//! ciphertext of `{"headers":…,"auth":…}`, with the record id as associated data (a sealed
+//! ciphertext of `{"headers":…,"auth":…,"tls":…}`, with the record id as associated data (a sealed
 //! blob cannot be moved to another record). Without a key (`allow_insecure_dev_store`)
 //! records are stored as they are.
 
@@ -17,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use wsgate_core::seams::StoreError;
 use wsgate_core::seams::UpstreamRecord;
-use wsgate_core::seams::upstream::{UpstreamAuth, UpstreamSpec};
+use wsgate_core::seams::upstream::{UpstreamAuth, UpstreamSpec, UpstreamTls};
 
 /// The cluster key: 32 bytes shared by every node.
 #[derive(Clone)]
@@ -91,6 +92,8 @@ impl ClusterKey {
 struct Secrets {
     headers: Vec<(String, String)>,
     auth: Option<UpstreamAuth>,
+    #[serde(default)]
+    tls: Option<UpstreamTls>,
 }
 
 /// The stored form. Field order matters to `claim.lua`: `id` comes before `owner`.
@@ -112,6 +115,7 @@ pub fn encode(key: Option<&ClusterKey>, record: &UpstreamRecord) -> Result<Strin
             let secrets = Secrets {
                 headers: std::mem::take(&mut spec.headers),
                 auth: spec.auth.take(),
+                tls: spec.tls.take(),
             };
             let plain =
                 serde_json::to_vec(&secrets).map_err(|e| StoreError::Other(e.to_string()))?;
@@ -143,6 +147,7 @@ pub fn decode(key: Option<&ClusterKey>, json: &str) -> Result<UpstreamRecord, St
             .map_err(|e| StoreError::Other(format!("corrupt upstream record secrets: {e}")))?;
         spec.headers = secrets.headers;
         spec.auth = secrets.auth;
+        spec.tls = secrets.tls;
     }
     Ok(UpstreamRecord {
         id: stored.id,
@@ -157,6 +162,8 @@ pub fn decode(key: Option<&ClusterKey>, json: &str) -> Result<UpstreamRecord, St
 mod tests {
     use super::*;
 
+    use wsgate_core::seams::upstream::{SignAlgorithm, SignEncoding, UpstreamSign};
+
     fn key() -> ClusterKey {
         ClusterKey::from_base64(&B64.encode([7u8; 32])).unwrap()
     }
@@ -166,9 +173,21 @@ mod tests {
         spec.headers
             .push(("authorization".into(), "Bearer s3cr3t".into()));
         spec.auth = Some(UpstreamAuth {
-            messages: vec!["login s3cr3t".into()],
+            messages: vec!["login".into()],
             expect: None,
             timeout_ms: 5,
+            sign: Some(UpstreamSign {
+                algorithm: SignAlgorithm::HmacSha256,
+                secret: "s3cr3t".into(),
+                payload: "{{timestamp_ms}}GET/realtime".into(),
+                encoding: SignEncoding::Hex,
+            }),
+            refresh_ms: Some(60_000),
+        });
+        spec.tls = Some(UpstreamTls {
+            ca_pem: None,
+            client_cert_pem: Some("CERT".into()),
+            client_key_pem: Some("KEY s3cr3t".into()),
         });
         UpstreamRecord {
             id: "ab-n1".into(),
@@ -182,8 +201,13 @@ mod tests {
     #[test]
     fn round_trip_without_plaintext() {
         let json = encode(Some(&key()), &record()).unwrap();
+        // The header, the signing secret and the TLS key are all inside the sealed part.
         assert!(
             !json.contains("s3cr3t") && !json.contains("authorization"),
+            "{json}"
+        );
+        assert!(
+            !json.contains("realtime") && !json.contains("KEY"),
             "{json}"
         );
         assert!(json.starts_with(r#"{"id":"ab-n1","owner":"n1""#), "{json}");

@@ -347,3 +347,40 @@ pub fn hs256_token(secret: &str, claims: Value) -> String {
 pub fn in_a_minute() -> u64 {
     wsgate_core::clock::unix_ms() / 1000 + 60
 }
+
+/// What a finished `wsgate` command printed.
+pub struct CliOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the real `wsgate ARGS` with `envs` and `stdin` as its input, bounded (without the
+/// caller's `WSGATE_API_KEY` / `WSGATE_SERVER`).
+pub async fn run_cli(args: &[&str], envs: &[(&str, &str)], stdin: &str) -> CliOutput {
+    use tokio::io::AsyncWriteExt;
+    let mut child = Command::new(wsgate_bin())
+        .args(args)
+        .env_remove("WSGATE_API_KEY")
+        .env_remove("WSGATE_SERVER")
+        .envs(envs.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn wsgate");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    let out = within(&format!("wsgate {args:?}"), child.wait_with_output())
+        .await
+        .unwrap();
+    let o = CliOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    eprintln!("wsgate {args:?} → {}\n{}\n{}", o.code, o.stdout, o.stderr);
+    o
+}

@@ -12,37 +12,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
-struct Output {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
+type Output = CliOutput;
 
 /// Runs `wsgate ARGS` with `stdin` as its input, bounded.
 async fn wsgate(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(support::wsgate_bin())
-        .args(args)
-        .env_remove("WSGATE_API_KEY")
-        .env_remove("WSGATE_SERVER")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn wsgate");
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.as_bytes()).await.unwrap();
-    drop(input);
-    let out = within(&format!("wsgate {args:?}"), child.wait_with_output())
-        .await
-        .unwrap();
-    let o = Output {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    eprintln!("wsgate {args:?} → {}\n{}\n{}", o.code, o.stdout, o.stderr);
-    o
+    run_cli(args, &[], stdin).await
 }
 
 #[tokio::test]

@@ -42,6 +42,7 @@ fn fast_reconnect() -> ReconnectPolicy {
         max_ms: 20,
         max_attempts: None,
         jitter: 0.0,
+        min_stable_ms: None,
     }
 }
 
@@ -583,6 +584,7 @@ async fn seed_000_errors() {
                 max_ms: 60_000,
                 max_attempts: None,
                 jitter: 0.0,
+                min_stable_ms: None,
             }),
             ..Default::default()
         }

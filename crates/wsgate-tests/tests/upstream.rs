@@ -648,7 +648,9 @@ async fn forced_reconnects_leak_no_tasks_or_fds() {
             "url": up.url(),
             "auth": {"messages": ["tok"], "expect": "auth_ok"},
             "subscriptions": [{"key": "a", "message": "SUB a"}],
-            "reconnect": {"initial_ms": 0, "max_ms": 1, "max_attempts": 3, "jitter": 0.0},
+            // `initial_ms = 0` is refused; every forced drop counts as stable
+            // (`min_stable_ms: 0`), so the attempt limit applies per drop.
+            "reconnect": {"initial_ms": 1, "max_ms": 1, "max_attempts": 3, "jitter": 0.0, "min_stable_ms": 0},
             "heartbeat": {"interval_ms": 30000, "timeout_ms": 65000},
             "publish_topic": "leak",
         }),

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::seams::upstream::{
     AuthExpect, BreakerPolicy, CorrelationMode, HeartbeatPolicy, OfflineMode, ReconnectPolicy,
-    UpstreamAuth, UpstreamSpec, UpstreamSubscription,
+    UpstreamAuth, UpstreamSign, UpstreamSpec, UpstreamSubscription, UpstreamTls,
 };
 
 use super::rules::{DEFAULT_AUTH_TIMEOUT_MS, DEFAULT_CONNECT_WAIT};
@@ -18,6 +18,8 @@ pub struct Connect {
     /// Handshake headers (values are secrets: never logged or shown).
     pub headers: Vec<(String, String)>,
     pub auth: Option<ConnectAuth>,
+    /// `wss://` extras: CA bundle, client certificate (the key is a secret).
+    pub tls: Option<UpstreamTls>,
     pub subscriptions: Vec<Subscribe>,
     /// Default true.
     pub auto_reconnect: Option<bool>,
@@ -39,6 +41,10 @@ pub struct ConnectAuth {
     pub expect: Option<AuthExpect>,
     /// Default [`DEFAULT_AUTH_TIMEOUT_MS`].
     pub timeout_ms: Option<u64>,
+    /// Signed logins: `{{signature}}` and the other placeholders, rendered per attempt.
+    pub sign: Option<UpstreamSign>,
+    /// Re-send the auth messages (freshly signed) on the open connection at this period.
+    pub refresh_ms: Option<u64>,
 }
 
 /// A tracked subscription as a caller gives it.
@@ -70,7 +76,10 @@ impl Connect {
                 messages: a.messages,
                 expect: a.expect,
                 timeout_ms: a.timeout_ms.unwrap_or(DEFAULT_AUTH_TIMEOUT_MS),
+                sign: a.sign,
+                refresh_ms: a.refresh_ms,
             }),
+            tls: self.tls,
             subscriptions: self.subscriptions.into_iter().map(Into::into).collect(),
             auto_reconnect: self.auto_reconnect.unwrap_or(true),
             reconnect: self.reconnect.unwrap_or_default(),

@@ -281,6 +281,14 @@ impl Control {
             .map(drop)
     }
 
+    /// Reconnect: restarts upstream connection `id` (open or `failed`) with the same id,
+    /// subscriptions and auth.
+    pub async fn reconnect_upstream(&self, id: &str) -> Result<(), ControlError> {
+        self.run(UpstreamOp::Reconnect { id: id.into() })
+            .await
+            .map(drop)
+    }
+
     /// List: the upstream connections this node holds, sorted by id.
     pub fn list_upstreams(&self) -> Vec<UpstreamView> {
         self.upstreams.list()

@@ -5,7 +5,8 @@
 //! state last seen. It lives in the [`UpstreamRecords`](super::UpstreamRecords) store so that, in cluster mode, a
 //! surviving node can reclaim the connections of a dead one.
 //!
-//! Records contain secrets (header values, auth messages). The memory store keeps them in
+//! Records contain secrets (header values, auth messages and signing secrets, the TLS
+//! client key). The memory store keeps them in
 //! process; a shared store must encrypt them (cluster mode's job). Nothing here is ever
 //! logged or shown by `/connections`: views show subscription keys and header names only.
 //!
@@ -52,6 +53,9 @@ pub struct UpstreamSpec {
     pub headers: Vec<(String, String)>,
     #[serde(default)]
     pub auth: Option<UpstreamAuth>,
+    /// `wss://` settings beyond the platform's roots (`None`: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
     /// Tracked subscriptions, in replay order. Kept current by the manager.
     #[serde(default)]
     pub subscriptions: Vec<UpstreamSubscription>,
@@ -85,6 +89,7 @@ impl UpstreamSpec {
             url: url.into(),
             headers: Vec::new(),
             auth: None,
+            tls: None,
             subscriptions: Vec::new(),
             auto_reconnect: true,
             reconnect: ReconnectPolicy::default(),
@@ -107,6 +112,7 @@ impl fmt::Debug for UpstreamSpec {
                 &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
             )
             .field("auth", &self.auth.is_some())
+            .field("tls", &self.tls.is_some())
             .field(
                 "subscriptions",
                 &self
@@ -152,6 +158,71 @@ pub struct UpstreamAuth {
     /// How long to wait for `expect`. Default 10 s.
     #[serde(default = "default_auth_timeout")]
     pub timeout_ms: u64,
+    /// Computes `{{signature}}`; the messages' placeholders are rendered afresh per attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sign: Option<UpstreamSign>,
+    /// Re-send the (freshly rendered) messages on the open connection at this period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_ms: Option<u64>,
+}
+
+/// HMAC signing of a login (`auth.sign`). `secret` is a secret: sealed at rest, never
+/// logged or shown.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSign {
+    pub algorithm: SignAlgorithm,
+    pub secret: String,
+    /// The signed text; may hold `{{timestamp_ms}}`, `{{timestamp_s}}`, `{{nonce}}`.
+    pub payload: String,
+    #[serde(default)]
+    pub encoding: SignEncoding,
+}
+
+impl fmt::Debug for UpstreamSign {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamSign")
+            .field("algorithm", &self.algorithm)
+            .field("encoding", &self.encoding)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SignAlgorithm {
+    HmacSha256,
+    HmacSha512,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignEncoding {
+    #[default]
+    Hex,
+    Base64,
+}
+
+/// `wss://` settings: extra trusted CAs and a client certificate (mutual TLS), all PEM.
+/// The key is a secret (sealed at rest, never shown).
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    #[serde(default)]
+    pub ca_pem: Option<String>,
+    #[serde(default)]
+    pub client_cert_pem: Option<String>,
+    #[serde(default)]
+    pub client_key_pem: Option<String>,
+}
+
+impl fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("ca_pem", &self.ca_pem.is_some())
+            .field("client_cert", &self.client_cert_pem.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 fn default_auth_timeout() -> u64 {
@@ -164,6 +235,8 @@ impl fmt::Debug for UpstreamAuth {
             .field("messages", &self.messages.len())
             .field("expect", &self.expect.is_some())
             .field("timeout_ms", &self.timeout_ms)
+            .field("sign", &self.sign)
+            .field("refresh_ms", &self.refresh_ms)
             .finish()
     }
 }
@@ -177,6 +250,9 @@ pub enum AuthExpect {
     /// The reply is a JSON object holding every top-level field of this JSON object
     /// (kept as JSON text).
     JsonFields(String),
+    /// The reply is a JSON object whose `field` equals `equals` (JSON text of the value):
+    /// the API's `{"field": …, "equals": …}`.
+    Field { field: String, equals: String },
 }
 
 /// One tracked subscription.
@@ -198,6 +274,10 @@ pub struct ReconnectPolicy {
     pub max_ms: u64,
     pub max_attempts: Option<u32>,
     pub jitter: f64,
+    /// How long a connection must stay up (authenticated and subscribed) before the
+    /// backoff resets (`None`: `max_ms`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_stable_ms: Option<u64>,
 }
 
 impl Default for ReconnectPolicy {
@@ -207,6 +287,7 @@ impl Default for ReconnectPolicy {
             max_ms: 60_000,
             max_attempts: Some(10),
             jitter: 0.2,
+            min_stable_ms: None,
         }
     }
 }
@@ -280,6 +361,17 @@ mod tests {
             messages: vec!["login s3cr3t".into()],
             expect: None,
             timeout_ms: 1,
+            sign: Some(UpstreamSign {
+                algorithm: SignAlgorithm::HmacSha256,
+                secret: "s3cr3t".into(),
+                payload: "p".into(),
+                encoding: SignEncoding::Hex,
+            }),
+            refresh_ms: None,
+        });
+        spec.tls = Some(UpstreamTls {
+            client_key_pem: Some("s3cr3t".into()),
+            ..Default::default()
         });
         let dbg = format!("{spec:?}");
         assert!(

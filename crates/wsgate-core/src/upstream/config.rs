@@ -6,11 +6,12 @@
 use std::time::Duration;
 
 use crate::seams::upstream::{
-    AuthExpect, CorrelationMode, OfflineMode, UpstreamSpec, UpstreamSubscription,
+    AuthExpect, CorrelationMode, OfflineMode, SignAlgorithm, SignEncoding, UpstreamSign,
+    UpstreamSpec, UpstreamSubscription, UpstreamTls,
 };
 use wsgate_client::{
     Auth, Backoff, BreakerConfig, ClientConfig, Correlation, Heartbeat, HeartbeatPing, Matcher,
-    Message, OfflinePolicy, Subscription,
+    Message, OfflinePolicy, Signer, Subscription, TlsOptions,
 };
 
 use super::UpstreamError;
@@ -29,6 +30,9 @@ pub fn validate(spec: &UpstreamSpec) -> Result<(), UpstreamError> {
         return bad("url must start with ws:// or wss://");
     }
     let r = &spec.reconnect;
+    if r.initial_ms == 0 {
+        return bad("reconnect.initial_ms must be positive");
+    }
     if r.max_ms < r.initial_ms {
         return bad("reconnect.max_ms must be at least reconnect.initial_ms");
     }
@@ -49,6 +53,27 @@ pub fn validate(spec: &UpstreamSpec) -> Result<(), UpstreamError> {
         && !serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| v.is_object())
     {
         return bad("auth.expect must be a string or a JSON object");
+    }
+    if let Some(AuthExpect::Field { field, equals }) =
+        spec.auth.as_ref().and_then(|a| a.expect.as_ref())
+        && (field.is_empty() || serde_json::from_str::<serde_json::Value>(equals).is_err())
+    {
+        return bad(
+            "auth.expect.field must not be empty and auth.expect.equals must be a JSON value",
+        );
+    }
+    if let Some(a) = &spec.auth {
+        if a.sign.as_ref().is_some_and(|s| s.secret.is_empty()) {
+            return bad("auth.sign.secret must not be empty");
+        }
+        if a.refresh_ms == Some(0) {
+            return bad("auth.refresh_ms must be positive");
+        }
+    }
+    if let Some(t) = &spec.tls {
+        tls_options(t)
+            .check()
+            .map_err(|e| UpstreamError::Invalid(e.to_string()))?;
     }
     if spec.subscriptions.iter().any(|s| s.key.is_empty()) {
         return bad("subscription keys must not be empty");
@@ -80,6 +105,10 @@ pub fn subscription(s: &UpstreamSubscription) -> Subscription {
 fn matcher(expect: &AuthExpect) -> Matcher {
     match expect {
         AuthExpect::Contains(s) => Matcher::contains(s.clone()),
+        AuthExpect::Field { field, equals } => Matcher::json_field(
+            field.clone(),
+            serde_json::from_str::<serde_json::Value>(equals).unwrap_or_default(),
+        ),
         AuthExpect::JsonFields(text) => {
             let want: serde_json::Map<String, serde_json::Value> =
                 serde_json::from_str(text).unwrap_or_default();
@@ -90,6 +119,29 @@ fn matcher(expect: &AuthExpect) -> Matcher {
                     .is_some_and(|got| want.iter().all(|(k, v)| got.get(k) == Some(v)))
             })
         }
+    }
+}
+
+fn signer(s: &UpstreamSign) -> Signer {
+    Signer {
+        algorithm: match s.algorithm {
+            SignAlgorithm::HmacSha256 => wsgate_client::SignAlgorithm::HmacSha256,
+            SignAlgorithm::HmacSha512 => wsgate_client::SignAlgorithm::HmacSha512,
+        },
+        secret: s.secret.clone(),
+        payload: s.payload.clone(),
+        encoding: match s.encoding {
+            SignEncoding::Hex => wsgate_client::SignEncoding::Hex,
+            SignEncoding::Base64 => wsgate_client::SignEncoding::Base64,
+        },
+    }
+}
+
+fn tls_options(t: &UpstreamTls) -> TlsOptions {
+    TlsOptions {
+        ca_pem: t.ca_pem.clone(),
+        client_cert_pem: t.client_cert_pem.clone(),
+        client_key_pem: t.client_key_pem.clone(),
     }
 }
 
@@ -107,6 +159,7 @@ pub fn client_config(id: &str, spec: &UpstreamSpec) -> ClientConfig {
                 .jitter(r.jitter)
                 .max_attempts(r.max_attempts),
         )
+        .min_stable(ms(r.min_stable_ms.unwrap_or(r.max_ms)))
         .offline(match spec.offline {
             OfflineMode::Reject => OfflinePolicy::Reject,
             OfflineMode::Outbox => OfflinePolicy::Outbox {
@@ -118,6 +171,9 @@ pub fn client_config(id: &str, spec: &UpstreamSpec) -> ClientConfig {
             CorrelationMode::UuidPrefix => Correlation::UuidPrefix,
             CorrelationMode::JsonField { field } => Correlation::JsonField(field.clone()),
         });
+    if let Some(t) = &spec.tls {
+        cfg = cfg.tls(tls_options(t));
+    }
     for (k, v) in &spec.headers {
         cfg = cfg.header(k.clone(), v.clone());
     }
@@ -142,6 +198,12 @@ pub fn client_config(id: &str, spec: &UpstreamSpec) -> ClientConfig {
         if let Some(e) = &a.expect {
             auth = auth.expect(matcher(e));
         }
+        if let Some(s) = &a.sign {
+            auth = auth.sign(signer(s));
+        }
+        if let Some(p) = a.refresh_ms {
+            auth = auth.refresh(ms(p));
+        }
         cfg = cfg.auth(auth);
     }
     cfg
@@ -157,6 +219,12 @@ mod tests {
         assert!(m.matches(&Message::from(r#"{"op":"auth_ok","user":"x"}"#)));
         assert!(!m.matches(&Message::from(r#"{"op":"auth_failed"}"#)));
         assert!(!m.matches(&Message::from("auth_ok")));
+        let m = matcher(&AuthExpect::Field {
+            field: "event".into(),
+            equals: r#""login""#.into(),
+        });
+        assert!(m.matches(&Message::from(r#"{"event":"login","code":0}"#)));
+        assert!(!m.matches(&Message::from(r#"{"event":"error"}"#)));
     }
 
     #[test]
@@ -168,6 +236,19 @@ mod tests {
         assert!(validate(&s).is_err());
         let mut s = UpstreamSpec::new("ws://h/");
         s.publish_topic = Some(String::new());
+        assert!(validate(&s).is_err());
+        let mut s = UpstreamSpec::new("ws://h/");
+        s.reconnect.initial_ms = 0;
+        s.reconnect.max_ms = 0;
+        assert_eq!(
+            validate(&s).unwrap_err().to_string(),
+            "reconnect.initial_ms must be positive"
+        );
+        let mut s = UpstreamSpec::new("wss://h/");
+        s.tls = Some(UpstreamTls {
+            ca_pem: Some("not pem".into()),
+            ..Default::default()
+        });
         assert!(validate(&s).is_err());
     }
 }

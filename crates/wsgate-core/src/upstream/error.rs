@@ -40,6 +40,7 @@ impl From<wsgate_client::Error> for UpstreamError {
             E::NotConnected | E::Closed => UpstreamError::NotConnected,
             E::RequestTimeout => UpstreamError::RequestTimeout,
             E::InvalidRequest(m) | E::InvalidConfig(m) => UpstreamError::Invalid(m),
+            E::RequestIdPending => UpstreamError::Invalid(E::RequestIdPending.to_string()),
             other => UpstreamError::Upstream(other),
         }
     }

@@ -244,11 +244,14 @@ impl UpstreamManager {
                     .await?
             }
             UpstreamOp::Disconnect { id } => self.disconnect_local(&id).await?,
+            UpstreamOp::Reconnect { id } => self.restart_local(&id).await?,
         }
         Ok(Outcome::Done)
     }
 
-    async fn disconnect_local(&self, id: &str) -> Result<(), UpstreamError> {
+    /// Takes connection `id` out of this node and closes it (its pump finished, its gauge
+    /// cleared); the record is left alone.
+    async fn close_local(&self, id: &str) -> Result<Arc<Upstream>, UpstreamError> {
         let Some((_, up)) = self.conns.remove(id) else {
             return Err(self
                 .lookup(id)
@@ -258,11 +261,28 @@ impl UpstreamManager {
         };
         up.close(CLOSE_WAIT).await;
         up.shared.gauge.clear(&self.parts.metrics);
+        Ok(up)
+    }
+
+    async fn disconnect_local(&self, id: &str) -> Result<(), UpstreamError> {
+        self.close_local(id).await?;
         if let Err(e) = self.parts.records.upstream_delete(id).await {
             self.parts.metrics.store_errors.inc();
             warn!(upstream_id = %id, error = %e, "upstream record delete failed");
         }
         info!(upstream_id = %id, "upstream disconnected");
+        Ok(())
+    }
+
+    /// Closes connection `id` and starts it again from its record: same id, tracked
+    /// subscriptions, auth and publish topic; a new client, so a fresh backoff and breaker
+    /// (the way out of `failed`).
+    async fn restart_local(&self, id: &str) -> Result<(), UpstreamError> {
+        let old = self.close_local(id).await?;
+        let mut record = old.shared.record.lock().await.clone();
+        record.state = state_name(ConnectionState::Connecting).to_string();
+        self.start(record).await;
+        info!(upstream_id = %id, "upstream restarted on request");
         Ok(())
     }
 

@@ -52,6 +52,9 @@ pub enum UpstreamOp {
     StopPublish { id: String },
     /// Disconnect: closes the connection, waits for its pump, forgets it and its record.
     Disconnect { id: String },
+    /// Reconnect: restarts the connection (open, backing off or `failed`) from its record,
+    /// with the same id, subscriptions and auth, and a fresh backoff and breaker.
+    Reconnect { id: String },
 }
 
 /// What an operation produced.
@@ -78,7 +81,8 @@ impl UpstreamOp {
             | Self::Subscriptions { id, .. }
             | Self::StartPublish { id, .. }
             | Self::StopPublish { id }
-            | Self::Disconnect { id } => id,
+            | Self::Disconnect { id }
+            | Self::Reconnect { id } => id,
         }
     }
 
@@ -97,7 +101,7 @@ impl UpstreamOp {
     pub(super) fn forward_timeout(&self) -> Duration {
         match self {
             Self::SendAsync { timeout, .. } => *timeout + FORWARD_TIMEOUT,
-            Self::Disconnect { .. } => FORWARD_TIMEOUT + CLOSE_WAIT,
+            Self::Disconnect { .. } | Self::Reconnect { .. } => FORWARD_TIMEOUT + CLOSE_WAIT,
             _ => FORWARD_TIMEOUT,
         }
     }

@@ -44,6 +44,10 @@ pub fn router(api: ApiState, ws: WsState) -> Router {
             "/api/v1/upstreams/{id}",
             get(upstreams::get).delete(upstreams::disconnect),
         )
+        .route(
+            "/api/v1/upstreams/{id}/reconnect",
+            post(upstreams::reconnect),
+        )
         .route("/api/v1/upstreams/{id}/send", post(upstreams::send))
         .route("/api/v1/upstreams/{id}/send-raw", post(upstreams::send_raw))
         .route(

@@ -2,10 +2,11 @@
 //!
 //! | route | operation | body → answer |
 //! | --- | --- | --- |
-//! | `POST /api/v1/upstreams` | Connect | `{url, headers?, auth?: {messages, expect?, timeout_ms?}, subscriptions?: [{key?, message, unsubscribe?}], auto_reconnect?, reconnect?: {initial_ms, max_ms, max_attempts, jitter}, breaker?: {failure_threshold, cooldown_ms}, heartbeat?: {interval_ms, timeout_ms}, correlation?: {mode: "uuid-prefix"\|"json-field", field?}, publish_topic?, offline?: "reject"\|"outbox", wait_ms?}` → `{connection_id, state}` |
+//! | `POST /api/v1/upstreams` | Connect | `{url, headers?, tls?: {ca_pem?, client_cert_pem?, client_key_pem?}, auth?: {messages, expect?, timeout_ms?, sign?: {algorithm: "hmac-sha256"\|"hmac-sha512", secret, payload, encoding?: "hex"\|"base64"}, refresh_ms?}, subscriptions?: [{key?, message, unsubscribe?}], auto_reconnect?, reconnect?: {initial_ms, max_ms, max_attempts, jitter, min_stable_ms?}, breaker?: {failure_threshold, cooldown_ms}, heartbeat?: {interval_ms, timeout_ms}, correlation?: {mode: "uuid-prefix"\|"json-field", field?}, publish_topic?, offline?: "reject"\|"outbox", wait_ms?}` → `{connection_id, state}` |
 //! | `GET /api/v1/upstreams` | List | → `{total, upstreams: [view]}` |
 //! | `GET /api/v1/upstreams/{id}` | Get | → `{upstream: view}` |
 //! | `DELETE /api/v1/upstreams/{id}` | Disconnect | → `{}` |
+//! | `POST …/{id}/reconnect` | Reconnect (restart, also out of `failed`) | → `{}` |
 //! | `POST …/{id}/send` | Send (text) | `{message}` |
 //! | `POST …/{id}/send-raw` | SendRaw (binary) | `{data_base64}` |
 //! | `POST …/{id}/send-async` | SendAsync | `{message\|data_base64, timeout_ms}` → `{response}` or `{response_base64}` |
@@ -15,7 +16,10 @@
 //!
 //! Messages in bodies may be JSON values (sent as their JSON text) or strings (sent as
 //! they are). A subscription without `key` is keyed by its message text. `auth.expect` is
-//! a string (the reply contains it) or a JSON object (the reply has those fields). Connect
+//! a string (the reply contains it), `{"field": f, "equals": v}` (the reply's field `f` is
+//! `v`) or another JSON object (the reply has those fields). Auth messages may hold
+//! `{{timestamp_ms}}`, `{{timestamp_s}}`, `{{nonce}}` and `{{signature}}`, rendered afresh
+//! on every connection attempt. Connect
 //! waits up to `wait_ms` (default 10 s, 0: not at all) for the first connection and
 //! reports the state; the connection is kept and follows its reconnect policy either way.
 //! SendAsync replies are JSON values when they parse, else strings; binary replies come as
@@ -40,6 +44,7 @@ use wsgate_client::Message;
 use wsgate_core::control::{Connect, ConnectAuth, Subscribe};
 use wsgate_core::seams::upstream::{
     AuthExpect, BreakerPolicy, CorrelationMode, HeartbeatPolicy, OfflineMode, ReconnectPolicy,
+    UpstreamSign, UpstreamTls,
 };
 
 use super::ApiState;
@@ -61,6 +66,32 @@ pub struct AuthBody {
     messages: Vec<Value>,
     expect: Option<Value>,
     timeout_ms: Option<u64>,
+    sign: Option<UpstreamSign>,
+    refresh_ms: Option<u64>,
+}
+
+/// `auth.expect`: a string, `{"field", "equals"}`, or an object of fields to match.
+fn auth_expect(v: Option<Value>) -> Result<Option<AuthExpect>, ApiError> {
+    Ok(match v {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(AuthExpect::Contains(s)),
+        Some(Value::Object(o))
+            if o.len() == 2
+                && o.get("field").is_some_and(Value::is_string)
+                && o.contains_key("equals") =>
+        {
+            Some(AuthExpect::Field {
+                field: o["field"].as_str().unwrap_or_default().to_string(),
+                equals: o["equals"].to_string(),
+            })
+        }
+        Some(v @ Value::Object(_)) => Some(AuthExpect::JsonFields(v.to_string())),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "auth.expect must be a string or a JSON object",
+            ));
+        }
+    })
 }
 
 #[derive(Deserialize)]
@@ -87,6 +118,7 @@ pub struct ConnectBody {
     url: String,
     #[serde(default)]
     headers: std::collections::BTreeMap<String, String>,
+    tls: Option<UpstreamTls>,
     auth: Option<AuthBody>,
     #[serde(default)]
     subscriptions: Vec<SubscriptionBody>,
@@ -108,22 +140,16 @@ impl TryFrom<ConnectBody> for Connect {
             None => None,
             Some(a) => Some(ConnectAuth {
                 messages: a.messages.into_iter().map(wire_text).collect(),
-                expect: match a.expect {
-                    None | Some(Value::Null) => None,
-                    Some(Value::String(s)) => Some(AuthExpect::Contains(s)),
-                    Some(v @ Value::Object(_)) => Some(AuthExpect::JsonFields(v.to_string())),
-                    Some(_) => {
-                        return Err(ApiError::bad_request(
-                            "auth.expect must be a string or a JSON object",
-                        ));
-                    }
-                },
+                expect: auth_expect(a.expect)?,
                 timeout_ms: a.timeout_ms,
+                sign: a.sign,
+                refresh_ms: a.refresh_ms,
             }),
         };
         Ok(Connect {
             url: b.url,
             headers: b.headers.into_iter().collect(),
+            tls: b.tls,
             auth,
             subscriptions: b.subscriptions.into_iter().map(Into::into).collect(),
             auto_reconnect: b.auto_reconnect,
@@ -263,6 +289,11 @@ pub async fn publish_start(
 
 pub async fn publish_stop(State(node): State<ApiState>, Path(id): Path<String>) -> ApiResult {
     node.control.stop_publish(&id).await?;
+    Ok(Json(json!({"success": true})))
+}
+
+pub async fn reconnect(State(node): State<ApiState>, Path(id): Path<String>) -> ApiResult {
+    node.control.reconnect_upstream(&id).await?;
     Ok(Json(json!({"success": true})))
 }
 

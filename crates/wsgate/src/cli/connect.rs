@@ -72,16 +72,15 @@ fn describe(m: &Message, json: bool) -> Option<String> {
 
 async fn run(args: ConnectArgs) -> anyhow::Result<()> {
     let req = ws_request(&args.url, &args.headers, args.subprotocol.as_deref())?;
-    let (ws, resp) =
-        match tokio::time::timeout(args.timeout, tokio_tungstenite::connect_async(req)).await {
-            Err(_) => anyhow::bail!(
-                "handshake with {} timed out after {:?}: nothing answered the upgrade",
-                args.url,
-                args.timeout
-            ),
-            Ok(Err(e)) => anyhow::bail!("{}", handshake_error(&args.url, &e)),
-            Ok(Ok(ok)) => ok,
-        };
+    let (ws, resp) = match tokio::time::timeout(args.timeout, super::ws_connect(req)).await {
+        Err(_) => anyhow::bail!(
+            "handshake with {} timed out after {:?}: nothing answered the upgrade",
+            args.url,
+            args.timeout
+        ),
+        Ok(Err(e)) => anyhow::bail!("{}", handshake_error(&args.url, &e)),
+        Ok(Ok(ok)) => ok,
+    };
     let proto = resp
         .headers()
         .get("sec-websocket-protocol")

@@ -9,6 +9,7 @@
 mod api;
 mod raw_upgrade;
 mod redis;
+mod tls;
 mod ws;
 
 use std::io::IsTerminal;

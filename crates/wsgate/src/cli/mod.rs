@@ -103,6 +103,30 @@ pub fn ws_request(
 }
 
 /// What went wrong in a handshake, with the HTTP status when the server answered one.
+/// A WebSocket handshake to `req`'s URL; `wss://` with the client's trust (platform roots,
+/// or `SSL_CERT_FILE` / `SSL_CERT_DIR`).
+pub async fn ws_connect(
+    req: tungstenite::handshake::client::Request,
+) -> Result<
+    (
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+        tungstenite::handshake::client::Response,
+    ),
+    tungstenite::Error,
+> {
+    let connector = match req.uri().scheme_str() {
+        Some("wss") => Some(
+            wsgate_client::TlsOptions::default()
+                .connector()
+                .map_err(|e| tungstenite::Error::Io(std::io::Error::other(e.to_string())))?,
+        ),
+        _ => None,
+    };
+    tokio_tungstenite::connect_async_tls_with_config(req, None, true, connector).await
+}
+
 pub fn handshake_error(url: &str, e: &tungstenite::Error) -> String {
     match e {
         tungstenite::Error::Http(resp) => {
@@ -117,7 +141,10 @@ pub fn handshake_error(url: &str, e: &tungstenite::Error) -> String {
             s
         }
         tungstenite::Error::Url(u) => format!("bad URL {url}: {u}"),
-        tungstenite::Error::Io(io) => format!("cannot connect to {url}: {io}"),
+        tungstenite::Error::Io(io) => format!(
+            "cannot connect to {url}: {}",
+            wsgate_client::describe_tls_error(io)
+        ),
         other => format!("handshake with {url} failed: {other}"),
     }
 }

@@ -73,8 +73,12 @@ pub async fn client_path(
         return;
     }
     if tls {
-        out(check_tls());
-        return;
+        let c = super::tls::check_tls(&host, &addrs, o.timeout).await;
+        let failed = c.status == super::Status::Fail;
+        out(c);
+        if failed {
+            return;
+        }
     }
     let (c, ws) = check_upgrade(o).await;
     out(c);
@@ -151,14 +155,6 @@ pub async fn check_tcp(addrs: &[SocketAddr], timeout: Duration) -> CheckResult {
     }
 }
 
-pub fn check_tls() -> CheckResult {
-    CheckResult::warn(
-        "tls",
-        "wss:// is not supported yet: this wsgate build has no TLS client (tokio-tungstenite without a TLS feature); the TLS, upgrade, ping, idle and delivery checks were skipped",
-    )
-    .fix("check TLS with `curl -v https://HOST/ws`; run doctor against the plain port, e.g. `kubectl port-forward deploy/wsgate 8080` then `wsgate doctor ws://127.0.0.1:8080/ws`")
-}
-
 /// Headers worth showing from a refused upgrade.
 fn headers_of(resp: &tungstenite::http::Response<Option<Vec<u8>>>) -> String {
     let mut hs: Vec<String> = resp
@@ -202,7 +198,7 @@ async fn open(o: &Opts, name: &str) -> Result<(Ws, Duration), CheckResult> {
     let req =
         ws_request(&o.url, &o.headers, None).map_err(|e| CheckResult::fail(name, e.to_string()))?;
     let start = Instant::now();
-    match tokio::time::timeout(o.timeout, tokio_tungstenite::connect_async(req.clone())).await {
+    match tokio::time::timeout(o.timeout, crate::cli::ws_connect(req.clone())).await {
         Ok(Ok((ws, _))) => Ok((ws, start.elapsed())),
         Ok(Err(tungstenite::Error::Http(resp))) => {
             let status = resp.status();
