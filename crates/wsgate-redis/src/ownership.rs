@@ -125,6 +125,18 @@ impl Ownership for RedisOwnership {
         Ok(n == 1)
     }
 
+    async fn live_nodes(&self) -> Result<Vec<String>, StoreError> {
+        let instances: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.instances())
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)?;
+        let alive = self.alive_map(&instances).await?;
+        let mut live: Vec<String> = instances.into_iter().filter(|n| alive[n]).collect();
+        live.sort();
+        Ok(live)
+    }
+
     async fn sweep(&self, local: &[String]) -> Result<Sweep, StoreError> {
         let n = self.sweeps.fetch_add(1, Ordering::Relaxed);
         let instances: Vec<String> = redis::cmd("SMEMBERS")

@@ -8,8 +8,9 @@
 use crate::gateway::GatewayError;
 use crate::upstream::UpstreamError;
 
-/// The kind of failure, for a transport's status mapping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The kind of failure, for a transport's status mapping (and, between nodes, for a
+/// forwarded call's answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ErrorCode {
     /// No such connection (HTTP 404).
     NotFound,
@@ -29,6 +30,9 @@ pub enum ErrorCode {
     RateLimited { retry_after_secs: u64 },
 }
 
+/// What every operation answers when the store does not (never `Connection not found`).
+pub const STORE_UNAVAILABLE: &str = "Store unavailable";
+
 /// A failed control operation: its kind and its exact message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -43,6 +47,11 @@ impl ControlError {
             code,
             message: message.into(),
         }
+    }
+
+    /// The store (Redis) did not answer: 503 `Store unavailable`, whatever the operation.
+    pub fn store_unavailable() -> Self {
+        Self::new(ErrorCode::Unavailable, STORE_UNAVAILABLE)
     }
 
     /// A request the caller must fix.
@@ -75,7 +84,10 @@ impl From<UpstreamError> for ControlError {
                 ErrorCode::Unavailable
             }
             UpstreamError::Upstream(_) | UpstreamError::Remote(_) => ErrorCode::BadGateway,
-            UpstreamError::Store(_) => ErrorCode::Unavailable,
+            UpstreamError::Store(e) => {
+                tracing::warn!(error = %e, "store unavailable");
+                return Self::store_unavailable();
+            }
         };
         Self::new(code, e.to_string())
     }
@@ -121,6 +133,11 @@ mod tests {
         assert_eq!(
             (e.code, e.message.as_str()),
             (ErrorCode::NotFound, "Connection not found")
+        );
+        let down = UpstreamError::Store(crate::seams::StoreError::Unavailable("x".into()));
+        assert_eq!(
+            ControlError::from(down),
+            ControlError::new(ErrorCode::Unavailable, "Store unavailable")
         );
         let full = UpstreamError::from(wsgate_client::Error::OutboxFull { capacity: 1 });
         assert_eq!(ControlError::from(full).code, ErrorCode::Unavailable);

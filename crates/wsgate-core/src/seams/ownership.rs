@@ -28,6 +28,8 @@ pub trait Ownership: Send + Sync + 'static {
     async fn acquire_lease(&self) -> Result<(), StoreError>;
     /// Whether `node` holds a lease.
     async fn is_alive(&self, node: &str) -> Result<bool, StoreError>;
+    /// Every node that holds a lease now (this one included), for cluster-wide views.
+    async fn live_nodes(&self) -> Result<Vec<String>, StoreError>;
     /// One reclaimer pass: claims (compare-and-set, at most this node's fair share) the
     /// records whose owner's lease is gone. `local` are the ids this node runs.
     async fn sweep(&self, local: &[String]) -> Result<Sweep, StoreError>;
