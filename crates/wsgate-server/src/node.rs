@@ -60,14 +60,14 @@ impl Node {
             publisher: gateway.clone(),
             metrics,
         });
-        if let Some((ownership, forwarding)) = seams.cluster {
-            upstreams.attach_cluster(ownership, forwarding);
-        }
         let access = Access::new(
             config.api.api_key.as_ref().map(|k| k.expose().to_string()),
             limits.api_rate(),
         );
         let control = Arc::new(Control::new(gateway.clone(), upstreams.clone(), access));
+        if let Some((ownership, forwarding)) = seams.cluster {
+            control.attach_cluster(ownership, forwarding);
+        }
         let lifecycle = Arc::new(Lifecycle::default());
         let tasks = TaskTracker::new();
         let ws = WsState::new(WsView {
@@ -90,7 +90,9 @@ impl Node {
                 version: env!("CARGO_PKG_VERSION"),
                 git_commit: env!("WSGATE_GIT_COMMIT"),
                 build_time: env!("WSGATE_BUILD_TIME"),
+                instance_id: node_id.clone(),
                 node: node_id,
+                library_version: wsgate_client::VERSION,
             },
             metrics_registry: registry,
         });

@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::listing::page_limit;
-use super::{Control, ControlError, ErrorCode, ListConnections, Page};
 use super::{ConnectionKind, ConnectionView};
+use super::{Control, ControlError, ErrorCode, ListConnections, Page};
 use crate::seams::{Forwarding, Ownership};
 
 /// How long a node waits for another node's part of a cluster-wide answer.
@@ -228,7 +228,10 @@ impl Control {
         let mut missing_nodes = Vec::new();
         for (node, answer) in others.into_iter().zip(answers) {
             match answer {
-                Ok(NodeReply::Listed { total: n, items: more }) => {
+                Ok(NodeReply::Listed {
+                    total: n,
+                    items: more,
+                }) => {
                     total += n;
                     items.extend(more);
                 }

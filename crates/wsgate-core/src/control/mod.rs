@@ -142,7 +142,9 @@ impl Control {
         reason: Option<&str>,
     ) -> Result<(), ControlError> {
         match crate::ids::node_of(id) {
-            Some(node) if node != &**self.gateway.node() && self.gateway.registry.get(id).is_none() => {
+            Some(node)
+                if node != &**self.gateway.node() && self.gateway.registry.get(id).is_none() =>
+            {
                 self.kick_elsewhere(node, id, reason).await
             }
             _ => self.kick_local(id, reason),
@@ -210,9 +212,7 @@ impl Control {
         }
         match self.get_upstream(id).await {
             Err(e) if e.code == ErrorCode::NotFound => match crate::ids::node_of(id) {
-                Some(node) if node != &**self.gateway.node() => {
-                    self.view_elsewhere(node, id).await
-                }
+                Some(node) if node != &**self.gateway.node() => self.view_elsewhere(node, id).await,
                 _ => Err(e),
             },
             other => other.map(ConnectionView::Upstream),

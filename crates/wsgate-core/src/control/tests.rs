@@ -134,32 +134,57 @@ async fn listings_page_and_filter_both_kinds() {
         .collect();
     f.gateway.registry.subscribe(&Arc::from("news"), &conns[1]);
 
-    let all = f.control.list_connections(&ListConnections::default()).await.unwrap().page;
+    let all = f
+        .control
+        .list_connections(&ListConnections::default())
+        .await
+        .unwrap()
+        .page;
     assert_eq!((all.total, all.items.len(), all.next_offset), (3, 3, None));
     let ids: Vec<&str> = all.items.iter().map(ConnectionView::id).collect();
     let mut sorted = ids.clone();
     sorted.sort();
     assert_eq!(ids, sorted);
 
-    let page = f.control.list_connections(&ListConnections {
-        limit: Some(2),
-        ..Default::default()
-    }).await.unwrap().page;
+    let page = f
+        .control
+        .list_connections(&ListConnections {
+            limit: Some(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .page;
     assert_eq!((page.items.len(), page.next_offset), (2, Some(2)));
-    let ann = f.control.list_connections(&ListConnections {
-        user: Some("ann".into()),
-        ..Default::default()
-    }).await.unwrap().page;
+    let ann = f
+        .control
+        .list_connections(&ListConnections {
+            user: Some("ann".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .page;
     assert_eq!(ann.total, 2);
-    let news = f.control.list_connections(&ListConnections {
-        channel: Some("news".into()),
-        ..Default::default()
-    }).await.unwrap().page;
+    let news = f
+        .control
+        .list_connections(&ListConnections {
+            channel: Some("news".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .page;
     assert_eq!(news.items[0].id(), &*conns[1].id);
-    let upstreams = f.control.list_connections(&ListConnections {
-        kind: Some(ConnectionKind::Upstream),
-        ..Default::default()
-    }).await.unwrap().page;
+    let upstreams = f
+        .control
+        .list_connections(&ListConnections {
+            kind: Some(ConnectionKind::Upstream),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .page;
     assert_eq!(upstreams.total, 0);
 
     let one = f.control.get_connection(&conns[0].id).await.unwrap();
@@ -381,7 +406,10 @@ fn two_nodes(users: [&str; 2]) -> (Vec<Fixture>, Vec<Arc<crate::gateway::Connect
 async fn listings_and_views_cover_every_live_node() {
     let (nodes, conns) = two_nodes(["ann", "bob"]);
     let n1 = &nodes[0].control;
-    let all = n1.list_connections(&ListConnections::default()).await.unwrap();
+    let all = n1
+        .list_connections(&ListConnections::default())
+        .await
+        .unwrap();
     assert!(!all.is_partial());
     let mut want: Vec<&str> = conns.iter().map(|c| &*c.id).collect();
     want.sort();
@@ -421,7 +449,9 @@ async fn listings_and_views_cover_every_live_node() {
     // One connection of another node, then its disconnect, from n1.
     let view = n1.get_connection(&conns[1].id).await.unwrap();
     assert!(matches!(view, ConnectionView::Gateway(i) if i.user == "bob" && i.node == "n2"));
-    n1.disconnect_client(&conns[1].id, Some("bye")).await.unwrap();
+    n1.disconnect_client(&conns[1].id, Some("bye"))
+        .await
+        .unwrap();
     assert!(conns[1].close_request().is_some());
     assert_error(
         n1.disconnect_client("0123456789abcdef-n2", None).await,

@@ -17,8 +17,9 @@ use super::upstream::UpstreamRecord;
 pub struct Sweep {
     /// Records this node won (they now name this node as owner): start them.
     pub claimed: Vec<UpstreamRecord>,
-    /// Ids this node runs locally whose record now names another owner (it was declared
-    /// dead while alive, e.g. cut off from Redis for longer than its lease): close them.
+    /// Ids this node runs locally whose record is gone (wiped: `CLEAR_ALL_ON_START` on
+    /// another node, an operator) or now names another owner (it was declared dead while
+    /// alive, e.g. cut off from Redis for longer than its lease): close them.
     pub lost: Vec<String>,
 }
 

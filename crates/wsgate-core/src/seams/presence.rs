@@ -12,6 +12,10 @@ pub enum StoreError {
     Unavailable(String),
     #[error("store error: {0}")]
     Other(String),
+    /// An upstream record that is gone (wiped) or names another owner now: the writer
+    /// must stop its connection, not re-create the record.
+    #[error("upstream record {0} is gone or owned by another instance")]
+    Revoked(String),
 }
 
 /// One connection present in a channel.

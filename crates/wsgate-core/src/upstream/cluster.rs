@@ -95,7 +95,7 @@ impl UpstreamManager {
             };
             for id in sweep.lost {
                 if let Some((_, up)) = self.conns.remove(id.as_str()) {
-                    warn!(upstream_id = %id, "another instance took this upstream connection over; closing the local one");
+                    warn!(upstream_id = %id, "upstream record wiped or taken over by another instance; closing the local connection");
                     up.close(CLOSE_WAIT).await;
                     up.shared.gauge.clear(&self.parts.metrics);
                 }

@@ -51,8 +51,8 @@ use std::time::Duration;
 
 pub use connection::Upstream;
 pub use error::UpstreamError;
-pub use manager::{Connected, UpstreamManager};
 pub(crate) use manager::Route;
+pub use manager::{Connected, UpstreamManager};
 pub use op::{Outcome, UpstreamOp};
 pub use parts::{Publisher, UpstreamParts};
 pub use pump::PUBLISH_TIMEOUT;
