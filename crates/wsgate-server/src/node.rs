@@ -46,6 +46,7 @@ impl Node {
         let metrics = Metrics::default();
         let mut registry = Registry::default();
         metrics.register(&mut registry);
+        registry.register_collector(Box::new(crate::process::ProcessCollector));
         let node: wsgate_core::seams::NodeId = node_id.clone().into();
         let seams = crate::seams::build(&config.cluster, &node, &mut registry)?;
         let gateway = Gateway::new(

@@ -100,7 +100,10 @@ async fn any_node_lists_views_sends_and_disconnects_across_the_cluster() {
     let (status, body) = b.get(&format!("/api/v1/upstreams/{upstream}")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
-        (body["upstream"]["id"].clone(), body["upstream"]["node"].clone()),
+        (
+            body["upstream"]["id"].clone(),
+            body["upstream"]["node"].clone()
+        ),
         (json!(upstream), json!("node-a"))
     );
     let (status, body) = b.get(&format!("/connections/{upstream}")).await;

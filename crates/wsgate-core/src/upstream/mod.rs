@@ -45,6 +45,7 @@ mod op;
 mod parts;
 mod pump;
 mod state;
+pub mod telemetry;
 mod view;
 
 use std::time::Duration;
