@@ -78,6 +78,7 @@ async fn list(api: &Api, args: &ConnectionsArgs) -> anyhow::Result<()> {
         query.push_str(&format!("&kind={k}"));
     }
     let mut all = Vec::new();
+    let mut missing = std::collections::BTreeSet::new();
     let mut offset = 0u64;
     loop {
         let (status, body) = api
@@ -89,6 +90,8 @@ async fn list(api: &Api, args: &ConnectionsArgs) -> anyhow::Result<()> {
         if let Some(page) = body["connections"].as_array() {
             all.extend(page.iter().cloned());
         }
+        let nodes = body["missing_nodes"].as_array().into_iter().flatten();
+        missing.extend(nodes.filter_map(Value::as_str).map(str::to_string));
         match body["next_offset"].as_u64() {
             Some(next) if next > offset => offset = next,
             _ => break,
@@ -99,6 +102,13 @@ async fn list(api: &Api, args: &ConnectionsArgs) -> anyhow::Result<()> {
     } else {
         print!("{}", table(&all));
         eprintln!("{} connection(s) on {}", all.len(), api.base);
+    }
+    if !missing.is_empty() {
+        let names: Vec<String> = missing.into_iter().collect();
+        eprintln!(
+            "warning: incomplete: node(s) {} did not answer in time",
+            names.join(", ")
+        );
     }
     Ok(())
 }
