@@ -193,7 +193,7 @@ async fn store_down_is_503_store_unavailable_never_not_found() {
 }
 
 #[tokio::test]
-async fn a_wiped_record_stops_its_connection_on_the_owner() {
+async fn wiped_records_stop_their_connections_on_the_owner() {
     let up = Upstream::start(UpstreamConfig::default()).await;
     let cluster = Cluster::start(Via::Redis).await;
     let a = cluster.node("node-a", &[]).await;
@@ -215,4 +215,20 @@ async fn a_wiped_record_stops_its_connection_on_the_owner() {
     // Not re-created by a late state write, not re-established.
     assert_eq!(cluster.redis.cli(&["EXISTS", &record]).await.trim(), "0");
     assert_eq!(up.log().handshakes, 1);
+
+    // Another node starting with CLEAR_ALL_ON_START wipes the cluster's records: the
+    // running owner stops its connection too.
+    let second = Upstream::start(UpstreamConfig::default()).await;
+    let id = connect(&a, &second).await;
+    second.wait_for(WAIT, |l| l.active == 1).await.unwrap();
+    let _b = cluster
+        .node_env("node-b", &[], &[("CLEAR_ALL_ON_START", "TRUE")])
+        .await;
+    second
+        .wait_for(WAIT, |l| l.active == 0)
+        .await
+        .expect("the connection wiped by CLEAR_ALL_ON_START was closed");
+    let (status, _) = a.get(&format!("/api/v1/upstreams/{id}")).await;
+    assert_eq!(status, 404);
+    assert_eq!(second.log().handshakes, 1);
 }
