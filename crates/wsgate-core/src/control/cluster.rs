@@ -291,7 +291,8 @@ impl Control {
     }
 
     /// Sends `call` to `node` and reads its answer: a node that nobody serves has no such
-    /// connection; a store that does not carry the call is `Store unavailable`.
+    /// connection; a store that does not carry the call is `Store unavailable`, a node that
+    /// does not answer in time is named.
     async fn ask(
         &self,
         link: &ClusterLink,
@@ -315,7 +316,7 @@ impl Control {
             Ok(None) => Err(not_found()),
             Err(e) => {
                 warn!(node = %node, error = %e, "call to another node failed");
-                Err(ControlError::store_unavailable())
+                Err(ControlError::from(crate::upstream::UpstreamError::Store(e)))
             }
         }
     }

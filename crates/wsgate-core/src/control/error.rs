@@ -6,6 +6,7 @@
 //! transport maps to its status (HTTP 404, 409, …); it never changes the message.
 
 use crate::gateway::GatewayError;
+use crate::seams::StoreError;
 use crate::upstream::UpstreamError;
 
 /// The kind of failure, for a transport's status mapping (and, between nodes, for a
@@ -84,7 +85,13 @@ impl From<UpstreamError> for ControlError {
                 ErrorCode::Unavailable
             }
             UpstreamError::Upstream(_) | UpstreamError::Remote(_) => ErrorCode::BadGateway,
-            UpstreamError::Store(e) => {
+            UpstreamError::Store(StoreError::Revoked(_)) => {
+                return Self::new(ErrorCode::NotFound, UpstreamError::NotFound.to_string());
+            }
+            UpstreamError::Store(StoreError::NoAnswer(_) | StoreError::Other(_)) => {
+                ErrorCode::Unavailable
+            }
+            UpstreamError::Store(StoreError::Unavailable(e)) => {
                 tracing::warn!(error = %e, "store unavailable");
                 return Self::store_unavailable();
             }
@@ -134,10 +141,19 @@ mod tests {
             (e.code, e.message.as_str()),
             (ErrorCode::NotFound, "Connection not found")
         );
-        let down = UpstreamError::Store(crate::seams::StoreError::Unavailable("x".into()));
+        let down = UpstreamError::Store(StoreError::Unavailable("x".into()));
         assert_eq!(
             ControlError::from(down),
             ControlError::new(ErrorCode::Unavailable, "Store unavailable")
+        );
+        // A hung owner is not a store outage: it is named.
+        let hung = UpstreamError::Store(StoreError::NoAnswer("n2".into()));
+        assert_eq!(
+            ControlError::from(hung),
+            ControlError::new(
+                ErrorCode::Unavailable,
+                "instance n2 did not answer a forwarded call in time"
+            )
         );
         let full = UpstreamError::from(wsgate_client::Error::OutboxFull { capacity: 1 });
         assert_eq!(ControlError::from(full).code, ErrorCode::Unavailable);

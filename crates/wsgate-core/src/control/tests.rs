@@ -322,11 +322,10 @@ impl Forwarding for Peer {
     }
 }
 
-#[tokio::test]
-async fn operations_on_a_live_owners_connection_are_forwarded_once() {
-    let store = Arc::new(MemoryStore::new());
+/// Nodes `n1` and `n2` sharing `store`, on one in-process wire.
+fn cluster_on(store: &Arc<MemoryStore>) -> Vec<Fixture> {
     let wire = Arc::new(Wire::default());
-    let nodes: Vec<Fixture> = ["n1", "n2"]
+    ["n1", "n2"]
         .into_iter()
         .map(|n| {
             let f = node_fixture(n, store.clone());
@@ -337,7 +336,13 @@ async fn operations_on_a_live_owners_connection_are_forwarded_once() {
             f.control.attach_cluster(peer.clone(), peer);
             f
         })
-        .collect();
+        .collect()
+}
+
+#[tokio::test]
+async fn operations_on_a_live_owners_connection_are_forwarded_once() {
+    let store = Arc::new(MemoryStore::new());
+    let nodes = cluster_on(&store);
     let forwarded = |f: &Fixture| f.gateway.metrics.upstream_forwarded.get();
     // n2's record, but n2 holds no such connection: n1 forwards, n2 answers, n1 reports
     // n2's answer.
@@ -375,19 +380,7 @@ async fn operations_on_a_live_owners_connection_are_forwarded_once() {
 /// Two nodes on one in-process wire, with `users[i]` connected to node `i`.
 fn two_nodes(users: [&str; 2]) -> (Vec<Fixture>, Vec<Arc<crate::gateway::Connection>>) {
     let store = Arc::new(MemoryStore::new());
-    let wire = Arc::new(Wire::default());
-    let nodes: Vec<Fixture> = ["n1", "n2"]
-        .into_iter()
-        .map(|n| {
-            let f = node_fixture(n, store.clone());
-            let peer = Arc::new(Peer {
-                me: n.into(),
-                wire: wire.clone(),
-            });
-            f.control.attach_cluster(peer.clone(), peer);
-            f
-        })
-        .collect();
+    let nodes = cluster_on(&store);
     let conns = nodes
         .iter()
         .zip(users)
