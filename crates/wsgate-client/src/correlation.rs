@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::oneshot;
+use tracing::info;
 
 use crate::{Error, Message};
 
@@ -43,6 +44,16 @@ pub(crate) enum CorrelationId {
     Uuid([u8; 16]),
     /// The field's value, serialised as JSON (so `1` and `"1"` differ).
     Json(String),
+}
+
+/// As logs show it (`correlation_id=…`): the UUID's hex, or the field's JSON text.
+impl std::fmt::Display for CorrelationId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Uuid(id) => id.iter().try_for_each(|b| write!(f, "{b:02x}")),
+            Self::Json(text) => f.write_str(text),
+        }
+    }
 }
 
 impl Correlation {
@@ -170,12 +181,14 @@ impl Pending {
             return match w.tx.send(Ok(mode.reply_payload(msg))) {
                 Ok(()) => Routed::Delivered,
                 Err(_) => {
+                    info!(correlation_id = %id, "late reply dropped: its request had timed out");
                     self.remember_expired(id);
                     Routed::Late
                 }
             };
         }
         if self.expired_set.contains(&id) {
+            info!(correlation_id = %id, "late reply dropped: its request had timed out");
             return Routed::Late;
         }
         Routed::NotAReply(msg)
@@ -192,6 +205,7 @@ impl Pending {
             .collect();
         for id in dead {
             if let Some(w) = self.waiting.remove(&id) {
+                info!(correlation_id = %id, "request timed out");
                 let _ = w.tx.send(Err(Error::RequestTimeout));
             }
             self.remember_expired(id);
@@ -266,6 +280,65 @@ mod tests {
             Some(CorrelationId::Json("\"7\"".into()))
         );
         assert_eq!(mode.id_of(&Message::from(r#"{"op":"tick"}"#)), None);
+    }
+
+    /// A writer into a shared buffer, for reading back log lines.
+    #[derive(Clone, Default)]
+    struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn timeouts_and_late_replies_are_logged_with_both_ids() {
+        let logs = Logs::default();
+        let sink = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || sink.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            // The driver runs inside this span: every line names the connection.
+            let _span = tracing::info_span!("wsgate_client", id = %"up-1").entered();
+            let mode = Correlation::UuidPrefix;
+            let mut p = Pending::default();
+            let now = Instant::now();
+            let (tx, _rx) = oneshot::channel();
+            p.insert(CorrelationId::Uuid([0xab; 16]), tx, now);
+            p.sweep(now + Duration::from_millis(1));
+            let mut reply = vec![0xab; 16];
+            reply.extend_from_slice(b"late");
+            assert!(matches!(
+                p.route(&mode, Message::Binary(reply.into())),
+                Routed::Late
+            ));
+        });
+        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.to_lowercase().contains("correlation"))
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        for (line, what) in lines
+            .iter()
+            .zip(["request timed out", "late reply dropped"])
+        {
+            assert!(line.contains(" INFO "), "{line}");
+            assert!(line.contains("id=up-1"), "{line}");
+            assert!(
+                line.contains(&format!("correlation_id={}", "ab".repeat(16))),
+                "{line}"
+            );
+            assert!(line.contains(what), "{line}");
+        }
     }
 
     #[test]

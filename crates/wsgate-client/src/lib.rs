@@ -116,3 +116,6 @@ pub use wsgate_backoff::{
     Backoff, BackoffState, DEFAULT_INITIAL_DELAY, DEFAULT_JITTER, DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_DELAY, FixedJitter, JitterSource, RandomJitter,
 };
+
+/// This library's version (`/version` reports it as `library_version`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

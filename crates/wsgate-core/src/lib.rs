@@ -29,6 +29,7 @@ pub mod gateway;
 pub mod ids;
 pub mod memory;
 pub mod metrics;
+pub mod names;
 pub mod protocol;
 pub mod relay;
 pub mod seams;

@@ -37,6 +37,33 @@ pub const UPSTREAM_STATES: [&str; 6] = [
     "closed",
 ];
 
+/// Why an upstream connection or attempt failed, as the `reason` label spells it
+/// ([`crate::upstream::telemetry`] maps the client's errors onto these).
+pub const UPSTREAM_FAILURE_REASONS: [&str; 9] = [
+    "connect",
+    "tls",
+    "auth",
+    "server_closed",
+    "heartbeat_timeout",
+    "write_timeout",
+    "transport",
+    "connection_lost",
+    "other",
+];
+
+/// Why an upstream's login failed (`rejected` by the server, or no answer in time).
+pub const AUTH_FAILURE_REASONS: [&str; 2] = ["rejected", "timeout"];
+
+/// A counter family with every `reason` of `reasons` exported from the start (at 0), so
+/// rates and alerts see 0 rather than nothing.
+fn reasons(reasons: &[&'static str]) -> Family<ReasonLabel, Counter> {
+    let f = Family::<ReasonLabel, Counter>::default();
+    for &reason in reasons {
+        let _ = f.get_or_create(&ReasonLabel { reason });
+    }
+    f
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: &'static str,
@@ -84,6 +111,17 @@ pub struct Metrics {
     pub upstream_published: Counter,
     /// Upstream connections held by this node, by state.
     pub upstream_connections: Family<StateLabel, Gauge>,
+    /// Upstream reconnect attempts, by why the connection or the previous attempt failed.
+    pub upstream_reconnect_attempts: Family<ReasonLabel, Counter>,
+    /// Upstream reconnect attempts that failed (and give-ups), by reason.
+    pub upstream_reconnect_failures: Family<ReasonLabel, Counter>,
+    /// Seconds from an upstream connection's drop to ready again (authenticated and
+    /// subscribed).
+    pub upstream_reconnect_duration: Histogram,
+    /// Seconds an upstream connection stayed ready, observed when it drops or closes.
+    pub upstream_connection_duration: Histogram,
+    /// Upstream logins that failed, by reason (`rejected`, `timeout`).
+    pub upstream_auth_failures: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -125,6 +163,18 @@ impl Default for Metrics {
                 }
                 f
             },
+            upstream_reconnect_attempts: reasons(&UPSTREAM_FAILURE_REASONS),
+            upstream_reconnect_failures: reasons(&UPSTREAM_FAILURE_REASONS),
+            // 10 ms to ~20 min: a loopback reconnect at the bottom, a breaker cooldown at the
+            // top; seed 002's 30 s threshold falls between buckets 12 and 13.
+            upstream_reconnect_duration: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.01, 2.0, 18),
+            ),
+            // 1 s to ~9 days.
+            upstream_connection_duration: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(1.0, 4.0, 11),
+            ),
+            upstream_auth_failures: reasons(&AUTH_FAILURE_REASONS),
         }
     }
 }
@@ -266,6 +316,33 @@ impl Metrics {
             "wsgate_upstream_connections",
             "Upstream connections held by this node, by state",
             self.upstream_connections.clone(),
+        );
+        r.register(
+            "wsgate_upstream_reconnect_attempts",
+            "Upstream reconnect attempts, by why the connection or previous attempt failed",
+            self.upstream_reconnect_attempts.clone(),
+        );
+        r.register(
+            "wsgate_upstream_reconnect_failures",
+            "Upstream reconnect attempts that failed, and give-ups, by reason",
+            self.upstream_reconnect_failures.clone(),
+        );
+        r.register_with_unit(
+            "wsgate_upstream_reconnect_duration",
+            "Time from an upstream connection's drop to ready again (authenticated, subscribed)",
+            prometheus_client::registry::Unit::Seconds,
+            self.upstream_reconnect_duration.clone(),
+        );
+        r.register_with_unit(
+            "wsgate_upstream_connection_duration",
+            "How long upstream connections stayed ready, observed when they drop or close",
+            prometheus_client::registry::Unit::Seconds,
+            self.upstream_connection_duration.clone(),
+        );
+        r.register(
+            "wsgate_upstream_auth_failures",
+            "Upstream logins that failed, by reason (rejected, timeout)",
+            self.upstream_auth_failures.clone(),
         );
     }
 

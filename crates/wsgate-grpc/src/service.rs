@@ -417,20 +417,36 @@ impl WsGate for GrpcApi {
             .filter(|k| !k.is_empty())
             .map(str::parse)
             .transpose();
-        let page = kind.map(|kind| {
-            self.control.list_connections(&ListConnections {
+        let scope = Some(q.scope.as_str())
+            .filter(|s| !s.is_empty())
+            .map(str::parse)
+            .transpose();
+        let query = kind.and_then(|kind| {
+            Ok(ListConnections {
                 user: q.user,
                 channel: q.channel,
                 kind,
+                scope: scope?.unwrap_or_default(),
                 offset: q.offset as usize,
                 limit: q.limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX)),
             })
         });
-        answer(page, |page| pb::ListConnectionsReply {
-            total: page.total as u64,
-            offset: page.offset as u64,
-            next_offset: page.next_offset.map(|n| n as u64),
-            connections: page.items.into_iter().map(connection_view).collect(),
+        let listing = match query {
+            Ok(query) => self.control.list_connections(&query).await,
+            Err(e) => Err(e),
+        };
+        answer(listing, |listing| pb::ListConnectionsReply {
+            partial: listing.is_partial(),
+            missing_nodes: listing.missing_nodes,
+            total: listing.page.total as u64,
+            offset: listing.page.offset as u64,
+            next_offset: listing.page.next_offset.map(|n| n as u64),
+            connections: listing
+                .page
+                .items
+                .into_iter()
+                .map(connection_view)
+                .collect(),
             ..Default::default()
         })
     }
@@ -509,7 +525,9 @@ impl WsGate for GrpcApi {
         let r = req.into_inner();
         let reason = r.reason.as_deref().filter(|s| !s.is_empty());
         answer(
-            self.control.disconnect_client(&r.connection_id, reason),
+            self.control
+                .disconnect_client(&r.connection_id, reason)
+                .await,
             |_| pb::DisconnectReply::ok(),
         )
     }

@@ -94,9 +94,7 @@ impl Forwarding for RedisForwarding {
             Ok(_) => match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(reply)) => Ok(Some(reply)),
                 Ok(Err(_)) => Err(StoreError::Other("forwarded call dropped".into())),
-                Err(_) => Err(StoreError::Unavailable(format!(
-                    "instance {node} did not answer a forwarded call in time"
-                ))),
+                Err(_) => Err(StoreError::NoAnswer(node.to_string())),
             },
         };
         self.inner.pending.remove(&id);

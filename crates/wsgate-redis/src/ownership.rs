@@ -7,7 +7,9 @@
 //!   their leases (two commands). Only when an instance has lost its lease (or every ~5 s,
 //!   to catch anything else) does it read every record, and then it claims at most
 //!   `ceil(orphans / live instances)` of them, in random order, each with `claim.lua`
-//!   (compare-and-set on the owner, only while the old owner has no lease).
+//!   (compare-and-set on the owner, only while the old owner has no lease). Every sweep
+//!   also asks `held.lua` which of the node's running connections' records are gone
+//!   (wiped) or name another owner, so the node stops those at once.
 //! - **Hand-over**: the liveness task stops, records go to owner `""` (nobody has a lease
 //!   under the empty id, so they are orphans), the lease is deleted; survivors see it on
 //!   their next sweep.
@@ -43,6 +45,8 @@ pub struct RedisOwnership {
     pub(crate) lease_stopped: Arc<AtomicBool>,
     pub(crate) sweeps: AtomicU64,
     pub(crate) claim: Script,
+    /// `held.lua`: which running connections' records are gone or taken.
+    pub(crate) held: Script,
 }
 
 #[derive(Deserialize)]
@@ -75,6 +79,28 @@ impl RedisOwnership {
             .await
             .map_err(store_error)?;
         Ok(r)
+    }
+
+    /// The ids of `local` (connections this node runs) whose record is gone or names
+    /// another owner: checked on every sweep, so a wipe stops them at once.
+    async fn not_held(&self, local: &[String]) -> Result<Vec<String>, StoreError> {
+        let mut lost = Vec::new();
+        for chunk in local.chunks(500) {
+            let mut call = self.held.prepare_invoke();
+            for id in chunk {
+                call.key(self.keys.record(id));
+            }
+            let at: Vec<usize> = call
+                .arg(&*self.node)
+                .invoke_async(&mut self.conn.clone())
+                .await
+                .map_err(store_error)?;
+            lost.extend(
+                at.into_iter()
+                    .filter_map(|i| chunk.get(i.checked_sub(1)?).cloned()),
+            );
+        }
+        Ok(lost)
     }
 
     async fn alive_map(&self, nodes: &[String]) -> Result<HashMap<String, bool>, StoreError> {
@@ -125,6 +151,18 @@ impl Ownership for RedisOwnership {
         Ok(n == 1)
     }
 
+    async fn live_nodes(&self) -> Result<Vec<String>, StoreError> {
+        let instances: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.instances())
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)?;
+        let alive = self.alive_map(&instances).await?;
+        let mut live: Vec<String> = instances.into_iter().filter(|n| alive[n]).collect();
+        live.sort();
+        Ok(live)
+    }
+
     async fn sweep(&self, local: &[String]) -> Result<Sweep, StoreError> {
         let n = self.sweeps.fetch_add(1, Ordering::Relaxed);
         let instances: Vec<String> = redis::cmd("SMEMBERS")
@@ -138,8 +176,12 @@ impl Ownership for RedisOwnership {
             .filter(|i| **i != *self.node && !alive[*i])
             .cloned()
             .collect();
+        let not_held = self.not_held(local).await?;
         if dead.is_empty() && !n.is_multiple_of(FULL_SCAN_EVERY) {
-            return Ok(Sweep::default());
+            return Ok(Sweep {
+                lost: not_held,
+                ..Sweep::default()
+            });
         }
         // Full scan.
         let ids: Vec<String> = redis::cmd("SMEMBERS")
@@ -173,12 +215,15 @@ impl Ownership for RedisOwnership {
         alive.extend(self.alive_map(&unknown).await?);
         alive.insert(self.node.to_string(), true);
         let local: HashSet<&str> = local.iter().map(String::as_str).collect();
-        let mut out = Sweep::default();
+        let mut out = Sweep {
+            lost: not_held,
+            ..Sweep::default()
+        };
         let mut orphans: Vec<(String, String)> = Vec::new();
         let mut owners_left: HashSet<&str> = HashSet::new();
         for (id, owner) in &records {
             owners_left.insert(owner);
-            if local.contains(id.as_str()) && *owner != *self.node {
+            if local.contains(id.as_str()) && *owner != *self.node && !out.lost.contains(id) {
                 out.lost.push(id.clone());
             }
             if *owner != *self.node && !alive.get(owner).copied().unwrap_or(false) {

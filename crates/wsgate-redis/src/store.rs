@@ -103,6 +103,7 @@ impl RedisStore {
             lease_stopped: self.lease_stopped.clone(),
             sweeps: AtomicU64::new(0),
             claim: Script::new(include_str!("lua/claim.lua")),
+            held: Script::new(include_str!("lua/held.lua")),
         }
     }
 
@@ -202,13 +203,12 @@ impl PresenceStore for RedisStore {
     }
 }
 
-#[async_trait]
-impl UpstreamRecords for RedisStore {
-    async fn upstream_put(&self, record: UpstreamRecord) -> Result<(), StoreError> {
-        let json = sealed::encode(self.key.as_ref(), &record)?;
-        // Record and index change together, so the index never names a missing record
-        // (`wsgate doctor --redis` checks exactly that); a record that now names another
-        // owner is not overwritten (fencing).
+impl RedisStore {
+    /// `put.lua`: 1 written, 0 the record names another owner, -1 (`update` only) the
+    /// record is gone. Record and index change together, so the index never names a
+    /// missing record (`wsgate doctor --redis` checks exactly that).
+    async fn write_record(&self, record: &UpstreamRecord, update: bool) -> Result<i64, StoreError> {
+        let json = sealed::encode(self.key.as_ref(), record)?;
         let r: Result<i64, _> = self
             .put
             .key(self.keys.record(&record.id))
@@ -216,15 +216,30 @@ impl UpstreamRecords for RedisStore {
             .arg(json)
             .arg(&record.owner)
             .arg(&record.id)
+            .arg(if update { "1" } else { "0" })
             .invoke_async(&mut self.conn.clone())
             .await;
         self.observe(&r);
-        match r.map_err(unavailable)? {
+        r.map_err(unavailable)
+    }
+}
+
+#[async_trait]
+impl UpstreamRecords for RedisStore {
+    async fn upstream_put(&self, record: UpstreamRecord) -> Result<(), StoreError> {
+        match self.write_record(&record, false).await? {
             1 => Ok(()),
             _ => Err(StoreError::Other(format!(
                 "upstream record {} is now owned by another instance",
                 record.id
             ))),
+        }
+    }
+
+    async fn upstream_update(&self, record: UpstreamRecord) -> Result<(), StoreError> {
+        match self.write_record(&record, true).await? {
+            1 => Ok(()),
+            _ => Err(StoreError::Revoked(record.id)),
         }
     }
 

@@ -10,6 +10,7 @@
 //! - [`ws`]: the upgrade and the one task each connection runs ([`ws::WsState`]).
 //! - [`http`]: routes, the control API, operations endpoints ([`http::ApiState`]).
 //! - [`reply`]: JSON errors and bearer tokens, shared by both edges.
+//! - [`process`]: the process's own resources (`process_*`), read at scrape time.
 //! - [`config`]: the top-level settings, composed of each part's own.
 //!
 //! Modules depend downwards only: `supervisor` → `node` → `http` → `ws` → `reply`, `limits`,
@@ -24,6 +25,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod listener;
 mod node;
+pub mod process;
 pub mod reply;
 pub mod seams;
 mod secret;

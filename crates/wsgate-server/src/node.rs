@@ -46,6 +46,7 @@ impl Node {
         let metrics = Metrics::default();
         let mut registry = Registry::default();
         metrics.register(&mut registry);
+        registry.register_collector(Box::new(crate::process::ProcessCollector));
         let node: wsgate_core::seams::NodeId = node_id.clone().into();
         let seams = crate::seams::build(&config.cluster, &node, &mut registry)?;
         let gateway = Gateway::new(
@@ -60,14 +61,14 @@ impl Node {
             publisher: gateway.clone(),
             metrics,
         });
-        if let Some((ownership, forwarding)) = seams.cluster {
-            upstreams.attach_cluster(ownership, forwarding);
-        }
         let access = Access::new(
             config.api.api_key.as_ref().map(|k| k.expose().to_string()),
             limits.api_rate(),
         );
         let control = Arc::new(Control::new(gateway.clone(), upstreams.clone(), access));
+        if let Some((ownership, forwarding)) = seams.cluster {
+            control.attach_cluster(ownership, forwarding);
+        }
         let lifecycle = Arc::new(Lifecycle::default());
         let tasks = TaskTracker::new();
         let ws = WsState::new(WsView {
@@ -90,7 +91,9 @@ impl Node {
                 version: env!("CARGO_PKG_VERSION"),
                 git_commit: env!("WSGATE_GIT_COMMIT"),
                 build_time: env!("WSGATE_BUILD_TIME"),
+                instance_id: node_id.clone(),
                 node: node_id,
+                library_version: wsgate_client::VERSION,
             },
             metrics_registry: registry,
         });

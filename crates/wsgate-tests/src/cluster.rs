@@ -226,6 +226,10 @@ impl Node {
         crate::get_json(&self.url(path)).await
     }
 
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        super::json_answer(http().delete(self.url(path))).await
+    }
+
     /// Publishes `data` to `channel` through this node's API; returns the offset.
     pub async fn publish(&self, channel: &str, data: Value) -> u64 {
         let (status, body) = self

@@ -177,7 +177,7 @@ pub async fn get_text(url: &str) -> String {
     http().get(url).send().await.unwrap().text().await.unwrap()
 }
 
-async fn json_answer(req: reqwest::RequestBuilder) -> (u16, Value) {
+pub async fn json_answer(req: reqwest::RequestBuilder) -> (u16, Value) {
     let r = req.send().await.unwrap();
     (r.status().as_u16(), r.json().await.unwrap())
 }

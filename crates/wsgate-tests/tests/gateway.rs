@@ -433,6 +433,8 @@ async fn operations_endpoints() {
     assert_eq!((s, r["ready"].clone()), (200, json!(true)));
     let (_, v) = srv.get("/version").await;
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["library_version"], wsgate_client::VERSION);
+    assert_eq!(v["instance_id"], v["node"]);
     assert!(v["git_commit"].as_str().is_some_and(|c| !c.is_empty()));
     assert!(v["build_time"].as_str().is_some_and(|c| !c.is_empty()));
     let _c = Client::connect(&srv.ws_url()).await;

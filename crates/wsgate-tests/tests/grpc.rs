@@ -379,7 +379,30 @@ async fn upstream_operations_and_connection_views() {
         }
     );
     assert_eq!(l.total, 1);
+    assert!(!l.partial && l.missing_nodes.is_empty());
     upstream_of(l.connections.into_iter().next());
+    let l = call!(
+        c,
+        list_connections,
+        ListConnectionsRequest {
+            kind: "upstream".into(),
+            scope: "node".into(),
+            ..Default::default()
+        }
+    );
+    assert_eq!(l.total, 1);
+    let l = call!(
+        c,
+        list_connections,
+        ListConnectionsRequest {
+            scope: "galaxy".into(),
+            ..Default::default()
+        }
+    );
+    assert_eq!(
+        (l.success, l.error.as_str()),
+        (false, "scope is cluster or node")
+    );
     let l = call!(
         c,
         list_connections,

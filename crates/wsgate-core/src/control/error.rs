@@ -6,10 +6,12 @@
 //! transport maps to its status (HTTP 404, 409, …); it never changes the message.
 
 use crate::gateway::GatewayError;
+use crate::seams::StoreError;
 use crate::upstream::UpstreamError;
 
-/// The kind of failure, for a transport's status mapping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The kind of failure, for a transport's status mapping (and, between nodes, for a
+/// forwarded call's answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ErrorCode {
     /// No such connection (HTTP 404).
     NotFound,
@@ -29,6 +31,9 @@ pub enum ErrorCode {
     RateLimited { retry_after_secs: u64 },
 }
 
+/// What every operation answers when the store does not (never `Connection not found`).
+pub const STORE_UNAVAILABLE: &str = "Store unavailable";
+
 /// A failed control operation: its kind and its exact message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -43,6 +48,11 @@ impl ControlError {
             code,
             message: message.into(),
         }
+    }
+
+    /// The store (Redis) did not answer: 503 `Store unavailable`, whatever the operation.
+    pub fn store_unavailable() -> Self {
+        Self::new(ErrorCode::Unavailable, STORE_UNAVAILABLE)
     }
 
     /// A request the caller must fix.
@@ -75,7 +85,16 @@ impl From<UpstreamError> for ControlError {
                 ErrorCode::Unavailable
             }
             UpstreamError::Upstream(_) | UpstreamError::Remote(_) => ErrorCode::BadGateway,
-            UpstreamError::Store(_) => ErrorCode::Unavailable,
+            UpstreamError::Store(StoreError::Revoked(_)) => {
+                return Self::new(ErrorCode::NotFound, UpstreamError::NotFound.to_string());
+            }
+            UpstreamError::Store(StoreError::NoAnswer(_) | StoreError::Other(_)) => {
+                ErrorCode::Unavailable
+            }
+            UpstreamError::Store(StoreError::Unavailable(e)) => {
+                tracing::warn!(error = %e, "store unavailable");
+                return Self::store_unavailable();
+            }
         };
         Self::new(code, e.to_string())
     }
@@ -121,6 +140,20 @@ mod tests {
         assert_eq!(
             (e.code, e.message.as_str()),
             (ErrorCode::NotFound, "Connection not found")
+        );
+        let down = UpstreamError::Store(StoreError::Unavailable("x".into()));
+        assert_eq!(
+            ControlError::from(down),
+            ControlError::new(ErrorCode::Unavailable, "Store unavailable")
+        );
+        // A hung owner is not a store outage: it is named.
+        let hung = UpstreamError::Store(StoreError::NoAnswer("n2".into()));
+        assert_eq!(
+            ControlError::from(hung),
+            ControlError::new(
+                ErrorCode::Unavailable,
+                "instance n2 did not answer a forwarded call in time"
+            )
         );
         let full = UpstreamError::from(wsgate_client::Error::OutboxFull { capacity: 1 });
         assert_eq!(ControlError::from(full).code, ErrorCode::Unavailable);

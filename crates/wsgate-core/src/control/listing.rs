@@ -6,9 +6,11 @@
 
 use std::str::FromStr;
 
-use serde::Serialize;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::ControlError;
+use super::cluster::Scope;
 use super::rules::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use crate::gateway::ConnectionInfo;
 use crate::upstream::UpstreamView;
@@ -44,6 +46,14 @@ pub struct ListConnections {
     pub offset: usize,
     /// Page size: [`DEFAULT_PAGE_SIZE`] when not given, 1 to [`MAX_PAGE_SIZE`].
     pub limit: Option<usize>,
+    /// Every live node (default) or this node only.
+    pub scope: Scope,
+}
+
+/// The page size `limit` asks for: [`DEFAULT_PAGE_SIZE`] when not given, 1 to
+/// [`MAX_PAGE_SIZE`].
+pub(super) fn page_limit(limit: Option<usize>) -> usize {
+    limit.unwrap_or(DEFAULT_PAGE_SIZE).clamp(1, MAX_PAGE_SIZE)
 }
 
 impl ListConnections {
@@ -56,7 +66,8 @@ impl ListConnections {
     }
 }
 
-/// One connection of either kind, as listings and GetConnection show it.
+/// One connection of either kind, as listings and GetConnection show it. Both views carry
+/// `kind` (`gateway` or `upstream`) and `node` (the node that holds the connection).
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum ConnectionView {
@@ -64,11 +75,32 @@ pub enum ConnectionView {
     Upstream(UpstreamView),
 }
 
+/// Read back by its `kind` (another node's answer), not by trying each shape.
+impl<'de> Deserialize<'de> for ConnectionView {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        // The views' names are `&'static str` (interned), so they read from an owned value.
+        let view = match v.get("kind").and_then(|k| k.as_str()) {
+            Some("upstream") => UpstreamView::deserialize(v).map(Self::Upstream),
+            _ => ConnectionInfo::deserialize(v).map(Self::Gateway),
+        };
+        view.map_err(D::Error::custom)
+    }
+}
+
 impl ConnectionView {
     pub fn id(&self) -> &str {
         match self {
             Self::Gateway(i) => &i.id,
             Self::Upstream(u) => &u.id,
+        }
+    }
+
+    /// The node that holds the connection.
+    pub fn node(&self) -> &str {
+        match self {
+            Self::Gateway(i) => &i.node,
+            Self::Upstream(u) => &u.node,
         }
     }
 }
@@ -87,7 +119,7 @@ pub struct Page<T> {
 impl<T> Page<T> {
     /// Items `offset..offset + limit` of `all` (`limit` as [`ListConnections::limit`]).
     pub fn of(all: Vec<T>, offset: usize, limit: Option<usize>) -> Self {
-        let limit = limit.unwrap_or(DEFAULT_PAGE_SIZE).clamp(1, MAX_PAGE_SIZE);
+        let limit = page_limit(limit);
         let total = all.len();
         let items: Vec<T> = all.into_iter().skip(offset).take(limit).collect();
         let end = offset + items.len();

@@ -18,6 +18,7 @@
 //! calling the same methods.
 
 mod access;
+mod cluster;
 mod connect;
 mod error;
 mod listing;
@@ -29,8 +30,9 @@ use bytes::Bytes;
 use wsgate_client::Message;
 
 pub use access::{Access, Caller, RATE_LIMITED, RateLimit, UNAUTHORIZED};
+pub use cluster::{Listing, NODE_QUERY_TIMEOUT, Scope};
 pub use connect::{Connect, ConnectAuth, Subscribe};
-pub use error::{ControlError, ErrorCode};
+pub use error::{ControlError, ErrorCode, STORE_UNAVAILABLE};
 pub use listing::{ConnectionKind, ConnectionView, ListConnections, Page};
 pub use rules::{
     DEFAULT_AUTH_TIMEOUT_MS, DEFAULT_CONNECT_WAIT, DEFAULT_DISCONNECT_REASON, DEFAULT_PAGE_SIZE,
@@ -39,7 +41,8 @@ pub use rules::{
 
 use crate::gateway::{Gateway, Presence};
 use crate::upstream::{
-    Outcome, TOPIC_PREFIX, UpstreamError, UpstreamManager, UpstreamOp, UpstreamView, state_name,
+    Outcome, Route, TOPIC_PREFIX, UpstreamError, UpstreamManager, UpstreamOp, UpstreamView,
+    state_name,
 };
 
 /// Publish: `data` to every subscriber of `channel` (but `exclude_user`'s connections).
@@ -82,6 +85,8 @@ pub struct Control {
     gateway: Arc<Gateway>,
     upstreams: Arc<UpstreamManager>,
     access: Access,
+    /// Cluster mode ([`Control::attach_cluster`]): how to reach the other nodes.
+    cluster: std::sync::OnceLock<cluster::ClusterLink>,
 }
 
 impl Control {
@@ -90,6 +95,7 @@ impl Control {
             gateway,
             upstreams,
             access,
+            cluster: std::sync::OnceLock::new(),
         }
     }
 
@@ -128,8 +134,24 @@ impl Control {
             .await?)
     }
 
-    /// Closes client connection `id` (4003) with `reason`, or [`DEFAULT_DISCONNECT_REASON`].
-    pub fn disconnect_client(&self, id: &str, reason: Option<&str>) -> Result<(), ControlError> {
+    /// Closes client connection `id` (4003) with `reason`, or [`DEFAULT_DISCONNECT_REASON`],
+    /// on whichever node holds it (the id names the node).
+    pub async fn disconnect_client(
+        &self,
+        id: &str,
+        reason: Option<&str>,
+    ) -> Result<(), ControlError> {
+        match crate::ids::node_of(id) {
+            Some(node)
+                if node != &**self.gateway.node() && self.gateway.registry.get(id).is_none() =>
+            {
+                self.kick_elsewhere(node, id, reason).await
+            }
+            _ => self.kick_local(id, reason),
+        }
+    }
+
+    fn kick_local(&self, id: &str, reason: Option<&str>) -> Result<(), ControlError> {
         let reason = reason.unwrap_or(DEFAULT_DISCONNECT_REASON);
         Ok(self.gateway.kick(id, reason)?)
     }
@@ -141,9 +163,20 @@ impl Control {
 
     // Both kinds of connection.
 
-    /// ListConnections: this node's client and upstream connections, filtered, sorted by
-    /// id, one page.
-    pub fn list_connections(&self, q: &ListConnections) -> Page<ConnectionView> {
+    /// ListConnections: the client and upstream connections of every live node (or of this
+    /// node, [`Scope::Node`]), filtered, sorted by id, one page.
+    pub async fn list_connections(&self, q: &ListConnections) -> Result<Listing, ControlError> {
+        match (q.scope, self.cluster.get()) {
+            (Scope::Cluster, Some(link)) => self.list_cluster(link, q).await,
+            _ => Ok(Listing {
+                page: Page::of(self.local_matches(q), q.offset, q.limit),
+                missing_nodes: Vec::new(),
+            }),
+        }
+    }
+
+    /// This node's connections that `q` selects, sorted by id.
+    fn local_matches(&self, q: &ListConnections) -> Vec<ConnectionView> {
         let gw = &self.gateway;
         let mut all: Vec<ConnectionView> = Vec::new();
         if q.wants_gateway() {
@@ -168,18 +201,22 @@ impl Control {
             );
         }
         all.sort_by(|a, b| a.id().cmp(b.id()));
-        Page::of(all, q.offset, q.limit)
+        all
     }
 
-    /// GetConnection: a client connection of this node, else an upstream connection.
+    /// GetConnection: a connection of either kind, from any node (asked of the node that
+    /// holds it).
     pub async fn get_connection(&self, id: &str) -> Result<ConnectionView, ControlError> {
-        let gw = &self.gateway;
-        if let Some(conn) = gw.registry.get(id) {
-            return Ok(ConnectionView::Gateway(
-                conn.info(gw.node(), gw.clock.now_ms()),
-            ));
+        if let Some(view) = self.local_view(id) {
+            return Ok(view);
         }
-        Ok(ConnectionView::Upstream(self.get_upstream(id).await?))
+        match self.get_upstream(id).await {
+            Err(e) if e.code == ErrorCode::NotFound => match crate::ids::node_of(id) {
+                Some(node) if node != &**self.gateway.node() => self.view_elsewhere(node, id).await,
+                _ => Err(e),
+            },
+            other => other.map(ConnectionView::Upstream),
+        }
     }
 
     // Upstream connections.
@@ -294,10 +331,16 @@ impl Control {
         self.upstreams.list()
     }
 
-    /// Get: one upstream connection held here (`Connection owned by different instance`
-    /// when another node holds it).
+    /// Get: one upstream connection, from its owner when another live node holds it
+    /// (`Connection owned by different instance` when that owner is dead).
     pub async fn get_upstream(&self, id: &str) -> Result<UpstreamView, ControlError> {
-        Ok(self.upstreams.get(id).await?)
+        match self.upstreams.route(id).await? {
+            Route::Local(up) => Ok(up.view()),
+            Route::Remote(owner) => match self.view_elsewhere(&owner, id).await? {
+                ConnectionView::Upstream(u) => Ok(u),
+                ConnectionView::Gateway(_) => Err(UpstreamError::NotFound.into()),
+            },
+        }
     }
 
     async fn run(&self, op: UpstreamOp) -> Result<Outcome, ControlError> {

@@ -38,9 +38,8 @@ impl Transport for Nowhere {
 }
 
 struct Fixture {
-    control: Control,
+    control: Arc<Control>,
     gateway: Arc<Gateway>,
-    upstreams: Arc<UpstreamManager>,
     store: Arc<MemoryStore>,
 }
 
@@ -64,15 +63,14 @@ fn node_fixture(node: &str, store: Arc<MemoryStore>) -> Fixture {
         publisher: gateway.clone(),
         metrics,
     });
-    let control = Control::new(
+    let control = Arc::new(Control::new(
         gateway.clone(),
-        upstreams.clone(),
+        upstreams,
         Access::new(None, Arc::new(())),
-    );
+    ));
     Fixture {
         control,
         gateway,
-        upstreams,
         store,
     }
 }
@@ -117,7 +115,7 @@ async fn gateway_operations_validate_and_report_seed_000_errors() {
         "Connection not found",
     );
     assert_error(
-        c.disconnect_client("0123-n1", None),
+        c.disconnect_client("0123-n1", None).await,
         ErrorCode::NotFound,
         "Connection not found",
     );
@@ -136,32 +134,57 @@ async fn listings_page_and_filter_both_kinds() {
         .collect();
     f.gateway.registry.subscribe(&Arc::from("news"), &conns[1]);
 
-    let all = f.control.list_connections(&ListConnections::default());
+    let all = f
+        .control
+        .list_connections(&ListConnections::default())
+        .await
+        .unwrap()
+        .page;
     assert_eq!((all.total, all.items.len(), all.next_offset), (3, 3, None));
     let ids: Vec<&str> = all.items.iter().map(ConnectionView::id).collect();
     let mut sorted = ids.clone();
     sorted.sort();
     assert_eq!(ids, sorted);
 
-    let page = f.control.list_connections(&ListConnections {
-        limit: Some(2),
-        ..Default::default()
-    });
+    let page = f
+        .control
+        .list_connections(&ListConnections {
+            limit: Some(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .page;
     assert_eq!((page.items.len(), page.next_offset), (2, Some(2)));
-    let ann = f.control.list_connections(&ListConnections {
-        user: Some("ann".into()),
-        ..Default::default()
-    });
+    let ann = f
+        .control
+        .list_connections(&ListConnections {
+            user: Some("ann".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .page;
     assert_eq!(ann.total, 2);
-    let news = f.control.list_connections(&ListConnections {
-        channel: Some("news".into()),
-        ..Default::default()
-    });
+    let news = f
+        .control
+        .list_connections(&ListConnections {
+            channel: Some("news".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .page;
     assert_eq!(news.items[0].id(), &*conns[1].id);
-    let upstreams = f.control.list_connections(&ListConnections {
-        kind: Some(ConnectionKind::Upstream),
-        ..Default::default()
-    });
+    let upstreams = f
+        .control
+        .list_connections(&ListConnections {
+            kind: Some(ConnectionKind::Upstream),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .page;
     assert_eq!(upstreams.total, 0);
 
     let one = f.control.get_connection(&conns[0].id).await.unwrap();
@@ -173,6 +196,7 @@ async fn listings_page_and_filter_both_kinds() {
     );
     f.control
         .disconnect_client(&conns[0].id, Some("bye"))
+        .await
         .unwrap();
 }
 
@@ -262,6 +286,9 @@ impl Ownership for Peer {
     async fn is_alive(&self, node: &str) -> Result<bool, StoreError> {
         Ok(self.wire.0.lock().contains_key(node))
     }
+    async fn live_nodes(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.wire.0.lock().keys().cloned().collect())
+    }
     async fn sweep(&self, _: &[String]) -> Result<Sweep, StoreError> {
         Ok(Sweep::default())
     }
@@ -295,11 +322,10 @@ impl Forwarding for Peer {
     }
 }
 
-#[tokio::test]
-async fn operations_on_a_live_owners_connection_are_forwarded_once() {
-    let store = Arc::new(MemoryStore::new());
+/// Nodes `n1` and `n2` sharing `store`, on one in-process wire.
+fn cluster_on(store: &Arc<MemoryStore>) -> Vec<Fixture> {
     let wire = Arc::new(Wire::default());
-    let nodes: Vec<Fixture> = ["n1", "n2"]
+    ["n1", "n2"]
         .into_iter()
         .map(|n| {
             let f = node_fixture(n, store.clone());
@@ -307,10 +333,16 @@ async fn operations_on_a_live_owners_connection_are_forwarded_once() {
                 me: n.into(),
                 wire: wire.clone(),
             });
-            f.upstreams.attach_cluster(peer.clone(), peer);
+            f.control.attach_cluster(peer.clone(), peer);
             f
         })
-        .collect();
+        .collect()
+}
+
+#[tokio::test]
+async fn operations_on_a_live_owners_connection_are_forwarded_once() {
+    let store = Arc::new(MemoryStore::new());
+    let nodes = cluster_on(&store);
     let forwarded = |f: &Fixture| f.gateway.metrics.upstream_forwarded.get();
     // n2's record, but n2 holds no such connection: n1 forwards, n2 answers, n1 reports
     // n2's answer.
@@ -343,4 +375,85 @@ async fn operations_on_a_live_owners_connection_are_forwarded_once() {
         "Connection owned by different instance: n3",
     );
     assert_eq!((forwarded(&nodes[0]), forwarded(&nodes[1])), (2, 0));
+}
+
+/// Two nodes on one in-process wire, with `users[i]` connected to node `i`.
+fn two_nodes(users: [&str; 2]) -> (Vec<Fixture>, Vec<Arc<crate::gateway::Connection>>) {
+    let store = Arc::new(MemoryStore::new());
+    let nodes = cluster_on(&store);
+    let conns = nodes
+        .iter()
+        .zip(users)
+        .map(|(f, u)| {
+            let who = Identity {
+                user: u.into(),
+                channels: ChannelGrant::default(),
+            };
+            f.gateway.open(who, None, Arc::new(Nowhere))
+        })
+        .collect();
+    (nodes, conns)
+}
+
+#[tokio::test]
+async fn listings_and_views_cover_every_live_node() {
+    let (nodes, conns) = two_nodes(["ann", "bob"]);
+    let n1 = &nodes[0].control;
+    let all = n1
+        .list_connections(&ListConnections::default())
+        .await
+        .unwrap();
+    assert!(!all.is_partial());
+    let mut want: Vec<&str> = conns.iter().map(|c| &*c.id).collect();
+    want.sort();
+    let ids: Vec<&str> = all.page.items.iter().map(ConnectionView::id).collect();
+    assert_eq!((all.page.total, ids), (2, want.clone()));
+    let nodes_named: Vec<&str> = all.page.items.iter().map(ConnectionView::node).collect();
+    assert!(nodes_named.contains(&"n1") && nodes_named.contains(&"n2"));
+    // Paging cuts the merged order; filters apply on every node.
+    let second = n1
+        .list_connections(&ListConnections {
+            offset: 1,
+            limit: Some(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(second.page.items[0].id(), want[1]);
+    assert_eq!((second.page.total, second.page.next_offset), (2, None));
+    let bob = n1
+        .list_connections(&ListConnections {
+            user: Some("bob".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(bob.page.items[0].id(), &*conns[1].id);
+    // This node only.
+    let mine = n1
+        .list_connections(&ListConnections {
+            scope: Scope::Node,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(mine.page.total, 1);
+
+    // One connection of another node, then its disconnect, from n1.
+    let view = n1.get_connection(&conns[1].id).await.unwrap();
+    assert!(matches!(view, ConnectionView::Gateway(i) if i.user == "bob" && i.node == "n2"));
+    n1.disconnect_client(&conns[1].id, Some("bye"))
+        .await
+        .unwrap();
+    assert!(conns[1].close_request().is_some());
+    assert_error(
+        n1.disconnect_client("0123456789abcdef-n2", None).await,
+        ErrorCode::NotFound,
+        "Connection not found",
+    );
+    assert_error(
+        n1.get_connection("0123456789abcdef-n9").await,
+        ErrorCode::NotFound,
+        "Connection not found",
+    );
 }

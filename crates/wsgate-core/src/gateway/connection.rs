@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use super::transport::Transport;
@@ -187,10 +187,11 @@ impl Connection {
     }
 }
 
-/// A connection as the control API shows it.
-#[derive(Debug, Clone, Serialize)]
+/// A connection as the control API shows it (and as another node's listing brings it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConnectionInfo {
     pub id: String,
+    #[serde(deserialize_with = "crate::names::interned")]
     pub kind: &'static str,
     pub user: String,
     pub channels: Vec<String>,
@@ -204,6 +205,7 @@ pub struct ConnectionInfo {
     pub errors: u64,
     pub last_error: Option<String>,
     pub queue_depth: usize,
+    #[serde(deserialize_with = "crate::names::interned")]
     pub state: &'static str,
     pub node: String,
     pub remote: Option<String>,

@@ -58,6 +58,16 @@ impl UpstreamRecords for MemoryStore {
         Ok(())
     }
 
+    async fn upstream_update(&self, record: UpstreamRecord) -> Result<(), StoreError> {
+        match self.upstreams.get_mut(&record.id) {
+            Some(mut cur) if cur.owner == record.owner => {
+                *cur = record;
+                Ok(())
+            }
+            _ => Err(StoreError::Revoked(record.id)),
+        }
+    }
+
     async fn upstream_get(&self, id: &str) -> Result<Option<UpstreamRecord>, StoreError> {
         Ok(self.upstreams.get(id).map(|r| r.clone()))
     }

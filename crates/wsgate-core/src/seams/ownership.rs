@@ -17,8 +17,9 @@ use super::upstream::UpstreamRecord;
 pub struct Sweep {
     /// Records this node won (they now name this node as owner): start them.
     pub claimed: Vec<UpstreamRecord>,
-    /// Ids this node runs locally whose record now names another owner (it was declared
-    /// dead while alive, e.g. cut off from Redis for longer than its lease): close them.
+    /// Ids this node runs locally whose record is gone (wiped: `CLEAR_ALL_ON_START` on
+    /// another node, an operator) or now names another owner (it was declared dead while
+    /// alive, e.g. cut off from Redis for longer than its lease): close them.
     pub lost: Vec<String>,
 }
 
@@ -28,6 +29,8 @@ pub trait Ownership: Send + Sync + 'static {
     async fn acquire_lease(&self) -> Result<(), StoreError>;
     /// Whether `node` holds a lease.
     async fn is_alive(&self, node: &str) -> Result<bool, StoreError>;
+    /// Every node that holds a lease now (this one included), for cluster-wide views.
+    async fn live_nodes(&self) -> Result<Vec<String>, StoreError>;
     /// One reclaimer pass: claims (compare-and-set, at most this node's fair share) the
     /// records whose owner's lease is gone. `local` are the ids this node runs.
     async fn sweep(&self, local: &[String]) -> Result<Sweep, StoreError>;

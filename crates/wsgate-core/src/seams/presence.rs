@@ -12,6 +12,14 @@ pub enum StoreError {
     Unavailable(String),
     #[error("store error: {0}")]
     Other(String),
+    /// A node got a forwarded call (its process listens) but did not answer in time: the
+    /// store works, that node does not.
+    #[error("instance {0} did not answer a forwarded call in time")]
+    NoAnswer(String),
+    /// An upstream record that is gone (wiped) or names another owner now: the writer
+    /// must stop its connection, not re-create the record.
+    #[error("upstream record {0} is gone or owned by another instance")]
+    Revoked(String),
 }
 
 /// One connection present in a channel.

@@ -26,28 +26,20 @@ pub(super) struct ClusterSeams {
 }
 
 impl UpstreamManager {
-    /// Cluster mode: answer calls forwarded to this node (over `forwarding`) and use
-    /// `ownership` for routing.
-    pub fn attach_cluster(
-        self: &Arc<Self>,
-        ownership: Arc<dyn Ownership>,
-        forwarding: Arc<dyn Forwarding>,
-    ) {
-        let weak = Arc::downgrade(self);
-        forwarding.serve(Arc::new(move |body| {
-            let weak = weak.clone();
-            Box::pin(async move {
-                match weak.upgrade() {
-                    Some(m) => m.handle_forwarded(body).await,
-                    None => serde_json::to_string(&Reply::error(&UpstreamError::NotFound))
-                        .unwrap_or_default(),
-                }
-            })
-        }));
+    /// Cluster mode: use `ownership` for routing and `forwarding` to reach owners. The node's
+    /// control façade serves the calls forwarded to this node
+    /// ([`Control::attach_cluster`](crate::control::Control::attach_cluster)) and hands the
+    /// upstream operations to [`Self::handle_forwarded`].
+    pub fn attach_cluster(&self, ownership: Arc<dyn Ownership>, forwarding: Arc<dyn Forwarding>) {
         let _ = self.cluster.set(ClusterSeams {
             ownership,
             forwarding,
         });
+    }
+
+    /// What a node answers to a forwarded upstream call once its manager is gone.
+    pub fn gone_reply() -> String {
+        serde_json::to_string(&Reply::error(&UpstreamError::NotFound)).unwrap_or_default()
     }
 
     /// Starts the reclaimer (cluster mode only). Abort the handle before [`Self::hand_over`].
@@ -103,7 +95,7 @@ impl UpstreamManager {
             };
             for id in sweep.lost {
                 if let Some((_, up)) = self.conns.remove(id.as_str()) {
-                    warn!(upstream_id = %id, "another instance took this upstream connection over; closing the local one");
+                    warn!(upstream_id = %id, "upstream record wiped or taken over by another instance; closing the local connection");
                     up.close(CLOSE_WAIT).await;
                     up.shared.gauge.clear(&self.parts.metrics);
                 }

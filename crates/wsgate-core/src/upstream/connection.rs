@@ -44,15 +44,21 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Applies `edit` to the record and writes it to the store (bounded).
+    /// Applies `edit` to the record and writes it to the store (bounded). A record that is
+    /// gone or names another owner is not re-created: the write fails with
+    /// `Connection not found`, and the reclaimer's next sweep stops the connection.
     pub async fn update_record(
         &self,
         edit: impl FnOnce(&mut UpstreamRecord),
     ) -> Result<(), UpstreamError> {
         let mut rec = self.record.lock().await;
         edit(&mut rec);
-        let put = self.parts.records.upstream_put(rec.clone());
+        let put = self.parts.records.upstream_update(rec.clone());
         let res = match tokio::time::timeout(WRITE_TIMEOUT, put).await {
+            Ok(Err(crate::seams::StoreError::Revoked(_))) => {
+                warn!(upstream_id = %self.id, "upstream record gone or taken over; not re-created");
+                return Err(UpstreamError::NotFound);
+            }
             Ok(r) => r.map_err(UpstreamError::from),
             Err(_) => Err(UpstreamError::Store(crate::seams::StoreError::Unavailable(
                 "upstream record write timed out".into(),

@@ -142,25 +142,30 @@ impl UpstreamManager {
         if let Some(up) = self.conns.get(id) {
             return Ok(up.clone());
         }
-        // Cluster mode: a record held by another node gets the more useful error.
+        // Cluster mode: a record held by another node gets the more useful error. A store
+        // that does not answer is said so (503), never `Connection not found`.
         match self.parts.records.upstream_get(id).await {
             Ok(Some(rec)) if rec.owner != self.node() => {
                 Err(UpstreamError::OwnedByDifferentInstance(rec.owner))
             }
-            _ => Err(UpstreamError::NotFound),
+            Ok(_) => Err(UpstreamError::NotFound),
+            Err(e) => {
+                self.parts.metrics.store_errors.inc();
+                Err(UpstreamError::Store(e))
+            }
         }
     }
 
     /// Where an operation on `id` runs: here, or on the live owner named by its record.
     /// A record whose owner has no lease (dead, not yet reclaimed) is seed 000's
     /// `Connection owned by different instance`.
-    async fn route(&self, id: &str) -> Result<Route, UpstreamError> {
+    pub(crate) async fn route(&self, id: &str) -> Result<Route, UpstreamError> {
         match self.lookup(id).await {
             Ok(up) => Ok(Route::Local(up)),
             Err(UpstreamError::OwnedByDifferentInstance(owner)) => {
                 if let Some(cluster) = self.cluster.get()
                     && !owner.is_empty()
-                    && cluster.ownership.is_alive(&owner).await.unwrap_or(false)
+                    && cluster.ownership.is_alive(&owner).await?
                 {
                     return Ok(Route::Remote(owner));
                 }
@@ -168,6 +173,11 @@ impl UpstreamManager {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// The view of connection `id` if this node holds it (never asks the store).
+    pub(crate) fn local_view(&self, id: &str) -> Option<UpstreamView> {
+        self.conns.get(id).map(|up| up.view())
     }
 
     /// Runs `op` where connection `op.id()` is held: here, or forwarded to its live owner.
@@ -330,7 +340,7 @@ impl UpstreamManager {
 }
 
 /// Where an operation runs.
-enum Route {
+pub(crate) enum Route {
     Local(Arc<Upstream>),
     /// On this live instance.
     Remote(String),

@@ -45,12 +45,14 @@ mod op;
 mod parts;
 mod pump;
 mod state;
+pub mod telemetry;
 mod view;
 
 use std::time::Duration;
 
 pub use connection::Upstream;
 pub use error::UpstreamError;
+pub(crate) use manager::Route;
 pub use manager::{Connected, UpstreamManager};
 pub use op::{Outcome, UpstreamOp};
 pub use parts::{Publisher, UpstreamParts};

@@ -1,6 +1,6 @@
 //! The one task per upstream connection next to the client's driver: it consumes the
-//! client's [`Events`] and state changes and turns them into metrics, record updates and
-//! channel publications.
+//! client's [`Events`] and state changes and turns them into metrics (the life-cycle ones
+//! through [`Lifetimes`]), record updates and channel publications.
 //!
 //! Publishing is awaited in line, so the upstream's own order is the channel's order, and
 //! a slow broker slows reading from the upstream (the client's event channel is bounded)
@@ -20,6 +20,7 @@ use super::TOPIC_PREFIX;
 use super::connection::Shared;
 use super::mapping::publication_data;
 use super::state::state_name;
+use super::telemetry::Lifetimes;
 
 /// Longest wait for the broker to accept one publication.
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -30,7 +31,9 @@ pub async fn run(
     mut state: watch::Receiver<ConnectionState>,
 ) {
     let metrics = shared.parts.metrics.clone();
+    let mut lifetimes = Lifetimes::default();
     let mut last = *state.borrow_and_update();
+    lifetimes.on_state(&metrics, last);
     on_state(&shared, None, last).await;
     let mut state_open = true;
     loop {
@@ -43,15 +46,20 @@ pub async fn run(
                         publish(&shared, &topic, &msg).await;
                     }
                 }
-                Some(Event::Reconnected) => {
-                    metrics.upstream_reconnections.inc();
-                    info!(upstream_id = %shared.id, "upstream reconnected");
+                Some(event) => {
+                    lifetimes.on_event(&metrics, &event);
+                    match event {
+                        Event::Reconnected => {
+                            metrics.upstream_reconnections.inc();
+                            info!(upstream_id = %shared.id, "upstream reconnected");
+                        }
+                        Event::GaveUp { error } => {
+                            metrics.upstream_give_ups.inc();
+                            warn!(upstream_id = %shared.id, %error, "upstream gave up");
+                        }
+                        _ => {}
+                    }
                 }
-                Some(Event::GaveUp { error }) => {
-                    metrics.upstream_give_ups.inc();
-                    warn!(upstream_id = %shared.id, %error, "upstream gave up");
-                }
-                Some(_) => {}
             },
             changed = state.changed(), if state_open => {
                 if changed.is_err() {
@@ -60,6 +68,7 @@ pub async fn run(
                 }
                 let now = *state.borrow_and_update();
                 if now != last {
+                    lifetimes.on_state(&metrics, now);
                     on_state(&shared, Some(last), now).await;
                     last = now;
                 }
@@ -69,6 +78,7 @@ pub async fn run(
     // The driver has stopped: its final state is set before its last event.
     let now = *state.borrow();
     if now != last {
+        lifetimes.on_state(&metrics, now);
         on_state(&shared, Some(last), now).await;
     }
 }

@@ -8,18 +8,20 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::UNIX_EPOCH;
 
 use crate::seams::upstream::{CorrelationMode, redact_url};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use wsgate_client::BreakerState;
 
 use super::connection::Upstream;
 use super::state::state_name;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UpstreamView {
     pub id: String,
+    #[serde(deserialize_with = "crate::names::interned")]
     pub kind: &'static str,
     /// Without user info, query string or fragment.
     pub url: String,
+    #[serde(deserialize_with = "crate::names::interned")]
     pub state: &'static str,
     /// The node that holds the connection.
     pub node: String,
@@ -38,6 +40,7 @@ pub struct UpstreamView {
     pub late_replies: u64,
     pub pending_requests: usize,
     pub outbox_len: usize,
+    #[serde(deserialize_with = "crate::names::interned")]
     pub breaker: &'static str,
     /// Tracked subscription keys, in replay order.
     pub subscriptions: Vec<String>,
@@ -45,6 +48,7 @@ pub struct UpstreamView {
     pub published: u64,
     pub publish_errors: u64,
     pub auto_reconnect: bool,
+    #[serde(deserialize_with = "crate::names::interned")]
     pub correlation: &'static str,
     /// Handshake header names (values are never shown).
     pub headers: Vec<String>,

@@ -77,7 +77,9 @@ pub async fn disconnect(
     Path(id): Path<String>,
     Query(q): Query<DisconnectQuery>,
 ) -> ApiResult {
-    node.control.disconnect_client(&id, q.reason.as_deref())?;
+    node.control
+        .disconnect_client(&id, q.reason.as_deref())
+        .await?;
     Ok(Json(json!({"success": true})))
 }
 

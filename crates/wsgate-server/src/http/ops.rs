@@ -57,27 +57,40 @@ pub struct ListQuery {
     user: Option<String>,
     channel: Option<String>,
     kind: Option<String>,
+    scope: Option<String>,
     #[serde(default)]
     offset: usize,
     limit: Option<usize>,
 }
 
-/// `GET /connections`: filtered by user, channel and kind; sorted by id; paginated with
-/// `offset` and `limit` (default 100, at most 1000). `next_offset` is null on the last page.
+/// `GET /connections`: the connections of every live node (`scope=node`: this node's),
+/// filtered by user, channel and kind; sorted by id; paginated with `offset` and `limit`
+/// (default 100, at most 1000). `next_offset` is null on the last page. `partial` is true,
+/// and `missing_nodes` names them, when some live node did not answer in time.
 pub async fn list_connections(
     State(node): State<ApiState>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let query = ListConnections {
         kind: q.kind.as_deref().map(str::parse).transpose()?,
+        scope: q
+            .scope
+            .as_deref()
+            .map(str::parse)
+            .transpose()?
+            .unwrap_or_default(),
         user: q.user,
         channel: q.channel,
         offset: q.offset,
         limit: q.limit,
     };
-    let page = node.control.list_connections(&query);
+    let listing = node.control.list_connections(&query).await?;
+    let partial = listing.is_partial();
+    let page = listing.page;
     Ok(Json(json!({
         "success": true,
+        "partial": partial,
+        "missing_nodes": listing.missing_nodes,
         "total": page.total,
         "offset": page.offset,
         "next_offset": page.next_offset,

@@ -23,6 +23,10 @@ pub struct BuildInfo {
     pub git_commit: &'static str,
     pub build_time: &'static str,
     pub node: String,
+    /// The node id again, under seed 000's name.
+    pub instance_id: String,
+    /// The version of `wsgate-client`, the library that holds the upstream connections.
+    pub library_version: &'static str,
 }
 
 /// What the control APIs (HTTP and gRPC) and the operations endpoints use.

@@ -137,6 +137,7 @@ async fn fetch_all(api: &Api, args: &ConnectionsArgs) -> anyhow::Result<Vec<Valu
         query.push_str(&format!("&kind={k}"));
     }
     let mut all = Vec::new();
+    let mut missing = std::collections::BTreeSet::new();
     let mut offset = 0u64;
     loop {
         let (status, body) = api
@@ -148,10 +149,19 @@ async fn fetch_all(api: &Api, args: &ConnectionsArgs) -> anyhow::Result<Vec<Valu
         if let Some(page) = body["connections"].as_array() {
             all.extend(page.iter().cloned());
         }
+        let nodes = body["missing_nodes"].as_array().into_iter().flatten();
+        missing.extend(nodes.filter_map(Value::as_str).map(str::to_string));
         match body["next_offset"].as_u64() {
             Some(next) if next > offset => offset = next,
             _ => break,
         }
+    }
+    if !missing.is_empty() {
+        let names: Vec<String> = missing.into_iter().collect();
+        eprintln!(
+            "warning: incomplete: node(s) {} did not answer in time",
+            names.join(", ")
+        );
     }
     Ok(all)
 }
