@@ -134,6 +134,14 @@ pub fn main(args: ServeArgs) -> anyhow::Result<()> {
         .extract()
         .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     init_logging(config.log_format);
+    let unknown = Config::unknown_env();
+    if !unknown.is_empty() {
+        // Kubernetes service links (`WSGATE_PORT=tcp://…`) look like settings; they are not.
+        tracing::warn!(
+            variables = %unknown.join(", "),
+            "ignoring WSGATE_* environment variables that name no setting"
+        );
+    }
     // Every client is a file descriptor: take the hard limit, not the shell's soft default.
     crate::bench::procfs::raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
