@@ -124,6 +124,25 @@ impl Config {
         )
     }
 
+    /// The settings `figment` gives, or an error that names the key at fault. serde loses
+    /// the key of a bad value inside a flattened part (`invalid type: found string "lots",
+    /// expected usize`), so on error each part is read alone to find it.
+    pub fn extract(figment: &Figment) -> anyhow::Result<Config> {
+        figment.extract::<Config>().map_err(|e| {
+            fn part<T: serde::de::DeserializeOwned>(f: &Figment) -> Option<figment::Error> {
+                f.extract::<T>().err()
+            }
+            let named = part::<ListenerConfig>(figment)
+                .or_else(|| part::<WsConfig>(figment))
+                .or_else(|| part::<GatewaySettings>(figment))
+                .or_else(|| part::<LimitsConfig>(figment))
+                .or_else(|| part::<ClusterConfig>(figment))
+                .or_else(|| part::<ApiConfig>(figment))
+                .or_else(|| part::<GrpcConfig>(figment));
+            anyhow::anyhow!("configuration: {}", named.unwrap_or(e))
+        })
+    }
+
     /// The `WSGATE_*` variables in the environment that name no setting (and are not read
     /// elsewhere), sorted: [`Config::figment`] ignores them.
     pub fn unknown_env() -> Vec<String> {

@@ -128,8 +128,9 @@ impl Running {
     /// The graceful stop, in the order the module documentation gives.
     async fn stop(self) {
         let node = &self.node;
-        node.lifecycle.drain();
+        // Connect first: once `/ready` says draining, no new upstream is accepted.
         node.api().control.drain();
+        node.lifecycle.drain();
         if let Some(r) = self.reclaimer {
             r.abort();
             let _ = r.await;
