@@ -211,4 +211,23 @@ mod tests {
         let keys = serde_json::to_value(Config::default()).unwrap();
         assert!(keys.get("max_connections").is_some() && keys.get("limits").is_none());
     }
+
+    #[test]
+    fn environment_keys_are_the_settings_and_nothing_else() {
+        let known = known_keys();
+        for key in [
+            "max_connections",
+            "auth__mode",
+            "auth__jwt_secret",
+            "api_key",
+            "client_ip_header",
+            "allow_unauthenticated_api",
+            "grpc_enabled",
+        ] {
+            assert!(known.iter().any(|k| k == key), "{key}");
+        }
+        for service_link in ["port", "service_host", "port_8080_tcp_addr", "limits"] {
+            assert!(!known.iter().any(|k| k == service_link), "{service_link}");
+        }
+    }
 }

@@ -1121,6 +1121,8 @@ fn kustomize_base_is_the_charts_default_install() {
     };
     assert_eq!(env("WSGATE_GRPC_ENABLED")["value"], "false");
     assert_eq!(env("WSGATE_TRUSTED_PROXIES")["value"], "[\"10.0.0.0/8\"]");
+    // ingress-nginx writes X-Forwarded-For and passes a client's own `Forwarded` through.
+    assert_eq!(env("WSGATE_CLIENT_IP_HEADER")["value"], "x-forwarded-for");
     assert!(env("WSGATE_API_KEY")["valueFrom"]["secretKeyRef"]["optional"].is_null());
 
     // Service, PDB, ServiceAccount.
