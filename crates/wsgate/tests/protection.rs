@@ -132,10 +132,8 @@ async fn per_ip_limits_answer_429_and_honour_only_trusted_proxies() {
         .expect("other client IP");
     // `Forwarded` is not the configured header (a client can send its own through a proxy
     // that only manages X-Forwarded-For): the request counts for the proxy's address.
+    // (The watcher holds one place of 127.0.0.1 already.)
     let _d = try_upgrade(&srv, &[("forwarded", "for=198.51.100.2")])
-        .await
-        .expect("1st from the proxy itself");
-    let _e = try_upgrade(&srv, &[("forwarded", "for=198.51.100.3")])
         .await
         .expect("2nd from the proxy itself");
     let (status, _) = try_upgrade(&srv, &[("forwarded", "for=198.51.100.4")])
