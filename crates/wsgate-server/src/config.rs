@@ -119,7 +119,11 @@ impl Config {
         let known = known_keys();
         f.merge(
             Env::prefixed(ENV_PREFIX)
-                .filter(move |k| known.iter().any(|known| k.as_str().eq_ignore_ascii_case(known)))
+                .filter(move |k| {
+                    known
+                        .iter()
+                        .any(|known| k.as_str().eq_ignore_ascii_case(known))
+                })
                 .split("__"),
         )
     }

@@ -553,7 +553,10 @@ mod tests {
         };
         let gw: SocketAddr = "192.168.1.1:1".parse().unwrap();
         let both = headers(&[
-            ("forwarded", "for=9.9.9.9, for=\"[2001:db8::1]:443\";proto=https"),
+            (
+                "forwarded",
+                "for=9.9.9.9, for=\"[2001:db8::1]:443\";proto=https",
+            ),
             ("x-forwarded-for", "5.5.5.5"),
             ("x-real-ip", "7.7.7.7"),
         ]);

@@ -456,7 +456,11 @@ async fn a_fresh_node_exports_every_metric_in_alerts_and_dashboard() {
         "websocket_connection_rejections_total{reason=\"ip_rate\"}",
         "wsgate_api_rejections_total{reason=\"unauthorized\"}",
     ] {
-        assert_eq!(metric_value(&text, series), Some(0.0), "{series} in:\n{text}");
+        assert_eq!(
+            metric_value(&text, series),
+            Some(0.0),
+            "{series} in:\n{text}"
+        );
     }
 }
 

@@ -134,9 +134,17 @@ async fn kubernetes_service_links_are_ignored_with_one_warning() {
         .collect();
     assert_eq!(warnings.len(), 1, "one warning line:\n{stderr}");
     for (name, _) in links {
-        assert!(warnings[0].contains(name), "{name} named in {}", warnings[0]);
+        assert!(
+            warnings[0].contains(name),
+            "{name} named in {}",
+            warnings[0]
+        );
     }
-    assert!(!warnings[0].contains("WSGATE_MAX_CONNECTIONS"), "{}", warnings[0]);
+    assert!(
+        !warnings[0].contains("WSGATE_MAX_CONNECTIONS"),
+        "{}",
+        warnings[0]
+    );
     assert!(!warnings[0].contains("WSGATE_LOG"), "{}", warnings[0]);
 }
 
@@ -158,7 +166,12 @@ async fn a_bad_value_of_a_known_variable_and_an_unknown_file_key_still_fail() {
     let file = dir.join("wsgate.toml");
     std::fs::write(&file, "max_conections = 7\n").unwrap();
     let out = refused(
-        &["--listen", "127.0.0.1:0", "--config", file.to_str().unwrap()],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            file.to_str().unwrap(),
+        ],
         &[],
     )
     .await;
@@ -171,7 +184,12 @@ async fn a_bad_value_of_a_known_variable_and_an_unknown_file_key_still_fail() {
 
 /// Publishes `n` messages over `workers` pooled connections; the statuses seen (count of
 /// each) and the rate achieved.
-async fn publish_storm(node: &Node, key: Option<&str>, workers: usize, n: usize) -> (Vec<u16>, f64) {
+async fn publish_storm(
+    node: &Node,
+    key: Option<&str>,
+    workers: usize,
+    n: usize,
+) -> (Vec<u16>, f64) {
     let client = reqwest::Client::builder().timeout(WAIT).build().unwrap();
     let started = Instant::now();
     let url = node.url("/api/v1/publish");
@@ -194,7 +212,12 @@ async fn publish_storm(node: &Node, key: Option<&str>, workers: usize, n: usize)
 
 fn assert_all_ok(statuses: &[u16], what: &str) {
     let refused = statuses.iter().filter(|s| **s != 200).count();
-    assert_eq!(refused, 0, "{what}: {refused} of {} not 200", statuses.len());
+    assert_eq!(
+        refused,
+        0,
+        "{what}: {refused} of {} not 200",
+        statuses.len()
+    );
 }
 
 #[tokio::test]
@@ -203,20 +226,24 @@ async fn backends_publishing_at_full_speed_are_not_throttled_by_default() {
         let envs: Vec<(&str, &str)> = key.map(|k| ("WSGATE_API_KEY", k)).into_iter().collect();
         let node = Node::start(&["--listen", "127.0.0.1:0"], &envs).await;
         // 4 publishers × 250 publishes, at once.
-        let runs = futures_util::future::join_all(
-            (0..4).map(|_| publish_storm(&node, key, 4, 250)),
-        )
-        .await;
+        let runs =
+            futures_util::future::join_all((0..4).map(|_| publish_storm(&node, key, 4, 250))).await;
         for (statuses, _) in &runs {
             assert_all_ok(statuses, "4 publishers × 250");
         }
         // One backend, as fast as it can (well above 1,000/s on an idle machine).
         let (statuses, rate) = publish_storm(&node, key, 16, 3_000).await;
         assert_all_ok(&statuses, "one backend");
-        eprintln!("one backend (key: {}): {rate:.0} publishes/s", key.is_some());
+        eprintln!(
+            "one backend (key: {}): {rate:.0} publishes/s",
+            key.is_some()
+        );
         let metrics = get_text(&node.url("/metrics")).await;
         assert_eq!(
-            metric_value(&metrics, "wsgate_api_rejections_total{reason=\"rate_limited\"}"),
+            metric_value(
+                &metrics,
+                "wsgate_api_rejections_total{reason=\"rate_limited\"}"
+            ),
             Some(0.0)
         );
         node.stop().await;
@@ -248,7 +275,11 @@ async fn wrong_keys_are_throttled_by_address_and_the_right_key_elsewhere_works()
             .await
             .unwrap();
         if r.status() == 429 {
-            let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+            let retry: u64 = r.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
             assert!(retry >= 1, "Retry-After {retry}");
         }
         statuses.push(r.status().as_u16());
@@ -267,11 +298,17 @@ async fn wrong_keys_are_throttled_by_address_and_the_right_key_elsewhere_works()
     assert_eq!(r.status(), 200);
     let metrics = get_text(&node.url("/metrics")).await;
     assert_eq!(
-        metric_value(&metrics, "wsgate_api_rejections_total{reason=\"unauthorized\"}"),
+        metric_value(
+            &metrics,
+            "wsgate_api_rejections_total{reason=\"unauthorized\"}"
+        ),
         Some(10.0)
     );
     assert_eq!(
-        metric_value(&metrics, "wsgate_api_rejections_total{reason=\"rate_limited\"}"),
+        metric_value(
+            &metrics,
+            "wsgate_api_rejections_total{reason=\"rate_limited\"}"
+        ),
         Some(11.0)
     );
     node.stop().await;
@@ -346,7 +383,10 @@ async fn a_node_beyond_loopback_needs_an_api_key_or_an_explicit_opt_out() {
 async fn connect_outside_the_upstream_allow_list_is_refused() {
     let node = Node::start(
         &["--listen", "127.0.0.1:0"],
-        &[("WSGATE_UPSTREAM_ALLOWED_HOSTS", "[127.0.0.1, \"*.feeds.example\"]")],
+        &[(
+            "WSGATE_UPSTREAM_ALLOWED_HOSTS",
+            "[127.0.0.1, \"*.feeds.example\"]",
+        )],
     )
     .await;
     let upstreams = node.url("/api/v1/upstreams");

@@ -136,7 +136,7 @@ mod tests {
     impl Once {
         fn ask(&self, what: String) -> Result<(), u64> {
             let mut seen = self.0.lock();
-            let again = seen.iter().any(|k| *k == what);
+            let again = seen.contains(&what);
             seen.push(what);
             if again { Err(7) } else { Ok(()) }
         }
@@ -149,7 +149,10 @@ mod tests {
         fn auth_blocked(&self, ip: IpAddr) -> Result<(), u64> {
             // Blocked once a failure went over the limit (the second failure here).
             let seen = self.0.lock();
-            let failures = seen.iter().filter(|k| **k == format!("failed:{ip}")).count();
+            let failures = seen
+                .iter()
+                .filter(|k| **k == format!("failed:{ip}"))
+                .count();
             if failures >= 2 { Err(7) } else { Ok(()) }
         }
         fn auth_failed(&self, ip: IpAddr) -> Result<(), u64> {

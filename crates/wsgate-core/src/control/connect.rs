@@ -40,14 +40,20 @@ impl UpstreamHosts {
         let host = url
             .parse::<tungstenite::http::Uri>()
             .ok()
-            .and_then(|u| u.host().map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase()))
+            .and_then(|u| {
+                u.host()
+                    .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase())
+            })
             .ok_or_else(|| ControlError::invalid("url has no host"))?;
-        let allowed = self.0.iter().any(|pattern| match pattern.strip_prefix("*.") {
-            Some(domain) => host
-                .strip_suffix(domain)
-                .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
-            None => *pattern == host,
-        });
+        let allowed = self
+            .0
+            .iter()
+            .any(|pattern| match pattern.strip_prefix("*.") {
+                Some(domain) => host
+                    .strip_suffix(domain)
+                    .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+                None => *pattern == host,
+            });
         match allowed {
             true => Ok(()),
             false => Err(ControlError::new(
@@ -143,7 +149,8 @@ mod tests {
     fn upstream_hosts_match_exactly_or_by_subdomain() {
         let any = UpstreamHosts::default();
         assert!(any.check("ws://10.0.0.1:6379/").is_ok());
-        let list = UpstreamHosts::new(["Feed.example.com".into(), "*.corp.io".into(), "::1".into()]);
+        let list =
+            UpstreamHosts::new(["Feed.example.com".into(), "*.corp.io".into(), "::1".into()]);
         for ok in [
             "wss://feed.example.com/ws",
             "ws://FEED.example.com:9000/",
