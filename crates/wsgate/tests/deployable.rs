@@ -336,6 +336,69 @@ async fn a_wave_of_clients_from_one_address_is_not_refused_by_default() {
     node.stop().await;
 }
 
+/// An upgrade to `node` with `headers`: the socket on 101, else the status.
+async fn upgrade(node: &Node, headers: &[(&'static str, &str)]) -> Result<impl Sized + use<>, u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = node
+        .url("/ws")
+        .replacen("http", "ws", 1)
+        .into_client_request()
+        .unwrap();
+    for (k, v) in headers {
+        req.headers_mut().insert(*k, v.parse().unwrap());
+    }
+    match within("upgrade", tokio_tungstenite::connect_async(req)).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(e) => panic!("unexpected upgrade error: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn forwarded_counts_only_when_it_is_the_configured_header() {
+    let envs = [
+        ("WSGATE_TRUSTED_PROXIES", "[127.0.0.1]"),
+        ("WSGATE_MAX_CONNECTIONS_PER_IP", "1"),
+    ];
+    // Default: X-Forwarded-For names the client; a `Forwarded` sent through is ignored, so
+    // both requests below count for the proxy's own address.
+    let node = Node::start(&["--listen", "127.0.0.1:0"], &envs).await;
+    let _a = upgrade(&node, &[("forwarded", "for=198.51.100.1")])
+        .await
+        .unwrap();
+    assert_eq!(
+        upgrade(&node, &[("forwarded", "for=198.51.100.2")])
+            .await
+            .err(),
+        Some(429)
+    );
+    let _b = upgrade(&node, &[("x-forwarded-for", "198.51.100.3")])
+        .await
+        .unwrap();
+    node.stop().await;
+
+    let mut envs = envs.to_vec();
+    envs.push(("WSGATE_CLIENT_IP_HEADER", "forwarded"));
+    let node = Node::start(&["--listen", "127.0.0.1:0"], &envs).await;
+    let _a = upgrade(&node, &[("forwarded", "for=198.51.100.1")])
+        .await
+        .unwrap();
+    let _b = upgrade(&node, &[("forwarded", "for=198.51.100.2")])
+        .await
+        .unwrap();
+    // Now X-Forwarded-For is the header a client could forge.
+    let _c = upgrade(&node, &[("x-forwarded-for", "198.51.100.3")])
+        .await
+        .unwrap();
+    assert_eq!(
+        upgrade(&node, &[("x-forwarded-for", "198.51.100.4")])
+            .await
+            .err(),
+        Some(429)
+    );
+    node.stop().await;
+}
+
 // ---- 4. Two nodes on one host ----
 
 #[tokio::test]
