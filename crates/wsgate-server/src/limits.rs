@@ -3,7 +3,7 @@
 //!
 //! Every counter here is taken with a [`Slot`] guard that gives it back on drop, so a
 //! connection that ends in any way (closed, failed upgrade, panicked task) frees its place.
-//! Rate limits are governor's GCRA limiters (keyed by IP or API key): no hand-rolled buckets.
+//! Rate limits are governor's GCRA limiters keyed by client IP: no hand-rolled buckets.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
