@@ -4,6 +4,10 @@
 //! `websocket_disconnections_total`, `websocket_heartbeat_failures_total`); the rest is
 //! what an operator needs at 3 AM. Every handle is resolved once and shared, so the hot path
 //! is an atomic add. Label values are `&'static str`: no allocation per increment.
+//!
+//! Every labelled family starts with each known label value at 0 (Prometheus's guidance):
+//! a healthy node exports `wsgate_recoveries_total{reason="epoch_changed"} 0`, so alerts and
+//! dashboard panels over `rate()` and `increase()` have a series before the first event.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -54,14 +58,77 @@ pub const UPSTREAM_FAILURE_REASONS: [&str; 9] = [
 /// Why an upstream's login failed (`rejected` by the server, or no answer in time).
 pub const AUTH_FAILURE_REASONS: [&str; 2] = ["rejected", "timeout"];
 
+/// Why connections closed (`websocket_disconnections_total{reason}`).
+pub const DISCONNECT_REASONS: [&str; 10] = [
+    "client_closed",
+    "client_gone",
+    "closed",
+    "io_error",
+    "kicked",
+    "shutdown",
+    "heartbeat_timeout",
+    "slow_consumer",
+    "rate_limited",
+    "protocol_abuse",
+];
+/// Why upgrades were refused (`websocket_connection_rejections_total{reason}`).
+pub const REJECTION_REASONS: [&str; 11] = [
+    "bad_handshake",
+    "origin",
+    "draining",
+    "node_full",
+    "ip_rate",
+    "ip_connections",
+    "auth_missing",
+    "auth_expired",
+    "auth_invalid",
+    "user_connections",
+    "handshake_timeout",
+];
+/// Why control API calls were refused (`wsgate_api_rejections_total{reason}`).
+pub const API_REJECTION_REASONS: [&str; 2] = ["rate_limited", "unauthorized"];
+/// Error codes of refused client frames (`websocket_protocol_errors_total{code}`).
+pub const PROTOCOL_ERROR_CODES: [&str; 10] = [
+    "invalid_json",
+    "invalid_frame",
+    "invalid_channel",
+    "unknown_op",
+    "unsupported",
+    "forbidden",
+    "not_subscribed",
+    "too_many_channels",
+    "unavailable",
+    "rate_limited",
+];
+/// Outcomes of subscriptions with `since` (`wsgate_recoveries_total{reason}`).
+pub const RECOVERY_OUTCOMES: [&str; 4] = [
+    "recovered",
+    "epoch_changed",
+    "history_truncated",
+    "offset_ahead",
+];
+/// Kinds of publication (`wsgate_publications_total{kind}`).
+pub const PUBLICATION_KINDS: [&str; 3] = ["channel", "user", "connection"];
+/// Kinds of per-connection rate limit (`wsgate_rate_limited_frames_total{kind}`).
+pub const FRAME_LIMIT_KINDS: [&str; 2] = ["messages", "bytes"];
+
+/// A family with a series at 0 for each of `values`.
+fn zeroed<L, M>(values: &[&'static str], label: impl Fn(&'static str) -> L) -> Family<L, M>
+where
+    L: Clone + std::hash::Hash + Eq,
+    M: Default,
+{
+    let f = Family::<L, M>::default();
+    for v in values {
+        let _ = f.get_or_create(&label(v));
+    }
+    f
+}
+
 /// A counter family with every `reason` of `reasons` exported from the start (at 0), so
 /// rates and alerts see 0 rather than nothing.
 fn reasons(reasons: &[&'static str]) -> Family<ReasonLabel, Counter> {
-    let f = Family::<ReasonLabel, Counter>::default();
-    for &reason in reasons {
-        let _ = f.get_or_create(&ReasonLabel { reason });
-    }
-    f
+    zeroed(reasons, |reason| ReasonLabel { reason })
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -130,23 +197,23 @@ impl Default for Metrics {
         let buckets = prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 19);
         Self {
             connections: Counter::default(),
-            disconnections: Family::default(),
+            disconnections: zeroed(&DISCONNECT_REASONS, |reason| ReasonLabel { reason }),
             heartbeat_failures: Counter::default(),
             active_connections: Gauge::default(),
-            connection_rejections: Family::default(),
-            api_rejections: Family::default(),
-            rate_limited_frames: Family::default(),
+            connection_rejections: zeroed(&REJECTION_REASONS, |reason| ReasonLabel { reason }),
+            api_rejections: zeroed(&API_REJECTION_REASONS, |reason| ReasonLabel { reason }),
+            rate_limited_frames: zeroed(&FRAME_LIMIT_KINDS, |kind| KindLabel { kind }),
             messages_received: Counter::default(),
             messages_sent: Counter::default(),
             bytes_sent: Counter::default(),
-            publications: Family::default(),
-            protocol_errors: Family::default(),
+            publications: zeroed(&PUBLICATION_KINDS, |kind| KindLabel { kind }),
+            protocol_errors: zeroed(&PROTOCOL_ERROR_CODES, |code| CodeLabel { code }),
             slow_consumers: Counter::default(),
             delivery_latency: Histogram::new(buckets),
             subscriptions: Gauge::default(),
             broker_errors: Counter::default(),
             store_errors: Counter::default(),
-            recoveries: Family::default(),
+            recoveries: zeroed(&RECOVERY_OUTCOMES, |reason| ReasonLabel { reason }),
             upstream_reconnections: Counter::default(),
             upstream_give_ups: Counter::default(),
             upstream_breaker_opens: Counter::default(),
@@ -155,14 +222,7 @@ impl Default for Metrics {
             upstream_forwarded: Counter::default(),
             upstream_messages_received: Counter::default(),
             upstream_published: Counter::default(),
-            upstream_connections: {
-                // Every state exported from the start, so alerts see 0 rather than nothing.
-                let f = Family::<StateLabel, Gauge>::default();
-                for state in UPSTREAM_STATES {
-                    let _ = f.get_or_create(&StateLabel { state });
-                }
-                f
-            },
+            upstream_connections: zeroed(&UPSTREAM_STATES, |state| StateLabel { state }),
             upstream_reconnect_attempts: reasons(&UPSTREAM_FAILURE_REASONS),
             upstream_reconnect_failures: reasons(&UPSTREAM_FAILURE_REASONS),
             // 10 ms to ~20 min: a loopback reconnect at the bottom, a breaker cooldown at the

@@ -22,6 +22,33 @@ pub use crate::seams::{BrokerKind, ClusterConfig, StoreKind};
 pub use crate::secret::Secret;
 pub use crate::ws::WsConfig;
 
+/// Prefix of the environment variables that set keys of [`Config`].
+const ENV_PREFIX: &str = "WSGATE_";
+/// `WSGATE_*` variables that are not settings: the log filter, the config file, the CLI's
+/// server address.
+const READ_ELSEWHERE: [&str; 3] = ["LOG", "CONFIG", "SERVER"];
+
+/// Every key an environment variable may set, as figment's `Env` spells it after the
+/// prefix (`max_connections`, `auth__mode`): the fields of [`Config`], nested ones joined
+/// with `__`.
+fn known_keys() -> Vec<String> {
+    fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+        if let serde_json::Value::Object(map) = v {
+            for (k, v) in map {
+                let key = format!("{prefix}{k}");
+                if v.is_object() {
+                    walk(&format!("{key}__"), v, out);
+                }
+                out.push(key);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let defaults = serde_json::to_value(Config::default()).unwrap_or_default();
+    walk("", &defaults, &mut out);
+    out
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -78,17 +105,63 @@ impl Default for Config {
 impl Config {
     /// Defaults ← TOML file (if given) ← `WSGATE_*` env (nested keys with `__`,
     /// e.g. `WSGATE_AUTH__MODE=jwt`).
+    ///
+    /// Only variables that name a setting are read: Kubernetes injects service links
+    /// (`WSGATE_PORT=tcp://…`, `WSGATE_SERVICE_HOST`, …) for a Service named `wsgate`, and
+    /// those must not stop the node. [`Config::unknown_env`] names the others, for one
+    /// warning. A bad value of a known variable still fails; so does an unknown key in the
+    /// TOML file (a file is written on purpose, so a typo there is an error).
     pub fn figment(file: Option<&std::path::Path>) -> Figment {
         let mut f = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             f = f.merge(Toml::file(path));
         }
-        // WSGATE_LOG (the log filter) and WSGATE_CONFIG (the file) are read elsewhere.
+        let known = known_keys();
         f.merge(
-            Env::prefixed("WSGATE_")
-                .ignore(&["log", "config"])
+            Env::prefixed(ENV_PREFIX)
+                .filter(move |k| {
+                    known
+                        .iter()
+                        .any(|known| k.as_str().eq_ignore_ascii_case(known))
+                })
                 .split("__"),
         )
+    }
+
+    /// The settings `figment` gives, or an error that names the key at fault. serde loses
+    /// the key of a bad value inside a flattened part (`invalid type: found string "lots",
+    /// expected usize`), so on error each part is read alone to find it.
+    pub fn extract(figment: &Figment) -> anyhow::Result<Config> {
+        figment.extract::<Config>().map_err(|e| {
+            fn part<T: serde::de::DeserializeOwned>(f: &Figment) -> Option<figment::Error> {
+                f.extract::<T>().err()
+            }
+            let named = part::<ListenerConfig>(figment)
+                .or_else(|| part::<WsConfig>(figment))
+                .or_else(|| part::<GatewaySettings>(figment))
+                .or_else(|| part::<LimitsConfig>(figment))
+                .or_else(|| part::<ClusterConfig>(figment))
+                .or_else(|| part::<ApiConfig>(figment))
+                .or_else(|| part::<GrpcConfig>(figment));
+            anyhow::anyhow!("configuration: {}", named.unwrap_or(e))
+        })
+    }
+
+    /// The `WSGATE_*` variables in the environment that name no setting (and are not read
+    /// elsewhere), sorted: [`Config::figment`] ignores them.
+    pub fn unknown_env() -> Vec<String> {
+        let known = known_keys();
+        let mut unknown: Vec<String> = std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .filter(|k| {
+                k.strip_prefix(ENV_PREFIX).is_some_and(|rest| {
+                    !known.iter().any(|known| rest.eq_ignore_ascii_case(known))
+                        && !READ_ELSEWHERE.iter().any(|r| rest.eq_ignore_ascii_case(r))
+                })
+            })
+            .collect();
+        unknown.sort();
+        unknown
     }
 
     pub fn node_id(&self) -> String {
@@ -106,6 +179,9 @@ impl Config {
         self.cluster.validate()?;
         self.limits.validate()?;
         self.listener.validate()?;
+        let mut api_listeners = vec![self.listener.listen];
+        api_listeners.extend(self.grpc.listen());
+        self.api.validate(&api_listeners)?;
         Ok(())
     }
 }
@@ -126,17 +202,36 @@ mod tests {
     fn flattened_keys_stay_top_level_and_unknown_ones_are_refused() {
         let c = extract(
             "max_connections = 7\nclose_grace_ms = 9\nredis_url = \"redis://x\"\n\
-             grpc_enabled = false\n[auth]\nmode = \"jwt\"\njwt_secret = \"s\"",
+             grpc_enabled = true\n[auth]\nmode = \"jwt\"\njwt_secret = \"s\"",
         )
         .unwrap();
         assert_eq!(c.limits.max_connections, 7);
         assert_eq!(c.ws.close_grace_ms, 9);
         assert_eq!(c.cluster.redis_url, "redis://x");
-        assert!(!c.grpc.grpc_enabled);
+        assert!(c.grpc.grpc_enabled);
         assert_eq!(c.auth.mode, AuthMode::Jwt);
         assert!(extract("max_conections = 7").is_none());
         assert!(extract("[auth]\nmood = \"jwt\"").is_none());
         let keys = serde_json::to_value(Config::default()).unwrap();
         assert!(keys.get("max_connections").is_some() && keys.get("limits").is_none());
+    }
+
+    #[test]
+    fn environment_keys_are_the_settings_and_nothing_else() {
+        let known = known_keys();
+        for key in [
+            "max_connections",
+            "auth__mode",
+            "auth__jwt_secret",
+            "api_key",
+            "client_ip_header",
+            "allow_unauthenticated_api",
+            "grpc_enabled",
+        ] {
+            assert!(known.iter().any(|k| k == key), "{key}");
+        }
+        for service_link in ["port", "service_host", "port_8080_tcp_addr", "limits"] {
+            assert!(!known.iter().any(|k| k == service_link), "{service_link}");
+        }
     }
 }

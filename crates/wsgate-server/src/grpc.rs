@@ -13,7 +13,8 @@ use tracing::{info, warn};
 
 use crate::http::ApiState;
 
-/// Default of `grpc_listen`: loopback, beside the HTTP listener's default.
+/// Default of `grpc_listen`: loopback, beside the HTTP listener's default. Used only when
+/// `grpc_enabled` is set.
 pub const DEFAULT_GRPC_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50051);
 /// How long a stopping node waits for gRPC calls still open after the drain.
@@ -25,8 +26,9 @@ pub struct GrpcConfig {
     /// gRPC control API listener (`wsgate.v1.WsGate`, health, reflection).
     /// Default [`DEFAULT_GRPC_LISTEN`].
     pub grpc_listen: SocketAddr,
-    /// Serve the gRPC control API. Default true; `false` (`WSGATE_GRPC_ENABLED=false`)
-    /// leaves the HTTP API as the only control API.
+    /// Serve the gRPC control API. Default false (opt-in, `WSGATE_GRPC_ENABLED=true`): a
+    /// fixed default port would keep a second node on the same host from starting, and
+    /// the HTTP API does everything gRPC does.
     pub grpc_enabled: bool,
 }
 
@@ -34,12 +36,17 @@ impl Default for GrpcConfig {
     fn default() -> Self {
         Self {
             grpc_listen: DEFAULT_GRPC_LISTEN,
-            grpc_enabled: true,
+            grpc_enabled: false,
         }
     }
 }
 
 impl GrpcConfig {
+    /// The address gRPC serves on, when it is enabled.
+    pub fn listen(&self) -> Option<SocketAddr> {
+        self.grpc_enabled.then_some(self.grpc_listen)
+    }
+
     /// Binds the listener the config asks for, or none when `grpc_enabled` is false.
     pub async fn bind(&self) -> anyhow::Result<Option<TcpListener>> {
         if !self.grpc_enabled {

@@ -3,14 +3,14 @@
 //!
 //! Every counter here is taken with a [`Slot`] guard that gives it back on drop, so a
 //! connection that ends in any way (closed, failed upgrade, panicked task) frees its place.
-//! Rate limits are governor's GCRA limiters (keyed by IP or API key): no hand-rolled buckets.
+//! Rate limits are governor's GCRA limiters keyed by client IP: no hand-rolled buckets.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, header};
 use governor::clock::{Clock, DefaultClock};
@@ -21,21 +21,52 @@ use serde::{Deserialize, Serialize};
 
 /// Default of `max_connections`: about 300 MiB of connection state, well under a 64k fd limit.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
-/// Default of `max_connections_per_ip`: generous for clients behind one NAT, small enough that
-/// one host cannot take the node.
-pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1_000;
-/// Default of `ip_connect_rate` (per second): a reconnecting client with backoff never comes
-/// near; a storm from one host is cut.
-pub const DEFAULT_IP_CONNECT_RATE: u32 = 20;
-/// Default of `ip_connect_burst`: a page opening a few sockets at once is not refused.
-pub const DEFAULT_IP_CONNECT_BURST: u32 = 100;
+/// Default of `max_connections_per_ip`: 0, no cap. Behind an ingress without the right
+/// `trusted_proxies` every client has the ingress pod's address, and any cap below
+/// `max_connections` would refuse ordinary clients; set one where clients reach the node
+/// directly or their own address is known.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 0;
+/// Default of `ip_connect_rate` (per second): above the node's handshake capacity (about
+/// 4,000/s on two cores, docs/benchmarks.md), so a reconnect wave arriving through one
+/// ingress address is never throttled below what the node can accept; only a runaway host
+/// beyond it is cut.
+pub const DEFAULT_IP_CONNECT_RATE: u32 = 10_000;
+/// Default of `ip_connect_burst`: a whole node's worth of clients
+/// ([`DEFAULT_MAX_CONNECTIONS`]) may reconnect at once from one address (a rolling restart
+/// behind an ingress).
+pub const DEFAULT_IP_CONNECT_BURST: u32 = 50_000;
 /// Default of `max_connections_per_user`: many tabs and devices, not a botnet on one account.
 pub const DEFAULT_MAX_CONNECTIONS_PER_USER: usize = 100;
-/// Default of `api_rate` (requests per second per key or IP): far above a backend's
-/// steady publishing, low enough that a runaway loop does not starve the node.
-pub const DEFAULT_API_RATE: u32 = 200;
+/// Default of `api_rate` (requests per second per client IP, only when no `api_key` is
+/// configured: the open API of a loopback or development node). A backend publishing
+/// thousands per second from one address passes; a runaway loop beyond it is cut.
+/// Callers with the right API key are not rate limited: publishing is the main ingest.
+pub const DEFAULT_API_RATE: u32 = 10_000;
 /// Default of `api_burst`: twice the rate, for batch jobs.
-pub const DEFAULT_API_BURST: u32 = 400;
+pub const DEFAULT_API_BURST: u32 = 20_000;
+/// Default of `api_auth_failure_rate` (failed authentications per second per client IP):
+/// a backend with a stale key keeps being told so; a key guesser gets one guess a second.
+pub const DEFAULT_API_AUTH_FAILURE_RATE: u32 = 1;
+/// Default of `api_auth_failure_burst`: a few failures (a deploy rolling a new key) before
+/// the address is throttled.
+pub const DEFAULT_API_AUTH_FAILURE_BURST: u32 = 10;
+
+/// The one header a trusted proxy writes the client's address into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+pub enum ClientIpHeader {
+    /// `X-Forwarded-For` (ingress-nginx, Envoy, most cloud load balancers), read right to
+    /// left.
+    #[default]
+    #[serde(rename = "x-forwarded-for")]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=…`, read right to left. Only for a proxy that writes it and
+    /// drops what clients send (ingress-nginx passes a client's own `Forwarded` through).
+    #[serde(rename = "forwarded")]
+    Forwarded,
+    /// `X-Real-IP`: one address, set by the proxy.
+    #[serde(rename = "x-real-ip")]
+    XRealIp,
+}
 
 /// Protection settings (docs/operations.md, "Limits"); top-level keys of the node's config.
 /// 0 disables a numeric limit.
@@ -46,7 +77,8 @@ pub struct LimitsConfig {
     /// `Retry-After`, and `/ready` turns false from 95 % on so balancers steer away first.
     /// Default [`DEFAULT_MAX_CONNECTIONS`].
     pub max_connections: usize,
-    /// Open connections per client IP (HTTP 429). Default [`DEFAULT_MAX_CONNECTIONS_PER_IP`].
+    /// Open connections per client IP (HTTP 429). Default [`DEFAULT_MAX_CONNECTIONS_PER_IP`]
+    /// (0: no cap).
     pub max_connections_per_ip: usize,
     /// New connections per second per client IP (HTTP 429 with `Retry-After`), bursts of
     /// `ip_connect_burst`. Defaults [`DEFAULT_IP_CONNECT_RATE`], [`DEFAULT_IP_CONNECT_BURST`].
@@ -56,9 +88,13 @@ pub struct LimitsConfig {
     /// closed at once with 4029 (a browser cannot read an HTTP status of a failed upgrade,
     /// but it sees a close code). Default [`DEFAULT_MAX_CONNECTIONS_PER_USER`].
     pub max_connections_per_user: usize,
-    /// Proxies whose `Forwarded` / `X-Forwarded-For` are believed (CIDRs or addresses).
+    /// Proxies whose `client_ip_header` is believed (CIDRs or addresses).
     /// Default none: the peer address is the client.
     pub trusted_proxies: Vec<String>,
+    /// The one header the trusted proxies write the client's address into:
+    /// `x-forwarded-for` (default), `forwarded` or `x-real-ip`. Other forwarding headers
+    /// are ignored, since a client can send them through a proxy that does not manage them.
+    pub client_ip_header: ClientIpHeader,
     /// Origins allowed to open a WebSocket from a browser (`https://app.example.com`).
     /// Requests without `Origin` are not browsers and are let in. Default none: browsers are
     /// refused (403) until their origin is listed, or `allow_any_origin` is set.
@@ -66,10 +102,18 @@ pub struct LimitsConfig {
     /// Development only (`--allow-any-origin`): skip the Origin check. Default false, so that
     /// a forgotten setting fails closed (cross-site WebSocket hijacking).
     pub allow_any_origin: bool,
-    /// Control API requests per second per API key (per client IP without a key); HTTP 429.
-    /// Bursts of `api_burst`. Defaults [`DEFAULT_API_RATE`], [`DEFAULT_API_BURST`].
+    /// Control API requests per second per client IP when no `api_key` is configured
+    /// (HTTP 429, gRPC RESOURCE_EXHAUSTED); bursts of `api_burst`. With an `api_key`,
+    /// callers presenting it are not limited. Defaults [`DEFAULT_API_RATE`],
+    /// [`DEFAULT_API_BURST`].
     pub api_rate: u32,
     pub api_burst: u32,
+    /// Failed authentications (missing or wrong API key) per second per client IP; past it
+    /// (bursts of `api_auth_failure_burst`) the address gets 429 before any key it sends is
+    /// compared, so key guessing is throttled. Defaults [`DEFAULT_API_AUTH_FAILURE_RATE`],
+    /// [`DEFAULT_API_AUTH_FAILURE_BURST`].
+    pub api_auth_failure_rate: u32,
+    pub api_auth_failure_burst: u32,
 }
 
 impl Default for LimitsConfig {
@@ -81,10 +125,13 @@ impl Default for LimitsConfig {
             ip_connect_burst: DEFAULT_IP_CONNECT_BURST,
             max_connections_per_user: DEFAULT_MAX_CONNECTIONS_PER_USER,
             trusted_proxies: Vec::new(),
+            client_ip_header: ClientIpHeader::default(),
             allowed_origins: Vec::new(),
             allow_any_origin: false,
             api_rate: DEFAULT_API_RATE,
             api_burst: DEFAULT_API_BURST,
+            api_auth_failure_rate: DEFAULT_API_AUTH_FAILURE_RATE,
+            api_auth_failure_burst: DEFAULT_API_AUTH_FAILURE_BURST,
         }
     }
 }
@@ -132,6 +179,7 @@ pub struct Limits {
     max_per_ip: usize,
     max_per_user: usize,
     trusted_proxies: Vec<IpNet>,
+    client_ip_header: ClientIpHeader,
     allowed_origins: Vec<String>,
     allow_any_origin: bool,
     ip_rate: Option<DefaultKeyedRateLimiter<IpAddr>>,
@@ -191,6 +239,7 @@ impl Limits {
             max_per_ip: config.max_connections_per_ip,
             max_per_user: config.max_connections_per_user,
             trusted_proxies,
+            client_ip_header: config.client_ip_header,
             allowed_origins: config
                 .allowed_origins
                 .iter()
@@ -198,7 +247,14 @@ impl Limits {
                 .collect(),
             allow_any_origin: config.allow_any_origin,
             ip_rate: keyed(quota(config.ip_connect_rate, config.ip_connect_burst)),
-            api_rate: Arc::new(ApiRate(keyed(quota(config.api_rate, config.api_burst)))),
+            api_rate: Arc::new(ApiRate {
+                open: keyed(quota(config.api_rate, config.api_burst)),
+                failures: keyed(quota(
+                    config.api_auth_failure_rate,
+                    config.api_auth_failure_burst,
+                )),
+                blocked: Mutex::default(),
+            }),
             active: Arc::default(),
             per_ip: Arc::default(),
             per_user: Arc::default(),
@@ -217,16 +273,17 @@ impl Limits {
     }
 
     /// The client's address: the peer, or — when the peer is a trusted proxy — the first
-    /// address not trusted, read right to left from `Forwarded` / `X-Forwarded-For`.
+    /// address not trusted, read right to left from `client_ip_header` (only that one).
     pub fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
         let peer = canonical(peer.ip());
         if !self.trusted(peer) {
             return peer;
         }
-        let mut chain: Vec<IpAddr> = forwarded_for(headers);
-        if chain.is_empty() {
-            chain = x_forwarded_for(headers);
-        }
+        let chain = match self.client_ip_header {
+            ClientIpHeader::XForwardedFor => x_forwarded_for(headers),
+            ClientIpHeader::Forwarded => forwarded_for(headers),
+            ClientIpHeader::XRealIp => x_real_ip(headers),
+        };
         chain
             .into_iter()
             .rev()
@@ -324,22 +381,57 @@ impl Limits {
             rl.retain_recent();
             rl.shrink_to_fit();
         }
-        if let Some(rl) = &self.api_rate.0 {
-            rl.retain_recent();
-            rl.shrink_to_fit();
-        }
+        self.api_rate.housekeeping();
     }
 }
 
-/// The control API rate limit, keyed by API key or client IP (the façade picks the key).
-pub struct ApiRate(Option<DefaultKeyedRateLimiter<String>>);
+/// The control API's limits by client IP: calls of an open API (no `api_key`), and failed
+/// authentications. An address over its failure limit stays blocked until the limiter
+/// would take its next failure; that is looked up without counting, before a key is
+/// compared.
+pub struct ApiRate {
+    open: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    failures: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Addresses over the failure limit, and until when.
+    blocked: Mutex<HashMap<IpAddr, Instant>>,
+}
 
-impl wsgate_core::control::RateLimit for ApiRate {
-    fn check(&self, key: &str) -> Result<(), u64> {
-        match &self.0 {
-            Some(rl) => rl.check_key(&key.to_string()).map_err(|nu| wait_secs(&nu)),
+impl ApiRate {
+    fn housekeeping(&self) {
+        for rl in [&self.open, &self.failures].into_iter().flatten() {
+            rl.retain_recent();
+            rl.shrink_to_fit();
+        }
+        let now = Instant::now();
+        self.blocked.lock().retain(|_, until| *until > now);
+    }
+}
+
+impl wsgate_core::control::ApiLimits for ApiRate {
+    fn open_call(&self, ip: IpAddr) -> Result<(), u64> {
+        match &self.open {
+            Some(rl) => rl.check_key(&ip).map_err(|nu| wait_secs(&nu)),
             None => Ok(()),
         }
+    }
+
+    fn auth_blocked(&self, ip: IpAddr) -> Result<(), u64> {
+        let now = Instant::now();
+        match self.blocked.lock().get(&ip) {
+            Some(until) if *until > now => Err((*until - now).as_secs() + 1),
+            _ => Ok(()),
+        }
+    }
+
+    fn auth_failed(&self, ip: IpAddr) -> Result<(), u64> {
+        let Some(rl) = &self.failures else {
+            return Ok(());
+        };
+        rl.check_key(&ip).map_err(|nu| {
+            let wait: Duration = nu.wait_time_from(DefaultClock::default().now());
+            self.blocked.lock().insert(ip, Instant::now() + wait);
+            wait.as_secs() + 1
+        })
     }
 }
 
@@ -360,6 +452,15 @@ fn canonical(ip: IpAddr) -> IpAddr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
     }
+}
+
+fn x_real_ip(headers: &HeaderMap) -> Vec<IpAddr> {
+    headers
+        .get("x-real-ip")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_node(v.trim()))
+        .into_iter()
+        .collect()
 }
 
 fn x_forwarded_for(headers: &HeaderMap) -> Vec<IpAddr> {
@@ -433,14 +534,59 @@ mod tests {
             "forwarded",
             "for=9.9.9.9, for=\"[2001:db8::1]:443\";proto=https",
         )]);
-        assert_eq!(
-            l.client_ip("192.168.1.1:1".parse().unwrap(), &f),
-            "2001:db8::1".parse::<IpAddr>().unwrap()
-        );
+        // `Forwarded` is not the configured header: a client may have sent it itself.
+        let gw: SocketAddr = "192.168.1.1:1".parse().unwrap();
+        assert_eq!(l.client_ip(gw, &f), gw.ip());
         // Only proxies in the chain: the proxy itself.
         let h = headers(&[("x-forwarded-for", "10.0.0.2")]);
         assert_eq!(l.client_ip(proxy, &h), proxy.ip());
         assert!(parse_net("not-an-ip").is_err());
+    }
+
+    #[test]
+    fn only_the_configured_client_ip_header_is_read() {
+        let trusted = |header| {
+            limits(|c| {
+                c.trusted_proxies = vec!["192.168.1.1".into()];
+                c.client_ip_header = header;
+            })
+        };
+        let gw: SocketAddr = "192.168.1.1:1".parse().unwrap();
+        let both = headers(&[
+            (
+                "forwarded",
+                "for=9.9.9.9, for=\"[2001:db8::1]:443\";proto=https",
+            ),
+            ("x-forwarded-for", "5.5.5.5"),
+            ("x-real-ip", "7.7.7.7"),
+        ]);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let l = trusted(ClientIpHeader::Forwarded);
+        assert_eq!(l.client_ip(gw, &both), ip("2001:db8::1"));
+        let l = trusted(ClientIpHeader::XForwardedFor);
+        assert_eq!(l.client_ip(gw, &both), ip("5.5.5.5"));
+        let l = trusted(ClientIpHeader::XRealIp);
+        assert_eq!(l.client_ip(gw, &both), ip("7.7.7.7"));
+        let parsed: LimitsConfig =
+            serde_json::from_value(serde_json::json!({"client_ip_header": "forwarded"})).unwrap();
+        assert_eq!(parsed.client_ip_header, ClientIpHeader::Forwarded);
+    }
+
+    #[test]
+    fn failed_authentications_block_an_address_until_its_limiter_recovers() {
+        use wsgate_core::control::ApiLimits;
+        let l = limits(|c| {
+            c.api_auth_failure_rate = 1;
+            c.api_auth_failure_burst = 2;
+        });
+        let rate = l.api_rate();
+        let (a, b) = ("1.1.1.1".parse().unwrap(), "2.2.2.2".parse().unwrap());
+        assert!(rate.auth_failed(a).is_ok() && rate.auth_failed(a).is_ok());
+        assert!(rate.auth_blocked(a).is_ok());
+        assert!(rate.auth_failed(a).unwrap_err() >= 1);
+        assert!(rate.auth_blocked(a).unwrap_err() >= 1);
+        assert!(rate.auth_blocked(b).is_ok());
+        assert!(rate.open_call(a).is_ok());
     }
 
     #[test]

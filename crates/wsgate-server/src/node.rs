@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
 use tokio_util::task::TaskTracker;
-use wsgate_core::control::{Access, Control};
+use wsgate_core::control::{Access, Control, UpstreamHosts};
 use wsgate_core::gateway::Gateway;
 use wsgate_core::metrics::Metrics;
 use wsgate_core::upstream::{UpstreamManager, UpstreamParts};
@@ -65,7 +65,11 @@ impl Node {
             config.api.api_key.as_ref().map(|k| k.expose().to_string()),
             limits.api_rate(),
         );
-        let control = Arc::new(Control::new(gateway.clone(), upstreams.clone(), access));
+        let control = Arc::new(
+            Control::new(gateway.clone(), upstreams.clone(), access).with_upstream_hosts(
+                UpstreamHosts::new(config.api.upstream_allowed_hosts.iter().cloned()),
+            ),
+        );
         if let Some((ownership, forwarding)) = seams.cluster {
             control.attach_cluster(ownership, forwarding);
         }

@@ -3,8 +3,8 @@
 //! Start: the heartbeat sweep, the upstream reclaimer (cluster mode), the gRPC server, the
 //! accept loop; then the node reports itself started. Stop, once `shutdown` resolves:
 //!
-//! 1. draining: `/ready` turns false and upgrades get 503, so a balancer steers new clients
-//!    away while the listener stays up to say so;
+//! 1. draining: `/ready` turns false, upgrades and upstream Connects get 503, so a balancer
+//!    steers new clients away while the listener stays up to say so;
 //! 2. cluster mode: the reclaimer stops and upstream connections are handed over, so that
 //!    survivors re-establish them within a sweep instead of after the drain;
 //! 3. every client is sent 1001 and the connection tasks are awaited (`drain_timeout_ms`);
@@ -128,6 +128,8 @@ impl Running {
     /// The graceful stop, in the order the module documentation gives.
     async fn stop(self) {
         let node = &self.node;
+        // Connect first: once `/ready` says draining, no new upstream is accepted.
+        node.api().control.drain();
         node.lifecycle.drain();
         if let Some(r) = self.reclaimer {
             r.abort();

@@ -71,6 +71,8 @@ impl TestServer {
         };
         // Test clients often never answer a close frame; do not wait long for them.
         config.ws.close_grace_ms = 200;
+        // The gRPC API is opt-in; tests of it find it on (on a free port).
+        config.grpc.grpc_enabled = true;
         tune(&mut config);
         let node = Node::new(config).expect("valid config");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

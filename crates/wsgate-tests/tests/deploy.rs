@@ -424,11 +424,54 @@ async fn every_metric_in_alerts_and_dashboard_is_exported() {
     exercise(&srv).await;
     let text = srv.metrics().await;
     srv.shutdown().await;
-    let exp = exported(&text);
+    let used = check_exported(&exprs, &text);
+    // The core series of seed 003 are covered by both the alerts and the dashboard.
+    for m in [
+        "websocket_connections_total",
+        "websocket_disconnections_total",
+        "websocket_heartbeat_failures_total",
+        "websocket_slow_consumers_total",
+        "websocket_delivery_latency_seconds_bucket",
+        "wsgate_broker_errors_total",
+        "wsgate_store_errors_total",
+    ] {
+        assert!(used.contains(m), "nothing in deploy/ watches {m}");
+    }
+}
+
+/// A node that has seen no traffic at all already exports every series (and label) the
+/// alerts and the dashboard use: each known label value starts at 0, so a rule over
+/// `wsgate_recoveries_total` has a series on a healthy node.
+#[tokio::test]
+async fn a_fresh_node_exports_every_metric_in_alerts_and_dashboard() {
+    let mut exprs = alert_exprs();
+    exprs.extend(dashboard_exprs());
+    let node = Process::spawn(&[]).await;
+    let text = get_text(&format!("http://{}/metrics", node.addr)).await;
+    check_exported(&exprs, &text);
+    for series in [
+        "wsgate_recoveries_total{reason=\"epoch_changed\"}",
+        "websocket_disconnections_total{reason=\"heartbeat_timeout\"}",
+        "websocket_protocol_errors_total{code=\"invalid_json\"}",
+        "websocket_connection_rejections_total{reason=\"ip_rate\"}",
+        "wsgate_api_rejections_total{reason=\"unauthorized\"}",
+    ] {
+        assert_eq!(
+            metric_value(&text, series),
+            Some(0.0),
+            "{series} in:\n{text}"
+        );
+    }
+}
+
+/// Asserts every metric and label `exprs` use is in the scrape `text`; returns the metrics
+/// used.
+fn check_exported(exprs: &[(String, String)], text: &str) -> BTreeSet<String> {
+    let exp = exported(text);
 
     let mut problems = Vec::new();
     let mut used = BTreeSet::new();
-    for (where_, expr) in &exprs {
+    for (where_, expr) in exprs {
         let refs = promql_refs(expr);
         if refs.metrics.is_empty() {
             problems.push(format!("{where_}: no metric found in {expr:?}"));
@@ -475,18 +518,7 @@ async fn every_metric_in_alerts_and_dashboard_is_exported() {
         "deploy/ refers to series wsgate does not export:\n  {}\n\nexported:\n{text}",
         problems.join("\n  ")
     );
-    // The core series of seed 003 are covered by both the alerts and the dashboard.
-    for m in [
-        "websocket_connections_total",
-        "websocket_disconnections_total",
-        "websocket_heartbeat_failures_total",
-        "websocket_slow_consumers_total",
-        "websocket_delivery_latency_seconds_bucket",
-        "wsgate_broker_errors_total",
-        "wsgate_store_errors_total",
-    ] {
-        assert!(used.contains(m), "nothing in deploy/ watches {m}");
-    }
+    used
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1093,6 +1125,8 @@ fn kustomize_base_is_the_charts_default_install() {
     };
     assert_eq!(env("WSGATE_GRPC_ENABLED")["value"], "false");
     assert_eq!(env("WSGATE_TRUSTED_PROXIES")["value"], "[\"10.0.0.0/8\"]");
+    // ingress-nginx writes X-Forwarded-For and passes a client's own `Forwarded` through.
+    assert_eq!(env("WSGATE_CLIENT_IP_HEADER")["value"], "x-forwarded-for");
     assert!(env("WSGATE_API_KEY")["valueFrom"]["secretKeyRef"]["optional"].is_null());
 
     // Service, PDB, ServiceAccount.

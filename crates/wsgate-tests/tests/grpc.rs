@@ -733,33 +733,39 @@ async fn health_reflection_and_api_key() {
     srv.shutdown().await;
 }
 
-/// Authorization is the control façade's, so gRPC and HTTP share the API rate limit: one
-/// bucket per key across both, RESOURCE_EXHAUSTED over it on gRPC, 429 on HTTP.
+/// Authorization is the control façade's, so gRPC and HTTP share the API limits: failed
+/// authentications counted per address across both, RESOURCE_EXHAUSTED over the limit on
+/// gRPC, 429 on HTTP (even with the right key: the address is blocked before the compare).
 #[tokio::test]
 async fn grpc_shares_the_api_rate_limit() {
     let srv = TestServer::with(|c| {
-        c.limits.api_rate = 1;
-        c.limits.api_burst = 2;
+        c.limits.api_auth_failure_rate = 1;
+        c.limits.api_auth_failure_burst = 2;
         c.api.api_key = Some(wsgate_server::config::Secret::new("k3y"));
     })
     .await;
     let mut c = grpc(&srv).await;
-    let presence = || {
+    let presence = |key: &str| {
         let mut req = tonic::Request::new(PresenceRequest {
             channel: "x".into(),
         });
         req.metadata_mut()
-            .insert("authorization", "Bearer k3y".parse().unwrap());
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
         req
     };
+    // The right key is not limited.
+    for _ in 0..5 {
+        let r = within("presence", c.presence(presence("k3y"))).await;
+        assert!(r.is_ok(), "{r:?}");
+    }
     let mut codes = Vec::new();
-    for _ in 0..4 {
-        let r = within("presence", c.presence(presence())).await;
+    for i in 0..4 {
+        let r = within("presence", c.presence(presence(&format!("guess-{i}")))).await;
         codes.push(r.map_or_else(|s| s.code(), |_| tonic::Code::Ok));
     }
     assert_eq!(
         &codes[..2],
-        &[tonic::Code::Ok, tonic::Code::Ok],
+        &[tonic::Code::Unauthenticated, tonic::Code::Unauthenticated],
         "{codes:?}"
     );
     assert!(codes.contains(&tonic::Code::ResourceExhausted), "{codes:?}");

@@ -127,10 +127,42 @@ async fn per_ip_limits_answer_429_and_honour_only_trusted_proxies() {
     assert!(retry.is_some());
     assert_eq!(rejections(&srv, "ip_connections").await, 1.0);
     // Another client behind the same proxy is another address.
-    let _c = try_upgrade(&srv, &[("forwarded", "for=198.51.100.1")])
+    let _c = try_upgrade(&srv, &[("x-forwarded-for", "198.51.100.1")])
         .await
         .expect("other client IP");
+    // `Forwarded` is not the configured header (a client can send its own through a proxy
+    // that only manages X-Forwarded-For): the request counts for the proxy's address.
+    // (The watcher holds one place of 127.0.0.1 already.)
+    let _d = try_upgrade(&srv, &[("forwarded", "for=198.51.100.2")])
+        .await
+        .expect("2nd from the proxy itself");
+    let (status, _) = try_upgrade(&srv, &[("forwarded", "for=198.51.100.4")])
+        .await
+        .err()
+        .expect("a client's own Forwarded header does not make it another address");
+    assert_eq!(status, 429);
     w.check(&srv).await;
+    srv.shutdown().await;
+
+    // A proxy that writes RFC 7239 `Forwarded` is named so, and then that header counts.
+    let srv = TestServer::with(|c| {
+        c.limits.max_connections_per_ip = 1;
+        c.limits.ip_connect_rate = 0;
+        c.limits.trusted_proxies = vec!["127.0.0.1/32".into()];
+        c.limits.client_ip_header = wsgate_server::limits::ClientIpHeader::Forwarded;
+    })
+    .await;
+    let _a = try_upgrade(&srv, &[("forwarded", "for=198.51.100.1")])
+        .await
+        .expect("one client");
+    let _b = try_upgrade(&srv, &[("forwarded", "for=\"[2001:db8::1]:443\"")])
+        .await
+        .expect("another client");
+    let (status, _) = try_upgrade(&srv, &[("forwarded", "for=198.51.100.1")])
+        .await
+        .err()
+        .expect("the first client again");
+    assert_eq!(status, 429);
     srv.shutdown().await;
 
     // Untrusted peer: the header is ignored, so it cannot dodge the limit by lying.
@@ -344,17 +376,18 @@ async fn a_client_that_never_upgrades_is_dropped_after_the_handshake_timeout() {
 }
 
 #[tokio::test]
-async fn control_api_is_rate_limited_per_key() {
+async fn an_open_control_api_is_rate_limited_per_address_and_the_right_key_is_not() {
+    // No API key (a loopback node): every caller is limited by its address.
     let srv = TestServer::with(|c| {
         c.limits.api_rate = 1;
         c.limits.api_burst = 3;
-        c.api.api_key = Some(Secret::new("k-123"));
     })
     .await;
-    let call = |key: &'static str| http().get(srv.http("/connections")).bearer_auth(key).send();
     let mut statuses = Vec::new();
     for _ in 0..6 {
-        let r = within("api", call("k-123")).await.unwrap();
+        let r = within("api", http().get(srv.http("/connections")).send())
+            .await
+            .unwrap();
         statuses.push(r.status().as_u16());
         if r.status() == 429 {
             assert!(r.headers().contains_key("retry-after"));
@@ -362,12 +395,24 @@ async fn control_api_is_rate_limited_per_key() {
     }
     assert_eq!(&statuses[..3], &[200, 200, 200], "{statuses:?}");
     assert!(statuses.contains(&429), "{statuses:?}");
-    // Another key (here a wrong one) has its own bucket: refused for the key, not the rate.
-    assert_eq!(within("api", call("other")).await.unwrap().status(), 401);
     srv.await_metric("wsgate_api_rejections_total{reason=\"rate_limited\"}", 1.0)
         .await;
     // Operations endpoints are not behind the limit.
     assert_eq!(srv.get("/health").await.0, 200);
+    srv.shutdown().await;
+
+    // With an API key, the caller presenting it is not limited at all.
+    let srv = TestServer::with(|c| {
+        c.limits.api_rate = 1;
+        c.limits.api_burst = 3;
+        c.api.api_key = Some(Secret::new("k-123"));
+    })
+    .await;
+    let call = |key: &'static str| http().get(srv.http("/connections")).bearer_auth(key).send();
+    for _ in 0..20 {
+        assert_eq!(within("api", call("k-123")).await.unwrap().status(), 200);
+    }
+    assert_eq!(within("api", call("other")).await.unwrap().status(), 401);
     srv.shutdown().await;
 }
 

@@ -129,11 +129,19 @@ pub struct ServeArgs {
 pub fn main(args: ServeArgs) -> anyhow::Result<()> {
     // The gRPC API is set with `grpc_listen` / `grpc_enabled` in the file or as
     // `WSGATE_GRPC_LISTEN` / `WSGATE_GRPC_ENABLED`.
-    let config: Config = Config::figment(args.config.as_deref())
-        .merge(figment::providers::Serialized::defaults(&args))
-        .extract()
-        .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    let config = Config::extract(
+        &Config::figment(args.config.as_deref())
+            .merge(figment::providers::Serialized::defaults(&args)),
+    )?;
     init_logging(config.log_format);
+    let unknown = Config::unknown_env();
+    if !unknown.is_empty() {
+        // Kubernetes service links (`WSGATE_PORT=tcp://…`) look like settings; they are not.
+        tracing::warn!(
+            variables = %unknown.join(", "),
+            "ignoring WSGATE_* environment variables that name no setting"
+        );
+    }
     // Every client is a file descriptor: take the hard limit, not the shell's soft default.
     crate::bench::procfs::raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -145,6 +153,8 @@ pub fn main(args: ServeArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| anyhow::anyhow!("binding {listen}: {e}"))?;
+        // Signals are taken from here on: whoever reads the line below may send SIGTERM.
+        let shutdown = shutdown_signal();
         // Machines (tests, scripts) read the bound address from stdout; logs go to stderr.
         let scheme = if node.is_tls() { "https" } else { "http" };
         println!("wsgate listening on {scheme}://{}", listener.local_addr()?);
@@ -154,7 +164,7 @@ pub fn main(args: ServeArgs) -> anyhow::Result<()> {
         // The gRPC address goes to the log only: stdout's single line is read by machines
         // that may close the pipe after it.
         let grpc = wsgate_server::bind_grpc(node.config()).await?;
-        wsgate_server::run_with(node, listener, grpc, shutdown_signal()).await
+        wsgate_server::run_with(node, listener, grpc, shutdown).await
     })
 }
 
@@ -178,15 +188,18 @@ async fn reload_tls_on_sighup(node: std::sync::Arc<wsgate_server::Node>) {
     }
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now; the future resolves on the first signal.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    info!(signal = name, "shutdown requested");
+    async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        info!(signal = name, "shutdown requested");
+    }
 }
 
 fn init_logging(format: LogFormat) {

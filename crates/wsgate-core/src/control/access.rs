@@ -1,11 +1,18 @@
-//! Who may call the control API: the API key (compared in constant time) and the API rate
-//! limit, checked once here for every transport.
+//! Who may call the control API: the API key (compared in constant time) and the API's
+//! limits by client address, checked once here for every transport.
 //!
-//! Every caller is rate limited: by its API key when a key is configured and one was
-//! presented, else by its client address. The rate check comes first, so a flood of wrong
-//! keys is throttled too. The key itself is never logged or exported; it only names a
-//! limiter bucket. The limiter is behind [`RateLimit`], so the core holds no rate-limiting
-//! engine (the server's is governor's GCRA).
+//! Publishing through the API is wsgate's main ingest, so a caller presenting the right key
+//! is never rate limited. What is limited:
+//!
+//! - **failed authentication**, by client address: an address over its failure limit gets
+//!   429 *before* any key it sends is compared, so guessing is throttled and a right guess
+//!   learns nothing while blocked. Buckets are per address, never per presented key (a
+//!   guesser cannot fill memory with keys);
+//! - **an open API** (no key configured, a loopback or development node), by client
+//!   address, with a limit far above a backend's publishing.
+//!
+//! The key itself is never logged or exported. The limiter is behind [`ApiLimits`], so the
+//! core holds no rate-limiting engine (the server's is governor's GCRA).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -13,15 +20,27 @@ use std::sync::Arc;
 use super::{ControlError, ErrorCode};
 use crate::metrics::{Metrics, ReasonLabel};
 
-/// The API rate limiter, keyed by caller.
-pub trait RateLimit: Send + Sync + 'static {
-    /// `Ok`, or the whole seconds (at least 1) until `key` may call again.
-    fn check(&self, key: &str) -> Result<(), u64>;
+/// The control API's limits by client address. Each answer is `Ok`, or the whole seconds
+/// (at least 1) until the address may call again.
+pub trait ApiLimits: Send + Sync + 'static {
+    /// One call of an open API (no API key configured) from `ip`.
+    fn open_call(&self, ip: IpAddr) -> Result<(), u64>;
+    /// Whether `ip` is blocked for failed authentications now; counts nothing.
+    fn auth_blocked(&self, ip: IpAddr) -> Result<(), u64>;
+    /// Counts one failed authentication from `ip`; `Err` when it goes over the limit (the
+    /// address is then blocked).
+    fn auth_failed(&self, ip: IpAddr) -> Result<(), u64>;
 }
 
 /// No limit.
-impl RateLimit for () {
-    fn check(&self, _: &str) -> Result<(), u64> {
+impl ApiLimits for () {
+    fn open_call(&self, _: IpAddr) -> Result<(), u64> {
+        Ok(())
+    }
+    fn auth_blocked(&self, _: IpAddr) -> Result<(), u64> {
+        Ok(())
+    }
+    fn auth_failed(&self, _: IpAddr) -> Result<(), u64> {
         Ok(())
     }
 }
@@ -38,7 +57,7 @@ pub struct Caller<'a> {
 /// The access rules of a node.
 pub struct Access {
     api_key: Option<String>,
-    rate: Arc<dyn RateLimit>,
+    limits: Arc<dyn ApiLimits>,
 }
 
 impl std::fmt::Debug for Access {
@@ -55,9 +74,9 @@ pub const RATE_LIMITED: &str = "Too many requests: API rate limit exceeded";
 pub const UNAUTHORIZED: &str = "Unauthorized: missing or wrong API key";
 
 impl Access {
-    /// `api_key`: when set, every call must present it. `rate`: the API rate limiter.
-    pub fn new(api_key: Option<String>, rate: Arc<dyn RateLimit>) -> Self {
-        Self { api_key, rate }
+    /// `api_key`: when set, every call must present it. `limits`: the limits by address.
+    pub fn new(api_key: Option<String>, limits: Arc<dyn ApiLimits>) -> Self {
+        Self { api_key, limits }
     }
 
     /// Lets `caller` through, or says why not (and counts the refusal by reason).
@@ -69,23 +88,30 @@ impl Access {
                 .inc();
             Err(e)
         };
-        let bucket = match (&self.api_key, caller.key) {
-            (Some(_), Some(given)) => format!("key:{given}"),
-            _ => format!("ip:{}", caller.ip),
-        };
-        if let Err(retry_after_secs) = self.rate.check(&bucket) {
+        let limited = |retry_after_secs| {
             let code = ErrorCode::RateLimited { retry_after_secs };
-            return refuse("rate_limited", ControlError::new(code, RATE_LIMITED));
+            refuse("rate_limited", ControlError::new(code, RATE_LIMITED))
+        };
+        let Some(want) = &self.api_key else {
+            return self.limits.open_call(caller.ip).or_else(limited);
+        };
+        // Before the key is compared: a blocked address learns nothing from its guesses.
+        if let Err(secs) = self.limits.auth_blocked(caller.ip) {
+            return limited(secs);
         }
-        if let Some(want) = &self.api_key
-            && !caller
-                .key
-                .is_some_and(|given| constant_time_eq(given.as_bytes(), want.as_bytes()))
+        if caller
+            .key
+            .is_some_and(|given| constant_time_eq(given.as_bytes(), want.as_bytes()))
         {
-            let e = ControlError::new(ErrorCode::Unauthorized, UNAUTHORIZED);
-            return refuse("unauthorized", e);
+            return Ok(());
         }
-        Ok(())
+        if let Err(secs) = self.limits.auth_failed(caller.ip) {
+            return limited(secs);
+        }
+        refuse(
+            "unauthorized",
+            ControlError::new(ErrorCode::Unauthorized, UNAUTHORIZED),
+        )
     }
 }
 
@@ -103,16 +129,34 @@ mod tests {
 
     use super::*;
 
-    /// Lets each bucket through once, and records the buckets asked about.
+    /// Lets each address through once per kind of check, and records what was asked.
     #[derive(Default)]
     struct Once(Mutex<Vec<String>>);
 
-    impl RateLimit for Once {
-        fn check(&self, key: &str) -> Result<(), u64> {
+    impl Once {
+        fn ask(&self, what: String) -> Result<(), u64> {
             let mut seen = self.0.lock();
-            let again = seen.iter().any(|k| k == key);
-            seen.push(key.to_string());
+            let again = seen.contains(&what);
+            seen.push(what);
             if again { Err(7) } else { Ok(()) }
+        }
+    }
+
+    impl ApiLimits for Once {
+        fn open_call(&self, ip: IpAddr) -> Result<(), u64> {
+            self.ask(format!("open:{ip}"))
+        }
+        fn auth_blocked(&self, ip: IpAddr) -> Result<(), u64> {
+            // Blocked once a failure went over the limit (the second failure here).
+            let seen = self.0.lock();
+            let failures = seen
+                .iter()
+                .filter(|k| **k == format!("failed:{ip}"))
+                .count();
+            if failures >= 2 { Err(7) } else { Ok(()) }
+        }
+        fn auth_failed(&self, ip: IpAddr) -> Result<(), u64> {
+            self.ask(format!("failed:{ip}"))
         }
     }
 
@@ -145,12 +189,17 @@ mod tests {
     }
 
     #[test]
-    fn rate_is_checked_first_by_key_or_address() {
+    fn the_right_key_is_never_limited_and_failures_are_limited_by_address() {
         let m = Metrics::default();
-        let rate = Arc::new(Once::default());
-        let access = Access::new(Some("k3y".into()), rate.clone());
-        assert!(access.authorize(caller(Some("k3y")), &m).is_ok());
-        let e = access.authorize(caller(Some("k3y")), &m).unwrap_err();
+        let limits = Arc::new(Once::default());
+        let access = Access::new(Some("k3y".into()), limits.clone());
+        for _ in 0..5 {
+            assert!(access.authorize(caller(Some("k3y")), &m).is_ok());
+        }
+        // The first failure is refused for the key, the second for the rate...
+        let e = access.authorize(caller(Some("guess-1")), &m).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unauthorized);
+        let e = access.authorize(caller(Some("guess-2")), &m).unwrap_err();
         assert_eq!(
             e.code,
             ErrorCode::RateLimited {
@@ -158,15 +207,22 @@ mod tests {
             }
         );
         assert_eq!(e.message, "Too many requests: API rate limit exceeded");
-        // Without a key the address names the bucket.
-        assert_eq!(
-            access.authorize(caller(None), &m).unwrap_err().code,
-            ErrorCode::Unauthorized
-        );
-        assert_eq!(*rate.0.lock(), ["key:k3y", "key:k3y", "ip:10.0.0.1"]);
-        assert_eq!(rejections(&m, "rate_limited"), 1);
-        // No key configured: every caller is limited by address, whatever it presents.
-        let open = Access::new(None, rate.clone());
-        assert!(open.authorize(caller(Some("k3y")), &m).is_err());
+        // ...and then the address is refused before its key is compared, even the right one.
+        let e = access.authorize(caller(Some("k3y")), &m).unwrap_err();
+        assert!(matches!(e.code, ErrorCode::RateLimited { .. }));
+        // Buckets are by address, never by presented key.
+        assert_eq!(*limits.0.lock(), ["failed:10.0.0.1", "failed:10.0.0.1"]);
+        assert_eq!(rejections(&m, "rate_limited"), 2);
+        assert_eq!(rejections(&m, "unauthorized"), 1);
+    }
+
+    #[test]
+    fn an_open_api_is_limited_by_address_whatever_is_presented() {
+        let m = Metrics::default();
+        let limits = Arc::new(Once::default());
+        let open = Access::new(None, limits.clone());
+        assert!(open.authorize(caller(Some("k3y")), &m).is_ok());
+        assert!(open.authorize(caller(None), &m).is_err());
+        assert_eq!(*limits.0.lock(), ["open:10.0.0.1", "open:10.0.0.1"]);
     }
 }

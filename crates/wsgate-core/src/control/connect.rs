@@ -9,6 +9,60 @@ use crate::seams::upstream::{
 };
 
 use super::rules::{DEFAULT_AUTH_TIMEOUT_MS, DEFAULT_CONNECT_WAIT};
+use super::{ControlError, ErrorCode};
+
+/// The hosts upstream connections may go to (`upstream_allowed_hosts`): exact names or
+/// addresses, or `*.example.com` for any subdomain. Empty: any host. Without a list a
+/// caller of the API chooses where the node connects (and with which headers), so a node
+/// whose API is reachable by anyone but its backends should have one.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamHosts(Vec<String>);
+
+/// Message of a Connect to a host outside the allow-list (HTTP 403), before the host.
+pub const HOST_NOT_ALLOWED: &str = "upstream host not allowed: ";
+
+impl UpstreamHosts {
+    pub fn new(hosts: impl IntoIterator<Item = String>) -> Self {
+        Self(
+            hosts
+                .into_iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect(),
+        )
+    }
+
+    /// `Ok` when `url`'s host is allowed (or no list is set).
+    pub fn check(&self, url: &str) -> Result<(), ControlError> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let host = url
+            .parse::<tungstenite::http::Uri>()
+            .ok()
+            .and_then(|u| {
+                u.host()
+                    .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase())
+            })
+            .ok_or_else(|| ControlError::invalid("url has no host"))?;
+        let allowed = self
+            .0
+            .iter()
+            .any(|pattern| match pattern.strip_prefix("*.") {
+                Some(domain) => host
+                    .strip_suffix(domain)
+                    .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+                None => *pattern == host,
+            });
+        match allowed {
+            true => Ok(()),
+            false => Err(ControlError::new(
+                ErrorCode::Forbidden,
+                format!("{HOST_NOT_ALLOWED}{host}"),
+            )),
+        }
+    }
+}
 
 /// Connect: open an upstream connection. `None` fields take their defaults.
 #[derive(Debug, Clone, Default)]
@@ -99,6 +153,38 @@ impl Connect {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_hosts_match_exactly_or_by_subdomain() {
+        let any = UpstreamHosts::default();
+        assert!(any.check("ws://10.0.0.1:6379/").is_ok());
+        let list =
+            UpstreamHosts::new(["Feed.example.com".into(), "*.corp.io".into(), "::1".into()]);
+        for ok in [
+            "wss://feed.example.com/ws",
+            "ws://FEED.example.com:9000/",
+            "ws://a.corp.io/",
+            "ws://a.b.corp.io/",
+            "ws://[::1]:8080/",
+        ] {
+            assert!(list.check(ok).is_ok(), "{ok}");
+        }
+        for refused in [
+            "ws://169.254.169.254/latest",
+            "ws://example.com/",
+            "ws://corp.io/",
+            "ws://evilcorp.io/",
+            "ws://feed.example.com.evil.io/",
+        ] {
+            let e = list.check(refused).unwrap_err();
+            assert_eq!(e.code, ErrorCode::Forbidden, "{refused}");
+            assert!(e.message.starts_with("upstream host not allowed: "), "{e}");
+        }
+        assert_eq!(
+            list.check("not a url").unwrap_err().code,
+            ErrorCode::InvalidArgument
+        );
+    }
 
     #[test]
     fn defaults() {

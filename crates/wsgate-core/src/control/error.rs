@@ -27,6 +27,9 @@ pub enum ErrorCode {
     BadGateway,
     /// Missing or wrong API key (HTTP 401).
     Unauthorized,
+    /// Not allowed by the node's policy, whoever asks (HTTP 403): an upstream host outside
+    /// `upstream_allowed_hosts`.
+    Forbidden,
     /// Over the API rate limit; retry after this many seconds (HTTP 429).
     RateLimited { retry_after_secs: u64 },
 }

@@ -5,8 +5,10 @@
 //! typed result or map [`ControlError::code`] to their status. Everything a transport used
 //! to repeat lives here:
 //!
-//! - **authorization**: [`Control::authorize`] checks the API rate limit and the API key
-//!   (`access.rs`);
+//! - **authorization**: [`Control::authorize`] checks the API key and the limits by client
+//!   address (`access.rs`);
+//! - **policy**: Connect only to `upstream_allowed_hosts` ([`UpstreamHosts`]), and no new
+//!   upstream connection once the node is stopping ([`Control::drain`]);
 //! - **validation and defaults**: one channel-name rule, one payload rule, the Connect,
 //!   SendAsync and paging defaults as named constants (`rules.rs`, [`Connect`]);
 //! - **listing and paging** of gateway and upstream connections together ([`Page`]);
@@ -25,13 +27,14 @@ mod listing;
 mod rules;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use wsgate_client::Message;
 
-pub use access::{Access, Caller, RATE_LIMITED, RateLimit, UNAUTHORIZED};
+pub use access::{Access, ApiLimits, Caller, RATE_LIMITED, UNAUTHORIZED};
 pub use cluster::{Listing, NODE_QUERY_TIMEOUT, Scope};
-pub use connect::{Connect, ConnectAuth, Subscribe};
+pub use connect::{Connect, ConnectAuth, HOST_NOT_ALLOWED, Subscribe, UpstreamHosts};
 pub use error::{ControlError, ErrorCode, STORE_UNAVAILABLE};
 pub use listing::{ConnectionKind, ConnectionView, ListConnections, Page};
 pub use rules::{
@@ -80,6 +83,10 @@ pub struct PublishStarted {
     pub channel: String,
 }
 
+/// Message of a Connect refused because the node is stopping (HTTP 503), the same words
+/// as a refused WebSocket upgrade.
+pub const SHUTTING_DOWN: &str = "server is shutting down";
+
 /// The control API of one node.
 pub struct Control {
     gateway: Arc<Gateway>,
@@ -87,6 +94,9 @@ pub struct Control {
     access: Access,
     /// Cluster mode ([`Control::attach_cluster`]): how to reach the other nodes.
     cluster: std::sync::OnceLock<cluster::ClusterLink>,
+    upstream_hosts: UpstreamHosts,
+    /// Set when the node starts to stop: new upstream connections are refused.
+    draining: AtomicBool,
 }
 
 impl Control {
@@ -96,7 +106,22 @@ impl Control {
             upstreams,
             access,
             cluster: std::sync::OnceLock::new(),
+            upstream_hosts: UpstreamHosts::default(),
+            draining: AtomicBool::new(false),
         }
+    }
+
+    /// Connect only to these hosts (`upstream_allowed_hosts`).
+    pub fn with_upstream_hosts(mut self, hosts: UpstreamHosts) -> Self {
+        self.upstream_hosts = hosts;
+        self
+    }
+
+    /// The node is stopping (its connections are being handed over or drained): from now on
+    /// Connect answers 503, as new WebSocket upgrades do. Other operations keep working
+    /// until the node is gone.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
     }
 
     /// Whether `caller` may call: API rate limit first, then the API key. Refusals are
@@ -224,6 +249,10 @@ impl Control {
     /// Connect: starts the connection and waits (see [`Connect::wait_ms`]) for it to be
     /// ready. The connection is kept, following its reconnect policy, either way.
     pub async fn connect(&self, cmd: Connect) -> Result<Connected, ControlError> {
+        if self.draining.load(Ordering::Acquire) {
+            return Err(ControlError::new(ErrorCode::Unavailable, SHUTTING_DOWN));
+        }
+        self.upstream_hosts.check(&cmd.url)?;
         let (spec, wait) = cmd.into_spec();
         let c = self.upstreams.connect(spec, wait).await?;
         Ok(Connected {

@@ -48,6 +48,7 @@ impl From<ControlError> for ApiError {
             ErrorCode::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, None),
             ErrorCode::BadGateway => (StatusCode::BAD_GATEWAY, None),
             ErrorCode::Unauthorized => (StatusCode::UNAUTHORIZED, None),
+            ErrorCode::Forbidden => (StatusCode::FORBIDDEN, None),
             ErrorCode::RateLimited { retry_after_secs } => {
                 (StatusCode::TOO_MANY_REQUESTS, Some(retry_after_secs))
             }

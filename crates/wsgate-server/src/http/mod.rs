@@ -86,8 +86,8 @@ pub fn router(api: ApiState, ws: WsState) -> Router {
 }
 
 /// The control API and connection listings pass
-/// [`Control::authorize`](wsgate_core::control::Control::authorize): the API rate limit
-/// (by API key, or by client IP without one), then the API key when one is configured.
+/// [`Control::authorize`](wsgate_core::control::Control::authorize): the API key when one is
+/// configured, and the limits by client IP (failed authentications, an open API).
 async fn require_api_key(State(api): State<ApiState>, req: Request, next: Next) -> Response {
     let key = bearer(req.headers());
     let peer = req

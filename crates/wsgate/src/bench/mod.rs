@@ -220,6 +220,9 @@ async fn spawn_server_with(
             }
             // A fixed gRPC port would collide between a server and its restart.
             cmd.env("WSGATE_GRPC_ENABLED", "false");
+            // The bench's own node publishes without a key, also on a `--listen` beyond
+            // loopback (load generators on other hosts).
+            cmd.env("WSGATE_ALLOW_UNAUTHENTICATED_API", "true");
         }
         Target::Baseline => {
             cmd.args(["bench-baseline-server", "--listen", &opts.listen]);
