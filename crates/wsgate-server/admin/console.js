@@ -344,8 +344,7 @@
           h(
             'td',
             { class: 'actions' },
-            // There is no reconnect endpoint in the control API yet.
-            h('button', { type: 'button', disabled: true, title: 'Not available: the control API has no reconnect endpoint yet' }, 'Reconnect'),
+            h('button', { type: 'button', 'data-action': 'reconnect', title: 'POST /api/v1/upstreams/{id}/reconnect: same id, subscriptions and auth, fresh backoff' }, 'Reconnect'),
           ),
         ),
       ),
@@ -480,6 +479,20 @@
       if (row) {
         presenceChannel = row.dataset.channel;
         guarded(refreshPresence);
+      }
+    });
+    $('up-rows').addEventListener('click', (ev) => {
+      const row = ev.target.closest('button[data-action="reconnect"]') && ev.target.closest('tr[data-conn-id]');
+      if (row) {
+        const id = row.dataset.connId;
+        ask({
+          title: `Reconnect ${id}?`,
+          text: 'Closes the connection and opens it again with the same id, subscriptions and login (a failed connection is restarted).',
+          label: null,
+          value: '',
+          ok: 'Reconnect',
+          act: () => api('POST', `/api/v1/upstreams/${enc(id)}/reconnect`, {}),
+        });
       }
     });
     $('dialog-form').addEventListener('submit', onDialogSubmit);

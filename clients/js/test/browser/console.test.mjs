@@ -145,13 +145,20 @@ describe('admin console in headless Chromium', () => {
     await page.waitForFunction(() => /ann/.test(document.getElementById('presence-users').textContent));
     assert.match(await page.textContent('#presence-users'), /bob/);
 
-    // Upstreams: state, last error, reconnects; the reconnect button is disabled (no API yet).
+    // Upstreams: state, last error, reconnects; Reconnect restarts one through the API.
     await page.click('nav button[data-tab=upstreams]');
     await page.waitForFunction(() => document.querySelectorAll('#up-rows tr[data-conn-id]').length === 2);
     await page.waitForFunction(() => [...document.querySelectorAll('#up-rows td.error')].some((td) => td.textContent !== ''));
-    const reconnect = page.locator('#up-rows button', { hasText: 'Reconnect' }).first();
-    assert.equal(await reconnect.isDisabled(), true);
-    assert.match(await reconnect.getAttribute('title'), /no reconnect endpoint/);
+    const live = page.locator('#up-rows tr[data-conn-id]:has(td.state-connected)').first();
+    const liveId = await live.getAttribute('data-conn-id');
+    const before = (await api('GET', `/api/v1/upstreams/${encodeURIComponent(liveId)}`)).body.upstream;
+    await live.locator('button[data-action=reconnect]').click();
+    await page.click('#dialog-ok');
+    await until(async () => {
+      const u = (await api('GET', `/api/v1/upstreams/${encodeURIComponent(liveId)}`)).body.upstream;
+      // A new connection: it came up after the click (a restarted client starts its counters anew).
+      return u.state === 'connected' && u.connected_since > before.connected_since;
+    }, 'the upstream reconnected through the console');
 
     // Charts from /metrics: two samples (5 s apart) make every line.
     await page.click('nav button[data-tab=charts]');
