@@ -86,6 +86,10 @@ pub struct RedisConfig {
     pub lease_ttl: Duration,
     /// Seals upstream record secrets at rest (`None`: stored in clear, dev only).
     pub cluster_key: Option<ClusterKey>,
+    /// `rediss://` only: the PEM certificates to trust instead of the platform's roots
+    /// (the server passes the platform's roots plus `redis_ca_file`). `None`: the
+    /// platform's roots.
+    pub ca_bundle: Option<Vec<u8>>,
 }
 
 impl RedisConfig {
@@ -98,6 +102,7 @@ impl RedisConfig {
             response_timeout: Duration::from_secs(2),
             lease_ttl: Duration::from_secs(3),
             cluster_key: None,
+            ca_bundle: None,
         }
     }
 
@@ -108,8 +113,18 @@ impl RedisConfig {
             .max(Duration::from_millis(100))
     }
 
+    /// A client for `url`: `redis://` in clear, `rediss://` over TLS (rustls).
     pub(crate) fn client(&self) -> Result<redis::Client, redis::RedisError> {
-        redis::Client::open(self.url.as_str())
+        match &self.ca_bundle {
+            Some(pem) => redis::Client::build_with_tls(
+                self.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+            None => redis::Client::open(self.url.as_str()),
+        }
     }
 
     /// A command connection that connects lazily and reconnects by itself.
