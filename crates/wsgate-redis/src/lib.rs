@@ -8,15 +8,16 @@
 //!   that the NATS broker of `wsgate-nats` sequences with.
 //!
 //! # Key layout
-//! Every key and pub/sub channel starts with a configurable prefix `P` (default `wsgate`),
-//! so several deployments can share one Redis.
+//! Every key and pub/sub channel starts with a configurable prefix `P:` (default `wsgate`),
+//! so several deployments can share one Redis; an empty prefix drops the `P:` and gives
+//! seed 000's bare names (`websocket-<id>`, `websocket-index`).
 //!
 //! | key | type | what |
 //! | --- | --- | --- |
 //! | `P:{<channel>}:meta` | hash `e`, `o` | the channel's epoch and newest offset |
 //! | `P:{<channel>}:stream` | stream | bounded history (`MAXLEN ~ history_size`), entry id `<offset>-0`, fields `d` data, `t` µs, `x` excluded user |
 //! | `P:presence:<channel>` | hash | connection id → `<node>\n<user>` |
-//! | `P:alive:<node>` | string, TTL | the node is alive; refreshed every TTL/3 |
+//! | `P:alive:<node>` | string, TTL | the node's lease: the token of the one process running under that id; renewed every TTL/3 |
 //! | `P:pub` | pub/sub | channel publications, for every node |
 //! | `P:user` | pub/sub | sends to a user, for every node |
 //! | `P:node:<node>` | pub/sub | sends to one connection, for the node that holds it |
@@ -49,6 +50,7 @@
 mod broker;
 mod forwarding;
 mod keys;
+mod lease;
 mod ownership;
 mod sealed;
 mod store;

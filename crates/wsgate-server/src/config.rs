@@ -22,6 +22,10 @@ pub use crate::seams::{BrokerKind, ClusterConfig, StoreKind};
 pub use crate::secret::Secret;
 pub use crate::ws::WsConfig;
 
+/// The node id of a node without `node_id` and without `HOSTNAME`: fine alone, refused in
+/// cluster mode.
+pub const FALLBACK_NODE_ID: &str = "wsgate";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -33,7 +37,8 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Instance id; default `HOSTNAME`, else `wsgate`.
+    /// Instance id; default `HOSTNAME`, else [`FALLBACK_NODE_ID`] (refused in cluster
+    /// mode: two such nodes would be one).
     pub node_id: Option<String>,
     pub log_format: LogFormat,
     pub auth: AuthConfig,
@@ -92,15 +97,28 @@ impl Config {
     }
 
     pub fn node_id(&self) -> String {
+        self.chosen_node_id()
+            .unwrap_or_else(|| FALLBACK_NODE_ID.into())
+    }
+
+    /// `node_id`, else `HOSTNAME`, when either is set.
+    fn chosen_node_id(&self) -> Option<String> {
         self.node_id
             .clone()
             .filter(|s| !s.is_empty())
             .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
-            .unwrap_or_else(|| "wsgate".into())
     }
 
     /// Each part's own validation, in the order an operator reads the file.
     pub fn validate(&self) -> anyhow::Result<()> {
+        if self.cluster.is_shared() && self.chosen_node_id().is_none() {
+            anyhow::bail!(
+                "cluster mode needs a unique node id: set node_id (WSGATE_NODE_ID or \
+                 --node-id) or HOSTNAME (systemd does not export it); without them every \
+                 node would be {FALLBACK_NODE_ID:?} and the nodes would share topics and \
+                 rebuild each other's upstream connections"
+            );
+        }
         self.auth.validate()?;
         self.gateway.validate()?;
         self.cluster.validate()?;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::memory::{MemoryBroker, MemoryStore};
 use crate::seams::upstream::UpstreamSpec;
 use crate::seams::{
-    Forwarding, Ownership, RequestHandler, StoreError, Sweep, UpstreamRecord, UpstreamRecords,
+    Forwarding, LeaseError, Ownership, RequestHandler, StoreError, Sweep, UpstreamRecord, UpstreamRecords,
 };
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -256,13 +256,13 @@ struct Peer {
 
 #[async_trait::async_trait]
 impl Ownership for Peer {
-    async fn acquire_lease(&self) -> Result<(), StoreError> {
+    async fn acquire_lease(&self) -> Result<(), LeaseError> {
         Ok(())
     }
     async fn is_alive(&self, node: &str) -> Result<bool, StoreError> {
         Ok(self.wire.0.lock().contains_key(node))
     }
-    async fn sweep(&self, _: &[String]) -> Result<Sweep, StoreError> {
+    async fn sweep(&self, _: &[String]) -> Result<Sweep, LeaseError> {
         Ok(Sweep::default())
     }
     async fn release(&self, _: &[String]) -> Result<usize, StoreError> {
@@ -272,6 +272,9 @@ impl Ownership for Peer {
         Ok(0)
     }
     fn sweep_interval(&self) -> Duration {
+        Duration::from_secs(3600)
+    }
+    fn lease_ttl(&self) -> Duration {
         Duration::from_secs(3600)
     }
 }

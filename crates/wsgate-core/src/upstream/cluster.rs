@@ -1,21 +1,25 @@
 //! Cluster mode of the upstream manager: rebuild on start, the reclaimer, hand-over.
 //!
-//! One task per node ([`UpstreamManager::spawn_reclaimer`]): takes the lease, wipes every
+//! One task per node ([`UpstreamManager::spawn_reclaimer`]): takes the lease (see
+//! [`super::lease`]: never while another live process holds this node id), wipes every
 //! record when `CLEAR_ALL_ON_START` asks for it (or else restarts the records this
 //! instance id still owns), then sweeps every [`Ownership::sweep_interval`]. Every record a
 //! sweep wins is started with [`UpstreamManager::start`], so the client library replays
 //! auth and subscriptions and the pump resumes the publish topic. Records the sweep says
-//! another node now owns are closed here (this node was presumed dead).
+//! another node now owns are closed here (this node was presumed dead). The task ends only
+//! when another process holds this node id's lease, with the [`LeaseConflict`]: the node
+//! must then stop.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::seams::{Forwarding, Ownership};
+use crate::seams::{Forwarding, LeaseError, Ownership};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use wsgate_backoff::Backoff;
 
 use super::forward::Reply;
+use super::lease::{self, LeaseConflict, Unreachable};
 use super::{CLOSE_WAIT, UpstreamError, UpstreamManager};
 
 /// The cluster side of the manager: who owns which connection, and the channel that
@@ -50,8 +54,23 @@ impl UpstreamManager {
         });
     }
 
+    /// Cluster mode: takes this node id's lease before the node serves, waiting (bounded)
+    /// for a dead predecessor's to lapse. `Err`: another live node runs under this id.
+    /// Returns at once when the store does not answer (the reclaimer takes the lease
+    /// later, with the same check) or outside cluster mode.
+    pub async fn take_lease(&self) -> Result<(), LeaseConflict> {
+        match self.cluster.get() {
+            Some(c) => lease::take(&*c.ownership, self.node(), Unreachable::GiveUp)
+                .await
+                .map(drop),
+            None => Ok(()),
+        }
+    }
+
     /// Starts the reclaimer (cluster mode only). Abort the handle before [`Self::hand_over`].
-    pub fn spawn_reclaimer(self: &Arc<Self>, clear_all: bool) -> Option<JoinHandle<()>> {
+    /// The task ends only on a [`LeaseConflict`] (at start or later): stop the node then,
+    /// without a hand-over (the records are the other process's).
+    pub fn spawn_reclaimer(self: &Arc<Self>, clear_all: bool) -> Option<JoinHandle<LeaseConflict>> {
         let own = self.cluster.get()?.ownership.clone();
         let me = self.clone();
         Some(tokio::spawn(
@@ -59,8 +78,10 @@ impl UpstreamManager {
         ))
     }
 
-    async fn reclaimer(self: Arc<Self>, own: Arc<dyn Ownership>, clear_all: bool) {
-        retry("lease", || own.acquire_lease()).await;
+    async fn reclaimer(self: Arc<Self>, own: Arc<dyn Ownership>, clear_all: bool) -> LeaseConflict {
+        if let Err(conflict) = lease::take(&*own, self.node(), Unreachable::Retry).await {
+            return conflict;
+        }
         if clear_all {
             warn!(
                 "CLEAR_ALL_ON_START=TRUE: deleting ALL upstream connection records of the \
@@ -95,6 +116,13 @@ impl UpstreamManager {
             let sweep = match tokio::time::timeout(Duration::from_secs(5), own.sweep(&local)).await
             {
                 Ok(Ok(s)) => s,
+                Ok(Err(LeaseError::Held { expires_in })) => {
+                    return LeaseConflict {
+                        node: self.node().to_string(),
+                        waited: Duration::ZERO,
+                        expires_in,
+                    };
+                }
                 Ok(Err(e)) => {
                     debug!(error = %e, "reclaim sweep failed");
                     continue;
@@ -147,7 +175,7 @@ impl UpstreamManager {
 const RETRY_MAX_DELAY: Duration = Duration::from_secs(2);
 
 /// Retries `f` with capped backoff until it succeeds (Redis may come up after us).
-async fn retry<T, E: std::fmt::Display, F, Fut>(what: &str, mut f: F) -> T
+pub(super) async fn retry<T, E: std::fmt::Display, F, Fut>(what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,

@@ -39,6 +39,7 @@ pub mod config;
 mod connection;
 mod error;
 mod forward;
+mod lease;
 mod manager;
 pub mod mapping;
 mod op;
@@ -51,6 +52,7 @@ use std::time::Duration;
 
 pub use connection::Upstream;
 pub use error::UpstreamError;
+pub use lease::LeaseConflict;
 pub use manager::{Connected, UpstreamManager};
 pub use op::{Outcome, UpstreamOp};
 pub use parts::{Publisher, UpstreamParts};
