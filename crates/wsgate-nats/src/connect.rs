@@ -3,8 +3,11 @@
 //! Everything that can be wrong in it (an unreadable credentials file, two ways to log in)
 //! fails when the node starts, not later in the background task that connects, so a typo
 //! stops the node with a message instead of leaving the broker silently unavailable.
-//! Credentials never reach a log line: [`NatsConnect::redacted_url`] drops the user info of
-//! `nats://user:password@host`, and the secrets themselves are never printed.
+//! Credentials never reach a log line: the NATS client is given the URL *without* its user
+//! info (the client logs the URL it dials at debug level, and ignores URL credentials
+//! anyway), and `nats://user:password@host` / `nats://token@host` become the client's
+//! user-and-password or token login instead; [`NatsConnect::redacted_url`] is what our own
+//! log lines show.
 
 use std::path::PathBuf;
 
@@ -78,16 +81,29 @@ impl NatsConnect {
         redact_url(&self.url)
     }
 
-    /// The client options these settings give (reads the credentials file now).
-    pub(crate) fn options(&self) -> std::io::Result<ConnectOptions> {
-        let mut options = match &self.auth {
+    /// The URL to dial (without user info) and the client options these settings give
+    /// (reads the credentials file now).
+    pub(crate) fn prepare(&self) -> std::io::Result<(String, ConnectOptions)> {
+        let (url, from_url) = split_user_info(&self.url);
+        let auth = match (&self.auth, from_url) {
+            (auth, None) => auth.clone(),
+            (NatsAuth::None, Some(auth)) => auth,
+            (_, Some(_)) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "NATS credentials are given twice: in nats_url and in nats_user, nats_token \
+                     or nats_credentials_file",
+                ));
+            }
+        };
+        let mut options = match auth {
             NatsAuth::None => ConnectOptions::new(),
             NatsAuth::UserPassword { user, password } => {
-                ConnectOptions::new().user_and_password(user.clone(), password.clone())
+                ConnectOptions::new().user_and_password(user, password)
             }
-            NatsAuth::Token(token) => ConnectOptions::new().token(token.clone()),
+            NatsAuth::Token(token) => ConnectOptions::new().token(token),
             NatsAuth::CredentialsFile(path) => {
-                let creds = std::fs::read_to_string(path).map_err(|e| {
+                let creds = std::fs::read_to_string(&path).map_err(|e| {
                     std::io::Error::new(
                         e.kind(),
                         format!("reading NATS credentials {}: {e}", path.display()),
@@ -102,8 +118,63 @@ impl NatsConnect {
         if let Some(tls) = &self.tls {
             options = options.tls_client_config(tls.clone());
         }
-        Ok(options)
+        Ok((url, options))
     }
+}
+
+/// `url` (one server or a comma-separated list) without user info, and the login the first
+/// user info gave: `user:password@` or `token@`, percent-decoded.
+fn split_user_info(url: &str) -> (String, Option<NatsAuth>) {
+    let mut auth = None;
+    let servers: Vec<String> = url
+        .split(',')
+        .map(|server| {
+            let server = server.trim();
+            let (scheme, rest) = server.split_once("://").unwrap_or(("", server));
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            let Some((info, host)) = rest[..authority_end].rsplit_once('@') else {
+                return server.to_string();
+            };
+            auth.get_or_insert_with(|| match info.split_once(':') {
+                Some((user, password)) => NatsAuth::UserPassword {
+                    user: percent_decode(user),
+                    password: percent_decode(password),
+                },
+                None => NatsAuth::Token(percent_decode(info)),
+            });
+            let path = &rest[authority_end..];
+            match scheme {
+                "" => format!("{host}{path}"),
+                scheme => format!("{scheme}://{host}{path}"),
+            }
+        })
+        .collect();
+    (servers.join(","), auth)
+}
+
+/// `%XX` escapes decoded (user info in a URL is percent-encoded); anything else kept.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| {
+            std::str::from_utf8(h)
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        });
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -130,7 +201,28 @@ mod tests {
             auth: NatsAuth::CredentialsFile("/nonexistent/x.creds".into()),
             ..NatsConnect::new("nats://h")
         };
-        let e = c.options().err().expect("refused");
+        let e = c.prepare().err().expect("refused");
         assert!(e.to_string().contains("/nonexistent/x.creds"), "{e}");
+    }
+
+    #[test]
+    fn user_info_leaves_the_url_and_becomes_the_login() {
+        let (url, auth) = split_user_info("tls://u%40x:p%3Aw@h:4222,nats://h2:4222");
+        assert_eq!(url, "tls://h:4222,nats://h2:4222");
+        let Some(NatsAuth::UserPassword { user, password }) = auth else {
+            panic!("{auth:?}")
+        };
+        assert_eq!((user.as_str(), password.as_str()), ("u@x", "p:w"));
+        let (url, auth) = split_user_info("nats://s3cret@h");
+        assert_eq!(url, "nats://h");
+        assert!(matches!(auth, Some(NatsAuth::Token(t)) if t == "s3cret"));
+        assert_eq!(split_user_info("h:4222").0, "h:4222");
+        assert!(split_user_info("nats://h:4222").1.is_none());
+
+        let twice = NatsConnect {
+            auth: NatsAuth::Token("t".into()),
+            ..NatsConnect::new("nats://u:p@h")
+        };
+        assert!(twice.prepare().is_err());
     }
 }

@@ -107,10 +107,11 @@ impl NatsBroker {
         let subjects = Arc::new(Subjects::new(prefix));
         let client = Arc::new(OnceLock::new());
         let sink = Arc::new(OnceLock::new());
+        let (url, options) = connect.prepare()?;
         let node_loop = NodeLoop {
-            url: connect.url.clone(),
+            url,
             logged_url: connect.redacted_url(),
-            options: connect.options()?,
+            options,
             node_subject: subjects.node(&node),
             subjects: subjects.clone(),
             client: client.clone(),
@@ -226,7 +227,7 @@ impl Broker for NatsBroker {
 
 /// The node's subscriptions, in one task.
 struct NodeLoop {
-    /// May carry credentials: never logged.
+    /// Without user info (the credentials are in `options`).
     url: String,
     /// [`NatsConnect::redacted_url`], for log lines.
     logged_url: String,

@@ -139,9 +139,9 @@ impl Lease {
     }
 
     fn mark(&self, from: State, to: State) {
-        let _ = self
-            .state
-            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire);
+        let _ =
+            self.state
+                .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// Hand-over: never renewed again; the key is deleted if it is still this process's.

@@ -9,7 +9,8 @@ use std::time::Duration;
 use crate::memory::{MemoryBroker, MemoryStore};
 use crate::seams::upstream::UpstreamSpec;
 use crate::seams::{
-    Forwarding, LeaseError, Ownership, RequestHandler, StoreError, Sweep, UpstreamRecord, UpstreamRecords,
+    Forwarding, LeaseError, Ownership, RequestHandler, StoreError, Sweep, UpstreamRecord,
+    UpstreamRecords,
 };
 use bytes::Bytes;
 use parking_lot::Mutex;

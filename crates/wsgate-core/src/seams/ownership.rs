@@ -23,7 +23,9 @@ use super::upstream::UpstreamRecord;
 pub enum LeaseError {
     /// Another process holds this node id's lease; it lapses `expires_in` from now unless
     /// that process renews it.
-    #[error("the node id's lease is held by another process (expires in {expires_in:?} unless renewed)")]
+    #[error(
+        "the node id's lease is held by another process (expires in {expires_in:?} unless renewed)"
+    )]
     Held { expires_in: Duration },
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -69,7 +69,7 @@ pub async fn take(
             Unreachable::GiveUp => match attempt().await {
                 Ok(held) => held,
                 Err(e) => {
-                    warn!(error = %e, "store unreachable: the node id's lease is taken when it answers");
+                    warn!(error = %e, "the store failed: the node id's lease is taken (with the same check) once it answers");
                     return Ok(false);
                 }
             },
@@ -180,11 +180,15 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_unreachable_store_gives_up_or_retries_as_asked() {
-        assert!(!take(&*held(Some(Duration::ZERO), 1), "n1", Unreachable::GiveUp)
-            .await
-            .unwrap());
-        assert!(take(&*held(Some(Duration::ZERO), 3), "n1", Unreachable::Retry)
-            .await
-            .unwrap());
+        assert!(
+            !take(&*held(Some(Duration::ZERO), 1), "n1", Unreachable::GiveUp)
+                .await
+                .unwrap()
+        );
+        assert!(
+            take(&*held(Some(Duration::ZERO), 3), "n1", Unreachable::Retry)
+                .await
+                .unwrap()
+        );
     }
 }

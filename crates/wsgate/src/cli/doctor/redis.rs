@@ -26,9 +26,29 @@ pub fn key(prefix: &str, name: &str) -> String {
     }
 }
 
+/// Seed 000's runbook commands for the records, with `prefix` (its `KEYS`, plus the `SCAN`
+/// form that does not block a busy Redis).
+pub fn runbook_commands(prefix: &str) -> Vec<String> {
+    let record = key(prefix, "websocket-");
+    let index = key(prefix, "websocket-index");
+    vec![
+        format!("redis-cli KEYS '{record}*'"),
+        format!("redis-cli --scan --pattern '{record}*'"),
+        format!("redis-cli SMEMBERS {index}"),
+        format!("redis-cli GET {record}<id>"),
+    ]
+}
+
 pub async fn checks(url: &str, prefix: &str, timeout: Duration) -> Vec<CheckResult> {
     let (c, con) = check_reachable(url, timeout).await;
-    let mut out = vec![c];
+    let commands = CheckResult::pass(
+        "redis-commands",
+        format!(
+            "the records by hand (key prefix {prefix:?}): {}",
+            runbook_commands(prefix).join(" ; ")
+        ),
+    );
+    let mut out = vec![c, commands];
     let Some(mut con) = con else { return out };
     out.push(bounded("redis-index", timeout, check_index(&mut con, prefix)).await);
     out.push(bounded("redis-leases", timeout, check_leases(&mut con, prefix)).await);
@@ -262,5 +282,19 @@ mod tests {
             "wsgate:websocket-index"
         );
         assert_eq!(super::key("", "websocket-index"), "websocket-index");
+    }
+
+    #[test]
+    fn runbook_commands_follow_the_prefix() {
+        assert_eq!(
+            super::runbook_commands(""),
+            [
+                "redis-cli KEYS 'websocket-*'",
+                "redis-cli --scan --pattern 'websocket-*'",
+                "redis-cli SMEMBERS websocket-index",
+                "redis-cli GET websocket-<id>",
+            ]
+        );
+        assert!(super::runbook_commands("p")[2].ends_with("SMEMBERS p:websocket-index"));
     }
 }
