@@ -19,6 +19,11 @@ use wsgate_client::test_support::{TestServer as Upstream, TestServerConfig as Up
 const REDIS_PASSWORD: &str = "redis-pw-6f1c2a";
 const NATS_PASSWORD: &str = "nats-pw-93b7e4";
 
+/// The program under test.
+fn wsgate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_wsgate"))
+}
+
 /// A `wsgate serve` whose stdout and stderr are both kept, to be searched.
 struct Logged {
     child: Child,
@@ -27,7 +32,7 @@ struct Logged {
 
 impl Logged {
     fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        let mut child = wsgate()
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .env("WSGATE_GRPC_LISTEN", "127.0.0.1:0")
@@ -74,6 +79,16 @@ impl Logged {
         let status = within("wsgate to exit", self.child.wait()).await.unwrap();
         status.code().unwrap_or(-1)
     }
+}
+
+/// `wsgate serve --node-id <id> --store redis --broker <broker> <extra>`, output kept.
+fn cluster_node(id: &str, broker: &str, extra: &[&str], envs: &[(&str, &str)]) -> Logged {
+    let args = [
+        &["--node-id", id, "--store", "redis", "--broker", broker][..],
+        extra,
+    ]
+    .concat();
+    Logged::spawn(&args, envs)
 }
 
 /// Appends every line of `from` to `to`.
@@ -216,15 +231,10 @@ async fn rediss_with_a_private_ca_and_a_password() {
     let (_redis, port) = tls_redis(&pki).await;
     let url = format!("rediss://:{REDIS_PASSWORD}@127.0.0.1:{port}");
     let ca = pki.path("ca.pem");
-    let node = Logged::spawn(
-        &[
-            "--node-id",
-            "tls-a",
-            "--store",
-            "redis",
-            "--broker",
-            "redis",
-        ],
+    let node = cluster_node(
+        "tls-a",
+        "redis",
+        &[],
         &[("WSGATE_REDIS_URL", &url), ("WSGATE_REDIS_CA_FILE", &ca)],
     );
     let addr = node.addr().await;
@@ -233,17 +243,7 @@ async fn rediss_with_a_private_ca_and_a_password() {
 
     // The same server without the CA: the certificate is not trusted, the node never
     // becomes ready, and says why.
-    let untrusted = Logged::spawn(
-        &[
-            "--node-id",
-            "tls-b",
-            "--store",
-            "redis",
-            "--broker",
-            "redis",
-        ],
-        &[("WSGATE_REDIS_URL", &url)],
-    );
+    let untrusted = cluster_node("tls-b", "redis", &[], &[("WSGATE_REDIS_URL", &url)]);
     let b = untrusted.addr().await;
     untrusted.await_output("UnknownIssuer").await;
     let (status, _) = support::get_json(&format!("http://{b}/ready")).await;
@@ -259,15 +259,10 @@ async fn nats_over_tls_with_user_and_password() {
     let (_nats, port) = nats(Some(&pki)).await;
     let nats_url = format!("tls://127.0.0.1:{port}");
     let ca = pki.path("ca.pem");
-    let node = Logged::spawn(
-        &[
-            "--node-id",
-            "nats-a",
-            "--store",
-            "redis",
-            "--broker",
-            "nats",
-        ],
+    let node = cluster_node(
+        "nats-a",
+        "nats",
+        &[],
         &[
             ("WSGATE_REDIS_URL", &redis.url()),
             ("WSGATE_NATS_URL", &nats_url),
@@ -290,22 +285,9 @@ async fn passwords_in_the_urls_never_reach_the_output() {
     let redis_url = format!("rediss://:{REDIS_PASSWORD}@127.0.0.1:{redis_port}");
     let nats_url = format!("nats://wsgate:{NATS_PASSWORD}@127.0.0.1:{nats_port}");
     let ca = pki.path("ca.pem");
-    let args = ["--store", "redis", "--broker", "nats"];
-    let mut good = Logged::spawn(
-        &[
-            &args[..],
-            &[
-                "--node-id",
-                "pw-a",
-                "--redis-url",
-                &redis_url,
-                "--nats-url",
-                &nats_url,
-            ],
-        ]
-        .concat(),
-        &[("WSGATE_REDIS_CA_FILE", &ca)],
-    );
+    let ca_file = [("WSGATE_REDIS_CA_FILE", ca.as_str())];
+    let urls = ["--redis-url", &redis_url, "--nats-url", &nats_url];
+    let mut good = cluster_node("pw-a", "nats", &urls, &ca_file);
     let addr = good.addr().await;
     ready(addr).await;
     delivers(addr).await;
@@ -314,21 +296,8 @@ async fn passwords_in_the_urls_never_reach_the_output() {
     // Wrong passwords: the failures are logged, the passwords are not.
     let wrong_redis = format!("rediss://:wrong-pw-5d1e@127.0.0.1:{redis_port}");
     let wrong_nats = format!("nats://wsgate:wrong-pw-5d1e@127.0.0.1:{nats_port}");
-    let mut bad = Logged::spawn(
-        &[
-            &args[..],
-            &[
-                "--node-id",
-                "pw-b",
-                "--redis-url",
-                &wrong_redis,
-                "--nats-url",
-                &wrong_nats,
-            ],
-        ]
-        .concat(),
-        &[("WSGATE_REDIS_CA_FILE", &ca)],
-    );
+    let urls = ["--redis-url", &wrong_redis, "--nats-url", &wrong_nats];
+    let mut bad = cluster_node("pw-b", "nats", &urls, &ca_file);
     bad.addr().await;
     bad.await_output("authorization").await;
     bad.await_output("Password authentication failed").await;
@@ -390,7 +359,7 @@ async fn an_empty_key_prefix_gives_seed_000s_layout_and_doctor_prints_its_comman
     assert_eq!(record["owner"], "bare");
     assert_eq!(redis.cli(&["EXISTS", "alive:bare"]).await.trim(), "1");
 
-    let out = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+    let out = wsgate()
         .args([
             "doctor",
             &node.ws_url(),
@@ -418,21 +387,17 @@ async fn an_empty_key_prefix_gives_seed_000s_layout_and_doctor_prints_its_comman
     );
 }
 
-/// `wsgate serve` in cluster mode with `name` (no `--node-id` when `None`) against `cluster`.
-fn cluster_node(cluster: &Cluster, name: Option<&str>, envs: &[(&str, &str)]) -> Logged {
+/// A node of `cluster` (Redis store and broker) named `name`.
+fn member(cluster: &Cluster, name: &str) -> Logged {
     let url = cluster.redis.url();
-    let mut args = vec!["--store", "redis", "--broker", "redis", "--redis-url", &url];
-    args.extend(["--key-prefix", &cluster.prefix]);
-    if let Some(name) = name {
-        args.extend(["--node-id", name]);
-    }
-    Logged::spawn(&args, envs)
+    let args = ["--redis-url", &url, "--key-prefix", &cluster.prefix];
+    cluster_node(name, "redis", &args, &[])
 }
 
 #[tokio::test]
 async fn cluster_mode_refuses_the_fallback_node_id() {
     let cluster = Cluster::start(Via::Redis).await;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsgate"));
+    let mut cmd = wsgate();
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--store", "redis"])
         .args(["--redis-url", &cluster.redis.url()])
         .env("WSGATE_CLUSTER_KEY", CLUSTER_KEY)
@@ -453,11 +418,11 @@ async fn cluster_mode_refuses_the_fallback_node_id() {
 async fn a_second_live_node_under_one_id_is_refused_and_a_restart_after_sigkill_is_not() {
     let cluster = Cluster::start(Via::Redis).await;
     let lease = format!("{}:alive:dup", cluster.prefix);
-    let mut first = cluster_node(&cluster, Some("dup"), &[]);
+    let mut first = member(&cluster, "dup");
     ready(first.addr().await).await;
     let token = cluster.redis.cli(&["GET", &lease]).await;
 
-    let mut second = cluster_node(&cluster, Some("dup"), &[]);
+    let mut second = member(&cluster, "dup");
     assert_ne!(second.exit_code().await, 0);
     let out = second.output();
     assert!(
@@ -473,7 +438,7 @@ async fn a_second_live_node_under_one_id_is_refused_and_a_restart_after_sigkill_
     // SIGKILL, then the same id at once: it waits out the dead lease (750 ms) and starts.
     first.child.start_kill().unwrap();
     first.exit_code().await;
-    let restarted = cluster_node(&cluster, Some("dup"), &[]);
+    let restarted = member(&cluster, "dup");
     ready(restarted.addr().await).await;
     assert_ne!(
         cluster.redis.cli(&["GET", &lease]).await,
@@ -486,7 +451,7 @@ async fn a_second_live_node_under_one_id_is_refused_and_a_restart_after_sigkill_
 async fn a_node_whose_id_is_taken_over_while_it_runs_stops() {
     let cluster = Cluster::start(Via::Redis).await;
     let lease = format!("{}:alive:taken", cluster.prefix);
-    let mut node = cluster_node(&cluster, Some("taken"), &[]);
+    let mut node = member(&cluster, "taken");
     ready(node.addr().await).await;
     // Another process's token in the lease (what a second process does once this one's
     // lease lapsed, e.g. after a long stall).

@@ -45,19 +45,33 @@ pub enum Unreachable {
     Retry,
 }
 
-/// Takes `node`'s lease. `Ok(true)`: taken (or already ours); `Ok(false)`: the store did
-/// not answer and `unreachable` is [`Unreachable::GiveUp`]; `Err`: another process keeps
-/// the lease alive for [`PATIENCE`] TTLs.
+/// Takes `node`'s lease from `own`. `Ok(true)`: taken (or already ours); `Ok(false)`: the
+/// store did not answer and `unreachable` is [`Unreachable::GiveUp`]; `Err`: another
+/// process keeps the lease alive for [`PATIENCE`] TTLs.
 pub async fn take(
     own: &dyn Ownership,
     node: &str,
     unreachable: Unreachable,
 ) -> Result<bool, LeaseConflict> {
-    let patience = own.lease_ttl() * PATIENCE;
+    take_with(|| own.acquire_lease(), own.lease_ttl(), node, unreachable).await
+}
+
+/// [`take`] with the lease's `acquire` and `ttl` given directly.
+async fn take_with<F, Fut>(
+    acquire: F,
+    ttl: Duration,
+    node: &str,
+    unreachable: Unreachable,
+) -> Result<bool, LeaseConflict>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), LeaseError>>,
+{
+    let patience = ttl * PATIENCE;
     let mut first_held: Option<Instant> = None;
     // `None`: taken; `Some(expires_in)`: held by another process.
     let attempt = || async {
-        match own.acquire_lease().await {
+        match acquire().await {
             Ok(()) => Ok(None),
             Err(LeaseError::Held { expires_in }) => Ok(Some(expires_in)),
             Err(LeaseError::Store(e)) => Err(e),
@@ -97,24 +111,29 @@ pub async fn take(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    use async_trait::async_trait;
-
     use super::*;
-    use crate::seams::{StoreError, Sweep};
+    use crate::seams::StoreError;
 
-    /// A store whose lease is held by another process until `lapses_at` (never: `None`),
-    /// and unreachable for the first `down` tries.
+    const TTL: Duration = Duration::from_millis(750);
+
+    /// A lease held by another process until `lapses_at` (forever: `None`), behind a store
+    /// that fails the first `down` tries.
     struct Held {
         lapses_at: Option<Instant>,
         down: AtomicU32,
     }
 
-    #[async_trait]
-    impl Ownership for Held {
-        async fn acquire_lease(&self) -> Result<(), LeaseError> {
+    impl Held {
+        fn new(lapses_in: Option<Duration>, down: u32) -> Self {
+            Self {
+                lapses_at: lapses_in.map(|d| Instant::now() + d),
+                down: AtomicU32::new(down),
+            }
+        }
+
+        async fn acquire(&self) -> Result<(), LeaseError> {
             if self.down.load(Ordering::Relaxed) > 0 {
                 self.down.fetch_sub(1, Ordering::Relaxed);
                 return Err(StoreError::Unavailable("down".into()).into());
@@ -130,38 +149,17 @@ mod tests {
                 }),
             }
         }
-        async fn is_alive(&self, _: &str) -> Result<bool, StoreError> {
-            Ok(true)
-        }
-        async fn sweep(&self, _: &[String]) -> Result<Sweep, LeaseError> {
-            Ok(Sweep::default())
-        }
-        async fn release(&self, _: &[String]) -> Result<usize, StoreError> {
-            Ok(0)
-        }
-        async fn clear_all(&self) -> Result<usize, StoreError> {
-            Ok(0)
-        }
-        fn sweep_interval(&self) -> Duration {
-            Duration::from_millis(100)
-        }
-        fn lease_ttl(&self) -> Duration {
-            Duration::from_millis(750)
-        }
-    }
 
-    fn held(lapses_in: Option<Duration>, down: u32) -> Arc<Held> {
-        Arc::new(Held {
-            lapses_at: lapses_in.map(|d| Instant::now() + d),
-            down: AtomicU32::new(down),
-        })
+        async fn take(&self, unreachable: Unreachable) -> Result<bool, LeaseConflict> {
+            take_with(|| self.acquire(), TTL, "n1", unreachable).await
+        }
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_dead_predecessors_lease_is_waited_out() {
         let t0 = Instant::now();
-        let own = held(Some(Duration::from_millis(600)), 0);
-        assert!(take(&*own, "n1", Unreachable::GiveUp).await.unwrap());
+        let held = Held::new(Some(Duration::from_millis(600)), 0);
+        assert!(held.take(Unreachable::GiveUp).await.unwrap());
         let took = t0.elapsed();
         assert!(took >= Duration::from_millis(600) && took < Duration::from_millis(700));
     }
@@ -169,10 +167,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_live_holder_is_a_conflict_after_two_ttls() {
         let t0 = Instant::now();
-        let e = take(&*held(None, 0), "n1", Unreachable::Retry)
+        let e = Held::new(None, 0)
+            .take(Unreachable::Retry)
             .await
             .unwrap_err();
-        assert_eq!(t0.elapsed(), Duration::from_millis(1500));
+        assert_eq!(t0.elapsed(), TTL * PATIENCE);
         assert_eq!(e.node, "n1");
         let text = e.to_string();
         assert!(text.contains("\"n1\"") && text.contains("700ms"), "{text}");
@@ -180,15 +179,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_unreachable_store_gives_up_or_retries_as_asked() {
+        let free_after_one_failure = Held::new(Some(Duration::ZERO), 1);
         assert!(
-            !take(&*held(Some(Duration::ZERO), 1), "n1", Unreachable::GiveUp)
+            !free_after_one_failure
+                .take(Unreachable::GiveUp)
                 .await
                 .unwrap()
         );
-        assert!(
-            take(&*held(Some(Duration::ZERO), 3), "n1", Unreachable::Retry)
-                .await
-                .unwrap()
-        );
+        let free_after_three = Held::new(Some(Duration::ZERO), 3);
+        assert!(free_after_three.take(Unreachable::Retry).await.unwrap());
     }
 }
