@@ -157,4 +157,20 @@ mod tests {
         let keys = serde_json::to_value(Config::default()).unwrap();
         assert!(keys.get("max_connections").is_some() && keys.get("limits").is_none());
     }
+
+    #[test]
+    fn cluster_mode_refuses_the_fallback_node_id_and_takes_a_chosen_one() {
+        let mut c = Config::default();
+        c.cluster.store = StoreKind::Redis;
+        c.cluster.allow_insecure_dev_store = true;
+        // HOSTNAME may be set where tests run: only `node_id` is under the test's control.
+        if std::env::var("HOSTNAME").is_err() {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("cluster mode needs a unique node id"), "{e}");
+        }
+        c.node_id = Some("n1".into());
+        assert!(c.validate().is_ok());
+        assert_eq!(c.node_id(), "n1");
+        assert!(Config::default().validate().is_ok(), "one node may keep the fallback");
+    }
 }

@@ -381,3 +381,48 @@ fn nats_broker(
 ) -> anyhow::Result<Arc<dyn Broker>> {
     anyhow::bail!("broker = nats: this wsgate was built without the `nats` feature")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> ClusterConfig {
+        ClusterConfig {
+            store: StoreKind::Redis,
+            broker: BrokerKind::Redis,
+            allow_insecure_dev_store: true,
+            ..ClusterConfig::default()
+        }
+    }
+
+    #[test]
+    fn tls_and_credentials_settings_are_checked_at_start() {
+        let empty_prefix = ClusterConfig {
+            key_prefix: String::new(),
+            ..shared()
+        };
+        assert!(empty_prefix.validate().is_ok());
+        let ca_without_tls = ClusterConfig {
+            redis_ca_file: Some("/ca.pem".into()),
+            ..shared()
+        };
+        assert!(ca_without_tls.validate().is_err());
+        let ca_with_tls = ClusterConfig {
+            redis_url: "rediss://r:6380".into(),
+            ..ca_without_tls
+        };
+        assert!(ca_with_tls.validate().is_ok());
+        let user_only = ClusterConfig {
+            nats_user: Some("u".into()),
+            ..shared()
+        };
+        assert!(user_only.validate().is_err());
+        let two_logins = ClusterConfig {
+            nats_password: Some(Secret::new("p")),
+            nats_token: Some(Secret::new("t")),
+            ..user_only
+        };
+        let e = two_logins.validate().unwrap_err().to_string();
+        assert!(e.contains("set one of"), "{e}");
+    }
+}
