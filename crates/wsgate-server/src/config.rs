@@ -171,6 +171,9 @@ mod tests {
         c.node_id = Some("n1".into());
         assert!(c.validate().is_ok());
         assert_eq!(c.node_id(), "n1");
-        assert!(Config::default().validate().is_ok(), "one node may keep the fallback");
+        assert!(
+            Config::default().validate().is_ok(),
+            "one node may keep the fallback"
+        );
     }
 }

@@ -241,6 +241,31 @@ async fn rediss_with_a_private_ca_and_a_password() {
     ready(addr).await;
     delivers(addr).await;
 
+    // doctor reaches the same Redis with the same CA, and never prints the password.
+    let out = wsgate()
+        .args([
+            "doctor",
+            &format!("ws://{addr}/ws"),
+            "--idle",
+            "0s",
+            "--sample",
+            "0s",
+        ])
+        .args(["--redis", &url, "--redis-ca-file", &ca])
+        .output();
+    let out = within("wsgate doctor", out).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("PASS") && l.contains("redis ")),
+        "{text}"
+    );
+    assert!(
+        text.contains("tls-a (expires in"),
+        "the node's lease:\n{text}"
+    );
+    assert_no_secret(&text);
+
     // The same server without the CA: the certificate is not trusted, the node never
     // becomes ready, and says why.
     let untrusted = cluster_node("tls-b", "redis", &[], &[("WSGATE_REDIS_URL", &url)]);

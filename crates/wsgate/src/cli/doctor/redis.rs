@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
+use wsgate_core::seams::upstream::redact_url;
 
 use super::CheckResult;
 use crate::cli::ms;
@@ -39,8 +40,28 @@ pub fn runbook_commands(prefix: &str) -> Vec<String> {
     ]
 }
 
-pub async fn checks(url: &str, prefix: &str, timeout: Duration) -> Vec<CheckResult> {
-    let (c, con) = check_reachable(url, timeout).await;
+/// The Redis to check: its URL, and the CA that signed its certificate (`rediss://` only).
+pub struct Target<'a> {
+    pub url: &'a str,
+    pub ca_file: Option<&'a std::path::Path>,
+}
+
+impl Target<'_> {
+    fn client(&self) -> Result<redis::Client, String> {
+        let Some(ca) = self.ca_file else {
+            return redis::Client::open(self.url).map_err(|e| e.to_string());
+        };
+        let pem = std::fs::read(ca).map_err(|e| format!("reading {}: {e}", ca.display()))?;
+        let certs = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem),
+        };
+        redis::Client::build_with_tls(self.url, certs).map_err(|e| e.to_string())
+    }
+}
+
+pub async fn checks(target: &Target<'_>, prefix: &str, timeout: Duration) -> Vec<CheckResult> {
+    let (c, con) = check_reachable(target, timeout).await;
     let commands = CheckResult::pass(
         "redis-commands",
         format!(
@@ -72,18 +93,19 @@ fn redis_failed(name: &str, e: redis::RedisError) -> CheckResult {
 }
 
 pub async fn check_reachable(
-    url: &str,
+    target: &Target<'_>,
     timeout: Duration,
 ) -> (CheckResult, Option<MultiplexedConnection>) {
+    let url = redact_url(target.url);
     let fail = |detail: String| {
         CheckResult::fail("redis", detail)
             .cause("Redis is down, the URL or password is wrong, or a network policy blocks the port")
-            .fix("check the URL (the Secret key `redis-url` / WSGATE_REDIS_URL), `redis-cli -u URL ping`, and the Redis pod")
+            .fix("check the URL (the Secret key `redis-url` / WSGATE_REDIS_URL), `redis-cli -u URL ping`, and the Redis pod; `rediss://` with a private CA: --redis-ca-file")
             .runbook(OUT_OF_SYNC)
     };
-    let client = match redis::Client::open(url) {
+    let client = match target.client() {
         Ok(c) => c,
-        Err(e) => return (fail(format!("`{url}` is not a Redis URL: {e}")), None),
+        Err(e) => return (fail(format!("`{url}`: {e}")), None),
     };
     let start = Instant::now();
     let con = match tokio::time::timeout(timeout, client.get_multiplexed_async_connection()).await {
