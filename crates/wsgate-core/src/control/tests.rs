@@ -315,6 +315,10 @@ async fn operations_on_a_live_owners_connection_are_forwarded_once() {
             f
         })
         .collect();
+    // A node answers forwarded calls once it holds its id's lease.
+    for f in &nodes {
+        f.upstreams.take_lease().await.unwrap();
+    }
     let forwarded = |f: &Fixture| f.gateway.metrics.upstream_forwarded.get();
     // n2's record, but n2 holds no such connection: n1 forwards, n2 answers, n1 reports
     // n2's answer.

@@ -11,6 +11,7 @@
 //! must then stop.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::seams::{Forwarding, LeaseError, Ownership};
@@ -27,18 +28,37 @@ use super::{CLOSE_WAIT, UpstreamError, UpstreamManager};
 pub(super) struct ClusterSeams {
     pub ownership: Arc<dyn Ownership>,
     pub forwarding: Arc<dyn Forwarding>,
+    /// Set once this process holds the node id's lease and answers forwarded calls.
+    serving: AtomicBool,
 }
 
 impl UpstreamManager {
-    /// Cluster mode: answer calls forwarded to this node (over `forwarding`) and use
-    /// `ownership` for routing.
+    /// Cluster mode: use `ownership` for routing and `forwarding` to reach owners. Calls
+    /// forwarded *to* this node are answered once the lease is taken ([`Self::take_lease`]
+    /// or the reclaimer), so a process refused as a duplicate never answers for the live
+    /// node under the same id.
     pub fn attach_cluster(
         self: &Arc<Self>,
         ownership: Arc<dyn Ownership>,
         forwarding: Arc<dyn Forwarding>,
     ) {
+        let _ = self.cluster.set(ClusterSeams {
+            ownership,
+            forwarding,
+            serving: AtomicBool::new(false),
+        });
+    }
+
+    /// Answers calls forwarded to this node id from now on (once).
+    fn serve_forwarded(self: &Arc<Self>) {
+        let Some(cluster) = self.cluster.get() else {
+            return;
+        };
+        if cluster.serving.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let weak = Arc::downgrade(self);
-        forwarding.serve(Arc::new(move |body| {
+        cluster.forwarding.serve(Arc::new(move |body| {
             let weak = weak.clone();
             Box::pin(async move {
                 match weak.upgrade() {
@@ -48,23 +68,20 @@ impl UpstreamManager {
                 }
             })
         }));
-        let _ = self.cluster.set(ClusterSeams {
-            ownership,
-            forwarding,
-        });
     }
 
     /// Cluster mode: takes this node id's lease before the node serves, waiting (bounded)
     /// for a dead predecessor's to lapse. `Err`: another live node runs under this id.
     /// Returns at once when the store does not answer (the reclaimer takes the lease
     /// later, with the same check) or outside cluster mode.
-    pub async fn take_lease(&self) -> Result<(), LeaseConflict> {
-        match self.cluster.get() {
-            Some(c) => lease::take(&*c.ownership, self.node(), Unreachable::GiveUp)
-                .await
-                .map(drop),
-            None => Ok(()),
+    pub async fn take_lease(self: &Arc<Self>) -> Result<(), LeaseConflict> {
+        let Some(c) = self.cluster.get() else {
+            return Ok(());
+        };
+        if lease::take(&*c.ownership, self.node(), Unreachable::GiveUp).await? {
+            self.serve_forwarded();
         }
+        Ok(())
     }
 
     /// Starts the reclaimer (cluster mode only). Abort the handle before [`Self::hand_over`].
@@ -82,6 +99,7 @@ impl UpstreamManager {
         if let Err(conflict) = lease::take(&*own, self.node(), Unreachable::Retry).await {
             return conflict;
         }
+        self.serve_forwarded();
         if clear_all {
             warn!(
                 "CLEAR_ALL_ON_START=TRUE: deleting ALL upstream connection records of the \
