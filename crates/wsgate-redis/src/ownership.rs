@@ -219,6 +219,10 @@ impl Ownership for RedisOwnership {
     }
 
     async fn release(&self, ids: &[String]) -> Result<usize, StoreError> {
+        // Another process runs under this id now: its records and lease are not ours.
+        if self.lease.lost().is_some() {
+            return Ok(0);
+        }
         let mut n = 0;
         for id in ids {
             if self.claim_one(id, &self.node, "", false).await?.is_some() {
