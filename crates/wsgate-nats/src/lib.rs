@@ -16,7 +16,7 @@
 //! `P.pub` (channel publications), `P.user` (sends to a user) and `P.node.<node>` (sends
 //! to one connection, as request/reply so the sender learns whether it was delivered).
 //! `P` is the key prefix; characters NATS reserves in tokens (`.`, `*`, `>`, spaces) are
-//! replaced by `_`.
+//! replaced by `_`. An empty prefix gives `pub`, `user` and `node.<node>`.
 //!
 //! # Order
 //! Two nodes that publish to one channel get consecutive offsets from Redis but may reach
@@ -25,11 +25,13 @@
 //! first), delivers them, and drops the late live copy as a duplicate. Such reorderings
 //! show in `wsgate_cluster_gaps_detected_total` as well as real losses.
 
+mod connect;
+
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_nats::connection::State;
-use async_nats::{Client, Event, Subject};
+use async_nats::{Client, ConnectOptions, Event, Subject};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -37,6 +39,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+pub use connect::{NatsAuth, NatsConnect};
 use wsgate_core::relay::{Dispatcher, Relay, wire};
 use wsgate_core::seams::{
     Broker, BrokerError, ChannelLog, ClusterMetrics, Deliver, Envelope, NodeId, PublishRequest,
@@ -49,21 +52,25 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 struct Subjects {
     publications: Subject,
     users: Subject,
-    prefix: String,
+    /// `"<prefix>."`, or `""` when the prefix is empty (subjects `pub`, `user`, `node.<node>`).
+    head: String,
 }
 
 impl Subjects {
     fn new(prefix: &str) -> Self {
-        let prefix = token(prefix);
+        let head = match prefix {
+            "" => String::new(),
+            p => format!("{}.", token(p)),
+        };
         Self {
-            publications: format!("{prefix}.pub").into(),
-            users: format!("{prefix}.user").into(),
-            prefix,
+            publications: format!("{head}pub").into(),
+            users: format!("{head}user").into(),
+            head,
         }
     }
 
     fn node(&self, node: &str) -> Subject {
-        format!("{}.node.{}", self.prefix, token(node)).into()
+        format!("{}node.{}", self.head, token(node)).into()
     }
 }
 
@@ -87,32 +94,36 @@ pub struct NatsBroker {
 impl NatsBroker {
     /// Connects in the background (NATS or the log may still be down: the broker reports
     /// itself unhealthy until both answer). `prefix` names the subjects (the key prefix).
-    /// Needs a Tokio runtime.
+    /// Fails at once only on settings that can never work (an unreadable credentials
+    /// file). Needs a Tokio runtime.
     pub fn start(
         node: NodeId,
-        nats_url: &str,
+        connect: &NatsConnect,
         prefix: &str,
         log: Arc<dyn ChannelLog>,
         metrics: ClusterMetrics,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
         let relay = Arc::new(Relay::new(log, metrics));
         let subjects = Arc::new(Subjects::new(prefix));
         let client = Arc::new(OnceLock::new());
         let sink = Arc::new(OnceLock::new());
+        let (url, options) = connect.prepare()?;
         let node_loop = NodeLoop {
-            url: nats_url.to_string(),
+            url,
+            logged_url: connect.redacted_url(),
+            options,
             node_subject: subjects.node(&node),
             subjects: subjects.clone(),
             client: client.clone(),
             dispatcher: Dispatcher::new(relay.clone(), sink.clone()),
         };
-        Self {
+        Ok(Self {
             relay,
             client,
             subjects,
             sink,
             task: tokio::spawn(node_loop.run()),
-        }
+        })
     }
 
     fn connected(&self) -> Result<&Client, BrokerError> {
@@ -216,7 +227,12 @@ impl Broker for NatsBroker {
 
 /// The node's subscriptions, in one task.
 struct NodeLoop {
+    /// Without user info (the credentials are in `options`).
     url: String,
+    /// [`NatsConnect::redacted_url`], for log lines.
+    logged_url: String,
+    /// Taken once by [`NodeLoop::run`].
+    options: ConnectOptions,
     node_subject: Subject,
     subjects: Arc<Subjects>,
     client: Arc<OnceLock<Client>>,
@@ -227,7 +243,7 @@ impl NodeLoop {
     async fn run(mut self) {
         let reconnected = Arc::new(Notify::new());
         let events = reconnected.clone();
-        let options = async_nats::ConnectOptions::new()
+        let options = std::mem::take(&mut self.options)
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(1))
             .request_timeout(Some(REQUEST_TIMEOUT))
@@ -247,7 +263,7 @@ impl NodeLoop {
         let client = match async_nats::connect_with_options(self.url.as_str(), options).await {
             Ok(c) => c,
             Err(e) => {
-                warn!(error = %e, url = %self.url, "NATS client could not be created; broker stays unavailable");
+                warn!(error = %e, url = %self.logged_url, "NATS client could not be created; broker stays unavailable");
                 return;
             }
         };
@@ -300,5 +316,21 @@ impl NodeLoop {
                 0
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Subjects;
+
+    #[test]
+    fn subjects_with_and_without_a_prefix() {
+        let s = Subjects::new("my.app");
+        assert_eq!(s.publications.as_str(), "my_app.pub");
+        assert_eq!(s.node("n.1").as_str(), "my_app.node.n_1");
+        let bare = Subjects::new("");
+        assert_eq!(bare.publications.as_str(), "pub");
+        assert_eq!(bare.users.as_str(), "user");
+        assert_eq!(bare.node("n1").as_str(), "node.n1");
     }
 }

@@ -1,68 +1,83 @@
 //! Key and pub/sub channel names (see the module docs for the layout).
+//!
+//! Every name is `<prefix>:<rest>`, or just `<rest>` when the prefix is empty: an empty
+//! prefix gives seed 000's bare layout (`websocket-<id>`, `websocket-index`), so the seed's
+//! runbook commands (`redis-cli SMEMBERS websocket-index`) find the records as written.
 
 /// Names under one prefix.
 #[derive(Debug, Clone)]
 pub struct Keys {
-    prefix: String,
+    /// `"<prefix>:"`, or `""` for the bare layout.
+    head: String,
     pub publications: String,
     pub users: String,
 }
 
 impl Keys {
     pub fn new(prefix: &str) -> Self {
+        let head = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}:")
+        };
         Self {
-            prefix: prefix.to_string(),
-            publications: format!("{prefix}:pub"),
-            users: format!("{prefix}:user"),
+            publications: format!("{head}pub"),
+            users: format!("{head}user"),
+            head,
         }
     }
 
+    /// The prefix as configured (`""` for the bare layout).
     pub fn prefix(&self) -> &str {
-        &self.prefix
+        self.head.strip_suffix(':').unwrap_or(&self.head)
+    }
+
+    fn name(&self, rest: std::fmt::Arguments<'_>) -> String {
+        format!("{}{rest}", self.head)
     }
 
     pub fn meta(&self, channel: &str) -> String {
-        format!("{}:{{{channel}}}:meta", self.prefix)
+        self.name(format_args!("{{{channel}}}:meta"))
     }
 
     pub fn stream(&self, channel: &str) -> String {
-        format!("{}:{{{channel}}}:stream", self.prefix)
+        self.name(format_args!("{{{channel}}}:stream"))
     }
 
     pub fn presence(&self, channel: &str) -> String {
-        format!("{}:presence:{channel}", self.prefix)
+        self.name(format_args!("presence:{channel}"))
     }
 
     pub fn alive_prefix(&self) -> String {
-        format!("{}:alive:", self.prefix)
+        self.name(format_args!("alive:"))
     }
 
     pub fn alive(&self, node: &str) -> String {
-        format!("{}:alive:{node}", self.prefix)
+        self.name(format_args!("alive:{node}"))
     }
 
     pub fn node(&self, node: &str) -> String {
-        format!("{}:node:{node}", self.prefix)
+        self.name(format_args!("node:{node}"))
     }
 
     /// Every instance that registered (lease holders and the dead not yet reclaimed).
     pub fn instances(&self) -> String {
-        format!("{}:instances", self.prefix)
+        self.name(format_args!("instances"))
     }
 
     /// Request/reply channel of one node (forwarded upstream API calls).
     pub fn rpc(&self, node: &str) -> String {
-        format!("{}:rpc:{node}", self.prefix)
+        self.name(format_args!("rpc:{node}"))
     }
 
     /// Seed 000's layout: one `websocket-<id>` key per upstream connection record...
     pub fn record(&self, id: &str) -> String {
-        format!("{}:websocket-{id}", self.prefix)
+        self.name(format_args!("websocket-{id}"))
     }
 
     /// ...and the `websocket-index` set of every record's id.
     pub fn record_index(&self) -> String {
-        format!("{}:websocket-index", self.prefix)
+        self.name(format_args!("websocket-index"))
     }
 }
 
@@ -81,5 +96,17 @@ mod tests {
         assert_eq!(k.record("ab-n1"), "wsgate:websocket-ab-n1");
         assert_eq!(k.record_index(), "wsgate:websocket-index");
         assert_eq!(k.publications, "wsgate:pub");
+        assert_eq!(k.prefix(), "wsgate");
+    }
+
+    #[test]
+    fn empty_prefix_is_seed_000s_bare_layout() {
+        let k = Keys::new("");
+        assert_eq!(k.record("ab-n1"), "websocket-ab-n1");
+        assert_eq!(k.record_index(), "websocket-index");
+        assert_eq!(k.alive("n1"), "alive:n1");
+        assert_eq!(k.meta("c"), "{c}:meta");
+        assert_eq!(k.publications, "pub");
+        assert_eq!(k.prefix(), "");
     }
 }

@@ -8,15 +8,16 @@
 //!   that the NATS broker of `wsgate-nats` sequences with.
 //!
 //! # Key layout
-//! Every key and pub/sub channel starts with a configurable prefix `P` (default `wsgate`),
-//! so several deployments can share one Redis.
+//! Every key and pub/sub channel starts with a configurable prefix `P:` (default `wsgate`),
+//! so several deployments can share one Redis; an empty prefix drops the `P:` and gives
+//! seed 000's bare names (`websocket-<id>`, `websocket-index`).
 //!
 //! | key | type | what |
 //! | --- | --- | --- |
 //! | `P:{<channel>}:meta` | hash `e`, `o` | the channel's epoch and newest offset |
 //! | `P:{<channel>}:stream` | stream | bounded history (`MAXLEN ~ history_size`), entry id `<offset>-0`, fields `d` data, `t` µs, `x` excluded user |
 //! | `P:presence:<channel>` | hash | connection id → `<node>\n<user>` |
-//! | `P:alive:<node>` | string, TTL | the node is alive; refreshed every TTL/3 |
+//! | `P:alive:<node>` | string, TTL | the node's lease: the token of the one process running under that id; renewed every TTL/3 |
 //! | `P:pub` | pub/sub | channel publications, for every node |
 //! | `P:user` | pub/sub | sends to a user, for every node |
 //! | `P:node:<node>` | pub/sub | sends to one connection, for the node that holds it |
@@ -49,6 +50,7 @@
 mod broker;
 mod forwarding;
 mod keys;
+mod lease;
 mod ownership;
 mod sealed;
 mod store;
@@ -86,6 +88,10 @@ pub struct RedisConfig {
     pub lease_ttl: Duration,
     /// Seals upstream record secrets at rest (`None`: stored in clear, dev only).
     pub cluster_key: Option<ClusterKey>,
+    /// `rediss://` only: the PEM certificates to trust instead of the platform's roots
+    /// (the server passes the platform's roots plus `redis_ca_file`). `None`: the
+    /// platform's roots.
+    pub ca_bundle: Option<Vec<u8>>,
 }
 
 impl RedisConfig {
@@ -98,6 +104,7 @@ impl RedisConfig {
             response_timeout: Duration::from_secs(2),
             lease_ttl: Duration::from_secs(3),
             cluster_key: None,
+            ca_bundle: None,
         }
     }
 
@@ -108,8 +115,18 @@ impl RedisConfig {
             .max(Duration::from_millis(100))
     }
 
+    /// A client for `url`: `redis://` in clear, `rediss://` over TLS (rustls).
     pub(crate) fn client(&self) -> Result<redis::Client, redis::RedisError> {
-        redis::Client::open(self.url.as_str())
+        match &self.ca_bundle {
+            Some(pem) => redis::Client::build_with_tls(
+                self.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+            None => redis::Client::open(self.url.as_str()),
+        }
     }
 
     /// A command connection that connects lazily and reconnects by itself.

@@ -1,8 +1,9 @@
 //! [`RedisOwnership`]: leases, the reclaimer's atomic claims and hand-over.
 //!
 //! - **Lease** = the node's `P:alive:<node>` key (the same key presence uses: one liveness
-//!   mechanism), TTL `lease_ttl`, renewed every TTL/3 by the store's liveness task, plus
-//!   membership in the set `P:instances`.
+//!   mechanism) holding this process's token ([`super::lease`]), TTL `lease_ttl`, renewed
+//!   every TTL/3 by the store's liveness task, plus membership in the set `P:instances`.
+//!   Refused while another process holds it.
 //! - **Sweep** (every `lease_ttl / 12`, clamped to 100–500 ms): reads the instance set and
 //!   their leases (two commands). Only when an instance has lost its lease (or every ~5 s,
 //!   to catch anything else) does it read every record, and then it claims at most
@@ -11,14 +12,14 @@
 //!   also asks `held.lua` which of the node's running connections' records are gone
 //!   (wiped) or name another owner, so the node stops those at once.
 //! - **Hand-over**: the liveness task stops, records go to owner `""` (nobody has a lease
-//!   under the empty id, so they are orphans), the lease is deleted; survivors see it on
-//!   their next sweep.
+//!   under the empty id, so they are orphans), the lease is deleted (if still ours);
+//!   survivors see it on their next sweep.
 //!
 //! Forwarding API calls to a connection's owner is [`super::RedisForwarding`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -27,8 +28,9 @@ use redis::Script;
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
 use tracing::{debug, info, warn};
-use wsgate_core::seams::{NodeId, Ownership, StoreError, Sweep};
+use wsgate_core::seams::{LeaseError, NodeId, Ownership, StoreError, Sweep};
 
+use super::lease::{Lease, Renewal};
 use super::sealed::{self, ClusterKey};
 use super::{Keys, store_error};
 
@@ -39,10 +41,9 @@ pub struct RedisOwnership {
     pub(crate) node: NodeId,
     pub(crate) conn: ConnectionManager,
     pub(crate) keys: Keys,
-    pub(crate) lease_ttl: Duration,
     pub(crate) key: Option<ClusterKey>,
-    /// Set by `release`: the liveness task stops renewing the lease.
-    pub(crate) lease_stopped: Arc<AtomicBool>,
+    /// This process's lease, shared with the store's liveness task that renews it.
+    pub(crate) lease: Arc<Lease>,
     pub(crate) sweeps: AtomicU64,
     pub(crate) claim: Script,
     /// `held.lua`: which running connections' records are gone or taken.
@@ -123,20 +124,12 @@ impl RedisOwnership {
 
 #[async_trait]
 impl Ownership for RedisOwnership {
-    async fn acquire_lease(&self) -> Result<(), StoreError> {
-        let _: () = redis::pipe()
-            .cmd("SET")
-            .arg(self.keys.alive(&self.node))
-            .arg("1")
-            .arg("PX")
-            .arg(self.lease_ttl.as_millis() as u64)
-            .ignore()
-            .sadd(self.keys.instances(), &*self.node)
-            .ignore()
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(store_error)?;
-        Ok(())
+    async fn acquire_lease(&self) -> Result<(), LeaseError> {
+        match self.lease.take_or_renew(&self.conn).await {
+            Ok(Renewal::Renewed | Renewal::Taken) => Ok(()),
+            Ok(Renewal::Held(expires_in)) => Err(LeaseError::Held { expires_in }),
+            Err(e) => Err(store_error(e).into()),
+        }
     }
 
     async fn is_alive(&self, node: &str) -> Result<bool, StoreError> {
@@ -163,7 +156,10 @@ impl Ownership for RedisOwnership {
         Ok(live)
     }
 
-    async fn sweep(&self, local: &[String]) -> Result<Sweep, StoreError> {
+    async fn sweep(&self, local: &[String]) -> Result<Sweep, LeaseError> {
+        if let Some(expires_in) = self.lease.lost() {
+            return Err(LeaseError::Held { expires_in });
+        }
         let n = self.sweeps.fetch_add(1, Ordering::Relaxed);
         let instances: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.keys.instances())
@@ -268,18 +264,17 @@ impl Ownership for RedisOwnership {
     }
 
     async fn release(&self, ids: &[String]) -> Result<usize, StoreError> {
-        self.lease_stopped.store(true, Ordering::Release);
+        // Another process runs under this id now: its records and lease are not ours.
+        if self.lease.lost().is_some() {
+            return Ok(0);
+        }
         let mut n = 0;
         for id in ids {
             if self.claim_one(id, &self.node, "", false).await?.is_some() {
                 n += 1;
             }
         }
-        let _: () = redis::cmd("DEL")
-            .arg(self.keys.alive(&self.node))
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(store_error)?;
+        self.lease.release(&self.conn).await.map_err(store_error)?;
         Ok(n)
     }
 
@@ -302,6 +297,10 @@ impl Ownership for RedisOwnership {
     }
 
     fn sweep_interval(&self) -> Duration {
-        (self.lease_ttl / 12).clamp(Duration::from_millis(100), Duration::from_millis(500))
+        (self.lease.ttl() / 12).clamp(Duration::from_millis(100), Duration::from_millis(500))
+    }
+
+    fn lease_ttl(&self) -> Duration {
+        self.lease.ttl()
     }
 }

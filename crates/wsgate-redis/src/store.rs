@@ -1,8 +1,8 @@
 //! [`RedisStore`]: cluster-wide presence whose dead entries expire on their own.
 //!
 //! Entries live in one hash per channel and name their node; a node is alive while its
-//! `P:alive:<node>` key exists. The node refreshes that key every `min(ttl / 3, 1 s)` (which
-//! also tells `/ready` whether Redis answers). Reads go through `presence.lua`, which drops
+//! `P:alive:<node>` key (its [`Lease`]) exists. Once the lease is taken, the node renews
+//! it every `min(ttl / 3, 1 s)` (which also tells `/ready` whether Redis answers). Reads go through `presence.lua`, which drops
 //! and deletes the entries of nodes whose key has expired: a SIGKILLed node disappears from
 //! presence at most `presence_ttl` after its last refresh.
 //!
@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,7 +20,7 @@ use dashmap::DashMap;
 use redis::Script;
 use redis::aio::ConnectionManager;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use wsgate_core::seams::{
     ClusterMetrics, NodeId, PresenceEntry, PresenceStore, StoreError, UpstreamRecord,
@@ -28,6 +28,7 @@ use wsgate_core::seams::{
 };
 
 use super::forwarding::RedisForwarding;
+use super::lease::{Lease, Renewal};
 use super::ownership::RedisOwnership;
 use super::sealed::{self, ClusterKey};
 use super::{Health, Keys, RedisConfig, store_error};
@@ -42,9 +43,8 @@ pub struct RedisStore {
     presence: Script,
     put: Script,
     key: Option<ClusterKey>,
-    lease_stopped: Arc<AtomicBool>,
+    lease: Arc<Lease>,
     client: redis::Client,
-    lease_ttl: Duration,
     local: Arc<Local>,
     health: Arc<Health>,
     metrics: ClusterMetrics,
@@ -62,14 +62,12 @@ impl RedisStore {
         let keys = Keys::new(&config.key_prefix);
         let local = Arc::new(Local::new());
         let health = Arc::new(Health::default());
-        let lease_stopped = Arc::new(AtomicBool::new(false));
+        let lease = Arc::new(Lease::new(&keys, &node, config.alive_ttl()));
         let liveness = Liveness {
-            stopped: lease_stopped.clone(),
-            alive_key: keys.alive(&node),
+            lease: lease.clone(),
             node: node.clone(),
             keys: keys.clone(),
             conn: conn.clone(),
-            ttl: config.alive_ttl(),
             local: local.clone(),
             health: health.clone(),
             metrics: metrics.clone(),
@@ -82,9 +80,8 @@ impl RedisStore {
             presence: Script::new(include_str!("lua/presence.lua")),
             put: Script::new(include_str!("lua/put.lua")),
             key: config.cluster_key.clone(),
-            lease_stopped,
+            lease,
             client: config.client().map_err(store_error)?,
-            lease_ttl: config.alive_ttl(),
             local,
             health,
             metrics,
@@ -98,9 +95,8 @@ impl RedisStore {
             node: self.node.clone(),
             conn: self.conn.clone(),
             keys: self.keys.clone(),
-            lease_ttl: self.lease_ttl,
             key: self.key.clone(),
-            lease_stopped: self.lease_stopped.clone(),
+            lease: self.lease.clone(),
             sweeps: AtomicU64::new(0),
             claim: Script::new(include_str!("lua/claim.lua")),
             held: Script::new(include_str!("lua/held.lua")),
@@ -296,15 +292,13 @@ fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-/// Keeps `P:alive:<node>` alive and re-registers this node's entries when it was lost.
+/// Renews this process's lease (`P:alive:<node>`) once it is taken, and re-registers this
+/// node's entries when the key had been lost.
 struct Liveness {
-    /// Set at hand-over: the lease must lapse, not be renewed.
-    stopped: Arc<AtomicBool>,
+    lease: Arc<Lease>,
     node: NodeId,
-    alive_key: String,
     keys: Keys,
     conn: ConnectionManager,
-    ttl: Duration,
     local: Arc<Local>,
     health: Arc<Health>,
     metrics: ClusterMetrics,
@@ -312,14 +306,20 @@ struct Liveness {
 
 impl Liveness {
     async fn run(self) {
-        let every = (self.ttl / 3).min(Duration::from_secs(1));
+        let every = (self.lease.ttl() / 3).min(Duration::from_secs(1));
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut was_healthy = true;
         loop {
             tick.tick().await;
-            if self.stopped.load(Ordering::Acquire) {
+            if let Some(left) = self.lease.lost() {
+                error!(node = %self.node, held_for = ?left, "another process took this node id's lease: no longer renewed");
+                self.health.set(false);
                 return;
+            }
+            // Not taken yet (the reclaimer takes it), or handed over.
+            if !self.lease.is_held() {
+                continue;
             }
             let ok = self.refresh().await;
             if ok != was_healthy {
@@ -333,33 +333,21 @@ impl Liveness {
         }
     }
 
-    /// One refresh. Returns whether Redis answered.
+    /// One renewal. Returns whether Redis answered.
     async fn refresh(&self) -> bool {
-        // SET .. GET answers the previous value: nil means the key had expired or Redis
-        // lost it, and this node's entries must be written again.
-        let r: Result<Option<String>, _> = redis::cmd("SET")
-            .arg(&self.alive_key)
-            .arg("1")
-            .arg("PX")
-            .arg(self.ttl.as_millis() as u64)
-            .arg("GET")
-            .query_async(&mut self.conn.clone())
-            .await;
+        let r = self.lease.take_or_renew(&self.conn).await;
         self.health.observe(&r);
-        if r.is_ok() {
-            let _: Result<i64, _> = redis::cmd("SADD")
-                .arg(self.keys.instances())
-                .arg(&*self.node)
-                .query_async(&mut self.conn.clone())
-                .await;
-        }
         match r {
-            Ok(Some(_)) => true,
-            Ok(None) => {
+            // Taken when the key had vanished (expired, or Redis lost it): this node's
+            // entries must be written again.
+            Ok(Renewal::Renewed | Renewal::Taken) if self.lease.take_fresh() => {
                 let ok = self.rewrite().await;
                 self.health.set(ok);
                 ok
             }
+            Ok(Renewal::Renewed | Renewal::Taken) => true,
+            // Reported by the next tick (and by the reclaimer's next sweep).
+            Ok(Renewal::Held(_)) => false,
             Err(e) => {
                 self.metrics.errors.inc();
                 tracing::debug!(error = %e, "presence refresh failed");

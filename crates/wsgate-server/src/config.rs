@@ -49,6 +49,10 @@ fn known_keys() -> Vec<String> {
     out
 }
 
+/// The node id of a node without `node_id` and without `HOSTNAME`: fine alone, refused in
+/// cluster mode.
+pub const FALLBACK_NODE_ID: &str = "wsgate";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -60,7 +64,8 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Instance id; default `HOSTNAME`, else `wsgate`.
+    /// Instance id; default `HOSTNAME`, else [`FALLBACK_NODE_ID`] (refused in cluster
+    /// mode: two such nodes would be one).
     pub node_id: Option<String>,
     pub log_format: LogFormat,
     pub auth: AuthConfig,
@@ -165,15 +170,28 @@ impl Config {
     }
 
     pub fn node_id(&self) -> String {
+        self.chosen_node_id()
+            .unwrap_or_else(|| FALLBACK_NODE_ID.into())
+    }
+
+    /// `node_id`, else `HOSTNAME`, when either is set.
+    fn chosen_node_id(&self) -> Option<String> {
         self.node_id
             .clone()
             .filter(|s| !s.is_empty())
             .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
-            .unwrap_or_else(|| "wsgate".into())
     }
 
     /// Each part's own validation, in the order an operator reads the file.
     pub fn validate(&self) -> anyhow::Result<()> {
+        if self.cluster.is_shared() && self.chosen_node_id().is_none() {
+            anyhow::bail!(
+                "cluster mode needs a unique node id: set node_id (WSGATE_NODE_ID or \
+                 --node-id) or HOSTNAME (systemd does not export it); without them every \
+                 node would be {FALLBACK_NODE_ID:?} and the nodes would share topics and \
+                 rebuild each other's upstream connections"
+            );
+        }
         self.auth.validate()?;
         self.gateway.validate()?;
         self.cluster.validate()?;
@@ -233,5 +251,24 @@ mod tests {
         for service_link in ["port", "service_host", "port_8080_tcp_addr", "limits"] {
             assert!(!known.iter().any(|k| k == service_link), "{service_link}");
         }
+    }
+
+    #[test]
+    fn cluster_mode_refuses_the_fallback_node_id_and_takes_a_chosen_one() {
+        let mut c = Config::default();
+        c.cluster.store = StoreKind::Redis;
+        c.cluster.allow_insecure_dev_store = true;
+        // HOSTNAME may be set where tests run: only `node_id` is under the test's control.
+        if std::env::var("HOSTNAME").is_err() {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("cluster mode needs a unique node id"), "{e}");
+        }
+        c.node_id = Some("n1".into());
+        assert!(c.validate().is_ok());
+        assert_eq!(c.node_id(), "n1");
+        assert!(
+            Config::default().validate().is_ok(),
+            "one node may keep the fallback"
+        );
     }
 }

@@ -31,6 +31,8 @@ pub mod seams;
 mod secret;
 pub mod supervisor;
 pub mod tls;
+#[cfg(feature = "redis")]
+mod trust;
 pub mod view;
 pub mod ws;
 

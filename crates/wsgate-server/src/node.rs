@@ -143,6 +143,14 @@ impl Node {
         }
     }
 
+    /// Cluster mode: takes this node id's lease before the node serves, waiting up to two
+    /// lease TTLs for a dead predecessor's to lapse. `Err`: another live node runs under
+    /// this id. Returns at once when the store does not answer (the reclaimer then takes
+    /// the lease with the same check) or outside cluster mode.
+    pub async fn take_lease(&self) -> anyhow::Result<()> {
+        Ok(self.upstreams.take_lease().await?)
+    }
+
     /// Whether this node should receive new traffic.
     pub fn is_ready(&self) -> bool {
         self.api.is_ready()

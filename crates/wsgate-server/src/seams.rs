@@ -45,6 +45,7 @@ pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// Default of `nats_url`: a NATS server on this machine.
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 /// Default of `key_prefix`, so deployments sharing a Redis or NATS can pick their own.
+/// An empty prefix is allowed: seed 000's bare layout (`websocket-<id>`, `websocket-index`).
 pub const DEFAULT_KEY_PREFIX: &str = "wsgate";
 /// Default of `history_size` (messages per channel): a few seconds of a busy channel, enough
 /// for a reconnect to recover without a gap.
@@ -69,12 +70,30 @@ pub struct ClusterConfig {
     pub store: StoreKind,
     /// `memory` (default, one node), `redis` or `nats`.
     pub broker: BrokerKind,
-    /// Default [`DEFAULT_REDIS_URL`].
+    /// Default [`DEFAULT_REDIS_URL`]. `rediss://` for TLS; `redis://user:password@host`
+    /// (or `redis://:password@host`) for credentials. Never logged.
     pub redis_url: String,
-    /// Default [`DEFAULT_NATS_URL`].
+    /// `rediss://` only: PEM file of CA certificates trusted in addition to the platform's
+    /// roots (a deployment's own CA). Default none.
+    pub redis_ca_file: Option<PathBuf>,
+    /// Default [`DEFAULT_NATS_URL`]. `tls://host:4222` requires TLS; may carry
+    /// `user:password@`. Logged without its user info.
     pub nats_url: String,
+    /// NATS user (with `nats_password`). Default none.
+    pub nats_user: Option<String>,
+    /// NATS password (with `nats_user`); env `WSGATE_NATS_PASSWORD`.
+    pub nats_password: Option<Secret>,
+    /// NATS authentication token; env `WSGATE_NATS_TOKEN`.
+    pub nats_token: Option<Secret>,
+    /// NATS `.creds` file (user JWT and NKey seed), e.g. from `nsc`.
+    pub nats_credentials_file: Option<PathBuf>,
+    /// Refuse a NATS server that does not offer TLS (implied by a `tls://` URL).
+    /// Default false.
+    pub nats_require_tls: bool,
+    /// PEM file of CA certificates trusted for NATS TLS in addition to the platform's roots.
+    pub nats_ca_file: Option<PathBuf>,
     /// Prefix of every Redis key and NATS subject, so deployments can share them.
-    /// Default [`DEFAULT_KEY_PREFIX`].
+    /// Default [`DEFAULT_KEY_PREFIX`]; empty: seed 000's bare key names.
     pub key_prefix: String,
     /// Messages kept per channel for `since` recovery. Default [`DEFAULT_HISTORY_SIZE`].
     pub history_size: usize,
@@ -103,7 +122,14 @@ impl Default for ClusterConfig {
             store: StoreKind::default(),
             broker: BrokerKind::default(),
             redis_url: DEFAULT_REDIS_URL.into(),
+            redis_ca_file: None,
             nats_url: DEFAULT_NATS_URL.into(),
+            nats_user: None,
+            nats_password: None,
+            nats_token: None,
+            nats_credentials_file: None,
+            nats_require_tls: false,
+            nats_ca_file: None,
             key_prefix: DEFAULT_KEY_PREFIX.into(),
             history_size: DEFAULT_HISTORY_SIZE,
             presence_ttl_ms: DEFAULT_PRESENCE_TTL_MS,
@@ -117,9 +143,29 @@ impl Default for ClusterConfig {
 }
 
 impl ClusterConfig {
+    /// Whether nodes share state through Redis or NATS (not only this process's memory).
+    pub fn is_shared(&self) -> bool {
+        self.store != StoreKind::Memory || self.broker != BrokerKind::Memory
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
-        if self.key_prefix.is_empty() {
-            anyhow::bail!("key_prefix must not be empty");
+        if self.redis_ca_file.is_some() && !self.redis_url.starts_with("rediss://") {
+            anyhow::bail!("redis_ca_file is for TLS: redis_url must start with rediss://");
+        }
+        match (&self.nats_user, &self.nats_password) {
+            (Some(_), None) => anyhow::bail!("nats_user needs nats_password"),
+            (None, Some(_)) => anyhow::bail!("nats_password needs nats_user"),
+            _ => {}
+        }
+        let logins = [
+            self.nats_user.is_some(),
+            self.nats_token.is_some(),
+            self.nats_credentials_file.is_some(),
+        ];
+        if logins.iter().filter(|set| **set).count() > 1 {
+            anyhow::bail!(
+                "NATS: set one of nats_user/nats_password, nats_token or nats_credentials_file"
+            );
         }
         if self.lease_ttl_ms < MIN_LEASE_TTL_MS {
             anyhow::bail!("lease_ttl_ms must be at least {MIN_LEASE_TTL_MS}");
@@ -182,7 +228,34 @@ impl ClusterConfig {
         r.key_prefix = self.key_prefix.clone();
         r.history_size = self.history_size;
         r.presence_ttl = Duration::from_millis(self.presence_ttl_ms);
+        if let Some(ca) = &self.redis_ca_file {
+            r.ca_bundle = Some(crate::trust::TrustBundle::with_ca_file(ca)?.pem());
+        }
         Ok(r)
+    }
+
+    /// The NATS connection settings: the one place the node's config is translated for them.
+    #[cfg(feature = "nats")]
+    pub fn nats(&self) -> anyhow::Result<wsgate_nats::NatsConnect> {
+        use wsgate_nats::NatsAuth;
+        let mut c = wsgate_nats::NatsConnect::new(self.nats_url.clone());
+        c.auth = if let (Some(user), Some(password)) = (&self.nats_user, &self.nats_password) {
+            NatsAuth::UserPassword {
+                user: user.clone(),
+                password: password.expose().to_string(),
+            }
+        } else if let Some(token) = &self.nats_token {
+            NatsAuth::Token(token.expose().to_string())
+        } else if let Some(path) = &self.nats_credentials_file {
+            NatsAuth::CredentialsFile(path.clone())
+        } else {
+            NatsAuth::None
+        };
+        c.require_tls = self.nats_require_tls;
+        if let Some(ca) = &self.nats_ca_file {
+            c.tls = Some(crate::trust::TrustBundle::with_ca_file(ca)?.client_config()?);
+        }
+        Ok(c)
     }
 }
 
@@ -203,7 +276,7 @@ pub fn build(
     registry: &mut Registry,
 ) -> anyhow::Result<Seams> {
     let metrics = ClusterMetrics::default();
-    if config.store != StoreKind::Memory || config.broker != BrokerKind::Memory {
+    if config.is_shared() {
         metrics.register(registry);
         info!(store = ?config.store, broker = ?config.broker, prefix = %config.key_prefix, "cluster mode");
         if config.store == StoreKind::Memory {
@@ -268,14 +341,16 @@ fn nats_broker(
     if config.redis_url.trim().is_empty() {
         anyhow::bail!("broker = nats keeps channel offsets and history in Redis: set redis_url");
     }
+    let connect = config.nats()?;
+    info!(url = %connect.redacted_url(), "NATS broker");
     let log = wsgate_redis::ChannelStreams::start(&config.redis()?, metrics.clone())?;
     let b = wsgate_nats::NatsBroker::start(
         node.clone(),
-        &config.nats_url,
+        &connect,
         &config.key_prefix,
         Arc::new(log),
         metrics.clone(),
-    );
+    )?;
     Ok(Arc::new(b))
 }
 
@@ -305,4 +380,49 @@ fn nats_broker(
     _: &ClusterMetrics,
 ) -> anyhow::Result<Arc<dyn Broker>> {
     anyhow::bail!("broker = nats: this wsgate was built without the `nats` feature")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> ClusterConfig {
+        ClusterConfig {
+            store: StoreKind::Redis,
+            broker: BrokerKind::Redis,
+            allow_insecure_dev_store: true,
+            ..ClusterConfig::default()
+        }
+    }
+
+    #[test]
+    fn tls_and_credentials_settings_are_checked_at_start() {
+        let empty_prefix = ClusterConfig {
+            key_prefix: String::new(),
+            ..shared()
+        };
+        assert!(empty_prefix.validate().is_ok());
+        let ca_without_tls = ClusterConfig {
+            redis_ca_file: Some("/ca.pem".into()),
+            ..shared()
+        };
+        assert!(ca_without_tls.validate().is_err());
+        let ca_with_tls = ClusterConfig {
+            redis_url: "rediss://r:6380".into(),
+            ..ca_without_tls
+        };
+        assert!(ca_with_tls.validate().is_ok());
+        let user_only = ClusterConfig {
+            nats_user: Some("u".into()),
+            ..shared()
+        };
+        assert!(user_only.validate().is_err());
+        let two_logins = ClusterConfig {
+            nats_password: Some(Secret::new("p")),
+            nats_token: Some(Secret::new("t")),
+            ..user_only
+        };
+        let e = two_logins.validate().unwrap_err().to_string();
+        assert!(e.contains("set one of"), "{e}");
+    }
 }

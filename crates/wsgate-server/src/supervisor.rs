@@ -1,7 +1,11 @@
 //! The node's lifecycle: what starts, in which order, and how it stops.
 //!
 //! Start: the heartbeat sweep, the upstream reclaimer (cluster mode), the gRPC server, the
-//! accept loop; then the node reports itself started. Stop, once `shutdown` resolves:
+//! accept loop; then the node reports itself started. The reclaimer first takes the node
+//! id's lease ([`Node::take_lease`] may have done so before the listener was bound); if
+//! another live process holds the id, at start or later, the node stops at once with that
+//! error and without a hand-over (the records under the id are the other process's).
+//! Stop, once `shutdown` resolves:
 //!
 //! 1. draining: `/ready` turns false, upgrades and upstream Connects get 503, so a balancer
 //!    steers new clients away while the listener stays up to say so;
@@ -21,6 +25,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 use wsgate_core::gateway::{Gateway, Heartbeat};
+use wsgate_core::upstream::LeaseConflict;
 
 use crate::grpc::GrpcServer;
 use crate::limits::Limits;
@@ -62,6 +67,10 @@ pub async fn run_with(
             running.abort().await;
             anyhow::bail!("the accept loop ended unexpectedly");
         }
+        conflict = lease_conflict(&mut running.reclaimer) => {
+            running.abort().await;
+            return Err(conflict.into());
+        }
     }
     running.stop().await;
     info!("wsgate stopped");
@@ -72,8 +81,9 @@ pub async fn run_with(
 struct Running {
     node: Arc<Node>,
     heartbeat: JoinHandle<()>,
-    /// Cluster mode: takes over upstream connections of dead instances.
-    reclaimer: Option<JoinHandle<()>>,
+    /// Cluster mode: takes over upstream connections of dead instances; ends only when
+    /// another process holds this node id.
+    reclaimer: Option<JoinHandle<LeaseConflict>>,
     grpc: GrpcServer,
     http: JoinHandle<()>,
     stop_http: watch::Sender<bool>,
@@ -154,6 +164,19 @@ impl Running {
         self.grpc.stop().await;
         self.heartbeat.abort();
         let _ = self.http.await;
+    }
+}
+
+/// Resolves when the reclaimer ends: another live process holds this node id.
+async fn lease_conflict(reclaimer: &mut Option<JoinHandle<LeaseConflict>>) -> LeaseConflict {
+    match reclaimer {
+        Some(r) => match r.await {
+            Ok(conflict) => conflict,
+            // Aborted only by `stop`, which does not run while this is polled; a panic is
+            // a bug.
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        },
+        None => std::future::pending().await,
     }
 }
 

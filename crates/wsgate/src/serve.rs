@@ -149,6 +149,8 @@ pub fn main(args: ServeArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let node = wsgate_server::Node::new(config)?;
+        // Cluster mode: never listen under a node id another live process holds.
+        node.take_lease().await?;
         let listen = node.config().listener.listen;
         let listener = tokio::net::TcpListener::bind(listen)
             .await

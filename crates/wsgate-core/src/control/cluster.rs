@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use super::listing::page_limit;
 use super::{ConnectionKind, ConnectionView};
 use super::{Control, ControlError, ErrorCode, ListConnections, Page};
-use crate::seams::{Forwarding, Ownership};
+use crate::seams::{Forwarding, Ownership, RequestHandler};
 
 /// How long a node waits for another node's part of a cluster-wide answer.
 pub const NODE_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -134,10 +134,8 @@ impl Control {
         ownership: Arc<dyn Ownership>,
         forwarding: Arc<dyn Forwarding>,
     ) {
-        self.upstreams
-            .attach_cluster(ownership.clone(), forwarding.clone());
         let weak = Arc::downgrade(self);
-        forwarding.serve(Arc::new(move |body| {
+        let handler: RequestHandler = Arc::new(move |body| {
             let weak = weak.clone();
             Box::pin(async move {
                 match weak.upgrade() {
@@ -145,7 +143,10 @@ impl Control {
                     None => crate::upstream::UpstreamManager::gone_reply(),
                 }
             })
-        }));
+        });
+        // Served once this node holds its id's lease (the upstream manager takes it).
+        self.upstreams
+            .attach_cluster(ownership.clone(), forwarding.clone(), handler);
         let _ = self.cluster.set(ClusterLink {
             ownership,
             forwarding,

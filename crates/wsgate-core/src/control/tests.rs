@@ -9,7 +9,8 @@ use std::time::Duration;
 use crate::memory::{MemoryBroker, MemoryStore};
 use crate::seams::upstream::UpstreamSpec;
 use crate::seams::{
-    Forwarding, Ownership, RequestHandler, StoreError, Sweep, UpstreamRecord, UpstreamRecords,
+    Forwarding, LeaseError, Ownership, RequestHandler, StoreError, Sweep, UpstreamRecord,
+    UpstreamRecords,
 };
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -280,7 +281,7 @@ struct Peer {
 
 #[async_trait::async_trait]
 impl Ownership for Peer {
-    async fn acquire_lease(&self) -> Result<(), StoreError> {
+    async fn acquire_lease(&self) -> Result<(), LeaseError> {
         Ok(())
     }
     async fn is_alive(&self, node: &str) -> Result<bool, StoreError> {
@@ -289,7 +290,7 @@ impl Ownership for Peer {
     async fn live_nodes(&self) -> Result<Vec<String>, StoreError> {
         Ok(self.wire.0.lock().keys().cloned().collect())
     }
-    async fn sweep(&self, _: &[String]) -> Result<Sweep, StoreError> {
+    async fn sweep(&self, _: &[String]) -> Result<Sweep, LeaseError> {
         Ok(Sweep::default())
     }
     async fn release(&self, _: &[String]) -> Result<usize, StoreError> {
@@ -299,6 +300,9 @@ impl Ownership for Peer {
         Ok(0)
     }
     fn sweep_interval(&self) -> Duration {
+        Duration::from_secs(3600)
+    }
+    fn lease_ttl(&self) -> Duration {
         Duration::from_secs(3600)
     }
 }
@@ -322,10 +326,11 @@ impl Forwarding for Peer {
     }
 }
 
-/// Nodes `n1` and `n2` sharing `store`, on one in-process wire.
-fn cluster_on(store: &Arc<MemoryStore>) -> Vec<Fixture> {
+/// Nodes `n1` and `n2` sharing `store`, on one in-process wire, each holding its lease (a
+/// node answers forwarded calls once it holds its id's lease).
+async fn cluster_on(store: &Arc<MemoryStore>) -> Vec<Fixture> {
     let wire = Arc::new(Wire::default());
-    ["n1", "n2"]
+    let nodes: Vec<Fixture> = ["n1", "n2"]
         .into_iter()
         .map(|n| {
             let f = node_fixture(n, store.clone());
@@ -336,13 +341,17 @@ fn cluster_on(store: &Arc<MemoryStore>) -> Vec<Fixture> {
             f.control.attach_cluster(peer.clone(), peer);
             f
         })
-        .collect()
+        .collect();
+    for f in &nodes {
+        f.control.upstreams.take_lease().await.unwrap();
+    }
+    nodes
 }
 
 #[tokio::test]
 async fn operations_on_a_live_owners_connection_are_forwarded_once() {
     let store = Arc::new(MemoryStore::new());
-    let nodes = cluster_on(&store);
+    let nodes = cluster_on(&store).await;
     let forwarded = |f: &Fixture| f.gateway.metrics.upstream_forwarded.get();
     // n2's record, but n2 holds no such connection: n1 forwards, n2 answers, n1 reports
     // n2's answer.
@@ -378,9 +387,9 @@ async fn operations_on_a_live_owners_connection_are_forwarded_once() {
 }
 
 /// Two nodes on one in-process wire, with `users[i]` connected to node `i`.
-fn two_nodes(users: [&str; 2]) -> (Vec<Fixture>, Vec<Arc<crate::gateway::Connection>>) {
+async fn two_nodes(users: [&str; 2]) -> (Vec<Fixture>, Vec<Arc<crate::gateway::Connection>>) {
     let store = Arc::new(MemoryStore::new());
-    let nodes = cluster_on(&store);
+    let nodes = cluster_on(&store).await;
     let conns = nodes
         .iter()
         .zip(users)
@@ -397,7 +406,7 @@ fn two_nodes(users: [&str; 2]) -> (Vec<Fixture>, Vec<Arc<crate::gateway::Connect
 
 #[tokio::test]
 async fn listings_and_views_cover_every_live_node() {
-    let (nodes, conns) = two_nodes(["ann", "bob"]);
+    let (nodes, conns) = two_nodes(["ann", "bob"]).await;
     let n1 = &nodes[0].control;
     let all = n1
         .list_connections(&ListConnections::default())

@@ -4,6 +4,12 @@
 //! implement it with leases and an atomic compare-and-set claim of orphaned records. The
 //! channel that carries API calls to a connection's owner is a separate seam,
 //! [`Forwarding`](super::Forwarding).
+//!
+//! A lease belongs to one *process*, not only to a node id: two processes started with the
+//! same id (two hosts without `HOSTNAME`, a replaced pod whose predecessor still runs) would
+//! otherwise share topics and rebuild each other's records. Taking a lease is refused with
+//! [`LeaseError::Held`] while another process holds the id's lease, and a renewal that
+//! finds another process's lease reports the same.
 
 use std::time::Duration;
 
@@ -11,6 +17,19 @@ use async_trait::async_trait;
 
 use super::presence::StoreError;
 use super::upstream::UpstreamRecord;
+
+/// Why a lease was not taken (or kept).
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// Another process holds this node id's lease; it lapses `expires_in` from now unless
+    /// that process renews it.
+    #[error(
+        "the node id's lease is held by another process (expires in {expires_in:?} unless renewed)"
+    )]
+    Held { expires_in: Duration },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// What one reclaimer sweep found.
 #[derive(Debug, Default)]
@@ -25,15 +44,17 @@ pub struct Sweep {
 
 #[async_trait]
 pub trait Ownership: Send + Sync + 'static {
-    /// Takes (or renews) this node's lease now and registers the node as an instance.
-    async fn acquire_lease(&self) -> Result<(), StoreError>;
+    /// Takes (or renews) this process's lease on the node id now and registers the node as
+    /// an instance; [`LeaseError::Held`] while another process holds it.
+    async fn acquire_lease(&self) -> Result<(), LeaseError>;
     /// Whether `node` holds a lease.
     async fn is_alive(&self, node: &str) -> Result<bool, StoreError>;
     /// Every node that holds a lease now (this one included), for cluster-wide views.
     async fn live_nodes(&self) -> Result<Vec<String>, StoreError>;
     /// One reclaimer pass: claims (compare-and-set, at most this node's fair share) the
     /// records whose owner's lease is gone. `local` are the ids this node runs.
-    async fn sweep(&self, local: &[String]) -> Result<Sweep, StoreError>;
+    /// [`LeaseError::Held`]: another process took this node id's lease meanwhile.
+    async fn sweep(&self, local: &[String]) -> Result<Sweep, LeaseError>;
     /// Graceful hand-over: stops renewing the lease, marks each of `ids` still owned by
     /// this node as unowned and deletes the lease, so survivors claim them at once.
     async fn release(&self, ids: &[String]) -> Result<usize, StoreError>;
@@ -41,4 +62,6 @@ pub trait Ownership: Send + Sync + 'static {
     async fn clear_all(&self) -> Result<usize, StoreError>;
     /// How often the reclaimer should sweep.
     fn sweep_interval(&self) -> Duration;
+    /// How long a lease lives without renewal.
+    fn lease_ttl(&self) -> Duration;
 }

@@ -1,21 +1,26 @@
 //! Cluster mode of the upstream manager: rebuild on start, the reclaimer, hand-over.
 //!
-//! One task per node ([`UpstreamManager::spawn_reclaimer`]): takes the lease, wipes every
+//! One task per node ([`UpstreamManager::spawn_reclaimer`]): takes the lease (see
+//! [`super::lease`]: never while another live process holds this node id), wipes every
 //! record when `CLEAR_ALL_ON_START` asks for it (or else restarts the records this
 //! instance id still owns), then sweeps every [`Ownership::sweep_interval`]. Every record a
 //! sweep wins is started with [`UpstreamManager::start`], so the client library replays
 //! auth and subscriptions and the pump resumes the publish topic. Records the sweep says
-//! another node now owns are closed here (this node was presumed dead).
+//! another node now owns are closed here (this node was presumed dead). The task ends only
+//! when another process holds this node id's lease, with the [`LeaseConflict`]: the node
+//! must then stop.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::seams::{Forwarding, Ownership};
+use crate::seams::{Forwarding, LeaseError, Ownership, RequestHandler};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use wsgate_backoff::Backoff;
 
 use super::forward::Reply;
+use super::lease::{self, LeaseConflict, Unreachable};
 use super::{CLOSE_WAIT, UpstreamError, UpstreamManager};
 
 /// The cluster side of the manager: who owns which connection, and the channel that
@@ -23,18 +28,55 @@ use super::{CLOSE_WAIT, UpstreamError, UpstreamManager};
 pub(super) struct ClusterSeams {
     pub ownership: Arc<dyn Ownership>,
     pub forwarding: Arc<dyn Forwarding>,
+    /// Answers the calls forwarded to this node (given by the control façade).
+    handler: RequestHandler,
+    /// Set once this process holds the node id's lease and answers forwarded calls.
+    serving: AtomicBool,
 }
 
 impl UpstreamManager {
-    /// Cluster mode: use `ownership` for routing and `forwarding` to reach owners. The node's
-    /// control façade serves the calls forwarded to this node
-    /// ([`Control::attach_cluster`](crate::control::Control::attach_cluster)) and hands the
-    /// upstream operations to [`Self::handle_forwarded`].
-    pub fn attach_cluster(&self, ownership: Arc<dyn Ownership>, forwarding: Arc<dyn Forwarding>) {
+    /// Cluster mode: use `ownership` for routing and `forwarding` to reach owners. Calls
+    /// forwarded *to* this node are answered by `handler` (the node's control façade, which
+    /// hands upstream operations to [`Self::handle_forwarded`]) once the lease is taken
+    /// ([`Self::take_lease`] or the reclaimer), so a process refused as a duplicate never
+    /// answers for the live node under the same id.
+    pub fn attach_cluster(
+        self: &Arc<Self>,
+        ownership: Arc<dyn Ownership>,
+        forwarding: Arc<dyn Forwarding>,
+        handler: RequestHandler,
+    ) {
         let _ = self.cluster.set(ClusterSeams {
             ownership,
             forwarding,
+            handler,
+            serving: AtomicBool::new(false),
         });
+    }
+
+    /// Answers calls forwarded to this node id from now on (once).
+    fn serve_forwarded(self: &Arc<Self>) {
+        let Some(cluster) = self.cluster.get() else {
+            return;
+        };
+        if cluster.serving.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        cluster.forwarding.serve(cluster.handler.clone());
+    }
+
+    /// Cluster mode: takes this node id's lease before the node serves, waiting (bounded)
+    /// for a dead predecessor's to lapse. `Err`: another live node runs under this id.
+    /// Returns at once when the store does not answer (the reclaimer takes the lease
+    /// later, with the same check) or outside cluster mode.
+    pub async fn take_lease(self: &Arc<Self>) -> Result<(), LeaseConflict> {
+        let Some(c) = self.cluster.get() else {
+            return Ok(());
+        };
+        if lease::take(&*c.ownership, self.node(), Unreachable::GiveUp).await? {
+            self.serve_forwarded();
+        }
+        Ok(())
     }
 
     /// What a node answers to a forwarded upstream call once its manager is gone.
@@ -43,7 +85,9 @@ impl UpstreamManager {
     }
 
     /// Starts the reclaimer (cluster mode only). Abort the handle before [`Self::hand_over`].
-    pub fn spawn_reclaimer(self: &Arc<Self>, clear_all: bool) -> Option<JoinHandle<()>> {
+    /// The task ends only on a [`LeaseConflict`] (at start or later): stop the node then,
+    /// without a hand-over (the records are the other process's).
+    pub fn spawn_reclaimer(self: &Arc<Self>, clear_all: bool) -> Option<JoinHandle<LeaseConflict>> {
         let own = self.cluster.get()?.ownership.clone();
         let me = self.clone();
         Some(tokio::spawn(
@@ -51,8 +95,11 @@ impl UpstreamManager {
         ))
     }
 
-    async fn reclaimer(self: Arc<Self>, own: Arc<dyn Ownership>, clear_all: bool) {
-        retry("lease", || own.acquire_lease()).await;
+    async fn reclaimer(self: Arc<Self>, own: Arc<dyn Ownership>, clear_all: bool) -> LeaseConflict {
+        if let Err(conflict) = lease::take(&*own, self.node(), Unreachable::Retry).await {
+            return conflict;
+        }
+        self.serve_forwarded();
         if clear_all {
             warn!(
                 "CLEAR_ALL_ON_START=TRUE: deleting ALL upstream connection records of the \
@@ -87,6 +134,13 @@ impl UpstreamManager {
             let sweep = match tokio::time::timeout(Duration::from_secs(5), own.sweep(&local)).await
             {
                 Ok(Ok(s)) => s,
+                Ok(Err(LeaseError::Held { expires_in })) => {
+                    return LeaseConflict {
+                        node: self.node().to_string(),
+                        waited: Duration::ZERO,
+                        expires_in,
+                    };
+                }
                 Ok(Err(e)) => {
                     debug!(error = %e, "reclaim sweep failed");
                     continue;
@@ -139,7 +193,7 @@ impl UpstreamManager {
 const RETRY_MAX_DELAY: Duration = Duration::from_secs(2);
 
 /// Retries `f` with capped backoff until it succeeds (Redis may come up after us).
-async fn retry<T, E: std::fmt::Display, F, Fut>(what: &str, mut f: F) -> T
+pub(super) async fn retry<T, E: std::fmt::Display, F, Fut>(what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,

@@ -39,6 +39,7 @@ pub mod config;
 mod connection;
 mod error;
 mod forward;
+mod lease;
 mod manager;
 pub mod mapping;
 mod op;
@@ -52,6 +53,7 @@ use std::time::Duration;
 
 pub use connection::Upstream;
 pub use error::UpstreamError;
+pub use lease::LeaseConflict;
 pub(crate) use manager::Route;
 pub use manager::{Connected, UpstreamManager};
 pub use op::{Outcome, UpstreamOp};

@@ -35,9 +35,14 @@ pub struct DoctorArgs {
     /// API key for the control API.
     #[arg(long, env = "WSGATE_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// Redis URL of the cluster store (redis://host:6379/0): enables the store checks.
+    /// Redis URL of the cluster store (redis://host:6379/0, rediss:// for TLS): enables the
+    /// store checks.
     #[arg(long)]
     redis: Option<String>,
+    /// `rediss://` signed by a private CA: PEM file of the CA to trust (instead of the
+    /// platform's roots), as the nodes' `redis_ca_file`.
+    #[arg(long)]
+    redis_ca_file: Option<std::path::PathBuf>,
     /// Key prefix of the cluster's Redis keys. Records are `{prefix}:websocket-<id>` in the
     /// set `{prefix}:websocket-index`; an empty prefix gives seed 000's bare layout.
     #[arg(long, default_value = "wsgate")]
@@ -213,7 +218,11 @@ async fn run(args: DoctorArgs) -> Report {
         r.extend(api::checks(api, args.sample).await);
     }
     if let Some(url) = &args.redis {
-        r.extend(redis::checks(url, &args.key_prefix, args.timeout).await);
+        let target = redis::Target {
+            url,
+            ca_file: args.redis_ca_file.as_deref(),
+        };
+        r.extend(redis::checks(&target, &args.key_prefix, args.timeout).await);
     }
     r
 }

@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
+use wsgate_core::seams::upstream::redact_url;
 
 use super::CheckResult;
 use crate::cli::ms;
@@ -26,9 +27,49 @@ pub fn key(prefix: &str, name: &str) -> String {
     }
 }
 
-pub async fn checks(url: &str, prefix: &str, timeout: Duration) -> Vec<CheckResult> {
-    let (c, con) = check_reachable(url, timeout).await;
-    let mut out = vec![c];
+/// Seed 000's runbook commands for the records, with `prefix` (its `KEYS`, plus the `SCAN`
+/// form that does not block a busy Redis).
+pub fn runbook_commands(prefix: &str) -> Vec<String> {
+    let record = key(prefix, "websocket-");
+    let index = key(prefix, "websocket-index");
+    vec![
+        format!("redis-cli KEYS '{record}*'"),
+        format!("redis-cli --scan --pattern '{record}*'"),
+        format!("redis-cli SMEMBERS {index}"),
+        format!("redis-cli GET {record}<id>"),
+    ]
+}
+
+/// The Redis to check: its URL, and the CA that signed its certificate (`rediss://` only).
+pub struct Target<'a> {
+    pub url: &'a str,
+    pub ca_file: Option<&'a std::path::Path>,
+}
+
+impl Target<'_> {
+    fn client(&self) -> Result<redis::Client, String> {
+        let Some(ca) = self.ca_file else {
+            return redis::Client::open(self.url).map_err(|e| e.to_string());
+        };
+        let pem = std::fs::read(ca).map_err(|e| format!("reading {}: {e}", ca.display()))?;
+        let certs = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem),
+        };
+        redis::Client::build_with_tls(self.url, certs).map_err(|e| e.to_string())
+    }
+}
+
+pub async fn checks(target: &Target<'_>, prefix: &str, timeout: Duration) -> Vec<CheckResult> {
+    let (c, con) = check_reachable(target, timeout).await;
+    let commands = CheckResult::pass(
+        "redis-commands",
+        format!(
+            "the records by hand (key prefix {prefix:?}): {}",
+            runbook_commands(prefix).join(" ; ")
+        ),
+    );
+    let mut out = vec![c, commands];
     let Some(mut con) = con else { return out };
     out.push(bounded("redis-index", timeout, check_index(&mut con, prefix)).await);
     out.push(bounded("redis-leases", timeout, check_leases(&mut con, prefix)).await);
@@ -52,18 +93,19 @@ fn redis_failed(name: &str, e: redis::RedisError) -> CheckResult {
 }
 
 pub async fn check_reachable(
-    url: &str,
+    target: &Target<'_>,
     timeout: Duration,
 ) -> (CheckResult, Option<MultiplexedConnection>) {
+    let url = redact_url(target.url);
     let fail = |detail: String| {
         CheckResult::fail("redis", detail)
             .cause("Redis is down, the URL or password is wrong, or a network policy blocks the port")
-            .fix("check the URL (the Secret key `redis-url` / WSGATE_REDIS_URL), `redis-cli -u URL ping`, and the Redis pod")
+            .fix("check the URL (the Secret key `redis-url` / WSGATE_REDIS_URL), `redis-cli -u URL ping`, and the Redis pod; `rediss://` with a private CA: --redis-ca-file")
             .runbook(OUT_OF_SYNC)
     };
-    let client = match redis::Client::open(url) {
+    let client = match target.client() {
         Ok(c) => c,
-        Err(e) => return (fail(format!("`{url}` is not a Redis URL: {e}")), None),
+        Err(e) => return (fail(format!("`{url}`: {e}")), None),
     };
     let start = Instant::now();
     let con = match tokio::time::timeout(timeout, client.get_multiplexed_async_connection()).await {
@@ -262,5 +304,19 @@ mod tests {
             "wsgate:websocket-index"
         );
         assert_eq!(super::key("", "websocket-index"), "websocket-index");
+    }
+
+    #[test]
+    fn runbook_commands_follow_the_prefix() {
+        assert_eq!(
+            super::runbook_commands(""),
+            [
+                "redis-cli KEYS 'websocket-*'",
+                "redis-cli --scan --pattern 'websocket-*'",
+                "redis-cli SMEMBERS websocket-index",
+                "redis-cli GET websocket-<id>",
+            ]
+        );
+        assert!(super::runbook_commands("p")[2].ends_with("SMEMBERS p:websocket-index"));
     }
 }
