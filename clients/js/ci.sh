@@ -45,7 +45,7 @@ check size npm run --silent size
 
 if [ -z "${SDK_WSGATE_BIN:-}" ]; then
   # The workspace's debug binary, brought up to date (a no-op right after `cargo test`).
-  export SDK_WSGATE_BIN="$repo/target/debug/wsgate"
+  export SDK_WSGATE_BIN="${CARGO_TARGET_DIR:-$repo/target}/debug/wsgate"
   log "cargo build -p wsgate (for the end-to-end tests)"
   (cd "$repo" && cargo build -p wsgate --locked) || { failed=$((failed + 1)); finish; }
 fi
