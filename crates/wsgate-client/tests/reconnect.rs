@@ -31,19 +31,9 @@ async fn drop_reconnect_auth_then_subscriptions_then_queued_messages() {
                 .jitter(0.0)
                 .max_attempts(None),
         );
-    let (client, mut events) = tokio::time::timeout(T, Client::connect(cfg))
-        .await
-        .unwrap()
-        .unwrap();
+    let (client, mut events) = connect(cfg).await;
     assert_eq!(next_event(&mut events).await, Event::Opened);
-    client
-        .subscribe(Subscription::new("a", "sub a"))
-        .await
-        .unwrap();
-    client
-        .subscribe(Subscription::new("b", "sub b"))
-        .await
-        .unwrap();
+    subscribe_all(&client, &["a", "b"]).await;
     client.send("live").await.unwrap();
     server_wait(&server, |l| l.count_on(1) == 4).await;
 
@@ -254,10 +244,7 @@ async fn heartbeat_timeout_triggers_one_reconnect() {
         timeout: 300 * MS,
         ping: HeartbeatPing::WebSocket,
     }));
-    let (client, mut events) = tokio::time::timeout(T, Client::connect(cfg))
-        .await
-        .unwrap()
-        .unwrap();
+    let (client, mut events) = connect(cfg).await;
     server.set_stalled(true);
     let (ev, _) = wait_event(&mut events, |e| matches!(e, Event::Reconnecting { .. })).await;
     let Event::Reconnecting { error, .. } = ev else {
@@ -286,10 +273,7 @@ async fn app_level_ping_message_is_sent() {
         timeout: 5_000 * MS,
         ping: HeartbeatPing::Message(r#"{"op":"ping"}"#.into()),
     }));
-    let (client, _events) = tokio::time::timeout(T, Client::connect(cfg))
-        .await
-        .unwrap()
-        .unwrap();
+    let (client, _events) = connect(cfg).await;
     let log = server_wait(&server, |l| {
         l.texts_on(1).iter().filter(|t| t.contains("ping")).count() >= 2
     })
@@ -301,10 +285,7 @@ async fn app_level_ping_message_is_sent() {
 #[tokio::test]
 async fn server_close_and_garbage_each_cause_exactly_one_reconnect() {
     let server = TestServer::start(TestServerConfig::default()).await;
-    let (client, mut events) = tokio::time::timeout(T, Client::connect(fast_config(server.url())))
-        .await
-        .unwrap()
-        .unwrap();
+    let (client, mut events) = connect(fast_config(server.url())).await;
     server.close_all(1001);
     let (ev, _) = wait_event(&mut events, |e| matches!(e, Event::Reconnecting { .. })).await;
     let Event::Reconnecting { error, .. } = ev else {
@@ -364,10 +345,7 @@ async fn headers_and_subprotocol_reach_the_server() {
     let cfg = fast_config(server.url())
         .header("x-api-key", "k-123")
         .subprotocol("wsgate.v1");
-    let (client, _events) = tokio::time::timeout(T, Client::connect(cfg))
-        .await
-        .unwrap()
-        .unwrap();
+    let (client, _events) = connect(cfg).await;
     let log = server.log();
     assert_eq!(log.header("x-api-key"), Some("k-123"));
     assert_eq!(log.header("sec-websocket-protocol"), Some("wsgate.v1"));
@@ -377,10 +355,7 @@ async fn headers_and_subprotocol_reach_the_server() {
 #[tokio::test]
 async fn close_sends_close_frame_and_ends_events() {
     let server = TestServer::start(TestServerConfig::default()).await;
-    let (client, mut events) = tokio::time::timeout(T, Client::connect(fast_config(server.url())))
-        .await
-        .unwrap()
-        .unwrap();
+    let (client, mut events) = connect(fast_config(server.url())).await;
     assert_eq!(next_event(&mut events).await, Event::Opened);
     tokio::time::timeout(T, client.close())
         .await
@@ -414,10 +389,7 @@ async fn close_sends_close_frame_and_ends_events() {
 #[tokio::test]
 async fn dropping_every_handle_closes_the_connection() {
     let server = TestServer::start(TestServerConfig::default()).await;
-    let (client, mut events) = tokio::time::timeout(T, Client::connect(fast_config(server.url())))
-        .await
-        .unwrap()
-        .unwrap();
+    let (client, mut events) = connect(fast_config(server.url())).await;
     drop(client);
     let (ev, _) = wait_event(&mut events, |e| matches!(e, Event::Closed { .. })).await;
     assert_eq!(
@@ -433,10 +405,7 @@ async fn dropping_every_handle_closes_the_connection() {
 async fn no_auto_reconnect_ends_with_connection_lost() {
     let server = TestServer::start(TestServerConfig::default()).await;
     let cfg = fast_config(server.url()).auto_reconnect(false);
-    let (client, mut events) = tokio::time::timeout(T, Client::connect(cfg))
-        .await
-        .unwrap()
-        .unwrap();
+    let (client, mut events) = connect(cfg).await;
     server.drop_all();
     let (ev, _) = wait_event(&mut events, |e| matches!(e, Event::Closed { .. })).await;
     assert!(
@@ -455,10 +424,7 @@ async fn no_auto_reconnect_ends_with_connection_lost() {
 #[tokio::test]
 async fn forced_reconnect_replays_subscriptions() {
     let server = TestServer::start(TestServerConfig::default()).await;
-    let (client, mut events) = tokio::time::timeout(T, Client::connect(fast_config(server.url())))
-        .await
-        .unwrap()
-        .unwrap();
+    let (client, mut events) = connect(fast_config(server.url())).await;
     client
         .subscribe(Subscription::new("x", "sub x").with_unsubscribe("unsub x"))
         .await

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use support::*;
 use wsgate_client::Message;
 use wsgate_client::test_support::{
-    ServerLog, TestServer as Upstream, TestServerConfig as UpstreamConfig,
+    Resources, ServerLog, TestServer as Upstream, TestServerConfig as UpstreamConfig,
 };
 
 /// Millisecond backoff without jitter, retrying forever.
@@ -629,12 +629,6 @@ async fn outbox_mode_queues_while_disconnected() {
     srv.shutdown().await;
 }
 
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 /// Forced reconnects through the manager (client driver + pump, with publishing on) leave
 /// no extra tasks or file descriptors behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -657,9 +651,7 @@ async fn forced_reconnects_leak_no_tasks_or_fds() {
     upstream_log(&up, |l| l.count_on(1) == 2).await;
     // Warm up every lazily created resource (HTTP pools, the view path).
     view(&srv, &id).await;
-    let metrics = tokio::runtime::Handle::current().metrics();
-    let tasks_before = metrics.num_alive_tasks();
-    let fds_before = open_fds();
+    let before = Resources::now();
 
     for i in 0..N {
         up.drop_all();
@@ -680,16 +672,16 @@ async fn forced_reconnects_leak_no_tasks_or_fds() {
         .await;
     // Sockets of just-closed HTTP requests may take a moment to go; the counts must come
     // back to the baseline, not merely stop growing.
-    let (tasks, fds) = within("tasks and fds back to baseline", async {
+    let after = within("tasks and fds back to baseline", async {
         loop {
-            let (t, f) = (metrics.num_alive_tasks(), open_fds());
-            if t <= tasks_before && f <= fds_before {
-                return (t, f);
+            let now = Resources::now();
+            if now.within(&before) {
+                return now;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await;
-    assert!(tasks <= tasks_before && fds <= fds_before);
+    assert!(after.tasks <= before.tasks && after.fds <= before.fds);
     srv.shutdown().await;
 }

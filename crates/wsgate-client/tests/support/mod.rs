@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 pub use wsgate_client::test_support::{ServerLog, TestServer, TestServerConfig};
-use wsgate_client::{Backoff, BreakerConfig, ClientConfig, Event, Events};
+use wsgate_client::{Backoff, BreakerConfig, Client, ClientConfig, Event, Events, Subscription};
 
 /// Upper bound for any single wait: a broken test fails in seconds.
 pub const T: Duration = Duration::from_secs(5);
@@ -56,4 +56,22 @@ pub async fn server_wait(server: &TestServer, pred: impl FnMut(&ServerLog) -> bo
         .wait_for(T, pred)
         .await
         .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Connects (bounded by [`T`]), failing the test on error.
+pub async fn connect(cfg: ClientConfig) -> (Client, Events) {
+    tokio::time::timeout(T, Client::connect(cfg))
+        .await
+        .expect("connect within T")
+        .expect("connected")
+}
+
+/// Subscribes `key` with the message `sub <key>`, for each key in order.
+pub async fn subscribe_all(client: &Client, keys: &[&str]) {
+    for key in keys {
+        client
+            .subscribe(Subscription::new(*key, format!("sub {key}")))
+            .await
+            .unwrap();
+    }
 }
