@@ -38,10 +38,7 @@ async fn drop_reconnect_auth_then_subscriptions_then_queued_messages() {
     server_wait(&server, |l| l.count_on(1) == 4).await;
 
     server.drop_all();
-    let (ev, _) = wait_event(&mut events, |e| matches!(e, Event::Reconnecting { .. })).await;
-    let Event::Reconnecting { attempt, .. } = ev else {
-        unreachable!()
-    };
+    let (attempt, _, _) = reconnecting(&mut events).await;
     assert_eq!(attempt, 1);
     // While disconnected: queue a message, add one subscription, remove another.
     client.send("queued").await.unwrap();
@@ -193,10 +190,7 @@ async fn breaker_opens_half_opens_and_failed_probe_reopens() {
     // Failures 1 and 2: plain backoff. Failure 3 opens the breaker.
     let mut delays = Vec::new();
     for _ in 0..3 {
-        let (ev, _) = wait_event(&mut events, |e| matches!(e, Event::Reconnecting { .. })).await;
-        let Event::Reconnecting { delay, .. } = ev else {
-            unreachable!()
-        };
+        let (_, delay, _) = reconnecting(&mut events).await;
         delays.push(delay);
     }
     assert_eq!(&delays[..2], &[5 * MS, 5 * MS]);
@@ -212,10 +206,7 @@ async fn breaker_opens_half_opens_and_failed_probe_reopens() {
     assert_eq!(client.snapshot().breaker, BreakerState::Open);
 
     // The half-open probe fails (still refusing): open again for a full cooldown.
-    let (ev, _) = wait_event(&mut events, |e| matches!(e, Event::Reconnecting { .. })).await;
-    let Event::Reconnecting { delay, .. } = ev else {
-        unreachable!()
-    };
+    let (_, delay, _) = reconnecting(&mut events).await;
     assert!(
         delay > 150 * MS,
         "failed probe re-opens the breaker, got {delay:?}"
@@ -236,20 +227,28 @@ async fn breaker_opens_half_opens_and_failed_probe_reopens() {
     client.close().await.unwrap();
 }
 
+/// A server and a client connected to it with this heartbeat.
+async fn heartbeating(
+    interval: Duration,
+    timeout: Duration,
+    ping: HeartbeatPing,
+) -> (TestServer, Client, wsgate_client::Events) {
+    let server = TestServer::start(TestServerConfig::default()).await;
+    let heartbeat = Heartbeat {
+        interval,
+        timeout,
+        ping,
+    };
+    let (client, events) = connect(fast_config(server.url()).heartbeat(Some(heartbeat))).await;
+    (server, client, events)
+}
+
 #[tokio::test]
 async fn heartbeat_timeout_triggers_one_reconnect() {
-    let server = TestServer::start(TestServerConfig::default()).await;
-    let cfg = fast_config(server.url()).heartbeat(Some(Heartbeat {
-        interval: 30 * MS,
-        timeout: 300 * MS,
-        ping: HeartbeatPing::WebSocket,
-    }));
-    let (client, mut events) = connect(cfg).await;
+    let (server, client, mut events) =
+        heartbeating(30 * MS, 300 * MS, HeartbeatPing::WebSocket).await;
     server.set_stalled(true);
-    let (ev, _) = wait_event(&mut events, |e| matches!(e, Event::Reconnecting { .. })).await;
-    let Event::Reconnecting { error, .. } = ev else {
-        unreachable!()
-    };
+    let (_, _, error) = reconnecting(&mut events).await;
     assert_eq!(error, Error::HeartbeatTimeout(300 * MS));
     server.set_stalled(false);
     wait_event(&mut events, |e| *e == Event::Reconnected).await;
@@ -267,13 +266,8 @@ async fn wait_event_opt(events: &mut wsgate_client::Events) -> Option<Event> {
 
 #[tokio::test]
 async fn app_level_ping_message_is_sent() {
-    let server = TestServer::start(TestServerConfig::default()).await;
-    let cfg = fast_config(server.url()).heartbeat(Some(Heartbeat {
-        interval: 20 * MS,
-        timeout: 5_000 * MS,
-        ping: HeartbeatPing::Message(r#"{"op":"ping"}"#.into()),
-    }));
-    let (client, _events) = connect(cfg).await;
+    let ping = HeartbeatPing::Message(r#"{"op":"ping"}"#.into());
+    let (server, client, _events) = heartbeating(20 * MS, 5_000 * MS, ping).await;
     let log = server_wait(&server, |l| {
         l.texts_on(1).iter().filter(|t| t.contains("ping")).count() >= 2
     })
@@ -287,10 +281,7 @@ async fn server_close_and_garbage_each_cause_exactly_one_reconnect() {
     let server = TestServer::start(TestServerConfig::default()).await;
     let (client, mut events) = connect(fast_config(server.url())).await;
     server.close_all(1001);
-    let (ev, _) = wait_event(&mut events, |e| matches!(e, Event::Reconnecting { .. })).await;
-    let Event::Reconnecting { error, .. } = ev else {
-        unreachable!()
-    };
+    let (_, _, error) = reconnecting(&mut events).await;
     assert!(
         matches!(error, Error::ServerClosed { code: 1001, .. }),
         "{error}"
@@ -298,10 +289,7 @@ async fn server_close_and_garbage_each_cause_exactly_one_reconnect() {
     wait_event(&mut events, |e| *e == Event::Reconnected).await;
 
     server.send_garbage();
-    let (ev, _) = wait_event(&mut events, |e| matches!(e, Event::Reconnecting { .. })).await;
-    let Event::Reconnecting { error, .. } = ev else {
-        unreachable!()
-    };
+    let (_, _, error) = reconnecting(&mut events).await;
     assert!(matches!(error, Error::Transport(_)), "{error}");
     wait_event(&mut events, |e| *e == Event::Reconnected).await;
     let log = server_wait(&server, |l| l.active == 1).await;
@@ -430,14 +418,8 @@ async fn forced_reconnect_replays_subscriptions() {
         .await
         .unwrap();
     client.reconnect().await.unwrap();
-    let (ev, _) = wait_event(&mut events, |e| matches!(e, Event::Reconnecting { .. })).await;
-    assert!(matches!(
-        ev,
-        Event::Reconnecting {
-            error: Error::ReconnectRequested,
-            ..
-        }
-    ));
+    let (_, _, error) = reconnecting(&mut events).await;
+    assert!(matches!(error, Error::ReconnectRequested));
     wait_event(&mut events, |e| *e == Event::Reconnected).await;
     client.unsubscribe("x").await.unwrap();
     let log = server_wait(&server, |l| l.count_on(2) == 2).await;

@@ -5,7 +5,7 @@ mod support;
 use std::time::Duration;
 
 use support::*;
-use wsgate_client::{Client, Correlation, Error, Event, Message, OfflinePolicy};
+use wsgate_client::{Client, Correlation, Error, Event, Events, Message, OfflinePolicy};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -120,15 +120,22 @@ async fn request_without_correlation_mode_is_invalid() {
     client.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn reject_mode_fails_fast_with_exact_text() {
+/// A client (JSON correlation) spawned against a server that refuses handshakes, once it
+/// has been refused.
+async fn refused_client(offline: OfflinePolicy) -> (TestServer, Client, Events) {
     let server = TestServer::start(TestServerConfig::default()).await;
     server.set_refusing(true);
     let cfg = fast_config(server.url())
-        .offline(OfflinePolicy::Reject)
+        .offline(offline)
         .correlation(Correlation::JsonField("id".into()));
-    let (client, _events) = Client::spawn(cfg);
+    let (client, events) = Client::spawn(cfg);
     server_wait(&server, |l| l.refused >= 1).await;
+    (server, client, events)
+}
+
+#[tokio::test]
+async fn reject_mode_fails_fast_with_exact_text() {
+    let (server, client, _events) = refused_client(OfflinePolicy::Reject).await;
     let err = client.send("x").await.unwrap_err();
     assert_eq!(err.to_string(), "WebSocket is not connected");
     let err = client.request(r#"{"op":"request"}"#, T).await.unwrap_err();
@@ -147,13 +154,7 @@ async fn reject_mode_fails_fast_with_exact_text() {
 
 #[tokio::test]
 async fn outbox_mode_queues_in_order_and_overflow_is_an_error() {
-    let server = TestServer::start(TestServerConfig::default()).await;
-    server.set_refusing(true);
-    let cfg = fast_config(server.url())
-        .offline(OfflinePolicy::Outbox { capacity: 3 })
-        .correlation(Correlation::JsonField("id".into()));
-    let (client, _events) = Client::spawn(cfg);
-    server_wait(&server, |l| l.refused >= 1).await;
+    let (server, client, _events) = refused_client(OfflinePolicy::Outbox { capacity: 3 }).await;
     client.send("one").await.unwrap();
     client.send("two").await.unwrap();
     // A request queued offline is answered once connected.

@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 pub use wsgate_client::test_support::{ServerLog, TestServer, TestServerConfig};
-use wsgate_client::{Backoff, BreakerConfig, Client, ClientConfig, Event, Events, Subscription};
+use wsgate_client::{
+    Backoff, BreakerConfig, Client, ClientConfig, Error, Event, Events, Subscription,
+};
 
 /// Upper bound for any single wait: a broken test fails in seconds.
 pub const T: Duration = Duration::from_secs(5);
@@ -47,6 +49,21 @@ pub async fn wait_event(
             return (e, skipped);
         }
         skipped.push(e);
+    }
+}
+
+/// Skips events until the next `Reconnecting`; its attempt, delay and error.
+pub async fn reconnecting(events: &mut Events) -> (u32, Duration, Error) {
+    match wait_event(events, |e| matches!(e, Event::Reconnecting { .. })).await {
+        (
+            Event::Reconnecting {
+                attempt,
+                delay,
+                error,
+            },
+            _,
+        ) => (attempt, delay, error),
+        _ => unreachable!(),
     }
 }
 
