@@ -226,6 +226,11 @@ impl Node {
         crate::get_json(&self.url(path)).await
     }
 
+    /// `POST /api/v1/upstreams/{id}/{op}` (`send`, `subscriptions`, `publish/start`, …).
+    pub async fn upstream_post(&self, id: &str, op: &str, body: Value) -> (u16, Value) {
+        self.post(&crate::upstream_path(id, op), body).await
+    }
+
     /// Publishes `data` to `channel` through this node's API; returns the offset.
     pub async fn publish(&self, channel: &str, data: Value) -> u64 {
         let (status, body) = self

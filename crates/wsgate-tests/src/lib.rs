@@ -130,12 +130,36 @@ impl TestServer {
         get_json(&self.http(path)).await
     }
 
+    /// `POST /api/v1/upstreams/{id}/{op}` (`send`, `subscriptions`, `publish/start`, …).
+    pub async fn upstream_post(&self, id: &str, op: &str, body: Value) -> (u16, Value) {
+        self.post(&upstream_path(id, op), body).await
+    }
+
     pub async fn delete(&self, path: &str) -> (u16, Value) {
         json_answer(http().delete(self.http(path))).await
     }
 
     pub async fn metrics(&self) -> String {
         get_text(&self.http("/metrics")).await
+    }
+
+    /// Stores the record of an upstream connection held by another node (`other-node`), as
+    /// cluster mode would; returns it.
+    pub async fn put_foreign_upstream(&self) -> wsgate_core::seams::UpstreamRecord {
+        let rec = wsgate_core::seams::UpstreamRecord {
+            id: "fedcba9876543210-other-node".into(),
+            owner: "other-node".into(),
+            state: "connected".into(),
+            created_at_ms: 0,
+            spec: wsgate_core::seams::upstream::UpstreamSpec::new("ws://127.0.0.1:1/"),
+        };
+        self.node
+            .upstreams()
+            .records()
+            .upstream_put(rec.clone())
+            .await
+            .unwrap();
+        rec
     }
 
     /// Waits until `/metrics` shows `series` at `value` or more.
@@ -160,6 +184,11 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
             .parse()
             .ok()
     })
+}
+
+/// The path of operation `op` on upstream connection `id`.
+pub fn upstream_path(id: &str, op: &str) -> String {
+    format!("/api/v1/upstreams/{id}/{op}")
 }
 
 /// `POST url` with a JSON body; the status and the JSON answer.

@@ -232,18 +232,16 @@ async fn calls_to_a_non_owner_are_forwarded_and_a_dead_owner_is_named() {
     let id = connect(&a, &up, None).await;
 
     let (status, r) = b
-        .post(
-            &format!("/api/v1/upstreams/{id}/send"),
-            json!({"message": "via-b"}),
-        )
+        .upstream_post(&id, "send", json!({"message": "via-b"}))
         .await;
     assert_eq!(status, 200, "{r}");
     up.wait_for(WAIT, |l| l.texts_on(1).iter().any(|t| t == "via-b"))
         .await
         .unwrap();
     let (status, r) = b
-        .post(
-            &format!("/api/v1/upstreams/{id}/send-async"),
+        .upstream_post(
+            &id,
+            "send-async",
             json!({"message": {"op": "request", "id": "q1", "n": 7}, "timeout_ms": 5000}),
         )
         .await;
@@ -252,15 +250,17 @@ async fn calls_to_a_non_owner_are_forwarded_and_a_dead_owner_is_named() {
     assert_eq!(r["response"]["echo"]["n"], 7, "{r}");
     // Errors come back as the owner answered them.
     let (status, r) = b
-        .post(
-            &format!("/api/v1/upstreams/{id}/subscriptions"),
+        .upstream_post(
+            &id,
+            "subscriptions",
             json!({"add": [{"key": "", "message": "x"}]}),
         )
         .await;
     assert_eq!(status, 400, "{r}");
     let (status, r) = b
-        .post(
-            &format!("/api/v1/upstreams/{id}/subscriptions"),
+        .upstream_post(
+            &id,
+            "subscriptions",
             json!({"add": [{"key": "book", "message": "SUB book"}]}),
         )
         .await;
@@ -269,12 +269,7 @@ async fn calls_to_a_non_owner_are_forwarded_and_a_dead_owner_is_named() {
     assert_eq!(up.log().handshakes, 1, "nothing re-established");
 
     kill(&mut a, SIGKILL).await;
-    let (status, r) = b
-        .post(
-            &format!("/api/v1/upstreams/{id}/send"),
-            json!({"message": "x"}),
-        )
-        .await;
+    let (status, r) = b.upstream_post(&id, "send", json!({"message": "x"})).await;
     assert_eq!(status, 409, "{r}");
     assert_eq!(
         r,

@@ -522,19 +522,7 @@ async fn seed_000_errors() {
     assert_eq!(errors, vec![nf; 8]);
 
     // Held by another node.
-    let rec = wsgate_core::seams::UpstreamRecord {
-        id: "fedcba9876543210-other-node".into(),
-        owner: "other-node".into(),
-        state: "connected".into(),
-        created_at_ms: 0,
-        spec: wsgate_core::seams::upstream::UpstreamSpec::new("ws://127.0.0.1:1/"),
-    };
-    srv.node
-        .upstreams()
-        .records()
-        .upstream_put(rec.clone())
-        .await
-        .unwrap();
+    let rec = srv.put_foreign_upstream().await;
     let r = call!(
         c,
         send,

@@ -15,6 +15,11 @@ use wsgate_client::test_support::{
 };
 
 /// Millisecond backoff without jitter, retrying forever.
+/// A scripted upstream server with `config`, and a node (in this process) to connect to it.
+async fn upstream_and_node(config: UpstreamConfig) -> (Upstream, TestServer) {
+    (Upstream::start(config).await, TestServer::start().await)
+}
+
 fn fast_reconnect() -> Value {
     json!({"initial_ms": 2, "max_ms": 20, "max_attempts": null, "jitter": 0.0})
 }
@@ -61,8 +66,7 @@ fn metric(text: &str, series: &str) -> f64 {
 
 #[tokio::test]
 async fn reconnect_runs_auth_then_replays_subscriptions() {
-    let up = Upstream::start(UpstreamConfig::default().require_auth("s3cr3t")).await;
-    let srv = TestServer::start().await;
+    let (up, srv) = upstream_and_node(UpstreamConfig::default().require_auth("s3cr3t")).await;
     let auth = json!({"op": "auth", "token": "s3cr3t"});
     let (id, r) = connect(
         &srv,
@@ -83,12 +87,7 @@ async fn reconnect_runs_auth_then_replays_subscriptions() {
     upstream_log(&up, |l| l.count_on(1) == 3).await;
 
     // A subscription added through the API is sent now and tracked.
-    let (status, r) = srv
-        .post(
-            &format!("/api/v1/upstreams/{id}/subscriptions"),
-            json!({"add": [{"key": "ticker", "message": "SUB ticker", "unsubscribe": "UNSUB ticker"}]}),
-        )
-        .await;
+    let (status, r) = srv.upstream_post(&id, "subscriptions", json!({"add": [{"key": "ticker", "message": "SUB ticker", "unsubscribe": "UNSUB ticker"}]})).await;
     assert_eq!(status, 200, "{r}");
     assert_eq!(r["subscriptions"], json!(["trades", "SUB book", "ticker"]));
     upstream_log(&up, |l| l.count_on(1) == 4).await;
@@ -158,10 +157,7 @@ async fn reconnect_runs_auth_then_replays_subscriptions() {
 
     // Removing sends the unsubscribe message and drops it from the next replay.
     let (status, r) = srv
-        .post(
-            &format!("/api/v1/upstreams/{id}/subscriptions"),
-            json!({"remove": ["ticker"]}),
-        )
+        .upstream_post(&id, "subscriptions", json!({"remove": ["ticker"]}))
         .await;
     assert_eq!(status, 200, "{r}");
     upstream_log(&up, |l| {
@@ -203,9 +199,8 @@ async fn reconnect_runs_auth_then_replays_subscriptions() {
 
 #[tokio::test]
 async fn gives_up_after_max_attempts_and_shows_an_open_breaker() {
-    let up = Upstream::start(UpstreamConfig::default()).await;
+    let (up, srv) = upstream_and_node(UpstreamConfig::default()).await;
     up.set_refusing(true);
-    let srv = TestServer::start().await;
 
     let (id, _) = connect(
         &srv,
@@ -233,10 +228,7 @@ async fn gives_up_after_max_attempts_and_shows_an_open_breaker() {
     );
     // A failed connection refuses sends with seed 000's string.
     let (status, r) = srv
-        .post(
-            &format!("/api/v1/upstreams/{id}/send"),
-            json!({"message": "x"}),
-        )
+        .upstream_post(&id, "send", json!({"message": "x"}))
         .await;
     assert_eq!(
         (status, r["error"].as_str()),
@@ -276,15 +268,13 @@ async fn gives_up_after_max_attempts_and_shows_an_open_breaker() {
 }
 
 async fn send_async(srv: &TestServer, id: &str, body: Value) -> (u16, Value) {
-    srv.post(&format!("/api/v1/upstreams/{id}/send-async"), body)
-        .await
+    srv.upstream_post(id, "send-async", body).await
 }
 
 #[tokio::test]
 async fn send_async_json_field_matches_replies_and_drops_late_ones() {
-    let up = Upstream::start(UpstreamConfig::default()).await;
+    let (up, srv) = upstream_and_node(UpstreamConfig::default()).await;
     up.set_noise(3);
-    let srv = TestServer::start().await;
     let (id, _) = connect(
         &srv,
         json!({"url": up.url(), "correlation": {"mode": "json-field", "field": "id"}, "publish_topic": "noise"}),
@@ -356,9 +346,8 @@ async fn send_async_json_field_matches_replies_and_drops_late_ones() {
 
 #[tokio::test]
 async fn send_async_uuid_prefix_among_interleaved_traffic() {
-    let up = Upstream::start(UpstreamConfig::default().uuid_replies()).await;
+    let (up, srv) = upstream_and_node(UpstreamConfig::default().uuid_replies()).await;
     up.set_noise(2);
-    let srv = TestServer::start().await;
     let (id, _) = connect(
         &srv,
         json!({"url": up.url(), "correlation": {"mode": "uuid-prefix"}}),
@@ -390,17 +379,13 @@ async fn send_async_uuid_prefix_among_interleaved_traffic() {
 
 #[tokio::test]
 async fn publish_reaches_gateway_subscribers_until_stopped() {
-    let up = Upstream::start(UpstreamConfig::default()).await;
-    let srv = TestServer::start().await;
+    let (up, srv) = upstream_and_node(UpstreamConfig::default()).await;
     let (id, _) = connect(&srv, json!({"url": up.url()})).await;
     let mut browser = Client::connect(&srv.ws_url()).await;
     browser.subscribe("topic:feed").await;
 
     let (status, r) = srv
-        .post(
-            &format!("/api/v1/upstreams/{id}/publish/start"),
-            json!({"topic": "feed"}),
-        )
+        .upstream_post(&id, "publish/start", json!({"topic": "feed"}))
         .await;
     assert_eq!(status, 200, "{r}");
     assert_eq!(r["channel"], "topic:feed");
@@ -429,9 +414,7 @@ async fn publish_reaches_gateway_subscribers_until_stopped() {
         .unwrap();
     assert_eq!(rec.spec.publish_topic.as_deref(), Some("feed"));
 
-    let (status, _) = srv
-        .post(&format!("/api/v1/upstreams/{id}/publish/stop"), json!({}))
-        .await;
+    let (status, _) = srv.upstream_post(&id, "publish/stop", json!({})).await;
     assert_eq!(status, 200);
     up.broadcast(Message::from(r#"{"px":2}"#));
     // The pump has handled the message (received counter) before the sentinel goes out.
@@ -521,24 +504,9 @@ async fn seed_000_error_strings_over_http() {
     }
 
     // A record held by another node (cluster mode's case).
-    let rec = wsgate_core::seams::UpstreamRecord {
-        id: "fedcba9876543210-other-node".into(),
-        owner: "other-node".into(),
-        state: "connected".into(),
-        created_at_ms: 0,
-        spec: wsgate_core::seams::upstream::UpstreamSpec::new("ws://127.0.0.1:1/"),
-    };
-    srv.node
-        .upstreams()
-        .records()
-        .upstream_put(rec.clone())
-        .await
-        .unwrap();
+    let rec = srv.put_foreign_upstream().await;
     let (status, r) = srv
-        .post(
-            &format!("/api/v1/upstreams/{}/send", rec.id),
-            json!({"message": "x"}),
-        )
+        .upstream_post(&rec.id, "send", json!({"message": "x"}))
         .await;
     assert_eq!(status, 409);
     assert_eq!(
@@ -583,17 +551,11 @@ async fn seed_000_error_strings_over_http() {
         assert_eq!(r["success"], false);
     }
     let (status, _) = srv
-        .post(
-            &format!("/api/v1/upstreams/{id}/send-raw"),
-            json!({"data_base64": "!!"}),
-        )
+        .upstream_post(&id, "send-raw", json!({"data_base64": "!!"}))
         .await;
     assert_eq!(status, 400);
     let (status, _) = srv
-        .post(
-            &format!("/api/v1/upstreams/{id}/publish/start"),
-            json!({"topic": ""}),
-        )
+        .upstream_post(&id, "publish/start", json!({"topic": ""}))
         .await;
     assert_eq!(status, 400);
     srv.shutdown().await;
@@ -601,9 +563,8 @@ async fn seed_000_error_strings_over_http() {
 
 #[tokio::test]
 async fn outbox_mode_queues_while_disconnected() {
-    let up = Upstream::start(UpstreamConfig::default()).await;
+    let (up, srv) = upstream_and_node(UpstreamConfig::default()).await;
     up.set_refusing(true);
-    let srv = TestServer::start().await;
     let (id, r) = connect(
         &srv,
         json!({"url": up.url(), "offline": "outbox", "wait_ms": 0,
@@ -613,10 +574,7 @@ async fn outbox_mode_queues_while_disconnected() {
     .await;
     assert_ne!(r["state"], "connected");
     let (status, r) = srv
-        .post(
-            &format!("/api/v1/upstreams/{id}/send"),
-            json!({"message": "queued"}),
-        )
+        .upstream_post(&id, "send", json!({"message": "queued"}))
         .await;
     assert_eq!(status, 200, "{r}");
     up.set_refusing(false);
@@ -634,8 +592,7 @@ async fn outbox_mode_queues_while_disconnected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forced_reconnects_leak_no_tasks_or_fds() {
     const N: u64 = 1_000;
-    let up = Upstream::start(UpstreamConfig::default().require_auth("tok")).await;
-    let srv = TestServer::start().await;
+    let (up, srv) = upstream_and_node(UpstreamConfig::default().require_auth("tok")).await;
     let (id, _) = connect(
         &srv,
         json!({
