@@ -52,6 +52,20 @@ async fn metric(node: &Node, series: &str) -> f64 {
     support::metric_value(&text, series).unwrap_or(0.0)
 }
 
+/// An upstream that wants `SECRET_AUTH`, and a Redis cluster (no nodes yet) to connect to it.
+async fn upstream_and_cluster() -> (Upstream, Cluster) {
+    let up = Upstream::start(UpstreamConfig::default().require_auth(SECRET_AUTH)).await;
+    (up, Cluster::start(Via::Redis).await)
+}
+
+/// Asserts that `up` sees no handshake past the `n`th for `quiet`.
+async fn assert_no_handshake_past(up: &Upstream, n: u64, quiet: Duration, what: &str) {
+    assert!(
+        up.wait_for(quiet, |l| l.handshakes > n).await.is_err(),
+        "{what}"
+    );
+}
+
 async fn kill(node: &mut Node, sig: i32) {
     node.0.signal(sig);
     within("wsgate to exit", node.0.child.wait()).await.unwrap();
@@ -59,8 +73,7 @@ async fn kill(node: &mut Node, sig: i32) {
 
 #[tokio::test]
 async fn sigkill_owner_fails_over_to_exactly_one_survivor() {
-    let up = Upstream::start(UpstreamConfig::default().require_auth(SECRET_AUTH)).await;
-    let cluster = Cluster::start(Via::Redis).await;
+    let (up, cluster) = upstream_and_cluster().await;
     let mut a = cluster.node("node-a", &[]).await;
     let b = cluster.node("node-b", &[]).await;
     let c = cluster.node("node-c", &[]).await;
@@ -128,12 +141,13 @@ async fn sigkill_owner_fails_over_to_exactly_one_survivor() {
     let reclaimed = metric(&b, "wsgate_upstream_reclaimed_total").await
         + metric(&c, "wsgate_upstream_reclaimed_total").await;
     assert_eq!(reclaimed, 1.0);
-    assert!(
-        up.wait_for(Duration::from_secs(2), |l| l.handshakes > conn)
-            .await
-            .is_err(),
-        "a second survivor re-established it too"
-    );
+    assert_no_handshake_past(
+        &up,
+        conn,
+        Duration::from_secs(2),
+        "a second survivor re-established it too",
+    )
+    .await;
     assert_eq!(up.log().max_active, 1);
     let holder = if new_owner == "node-b" { &b } else { &c };
     let (status, v) = holder.get(&format!("/connections/{id}")).await;
@@ -144,8 +158,7 @@ async fn sigkill_owner_fails_over_to_exactly_one_survivor() {
 
 #[tokio::test]
 async fn repeated_kills_never_duplicate_a_connection() {
-    let up = Upstream::start(UpstreamConfig::default().require_auth(SECRET_AUTH)).await;
-    let cluster = Cluster::start(Via::Redis).await;
+    let (up, cluster) = upstream_and_cluster().await;
     let env = [("WSGATE_LEASE_TTL_MS", "600")];
     let names = ["node-a", "node-b", "node-c"];
     let mut nodes = Vec::new();
@@ -194,8 +207,7 @@ async fn repeated_kills_never_duplicate_a_connection() {
 
 #[tokio::test]
 async fn sigterm_hands_over_within_the_bound() {
-    let up = Upstream::start(UpstreamConfig::default().require_auth(SECRET_AUTH)).await;
-    let cluster = Cluster::start(Via::Redis).await;
+    let (up, cluster) = upstream_and_cluster().await;
     let mut a = cluster.node("node-a", &[]).await;
     let _b = cluster.node("node-b", &[]).await;
     let _c = cluster.node("node-c", &[]).await;
@@ -213,18 +225,12 @@ async fn sigterm_hands_over_within_the_bound() {
     within("node-a to exit", a.0.child.wait()).await.unwrap();
     let o = owner_of(&cluster, &id).await.unwrap();
     assert!(o == "node-b" || o == "node-c", "{o}");
-    assert!(
-        up.wait_for(Duration::from_millis(1500), |l| l.handshakes > 2)
-            .await
-            .is_err(),
-        "taken twice"
-    );
+    assert_no_handshake_past(&up, 2, Duration::from_millis(1500), "taken twice").await;
 }
 
 #[tokio::test]
 async fn calls_to_a_non_owner_are_forwarded_and_a_dead_owner_is_named() {
-    let up = Upstream::start(UpstreamConfig::default().require_auth(SECRET_AUTH)).await;
-    let cluster = Cluster::start(Via::Redis).await;
+    let (up, cluster) = upstream_and_cluster().await;
     // A lease far longer than the test: a killed owner stays unreclaimed.
     let env = [("WSGATE_LEASE_TTL_MS", "60000")];
     let mut a = cluster.node_env("node-a", &[], &env).await;
@@ -279,8 +285,7 @@ async fn calls_to_a_non_owner_are_forwarded_and_a_dead_owner_is_named() {
 
 #[tokio::test]
 async fn restart_rebuilds_and_clear_all_on_start_wipes() {
-    let up = Upstream::start(UpstreamConfig::default().require_auth(SECRET_AUTH)).await;
-    let cluster = Cluster::start(Via::Redis).await;
+    let (up, cluster) = upstream_and_cluster().await;
     let mut a = cluster.node("node-a", &[]).await;
     let id = connect(&a, &up, None).await;
     kill(&mut a, SIGKILL).await;
@@ -310,18 +315,18 @@ async fn restart_rebuilds_and_clear_all_on_start_wipes() {
     let (status, r) = a.get(&format!("/api/v1/upstreams/{id}")).await;
     assert_eq!(status, 404, "{r}");
     assert_eq!(owner_of(&cluster, &id).await, None);
-    assert!(
-        up.wait_for(Duration::from_millis(800), |l| l.handshakes > 2)
-            .await
-            .is_err(),
-        "a wiped record was re-established"
-    );
+    assert_no_handshake_past(
+        &up,
+        2,
+        Duration::from_millis(800),
+        "a wiped record was re-established",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn rolling_restart_never_leaves_the_upstream_down_longer_than_the_hand_over() {
-    let up = Upstream::start(UpstreamConfig::default().require_auth(SECRET_AUTH)).await;
-    let cluster = Cluster::start(Via::Redis).await;
+    let (up, cluster) = upstream_and_cluster().await;
     let names = ["node-a", "node-b", "node-c"];
     let mut nodes = Vec::new();
     for name in names {
@@ -353,7 +358,7 @@ async fn rolling_restart_never_leaves_the_upstream_down_longer_than_the_hand_ove
         let log = up.log();
         let expected = before + u64::from(owner == names[i]);
         assert_eq!(
-            log.handshakes as u64, expected,
+            log.handshakes, expected,
             "restarting {} moved nothing else",
             names[i]
         );

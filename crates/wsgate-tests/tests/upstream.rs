@@ -20,6 +20,13 @@ async fn upstream_and_node(config: UpstreamConfig) -> (Upstream, TestServer) {
     (Upstream::start(config).await, TestServer::start().await)
 }
 
+/// [`upstream_and_node`] with an upstream that refuses handshakes until told otherwise.
+async fn refusing_upstream_and_node() -> (Upstream, TestServer) {
+    let (up, srv) = upstream_and_node(UpstreamConfig::default()).await;
+    up.set_refusing(true);
+    (up, srv)
+}
+
 fn fast_reconnect() -> Value {
     json!({"initial_ms": 2, "max_ms": 20, "max_attempts": null, "jitter": 0.0})
 }
@@ -199,8 +206,7 @@ async fn reconnect_runs_auth_then_replays_subscriptions() {
 
 #[tokio::test]
 async fn gives_up_after_max_attempts_and_shows_an_open_breaker() {
-    let (up, srv) = upstream_and_node(UpstreamConfig::default()).await;
-    up.set_refusing(true);
+    let (up, srv) = refusing_upstream_and_node().await;
 
     let (id, _) = connect(
         &srv,
@@ -563,8 +569,7 @@ async fn seed_000_error_strings_over_http() {
 
 #[tokio::test]
 async fn outbox_mode_queues_while_disconnected() {
-    let (up, srv) = upstream_and_node(UpstreamConfig::default()).await;
-    up.set_refusing(true);
+    let (up, srv) = refusing_upstream_and_node().await;
     let (id, r) = connect(
         &srv,
         json!({"url": up.url(), "offline": "outbox", "wait_ms": 0,
