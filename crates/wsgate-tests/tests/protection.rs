@@ -42,6 +42,12 @@ impl Watcher {
         assert_eq!(m["op"], "message", "{m}");
         assert_eq!(m["data"]["n"], n, "watcher missed a publication: {m}");
     }
+
+    /// The last [`Self::check`], then the node's shutdown: how every test here ends.
+    async fn finish(mut self, srv: TestServer) {
+        self.check(&srv).await;
+        srv.shutdown().await;
+    }
 }
 
 /// Tries an upgrade with extra headers; `Ok(client)` on 101, `Err((status, retry_after))`.
@@ -106,8 +112,7 @@ async fn node_connection_limit_answers_503_and_turns_ready_false() {
         }
     })
     .await;
-    w.check(&srv).await;
-    srv.shutdown().await;
+    w.finish(srv).await;
 }
 
 #[tokio::test]
@@ -130,8 +135,7 @@ async fn per_ip_limits_answer_429_and_honour_only_trusted_proxies() {
     let _c = try_upgrade(&srv, &[("forwarded", "for=198.51.100.1")])
         .await
         .expect("other client IP");
-    w.check(&srv).await;
-    srv.shutdown().await;
+    w.finish(srv).await;
 
     // Untrusted peer: the header is ignored, so it cannot dodge the limit by lying.
     let srv = TestServer::with(|c| {
@@ -148,8 +152,7 @@ async fn per_ip_limits_answer_429_and_honour_only_trusted_proxies() {
         .err()
         .expect("a forged header does not help");
     assert_eq!(status, 429);
-    w.check(&srv).await;
-    srv.shutdown().await;
+    w.finish(srv).await;
 }
 
 #[tokio::test]
@@ -178,8 +181,7 @@ async fn per_ip_connect_rate_answers_429_with_retry_after() {
     let secs: u64 = retry.expect("Retry-After").parse().unwrap();
     assert!((1..=2).contains(&secs), "Retry-After {secs}");
     assert!(rejections(&srv, "ip_rate").await >= 1.0);
-    w.check(&srv).await;
-    srv.shutdown().await;
+    w.finish(srv).await;
 }
 
 #[tokio::test]
@@ -197,8 +199,7 @@ async fn browser_origins_outside_the_allow_list_get_403() {
     try_upgrade(&srv, &[("origin", "https://app.example.com")])
         .await
         .expect("listed origin");
-    w.check(&srv).await;
-    srv.shutdown().await;
+    w.finish(srv).await;
 
     // Default: no origin listed, browsers refused; --allow-any-origin lets them in.
     let srv = TestServer::start().await;
@@ -238,8 +239,7 @@ async fn a_user_over_its_connection_limit_is_closed_with_4029() {
     assert_eq!(code, 4029);
     assert!(texts.is_empty(), "refused before hello: {texts:?}");
     assert_eq!(rejections(&srv, "user_connections").await, 1.0);
-    w.check(&srv).await;
-    srv.shutdown().await;
+    w.finish(srv).await;
 }
 
 #[tokio::test]
@@ -279,8 +279,7 @@ async fn inbound_message_rate_answers_rate_limited_then_closes_4029() {
     .await;
     srv.await_metric("wsgate_rate_limited_frames_total{kind=\"messages\"}", 20.0)
         .await;
-    w.check(&srv).await;
-    srv.shutdown().await;
+    w.finish(srv).await;
 }
 
 #[tokio::test]
@@ -301,8 +300,7 @@ async fn inbound_byte_rate_drops_frames_with_an_error() {
     assert_eq!(e["code"], "rate_limited", "{e}");
     srv.await_metric("wsgate_rate_limited_frames_total{kind=\"bytes\"}", 1.0)
         .await;
-    w.check(&srv).await;
-    srv.shutdown().await;
+    w.finish(srv).await;
 }
 
 #[tokio::test]
@@ -339,8 +337,7 @@ async fn a_client_that_never_upgrades_is_dropped_after_the_handshake_timeout() {
         2.0,
     )
     .await;
-    w.check(&srv).await;
-    srv.shutdown().await;
+    w.finish(srv).await;
 }
 
 #[tokio::test]
@@ -647,8 +644,7 @@ async fn hostile_clients_get_rfc_answers_and_others_keep_being_served() {
         }
     })
     .await;
-    w.check(&srv).await;
-    srv.shutdown().await;
+    w.finish(srv).await;
 }
 
 #[tokio::test]
