@@ -36,6 +36,21 @@ macro_rules! call {
     };
 }
 
+/// [`call!`] whose reply must say `success` (else the test fails with the reply's error).
+macro_rules! call_ok {
+    ($c:expr, $method:ident, $req:expr) => {{
+        let r = call!($c, $method, $req);
+        assert!(r.success, "{}", r.error);
+        r
+    }};
+}
+
+/// Asserts that a reply failed with exactly `expected` as its error.
+#[track_caller]
+fn assert_failed(success: bool, error: &str, expected: &str) {
+    assert_eq!((success, error), (false, expected));
+}
+
 fn fast_reconnect() -> ReconnectPolicy {
     ReconnectPolicy {
         initial_ms: 2,
@@ -62,14 +77,13 @@ fn gateway_of(c: Option<Connection>) -> GatewayConnection {
 async fn await_state(c: &mut Grpc, id: &str, state: &str) -> UpstreamConnection {
     within(&format!("upstream {id} {state}"), async {
         loop {
-            let r = call!(
+            let r = call_ok!(
                 c,
                 get_connection,
                 GetConnectionRequest {
                     connection_id: id.into()
                 }
             );
-            assert!(r.success, "{}", r.error);
             let u = upstream_of(r.connection);
             if u.state == state {
                 return u;
@@ -89,7 +103,7 @@ async fn gateway_operations() {
     a.subscribe("news").await;
 
     // Publish reaches the subscriber, with its offset.
-    let r = call!(
+    let r = call_ok!(
         c,
         publish,
         PublishRequest {
@@ -98,7 +112,6 @@ async fn gateway_operations() {
             exclude_user: None,
         }
     );
-    assert!(r.success, "{}", r.error);
     assert_eq!((r.channel.as_str(), r.offset, r.delivered), ("news", 1, 1));
     assert!(!r.epoch.is_empty());
     assert_eq!(
@@ -107,7 +120,7 @@ async fn gateway_operations() {
     );
 
     // SendToUser and SendToConnection reach only their target.
-    let r = call!(
+    let r = call_ok!(
         c,
         send_to_user,
         SendToUserRequest {
@@ -115,7 +128,6 @@ async fn gateway_operations() {
             data: r#"{"to":"user"}"#.into(),
         }
     );
-    assert!(r.success, "{}", r.error);
     assert_eq!(r.delivered, 1);
     assert_eq!(b.recv().await["data"], json!({"to":"user"}));
     let r = call!(
@@ -140,14 +152,13 @@ async fn gateway_operations() {
     assert_eq!(b.recv().await["data"], "marker");
 
     // Presence.
-    let p = call!(
+    let p = call_ok!(
         c,
         presence,
         PresenceRequest {
             channel: "news".into()
         }
     );
-    assert!(p.success, "{}", p.error);
     assert_eq!((p.connections, p.users.clone()), (1, vec![a.user()]));
 
     // Errors: the HTTP API's strings, success=false, status OK.
@@ -159,10 +170,7 @@ async fn gateway_operations() {
             data: "1".into(),
         }
     );
-    assert_eq!(
-        (r.success, r.error.as_str()),
-        (false, "Connection not found")
-    );
+    assert_failed(r.success, &r.error, "Connection not found");
     let r = call!(
         c,
         publish,
@@ -200,7 +208,7 @@ async fn gateway_operations() {
     assert_eq!(r.error, "Connection not found");
 
     // DisconnectClient closes the socket.
-    let r = call!(
+    call_ok!(
         c,
         disconnect_client,
         DisconnectClientRequest {
@@ -208,7 +216,6 @@ async fn gateway_operations() {
             reason: Some("bye".into()),
         }
     );
-    assert!(r.success, "{}", r.error);
     let (code, _) = b.closed().await;
     assert_ne!(code, 1001, "closed by the API, not by shutdown");
     srv.shutdown().await;
@@ -220,7 +227,7 @@ async fn upstream_operations_and_connection_views() {
     let srv = TestServer::start().await;
     let mut c = grpc(&srv).await;
 
-    let r = call!(
+    let r = call_ok!(
         c,
         connect,
         ConnectRequest {
@@ -236,12 +243,11 @@ async fn upstream_operations_and_connection_views() {
             ..Default::default()
         }
     );
-    assert!(r.success, "{}", r.error);
     assert_eq!(r.state, "connected");
     let id = r.connection_id;
 
     // Send and SendRaw reach the upstream.
-    let r = call!(
+    call_ok!(
         c,
         send,
         SendRequest {
@@ -249,8 +255,7 @@ async fn upstream_operations_and_connection_views() {
             message: "hello upstream".into(),
         }
     );
-    assert!(r.success, "{}", r.error);
-    let r = call!(
+    call_ok!(
         c,
         send_raw,
         SendRawRequest {
@@ -258,7 +263,6 @@ async fn upstream_operations_and_connection_views() {
             data: vec![0, 1, 2, 255],
         }
     );
-    assert!(r.success, "{}", r.error);
     let log = up.wait_for(WAIT, |l| l.received.len() >= 3).await.unwrap();
     let frames: Vec<&Message> = log.received.iter().map(|r| &r.msg).collect();
     assert_eq!(
@@ -272,7 +276,7 @@ async fn upstream_operations_and_connection_views() {
     );
 
     // SendAsync: the correlated reply comes back as text.
-    let r = call!(
+    let r = call_ok!(
         c,
         send_async,
         SendAsyncRequest {
@@ -283,7 +287,6 @@ async fn upstream_operations_and_connection_views() {
             timeout_ms: Some(5_000),
         }
     );
-    assert!(r.success, "{}", r.error);
     let Some(send_async_reply::Response::Text(text)) = r.response else {
         panic!("expected a text reply: {:?}", r.response);
     };
@@ -295,7 +298,7 @@ async fn upstream_operations_and_connection_views() {
     // StartPublish: a gateway client on topic:<name> receives the upstream's broadcast.
     let mut browser = Client::connect(&srv.ws_url()).await;
     browser.subscribe("topic:btc").await;
-    let r = call!(
+    let r = call_ok!(
         c,
         start_publish,
         StartPublishRequest {
@@ -303,7 +306,6 @@ async fn upstream_operations_and_connection_views() {
             topic: "btc".into(),
         }
     );
-    assert!(r.success, "{}", r.error);
     assert_eq!((r.topic.as_str(), r.channel.as_str()), ("btc", "topic:btc"));
     up.broadcast(Message::from(r#"{"price":42}"#.to_string()));
     let m = browser.recv().await;
@@ -343,8 +345,7 @@ async fn upstream_operations_and_connection_views() {
     );
 
     // ListConnections shows both kinds, sorted by id; filters as GET /connections.
-    let l = call!(c, list_connections, ListConnectionsRequest::default());
-    assert!(l.success, "{}", l.error);
+    let l = call_ok!(c, list_connections, ListConnectionsRequest::default());
     assert_eq!(l.total, 2);
     let mut ids: Vec<String> = l
         .connections
@@ -387,20 +388,16 @@ async fn upstream_operations_and_connection_views() {
             ..Default::default()
         }
     );
-    assert_eq!(
-        (l.success, l.error.as_str()),
-        (false, "kind is gateway or upstream")
-    );
+    assert_failed(l.success, &l.error, "kind is gateway or upstream");
 
     // StopPublish, then Disconnect; afterwards the id is unknown.
-    let r = call!(
+    call_ok!(
         c,
         stop_publish,
         StopPublishRequest {
             connection_id: id.clone()
         }
     );
-    assert!(r.success, "{}", r.error);
     let u = upstream_of(
         call!(
             c,
@@ -412,14 +409,13 @@ async fn upstream_operations_and_connection_views() {
         .connection,
     );
     assert_eq!(u.publish_topic, None);
-    let r = call!(
+    call_ok!(
         c,
         disconnect,
         DisconnectRequest {
             connection_id: id.clone()
         }
     );
-    assert!(r.success, "{}", r.error);
     up.wait_for(WAIT, |l| l.client_closes >= 1 && l.active == 0)
         .await
         .unwrap();
@@ -431,10 +427,7 @@ async fn upstream_operations_and_connection_views() {
             message: "x".into(),
         }
     );
-    assert_eq!(
-        (r.success, r.error.as_str()),
-        (false, "Connection not found")
-    );
+    assert_failed(r.success, &r.error, "Connection not found");
     srv.shutdown().await;
 }
 
@@ -531,14 +524,15 @@ async fn seed_000_errors() {
             message: "x".into()
         }
     );
-    assert_eq!(
-        (r.success, r.error.as_str()),
-        (false, "Connection owned by different instance: other-node")
+    assert_failed(
+        r.success,
+        &r.error,
+        "Connection owned by different instance: other-node",
     );
 
     // Request timeout: an upstream that never answers UUID-prefixed requests.
     let quiet = Upstream::start(UpstreamConfig::default()).await;
-    let r = call!(
+    let r = call_ok!(
         c,
         connect,
         ConnectRequest {
@@ -547,7 +541,6 @@ async fn seed_000_errors() {
             ..Default::default()
         }
     );
-    assert!(r.success, "{}", r.error);
     let r = call!(
         c,
         send_async,
@@ -557,11 +550,11 @@ async fn seed_000_errors() {
             timeout_ms: Some(100),
         }
     );
-    assert_eq!((r.success, r.error.as_str()), (false, "Request timeout"));
+    assert_failed(r.success, &r.error, "Request timeout");
 
     // Not connected: the socket dropped, reconnect far away.
     let up = Upstream::start(UpstreamConfig::default()).await;
-    let r = call!(
+    let r = call_ok!(
         c,
         connect,
         ConnectRequest {
@@ -575,7 +568,6 @@ async fn seed_000_errors() {
             ..Default::default()
         }
     );
-    assert!(r.success, "{}", r.error);
     let down = r.connection_id;
     up.drop_all();
     await_state(&mut c, &down, "reconnecting").await;
@@ -587,10 +579,7 @@ async fn seed_000_errors() {
             message: "x".into()
         }
     );
-    assert_eq!(
-        (r.success, r.error.as_str()),
-        (false, "WebSocket is not connected")
-    );
+    assert_failed(r.success, &r.error, "WebSocket is not connected");
     let r = call!(
         c,
         send_raw,
@@ -763,23 +752,7 @@ async fn python_grpcio_client() {
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("grpc-py-{}", std::process::id()));
     std::fs::create_dir_all(&out).unwrap();
-    let gen_out = within(
-        "grpc_tools.protoc",
-        tokio::process::Command::new("python3")
-            .args(["-m", "grpc_tools.protoc"])
-            .arg(format!("-I{}", proto.display()))
-            .arg(format!("--python_out={}", out.display()))
-            .arg(format!("--grpc_python_out={}", out.display()))
-            .arg("wsgate/v1/wsgate.proto")
-            .output(),
-    )
-    .await
-    .expect("python3 (with `pip install grpcio grpcio-tools`; .ci/run installs them)");
-    assert!(
-        gen_out.status.success(),
-        "protoc via grpc_tools: {}",
-        String::from_utf8_lossy(&gen_out.stderr)
-    );
+    python_protoc(&proto, "wsgate/v1/wsgate.proto", &out).await;
 
     let script = r#"
 import json, sys
@@ -803,23 +776,7 @@ with grpc.insecure_channel(sys.argv[1]) as ch:
     let health_proto = out.join("grpc_health/v1");
     std::fs::create_dir_all(&health_proto).unwrap();
     std::fs::write(health_proto.join("health.proto"), HEALTH_PROTO).unwrap();
-    let gen_health = within(
-        "health stubs",
-        tokio::process::Command::new("python3")
-            .args(["-m", "grpc_tools.protoc"])
-            .arg(format!("-I{}", out.display()))
-            .arg(format!("--python_out={}", out.display()))
-            .arg(format!("--grpc_python_out={}", out.display()))
-            .arg("grpc_health/v1/health.proto")
-            .output(),
-    )
-    .await
-    .unwrap();
-    assert!(
-        gen_health.status.success(),
-        "{}",
-        String::from_utf8_lossy(&gen_health.stderr)
-    );
+    python_protoc(&out, "grpc_health/v1/health.proto", &out).await;
 
     let run = within(
         "python grpcio client",
@@ -852,6 +809,28 @@ with grpc.insecure_channel(sys.argv[1]) as ch:
     );
     let _ = std::fs::remove_dir_all(&out);
     srv.shutdown().await;
+}
+
+/// Generates the Python messages and gRPC stubs of `proto` (relative to `include`) into `out`
+/// with `grpc_tools.protoc`.
+async fn python_protoc(include: &std::path::Path, proto: &str, out: &std::path::Path) {
+    let generated = within(
+        "grpc_tools.protoc",
+        tokio::process::Command::new("python3")
+            .args(["-m", "grpc_tools.protoc"])
+            .arg(format!("-I{}", include.display()))
+            .arg(format!("--python_out={}", out.display()))
+            .arg(format!("--grpc_python_out={}", out.display()))
+            .arg(proto)
+            .output(),
+    )
+    .await
+    .expect("python3 (with `pip install grpcio grpcio-tools`; .ci/run installs them)");
+    assert!(
+        generated.status.success(),
+        "protoc via grpc_tools ({proto}): {}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
 }
 
 /// The standard `grpc.health.v1` proto (from the gRPC health checking protocol).

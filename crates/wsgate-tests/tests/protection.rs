@@ -123,7 +123,7 @@ async fn per_ip_limits_answer_429_and_honour_only_trusted_proxies() {
         c.limits.trusted_proxies = vec!["127.0.0.1/32".into()];
     })
     .await;
-    let mut w = Watcher::new(&srv).await;
+    let w = Watcher::new(&srv).await;
     let xff = [("x-forwarded-for", "203.0.113.9")];
     let _a = try_upgrade(&srv, &xff).await.expect("1st");
     let _b = try_upgrade(&srv, &xff).await.expect("2nd");
@@ -143,7 +143,7 @@ async fn per_ip_limits_answer_429_and_honour_only_trusted_proxies() {
         c.limits.ip_connect_rate = 0;
     })
     .await;
-    let mut w = Watcher::new(&srv).await;
+    let w = Watcher::new(&srv).await;
     let _a = try_upgrade(&srv, &[("x-forwarded-for", "1.1.1.1")])
         .await
         .expect("2nd from 127.0.0.1");
@@ -163,7 +163,7 @@ async fn per_ip_connect_rate_answers_429_with_retry_after() {
         c.limits.trusted_proxies = vec!["127.0.0.1".into()];
     })
     .await;
-    let mut w = Watcher::new(&srv).await;
+    let w = Watcher::new(&srv).await;
     let storm = [("x-forwarded-for", "192.0.2.77")];
     let mut refused = None;
     // 1/s with a burst of 2: of five attempts in a row, at least one is refused.
@@ -189,7 +189,7 @@ async fn browser_origins_outside_the_allow_list_get_403() {
     let srv =
         TestServer::with(|c| c.limits.allowed_origins = vec!["https://app.example.com".into()])
             .await;
-    let mut w = Watcher::new(&srv).await;
+    let w = Watcher::new(&srv).await;
     let (status, _) = try_upgrade(&srv, &[("origin", "https://evil.example.net")])
         .await
         .err()
@@ -250,7 +250,7 @@ async fn inbound_message_rate_answers_rate_limited_then_closes_4029() {
         c.ws.rate_limit_strikes = 20;
     })
     .await;
-    let mut w = Watcher::new(&srv).await;
+    let w = Watcher::new(&srv).await;
     let mut flood = Client::connect(&srv.ws_url()).await;
     for _ in 0..40 {
         let _ = flood
@@ -290,7 +290,7 @@ async fn inbound_byte_rate_drops_frames_with_an_error() {
         c.ws.client_byte_burst = 1024;
     })
     .await;
-    let mut w = Watcher::new(&srv).await;
+    let w = Watcher::new(&srv).await;
     let mut c = Client::connect(&srv.ws_url()).await;
     let big = format!(r#"{{"op":"ping","ts":"{}"}}"#, "x".repeat(700));
     c.send_text(&big).await;
@@ -306,7 +306,7 @@ async fn inbound_byte_rate_drops_frames_with_an_error() {
 #[tokio::test]
 async fn a_client_that_never_upgrades_is_dropped_after_the_handshake_timeout() {
     let srv = TestServer::with(|c| c.listener.handshake_timeout_ms = 300).await;
-    let mut w = Watcher::new(&srv).await;
+    let w = Watcher::new(&srv).await;
     let started = std::time::Instant::now();
     let mut silent = TcpStream::connect(srv.addr).await.unwrap();
     let mut partial = TcpStream::connect(srv.addr).await.unwrap();
