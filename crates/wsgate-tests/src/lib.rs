@@ -211,6 +211,21 @@ async fn json_answer(req: reqwest::RequestBuilder) -> (u16, Value) {
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
+/// One publisher of an ordering test: publishes `{"p": p, "i": i}` to `channel` for `i` in
+/// `0..count`, one request after the other, each answered 200.
+pub async fn publish_numbered(publish_url: String, channel: &'static str, p: u64, count: u64) {
+    let client = http();
+    for i in 0..count {
+        let r = client
+            .post(&publish_url)
+            .json(&serde_json::json!({"channel":channel,"data":{"p":p,"i":i}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+}
+
 /// No idle keep-alive connections: a pooled connection keeps a server task and socket alive,
 /// which would blur the leak tests' task and descriptor counts.
 pub fn http() -> reqwest::Client {

@@ -93,18 +93,7 @@ async fn per_channel_order_holds_under_concurrent_publishers() {
     let mut tasks = Vec::new();
     for p in 0..PUBLISHERS {
         let url = srv.http("/api/v1/publish");
-        tasks.push(tokio::spawn(async move {
-            let client = http();
-            for i in 0..EACH {
-                let r = client
-                    .post(&url)
-                    .json(&json!({"channel":"orders","data":{"p":p,"i":i}}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 200);
-            }
-        }));
+        tasks.push(tokio::spawn(publish_numbered(url, "orders", p, EACH)));
     }
     for t in tasks {
         t.await.unwrap();
