@@ -258,6 +258,13 @@ impl Client {
         c
     }
 
+    /// [`Client::connect`], then [`Client::subscribe`] to `channel` (answered `subscribed`).
+    pub async fn subscribed(url: &str, channel: &str) -> Self {
+        let mut c = Self::connect(url).await;
+        c.subscribe(channel).await;
+        c
+    }
+
     pub fn id(&self) -> String {
         self.hello["connection_id"].as_str().unwrap().to_string()
     }

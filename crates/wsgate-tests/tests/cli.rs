@@ -103,8 +103,7 @@ async fn connect_handshake_failure_shows_the_http_status() {
 #[tokio::test]
 async fn connections_lists_and_shows_a_client() {
     let srv = TestServer::start().await;
-    let mut client = Client::connect(&srv.ws_url()).await;
-    client.subscribe("room-7").await;
+    let client = Client::subscribed(&srv.ws_url(), "room-7").await;
     let server = format!("http://{}", srv.addr);
 
     let out = wsgate(&["connections", "--server", &server], "").await;

@@ -71,8 +71,7 @@ async fn cross_node_delivery_and_presence(via: Via) {
     assert_eq!(status, 404);
 
     // Presence is cluster-wide: seen from both nodes, with members on both.
-    let mut on_a = Client::connect(&a.ws_url()).await;
-    on_a.subscribe("room").await;
+    let mut on_a = Client::subscribed(&a.ws_url(), "room").await;
     let mut users = vec![on_a.user(), on_b.user()];
     users.sort();
     for node in [&a, &b] {
@@ -99,8 +98,7 @@ async fn order_across_nodes(via: Via) {
     let mut subs = Vec::new();
     for node in &nodes {
         for _ in 0..2 {
-            let mut c = Client::connect(&node.ws_url()).await;
-            c.subscribe("ordered").await;
+            let c = Client::subscribed(&node.ws_url(), "ordered").await;
             subs.push(c);
         }
     }
@@ -216,8 +214,7 @@ async fn redis_outage_turns_ready_off_and_traffic_resumes() {
     let mut cluster = Cluster::start(Via::Redis).await;
     let mut a = cluster.node("out-a", &[]).await;
     let mut b = cluster.node("out-b", &[]).await;
-    let mut on_b = Client::connect(&b.ws_url()).await;
-    on_b.subscribe("live").await;
+    let mut on_b = Client::subscribed(&b.ws_url(), "live").await;
     assert_eq!(a.publish("live", json!("before")).await, 1);
     assert_eq!(on_b.recv().await["data"], "before");
 
@@ -282,10 +279,8 @@ async fn presence_of_a_killed_node_expires_within_the_ttl() {
     let ttl = TTL_MS.to_string();
     let a = cluster.node("doomed", &["--presence-ttl-ms", &ttl]).await;
     let b = cluster.node("survivor", &["--presence-ttl-ms", &ttl]).await;
-    let mut on_a = Client::connect(&a.ws_url()).await;
-    on_a.subscribe("lobby").await;
-    let mut on_b = Client::connect(&b.ws_url()).await;
-    on_b.subscribe("lobby").await;
+    let on_a = Client::subscribed(&a.ws_url(), "lobby").await;
+    let on_b = Client::subscribed(&b.ws_url(), "lobby").await;
     assert_eq!(b.presence("lobby").await["connections"], 2);
 
     a.0.signal(SIGKILL);

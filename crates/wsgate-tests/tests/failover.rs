@@ -81,8 +81,7 @@ async fn sigkill_owner_fails_over_to_exactly_one_survivor() {
     assert_eq!(owner_of(&cluster, &id).await.as_deref(), Some("node-a"));
 
     // A browser on a surviving node follows the upstream's topic.
-    let mut browser = Client::connect(&b.ws_url()).await;
-    browser.subscribe("topic:feed").await;
+    let mut browser = Client::subscribed(&b.ws_url(), "topic:feed").await;
     up.broadcast(Message::from(r#"{"n":1}"#));
     assert_eq!(browser.recv().await["data"], json!({"n": 1}));
 

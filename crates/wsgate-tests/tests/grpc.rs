@@ -296,8 +296,7 @@ async fn upstream_operations_and_connection_views() {
     assert_eq!(reply["echo"]["n"], 5);
 
     // StartPublish: a gateway client on topic:<name> receives the upstream's broadcast.
-    let mut browser = Client::connect(&srv.ws_url()).await;
-    browser.subscribe("topic:btc").await;
+    let mut browser = Client::subscribed(&srv.ws_url(), "topic:btc").await;
     let r = call_ok!(
         c,
         start_publish,
@@ -745,8 +744,7 @@ async fn disabled_grpc_binds_nothing() {
 #[tokio::test]
 async fn python_grpcio_client() {
     let srv = TestServer::start().await;
-    let mut ws = Client::connect(&srv.ws_url()).await;
-    ws.subscribe("py").await;
+    let mut ws = Client::subscribed(&srv.ws_url(), "py").await;
 
     let proto = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))

@@ -22,8 +22,7 @@ struct Watcher {
 
 impl Watcher {
     async fn new(srv: &TestServer) -> Self {
-        let mut client = Client::connect(&srv.ws_url()).await;
-        client.subscribe("watch").await;
+        let client = Client::subscribed(&srv.ws_url(), "watch").await;
         Self {
             client,
             published: 0,
@@ -674,8 +673,7 @@ async fn secrets_never_reach_the_logs_or_the_api() {
     let addr = line.rsplit("http://").next().unwrap().to_string();
     let token = hs256_token(JWT_SECRET, json!({"sub":"alice","exp":in_a_minute()}));
     // A good token, a bad one, API calls with the right key and a wrong one.
-    let mut c = Client::connect(&format!("ws://{addr}/ws?token={token}")).await;
-    c.subscribe("s").await;
+    let c = Client::subscribed(&format!("ws://{addr}/ws?token={token}"), "s").await;
     let (ws, _) = within(
         "upgrade",
         tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token=bad.{API_KEY}.x")),

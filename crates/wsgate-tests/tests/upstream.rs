@@ -387,8 +387,7 @@ async fn send_async_uuid_prefix_among_interleaved_traffic() {
 async fn publish_reaches_gateway_subscribers_until_stopped() {
     let (up, srv) = upstream_and_node(UpstreamConfig::default()).await;
     let (id, _) = connect(&srv, json!({"url": up.url()})).await;
-    let mut browser = Client::connect(&srv.ws_url()).await;
-    browser.subscribe("topic:feed").await;
+    let mut browser = Client::subscribed(&srv.ws_url(), "topic:feed").await;
 
     let (status, r) = srv
         .upstream_post(&id, "publish/start", json!({"topic": "feed"}))
