@@ -130,6 +130,13 @@ impl TestServer {
         get_json(&self.http(path)).await
     }
 
+    /// [`Self::upstream_post`] that must answer `status`; the JSON answer.
+    pub async fn upstream_call(&self, id: &str, op: &str, body: Value, status: u16) -> Value {
+        let (got, r) = self.upstream_post(id, op, body).await;
+        assert_eq!(got, status, "{r}");
+        r
+    }
+
     /// `POST /api/v1/upstreams/{id}/{op}` (`send`, `subscriptions`, `publish/start`, …).
     pub async fn upstream_post(&self, id: &str, op: &str, body: Value) -> (u16, Value) {
         self.post(&upstream_path(id, op), body).await

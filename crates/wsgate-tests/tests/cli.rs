@@ -18,6 +18,37 @@ struct Output {
     stderr: String,
 }
 
+impl Output {
+    /// Asserts that stdout contains `needle`.
+    #[track_caller]
+    fn stdout_has(&self, needle: &str) {
+        expect_text("stdout", &self.stdout, needle, true);
+    }
+
+    /// Asserts that stderr contains `needle`.
+    #[track_caller]
+    fn stderr_has(&self, needle: &str) {
+        expect_text("stderr", &self.stderr, needle, true);
+    }
+
+    /// Asserts that stderr does not contain `needle`.
+    #[track_caller]
+    fn stderr_lacks(&self, needle: &str) {
+        expect_text("stderr", &self.stderr, needle, false);
+    }
+}
+
+/// Asserts that `text` (the stream `name`) contains `needle`, or does not (`present` false).
+#[track_caller]
+fn expect_text(name: &str, text: &str, needle: &str, present: bool) {
+    let verb = if present { "lacks" } else { "has" };
+    assert_eq!(
+        text.contains(needle),
+        present,
+        "{name} {verb} {needle:?}: {text}"
+    );
+}
+
 /// Runs `wsgate ARGS` with `stdin` as its input, bounded.
 async fn wsgate(args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(support::wsgate_bin())
@@ -45,11 +76,17 @@ async fn wsgate(args: &[&str], stdin: &str) -> Output {
     o
 }
 
+/// [`wsgate`] that must exit 0.
+async fn wsgate_ok(args: &[&str], stdin: &str) -> Output {
+    let out = wsgate(args, stdin).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    out
+}
+
 #[tokio::test]
 async fn connect_in_a_pipe_prints_hello_and_pong_then_closes() {
     let srv = TestServer::start().await;
-    let out = wsgate(&["connect", &srv.ws_url()], "{\"op\":\"ping\",\"ts\":1}\n").await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = wsgate_ok(&["connect", &srv.ws_url()], "{\"op\":\"ping\",\"ts\":1}\n").await;
     let hello = out
         .stdout
         .lines()
@@ -68,20 +105,15 @@ async fn connect_in_a_pipe_prints_hello_and_pong_then_closes() {
         out.stdout
     );
     assert!(hello < pong, "hello comes first");
-    assert!(
-        out.stdout.contains("< [close 1000"),
-        "the server's close is printed: {}",
-        out.stdout
-    );
+    out.stdout_has("< [close 1000"); // the server's close is printed
     srv.shutdown().await;
 }
 
 #[tokio::test]
 async fn connect_pretty_prints_json() {
     let srv = TestServer::start().await;
-    let out = wsgate(&["connect", "--json", &srv.ws_url()], "").await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(out.stdout.contains("\"op\": \"hello\""), "{}", out.stdout);
+    let out = wsgate_ok(&["connect", "--json", &srv.ws_url()], "").await;
+    out.stdout_has("\"op\": \"hello\"");
     srv.shutdown().await;
 }
 
@@ -91,12 +123,8 @@ async fn connect_handshake_failure_shows_the_http_status() {
     let url = format!("ws://{}/not-a-websocket", srv.addr);
     let out = wsgate(&["connect", &url], "").await;
     assert_ne!(out.code, 0);
-    assert!(out.stderr.contains("HTTP 404"), "{}", out.stderr);
-    assert!(
-        !out.stderr.contains("backtrace"),
-        "one plain line: {}",
-        out.stderr
-    );
+    out.stderr_has("HTTP 404");
+    out.stderr_lacks("backtrace"); // one plain line
     srv.shutdown().await;
 }
 
@@ -106,8 +134,7 @@ async fn connections_lists_and_shows_a_client() {
     let client = Client::subscribed(&srv.ws_url(), "room-7").await;
     let server = format!("http://{}", srv.addr);
 
-    let out = wsgate(&["connections", "--server", &server], "").await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = wsgate_ok(&["connections", "--server", &server], "").await;
     let row = out.stdout.lines().find(|l| l.starts_with(&client.id()));
     let row = row.unwrap_or_else(|| panic!("no row for {}: {}", client.id(), out.stdout));
     assert!(
@@ -133,17 +160,12 @@ async fn connections_lists_and_shows_a_client() {
         serde_json::json!([])
     );
 
-    let out = wsgate(
+    let out = wsgate_ok(
         &["connections", "show", &client.id(), "--server", &server],
         "",
     )
     .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(
-        out.stdout.contains("last_heartbeat_ms_ago"),
-        "{}",
-        out.stdout
-    );
+    out.stdout_has("last_heartbeat_ms_ago");
     assert!(
         out.stdout
             .lines()
@@ -158,11 +180,7 @@ async fn connections_lists_and_shows_a_client() {
     )
     .await;
     assert_eq!(out.code, 1);
-    assert!(
-        out.stderr.contains("Connection not found"),
-        "{}",
-        out.stderr
-    );
+    out.stderr_has("Connection not found");
     srv.shutdown().await;
 }
 
@@ -220,13 +238,12 @@ async fn connections_asks_for_the_api_key() {
     let server = format!("http://{}", srv.addr);
     let out = wsgate(&["connections", "--server", &server], "").await;
     assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("--api-key"), "{}", out.stderr);
-    let out = wsgate(
+    out.stderr_has("--api-key");
+    wsgate_ok(
         &["connections", "--server", &server, "--api-key", "sekrit"],
         "",
     )
     .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
     srv.shutdown().await;
 }
 
@@ -307,7 +324,7 @@ async fn doctor_fails_tcp_where_nothing_listens() {
     assert_eq!(out.code, 1);
     let tcp = line(&out.stdout, "FAIL", "tcp").unwrap_or_else(|| panic!("{}", out.stdout));
     assert!(tcp.contains("refused"), "{tcp}");
-    assert!(out.stdout.contains("fix    start wsgate"), "{}", out.stdout);
+    out.stdout_has("fix    start wsgate");
     assert!(
         line(&out.stdout, "PASS", "upgrade").is_none(),
         "stops after TCP"
@@ -448,11 +465,7 @@ async fn doctor_fails_delivery_between_nodes_without_a_shared_broker() {
         "names both nodes: {d}"
     );
     assert!(d.contains("node node-b did not receive"), "{d}");
-    assert!(
-        out.stdout.contains("#messages-not-delivered-cross-node"),
-        "{}",
-        out.stdout
-    );
+    out.stdout_has("#messages-not-delivered-cross-node");
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -483,7 +496,7 @@ async fn doctor_idle_hold_answers_pings_and_catches_a_proxy_timeout() {
     assert_eq!(out.code, 1, "{}", out.stdout);
     let idle = line(&out.stdout, "FAIL", "idle").unwrap_or_else(|| panic!("{}", out.stdout));
     assert!(idle.contains("without a close frame"), "{idle}");
-    assert!(out.stdout.contains("proxy-read-timeout"), "{}", out.stdout);
+    out.stdout_has("proxy-read-timeout");
     srv.shutdown().await;
 }
 
@@ -585,11 +598,7 @@ async fn doctor_finds_an_index_entry_without_its_record() {
         index.contains("ghost-7") && !index.contains("live-1"),
         "{index}"
     );
-    assert!(
-        out.stdout.contains("#state-store-out-of-sync"),
-        "{}",
-        out.stdout
-    );
+    out.stdout_has("#state-store-out-of-sync");
     let leases =
         line(&out.stdout, "PASS", "redis-leases").unwrap_or_else(|| panic!("{}", out.stdout));
     assert!(leases.contains("node-a"), "{leases}");

@@ -236,46 +236,33 @@ async fn calls_to_a_non_owner_are_forwarded_and_a_dead_owner_is_named() {
     let b = cluster.node_env("node-b", &[], &env).await;
     let id = connect(&a, &up, None).await;
 
-    let (status, r) = b
-        .upstream_post(&id, "send", json!({"message": "via-b"}))
+    b.upstream_call(&id, "send", json!({"message": "via-b"}), 200)
         .await;
-    assert_eq!(status, 200, "{r}");
     up.wait_for(WAIT, |l| l.texts_on(1).iter().any(|t| t == "via-b"))
         .await
         .unwrap();
-    let (status, r) = b
-        .upstream_post(
+    let r = b
+        .upstream_call(
             &id,
             "send-async",
             json!({"message": {"op": "request", "id": "q1", "n": 7}, "timeout_ms": 5000}),
+            200,
         )
         .await;
-    assert_eq!(status, 200, "{r}");
     assert_eq!(r["response"]["id"], "q1", "{r}");
     assert_eq!(r["response"]["echo"]["n"], 7, "{r}");
     // Errors come back as the owner answered them.
-    let (status, r) = b
-        .upstream_post(
-            &id,
-            "subscriptions",
-            json!({"add": [{"key": "", "message": "x"}]}),
-        )
-        .await;
-    assert_eq!(status, 400, "{r}");
-    let (status, r) = b
-        .upstream_post(
-            &id,
-            "subscriptions",
-            json!({"add": [{"key": "book", "message": "SUB book"}]}),
-        )
-        .await;
-    assert_eq!(status, 200, "{r}");
+    for (key, message, status) in [("", "x", 400), ("book", "SUB book", 200)] {
+        let add = json!({"add": [{"key": key, "message": message}]});
+        b.upstream_call(&id, "subscriptions", add, status).await;
+    }
     assert_eq!(metric(&b, "wsgate_upstream_forwarded_total").await, 3.0);
     assert_eq!(up.log().handshakes, 1, "nothing re-established");
 
     kill(&mut a, SIGKILL).await;
-    let (status, r) = b.upstream_post(&id, "send", json!({"message": "x"})).await;
-    assert_eq!(status, 409, "{r}");
+    let r = b
+        .upstream_call(&id, "send", json!({"message": "x"}), 409)
+        .await;
     assert_eq!(
         r,
         json!({"success": false, "error": "Connection owned by different instance: node-a"})

@@ -94,8 +94,7 @@ async fn reconnect_runs_auth_then_replays_subscriptions() {
     upstream_log(&up, |l| l.count_on(1) == 3).await;
 
     // A subscription added through the API is sent now and tracked.
-    let (status, r) = srv.upstream_post(&id, "subscriptions", json!({"add": [{"key": "ticker", "message": "SUB ticker", "unsubscribe": "UNSUB ticker"}]})).await;
-    assert_eq!(status, 200, "{r}");
+    let r = srv.upstream_call(&id, "subscriptions", json!({"add": [{"key": "ticker", "message": "SUB ticker", "unsubscribe": "UNSUB ticker"}]}), 200).await;
     assert_eq!(r["subscriptions"], json!(["trades", "SUB book", "ticker"]));
     upstream_log(&up, |l| l.count_on(1) == 4).await;
 
@@ -163,10 +162,8 @@ async fn reconnect_runs_auth_then_replays_subscriptions() {
     assert_eq!(rec.owner, "test-node");
 
     // Removing sends the unsubscribe message and drops it from the next replay.
-    let (status, r) = srv
-        .upstream_post(&id, "subscriptions", json!({"remove": ["ticker"]}))
+    srv.upstream_call(&id, "subscriptions", json!({"remove": ["ticker"]}), 200)
         .await;
-    assert_eq!(status, 200, "{r}");
     upstream_log(&up, |l| {
         l.texts_on(2).last().is_some_and(|t| t == "UNSUB ticker")
     })
@@ -389,10 +386,9 @@ async fn publish_reaches_gateway_subscribers_until_stopped() {
     let (id, _) = connect(&srv, json!({"url": up.url()})).await;
     let mut browser = Client::subscribed(&srv.ws_url(), "topic:feed").await;
 
-    let (status, r) = srv
-        .upstream_post(&id, "publish/start", json!({"topic": "feed"}))
+    let r = srv
+        .upstream_call(&id, "publish/start", json!({"topic": "feed"}), 200)
         .await;
-    assert_eq!(status, 200, "{r}");
     assert_eq!(r["channel"], "topic:feed");
     up.broadcast(Message::from(r#"{"px":1.5}"#));
     up.broadcast(Message::from("plain text"));
@@ -577,10 +573,8 @@ async fn outbox_mode_queues_while_disconnected() {
     )
     .await;
     assert_ne!(r["state"], "connected");
-    let (status, r) = srv
-        .upstream_post(&id, "send", json!({"message": "queued"}))
+    srv.upstream_call(&id, "send", json!({"message": "queued"}), 200)
         .await;
-    assert_eq!(status, 200, "{r}");
     up.set_refusing(false);
     let log = upstream_log(&up, |l| l.count_on(1) == 2).await;
     assert_eq!(
