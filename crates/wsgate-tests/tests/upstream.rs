@@ -415,8 +415,7 @@ async fn publish_reaches_gateway_subscribers_until_stopped() {
         .unwrap();
     assert_eq!(rec.spec.publish_topic.as_deref(), Some("feed"));
 
-    let (status, _) = srv.upstream_post(&id, "publish/stop", json!({})).await;
-    assert_eq!(status, 200);
+    srv.upstream_call(&id, "publish/stop", json!({}), 200).await;
     up.broadcast(Message::from(r#"{"px":2}"#));
     // The pump has handled the message (received counter) before the sentinel goes out.
     srv.await_metric("wsgate_upstream_messages_received_total", 4.0)
@@ -551,14 +550,10 @@ async fn seed_000_error_strings_over_http() {
         assert!(status == 400 || status == 422, "{body}: {status} {r}");
         assert_eq!(r["success"], false);
     }
-    let (status, _) = srv
-        .upstream_post(&id, "send-raw", json!({"data_base64": "!!"}))
+    srv.upstream_call(&id, "send-raw", json!({"data_base64": "!!"}), 400)
         .await;
-    assert_eq!(status, 400);
-    let (status, _) = srv
-        .upstream_post(&id, "publish/start", json!({"topic": ""}))
+    srv.upstream_call(&id, "publish/start", json!({"topic": ""}), 400)
         .await;
-    assert_eq!(status, 400);
     srv.shutdown().await;
 }
 
