@@ -58,6 +58,15 @@ async fn upstream_and_cluster() -> (Upstream, Cluster) {
     (up, Cluster::start(Via::Redis).await)
 }
 
+/// `node-a`, `node-b` and `node-c`, started in that order.
+async fn three_nodes(cluster: &Cluster) -> [Node; 3] {
+    [
+        cluster.node("node-a", &[]).await,
+        cluster.node("node-b", &[]).await,
+        cluster.node("node-c", &[]).await,
+    ]
+}
+
 /// Asserts that `up` sees no handshake past the `n`th for `quiet`.
 async fn assert_no_handshake_past(up: &Upstream, n: u64, quiet: Duration, what: &str) {
     assert!(
@@ -74,9 +83,7 @@ async fn kill(node: &mut Node, sig: i32) {
 #[tokio::test]
 async fn sigkill_owner_fails_over_to_exactly_one_survivor() {
     let (up, cluster) = upstream_and_cluster().await;
-    let mut a = cluster.node("node-a", &[]).await;
-    let b = cluster.node("node-b", &[]).await;
-    let c = cluster.node("node-c", &[]).await;
+    let [mut a, b, c] = three_nodes(&cluster).await;
     let id = connect(&a, &up, Some("feed")).await;
     assert_eq!(owner_of(&cluster, &id).await.as_deref(), Some("node-a"));
 
@@ -207,9 +214,7 @@ async fn repeated_kills_never_duplicate_a_connection() {
 #[tokio::test]
 async fn sigterm_hands_over_within_the_bound() {
     let (up, cluster) = upstream_and_cluster().await;
-    let mut a = cluster.node("node-a", &[]).await;
-    let _b = cluster.node("node-b", &[]).await;
-    let _c = cluster.node("node-c", &[]).await;
+    let [mut a, _b, _c] = three_nodes(&cluster).await;
     let id = connect(&a, &up, None).await;
     let t0 = Instant::now();
     a.0.signal(SIGTERM);
