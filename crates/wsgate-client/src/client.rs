@@ -77,13 +77,8 @@ impl Client {
     /// (reject mode, or the client has stopped), [`Error::OutboxFull`], or the
     /// write error (the connection is then re-established).
     pub async fn send(&self, msg: impl Into<Message>) -> Result<(), Error> {
-        let (ack, rx) = oneshot::channel();
-        self.command(Command::Send {
-            msg: msg.into(),
-            ack,
-        })
-        .await?;
-        rx.await.map_err(|_| Error::NotConnected)?
+        let msg = msg.into();
+        self.ask(|ack| Command::Send { msg, ack }).await
     }
 
     /// Sends a request and waits for its correlated reply (see
@@ -98,16 +93,12 @@ impl Client {
         timeout: Duration,
     ) -> Result<Message, Error> {
         let deadline = Instant::now() + timeout;
-        let (reply, rx) = oneshot::channel();
-        let work = async {
-            self.command(Command::Request {
-                msg: msg.into(),
-                deadline,
-                reply,
-            })
-            .await?;
-            rx.await.map_err(|_| Error::NotConnected)?
-        };
+        let msg = msg.into();
+        let work = self.ask(|reply| Command::Request {
+            msg,
+            deadline,
+            reply,
+        });
         tokio::time::timeout_at(deadline, work)
             .await
             .map_err(|_| Error::RequestTimeout)?
@@ -117,21 +108,14 @@ impl Client {
     /// insertion order) after every reconnect. Re-adding an identical
     /// subscription does nothing; a changed one replaces it in place.
     pub async fn subscribe(&self, sub: Subscription) -> Result<(), Error> {
-        let (ack, rx) = oneshot::channel();
-        self.command(Command::Subscribe { sub, ack }).await?;
-        rx.await.map_err(|_| Error::NotConnected)?
+        self.ask(|ack| Command::Subscribe { sub, ack }).await
     }
 
     /// Stops tracking `key`, sending its unsubscribe message if connected.
     /// Returns whether it was tracked.
     pub async fn unsubscribe(&self, key: impl Into<String>) -> Result<bool, Error> {
-        let (ack, rx) = oneshot::channel();
-        self.command(Command::Unsubscribe {
-            key: key.into(),
-            ack,
-        })
-        .await?;
-        rx.await.map_err(|_| Error::NotConnected)?
+        let key = key.into();
+        self.ask(|ack| Command::Unsubscribe { key, ack }).await
     }
 
     /// Drops the current connection (gracefully) and lets the reconnect loop
@@ -173,5 +157,16 @@ impl Client {
 
     async fn command(&self, cmd: Command) -> Result<(), Error> {
         self.cmd.send(cmd).await.map_err(|_| Error::NotConnected)
+    }
+
+    /// Sends the command that `make` builds around a fresh answer channel and waits for the
+    /// driver's answer (`WebSocket is not connected` when the driver has stopped).
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> Command,
+    ) -> Result<T, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.command(make(tx)).await?;
+        rx.await.map_err(|_| Error::NotConnected)?
     }
 }

@@ -472,3 +472,32 @@ fn reply_for(cfg: &TestServerConfig, msg: &Message) -> Option<(WsMessage, Durati
         _ => None,
     }
 }
+
+/// What a leak test compares before and after its churn: the live tasks of the current Tokio
+/// runtime and the open file descriptors of this process (Linux `/proc/self/fd`; 0 elsewhere).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resources {
+    /// Live tasks of the current Tokio runtime.
+    pub tasks: usize,
+    /// Open file descriptors of this process.
+    pub fds: usize,
+}
+
+impl Resources {
+    /// Counts now. Call it inside a Tokio runtime.
+    pub fn now() -> Self {
+        Self {
+            tasks: tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks(),
+            fds: std::fs::read_dir("/proc/self/fd")
+                .map(|d| d.count())
+                .unwrap_or(0),
+        }
+    }
+
+    /// Neither count is above `baseline`'s.
+    pub fn within(&self, baseline: &Self) -> bool {
+        self.tasks <= baseline.tasks && self.fds <= baseline.fds
+    }
+}

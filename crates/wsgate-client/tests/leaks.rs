@@ -3,13 +3,8 @@
 mod support;
 
 use support::*;
-use wsgate_client::{Auth, Backoff, Client, Event, Heartbeat, Matcher, Subscription};
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
+use wsgate_client::test_support::Resources;
+use wsgate_client::{Auth, Backoff, Event, Heartbeat, Matcher};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_reconnects_leak_no_tasks_or_fds() {
@@ -32,23 +27,11 @@ async fn thousand_reconnects_leak_no_tasks_or_fds() {
                 .send("secret")
                 .expect(Matcher::contains("auth_ok")),
         );
-    let (client, mut events) = tokio::time::timeout(T, Client::connect(cfg))
-        .await
-        .unwrap()
-        .unwrap();
-    client
-        .subscribe(Subscription::new("a", "sub a"))
-        .await
-        .unwrap();
-    client
-        .subscribe(Subscription::new("b", "sub b"))
-        .await
-        .unwrap();
+    let (client, mut events) = connect(cfg).await;
+    subscribe_all(&client, &["a", "b"]).await;
     server_wait(&server, |l| l.count_on(1) == 3).await;
 
-    let metrics = tokio::runtime::Handle::current().metrics();
-    let tasks_before = metrics.num_alive_tasks();
-    let fds_before = open_fds();
+    let before = Resources::now();
 
     for i in 0..N {
         server.drop_all();
@@ -67,7 +50,8 @@ async fn thousand_reconnects_leak_no_tasks_or_fds() {
     assert_eq!(log.max_active, 1);
     assert_eq!(client.snapshot().reconnects, N);
     assert_eq!(log.texts_on(N + 1), vec!["secret", "sub a", "sub b"]);
-    assert_eq!(metrics.num_alive_tasks(), tasks_before, "task count grew");
-    assert_eq!(open_fds(), fds_before, "file descriptor count grew");
+    let after = Resources::now();
+    assert_eq!(after.tasks, before.tasks, "task count grew");
+    assert_eq!(after.fds, before.fds, "file descriptor count grew");
     client.close().await.unwrap();
 }

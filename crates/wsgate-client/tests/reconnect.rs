@@ -31,27 +31,14 @@ async fn drop_reconnect_auth_then_subscriptions_then_queued_messages() {
                 .jitter(0.0)
                 .max_attempts(None),
         );
-    let (client, mut events) = tokio::time::timeout(T, Client::connect(cfg))
-        .await
-        .unwrap()
-        .unwrap();
+    let (client, mut events) = connect(cfg).await;
     assert_eq!(next_event(&mut events).await, Event::Opened);
-    client
-        .subscribe(Subscription::new("a", "sub a"))
-        .await
-        .unwrap();
-    client
-        .subscribe(Subscription::new("b", "sub b"))
-        .await
-        .unwrap();
+    subscribe_all(&client, &["a", "b"]).await;
     client.send("live").await.unwrap();
     server_wait(&server, |l| l.count_on(1) == 4).await;
 
     server.drop_all();
-    let (ev, _) = wait_event(&mut events, |e| matches!(e, Event::Reconnecting { .. })).await;
-    let Event::Reconnecting { attempt, .. } = ev else {
-        unreachable!()
-    };
+    let (attempt, _, _) = reconnecting(&mut events).await;
     assert_eq!(attempt, 1);
     // While disconnected: queue a message, add one subscription, remove another.
     client.send("queued").await.unwrap();
@@ -206,10 +193,7 @@ async fn breaker_opens_half_opens_and_failed_probe_reopens() {
     // Failures 1 and 2: plain backoff. Failure 3 opens the breaker.
     let mut delays = Vec::new();
     for _ in 0..3 {
-        let (ev, _) = wait_event(&mut events, |e| matches!(e, Event::Reconnecting { .. })).await;
-        let Event::Reconnecting { delay, .. } = ev else {
-            unreachable!()
-        };
+        let (_, delay, _) = reconnecting(&mut events).await;
         delays.push(delay);
     }
     assert_eq!(&delays[..2], &[5 * MS, 5 * MS]);
@@ -225,10 +209,7 @@ async fn breaker_opens_half_opens_and_failed_probe_reopens() {
     assert_eq!(client.snapshot().breaker, BreakerState::Open);
 
     // The half-open probe fails (still refusing): open again for a full cooldown.
-    let (ev, _) = wait_event(&mut events, |e| matches!(e, Event::Reconnecting { .. })).await;
-    let Event::Reconnecting { delay, .. } = ev else {
-        unreachable!()
-    };
+    let (_, delay, _) = reconnecting(&mut events).await;
     assert!(
         delay > 150 * MS,
         "failed probe re-opens the breaker, got {delay:?}"
@@ -249,23 +230,28 @@ async fn breaker_opens_half_opens_and_failed_probe_reopens() {
     client.close().await.unwrap();
 }
 
+/// A server and a client connected to it with this heartbeat.
+async fn heartbeating(
+    interval: Duration,
+    timeout: Duration,
+    ping: HeartbeatPing,
+) -> (TestServer, Client, wsgate_client::Events) {
+    let server = TestServer::start(TestServerConfig::default()).await;
+    let heartbeat = Heartbeat {
+        interval,
+        timeout,
+        ping,
+    };
+    let (client, events) = connect(fast_config(server.url()).heartbeat(Some(heartbeat))).await;
+    (server, client, events)
+}
+
 #[tokio::test]
 async fn heartbeat_timeout_triggers_one_reconnect() {
-    let server = TestServer::start(TestServerConfig::default()).await;
-    let cfg = fast_config(server.url()).heartbeat(Some(Heartbeat {
-        interval: 30 * MS,
-        timeout: 300 * MS,
-        ping: HeartbeatPing::WebSocket,
-    }));
-    let (client, mut events) = tokio::time::timeout(T, Client::connect(cfg))
-        .await
-        .unwrap()
-        .unwrap();
+    let (server, client, mut events) =
+        heartbeating(30 * MS, 300 * MS, HeartbeatPing::WebSocket).await;
     server.set_stalled(true);
-    let (ev, _) = wait_event(&mut events, |e| matches!(e, Event::Reconnecting { .. })).await;
-    let Event::Reconnecting { error, .. } = ev else {
-        unreachable!()
-    };
+    let (_, _, error) = reconnecting(&mut events).await;
     assert_eq!(error, Error::HeartbeatTimeout(300 * MS));
     server.set_stalled(false);
     wait_event(&mut events, |e| *e == Event::Reconnected).await;
@@ -283,16 +269,8 @@ async fn wait_event_opt(events: &mut wsgate_client::Events) -> Option<Event> {
 
 #[tokio::test]
 async fn app_level_ping_message_is_sent() {
-    let server = TestServer::start(TestServerConfig::default()).await;
-    let cfg = fast_config(server.url()).heartbeat(Some(Heartbeat {
-        interval: 20 * MS,
-        timeout: 5_000 * MS,
-        ping: HeartbeatPing::Message(r#"{"op":"ping"}"#.into()),
-    }));
-    let (client, _events) = tokio::time::timeout(T, Client::connect(cfg))
-        .await
-        .unwrap()
-        .unwrap();
+    let ping = HeartbeatPing::Message(r#"{"op":"ping"}"#.into());
+    let (server, client, _events) = heartbeating(20 * MS, 5_000 * MS, ping).await;
     let log = server_wait(&server, |l| {
         l.texts_on(1).iter().filter(|t| t.contains("ping")).count() >= 2
     })
@@ -304,15 +282,9 @@ async fn app_level_ping_message_is_sent() {
 #[tokio::test]
 async fn server_close_and_garbage_each_cause_exactly_one_reconnect() {
     let server = TestServer::start(TestServerConfig::default()).await;
-    let (client, mut events) = tokio::time::timeout(T, Client::connect(fast_config(server.url())))
-        .await
-        .unwrap()
-        .unwrap();
+    let (client, mut events) = connect(fast_config(server.url())).await;
     server.close_all(1001);
-    let (ev, _) = wait_event(&mut events, |e| matches!(e, Event::Reconnecting { .. })).await;
-    let Event::Reconnecting { error, .. } = ev else {
-        unreachable!()
-    };
+    let (_, _, error) = reconnecting(&mut events).await;
     assert!(
         matches!(error, Error::ServerClosed { code: 1001, .. }),
         "{error}"
@@ -320,10 +292,7 @@ async fn server_close_and_garbage_each_cause_exactly_one_reconnect() {
     wait_event(&mut events, |e| *e == Event::Reconnected).await;
 
     server.send_garbage();
-    let (ev, _) = wait_event(&mut events, |e| matches!(e, Event::Reconnecting { .. })).await;
-    let Event::Reconnecting { error, .. } = ev else {
-        unreachable!()
-    };
+    let (_, _, error) = reconnecting(&mut events).await;
     assert!(matches!(error, Error::Transport(_)), "{error}");
     wait_event(&mut events, |e| *e == Event::Reconnected).await;
     let log = server_wait(&server, |l| l.active == 1).await;
@@ -367,10 +336,7 @@ async fn headers_and_subprotocol_reach_the_server() {
     let cfg = fast_config(server.url())
         .header("x-api-key", "k-123")
         .subprotocol("wsgate.v1");
-    let (client, _events) = tokio::time::timeout(T, Client::connect(cfg))
-        .await
-        .unwrap()
-        .unwrap();
+    let (client, _events) = connect(cfg).await;
     let log = server.log();
     assert_eq!(log.header("x-api-key"), Some("k-123"));
     assert_eq!(log.header("sec-websocket-protocol"), Some("wsgate.v1"));
@@ -380,10 +346,7 @@ async fn headers_and_subprotocol_reach_the_server() {
 #[tokio::test]
 async fn close_sends_close_frame_and_ends_events() {
     let server = TestServer::start(TestServerConfig::default()).await;
-    let (client, mut events) = tokio::time::timeout(T, Client::connect(fast_config(server.url())))
-        .await
-        .unwrap()
-        .unwrap();
+    let (client, mut events) = connect(fast_config(server.url())).await;
     assert_eq!(next_event(&mut events).await, Event::Opened);
     tokio::time::timeout(T, client.close())
         .await
@@ -417,10 +380,7 @@ async fn close_sends_close_frame_and_ends_events() {
 #[tokio::test]
 async fn dropping_every_handle_closes_the_connection() {
     let server = TestServer::start(TestServerConfig::default()).await;
-    let (client, mut events) = tokio::time::timeout(T, Client::connect(fast_config(server.url())))
-        .await
-        .unwrap()
-        .unwrap();
+    let (client, mut events) = connect(fast_config(server.url())).await;
     drop(client);
     let (ev, _) = wait_event(&mut events, |e| matches!(e, Event::Closed { .. })).await;
     assert_eq!(
@@ -436,10 +396,7 @@ async fn dropping_every_handle_closes_the_connection() {
 async fn no_auto_reconnect_ends_with_connection_lost() {
     let server = TestServer::start(TestServerConfig::default()).await;
     let cfg = fast_config(server.url()).auto_reconnect(false);
-    let (client, mut events) = tokio::time::timeout(T, Client::connect(cfg))
-        .await
-        .unwrap()
-        .unwrap();
+    let (client, mut events) = connect(cfg).await;
     server.drop_all();
     let (ev, _) = wait_event(&mut events, |e| matches!(e, Event::Closed { .. })).await;
     assert!(
@@ -458,23 +415,14 @@ async fn no_auto_reconnect_ends_with_connection_lost() {
 #[tokio::test]
 async fn forced_reconnect_replays_subscriptions() {
     let server = TestServer::start(TestServerConfig::default()).await;
-    let (client, mut events) = tokio::time::timeout(T, Client::connect(fast_config(server.url())))
-        .await
-        .unwrap()
-        .unwrap();
+    let (client, mut events) = connect(fast_config(server.url())).await;
     client
         .subscribe(Subscription::new("x", "sub x").with_unsubscribe("unsub x"))
         .await
         .unwrap();
     client.reconnect().await.unwrap();
-    let (ev, _) = wait_event(&mut events, |e| matches!(e, Event::Reconnecting { .. })).await;
-    assert!(matches!(
-        ev,
-        Event::Reconnecting {
-            error: Error::ReconnectRequested,
-            ..
-        }
-    ));
+    let (_, _, error) = reconnecting(&mut events).await;
+    assert!(matches!(error, Error::ReconnectRequested));
     wait_event(&mut events, |e| *e == Event::Reconnected).await;
     client.unsubscribe("x").await.unwrap();
     let log = server_wait(&server, |l| l.count_on(2) == 2).await;

@@ -5,7 +5,7 @@ mod support;
 use std::time::Duration;
 
 use support::*;
-use wsgate_client::{Client, Correlation, Error, Event, Message, OfflinePolicy};
+use wsgate_client::{Client, Correlation, Error, Event, Events, Message, OfflinePolicy};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -18,10 +18,7 @@ async fn json_request_gets_its_reply_among_interleaved_traffic() {
     let server = TestServer::start(TestServerConfig::default()).await;
     server.set_noise(3);
     let cfg = fast_config(server.url()).correlation(Correlation::JsonField("id".into()));
-    let (client, mut events) = tokio::time::timeout(T, Client::connect(cfg))
-        .await
-        .unwrap()
-        .unwrap();
+    let (client, mut events) = connect(cfg).await;
     assert_eq!(next_event(&mut events).await, Event::Opened);
 
     let (a, b) = tokio::join!(
@@ -54,10 +51,7 @@ async fn uuid_prefix_request_strips_prefix_and_ignores_noise() {
     let server = TestServer::start(TestServerConfig::default().uuid_replies()).await;
     server.set_noise(2);
     let cfg = fast_config(server.url()).correlation(Correlation::UuidPrefix);
-    let (client, mut events) = tokio::time::timeout(T, Client::connect(cfg))
-        .await
-        .unwrap()
-        .unwrap();
+    let (client, mut events) = connect(cfg).await;
     let reply = client
         .request(Message::binary(&b"hello"[..]), T)
         .await
@@ -80,10 +74,7 @@ async fn uuid_prefix_request_strips_prefix_and_ignores_noise() {
 async fn timeout_says_request_timeout_and_late_reply_does_not_leak() {
     let server = TestServer::start(TestServerConfig::default()).await;
     let cfg = fast_config(server.url()).correlation(Correlation::JsonField("id".into()));
-    let (client, mut events) = tokio::time::timeout(T, Client::connect(cfg))
-        .await
-        .unwrap()
-        .unwrap();
+    let (client, mut events) = connect(cfg).await;
 
     // No reply at all (not a request for the server).
     let err = client
@@ -123,24 +114,28 @@ async fn timeout_says_request_timeout_and_late_reply_does_not_leak() {
 #[tokio::test]
 async fn request_without_correlation_mode_is_invalid() {
     let server = TestServer::start(TestServerConfig::default()).await;
-    let (client, _events) = tokio::time::timeout(T, Client::connect(fast_config(server.url())))
-        .await
-        .unwrap()
-        .unwrap();
+    let (client, _events) = connect(fast_config(server.url())).await;
     let err = client.request("x", T).await.unwrap_err();
     assert!(matches!(err, Error::InvalidRequest(_)), "{err}");
     client.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn reject_mode_fails_fast_with_exact_text() {
+/// A client (JSON correlation) spawned against a server that refuses handshakes, once it
+/// has been refused.
+async fn refused_client(offline: OfflinePolicy) -> (TestServer, Client, Events) {
     let server = TestServer::start(TestServerConfig::default()).await;
     server.set_refusing(true);
     let cfg = fast_config(server.url())
-        .offline(OfflinePolicy::Reject)
+        .offline(offline)
         .correlation(Correlation::JsonField("id".into()));
-    let (client, _events) = Client::spawn(cfg);
+    let (client, events) = Client::spawn(cfg);
     server_wait(&server, |l| l.refused >= 1).await;
+    (server, client, events)
+}
+
+#[tokio::test]
+async fn reject_mode_fails_fast_with_exact_text() {
+    let (server, client, _events) = refused_client(OfflinePolicy::Reject).await;
     let err = client.send("x").await.unwrap_err();
     assert_eq!(err.to_string(), "WebSocket is not connected");
     let err = client.request(r#"{"op":"request"}"#, T).await.unwrap_err();
@@ -216,10 +211,7 @@ async fn outbox_mode_queues_in_order_and_overflow_is_an_error() {
 async fn in_flight_request_fails_when_connection_drops() {
     let server = TestServer::start(TestServerConfig::default()).await;
     let cfg = fast_config(server.url()).correlation(Correlation::JsonField("id".into()));
-    let (client, _events) = tokio::time::timeout(T, Client::connect(cfg))
-        .await
-        .unwrap()
-        .unwrap();
+    let (client, _events) = connect(cfg).await;
     let req = {
         let c = client.clone();
         tokio::spawn(async move {
@@ -238,10 +230,7 @@ async fn in_flight_request_fails_when_connection_drops() {
 async fn snapshot_counts_messages_and_bytes_each_way() {
     let server = TestServer::start(TestServerConfig::default()).await;
     let cfg = fast_config(server.url()).id("upstream-7");
-    let (client, mut events) = tokio::time::timeout(T, Client::connect(cfg))
-        .await
-        .unwrap()
-        .unwrap();
+    let (client, mut events) = connect(cfg).await;
     client.send("hello").await.unwrap();
     client
         .send(Message::binary(vec![1u8, 2, 3, 4]))

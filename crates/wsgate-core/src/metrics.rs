@@ -407,15 +407,11 @@ impl Metrics {
     }
 
     pub fn disconnected(&self, reason: &'static str) {
-        self.disconnections
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
+        bump(&self.disconnections, ReasonLabel { reason });
     }
 
     pub fn reject(&self, reason: &'static str) {
-        self.connection_rejections
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
+        bump(&self.connection_rejections, ReasonLabel { reason });
     }
 
     /// The counter of upgrades refused for `reason`, for a caller that counts on its own
@@ -428,16 +424,12 @@ impl Metrics {
 
     /// A control API request refused before its handler (`rate_limited`, `unauthorized`).
     pub fn api_reject(&self, reason: &'static str) {
-        self.api_rejections
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
+        bump(&self.api_rejections, ReasonLabel { reason });
     }
 
     /// A client frame dropped by the per-connection rate limit (`messages`, `bytes`).
     pub fn rate_limited_frame(&self, kind: &'static str) {
-        self.rate_limited_frames
-            .get_or_create(&KindLabel { kind })
-            .inc();
+        bump(&self.rate_limited_frames, KindLabel { kind });
     }
 
     /// A connection closed because its outbox overflowed.
@@ -446,8 +438,14 @@ impl Metrics {
     }
 
     pub fn protocol_error(&self, code: &'static str) {
-        self.protocol_errors
-            .get_or_create(&CodeLabel { code })
-            .inc();
+        bump(&self.protocol_errors, CodeLabel { code });
     }
+}
+
+/// `family{label}` += 1.
+fn bump<L>(family: &Family<L, Counter>, label: L)
+where
+    L: Clone + std::hash::Hash + Eq,
+{
+    family.get_or_create(&label).inc();
 }

@@ -123,6 +123,11 @@ fn invalid(op: &str, e: serde_json::Error) -> ProtocolError {
     ProtocolError::new("invalid_frame", format!("invalid {op} frame: {e}"))
 }
 
+/// The frame `text` read as the body of `op`.
+fn body<'a, T: Deserialize<'a>>(text: &'a str, op: &str) -> Result<T, ProtocolError> {
+    serde_json::from_str(text).map_err(|e| invalid(op, e))
+}
+
 /// Why a name cannot be a channel name (or a topic, which becomes one). Each surface words
 /// it its own way (the client protocol, the control API); the rule is [`check_name`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,40 +186,28 @@ pub fn decode(text: &str) -> Result<Request<'_>, (Option<&RawValue>, ProtocolErr
                 "missing field `op`",
             )));
         }
-        Some("subscribe") => {
-            let b: ChannelBody<'_> =
-                serde_json::from_str(text).map_err(|e| fail(invalid("subscribe", e)))?;
-            ClientOp::Subscribe {
-                channel: check_channel(b.channel).map_err(fail)?,
-                since: b.since,
+        Some(op @ ("subscribe" | "unsubscribe" | "presence")) => {
+            let b: ChannelBody<'_> = body(text, op).map_err(fail)?;
+            let channel = check_channel(b.channel).map_err(fail)?;
+            match op {
+                "subscribe" => ClientOp::Subscribe {
+                    channel,
+                    since: b.since,
+                },
+                "unsubscribe" => ClientOp::Unsubscribe { channel },
+                _ => ClientOp::Presence { channel },
             }
         }
-        Some("unsubscribe") => {
-            let b: ChannelBody<'_> =
-                serde_json::from_str(text).map_err(|e| fail(invalid("unsubscribe", e)))?;
-            ClientOp::Unsubscribe {
-                channel: check_channel(b.channel).map_err(fail)?,
-            }
-        }
-        Some("publish") => {
-            let b: PublishBody<'_> =
-                serde_json::from_str(text).map_err(|e| fail(invalid("publish", e)))?;
+        Some(op @ "publish") => {
+            let b: PublishBody<'_> = body(text, op).map_err(fail)?;
             ClientOp::Publish {
                 channel: check_channel(b.channel).map_err(fail)?,
                 data: b.data,
             }
         }
-        Some("ping") => {
-            let b: PingBody<'_> =
-                serde_json::from_str(text).map_err(|e| fail(invalid("ping", e)))?;
+        Some(op @ "ping") => {
+            let b: PingBody<'_> = body(text, op).map_err(fail)?;
             ClientOp::Ping { ts: b.ts }
-        }
-        Some("presence") => {
-            let b: ChannelBody<'_> =
-                serde_json::from_str(text).map_err(|e| fail(invalid("presence", e)))?;
-            ClientOp::Presence {
-                channel: check_channel(b.channel).map_err(fail)?,
-            }
         }
         Some(other) => {
             return Err(fail(ProtocolError::new(

@@ -230,6 +230,18 @@ impl Node {
         super::json_answer(http().delete(self.url(path))).await
     }
 
+    /// [`Self::upstream_post`] that must answer `status`; the JSON answer.
+    pub async fn upstream_call(&self, id: &str, op: &str, body: Value, status: u16) -> Value {
+        let (got, r) = self.upstream_post(id, op, body).await;
+        assert_eq!(got, status, "{r}");
+        r
+    }
+
+    /// `POST /api/v1/upstreams/{id}/{op}` (`send`, `subscriptions`, `publish/start`, …).
+    pub async fn upstream_post(&self, id: &str, op: &str, body: Value) -> (u16, Value) {
+        self.post(&crate::upstream_path(id, op), body).await
+    }
+
     /// Publishes `data` to `channel` through this node's API; returns the offset.
     pub async fn publish(&self, channel: &str, data: Value) -> u64 {
         let (status, body) = self

@@ -132,12 +132,43 @@ impl TestServer {
         get_json(&self.http(path)).await
     }
 
+    /// [`Self::upstream_post`] that must answer `status`; the JSON answer.
+    pub async fn upstream_call(&self, id: &str, op: &str, body: Value, status: u16) -> Value {
+        let (got, r) = self.upstream_post(id, op, body).await;
+        assert_eq!(got, status, "{r}");
+        r
+    }
+
+    /// `POST /api/v1/upstreams/{id}/{op}` (`send`, `subscriptions`, `publish/start`, …).
+    pub async fn upstream_post(&self, id: &str, op: &str, body: Value) -> (u16, Value) {
+        self.post(&upstream_path(id, op), body).await
+    }
+
     pub async fn delete(&self, path: &str) -> (u16, Value) {
         json_answer(http().delete(self.http(path))).await
     }
 
     pub async fn metrics(&self) -> String {
         get_text(&self.http("/metrics")).await
+    }
+
+    /// Stores the record of an upstream connection held by another node (`other-node`), as
+    /// cluster mode would; returns it.
+    pub async fn put_foreign_upstream(&self) -> wsgate_core::seams::UpstreamRecord {
+        let rec = wsgate_core::seams::UpstreamRecord {
+            id: "fedcba9876543210-other-node".into(),
+            owner: "other-node".into(),
+            state: "connected".into(),
+            created_at_ms: 0,
+            spec: wsgate_core::seams::upstream::UpstreamSpec::new("ws://127.0.0.1:1/"),
+        };
+        self.node
+            .upstreams()
+            .records()
+            .upstream_put(rec.clone())
+            .await
+            .unwrap();
+        rec
     }
 
     /// Waits until `/metrics` shows `series` at `value` or more.
@@ -164,6 +195,11 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// The path of operation `op` on upstream connection `id`.
+pub fn upstream_path(id: &str, op: &str) -> String {
+    format!("/api/v1/upstreams/{id}/{op}")
+}
+
 /// `POST url` with a JSON body; the status and the JSON answer.
 pub async fn post_json(url: &str, body: Value) -> (u16, Value) {
     json_answer(http().post(url).json(&body)).await
@@ -182,6 +218,21 @@ pub async fn get_text(url: &str) -> String {
 pub async fn json_answer(req: reqwest::RequestBuilder) -> (u16, Value) {
     let r = req.send().await.unwrap();
     (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// One publisher of an ordering test: publishes `{"p": p, "i": i}` to `channel` for `i` in
+/// `0..count`, one request after the other, each answered 200.
+pub async fn publish_numbered(publish_url: String, channel: &'static str, p: u64, count: u64) {
+    let client = http();
+    for i in 0..count {
+        let r = client
+            .post(&publish_url)
+            .json(&serde_json::json!({"channel":channel,"data":{"p":p,"i":i}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
 }
 
 /// No idle keep-alive connections: a pooled connection keeps a server task and socket alive,
@@ -213,6 +264,13 @@ impl Client {
         };
         c.hello = c.recv().await;
         assert_eq!(c.hello["op"], "hello", "first frame is hello");
+        c
+    }
+
+    /// [`Client::connect`], then [`Client::subscribe`] to `channel` (answered `subscribed`).
+    pub async fn subscribed(url: &str, channel: &str) -> Self {
+        let mut c = Self::connect(url).await;
+        c.subscribe(channel).await;
         c
     }
 
@@ -355,6 +413,37 @@ pub struct CliOutput {
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
+}
+
+impl CliOutput {
+    /// Asserts that stdout contains `needle`.
+    #[track_caller]
+    pub fn stdout_has(&self, needle: &str) {
+        expect_text("stdout", &self.stdout, needle, true);
+    }
+
+    /// Asserts that stderr contains `needle`.
+    #[track_caller]
+    pub fn stderr_has(&self, needle: &str) {
+        expect_text("stderr", &self.stderr, needle, true);
+    }
+
+    /// Asserts that stderr does not contain `needle`.
+    #[track_caller]
+    pub fn stderr_lacks(&self, needle: &str) {
+        expect_text("stderr", &self.stderr, needle, false);
+    }
+}
+
+/// Asserts that `text` (the stream `name`) contains `needle`, or does not (`present` false).
+#[track_caller]
+fn expect_text(name: &str, text: &str, needle: &str, present: bool) {
+    let verb = if present { "lacks" } else { "has" };
+    assert_eq!(
+        text.contains(needle),
+        present,
+        "{name} {verb} {needle:?}: {text}"
+    );
 }
 
 /// Runs the real `wsgate ARGS` with `envs` and `stdin` as its input, bounded (without the

@@ -19,11 +19,17 @@ async fn wsgate(args: &[&str], stdin: &str) -> Output {
     run_cli(args, &[], stdin).await
 }
 
+/// [`wsgate`] that must exit 0.
+async fn wsgate_ok(args: &[&str], stdin: &str) -> Output {
+    let out = wsgate(args, stdin).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    out
+}
+
 #[tokio::test]
 async fn connect_in_a_pipe_prints_hello_and_pong_then_closes() {
     let srv = TestServer::start().await;
-    let out = wsgate(&["connect", &srv.ws_url()], "{\"op\":\"ping\",\"ts\":1}\n").await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = wsgate_ok(&["connect", &srv.ws_url()], "{\"op\":\"ping\",\"ts\":1}\n").await;
     let hello = out
         .stdout
         .lines()
@@ -42,20 +48,15 @@ async fn connect_in_a_pipe_prints_hello_and_pong_then_closes() {
         out.stdout
     );
     assert!(hello < pong, "hello comes first");
-    assert!(
-        out.stdout.contains("< [close 1000"),
-        "the server's close is printed: {}",
-        out.stdout
-    );
+    out.stdout_has("< [close 1000"); // the server's close is printed
     srv.shutdown().await;
 }
 
 #[tokio::test]
 async fn connect_pretty_prints_json() {
     let srv = TestServer::start().await;
-    let out = wsgate(&["connect", "--json", &srv.ws_url()], "").await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(out.stdout.contains("\"op\": \"hello\""), "{}", out.stdout);
+    let out = wsgate_ok(&["connect", "--json", &srv.ws_url()], "").await;
+    out.stdout_has("\"op\": \"hello\"");
     srv.shutdown().await;
 }
 
@@ -65,24 +66,18 @@ async fn connect_handshake_failure_shows_the_http_status() {
     let url = format!("ws://{}/not-a-websocket", srv.addr);
     let out = wsgate(&["connect", &url], "").await;
     assert_ne!(out.code, 0);
-    assert!(out.stderr.contains("HTTP 404"), "{}", out.stderr);
-    assert!(
-        !out.stderr.contains("backtrace"),
-        "one plain line: {}",
-        out.stderr
-    );
+    out.stderr_has("HTTP 404");
+    out.stderr_lacks("backtrace"); // one plain line
     srv.shutdown().await;
 }
 
 #[tokio::test]
 async fn connections_lists_and_shows_a_client() {
     let srv = TestServer::start().await;
-    let mut client = Client::connect(&srv.ws_url()).await;
-    client.subscribe("room-7").await;
+    let client = Client::subscribed(&srv.ws_url(), "room-7").await;
     let server = format!("http://{}", srv.addr);
 
-    let out = wsgate(&["connections", "--server", &server], "").await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = wsgate_ok(&["connections", "--server", &server], "").await;
     let row = out.stdout.lines().find(|l| l.starts_with(&client.id()));
     let row = row.unwrap_or_else(|| panic!("no row for {}: {}", client.id(), out.stdout));
     assert!(
@@ -108,17 +103,12 @@ async fn connections_lists_and_shows_a_client() {
         serde_json::json!([])
     );
 
-    let out = wsgate(
+    let out = wsgate_ok(
         &["connections", "show", &client.id(), "--server", &server],
         "",
     )
     .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(
-        out.stdout.contains("last_heartbeat_ms_ago"),
-        "{}",
-        out.stdout
-    );
+    out.stdout_has("last_heartbeat_ms_ago");
     assert!(
         out.stdout
             .lines()
@@ -133,11 +123,7 @@ async fn connections_lists_and_shows_a_client() {
     )
     .await;
     assert_eq!(out.code, 1);
-    assert!(
-        out.stderr.contains("Connection not found"),
-        "{}",
-        out.stderr
-    );
+    out.stderr_has("Connection not found");
     srv.shutdown().await;
 }
 
@@ -195,13 +181,12 @@ async fn connections_asks_for_the_api_key() {
     let server = format!("http://{}", srv.addr);
     let out = wsgate(&["connections", "--server", &server], "").await;
     assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("--api-key"), "{}", out.stderr);
-    let out = wsgate(
+    out.stderr_has("--api-key");
+    wsgate_ok(
         &["connections", "--server", &server, "--api-key", "sekrit"],
         "",
     )
     .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
     srv.shutdown().await;
 }
 
@@ -282,7 +267,7 @@ async fn doctor_fails_tcp_where_nothing_listens() {
     assert_eq!(out.code, 1);
     let tcp = line(&out.stdout, "FAIL", "tcp").unwrap_or_else(|| panic!("{}", out.stdout));
     assert!(tcp.contains("refused"), "{tcp}");
-    assert!(out.stdout.contains("fix    start wsgate"), "{}", out.stdout);
+    out.stdout_has("fix    start wsgate");
     assert!(
         line(&out.stdout, "PASS", "upgrade").is_none(),
         "stops after TCP"
@@ -423,11 +408,7 @@ async fn doctor_fails_delivery_between_nodes_without_a_shared_broker() {
         "names both nodes: {d}"
     );
     assert!(d.contains("node node-b did not receive"), "{d}");
-    assert!(
-        out.stdout.contains("#messages-not-delivered-cross-node"),
-        "{}",
-        out.stdout
-    );
+    out.stdout_has("#messages-not-delivered-cross-node");
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -458,7 +439,7 @@ async fn doctor_idle_hold_answers_pings_and_catches_a_proxy_timeout() {
     assert_eq!(out.code, 1, "{}", out.stdout);
     let idle = line(&out.stdout, "FAIL", "idle").unwrap_or_else(|| panic!("{}", out.stdout));
     assert!(idle.contains("without a close frame"), "{idle}");
-    assert!(out.stdout.contains("proxy-read-timeout"), "{}", out.stdout);
+    out.stdout_has("proxy-read-timeout");
     srv.shutdown().await;
 }
 
@@ -560,11 +541,7 @@ async fn doctor_finds_an_index_entry_without_its_record() {
         index.contains("ghost-7") && !index.contains("live-1"),
         "{index}"
     );
-    assert!(
-        out.stdout.contains("#state-store-out-of-sync"),
-        "{}",
-        out.stdout
-    );
+    out.stdout_has("#state-store-out-of-sync");
     let leases =
         line(&out.stdout, "PASS", "redis-leases").unwrap_or_else(|| panic!("{}", out.stdout));
     assert!(leases.contains("node-a"), "{leases}");

@@ -19,6 +19,21 @@ async fn offsets(c: &mut Client, n: usize) -> Vec<u64> {
     seen
 }
 
+/// The tests `$redis` and `$nats` run `$scenario` (an `async fn(Via)`) over each broker.
+macro_rules! per_broker {
+    ($scenario:ident: $redis:ident, $nats:ident) => {
+        #[tokio::test]
+        async fn $redis() {
+            $scenario(Via::Redis).await;
+        }
+
+        #[tokio::test]
+        async fn $nats() {
+            $scenario(Via::Nats).await;
+        }
+    };
+}
+
 async fn cross_node_delivery_and_presence(via: Via) {
     let cluster = Cluster::start(via).await;
     let a = cluster.node("node-a", &[]).await;
@@ -35,31 +50,17 @@ async fn cross_node_delivery_and_presence(via: Via) {
         json!({"op":"message","channel":"room","offset":1,"data":{"text":"hi"}})
     );
 
-    // User: sent through A, delivered to the user's connection on B.
-    let (status, body) = a
-        .post(
-            &format!("/api/v1/users/{}/send", on_b.user()),
-            json!({"data":{"to":"user"}}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        on_b.recv().await,
-        json!({"op":"message","data":{"to":"user"}})
-    );
-
-    // Connection id held by B, sent through A.
-    let (status, body) = a
-        .post(
-            &format!("/api/v1/connections/{}/send", on_b.id()),
-            json!({"data":{"to":"conn"}}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        on_b.recv().await,
-        json!({"op":"message","data":{"to":"conn"}})
-    );
+    // User: sent through A, delivered to the user's connection on B; then the connection id
+    // held by B, sent through A.
+    let targets = [
+        (format!("/api/v1/users/{}/send", on_b.user()), "user"),
+        (format!("/api/v1/connections/{}/send", on_b.id()), "conn"),
+    ];
+    for (path, to) in targets {
+        let (status, body) = a.post(&path, json!({"data":{"to":to}})).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(on_b.recv().await, json!({"op":"message","data":{"to":to}}));
+    }
     // A connection of a node that does not exist is not found, not silently dropped.
     let (status, _) = a
         .post(
@@ -70,8 +71,7 @@ async fn cross_node_delivery_and_presence(via: Via) {
     assert_eq!(status, 404);
 
     // Presence is cluster-wide: seen from both nodes, with members on both.
-    let mut on_a = Client::connect(&a.ws_url()).await;
-    on_a.subscribe("room").await;
+    let mut on_a = Client::subscribed(&a.ws_url(), "room").await;
     let mut users = vec![on_a.user(), on_b.user()];
     users.sort();
     for node in [&a, &b] {
@@ -85,15 +85,7 @@ async fn cross_node_delivery_and_presence(via: Via) {
     assert_eq!(on_b.recv().await["offset"], 2);
 }
 
-#[tokio::test]
-async fn redis_cross_node_delivery_and_presence() {
-    cross_node_delivery_and_presence(Via::Redis).await;
-}
-
-#[tokio::test]
-async fn nats_cross_node_delivery_and_presence() {
-    cross_node_delivery_and_presence(Via::Nats).await;
-}
+per_broker!(cross_node_delivery_and_presence: redis_cross_node_delivery_and_presence, nats_cross_node_delivery_and_presence);
 
 async fn order_across_nodes(via: Via) {
     const PER_PUBLISHER: u64 = 100;
@@ -106,8 +98,7 @@ async fn order_across_nodes(via: Via) {
     let mut subs = Vec::new();
     for node in &nodes {
         for _ in 0..2 {
-            let mut c = Client::connect(&node.ws_url()).await;
-            c.subscribe("ordered").await;
+            let c = Client::subscribed(&node.ws_url(), "ordered").await;
             subs.push(c);
         }
     }
@@ -117,18 +108,10 @@ async fn order_across_nodes(via: Via) {
     for node in &nodes[..2] {
         for p in 0..2 {
             let url = node.url("/api/v1/publish");
-            publishers.push(tokio::spawn(async move {
-                let http = support::http();
-                for i in 0..PER_PUBLISHER / 2 {
-                    let r = http
-                        .post(&url)
-                        .json(&json!({"channel":"ordered","data":{"p":p,"i":i}}))
-                        .send()
-                        .await
-                        .unwrap();
-                    assert_eq!(r.status().as_u16(), 200);
-                }
-            }));
+            let each = PER_PUBLISHER / 2;
+            publishers.push(tokio::spawn(support::publish_numbered(
+                url, "ordered", p, each,
+            )));
         }
     }
     for p in publishers {
@@ -159,15 +142,7 @@ async fn order_across_nodes(via: Via) {
     }
 }
 
-#[tokio::test]
-async fn redis_per_channel_order_across_nodes() {
-    order_across_nodes(Via::Redis).await;
-}
-
-#[tokio::test]
-async fn nats_per_channel_order_across_nodes() {
-    order_across_nodes(Via::Nats).await;
-}
+per_broker!(order_across_nodes: redis_per_channel_order_across_nodes, nats_per_channel_order_across_nodes);
 
 async fn subscribe_since(c: &mut Client, channel: &str, offset: u64, epoch: &str) -> Value {
     let r = c
@@ -239,8 +214,7 @@ async fn redis_outage_turns_ready_off_and_traffic_resumes() {
     let mut cluster = Cluster::start(Via::Redis).await;
     let mut a = cluster.node("out-a", &[]).await;
     let mut b = cluster.node("out-b", &[]).await;
-    let mut on_b = Client::connect(&b.ws_url()).await;
-    on_b.subscribe("live").await;
+    let mut on_b = Client::subscribed(&b.ws_url(), "live").await;
     assert_eq!(a.publish("live", json!("before")).await, 1);
     assert_eq!(on_b.recv().await["data"], "before");
 
@@ -305,10 +279,8 @@ async fn presence_of_a_killed_node_expires_within_the_ttl() {
     let ttl = TTL_MS.to_string();
     let a = cluster.node("doomed", &["--presence-ttl-ms", &ttl]).await;
     let b = cluster.node("survivor", &["--presence-ttl-ms", &ttl]).await;
-    let mut on_a = Client::connect(&a.ws_url()).await;
-    on_a.subscribe("lobby").await;
-    let mut on_b = Client::connect(&b.ws_url()).await;
-    on_b.subscribe("lobby").await;
+    let on_a = Client::subscribed(&a.ws_url(), "lobby").await;
+    let on_b = Client::subscribed(&b.ws_url(), "lobby").await;
     assert_eq!(b.presence("lobby").await["connections"], 2);
 
     a.0.signal(SIGKILL);

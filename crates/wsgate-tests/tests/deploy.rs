@@ -382,8 +382,7 @@ async fn exercise(srv: &TestServer) {
     let r = http().get(srv.http("/ws")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 400, "a plain GET /ws is refused");
 
-    let mut c = Client::connect(&srv.ws_url()).await;
-    c.subscribe("deploy:check").await;
+    let mut c = Client::subscribed(&srv.ws_url(), "deploy:check").await;
     let (status, body) = srv
         .post(
             "/api/v1/publish",

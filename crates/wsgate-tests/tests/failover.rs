@@ -52,6 +52,29 @@ async fn metric(node: &Node, series: &str) -> f64 {
     support::metric_value(&text, series).unwrap_or(0.0)
 }
 
+/// An upstream that wants `SECRET_AUTH`, and a Redis cluster (no nodes yet) to connect to it.
+async fn upstream_and_cluster() -> (Upstream, Cluster) {
+    let up = Upstream::start(UpstreamConfig::default().require_auth(SECRET_AUTH)).await;
+    (up, Cluster::start(Via::Redis).await)
+}
+
+/// `node-a`, `node-b` and `node-c`, started in that order.
+async fn three_nodes(cluster: &Cluster) -> [Node; 3] {
+    [
+        cluster.node("node-a", &[]).await,
+        cluster.node("node-b", &[]).await,
+        cluster.node("node-c", &[]).await,
+    ]
+}
+
+/// Asserts that `up` sees no handshake past the `n`th for `quiet`.
+async fn assert_no_handshake_past(up: &Upstream, n: u64, quiet: Duration, what: &str) {
+    assert!(
+        up.wait_for(quiet, |l| l.handshakes > n).await.is_err(),
+        "{what}"
+    );
+}
+
 async fn kill(node: &mut Node, sig: i32) {
     node.0.signal(sig);
     within("wsgate to exit", node.0.child.wait()).await.unwrap();
@@ -59,17 +82,13 @@ async fn kill(node: &mut Node, sig: i32) {
 
 #[tokio::test]
 async fn sigkill_owner_fails_over_to_exactly_one_survivor() {
-    let up = Upstream::start(UpstreamConfig::default().require_auth(SECRET_AUTH)).await;
-    let cluster = Cluster::start(Via::Redis).await;
-    let mut a = cluster.node("node-a", &[]).await;
-    let b = cluster.node("node-b", &[]).await;
-    let c = cluster.node("node-c", &[]).await;
+    let (up, cluster) = upstream_and_cluster().await;
+    let [mut a, b, c] = three_nodes(&cluster).await;
     let id = connect(&a, &up, Some("feed")).await;
     assert_eq!(owner_of(&cluster, &id).await.as_deref(), Some("node-a"));
 
     // A browser on a surviving node follows the upstream's topic.
-    let mut browser = Client::connect(&b.ws_url()).await;
-    browser.subscribe("topic:feed").await;
+    let mut browser = Client::subscribed(&b.ws_url(), "topic:feed").await;
     up.broadcast(Message::from(r#"{"n":1}"#));
     assert_eq!(browser.recv().await["data"], json!({"n": 1}));
 
@@ -128,12 +147,13 @@ async fn sigkill_owner_fails_over_to_exactly_one_survivor() {
     let reclaimed = metric(&b, "wsgate_upstream_reclaimed_total").await
         + metric(&c, "wsgate_upstream_reclaimed_total").await;
     assert_eq!(reclaimed, 1.0);
-    assert!(
-        up.wait_for(Duration::from_secs(2), |l| l.handshakes > conn)
-            .await
-            .is_err(),
-        "a second survivor re-established it too"
-    );
+    assert_no_handshake_past(
+        &up,
+        conn,
+        Duration::from_secs(2),
+        "a second survivor re-established it too",
+    )
+    .await;
     assert_eq!(up.log().max_active, 1);
     let holder = if new_owner == "node-b" { &b } else { &c };
     let (status, v) = holder.get(&format!("/connections/{id}")).await;
@@ -144,8 +164,7 @@ async fn sigkill_owner_fails_over_to_exactly_one_survivor() {
 
 #[tokio::test]
 async fn repeated_kills_never_duplicate_a_connection() {
-    let up = Upstream::start(UpstreamConfig::default().require_auth(SECRET_AUTH)).await;
-    let cluster = Cluster::start(Via::Redis).await;
+    let (up, cluster) = upstream_and_cluster().await;
     let env = [("WSGATE_LEASE_TTL_MS", "600")];
     let names = ["node-a", "node-b", "node-c"];
     let mut nodes = Vec::new();
@@ -194,11 +213,8 @@ async fn repeated_kills_never_duplicate_a_connection() {
 
 #[tokio::test]
 async fn sigterm_hands_over_within_the_bound() {
-    let up = Upstream::start(UpstreamConfig::default().require_auth(SECRET_AUTH)).await;
-    let cluster = Cluster::start(Via::Redis).await;
-    let mut a = cluster.node("node-a", &[]).await;
-    let _b = cluster.node("node-b", &[]).await;
-    let _c = cluster.node("node-c", &[]).await;
+    let (up, cluster) = upstream_and_cluster().await;
+    let [mut a, _b, _c] = three_nodes(&cluster).await;
     let id = connect(&a, &up, None).await;
     let t0 = Instant::now();
     a.0.signal(SIGTERM);
@@ -213,69 +229,45 @@ async fn sigterm_hands_over_within_the_bound() {
     within("node-a to exit", a.0.child.wait()).await.unwrap();
     let o = owner_of(&cluster, &id).await.unwrap();
     assert!(o == "node-b" || o == "node-c", "{o}");
-    assert!(
-        up.wait_for(Duration::from_millis(1500), |l| l.handshakes > 2)
-            .await
-            .is_err(),
-        "taken twice"
-    );
+    assert_no_handshake_past(&up, 2, Duration::from_millis(1500), "taken twice").await;
 }
 
 #[tokio::test]
 async fn calls_to_a_non_owner_are_forwarded_and_a_dead_owner_is_named() {
-    let up = Upstream::start(UpstreamConfig::default().require_auth(SECRET_AUTH)).await;
-    let cluster = Cluster::start(Via::Redis).await;
+    let (up, cluster) = upstream_and_cluster().await;
     // A lease far longer than the test: a killed owner stays unreclaimed.
     let env = [("WSGATE_LEASE_TTL_MS", "60000")];
     let mut a = cluster.node_env("node-a", &[], &env).await;
     let b = cluster.node_env("node-b", &[], &env).await;
     let id = connect(&a, &up, None).await;
 
-    let (status, r) = b
-        .post(
-            &format!("/api/v1/upstreams/{id}/send"),
-            json!({"message": "via-b"}),
-        )
+    b.upstream_call(&id, "send", json!({"message": "via-b"}), 200)
         .await;
-    assert_eq!(status, 200, "{r}");
     up.wait_for(WAIT, |l| l.texts_on(1).iter().any(|t| t == "via-b"))
         .await
         .unwrap();
-    let (status, r) = b
-        .post(
-            &format!("/api/v1/upstreams/{id}/send-async"),
+    let r = b
+        .upstream_call(
+            &id,
+            "send-async",
             json!({"message": {"op": "request", "id": "q1", "n": 7}, "timeout_ms": 5000}),
+            200,
         )
         .await;
-    assert_eq!(status, 200, "{r}");
     assert_eq!(r["response"]["id"], "q1", "{r}");
     assert_eq!(r["response"]["echo"]["n"], 7, "{r}");
     // Errors come back as the owner answered them.
-    let (status, r) = b
-        .post(
-            &format!("/api/v1/upstreams/{id}/subscriptions"),
-            json!({"add": [{"key": "", "message": "x"}]}),
-        )
-        .await;
-    assert_eq!(status, 400, "{r}");
-    let (status, r) = b
-        .post(
-            &format!("/api/v1/upstreams/{id}/subscriptions"),
-            json!({"add": [{"key": "book", "message": "SUB book"}]}),
-        )
-        .await;
-    assert_eq!(status, 200, "{r}");
+    for (key, message, status) in [("", "x", 400), ("book", "SUB book", 200)] {
+        let add = json!({"add": [{"key": key, "message": message}]});
+        b.upstream_call(&id, "subscriptions", add, status).await;
+    }
     assert_eq!(metric(&b, "wsgate_upstream_forwarded_total").await, 3.0);
     assert_eq!(up.log().handshakes, 1, "nothing re-established");
 
     kill(&mut a, SIGKILL).await;
-    let (status, r) = b
-        .post(
-            &format!("/api/v1/upstreams/{id}/send"),
-            json!({"message": "x"}),
-        )
+    let r = b
+        .upstream_call(&id, "send", json!({"message": "x"}), 409)
         .await;
-    assert_eq!(status, 409, "{r}");
     assert_eq!(
         r,
         json!({"success": false, "error": "Connection owned by different instance: node-a"})
@@ -284,8 +276,7 @@ async fn calls_to_a_non_owner_are_forwarded_and_a_dead_owner_is_named() {
 
 #[tokio::test]
 async fn restart_rebuilds_and_clear_all_on_start_wipes() {
-    let up = Upstream::start(UpstreamConfig::default().require_auth(SECRET_AUTH)).await;
-    let cluster = Cluster::start(Via::Redis).await;
+    let (up, cluster) = upstream_and_cluster().await;
     let mut a = cluster.node("node-a", &[]).await;
     let id = connect(&a, &up, None).await;
     kill(&mut a, SIGKILL).await;
@@ -315,18 +306,18 @@ async fn restart_rebuilds_and_clear_all_on_start_wipes() {
     let (status, r) = a.get(&format!("/api/v1/upstreams/{id}")).await;
     assert_eq!(status, 404, "{r}");
     assert_eq!(owner_of(&cluster, &id).await, None);
-    assert!(
-        up.wait_for(Duration::from_millis(800), |l| l.handshakes > 2)
-            .await
-            .is_err(),
-        "a wiped record was re-established"
-    );
+    assert_no_handshake_past(
+        &up,
+        2,
+        Duration::from_millis(800),
+        "a wiped record was re-established",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn rolling_restart_never_leaves_the_upstream_down_longer_than_the_hand_over() {
-    let up = Upstream::start(UpstreamConfig::default().require_auth(SECRET_AUTH)).await;
-    let cluster = Cluster::start(Via::Redis).await;
+    let (up, cluster) = upstream_and_cluster().await;
     let names = ["node-a", "node-b", "node-c"];
     let mut nodes = Vec::new();
     for name in names {
@@ -358,7 +349,7 @@ async fn rolling_restart_never_leaves_the_upstream_down_longer_than_the_hand_ove
         let log = up.log();
         let expected = before + u64::from(owner == names[i]);
         assert_eq!(
-            log.handshakes as u64, expected,
+            log.handshakes, expected,
             "restarting {} moved nothing else",
             names[i]
         );

@@ -56,8 +56,7 @@ async fn hello_subscribe_publish_unsubscribe() {
 async fn clients_publish_where_policy_allows() {
     let srv = TestServer::start().await;
     let mut a = Client::connect(&srv.ws_url()).await;
-    let mut b = Client::connect(&srv.ws_url()).await;
-    b.subscribe("room").await;
+    let mut b = Client::subscribed(&srv.ws_url(), "room").await;
     // Default policy: only subscribers publish.
     let r = a
         .request(json!({"op":"publish","channel":"room","data":1}))
@@ -84,8 +83,7 @@ async fn per_channel_order_holds_under_concurrent_publishers() {
     let srv = TestServer::start().await;
     let mut subs = Vec::new();
     for _ in 0..3 {
-        let mut c = Client::connect(&srv.ws_url()).await;
-        c.subscribe("orders").await;
+        let c = Client::subscribed(&srv.ws_url(), "orders").await;
         subs.push(c);
     }
     const PUBLISHERS: u64 = 4;
@@ -93,18 +91,7 @@ async fn per_channel_order_holds_under_concurrent_publishers() {
     let mut tasks = Vec::new();
     for p in 0..PUBLISHERS {
         let url = srv.http("/api/v1/publish");
-        tasks.push(tokio::spawn(async move {
-            let client = http();
-            for i in 0..EACH {
-                let r = client
-                    .post(&url)
-                    .json(&json!({"channel":"orders","data":{"p":p,"i":i}}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 200);
-            }
-        }));
+        tasks.push(tokio::spawn(publish_numbered(url, "orders", p, EACH)));
     }
     for t in tasks {
         t.await.unwrap();
@@ -132,10 +119,8 @@ async fn per_channel_order_holds_under_concurrent_publishers() {
 #[tokio::test]
 async fn exclude_user_skips_only_that_user() {
     let srv = TestServer::start().await;
-    let mut a = Client::connect(&srv.ws_url()).await;
-    let mut b = Client::connect(&srv.ws_url()).await;
-    a.subscribe("team:1").await;
-    b.subscribe("team:1").await;
+    let mut a = Client::subscribed(&srv.ws_url(), "team:1").await;
+    let mut b = Client::subscribed(&srv.ws_url(), "team:1").await;
     let (_, body) = srv
         .post(
             "/api/v1/publish",
@@ -228,8 +213,7 @@ async fn tokens_are_checked_and_claims_restrict_channels() {
         SECRET,
         json!({"sub":"u","exp":in_a_minute(),"channels":["team:*"]}),
     );
-    let mut c = Client::connect(&format!("{url}?token={limited}")).await;
-    c.subscribe("team:7").await;
+    let mut c = Client::subscribed(&format!("{url}?token={limited}"), "team:7").await;
     let r = c.request(json!({"op":"subscribe","channel":"admin"})).await;
     assert_eq!(r["code"], "forbidden");
 
@@ -254,10 +238,8 @@ async fn tokens_are_checked_and_claims_restrict_channels() {
 #[tokio::test]
 async fn presence_is_answered_by_api_and_protocol() {
     let srv = TestServer::start().await;
-    let mut a = Client::connect(&srv.ws_url()).await;
-    let mut b = Client::connect(&srv.ws_url()).await;
-    a.subscribe("lobby").await;
-    b.subscribe("lobby").await;
+    let mut a = Client::subscribed(&srv.ws_url(), "lobby").await;
+    let b = Client::subscribed(&srv.ws_url(), "lobby").await;
     let (status, p) = srv.get("/api/v1/channels/lobby/presence").await;
     assert_eq!(status, 200);
     assert_eq!(p["connections"], 2);

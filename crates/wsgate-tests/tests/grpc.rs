@@ -36,6 +36,21 @@ macro_rules! call {
     };
 }
 
+/// [`call!`] whose reply must say `success` (else the test fails with the reply's error).
+macro_rules! call_ok {
+    ($c:expr, $method:ident, $req:expr) => {{
+        let r = call!($c, $method, $req);
+        assert!(r.success, "{}", r.error);
+        r
+    }};
+}
+
+/// Asserts that a reply failed with exactly `expected` as its error.
+#[track_caller]
+fn assert_failed(success: bool, error: &str, expected: &str) {
+    assert_eq!((success, error), (false, expected));
+}
+
 fn fast_reconnect() -> ReconnectPolicy {
     ReconnectPolicy {
         initial_ms: 2,
@@ -63,14 +78,13 @@ fn gateway_of(c: Option<Connection>) -> GatewayConnection {
 async fn await_state(c: &mut Grpc, id: &str, state: &str) -> UpstreamConnection {
     within(&format!("upstream {id} {state}"), async {
         loop {
-            let r = call!(
+            let r = call_ok!(
                 c,
                 get_connection,
                 GetConnectionRequest {
                     connection_id: id.into()
                 }
             );
-            assert!(r.success, "{}", r.error);
             let u = upstream_of(r.connection);
             if u.state == state {
                 return u;
@@ -90,7 +104,7 @@ async fn gateway_operations() {
     a.subscribe("news").await;
 
     // Publish reaches the subscriber, with its offset.
-    let r = call!(
+    let r = call_ok!(
         c,
         publish,
         PublishRequest {
@@ -99,7 +113,6 @@ async fn gateway_operations() {
             exclude_user: None,
         }
     );
-    assert!(r.success, "{}", r.error);
     assert_eq!((r.channel.as_str(), r.offset, r.delivered), ("news", 1, 1));
     assert!(!r.epoch.is_empty());
     assert_eq!(
@@ -108,7 +121,7 @@ async fn gateway_operations() {
     );
 
     // SendToUser and SendToConnection reach only their target.
-    let r = call!(
+    let r = call_ok!(
         c,
         send_to_user,
         SendToUserRequest {
@@ -116,7 +129,6 @@ async fn gateway_operations() {
             data: r#"{"to":"user"}"#.into(),
         }
     );
-    assert!(r.success, "{}", r.error);
     assert_eq!(r.delivered, 1);
     assert_eq!(b.recv().await["data"], json!({"to":"user"}));
     let r = call!(
@@ -141,14 +153,13 @@ async fn gateway_operations() {
     assert_eq!(b.recv().await["data"], "marker");
 
     // Presence.
-    let p = call!(
+    let p = call_ok!(
         c,
         presence,
         PresenceRequest {
             channel: "news".into()
         }
     );
-    assert!(p.success, "{}", p.error);
     assert_eq!((p.connections, p.users.clone()), (1, vec![a.user()]));
 
     // Errors: the HTTP API's strings, success=false, status OK.
@@ -160,10 +171,7 @@ async fn gateway_operations() {
             data: "1".into(),
         }
     );
-    assert_eq!(
-        (r.success, r.error.as_str()),
-        (false, "Connection not found")
-    );
+    assert_failed(r.success, &r.error, "Connection not found");
     let r = call!(
         c,
         publish,
@@ -201,7 +209,7 @@ async fn gateway_operations() {
     assert_eq!(r.error, "Connection not found");
 
     // DisconnectClient closes the socket.
-    let r = call!(
+    call_ok!(
         c,
         disconnect_client,
         DisconnectClientRequest {
@@ -209,7 +217,6 @@ async fn gateway_operations() {
             reason: Some("bye".into()),
         }
     );
-    assert!(r.success, "{}", r.error);
     let (code, _) = b.closed().await;
     assert_ne!(code, 1001, "closed by the API, not by shutdown");
     srv.shutdown().await;
@@ -221,7 +228,7 @@ async fn upstream_operations_and_connection_views() {
     let srv = TestServer::start().await;
     let mut c = grpc(&srv).await;
 
-    let r = call!(
+    let r = call_ok!(
         c,
         connect,
         ConnectRequest {
@@ -237,12 +244,11 @@ async fn upstream_operations_and_connection_views() {
             ..Default::default()
         }
     );
-    assert!(r.success, "{}", r.error);
     assert_eq!(r.state, "connected");
     let id = r.connection_id;
 
     // Send and SendRaw reach the upstream.
-    let r = call!(
+    call_ok!(
         c,
         send,
         SendRequest {
@@ -250,8 +256,7 @@ async fn upstream_operations_and_connection_views() {
             message: "hello upstream".into(),
         }
     );
-    assert!(r.success, "{}", r.error);
-    let r = call!(
+    call_ok!(
         c,
         send_raw,
         SendRawRequest {
@@ -259,7 +264,6 @@ async fn upstream_operations_and_connection_views() {
             data: vec![0, 1, 2, 255],
         }
     );
-    assert!(r.success, "{}", r.error);
     let log = up.wait_for(WAIT, |l| l.received.len() >= 3).await.unwrap();
     let frames: Vec<&Message> = log.received.iter().map(|r| &r.msg).collect();
     assert_eq!(
@@ -273,7 +277,7 @@ async fn upstream_operations_and_connection_views() {
     );
 
     // SendAsync: the correlated reply comes back as text.
-    let r = call!(
+    let r = call_ok!(
         c,
         send_async,
         SendAsyncRequest {
@@ -284,7 +288,6 @@ async fn upstream_operations_and_connection_views() {
             timeout_ms: Some(5_000),
         }
     );
-    assert!(r.success, "{}", r.error);
     let Some(send_async_reply::Response::Text(text)) = r.response else {
         panic!("expected a text reply: {:?}", r.response);
     };
@@ -294,9 +297,8 @@ async fn upstream_operations_and_connection_views() {
     assert_eq!(reply["echo"]["n"], 5);
 
     // StartPublish: a gateway client on topic:<name> receives the upstream's broadcast.
-    let mut browser = Client::connect(&srv.ws_url()).await;
-    browser.subscribe("topic:btc").await;
-    let r = call!(
+    let mut browser = Client::subscribed(&srv.ws_url(), "topic:btc").await;
+    let r = call_ok!(
         c,
         start_publish,
         StartPublishRequest {
@@ -304,7 +306,6 @@ async fn upstream_operations_and_connection_views() {
             topic: "btc".into(),
         }
     );
-    assert!(r.success, "{}", r.error);
     assert_eq!((r.topic.as_str(), r.channel.as_str()), ("btc", "topic:btc"));
     up.broadcast(Message::from(r#"{"price":42}"#.to_string()));
     let m = browser.recv().await;
@@ -344,8 +345,7 @@ async fn upstream_operations_and_connection_views() {
     );
 
     // ListConnections shows both kinds, sorted by id; filters as GET /connections.
-    let l = call!(c, list_connections, ListConnectionsRequest::default());
-    assert!(l.success, "{}", l.error);
+    let l = call_ok!(c, list_connections, ListConnectionsRequest::default());
     assert_eq!(l.total, 2);
     let mut ids: Vec<String> = l
         .connections
@@ -411,20 +411,16 @@ async fn upstream_operations_and_connection_views() {
             ..Default::default()
         }
     );
-    assert_eq!(
-        (l.success, l.error.as_str()),
-        (false, "kind is gateway or upstream")
-    );
+    assert_failed(l.success, &l.error, "kind is gateway or upstream");
 
     // StopPublish, then Disconnect; afterwards the id is unknown.
-    let r = call!(
+    call_ok!(
         c,
         stop_publish,
         StopPublishRequest {
             connection_id: id.clone()
         }
     );
-    assert!(r.success, "{}", r.error);
     let u = upstream_of(
         call!(
             c,
@@ -436,14 +432,13 @@ async fn upstream_operations_and_connection_views() {
         .connection,
     );
     assert_eq!(u.publish_topic, None);
-    let r = call!(
+    call_ok!(
         c,
         disconnect,
         DisconnectRequest {
             connection_id: id.clone()
         }
     );
-    assert!(r.success, "{}", r.error);
     up.wait_for(WAIT, |l| l.client_closes >= 1 && l.active == 0)
         .await
         .unwrap();
@@ -455,10 +450,7 @@ async fn upstream_operations_and_connection_views() {
             message: "x".into(),
         }
     );
-    assert_eq!(
-        (r.success, r.error.as_str()),
-        (false, "Connection not found")
-    );
+    assert_failed(r.success, &r.error, "Connection not found");
     srv.shutdown().await;
 }
 
@@ -546,19 +538,7 @@ async fn seed_000_errors() {
     assert_eq!(errors, vec![nf; 8]);
 
     // Held by another node.
-    let rec = wsgate_core::seams::UpstreamRecord {
-        id: "fedcba9876543210-other-node".into(),
-        owner: "other-node".into(),
-        state: "connected".into(),
-        created_at_ms: 0,
-        spec: wsgate_core::seams::upstream::UpstreamSpec::new("ws://127.0.0.1:1/"),
-    };
-    srv.node
-        .upstreams()
-        .records()
-        .upstream_put(rec.clone())
-        .await
-        .unwrap();
+    let rec = srv.put_foreign_upstream().await;
     let r = call!(
         c,
         send,
@@ -567,14 +547,15 @@ async fn seed_000_errors() {
             message: "x".into()
         }
     );
-    assert_eq!(
-        (r.success, r.error.as_str()),
-        (false, "Connection owned by different instance: other-node")
+    assert_failed(
+        r.success,
+        &r.error,
+        "Connection owned by different instance: other-node",
     );
 
     // Request timeout: an upstream that never answers UUID-prefixed requests.
     let quiet = Upstream::start(UpstreamConfig::default()).await;
-    let r = call!(
+    let r = call_ok!(
         c,
         connect,
         ConnectRequest {
@@ -583,7 +564,6 @@ async fn seed_000_errors() {
             ..Default::default()
         }
     );
-    assert!(r.success, "{}", r.error);
     let r = call!(
         c,
         send_async,
@@ -593,11 +573,11 @@ async fn seed_000_errors() {
             timeout_ms: Some(100),
         }
     );
-    assert_eq!((r.success, r.error.as_str()), (false, "Request timeout"));
+    assert_failed(r.success, &r.error, "Request timeout");
 
     // Not connected: the socket dropped, reconnect far away.
     let up = Upstream::start(UpstreamConfig::default()).await;
-    let r = call!(
+    let r = call_ok!(
         c,
         connect,
         ConnectRequest {
@@ -612,7 +592,6 @@ async fn seed_000_errors() {
             ..Default::default()
         }
     );
-    assert!(r.success, "{}", r.error);
     let down = r.connection_id;
     up.drop_all();
     await_state(&mut c, &down, "reconnecting").await;
@@ -624,10 +603,7 @@ async fn seed_000_errors() {
             message: "x".into()
         }
     );
-    assert_eq!(
-        (r.success, r.error.as_str()),
-        (false, "WebSocket is not connected")
-    );
+    assert_failed(r.success, &r.error, "WebSocket is not connected");
     let r = call!(
         c,
         send_raw,
@@ -799,30 +775,13 @@ async fn disabled_grpc_binds_nothing() {
 #[tokio::test]
 async fn python_grpcio_client() {
     let srv = TestServer::start().await;
-    let mut ws = Client::connect(&srv.ws_url()).await;
-    ws.subscribe("py").await;
+    let mut ws = Client::subscribed(&srv.ws_url(), "py").await;
 
     let proto = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("grpc-py-{}", std::process::id()));
     std::fs::create_dir_all(&out).unwrap();
-    let gen_out = within(
-        "grpc_tools.protoc",
-        tokio::process::Command::new("python3")
-            .args(["-m", "grpc_tools.protoc"])
-            .arg(format!("-I{}", proto.display()))
-            .arg(format!("--python_out={}", out.display()))
-            .arg(format!("--grpc_python_out={}", out.display()))
-            .arg("wsgate/v1/wsgate.proto")
-            .output(),
-    )
-    .await
-    .expect("python3 (with `pip install grpcio grpcio-tools`; .ci/run installs them)");
-    assert!(
-        gen_out.status.success(),
-        "protoc via grpc_tools: {}",
-        String::from_utf8_lossy(&gen_out.stderr)
-    );
+    python_protoc(&proto, "wsgate/v1/wsgate.proto", &out).await;
 
     let script = r#"
 import json, sys
@@ -846,23 +805,7 @@ with grpc.insecure_channel(sys.argv[1]) as ch:
     let health_proto = out.join("grpc_health/v1");
     std::fs::create_dir_all(&health_proto).unwrap();
     std::fs::write(health_proto.join("health.proto"), HEALTH_PROTO).unwrap();
-    let gen_health = within(
-        "health stubs",
-        tokio::process::Command::new("python3")
-            .args(["-m", "grpc_tools.protoc"])
-            .arg(format!("-I{}", out.display()))
-            .arg(format!("--python_out={}", out.display()))
-            .arg(format!("--grpc_python_out={}", out.display()))
-            .arg("grpc_health/v1/health.proto")
-            .output(),
-    )
-    .await
-    .unwrap();
-    assert!(
-        gen_health.status.success(),
-        "{}",
-        String::from_utf8_lossy(&gen_health.stderr)
-    );
+    python_protoc(&out, "grpc_health/v1/health.proto", &out).await;
 
     let run = within(
         "python grpcio client",
@@ -895,6 +838,28 @@ with grpc.insecure_channel(sys.argv[1]) as ch:
     );
     let _ = std::fs::remove_dir_all(&out);
     srv.shutdown().await;
+}
+
+/// Generates the Python messages and gRPC stubs of `proto` (relative to `include`) into `out`
+/// with `grpc_tools.protoc`.
+async fn python_protoc(include: &std::path::Path, proto: &str, out: &std::path::Path) {
+    let generated = within(
+        "grpc_tools.protoc",
+        tokio::process::Command::new("python3")
+            .args(["-m", "grpc_tools.protoc"])
+            .arg(format!("-I{}", include.display()))
+            .arg(format!("--python_out={}", out.display()))
+            .arg(format!("--grpc_python_out={}", out.display()))
+            .arg(proto)
+            .output(),
+    )
+    .await
+    .expect("python3 (with `pip install grpcio grpcio-tools`; .ci/run installs them)");
+    assert!(
+        generated.status.success(),
+        "protoc via grpc_tools ({proto}): {}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
 }
 
 /// The standard `grpc.health.v1` proto (from the gRPC health checking protocol).

@@ -84,10 +84,8 @@ async fn slow_consumer_is_closed_while_fast_ones_get_everything() {
         c.ws.close_grace_ms = 5_000;
     })
     .await;
-    let mut slow = Client::connect(&srv.ws_url()).await;
-    slow.subscribe("firehose").await;
-    let mut fast = Client::connect(&srv.ws_url()).await;
-    fast.subscribe("firehose").await;
+    let mut slow = Client::subscribed(&srv.ws_url(), "firehose").await;
+    let mut fast = Client::subscribed(&srv.ws_url(), "firehose").await;
 
     // The publisher tells the reader the total once it is done.
     let (tx, mut published) = tokio::sync::watch::channel(None::<u64>);

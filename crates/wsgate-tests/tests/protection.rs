@@ -22,8 +22,7 @@ struct Watcher {
 
 impl Watcher {
     async fn new(srv: &TestServer) -> Self {
-        let mut client = Client::connect(&srv.ws_url()).await;
-        client.subscribe("watch").await;
+        let client = Client::subscribed(&srv.ws_url(), "watch").await;
         Self {
             client,
             published: 0,
@@ -41,6 +40,12 @@ impl Watcher {
         let m = self.client.recv().await;
         assert_eq!(m["op"], "message", "{m}");
         assert_eq!(m["data"]["n"], n, "watcher missed a publication: {m}");
+    }
+
+    /// The last [`Self::check`], then the node's shutdown: how every test here ends.
+    async fn finish(mut self, srv: TestServer) {
+        self.check(&srv).await;
+        srv.shutdown().await;
     }
 }
 
@@ -106,8 +111,7 @@ async fn node_connection_limit_answers_503_and_turns_ready_false() {
         }
     })
     .await;
-    w.check(&srv).await;
-    srv.shutdown().await;
+    w.finish(srv).await;
 }
 
 #[tokio::test]
@@ -118,7 +122,7 @@ async fn per_ip_limits_answer_429_and_honour_only_trusted_proxies() {
         c.limits.trusted_proxies = vec!["127.0.0.1/32".into()];
     })
     .await;
-    let mut w = Watcher::new(&srv).await;
+    let w = Watcher::new(&srv).await;
     let xff = [("x-forwarded-for", "203.0.113.9")];
     let _a = try_upgrade(&srv, &xff).await.expect("1st");
     let _b = try_upgrade(&srv, &xff).await.expect("2nd");
@@ -141,8 +145,7 @@ async fn per_ip_limits_answer_429_and_honour_only_trusted_proxies() {
         .err()
         .expect("a client's own Forwarded header does not make it another address");
     assert_eq!(status, 429);
-    w.check(&srv).await;
-    srv.shutdown().await;
+    w.finish(srv).await;
 
     // A proxy that writes RFC 7239 `Forwarded` is named so, and then that header counts.
     let srv = TestServer::with(|c| {
@@ -171,7 +174,7 @@ async fn per_ip_limits_answer_429_and_honour_only_trusted_proxies() {
         c.limits.ip_connect_rate = 0;
     })
     .await;
-    let mut w = Watcher::new(&srv).await;
+    let w = Watcher::new(&srv).await;
     let _a = try_upgrade(&srv, &[("x-forwarded-for", "1.1.1.1")])
         .await
         .expect("2nd from 127.0.0.1");
@@ -180,8 +183,7 @@ async fn per_ip_limits_answer_429_and_honour_only_trusted_proxies() {
         .err()
         .expect("a forged header does not help");
     assert_eq!(status, 429);
-    w.check(&srv).await;
-    srv.shutdown().await;
+    w.finish(srv).await;
 }
 
 #[tokio::test]
@@ -192,7 +194,7 @@ async fn per_ip_connect_rate_answers_429_with_retry_after() {
         c.limits.trusted_proxies = vec!["127.0.0.1".into()];
     })
     .await;
-    let mut w = Watcher::new(&srv).await;
+    let w = Watcher::new(&srv).await;
     let storm = [("x-forwarded-for", "192.0.2.77")];
     let mut refused = None;
     // 1/s with a burst of 2: of five attempts in a row, at least one is refused.
@@ -210,8 +212,7 @@ async fn per_ip_connect_rate_answers_429_with_retry_after() {
     let secs: u64 = retry.expect("Retry-After").parse().unwrap();
     assert!((1..=2).contains(&secs), "Retry-After {secs}");
     assert!(rejections(&srv, "ip_rate").await >= 1.0);
-    w.check(&srv).await;
-    srv.shutdown().await;
+    w.finish(srv).await;
 }
 
 #[tokio::test]
@@ -219,7 +220,7 @@ async fn browser_origins_outside_the_allow_list_get_403() {
     let srv =
         TestServer::with(|c| c.limits.allowed_origins = vec!["https://app.example.com".into()])
             .await;
-    let mut w = Watcher::new(&srv).await;
+    let w = Watcher::new(&srv).await;
     let (status, _) = try_upgrade(&srv, &[("origin", "https://evil.example.net")])
         .await
         .err()
@@ -229,8 +230,7 @@ async fn browser_origins_outside_the_allow_list_get_403() {
     try_upgrade(&srv, &[("origin", "https://app.example.com")])
         .await
         .expect("listed origin");
-    w.check(&srv).await;
-    srv.shutdown().await;
+    w.finish(srv).await;
 
     // Default: no origin listed, browsers refused; --allow-any-origin lets them in.
     let srv = TestServer::start().await;
@@ -270,8 +270,7 @@ async fn a_user_over_its_connection_limit_is_closed_with_4029() {
     assert_eq!(code, 4029);
     assert!(texts.is_empty(), "refused before hello: {texts:?}");
     assert_eq!(rejections(&srv, "user_connections").await, 1.0);
-    w.check(&srv).await;
-    srv.shutdown().await;
+    w.finish(srv).await;
 }
 
 #[tokio::test]
@@ -282,7 +281,7 @@ async fn inbound_message_rate_answers_rate_limited_then_closes_4029() {
         c.ws.rate_limit_strikes = 20;
     })
     .await;
-    let mut w = Watcher::new(&srv).await;
+    let w = Watcher::new(&srv).await;
     let mut flood = Client::connect(&srv.ws_url()).await;
     for _ in 0..40 {
         let _ = flood
@@ -311,8 +310,7 @@ async fn inbound_message_rate_answers_rate_limited_then_closes_4029() {
     .await;
     srv.await_metric("wsgate_rate_limited_frames_total{kind=\"messages\"}", 20.0)
         .await;
-    w.check(&srv).await;
-    srv.shutdown().await;
+    w.finish(srv).await;
 }
 
 #[tokio::test]
@@ -323,7 +321,7 @@ async fn inbound_byte_rate_drops_frames_with_an_error() {
         c.ws.client_byte_burst = 1024;
     })
     .await;
-    let mut w = Watcher::new(&srv).await;
+    let w = Watcher::new(&srv).await;
     let mut c = Client::connect(&srv.ws_url()).await;
     let big = format!(r#"{{"op":"ping","ts":"{}"}}"#, "x".repeat(700));
     c.send_text(&big).await;
@@ -333,14 +331,13 @@ async fn inbound_byte_rate_drops_frames_with_an_error() {
     assert_eq!(e["code"], "rate_limited", "{e}");
     srv.await_metric("wsgate_rate_limited_frames_total{kind=\"bytes\"}", 1.0)
         .await;
-    w.check(&srv).await;
-    srv.shutdown().await;
+    w.finish(srv).await;
 }
 
 #[tokio::test]
 async fn a_client_that_never_upgrades_is_dropped_after_the_handshake_timeout() {
     let srv = TestServer::with(|c| c.listener.handshake_timeout_ms = 300).await;
-    let mut w = Watcher::new(&srv).await;
+    let w = Watcher::new(&srv).await;
     let started = std::time::Instant::now();
     let mut silent = TcpStream::connect(srv.addr).await.unwrap();
     let mut partial = TcpStream::connect(srv.addr).await.unwrap();
@@ -371,8 +368,7 @@ async fn a_client_that_never_upgrades_is_dropped_after_the_handshake_timeout() {
         2.0,
     )
     .await;
-    w.check(&srv).await;
-    srv.shutdown().await;
+    w.finish(srv).await;
 }
 
 #[tokio::test]
@@ -692,8 +688,7 @@ async fn hostile_clients_get_rfc_answers_and_others_keep_being_served() {
         }
     })
     .await;
-    w.check(&srv).await;
-    srv.shutdown().await;
+    w.finish(srv).await;
 }
 
 #[tokio::test]
@@ -723,8 +718,7 @@ async fn secrets_never_reach_the_logs_or_the_api() {
     let addr = line.rsplit("http://").next().unwrap().to_string();
     let token = hs256_token(JWT_SECRET, json!({"sub":"alice","exp":in_a_minute()}));
     // A good token, a bad one, API calls with the right key and a wrong one.
-    let mut c = Client::connect(&format!("ws://{addr}/ws?token={token}")).await;
-    c.subscribe("s").await;
+    let c = Client::subscribed(&format!("ws://{addr}/ws?token={token}"), "s").await;
     let (ws, _) = within(
         "upgrade",
         tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token=bad.{API_KEY}.x")),

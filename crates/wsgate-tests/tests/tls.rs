@@ -119,24 +119,34 @@ async fn https_post(srv: &TestServer, trusted: &Cert, path: &str, body: Value) -
     .await
 }
 
-async fn tls_server(dir: &Path) -> TestServer {
+/// A node serving TLS with a fresh certificate in its own temporary directory `name`: the
+/// directory (where `cert.pem` and `key.pem` are reloaded from), the certificate to trust,
+/// the node.
+async fn tls_node(name: &str) -> (std::path::PathBuf, Cert, TestServer) {
+    let dir = temp_dir(name);
+    let trusted = write_cert(&dir);
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    TestServer::with(move |c| {
+    let srv = TestServer::with(move |c| {
         c.listener.tls_cert_file = Some(cert);
         c.listener.tls_key_file = Some(key);
     })
-    .await
+    .await;
+    (dir, trusted, srv)
+}
+
+/// A `wss://` client trusting `trusted`, subscribed to `channel`.
+async fn wss_subscribed(srv: &TestServer, trusted: &Cert, channel: &str) -> Wss {
+    let mut ws = wss(srv, trusted).await;
+    let sub = request(&mut ws, json!({"op":"subscribe","channel":channel})).await;
+    assert_eq!(sub["op"], "subscribed", "{sub}");
+    ws
 }
 
 #[tokio::test]
 async fn wss_subscribe_and_https_publish() {
-    let dir = temp_dir("basic");
-    let cert = write_cert(&dir);
-    let srv = tls_server(&dir).await;
+    let (dir, cert, srv) = tls_node("basic").await;
 
-    let mut ws = wss(&srv, &cert).await;
-    let sub = request(&mut ws, json!({"op":"subscribe","channel":"secure"})).await;
-    assert_eq!(sub["op"], "subscribed", "{sub}");
+    let mut ws = wss_subscribed(&srv, &cert, "secure").await;
 
     let (status, body) = https_post(
         &srv,
@@ -207,13 +217,9 @@ async fn https_post_quiet(srv: &TestServer, i: u64) -> (u16, ()) {
 
 #[tokio::test]
 async fn certificate_reload_keeps_connections() {
-    let dir = temp_dir("reload");
-    let old = write_cert(&dir);
-    let srv = tls_server(&dir).await;
+    let (dir, old, srv) = tls_node("reload").await;
 
-    let mut ws = wss(&srv, &old).await;
-    let sub = request(&mut ws, json!({"op":"subscribe","channel":"rot"})).await;
-    assert_eq!(sub["op"], "subscribed", "{sub}");
+    let mut ws = wss_subscribed(&srv, &old, "rot").await;
 
     let new = write_cert(&dir);
     assert!(srv.node.reload_tls().unwrap(), "TLS is configured");
@@ -221,9 +227,7 @@ async fn certificate_reload_keeps_connections() {
     // New handshakes present the new certificate: a client trusting only the old one fails.
     let refused = within("handshake with the old root", tls_connect(&srv, &old)).await;
     assert!(refused.is_err(), "the old certificate is still served");
-    let mut fresh = wss(&srv, &new).await;
-    let sub = request(&mut fresh, json!({"op":"subscribe","channel":"rot"})).await;
-    assert_eq!(sub["op"], "subscribed", "{sub}");
+    let mut fresh = wss_subscribed(&srv, &new, "rot").await;
 
     // Both the old connection and the new one receive what is published.
     let (status, body) = https_post(

@@ -11,10 +11,22 @@ use serde_json::{Value, json};
 use support::*;
 use wsgate_client::Message;
 use wsgate_client::test_support::{
-    ServerLog, TestServer as Upstream, TestServerConfig as UpstreamConfig,
+    Resources, ServerLog, TestServer as Upstream, TestServerConfig as UpstreamConfig,
 };
 
 /// Millisecond backoff without jitter, retrying forever.
+/// A scripted upstream server with `config`, and a node (in this process) to connect to it.
+async fn upstream_and_node(config: UpstreamConfig) -> (Upstream, TestServer) {
+    (Upstream::start(config).await, TestServer::start().await)
+}
+
+/// [`upstream_and_node`] with an upstream that refuses handshakes until told otherwise.
+async fn refusing_upstream_and_node() -> (Upstream, TestServer) {
+    let (up, srv) = upstream_and_node(UpstreamConfig::default()).await;
+    up.set_refusing(true);
+    (up, srv)
+}
+
 fn fast_reconnect() -> Value {
     json!({"initial_ms": 2, "max_ms": 20, "max_attempts": null, "jitter": 0.0})
 }
@@ -61,8 +73,7 @@ fn metric(text: &str, series: &str) -> f64 {
 
 #[tokio::test]
 async fn reconnect_runs_auth_then_replays_subscriptions() {
-    let up = Upstream::start(UpstreamConfig::default().require_auth("s3cr3t")).await;
-    let srv = TestServer::start().await;
+    let (up, srv) = upstream_and_node(UpstreamConfig::default().require_auth("s3cr3t")).await;
     let auth = json!({"op": "auth", "token": "s3cr3t"});
     let (id, r) = connect(
         &srv,
@@ -83,13 +94,7 @@ async fn reconnect_runs_auth_then_replays_subscriptions() {
     upstream_log(&up, |l| l.count_on(1) == 3).await;
 
     // A subscription added through the API is sent now and tracked.
-    let (status, r) = srv
-        .post(
-            &format!("/api/v1/upstreams/{id}/subscriptions"),
-            json!({"add": [{"key": "ticker", "message": "SUB ticker", "unsubscribe": "UNSUB ticker"}]}),
-        )
-        .await;
-    assert_eq!(status, 200, "{r}");
+    let r = srv.upstream_call(&id, "subscriptions", json!({"add": [{"key": "ticker", "message": "SUB ticker", "unsubscribe": "UNSUB ticker"}]}), 200).await;
     assert_eq!(r["subscriptions"], json!(["trades", "SUB book", "ticker"]));
     upstream_log(&up, |l| l.count_on(1) == 4).await;
 
@@ -157,13 +162,8 @@ async fn reconnect_runs_auth_then_replays_subscriptions() {
     assert_eq!(rec.owner, "test-node");
 
     // Removing sends the unsubscribe message and drops it from the next replay.
-    let (status, r) = srv
-        .post(
-            &format!("/api/v1/upstreams/{id}/subscriptions"),
-            json!({"remove": ["ticker"]}),
-        )
+    srv.upstream_call(&id, "subscriptions", json!({"remove": ["ticker"]}), 200)
         .await;
-    assert_eq!(status, 200, "{r}");
     upstream_log(&up, |l| {
         l.texts_on(2).last().is_some_and(|t| t == "UNSUB ticker")
     })
@@ -203,9 +203,7 @@ async fn reconnect_runs_auth_then_replays_subscriptions() {
 
 #[tokio::test]
 async fn gives_up_after_max_attempts_and_shows_an_open_breaker() {
-    let up = Upstream::start(UpstreamConfig::default()).await;
-    up.set_refusing(true);
-    let srv = TestServer::start().await;
+    let (up, srv) = refusing_upstream_and_node().await;
 
     let (id, _) = connect(
         &srv,
@@ -233,10 +231,7 @@ async fn gives_up_after_max_attempts_and_shows_an_open_breaker() {
     );
     // A failed connection refuses sends with seed 000's string.
     let (status, r) = srv
-        .post(
-            &format!("/api/v1/upstreams/{id}/send"),
-            json!({"message": "x"}),
-        )
+        .upstream_post(&id, "send", json!({"message": "x"}))
         .await;
     assert_eq!(
         (status, r["error"].as_str()),
@@ -276,15 +271,13 @@ async fn gives_up_after_max_attempts_and_shows_an_open_breaker() {
 }
 
 async fn send_async(srv: &TestServer, id: &str, body: Value) -> (u16, Value) {
-    srv.post(&format!("/api/v1/upstreams/{id}/send-async"), body)
-        .await
+    srv.upstream_post(id, "send-async", body).await
 }
 
 #[tokio::test]
 async fn send_async_json_field_matches_replies_and_drops_late_ones() {
-    let up = Upstream::start(UpstreamConfig::default()).await;
+    let (up, srv) = upstream_and_node(UpstreamConfig::default()).await;
     up.set_noise(3);
-    let srv = TestServer::start().await;
     let (id, _) = connect(
         &srv,
         json!({"url": up.url(), "correlation": {"mode": "json-field", "field": "id"}, "publish_topic": "noise"}),
@@ -356,9 +349,8 @@ async fn send_async_json_field_matches_replies_and_drops_late_ones() {
 
 #[tokio::test]
 async fn send_async_uuid_prefix_among_interleaved_traffic() {
-    let up = Upstream::start(UpstreamConfig::default().uuid_replies()).await;
+    let (up, srv) = upstream_and_node(UpstreamConfig::default().uuid_replies()).await;
     up.set_noise(2);
-    let srv = TestServer::start().await;
     let (id, _) = connect(
         &srv,
         json!({"url": up.url(), "correlation": {"mode": "uuid-prefix"}}),
@@ -390,19 +382,13 @@ async fn send_async_uuid_prefix_among_interleaved_traffic() {
 
 #[tokio::test]
 async fn publish_reaches_gateway_subscribers_until_stopped() {
-    let up = Upstream::start(UpstreamConfig::default()).await;
-    let srv = TestServer::start().await;
+    let (up, srv) = upstream_and_node(UpstreamConfig::default()).await;
     let (id, _) = connect(&srv, json!({"url": up.url()})).await;
-    let mut browser = Client::connect(&srv.ws_url()).await;
-    browser.subscribe("topic:feed").await;
+    let mut browser = Client::subscribed(&srv.ws_url(), "topic:feed").await;
 
-    let (status, r) = srv
-        .post(
-            &format!("/api/v1/upstreams/{id}/publish/start"),
-            json!({"topic": "feed"}),
-        )
+    let r = srv
+        .upstream_call(&id, "publish/start", json!({"topic": "feed"}), 200)
         .await;
-    assert_eq!(status, 200, "{r}");
     assert_eq!(r["channel"], "topic:feed");
     up.broadcast(Message::from(r#"{"px":1.5}"#));
     up.broadcast(Message::from("plain text"));
@@ -429,10 +415,7 @@ async fn publish_reaches_gateway_subscribers_until_stopped() {
         .unwrap();
     assert_eq!(rec.spec.publish_topic.as_deref(), Some("feed"));
 
-    let (status, _) = srv
-        .post(&format!("/api/v1/upstreams/{id}/publish/stop"), json!({}))
-        .await;
-    assert_eq!(status, 200);
+    srv.upstream_call(&id, "publish/stop", json!({}), 200).await;
     up.broadcast(Message::from(r#"{"px":2}"#));
     // The pump has handled the message (received counter) before the sentinel goes out.
     srv.await_metric("wsgate_upstream_messages_received_total", 4.0)
@@ -521,24 +504,9 @@ async fn seed_000_error_strings_over_http() {
     }
 
     // A record held by another node (cluster mode's case).
-    let rec = wsgate_core::seams::UpstreamRecord {
-        id: "fedcba9876543210-other-node".into(),
-        owner: "other-node".into(),
-        state: "connected".into(),
-        created_at_ms: 0,
-        spec: wsgate_core::seams::upstream::UpstreamSpec::new("ws://127.0.0.1:1/"),
-    };
-    srv.node
-        .upstreams()
-        .records()
-        .upstream_put(rec.clone())
-        .await
-        .unwrap();
+    let rec = srv.put_foreign_upstream().await;
     let (status, r) = srv
-        .post(
-            &format!("/api/v1/upstreams/{}/send", rec.id),
-            json!({"message": "x"}),
-        )
+        .upstream_post(&rec.id, "send", json!({"message": "x"}))
         .await;
     assert_eq!(status, 409);
     assert_eq!(
@@ -582,28 +550,16 @@ async fn seed_000_error_strings_over_http() {
         assert!(status == 400 || status == 422, "{body}: {status} {r}");
         assert_eq!(r["success"], false);
     }
-    let (status, _) = srv
-        .post(
-            &format!("/api/v1/upstreams/{id}/send-raw"),
-            json!({"data_base64": "!!"}),
-        )
+    srv.upstream_call(&id, "send-raw", json!({"data_base64": "!!"}), 400)
         .await;
-    assert_eq!(status, 400);
-    let (status, _) = srv
-        .post(
-            &format!("/api/v1/upstreams/{id}/publish/start"),
-            json!({"topic": ""}),
-        )
+    srv.upstream_call(&id, "publish/start", json!({"topic": ""}), 400)
         .await;
-    assert_eq!(status, 400);
     srv.shutdown().await;
 }
 
 #[tokio::test]
 async fn outbox_mode_queues_while_disconnected() {
-    let up = Upstream::start(UpstreamConfig::default()).await;
-    up.set_refusing(true);
-    let srv = TestServer::start().await;
+    let (up, srv) = refusing_upstream_and_node().await;
     let (id, r) = connect(
         &srv,
         json!({"url": up.url(), "offline": "outbox", "wait_ms": 0,
@@ -612,13 +568,8 @@ async fn outbox_mode_queues_while_disconnected() {
     )
     .await;
     assert_ne!(r["state"], "connected");
-    let (status, r) = srv
-        .post(
-            &format!("/api/v1/upstreams/{id}/send"),
-            json!({"message": "queued"}),
-        )
+    srv.upstream_call(&id, "send", json!({"message": "queued"}), 200)
         .await;
-    assert_eq!(status, 200, "{r}");
     up.set_refusing(false);
     let log = upstream_log(&up, |l| l.count_on(1) == 2).await;
     assert_eq!(
@@ -629,19 +580,12 @@ async fn outbox_mode_queues_while_disconnected() {
     srv.shutdown().await;
 }
 
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 /// Forced reconnects through the manager (client driver + pump, with publishing on) leave
 /// no extra tasks or file descriptors behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forced_reconnects_leak_no_tasks_or_fds() {
     const N: u64 = 1_000;
-    let up = Upstream::start(UpstreamConfig::default().require_auth("tok")).await;
-    let srv = TestServer::start().await;
+    let (up, srv) = upstream_and_node(UpstreamConfig::default().require_auth("tok")).await;
     let (id, _) = connect(
         &srv,
         json!({
@@ -659,9 +603,7 @@ async fn forced_reconnects_leak_no_tasks_or_fds() {
     upstream_log(&up, |l| l.count_on(1) == 2).await;
     // Warm up every lazily created resource (HTTP pools, the view path).
     view(&srv, &id).await;
-    let metrics = tokio::runtime::Handle::current().metrics();
-    let tasks_before = metrics.num_alive_tasks();
-    let fds_before = open_fds();
+    let before = Resources::now();
 
     for i in 0..N {
         up.drop_all();
@@ -682,16 +624,16 @@ async fn forced_reconnects_leak_no_tasks_or_fds() {
         .await;
     // Sockets of just-closed HTTP requests may take a moment to go; the counts must come
     // back to the baseline, not merely stop growing.
-    let (tasks, fds) = within("tasks and fds back to baseline", async {
+    let after = within("tasks and fds back to baseline", async {
         loop {
-            let (t, f) = (metrics.num_alive_tasks(), open_fds());
-            if t <= tasks_before && f <= fds_before {
-                return (t, f);
+            let now = Resources::now();
+            if now.within(&before) {
+                return now;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await;
-    assert!(tasks <= tasks_before && fds <= fds_before);
+    assert!(after.tasks <= before.tasks && after.fds <= before.fds);
     srv.shutdown().await;
 }

@@ -25,6 +25,15 @@ function collect(sub) {
   sub.on('subscribed', (s) => got.subscribed.push(s));
   return got;
 }
+/** A watched client (`watch(url, opts)`) subscribed to `channel`, once the first `subscribed` came. */
+async function subscribed(url, channel, opts = {}) {
+  const w = watch(url, opts);
+  const sub = w.c.subscribe(channel);
+  const got = collect(sub);
+  w.c.connect();
+  await until(() => got.subscribed.length === 1, 'subscribed');
+  return { ...w, sub, got };
+}
 
 describe('cluster recovery (Redis store and broker, two nodes)', () => {
   let redis, a, b;
@@ -40,11 +49,7 @@ describe('cluster recovery (Redis store and broker, two nodes)', () => {
   });
 
   test('SIGKILL the client\'s node, publish through the other, restart: every message once, in order', async () => {
-    const { c, disconnects } = watch(a.ws);
-    const sub = c.subscribe('room:kill');
-    const got = collect(sub);
-    c.connect();
-    await until(() => got.subscribed.length === 1, 'subscribed');
+    const { c, disconnects, got } = await subscribed(a.ws, 'room:kill');
     for (const i of range(1, 5)) await b.publish('room:kill', { i });
     await until(() => got.messages.length === 5, 'the first 5 live messages');
 
@@ -71,11 +76,7 @@ describe('cluster recovery (Redis store and broker, two nodes)', () => {
   });
 
   test('SIGTERM drains with 1001; the client comes back and recovers what it missed', async () => {
-    const { c, disconnects } = watch(a.ws);
-    const sub = c.subscribe('room:drain');
-    const got = collect(sub);
-    c.connect();
-    await until(() => got.subscribed.length === 1, 'subscribed');
+    const { c, disconnects, got } = await subscribed(a.ws, 'room:drain');
     await b.publish('room:drain', 1);
     await until(() => got.messages.length === 1, 'message 1');
     a.child.kill('SIGTERM');
@@ -93,11 +94,11 @@ describe('cluster recovery (Redis store and broker, two nodes)', () => {
   });
 
   test('a node that stops answering (SIGSTOP) is given up by the ping check and recovered from', async () => {
-    const { c, disconnects } = watch(a.ws, { pingInterval: 200, pongTimeout: 300, connectTimeout: 500 });
-    const sub = c.subscribe('room:frozen');
-    const got = collect(sub);
-    c.connect();
-    await until(() => got.subscribed.length === 1, 'subscribed');
+    const { c, disconnects, got } = await subscribed(a.ws, 'room:frozen', {
+      pingInterval: 200,
+      pongTimeout: 300,
+      connectTimeout: 500,
+    });
     await b.publish('room:frozen', 1);
     await until(() => got.messages.length === 1, 'message 1');
     a.child.kill('SIGSTOP'); // the TCP connection stays open; nothing answers
@@ -118,11 +119,7 @@ describe('cluster recovery (Redis store and broker, two nodes)', () => {
   });
 
   test('Redis loses its data: the gap is reported (epoch_changed), never hidden', async () => {
-    const { c } = watch(a.ws);
-    const sub = c.subscribe('room:epoch');
-    const got = collect(sub);
-    c.connect();
-    await until(() => got.subscribed.length === 1, 'subscribed');
+    const { c, got } = await subscribed(a.ws, 'room:epoch');
     await b.publish('room:epoch', 'old');
     await until(() => got.messages.length === 1, 'the first message');
     await a.kill();
@@ -150,11 +147,7 @@ describe('one node (memory)', () => {
   after(() => n?.stop());
 
   test('client publish, presence, ping; rpc is refused by today\'s server', async () => {
-    const { c } = watch(n.ws);
-    const sub = c.subscribe('chat:1');
-    const got = collect(sub);
-    c.connect();
-    await until(() => got.subscribed.length === 1, 'subscribed');
+    const { c, sub, got } = await subscribed(n.ws, 'chat:1');
     const p = await sub.publish({ text: 'hi' });
     assert.equal(p.offset, 1);
     await until(() => got.messages.length === 1, 'own message');
@@ -168,11 +161,7 @@ describe('one node (memory)', () => {
   });
 
   test('away longer than the history: history_truncated, and what is retained follows in order', async () => {
-    const { c } = watch(n.ws);
-    const sub = c.subscribe('news:1');
-    const got = collect(sub);
-    c.connect();
-    await until(() => got.subscribed.length === 1, 'subscribed');
+    const { c, got } = await subscribed(n.ws, 'news:1');
     await n.publish('news:1', 1);
     await until(() => got.messages.length === 1, 'message 1');
     c.disconnect();

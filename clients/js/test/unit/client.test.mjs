@@ -33,6 +33,14 @@ async function subscribed(c, ws, channel, offset = 0, epoch = 'e1') {
   assert.equal(sub.state, 'subscribed');
   return sub;
 }
+/** What `sub` reports: `pick` of each message, and each `subscribed`. */
+function listen(sub, pick) {
+  const got = [];
+  const subs = [];
+  sub.on('message', (m) => got.push(pick(m)));
+  sub.on('subscribed', (s) => subs.push(s));
+  return { got, subs };
+}
 const msg = (ws, channel, offset, data = offset) => ws.push({ op: 'message', channel, offset, data });
 
 beforeEach(() => FakeSocket.reset());
@@ -439,10 +447,7 @@ describe('subscriptions', () => {
     const c = client();
     let ws = await connected(c);
     const sub = await subscribed(c, ws, 'team:42', 0, 'E');
-    const got = [];
-    const subs = [];
-    sub.on('message', (m) => got.push(m.data));
-    sub.on('subscribed', (s) => subs.push(s));
+    const { got, subs } = listen(sub, (m) => m.data);
     msg(ws, 'team:42', 1, 'a');
     msg(ws, 'team:42', 2, 'b');
     ws.drop(1001, 'shutting down');
@@ -464,10 +469,7 @@ describe('subscriptions', () => {
       const c = client();
       let ws = await connected(c);
       const sub = await subscribed(c, ws, 'a:1', 10, 'E');
-      const got = [];
-      const subs = [];
-      sub.on('message', (m) => got.push(m.offset));
-      sub.on('subscribed', (s) => subs.push(s));
+      const { got, subs } = listen(sub, (m) => m.offset);
       ws.drop(1006);
       await until(() => FakeSocket.all.length === 2, 'reconnect');
       ws = FakeSocket.last;

@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 pub use wsgate_client::test_support::{ServerLog, TestServer, TestServerConfig};
-use wsgate_client::{Backoff, BreakerConfig, ClientConfig, Event, Events};
+use wsgate_client::{
+    Backoff, BreakerConfig, Client, ClientConfig, Error, Event, Events, Subscription,
+};
 
 /// Upper bound for any single wait: a broken test fails in seconds.
 pub const T: Duration = Duration::from_secs(5);
@@ -50,10 +52,43 @@ pub async fn wait_event(
     }
 }
 
+/// Skips events until the next `Reconnecting`; its attempt, delay and error.
+pub async fn reconnecting(events: &mut Events) -> (u32, Duration, Error) {
+    match wait_event(events, |e| matches!(e, Event::Reconnecting { .. })).await {
+        (
+            Event::Reconnecting {
+                attempt,
+                delay,
+                error,
+            },
+            _,
+        ) => (attempt, delay, error),
+        _ => unreachable!(),
+    }
+}
+
 /// Waits for a server condition, failing the test with the log on timeout.
 pub async fn server_wait(server: &TestServer, pred: impl FnMut(&ServerLog) -> bool) -> ServerLog {
     server
         .wait_for(T, pred)
         .await
         .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Connects (bounded by [`T`]), failing the test on error.
+pub async fn connect(cfg: ClientConfig) -> (Client, Events) {
+    tokio::time::timeout(T, Client::connect(cfg))
+        .await
+        .expect("connect within T")
+        .expect("connected")
+}
+
+/// Subscribes `key` with the message `sub <key>`, for each key in order.
+pub async fn subscribe_all(client: &Client, keys: &[&str]) {
+    for key in keys {
+        client
+            .subscribe(Subscription::new(*key, format!("sub {key}")))
+            .await
+            .unwrap();
+    }
 }

@@ -263,22 +263,20 @@ impl Control {
 
     /// Send: one text frame.
     pub async fn send(&self, id: &str, text: String) -> Result<(), ControlError> {
-        self.run(UpstreamOp::Send {
+        self.acknowledged(UpstreamOp::Send {
             id: id.into(),
             text,
         })
         .await
-        .map(drop)
     }
 
     /// SendRaw: one binary frame.
     pub async fn send_raw(&self, id: &str, data: Bytes) -> Result<(), ControlError> {
-        self.run(UpstreamOp::SendRaw {
+        self.acknowledged(UpstreamOp::SendRaw {
             id: id.into(),
             data,
         })
         .await
-        .map(drop)
     }
 
     /// SendAsync: `msg` and its correlated reply, waiting `timeout_ms` (default
@@ -335,16 +333,14 @@ impl Control {
     }
 
     pub async fn stop_publish(&self, id: &str) -> Result<(), ControlError> {
-        self.run(UpstreamOp::StopPublish { id: id.into() })
+        self.acknowledged(UpstreamOp::StopPublish { id: id.into() })
             .await
-            .map(drop)
     }
 
     /// Disconnect: closes upstream connection `id` and forgets its record.
     pub async fn disconnect_upstream(&self, id: &str) -> Result<(), ControlError> {
-        self.run(UpstreamOp::Disconnect { id: id.into() })
+        self.acknowledged(UpstreamOp::Disconnect { id: id.into() })
             .await
-            .map(drop)
     }
 
     /// Reconnect: restarts upstream connection `id` (open or `failed`) with the same id,
@@ -374,6 +370,11 @@ impl Control {
 
     async fn run(&self, op: UpstreamOp) -> Result<Outcome, ControlError> {
         Ok(self.upstreams.execute(op).await?)
+    }
+
+    /// Runs an op whose outcome tells the caller nothing beyond success.
+    async fn acknowledged(&self, op: UpstreamOp) -> Result<(), ControlError> {
+        self.run(op).await.map(drop)
     }
 }
 

@@ -17,11 +17,25 @@ async fn subscribe(node: &Node, peer: &mut Peer, frame: Value) -> Vec<Value> {
     peer.take_json()
 }
 
-/// A channel with `n` publications (1..=n) and a first subscriber; returns the epoch.
-async fn stream_of(node: &Node, channel: &str, n: u64) -> Value {
+/// Subscribes `peer` to channel `c` since `offset` in `epoch`; the answer and the replay.
+async fn recover(node: &Node, peer: &mut Peer, offset: u64, epoch: &Value) -> Vec<Value> {
+    let since = json!({"offset": offset, "epoch": epoch});
+    subscribe(
+        node,
+        peer,
+        json!({"op":"subscribe","channel":"c","since":since}),
+    )
+    .await
+}
+
+/// A node keeping `history` publications per channel, with a channel `c` with `n`
+/// publications (1..=n) and a first subscriber; returns the node and the channel's epoch.
+async fn stream_of(history: usize, n: u64) -> (Node, Value) {
+    let node = Node::new(history, |_| {});
+    let channel = "c";
     let mut first = node.connect("first", 16);
     let answer = subscribe(
-        node,
+        &node,
         &mut first,
         json!({"op":"subscribe","channel":channel}),
     )
@@ -29,7 +43,8 @@ async fn stream_of(node: &Node, channel: &str, n: u64) -> Value {
     for i in 1..=n {
         node.publish(channel, &i.to_string()).await;
     }
-    answer[0]["epoch"].clone()
+    let epoch = answer[0]["epoch"].clone();
+    (node, epoch)
 }
 
 fn offsets(frames: &[Value]) -> Vec<u64> {
@@ -72,16 +87,10 @@ async fn subscribe_answers_with_the_stream_position_then_delivers() {
 
 #[tokio::test]
 async fn recover_since_a_position_in_history_replays_in_order() {
-    let node = Node::new(16, |_| {});
-    let epoch = stream_of(&node, "c", 4).await;
+    let (node, epoch) = stream_of(16, 4).await;
 
     let mut again = node.connect("alice", 16);
-    let frames = subscribe(
-        &node,
-        &mut again,
-        json!({"op":"subscribe","channel":"c","since":{"offset":1,"epoch":epoch}}),
-    )
-    .await;
+    let frames = recover(&node, &mut again, 1, &epoch).await;
     assert_eq!(frames[0]["op"], "subscribed");
     assert_eq!(frames[0]["offset"], 4);
     assert_eq!(frames[0]["recovered"], true);
@@ -103,16 +112,10 @@ async fn recover_since_a_position_in_history_replays_in_order() {
 
 #[tokio::test]
 async fn recover_too_old_or_across_epochs_says_why() {
-    let node = Node::new(2, |_| {});
-    let epoch = stream_of(&node, "c", 5).await;
+    let (node, epoch) = stream_of(2, 5).await;
 
     let mut late = node.connect("bob", 16);
-    let frames = subscribe(
-        &node,
-        &mut late,
-        json!({"op":"subscribe","channel":"c","since":{"offset":1,"epoch":epoch}}),
-    )
-    .await;
+    let frames = recover(&node, &mut late, 1, &epoch).await;
     assert_eq!(frames[0]["recovered"], false);
     assert_eq!(frames[0]["gap"], "history_truncated");
     assert_eq!(frames[0]["offset"], 5);
@@ -123,12 +126,7 @@ async fn recover_too_old_or_across_epochs_says_why() {
     );
 
     let mut stranger = node.connect("carol", 16);
-    let frames = subscribe(
-        &node,
-        &mut stranger,
-        json!({"op":"subscribe","channel":"c","since":{"offset":3,"epoch":"gone"}}),
-    )
-    .await;
+    let frames = recover(&node, &mut stranger, 3, &json!("gone")).await;
     assert_eq!(frames[0]["recovered"], false);
     assert_eq!(frames[0]["gap"], "epoch_changed");
     assert_eq!(

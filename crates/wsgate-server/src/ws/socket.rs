@@ -256,13 +256,7 @@ impl SharedSocket {
         };
         loop {
             {
-                let mut st = self.state.lock();
-                if st.failed {
-                    st.writing = false;
-                    return Err(io::ErrorKind::BrokenPipe.into());
-                }
-                taken.extend(st.backlog.drain(..));
-                st.in_flight = taken.len();
+                let mut st = self.take_backlog(taken)?;
                 if taken.is_empty() {
                     st.writing = false;
                     release_idle(&mut st.backlog, taken);
@@ -294,6 +288,23 @@ impl SharedSocket {
 }
 
 impl SharedSocket {
+    /// Moves the backlog into `taken` (counted as in flight), or fails once a write has
+    /// failed. The lock stays held so that the caller decides, atomically, what `writing`
+    /// becomes.
+    fn take_backlog(
+        &self,
+        taken: &mut VecDeque<Bytes>,
+    ) -> io::Result<parking_lot::MutexGuard<'_, WriteState>> {
+        let mut st = self.state.lock();
+        if st.failed {
+            st.writing = false;
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        taken.extend(st.backlog.drain(..));
+        st.in_flight = taken.len();
+        Ok(st)
+    }
+
     /// [`Self::flush`] over TLS: the backlog goes through the write half (vectored writes
     /// into rustls), then the records rustls holds are flushed to the kernel. `writing` stays
     /// set until both are done, so a cancelled flush is resumed (see [`Self::has_backlog`])
@@ -305,16 +316,7 @@ impl SharedSocket {
     ) -> io::Result<()> {
         let mut w = write.lock().await;
         loop {
-            {
-                let mut st = self.state.lock();
-                if st.failed {
-                    st.writing = false;
-                    return Err(io::ErrorKind::BrokenPipe.into());
-                }
-                taken.extend(st.backlog.drain(..));
-                st.in_flight = taken.len();
-                st.writing = true;
-            }
+            self.take_backlog(taken)?.writing = true;
             let result = async {
                 while !taken.is_empty() {
                     let mut iov = [IoSlice::new(&[]); MAX_IOVECS];

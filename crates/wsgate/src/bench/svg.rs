@@ -40,8 +40,9 @@ pub fn render(runs: &[(&str, &Trace)]) -> anyhow::Result<String> {
         let root = SVGBackend::with_string(&mut out, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(plot)?;
         let (left, right) = root.split_horizontally(SIZE.0 / 2);
-        latency_cdf(&left, runs)?;
-        deliveries(&right, runs)?;
+        for (area, panel) in [left, right].iter().zip(&PANELS) {
+            draw(area, runs, panel)?;
+        }
         root.present().map_err(plot)?;
     }
     Ok(out)
@@ -84,39 +85,35 @@ pub fn rates(samples: &[(f64, u64)]) -> Vec<(f64, f64)> {
 type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
 
 /// One panel: a line per run, on axes that fit every line.
-struct Panel<'t> {
-    caption: &'t str,
-    x_desc: &'t str,
-    y_desc: &'t str,
-    lines: Vec<Vec<(f64, f64)>>,
+struct Panel {
+    caption: &'static str,
+    /// The x and y axes' descriptions.
+    axes: (&'static str, &'static str),
+    /// A run's line.
+    line: fn(&Trace) -> Vec<(f64, f64)>,
     /// The y axis' top, when fixed (a CDF ends at 1).
     y_max: Option<f64>,
 }
 
-fn latency_cdf(area: &Area, runs: &[(&str, &Trace)]) -> anyhow::Result<()> {
-    let panel = Panel {
+/// The panels, left to right.
+const PANELS: [Panel; 2] = [
+    Panel {
         caption: "Latency CDF (publish → receive)",
-        x_desc: "latency (ms)",
-        y_desc: "fraction of messages",
-        lines: runs.iter().map(|(_, t)| cdf(&t.latencies_us)).collect(),
+        axes: ("latency (ms)", "fraction of messages"),
+        line: |t| cdf(&t.latencies_us),
         y_max: Some(1.0),
-    };
-    draw(area, runs, panel)
-}
-
-fn deliveries(area: &Area, runs: &[(&str, &Trace)]) -> anyhow::Result<()> {
-    let panel = Panel {
+    },
+    Panel {
         caption: "Deliveries per second",
-        x_desc: "seconds since publishing began",
-        y_desc: "deliveries / s",
-        lines: runs.iter().map(|(_, t)| rates(&t.deliveries)).collect(),
+        axes: ("seconds since publishing began", "deliveries / s"),
+        line: |t| rates(&t.deliveries),
         y_max: None,
-    };
-    draw(area, runs, panel)
-}
+    },
+];
 
-fn draw(area: &Area, runs: &[(&str, &Trace)], panel: Panel) -> anyhow::Result<()> {
-    let points = || panel.lines.iter().flatten();
+fn draw(area: &Area, runs: &[(&str, &Trace)], panel: &Panel) -> anyhow::Result<()> {
+    let lines: Vec<Vec<(f64, f64)>> = runs.iter().map(|(_, t)| (panel.line)(t)).collect();
+    let points = || lines.iter().flatten();
     let x_max = points().map(|p| p.0).fold(0.0, f64::max);
     let y_max = panel
         .y_max
@@ -130,11 +127,11 @@ fn draw(area: &Area, runs: &[(&str, &Trace)], panel: Panel) -> anyhow::Result<()
         .map_err(plot)?;
     chart
         .configure_mesh()
-        .x_desc(panel.x_desc)
-        .y_desc(panel.y_desc)
+        .x_desc(panel.axes.0)
+        .y_desc(panel.axes.1)
         .draw()
         .map_err(plot)?;
-    for (i, ((name, _), points)) in runs.iter().zip(panel.lines).enumerate() {
+    for (i, ((name, _), points)) in runs.iter().zip(lines).enumerate() {
         series(&mut chart, name, i, points)?;
     }
     legend(&mut chart, SeriesLabelPosition::LowerRight)
