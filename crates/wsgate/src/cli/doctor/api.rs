@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use super::CheckResult;
+use super::{CheckResult, fields};
 use crate::cli::{Api, api_error};
 
 pub async fn checks(api: &Api, sample: Duration) -> Vec<CheckResult> {
@@ -54,17 +54,15 @@ pub async fn check_ready(api: &Api) -> CheckResult {
 
 pub async fn check_version(api: &Api) -> CheckResult {
     match api.get("/version").await {
-        Ok((200, v)) => CheckResult::pass(
-            "version",
-            format!(
-                "{} {} (commit {}, built {}) on node {}",
-                v["name"].as_str().unwrap_or("wsgate"),
-                v["version"].as_str().unwrap_or("?"),
-                v["git_commit"].as_str().unwrap_or("?"),
-                v["build_time"].as_str().unwrap_or("?"),
-                v["node"].as_str().unwrap_or("?")
-            ),
-        ),
+        Ok((200, v)) => {
+            let name = v["name"].as_str().unwrap_or("wsgate");
+            let [version, commit, built, node] =
+                fields(&v, ["version", "git_commit", "build_time", "node"]);
+            CheckResult::pass(
+                "version",
+                format!("{name} {version} (commit {commit}, built {built}) on node {node}"),
+            )
+        }
         Ok((status, v)) => CheckResult::warn("version", format!("/version answered {status}: {v}"))
             .cause("an older wsgate, or a proxy in front of the API"),
         Err(e) => CheckResult::fail("version", e.to_string()),
@@ -277,11 +275,8 @@ pub async fn check_upstreams(api: &Api) -> CheckResult {
                 .iter()
                 .filter(|c| c["state"] != "connected")
                 .map(|c| {
-                    format!(
-                        "{} ({})",
-                        c["id"].as_str().unwrap_or("?"),
-                        c["state"].as_str().unwrap_or("?")
-                    )
+                    let [id, state] = fields(c, ["id", "state"]);
+                    format!("{id} ({state})")
                 })
                 .collect();
             if conns.is_empty() {
