@@ -642,35 +642,31 @@ async fn grpc_connect_with_a_signed_login_and_reconnect() {
     assert_eq!(r.state, "connected");
     let id = r.connection_id;
 
-    let r = within(
-        "Reconnect",
-        c.reconnect(ReconnectRequest {
-            connection_id: id.clone(),
-        }),
-    )
-    .await
-    .unwrap()
-    .into_inner();
+    let r = reconnect(&mut c, "Reconnect", &id).await;
     assert!(r.success, "{}", r.error);
     ex.wait("a fresh, good login on a second connection", |l| {
         l.logins_on.len() >= 2 && l.logins_on[1] == 1
     })
     .await;
     assert!(ex.log.lock().bad_logins.is_empty());
-    let r = within(
-        "Reconnect unknown",
-        c.reconnect(ReconnectRequest {
-            connection_id: "nope-x".into(),
-        }),
-    )
-    .await
-    .unwrap()
-    .into_inner();
+    let r = reconnect(&mut c, "Reconnect unknown", "nope-x").await;
     assert_eq!(
         (r.success, r.error.as_str()),
         (false, "Connection not found")
     );
     srv.shutdown().await;
+}
+
+/// The gRPC `Reconnect` of `connection_id` (`what` names the call in a timeout).
+async fn reconnect(
+    c: &mut WsGateClient<tonic::transport::Channel>,
+    what: &str,
+    connection_id: &str,
+) -> ReconnectReply {
+    let req = ReconnectRequest {
+        connection_id: connection_id.into(),
+    };
+    within(what, c.reconnect(req)).await.unwrap().into_inner()
 }
 
 /// `wsgate ARGS` with `envs`: (exit code, stdout, stderr).

@@ -144,20 +144,14 @@ impl Drop for Pki {
 /// A `redis-server` that speaks only TLS (certificate from `pki`) and wants a password.
 async fn tls_redis(pki: &Pki) -> (Child, u16) {
     let port = free_port();
-    let child = Command::new("redis-server")
-        .args(["--port", "0", "--tls-port", &port.to_string()])
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--port", "0", "--tls-port", &port.to_string()])
         .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .args(["--tls-cert-file", &pki.path("server.pem")])
         .args(["--tls-key-file", &pki.path("server.key")])
         .args(["--tls-ca-cert-file", &pki.path("ca.pem")])
-        .args(["--tls-auth-clients", "no", "--requirepass", REDIS_PASSWORD])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn redis-server");
-    listening(port).await;
-    (child, port)
+        .args(["--tls-auth-clients", "no", "--requirepass", REDIS_PASSWORD]);
+    (serve(cmd, port).await, port)
 }
 
 /// A `nats-server` that wants a user and password, over TLS when `pki` is given.
@@ -170,14 +164,19 @@ async fn nats(pki: Option<&Pki>) -> (Child, u16) {
         cmd.args(["--tls", "--tlscert", &pki.path("server.pem")])
             .args(["--tlskey", &pki.path("server.key")]);
     }
+    (serve(cmd, port).await, port)
+}
+
+/// Starts the server `cmd` (quiet, killed on drop) and waits until it listens on `port`.
+async fn serve(mut cmd: Command, port: u16) -> Child {
     let child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .expect("spawn nats-server");
+        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.as_std().get_program()));
     listening(port).await;
-    (child, port)
+    child
 }
 
 async fn listening(port: u16) {

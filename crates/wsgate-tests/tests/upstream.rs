@@ -21,10 +21,15 @@ async fn upstream_and_node(config: UpstreamConfig) -> (Upstream, TestServer) {
 }
 
 /// [`upstream_and_node`] with an upstream that refuses handshakes until told otherwise.
-async fn refusing_upstream_and_node() -> (Upstream, TestServer) {
+/// A node with an upstream connection (asked for with `body(url)`) to a remote that refuses:
+/// (the remote, the node, the connection id, the connect answer).
+async fn refused_connection(
+    body: impl FnOnce(String) -> Value,
+) -> (Upstream, TestServer, String, Value) {
     let (up, srv) = upstream_and_node(UpstreamConfig::default()).await;
     up.set_refusing(true);
-    (up, srv)
+    let (id, r) = connect(&srv, body(up.url())).await;
+    (up, srv, id, r)
 }
 
 fn fast_reconnect() -> Value {
@@ -203,16 +208,13 @@ async fn reconnect_runs_auth_then_replays_subscriptions() {
 
 #[tokio::test]
 async fn gives_up_after_max_attempts_and_shows_an_open_breaker() {
-    let (up, srv) = refusing_upstream_and_node().await;
-
-    let (id, _) = connect(
-        &srv,
+    let (up, srv, id, _) = refused_connection(|url| {
         json!({
-            "url": up.url(),
+            "url": url,
             "reconnect": {"initial_ms": 1, "max_ms": 4, "max_attempts": 3, "jitter": 0.0},
             "breaker": {"failure_threshold": 0, "cooldown_ms": 0},
-        }),
-    )
+        })
+    })
     .await;
     let v = await_view(&srv, &id, "state failed", |v| v["state"] == "failed").await;
     assert!(
@@ -559,13 +561,11 @@ async fn seed_000_error_strings_over_http() {
 
 #[tokio::test]
 async fn outbox_mode_queues_while_disconnected() {
-    let (up, srv) = refusing_upstream_and_node().await;
-    let (id, r) = connect(
-        &srv,
-        json!({"url": up.url(), "offline": "outbox", "wait_ms": 0,
+    let (up, srv, id, r) = refused_connection(|url| {
+        json!({"url": url, "offline": "outbox", "wait_ms": 0,
                "subscriptions": [{"key": "a", "message": "SUB a"}],
-               "reconnect": fast_reconnect(), "breaker": {"failure_threshold": 0, "cooldown_ms": 0}}),
-    )
+               "reconnect": fast_reconnect(), "breaker": {"failure_threshold": 0, "cooldown_ms": 0}})
+    })
     .await;
     assert_ne!(r["state"], "connected");
     srv.upstream_call(&id, "send", json!({"message": "queued"}), 200)
