@@ -180,6 +180,15 @@ impl Drop for Exchange {
 }
 
 impl Exchange {
+    /// A plain exchange that wants logins signed with `secret` ([`Script::SignedLogin`]).
+    async fn signed_login(secret: &str, keep_from: usize) -> Self {
+        let script = Script::SignedLogin {
+            secret: secret.into(),
+            keep_from,
+        };
+        Self::start(script, None).await
+    }
+
     async fn start(script: Script, tls: Option<TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -480,14 +489,7 @@ async fn mutual_tls_presents_the_client_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_logins_are_fresh_on_every_connection_and_refresh() {
     let secret = "exchange-secret-42";
-    let ex = Exchange::start(
-        Script::SignedLogin {
-            secret: secret.into(),
-            keep_from: 3,
-        },
-        None,
-    )
-    .await;
+    let ex = Exchange::signed_login(secret, 3).await;
     let node = Node::start(&[]).await;
     let (id, _) = node
         .connect(json!({
@@ -601,14 +603,7 @@ async fn retry_after_on_a_429_handshake_is_honoured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_connect_with_a_signed_login_and_reconnect() {
     let secret = "grpc-secret-7";
-    let ex = Exchange::start(
-        Script::SignedLogin {
-            secret: secret.into(),
-            keep_from: 0,
-        },
-        None,
-    )
-    .await;
+    let ex = Exchange::signed_login(secret, 0).await;
     let srv = TestServer::start().await;
     let endpoint = tonic::transport::Endpoint::from_shared(srv.grpc_url()).unwrap();
     let mut c = WsGateClient::new(within("gRPC connect", endpoint.connect()).await.unwrap());

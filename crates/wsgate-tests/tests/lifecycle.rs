@@ -12,8 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 #[tokio::test]
 async fn heartbeat_closes_silent_clients_and_keeps_live_ones() {
     let srv = TestServer::with(|c| {
-        c.gateway.heartbeat_interval_ms = 40;
-        c.gateway.heartbeat_timeout_ms = 300;
+        tune::heartbeat(c, 40, 300);
         // Wait for the silent client's close answer long enough for it to read its backlog.
         c.ws.close_grace_ms = 5_000;
     })
