@@ -180,6 +180,11 @@ impl Drop for Exchange {
 }
 
 impl Exchange {
+    /// A wss exchange that shows `leaf` and holds every connection ([`Script::Hold`]).
+    async fn holding(leaf: &Leaf) -> Self {
+        Self::start(Script::Hold, Some(acceptor(leaf, None))).await
+    }
+
     /// A plain exchange that wants logins signed with `secret` ([`Script::SignedLogin`]).
     async fn signed_login(secret: &str, keep_from: usize) -> Self {
         let script = Script::SignedLogin {
@@ -394,27 +399,11 @@ impl Node {
 async fn wss_with_a_test_ca_from_ssl_cert_file_and_clear_errors() {
     let ca = Ca::new("wsgate test CA");
     let ca_file = temp_file("ca.pem", &ca.pem());
-    let good = Exchange::start(
-        Script::Hold,
-        Some(acceptor(&ca.leaf(&["localhost"], false), None)),
-    )
-    .await;
-    let expired = Exchange::start(
-        Script::Hold,
-        Some(acceptor(&ca.leaf(&["localhost"], true), None)),
-    )
-    .await;
-    let other_host = Exchange::start(
-        Script::Hold,
-        Some(acceptor(&ca.leaf(&["exchange.example"], false), None)),
-    )
-    .await;
+    let good = Exchange::holding(&ca.leaf(&["localhost"], false)).await;
+    let expired = Exchange::holding(&ca.leaf(&["localhost"], true)).await;
+    let other_host = Exchange::holding(&ca.leaf(&["exchange.example"], false)).await;
     let private = Ca::new("private gateway CA");
-    let untrusted = Exchange::start(
-        Script::Hold,
-        Some(acceptor(&private.leaf(&["localhost"], false), None)),
-    )
-    .await;
+    let untrusted = Exchange::holding(&private.leaf(&["localhost"], false)).await;
     let node = Node::start(&[("SSL_CERT_FILE", &ca_file)]).await;
 
     let (state, err) = node
@@ -692,11 +681,7 @@ async fn doctor_tls(url: &str, ca_file: &str) -> Value {
 async fn connect_and_doctor_reach_wss() {
     let ca = Ca::new("wsgate test CA");
     let ca_file = temp_file("cli-ca.pem", &ca.pem());
-    let good = Exchange::start(
-        Script::Hold,
-        Some(acceptor(&ca.leaf(&["localhost"], false), None)),
-    )
-    .await;
+    let good = Exchange::holding(&ca.leaf(&["localhost"], false)).await;
     let url = good.url("localhost", true);
 
     let (code, _, err) = wsgate(&["connect", &url], &[("SSL_CERT_FILE", &ca_file)], "hi\n").await;
@@ -718,11 +703,7 @@ async fn connect_and_doctor_reach_wss() {
         assert!(detail.contains(part), "{part}: {detail}");
     }
 
-    let expired = Exchange::start(
-        Script::Hold,
-        Some(acceptor(&ca.leaf(&["localhost"], true), None)),
-    )
-    .await;
+    let expired = Exchange::holding(&ca.leaf(&["localhost"], true)).await;
     let tls = doctor_tls(&expired.url("localhost", true), &ca_file).await;
     assert_eq!(tls["status"], "FAIL", "{tls}");
     assert!(
@@ -733,19 +714,11 @@ async fn connect_and_doctor_reach_wss() {
         "{tls}"
     );
 
-    let soon = Exchange::start(
-        Script::Hold,
-        Some(acceptor(&ca.leaf_until(&["localhost"], Some(5)), None)),
-    )
-    .await;
+    let soon = Exchange::holding(&ca.leaf_until(&["localhost"], Some(5))).await;
     let tls = doctor_tls(&soon.url("localhost", true), &ca_file).await;
     assert_eq!(tls["status"], "WARN", "{tls}");
 
-    let other = Exchange::start(
-        Script::Hold,
-        Some(acceptor(&ca.leaf(&["exchange.example"], false), None)),
-    )
-    .await;
+    let other = Exchange::holding(&ca.leaf(&["exchange.example"], false)).await;
     let tls = doctor_tls(&other.url("localhost", true), &ca_file).await;
     assert_eq!(tls["status"], "FAIL", "{tls}");
     let detail = tls["detail"].as_str().unwrap();

@@ -53,6 +53,24 @@ async fn admitted(srv: &TestServer, headers: &[(&'static str, &str)], what: &str
     try_upgrade(srv, headers).await.expect(what)
 }
 
+const OK: bool = true;
+const REFUSED: bool = false;
+
+/// Upgrades in order, each with one extra header: admitted ([`OK`]) or refused with 429
+/// ([`REFUSED`]); `what` names the step. The admitted clients, to be kept open.
+async fn upgrades(srv: &TestServer, steps: &[(&'static str, &str, bool, &str)]) -> Vec<Client> {
+    let mut kept = Vec::new();
+    for &(header, value, ok, what) in steps {
+        if ok {
+            kept.push(admitted(srv, &[(header, value)], what).await);
+        } else {
+            let (status, _) = refused(srv, &[(header, value)], what).await;
+            assert_eq!(status, 429, "{what}");
+        }
+    }
+    kept
+}
+
 /// An upgrade with extra headers that must be refused: (status, retry_after).
 async fn refused(
     srv: &TestServer,
@@ -142,29 +160,29 @@ async fn per_ip_limits_answer_429_and_honour_only_trusted_proxies() {
     assert_eq!(status, 429);
     assert!(retry.is_some());
     assert_eq!(rejections(&srv, "ip_connections").await, 1.0);
-    // Another client behind the same proxy is another address.
-    let _c = admitted(
+    let _cd = upgrades(
         &srv,
-        &[("x-forwarded-for", "198.51.100.1")],
-        "other client IP",
+        &[
+            // Another client behind the same proxy is another address.
+            ("x-forwarded-for", "198.51.100.1", OK, "other client IP"),
+            // `Forwarded` is not the configured header (a client can send its own through a
+            // proxy that only manages X-Forwarded-For): the request counts for the proxy's
+            // address. (The watcher holds one place of 127.0.0.1 already.)
+            (
+                "forwarded",
+                "for=198.51.100.2",
+                OK,
+                "2nd from the proxy itself",
+            ),
+            (
+                "forwarded",
+                "for=198.51.100.4",
+                REFUSED,
+                "a client's own Forwarded header does not make it another address",
+            ),
+        ],
     )
     .await;
-    // `Forwarded` is not the configured header (a client can send its own through a proxy
-    // that only manages X-Forwarded-For): the request counts for the proxy's address.
-    // (The watcher holds one place of 127.0.0.1 already.)
-    let _d = admitted(
-        &srv,
-        &[("forwarded", "for=198.51.100.2")],
-        "2nd from the proxy itself",
-    )
-    .await;
-    let (status, _) = refused(
-        &srv,
-        &[("forwarded", "for=198.51.100.4")],
-        "a client's own Forwarded header does not make it another address",
-    )
-    .await;
-    assert_eq!(status, 429);
     w.finish(srv).await;
 
     // A proxy that writes RFC 7239 `Forwarded` is named so, and then that header counts.
@@ -174,38 +192,43 @@ async fn per_ip_limits_answer_429_and_honour_only_trusted_proxies() {
         c.limits.client_ip_header = wsgate_server::limits::ClientIpHeader::Forwarded;
     })
     .await;
-    let _a = admitted(&srv, &[("forwarded", "for=198.51.100.1")], "one client").await;
-    let _b = admitted(
+    let _ab = upgrades(
         &srv,
-        &[("forwarded", "for=\"[2001:db8::1]:443\"")],
-        "another client",
+        &[
+            ("forwarded", "for=198.51.100.1", OK, "one client"),
+            (
+                "forwarded",
+                "for=\"[2001:db8::1]:443\"",
+                OK,
+                "another client",
+            ),
+            (
+                "forwarded",
+                "for=198.51.100.1",
+                REFUSED,
+                "the first client again",
+            ),
+        ],
     )
     .await;
-    let (status, _) = refused(
-        &srv,
-        &[("forwarded", "for=198.51.100.1")],
-        "the first client again",
-    )
-    .await;
-    assert_eq!(status, 429);
     srv.shutdown().await;
 
     // Untrusted peer: the header is ignored, so it cannot dodge the limit by lying.
     let srv = TestServer::with(|c| tune::per_ip(c, 2)).await;
     let w = Watcher::new(&srv).await;
-    let _a = admitted(
+    let _a = upgrades(
         &srv,
-        &[("x-forwarded-for", "1.1.1.1")],
-        "2nd from 127.0.0.1",
+        &[
+            ("x-forwarded-for", "1.1.1.1", OK, "2nd from 127.0.0.1"),
+            (
+                "x-forwarded-for",
+                "2.2.2.2",
+                REFUSED,
+                "a forged header does not help",
+            ),
+        ],
     )
     .await;
-    let (status, _) = refused(
-        &srv,
-        &[("x-forwarded-for", "2.2.2.2")],
-        "a forged header does not help",
-    )
-    .await;
-    assert_eq!(status, 429);
     w.finish(srv).await;
 }
 

@@ -43,6 +43,16 @@ async fn connect(srv: &TestServer, body: Value) -> (String, Value) {
     (r["connection_id"].as_str().unwrap().to_string(), r)
 }
 
+/// The node's stored record of upstream connection `id` (`None` once it is removed).
+async fn record(srv: &TestServer, id: &str) -> Option<wsgate_core::seams::UpstreamRecord> {
+    srv.node
+        .upstreams()
+        .records()
+        .upstream_get(id)
+        .await
+        .unwrap()
+}
+
 async fn view(srv: &TestServer, id: &str) -> Value {
     let (status, r) = srv.get(&format!("/connections/{id}")).await;
     assert_eq!(status, 200, "{r}");
@@ -149,14 +159,7 @@ async fn reconnect_runs_auth_then_replays_subscriptions() {
     assert_eq!(ups["total"], 1);
 
     // The record follows the subscriptions (what cluster mode re-establishes from).
-    let rec = srv
-        .node
-        .upstreams()
-        .records()
-        .upstream_get(&id)
-        .await
-        .unwrap()
-        .unwrap();
+    let rec = record(&srv, &id).await.unwrap();
     let keys: Vec<&str> = rec
         .spec
         .subscriptions
@@ -189,15 +192,7 @@ async fn reconnect_runs_auth_then_replays_subscriptions() {
 
     let (status, _) = srv.delete(&format!("/api/v1/upstreams/{id}")).await;
     assert_eq!(status, 200);
-    assert!(
-        srv.node
-            .upstreams()
-            .records()
-            .upstream_get(&id)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(record(&srv, &id).await.is_none());
     let m = srv.metrics().await;
     assert_eq!(
         metric(&m, "wsgate_upstream_connections{state=\"connected\"}"),
@@ -407,14 +402,7 @@ async fn publish_reaches_gateway_subscribers_until_stopped() {
         );
     }
     assert_eq!(view(&srv, &id).await["publish_topic"], "feed");
-    let rec = srv
-        .node
-        .upstreams()
-        .records()
-        .upstream_get(&id)
-        .await
-        .unwrap()
-        .unwrap();
+    let rec = record(&srv, &id).await.unwrap();
     assert_eq!(rec.spec.publish_topic.as_deref(), Some("feed"));
 
     srv.upstream_call(&id, "publish/stop", json!({}), 200).await;
@@ -435,14 +423,7 @@ async fn publish_reaches_gateway_subscribers_until_stopped() {
     let m = browser.recv().await;
     assert_eq!(m["data"], "sentinel", "{m}");
     assert_eq!(view(&srv, &id).await["publish_topic"], Value::Null);
-    let rec = srv
-        .node
-        .upstreams()
-        .records()
-        .upstream_get(&id)
-        .await
-        .unwrap()
-        .unwrap();
+    let rec = record(&srv, &id).await.unwrap();
     assert_eq!(rec.spec.publish_topic, None);
     let m = srv.metrics().await;
     assert_eq!(metric(&m, "wsgate_upstream_published_total"), 3.0);

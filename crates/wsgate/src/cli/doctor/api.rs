@@ -158,6 +158,20 @@ fn per_s(r: Option<f64>) -> String {
         .unwrap_or_else(|| "n/a".into())
 }
 
+/// The reasons that counted, as " (reason=count, …)" in their order; "" when none did.
+fn reasons(by_reason: Vec<(String, f64)>) -> String {
+    let listed = by_reason
+        .into_iter()
+        .filter(|(_, v)| *v > 0.0)
+        .map(|(r, v)| format!("{r}={v}"))
+        .collect::<Vec<_>>();
+    if listed.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", listed.join(", "))
+    }
+}
+
 /// Seed 003's alert thresholds and success targets, applied to a sample.
 pub fn judge(s: &Sample) -> Vec<CheckResult> {
     let mut out = Vec::new();
@@ -167,20 +181,14 @@ pub fn judge(s: &Sample) -> Vec<CheckResult> {
     let connect_rate = s.rate("websocket_connections_total");
 
     // Connections: counts, refused upgrades (connection success > 99.5 %), storms (> 100/s).
-    let reasons = metric_by_label(&s.after, "websocket_connection_rejections_total", "reason")
-        .into_iter()
-        .filter(|(_, v)| *v > 0.0)
-        .map(|(r, v)| format!("{r}={v}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let refusals = reasons(metric_by_label(
+        &s.after,
+        "websocket_connection_rejections_total",
+        "reason",
+    ));
     let detail = format!(
-        "{active} open, {accepted} accepted since start ({} now), {refused} upgrades refused{}",
+        "{active} open, {accepted} accepted since start ({} now), {refused} upgrades refused{refusals}",
         per_s(connect_rate),
-        if reasons.is_empty() {
-            String::new()
-        } else {
-            format!(" ({reasons})")
-        }
     );
     let attempts = accepted + refused;
     out.push(if connect_rate.is_some_and(|r| r > 100.0) {
@@ -225,20 +233,10 @@ pub fn judge(s: &Sample) -> Vec<CheckResult> {
     let disc_rate = s.rate("websocket_disconnections_total");
     let mut by_reason = metric_by_label(&s.after, "websocket_disconnections_total", "reason");
     by_reason.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let reasons = by_reason
-        .iter()
-        .filter(|(_, v)| *v > 0.0)
-        .map(|(r, v)| format!("{r}={v}"))
-        .collect::<Vec<_>>()
-        .join(", ");
     let detail = format!(
         "{} disconnection(s) since start{}, {} now (doctor's own test clients included)",
         s.total("websocket_disconnections_total"),
-        if reasons.is_empty() {
-            String::new()
-        } else {
-            format!(" ({reasons})")
-        },
+        reasons(by_reason),
         per_s(disc_rate)
     );
     out.push(if disc_rate.is_some_and(|r| r > 10.0) {
