@@ -53,19 +53,27 @@ async fn admitted(srv: &TestServer, headers: &[(&'static str, &str)], what: &str
     try_upgrade(srv, headers).await.expect(what)
 }
 
-const OK: bool = true;
-const REFUSED: bool = false;
+/// One upgrade attempt with one extra header (name, value), and what must come of it;
+/// the last field names the attempt.
+#[derive(Clone, Copy)]
+enum Upgrade {
+    /// Admitted.
+    Admit(&'static str, &'static str, &'static str),
+    /// Refused with 429.
+    Refuse(&'static str, &'static str, &'static str),
+}
+use Upgrade::{Admit, Refuse};
 
-/// Upgrades in order, each with one extra header: admitted ([`OK`]) or refused with 429
-/// ([`REFUSED`]); `what` names the step. The admitted clients, to be kept open.
-async fn upgrades(srv: &TestServer, steps: &[(&'static str, &str, bool, &str)]) -> Vec<Client> {
+/// The upgrades `steps` in order; the admitted clients, to be kept open.
+async fn upgrades(srv: &TestServer, steps: &[Upgrade]) -> Vec<Client> {
     let mut kept = Vec::new();
-    for &(header, value, ok, what) in steps {
-        if ok {
-            kept.push(admitted(srv, &[(header, value)], what).await);
-        } else {
-            let (status, _) = refused(srv, &[(header, value)], what).await;
-            assert_eq!(status, 429, "{what}");
+    for &step in steps {
+        match step {
+            Admit(header, value, what) => kept.push(admitted(srv, &[(header, value)], what).await),
+            Refuse(header, value, what) => {
+                let (status, _) = refused(srv, &[(header, value)], what).await;
+                assert_eq!(status, 429, "{what}");
+            }
         }
     }
     kept
@@ -164,20 +172,14 @@ async fn per_ip_limits_answer_429_and_honour_only_trusted_proxies() {
         &srv,
         &[
             // Another client behind the same proxy is another address.
-            ("x-forwarded-for", "198.51.100.1", OK, "other client IP"),
+            Admit("x-forwarded-for", "198.51.100.1", "other client IP"),
             // `Forwarded` is not the configured header (a client can send its own through a
             // proxy that only manages X-Forwarded-For): the request counts for the proxy's
             // address. (The watcher holds one place of 127.0.0.1 already.)
-            (
-                "forwarded",
-                "for=198.51.100.2",
-                OK,
-                "2nd from the proxy itself",
-            ),
-            (
+            Admit("forwarded", "for=198.51.100.2", "2nd from the proxy itself"),
+            Refuse(
                 "forwarded",
                 "for=198.51.100.4",
-                REFUSED,
                 "a client's own Forwarded header does not make it another address",
             ),
         ],
@@ -195,19 +197,9 @@ async fn per_ip_limits_answer_429_and_honour_only_trusted_proxies() {
     let _ab = upgrades(
         &srv,
         &[
-            ("forwarded", "for=198.51.100.1", OK, "one client"),
-            (
-                "forwarded",
-                "for=\"[2001:db8::1]:443\"",
-                OK,
-                "another client",
-            ),
-            (
-                "forwarded",
-                "for=198.51.100.1",
-                REFUSED,
-                "the first client again",
-            ),
+            Admit("forwarded", "for=198.51.100.1", "one client"),
+            Admit("forwarded", "for=\"[2001:db8::1]:443\"", "another client"),
+            Refuse("forwarded", "for=198.51.100.1", "the first client again"),
         ],
     )
     .await;
@@ -219,11 +211,10 @@ async fn per_ip_limits_answer_429_and_honour_only_trusted_proxies() {
     let _a = upgrades(
         &srv,
         &[
-            ("x-forwarded-for", "1.1.1.1", OK, "2nd from 127.0.0.1"),
-            (
+            Admit("x-forwarded-for", "1.1.1.1", "2nd from 127.0.0.1"),
+            Refuse(
                 "x-forwarded-for",
                 "2.2.2.2",
-                REFUSED,
                 "a forged header does not help",
             ),
         ],

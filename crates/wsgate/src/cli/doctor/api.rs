@@ -158,6 +158,28 @@ fn per_s(r: Option<f64>) -> String {
         .unwrap_or_else(|| "n/a".into())
 }
 
+/// A threshold of [`judge`]; crossed, the check warns with this cause, fix and runbook section.
+struct Alarm {
+    crossed: bool,
+    cause: &'static str,
+    fix: Option<&'static str>,
+    runbook: &'static str,
+}
+
+/// The check `name`: a warning for the first crossed alarm, else a pass.
+fn verdict<const N: usize>(name: &str, detail: String, alarms: [Alarm; N]) -> CheckResult {
+    let Some(a) = alarms.into_iter().find(|a| a.crossed) else {
+        return CheckResult::pass(name, detail);
+    };
+    let warn = CheckResult::warn(name, detail)
+        .cause(a.cause)
+        .runbook(a.runbook);
+    match a.fix {
+        Some(fix) => warn.fix(fix),
+        None => warn,
+    }
+}
+
 /// The reasons that counted, as " (reason=count, …)" in their order; "" when none did.
 fn reasons(by_reason: Vec<(String, f64)>) -> String {
     let listed = by_reason
@@ -191,18 +213,24 @@ pub fn judge(s: &Sample) -> Vec<CheckResult> {
         per_s(connect_rate),
     );
     let attempts = accepted + refused;
-    out.push(if connect_rate.is_some_and(|r| r > 100.0) {
-        CheckResult::warn("connections", detail)
-            .cause("a reconnection storm (seed 003 alert: > 100 new connections/s): a node stopped, an ingress reload, or clients retrying without backoff")
-            .runbook("reconnection-storms")
-    } else if attempts > 0.0 && refused / attempts > 0.005 {
-        CheckResult::warn("connections", detail)
-            .cause("more than 0.5 % of upgrades are refused (target: connection success > 99.5 %)")
-            .fix("see the reasons: auth_* = tokens, bad_handshake = a proxy dropping Upgrade, draining = deploys")
-            .runbook("connection-refused-or-closed-with-4001")
-    } else {
-        CheckResult::pass("connections", detail)
-    });
+    out.push(verdict(
+        "connections",
+        detail,
+        [
+            Alarm {
+                crossed: connect_rate.is_some_and(|r| r > 100.0),
+                cause: "a reconnection storm (seed 003 alert: > 100 new connections/s): a node stopped, an ingress reload, or clients retrying without backoff",
+                fix: None,
+                runbook: "reconnection-storms",
+            },
+            Alarm {
+                crossed: attempts > 0.0 && refused / attempts > 0.005,
+                cause: "more than 0.5 % of upgrades are refused (target: connection success > 99.5 %)",
+                fix: Some("see the reasons: auth_* = tokens, bad_handshake = a proxy dropping Upgrade, draining = deploys"),
+                runbook: "connection-refused-or-closed-with-4001",
+            },
+        ],
+    ));
 
     // Heartbeat failures: > 50 in 5 minutes (alert), or > 0.5 % of connections (target).
     let hb = s.total("websocket_heartbeat_failures_total");
@@ -216,18 +244,24 @@ pub fn judge(s: &Sample) -> Vec<CheckResult> {
         },
         per_s(hb_rate)
     );
-    out.push(if hb_rate.is_some_and(|r| r * 300.0 > 50.0) {
-        CheckResult::warn("heartbeats", detail)
-            .cause("more than 50 heartbeat failures per 5 minutes (seed 003 alert)")
-            .fix("spread over many users: the network path, proxy or node CPU; one user: that client")
-            .runbook("heartbeat-failures-4008")
-    } else if accepted >= 100.0 && hb / accepted > 0.005 {
-        CheckResult::warn("heartbeats", detail)
-            .cause("more than 0.5 % of connections ended in a heartbeat timeout (target: heartbeat success > 99.5 %)")
-            .runbook("heartbeat-failures-4008")
-    } else {
-        CheckResult::pass("heartbeats", detail)
-    });
+    out.push(verdict(
+        "heartbeats",
+        detail,
+        [
+            Alarm {
+                crossed: hb_rate.is_some_and(|r| r * 300.0 > 50.0),
+                cause: "more than 50 heartbeat failures per 5 minutes (seed 003 alert)",
+                fix: Some("spread over many users: the network path, proxy or node CPU; one user: that client"),
+                runbook: "heartbeat-failures-4008",
+            },
+            Alarm {
+                crossed: accepted >= 100.0 && hb / accepted > 0.005,
+                cause: "more than 0.5 % of connections ended in a heartbeat timeout (target: heartbeat success > 99.5 %)",
+                fix: None,
+                runbook: "heartbeat-failures-4008",
+            },
+        ],
+    ));
 
     // Disconnections: > 10/s (alert), with the reasons.
     let disc_rate = s.rate("websocket_disconnections_total");
@@ -239,13 +273,18 @@ pub fn judge(s: &Sample) -> Vec<CheckResult> {
         reasons(by_reason),
         per_s(disc_rate)
     );
-    out.push(if disc_rate.is_some_and(|r| r > 10.0) {
-        CheckResult::warn("disconnections", detail)
-            .cause("more than 10 disconnections/s (seed 003 alert): client_gone/io_error at a regular interval = proxy timeout, heartbeat_timeout = network, shutdown = a deploy")
-            .runbook("connection-drops-immediately-or-proxy-timeouts")
-    } else {
-        CheckResult::pass("disconnections", detail)
-    });
+    out.push(verdict(
+        "disconnections",
+        detail,
+        [
+            Alarm {
+                crossed: disc_rate.is_some_and(|r| r > 10.0),
+                cause: "more than 10 disconnections/s (seed 003 alert): client_gone/io_error at a regular interval = proxy timeout, heartbeat_timeout = network, shutdown = a deploy",
+                fix: None,
+                runbook: "connection-drops-immediately-or-proxy-timeouts",
+            },
+        ],
+    ));
 
     // Slow consumers.
     let slow = s.total("websocket_slow_consumers_total");
@@ -254,14 +293,18 @@ pub fn judge(s: &Sample) -> Vec<CheckResult> {
         "{slow} closed as slow consumers (4029) since start, {} now",
         per_s(slow_rate)
     );
-    out.push(if slow_rate.is_some_and(|r| r > 0.0) || (accepted > 0.0 && slow / accepted > 0.001) {
-        CheckResult::warn("slow-consumers", detail)
-            .cause("clients read slower than messages arrive and their outbox overflowed")
-            .fix("find them (`wsgate connections` — high QUEUE), make the client read continuously or subscribe to less")
-            .runbook("slow-consumers-4029")
-    } else {
-        CheckResult::pass("slow-consumers", detail)
-    });
+    out.push(verdict(
+        "slow-consumers",
+        detail,
+        [
+            Alarm {
+                crossed: slow_rate.is_some_and(|r| r > 0.0) || (accepted > 0.0 && slow / accepted > 0.001),
+                cause: "clients read slower than messages arrive and their outbox overflowed",
+                fix: Some("find them (`wsgate connections` — high QUEUE), make the client read continuously or subscribe to less"),
+                runbook: "slow-consumers-4029",
+            },
+        ],
+    ));
     out
 }
 
