@@ -495,6 +495,11 @@ pub mod tune {
         c.api.api_key = Some(Secret::new(key));
     }
 
+    /// New connections per client address: `rate` a second, `burst` at once.
+    pub fn ip_connect_rate(c: &mut Config, rate: u32, burst: u32) {
+        (c.limits.ip_connect_rate, c.limits.ip_connect_burst) = (rate, burst);
+    }
+
     /// The control API's request limit per address: `rate` a second, `burst` at once.
     pub fn api_rate(c: &mut Config, rate: u32, burst: u32) {
         (c.limits.api_rate, c.limits.api_burst) = (rate, burst);

@@ -226,8 +226,7 @@ async fn per_ip_limits_answer_429_and_honour_only_trusted_proxies() {
 #[tokio::test]
 async fn per_ip_connect_rate_answers_429_with_retry_after() {
     let srv = TestServer::with(|c| {
-        c.limits.ip_connect_rate = 1;
-        c.limits.ip_connect_burst = 2;
+        tune::ip_connect_rate(c, 1, 2);
         c.limits.trusted_proxies = vec!["127.0.0.1".into()];
     })
     .await;
