@@ -475,3 +475,62 @@ pub async fn run_cli(args: &[&str], envs: &[(&str, &str)], stdin: &str) -> CliOu
     eprintln!("wsgate {args:?} → {}\n{}\n{}", o.code, o.stdout, o.stderr);
     o
 }
+
+/// Tunings of a test node's [`Config`] that many tests share, for [`TestServer::with`]: a
+/// limit or a timer is set as the pair of settings it is made of.
+pub mod tune {
+    use wsgate_server::Config;
+    use wsgate_server::config::{AuthMode, Secret};
+
+    /// Pings every `interval_ms`; a connection that answers none for `timeout_ms` ends (4008).
+    pub fn heartbeat(c: &mut Config, interval_ms: u64, timeout_ms: u64) {
+        (
+            c.gateway.heartbeat_interval_ms,
+            c.gateway.heartbeat_timeout_ms,
+        ) = (interval_ms, timeout_ms);
+    }
+
+    /// The control API wants `key`.
+    pub fn api_key(c: &mut Config, key: &str) {
+        c.api.api_key = Some(Secret::new(key));
+    }
+
+    /// New connections per client address: `rate` a second, `burst` at once.
+    pub fn ip_connect_rate(c: &mut Config, rate: u32, burst: u32) {
+        (c.limits.ip_connect_rate, c.limits.ip_connect_burst) = (rate, burst);
+    }
+
+    /// The control API's request limit per address: `rate` a second, `burst` at once.
+    pub fn api_rate(c: &mut Config, rate: u32, burst: u32) {
+        (c.limits.api_rate, c.limits.api_burst) = (rate, burst);
+    }
+
+    /// WebSocket clients authenticate with HS256 JWTs signed with `secret`.
+    pub fn jwt(c: &mut Config, secret: &str) {
+        c.auth.mode = AuthMode::Jwt;
+        c.auth.jwt_secret = Some(Secret::new(secret));
+    }
+
+    /// The control API's limit of failed authentications per address.
+    pub fn api_auth_failures(c: &mut Config, rate: u32, burst: u32) {
+        (
+            c.limits.api_auth_failure_rate,
+            c.limits.api_auth_failure_burst,
+        ) = (rate, burst);
+    }
+
+    /// At most `max` connections per client address, and no connect-rate limit beside it.
+    pub fn per_ip(c: &mut Config, max: usize) {
+        (c.limits.max_connections_per_ip, c.limits.ip_connect_rate) = (max, 0);
+    }
+
+    /// A client's frame limit: `rate` a second, `burst` at once.
+    pub fn message_rate(c: &mut Config, rate: u32, burst: u32) {
+        (c.ws.client_message_rate, c.ws.client_message_burst) = (rate, burst);
+    }
+
+    /// A client's byte limit: `rate` a second, `burst` at once.
+    pub fn byte_rate(c: &mut Config, rate: u32, burst: u32) {
+        (c.ws.client_byte_rate, c.ws.client_byte_burst) = (rate, burst);
+    }
+}

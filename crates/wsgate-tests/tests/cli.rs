@@ -175,9 +175,7 @@ async fn connections_watch_redraws_the_table_with_what_changed() {
 
 #[tokio::test]
 async fn connections_asks_for_the_api_key() {
-    let srv =
-        TestServer::with(|c| c.api.api_key = Some(wsgate_server::config::Secret::new("sekrit")))
-            .await;
+    let srv = TestServer::with(|c| tune::api_key(c, "sekrit")).await;
     let server = format!("http://{}", srv.addr);
     let out = wsgate(&["connections", "--server", &server], "").await;
     assert_eq!(out.code, 1);
@@ -416,11 +414,7 @@ async fn doctor_fails_delivery_between_nodes_without_a_shared_broker() {
 #[tokio::test]
 async fn doctor_idle_hold_answers_pings_and_catches_a_proxy_timeout() {
     // Pings every 50 ms, 300 ms timeout: a hold that did not answer them would end in 4008.
-    let srv = TestServer::with(|c| {
-        c.gateway.heartbeat_interval_ms = 50;
-        c.gateway.heartbeat_timeout_ms = 300;
-    })
-    .await;
+    let srv = TestServer::with(|c| tune::heartbeat(c, 50, 300)).await;
     let out = wsgate(&["doctor", &srv.ws_url(), "--idle", "1s"], "").await;
     assert_eq!(out.code, 0, "{}", out.stdout);
     let idle = line(&out.stdout, "WARN", "idle").unwrap_or_else(|| panic!("{}", out.stdout));

@@ -38,6 +38,11 @@ struct Node {
 }
 
 impl Node {
+    /// A node on a loopback port with `envs`.
+    async fn local(envs: &[(&str, &str)]) -> Self {
+        Self::start(&["--listen", "127.0.0.1:0"], envs).await
+    }
+
     async fn start(args: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut child = serve(args, envs).spawn().expect("spawn wsgate");
         let mut err = child.stderr.take().unwrap();
@@ -125,7 +130,7 @@ async fn kubernetes_service_links_are_ignored_with_one_warning() {
     let mut envs = links.to_vec();
     // Known keys still apply.
     envs.push(("WSGATE_MAX_CONNECTIONS", "77"));
-    let node = Node::start(&["--listen", "127.0.0.1:0"], &envs).await;
+    let node = Node::local(&envs).await;
     assert_eq!(get_json(&node.url("/health")).await.0, 200);
     let stderr = node.stop().await;
     let warnings: Vec<&str> = stderr
@@ -224,7 +229,7 @@ fn assert_all_ok(statuses: &[u16], what: &str) {
 async fn backends_publishing_at_full_speed_are_not_throttled_by_default() {
     for key in [Some("backend-key"), None] {
         let envs: Vec<(&str, &str)> = key.map(|k| ("WSGATE_API_KEY", k)).into_iter().collect();
-        let node = Node::start(&["--listen", "127.0.0.1:0"], &envs).await;
+        let node = Node::local(&envs).await;
         // 4 publishers × 250 publishes, at once.
         let runs =
             futures_util::future::join_all((0..4).map(|_| publish_storm(&node, key, 4, 250))).await;
@@ -253,13 +258,10 @@ async fn backends_publishing_at_full_speed_are_not_throttled_by_default() {
 #[tokio::test]
 async fn wrong_keys_are_throttled_by_address_and_the_right_key_elsewhere_works() {
     // The test's requests all come from 127.0.0.1; a trusted proxy there names the client.
-    let node = Node::start(
-        &["--listen", "127.0.0.1:0"],
-        &[
-            ("WSGATE_API_KEY", "the-right-key"),
-            ("WSGATE_TRUSTED_PROXIES", "[127.0.0.1]"),
-        ],
-    )
+    let node = Node::local(&[
+        ("WSGATE_API_KEY", "the-right-key"),
+        ("WSGATE_TRUSTED_PROXIES", "[127.0.0.1]"),
+    ])
     .await;
     let call = |key: String, ip: &'static str| {
         http()
@@ -318,7 +320,7 @@ async fn wrong_keys_are_throttled_by_address_and_the_right_key_elsewhere_works()
 
 #[tokio::test]
 async fn a_wave_of_clients_from_one_address_is_not_refused_by_default() {
-    let node = Node::start(&["--listen", "127.0.0.1:0"], &[]).await;
+    let node = Node::local(&[]).await;
     let ws = node.url("/ws").replacen("http", "ws", 1);
     // The old defaults (20/s, burst 100; 1,000 per IP) refused most of these.
     let mut clients = Vec::new();
@@ -362,7 +364,7 @@ async fn forwarded_counts_only_when_it_is_the_configured_header() {
     ];
     // Default: X-Forwarded-For names the client; a `Forwarded` sent through is ignored, so
     // both requests below count for the proxy's own address.
-    let node = Node::start(&["--listen", "127.0.0.1:0"], &envs).await;
+    let node = Node::local(&envs).await;
     let _a = upgrade(&node, &[("forwarded", "for=198.51.100.1")])
         .await
         .unwrap();
@@ -379,7 +381,7 @@ async fn forwarded_counts_only_when_it_is_the_configured_header() {
 
     let mut envs = envs.to_vec();
     envs.push(("WSGATE_CLIENT_IP_HEADER", "forwarded"));
-    let node = Node::start(&["--listen", "127.0.0.1:0"], &envs).await;
+    let node = Node::local(&envs).await;
     let _a = upgrade(&node, &[("forwarded", "for=198.51.100.1")])
         .await
         .unwrap();
@@ -403,8 +405,8 @@ async fn forwarded_counts_only_when_it_is_the_configured_header() {
 
 #[tokio::test]
 async fn a_second_node_with_only_listen_changed_starts() {
-    let a = Node::start(&["--listen", "127.0.0.1:0"], &[]).await;
-    let b = Node::start(&["--listen", "127.0.0.1:0"], &[]).await;
+    let a = Node::local(&[]).await;
+    let b = Node::local(&[]).await;
     assert_ne!(a.base, b.base);
     for node in [&a, &b] {
         assert_eq!(get_json(&node.url("/health")).await.0, 200);
@@ -444,13 +446,10 @@ async fn a_node_beyond_loopback_needs_an_api_key_or_an_explicit_opt_out() {
 
 #[tokio::test]
 async fn connect_outside_the_upstream_allow_list_is_refused() {
-    let node = Node::start(
-        &["--listen", "127.0.0.1:0"],
-        &[(
-            "WSGATE_UPSTREAM_ALLOWED_HOSTS",
-            "[127.0.0.1, \"*.feeds.example\"]",
-        )],
-    )
+    let node = Node::local(&[(
+        "WSGATE_UPSTREAM_ALLOWED_HOSTS",
+        "[127.0.0.1, \"*.feeds.example\"]",
+    )])
     .await;
     let upstreams = node.url("/api/v1/upstreams");
     let connect = |url: &str| {
@@ -479,13 +478,10 @@ async fn connect_outside_the_upstream_allow_list_is_refused() {
 
 #[tokio::test]
 async fn upstream_connect_during_the_drain_gets_503() {
-    let node = Node::start(
-        &["--listen", "127.0.0.1:0"],
-        &[
-            ("WSGATE_DRAIN_TIMEOUT_MS", "5000"),
-            ("WSGATE_CLOSE_GRACE_MS", "5000"),
-        ],
-    )
+    let node = Node::local(&[
+        ("WSGATE_DRAIN_TIMEOUT_MS", "5000"),
+        ("WSGATE_CLOSE_GRACE_MS", "5000"),
+    ])
     .await;
     // A client that does not answer the 1001 keeps the drain going.
     let ws = node.url("/ws").replacen("http", "ws", 1);

@@ -180,6 +180,20 @@ impl Drop for Exchange {
 }
 
 impl Exchange {
+    /// A wss exchange that shows `leaf` and holds every connection ([`Script::Hold`]).
+    async fn holding(leaf: &Leaf) -> Self {
+        Self::start(Script::Hold, Some(acceptor(leaf, None))).await
+    }
+
+    /// A plain exchange that wants logins signed with `secret` ([`Script::SignedLogin`]).
+    async fn signed_login(secret: &str, keep_from: usize) -> Self {
+        let script = Script::SignedLogin {
+            secret: secret.into(),
+            keep_from,
+        };
+        Self::start(script, None).await
+    }
+
     async fn start(script: Script, tls: Option<TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -385,27 +399,11 @@ impl Node {
 async fn wss_with_a_test_ca_from_ssl_cert_file_and_clear_errors() {
     let ca = Ca::new("wsgate test CA");
     let ca_file = temp_file("ca.pem", &ca.pem());
-    let good = Exchange::start(
-        Script::Hold,
-        Some(acceptor(&ca.leaf(&["localhost"], false), None)),
-    )
-    .await;
-    let expired = Exchange::start(
-        Script::Hold,
-        Some(acceptor(&ca.leaf(&["localhost"], true), None)),
-    )
-    .await;
-    let other_host = Exchange::start(
-        Script::Hold,
-        Some(acceptor(&ca.leaf(&["exchange.example"], false), None)),
-    )
-    .await;
+    let good = Exchange::holding(&ca.leaf(&["localhost"], false)).await;
+    let expired = Exchange::holding(&ca.leaf(&["localhost"], true)).await;
+    let other_host = Exchange::holding(&ca.leaf(&["exchange.example"], false)).await;
     let private = Ca::new("private gateway CA");
-    let untrusted = Exchange::start(
-        Script::Hold,
-        Some(acceptor(&private.leaf(&["localhost"], false), None)),
-    )
-    .await;
+    let untrusted = Exchange::holding(&private.leaf(&["localhost"], false)).await;
     let node = Node::start(&[("SSL_CERT_FILE", &ca_file)]).await;
 
     let (state, err) = node
@@ -480,14 +478,7 @@ async fn mutual_tls_presents_the_client_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_logins_are_fresh_on_every_connection_and_refresh() {
     let secret = "exchange-secret-42";
-    let ex = Exchange::start(
-        Script::SignedLogin {
-            secret: secret.into(),
-            keep_from: 3,
-        },
-        None,
-    )
-    .await;
+    let ex = Exchange::signed_login(secret, 3).await;
     let node = Node::start(&[]).await;
     let (id, _) = node
         .connect(json!({
@@ -601,14 +592,7 @@ async fn retry_after_on_a_429_handshake_is_honoured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_connect_with_a_signed_login_and_reconnect() {
     let secret = "grpc-secret-7";
-    let ex = Exchange::start(
-        Script::SignedLogin {
-            secret: secret.into(),
-            keep_from: 0,
-        },
-        None,
-    )
-    .await;
+    let ex = Exchange::signed_login(secret, 0).await;
     let srv = TestServer::start().await;
     let endpoint = tonic::transport::Endpoint::from_shared(srv.grpc_url()).unwrap();
     let mut c = WsGateClient::new(within("gRPC connect", endpoint.connect()).await.unwrap());
@@ -642,35 +626,31 @@ async fn grpc_connect_with_a_signed_login_and_reconnect() {
     assert_eq!(r.state, "connected");
     let id = r.connection_id;
 
-    let r = within(
-        "Reconnect",
-        c.reconnect(ReconnectRequest {
-            connection_id: id.clone(),
-        }),
-    )
-    .await
-    .unwrap()
-    .into_inner();
+    let r = reconnect(&mut c, "Reconnect", &id).await;
     assert!(r.success, "{}", r.error);
     ex.wait("a fresh, good login on a second connection", |l| {
         l.logins_on.len() >= 2 && l.logins_on[1] == 1
     })
     .await;
     assert!(ex.log.lock().bad_logins.is_empty());
-    let r = within(
-        "Reconnect unknown",
-        c.reconnect(ReconnectRequest {
-            connection_id: "nope-x".into(),
-        }),
-    )
-    .await
-    .unwrap()
-    .into_inner();
+    let r = reconnect(&mut c, "Reconnect unknown", "nope-x").await;
     assert_eq!(
         (r.success, r.error.as_str()),
         (false, "Connection not found")
     );
     srv.shutdown().await;
+}
+
+/// The gRPC `Reconnect` of `connection_id` (`what` names the call in a timeout).
+async fn reconnect(
+    c: &mut WsGateClient<tonic::transport::Channel>,
+    what: &str,
+    connection_id: &str,
+) -> ReconnectReply {
+    let req = ReconnectRequest {
+        connection_id: connection_id.into(),
+    };
+    within(what, c.reconnect(req)).await.unwrap().into_inner()
 }
 
 /// `wsgate ARGS` with `envs`: (exit code, stdout, stderr).
@@ -701,11 +681,7 @@ async fn doctor_tls(url: &str, ca_file: &str) -> Value {
 async fn connect_and_doctor_reach_wss() {
     let ca = Ca::new("wsgate test CA");
     let ca_file = temp_file("cli-ca.pem", &ca.pem());
-    let good = Exchange::start(
-        Script::Hold,
-        Some(acceptor(&ca.leaf(&["localhost"], false), None)),
-    )
-    .await;
+    let good = Exchange::holding(&ca.leaf(&["localhost"], false)).await;
     let url = good.url("localhost", true);
 
     let (code, _, err) = wsgate(&["connect", &url], &[("SSL_CERT_FILE", &ca_file)], "hi\n").await;
@@ -727,11 +703,7 @@ async fn connect_and_doctor_reach_wss() {
         assert!(detail.contains(part), "{part}: {detail}");
     }
 
-    let expired = Exchange::start(
-        Script::Hold,
-        Some(acceptor(&ca.leaf(&["localhost"], true), None)),
-    )
-    .await;
+    let expired = Exchange::holding(&ca.leaf(&["localhost"], true)).await;
     let tls = doctor_tls(&expired.url("localhost", true), &ca_file).await;
     assert_eq!(tls["status"], "FAIL", "{tls}");
     assert!(
@@ -742,19 +714,11 @@ async fn connect_and_doctor_reach_wss() {
         "{tls}"
     );
 
-    let soon = Exchange::start(
-        Script::Hold,
-        Some(acceptor(&ca.leaf_until(&["localhost"], Some(5)), None)),
-    )
-    .await;
+    let soon = Exchange::holding(&ca.leaf_until(&["localhost"], Some(5))).await;
     let tls = doctor_tls(&soon.url("localhost", true), &ca_file).await;
     assert_eq!(tls["status"], "WARN", "{tls}");
 
-    let other = Exchange::start(
-        Script::Hold,
-        Some(acceptor(&ca.leaf(&["exchange.example"], false), None)),
-    )
-    .await;
+    let other = Exchange::holding(&ca.leaf(&["exchange.example"], false)).await;
     let tls = doctor_tls(&other.url("localhost", true), &ca_file).await;
     assert_eq!(tls["status"], "FAIL", "{tls}");
     let detail = tls["detail"].as_str().unwrap();

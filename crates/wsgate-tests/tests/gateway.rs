@@ -137,11 +137,7 @@ async fn exclude_user_skips_only_that_user() {
 const SECRET: &str = "test-secret-do-not-log";
 
 async fn jwt_server() -> TestServer {
-    TestServer::with(|c| {
-        c.auth.mode = wsgate_server::config::AuthMode::Jwt;
-        c.auth.jwt_secret = Some(wsgate_server::config::Secret::new(SECRET));
-    })
-    .await
+    TestServer::with(|c| tune::jwt(c, SECRET)).await
 }
 
 #[tokio::test]
@@ -437,8 +433,7 @@ async fn operations_endpoints() {
 
 #[tokio::test]
 async fn api_key_guards_the_control_api_when_set() {
-    let srv =
-        TestServer::with(|c| c.api.api_key = Some(wsgate_server::config::Secret::new("k3y"))).await;
+    let srv = TestServer::with(|c| tune::api_key(c, "k3y")).await;
     let (s, b) = srv
         .post("/api/v1/publish", json!({"channel":"a","data":1}))
         .await;

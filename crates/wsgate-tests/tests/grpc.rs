@@ -632,8 +632,7 @@ async fn seed_000_errors() {
 
 #[tokio::test]
 async fn health_reflection_and_api_key() {
-    let srv =
-        TestServer::with(|c| c.api.api_key = Some(wsgate_server::config::Secret::new("k3y"))).await;
+    let srv = TestServer::with(|c| tune::api_key(c, "k3y")).await;
     let channel = channel(&srv).await;
 
     // Health: SERVING for the server and the service, without the API key.
@@ -715,9 +714,8 @@ async fn health_reflection_and_api_key() {
 #[tokio::test]
 async fn grpc_shares_the_api_rate_limit() {
     let srv = TestServer::with(|c| {
-        c.limits.api_auth_failure_rate = 1;
-        c.limits.api_auth_failure_burst = 2;
-        c.api.api_key = Some(wsgate_server::config::Secret::new("k3y"));
+        tune::api_auth_failures(c, 1, 2);
+        tune::api_key(c, "k3y");
     })
     .await;
     let mut c = grpc(&srv).await;

@@ -9,13 +9,16 @@ use serde_json::json;
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
+/// Waits for a closed client's close answer long enough for it to read its backlog first.
+fn patient_close(c: &mut wsgate_server::Config) {
+    c.ws.close_grace_ms = 5_000;
+}
+
 #[tokio::test]
 async fn heartbeat_closes_silent_clients_and_keeps_live_ones() {
     let srv = TestServer::with(|c| {
-        c.gateway.heartbeat_interval_ms = 40;
-        c.gateway.heartbeat_timeout_ms = 300;
-        // Wait for the silent client's close answer long enough for it to read its backlog.
-        c.ws.close_grace_ms = 5_000;
+        tune::heartbeat(c, 40, 300);
+        patient_close(c);
     })
     .await;
     // Never reads after hello: it cannot answer pings.
@@ -81,7 +84,7 @@ async fn heartbeat_closes_silent_clients_and_keeps_live_ones() {
 async fn slow_consumer_is_closed_while_fast_ones_get_everything() {
     let srv = TestServer::with(|c| {
         c.ws.outbox_capacity = 8;
-        c.ws.close_grace_ms = 5_000;
+        patient_close(c);
     })
     .await;
     let mut slow = Client::subscribed(&srv.ws_url(), "firehose").await;

@@ -12,7 +12,6 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use wsgate_server::config::{AuthMode, Secret};
 
 /// A subscriber that must see every publication on `watch`, in order.
 struct Watcher {
@@ -47,6 +46,46 @@ impl Watcher {
         self.check(&srv).await;
         srv.shutdown().await;
     }
+}
+
+/// An upgrade with extra headers that must succeed (`what` names it when it does not).
+async fn admitted(srv: &TestServer, headers: &[(&'static str, &str)], what: &str) -> Client {
+    try_upgrade(srv, headers).await.expect(what)
+}
+
+/// One upgrade attempt with one extra header (name, value), and what must come of it;
+/// the last field names the attempt.
+#[derive(Clone, Copy)]
+enum Upgrade {
+    /// Admitted.
+    Admit(&'static str, &'static str, &'static str),
+    /// Refused with 429.
+    Refuse(&'static str, &'static str, &'static str),
+}
+use Upgrade::{Admit, Refuse};
+
+/// The upgrades `steps` in order; the admitted clients, to be kept open.
+async fn upgrades(srv: &TestServer, steps: &[Upgrade]) -> Vec<Client> {
+    let mut kept = Vec::new();
+    for &step in steps {
+        match step {
+            Admit(header, value, what) => kept.push(admitted(srv, &[(header, value)], what).await),
+            Refuse(header, value, what) => {
+                let (status, _) = refused(srv, &[(header, value)], what).await;
+                assert_eq!(status, 429, "{what}");
+            }
+        }
+    }
+    kept
+}
+
+/// An upgrade with extra headers that must be refused: (status, retry_after).
+async fn refused(
+    srv: &TestServer,
+    headers: &[(&'static str, &str)],
+    what: &str,
+) -> (u16, Option<String>) {
+    try_upgrade(srv, headers).await.err().expect(what)
 }
 
 /// Tries an upgrade with extra headers; `Ok(client)` on 101, `Err((status, retry_after))`.
@@ -90,12 +129,12 @@ async fn node_connection_limit_answers_503_and_turns_ready_false() {
     let srv = TestServer::with(|c| c.limits.max_connections = 3).await;
     let mut w = Watcher::new(&srv).await;
     assert_eq!(srv.get("/ready").await.0, 200);
-    let _a = try_upgrade(&srv, &[]).await.expect("second fits");
-    let b = try_upgrade(&srv, &[]).await.expect("third fits");
+    let _a = admitted(&srv, &[], "second fits").await;
+    let b = admitted(&srv, &[], "third fits").await;
     // 3 of 3: at the limit (and past 95 %), the balancer is told first.
     let (status, ready) = srv.get("/ready").await;
     assert_eq!(status, 503, "{ready}");
-    let (status, retry) = try_upgrade(&srv, &[]).await.err().expect("refused");
+    let (status, retry) = refused(&srv, &[], "refused").await;
     assert_eq!(status, 503);
     assert!(retry.is_some(), "Retry-After on 503");
     assert_eq!(rejections(&srv, "node_full").await, 1.0);
@@ -117,80 +156,77 @@ async fn node_connection_limit_answers_503_and_turns_ready_false() {
 #[tokio::test]
 async fn per_ip_limits_answer_429_and_honour_only_trusted_proxies() {
     let srv = TestServer::with(|c| {
-        c.limits.max_connections_per_ip = 2;
-        c.limits.ip_connect_rate = 0;
+        tune::per_ip(c, 2);
         c.limits.trusted_proxies = vec!["127.0.0.1/32".into()];
     })
     .await;
     let w = Watcher::new(&srv).await;
     let xff = [("x-forwarded-for", "203.0.113.9")];
-    let _a = try_upgrade(&srv, &xff).await.expect("1st");
-    let _b = try_upgrade(&srv, &xff).await.expect("2nd");
-    let (status, retry) = try_upgrade(&srv, &xff).await.err().expect("3rd refused");
+    let _a = admitted(&srv, &xff, "1st").await;
+    let _b = admitted(&srv, &xff, "2nd").await;
+    let (status, retry) = refused(&srv, &xff, "3rd refused").await;
     assert_eq!(status, 429);
     assert!(retry.is_some());
     assert_eq!(rejections(&srv, "ip_connections").await, 1.0);
-    // Another client behind the same proxy is another address.
-    let _c = try_upgrade(&srv, &[("x-forwarded-for", "198.51.100.1")])
-        .await
-        .expect("other client IP");
-    // `Forwarded` is not the configured header (a client can send its own through a proxy
-    // that only manages X-Forwarded-For): the request counts for the proxy's address.
-    // (The watcher holds one place of 127.0.0.1 already.)
-    let _d = try_upgrade(&srv, &[("forwarded", "for=198.51.100.2")])
-        .await
-        .expect("2nd from the proxy itself");
-    let (status, _) = try_upgrade(&srv, &[("forwarded", "for=198.51.100.4")])
-        .await
-        .err()
-        .expect("a client's own Forwarded header does not make it another address");
-    assert_eq!(status, 429);
+    let _cd = upgrades(
+        &srv,
+        &[
+            // Another client behind the same proxy is another address.
+            Admit("x-forwarded-for", "198.51.100.1", "other client IP"),
+            // `Forwarded` is not the configured header (a client can send its own through a
+            // proxy that only manages X-Forwarded-For): the request counts for the proxy's
+            // address. (The watcher holds one place of 127.0.0.1 already.)
+            Admit("forwarded", "for=198.51.100.2", "2nd from the proxy itself"),
+            Refuse(
+                "forwarded",
+                "for=198.51.100.4",
+                "a client's own Forwarded header does not make it another address",
+            ),
+        ],
+    )
+    .await;
     w.finish(srv).await;
 
     // A proxy that writes RFC 7239 `Forwarded` is named so, and then that header counts.
     let srv = TestServer::with(|c| {
-        c.limits.max_connections_per_ip = 1;
-        c.limits.ip_connect_rate = 0;
+        tune::per_ip(c, 1);
         c.limits.trusted_proxies = vec!["127.0.0.1/32".into()];
         c.limits.client_ip_header = wsgate_server::limits::ClientIpHeader::Forwarded;
     })
     .await;
-    let _a = try_upgrade(&srv, &[("forwarded", "for=198.51.100.1")])
-        .await
-        .expect("one client");
-    let _b = try_upgrade(&srv, &[("forwarded", "for=\"[2001:db8::1]:443\"")])
-        .await
-        .expect("another client");
-    let (status, _) = try_upgrade(&srv, &[("forwarded", "for=198.51.100.1")])
-        .await
-        .err()
-        .expect("the first client again");
-    assert_eq!(status, 429);
+    let _ab = upgrades(
+        &srv,
+        &[
+            Admit("forwarded", "for=198.51.100.1", "one client"),
+            Admit("forwarded", "for=\"[2001:db8::1]:443\"", "another client"),
+            Refuse("forwarded", "for=198.51.100.1", "the first client again"),
+        ],
+    )
+    .await;
     srv.shutdown().await;
 
     // Untrusted peer: the header is ignored, so it cannot dodge the limit by lying.
-    let srv = TestServer::with(|c| {
-        c.limits.max_connections_per_ip = 2;
-        c.limits.ip_connect_rate = 0;
-    })
-    .await;
+    let srv = TestServer::with(|c| tune::per_ip(c, 2)).await;
     let w = Watcher::new(&srv).await;
-    let _a = try_upgrade(&srv, &[("x-forwarded-for", "1.1.1.1")])
-        .await
-        .expect("2nd from 127.0.0.1");
-    let (status, _) = try_upgrade(&srv, &[("x-forwarded-for", "2.2.2.2")])
-        .await
-        .err()
-        .expect("a forged header does not help");
-    assert_eq!(status, 429);
+    let _a = upgrades(
+        &srv,
+        &[
+            Admit("x-forwarded-for", "1.1.1.1", "2nd from 127.0.0.1"),
+            Refuse(
+                "x-forwarded-for",
+                "2.2.2.2",
+                "a forged header does not help",
+            ),
+        ],
+    )
+    .await;
     w.finish(srv).await;
 }
 
 #[tokio::test]
 async fn per_ip_connect_rate_answers_429_with_retry_after() {
     let srv = TestServer::with(|c| {
-        c.limits.ip_connect_rate = 1;
-        c.limits.ip_connect_burst = 2;
+        tune::ip_connect_rate(c, 1, 2);
         c.limits.trusted_proxies = vec!["127.0.0.1".into()];
     })
     .await;
@@ -221,15 +257,20 @@ async fn browser_origins_outside_the_allow_list_get_403() {
         TestServer::with(|c| c.limits.allowed_origins = vec!["https://app.example.com".into()])
             .await;
     let w = Watcher::new(&srv).await;
-    let (status, _) = try_upgrade(&srv, &[("origin", "https://evil.example.net")])
-        .await
-        .err()
-        .expect("foreign origin refused");
+    let (status, _) = refused(
+        &srv,
+        &[("origin", "https://evil.example.net")],
+        "foreign origin refused",
+    )
+    .await;
     assert_eq!(status, 403);
     assert_eq!(rejections(&srv, "origin").await, 1.0);
-    try_upgrade(&srv, &[("origin", "https://app.example.com")])
-        .await
-        .expect("listed origin");
+    admitted(
+        &srv,
+        &[("origin", "https://app.example.com")],
+        "listed origin",
+    )
+    .await;
     w.finish(srv).await;
 
     // Default: no origin listed, browsers refused; --allow-any-origin lets them in.
@@ -238,7 +279,7 @@ async fn browser_origins_outside_the_allow_list_get_403() {
     assert_eq!(try_upgrade(&srv, &evil).await.err().unwrap().0, 403);
     srv.shutdown().await;
     let srv = TestServer::with(|c| c.limits.allow_any_origin = true).await;
-    try_upgrade(&srv, &evil).await.expect("any origin");
+    admitted(&srv, &evil, "any origin").await;
     srv.shutdown().await;
 }
 
@@ -246,8 +287,7 @@ async fn browser_origins_outside_the_allow_list_get_403() {
 async fn a_user_over_its_connection_limit_is_closed_with_4029() {
     const SECRET: &str = "per-user-limit-secret";
     let srv = TestServer::with(|c| {
-        c.auth.mode = AuthMode::Jwt;
-        c.auth.jwt_secret = Some(Secret::new(SECRET));
+        tune::jwt(c, SECRET);
         c.limits.max_connections_per_user = 1;
     })
     .await;
@@ -276,8 +316,7 @@ async fn a_user_over_its_connection_limit_is_closed_with_4029() {
 #[tokio::test]
 async fn inbound_message_rate_answers_rate_limited_then_closes_4029() {
     let srv = TestServer::with(|c| {
-        c.ws.client_message_rate = 5;
-        c.ws.client_message_burst = 5;
+        tune::message_rate(c, 5, 5);
         c.ws.rate_limit_strikes = 20;
     })
     .await;
@@ -317,8 +356,7 @@ async fn inbound_message_rate_answers_rate_limited_then_closes_4029() {
 async fn inbound_byte_rate_drops_frames_with_an_error() {
     let srv = TestServer::with(|c| {
         c.ws.max_message_size = 1024;
-        c.ws.client_byte_rate = 1024;
-        c.ws.client_byte_burst = 1024;
+        tune::byte_rate(c, 1024, 1024);
     })
     .await;
     let w = Watcher::new(&srv).await;
@@ -374,11 +412,7 @@ async fn a_client_that_never_upgrades_is_dropped_after_the_handshake_timeout() {
 #[tokio::test]
 async fn an_open_control_api_is_rate_limited_per_address_and_the_right_key_is_not() {
     // No API key (a loopback node): every caller is limited by its address.
-    let srv = TestServer::with(|c| {
-        c.limits.api_rate = 1;
-        c.limits.api_burst = 3;
-    })
-    .await;
+    let srv = TestServer::with(|c| tune::api_rate(c, 1, 3)).await;
     let mut statuses = Vec::new();
     for _ in 0..6 {
         let r = within("api", http().get(srv.http("/connections")).send())
@@ -399,9 +433,8 @@ async fn an_open_control_api_is_rate_limited_per_address_and_the_right_key_is_no
 
     // With an API key, the caller presenting it is not limited at all.
     let srv = TestServer::with(|c| {
-        c.limits.api_rate = 1;
-        c.limits.api_burst = 3;
-        c.api.api_key = Some(Secret::new("k-123"));
+        tune::api_rate(c, 1, 3);
+        tune::api_key(c, "k-123");
     })
     .await;
     let call = |key: &'static str| http().get(srv.http("/connections")).bearer_auth(key).send();
@@ -417,7 +450,7 @@ async fn an_open_control_api_is_rate_limited_per_address_and_the_right_key_is_no
 /// check guards only the WebSocket upgrade; the API is guarded by the key alone.
 #[tokio::test]
 async fn the_console_is_public_and_its_same_origin_api_calls_need_only_the_key() {
-    let srv = TestServer::with(|c| c.api.api_key = Some(Secret::new("k-console"))).await;
+    let srv = TestServer::with(|c| tune::api_key(c, "k-console")).await;
     let origin = format!("http://{}", srv.addr);
     let page = within("GET /admin", http().get(srv.http("/admin")).send())
         .await

@@ -91,6 +91,20 @@ fn cluster_node(id: &str, broker: &str, extra: &[&str], envs: &[(&str, &str)]) -
     Logged::spawn(&args, envs)
 }
 
+/// A [`cluster_node`] that is ready and delivers a message, with its address.
+async fn delivering_node(
+    id: &str,
+    broker: &str,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> (Logged, SocketAddr) {
+    let node = cluster_node(id, broker, extra, envs);
+    let addr = node.addr().await;
+    ready(addr).await;
+    delivers(addr).await;
+    (node, addr)
+}
+
 /// Appends every line of `from` to `to`.
 fn keep(from: impl AsyncRead + Unpin + Send + 'static, to: Arc<Mutex<String>>) {
     tokio::spawn(async move {
@@ -144,20 +158,14 @@ impl Drop for Pki {
 /// A `redis-server` that speaks only TLS (certificate from `pki`) and wants a password.
 async fn tls_redis(pki: &Pki) -> (Child, u16) {
     let port = free_port();
-    let child = Command::new("redis-server")
-        .args(["--port", "0", "--tls-port", &port.to_string()])
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--port", "0", "--tls-port", &port.to_string()])
         .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .args(["--tls-cert-file", &pki.path("server.pem")])
         .args(["--tls-key-file", &pki.path("server.key")])
         .args(["--tls-ca-cert-file", &pki.path("ca.pem")])
-        .args(["--tls-auth-clients", "no", "--requirepass", REDIS_PASSWORD])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn redis-server");
-    listening(port).await;
-    (child, port)
+        .args(["--tls-auth-clients", "no", "--requirepass", REDIS_PASSWORD]);
+    (serve(cmd, port).await, port)
 }
 
 /// A `nats-server` that wants a user and password, over TLS when `pki` is given.
@@ -170,14 +178,19 @@ async fn nats(pki: Option<&Pki>) -> (Child, u16) {
         cmd.args(["--tls", "--tlscert", &pki.path("server.pem")])
             .args(["--tlskey", &pki.path("server.key")]);
     }
+    (serve(cmd, port).await, port)
+}
+
+/// Starts the server `cmd` (quiet, killed on drop) and waits until it listens on `port`.
+async fn serve(mut cmd: Command, port: u16) -> Child {
     let child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .expect("spawn nats-server");
+        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.as_std().get_program()));
     listening(port).await;
-    (child, port)
+    child
 }
 
 async fn listening(port: u16) {
@@ -231,15 +244,13 @@ async fn rediss_with_a_private_ca_and_a_password() {
     let (_redis, port) = tls_redis(&pki).await;
     let url = format!("rediss://:{REDIS_PASSWORD}@127.0.0.1:{port}");
     let ca = pki.path("ca.pem");
-    let node = cluster_node(
+    let (node, addr) = delivering_node(
         "tls-a",
         "redis",
         &[],
         &[("WSGATE_REDIS_URL", &url), ("WSGATE_REDIS_CA_FILE", &ca)],
-    );
-    let addr = node.addr().await;
-    ready(addr).await;
-    delivers(addr).await;
+    )
+    .await;
 
     // doctor reaches the same Redis with the same CA, and never prints the password.
     let out = wsgate()
@@ -284,7 +295,7 @@ async fn nats_over_tls_with_user_and_password() {
     let (_nats, port) = nats(Some(&pki)).await;
     let nats_url = format!("tls://127.0.0.1:{port}");
     let ca = pki.path("ca.pem");
-    let node = cluster_node(
+    let (node, _) = delivering_node(
         "nats-a",
         "nats",
         &[],
@@ -295,10 +306,8 @@ async fn nats_over_tls_with_user_and_password() {
             ("WSGATE_NATS_PASSWORD", NATS_PASSWORD),
             ("WSGATE_NATS_CA_FILE", &ca),
         ],
-    );
-    let addr = node.addr().await;
-    ready(addr).await;
-    delivers(addr).await;
+    )
+    .await;
     assert_no_secret(&node.output());
 }
 
@@ -312,10 +321,7 @@ async fn passwords_in_the_urls_never_reach_the_output() {
     let ca = pki.path("ca.pem");
     let ca_file = [("WSGATE_REDIS_CA_FILE", ca.as_str())];
     let urls = ["--redis-url", &redis_url, "--nats-url", &nats_url];
-    let mut good = cluster_node("pw-a", "nats", &urls, &ca_file);
-    let addr = good.addr().await;
-    ready(addr).await;
-    delivers(addr).await;
+    let (mut good, _) = delivering_node("pw-a", "nats", &urls, &ca_file).await;
     good.await_output("NATS broker").await;
 
     // Wrong passwords: the failures are logged, the passwords are not.

@@ -21,10 +21,15 @@ async fn upstream_and_node(config: UpstreamConfig) -> (Upstream, TestServer) {
 }
 
 /// [`upstream_and_node`] with an upstream that refuses handshakes until told otherwise.
-async fn refusing_upstream_and_node() -> (Upstream, TestServer) {
+/// A node with an upstream connection (asked for with `body(url)`) to a remote that refuses:
+/// (the remote, the node, the connection id, the connect answer).
+async fn refused_connection(
+    body: impl FnOnce(String) -> Value,
+) -> (Upstream, TestServer, String, Value) {
     let (up, srv) = upstream_and_node(UpstreamConfig::default()).await;
     up.set_refusing(true);
-    (up, srv)
+    let (id, r) = connect(&srv, body(up.url())).await;
+    (up, srv, id, r)
 }
 
 fn fast_reconnect() -> Value {
@@ -36,6 +41,16 @@ async fn connect(srv: &TestServer, body: Value) -> (String, Value) {
     assert_eq!(status, 200, "{r}");
     assert_eq!(r["success"], true, "{r}");
     (r["connection_id"].as_str().unwrap().to_string(), r)
+}
+
+/// The node's stored record of upstream connection `id` (`None` once it is removed).
+async fn record(srv: &TestServer, id: &str) -> Option<wsgate_core::seams::UpstreamRecord> {
+    srv.node
+        .upstreams()
+        .records()
+        .upstream_get(id)
+        .await
+        .unwrap()
 }
 
 async fn view(srv: &TestServer, id: &str) -> Value {
@@ -144,14 +159,7 @@ async fn reconnect_runs_auth_then_replays_subscriptions() {
     assert_eq!(ups["total"], 1);
 
     // The record follows the subscriptions (what cluster mode re-establishes from).
-    let rec = srv
-        .node
-        .upstreams()
-        .records()
-        .upstream_get(&id)
-        .await
-        .unwrap()
-        .unwrap();
+    let rec = record(&srv, &id).await.unwrap();
     let keys: Vec<&str> = rec
         .spec
         .subscriptions
@@ -184,15 +192,7 @@ async fn reconnect_runs_auth_then_replays_subscriptions() {
 
     let (status, _) = srv.delete(&format!("/api/v1/upstreams/{id}")).await;
     assert_eq!(status, 200);
-    assert!(
-        srv.node
-            .upstreams()
-            .records()
-            .upstream_get(&id)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(record(&srv, &id).await.is_none());
     let m = srv.metrics().await;
     assert_eq!(
         metric(&m, "wsgate_upstream_connections{state=\"connected\"}"),
@@ -203,16 +203,13 @@ async fn reconnect_runs_auth_then_replays_subscriptions() {
 
 #[tokio::test]
 async fn gives_up_after_max_attempts_and_shows_an_open_breaker() {
-    let (up, srv) = refusing_upstream_and_node().await;
-
-    let (id, _) = connect(
-        &srv,
+    let (up, srv, id, _) = refused_connection(|url| {
         json!({
-            "url": up.url(),
+            "url": url,
             "reconnect": {"initial_ms": 1, "max_ms": 4, "max_attempts": 3, "jitter": 0.0},
             "breaker": {"failure_threshold": 0, "cooldown_ms": 0},
-        }),
-    )
+        })
+    })
     .await;
     let v = await_view(&srv, &id, "state failed", |v| v["state"] == "failed").await;
     assert!(
@@ -405,14 +402,7 @@ async fn publish_reaches_gateway_subscribers_until_stopped() {
         );
     }
     assert_eq!(view(&srv, &id).await["publish_topic"], "feed");
-    let rec = srv
-        .node
-        .upstreams()
-        .records()
-        .upstream_get(&id)
-        .await
-        .unwrap()
-        .unwrap();
+    let rec = record(&srv, &id).await.unwrap();
     assert_eq!(rec.spec.publish_topic.as_deref(), Some("feed"));
 
     srv.upstream_call(&id, "publish/stop", json!({}), 200).await;
@@ -433,14 +423,7 @@ async fn publish_reaches_gateway_subscribers_until_stopped() {
     let m = browser.recv().await;
     assert_eq!(m["data"], "sentinel", "{m}");
     assert_eq!(view(&srv, &id).await["publish_topic"], Value::Null);
-    let rec = srv
-        .node
-        .upstreams()
-        .records()
-        .upstream_get(&id)
-        .await
-        .unwrap()
-        .unwrap();
+    let rec = record(&srv, &id).await.unwrap();
     assert_eq!(rec.spec.publish_topic, None);
     let m = srv.metrics().await;
     assert_eq!(metric(&m, "wsgate_upstream_published_total"), 3.0);
@@ -559,13 +542,11 @@ async fn seed_000_error_strings_over_http() {
 
 #[tokio::test]
 async fn outbox_mode_queues_while_disconnected() {
-    let (up, srv) = refusing_upstream_and_node().await;
-    let (id, r) = connect(
-        &srv,
-        json!({"url": up.url(), "offline": "outbox", "wait_ms": 0,
+    let (up, srv, id, r) = refused_connection(|url| {
+        json!({"url": url, "offline": "outbox", "wait_ms": 0,
                "subscriptions": [{"key": "a", "message": "SUB a"}],
-               "reconnect": fast_reconnect(), "breaker": {"failure_threshold": 0, "cooldown_ms": 0}}),
-    )
+               "reconnect": fast_reconnect(), "breaker": {"failure_threshold": 0, "cooldown_ms": 0}})
+    })
     .await;
     assert_ne!(r["state"], "connected");
     srv.upstream_call(&id, "send", json!({"message": "queued"}), 200)

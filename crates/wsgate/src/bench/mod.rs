@@ -166,27 +166,17 @@ async fn spawn_server(target: Target, outbox: usize) -> anyhow::Result<(Child, S
     spawn_server_with(target, outbox, &ServerOpts::default()).await
 }
 
-/// How the bench starts `wsgate serve` beyond the defaults.
+/// How the bench starts `wsgate serve` beyond the defaults (`Default`: all off).
+#[derive(Default)]
 pub(crate) struct ServerOpts {
-    /// Listener address (`127.0.0.1:0`: any free port).
-    pub listen: String,
+    /// Listener address (`None`: 127.0.0.1 on any free port).
+    pub listen: Option<String>,
     /// Per-IP connect rate (0: no limit, the bench default).
     pub ip_connect_rate: u32,
     /// Per-IP connect burst (`None`: the server's default).
     pub ip_connect_burst: Option<u32>,
     /// Drain timeout on SIGTERM in ms (`None`: the server's default).
     pub drain_timeout_ms: Option<u64>,
-}
-
-impl Default for ServerOpts {
-    fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:0".into(),
-            ip_connect_rate: 0,
-            ip_connect_burst: None,
-            drain_timeout_ms: None,
-        }
-    }
 }
 
 async fn spawn_server_with(
@@ -196,12 +186,13 @@ async fn spawn_server_with(
 ) -> anyhow::Result<(Child, String)> {
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
+    let listen = opts.listen.as_deref().unwrap_or("127.0.0.1:0");
     match target {
         Target::Wsgate => {
             cmd.args([
                 "serve",
                 "--listen",
-                &opts.listen,
+                listen,
                 "--outbox-capacity",
                 &outbox.to_string(),
                 // Every bench client comes from one address: per-IP limits would refuse them.
@@ -225,7 +216,7 @@ async fn spawn_server_with(
             cmd.env("WSGATE_ALLOW_UNAUTHENTICATED_API", "true");
         }
         Target::Baseline => {
-            cmd.args(["bench-baseline-server", "--listen", &opts.listen]);
+            cmd.args(["bench-baseline-server", "--listen", listen]);
         }
     };
     let mut child = cmd

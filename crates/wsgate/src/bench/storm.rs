@@ -97,7 +97,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         args.connections, args.storm_initial_ms, args.storm_max_ms, args.storm_limit_rate
     );
     let opts = ServerOpts {
-        listen: listen.clone(),
+        listen: Some(listen.clone()),
         drain_timeout_ms: Some(5_000),
         ..ServerOpts::default()
     };
@@ -178,7 +178,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .context("old server did not exit")??;
     let drain_seconds = t0.elapsed().as_secs_f64();
     let opts = ServerOpts {
-        listen,
+        listen: Some(listen),
         ip_connect_rate: args.storm_limit_rate,
         ip_connect_burst: (args.storm_limit_rate > 0).then_some(args.storm_limit_burst),
         drain_timeout_ms: Some(5_000),

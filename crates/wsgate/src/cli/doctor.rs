@@ -146,6 +146,12 @@ impl Report {
     }
 }
 
+/// The string fields `keys` of a server answer `v`, "?" where one is missing: the details name
+/// what the server said without failing on an older or foreign answer.
+pub fn fields<'a, const N: usize>(v: &'a serde_json::Value, keys: [&str; N]) -> [&'a str; N] {
+    keys.map(|k| v[k].as_str().unwrap_or("?"))
+}
+
 pub fn render(c: &CheckResult) -> String {
     let status = match c.status {
         Status::Pass => "PASS",

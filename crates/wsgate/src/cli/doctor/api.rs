@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use super::CheckResult;
+use super::{CheckResult, fields};
 use crate::cli::{Api, api_error};
 
 pub async fn checks(api: &Api, sample: Duration) -> Vec<CheckResult> {
@@ -54,17 +54,15 @@ pub async fn check_ready(api: &Api) -> CheckResult {
 
 pub async fn check_version(api: &Api) -> CheckResult {
     match api.get("/version").await {
-        Ok((200, v)) => CheckResult::pass(
-            "version",
-            format!(
-                "{} {} (commit {}, built {}) on node {}",
-                v["name"].as_str().unwrap_or("wsgate"),
-                v["version"].as_str().unwrap_or("?"),
-                v["git_commit"].as_str().unwrap_or("?"),
-                v["build_time"].as_str().unwrap_or("?"),
-                v["node"].as_str().unwrap_or("?")
-            ),
-        ),
+        Ok((200, v)) => {
+            let name = v["name"].as_str().unwrap_or("wsgate");
+            let [version, commit, built, node] =
+                fields(&v, ["version", "git_commit", "build_time", "node"]);
+            CheckResult::pass(
+                "version",
+                format!("{name} {version} (commit {commit}, built {built}) on node {node}"),
+            )
+        }
         Ok((status, v)) => CheckResult::warn("version", format!("/version answered {status}: {v}"))
             .cause("an older wsgate, or a proxy in front of the API"),
         Err(e) => CheckResult::fail("version", e.to_string()),
@@ -160,6 +158,42 @@ fn per_s(r: Option<f64>) -> String {
         .unwrap_or_else(|| "n/a".into())
 }
 
+/// A threshold of [`judge`]; crossed, the check warns with this cause, fix and runbook section.
+struct Alarm {
+    crossed: bool,
+    cause: &'static str,
+    fix: Option<&'static str>,
+    runbook: &'static str,
+}
+
+/// The check `name`: a warning for the first crossed alarm, else a pass.
+fn verdict<const N: usize>(name: &str, detail: String, alarms: [Alarm; N]) -> CheckResult {
+    let Some(a) = alarms.into_iter().find(|a| a.crossed) else {
+        return CheckResult::pass(name, detail);
+    };
+    let warn = CheckResult::warn(name, detail)
+        .cause(a.cause)
+        .runbook(a.runbook);
+    match a.fix {
+        Some(fix) => warn.fix(fix),
+        None => warn,
+    }
+}
+
+/// The reasons that counted, as " (reason=count, …)" in their order; "" when none did.
+fn reasons(by_reason: Vec<(String, f64)>) -> String {
+    let listed = by_reason
+        .into_iter()
+        .filter(|(_, v)| *v > 0.0)
+        .map(|(r, v)| format!("{r}={v}"))
+        .collect::<Vec<_>>();
+    if listed.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", listed.join(", "))
+    }
+}
+
 /// Seed 003's alert thresholds and success targets, applied to a sample.
 pub fn judge(s: &Sample) -> Vec<CheckResult> {
     let mut out = Vec::new();
@@ -169,34 +203,34 @@ pub fn judge(s: &Sample) -> Vec<CheckResult> {
     let connect_rate = s.rate("websocket_connections_total");
 
     // Connections: counts, refused upgrades (connection success > 99.5 %), storms (> 100/s).
-    let reasons = metric_by_label(&s.after, "websocket_connection_rejections_total", "reason")
-        .into_iter()
-        .filter(|(_, v)| *v > 0.0)
-        .map(|(r, v)| format!("{r}={v}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let refusals = reasons(metric_by_label(
+        &s.after,
+        "websocket_connection_rejections_total",
+        "reason",
+    ));
     let detail = format!(
-        "{active} open, {accepted} accepted since start ({} now), {refused} upgrades refused{}",
+        "{active} open, {accepted} accepted since start ({} now), {refused} upgrades refused{refusals}",
         per_s(connect_rate),
-        if reasons.is_empty() {
-            String::new()
-        } else {
-            format!(" ({reasons})")
-        }
     );
     let attempts = accepted + refused;
-    out.push(if connect_rate.is_some_and(|r| r > 100.0) {
-        CheckResult::warn("connections", detail)
-            .cause("a reconnection storm (seed 003 alert: > 100 new connections/s): a node stopped, an ingress reload, or clients retrying without backoff")
-            .runbook("reconnection-storms")
-    } else if attempts > 0.0 && refused / attempts > 0.005 {
-        CheckResult::warn("connections", detail)
-            .cause("more than 0.5 % of upgrades are refused (target: connection success > 99.5 %)")
-            .fix("see the reasons: auth_* = tokens, bad_handshake = a proxy dropping Upgrade, draining = deploys")
-            .runbook("connection-refused-or-closed-with-4001")
-    } else {
-        CheckResult::pass("connections", detail)
-    });
+    out.push(verdict(
+        "connections",
+        detail,
+        [
+            Alarm {
+                crossed: connect_rate.is_some_and(|r| r > 100.0),
+                cause: "a reconnection storm (seed 003 alert: > 100 new connections/s): a node stopped, an ingress reload, or clients retrying without backoff",
+                fix: None,
+                runbook: "reconnection-storms",
+            },
+            Alarm {
+                crossed: attempts > 0.0 && refused / attempts > 0.005,
+                cause: "more than 0.5 % of upgrades are refused (target: connection success > 99.5 %)",
+                fix: Some("see the reasons: auth_* = tokens, bad_handshake = a proxy dropping Upgrade, draining = deploys"),
+                runbook: "connection-refused-or-closed-with-4001",
+            },
+        ],
+    ));
 
     // Heartbeat failures: > 50 in 5 minutes (alert), or > 0.5 % of connections (target).
     let hb = s.total("websocket_heartbeat_failures_total");
@@ -210,46 +244,47 @@ pub fn judge(s: &Sample) -> Vec<CheckResult> {
         },
         per_s(hb_rate)
     );
-    out.push(if hb_rate.is_some_and(|r| r * 300.0 > 50.0) {
-        CheckResult::warn("heartbeats", detail)
-            .cause("more than 50 heartbeat failures per 5 minutes (seed 003 alert)")
-            .fix("spread over many users: the network path, proxy or node CPU; one user: that client")
-            .runbook("heartbeat-failures-4008")
-    } else if accepted >= 100.0 && hb / accepted > 0.005 {
-        CheckResult::warn("heartbeats", detail)
-            .cause("more than 0.5 % of connections ended in a heartbeat timeout (target: heartbeat success > 99.5 %)")
-            .runbook("heartbeat-failures-4008")
-    } else {
-        CheckResult::pass("heartbeats", detail)
-    });
+    out.push(verdict(
+        "heartbeats",
+        detail,
+        [
+            Alarm {
+                crossed: hb_rate.is_some_and(|r| r * 300.0 > 50.0),
+                cause: "more than 50 heartbeat failures per 5 minutes (seed 003 alert)",
+                fix: Some("spread over many users: the network path, proxy or node CPU; one user: that client"),
+                runbook: "heartbeat-failures-4008",
+            },
+            Alarm {
+                crossed: accepted >= 100.0 && hb / accepted > 0.005,
+                cause: "more than 0.5 % of connections ended in a heartbeat timeout (target: heartbeat success > 99.5 %)",
+                fix: None,
+                runbook: "heartbeat-failures-4008",
+            },
+        ],
+    ));
 
     // Disconnections: > 10/s (alert), with the reasons.
     let disc_rate = s.rate("websocket_disconnections_total");
     let mut by_reason = metric_by_label(&s.after, "websocket_disconnections_total", "reason");
     by_reason.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let reasons = by_reason
-        .iter()
-        .filter(|(_, v)| *v > 0.0)
-        .map(|(r, v)| format!("{r}={v}"))
-        .collect::<Vec<_>>()
-        .join(", ");
     let detail = format!(
         "{} disconnection(s) since start{}, {} now (doctor's own test clients included)",
         s.total("websocket_disconnections_total"),
-        if reasons.is_empty() {
-            String::new()
-        } else {
-            format!(" ({reasons})")
-        },
+        reasons(by_reason),
         per_s(disc_rate)
     );
-    out.push(if disc_rate.is_some_and(|r| r > 10.0) {
-        CheckResult::warn("disconnections", detail)
-            .cause("more than 10 disconnections/s (seed 003 alert): client_gone/io_error at a regular interval = proxy timeout, heartbeat_timeout = network, shutdown = a deploy")
-            .runbook("connection-drops-immediately-or-proxy-timeouts")
-    } else {
-        CheckResult::pass("disconnections", detail)
-    });
+    out.push(verdict(
+        "disconnections",
+        detail,
+        [
+            Alarm {
+                crossed: disc_rate.is_some_and(|r| r > 10.0),
+                cause: "more than 10 disconnections/s (seed 003 alert): client_gone/io_error at a regular interval = proxy timeout, heartbeat_timeout = network, shutdown = a deploy",
+                fix: None,
+                runbook: "connection-drops-immediately-or-proxy-timeouts",
+            },
+        ],
+    ));
 
     // Slow consumers.
     let slow = s.total("websocket_slow_consumers_total");
@@ -258,14 +293,18 @@ pub fn judge(s: &Sample) -> Vec<CheckResult> {
         "{slow} closed as slow consumers (4029) since start, {} now",
         per_s(slow_rate)
     );
-    out.push(if slow_rate.is_some_and(|r| r > 0.0) || (accepted > 0.0 && slow / accepted > 0.001) {
-        CheckResult::warn("slow-consumers", detail)
-            .cause("clients read slower than messages arrive and their outbox overflowed")
-            .fix("find them (`wsgate connections` — high QUEUE), make the client read continuously or subscribe to less")
-            .runbook("slow-consumers-4029")
-    } else {
-        CheckResult::pass("slow-consumers", detail)
-    });
+    out.push(verdict(
+        "slow-consumers",
+        detail,
+        [
+            Alarm {
+                crossed: slow_rate.is_some_and(|r| r > 0.0) || (accepted > 0.0 && slow / accepted > 0.001),
+                cause: "clients read slower than messages arrive and their outbox overflowed",
+                fix: Some("find them (`wsgate connections` — high QUEUE), make the client read continuously or subscribe to less"),
+                runbook: "slow-consumers-4029",
+            },
+        ],
+    ));
     out
 }
 
@@ -277,11 +316,8 @@ pub async fn check_upstreams(api: &Api) -> CheckResult {
                 .iter()
                 .filter(|c| c["state"] != "connected")
                 .map(|c| {
-                    format!(
-                        "{} ({})",
-                        c["id"].as_str().unwrap_or("?"),
-                        c["state"].as_str().unwrap_or("?")
-                    )
+                    let [id, state] = fields(c, ["id", "state"]);
+                    format!("{id} ({state})")
                 })
                 .collect();
             if conns.is_empty() {

@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::http::Uri;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::{CheckResult, raw_upgrade};
+use super::{CheckResult, fields, raw_upgrade};
 use crate::cli::{Api, api_error, ms, ws_request};
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -313,19 +313,14 @@ async fn next_json(ws: &mut Ws, timeout: Duration) -> Result<Value, String> {
 
 pub async fn check_hello(ws: &mut Ws, timeout: Duration) -> (CheckResult, Option<Value>) {
     match next_json(ws, timeout).await {
-        Ok(v) if v["op"] == "hello" => (
-            CheckResult::pass(
-                "hello",
-                format!(
-                    "connection {} on node {} (user {}, heartbeat every {} ms)",
-                    v["connection_id"].as_str().unwrap_or("?"),
-                    v["node"].as_str().unwrap_or("?"),
-                    v["user"].as_str().unwrap_or("?"),
-                    v["heartbeat_ms"]
-                ),
-            ),
-            Some(v),
-        ),
+        Ok(v) if v["op"] == "hello" => {
+            let [id, node, user] = fields(&v, ["connection_id", "node", "user"]);
+            let detail = format!(
+                "connection {id} on node {node} (user {user}, heartbeat every {} ms)",
+                v["heartbeat_ms"]
+            );
+            (CheckResult::pass("hello", detail), Some(v))
+        }
         Ok(v) => (
             CheckResult::fail("hello", format!("the first frame is not hello: {v}"))
                 .cause("the URL reaches a WebSocket server that is not wsgate")
@@ -462,7 +457,7 @@ pub async fn check_idle(
 async fn subscriber(o: &Opts, channel: &str) -> Result<(Ws, String), String> {
     let (mut ws, _) = open(o, "delivery").await.map_err(|c| c.detail)?;
     let hello = next_json(&mut ws, o.timeout).await?;
-    let node = hello["node"].as_str().unwrap_or("?").to_string();
+    let [node] = fields(&hello, ["node"]).map(str::to_string);
     let sub = json!({"op": "subscribe", "channel": channel, "id": 1}).to_string();
     ws.send(Message::text(sub))
         .await
