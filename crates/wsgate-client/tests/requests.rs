@@ -153,15 +153,8 @@ async fn reject_mode_fails_fast_with_exact_text() {
 }
 
 /// A JSON-correlated client in outbox mode whose server refuses it (for now).
-async fn offline_client(capacity: usize) -> (TestServer, Client, wsgate_client::Events) {
-    let server = TestServer::start(TestServerConfig::default()).await;
-    server.set_refusing(true);
-    let cfg = fast_config(server.url())
-        .offline(OfflinePolicy::Outbox { capacity })
-        .correlation(Correlation::JsonField("id".into()));
-    let (client, events) = Client::spawn(cfg);
-    server_wait(&server, |l| l.refused >= 1).await;
-    (server, client, events)
+async fn offline_client(capacity: usize) -> (TestServer, Client, Events) {
+    refused_client(OfflinePolicy::Outbox { capacity }).await
 }
 
 #[tokio::test]
