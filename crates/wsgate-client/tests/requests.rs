@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use support::*;
-use wsgate_client::{Client, Correlation, Error, Event, Events, Message, OfflinePolicy};
+use wsgate_client::{Client, Correlation, Error, Event, Events, Message, OfflinePolicy, Snapshot};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -21,6 +21,22 @@ async fn json_client() -> (TestServer, Client, Events) {
     let cfg = fast_config(server.url()).correlation(Correlation::JsonField("id".into()));
     let (client, events) = connect(cfg).await;
     (server, client, events)
+}
+
+/// Polls the client's snapshot (bounded by [`T`], yielding, no sleeps) until `pred` holds,
+/// for driver work that emits no event; fails the test with `what` on timeout.
+async fn snapshot_wait(client: &Client, what: &str, pred: impl Fn(&Snapshot) -> bool) -> Snapshot {
+    tokio::time::timeout(T, async {
+        loop {
+            let s = client.snapshot();
+            if pred(&s) {
+                break s;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect(what)
 }
 
 /// Runs `request(msg, T)` in its own task, to be awaited later.
@@ -178,19 +194,8 @@ async fn outbox_mode_queues_in_order_and_overflow_is_an_error() {
     client.send("two").await.unwrap();
     // A request queued offline is answered once connected.
     let req = spawn_request(&client, r#"{"op":"request","id":9}"#);
-    // The request is queued by the driver task; there is no event for it,
-    // so poll the snapshot (bounded, yielding, no sleeps).
-    let snap = tokio::time::timeout(T, async {
-        loop {
-            let s = client.snapshot();
-            if s.outbox_len == 3 {
-                break s;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("request queued");
+    // The request is queued by the driver task; there is no event for it.
+    let snap = snapshot_wait(&client, "request queued", |s| s.outbox_len == 3).await;
     assert_eq!(snap.pending_requests, 1);
     let err = client.send("overflow").await.unwrap_err();
     assert_eq!(err, Error::OutboxFull { capacity: 3 });
@@ -273,13 +278,10 @@ async fn a_request_that_timed_out_while_queued_offline_is_never_sent() {
 async fn a_caller_id_still_pending_is_refused() {
     let (_server, client, _events) = json_client().await;
     let first = spawn_request(&client, r#"{"op":"request","id":7,"delay_ms":300}"#);
-    tokio::time::timeout(T, async {
-        while client.snapshot().pending_requests != 1 {
-            tokio::task::yield_now().await;
-        }
+    snapshot_wait(&client, "first request in flight", |s| {
+        s.pending_requests == 1
     })
-    .await
-    .expect("first request in flight");
+    .await;
     let err = client
         .request(r#"{"op":"request","id":7}"#, T)
         .await
