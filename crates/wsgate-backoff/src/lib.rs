@@ -30,6 +30,14 @@ pub trait JitterSource: Send + Sync {
     fn next_unit(&mut self) -> f64;
 }
 
+/// Any source prints as its trait's name: closures have no `Debug`, and a source holds
+/// nothing worth printing.
+impl std::fmt::Debug for dyn JitterSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JitterSource")
+    }
+}
+
 /// Jitter from `rand`'s thread-local generator (the production default).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RandomJitter;
@@ -186,19 +194,11 @@ impl Backoff {
 /// Counts *retries* since the last successful connection. The first connect
 /// of a client is not a retry; losing an established connection is not a
 /// failed attempt either: it starts retry 1.
+#[derive(Debug)]
 pub struct BackoffState {
     policy: Backoff,
     retries: u32,
     jitter: Box<dyn JitterSource>,
-}
-
-impl std::fmt::Debug for BackoffState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BackoffState")
-            .field("policy", &self.policy)
-            .field("retries", &self.retries)
-            .finish()
-    }
 }
 
 impl BackoffState {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::driver::{Command, Driver};
+use crate::driver::{Command, Driver, Request};
 use crate::stats::Shared;
 use crate::{ClientConfig, ConnectionState, Error, Events, Message, Snapshot, Subscription};
 
@@ -94,10 +94,12 @@ impl Client {
     ) -> Result<Message, Error> {
         let deadline = Instant::now() + timeout;
         let msg = msg.into();
-        let work = self.ask(|reply| Command::Request {
-            msg,
-            deadline,
-            reply,
+        let work = self.ask(|reply| {
+            Command::Request(Request {
+                msg,
+                deadline,
+                reply,
+            })
         });
         tokio::time::timeout_at(deadline, work)
             .await

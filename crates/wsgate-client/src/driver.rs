@@ -59,17 +59,28 @@ struct Queued {
 }
 type ReplyTx = oneshot::Sender<Result<Message, Error>>;
 
+/// A request from a handle: the message, when it times out, where its reply goes.
+pub(crate) struct Request {
+    pub msg: Message,
+    pub deadline: Instant,
+    pub reply: ReplyTx,
+}
+
+/// A request whose message has been tagged with a free correlation id.
+struct Tagged {
+    frame: Message,
+    id: CorrelationId,
+    deadline: Instant,
+    reply: ReplyTx,
+}
+
 /// Requests from handles to the driver.
 pub(crate) enum Command {
     Send {
         msg: Message,
         ack: oneshot::Sender<Result<(), Error>>,
     },
-    Request {
-        msg: Message,
-        deadline: Instant,
-        reply: oneshot::Sender<Result<Message, Error>>,
-    },
+    Request(Request),
     Subscribe {
         sub: Subscription,
         ack: oneshot::Sender<Result<(), Error>>,
@@ -536,21 +547,17 @@ impl Driver {
                 let _ = ack.send(res.clone());
                 res?;
             }
-            Command::Request {
-                msg,
-                deadline,
-                reply,
-            } => {
-                let Some((frame, id, reply)) = self.tag_request(msg, reply) else {
+            Command::Request(req) => {
+                let Some(t) = self.tag_request(req) else {
                     return Ok(Flow::Continue);
                 };
-                self.pending.insert(id, reply, deadline.into_std());
+                self.pending.insert(t.id, t.reply, t.deadline.into_std());
                 self.shared.status().pending_requests = self.pending.len();
-                if sweep_armed.is_none_or(|at| deadline < at) {
-                    *sweep_armed = Some(deadline);
+                if sweep_armed.is_none_or(|at| t.deadline < at) {
+                    *sweep_armed = Some(t.deadline);
                 }
                 // On failure the request is failed with the rest (ConnectionLost).
-                self.write(ws, frame).await?;
+                self.write(ws, t.frame).await?;
             }
             Command::Subscribe { sub, ack } => {
                 let msg = sub.subscribe_message().clone();
@@ -590,19 +597,15 @@ impl Driver {
             Command::Send { msg, ack } => {
                 let _ = ack.send(self.enqueue(msg, None));
             }
-            Command::Request {
-                msg,
-                deadline,
-                reply,
-            } => {
-                let Some((frame, id, reply)) = self.tag_request(msg, reply) else {
+            Command::Request(req) => {
+                let Some(t) = self.tag_request(req) else {
                     return Flow::Continue;
                 };
-                match self.enqueue(frame, Some(id.clone())) {
+                match self.enqueue(t.frame, Some(t.id.clone())) {
                     // The sweep is armed when the session starts (see `session`).
-                    Ok(()) => self.pending.insert(id, reply, deadline.into_std()),
+                    Ok(()) => self.pending.insert(t.id, t.reply, t.deadline.into_std()),
                     Err(e) => {
-                        let _ = reply.send(Err(e));
+                        let _ = t.reply.send(Err(e));
                     }
                 }
                 self.shared.status().pending_requests = self.pending.len();
@@ -627,13 +630,19 @@ impl Driver {
     }
 
     /// Tags a request for the wire; on error the requester is answered here.
-    fn tag_request(
-        &self,
-        msg: Message,
-        reply: ReplyTx,
-    ) -> Option<(Message, CorrelationId, ReplyTx)> {
+    fn tag_request(&self, req: Request) -> Option<Tagged> {
+        let Request {
+            msg,
+            deadline,
+            reply,
+        } = req;
         match self.cfg.correlation.tag(msg) {
-            Ok((frame, id)) if !self.pending.contains(&id) => Some((frame, id, reply)),
+            Ok((frame, id)) if !self.pending.contains(&id) => Some(Tagged {
+                frame,
+                id,
+                deadline,
+                reply,
+            }),
             Ok(_) => {
                 let _ = reply.send(Err(Error::RequestIdPending));
                 None

@@ -4,13 +4,45 @@ mod support;
 
 use std::time::Duration;
 
+use tokio::task::JoinHandle;
+
 use support::*;
-use wsgate_client::{Client, Correlation, Error, Event, Events, Message, OfflinePolicy};
+use wsgate_client::{Client, Correlation, Error, Event, Events, Message, OfflinePolicy, Snapshot};
 
 const MS: Duration = Duration::from_millis(1);
 
 fn json(m: &Message) -> serde_json::Value {
     serde_json::from_slice(m.as_bytes()).expect("json reply")
+}
+
+/// A connected client correlating on the JSON field `id`, and its server.
+async fn json_client() -> (TestServer, Client, Events) {
+    let server = TestServer::start(TestServerConfig::default()).await;
+    let cfg = fast_config(server.url()).correlation(Correlation::JsonField("id".into()));
+    let (client, events) = connect(cfg).await;
+    (server, client, events)
+}
+
+/// Polls the client's snapshot (bounded by [`T`], yielding, no sleeps) until `pred` holds,
+/// for driver work that emits no event; fails the test with `what` on timeout.
+async fn snapshot_wait(client: &Client, what: &str, pred: impl Fn(&Snapshot) -> bool) -> Snapshot {
+    tokio::time::timeout(T, async {
+        loop {
+            let s = client.snapshot();
+            if pred(&s) {
+                break s;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect(what)
+}
+
+/// Runs `request(msg, T)` in its own task, to be awaited later.
+fn spawn_request(client: &Client, msg: &'static str) -> JoinHandle<Result<Message, Error>> {
+    let c = client.clone();
+    tokio::spawn(async move { c.request(msg, T).await })
 }
 
 #[tokio::test]
@@ -72,9 +104,7 @@ async fn uuid_prefix_request_strips_prefix_and_ignores_noise() {
 
 #[tokio::test]
 async fn timeout_says_request_timeout_and_late_reply_does_not_leak() {
-    let server = TestServer::start(TestServerConfig::default()).await;
-    let cfg = fast_config(server.url()).correlation(Correlation::JsonField("id".into()));
-    let (client, mut events) = connect(cfg).await;
+    let (_server, client, mut events) = json_client().await;
 
     // No reply at all (not a request for the server).
     let err = client
@@ -153,15 +183,8 @@ async fn reject_mode_fails_fast_with_exact_text() {
 }
 
 /// A JSON-correlated client in outbox mode whose server refuses it (for now).
-async fn offline_client(capacity: usize) -> (TestServer, Client, wsgate_client::Events) {
-    let server = TestServer::start(TestServerConfig::default()).await;
-    server.set_refusing(true);
-    let cfg = fast_config(server.url())
-        .offline(OfflinePolicy::Outbox { capacity })
-        .correlation(Correlation::JsonField("id".into()));
-    let (client, events) = Client::spawn(cfg);
-    server_wait(&server, |l| l.refused >= 1).await;
-    (server, client, events)
+async fn offline_client(capacity: usize) -> (TestServer, Client, Events) {
+    refused_client(OfflinePolicy::Outbox { capacity }).await
 }
 
 #[tokio::test]
@@ -170,23 +193,9 @@ async fn outbox_mode_queues_in_order_and_overflow_is_an_error() {
     client.send("one").await.unwrap();
     client.send("two").await.unwrap();
     // A request queued offline is answered once connected.
-    let req = {
-        let c = client.clone();
-        tokio::spawn(async move { c.request(r#"{"op":"request","id":9}"#, T).await })
-    };
-    // The request is queued by the driver task; there is no event for it,
-    // so poll the snapshot (bounded, yielding, no sleeps).
-    let snap = tokio::time::timeout(T, async {
-        loop {
-            let s = client.snapshot();
-            if s.outbox_len == 3 {
-                break s;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("request queued");
+    let req = spawn_request(&client, r#"{"op":"request","id":9}"#);
+    // The request is queued by the driver task; there is no event for it.
+    let snap = snapshot_wait(&client, "request queued", |s| s.outbox_len == 3).await;
     assert_eq!(snap.pending_requests, 1);
     let err = client.send("overflow").await.unwrap_err();
     assert_eq!(err, Error::OutboxFull { capacity: 3 });
@@ -209,16 +218,8 @@ async fn outbox_mode_queues_in_order_and_overflow_is_an_error() {
 
 #[tokio::test]
 async fn in_flight_request_fails_when_connection_drops() {
-    let server = TestServer::start(TestServerConfig::default()).await;
-    let cfg = fast_config(server.url()).correlation(Correlation::JsonField("id".into()));
-    let (client, _events) = connect(cfg).await;
-    let req = {
-        let c = client.clone();
-        tokio::spawn(async move {
-            c.request(r#"{"op":"request","id":1,"delay_ms":5000}"#, T)
-                .await
-        })
-    };
+    let (server, client, _events) = json_client().await;
+    let req = spawn_request(&client, r#"{"op":"request","id":1,"delay_ms":5000}"#);
     server_wait(&server, |l| l.count_on(1) == 1).await;
     server.drop_all();
     let res = tokio::time::timeout(T, req).await.unwrap().unwrap();
@@ -275,26 +276,12 @@ async fn a_request_that_timed_out_while_queued_offline_is_never_sent() {
 
 #[tokio::test]
 async fn a_caller_id_still_pending_is_refused() {
-    let server = TestServer::start(TestServerConfig::default()).await;
-    let cfg = fast_config(server.url()).correlation(Correlation::JsonField("id".into()));
-    let (client, _events) = tokio::time::timeout(T, Client::connect(cfg))
-        .await
-        .unwrap()
-        .unwrap();
-    let first = {
-        let c = client.clone();
-        tokio::spawn(async move {
-            c.request(r#"{"op":"request","id":7,"delay_ms":300}"#, T)
-                .await
-        })
-    };
-    tokio::time::timeout(T, async {
-        while client.snapshot().pending_requests != 1 {
-            tokio::task::yield_now().await;
-        }
+    let (_server, client, _events) = json_client().await;
+    let first = spawn_request(&client, r#"{"op":"request","id":7,"delay_ms":300}"#);
+    snapshot_wait(&client, "first request in flight", |s| {
+        s.pending_requests == 1
     })
-    .await
-    .expect("first request in flight");
+    .await;
     let err = client
         .request(r#"{"op":"request","id":7}"#, T)
         .await
