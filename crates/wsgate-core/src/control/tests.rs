@@ -80,6 +80,11 @@ fn payload(text: &str) -> Payload {
     Payload::parse(text).unwrap()
 }
 
+/// A listing the test expects to succeed.
+async fn listed(control: &Control, q: ListConnections) -> Listing {
+    control.list_connections(&q).await.unwrap()
+}
+
 fn assert_error<T: std::fmt::Debug>(r: Result<T, ControlError>, code: ErrorCode, message: &str) {
     let e = r.unwrap_err();
     assert_eq!((e.code, e.message.as_str()), (code, message));
@@ -147,45 +152,45 @@ async fn listings_page_and_filter_both_kinds() {
     sorted.sort();
     assert_eq!(ids, sorted);
 
-    let page = f
-        .control
-        .list_connections(&ListConnections {
+    let page = listed(
+        &f.control,
+        ListConnections {
             limit: Some(2),
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .page;
+        },
+    )
+    .await
+    .page;
     assert_eq!((page.items.len(), page.next_offset), (2, Some(2)));
-    let ann = f
-        .control
-        .list_connections(&ListConnections {
+    let ann = listed(
+        &f.control,
+        ListConnections {
             user: Some("ann".into()),
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .page;
+        },
+    )
+    .await
+    .page;
     assert_eq!(ann.total, 2);
-    let news = f
-        .control
-        .list_connections(&ListConnections {
+    let news = listed(
+        &f.control,
+        ListConnections {
             channel: Some("news".into()),
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .page;
+        },
+    )
+    .await
+    .page;
     assert_eq!(news.items[0].id(), &*conns[1].id);
-    let upstreams = f
-        .control
-        .list_connections(&ListConnections {
+    let upstreams = listed(
+        &f.control,
+        ListConnections {
             kind: Some(ConnectionKind::Upstream),
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .page;
+        },
+    )
+    .await
+    .page;
     assert_eq!(upstreams.total, 0);
 
     let one = f.control.get_connection(&conns[0].id).await.unwrap();
@@ -420,32 +425,35 @@ async fn listings_and_views_cover_every_live_node() {
     let nodes_named: Vec<&str> = all.page.items.iter().map(ConnectionView::node).collect();
     assert!(nodes_named.contains(&"n1") && nodes_named.contains(&"n2"));
     // Paging cuts the merged order; filters apply on every node.
-    let second = n1
-        .list_connections(&ListConnections {
+    let second = listed(
+        n1,
+        ListConnections {
             offset: 1,
             limit: Some(1),
             ..Default::default()
-        })
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     assert_eq!(second.page.items[0].id(), want[1]);
     assert_eq!((second.page.total, second.page.next_offset), (2, None));
-    let bob = n1
-        .list_connections(&ListConnections {
+    let bob = listed(
+        n1,
+        ListConnections {
             user: Some("bob".into()),
             ..Default::default()
-        })
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     assert_eq!(bob.page.items[0].id(), &*conns[1].id);
     // This node only.
-    let mine = n1
-        .list_connections(&ListConnections {
+    let mine = listed(
+        n1,
+        ListConnections {
             scope: Scope::Node,
             ..Default::default()
-        })
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     assert_eq!(mine.page.total, 1);
 
     // One connection of another node, then its disconnect, from n1.
