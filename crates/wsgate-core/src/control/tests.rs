@@ -80,8 +80,10 @@ fn payload(text: &str) -> Payload {
     Payload::parse(text).unwrap()
 }
 
-/// A listing the test expects to succeed.
-async fn listed(control: &Control, q: ListConnections) -> Listing {
+/// The listing of a default query edited by `edit`, which the test expects to succeed.
+async fn listed(control: &Control, edit: impl FnOnce(&mut ListConnections)) -> Listing {
+    let mut q = ListConnections::default();
+    edit(&mut q);
     control.list_connections(&q).await.unwrap()
 }
 
@@ -152,45 +154,19 @@ async fn listings_page_and_filter_both_kinds() {
     sorted.sort();
     assert_eq!(ids, sorted);
 
-    let page = listed(
-        &f.control,
-        ListConnections {
-            limit: Some(2),
-            ..Default::default()
-        },
-    )
-    .await
-    .page;
+    let page = listed(&f.control, |q| q.limit = Some(2)).await.page;
     assert_eq!((page.items.len(), page.next_offset), (2, Some(2)));
-    let ann = listed(
-        &f.control,
-        ListConnections {
-            user: Some("ann".into()),
-            ..Default::default()
-        },
-    )
-    .await
-    .page;
+    let ann = listed(&f.control, |q| q.user = Some("ann".into()))
+        .await
+        .page;
     assert_eq!(ann.total, 2);
-    let news = listed(
-        &f.control,
-        ListConnections {
-            channel: Some("news".into()),
-            ..Default::default()
-        },
-    )
-    .await
-    .page;
+    let news = listed(&f.control, |q| q.channel = Some("news".into()))
+        .await
+        .page;
     assert_eq!(news.items[0].id(), &*conns[1].id);
-    let upstreams = listed(
-        &f.control,
-        ListConnections {
-            kind: Some(ConnectionKind::Upstream),
-            ..Default::default()
-        },
-    )
-    .await
-    .page;
+    let upstreams = listed(&f.control, |q| q.kind = Some(ConnectionKind::Upstream))
+        .await
+        .page;
     assert_eq!(upstreams.total, 0);
 
     let one = f.control.get_connection(&conns[0].id).await.unwrap();
@@ -425,35 +401,13 @@ async fn listings_and_views_cover_every_live_node() {
     let nodes_named: Vec<&str> = all.page.items.iter().map(ConnectionView::node).collect();
     assert!(nodes_named.contains(&"n1") && nodes_named.contains(&"n2"));
     // Paging cuts the merged order; filters apply on every node.
-    let second = listed(
-        n1,
-        ListConnections {
-            offset: 1,
-            limit: Some(1),
-            ..Default::default()
-        },
-    )
-    .await;
+    let second = listed(n1, |q| (q.offset, q.limit) = (1, Some(1))).await;
     assert_eq!(second.page.items[0].id(), want[1]);
     assert_eq!((second.page.total, second.page.next_offset), (2, None));
-    let bob = listed(
-        n1,
-        ListConnections {
-            user: Some("bob".into()),
-            ..Default::default()
-        },
-    )
-    .await;
+    let bob = listed(n1, |q| q.user = Some("bob".into())).await;
     assert_eq!(bob.page.items[0].id(), &*conns[1].id);
     // This node only.
-    let mine = listed(
-        n1,
-        ListConnections {
-            scope: Scope::Node,
-            ..Default::default()
-        },
-    )
-    .await;
+    let mine = listed(n1, |q| q.scope = Scope::Node).await;
     assert_eq!(mine.page.total, 1);
 
     // One connection of another node, then its disconnect, from n1.
