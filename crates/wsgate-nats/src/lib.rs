@@ -43,7 +43,7 @@ pub use connect::{NatsAuth, NatsConnect};
 use wsgate_core::relay::{Dispatcher, Relay, wire};
 use wsgate_core::seams::{
     Broker, BrokerError, ChannelLog, ClusterMetrics, Deliver, Envelope, NodeId, PublishRequest,
-    Recovery, StreamPosition,
+    Recipient, Recovery, StreamPosition,
 };
 
 /// How long a send to one connection waits for the holding node's answer.
@@ -184,31 +184,22 @@ impl Broker for NatsBroker {
         self.relay.recover(channel, since).await
     }
 
-    /// Core NATS does not count receivers: returns 0.
-    async fn send_to_user(&self, user: &str, data: Bytes) -> Result<usize, BrokerError> {
+    /// To a user: core NATS does not count receivers, returns 0. To a connection: a request
+    /// to the holding node, which answers how many connections took it.
+    async fn send(&self, to: Recipient<'_>, data: Bytes) -> Result<usize, BrokerError> {
         let client = self.connected()?;
-        client
-            .publish(
-                self.subjects.users.clone(),
-                wire::encode_direct(b'u', user, &data),
-            )
-            .await
-            .map_err(nats_error)?;
-        Ok(0)
-    }
-
-    /// A request to the holding node, which answers how many connections took it.
-    async fn send_to_connection(
-        &self,
-        node: &NodeId,
-        id: &str,
-        data: Bytes,
-    ) -> Result<usize, BrokerError> {
-        let client = self.connected()?;
-        let request = client.request(
-            self.subjects.node(node),
-            wire::encode_direct(b'n', id, &data),
-        );
+        let payload = wire::encode_direct(to, &data);
+        let node = match to {
+            Recipient::User(_) => {
+                client
+                    .publish(self.subjects.users.clone(), payload)
+                    .await
+                    .map_err(nats_error)?;
+                return Ok(0);
+            }
+            Recipient::Connection { node, .. } => node,
+        };
+        let request = client.request(self.subjects.node(node), payload);
         match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
             Err(_) => Err(BrokerError::Unavailable("NATS request timed out".into())),
             Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(0),

@@ -13,7 +13,8 @@ use tracing::{info, warn};
 
 use wsgate_core::relay::{Dispatcher, Relay, wire};
 use wsgate_core::seams::{
-    Broker, BrokerError, ClusterMetrics, Deliver, NodeId, PublishRequest, Recovery, StreamPosition,
+    Broker, BrokerError, ClusterMetrics, Deliver, NodeId, PublishRequest, Recipient, Recovery,
+    StreamPosition,
 };
 
 use super::{
@@ -26,7 +27,6 @@ const PING_EVERY: Duration = Duration::from_secs(1);
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct RedisBroker {
-    node: NodeId,
     streams: Arc<ChannelStreams>,
     relay: Arc<Relay>,
     conn: ConnectionManager,
@@ -69,7 +69,6 @@ impl RedisBroker {
         };
         let task = tokio::spawn(subscription.run());
         Ok(Self {
-            node,
             streams,
             relay,
             conn,
@@ -133,27 +132,18 @@ impl Broker for RedisBroker {
         self.relay.recover(channel, since).await
     }
 
-    /// Returns the number of nodes the send reached.
-    async fn send_to_user(&self, user: &str, data: Bytes) -> Result<usize, BrokerError> {
-        self.announce(&self.keys.users, wire::encode_direct(b'u', user, &data))
-            .await
-    }
-
-    /// Returns 1 when the node that holds the connection is subscribed, 0 when no such node.
-    async fn send_to_connection(
-        &self,
-        node: &NodeId,
-        id: &str,
-        data: Bytes,
-    ) -> Result<usize, BrokerError> {
-        let topic = if *node == self.node {
-            // Still through Redis, so a send and a later channel message keep their order.
-            self.keys.node(&self.node)
-        } else {
-            self.keys.node(node)
-        };
-        self.announce(&topic, wire::encode_direct(b'n', id, &data))
-            .await
+    /// Returns the number of nodes the send reached: to a connection, 1 when the node that
+    /// holds it is subscribed, 0 when no such node.
+    async fn send(&self, to: Recipient<'_>, data: Bytes) -> Result<usize, BrokerError> {
+        let payload = wire::encode_direct(to, &data);
+        match to {
+            Recipient::User(_) => self.announce(&self.keys.users, payload).await,
+            // Still through Redis when the node is this one, so a send and a later channel
+            // message keep their order.
+            Recipient::Connection { node, .. } => {
+                self.announce(&self.keys.node(node), payload).await
+            }
+        }
     }
 
     fn is_healthy(&self) -> bool {

@@ -386,43 +386,37 @@ fn nats_broker(
 mod tests {
     use super::*;
 
-    fn shared() -> ClusterConfig {
-        ClusterConfig {
+    /// A shared-cluster config edited by `edit`, validated.
+    fn validated(edit: impl FnOnce(&mut ClusterConfig)) -> anyhow::Result<()> {
+        let mut config = ClusterConfig {
             store: StoreKind::Redis,
             broker: BrokerKind::Redis,
             allow_insecure_dev_store: true,
             ..ClusterConfig::default()
-        }
+        };
+        edit(&mut config);
+        config.validate()
     }
 
     #[test]
     fn tls_and_credentials_settings_are_checked_at_start() {
-        let empty_prefix = ClusterConfig {
-            key_prefix: String::new(),
-            ..shared()
+        assert!(validated(|c| c.key_prefix = String::new()).is_ok());
+        let ca = || Some("/ca.pem".into());
+        assert!(validated(|c| c.redis_ca_file = ca()).is_err());
+        let ca_with_tls = |c: &mut ClusterConfig| {
+            c.redis_ca_file = ca();
+            c.redis_url = "rediss://r:6380".into();
         };
-        assert!(empty_prefix.validate().is_ok());
-        let ca_without_tls = ClusterConfig {
-            redis_ca_file: Some("/ca.pem".into()),
-            ..shared()
-        };
-        assert!(ca_without_tls.validate().is_err());
-        let ca_with_tls = ClusterConfig {
-            redis_url: "rediss://r:6380".into(),
-            ..ca_without_tls
-        };
-        assert!(ca_with_tls.validate().is_ok());
-        let user_only = ClusterConfig {
-            nats_user: Some("u".into()),
-            ..shared()
-        };
-        assert!(user_only.validate().is_err());
-        let two_logins = ClusterConfig {
-            nats_password: Some(Secret::new("p")),
-            nats_token: Some(Secret::new("t")),
-            ..user_only
-        };
-        let e = two_logins.validate().unwrap_err().to_string();
+        assert!(validated(ca_with_tls).is_ok());
+        let user_only = |c: &mut ClusterConfig| c.nats_user = Some("u".into());
+        assert!(validated(user_only).is_err());
+        let e = validated(|c| {
+            user_only(c);
+            c.nats_password = Some(Secret::new("p"));
+            c.nats_token = Some(Secret::new("t"));
+        })
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("set one of"), "{e}");
     }
 }

@@ -80,6 +80,13 @@ fn payload(text: &str) -> Payload {
     Payload::parse(text).unwrap()
 }
 
+/// The listing of a default query edited by `edit`, which the test expects to succeed.
+async fn listed(control: &Control, edit: impl FnOnce(&mut ListConnections)) -> Listing {
+    let mut q = ListConnections::default();
+    edit(&mut q);
+    control.list_connections(&q).await.unwrap()
+}
+
 fn assert_error<T: std::fmt::Debug>(r: Result<T, ControlError>, code: ErrorCode, message: &str) {
     let e = r.unwrap_err();
     assert_eq!((e.code, e.message.as_str()), (code, message));
@@ -147,44 +154,18 @@ async fn listings_page_and_filter_both_kinds() {
     sorted.sort();
     assert_eq!(ids, sorted);
 
-    let page = f
-        .control
-        .list_connections(&ListConnections {
-            limit: Some(2),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .page;
+    let page = listed(&f.control, |q| q.limit = Some(2)).await.page;
     assert_eq!((page.items.len(), page.next_offset), (2, Some(2)));
-    let ann = f
-        .control
-        .list_connections(&ListConnections {
-            user: Some("ann".into()),
-            ..Default::default()
-        })
+    let ann = listed(&f.control, |q| q.user = Some("ann".into()))
         .await
-        .unwrap()
         .page;
     assert_eq!(ann.total, 2);
-    let news = f
-        .control
-        .list_connections(&ListConnections {
-            channel: Some("news".into()),
-            ..Default::default()
-        })
+    let news = listed(&f.control, |q| q.channel = Some("news".into()))
         .await
-        .unwrap()
         .page;
     assert_eq!(news.items[0].id(), &*conns[1].id);
-    let upstreams = f
-        .control
-        .list_connections(&ListConnections {
-            kind: Some(ConnectionKind::Upstream),
-            ..Default::default()
-        })
+    let upstreams = listed(&f.control, |q| q.kind = Some(ConnectionKind::Upstream))
         .await
-        .unwrap()
         .page;
     assert_eq!(upstreams.total, 0);
 
@@ -420,32 +401,13 @@ async fn listings_and_views_cover_every_live_node() {
     let nodes_named: Vec<&str> = all.page.items.iter().map(ConnectionView::node).collect();
     assert!(nodes_named.contains(&"n1") && nodes_named.contains(&"n2"));
     // Paging cuts the merged order; filters apply on every node.
-    let second = n1
-        .list_connections(&ListConnections {
-            offset: 1,
-            limit: Some(1),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let second = listed(n1, |q| (q.offset, q.limit) = (1, Some(1))).await;
     assert_eq!(second.page.items[0].id(), want[1]);
     assert_eq!((second.page.total, second.page.next_offset), (2, None));
-    let bob = n1
-        .list_connections(&ListConnections {
-            user: Some("bob".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let bob = listed(n1, |q| q.user = Some("bob".into())).await;
     assert_eq!(bob.page.items[0].id(), &*conns[1].id);
     // This node only.
-    let mine = n1
-        .list_connections(&ListConnections {
-            scope: Scope::Node,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let mine = listed(n1, |q| q.scope = Scope::Node).await;
     assert_eq!(mine.page.total, 1);
 
     // One connection of another node, then its disconnect, from n1.

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use crate::seams::{
     Broker, BrokerError, Deliver, Envelope, NodeId, PresenceEntry, PresenceStore, PublishRequest,
+    Recipient,
 };
 use bytes::Bytes;
 use serde::Serialize;
@@ -239,7 +240,7 @@ impl Gateway {
     pub async fn send_to_user(&self, user: &str, data: Bytes) -> Result<usize, GatewayError> {
         let n = self
             .broker
-            .send_to_user(user, data)
+            .send(Recipient::User(user), data)
             .await
             .inspect_err(|_| {
                 self.metrics.broker_errors.inc();
@@ -252,7 +253,13 @@ impl Gateway {
         let node = crate::ids::node_of(id).ok_or(GatewayError::ConnectionNotFound)?;
         let n = self
             .broker
-            .send_to_connection(&NodeId::from(node), id, data)
+            .send(
+                Recipient::Connection {
+                    node: &NodeId::from(node),
+                    id,
+                },
+                data,
+            )
             .await
             .inspect_err(|_| {
                 self.metrics.broker_errors.inc();

@@ -11,8 +11,8 @@ use parking_lot::Mutex;
 use super::new_epoch;
 use crate::clock::unix_us as now_us;
 use crate::seams::{
-    Broker, BrokerError, Deliver, Envelope, NodeId, Publication, PublishRequest, Recovery,
-    RecoveryGap, StreamPosition,
+    Broker, BrokerError, Deliver, Envelope, NodeId, Publication, PublishRequest, Recipient,
+    Recovery, RecoveryGap, StreamPosition,
 };
 
 /// One channel's stream. Its mutex is held while a publication is handed to the local sink:
@@ -118,26 +118,18 @@ impl Broker for MemoryBroker {
         Ok(recover_from(&s.history, position, since))
     }
 
-    async fn send_to_user(&self, user: &str, data: Bytes) -> Result<usize, BrokerError> {
-        Ok(self.deliver(&Envelope::User {
-            user: user.into(),
-            data,
-        }))
-    }
-
-    async fn send_to_connection(
-        &self,
-        node: &NodeId,
-        id: &str,
-        data: Bytes,
-    ) -> Result<usize, BrokerError> {
-        if *node != self.node {
-            return Ok(0);
-        }
-        Ok(self.deliver(&Envelope::Connection {
-            id: id.into(),
-            data,
-        }))
+    async fn send(&self, to: Recipient<'_>, data: Bytes) -> Result<usize, BrokerError> {
+        Ok(match to {
+            Recipient::User(user) => self.deliver(&Envelope::User {
+                user: user.into(),
+                data,
+            }),
+            Recipient::Connection { node, .. } if *node != self.node => 0,
+            Recipient::Connection { id, .. } => self.deliver(&Envelope::Connection {
+                id: id.into(),
+                data,
+            }),
+        })
     }
 
     fn is_healthy(&self) -> bool {

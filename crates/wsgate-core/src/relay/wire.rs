@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::seams::{Envelope, Publication};
+use crate::seams::{Envelope, Publication, Recipient};
 
 #[derive(Debug, thiserror::Error)]
 #[error("malformed cluster message: {0}")]
@@ -42,7 +42,11 @@ pub fn encode_channel(p: &Publication) -> Bytes {
 }
 
 /// `u` (to a user) or `n` (to one connection).
-pub fn encode_direct(kind: u8, target: &str, data: &[u8]) -> Bytes {
+pub fn encode_direct(to: Recipient<'_>, data: &[u8]) -> Bytes {
+    let (kind, target) = match to {
+        Recipient::User(user) => (b'u', user),
+        Recipient::Connection { id, .. } => (b'n', id),
+    };
     let header = format!("{} {}\n", kind as char, target.len());
     let mut b = BytesMut::with_capacity(header.len() + target.len() + data.len());
     b.put_slice(header.as_bytes());
@@ -139,13 +143,21 @@ mod tests {
 
     #[test]
     fn direct_round_trip_and_garbage() {
-        let Envelope::User { user, data } = decode(encode_direct(b'u', "bob", b"1")).unwrap()
+        let Envelope::User { user, data } =
+            decode(encode_direct(Recipient::User("bob"), b"1")).unwrap()
         else {
             panic!("not a user message")
         };
         assert_eq!((&*user, &data[..]), ("bob", &b"1"[..]));
         assert!(matches!(
-            decode(encode_direct(b'n', "x-n1", b"{}")).unwrap(),
+            decode(encode_direct(
+                Recipient::Connection {
+                    node: &crate::seams::NodeId::from("n1"),
+                    id: "x-n1"
+                },
+                b"{}"
+            ))
+            .unwrap(),
             Envelope::Connection { .. }
         ));
         assert!(decode(Bytes::from_static(b"c 1 e 2 50 0\nshort")).is_err());

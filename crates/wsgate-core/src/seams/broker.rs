@@ -16,6 +16,15 @@ pub trait Deliver: Send + Sync + 'static {
     fn deliver(&self, envelope: &Envelope) -> usize;
 }
 
+/// Who a direct send (not a channel publication) is for.
+#[derive(Debug, Clone, Copy)]
+pub enum Recipient<'a> {
+    /// Every connection of a user, on every node.
+    User(&'a str),
+    /// One connection, held by `node`.
+    Connection { node: &'a NodeId, id: &'a str },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("broker unavailable: {0}")]
@@ -43,16 +52,9 @@ pub trait Broker: Send + Sync + 'static {
     async fn recover(&self, channel: &str, since: &StreamPosition)
     -> Result<Recovery, BrokerError>;
 
-    /// To every connection of `user`, on every node. Returns local deliveries.
-    async fn send_to_user(&self, user: &str, data: Bytes) -> Result<usize, BrokerError>;
-
-    /// To one connection, held by `node`. Returns whether it was delivered locally.
-    async fn send_to_connection(
-        &self,
-        node: &NodeId,
-        id: &str,
-        data: Bytes,
-    ) -> Result<usize, BrokerError>;
+    /// To every connection of a user, on every node (returns local deliveries), or to one
+    /// connection (returns whether it was delivered locally).
+    async fn send(&self, to: Recipient<'_>, data: Bytes) -> Result<usize, BrokerError>;
 
     /// Whether the broker can take traffic now (feeds `/ready`).
     fn is_healthy(&self) -> bool;

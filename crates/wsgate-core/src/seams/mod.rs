@@ -28,7 +28,7 @@ mod presence;
 mod records;
 pub mod upstream;
 
-pub use broker::{Broker, BrokerError, Deliver};
+pub use broker::{Broker, BrokerError, Deliver, Recipient};
 pub use forwarding::{Forwarding, RequestHandler};
 pub use history::ChannelLog;
 pub use metrics::ClusterMetrics;
