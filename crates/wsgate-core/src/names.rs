@@ -4,12 +4,19 @@
 //! constants, and a listing of ten thousand connections should not allocate a `String` per
 //! field. A view forwarded from another node (cluster-wide listings) arrives as JSON, so its
 //! names are interned here: each distinct name is leaked once and shared afterwards. The set
-//! is closed in practice (the few state, kind and breaker names of the nodes' version).
+//! is closed in practice (the few state, kind and breaker names of the nodes' version); a
+//! peer that sends ever new names (a newer version, or a forged answer) gets [`UNKNOWN`]
+//! once [`MAX_NAMES`] are known, so the leak stays bounded.
 
 use std::collections::HashSet;
 use std::sync::{Mutex, OnceLock};
 
 use serde::{Deserialize, Deserializer};
+
+/// At most this many distinct names are ever kept (a few dozen exist).
+pub const MAX_NAMES: usize = 256;
+/// What a name beyond [`MAX_NAMES`] reads as.
+pub const UNKNOWN: &str = "unknown";
 
 /// The `&'static str` equal to `name`, allocated at most once per distinct name.
 pub fn intern(name: &str) -> &'static str {
@@ -18,8 +25,15 @@ pub fn intern(name: &str) -> &'static str {
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner());
+    intern_in(&mut names, name)
+}
+
+fn intern_in(names: &mut HashSet<&'static str>, name: &str) -> &'static str {
     if let Some(known) = names.get(name) {
         return known;
+    }
+    if names.len() >= MAX_NAMES {
+        return UNKNOWN;
     }
     let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
     names.insert(leaked);
@@ -42,5 +56,17 @@ mod tests {
         let b = intern(&String::from("connected"));
         assert!(std::ptr::eq(a, b));
         assert_eq!(a, "connected");
+    }
+
+    #[test]
+    fn ever_new_names_stop_being_kept() {
+        let mut names = HashSet::new();
+        assert_eq!(intern_in(&mut names, "connected"), "connected");
+        for i in 0..MAX_NAMES + 10 {
+            intern_in(&mut names, &format!("name-{i}"));
+        }
+        assert_eq!(names.len(), MAX_NAMES);
+        assert_eq!(intern_in(&mut names, "yet-another-name"), UNKNOWN);
+        assert_eq!(intern_in(&mut names, "connected"), "connected");
     }
 }
