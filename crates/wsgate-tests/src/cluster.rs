@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,24 +23,9 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Polls `check` every 20 ms until it returns `Some`, for at most `limit`.
-pub async fn poll<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+/// Asks `check` until it answers `Some`, for at most `limit` (cluster events such as a
+/// fail-over have bounds of their own).
+pub use crate::eventually_within as poll;
 
 /// A `redis-server` of our own: no persistence, so a restart loses everything (on purpose).
 pub struct RedisServer {

@@ -49,6 +49,38 @@ pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) ->
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
+/// How often [`eventually`] asks again.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Asks `check` every 20 ms until it answers `Some`, for at most [`WAIT`]: for states that
+/// no event announces (a view, a metric, a process's descriptors).
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    eventually_within(what, WAIT, check).await
+}
+
+/// [`eventually`] with another bound than [`WAIT`].
+pub async fn eventually_within<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let polling = async {
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    };
+    tokio::time::timeout(limit, polling)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {limit:?} waiting for {what}"))
+}
+
 /// A node running in this process on `127.0.0.1:0`.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -173,13 +205,10 @@ impl TestServer {
 
     /// Waits until `/metrics` shows `series` at `value` or more.
     pub async fn await_metric(&self, series: &str, value: f64) {
-        within(&format!("metric {series} >= {value}"), async {
-            loop {
-                if metric_value(&self.metrics().await, series).is_some_and(|v| v >= value) {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+        eventually(&format!("metric {series} >= {value}"), || async {
+            metric_value(&self.metrics().await, series)
+                .is_some_and(|v| v >= value)
+                .then_some(())
         })
         .await
     }

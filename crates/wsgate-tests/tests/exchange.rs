@@ -19,7 +19,7 @@ use rcgen::{
 };
 use serde_json::{Value, json};
 use sha2::Sha256;
-use support::{Process, TestServer, get_json, post_json, within};
+use support::{Process, TestServer, eventually, get_json, post_json, within};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -233,12 +233,8 @@ impl Exchange {
     }
 
     async fn wait(&self, what: &str, pred: impl Fn(&Log) -> bool) {
-        within(what, async {
-            while !pred(&self.log.lock()) {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await;
+        let pred = &pred;
+        eventually(what, || async move { pred(&self.log.lock()).then_some(()) }).await;
     }
 }
 
@@ -357,14 +353,10 @@ impl Node {
     }
 
     async fn await_view(&self, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        within(what, async {
-            loop {
-                let v = self.view(id).await;
-                if pred(&v) {
-                    return v;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+        let pred = &pred;
+        eventually(what, || async move {
+            let v = self.view(id).await;
+            pred(&v).then_some(v)
         })
         .await
     }

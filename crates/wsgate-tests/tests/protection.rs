@@ -141,13 +141,8 @@ async fn node_connection_limit_answers_503_and_turns_ready_false() {
     w.check(&srv).await;
     // A place freed is a place given back.
     drop(b);
-    within("a place to free", async {
-        loop {
-            if let Ok(c) = try_upgrade(&srv, &[]).await {
-                return c;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    eventually("a place to free", || async {
+        try_upgrade(&srv, &[]).await.ok()
     })
     .await;
     w.finish(srv).await;
@@ -711,14 +706,9 @@ async fn hostile_clients_get_rfc_answers_and_others_keep_being_served() {
     )
     .await;
     // The spam connection's channels are gone with it: only the watcher's remains.
-    within("subscriptions to be released", async {
-        loop {
-            let m = srv.metrics().await;
-            if metric_value(&m, "websocket_subscriptions") == Some(1.0) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    eventually("subscriptions to be released", || async {
+        let m = srv.metrics().await;
+        (metric_value(&m, "websocket_subscriptions") == Some(1.0)).then_some(())
     })
     .await;
     w.finish(srv).await;

@@ -3,8 +3,6 @@
 
 use wsgate_tests as support;
 
-use std::time::Duration;
-
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
@@ -66,14 +64,10 @@ async fn await_view(
     what: &str,
     pred: impl Fn(&Value) -> bool,
 ) -> Value {
-    within(what, async {
-        loop {
-            let v = view(srv, id).await;
-            if pred(&v) {
-                return v;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    let pred = &pred;
+    eventually(what, || async move {
+        let v = view(srv, id).await;
+        pred(&v).then_some(v)
     })
     .await
 }
@@ -605,14 +599,9 @@ async fn forced_reconnects_leak_no_tasks_or_fds() {
         .await;
     // Sockets of just-closed HTTP requests may take a moment to go; the counts must come
     // back to the baseline, not merely stop growing.
-    let after = within("tasks and fds back to baseline", async {
-        loop {
-            let now = Resources::now();
-            if now.within(&before) {
-                return now;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    let after = eventually("tasks and fds back to baseline", || async {
+        let now = Resources::now();
+        now.within(&before).then_some(now)
     })
     .await;
     assert!(after.tasks <= before.tasks && after.fds <= before.fds);
