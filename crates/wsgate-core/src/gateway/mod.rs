@@ -398,19 +398,34 @@ impl LocalDelivery {
 }
 
 impl Deliver for LocalDelivery {
+    fn has_subscribers(&self, channel: &str) -> bool {
+        self.registry.has_subscribers(channel)
+    }
+
     fn deliver(&self, envelope: &Envelope) -> usize {
         match envelope {
             Envelope::Channel(p) => {
-                let Some(subs) = self.registry.subscribers(&p.channel) else {
+                let Some((subs, changed)) = self.registry.subscribers_at(&p.channel, &p.epoch)
+                else {
                     return 0;
                 };
                 let frame = protocol::channel_message(&p.channel, p.offset, &p.data);
-                let item = Outbound::Publication(Arc::new(Delivery {
+                let mut delivery = Delivery {
                     channel: p.channel.clone(),
+                    epoch: p.epoch.clone(),
                     offset: p.offset,
                     wire: protocol::wire_text(frame.as_bytes()),
+                    noticed: None,
                     published_at_us: p.published_at_us,
-                }));
+                };
+                if changed {
+                    // The stream the subscribers knew is gone: each gets `epoch_changed`
+                    // right before this first publication of the new epoch.
+                    self.metrics.epoch_notices.inc();
+                    warn!(channel = %p.channel, epoch = %p.epoch, offset = p.offset, "channel epoch changed: subscribers notified");
+                    delivery.noticed = Some(delivery.with_notice());
+                }
+                let item = Outbound::Publication(Arc::new(delivery));
                 let exclude = p.exclude_user.as_deref();
                 let delivered = subs
                     .iter()

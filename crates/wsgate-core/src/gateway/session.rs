@@ -239,9 +239,11 @@ impl Session {
         if fresh {
             gw.presence_join(&channel, &self.conn).await;
         }
-        self.conn
-            .transport
-            .skip_through(channel.clone(), recovery.position.offset);
+        self.conn.transport.skip_through(
+            channel.clone(),
+            recovery.position.epoch.clone(),
+            recovery.position.offset,
+        );
 
         let mut f = Frame::op("subscribed")
             .id(id)

@@ -200,3 +200,76 @@ async fn a_backlog_over_capacity_closes_a_slow_consumer() {
     );
     assert_eq!(node.gw.metrics.slow_consumers.get(), 1);
 }
+
+/// What a relaying broker hands this node after Redis lost the channel: publications of a
+/// new epoch, whose offsets start again at 1.
+fn from_new_epoch(node: &Node, epoch: &str, offsets: std::ops::RangeInclusive<u64>) {
+    let sink = super::LocalDelivery {
+        registry: node.gw.registry.clone(),
+        metrics: node.gw.metrics.clone(),
+    };
+    for offset in offsets {
+        let p = crate::seams::Publication {
+            channel: "c".into(),
+            offset,
+            epoch: epoch.into(),
+            data: bytes::Bytes::from(offset.to_string()),
+            exclude_user: None,
+            published_at_us: 0,
+        };
+        crate::seams::Deliver::deliver(&sink, &crate::seams::Envelope::Channel(p));
+    }
+}
+
+/// Regression: a subscriber that joined at offset 5 of the old epoch silently dropped offsets
+/// 1..=5 of the new one (the skip compared offsets only), and `message` frames carry no epoch.
+/// Now the new epoch's publications all arrive, behind one `epoch_changed`, for a subscriber
+/// still skipping as for one that already passed its position.
+#[tokio::test]
+async fn an_epoch_change_is_announced_and_its_low_offsets_delivered() {
+    let (node, old) = stream_of(16, 5).await;
+    let mut joined = node.connect("late", 16);
+    let answer = subscribe(&node, &mut joined, json!({"op":"subscribe","channel":"c"})).await;
+    assert_eq!(answer[0]["offset"], 5);
+
+    from_new_epoch(&node, "e2", 1..=3);
+
+    let frames = joined.take_json();
+    assert_eq!(
+        frames[0],
+        json!({"op":"epoch_changed","channel":"c","epoch":"e2","offset":0}),
+        "{frames:?}"
+    );
+    assert_eq!(offsets(&frames), vec![1, 2, 3], "{frames:?}");
+    assert_ne!(old, json!("e2"));
+    assert_eq!(
+        node.gw.metrics.epoch_notices.get(),
+        1,
+        "one change, one notice"
+    );
+
+    // A later change reaches everybody again, once each.
+    from_new_epoch(&node, "e3", 4..=4);
+    assert_eq!(
+        joined.take_json(),
+        vec![
+            json!({"op":"epoch_changed","channel":"c","epoch":"e3","offset":3}),
+            json!({"op":"message","channel":"c","offset":4,"data":4}),
+        ]
+    );
+}
+
+/// A subscriber whose answer already named the new epoch gets no notice for it.
+#[tokio::test]
+async fn no_notice_for_a_subscriber_that_joined_the_new_epoch() {
+    let (node, _) = stream_of(16, 2).await;
+    let mut early = node.connect("early", 16);
+    subscribe(&node, &mut early, json!({"op":"subscribe","channel":"c"})).await;
+    // The node still knows the old epoch; this subscriber's skip names "e2".
+    early.transport_skip("c", "e2", 1);
+    from_new_epoch(&node, "e2", 1..=2);
+    assert_eq!(
+        early.take_json(),
+        vec![json!({"op":"message","channel":"c","offset":2,"data":2})]
+    );
+}

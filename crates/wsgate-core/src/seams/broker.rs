@@ -14,6 +14,12 @@ use super::model::{Envelope, NodeId, PublishRequest, Recovery, StreamPosition};
 /// offset order.
 pub trait Deliver: Send + Sync + 'static {
     fn deliver(&self, envelope: &Envelope) -> usize;
+
+    /// Whether a channel has subscribers here: a relaying broker keeps its ordering state
+    /// for such channels however long they stay quiet.
+    fn has_subscribers(&self, _channel: &str) -> bool {
+        true
+    }
 }
 
 /// Who a direct send (not a channel publication) is for.
