@@ -157,6 +157,8 @@ pub struct Metrics {
     pub slow_consumers: Counter,
     /// Channel epoch changes this node announced to its subscribers (`epoch_changed`).
     pub epoch_notices: Counter,
+    /// Losses on the way to this node announced to its subscribers (`gap` frames).
+    pub gap_notices: Counter,
     pub delivery_latency: Histogram,
     pub subscriptions: Gauge,
     pub broker_errors: Counter,
@@ -212,6 +214,7 @@ impl Default for Metrics {
             protocol_errors: zeroed(&PROTOCOL_ERROR_CODES, |code| CodeLabel { code }),
             slow_consumers: Counter::default(),
             epoch_notices: Counter::default(),
+            gap_notices: Counter::default(),
             delivery_latency: Histogram::new(buckets),
             subscriptions: Gauge::default(),
             broker_errors: Counter::default(),
@@ -314,6 +317,11 @@ impl Metrics {
             "websocket_epoch_notices",
             "Channel epoch changes announced to local subscribers (epoch_changed frames)",
             self.epoch_notices.clone(),
+        );
+        r.register(
+            "websocket_gap_notices",
+            "Publications lost on their way to this node, announced to local subscribers (gap frames)",
+            self.gap_notices.clone(),
         );
         r.register(
             "websocket_delivery_latency_seconds",

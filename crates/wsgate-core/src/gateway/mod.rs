@@ -402,6 +402,30 @@ impl Deliver for LocalDelivery {
         self.registry.has_subscribers(channel)
     }
 
+    fn gap(&self, channel: &Arc<str>, epoch: &Arc<str>, offset: u64) {
+        let Some(subs) = self.registry.subscribers(channel) else {
+            return;
+        };
+        self.metrics.gap_notices.inc();
+        warn!(%channel, %epoch, offset, subscribers = subs.len(), "publications lost on their way to this node: subscribers notified");
+        let frame = protocol::gap(channel, epoch, offset);
+        // Through the subscribers' skips: one whose subscription answer is past `offset`
+        // needs no notice.
+        let item = Outbound::Publication(Arc::new(Delivery {
+            channel: channel.clone(),
+            epoch: epoch.clone(),
+            offset,
+            wire: protocol::wire_text(frame.as_bytes()),
+            noticed: None,
+            published_at_us: 0,
+        }));
+        let n = subs
+            .iter()
+            .filter(|c| self.push(c, &item, frame.len()))
+            .count();
+        self.sent(n, frame.len());
+    }
+
     fn deliver(&self, envelope: &Envelope) -> usize {
         match envelope {
             Envelope::Channel(p) => {

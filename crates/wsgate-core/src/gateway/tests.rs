@@ -201,13 +201,18 @@ async fn a_backlog_over_capacity_closes_a_slow_consumer() {
     assert_eq!(node.gw.metrics.slow_consumers.get(), 1);
 }
 
+/// The node's delivery, as a relaying broker holds it.
+fn sink(node: &Node) -> super::LocalDelivery {
+    super::LocalDelivery {
+        registry: node.gw.registry.clone(),
+        metrics: node.gw.metrics.clone(),
+    }
+}
+
 /// What a relaying broker hands this node after Redis lost the channel: publications of a
 /// new epoch, whose offsets start again at 1.
 fn from_new_epoch(node: &Node, epoch: &str, offsets: std::ops::RangeInclusive<u64>) {
-    let sink = super::LocalDelivery {
-        registry: node.gw.registry.clone(),
-        metrics: node.gw.metrics.clone(),
-    };
+    let sink = sink(node);
     for offset in offsets {
         let p = crate::seams::Publication {
             channel: "c".into(),
@@ -272,4 +277,30 @@ async fn no_notice_for_a_subscriber_that_joined_the_new_epoch() {
         early.take_json(),
         vec![json!({"op":"message","channel":"c","offset":2,"data":2})]
     );
+}
+
+/// Publications the node could not get are announced to the subscribers that miss them,
+/// and not to one whose subscription answer is past them.
+#[tokio::test]
+async fn a_loss_on_the_way_to_the_node_is_announced_to_who_misses_it() {
+    let (node, epoch) = stream_of(16, 2).await;
+    let mut early = node.connect("early", 16);
+    subscribe(&node, &mut early, json!({"op":"subscribe","channel":"c"})).await;
+    node.publish("c", "3").await;
+    early.take();
+    let mut late = node.connect("late", 16);
+    subscribe(&node, &mut late, json!({"op":"subscribe","channel":"c"})).await;
+    late.transport_skip("c", epoch.as_str().unwrap(), 5);
+
+    let e: std::sync::Arc<str> = epoch.as_str().unwrap().into();
+    crate::seams::Deliver::gap(&sink(&node), &"c".into(), &e, 5);
+    assert_eq!(
+        early.take_json(),
+        vec![json!({"op":"gap","channel":"c","epoch":epoch,"offset":5})]
+    );
+    assert!(
+        late.take_json().is_empty(),
+        "its answer covered offsets up to 5"
+    );
+    assert_eq!(node.gw.metrics.gap_notices.get(), 1);
 }

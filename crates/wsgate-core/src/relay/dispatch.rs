@@ -142,13 +142,19 @@ impl Dispatcher {
     }
 
     /// Delivers what history holds after `since` (up to `until`, when given), in order.
+    /// What it cannot supply is counted and announced to the local subscribers (`gap`)
+    /// before anything after it is delivered.
     async fn fill(&mut self, channel: &Arc<str>, since: &StreamPosition, until: u64) -> usize {
         let recovery = match self.relay.log.recover(channel, since).await {
             Ok(r) => r,
             Err(e) => {
-                let lost = until.saturating_sub(since.offset + 1);
-                self.relay.metrics.gap_lost.inc_by(lost);
-                warn!(%channel, error = %e, lost, "could not fill from history");
+                warn!(%channel, error = %e, "could not fill from history");
+                self.lost(
+                    channel,
+                    &since.epoch,
+                    since.offset + 1,
+                    until.saturating_sub(1),
+                );
                 return 0;
             }
         };
@@ -157,22 +163,30 @@ impl Dispatcher {
         };
         if recovery.position.epoch != track.epoch {
             // History is gone: the next live publication starts the new epoch.
+            self.lost(
+                channel,
+                &since.epoch,
+                since.offset + 1,
+                until.saturating_sub(1),
+            );
             return 0;
         }
         let mut delivered = 0;
         let mut expected = track.offset + 1;
+        let epoch = track.epoch.clone();
         for p in recovery
             .publications
             .into_iter()
             .filter(|p| p.offset < until)
         {
-            if p.offset > expected {
-                self.relay.metrics.gap_lost.inc_by(p.offset - expected);
-            }
+            self.lost(channel, &epoch, expected, p.offset.saturating_sub(1));
             expected = p.offset + 1;
-            track.offset = p.offset;
-            track.at_us = p.published_at_us;
+            if let Some(track) = self.channels.get_mut(&**channel) {
+                track.offset = p.offset;
+                track.at_us = p.published_at_us;
+            }
             if !self.relay.valid(channel, &p.data) {
+                self.lost(channel, &epoch, p.offset, p.offset);
                 continue;
             }
             self.relay.metrics.gap_filled.inc();
@@ -181,10 +195,20 @@ impl Dispatcher {
                 .get()
                 .map_or(0, |s| s.deliver(&Envelope::Channel(p)));
         }
-        if until > expected {
-            self.relay.metrics.gap_lost.inc_by(until - expected);
-        }
+        self.lost(channel, &epoch, expected, until.saturating_sub(1));
         delivered
+    }
+
+    /// Offsets `from..=to` of `epoch` will never reach this node's subscribers: counted, and
+    /// each subscriber told (nothing when the range is empty).
+    fn lost(&self, channel: &Arc<str>, epoch: &Arc<str>, from: u64, to: u64) {
+        if to < from {
+            return;
+        }
+        self.relay.metrics.gap_lost.inc_by(to - from + 1);
+        if let Some(sink) = self.sink.get() {
+            sink.gap(channel, epoch, to);
+        }
     }
 
     /// After the subscription was lost: catches every known channel up with history.
@@ -328,9 +352,14 @@ mod tests {
         }
     }
 
-    /// What the node delivered; `watched`: whether it has local subscribers.
+    /// What the node delivered; `watched`: whether it has local subscribers; the gap
+    /// notices (deliveries before each, offset).
     #[derive(Default)]
-    struct Recorder(Mutex<Vec<u64>>, std::sync::atomic::AtomicBool);
+    struct Recorder(
+        Mutex<Vec<u64>>,
+        std::sync::atomic::AtomicBool,
+        Mutex<Vec<(usize, u64)>>,
+    );
 
     impl Deliver for Recorder {
         fn deliver(&self, e: &Envelope) -> usize {
@@ -342,6 +371,11 @@ mod tests {
 
         fn has_subscribers(&self, _: &str) -> bool {
             self.1.load(std::sync::atomic::Ordering::Relaxed)
+        }
+
+        fn gap(&self, _: &Arc<str>, _: &Arc<str>, offset: u64) {
+            let before = self.0.lock().len();
+            self.2.lock().push((before, offset));
         }
     }
 
@@ -499,5 +533,23 @@ mod tests {
         live(&mut n.dispatcher, &ps[0]).await;
         assert_eq!(*n.delivered.0.lock(), vec![1]);
         assert_eq!(n.dispatcher.metrics().invalid_payloads.get(), 2);
+    }
+
+    /// Regression: what history no longer held was counted on the node and nothing more;
+    /// its subscribers got a stream with a silent hole. Now they are told, in order.
+    #[tokio::test]
+    async fn what_history_cannot_fill_is_announced_before_what_follows() {
+        let mut n = node();
+        let ps = append(&n.log, 6).await;
+        live(&mut n.dispatcher, &ps[0]).await;
+        // Offsets 2..=4 are gone from history (truncated) and never arrived live.
+        n.log
+            .history
+            .lock()
+            .retain(|p| !(2..=4).contains(&p.offset));
+        live(&mut n.dispatcher, &ps[5]).await;
+        assert_eq!(*n.delivered.0.lock(), vec![1, 5, 6]);
+        assert_eq!(*n.delivered.2.lock(), vec![(1, 4)], "told before 5");
+        assert_eq!(n.dispatcher.metrics().gap_lost.get(), 3);
     }
 }

@@ -20,6 +20,11 @@ pub trait Deliver: Send + Sync + 'static {
     fn has_subscribers(&self, _channel: &str) -> bool {
         true
     }
+
+    /// Publications of `channel` in `epoch` up to `offset` that this node could not deliver
+    /// (neither live traffic nor history had them): subscribers are told before anything
+    /// after `offset` reaches them.
+    fn gap(&self, _channel: &Arc<str>, _epoch: &Arc<str>, _offset: u64) {}
 }
 
 /// Who a direct send (not a channel publication) is for.
