@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod proxy;
+pub mod traffic;
 
 use std::net::SocketAddr;
 use std::process::Stdio;

@@ -37,7 +37,7 @@ pub struct Seen {
     pub messages: HashMap<(String, u64), (u64, Instant)>,
     /// Publications covered by a gap notice: per epoch, ranges of offsets.
     pub covered: Vec<(String, RangeInclusive<u64>)>,
-    /// Gap notices: `epoch_changed` frames and `subscribed` answers with a `gap`.
+    /// Gap notices: `epoch_changed` and `gap` frames, `subscribed` answers with a `gap`.
     pub notices: u64,
     /// Messages at or below an offset already delivered in the same epoch.
     pub duplicates: u64,
@@ -94,6 +94,21 @@ impl Seen {
         }
         self.cover(&epoch, 1..=offset);
         self.position = Some((epoch, offset));
+    }
+
+    /// `gap`: what this client lacks of `epoch` up to `offset` is lost, and said so.
+    fn gap(&mut self, f: &Value) {
+        self.notices += 1;
+        let epoch = f["epoch"].as_str().unwrap_or_default().to_string();
+        let offset = f["offset"].as_u64().unwrap_or(0);
+        match &mut self.position {
+            Some((e, last)) if *e == epoch => {
+                let from = *last + 1;
+                *last = (*last).max(offset);
+                self.cover(&epoch, from..=offset);
+            }
+            _ => self.cover(&epoch, 1..=offset),
+        }
     }
 
     fn message(&mut self, f: &Value) {
@@ -377,6 +392,7 @@ async fn follow(url: String, channel: String, seen: Arc<Mutex<Seen>>, resume: Ar
             match f["op"].as_str() {
                 Some("subscribed") => seen.lock().unwrap().subscribed(&f),
                 Some("epoch_changed") => seen.lock().unwrap().epoch_changed(&f),
+                Some("gap") => seen.lock().unwrap().gap(&f),
                 Some("message") => seen.lock().unwrap().message(&f),
                 // A refused subscribe (the broker is down): ask again shortly.
                 Some("error") => {
