@@ -194,9 +194,7 @@ impl Ledger {
         }
         let clients = ledger.clients.clone();
         eventually_within("every client subscribed", crate::WAIT, || {
-            let all = clients
-                .iter()
-                .all(|c| c.lock().unwrap().position.is_some());
+            let all = clients.iter().all(|c| c.lock().unwrap().position.is_some());
             async move { all.then_some(()) }
         })
         .await;
@@ -337,7 +335,9 @@ impl Ledger {
                 .iter()
                 .map(|s| s.messages.get(&key).map(|(_, at)| *at))
                 .collect();
-            arrivals.and_then(|t| t.into_iter().max()).map(|t| t - since)
+            arrivals
+                .and_then(|t| t.into_iter().max())
+                .map(|t| t - since)
         })
     }
 }

@@ -70,7 +70,10 @@ impl Run {
         let account = self.ledger.finish(DRAIN).await;
         let recovery = self.ledger.recovery_after(restored);
         report(fault, self.cluster.via, &account, recovery);
-        assert_eq!(account.wrong, 0, "{fault}: a message not what was accepted there");
+        assert_eq!(
+            account.wrong, 0,
+            "{fault}: a message not what was accepted there"
+        );
         assert_eq!(
             account.lost, 0,
             "{fault}: accepted publications lost without a notice: {:?}",
@@ -110,7 +113,9 @@ async fn redis_sigkilled_and_restarted_empty() {
     run.cluster.redis.kill().await;
     run.cluster.redis.restart().await;
     let restored = Instant::now();
-    let a = run.settle("Redis SIGKILL, restart without persistence", restored).await;
+    let a = run
+        .settle("Redis SIGKILL, restart without persistence", restored)
+        .await;
     assert!(a.notices >= 4, "every client was told the stream changed");
 }
 
@@ -121,8 +126,13 @@ async fn redis_sigkilled_and_restarted_from_its_append_only_file() {
     run.cluster.redis.kill().await;
     run.cluster.redis.restart().await;
     let restored = Instant::now();
-    let a = run.settle("Redis SIGKILL, restart with AOF", restored).await;
-    assert!(a.notices >= 4, "a new timeline is a new epoch: every client was told");
+    let a = run
+        .settle("Redis SIGKILL, restart with AOF", restored)
+        .await;
+    assert!(
+        a.notices >= 4,
+        "a new timeline is a new epoch: every client was told"
+    );
 }
 
 #[tokio::test]
@@ -131,7 +141,8 @@ async fn redis_stalled_for_two_seconds() {
     run.resume_some();
     run.cluster.redis.cli(&["DEBUG", "SLEEP", "2"]).await;
     let restored = Instant::now();
-    run.settle("Redis stalled 2 s (DEBUG SLEEP)", restored).await;
+    run.settle("Redis stalled 2 s (DEBUG SLEEP)", restored)
+        .await;
 }
 
 #[tokio::test]
@@ -197,7 +208,10 @@ async fn a_restore_from_an_older_snapshot_rotates_the_epoch() {
         (status == 200).then_some(body)
     })
     .await;
-    assert_ne!(body["epoch"], old, "offsets went back: the epoch must change");
+    assert_ne!(
+        body["epoch"], old,
+        "offsets went back: the epoch must change"
+    );
     let notice = c.recv().await;
     assert_eq!(
         (&notice["op"], &notice["channel"], &notice["epoch"]),

@@ -25,6 +25,9 @@ use crate::seams::{ClusterMetrics, Deliver, Envelope, Publication, StreamPositio
 /// publication starts afresh).
 const IDLE: Duration = Duration::from_secs(600);
 
+/// Extra reads of history when the log does not answer (after 100, 200, 400, 800 ms).
+const FILL_RETRIES: usize = 4;
+
 struct Track {
     epoch: Arc<str>,
     offset: u64,
@@ -145,7 +148,7 @@ impl Dispatcher {
     /// What it cannot supply is counted and announced to the local subscribers (`gap`)
     /// before anything after it is delivered.
     async fn fill(&mut self, channel: &Arc<str>, since: &StreamPosition, until: u64) -> usize {
-        let recovery = match self.relay.log.recover(channel, since).await {
+        let recovery = match self.read_history(channel, since).await {
             Ok(r) => r,
             Err(e) => {
                 warn!(%channel, error = %e, "could not fill from history");
@@ -197,6 +200,26 @@ impl Dispatcher {
         }
         self.lost(channel, &epoch, expected, until.saturating_sub(1));
         delivered
+    }
+
+    /// History after `since`, asked again a few times over about 1.5 s when the log does
+    /// not answer (its connection is often still coming back when the subscription is):
+    /// declaring a loss that a second later history could have filled would be a lie too.
+    async fn read_history(
+        &self,
+        channel: &str,
+        since: &StreamPosition,
+    ) -> Result<crate::seams::Recovery, crate::seams::BrokerError> {
+        let mut pause = Duration::from_millis(100);
+        for _ in 0..FILL_RETRIES {
+            match self.relay.log.recover(channel, since).await {
+                Ok(r) => return Ok(r),
+                Err(e) => debug!(%channel, error = %e, "history read failed; retrying"),
+            }
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
+        self.relay.log.recover(channel, since).await
     }
 
     /// Offsets `from..=to` of `epoch` will never reach this node's subscribers: counted, and
