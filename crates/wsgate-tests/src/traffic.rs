@@ -61,8 +61,7 @@ impl Seen {
     /// A `subscribed` answer (to a subscribe with `since` when `position` is known).
     fn subscribed(&mut self, f: &Value) {
         self.subscriptions += 1;
-        let epoch = f["epoch"].as_str().unwrap_or_default().to_string();
-        let offset = f["offset"].as_u64().unwrap_or(0);
+        let (epoch, offset) = stream_position(f);
         let Some((old_epoch, old)) = self.position.clone() else {
             self.position = Some((epoch, offset));
             return;
@@ -74,21 +73,16 @@ impl Seen {
                 // The replay that follows moves the position on; what it lacks is covered.
                 self.cover(&epoch, old + 1..=offset);
             }
-            _ => {
-                // Another stream (epoch_changed, offset_ahead, or an unannounced switch,
-                // which a correct server never answers as recovered).
-                self.notices += 1;
-                self.cover(&old_epoch, old + 1..=u64::MAX);
-                self.cover(&epoch, 1..=offset);
-                self.position = Some((epoch, offset));
-            }
+            // Another stream (epoch_changed, offset_ahead, or an unannounced switch, which a
+            // correct server never answers as recovered).
+            _ => self.switch(epoch, offset),
         }
     }
 
-    fn epoch_changed(&mut self, f: &Value) {
+    /// A notice that the stream is another one from now on: what the client lacks of the
+    /// old one, and the new one up to `offset`, are covered.
+    fn switch(&mut self, epoch: String, offset: u64) {
         self.notices += 1;
-        let epoch = f["epoch"].as_str().unwrap_or_default().to_string();
-        let offset = f["offset"].as_u64().unwrap_or(0);
         if let Some((old_epoch, old)) = self.position.take() {
             self.cover(&old_epoch, old + 1..=u64::MAX);
         }
@@ -99,8 +93,7 @@ impl Seen {
     /// `gap`: what this client lacks of `epoch` up to `offset` is lost, and said so.
     fn gap(&mut self, f: &Value) {
         self.notices += 1;
-        let epoch = f["epoch"].as_str().unwrap_or_default().to_string();
-        let offset = f["offset"].as_u64().unwrap_or(0);
+        let (epoch, offset) = stream_position(f);
         match &mut self.position {
             Some((e, last)) if *e == epoch => {
                 let from = *last + 1;
@@ -130,6 +123,12 @@ impl Seen {
             .as_ref()
             .map(|(epoch, offset)| json!({"offset": offset, "epoch": epoch}))
     }
+}
+
+/// The `epoch` and `offset` of a frame.
+fn stream_position(f: &Value) -> (String, u64) {
+    let epoch = f["epoch"].as_str().unwrap_or_default().to_string();
+    (epoch, f["offset"].as_u64().unwrap_or(0))
 }
 
 /// Publishers and resuming clients on one channel.
@@ -391,7 +390,10 @@ async fn follow(url: String, channel: String, seen: Arc<Mutex<Seen>>, resume: Ar
             let f: Value = serde_json::from_str(&text).unwrap_or_default();
             match f["op"].as_str() {
                 Some("subscribed") => seen.lock().unwrap().subscribed(&f),
-                Some("epoch_changed") => seen.lock().unwrap().epoch_changed(&f),
+                Some("epoch_changed") => {
+                    let (epoch, offset) = stream_position(&f);
+                    seen.lock().unwrap().switch(epoch, offset);
+                }
                 Some("gap") => seen.lock().unwrap().gap(&f),
                 Some("message") => seen.lock().unwrap().message(&f),
                 // A refused subscribe (the broker is down): ask again shortly.

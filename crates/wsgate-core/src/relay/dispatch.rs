@@ -436,6 +436,15 @@ mod tests {
         out
     }
 
+    /// `n` publications appended and arriving in order.
+    async fn in_order(node: &mut Node, n: usize) -> Vec<Publication> {
+        let ps = append(&node.log, n).await;
+        for p in &ps {
+            live(&mut node.dispatcher, p).await;
+        }
+        ps
+    }
+
     /// `p` arrives on the node's subscription.
     async fn live(dispatcher: &mut Dispatcher, p: &Publication) {
         dispatcher.on_envelope(Envelope::Channel(p.clone())).await;
@@ -509,10 +518,7 @@ mod tests {
     #[tokio::test]
     async fn a_new_epoch_is_delivered_from_its_start() {
         let mut n = node();
-        let ps = append(&n.log, 5).await;
-        for p in &ps {
-            live(&mut n.dispatcher, p).await;
-        }
+        in_order(&mut n, 5).await;
         n.log.lose("e2");
         let ps = append(&n.log, 3).await;
         live(&mut n.dispatcher, &ps[2]).await;
@@ -528,16 +534,13 @@ mod tests {
     #[tokio::test]
     async fn offsets_going_back_under_one_epoch_are_counted_as_such() {
         let mut n = node();
-        let ps = append(&n.log, 3).await;
-        for p in &ps {
-            live(&mut n.dispatcher, p).await;
-        }
+        let ps = in_order(&mut n, 3).await;
         let mut again = ps[1].clone();
         again.published_at_us = 99;
         live(&mut n.dispatcher, &again).await;
         let m = n.dispatcher.metrics();
-        assert_eq!(m.offset_regressions.get(), 1);
-        assert_eq!(m.duplicates_dropped.get(), 0);
+        let counted = (m.offset_regressions.get(), m.duplicates_dropped.get());
+        assert_eq!(counted, (1, 0), "a regression, not a duplicate");
     }
 
     /// What arrives from the broker is checked to be one JSON value before any client sees it.
