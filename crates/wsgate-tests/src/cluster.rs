@@ -27,20 +27,32 @@ pub fn free_port() -> u16 {
 /// fail-over have bounds of their own).
 pub use crate::eventually_within as poll;
 
-/// A `redis-server` of our own: no persistence, so a restart loses everything (on purpose).
+/// A `redis-server` of our own: no persistence, so a restart loses everything (on purpose),
+/// unless the test kept a snapshot ([`RedisServer::kill_keeping_data`]).
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    /// Its working directory: where a snapshot is written and read back.
+    dir: std::path::PathBuf,
 }
 
 impl RedisServer {
     pub async fn start() -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("wsgate-redis-{port}"));
+        std::fs::create_dir_all(&dir).expect("redis dir");
         let mut s = Self {
-            port: free_port(),
+            port,
             child: None,
+            dir,
         };
+        s.forget_snapshot();
         s.restart().await;
         s
+    }
+
+    fn forget_snapshot(&self) {
+        let _ = std::fs::remove_file(self.dir.join("dump.rdb"));
     }
 
     pub fn url(&self) -> String {
@@ -53,6 +65,8 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -70,8 +84,23 @@ impl RedisServer {
         .await;
     }
 
-    /// SIGKILL, and wait until it is gone.
+    /// SIGSTOP (`true`: Redis stalls, every command waits) or SIGCONT (`false`).
+    pub fn pause(&self, stopped: bool) {
+        let pid = self.child.as_ref().and_then(Child::id).expect("running");
+        crate::signal_pid(pid, if stopped { crate::SIGSTOP } else { crate::SIGCONT });
+    }
+
+    /// SIGKILL, and wait until it is gone. The next start is empty.
     pub async fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.start_kill().unwrap();
+        within("redis-server to exit", child.wait()).await.unwrap();
+        self.forget_snapshot();
+    }
+
+    /// A snapshot (`SAVE`), then SIGKILL: the next start holds what Redis held.
+    pub async fn kill_keeping_data(&mut self) {
+        assert!(self.cli(&["SAVE"]).await.contains("OK"), "SAVE");
         let mut child = self.child.take().expect("running");
         child.start_kill().unwrap();
         within("redis-server to exit", child.wait()).await.unwrap();
