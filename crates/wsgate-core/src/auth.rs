@@ -364,7 +364,10 @@ mod tests {
         assert_eq!(id.expires_at, Some(exp));
         assert!(id.channels.allows("team:42") && id.channels.allows("news"));
         assert!(!id.channels.allows("news2") && !id.channels.allows("admin"));
-        assert_eq!(auth.authenticate(None).await.unwrap_err(), AuthError::Missing);
+        assert_eq!(
+            auth.authenticate(None).await.unwrap_err(),
+            AuthError::Missing
+        );
         let expired = token(json!({"sub":"u1","exp":1000}), b"s3cret");
         assert_eq!(
             auth.authenticate(Some(&expired)).await.unwrap_err(),
@@ -421,7 +424,10 @@ mod tests {
         let claims = |aud: &str, iss: &str| json!({"sub":"u","exp":exp,"aud":aud,"iss":iss});
         let ok = token(claims("gate", "https://idp"), b"k");
         assert!(auth.authenticate(Some(&ok)).await.is_ok());
-        for bad in [claims("other", "https://idp"), claims("gate", "https://evil")] {
+        for bad in [
+            claims("other", "https://idp"),
+            claims("gate", "https://evil"),
+        ] {
             let t = token(bad, b"k");
             assert!(matches!(
                 auth.authenticate(Some(&t)).await,

@@ -387,8 +387,12 @@ impl Liveness {
 
     /// Retries the removals that failed, in one pipeline. Returns whether Redis took them.
     async fn remove_departed(&self) -> bool {
-        let batch: Vec<(Arc<str>, Arc<str>)> =
-            self.departed.iter().take(1024).map(|e| e.key().clone()).collect();
+        let batch: Vec<(Arc<str>, Arc<str>)> = self
+            .departed
+            .iter()
+            .take(1024)
+            .map(|e| e.key().clone())
+            .collect();
         if batch.is_empty() {
             return true;
         }

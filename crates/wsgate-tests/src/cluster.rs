@@ -87,7 +87,14 @@ impl RedisServer {
     /// SIGSTOP (`true`: Redis stalls, every command waits) or SIGCONT (`false`).
     pub fn pause(&self, stopped: bool) {
         let pid = self.child.as_ref().and_then(Child::id).expect("running");
-        crate::signal_pid(pid, if stopped { crate::SIGSTOP } else { crate::SIGCONT });
+        crate::signal_pid(
+            pid,
+            if stopped {
+                crate::SIGSTOP
+            } else {
+                crate::SIGCONT
+            },
+        );
     }
 
     /// SIGKILL, and wait until it is gone. The next start is empty.

@@ -52,7 +52,10 @@ async fn a_token_without_exp_is_refused_unless_require_exp_is_off() {
     let strict = jwt_node(&[]).await;
     let forever = hs256_token(SECRET, json!({"sub":"ann"}));
     let (code, reason) = refused(&ws(&strict, &forever)).await;
-    assert_eq!((code, reason.as_str()), (4001, "invalid token: missing claim `exp`"));
+    assert_eq!(
+        (code, reason.as_str()),
+        (4001, "invalid token: missing claim `exp`")
+    );
     let mortal = hs256_token(SECRET, json!({"sub":"ann","exp":in_a_minute()}));
     assert_eq!(Client::connect(&ws(&strict, &mortal)).await.user(), "ann");
 
@@ -78,8 +81,14 @@ async fn audience_and_issuer_are_checked_when_configured() {
     let good = token(json!({"aud":"gate-2","iss":"https://idp.example"}));
     assert_eq!(Client::connect(&ws(&node, &good)).await.user(), "ann");
     for (claims, why) in [
-        (json!({"aud":"other","iss":"https://idp.example"}), "InvalidAudience"),
-        (json!({"aud":"gate","iss":"https://evil.example"}), "InvalidIssuer"),
+        (
+            json!({"aud":"other","iss":"https://idp.example"}),
+            "InvalidAudience",
+        ),
+        (
+            json!({"aud":"gate","iss":"https://evil.example"}),
+            "InvalidIssuer",
+        ),
         (json!({"iss":"https://idp.example"}), "missing claim `aud`"),
         (json!({"aud":"gate"}), "missing claim `iss`"),
     ] {
@@ -202,7 +211,10 @@ async fn rs256_keys_come_from_a_jwks_fetched_again_for_an_unknown_kid_at_a_bound
     let started = Instant::now();
     for _ in 0..30 {
         let (code, reason) = refused(&ws(&node, &rs256_token("b", "key-x", "eve"))).await;
-        assert_eq!((code, reason.as_str()), (4001, "invalid token: unknown key id"));
+        assert_eq!(
+            (code, reason.as_str()),
+            (4001, "invalid token: unknown key id")
+        );
     }
     let bound = 2 + 1 + (started.elapsed().as_millis() / 2000) as usize;
     assert!(
@@ -218,19 +230,39 @@ async fn an_expired_token_is_told_then_closed_after_the_grace_unless_refreshed()
     let grace = Duration::from_millis(700);
     let node = jwt_node(&[("WSGATE_AUTH__TOKEN_GRACE_MS", "700")]).await;
     let exp = now_s() + 2;
-    let mut keen = Client::connect(&ws(&node, &hs256_token(SECRET, json!({"sub":"bob","exp":exp})))).await;
-    let mut late = Client::connect(&ws(&node, &hs256_token(SECRET, json!({"sub":"ann","exp":exp})))).await;
+    let mut keen = Client::connect(&ws(
+        &node,
+        &hs256_token(SECRET, json!({"sub":"bob","exp":exp})),
+    ))
+    .await;
+    let mut late = Client::connect(&ws(
+        &node,
+        &hs256_token(SECRET, json!({"sub":"ann","exp":exp})),
+    ))
+    .await;
     for c in [&mut keen, &mut late] {
         let told = c.recv().await;
-        assert_eq!((&told["op"], &told["code"]), (&json!("error"), &json!("token_expired")), "{told}");
+        assert_eq!(
+            (&told["op"], &told["code"]),
+            (&json!("error"), &json!("token_expired")),
+            "{told}"
+        );
     }
     // Another user's token does not count; the same user's does.
     let other = hs256_token(SECRET, json!({"sub":"eve","exp":now_s() + 3600}));
-    let r = keen.request(json!({"op":"refresh","token":other,"id":1})).await;
-    assert_eq!((&r["code"], &r["id"]), (&json!("forbidden"), &json!(1)), "{r}");
+    let r = keen
+        .request(json!({"op":"refresh","token":other,"id":1}))
+        .await;
+    assert_eq!(
+        (&r["code"], &r["id"]),
+        (&json!("forbidden"), &json!(1)),
+        "{r}"
+    );
     let fresh_exp = now_s() + 3600;
     let fresh = hs256_token(SECRET, json!({"sub":"bob","exp":fresh_exp}));
-    let r = keen.request(json!({"op":"refresh","token":fresh,"id":2})).await;
+    let r = keen
+        .request(json!({"op":"refresh","token":fresh,"id":2}))
+        .await;
     assert_eq!(r, json!({"op":"refreshed","id":2,"exp":fresh_exp}));
 
     let (code, frames) = late.closed().await;
@@ -251,7 +283,11 @@ async fn clients_never_publish_into_topic_channels() {
         let r = c
             .request(json!({"op":"publish","channel":"topic:feed","data":{"fake":true}}))
             .await;
-        assert_eq!((&r["op"], &r["code"]), (&json!("error"), &json!("forbidden")), "{mode}: {r}");
+        assert_eq!(
+            (&r["op"], &r["code"]),
+            (&json!("error"), &json!("forbidden")),
+            "{mode}: {r}"
+        );
         // The answer and the subscriber's copy, in either order.
         let a = c
             .request(json!({"op":"publish","channel":"room","data":1}))
@@ -292,8 +328,7 @@ async fn logs_name_urls_and_tokens_without_their_secrets() {
 }
 
 #[tokio::test]
-async fn a_closing_connection_frees_its_slot_at_once_and_leaves_no_ghost_through_a_redis_outage()
-{
+async fn a_closing_connection_frees_its_slot_at_once_and_leaves_no_ghost_through_a_redis_outage() {
     let mut cluster = Cluster::start(Via::Redis).await;
     let node = cluster
         .node_env(

@@ -437,6 +437,24 @@ async fn doctor_idle_hold_answers_pings_and_catches_a_proxy_timeout() {
     srv.shutdown().await;
 }
 
+#[tokio::test]
+async fn doctor_idle_hold_names_a_token_that_expires_during_it() {
+    let srv = TestServer::with(|c| {
+        tune::jwt(c, "doctor-secret");
+        c.auth.token_grace_ms = 200;
+    })
+    .await;
+    let exp = wsgate_core::clock::unix_ms() / 1000 + 2;
+    let token = hs256_token("doctor-secret", serde_json::json!({"sub":"doc","exp":exp}));
+    let url = format!("{}?token={token}", srv.ws_url());
+    let out = wsgate(&["doctor", &url, "--idle", "4s"], "").await;
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    let idle = line(&out.stdout, "FAIL", "idle").unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(idle.contains("4001 token expired"), "{idle}");
+    out.stdout_has("token expired during the hold");
+    srv.shutdown().await;
+}
+
 /// A `redis-server` on a free loopback port, killed on drop.
 struct Redis {
     _child: Child,

@@ -96,7 +96,9 @@ impl Gateway {
 
     /// The node-clock time of a Unix time in seconds.
     fn due_ms(&self, exp: u64) -> u64 {
-        let left = exp.saturating_mul(1000).saturating_sub(crate::clock::unix_ms());
+        let left = exp
+            .saturating_mul(1000)
+            .saturating_sub(crate::clock::unix_ms());
         self.clock.now_ms().saturating_add(left)
     }
 

@@ -213,7 +213,12 @@ impl Gateway {
     /// Returns the channels whose presence entries remain to be removed: the caller releases
     /// the socket and the connection's admission slot first, then calls
     /// [`Gateway::leave_presence`] (a store outage must not hold either).
-    pub fn close(&self, conn: &Connection, reason: &'static str, code: Option<u16>) -> Vec<Arc<str>> {
+    pub fn close(
+        &self,
+        conn: &Connection,
+        reason: &'static str,
+        code: Option<u16>,
+    ) -> Vec<Arc<str>> {
         let channels = self.registry.remove(conn);
         self.disarm_expiry(conn);
         self.metrics.subscriptions.dec_by(channels.len() as i64);
@@ -236,7 +241,11 @@ impl Gateway {
         if channels.is_empty() {
             return;
         }
-        if let Err(e) = self.presence.presence_leave_all(channels, connection_id).await {
+        if let Err(e) = self
+            .presence
+            .presence_leave_all(channels, connection_id)
+            .await
+        {
             self.metrics.store_errors.inc();
             warn!(connection_id, channels = channels.len(), error = %e, "presence leave failed; retried later");
         }

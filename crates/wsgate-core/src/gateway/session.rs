@@ -15,11 +15,11 @@ use serde_json::value::RawValue;
 use tungstenite::Utf8Bytes;
 
 use super::connection::{CloseRequest, Connection};
-use crate::auth::{AuthError, Authenticator};
-use crate::upstream::TOPIC_PREFIX;
 use super::{ClientPublish, Gateway};
+use crate::auth::{AuthError, Authenticator};
 use crate::metrics::ReasonLabel;
 use crate::protocol::{self, ClientOp, Frame, ProtocolError, Since, close};
+use crate::upstream::TOPIC_PREFIX;
 
 pub struct Session {
     pub conn: Arc<Connection>,
