@@ -369,6 +369,33 @@ impl Client {
     }
 }
 
+/// A bare HTTP/1.1 server on a free loopback port: reads each request head, writes what
+/// `answer` returns (a whole response), then closes. For legacy proxies and JWKS endpoints.
+pub async fn answering_with(answer: impl Fn() -> String + Send + Sync + 'static) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answer = Arc::new(answer);
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = conn.write_all(answer().as_bytes()).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
 /// A `wsgate serve` process.
 pub struct Process {
     pub child: Child,

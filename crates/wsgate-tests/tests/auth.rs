@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 use wsgate_tests::cluster::{Cluster, Via, free_port};
 use wsgate_tests::*;
@@ -122,33 +120,19 @@ fn key_pair(x: &str) -> (&'static str, Value) {
 
 impl JwksServer {
     async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!(
-            "http://{}/.well-known/jwks.json",
-            listener.local_addr().unwrap()
-        );
         let fetches = Arc::new(AtomicUsize::new(0));
         let keys = Arc::new(Mutex::new(Vec::new()));
         let (count, set) = (fetches.clone(), keys.clone());
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                let mut req = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
-                count.fetch_add(1, SeqCst);
-                let body = json!({"keys": *set.lock().unwrap()}).to_string();
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = s.write_all(format!("{head}{body}").as_bytes()).await;
-            }
-        });
+        let addr = answering_with(move || {
+            count.fetch_add(1, SeqCst);
+            let body = json!({"keys": *set.lock().unwrap()}).to_string();
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        })
+        .await;
+        let url = format!("http://{addr}/.well-known/jwks.json");
         Self { url, fetches, keys }
     }
 
