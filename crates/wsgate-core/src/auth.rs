@@ -158,10 +158,15 @@ impl Jwks {
             Some(_) => AuthError::Invalid("unknown key id".into()),
             None => AuthError::Invalid("token has no kid".into()),
         };
-        if let (Some(key), true) = self.cached(kid) {
-            return Ok(key);
-        }
-        let mut last = self.fetching.lock().await;
+        let mut last = match self.cached(kid) {
+            (Some(key), true) => return Ok(key),
+            // Known but old: while another task fetches, the old key serves.
+            (Some(key), false) => match self.fetching.try_lock() {
+                Ok(last) => last,
+                Err(_) => return Ok(key),
+            },
+            (None, _) => self.fetching.lock().await,
+        };
         // Somebody else may have fetched while this waited.
         let (key, fresh) = self.cached(kid);
         if let (Some(key), true) = (&key, fresh) {

@@ -83,9 +83,13 @@ impl Expiries {
 }
 
 impl Gateway {
-    /// Arms the expiry of a new connection whose token says `exp` (Unix seconds).
-    pub(super) fn arm_expiry(&self, conn: &Connection, exp: Option<u64>) {
-        let Some(exp) = exp else { return };
+    /// Arms the expiry of a new connection's token (its `exp`), once its `hello` was
+    /// written: `token_expired` (due at once for a token accepted within the leeway) must not
+    /// overtake `hello`.
+    pub fn arm_expiry(&self, conn: &Connection) {
+        let Some(exp) = conn.identity.expires_at else {
+            return;
+        };
         let at = self.due_ms(exp);
         *conn.token.lock() = TokenClock {
             expires_ms: Some(at),

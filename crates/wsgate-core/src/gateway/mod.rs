@@ -172,7 +172,8 @@ impl Gateway {
         self.presence.is_healthy()
     }
 
-    /// Registers a new client connection; the caller sends `hello` and runs its task.
+    /// Registers a new client connection; the caller sends `hello`, arms the token's expiry
+    /// ([`Gateway::arm_expiry`]) and runs its task.
     pub fn open(
         &self,
         identity: Identity,
@@ -180,7 +181,6 @@ impl Gateway {
         transport: Arc<dyn Transport>,
     ) -> Arc<Connection> {
         let id = crate::ids::new_connection_id(&self.config.node);
-        let exp = identity.expires_at;
         let conn = Arc::new(Connection::new(
             id,
             identity,
@@ -189,7 +189,6 @@ impl Gateway {
             transport,
         ));
         self.registry.insert(conn.clone());
-        self.arm_expiry(&conn, exp);
         self.metrics.connections.inc();
         self.metrics.active_connections.inc();
         info!(connection_id = %conn.id, user = %conn.user(), remote = ?remote, "connected");

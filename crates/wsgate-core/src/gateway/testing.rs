@@ -193,6 +193,7 @@ impl Node {
     fn open(&self, identity: Identity, capacity: usize) -> Peer {
         let transport = Arc::new(Recording::new(capacity));
         let conn = self.gw.open(identity, None, transport.clone());
+        self.gw.arm_expiry(&conn);
         Peer {
             session: Session::new(conn, self.auth.clone()),
             transport,

@@ -191,6 +191,7 @@ pub(super) async fn serve(
     let conn = gw.open(identity, Some(remote), socket.clone());
     let mut session = Session::new(conn.clone(), edge.auth.clone());
     socket.write_frame(protocol::wire_text(gw.hello(&conn).as_bytes()));
+    gw.arm_expiry(&conn);
     let mut taken = VecDeque::new();
     let mut limits = Inbound::new(&edge.config);
     let ending = run(&gw, &socket, &mut ws, &mut session, &mut taken, &mut limits).await;
