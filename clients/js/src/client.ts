@@ -41,6 +41,8 @@ export class Wsgate extends Emitter<ClientEvents> {
   private token?: string;
   /** The server refused the token (4001): fetch a new one before connecting again. */
   private tokenRefused = false;
+  /** A `getToken()` for a live refresh is under way. */
+  private refreshing = false;
   private ws?: SocketLike;
   private want = false;
   private attempt = 0;
@@ -262,6 +264,11 @@ export class Wsgate extends Emitter<ClientEvents> {
       case 'gap':
         return sub && sub._event(f);
       case 'error':
+        // The server says the token expired: refresh now, within its grace (then 4001).
+        if (f.code === 'token_expired' && this.opts.getToken && !this.refreshing) {
+          clearTimeout(this.refreshTimer);
+          this.refresh();
+        }
         return this.emit('error', new WsgateError(f.code, f.message));
     }
   }
@@ -312,12 +319,15 @@ export class Wsgate extends Emitter<ClientEvents> {
   /** Fetches a new token and hands it to the live connection (`refresh` → `refreshed`). */
   private async refresh(): Promise<void> {
     let token: string;
+    this.refreshing = true;
     try {
       token = await this.opts.getToken!();
     } catch (e) {
       this.emit('error', asError(e));
       this.refreshTimer = setTimeout(() => this.refresh(), this._retryDelay(3));
       return;
+    } finally {
+      this.refreshing = false;
     }
     // The next connect uses it too, whatever the live connection says.
     this.token = token;

@@ -252,7 +252,7 @@ impl fmt::Debug for ClientConfig {
         // Header values and auth messages may hold secrets: not printed.
         f.debug_struct("ClientConfig")
             .field("id", &self.id)
-            .field("url", &self.url)
+            .field("url", &crate::redact_url(&self.url))
             .field(
                 "headers",
                 &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),

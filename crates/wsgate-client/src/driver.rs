@@ -156,7 +156,7 @@ impl Driver {
 
     /// Performs the machine's actions until it finishes: the client is closed or gave up.
     pub async fn run(mut self) {
-        let span = info_span!("wsgate_client", id = %self.shared.id, url = %self.shared.url);
+        let span = info_span!("wsgate_client", id = %self.shared.id, url = %crate::redact_url(&self.shared.url));
         async move {
             // The socket of the attempt in progress; `Serve` takes it for the session.
             let mut ws: Option<Ws> = None;

@@ -119,3 +119,18 @@ pub use wsgate_backoff::{
 
 /// This library's version (`/version` reports it as `library_version`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A URL without the parts that commonly carry secrets: user info, query string, fragment.
+pub fn redact_url(url: &str) -> String {
+    let end = url.find(['?', '#']).unwrap_or(url.len());
+    let url = &url[..end];
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host_end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(host_end);
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            format!("{scheme}://{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}

@@ -39,6 +39,11 @@ impl Clock {
     pub fn now_ms(&self) -> u64 {
         self.origin.elapsed().as_millis() as u64
     }
+
+    /// The instant `ms` milliseconds after [`Clock::new`] (to sleep until a due time).
+    pub fn instant_at(&self, ms: u64) -> Instant {
+        self.origin + std::time::Duration::from_millis(ms)
+    }
 }
 
 /// Unix time in milliseconds (for humans and APIs, never for timeouts).

@@ -70,6 +70,10 @@ pub enum ClientOp<'a> {
     Presence {
         channel: Cow<'a, str>,
     },
+    /// A new token for the same user, before (or during the grace after) the old expires.
+    Refresh {
+        token: Cow<'a, str>,
+    },
 }
 
 /// Why a frame was refused; `code` is stable and machine-readable.
@@ -111,6 +115,12 @@ struct PublishBody<'a> {
     channel: Cow<'a, str>,
     #[serde(borrow)]
     data: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+struct RefreshBody<'a> {
+    #[serde(borrow)]
+    token: Cow<'a, str>,
 }
 
 #[derive(Deserialize)]
@@ -208,6 +218,10 @@ pub fn decode(text: &str) -> Result<Request<'_>, (Option<&RawValue>, ProtocolErr
         Some(op @ "ping") => {
             let b: PingBody<'_> = body(text, op).map_err(fail)?;
             ClientOp::Ping { ts: b.ts }
+        }
+        Some(op @ "refresh") => {
+            let b: RefreshBody<'_> = body(text, op).map_err(fail)?;
+            ClientOp::Refresh { token: b.token }
         }
         Some(other) => {
             return Err(fail(ProtocolError::new(

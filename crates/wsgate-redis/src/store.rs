@@ -8,7 +8,9 @@
 //!
 //! The node also keeps its own entries in memory. When a refresh finds its alive key
 //! missing (Redis restarted empty, or the node was cut off longer than the TTL) it writes
-//! them all back, so presence heals without the gateway doing anything.
+//! them all back, so presence heals without the gateway doing anything. Removals that fail
+//! (Redis away while a connection leaves) are kept too and retried by every refresh until
+//! Redis takes them: no entry outlives its connection for longer than the outage.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,6 +38,9 @@ use super::{Health, Keys, RedisConfig, store_error};
 /// This node's entries: channel → connection → user.
 type Local = DashMap<Arc<str>, HashMap<Arc<str>, Arc<str>>>;
 
+/// Entries whose removal failed: (channel, connection id), retried by the liveness loop.
+type Departed = dashmap::DashSet<(Arc<str>, Arc<str>)>;
+
 pub struct RedisStore {
     node: NodeId,
     conn: ConnectionManager,
@@ -46,6 +51,7 @@ pub struct RedisStore {
     lease: Arc<Lease>,
     client: redis::Client,
     local: Arc<Local>,
+    departed: Arc<Departed>,
     health: Arc<Health>,
     metrics: ClusterMetrics,
     task: JoinHandle<()>,
@@ -61,6 +67,7 @@ impl RedisStore {
         let conn = config.manager().map_err(store_error)?;
         let keys = Keys::new(&config.key_prefix);
         let local = Arc::new(Local::new());
+        let departed = Arc::new(Departed::default());
         let health = Arc::new(Health::default());
         let lease = Arc::new(Lease::new(&keys, &node, config.alive_ttl()));
         let liveness = Liveness {
@@ -69,6 +76,7 @@ impl RedisStore {
             keys: keys.clone(),
             conn: conn.clone(),
             local: local.clone(),
+            departed: departed.clone(),
             health: health.clone(),
             metrics: metrics.clone(),
         };
@@ -83,6 +91,7 @@ impl RedisStore {
             lease,
             client: config.client().map_err(store_error)?,
             local,
+            departed,
             health,
             metrics,
             task,
@@ -144,6 +153,9 @@ impl PresenceStore for RedisStore {
             .entry(channel.into())
             .or_default()
             .insert(entry.connection_id.clone(), entry.user.clone());
+        // A pending removal of the same entry (left, then joined again) must not undo this.
+        self.departed
+            .remove(&(Arc::from(channel), entry.connection_id.clone()));
         let r: Result<i64, _> = redis::cmd("HSET")
             .arg(self.keys.presence(channel))
             .arg(&*entry.connection_id)
@@ -155,17 +167,33 @@ impl PresenceStore for RedisStore {
     }
 
     async fn presence_leave(&self, channel: &str, connection_id: &str) -> Result<(), StoreError> {
-        self.local.remove_if_mut(channel, |_, members| {
-            members.remove(connection_id);
-            members.is_empty()
-        });
-        let r: Result<i64, _> = redis::cmd("HDEL")
-            .arg(self.keys.presence(channel))
-            .arg(connection_id)
-            .query_async(&mut self.conn.clone())
-            .await;
+        self.presence_leave_all(&[channel.into()], connection_id)
+            .await
+    }
+
+    async fn presence_leave_all(
+        &self,
+        channels: &[Arc<str>],
+        connection_id: &str,
+    ) -> Result<(), StoreError> {
+        let id: Arc<str> = connection_id.into();
+        let mut pipe = redis::pipe();
+        for channel in channels {
+            self.local.remove_if_mut(channel, |_, members| {
+                members.remove(connection_id);
+                members.is_empty()
+            });
+            pipe.hdel(self.keys.presence(channel), connection_id)
+                .ignore();
+        }
+        let r: Result<(), _> = pipe.query_async(&mut self.conn.clone()).await;
         self.observe(&r);
-        r.map(drop).map_err(store_error)
+        if r.is_err() {
+            for channel in channels {
+                self.departed.insert((channel.clone(), id.clone()));
+            }
+        }
+        r.map_err(store_error)
     }
 
     async fn presence(&self, channel: &str) -> Result<Vec<PresenceEntry>, StoreError> {
@@ -300,6 +328,7 @@ struct Liveness {
     keys: Keys,
     conn: ConnectionManager,
     local: Arc<Local>,
+    departed: Arc<Departed>,
     health: Arc<Health>,
     metrics: ClusterMetrics,
 }
@@ -341,16 +370,48 @@ impl Liveness {
             // Taken when the key had vanished (expired, or Redis lost it): this node's
             // entries must be written again.
             Ok(Renewal::Renewed | Renewal::Taken) if self.lease.take_fresh() => {
-                let ok = self.rewrite().await;
+                let ok = self.rewrite().await && self.remove_departed().await;
                 self.health.set(ok);
                 ok
             }
-            Ok(Renewal::Renewed | Renewal::Taken) => true,
+            Ok(Renewal::Renewed | Renewal::Taken) => self.remove_departed().await,
             // Reported by the next tick (and by the reclaimer's next sweep).
             Ok(Renewal::Held(_)) => false,
             Err(e) => {
                 self.metrics.errors.inc();
                 tracing::debug!(error = %e, "presence refresh failed");
+                false
+            }
+        }
+    }
+
+    /// Retries the removals that failed, in one pipeline. Returns whether Redis took them.
+    async fn remove_departed(&self) -> bool {
+        let batch: Vec<(Arc<str>, Arc<str>)> = self
+            .departed
+            .iter()
+            .take(1024)
+            .map(|e| e.key().clone())
+            .collect();
+        if batch.is_empty() {
+            return true;
+        }
+        let mut pipe = redis::pipe();
+        for (channel, id) in &batch {
+            pipe.hdel(self.keys.presence(channel), &**id).ignore();
+        }
+        let r: Result<(), _> = pipe.query_async(&mut self.conn.clone()).await;
+        match r {
+            Ok(()) => {
+                for entry in &batch {
+                    self.departed.remove(entry);
+                }
+                info!(entries = batch.len(), "failed presence removals retried");
+                true
+            }
+            Err(e) => {
+                self.metrics.errors.inc();
+                warn!(error = %e, pending = batch.len(), "presence removal retry failed");
                 false
             }
         }

@@ -21,6 +21,7 @@ pub mod config;
 pub mod gateway;
 pub mod grpc;
 pub mod http;
+mod jwks;
 pub mod lifecycle;
 pub mod limits;
 pub mod listener;

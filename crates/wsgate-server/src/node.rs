@@ -49,8 +49,10 @@ impl Node {
         registry.register_collector(Box::new(crate::process::ProcessCollector));
         let node: wsgate_core::seams::NodeId = node_id.clone().into();
         let seams = crate::seams::build(&config.cluster, &node, &mut registry)?;
+        let mut gateway_config = config.gateway.gateway_config(node.clone());
+        gateway_config.token_grace = config.auth.token_grace();
         let gateway = Gateway::new(
-            config.gateway.gateway_config(node.clone()),
+            gateway_config,
             seams.broker,
             seams.presence,
             metrics.clone(),

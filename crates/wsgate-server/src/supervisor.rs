@@ -181,15 +181,19 @@ async fn lease_conflict(reclaimer: &mut Option<JoinHandle<LeaseConflict>>) -> Le
 }
 
 /// One task for the whole node: the gateway's [`Heartbeat`] (pings and stale-connection
-/// sweeps), plus the limiters' housekeeping once a minute.
+/// sweeps), the limiters' housekeeping once a minute, and the tokens that expire on open
+/// connections ([`Gateway::run_expiries`]).
 async fn heartbeat_loop(gw: Arc<Gateway>, limits: Arc<Limits>) {
-    let mut heartbeat = Heartbeat::new(&gw);
-    let mut last_housekeeping = gw.now_ms();
-    loop {
-        heartbeat.tick(&gw).await;
-        if gw.now_ms().saturating_sub(last_housekeeping) >= HOUSEKEEPING_MS {
-            last_housekeeping = gw.now_ms();
-            limits.housekeeping();
+    let sweeps = async {
+        let mut heartbeat = Heartbeat::new(&gw);
+        let mut last_housekeeping = gw.now_ms();
+        loop {
+            heartbeat.tick(&gw).await;
+            if gw.now_ms().saturating_sub(last_housekeeping) >= HOUSEKEEPING_MS {
+                last_housekeeping = gw.now_ms();
+                limits.housekeeping();
+            }
         }
-    }
+    };
+    tokio::join!(sweeps, gw.run_expiries());
 }

@@ -30,7 +30,8 @@ pub use crate::eventually_within as poll;
 /// How a [`RedisServer`] keeps its data across a restart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Persistence {
-    /// None: a restart loses everything (on purpose).
+    /// None: a restart loses everything (on purpose), unless the test kept a snapshot
+    /// ([`RedisServer::kill_keeping_data`]).
     None,
     /// An append-only file (`--appendonly yes`, fsync every second).
     Aof,
@@ -43,7 +44,7 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     persistence: Persistence,
-    /// Where the AOF or snapshot lives (removed on drop).
+    /// Its working directory: where the AOF or a snapshot lives (removed on drop).
     dir: std::path::PathBuf,
 }
 
@@ -55,10 +56,8 @@ impl RedisServer {
     pub async fn start_with(persistence: Persistence) -> Self {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("wsgate-redis-{port}"));
-        if persistence != Persistence::None {
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).expect("redis data dir");
-        }
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("redis data dir");
         let mut s = Self {
             port,
             child: None,
@@ -67,6 +66,10 @@ impl RedisServer {
         };
         s.restart().await;
         s
+    }
+
+    fn forget_snapshot(&self) {
+        let _ = std::fs::remove_file(self.dir.join("dump.rdb"));
     }
 
     pub fn url(&self) -> String {
@@ -85,14 +88,12 @@ impl RedisServer {
         cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--protected-mode", "no"]);
         match self.persistence {
-            Persistence::None => cmd.args(["--appendonly", "no"]),
             Persistence::Aof => cmd.args(["--appendonly", "yes", "--appendfsync", "everysec"]),
-            Persistence::Snapshot => cmd.args(["--appendonly", "no"]),
+            Persistence::None | Persistence::Snapshot => cmd.args(["--appendonly", "no"]),
         };
-        if self.persistence != Persistence::None {
-            cmd.arg("--dir").arg(&self.dir);
-        }
         let child = cmd
+            .arg("--dir")
+            .arg(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -110,8 +111,32 @@ impl RedisServer {
         .await;
     }
 
-    /// SIGKILL, and wait until it is gone.
+    /// SIGSTOP (`true`: Redis stalls, every command waits) or SIGCONT (`false`).
+    pub fn pause(&self, stopped: bool) {
+        let pid = self.child.as_ref().and_then(Child::id).expect("running");
+        crate::signal_pid(
+            pid,
+            if stopped {
+                crate::SIGSTOP
+            } else {
+                crate::SIGCONT
+            },
+        );
+    }
+
+    /// SIGKILL, and wait until it is gone. Without persistence the next start is empty.
     pub async fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.start_kill().unwrap();
+        within("redis-server to exit", child.wait()).await.unwrap();
+        if self.persistence == Persistence::None {
+            self.forget_snapshot();
+        }
+    }
+
+    /// A snapshot (`SAVE`), then SIGKILL: the next start holds what Redis held.
+    pub async fn kill_keeping_data(&mut self) {
+        assert!(self.cli(&["SAVE"]).await.contains("OK"), "SAVE");
         let mut child = self.child.take().expect("running");
         child.start_kill().unwrap();
         within("redis-server to exit", child.wait()).await.unwrap();
@@ -134,9 +159,7 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        if self.persistence != Persistence::None {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -371,10 +371,39 @@ impl Client {
     }
 }
 
+/// A bare HTTP/1.1 server on a free loopback port: reads each request head, writes what
+/// `answer` returns (a whole response), then closes. For legacy proxies and JWKS endpoints.
+pub async fn answering_with(answer: impl Fn() -> String + Send + Sync + 'static) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answer = Arc::new(answer);
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = conn.write_all(answer().as_bytes()).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
 /// A `wsgate serve` process.
 pub struct Process {
     pub child: Child,
     pub addr: SocketAddr,
+    /// Everything the process logged (stderr) so far; also passed through to the test's.
+    logs: Arc<std::sync::Mutex<String>>,
 }
 
 impl Process {
@@ -392,10 +421,21 @@ impl Process {
             .args(args)
             .env("WSGATE_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("spawn wsgate");
+        let logs = Arc::new(std::sync::Mutex::new(String::new()));
+        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        let sink = logs.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stderr.next_line().await {
+                eprintln!("{line}");
+                let mut logs = sink.lock().unwrap();
+                logs.push_str(&line);
+                logs.push('\n');
+            }
+        });
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let line = within("wsgate to listen", lines.next_line())
@@ -407,14 +447,16 @@ impl Process {
             .next()
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("unexpected first line: {line}"));
-        Self { child, addr }
+        Self { child, addr, logs }
+    }
+
+    /// What the process logged so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
     }
 
     pub fn signal(&self, sig: i32) {
-        let pid = self.child.id().expect("running") as i32;
-        // SAFETY: kill(2) on our own child's pid.
-        let rc = unsafe { libc_kill(pid, sig) };
-        assert_eq!(rc, 0, "kill failed");
+        signal_pid(self.child.id().expect("running"), sig);
     }
 }
 
@@ -425,6 +467,15 @@ unsafe extern "C" {
 
 pub const SIGTERM: i32 = 15;
 pub const SIGKILL: i32 = 9;
+pub const SIGSTOP: i32 = 19;
+pub const SIGCONT: i32 = 18;
+
+/// Sends `sig` to the process `pid` (a child of this test).
+pub fn signal_pid(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on a child's pid.
+    let rc = unsafe { libc_kill(pid as i32, sig) };
+    assert_eq!(rc, 0, "kill failed");
+}
 
 pub fn hs256_token(secret: &str, claims: Value) -> String {
     jsonwebtoken::encode(

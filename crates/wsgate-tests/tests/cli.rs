@@ -8,7 +8,6 @@ use std::process::Stdio;
 
 use serde_json::Value;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
@@ -288,25 +287,7 @@ async fn doctor_names_the_status_of_a_refused_upgrade() {
 
 /// A legacy proxy: reads each request head and answers `response`, then closes.
 async fn answering(response: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = conn.write_all(response.as_bytes()).await;
-                let _ = conn.shutdown().await;
-            });
-        }
-    });
-    addr
+    answering_with(move || response.to_string()).await
 }
 
 #[tokio::test]
@@ -434,6 +415,24 @@ async fn doctor_idle_hold_answers_pings_and_catches_a_proxy_timeout() {
     let idle = line(&out.stdout, "FAIL", "idle").unwrap_or_else(|| panic!("{}", out.stdout));
     assert!(idle.contains("without a close frame"), "{idle}");
     out.stdout_has("proxy-read-timeout");
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn doctor_idle_hold_names_a_token_that_expires_during_it() {
+    let srv = TestServer::with(|c| {
+        tune::jwt(c, "doctor-secret");
+        c.auth.token_grace_ms = 200;
+    })
+    .await;
+    let exp = wsgate_core::clock::unix_ms() / 1000 + 2;
+    let token = hs256_token("doctor-secret", serde_json::json!({"sub":"doc","exp":exp}));
+    let url = format!("{}?token={token}", srv.ws_url());
+    let out = wsgate(&["doctor", &url, "--idle", "4s"], "").await;
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    let idle = line(&out.stdout, "FAIL", "idle").unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(idle.contains("4001 token expired"), "{idle}");
+    out.stdout_has("token expired during the hold");
     srv.shutdown().await;
 }
 

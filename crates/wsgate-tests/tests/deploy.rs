@@ -1177,6 +1177,9 @@ fn chart_renders_its_options() {
     values["auth"]["mode"] = json!("jwt");
     values["auth"]["jwtPublicKey"]["pem"] =
         json!("-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----\n");
+    values["auth"]["requireExp"] = json!(false);
+    values["auth"]["audience"] = json!("gate,gate-2");
+    values["auth"]["tokenGraceMs"] = json!(5000);
     values["cluster"]["enabled"] = json!(true);
     values["cluster"]["broker"] = json!("nats");
     values["replicaCount"] = json!(3);
@@ -1243,4 +1246,10 @@ fn chart_renders_its_options() {
     let volume = &pod["volumes"][0];
     assert_eq!(volume["name"], c["volumeMounts"][0]["name"]);
     assert_eq!(volume["configMap"]["name"], cm["metadata"]["name"]);
+
+    // The token rules: only what differs from the node's defaults is set.
+    assert_eq!(env["WSGATE_AUTH__REQUIRE_EXP"]["value"], "false");
+    assert_eq!(env["WSGATE_AUTH__AUDIENCE"]["value"], "gate,gate-2");
+    assert_eq!(env["WSGATE_AUTH__TOKEN_GRACE_MS"]["value"], "5000");
+    assert!(!env.contains_key("WSGATE_AUTH__ISSUER") && !env.contains_key("WSGATE_AUTH__JWKS_URL"));
 }

@@ -411,6 +411,20 @@ describe('token refresh', () => {
     ws.push({ op: 'error', id: ws.lastOp('refresh').id, code: 'token_expired', message: 'expired' });
     assert.deepEqual(errors, ['token_expired']);
   });
+
+  test("the server's token_expired starts a refresh at once", async () => {
+    const exp = Math.floor(Date.now() / 1000) + 3600; // not due for an hour
+    let calls = 0;
+    const c = client({ token: jwt({ exp }), getToken: () => `new${++calls}` });
+    const errors = [];
+    c.on('error', (e) => errors.push(e.code));
+    const ws = await connected(c);
+    ws.push({ op: 'error', code: 'token_expired', message: 'token expired; send a refresh within 10000 ms' });
+    await until(() => ws.lastOp('refresh'), 'a refresh frame', 1000);
+    assert.equal(ws.lastOp('refresh').token, 'new1');
+    assert.deepEqual(errors, ['token_expired']);
+    assert.equal(calls, 1);
+  });
 });
 
 describe('subscriptions', () => {

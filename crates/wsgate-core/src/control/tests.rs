@@ -135,6 +135,7 @@ async fn listings_page_and_filter_both_kinds() {
     let identity = |user: &str| Identity {
         user: user.into(),
         channels: ChannelGrant::default(),
+        expires_at: None,
     };
     let conns: Vec<_> = ["ann", "bob", "ann"]
         .into_iter()
@@ -378,6 +379,7 @@ async fn two_nodes(users: [&str; 2]) -> (Vec<Fixture>, Vec<Arc<crate::gateway::C
             let who = Identity {
                 user: u.into(),
                 channels: ChannelGrant::default(),
+                expires_at: None,
             };
             f.gateway.open(who, None, Arc::new(Nowhere))
         })

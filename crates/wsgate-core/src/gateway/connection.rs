@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+use super::expiry::TokenClock;
 use super::transport::Transport;
 use crate::auth::Identity;
 
@@ -59,6 +60,8 @@ pub struct Connection {
     close: OnceLock<CloseRequest>,
     closing: Notify,
     channels: Mutex<Vec<Arc<str>>>,
+    /// When the token expires and, once it has, when the grace ends (see `expiry.rs`).
+    pub(crate) token: Mutex<TokenClock>,
 }
 
 impl Connection {
@@ -82,6 +85,7 @@ impl Connection {
             close: OnceLock::new(),
             closing: Notify::new(),
             channels: Mutex::new(Vec::new()),
+            token: Mutex::new(TokenClock::default()),
         }
     }
 

@@ -1,6 +1,7 @@
 //! The inbound face of a node: client connections, channels, users, presence, heartbeats.
 
 mod connection;
+mod expiry;
 mod heartbeat;
 mod registry;
 mod session;
@@ -25,6 +26,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 pub use connection::{CloseRequest, Connection, ConnectionInfo, Stats};
+pub use expiry::{Expiries, TokenClock};
 pub use heartbeat::Heartbeat;
 pub use registry::Registry;
 pub use session::Session;
@@ -61,6 +63,9 @@ pub struct GatewayConfig {
     pub max_protocol_errors: u32,
     /// Default [`DEFAULT_MAX_CHANNELS_PER_CONNECTION`].
     pub max_channels_per_connection: usize,
+    /// How long a connection whose token expired may take to send `refresh` before it is
+    /// closed (4001). Default [`DEFAULT_TOKEN_GRACE`].
+    pub token_grace: Duration,
 }
 
 /// Seed 003's ping interval: 30 s keeps NAT and balancer idle timers (usually 60 s) open.
@@ -71,6 +76,8 @@ pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(65);
 pub const DEFAULT_MAX_PROTOCOL_ERRORS: u32 = 10;
 /// Enough for any UI; bounds the memory and fan-out work one connection can cause.
 pub const DEFAULT_MAX_CHANNELS_PER_CONNECTION: usize = 256;
+/// Enough for a client to fetch a new token once told its own expired.
+pub const DEFAULT_TOKEN_GRACE: Duration = Duration::from_secs(10);
 
 impl GatewayConfig {
     pub fn new(node: NodeId) -> Self {
@@ -81,6 +88,7 @@ impl GatewayConfig {
             client_publish: ClientPublish::default(),
             max_protocol_errors: DEFAULT_MAX_PROTOCOL_ERRORS,
             max_channels_per_connection: DEFAULT_MAX_CHANNELS_PER_CONNECTION,
+            token_grace: DEFAULT_TOKEN_GRACE,
         }
     }
 }
@@ -112,6 +120,8 @@ pub struct Gateway {
     pub presence: Arc<dyn PresenceStore>,
     pub metrics: Metrics,
     pub clock: Clock,
+    /// Due times of expiring tokens ([`Gateway::run_expiries`]).
+    pub expiries: Expiries,
 }
 
 impl Gateway {
@@ -134,6 +144,7 @@ impl Gateway {
             presence,
             metrics,
             clock: Clock::new(),
+            expiries: Expiries::default(),
         })
     }
 
@@ -161,7 +172,8 @@ impl Gateway {
         self.presence.is_healthy()
     }
 
-    /// Registers a new client connection; the caller sends `hello` and runs its task.
+    /// Registers a new client connection; the caller sends `hello`, arms the token's expiry
+    /// ([`Gateway::arm_expiry`]) and runs its task.
     pub fn open(
         &self,
         identity: Identity,
@@ -197,15 +209,18 @@ impl Gateway {
     }
 
     /// Forgets a connection whose task has ended. `reason` labels the metric and the log.
-    pub async fn close(&self, conn: &Connection, reason: &'static str, code: Option<u16>) {
+    /// Returns the channels whose presence entries remain to be removed: the caller releases
+    /// the socket and the connection's admission slot first, then calls
+    /// [`Gateway::leave_presence`] (a store outage must not hold either).
+    pub fn close(
+        &self,
+        conn: &Connection,
+        reason: &'static str,
+        code: Option<u16>,
+    ) -> Vec<Arc<str>> {
         let channels = self.registry.remove(conn);
+        self.disarm_expiry(conn);
         self.metrics.subscriptions.dec_by(channels.len() as i64);
-        for channel in &channels {
-            if let Err(e) = self.presence.presence_leave(channel, &conn.id).await {
-                self.metrics.store_errors.inc();
-                warn!(connection_id = %conn.id, error = %e, "presence leave failed");
-            }
-        }
         self.metrics.active_connections.dec();
         self.metrics.disconnected(reason);
         info!(
@@ -216,6 +231,23 @@ impl Gateway {
             uptime_ms = self.clock.now_ms().saturating_sub(conn.connected_at_ms),
             "disconnected"
         );
+        channels
+    }
+
+    /// Removes a closed connection's presence entries, in one call to the store. A store
+    /// that fails keeps them and retries on its own (the Redis store's liveness loop).
+    pub async fn leave_presence(&self, connection_id: &str, channels: &[Arc<str>]) {
+        if channels.is_empty() {
+            return;
+        }
+        if let Err(e) = self
+            .presence
+            .presence_leave_all(channels, connection_id)
+            .await
+        {
+            self.metrics.store_errors.inc();
+            warn!(connection_id, channels = channels.len(), error = %e, "presence leave failed; retried later");
+        }
     }
 
     /// Publishes to a channel through the broker (every node, in offset order).

@@ -16,18 +16,23 @@ use tungstenite::Utf8Bytes;
 
 use super::connection::{CloseRequest, Connection};
 use super::{ClientPublish, Gateway};
+use crate::auth::{AuthError, Authenticator};
 use crate::metrics::ReasonLabel;
 use crate::protocol::{self, ClientOp, Frame, ProtocolError, Since, close};
+use crate::upstream::TOPIC_PREFIX;
 
 pub struct Session {
     pub conn: Arc<Connection>,
+    /// Checks the tokens of `refresh`.
+    auth: Authenticator,
     errors_in_row: u32,
 }
 
 impl Session {
-    pub fn new(conn: Arc<Connection>) -> Self {
+    pub fn new(conn: Arc<Connection>, auth: Authenticator) -> Self {
         Self {
             conn,
+            auth,
             errors_in_row: 0,
         }
     }
@@ -133,11 +138,13 @@ impl Session {
             }
             ClientOp::Publish { channel, data } => {
                 self.check_grant(&channel)?;
-                let allowed = match gw.config.client_publish {
-                    ClientPublish::Deny => false,
-                    ClientPublish::Subscribed => self.conn.is_subscribed(&channel),
-                    ClientPublish::Any => true,
-                };
+                // `topic:*` carries what upstream servers said: only their pumps publish there.
+                let allowed = !channel.starts_with(TOPIC_PREFIX)
+                    && match gw.config.client_publish {
+                        ClientPublish::Deny => false,
+                        ClientPublish::Subscribed => self.conn.is_subscribed(&channel),
+                        ClientPublish::Any => true,
+                    };
                 if !allowed {
                     return Err(ProtocolError::new(
                         "forbidden",
@@ -157,6 +164,7 @@ impl Session {
                         .finish(),
                 ])
             }
+            ClientOp::Refresh { token } => self.refresh(gw, id, &token).await,
             ClientOp::Presence { channel } => {
                 self.check_grant(&channel)?;
                 let p = gw
@@ -174,6 +182,48 @@ impl Session {
                 ])
             }
         }
+    }
+
+    /// `refresh`: a valid token for the same user and the same channel grant moves the
+    /// connection's expiry (and ends a grace). Grants change only by reconnecting.
+    async fn refresh(
+        &self,
+        gw: &Gateway,
+        id: Option<&RawValue>,
+        token: &str,
+    ) -> Result<Vec<Utf8Bytes>, ProtocolError> {
+        if matches!(self.auth, Authenticator::None) {
+            return Err(ProtocolError::new(
+                "unsupported",
+                "refresh needs auth.mode = jwt",
+            ));
+        }
+        let identity = self.auth.authenticate(Some(token)).await.map_err(|e| {
+            let code = match e {
+                AuthError::Missing => "auth_missing",
+                AuthError::Expired => "auth_expired",
+                AuthError::Invalid(_) => "auth_invalid",
+            };
+            ProtocolError::new(code, e.to_string())
+        })?;
+        if identity.user != self.conn.identity.user {
+            return Err(ProtocolError::new(
+                "forbidden",
+                "the refresh token names another user",
+            ));
+        }
+        if identity.channels != self.conn.identity.channels {
+            return Err(ProtocolError::new(
+                "forbidden",
+                "the refresh token grants other channels; reconnect to change them",
+            ));
+        }
+        gw.refresh_token(&self.conn, identity.expires_at);
+        let mut f = Frame::op("refreshed").id(id);
+        if let Some(exp) = identity.expires_at {
+            f = f.num("exp", exp);
+        }
+        Ok(vec![f.finish()])
     }
 
     fn check_grant(&self, channel: &str) -> Result<(), ProtocolError> {

@@ -19,7 +19,7 @@ use serde_json::Value;
 use super::{
     CloseRequest, Connection, Gateway, GatewayConfig, Outbound, Overflow, Session, Skips, Transport,
 };
-use crate::auth::Identity;
+use crate::auth::{Authenticator, Identity, JwtRules};
 use crate::metrics::Metrics;
 use crate::protocol::{self, close};
 
@@ -144,9 +144,23 @@ fn decode(wire: &[u8]) -> (Received, usize) {
     (frame, header + len)
 }
 
-/// A gateway over the memory engine.
+/// The HS256 secret of [`Node`]'s authenticator.
+pub const SECRET: &[u8] = b"testing-secret";
+
+/// A token of [`Node`]'s authenticator for `sub`, expiring at `exp` (Unix seconds).
+pub fn token(sub: &str, exp: u64) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"sub": sub, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET),
+    )
+    .expect("HS256 signs")
+}
+
+/// A gateway over the memory engine; its clients authenticate with HS256 ([`token`]).
 pub struct Node {
     pub gw: Arc<Gateway>,
+    pub auth: Authenticator,
 }
 
 impl Node {
@@ -161,19 +175,36 @@ impl Node {
             Arc::new(MemoryStore::new()),
             Metrics::default(),
         );
-        Self { gw }
+        Self {
+            gw,
+            auth: Authenticator::hs256(SECRET, &JwtRules::default()),
+        }
     }
 
     /// A connected client whose transport holds at most `capacity` untaken frames.
     pub fn connect(&self, user: &str, capacity: usize) -> Peer {
+        self.open(
+            Identity {
+                user: user.into(),
+                channels: Default::default(),
+                expires_at: None,
+            },
+            capacity,
+        )
+    }
+
+    /// A client connected with `token` (which must be valid).
+    pub async fn connect_token(&self, token: &str, capacity: usize) -> Peer {
+        let identity = self.auth.authenticate(Some(token)).await.expect("valid");
+        self.open(identity, capacity)
+    }
+
+    fn open(&self, identity: Identity, capacity: usize) -> Peer {
         let transport = Arc::new(Recording::new(capacity));
-        let identity = Identity {
-            user: user.into(),
-            channels: Default::default(),
-        };
         let conn = self.gw.open(identity, None, transport.clone());
+        self.gw.arm_expiry(&conn);
         Peer {
-            session: Session::new(conn),
+            session: Session::new(conn, self.auth.clone()),
             transport,
         }
     }

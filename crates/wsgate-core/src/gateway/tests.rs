@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::Heartbeat;
-use super::testing::{Node, Peer, Received};
+use super::testing::{Node, Peer, Received, token};
 use crate::protocol::close;
 
 /// Subscribes `peer` to `channel` and returns the `subscribed` answer (and anything after it).
@@ -303,4 +303,73 @@ async fn a_loss_on_the_way_to_the_node_is_announced_to_who_misses_it() {
         "its answer covered offsets up to 5"
     );
     assert_eq!(node.gw.metrics.gap_notices.get(), 1);
+}
+
+/// The code of the one error frame `peer` received.
+fn error_code(peer: &Peer) -> Vec<Value> {
+    peer.take_json()
+        .into_iter()
+        .map(|f| {
+            assert_eq!(f["op"], "error", "{f}");
+            f["code"].clone()
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_token_is_told_then_closed_after_the_grace_unless_refreshed() {
+    let node = Node::new(0, |c| c.token_grace = Duration::from_secs(10));
+    let gw = node.gw.clone();
+    let expiries = tokio::spawn(async move { gw.run_expiries().await });
+    let gw = &node.gw;
+    let now = crate::clock::unix_ms() / 1000;
+    let late = node.connect_token(&token("ann", now + 60), 16).await;
+    let mut keen = node.connect_token(&token("bob", now + 60), 16).await;
+    let forever = node.connect("carl", 16);
+
+    tokio::time::sleep(Duration::from_secs(58)).await;
+    assert!(late.take().is_empty() && keen.take().is_empty());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(error_code(&late), vec![json!("token_expired")]);
+    assert_eq!(error_code(&keen), vec![json!("token_expired")]);
+    assert_eq!(gw.expiries.len(), 2, "one grace each");
+
+    // Another user's token, or an expired one, does not count.
+    let other = json!({"op":"refresh","token":token("eve", now + 3600)});
+    keen.send(gw, &other.to_string()).await.unwrap();
+    assert_eq!(error_code(&keen), vec![json!("forbidden")]);
+    let stale = json!({"op":"refresh","token":token("bob", now - 60),"id":1});
+    keen.send(gw, &stale.to_string()).await.unwrap();
+    assert_eq!(error_code(&keen), vec![json!("auth_expired")]);
+    let fresh = json!({"op":"refresh","token":token("bob", now + 3600),"id":2});
+    keen.send(gw, &fresh.to_string()).await.unwrap();
+    assert_eq!(
+        keen.take_json(),
+        vec![json!({"op":"refreshed","id":2,"exp":now + 3600})]
+    );
+
+    // Expired at 60 s: the grace ends at 70 s.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(late.closed(), None, "still in its grace");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(late.closed(), Some((close::AUTH_FAILED, "token_expired")));
+    assert_eq!(keen.closed(), None);
+    assert_eq!(forever.closed(), None);
+
+    // The refreshed token expires in its turn.
+    // Refreshed at 61 s for an hour: due at 3661 s.
+    tokio::time::sleep(Duration::from_secs(3585)).await;
+    assert!(keen.take().is_empty());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(error_code(&keen), vec![json!("token_expired")]);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(keen.closed(), Some((close::AUTH_FAILED, "token_expired")));
+    assert!(forever.take().is_empty() && forever.closed().is_none());
+
+    // Closed connections leave nothing behind.
+    for peer in [&late, &keen] {
+        let _ = gw.close(peer.conn(), "test", None);
+    }
+    assert!(gw.expiries.is_empty());
+    expiries.abort();
 }

@@ -34,6 +34,18 @@ pub struct PresenceEntry {
 pub trait PresenceStore: Send + Sync + 'static {
     async fn presence_join(&self, channel: &str, entry: PresenceEntry) -> Result<(), StoreError>;
     async fn presence_leave(&self, channel: &str, connection_id: &str) -> Result<(), StoreError>;
+    /// A closing connection leaves all its channels at once. A store that fails to remove
+    /// them must remember them and retry (no entry may outlive its connection).
+    async fn presence_leave_all(
+        &self,
+        channels: &[Arc<str>],
+        connection_id: &str,
+    ) -> Result<(), StoreError> {
+        for channel in channels {
+            self.presence_leave(channel, connection_id).await?;
+        }
+        Ok(())
+    }
     async fn presence(&self, channel: &str) -> Result<Vec<PresenceEntry>, StoreError>;
     /// Whether the store answers now (feeds `/ready`). One backend holds presence and
     /// upstream records, so this stands for both.

@@ -132,20 +132,8 @@ impl fmt::Debug for UpstreamSpec {
     }
 }
 
-/// A URL without the parts that commonly carry secrets: user info, query string, fragment.
-pub fn redact_url(url: &str) -> String {
-    let end = url.find(['?', '#']).unwrap_or(url.len());
-    let url = &url[..end];
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let host_end = rest.find('/').unwrap_or(rest.len());
-            let (authority, path) = rest.split_at(host_end);
-            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-            format!("{scheme}://{host}{path}")
-        }
-        None => url.to_string(),
-    }
-}
+/// A URL without the parts that commonly carry secrets (the client's own, re-exported).
+pub use wsgate_client::redact_url;
 
 /// The authentication step run on every (re)connect before anything else.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]

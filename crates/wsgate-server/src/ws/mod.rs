@@ -86,7 +86,7 @@ pub async fn upgrade(
         }
     };
     let token = query.token.or_else(|| bearer(req.headers()));
-    let identity = edge.auth.authenticate(token.as_deref());
+    let identity = edge.auth.authenticate(token.as_deref()).await;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let task_edge = edge.clone();
     edge.tasks.spawn(async move {
@@ -132,8 +132,7 @@ pub async fn upgrade(
                     task::refuse_user(task_edge, socket, ws, remote).await;
                     return;
                 }
-                task::serve(task_edge, socket, ws, identity, remote).await;
-                drop(slot);
+                task::serve(task_edge, socket, ws, identity, remote, slot).await;
             }
             Err(e) => task::refuse(task_edge, socket, ws, e, remote).await,
         }

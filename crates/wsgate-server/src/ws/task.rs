@@ -25,7 +25,7 @@ use wsgate_core::protocol::{self, ProtocolError, close};
 use super::WsConfig;
 use super::socket::{SharedSocket, SocketIo};
 use super::state::{WsState, WsView};
-use crate::limits::quota;
+use crate::limits::{Slot, quota};
 
 type Socket = WebSocketStream<SocketIo>;
 
@@ -177,18 +177,21 @@ impl Ending {
     }
 }
 
-/// The life of one authenticated connection.
+/// The life of one authenticated connection. `slot` (its admission) is released with the
+/// socket, before the presence entries are removed: a store outage holds neither.
 pub(super) async fn serve(
     edge: WsState,
     socket: Arc<SharedSocket>,
     mut ws: Socket,
     identity: Identity,
     remote: SocketAddr,
+    slot: Slot,
 ) {
     let gw = edge.gateway.clone();
     let conn = gw.open(identity, Some(remote), socket.clone());
-    let mut session = Session::new(conn.clone());
+    let mut session = Session::new(conn.clone(), edge.auth.clone());
     socket.write_frame(protocol::wire_text(gw.hello(&conn).as_bytes()));
+    gw.arm_expiry(&conn);
     let mut taken = VecDeque::new();
     let mut limits = Inbound::new(&edge.config);
     let ending = run(&gw, &socket, &mut ws, &mut session, &mut taken, &mut limits).await;
@@ -204,8 +207,10 @@ pub(super) async fn serve(
         })
         .await;
     }
-    gw.close(&conn, ending.reason, ending.close.as_ref().map(|c| c.0))
-        .await;
+    let channels = gw.close(&conn, ending.reason, ending.close.as_ref().map(|c| c.0));
+    let id = conn.id.clone();
+    drop((ws, socket, taken, session, slot, conn));
+    gw.leave_presence(&id, &channels).await;
 }
 
 /// `taken` holds frames a flush took from the backlog and has not written yet; it outlives

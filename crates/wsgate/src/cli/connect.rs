@@ -72,13 +72,15 @@ fn describe(m: &Message, json: bool) -> Option<String> {
 
 async fn run(args: ConnectArgs) -> anyhow::Result<()> {
     let req = ws_request(&args.url, &args.headers, args.subprotocol.as_deref())?;
+    // `?token=` is a secret: messages name the URL without its query.
+    let shown = wsgate_core::seams::upstream::redact_url(&args.url);
     let (ws, resp) = match tokio::time::timeout(args.timeout, super::ws_connect(req)).await {
         Err(_) => anyhow::bail!(
             "handshake with {} timed out after {:?}: nothing answered the upgrade",
-            args.url,
+            shown,
             args.timeout
         ),
-        Ok(Err(e)) => anyhow::bail!("{}", handshake_error(&args.url, &e)),
+        Ok(Err(e)) => anyhow::bail!("{}", handshake_error(&shown, &e)),
         Ok(Ok(ok)) => ok,
     };
     let proto = resp
@@ -87,7 +89,7 @@ async fn run(args: ConnectArgs) -> anyhow::Result<()> {
         .and_then(|v| v.to_str().ok())
         .map(|p| format!(", subprotocol {p}"))
         .unwrap_or_default();
-    eprintln!("connected to {} (HTTP {}{proto})", args.url, resp.status());
+    eprintln!("connected to {shown} (HTTP {}{proto})", resp.status());
 
     let (mut tx, mut rx) = ws.split();
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
@@ -141,7 +143,7 @@ async fn run(args: ConnectArgs) -> anyhow::Result<()> {
                     }
                 }
                 Some(Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed)) | None => break,
-                Some(Err(e)) => anyhow::bail!("connection to {} failed: {e}", args.url),
+                Some(Err(e)) => anyhow::bail!("connection to {shown} failed: {e}"),
             },
         }
     }

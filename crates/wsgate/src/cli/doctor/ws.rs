@@ -329,7 +329,7 @@ pub async fn check_hello(ws: &mut Ws, timeout: Duration) -> (CheckResult, Option
         ),
         Err(e) => (
             CheckResult::fail("hello", format!("no hello frame: {e}"))
-                .cause("4001 means the token was refused (missing, invalid, expired); 1001 a draining node; otherwise the server is overloaded")
+                .cause("4001 means the token was refused (missing, invalid or expired; without exp, with the wrong aud/iss, or an unknown kid: the reason says which); 1001 a draining node; otherwise the server is overloaded")
                 .fix("pass a valid token (`?token=…`), retry against another pod, check /ready")
                 .runbook(REFUSED),
             None,
@@ -434,6 +434,10 @@ pub async fn check_idle(
             .cause("our pongs did not reach the server: a proxy buffering or dropping WebSocket control frames")
             .fix("check the proxy passes frames untouched (no buffering on the WebSocket route)")
             .runbook("heartbeat-failures-4008"),
+        Some(Some((4001, reason))) => CheckResult::fail("idle", format!("closed with 4001 {reason} after {:.1} s idle", held.as_secs_f64()))
+            .cause("the token expired during the hold: wsgate tells a connection `token_expired` at the token's exp and closes it after auth.token_grace_ms unless the client sends refresh (doctor does not)")
+            .fix("pass a token whose exp is later than the --idle hold, or a shorter --idle")
+            .runbook(REFUSED),
         Some(Some((1001, _))) => CheckResult::warn("idle", format!("closed with 1001 going away after {:.1} s: the node is shutting down", held.as_secs_f64()))
             .cause("a deploy or a pod being stopped during the check")
             .fix("run doctor again once the rollout is done"),
