@@ -27,10 +27,13 @@ pub fn free_port() -> u16 {
 /// fail-over have bounds of their own).
 pub use crate::eventually_within as poll;
 
-/// A `redis-server` of our own: no persistence, so a restart loses everything (on purpose).
+/// A `redis-server` of our own: no persistence, so a restart loses everything (on purpose),
+/// unless started with [`RedisServer::start_persistent`].
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    /// Append-only file directory ([`RedisServer::start_persistent`]).
+    dir: Option<std::path::PathBuf>,
 }
 
 impl RedisServer {
@@ -38,9 +41,32 @@ impl RedisServer {
         let mut s = Self {
             port: free_port(),
             child: None,
+            dir: None,
         };
         s.restart().await;
         s
+    }
+
+    /// A server whose every write is in an append-only file (`appendfsync always`): a
+    /// SIGKILL and [`Self::restart`] keep every key, TTLs included.
+    pub async fn start_persistent() -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("wsgate-redis-{port}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("redis data dir");
+        let mut s = Self {
+            port,
+            child: None,
+            dir: Some(dir),
+        };
+        s.restart().await;
+        s
+    }
+
+    /// Stalls the server for `secs` (`DEBUG SLEEP`): nothing is answered meanwhile, and
+    /// keys whose TTL ran out during the stall are gone when it ends. Returns when it ends.
+    pub async fn stall(&self, secs: f64) {
+        let out = self.cli(&["DEBUG", "SLEEP", &secs.to_string()]).await;
+        assert_eq!(out.trim(), "OK", "DEBUG SLEEP: {out}");
     }
 
     pub fn url(&self) -> String {
@@ -50,9 +76,17 @@ impl RedisServer {
     /// Starts (again) on the same port, empty, and waits until it answers PING.
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--protected-mode", "no"])
+            .args(["--enable-debug-command", "local"]);
+        match &self.dir {
+            Some(dir) => cmd
+                .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+                .arg(dir),
+            None => cmd.args(["--appendonly", "no"]),
+        };
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -77,6 +111,12 @@ impl RedisServer {
         within("redis-server to exit", child.wait()).await.unwrap();
     }
 
+    /// SIGKILL, then start again on the same port (with its data when persistent).
+    pub async fn kill_and_restart(&mut self) {
+        self.kill().await;
+        self.restart().await;
+    }
+
     /// One command through redis-cli; returns its raw output.
     pub async fn cli(&self, args: &[&str]) -> String {
         let out = within(
@@ -89,6 +129,14 @@ impl RedisServer {
         .await
         .expect("redis-cli");
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -141,7 +189,15 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start(via: Via) -> Self {
-        let redis = RedisServer::start().await;
+        Self::on(RedisServer::start().await, via).await
+    }
+
+    /// A cluster on a Redis that keeps its data across a restart.
+    pub async fn start_persistent() -> Self {
+        Self::on(RedisServer::start_persistent().await, Via::Redis).await
+    }
+
+    async fn on(redis: RedisServer, via: Via) -> Self {
         let nats = match via {
             Via::Nats => Some(NatsServer::start().await),
             Via::Redis => None,
