@@ -35,7 +35,10 @@ where
             Ok(()) => "ended",
             Err(_) => "panicked",
         };
-        error!(task = name, "background task {how}: the node can no longer do its job");
+        error!(
+            task = name,
+            "background task {how}: the node can no longer do its job"
+        );
         record().send_if_modified(|first| {
             let fresh = first.is_none();
             first.get_or_insert(name);

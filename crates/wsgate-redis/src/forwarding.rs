@@ -175,7 +175,8 @@ impl Forwarding for RedisForwarding {
         let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.inner.pending.insert(id, tx);
-        let payload = Frame::new('q', id, &self.node, node, body).payload(self.inner.key.as_ref())?;
+        let payload =
+            Frame::new('q', id, &self.node, node, body).payload(self.inner.key.as_ref())?;
         let sent: Result<i64, _> = redis::cmd("PUBLISH")
             .arg(self.keys.rpc(node))
             .arg(payload)

@@ -32,8 +32,8 @@ use rand::seq::SliceRandom;
 use redis::Script;
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
-use tracing::{debug, info, warn};
 use tokio::sync::watch;
+use tracing::{debug, info, warn};
 use wsgate_core::seams::{LeaseError, NodeId, Ownership, Standing, StoreError, Sweep};
 
 use super::lease::{Lease, Renewal};
@@ -337,7 +337,10 @@ impl Ownership for RedisOwnership {
             } else {
                 Some(takes.as_deref().unwrap_or(""))
             };
-            if let Some(json) = self.claim_one(&id, &owner, &self.node, only_if_dead).await? {
+            if let Some(json) = self
+                .claim_one(&id, &owner, &self.node, only_if_dead)
+                .await?
+            {
                 match sealed::decode(self.key.as_ref(), &json) {
                     Ok(rec) => {
                         info!(upstream_id = %id, from = %owner, "reclaimed upstream connection");

@@ -21,8 +21,8 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 
 use wsgate_core::seams::StoreError;
 use wsgate_core::seams::UpstreamRecord;
@@ -267,11 +267,12 @@ mod tests {
 
     fn record() -> UpstreamRecord {
         let mut spec = UpstreamSpec::new("ws://h/feed?token=q5ecret");
-        spec.subscriptions.push(wsgate_core::seams::upstream::UpstreamSubscription {
-            key: "trades".into(),
-            message: "SUB trades".into(),
-            unsubscribe: None,
-        });
+        spec.subscriptions
+            .push(wsgate_core::seams::upstream::UpstreamSubscription {
+                key: "trades".into(),
+                message: "SUB trades".into(),
+                unsubscribe: None,
+            });
         spec.publish_topic = Some("prices".into());
         spec.headers
             .push(("authorization".into(), "Bearer s3cr3t".into()));

@@ -387,10 +387,14 @@ async fn redis_fault_makes_no_second_owner(restart: bool) {
     } else {
         cluster.redis.stall(1.0).await;
     }
-    println!("redis fault (restart: {restart}) over after {:?}", t0.elapsed());
+    println!(
+        "redis fault (restart: {restart}) over after {:?}",
+        t0.elapsed()
+    );
     // Watched for several lease TTLs (400 ms), ~40 sweeps of each survivor, after it.
     assert!(
-        up.wait_for(Duration::from_secs(2), |l| l.max_active > 1 || l.handshakes > 2)
+        up.wait_for(Duration::from_secs(2), |l| l.max_active > 1
+            || l.handshakes > 2)
             .await
             .is_err(),
         "a second owner: {:?}",
@@ -522,14 +526,20 @@ async fn sigkill_loop(kills: usize) {
         failovers.push(took);
         nodes[victim] = Some(cluster.node(names[victim], &[]).await);
         let log = up.log();
-        assert_eq!(log.handshakes, expected, "round {round}: a connection twice");
+        assert_eq!(
+            log.handshakes, expected,
+            "round {round}: a connection twice"
+        );
         assert!(log.max_active <= CONNS, "round {round}: two owners at once");
     }
     traffic.abort();
     // The last restart rebuilt nothing and nobody claims late.
     assert_no_handshake_past(&up, expected, Duration::from_secs(1), "a late duplicate").await;
     let log = up.log();
-    assert_eq!(log.max_active, CONNS, "never two connections for one record");
+    assert_eq!(
+        log.max_active, CONNS,
+        "never two connections for one record"
+    );
     assert_eq!(log.auth_failures, 0);
     failovers.sort();
     let pct = |p: usize| failovers[(failovers.len() * p).div_ceil(100).max(1) - 1];
@@ -578,7 +588,10 @@ async fn forged_forwarded_calls_are_dropped() {
     for frame in &forged {
         // Published again until node-a's subscription received it (PUBLISH counts).
         poll("node-a to receive the frame", WAIT, || async {
-            let n = cluster.redis.cli(&["PUBLISH", &channel, &frame.to_string()]).await;
+            let n = cluster
+                .redis
+                .cli(&["PUBLISH", &channel, &frame.to_string()])
+                .await;
             (n.trim() == "1").then_some(())
         })
         .await;
@@ -588,7 +601,11 @@ async fn forged_forwarded_calls_are_dropped() {
         (refused().await >= 2.0).then_some(())
     })
     .await;
-    assert_eq!(up.log().active, 1, "a forged call disconnected the upstream");
+    assert_eq!(
+        up.log().active,
+        1,
+        "a forged call disconnected the upstream"
+    );
     let (status, v) = a.get(&format!("/api/v1/upstreams/{id}")).await;
     assert_eq!(status, 200, "{v}");
     // A real forwarded call (signed by node-b) runs.

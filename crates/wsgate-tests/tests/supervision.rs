@@ -33,7 +33,10 @@ async fn a_background_task_that_ends_stops_the_node() {
         matches!(ready_status(&server).await, 503 | 0).then_some(())
     })
     .await;
-    let err = server.stopped().await.expect_err("the node stops with an error");
+    let err = server
+        .stopped()
+        .await
+        .expect_err("the node stops with an error");
     assert!(err.to_string().contains("injected task"), "{err}");
     assert_eq!(wsgate_core::tasks::failure(), Some("injected task"));
 }

@@ -231,7 +231,10 @@ impl UpstreamManager {
         if self.conns.is_empty() {
             return;
         }
-        warn!(connections = self.conns.len(), "{why}: closing every local upstream connection");
+        warn!(
+            connections = self.conns.len(),
+            "{why}: closing every local upstream connection"
+        );
         self.shutdown().await;
     }
 
@@ -261,8 +264,7 @@ impl UpstreamManager {
     }
 }
 
-const NOT_RENEWED: &str =
-    "the lease was not renewed in time (Redis stalled or out of reach); a survivor may claim its records";
+const NOT_RENEWED: &str = "the lease was not renewed in time (Redis stalled or out of reach); a survivor may claim its records";
 
 /// Sleeps until `at`, or forever.
 async fn sleep_until(at: Option<Instant>) {
