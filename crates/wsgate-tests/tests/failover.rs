@@ -616,3 +616,59 @@ async fn forged_forwarded_calls_are_dropped() {
         .unwrap();
     assert_eq!(refused().await, 2.0);
 }
+
+/// The spec is sealed whole: somebody who can write to Redis but has no cluster key cannot
+/// make a survivor reclaim a connection towards a server of theirs, neither by editing a
+/// record nor by planting one in the previous (format 1) layout.
+#[tokio::test]
+async fn a_redis_writer_cannot_redirect_a_reclaim() {
+    let (up, cluster) = upstream_and_cluster().await;
+    let evil = Upstream::start(UpstreamConfig::default()).await;
+    let mut a = cluster.node("node-a", &[]).await;
+    let b = cluster.node("node-b", &[]).await;
+    let id = connect(&a, &up, None).await;
+    let key = format!("{}:websocket-{id}", cluster.prefix);
+    let raw = cluster.redis.cli(&["GET", &key]).await;
+    let mut rec: Value = serde_json::from_str(raw.trim()).unwrap();
+    assert_eq!(rec["v"], 2, "{rec}");
+    assert!(
+        rec.get("spec").is_none() && !raw.contains("SUB trades"),
+        "{raw}"
+    );
+    // Redirect attempts: the clear URL, and a spec in clear beside the sealed one.
+    rec["url"] = json!(evil.url());
+    rec["spec"] = json!({"url": evil.url()});
+    cluster.redis.cli(&["SET", &key, &rec.to_string()]).await;
+    // A planted format 1 record of a dead node, pointing at the same server.
+    let planted = json!({"id": "feed-node-z", "owner": "node-z", "state": "connected",
+        "created_at_ms": 1, "spec": {"url": evil.url()}});
+    let index = format!("{}:websocket-index", cluster.prefix);
+    cluster
+        .redis
+        .cli(&[
+            "SET",
+            &format!("{}:websocket-feed-node-z", cluster.prefix),
+            &planted.to_string(),
+        ])
+        .await;
+    cluster.redis.cli(&["SADD", &index, "feed-node-z"]).await;
+
+    kill(&mut a, SIGKILL).await;
+    up.wait_for(WAIT, |l| l.handshakes == 2 && l.active == 1)
+        .await
+        .expect("reclaimed towards the sealed URL");
+    assert_eq!(owner_of(&cluster, &id).await.as_deref(), Some("node-b"));
+    assert_eq!(metric(&b, "wsgate_upstream_reclaimed_total").await, 1.0);
+    // Long enough for the planted record's owner to be seen missing twice (full scans
+    // run every 20 sweeps, 1 s).
+    assert!(
+        evil.wait_for(Duration::from_secs(3), |l| l.attempts > 0)
+            .await
+            .is_err(),
+        "a reclaim went to the planted server"
+    );
+    assert_eq!(
+        owner_of(&cluster, "feed-node-z").await.as_deref(),
+        Some("node-z")
+    );
+}
