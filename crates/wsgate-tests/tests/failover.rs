@@ -437,6 +437,45 @@ async fn redis_restart_makes_no_second_owner() {
     redis_fault_makes_no_second_owner(true).await;
 }
 
+/// Redis away for 1.5 s (SIGKILL, restart from its append-only file), longer than the
+/// lease and the owner's fence: the connection may move (the rule allows a claim once the
+/// lease stayed missing for a TTL), but the owner closed its copy before any claim was
+/// possible, so the upstream never sees two at once.
+#[tokio::test]
+async fn redis_down_longer_than_the_lease_never_runs_two_copies() {
+    let up = Upstream::start(UpstreamConfig::default().require_auth(SECRET_AUTH)).await;
+    let mut cluster = Cluster::start_persistent().await;
+    let [_a, _b, c] = three_nodes(&cluster).await;
+    let id = connect(&c, &up, None).await;
+    cluster.redis.kill().await;
+    // The outage itself (a fault parameter, not a wait for an event).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cluster.redis.restart().await;
+    let owner = poll("one owner running it", WAIT, || async {
+        let o = owner_of(&cluster, &id).await?;
+        (up.log().active == 1).then_some(o)
+    })
+    .await;
+    // Settled: no further handshake, never two at once.
+    let n = up.log().handshakes;
+    let moved = up
+        .wait_for(Duration::from_secs(2), |l| l.handshakes > n)
+        .await;
+    assert!(
+        moved.is_err(),
+        "moved again after it settled on {owner}: {:?}, now owned by {:?}",
+        (up.log().handshakes, up.log().max_active),
+        owner_of(&cluster, &id).await
+    );
+    let log = up.log();
+    println!(
+        "Redis down 1.5 s: owner {owner}, {} handshake(s), at most {} at once",
+        log.handshakes, log.max_active
+    );
+    assert_eq!(log.max_active, 1, "two copies at once");
+    assert_eq!(log.active, 1);
+}
+
 /// A record write the store refuses (the record was deleted by its owner, or names another
 /// one) stops the local connection at once, and the record is never re-created.
 #[tokio::test]
