@@ -599,7 +599,7 @@ async fn sigkill_loop_under_traffic_never_duplicates_an_owner() {
 /// The ×50 run behind docs/reliability.md ("Upstream ownership"):
 /// `cargo test -p wsgate-tests --test failover sigkill_x50 -- --ignored --nocapture`.
 #[tokio::test]
-#[ignore = "about two minutes; run by hand for docs/reliability.md"]
+#[ignore = "about a minute; run by hand for docs/reliability.md"]
 async fn sigkill_x50_under_traffic() {
     sigkill_loop(50).await;
 }
