@@ -33,4 +33,5 @@ pub mod names;
 pub mod protocol;
 pub mod relay;
 pub mod seams;
+pub mod tasks;
 pub mod upstream;

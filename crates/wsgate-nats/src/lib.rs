@@ -122,7 +122,7 @@ impl NatsBroker {
             client,
             subjects,
             sink,
-            task: tokio::spawn(node_loop.run()),
+            task: wsgate_core::tasks::supervised("nats node loop", node_loop.run()),
         })
     }
 

@@ -67,7 +67,7 @@ impl RedisBroker {
             health: streams.health.clone(),
             subscribed: subscribed.clone(),
         };
-        let task = tokio::spawn(subscription.run());
+        let task = wsgate_core::tasks::supervised("broker subscription", subscription.run());
         Ok(Self {
             streams,
             relay,

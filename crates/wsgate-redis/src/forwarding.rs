@@ -4,9 +4,16 @@
 //! Request/reply over pub/sub channel `P:rpc:<node>`; one subscription per node carries
 //! both the requests addressed to it and the replies to its own requests. The subscription
 //! starts on first use (a request or `serve`).
+//!
+//! With a cluster key every frame carries an HMAC-SHA256 under a key derived from it over
+//! its kind, id, sender, recipient, time and body: a frame that does not verify, names
+//! another recipient, is more than [`MAX_SKEW`] away from this node's clock, or repeats a
+//! tag seen in that window is dropped (and counted in `wsgate_cluster_malformed_total`), so a
+//! Redis client without the key can neither run an API call on a node nor forge a reply.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,9 +23,15 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
-use wsgate_core::seams::{Forwarding, NodeId, RequestHandler, StoreError};
+use wsgate_core::clock::unix_ms;
+use wsgate_core::seams::{ClusterMetrics, Forwarding, NodeId, RequestHandler, StoreError};
 
+use super::sealed::ClusterKey;
 use super::{Keys, next_delay, reconnect_backoff, store_error};
+
+/// How far a frame's time may be from the receiver's clock (and how long its tag is
+/// remembered against replays).
+pub const MAX_SKEW: Duration = Duration::from_secs(30);
 
 pub struct RedisForwarding {
     pub(crate) node: NodeId,
@@ -29,12 +42,17 @@ pub struct RedisForwarding {
 }
 
 /// Request/reply state shared with the subscription task.
-#[derive(Default)]
 pub(crate) struct Rpc {
     pending: DashMap<u64, oneshot::Sender<String>>,
     next: AtomicU64,
     handler: OnceLock<RequestHandler>,
     started: AtomicBool,
+    /// Signs and checks frames (`None`: a dev store without a key; frames in clear).
+    pub(crate) key: Option<ClusterKey>,
+    pub(crate) node: NodeId,
+    pub(crate) metrics: ClusterMetrics,
+    /// Tags seen within [`MAX_SKEW`] (tag → frame time, ms).
+    seen: Mutex<HashMap<String, u64>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -45,6 +63,88 @@ struct Frame {
     /// The requester (where the reply goes).
     from: String,
     b: String,
+    /// The recipient node.
+    #[serde(default)]
+    to: String,
+    /// Sent at (unix ms).
+    #[serde(default)]
+    t: u64,
+    /// HMAC-SHA256 (base64) of the fields above; empty without a key.
+    #[serde(default)]
+    m: String,
+}
+
+impl Frame {
+    fn new(k: char, id: u64, from: &str, to: &str, b: String) -> Self {
+        Frame {
+            k,
+            id,
+            from: from.to_string(),
+            b,
+            to: to.to_string(),
+            t: unix_ms(),
+            m: String::new(),
+        }
+    }
+
+    fn signed_parts(&self) -> [Vec<u8>; 6] {
+        [
+            self.k.to_string().into_bytes(),
+            self.id.to_be_bytes().to_vec(),
+            self.from.as_bytes().to_vec(),
+            self.to.as_bytes().to_vec(),
+            self.t.to_be_bytes().to_vec(),
+            self.b.as_bytes().to_vec(),
+        ]
+    }
+
+    fn payload(mut self, key: Option<&ClusterKey>) -> Result<String, StoreError> {
+        if let Some(key) = key {
+            let parts = self.signed_parts();
+            self.m = key.sign(&parts.each_ref().map(Vec::as_slice));
+        }
+        serde_json::to_string(&self).map_err(|e| StoreError::Other(e.to_string()))
+    }
+}
+
+impl Rpc {
+    pub(crate) fn new(node: NodeId, key: Option<ClusterKey>, metrics: ClusterMetrics) -> Self {
+        Self {
+            pending: DashMap::new(),
+            next: AtomicU64::new(0),
+            handler: OnceLock::new(),
+            started: AtomicBool::new(false),
+            key,
+            node,
+            metrics,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether a received frame may be acted on (see the module documentation).
+    fn accept(&self, f: &Frame) -> bool {
+        let Some(key) = &self.key else {
+            return true;
+        };
+        let now = unix_ms();
+        let skew = MAX_SKEW.as_millis() as u64;
+        let parts = f.signed_parts();
+        let ok = f.to == *self.node
+            && f.t.abs_diff(now) <= skew
+            && key.verify(&parts.each_ref().map(Vec::as_slice), &f.m)
+            && {
+                let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                if seen.len() >= 4096 {
+                    seen.retain(|_, t| t.abs_diff(now) <= skew);
+                }
+                seen.insert(f.m.clone(), f.t).is_none()
+            };
+        if !ok {
+            self.metrics.malformed.inc();
+            warn!(from = %f.from, kind = %f.k, "forwarded call frame refused: bad or missing signature, another recipient, too old, or a replay");
+        }
+        ok
+    }
 }
 
 impl RedisForwarding {
@@ -59,7 +159,7 @@ impl RedisForwarding {
             keys: self.keys.clone(),
             rpc: self.inner.clone(),
         };
-        tokio::spawn(task.run());
+        wsgate_core::tasks::supervised("forwarding channel", task.run());
     }
 }
 
@@ -75,14 +175,8 @@ impl Forwarding for RedisForwarding {
         let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.inner.pending.insert(id, tx);
-        let frame = Frame {
-            k: 'q',
-            id,
-            from: self.node.to_string(),
-            b: body,
-        };
         let payload =
-            serde_json::to_string(&frame).map_err(|e| StoreError::Other(e.to_string()))?;
+            Frame::new('q', id, &self.node, node, body).payload(self.inner.key.as_ref())?;
         let sent: Result<i64, _> = redis::cmd("PUBLISH")
             .arg(self.keys.rpc(node))
             .arg(payload)
@@ -135,7 +229,9 @@ impl RpcTask {
                         else {
                             continue;
                         };
-                        self.on_frame(frame);
+                        if self.rpc.accept(&frame) {
+                            self.on_frame(frame);
+                        }
                     }
                     warn!("forwarding subscription lost; reconnecting");
                 }
@@ -162,15 +258,11 @@ impl RpcTask {
                 };
                 let mut conn = self.conn.clone();
                 let reply_to = self.keys.rpc(&frame.from);
+                let rpc = self.rpc.clone();
                 tokio::spawn(async move {
                     let body = handler(frame.b).await;
-                    let reply = Frame {
-                        k: 'r',
-                        id: frame.id,
-                        from: String::new(),
-                        b: body,
-                    };
-                    if let Ok(payload) = serde_json::to_string(&reply) {
+                    let reply = Frame::new('r', frame.id, &rpc.node, &frame.from, body);
+                    if let Ok(payload) = reply.payload(rpc.key.as_ref()) {
                         let r: Result<i64, _> = redis::cmd("PUBLISH")
                             .arg(reply_to)
                             .arg(payload)

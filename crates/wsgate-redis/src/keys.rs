@@ -56,6 +56,12 @@ impl Keys {
         self.name(format_args!("alive:{node}"))
     }
 
+    /// How many times a process *took* (not renewed) `node`'s lease: a claimer that saw the
+    /// lease missing twice knows from an unchanged count that it stayed missing in between.
+    pub fn lease_takes(&self, node: &str) -> String {
+        self.name(format_args!("lease-takes:{node}"))
+    }
+
     pub fn node(&self, node: &str) -> String {
         self.name(format_args!("node:{node}"))
     }

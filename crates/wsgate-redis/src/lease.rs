@@ -7,13 +7,21 @@
 //! (the core waits a bounded time for a dead predecessor's lease to lapse), and a node that
 //! finds another process's token when it renews stops renewing and reports it.
 //! Hand-over deletes the key only while it still holds this token (`lua/unlease.lua`).
+//!
+//! Every take (not a renewal) bumps `P:lease-takes:<node>`, and every successful renewal
+//! moves this process's [`Standing`] forward to `sent + 2 × TTL − TTL/4`: the earliest a
+//! survivor can claim the node's records (it needs the lease seen missing twice, more than
+//! one TTL apart, with an unchanged take count) less a margin. The core stops the node's
+//! connections when that instant passes without a renewal, and at once when the lease is
+//! found in another process's hands.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::Script;
 use redis::aio::ConnectionManager;
-use wsgate_core::seams::NodeId;
+use tokio::sync::watch;
+use wsgate_core::seams::{NodeId, Standing};
 
 use super::Keys;
 
@@ -44,6 +52,7 @@ enum State {
 
 pub(crate) struct Lease {
     key: String,
+    takes: String,
     instances: String,
     node: NodeId,
     token: String,
@@ -56,12 +65,21 @@ pub(crate) struct Lease {
     fresh: AtomicBool,
     /// The other holder's time left when the lease was found held, in ms.
     held_for_ms: AtomicU64,
+    /// Until when this process may run its connections (see the module documentation).
+    standing: watch::Sender<Standing>,
+}
+
+/// How long after a renewal was sent the node may keep its connections without another:
+/// nobody can claim before `2 × ttl`; a quarter TTL is left for closing them.
+pub(crate) fn fence_after(ttl: Duration) -> Duration {
+    ttl * 2 - ttl / 4
 }
 
 impl Lease {
     pub fn new(keys: &Keys, node: &NodeId, ttl: Duration) -> Self {
         Self {
             key: keys.alive(node),
+            takes: keys.lease_takes(node),
             instances: keys.instances(),
             node: node.clone(),
             token: format!("{:032x}", rand::random::<u128>()),
@@ -71,7 +89,13 @@ impl Lease {
             state: AtomicU8::new(State::Pending as u8),
             fresh: AtomicBool::new(false),
             held_for_ms: AtomicU64::new(0),
+            standing: watch::channel(Standing::Pending).0,
         }
+    }
+
+    /// Follows [`Standing`]: the core fences the node's connections by it.
+    pub fn standing(&self) -> watch::Receiver<Standing> {
+        self.standing.subscribe()
     }
 
     pub fn ttl(&self) -> Duration {
@@ -106,10 +130,12 @@ impl Lease {
     /// Takes or renews the lease (one script). A lease this process held and finds held
     /// by another is lost for good.
     pub async fn take_or_renew(&self, conn: &ConnectionManager) -> redis::RedisResult<Renewal> {
+        let sent = Instant::now();
         let (what, ms): (String, i64) = self
             .take
             .key(&self.key)
             .key(&self.instances)
+            .key(&self.takes)
             .arg(&self.token)
             .arg(self.ttl.as_millis() as u64)
             .arg(&*self.node)
@@ -135,6 +161,24 @@ impl Lease {
                 self.mark(State::Held, State::Lost);
             }
         }
+        match self.state() {
+            State::Held => {
+                let until = sent + fence_after(self.ttl);
+                // Only forward: a slow answer to an older renewal never shortens it.
+                self.standing.send_if_modified(|s| match s {
+                    Standing::Held { until: u } if *u >= until => false,
+                    Standing::Lost => false,
+                    _ => {
+                        *s = Standing::Held { until };
+                        true
+                    }
+                });
+            }
+            State::Lost => {
+                self.standing.send_replace(Standing::Lost);
+            }
+            State::Pending | State::Released => {}
+        }
         Ok(renewal)
     }
 
@@ -147,6 +191,7 @@ impl Lease {
     /// Hand-over: never renewed again; the key is deleted if it is still this process's.
     pub async fn release(&self, conn: &ConnectionManager) -> redis::RedisResult<()> {
         self.state.store(State::Released as u8, Ordering::Release);
+        self.standing.send_replace(Standing::Pending);
         let _: i64 = self
             .unlease
             .key(&self.key)

@@ -4,13 +4,18 @@
 //!   mechanism) holding this process's token ([`super::lease`]), TTL `lease_ttl`, renewed
 //!   every TTL/3 by the store's liveness task, plus membership in the set `P:instances`.
 //!   Refused while another process holds it.
-//! - **Sweep** (every `lease_ttl / 12`, clamped to 100–500 ms): reads the instance set and
-//!   their leases (two commands). Only when an instance has lost its lease (or every ~5 s,
-//!   to catch anything else) does it read every record, and then it claims at most
-//!   `ceil(orphans / live instances)` of them, in random order, each with `claim.lua`
-//!   (compare-and-set on the owner, only while the old owner has no lease). Every sweep
-//!   also asks `held.lua` which of the node's running connections' records are gone
-//!   (wiped) or name another owner, so the node stops those at once.
+//! - **Sweep** (every `lease_ttl / 8`, clamped to 25–500 ms): reads the instance set and
+//!   their leases and take counts (two commands). A node counts as dead only once its lease
+//!   was seen missing twice, more than one TTL apart (first answer received → second
+//!   request sent), with the same take count (it did not take the lease again in
+//!   between): a Redis stall or restart makes every lease vanish at once, and the live
+//!   nodes take theirs again within a renewal, long before that. Only when an instance is
+//!   dead (or every 20th sweep, to catch anything else) does a sweep read every record,
+//!   and then it claims at most `ceil(orphans / live instances)` of them, in random order,
+//!   each with `claim.lua` (compare-and-set on the owner, only while the old owner still
+//!   has no lease and the same take count). Every sweep also asks `held.lua` which of the
+//!   node's running connections' records are gone (wiped) or name another owner, so the
+//!   node stops those at once.
 //! - **Hand-over**: the liveness task stops, records go to owner `""` (nobody has a lease
 //!   under the empty id, so they are orphans), the lease is deleted (if still ours);
 //!   survivors see it on their next sweep.
@@ -18,17 +23,18 @@
 //! Forwarding API calls to a connection's owner is [`super::RedisForwarding`].
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rand::seq::SliceRandom;
 use redis::Script;
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
-use wsgate_core::seams::{LeaseError, NodeId, Ownership, StoreError, Sweep};
+use wsgate_core::seams::{LeaseError, NodeId, Ownership, Standing, StoreError, Sweep};
 
 use super::lease::{Lease, Renewal};
 use super::sealed::{self, ClusterKey};
@@ -48,6 +54,26 @@ pub struct RedisOwnership {
     pub(crate) claim: Script,
     /// `held.lua`: which running connections' records are gone or taken.
     pub(crate) held: Script,
+    /// Nodes whose lease this process saw missing: their take count then and when the
+    /// answer arrived. Forgotten as soon as the lease is seen again or the count moves.
+    pub(crate) missing: Mutex<HashMap<String, Missing>>,
+}
+
+/// The first look at a missing lease.
+pub(crate) struct Missing {
+    takes: Option<String>,
+    seen: Instant,
+}
+
+/// One node's lease as a sweep saw it.
+#[derive(Debug, Clone)]
+struct Look {
+    alive: bool,
+    /// Its take count (`None`: never taken, or the count expired).
+    takes: Option<String>,
+    /// Missing twice, more than one TTL apart, with the same take count: its records may
+    /// be claimed.
+    dead: bool,
 }
 
 #[derive(Deserialize)]
@@ -60,22 +86,25 @@ impl RedisOwnership {
         serde_json::to_string(s).unwrap_or_default()
     }
 
+    /// `only_if_dead`: the take count `from` had when it was found dead (`""`: none).
     async fn claim_one(
         &self,
         id: &str,
         from: &str,
         to: &str,
-        only_if_dead: bool,
+        only_if_dead: Option<&str>,
     ) -> Result<Option<String>, StoreError> {
         let r: Option<String> = self
             .claim
             .key(self.keys.record(id))
             .key(self.keys.alive(from))
+            .key(self.keys.lease_takes(from))
             .arg(from)
             .arg(to)
-            .arg(if only_if_dead { "1" } else { "0" })
+            .arg(if only_if_dead.is_some() { "1" } else { "0" })
             .arg(Self::json(from))
             .arg(Self::json(to))
+            .arg(only_if_dead.unwrap_or(""))
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(store_error)?;
@@ -105,20 +134,58 @@ impl RedisOwnership {
     }
 
     async fn alive_map(&self, nodes: &[String]) -> Result<HashMap<String, bool>, StoreError> {
+        Ok(self
+            .look(nodes)
+            .await?
+            .into_iter()
+            .map(|(n, l)| (n, l.alive))
+            .collect())
+    }
+
+    /// Every node's lease and take count (one `MGET`), and whether it counts as dead: seen
+    /// missing twice, more than one TTL apart, with the same take count.
+    async fn look(&self, nodes: &[String]) -> Result<HashMap<String, Look>, StoreError> {
         if nodes.is_empty() {
             return Ok(HashMap::new());
         }
-        let keys: Vec<String> = nodes.iter().map(|n| self.keys.alive(n)).collect();
+        let mut keys: Vec<String> = nodes.iter().map(|n| self.keys.alive(n)).collect();
+        keys.extend(nodes.iter().map(|n| self.keys.lease_takes(n)));
+        let sent = Instant::now();
         let vals: Vec<Option<String>> = redis::cmd("MGET")
             .arg(&keys)
             .query_async(&mut self.conn.clone())
             .await
             .map_err(store_error)?;
-        Ok(nodes
-            .iter()
-            .cloned()
-            .zip(vals.into_iter().map(|v| v.is_some()))
-            .collect())
+        let received = Instant::now();
+        let (alive, takes) = vals.split_at(nodes.len().min(vals.len()));
+        let ttl = self.lease.ttl();
+        let mut missing = self.missing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = HashMap::with_capacity(nodes.len());
+        for (i, node) in nodes.iter().enumerate() {
+            let alive = alive.get(i).is_some_and(Option::is_some);
+            let takes = takes.get(i).cloned().flatten();
+            let mut dead = false;
+            if alive {
+                missing.remove(node);
+            } else {
+                match missing.get(node) {
+                    // The first look's answer came before this look was asked, by more
+                    // than a TTL: Redis ran the two more than a TTL apart.
+                    Some(m) if m.takes == takes => dead = sent.duration_since(m.seen) > ttl,
+                    _ => {
+                        missing.insert(
+                            node.clone(),
+                            Missing {
+                                takes: takes.clone(),
+                                seen: received,
+                            },
+                        );
+                    }
+                }
+            }
+            out.insert(node.clone(), Look { alive, takes, dead });
+        }
+        Ok(out)
     }
 }
 
@@ -166,10 +233,10 @@ impl Ownership for RedisOwnership {
             .query_async(&mut self.conn.clone())
             .await
             .map_err(store_error)?;
-        let mut alive = self.alive_map(&instances).await?;
+        let mut looks = self.look(&instances).await?;
         let dead: Vec<String> = instances
             .iter()
-            .filter(|i| **i != *self.node && !alive[*i])
+            .filter(|i| **i != *self.node && looks[*i].dead)
             .cloned()
             .collect();
         let not_held = self.not_held(local).await?;
@@ -194,9 +261,13 @@ impl Ownership for RedisOwnership {
                 .await
                 .map_err(store_error)?;
             for (id, v) in chunk.iter().zip(vals) {
-                if let Some(json) = v
-                    && let Ok(head) = serde_json::from_str::<Head>(&json)
-                {
+                let Some(json) = v else { continue };
+                if !sealed::is_current(self.key.is_some(), &json) {
+                    // Never claimed: its spec is not authenticated.
+                    sealed::warn_unusable(id, &sealed::old_format(id));
+                    continue;
+                }
+                if let Ok(head) = serde_json::from_str::<Head>(&json) {
                     records.push((id.clone(), head.owner));
                 }
             }
@@ -204,26 +275,37 @@ impl Ownership for RedisOwnership {
         let unknown: Vec<String> = records
             .iter()
             .map(|(_, o)| o.clone())
-            .filter(|o| !o.is_empty() && !alive.contains_key(o))
+            .filter(|o| !o.is_empty() && !looks.contains_key(o))
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
-        alive.extend(self.alive_map(&unknown).await?);
-        alive.insert(self.node.to_string(), true);
+        looks.extend(self.look(&unknown).await?);
+        looks.insert(
+            self.node.to_string(),
+            Look {
+                alive: true,
+                takes: None,
+                dead: false,
+            },
+        );
         let local: HashSet<&str> = local.iter().map(String::as_str).collect();
         let mut out = Sweep {
             lost: not_held,
             ..Sweep::default()
         };
-        let mut orphans: Vec<(String, String)> = Vec::new();
+        // (id, owner, the owner's take count when found dead; `None`: handed over).
+        let mut orphans: Vec<(String, String, Option<String>)> = Vec::new();
         let mut owners_left: HashSet<&str> = HashSet::new();
         for (id, owner) in &records {
             owners_left.insert(owner);
             if local.contains(id.as_str()) && *owner != *self.node && !out.lost.contains(id) {
                 out.lost.push(id.clone());
             }
-            if *owner != *self.node && !alive.get(owner).copied().unwrap_or(false) {
-                orphans.push((id.clone(), owner.clone()));
+            if owner.is_empty() {
+                orphans.push((id.clone(), owner.clone(), None));
+            } else if let Some(look) = looks.get(owner).filter(|l| l.dead) {
+                let takes = look.takes.clone().unwrap_or_default();
+                orphans.push((id.clone(), owner.clone(), Some(takes)));
             }
         }
         for d in &dead {
@@ -241,16 +323,24 @@ impl Ownership for RedisOwnership {
         }
         let live = instances
             .iter()
-            .filter(|i| alive.get(*i).copied().unwrap_or(false))
+            .filter(|i| looks.get(*i).is_some_and(|l| l.alive))
             .count()
             .max(1);
         let share = orphans.len().div_ceil(live);
         orphans.shuffle(&mut rand::rng());
-        for (id, owner) in orphans {
+        for (id, owner, takes) in orphans {
             if out.claimed.len() >= share {
                 break;
             }
-            if let Some(json) = self.claim_one(&id, &owner, &self.node, true).await? {
+            let only_if_dead = if owner.is_empty() {
+                None
+            } else {
+                Some(takes.as_deref().unwrap_or(""))
+            };
+            if let Some(json) = self
+                .claim_one(&id, &owner, &self.node, only_if_dead)
+                .await?
+            {
                 match sealed::decode(self.key.as_ref(), &json) {
                     Ok(rec) => {
                         info!(upstream_id = %id, from = %owner, "reclaimed upstream connection");
@@ -270,7 +360,7 @@ impl Ownership for RedisOwnership {
         }
         let mut n = 0;
         for id in ids {
-            if self.claim_one(id, &self.node, "", false).await?.is_some() {
+            if self.claim_one(id, &self.node, "", None).await?.is_some() {
                 n += 1;
             }
         }
@@ -297,7 +387,11 @@ impl Ownership for RedisOwnership {
     }
 
     fn sweep_interval(&self) -> Duration {
-        (self.lease.ttl() / 12).clamp(Duration::from_millis(100), Duration::from_millis(500))
+        (self.lease.ttl() / 8).clamp(Duration::from_millis(25), Duration::from_millis(500))
+    }
+
+    fn standing(&self) -> watch::Receiver<Standing> {
+        self.lease.standing()
     }
 
     fn lease_ttl(&self) -> Duration {

@@ -1,12 +1,18 @@
-//! Upstream records at rest: header values, the auth step (messages, signing secret) and
-//! the TLS settings (client key) sealed with AES-256-GCM.
+//! Upstream records at rest: the whole connection spec sealed with AES-256-GCM.
 //!
-//! The stored JSON keeps what the cluster must read without the key (id, owner, state,
-//! URL host/path, subscriptions' keys and messages, policies) and replaces `spec.headers`
-//! and `spec.auth` with `sealed`: base64 of a random 96-bit nonce followed by the
-//! ciphertext of `{"headers":…,"auth":…,"tls":…}`, with the record id as associated data (a sealed
-//! blob cannot be moved to another record). Without a key (`allow_insecure_dev_store`)
-//! records are stored as they are.
+//! Format 2 (`"v":2`) keeps in clear only what the cluster reads or writes without the key
+//! (`id`, `owner` — the claim script rewrites it —, `state`, `created_at_ms`) and a redacted
+//! `url` (scheme, host and path: for operators, never read back). The spec — URL with its
+//! query, headers, auth, TLS, subscriptions, publish topic, policies — is `sealed`: base64
+//! of a random 96-bit nonce followed by the ciphertext of the spec's JSON, with
+//! `wsgate-upstream-v2`, the record id and `created_at_ms` as associated data. Somebody who
+//! can write to Redis but has no key can therefore neither read the spec nor change it
+//! (a reclaim cannot be redirected to another server), nor move a sealed spec to another
+//! record. Without a key (`allow_insecure_dev_store`) the spec is stored in clear.
+//!
+//! Records of format 1 (no `v`: URL, subscriptions and topic in clear, unauthenticated,
+//! only the secrets sealed) are refused when a key is set: a node never starts them and
+//! the sweep never claims them ([`is_current`]); the node logs why, once per record.
 
 use std::fmt;
 
@@ -14,15 +20,24 @@ use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 
 use wsgate_core::seams::StoreError;
 use wsgate_core::seams::UpstreamRecord;
-use wsgate_core::seams::upstream::{UpstreamAuth, UpstreamSpec, UpstreamTls};
+use wsgate_core::seams::upstream::{UpstreamSpec, redact_url};
 
-/// The cluster key: 32 bytes shared by every node.
+/// The cluster key: 32 bytes shared by every node. Seals records (AES-256-GCM under the
+/// key) and authenticates forwarded calls (HMAC-SHA256 under a key derived from it, so the
+/// two uses never share a key).
 #[derive(Clone)]
-pub struct ClusterKey(Aes256Gcm);
+pub struct ClusterKey {
+    aead: Aes256Gcm,
+    mac: Hmac<Sha256>,
+}
+
+type HmacSha256 = Hmac<Sha256>;
 
 impl fmt::Debug for ClusterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -42,15 +57,40 @@ impl ClusterKey {
                 bytes.len()
             ));
         }
-        Aes256Gcm::new_from_slice(&bytes)
-            .map(Self)
-            .map_err(|_| "cluster key rejected".to_string())
+        let aead = Aes256Gcm::new_from_slice(&bytes).map_err(|_| "cluster key rejected")?;
+        let mut derive =
+            <HmacSha256 as Mac>::new_from_slice(&bytes).map_err(|_| "cluster key rejected")?;
+        derive.update(b"wsgate forwarded calls v1");
+        let mac = <HmacSha256 as Mac>::new_from_slice(&derive.finalize().into_bytes())
+            .map_err(|_| "cluster key rejected")?;
+        Ok(Self { aead, mac })
+    }
+
+    fn mac_of(&self, parts: &[&[u8]]) -> HmacSha256 {
+        let mut m = self.mac.clone();
+        for p in parts {
+            // Length-prefixed: no two different lists of parts give the same input.
+            m.update(&(p.len() as u64).to_be_bytes());
+            m.update(p);
+        }
+        m
+    }
+
+    /// HMAC-SHA256 of `parts` (base64).
+    pub fn sign(&self, parts: &[&[u8]]) -> String {
+        B64.encode(self.mac_of(parts).finalize().into_bytes())
+    }
+
+    /// Whether `tag` is [`Self::sign`] of `parts` (compared in constant time).
+    pub fn verify(&self, parts: &[&[u8]], tag: &str) -> bool {
+        B64.decode(tag)
+            .is_ok_and(|t| self.mac_of(parts).verify_slice(&t).is_ok())
     }
 
     fn seal(&self, aad: &str, plain: &[u8]) -> Result<String, StoreError> {
         let nonce_bytes: [u8; 12] = rand::random();
         let ct = self
-            .0
+            .aead
             .encrypt(
                 &Nonce::from(nonce_bytes),
                 Payload {
@@ -76,7 +116,7 @@ impl ClusterKey {
         }
         let (nonce, ct) = raw.split_at(12);
         let nonce: [u8; 12] = nonce.try_into().map_err(|_| bad())?;
-        self.0
+        self.aead
             .decrypt(
                 &Nonce::from(nonce),
                 Payload {
@@ -88,46 +128,87 @@ impl ClusterKey {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct Secrets {
-    headers: Vec<(String, String)>,
-    auth: Option<UpstreamAuth>,
-    #[serde(default)]
-    tls: Option<UpstreamTls>,
+/// The associated data of a record's sealed spec.
+fn aad(id: &str, created_at_ms: u64) -> String {
+    format!("wsgate-upstream-v2\n{id}\n{created_at_ms}")
 }
 
-/// The stored form. Field order matters to `claim.lua`: `id` comes before `owner`.
+/// The current stored form. Field order matters to `claim.lua`: `id` comes before `owner`.
 #[derive(Serialize, Deserialize)]
 struct Stored {
     id: String,
     owner: String,
+    /// The format: 2. Absent in format 1.
+    #[serde(default)]
+    v: u32,
     state: String,
     created_at_ms: u64,
-    spec: UpstreamSpec,
+    /// Format 2 with a key: the redacted URL (informational). Without a key, absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+    /// In clear: format 2 without a key, or format 1 (secrets removed when sealed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    spec: Option<UpstreamSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sealed: Option<String>,
 }
 
+pub const FORMAT: u32 = 2;
+
+/// Whether a stored record may be started by a node with (`keyed`) or without a key: with
+/// a key only format 2 (its spec authenticated). Cheap: reads the format field only.
+pub fn is_current(keyed: bool, json: &str) -> bool {
+    #[derive(Deserialize)]
+    struct V {
+        #[serde(default)]
+        v: u32,
+    }
+    !keyed || serde_json::from_str::<V>(json).is_ok_and(|v| v.v == FORMAT)
+}
+
+/// The error (and log line) for a record of the previous format under a key.
+pub fn old_format(id: &str) -> StoreError {
+    StoreError::Other(format!(
+        "upstream record {id} was written by a wsgate before 2026-11-27 (format 1: URL, \
+         subscriptions and publish topic stored in clear, unauthenticated): refused, never \
+         started or claimed; re-create the connection (POST /api/v1/upstreams) and delete \
+         the old record (redis-cli DEL <prefix>:websocket-{id}; SREM \
+         <prefix>:websocket-index {id})"
+    ))
+}
+
+/// Logs why record `id` is not used, once per record and process (sweeps see it often).
+pub fn warn_unusable(id: &str, e: &StoreError) {
+    static SEEN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+        std::sync::OnceLock::new();
+    let seen = SEEN.get_or_init(Default::default);
+    let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+    // Bounded: past 10 000 distinct records, every sighting is logged again.
+    if seen.len() >= 10_000 {
+        seen.clear();
+    }
+    if seen.insert(id.to_string()) {
+        tracing::warn!(upstream_id = %id, error = %e, "upstream record not used");
+    }
+}
+
 pub fn encode(key: Option<&ClusterKey>, record: &UpstreamRecord) -> Result<String, StoreError> {
-    let mut spec = record.spec.clone();
-    let sealed = match key {
+    let (url, spec, sealed) = match key {
         Some(key) => {
-            let secrets = Secrets {
-                headers: std::mem::take(&mut spec.headers),
-                auth: spec.auth.take(),
-                tls: spec.tls.take(),
-            };
             let plain =
-                serde_json::to_vec(&secrets).map_err(|e| StoreError::Other(e.to_string()))?;
-            Some(key.seal(&record.id, &plain)?)
+                serde_json::to_vec(&record.spec).map_err(|e| StoreError::Other(e.to_string()))?;
+            let sealed = key.seal(&aad(&record.id, record.created_at_ms), &plain)?;
+            (Some(redact_url(&record.spec.url)), None, Some(sealed))
         }
-        None => None,
+        None => (None, Some(record.spec.clone()), None),
     };
     let stored = Stored {
         id: record.id.clone(),
         owner: record.owner.clone(),
+        v: FORMAT,
         state: record.state.clone(),
         created_at_ms: record.created_at_ms,
+        url,
         spec,
         sealed,
     };
@@ -137,18 +218,32 @@ pub fn encode(key: Option<&ClusterKey>, record: &UpstreamRecord) -> Result<Strin
 pub fn decode(key: Option<&ClusterKey>, json: &str) -> Result<UpstreamRecord, StoreError> {
     let stored: Stored = serde_json::from_str(json)
         .map_err(|e| StoreError::Other(format!("corrupt upstream record: {e}")))?;
-    let mut spec = stored.spec;
-    if let Some(sealed) = &stored.sealed {
-        let key = key.ok_or_else(|| {
-            StoreError::Other("upstream record is encrypted but no cluster key is set".into())
-        })?;
-        let plain = key.open(&stored.id, sealed)?;
-        let secrets: Secrets = serde_json::from_slice(&plain)
-            .map_err(|e| StoreError::Other(format!("corrupt upstream record secrets: {e}")))?;
-        spec.headers = secrets.headers;
-        spec.auth = secrets.auth;
-        spec.tls = secrets.tls;
-    }
+    let corrupt = |what: &str| StoreError::Other(format!("corrupt upstream record: {what}"));
+    let spec = match (stored.v, key, stored.sealed, stored.spec) {
+        (FORMAT, Some(key), Some(sealed), _) => {
+            let plain = key.open(&aad(&stored.id, stored.created_at_ms), &sealed)?;
+            serde_json::from_slice(&plain).map_err(|e| corrupt(&e.to_string()))?
+        }
+        (FORMAT, Some(_), None, _) => {
+            return Err(StoreError::Other(format!(
+                "upstream record {} is not sealed but a cluster key is set: refused",
+                stored.id
+            )));
+        }
+        (_, None, Some(_), _) => {
+            return Err(StoreError::Other(
+                "upstream record is encrypted but no cluster key is set".into(),
+            ));
+        }
+        (FORMAT, None, None, Some(spec)) => spec,
+        (0, Some(_), _, _) => return Err(old_format(&stored.id)),
+        // Format 1 without a key (a dev store): stored in clear as it always was.
+        (0, None, None, Some(spec)) => spec,
+        (v, ..) if v > FORMAT => {
+            return Err(corrupt(&format!("format {v} is newer than this wsgate")));
+        }
+        _ => return Err(corrupt("no spec")),
+    };
     Ok(UpstreamRecord {
         id: stored.id,
         owner: stored.owner,
@@ -162,14 +257,23 @@ pub fn decode(key: Option<&ClusterKey>, json: &str) -> Result<UpstreamRecord, St
 mod tests {
     use super::*;
 
-    use wsgate_core::seams::upstream::{SignAlgorithm, SignEncoding, UpstreamSign};
+    use wsgate_core::seams::upstream::{
+        SignAlgorithm, SignEncoding, UpstreamAuth, UpstreamSign, UpstreamTls,
+    };
 
     fn key() -> ClusterKey {
         ClusterKey::from_base64(&B64.encode([7u8; 32])).unwrap()
     }
 
     fn record() -> UpstreamRecord {
-        let mut spec = UpstreamSpec::new("ws://h/");
+        let mut spec = UpstreamSpec::new("ws://h/feed?token=q5ecret");
+        spec.subscriptions
+            .push(wsgate_core::seams::upstream::UpstreamSubscription {
+                key: "trades".into(),
+                message: "SUB trades".into(),
+                unsubscribe: None,
+            });
+        spec.publish_topic = Some("prices".into());
         spec.headers
             .push(("authorization".into(), "Bearer s3cr3t".into()));
         spec.auth = Some(UpstreamAuth {
@@ -210,7 +314,15 @@ mod tests {
             !json.contains("realtime") && !json.contains("KEY"),
             "{json}"
         );
-        assert!(json.starts_with(r#"{"id":"ab-n1","owner":"n1""#), "{json}");
+        // So are the URL's query, the subscriptions and the topic: the whole spec.
+        for clear in ["q5ecret", "SUB trades", "prices", "\"spec\""] {
+            assert!(!json.contains(clear), "{clear} in {json}");
+        }
+        assert!(
+            json.starts_with(r#"{"id":"ab-n1","owner":"n1","v":2,"#),
+            "{json}"
+        );
+        assert!(json.contains(r#""url":"ws://h/feed""#), "{json}");
         assert_eq!(decode(Some(&key()), &json).unwrap(), record());
         // Another key, or the blob moved to another record, does not open.
         let other = ClusterKey::from_base64(&B64.encode([8u8; 32])).unwrap();
@@ -218,6 +330,37 @@ mod tests {
         assert!(decode(None, &json).is_err());
         let moved = json.replacen("ab-n1", "cd-n1", 1);
         assert!(decode(Some(&key()), &moved).is_err());
+        let redated = json.replacen(r#""created_at_ms":1"#, r#""created_at_ms":2"#, 1);
+        assert!(decode(Some(&key()), &redated).is_err());
+        // A Redis writer cannot put a spec of its own in clear beside (or instead of) it.
+        let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v["spec"] = serde_json::to_value(UpstreamSpec::new("ws://evil/")).unwrap();
+        let with_clear = v.to_string();
+        assert_eq!(decode(Some(&key()), &with_clear).unwrap(), record());
+        v.as_object_mut().unwrap().remove("sealed");
+        assert!(decode(Some(&key()), &v.to_string()).is_err());
+        // The owner (rewritten by claim.lua) and the state stay writable without the key.
+        let claimed = json.replacen(r#""owner":"n1""#, r#""owner":"n2""#, 1);
+        assert_eq!(decode(Some(&key()), &claimed).unwrap().owner, "n2");
+    }
+
+    /// Format 1 (before 2026-11-27): URL, subscriptions and topic in clear and
+    /// unauthenticated. Refused under a key, with a message that says what to do.
+    #[test]
+    fn format_1_records_are_refused_under_a_key() {
+        let v1 = r#"{"id":"ab-n1","owner":"n1","state":"connected","created_at_ms":1,"spec":{"url":"ws://evil/"},"sealed":"AAAA"}"#;
+        assert!(!is_current(true, v1));
+        assert!(is_current(false, v1));
+        let e = decode(Some(&key()), v1).unwrap_err().to_string();
+        assert!(
+            e.contains("ab-n1") && e.contains("format 1") && e.contains("re-create"),
+            "{e}"
+        );
+        let json = encode(Some(&key()), &record()).unwrap();
+        assert!(is_current(true, &json));
+        // Without a key (dev store) a format 1 record in clear still reads.
+        let plain = r#"{"id":"ab-n1","owner":"n1","state":"connected","created_at_ms":1,"spec":{"url":"ws://h/"}}"#;
+        assert_eq!(decode(None, plain).unwrap().spec.url, "ws://h/");
     }
 
     #[test]
@@ -228,5 +371,17 @@ mod tests {
         assert!(ClusterKey::from_base64("not base64!").is_err());
         assert!(ClusterKey::from_base64(&B64.encode([1u8; 16])).is_err());
         assert!(!format!("{:?}", key()).contains('7'));
+    }
+
+    #[test]
+    fn forwarded_call_tags() {
+        let tag = key().sign(&[b"q", b"1", b"n1"]);
+        assert!(key().verify(&[b"q", b"1", b"n1"], &tag));
+        assert!(!key().verify(&[b"q", b"1", b"n2"], &tag));
+        // Boundaries count: "q1" + "" is not "q" + "1".
+        assert!(!key().verify(&[b"q1", b"", b"n1"], &tag));
+        let other = ClusterKey::from_base64(&B64.encode([8u8; 32])).unwrap();
+        assert!(!other.verify(&[b"q", b"1", b"n1"], &tag));
+        assert!(!key().verify(&[b"q", b"1", b"n1"], "not base64!"));
     }
 }

@@ -80,7 +80,7 @@ impl RedisStore {
             health: health.clone(),
             metrics: metrics.clone(),
         };
-        let task = tokio::spawn(liveness.run());
+        let task = wsgate_core::tasks::supervised("lease renewal", liveness.run());
         Ok(Self {
             node,
             conn,
@@ -109,6 +109,7 @@ impl RedisStore {
             sweeps: AtomicU64::new(0),
             claim: Script::new(include_str!("lua/claim.lua")),
             held: Script::new(include_str!("lua/held.lua")),
+            missing: Default::default(),
         }
     }
 
@@ -119,7 +120,11 @@ impl RedisStore {
             conn: self.conn.clone(),
             client: self.client.clone(),
             keys: self.keys.clone(),
-            inner: Default::default(),
+            inner: Arc::new(super::forwarding::Rpc::new(
+                self.node.clone(),
+                self.key.clone(),
+                self.metrics.clone(),
+            )),
         }
     }
 
@@ -308,11 +313,17 @@ impl UpstreamRecords for RedisStore {
         let r: Result<Vec<Option<String>>, _> =
             redis::cmd("MGET").arg(&keys).query_async(&mut conn).await;
         self.observe(&r);
-        r.map_err(unavailable)?
+        // A record that cannot be used (format 1 under a key, another key, corrupt) is
+        // logged and left out: the others still start.
+        Ok(r.map_err(unavailable)?
             .into_iter()
-            .flatten()
-            .map(|json| sealed::decode(self.key.as_ref(), &json))
-            .collect()
+            .zip(&ids)
+            .filter_map(|(json, id)| {
+                sealed::decode(self.key.as_ref(), &json?)
+                    .inspect_err(|e| sealed::warn_unusable(id, e))
+                    .ok()
+            })
+            .collect())
     }
 }
 

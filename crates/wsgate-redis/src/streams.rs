@@ -73,7 +73,10 @@ impl ChannelStreams {
             config.history_size,
             metrics,
         );
-        streams.watch = Some(tokio::spawn(watch(conn, streams.health.clone())));
+        streams.watch = Some(wsgate_core::tasks::supervised(
+            "history watch",
+            watch(conn, streams.health.clone()),
+        ));
         Ok(streams)
     }
 

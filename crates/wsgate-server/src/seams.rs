@@ -54,10 +54,12 @@ pub const DEFAULT_HISTORY_SIZE: usize = 256;
 pub const DEFAULT_PRESENCE_TTL_MS: u64 = 15_000;
 /// Shortest `presence_ttl_ms` accepted: presence is refreshed on a fraction of it.
 pub const MIN_PRESENCE_TTL_MS: u64 = 100;
-/// Default of `lease_ttl_ms`: 750, for the team's < 1 s fail-over target. A Redis stall
-/// longer than this makes survivors take the node's connections over (the fenced record
-/// writes make the old owner close its copies), so raise it where Redis is far or slow.
-pub const DEFAULT_LEASE_TTL_MS: u64 = 750;
+/// Default of `lease_ttl_ms`: 400, for the team's < 1 s fail-over target. A survivor claims
+/// a node's connections only after seeing its lease missing twice, more than one TTL
+/// apart (SIGKILL fail-over: about two TTLs); a Redis stall shorter than that claims
+/// nothing, and an owner that could not renew for `1.75 × TTL` closes its connections
+/// itself (restarting them once it renews), so raise it where Redis is far or slow.
+pub const DEFAULT_LEASE_TTL_MS: u64 = 400;
 /// Shortest `lease_ttl_ms` accepted: leases are renewed every third of it.
 pub const MIN_LEASE_TTL_MS: u64 = 300;
 

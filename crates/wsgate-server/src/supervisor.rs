@@ -15,6 +15,13 @@
 //! 4. upstream connections close (their records stay in the store): clients still connected
 //!    until then kept receiving what upstreams publish;
 //! 5. the accept loop, then the gRPC server, then the heartbeat stop.
+//!
+//! Supervision: the heartbeat, the reclaimer and the engines' background tasks
+//! ([`wsgate_core::tasks::supervised`]: the broker's subscription, the lease renewal, the
+//! forwarding channel, ...) run as long as the node. When one of them ends anyway (returns
+//! or panics), `/ready` turns 503 at once and the node stops with an error (exit status 1):
+//! it is never "ready" while it no longer receives, renews or sweeps; the orchestrator
+//! restarts it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -71,6 +78,14 @@ pub async fn run_with(
             running.abort().await;
             return Err(conflict.into());
         }
+        _ = &mut running.heartbeat => {
+            running.abort().await;
+            anyhow::bail!("background task \"heartbeat\" ended: stopping the node");
+        }
+        name = wsgate_core::tasks::failed() => {
+            running.abort().await;
+            anyhow::bail!("background task {name:?} ended: stopping the node");
+        }
     }
     running.stop().await;
     info!("wsgate stopped");
@@ -125,8 +140,10 @@ impl Running {
         })
     }
 
-    /// The accept loop died: stop the rest without a drain.
+    /// The accept loop or a background task died: not ready from now on; stop the rest
+    /// without a drain.
     async fn abort(self) {
+        self.node.lifecycle.drain();
         self.heartbeat.abort();
         if let Some(r) = &self.reclaimer {
             r.abort();

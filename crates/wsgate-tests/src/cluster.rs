@@ -33,7 +33,7 @@ pub enum Persistence {
     /// None: a restart loses everything (on purpose), unless the test kept a snapshot
     /// ([`RedisServer::kill_keeping_data`]).
     None,
-    /// An append-only file (`--appendonly yes`, fsync every second).
+    /// An append-only file (`--appendonly yes`, fsync at every write).
     Aof,
     /// Only snapshots the test takes (`SAVE`): a restart goes back to the last one.
     Snapshot,
@@ -72,6 +72,19 @@ impl RedisServer {
         let _ = std::fs::remove_file(self.dir.join("dump.rdb"));
     }
 
+    /// A server whose every write is in an append-only file (`appendfsync always`): a
+    /// SIGKILL and [`Self::restart`] keep every key, TTLs included.
+    pub async fn start_persistent() -> Self {
+        Self::start_with(Persistence::Aof).await
+    }
+
+    /// Stalls the server for `secs` (`DEBUG SLEEP`): nothing is answered meanwhile, and
+    /// keys whose TTL ran out during the stall are gone when it ends. Returns when it ends.
+    pub async fn stall(&self, secs: f64) {
+        let out = self.cli(&["DEBUG", "SLEEP", &secs.to_string()]).await;
+        assert_eq!(out.trim(), "OK", "DEBUG SLEEP: {out}");
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
@@ -86,9 +99,10 @@ impl RedisServer {
         assert!(self.child.is_none(), "already running");
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--protected-mode", "no"]);
+            .args(["--save", "", "--protected-mode", "no"])
+            .args(["--enable-debug-command", "local"]);
         match self.persistence {
-            Persistence::Aof => cmd.args(["--appendonly", "yes", "--appendfsync", "everysec"]),
+            Persistence::Aof => cmd.args(["--appendonly", "yes", "--appendfsync", "always"]),
             Persistence::None | Persistence::Snapshot => cmd.args(["--appendonly", "no"]),
         };
         let child = cmd
@@ -140,6 +154,12 @@ impl RedisServer {
         let mut child = self.child.take().expect("running");
         child.start_kill().unwrap();
         within("redis-server to exit", child.wait()).await.unwrap();
+    }
+
+    /// SIGKILL, then start again on the same port (with its data when persistent).
+    pub async fn kill_and_restart(&mut self) {
+        self.kill().await;
+        self.restart().await;
     }
 
     /// One command through redis-cli; returns its raw output.
@@ -235,6 +255,11 @@ pub struct Cluster {
 impl Cluster {
     pub async fn start(via: Via) -> Self {
         Self::with_redis(via, RedisServer::start().await).await
+    }
+
+    /// A cluster on a Redis that keeps its data across a restart.
+    pub async fn start_persistent() -> Self {
+        Self::with_redis(Via::Redis, RedisServer::start_persistent().await).await
     }
 
     /// [`Cluster::start`] on a Redis of the caller's (with persistence, say).

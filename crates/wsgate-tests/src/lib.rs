@@ -148,6 +148,12 @@ impl TestServer {
         format!("ws://{}/ws", self.addr)
     }
 
+    /// Waits (bounded) for `run` to return by itself, without asking it to stop.
+    pub async fn stopped(mut self) -> anyhow::Result<()> {
+        let task = self.task.take().expect("running");
+        within("the node to stop by itself", task).await.unwrap()
+    }
+
     /// Triggers graceful shutdown and waits for `run` to return.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {

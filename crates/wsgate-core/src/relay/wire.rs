@@ -68,35 +68,41 @@ pub fn decode(payload: Bytes) -> Result<Envelope, WireError> {
             .and_then(|f| f.parse().ok())
             .ok_or(WireError("bad number"))
     };
+    // A length that does not fit in `usize` cannot fit in the body either.
+    let len = |i: usize| -> Result<usize, WireError> {
+        usize::try_from(num(i)?).map_err(|_| WireError("length too large"))
+    };
     let body = payload.slice(nl + 1..);
     match fields[0] {
         "c" => {
             let offset = num(1)?;
             let epoch: Arc<str> = (*fields.get(2).ok_or(WireError("no epoch"))?).into();
             let published_at_us = num(3)?;
-            let ch_len = num(4)? as usize;
-            let ex_len = num(5)? as usize;
-            if body.len() < ch_len + ex_len {
-                return Err(WireError("short body"));
-            }
+            let ch_len = len(4)?;
+            let ex_len = len(5)?;
+            // Checked: two lengths near `usize::MAX` would wrap and pass a plain `<`.
+            let fields_end = ch_len
+                .checked_add(ex_len)
+                .filter(|&end| end <= body.len())
+                .ok_or(WireError("short body"))?;
             let channel = str_of(&body[..ch_len])?;
-            let exclude = str_of(&body[ch_len..ch_len + ex_len])?;
+            let exclude = str_of(&body[ch_len..fields_end])?;
             Ok(Envelope::Channel(Publication {
                 channel: channel.into(),
                 offset,
                 epoch,
-                data: body.slice(ch_len + ex_len..),
+                data: body.slice(fields_end..),
                 exclude_user: (!exclude.is_empty()).then(|| exclude.into()),
                 published_at_us,
             }))
         }
         "u" | "n" => {
-            let len = num(1)? as usize;
-            if body.len() < len {
+            let n = len(1)?;
+            if body.len() < n {
                 return Err(WireError("short body"));
             }
-            let target: Arc<str> = str_of(&body[..len])?.into();
-            let data = body.slice(len..);
+            let target: Arc<str> = str_of(&body[..n])?.into();
+            let data = body.slice(n..);
             Ok(if fields[0] == "u" {
                 Envelope::User { user: target, data }
             } else {
@@ -162,5 +168,26 @@ mod tests {
         ));
         assert!(decode(Bytes::from_static(b"c 1 e 2 50 0\nshort")).is_err());
         assert!(decode(Bytes::from_static(b"garbage")).is_err());
+    }
+
+    /// A peer (or anybody who can publish on the cluster channel) must not be able to
+    /// panic the subscription task with lengths whose sum wraps around.
+    #[test]
+    fn overflowing_lengths_are_an_error_not_a_panic() {
+        let max = usize::MAX;
+        for header in [
+            format!("c 1 e 2 {max} 1\nabc"),
+            format!("c 1 e 2 1 {max}\nabc"),
+            format!("c 1 e 2 {max} {max}\nabc"),
+            format!("c 1 e 2 {} 0\nabc", u64::MAX),
+            format!("u {}\nabc", u64::MAX),
+            "c 1 e 2 99999999999999999999999 0\nabc".to_string(),
+        ] {
+            assert!(decode(Bytes::from(header.clone())).is_err(), "{header}");
+        }
+        // Empty header, unknown kind, missing fields.
+        for bad in ["\n", "x 1\n", "c\n", "c 1 e 2 1\nab", "n\nab"] {
+            assert!(decode(Bytes::from(bad.to_string())).is_err(), "{bad}");
+        }
     }
 }

@@ -35,7 +35,7 @@ pub use metrics::ClusterMetrics;
 pub use model::{
     Envelope, NodeId, Publication, PublishRequest, Recovery, RecoveryGap, StreamPosition,
 };
-pub use ownership::{LeaseError, Ownership, Sweep};
+pub use ownership::{LeaseError, Ownership, Standing, Sweep};
 pub use presence::{PresenceEntry, PresenceStore, StoreError};
 pub use records::UpstreamRecords;
 pub use upstream::UpstreamRecord;

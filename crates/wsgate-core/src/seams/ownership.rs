@@ -11,9 +11,10 @@
 //! [`LeaseError::Held`] while another process holds the id's lease, and a renewal that
 //! finds another process's lease reports the same.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use tokio::sync::watch;
 
 use super::presence::StoreError;
 use super::upstream::UpstreamRecord;
@@ -29,6 +30,23 @@ pub enum LeaseError {
     Held { expires_in: Duration },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Where this process's lease stands, as the node running the connections must see it.
+///
+/// A survivor claims a node's records only after it saw the lease missing twice, more than
+/// one TTL apart, with no take in between; the lease lapses at the earliest one TTL after
+/// the renewal that kept it was *sent*. So nobody can claim before `sent + 2 × TTL`, and a
+/// node that has not renewed by `until` (that bound, less a margin) stops its connections
+/// on its own: it can never run a connection that another node runs too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// Not taken yet, or handed over: nothing to fence.
+    Pending,
+    /// Held: the node may run its connections until `until` unless renewed again.
+    Held { until: Instant },
+    /// Another process holds the node id: stop every connection now.
+    Lost,
 }
 
 /// What one reclaimer sweep found.
@@ -64,4 +82,9 @@ pub trait Ownership: Send + Sync + 'static {
     fn sweep_interval(&self) -> Duration;
     /// How long a lease lives without renewal.
     fn lease_ttl(&self) -> Duration;
+    /// Follows this process's lease ([`Standing`]); the default never fences (single-node
+    /// stores and test doubles).
+    fn standing(&self) -> watch::Receiver<Standing> {
+        watch::channel(Standing::Pending).1
+    }
 }

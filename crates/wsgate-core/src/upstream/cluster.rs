@@ -9,13 +9,21 @@
 //! another node now owns are closed here (this node was presumed dead). The task ends only
 //! when another process holds this node id's lease, with the [`LeaseConflict`]: the node
 //! must then stop.
+//!
+//! **Fencing.** The task follows the lease's [`Standing`]: when its `until` passes without a
+//! renewal (Redis stalled or out of reach for nearly two TTLs: a survivor may claim the
+//! records from then on) every local connection is closed at once and the node sweeps no
+//! more; when the lease is renewed again, the records that still name this node are
+//! started again (the others were claimed). When another process holds the lease, every
+//! local connection is closed before the task ends.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::seams::{Forwarding, LeaseError, Ownership, RequestHandler};
+use crate::seams::{Forwarding, LeaseError, Ownership, RequestHandler, Standing};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use wsgate_backoff::Backoff;
 
@@ -111,14 +119,7 @@ impl UpstreamManager {
                 "CLEAR_ALL_ON_START: upstream connection records wiped"
             );
         } else {
-            let records = retry("list records", || self.parts.records.upstream_list()).await;
-            let mut n = 0;
-            for rec in records {
-                if rec.owner == self.node() && !self.conns.contains_key(rec.id.as_str()) {
-                    self.start(rec).await;
-                    n += 1;
-                }
-            }
+            let n = self.rebuild().await;
             if n > 0 {
                 info!(
                     connections = n,
@@ -126,15 +127,63 @@ impl UpstreamManager {
                 );
             }
         }
+        let mut standing = own.standing();
+        // Whether the lease can still change (a store without fencing drops its end).
+        let mut follow = true;
+        let mut fenced = false;
         let mut tick = tokio::time::interval(own.sweep_interval());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            let now = *standing.borrow_and_update();
+            let until = match now {
+                Standing::Lost => {
+                    self.fence("another process holds this node id's lease")
+                        .await;
+                    return LeaseConflict {
+                        node: self.node().to_string(),
+                        waited: Duration::ZERO,
+                        expires_in: Duration::ZERO,
+                    };
+                }
+                Standing::Held { until } => Some(Instant::from_std(until)),
+                Standing::Pending => None,
+            };
+            if fenced && until.is_some_and(|u| u > Instant::now()) {
+                fenced = false;
+                let n = self.rebuild().await;
+                info!(
+                    connections = n,
+                    "lease renewed again: upstream connections still owned here restarted"
+                );
+            }
+            let fence_at = until.filter(|_| !fenced);
+            tokio::select! {
+                r = standing.changed(), if follow => {
+                    follow = r.is_ok();
+                    continue;
+                }
+                () = sleep_until(fence_at) => {
+                    fenced = true;
+                    self.fence(NOT_RENEWED).await;
+                    continue;
+                }
+                _ = tick.tick(), if !fenced => {}
+            }
             let local: Vec<String> = self.conns.iter().map(|e| e.key().to_string()).collect();
-            let sweep = match tokio::time::timeout(Duration::from_secs(5), own.sweep(&local)).await
-            {
+            // A sweep waits for Redis: the fence must not (a stalled Redis is its very case).
+            let swept = tokio::select! {
+                r = tokio::time::timeout(Duration::from_secs(5), own.sweep(&local)) => r,
+                () = sleep_until(fence_at) => {
+                    fenced = true;
+                    self.fence(NOT_RENEWED).await;
+                    continue;
+                }
+            };
+            let sweep = match swept {
                 Ok(Ok(s)) => s,
                 Ok(Err(LeaseError::Held { expires_in })) => {
+                    self.fence("another process holds this node id's lease")
+                        .await;
                     return LeaseConflict {
                         node: self.node().to_string(),
                         waited: Duration::ZERO,
@@ -163,6 +212,32 @@ impl UpstreamManager {
         }
     }
 
+    /// Starts the records that name this node and do not run here; returns how many.
+    async fn rebuild(&self) -> usize {
+        let records = retry("list records", || self.parts.records.upstream_list()).await;
+        let mut n = 0;
+        for rec in records {
+            if rec.owner == self.node() && !self.conns.contains_key(rec.id.as_str()) {
+                self.start(rec).await;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Closes every local connection at once (their records stay): this node may no
+    /// longer be their only owner.
+    async fn fence(&self, why: &str) {
+        if self.conns.is_empty() {
+            return;
+        }
+        warn!(
+            connections = self.conns.len(),
+            "{why}: closing every local upstream connection"
+        );
+        self.shutdown().await;
+    }
+
     /// Graceful hand-over (SIGTERM in cluster mode): closes every local connection, marks
     /// their records unowned and drops the lease, so survivors take them on their next
     /// sweep instead of waiting for the lease to expire. Returns how many were released.
@@ -186,6 +261,16 @@ impl UpstreamManager {
                 0
             }
         }
+    }
+}
+
+const NOT_RENEWED: &str = "the lease was not renewed in time (Redis stalled or out of reach); a survivor may claim its records";
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -41,12 +41,14 @@ pub struct Shared {
     pub gauge: GaugeSlot,
     pub published: AtomicU64,
     pub publish_errors: AtomicU64,
+    /// The manager holding this connection: told when the store refuses a record write.
+    pub manager: std::sync::Weak<super::UpstreamManager>,
 }
 
 impl Shared {
     /// Applies `edit` to the record and writes it to the store (bounded). A record that is
     /// gone or names another owner is not re-created: the write fails with
-    /// `Connection not found`, and the reclaimer's next sweep stops the connection.
+    /// `Connection not found` and the connection stops at once (another node may run it).
     pub async fn update_record(
         &self,
         edit: impl FnOnce(&mut UpstreamRecord),
@@ -57,6 +59,9 @@ impl Shared {
         let res = match tokio::time::timeout(WRITE_TIMEOUT, put).await {
             Ok(Err(crate::seams::StoreError::Revoked(_))) => {
                 warn!(upstream_id = %self.id, "upstream record gone or taken over; not re-created");
+                if let Some(manager) = self.manager.upgrade() {
+                    manager.revoked(self);
+                }
                 return Err(UpstreamError::NotFound);
             }
             Ok(r) => r.map_err(UpstreamError::from),

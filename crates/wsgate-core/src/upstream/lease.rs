@@ -5,7 +5,7 @@
 //! stopped renewing, so its lease lapses within one TTL; a *live* node with the same id
 //! keeps renewing it forever. [`take`] therefore waits for a held lease for up to
 //! [`PATIENCE`] lease TTLs — a restart after SIGKILL starts as soon as the old lease
-//! lapses (at most one TTL, 750 ms by default) — and then gives up with a
+//! lapses (at most one TTL, 400 ms by default) — and then gives up with a
 //! [`LeaseConflict`] that names the id: the node must not run under it.
 
 use std::time::Duration;

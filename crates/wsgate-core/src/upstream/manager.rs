@@ -31,6 +31,8 @@ pub struct UpstreamManager {
     pub(super) conns: DashMap<Arc<str>, Arc<Upstream>>,
     /// Cluster mode: leases, reclaiming and forwarding (see [`super::cluster`]).
     pub(super) cluster: std::sync::OnceLock<ClusterSeams>,
+    /// Itself, for connections whose record write is refused (see [`Self::revoked`]).
+    me: std::sync::Weak<UpstreamManager>,
 }
 
 /// What Connect reports.
@@ -45,11 +47,30 @@ impl UpstreamManager {
     /// A manager of connections on `parts.node`, publishing through `parts.publisher` and
     /// keeping records in `parts.records`.
     pub fn new(parts: UpstreamParts) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
             parts: Arc::new(parts),
             conns: DashMap::new(),
             cluster: std::sync::OnceLock::new(),
+            me: me.clone(),
         })
+    }
+
+    /// The store refused a write of `shared`'s record (it is gone or names another owner):
+    /// another node may run this connection now, so the local one stops at once: out of
+    /// the map now, closed in the background (the pump may be the caller).
+    pub(super) fn revoked(&self, shared: &Shared) {
+        let Some((_, up)) = self
+            .conns
+            .remove_if(&shared.id, |_, up| std::ptr::eq(&*up.shared, shared))
+        else {
+            return;
+        };
+        warn!(upstream_id = %shared.id, "upstream record write refused (record gone or taken over): closing the local connection");
+        let metrics = self.parts.metrics.clone();
+        tokio::spawn(async move {
+            up.close(CLOSE_WAIT).await;
+            up.shared.gauge.clear(&metrics);
+        });
     }
 
     /// The store of upstream records.
@@ -118,6 +139,7 @@ impl UpstreamManager {
             published: AtomicU64::new(0),
             publish_errors: AtomicU64::new(0),
             record: tokio::sync::Mutex::new(record.clone()),
+            manager: self.me.clone(),
         });
         let pump = tokio::spawn(pump::run(shared.clone(), events, client.watch_state()));
         let up = Arc::new(Upstream {
