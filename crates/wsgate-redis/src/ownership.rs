@@ -104,16 +104,23 @@ impl RedisOwnership {
         Ok(lost)
     }
 
+    /// The values of `keys` in order (`None` for a missing key).
+    async fn mget(
+        &self,
+        keys: impl Iterator<Item = String>,
+    ) -> Result<Vec<Option<String>>, StoreError> {
+        redis::cmd("MGET")
+            .arg(keys.collect::<Vec<_>>())
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)
+    }
+
     async fn alive_map(&self, nodes: &[String]) -> Result<HashMap<String, bool>, StoreError> {
         if nodes.is_empty() {
             return Ok(HashMap::new());
         }
-        let keys: Vec<String> = nodes.iter().map(|n| self.keys.alive(n)).collect();
-        let vals: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(store_error)?;
+        let vals = self.mget(nodes.iter().map(|n| self.keys.alive(n))).await?;
         Ok(nodes
             .iter()
             .cloned()
@@ -187,12 +194,9 @@ impl Ownership for RedisOwnership {
             .map_err(store_error)?;
         let mut records: Vec<(String, String)> = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
-            let keys: Vec<String> = chunk.iter().map(|id| self.keys.record(id)).collect();
-            let vals: Vec<Option<String>> = redis::cmd("MGET")
-                .arg(&keys)
-                .query_async(&mut self.conn.clone())
-                .await
-                .map_err(store_error)?;
+            let vals = self
+                .mget(chunk.iter().map(|id| self.keys.record(id)))
+                .await?;
             for (id, v) in chunk.iter().zip(vals) {
                 if let Some(json) = v
                     && let Ok(head) = serde_json::from_str::<Head>(&json)
