@@ -279,6 +279,34 @@ pub enum OfflineMode {
     Outbox,
 }
 
+/// A spec for `url` holding every kind of secret a record carries: a header value, an auth
+/// message, a signing secret and a TLS key, each with `s3cr3t` in it (the signed payload
+/// names `realtime`, the key starts with `KEY`). For the tests that check secrets never show.
+#[cfg(any(test, feature = "test-support"))]
+pub fn spec_with_secrets(url: &str) -> UpstreamSpec {
+    let mut spec = UpstreamSpec::new(url);
+    spec.headers
+        .push(("authorization".into(), "Bearer s3cr3t".into()));
+    spec.auth = Some(UpstreamAuth {
+        messages: vec!["login s3cr3t".into()],
+        expect: None,
+        timeout_ms: 5,
+        sign: Some(UpstreamSign {
+            algorithm: SignAlgorithm::HmacSha256,
+            secret: "s3cr3t".into(),
+            payload: "{{timestamp_ms}}GET/realtime".into(),
+            encoding: SignEncoding::Hex,
+        }),
+        refresh_ms: Some(60_000),
+    });
+    spec.tls = Some(UpstreamTls {
+        ca_pem: None,
+        client_cert_pem: Some("CERT".into()),
+        client_key_pem: Some("KEY s3cr3t".into()),
+    });
+    spec
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,25 +323,7 @@ mod tests {
 
     #[test]
     fn debug_hides_secrets() {
-        let mut spec = UpstreamSpec::new("ws://h/?key=s3cr3t");
-        spec.headers
-            .push(("authorization".into(), "Bearer s3cr3t".into()));
-        spec.auth = Some(UpstreamAuth {
-            messages: vec!["login s3cr3t".into()],
-            expect: None,
-            timeout_ms: 1,
-            sign: Some(UpstreamSign {
-                algorithm: SignAlgorithm::HmacSha256,
-                secret: "s3cr3t".into(),
-                payload: "p".into(),
-                encoding: SignEncoding::Hex,
-            }),
-            refresh_ms: None,
-        });
-        spec.tls = Some(UpstreamTls {
-            client_key_pem: Some("s3cr3t".into()),
-            ..Default::default()
-        });
+        let spec = spec_with_secrets("ws://h/?key=s3cr3t");
         let dbg = format!("{spec:?}");
         assert!(
             dbg.contains("authorization") && !dbg.contains("s3cr3t"),
