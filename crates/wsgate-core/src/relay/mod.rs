@@ -16,7 +16,11 @@ use dashmap::DashMap;
 
 pub use dispatch::Dispatcher;
 
-use crate::seams::{BrokerError, ChannelLog, ClusterMetrics, Recovery, StreamPosition};
+use async_trait::async_trait;
+
+use crate::seams::{
+    BrokerError, ChannelLog, ClusterMetrics, Recovery, StreamPosition, StreamReads,
+};
 
 /// A [`ChannelLog`] as a relaying broker uses it: reads made for local subscribers are
 /// remembered as their joins, so the [`Dispatcher`] knows where this node's delivery of a
@@ -48,25 +52,6 @@ impl Relay {
         &self.metrics
     }
 
-    /// Where a channel stands, for a subscriber of this node (remembered as its join).
-    pub async fn position(&self, channel: &str) -> Result<StreamPosition, BrokerError> {
-        let position = self.log.position(channel).await?;
-        self.joined(channel, &position);
-        Ok(position)
-    }
-
-    /// Position and history after `since`, for a subscriber of this node (remembered as
-    /// its join).
-    pub async fn recover(
-        &self,
-        channel: &str,
-        since: &StreamPosition,
-    ) -> Result<Recovery, BrokerError> {
-        let recovery = self.log.recover(channel, since).await?;
-        self.joined(channel, &recovery.position);
-        Ok(recovery)
-    }
-
     fn joined(&self, channel: &str, position: &StreamPosition) {
         // The lowest answered position wins: delivering from there covers every subscriber.
         let now = Instant::now();
@@ -79,5 +64,25 @@ impl Relay {
                 *at = now;
             })
             .or_insert_with(|| (position.clone(), now));
+    }
+}
+
+/// Reads for a subscriber of this node, each remembered as its join.
+#[async_trait]
+impl StreamReads for Relay {
+    async fn position(&self, channel: &str) -> Result<StreamPosition, BrokerError> {
+        let position = self.log.position(channel).await?;
+        self.joined(channel, &position);
+        Ok(position)
+    }
+
+    async fn recover(
+        &self,
+        channel: &str,
+        since: &StreamPosition,
+    ) -> Result<Recovery, BrokerError> {
+        let recovery = self.log.recover(channel, since).await?;
+        self.joined(channel, &recovery.position);
+        Ok(recovery)
     }
 }
