@@ -8,6 +8,24 @@ use crate::{
     Backoff, BreakerConfig, Correlation, JitterSource, Message, RandomJitter, Signer, TlsOptions,
 };
 
+/// Chained setters that store their argument: `name: Type;` sets field `name`, and
+/// `name: Type => Some;` sets it to `Some(value)`.
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty $(=> $wrap:ident)?;)*) => {$(
+        $(#[$doc])*
+        pub fn $name(mut self, value: $ty) -> Self {
+            self.$name = setters!(@value value $($wrap)?);
+            self
+        }
+    )*};
+    (@value $v:ident) => {
+        $v
+    };
+    (@value $v:ident $wrap:ident) => {
+        $wrap($v)
+    };
+}
+
 /// Default TCP + TLS + WebSocket handshake timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default write timeout: a peer that stops reading must not wedge the driver.
@@ -138,22 +156,13 @@ impl Auth {
         self
     }
 
-    /// Waits for a reply matching `m` before the connection counts as ready.
-    pub fn expect(mut self, m: Matcher) -> Self {
-        self.expect = Some(m);
-        self
-    }
-
-    /// A reply matching `m` (while waiting) fails the attempt at once.
-    pub fn reject(mut self, m: Matcher) -> Self {
-        self.reject = Some(m);
-        self
-    }
-
-    /// How long to wait for the expected reply. Default 10 s.
-    pub fn timeout(mut self, d: Duration) -> Self {
-        self.timeout = d;
-        self
+    setters! {
+        /// Waits for a reply matching `value` before the connection counts as ready.
+        expect: Matcher => Some;
+        /// A reply matching `value` (while waiting) fails the attempt at once.
+        reject: Matcher => Some;
+        /// How long to wait for the expected reply. Default 10 s.
+        timeout: Duration;
     }
 
     /// Computes `{{signature}}` in the messages, afresh for every attempt. Default none.
@@ -317,35 +326,6 @@ impl ClientConfig {
         self
     }
 
-    /// Reconnect after a lost connection. Default `true`. With `false`, a lost
-    /// connection ends the client with `Closed { ConnectionLost }`; the first
-    /// connect still follows the backoff policy.
-    pub fn auto_reconnect(mut self, yes: bool) -> Self {
-        self.auto_reconnect = yes;
-        self
-    }
-
-    /// Reconnect delay policy. Default [`Backoff::default`].
-    pub fn backoff(mut self, b: Backoff) -> Self {
-        self.backoff = b;
-        self
-    }
-
-    /// How long a connection must stay up (authenticated and subscribed) before it counts
-    /// as a success that resets the backoff and closes the breaker; a shorter one counts
-    /// as a failed attempt, so a server that accepts and drops at once is retried with
-    /// growing delays. Default: the backoff's `max_delay`.
-    pub fn min_stable(mut self, d: Duration) -> Self {
-        self.min_stable = Some(d);
-        self
-    }
-
-    /// TLS settings for `wss://` (extra CA, client certificate). Default: platform roots.
-    pub fn tls(mut self, t: TlsOptions) -> Self {
-        self.tls = t;
-        self
-    }
-
     /// Jitter source factory (one source per client). Default: `rand`.
     pub fn jitter_source(
         mut self,
@@ -355,64 +335,40 @@ impl ClientConfig {
         self
     }
 
-    /// Circuit breaker settings. Default 5 failures, 30 s cooldown.
-    pub fn breaker(mut self, b: BreakerConfig) -> Self {
-        self.breaker = b;
-        self
-    }
-
-    /// Authentication step run on every (re)connect. Default none.
-    pub fn auth(mut self, a: Auth) -> Self {
-        self.auth = Some(a);
-        self
-    }
-
-    /// Heartbeat, or `None` to disable. Default 30 s ping, 65 s timeout.
-    pub fn heartbeat(mut self, h: Option<Heartbeat>) -> Self {
-        self.heartbeat = h;
-        self
-    }
-
-    /// Correlation mode for `request`. Default none.
-    pub fn correlation(mut self, c: Correlation) -> Self {
-        self.correlation = c;
-        self
-    }
-
-    /// What `send` does while disconnected. Default [`OfflinePolicy::Reject`].
-    pub fn offline(mut self, p: OfflinePolicy) -> Self {
-        self.offline = p;
-        self
-    }
-
-    /// Handshake timeout. Default 10 s.
-    pub fn connect_timeout(mut self, d: Duration) -> Self {
-        self.connect_timeout = d;
-        self
-    }
-
-    /// Per-write timeout; a timeout drops the connection. Default 10 s.
-    pub fn write_timeout(mut self, d: Duration) -> Self {
-        self.write_timeout = d;
-        self
-    }
-
-    /// How long `close` waits for the server's close frame. Default 2 s.
-    pub fn close_timeout(mut self, d: Duration) -> Self {
-        self.close_timeout = d;
-        self
-    }
-
-    /// tungstenite read buffer size. Default 4 KiB.
-    pub fn read_buffer_size(mut self, n: usize) -> Self {
-        self.read_buffer_size = n;
-        self
-    }
-
-    /// Largest accepted message. Default 16 MiB.
-    pub fn max_message_size(mut self, n: Option<usize>) -> Self {
-        self.max_message_size = n;
-        self
+    setters! {
+        /// Reconnect after a lost connection. Default `true`. With `false`, a lost
+        /// connection ends the client with `Closed { ConnectionLost }`; the first
+        /// connect still follows the backoff policy.
+        auto_reconnect: bool;
+        /// Reconnect delay policy. Default [`Backoff::default`].
+        backoff: Backoff;
+        /// How long a connection must stay up (authenticated and subscribed) before it counts
+        /// as a success that resets the backoff and closes the breaker; a shorter one counts
+        /// as a failed attempt, so a server that accepts and drops at once is retried with
+        /// growing delays. Default: the backoff's `max_delay`.
+        min_stable: Duration => Some;
+        /// TLS settings for `wss://` (extra CA, client certificate). Default: platform roots.
+        tls: TlsOptions;
+        /// Circuit breaker settings. Default 5 failures, 30 s cooldown.
+        breaker: BreakerConfig;
+        /// Authentication step run on every (re)connect. Default none.
+        auth: Auth => Some;
+        /// Heartbeat, or `None` to disable. Default 30 s ping, 65 s timeout.
+        heartbeat: Option<Heartbeat>;
+        /// Correlation mode for `request`. Default none.
+        correlation: Correlation;
+        /// What `send` does while disconnected. Default [`OfflinePolicy::Reject`].
+        offline: OfflinePolicy;
+        /// Handshake timeout. Default 10 s.
+        connect_timeout: Duration;
+        /// Per-write timeout; a timeout drops the connection. Default 10 s.
+        write_timeout: Duration;
+        /// How long `close` waits for the server's close frame. Default 2 s.
+        close_timeout: Duration;
+        /// tungstenite read buffer size. Default 4 KiB.
+        read_buffer_size: usize;
+        /// Largest accepted message. Default 16 MiB.
+        max_message_size: Option<usize>;
     }
 
     /// Event channel capacity. Default 1024.

@@ -24,6 +24,11 @@ use crate::Message;
 
 /// The HMAC's hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "kebab-case")
+)]
 pub enum SignAlgorithm {
     /// HMAC-SHA256.
     HmacSha256,
@@ -32,9 +37,15 @@ pub enum SignAlgorithm {
 }
 
 /// How the signature is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum SignEncoding {
-    /// Lowercase hex.
+    /// Lowercase hex (default).
+    #[default]
     Hex,
     /// Standard base64 with padding.
     Base64,
@@ -42,6 +53,11 @@ pub enum SignEncoding {
 
 /// Computes `{{signature}}`. The secret is never printed (`Debug` hides it).
 #[derive(Clone, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(deny_unknown_fields)
+)]
 pub struct Signer {
     /// The hash.
     pub algorithm: SignAlgorithm,
@@ -49,7 +65,8 @@ pub struct Signer {
     pub secret: String,
     /// The signed text, with placeholders (except `{{signature}}`).
     pub payload: String,
-    /// Output form.
+    /// Output form. Default hex.
+    #[cfg_attr(feature = "serde", serde(default))]
     pub encoding: SignEncoding,
 }
 

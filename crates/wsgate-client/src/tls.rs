@@ -26,12 +26,20 @@ use crate::Error;
 /// Per-connection TLS settings, all optional. PEM texts are secrets only for the key, but
 /// `Debug` prints none of them.
 #[derive(Clone, Default, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(deny_unknown_fields)
+)]
 pub struct TlsOptions {
     /// Extra trusted CA certificates (PEM), added to the platform's roots.
+    #[cfg_attr(feature = "serde", serde(default))]
     pub ca_pem: Option<String>,
     /// Client certificate chain (PEM) for mutual TLS; needs `client_key_pem`.
+    #[cfg_attr(feature = "serde", serde(default))]
     pub client_cert_pem: Option<String>,
     /// The client certificate's private key (PEM).
+    #[cfg_attr(feature = "serde", serde(default))]
     pub client_key_pem: Option<String>,
 }
 

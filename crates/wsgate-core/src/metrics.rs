@@ -465,3 +465,11 @@ where
 {
     family.get_or_create(&label).inc();
 }
+
+/// `family{label}`'s count now.
+pub fn count<L>(family: &Family<L, Counter>, label: L) -> u64
+where
+    L: Clone + std::hash::Hash + Eq,
+{
+    family.get_or_create(&label).get()
+}

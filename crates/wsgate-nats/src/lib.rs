@@ -43,7 +43,7 @@ pub use connect::{NatsAuth, NatsConnect};
 use wsgate_core::relay::{Dispatcher, Relay, wire};
 use wsgate_core::seams::{
     Broker, BrokerError, ChannelLog, ClusterMetrics, Deliver, Envelope, NodeId, PublishRequest,
-    Recipient, Recovery, StreamPosition,
+    Recipient, StreamPosition, StreamReads,
 };
 
 /// How long a send to one connection waits for the holding node's answer.
@@ -172,16 +172,8 @@ impl Broker for NatsBroker {
         Ok((position, 0))
     }
 
-    async fn position(&self, channel: &str) -> Result<StreamPosition, BrokerError> {
-        self.relay.position(channel).await
-    }
-
-    async fn recover(
-        &self,
-        channel: &str,
-        since: &StreamPosition,
-    ) -> Result<Recovery, BrokerError> {
-        self.relay.recover(channel, since).await
+    fn reads(&self) -> &dyn StreamReads {
+        &*self.relay
     }
 
     /// To a user: core NATS does not count receivers, returns 0. To a connection: a request

@@ -13,8 +13,8 @@ use tracing::{info, warn};
 
 use wsgate_core::relay::{Dispatcher, Relay, wire};
 use wsgate_core::seams::{
-    Broker, BrokerError, ClusterMetrics, Deliver, NodeId, PublishRequest, Recipient, Recovery,
-    StreamPosition,
+    Broker, BrokerError, ClusterMetrics, Deliver, NodeId, PublishRequest, Recipient,
+    StreamPosition, StreamReads,
 };
 
 use super::{
@@ -120,16 +120,8 @@ impl Broker for RedisBroker {
         ))
     }
 
-    async fn position(&self, channel: &str) -> Result<StreamPosition, BrokerError> {
-        self.relay.position(channel).await
-    }
-
-    async fn recover(
-        &self,
-        channel: &str,
-        since: &StreamPosition,
-    ) -> Result<Recovery, BrokerError> {
-        self.relay.recover(channel, since).await
+    fn reads(&self) -> &dyn StreamReads {
+        &*self.relay
     }
 
     /// Returns the number of nodes the send reached: to a connection, 1 when the node that

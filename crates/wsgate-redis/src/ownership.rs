@@ -133,6 +133,18 @@ impl RedisOwnership {
         Ok(lost)
     }
 
+    /// The values of `keys` in order (`None` for a missing key).
+    async fn mget(
+        &self,
+        keys: impl Iterator<Item = String>,
+    ) -> Result<Vec<Option<String>>, StoreError> {
+        redis::cmd("MGET")
+            .arg(keys.collect::<Vec<_>>())
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)
+    }
+
     async fn alive_map(&self, nodes: &[String]) -> Result<HashMap<String, bool>, StoreError> {
         Ok(self
             .look(nodes)
@@ -151,11 +163,7 @@ impl RedisOwnership {
         let mut keys: Vec<String> = nodes.iter().map(|n| self.keys.alive(n)).collect();
         keys.extend(nodes.iter().map(|n| self.keys.lease_takes(n)));
         let sent = Instant::now();
-        let vals: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(store_error)?;
+        let vals = self.mget(keys.into_iter()).await?;
         let received = Instant::now();
         let (alive, takes) = vals.split_at(nodes.len().min(vals.len()));
         let ttl = self.lease.ttl();
@@ -254,12 +262,9 @@ impl Ownership for RedisOwnership {
             .map_err(store_error)?;
         let mut records: Vec<(String, String)> = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
-            let keys: Vec<String> = chunk.iter().map(|id| self.keys.record(id)).collect();
-            let vals: Vec<Option<String>> = redis::cmd("MGET")
-                .arg(&keys)
-                .query_async(&mut self.conn.clone())
-                .await
-                .map_err(store_error)?;
+            let vals = self
+                .mget(chunk.iter().map(|id| self.keys.record(id)))
+                .await?;
             for (id, v) in chunk.iter().zip(vals) {
                 let Some(json) = v else { continue };
                 if !sealed::is_current(self.key.is_some(), &json) {

@@ -257,16 +257,14 @@ pub fn decode(key: Option<&ClusterKey>, json: &str) -> Result<UpstreamRecord, St
 mod tests {
     use super::*;
 
-    use wsgate_core::seams::upstream::{
-        SignAlgorithm, SignEncoding, UpstreamAuth, UpstreamSign, UpstreamTls,
-    };
+    use wsgate_core::seams::upstream::spec_with_secrets;
 
     fn key() -> ClusterKey {
         ClusterKey::from_base64(&B64.encode([7u8; 32])).unwrap()
     }
 
     fn record() -> UpstreamRecord {
-        let mut spec = UpstreamSpec::new("ws://h/feed?token=q5ecret");
+        let mut spec = spec_with_secrets("ws://h/feed?token=q5ecret");
         spec.subscriptions
             .push(wsgate_core::seams::upstream::UpstreamSubscription {
                 key: "trades".into(),
@@ -274,25 +272,6 @@ mod tests {
                 unsubscribe: None,
             });
         spec.publish_topic = Some("prices".into());
-        spec.headers
-            .push(("authorization".into(), "Bearer s3cr3t".into()));
-        spec.auth = Some(UpstreamAuth {
-            messages: vec!["login".into()],
-            expect: None,
-            timeout_ms: 5,
-            sign: Some(UpstreamSign {
-                algorithm: SignAlgorithm::HmacSha256,
-                secret: "s3cr3t".into(),
-                payload: "{{timestamp_ms}}GET/realtime".into(),
-                encoding: SignEncoding::Hex,
-            }),
-            refresh_ms: Some(60_000),
-        });
-        spec.tls = Some(UpstreamTls {
-            ca_pem: None,
-            client_cert_pem: Some("CERT".into()),
-            client_key_pem: Some("KEY s3cr3t".into()),
-        });
         UpstreamRecord {
             id: "ab-n1".into(),
             owner: "n1".into(),

@@ -287,8 +287,14 @@ pub fn build(
     }
     let broker: Arc<dyn Broker> = match config.broker {
         BrokerKind::Memory => Arc::new(MemoryBroker::new(node.clone(), config.history_size)),
+        #[cfg(feature = "redis")]
         BrokerKind::Redis => redis_broker(config, node, &metrics)?,
+        #[cfg(feature = "nats")]
         BrokerKind::Nats => nats_broker(config, node, &metrics)?,
+        #[cfg(not(feature = "redis"))]
+        BrokerKind::Redis => return Err(not_built("broker = redis", "redis")),
+        #[cfg(not(feature = "nats"))]
+        BrokerKind::Nats => return Err(not_built("broker = nats", "nats")),
     };
     Ok(match config.store {
         StoreKind::Memory => {
@@ -300,7 +306,10 @@ pub fn build(
                 cluster: None,
             }
         }
+        #[cfg(feature = "redis")]
         StoreKind::Redis => redis_store(config, node, &metrics, broker)?,
+        #[cfg(not(feature = "redis"))]
+        StoreKind::Redis => return Err(not_built("store = redis", "redis")),
     })
 }
 
@@ -356,32 +365,10 @@ fn nats_broker(
     Ok(Arc::new(b))
 }
 
-#[cfg(not(feature = "redis"))]
-fn redis_broker(
-    _: &ClusterConfig,
-    _: &NodeId,
-    _: &ClusterMetrics,
-) -> anyhow::Result<Arc<dyn Broker>> {
-    anyhow::bail!("broker = redis: this wsgate was built without the `redis` feature")
-}
-
-#[cfg(not(feature = "redis"))]
-fn redis_store(
-    _: &ClusterConfig,
-    _: &NodeId,
-    _: &ClusterMetrics,
-    _: Arc<dyn Broker>,
-) -> anyhow::Result<Seams> {
-    anyhow::bail!("store = redis: this wsgate was built without the `redis` feature")
-}
-
-#[cfg(not(feature = "nats"))]
-fn nats_broker(
-    _: &ClusterConfig,
-    _: &NodeId,
-    _: &ClusterMetrics,
-) -> anyhow::Result<Arc<dyn Broker>> {
-    anyhow::bail!("broker = nats: this wsgate was built without the `nats` feature")
+/// The error for an engine this binary was built without.
+#[cfg(not(all(feature = "redis", feature = "nats")))]
+fn not_built(setting: &str, feature: &str) -> anyhow::Error {
+    anyhow::anyhow!("{setting}: this wsgate was built without the `{feature}` feature")
 }
 
 #[cfg(test)]

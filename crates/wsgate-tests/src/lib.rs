@@ -211,6 +211,14 @@ impl TestServer {
         rec
     }
 
+    /// Waits until `GET path` answers `field` = `value` (a view no event announces).
+    pub async fn await_json(&self, path: &str, field: &str, value: Value) {
+        eventually(&format!("{path} to show {field} = {value}"), || async {
+            (self.get(path).await.1[field] == value).then_some(())
+        })
+        .await
+    }
+
     /// Waits until `/metrics` shows `series` at `value` or more.
     pub async fn await_metric(&self, series: &str, value: f64) {
         eventually(&format!("metric {series} >= {value}"), || async {

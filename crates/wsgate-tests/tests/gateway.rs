@@ -236,7 +236,8 @@ async fn presence_is_answered_by_api_and_protocol() {
     let srv = TestServer::start().await;
     let mut a = Client::subscribed(&srv.ws_url(), "lobby").await;
     let b = Client::subscribed(&srv.ws_url(), "lobby").await;
-    let (status, p) = srv.get("/api/v1/channels/lobby/presence").await;
+    let presence = "/api/v1/channels/lobby/presence";
+    let (status, p) = srv.get(presence).await;
     assert_eq!(status, 200);
     assert_eq!(p["connections"], 2);
     let mut users = vec![a.user(), b.user()];
@@ -246,16 +247,7 @@ async fn presence_is_answered_by_api_and_protocol() {
     assert_eq!(r["connections"], 2);
     drop(b);
     // b's disconnect removes it from presence.
-    within("presence to shrink", async {
-        loop {
-            let (_, p) = srv.get("/api/v1/channels/lobby/presence").await;
-            if p["connections"] == 1 {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    srv.await_json(presence, "connections", json!(1)).await;
     srv.shutdown().await;
 }
 

@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::{ControlError, ErrorCode};
-use crate::metrics::{Metrics, ReasonLabel};
+use crate::metrics::Metrics;
 
 /// The control API's limits by client address. Each answer is `Ok`, or the whole seconds
 /// (at least 1) until the address may call again.
@@ -82,10 +82,7 @@ impl Access {
     /// Lets `caller` through, or says why not (and counts the refusal by reason).
     pub fn authorize(&self, caller: Caller<'_>, metrics: &Metrics) -> Result<(), ControlError> {
         let refuse = |reason: &'static str, e: ControlError| {
-            metrics
-                .api_rejections
-                .get_or_create(&ReasonLabel { reason })
-                .inc();
+            metrics.api_reject(reason);
             Err(e)
         };
         let limited = |retry_after_secs| {
@@ -128,6 +125,7 @@ mod tests {
     use parking_lot::Mutex;
 
     use super::*;
+    use crate::metrics::ReasonLabel;
 
     /// Lets each address through once per kind of check, and records what was asked.
     #[derive(Default)]
@@ -168,9 +166,7 @@ mod tests {
     }
 
     fn rejections(m: &Metrics, reason: &'static str) -> u64 {
-        m.api_rejections
-            .get_or_create(&ReasonLabel { reason })
-            .get()
+        crate::metrics::count(&m.api_rejections, ReasonLabel { reason })
     }
 
     #[test]

@@ -20,8 +20,8 @@ use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use super::ConnectionView;
 use super::listing::page_limit;
-use super::{ConnectionKind, ConnectionView};
 use super::{Control, ControlError, ErrorCode, ListConnections, Page};
 use crate::seams::{Forwarding, Ownership, RequestHandler};
 
@@ -38,17 +38,7 @@ pub enum Scope {
     Node,
 }
 
-impl std::str::FromStr for Scope {
-    type Err = ControlError;
-
-    fn from_str(s: &str) -> Result<Self, ControlError> {
-        match s {
-            "cluster" => Ok(Self::Cluster),
-            "node" => Ok(Self::Node),
-            _ => Err(ControlError::invalid("scope is cluster or node")),
-        }
-    }
-}
+named_options!(Scope, "scope is cluster or node", "cluster" => Cluster, "node" => Node);
 
 /// A page of a listing, and the live nodes whose part is missing from it.
 #[derive(Debug, Clone)]
@@ -116,13 +106,6 @@ impl NodeReply {
                 message: e.message,
             },
         }
-    }
-}
-
-fn kind_name(k: ConnectionKind) -> &'static str {
-    match k {
-        ConnectionKind::Gateway => "gateway",
-        ConnectionKind::Upstream => "upstream",
     }
 }
 
@@ -218,7 +201,7 @@ impl Control {
         let call = NodeCall::ListConnections {
             user: q.user.clone(),
             channel: q.channel.clone(),
-            kind: q.kind.map(|k| kind_name(k).to_string()),
+            kind: q.kind.map(|k| k.name().to_string()),
             first,
         };
         let others: Vec<&String> = live.iter().filter(|n| **n != me).collect();

@@ -4,8 +4,6 @@
 //! boundary is stable while nothing connects or leaves. Upstream connections have no user
 //! and no channels: a user or channel filter excludes them.
 
-use std::str::FromStr;
-
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -24,17 +22,12 @@ pub enum ConnectionKind {
     Upstream,
 }
 
-impl FromStr for ConnectionKind {
-    type Err = ControlError;
-
-    fn from_str(s: &str) -> Result<Self, ControlError> {
-        match s {
-            "gateway" => Ok(Self::Gateway),
-            "upstream" => Ok(Self::Upstream),
-            _ => Err(ControlError::invalid("kind is gateway or upstream")),
-        }
-    }
-}
+named_options!(
+    ConnectionKind,
+    "kind is gateway or upstream",
+    "gateway" => Gateway,
+    "upstream" => Upstream
+);
 
 /// ListConnections: filters (all optional) and the page wanted.
 #[derive(Debug, Clone, Default)]

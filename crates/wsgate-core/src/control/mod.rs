@@ -19,6 +19,32 @@
 //! A future transport (an admin console, a CLI over the API) gets the same behaviour by
 //! calling the same methods.
 
+/// The names of an option a request picks by name (`kind`, `scope`): `FromStr`, where any
+/// other name is refused with `error`, and `name()` back.
+macro_rules! named_options {
+    ($t:ty, $error:literal, $($name:literal => $variant:ident),+) => {
+        impl std::str::FromStr for $t {
+            type Err = ControlError;
+
+            fn from_str(s: &str) -> Result<Self, ControlError> {
+                match s {
+                    $($name => Ok(Self::$variant),)+
+                    _ => Err(ControlError::invalid($error)),
+                }
+            }
+        }
+
+        impl $t {
+            /// The name a request gives.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $name,)+
+                }
+            }
+        }
+    };
+}
+
 mod access;
 mod cluster;
 mod connect;

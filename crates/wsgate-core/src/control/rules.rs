@@ -66,6 +66,13 @@ impl From<&RawValue> for Payload {
     }
 }
 
+/// A JSON body's value, kept as its text (checked by the decoder).
+impl<'de> serde::Deserialize<'de> for Payload {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Box::<RawValue>::deserialize(d).map(|raw| Self::from(&*raw))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

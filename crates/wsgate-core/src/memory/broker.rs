@@ -12,7 +12,7 @@ use super::new_epoch;
 use crate::clock::unix_us as now_us;
 use crate::seams::{
     Broker, BrokerError, Deliver, Envelope, NodeId, Publication, PublishRequest, Recipient,
-    Recovery, RecoveryGap, StreamPosition,
+    Recovery, RecoveryGap, StreamPosition, StreamReads,
 };
 
 /// One channel's stream. Its mutex is held while a publication is handed to the local sink:
@@ -24,29 +24,16 @@ struct Stream {
     history: VecDeque<Publication>,
 }
 
-pub struct MemoryBroker {
-    node: NodeId,
-    history_size: usize,
-    streams: DashMap<Arc<str>, Arc<Mutex<Stream>>>,
-    sink: OnceLock<Arc<dyn Deliver>>,
-}
+/// Every channel's stream, created on first use.
+#[derive(Default)]
+struct Streams(DashMap<Arc<str>, Arc<Mutex<Stream>>>);
 
-impl MemoryBroker {
-    /// `history_size` messages per channel are kept for recovery (0 disables history).
-    pub fn new(node: NodeId, history_size: usize) -> Self {
-        Self {
-            node,
-            history_size,
-            streams: DashMap::new(),
-            sink: OnceLock::new(),
-        }
-    }
-
-    fn stream(&self, channel: &str) -> Arc<Mutex<Stream>> {
-        if let Some(s) = self.streams.get(channel) {
+impl Streams {
+    fn get(&self, channel: &str) -> Arc<Mutex<Stream>> {
+        if let Some(s) = self.0.get(channel) {
             return s.clone();
         }
-        self.streams
+        self.0
             .entry(channel.into())
             .or_insert_with(|| {
                 Arc::new(Mutex::new(Stream {
@@ -56,6 +43,51 @@ impl MemoryBroker {
                 }))
             })
             .clone()
+    }
+}
+
+#[async_trait]
+impl StreamReads for Streams {
+    async fn position(&self, channel: &str) -> Result<StreamPosition, BrokerError> {
+        let stream = self.get(channel);
+        let s = stream.lock();
+        Ok(StreamPosition {
+            offset: s.offset,
+            epoch: s.epoch.clone(),
+        })
+    }
+
+    async fn recover(
+        &self,
+        channel: &str,
+        since: &StreamPosition,
+    ) -> Result<Recovery, BrokerError> {
+        let stream = self.get(channel);
+        let s = stream.lock();
+        let position = StreamPosition {
+            offset: s.offset,
+            epoch: s.epoch.clone(),
+        };
+        Ok(recover_from(&s.history, position, since))
+    }
+}
+
+pub struct MemoryBroker {
+    node: NodeId,
+    history_size: usize,
+    streams: Streams,
+    sink: OnceLock<Arc<dyn Deliver>>,
+}
+
+impl MemoryBroker {
+    /// `history_size` messages per channel are kept for recovery (0 disables history).
+    pub fn new(node: NodeId, history_size: usize) -> Self {
+        Self {
+            node,
+            history_size,
+            streams: Streams::default(),
+            sink: OnceLock::new(),
+        }
     }
 
     fn deliver(&self, envelope: &Envelope) -> usize {
@@ -70,7 +102,7 @@ impl Broker for MemoryBroker {
     }
 
     async fn publish(&self, req: PublishRequest) -> Result<(StreamPosition, usize), BrokerError> {
-        let stream = self.stream(&req.channel);
+        let stream = self.streams.get(&req.channel);
         let mut s = stream.lock();
         s.offset += 1;
         let publication = Publication {
@@ -95,27 +127,8 @@ impl Broker for MemoryBroker {
         Ok((position, delivered))
     }
 
-    async fn position(&self, channel: &str) -> Result<StreamPosition, BrokerError> {
-        let stream = self.stream(channel);
-        let s = stream.lock();
-        Ok(StreamPosition {
-            offset: s.offset,
-            epoch: s.epoch.clone(),
-        })
-    }
-
-    async fn recover(
-        &self,
-        channel: &str,
-        since: &StreamPosition,
-    ) -> Result<Recovery, BrokerError> {
-        let stream = self.stream(channel);
-        let s = stream.lock();
-        let position = StreamPosition {
-            offset: s.offset,
-            epoch: s.epoch.clone(),
-        };
-        Ok(recover_from(&s.history, position, since))
+    fn reads(&self) -> &dyn StreamReads {
+        &self.streams
     }
 
     async fn send(&self, to: Recipient<'_>, data: Bytes) -> Result<usize, BrokerError> {

@@ -313,7 +313,7 @@ mod tests {
 
     use super::*;
     use crate::memory::recover_from;
-    use crate::seams::{BrokerError, ChannelLog, PublishRequest, Recovery};
+    use crate::seams::{BrokerError, ChannelLog, PublishRequest, Recovery, StreamReads};
 
     /// A one-channel log in memory: what a relaying broker's shared log would hold.
     struct Log {

@@ -16,7 +16,11 @@ use dashmap::DashMap;
 
 pub use dispatch::Dispatcher;
 
-use crate::seams::{BrokerError, ChannelLog, ClusterMetrics, Recovery, StreamPosition};
+use async_trait::async_trait;
+
+use crate::seams::{
+    BrokerError, ChannelLog, ClusterMetrics, Recovery, StreamPosition, StreamReads,
+};
 
 /// A [`ChannelLog`] as a relaying broker uses it: reads made for local subscribers are
 /// remembered as their joins, so the [`Dispatcher`] knows where this node's delivery of a
@@ -48,28 +52,6 @@ impl Relay {
         &self.metrics
     }
 
-    /// Where a channel stands, for a subscriber of this node (remembered as its join).
-    pub async fn position(&self, channel: &str) -> Result<StreamPosition, BrokerError> {
-        let position = self.log.position(channel).await?;
-        self.joined(channel, &position);
-        Ok(position)
-    }
-
-    /// Position and history after `since`, for a subscriber of this node (remembered as
-    /// its join).
-    pub async fn recover(
-        &self,
-        channel: &str,
-        since: &StreamPosition,
-    ) -> Result<Recovery, BrokerError> {
-        let mut recovery = self.log.recover(channel, since).await?;
-        self.joined(channel, &recovery.position);
-        recovery
-            .publications
-            .retain(|p| self.valid(&p.channel, &p.data));
-        Ok(recovery)
-    }
-
     /// Whether a payload from the broker is one JSON value (UTF-8), as every client frame
     /// requires; counts and logs it when not. Checked on receipt: what the store or another
     /// writer put there is never trusted to be what a node published.
@@ -99,5 +81,28 @@ impl Relay {
                 *at = now;
             })
             .or_insert_with(|| (position.clone(), now));
+    }
+}
+
+/// Reads for a subscriber of this node, each remembered as its join.
+#[async_trait]
+impl StreamReads for Relay {
+    async fn position(&self, channel: &str) -> Result<StreamPosition, BrokerError> {
+        let position = self.log.position(channel).await?;
+        self.joined(channel, &position);
+        Ok(position)
+    }
+
+    async fn recover(
+        &self,
+        channel: &str,
+        since: &StreamPosition,
+    ) -> Result<Recovery, BrokerError> {
+        let mut recovery = self.log.recover(channel, since).await?;
+        self.joined(channel, &recovery.position);
+        recovery
+            .publications
+            .retain(|p| self.valid(&p.channel, &p.data));
+        Ok(recovery)
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use super::history::StreamReads;
 use super::model::{Envelope, NodeId, PublishRequest, Recovery, StreamPosition};
 
 /// A node's local delivery: the gateway implements it, the broker calls it.
@@ -56,12 +57,22 @@ pub trait Broker: Send + Sync + 'static {
     /// publication's position and how many local connections took it.
     async fn publish(&self, req: PublishRequest) -> Result<(StreamPosition, usize), BrokerError>;
 
+    /// Where the channels' positions and histories are read.
+    fn reads(&self) -> &dyn StreamReads;
+
     /// Where the channel stands now.
-    async fn position(&self, channel: &str) -> Result<StreamPosition, BrokerError>;
+    async fn position(&self, channel: &str) -> Result<StreamPosition, BrokerError> {
+        self.reads().position(channel).await
+    }
 
     /// Everything after `since` that history still holds, or the reason it cannot.
-    async fn recover(&self, channel: &str, since: &StreamPosition)
-    -> Result<Recovery, BrokerError>;
+    async fn recover(
+        &self,
+        channel: &str,
+        since: &StreamPosition,
+    ) -> Result<Recovery, BrokerError> {
+        self.reads().recover(channel, since).await
+    }
 
     /// To every connection of a user, on every node (returns local deliveries), or to one
     /// connection (returns whether it was delivered locally).

@@ -11,6 +11,19 @@ use async_trait::async_trait;
 use super::broker::BrokerError;
 use super::model::{Publication, PublishRequest, Recovery, StreamPosition};
 
+/// The read side of the channels' streams, as a node's subscribers ask it: what
+/// [`Broker::position`](super::Broker::position) and [`Broker::recover`](super::Broker::recover)
+/// answer.
+#[async_trait]
+pub trait StreamReads: Send + Sync {
+    /// Where the channel stands now.
+    async fn position(&self, channel: &str) -> Result<StreamPosition, BrokerError>;
+
+    /// Everything after `since` that history still holds, or the reason it cannot.
+    async fn recover(&self, channel: &str, since: &StreamPosition)
+    -> Result<Recovery, BrokerError>;
+}
+
 #[async_trait]
 pub trait ChannelLog: Send + Sync + 'static {
     /// Assigns the channel's next offset and appends the publication to its bounded

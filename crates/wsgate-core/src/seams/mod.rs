@@ -30,7 +30,7 @@ pub mod upstream;
 
 pub use broker::{Broker, BrokerError, Deliver, Recipient};
 pub use forwarding::{Forwarding, RequestHandler};
-pub use history::ChannelLog;
+pub use history::{ChannelLog, StreamReads};
 pub use metrics::ClusterMetrics;
 pub use model::{
     Envelope, NodeId, Publication, PublishRequest, Recovery, RecoveryGap, StreamPosition,

@@ -17,8 +17,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// One connection record, keyed by `id`.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+/// One connection record, keyed by `id`. Its secrets are in `spec`, whose `Debug` hides them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UpstreamRecord {
     /// Connection id (`<hex>-<node>`).
     pub id: String,
@@ -31,17 +31,6 @@ pub struct UpstreamRecord {
     pub created_at_ms: u64,
     /// The connection's settings.
     pub spec: UpstreamSpec,
-}
-
-impl fmt::Debug for UpstreamRecord {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UpstreamRecord")
-            .field("id", &self.id)
-            .field("owner", &self.owner)
-            .field("state", &self.state)
-            .field("spec", &self.spec)
-            .finish_non_exhaustive()
-    }
 }
 
 /// What to connect to and how: the Connect operation's input.
@@ -154,64 +143,16 @@ pub struct UpstreamAuth {
     pub refresh_ms: Option<u64>,
 }
 
-/// HMAC signing of a login (`auth.sign`). `secret` is a secret: sealed at rest, never
-/// logged or shown.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamSign {
-    pub algorithm: SignAlgorithm,
-    pub secret: String,
-    /// The signed text; may hold `{{timestamp_ms}}`, `{{timestamp_s}}`, `{{nonce}}`.
-    pub payload: String,
-    #[serde(default)]
-    pub encoding: SignEncoding,
-}
+/// HMAC signing of a login (`auth.sign`): the client's [`Signer`](wsgate_client::Signer),
+/// stored as it is. `secret` is a secret: sealed at rest, never logged or shown. Its
+/// `payload` may hold `{{timestamp_ms}}`, `{{timestamp_s}}`, `{{nonce}}`.
+pub use wsgate_client::Signer as UpstreamSign;
+pub use wsgate_client::{SignAlgorithm, SignEncoding};
 
-impl fmt::Debug for UpstreamSign {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UpstreamSign")
-            .field("algorithm", &self.algorithm)
-            .field("encoding", &self.encoding)
-            .finish_non_exhaustive()
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SignAlgorithm {
-    HmacSha256,
-    HmacSha512,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SignEncoding {
-    #[default]
-    Hex,
-    Base64,
-}
-
-/// `wss://` settings: extra trusted CAs and a client certificate (mutual TLS), all PEM.
-/// The key is a secret (sealed at rest, never shown).
-#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamTls {
-    #[serde(default)]
-    pub ca_pem: Option<String>,
-    #[serde(default)]
-    pub client_cert_pem: Option<String>,
-    #[serde(default)]
-    pub client_key_pem: Option<String>,
-}
-
-impl fmt::Debug for UpstreamTls {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UpstreamTls")
-            .field("ca_pem", &self.ca_pem.is_some())
-            .field("client_cert", &self.client_cert_pem.is_some())
-            .finish_non_exhaustive()
-    }
-}
+/// `wss://` settings: extra trusted CAs and a client certificate (mutual TLS), all PEM: the
+/// client's [`TlsOptions`](wsgate_client::TlsOptions), stored as they are. The key is a
+/// secret (sealed at rest, never shown).
+pub use wsgate_client::TlsOptions as UpstreamTls;
 
 fn default_auth_timeout() -> u64 {
     10_000
@@ -326,6 +267,34 @@ pub enum OfflineMode {
     Outbox,
 }
 
+/// A spec for `url` holding every kind of secret a record carries: a header value, an auth
+/// message, a signing secret and a TLS key, each with `s3cr3t` in it (the signed payload
+/// names `realtime`, the key starts with `KEY`). For the tests that check secrets never show.
+#[cfg(any(test, feature = "test-support"))]
+pub fn spec_with_secrets(url: &str) -> UpstreamSpec {
+    let mut spec = UpstreamSpec::new(url);
+    spec.headers
+        .push(("authorization".into(), "Bearer s3cr3t".into()));
+    spec.auth = Some(UpstreamAuth {
+        messages: vec!["login s3cr3t".into()],
+        expect: None,
+        timeout_ms: 5,
+        sign: Some(UpstreamSign {
+            algorithm: SignAlgorithm::HmacSha256,
+            secret: "s3cr3t".into(),
+            payload: "{{timestamp_ms}}GET/realtime".into(),
+            encoding: SignEncoding::Hex,
+        }),
+        refresh_ms: Some(60_000),
+    });
+    spec.tls = Some(UpstreamTls {
+        ca_pem: None,
+        client_cert_pem: Some("CERT".into()),
+        client_key_pem: Some("KEY s3cr3t".into()),
+    });
+    spec
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,25 +311,7 @@ mod tests {
 
     #[test]
     fn debug_hides_secrets() {
-        let mut spec = UpstreamSpec::new("ws://h/?key=s3cr3t");
-        spec.headers
-            .push(("authorization".into(), "Bearer s3cr3t".into()));
-        spec.auth = Some(UpstreamAuth {
-            messages: vec!["login s3cr3t".into()],
-            expect: None,
-            timeout_ms: 1,
-            sign: Some(UpstreamSign {
-                algorithm: SignAlgorithm::HmacSha256,
-                secret: "s3cr3t".into(),
-                payload: "p".into(),
-                encoding: SignEncoding::Hex,
-            }),
-            refresh_ms: None,
-        });
-        spec.tls = Some(UpstreamTls {
-            client_key_pem: Some("s3cr3t".into()),
-            ..Default::default()
-        });
+        let spec = spec_with_secrets("ws://h/?key=s3cr3t");
         let dbg = format!("{spec:?}");
         assert!(
             dbg.contains("authorization") && !dbg.contains("s3cr3t"),

@@ -6,12 +6,11 @@
 use std::time::Duration;
 
 use crate::seams::upstream::{
-    AuthExpect, CorrelationMode, OfflineMode, SignAlgorithm, SignEncoding, UpstreamSign,
-    UpstreamSpec, UpstreamSubscription, UpstreamTls,
+    AuthExpect, CorrelationMode, OfflineMode, UpstreamSpec, UpstreamSubscription,
 };
 use wsgate_client::{
     Auth, Backoff, BreakerConfig, ClientConfig, Correlation, Heartbeat, HeartbeatPing, Matcher,
-    Message, OfflinePolicy, Signer, Subscription, TlsOptions,
+    Message, OfflinePolicy, Subscription,
 };
 
 use super::UpstreamError;
@@ -71,8 +70,7 @@ pub fn validate(spec: &UpstreamSpec) -> Result<(), UpstreamError> {
         }
     }
     if let Some(t) = &spec.tls {
-        tls_options(t)
-            .check()
+        t.check()
             .map_err(|e| UpstreamError::Invalid(e.to_string()))?;
     }
     if spec.subscriptions.iter().any(|s| s.key.is_empty()) {
@@ -122,29 +120,6 @@ fn matcher(expect: &AuthExpect) -> Matcher {
     }
 }
 
-fn signer(s: &UpstreamSign) -> Signer {
-    Signer {
-        algorithm: match s.algorithm {
-            SignAlgorithm::HmacSha256 => wsgate_client::SignAlgorithm::HmacSha256,
-            SignAlgorithm::HmacSha512 => wsgate_client::SignAlgorithm::HmacSha512,
-        },
-        secret: s.secret.clone(),
-        payload: s.payload.clone(),
-        encoding: match s.encoding {
-            SignEncoding::Hex => wsgate_client::SignEncoding::Hex,
-            SignEncoding::Base64 => wsgate_client::SignEncoding::Base64,
-        },
-    }
-}
-
-fn tls_options(t: &UpstreamTls) -> TlsOptions {
-    TlsOptions {
-        ca_pem: t.ca_pem.clone(),
-        client_cert_pem: t.client_cert_pem.clone(),
-        client_key_pem: t.client_key_pem.clone(),
-    }
-}
-
 /// The client configuration for connection `id`. Subscriptions are not part of it: the
 /// manager hands them to the client as tracked subscriptions, which the client replays.
 pub fn client_config(id: &str, spec: &UpstreamSpec) -> ClientConfig {
@@ -172,7 +147,7 @@ pub fn client_config(id: &str, spec: &UpstreamSpec) -> ClientConfig {
             CorrelationMode::JsonField { field } => Correlation::JsonField(field.clone()),
         });
     if let Some(t) = &spec.tls {
-        cfg = cfg.tls(tls_options(t));
+        cfg = cfg.tls(t.clone());
     }
     for (k, v) in &spec.headers {
         cfg = cfg.header(k.clone(), v.clone());
@@ -199,7 +174,7 @@ pub fn client_config(id: &str, spec: &UpstreamSpec) -> ClientConfig {
             auth = auth.expect(matcher(e));
         }
         if let Some(s) = &a.sign {
-            auth = auth.sign(signer(s));
+            auth = auth.sign(s.clone());
         }
         if let Some(p) = a.refresh_ms {
             auth = auth.refresh(ms(p));
@@ -212,6 +187,7 @@ pub fn client_config(id: &str, spec: &UpstreamSpec) -> ClientConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::seams::upstream::UpstreamTls;
 
     #[test]
     fn json_fields_matcher_checks_every_field() {

@@ -5,7 +5,6 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use wsgate_core::control::{Payload, Publish};
 
@@ -17,13 +16,13 @@ type ApiResult = Result<Json<Value>, ApiError>;
 #[derive(Deserialize)]
 pub struct PublishBody {
     channel: String,
-    data: Box<RawValue>,
+    data: Payload,
     exclude_user: Option<String>,
 }
 
 #[derive(Deserialize)]
 pub struct DataBody {
-    data: Box<RawValue>,
+    data: Payload,
 }
 
 #[derive(Deserialize, Default)]
@@ -39,7 +38,7 @@ pub async fn publish(
         .control
         .publish(Publish {
             channel: body.channel,
-            data: Payload::from(&*body.data),
+            data: body.data,
             exclude_user: body.exclude_user,
         })
         .await?;
@@ -57,8 +56,7 @@ pub async fn send_to_user(
     Path(user): Path<String>,
     ApiJson(body): ApiJson<DataBody>,
 ) -> ApiResult {
-    let data = Payload::from(&*body.data);
-    let delivered = node.control.send_to_user(&user, data).await?;
+    let delivered = node.control.send_to_user(&user, body.data).await?;
     Ok(Json(json!({"success": true, "delivered": delivered})))
 }
 
@@ -67,8 +65,7 @@ pub async fn send_to_connection(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<DataBody>,
 ) -> ApiResult {
-    let data = Payload::from(&*body.data);
-    node.control.send_to_connection(&id, data).await?;
+    node.control.send_to_connection(&id, body.data).await?;
     Ok(Json(json!({"success": true, "delivered": 1})))
 }
 
