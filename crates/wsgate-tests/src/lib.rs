@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod socketio;
 
 use std::net::SocketAddr;
 use std::process::Stdio;
