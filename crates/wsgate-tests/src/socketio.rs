@@ -78,7 +78,10 @@ impl SioDriver {
                 l["type"] == "ack" && l["tag"] == tag.as_str()
             })
             .await;
-        assert!(line.get("error").is_none(), "{event} was not acknowledged: {line}");
+        assert!(
+            line.get("error").is_none(),
+            "{event} was not acknowledged: {line}"
+        );
         line["ack"].clone()
     }
 
@@ -99,12 +102,10 @@ impl SioDriver {
         }
         within(what, async {
             loop {
-                let line = self
-                    .lines
-                    .next_line()
-                    .await
-                    .unwrap()
-                    .unwrap_or_else(|| panic!("the Node driver exited while waiting for {what}"));
+                let line =
+                    self.lines.next_line().await.unwrap().unwrap_or_else(|| {
+                        panic!("the Node driver exited while waiting for {what}")
+                    });
                 let v: Value = serde_json::from_str(&line).expect("a JSON line");
                 if pred(&v) {
                     return v;

@@ -40,9 +40,7 @@ fn as_user(user: &str, mut opts: Value) -> Value {
 
 /// Connects socket `name` as `user`; returns its `hello` (connection id, node, user).
 async fn connected(sio: &mut SioDriver, node: &Node, name: &str, user: &str, opts: Value) -> Value {
-    let line = sio
-        .connect(name, &base(node), as_user(user, opts))
-        .await;
+    let line = sio.connect(name, &base(node), as_user(user, opts)).await;
     assert_eq!(line["type"], "connect", "{line}");
     sio.event(name, "hello").await.remove(0)
 }
@@ -52,14 +50,25 @@ async fn websocket_transport_subscribe_publish_presence_and_listing() {
     let node = jwt_node().await;
     let mut sio = SioDriver::start().await;
     let line = sio
-        .connect("a", &base(&node), as_user("ann", json!({"transports": ["websocket"]})))
+        .connect(
+            "a",
+            &base(&node),
+            as_user("ann", json!({"transports": ["websocket"]})),
+        )
         .await;
-    assert_eq!((line["type"].clone(), line["transport"].clone()), (json!("connect"), json!("websocket")));
+    assert_eq!(
+        (line["type"].clone(), line["transport"].clone()),
+        (json!("connect"), json!("websocket"))
+    );
     let hello = sio.event("a", "hello").await.remove(0);
     assert_eq!(hello["user"], "ann");
 
     let ack = sio.emit("a", "subscribe", json!("news")).await;
-    assert_eq!((ack["ok"].clone(), ack["offset"].clone()), (json!(true), json!(0)), "{ack}");
+    assert_eq!(
+        (ack["ok"].clone(), ack["offset"].clone()),
+        (json!(true), json!(0)),
+        "{ack}"
+    );
     let epoch = ack["epoch"].as_str().expect("epoch").to_string();
 
     assert_eq!(node.publish("news", json!({"n": 1})).await, 1);
@@ -79,17 +88,31 @@ async fn websocket_transport_subscribe_publish_presence_and_listing() {
     let ack = sio
         .emit("a", "publish", json!({"channel": "other", "data": 1}))
         .await;
-    assert_eq!((ack["ok"].clone(), ack["error"].clone()), (json!(false), json!("forbidden")));
+    assert_eq!(
+        (ack["ok"].clone(), ack["error"].clone()),
+        (json!(false), json!("forbidden"))
+    );
 
     let ack = sio.emit("a", "presence", json!("news")).await;
-    assert_eq!((ack["users"].clone(), ack["connections"].clone()), (json!(["ann"]), json!(1)));
+    assert_eq!(
+        (ack["users"].clone(), ack["connections"].clone()),
+        (json!(["ann"]), json!(1))
+    );
     let (status, list) = node.get("/connections?kind=socketio").await;
     assert_eq!(status, 200, "{list}");
     let items = list["connections"].as_array().expect("connections").clone();
     assert_eq!(items.len(), 1, "{list}");
     assert_eq!(
-        (items[0]["kind"].clone(), items[0]["user"].clone(), items[0]["id"].clone()),
-        (json!("socketio"), json!("ann"), hello["connection_id"].clone())
+        (
+            items[0]["kind"].clone(),
+            items[0]["user"].clone(),
+            items[0]["id"].clone()
+        ),
+        (
+            json!("socketio"),
+            json!("ann"),
+            hello["connection_id"].clone()
+        )
     );
     assert_eq!(items[0]["channels"], json!(["news"]));
     let (_, ws_only) = node.get("/connections?kind=gateway").await;
@@ -109,18 +132,34 @@ async fn polling_only_and_polling_upgraded_to_websocket() {
     let node = jwt_node().await;
     let mut sio = SioDriver::start().await;
     let line = sio
-        .connect("poll", &base(&node), as_user("pat", json!({"transports": ["polling"]})))
+        .connect(
+            "poll",
+            &base(&node),
+            as_user("pat", json!({"transports": ["polling"]})),
+        )
         .await;
-    assert_eq!((line["type"].clone(), line["transport"].clone()), (json!("connect"), json!("polling")));
-    let line = sio.connect("up", &base(&node), as_user("uma", json!({}))).await;
-    assert_eq!(line["transport"], "polling", "the default starts on polling");
+    assert_eq!(
+        (line["type"].clone(), line["transport"].clone()),
+        (json!("connect"), json!("polling"))
+    );
+    let line = sio
+        .connect("up", &base(&node), as_user("uma", json!({})))
+        .await;
+    assert_eq!(
+        line["transport"], "polling",
+        "the default starts on polling"
+    );
     let up = sio
-        .next_where("the upgrade", |l| l["type"] == "upgrade" && l["name"] == "up")
+        .next_where("the upgrade", |l| {
+            l["type"] == "upgrade" && l["name"] == "up"
+        })
         .await;
     assert_eq!(up["transport"], "websocket");
 
     for name in ["poll", "up"] {
-        let ack = sio.emit(name, "subscribe", json!({"channel": "room"})).await;
+        let ack = sio
+            .emit(name, "subscribe", json!({"channel": "room"}))
+            .await;
         assert_eq!(ack["ok"], true, "{ack}");
     }
     node.publish("room", json!("to both")).await;
@@ -138,7 +177,10 @@ async fn bad_tokens_fail_with_connect_error_unauthorized() {
     let node = jwt_node().await;
     let mut sio = SioDriver::start().await;
     let expired = hs256_token(SECRET, json!({"sub": "eve", "exp": 1_000_000}));
-    let forged = hs256_token("another-secret", json!({"sub": "eve", "exp": in_a_minute()}));
+    let forged = hs256_token(
+        "another-secret",
+        json!({"sub": "eve", "exp": in_a_minute()}),
+    );
     for (name, opts) in [
         ("none", json!({})),
         ("garbage", json!({"auth": {"token": "garbage"}})),
@@ -154,7 +196,11 @@ async fn bad_tokens_fail_with_connect_error_unauthorized() {
     }
     // `?token=` is read like `/ws` reads it.
     let line = sio
-        .connect("query", &base(&node), json!({"query": {"token": token("quinn")}}))
+        .connect(
+            "query",
+            &base(&node),
+            json!({"query": {"token": token("quinn")}}),
+        )
         .await;
     assert_eq!(line["type"], "connect", "{line}");
     assert_eq!(sio.event("query", "hello").await[0]["user"], "quinn");
@@ -164,7 +210,14 @@ async fn bad_tokens_fail_with_connect_error_unauthorized() {
 async fn named_events_user_and_connection_sends() {
     let node = jwt_node().await;
     let mut sio = SioDriver::start().await;
-    let hello = connected(&mut sio, &node, "a", "ann", json!({"transports": ["websocket"]})).await;
+    let hello = connected(
+        &mut sio,
+        &node,
+        "a",
+        "ann",
+        json!({"transports": ["websocket"]}),
+    )
+    .await;
     sio.emit("a", "subscribe", json!("game")).await;
     let mut ws = Client::connect(&format!("{}?token={}", node.ws_url(), token("wes"))).await;
     ws.subscribe("game").await;
@@ -180,7 +233,10 @@ async fn named_events_user_and_connection_sends() {
     assert_eq!(sio.event("a", "score").await, vec![json!({"home": 2})]);
     // /ws: the usual message frame.
     let m = ws.recv().await;
-    assert_eq!((m["op"].clone(), m["data"].clone()), (json!("message"), json!({"home": 2})));
+    assert_eq!(
+        (m["op"].clone(), m["data"].clone()),
+        (json!("message"), json!({"home": 2}))
+    );
     // Reserved Socket.IO events are refused.
     let (status, body) = node
         .post(
@@ -193,14 +249,27 @@ async fn named_events_user_and_connection_sends() {
     let (status, body) = node
         .post("/api/v1/users/ann/send", json!({"data": {"to": "ann"}}))
         .await;
-    assert_eq!((status, body["delivered"].clone()), (200, json!(1)), "{body}");
-    assert_eq!(sio.event("a", "message").await, vec![json!({"data": {"to": "ann"}})]);
+    assert_eq!(
+        (status, body["delivered"].clone()),
+        (200, json!(1)),
+        "{body}"
+    );
+    assert_eq!(
+        sio.event("a", "message").await,
+        vec![json!({"data": {"to": "ann"}})]
+    );
     let id = hello["connection_id"].as_str().unwrap();
     let (status, body) = node
-        .post(&format!("/api/v1/connections/{id}/send"), json!({"data": "direct"}))
+        .post(
+            &format!("/api/v1/connections/{id}/send"),
+            json!({"data": "direct"}),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(sio.event("a", "message").await, vec![json!({"data": "direct"})]);
+    assert_eq!(
+        sio.event("a", "message").await,
+        vec![json!({"data": "direct"})]
+    );
 
     // A kick: the `close` event with the /ws close code, then the server's disconnect.
     let (status, _) = node.delete(&format!("/api/v1/connections/{id}")).await;
@@ -227,7 +296,10 @@ async fn a_publication_through_node_a_reaches_a_socketio_client_on_node_b() {
 
     assert_eq!(a.publish("team:7", json!({"from": "a"})).await, 1);
     let msg = sio.event("b", "message").await;
-    assert_eq!((msg[0]["offset"].clone(), msg[0]["data"].clone()), (json!(1), json!({"from": "a"})));
+    assert_eq!(
+        (msg[0]["offset"].clone(), msg[0]["data"].clone()),
+        (json!(1), json!({"from": "a"}))
+    );
     let (status, _) = a
         .post(
             "/api/v1/publish",
@@ -252,16 +324,21 @@ async fn publications_missed_while_disconnected_are_recovered_in_order() {
     assert_eq!(last, 1);
 
     sio.cmd(json!({"cmd": "disconnect", "name": "a"})).await;
-    sio.next_where("a disconnect", |l| l["type"] == "disconnect").await;
+    sio.next_where("a disconnect", |l| l["type"] == "disconnect")
+        .await;
     // Missed: one plain publication and one named event.
     node.publish("feed", json!(2)).await;
     let (status, _) = node
-        .post("/api/v1/publish", json!({"channel": "feed", "data": 3, "event": "tick"}))
+        .post(
+            "/api/v1/publish",
+            json!({"channel": "feed", "data": 3, "event": "tick"}),
+        )
         .await;
     assert_eq!(status, 200);
 
     sio.cmd(json!({"cmd": "reconnect", "name": "a"})).await;
-    sio.next_where("the reconnect", |l| l["type"] == "connect").await;
+    sio.next_where("the reconnect", |l| l["type"] == "connect")
+        .await;
     let ack = sio
         .emit(
             "a",
@@ -270,7 +347,11 @@ async fn publications_missed_while_disconnected_are_recovered_in_order() {
         )
         .await;
     assert_eq!(
-        (ack["ok"].clone(), ack["recovered"].clone(), ack["offset"].clone()),
+        (
+            ack["ok"].clone(),
+            ack["recovered"].clone(),
+            ack["offset"].clone()
+        ),
         (json!(true), json!(true), json!(3)),
         "{ack}"
     );
@@ -287,14 +368,24 @@ async fn publications_missed_while_disconnected_are_recovered_in_order() {
             json!({"channel": "feed", "since": {"offset": 1, "epoch": "gone"}}),
         )
         .await;
-    assert_eq!((ack["recovered"].clone(), ack["gap"].clone()), (json!(false), json!("epoch_changed")));
+    assert_eq!(
+        (ack["recovered"].clone(), ack["gap"].clone()),
+        (json!(false), json!("epoch_changed"))
+    );
 }
 
 #[tokio::test]
 async fn sigterm_drains_socketio_clients() {
     let node = jwt_node().await;
     let mut sio = SioDriver::start().await;
-    connected(&mut sio, &node, "a", "ann", json!({"transports": ["websocket"]})).await;
+    connected(
+        &mut sio,
+        &node,
+        "a",
+        "ann",
+        json!({"transports": ["websocket"]}),
+    )
+    .await;
     node.0.signal(SIGTERM);
     let gone = sio
         .next_where("the drain's disconnect", |l| l["type"] == "disconnect")
