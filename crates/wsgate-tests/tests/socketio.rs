@@ -38,28 +38,41 @@ fn as_user(user: &str, mut opts: Value) -> Value {
     opts
 }
 
-/// Connects socket `name` as `user`; returns its `hello` (connection id, node, user).
-async fn connected(sio: &mut SioDriver, node: &Node, name: &str, user: &str, opts: Value) -> Value {
+/// Connects socket `name` as `user`; returns its `connect` line (with its transport).
+async fn connect_as(
+    sio: &mut SioDriver,
+    node: &Node,
+    name: &str,
+    user: &str,
+    opts: Value,
+) -> Value {
     let line = sio.connect(name, &base(node), as_user(user, opts)).await;
     assert_eq!(line["type"], "connect", "{line}");
+    line
+}
+
+/// [`connect_as`] with that one transport (`websocket` or `polling`).
+async fn connect_over(sio: &mut SioDriver, node: &Node, name: &str, user: &str, transport: &str) {
+    let opts = json!({"transports": [transport]});
+    let line = connect_as(sio, node, name, user, opts).await;
+    assert_eq!(line["transport"], transport, "{line}");
+}
+
+/// A JWT node and a Node driver for its clients.
+async fn node_and_driver() -> (Node, SioDriver) {
+    (jwt_node().await, SioDriver::start().await)
+}
+
+/// [`connect_as`], then its `hello` (connection id, node, user).
+async fn connected(sio: &mut SioDriver, node: &Node, name: &str, user: &str, opts: Value) -> Value {
+    connect_as(sio, node, name, user, opts).await;
     sio.event(name, "hello").await.remove(0)
 }
 
 #[tokio::test]
 async fn websocket_transport_subscribe_publish_presence_and_listing() {
-    let node = jwt_node().await;
-    let mut sio = SioDriver::start().await;
-    let line = sio
-        .connect(
-            "a",
-            &base(&node),
-            as_user("ann", json!({"transports": ["websocket"]})),
-        )
-        .await;
-    assert_eq!(
-        (line["type"].clone(), line["transport"].clone()),
-        (json!("connect"), json!("websocket"))
-    );
+    let (node, mut sio) = node_and_driver().await;
+    connect_over(&mut sio, &node, "a", "ann", "websocket").await;
     let hello = sio.event("a", "hello").await.remove(0);
     assert_eq!(hello["user"], "ann");
 
@@ -129,19 +142,8 @@ async fn websocket_transport_subscribe_publish_presence_and_listing() {
 
 #[tokio::test]
 async fn polling_only_and_polling_upgraded_to_websocket() {
-    let node = jwt_node().await;
-    let mut sio = SioDriver::start().await;
-    let line = sio
-        .connect(
-            "poll",
-            &base(&node),
-            as_user("pat", json!({"transports": ["polling"]})),
-        )
-        .await;
-    assert_eq!(
-        (line["type"].clone(), line["transport"].clone()),
-        (json!("connect"), json!("polling"))
-    );
+    let (node, mut sio) = node_and_driver().await;
+    connect_over(&mut sio, &node, "poll", "pat", "polling").await;
     let line = sio
         .connect("up", &base(&node), as_user("uma", json!({})))
         .await;
@@ -174,8 +176,7 @@ async fn polling_only_and_polling_upgraded_to_websocket() {
 
 #[tokio::test]
 async fn bad_tokens_fail_with_connect_error_unauthorized() {
-    let node = jwt_node().await;
-    let mut sio = SioDriver::start().await;
+    let (node, mut sio) = node_and_driver().await;
     let expired = hs256_token(SECRET, json!({"sub": "eve", "exp": 1_000_000}));
     let forged = hs256_token(
         "another-secret",
@@ -208,16 +209,9 @@ async fn bad_tokens_fail_with_connect_error_unauthorized() {
 
 #[tokio::test]
 async fn named_events_user_and_connection_sends() {
-    let node = jwt_node().await;
-    let mut sio = SioDriver::start().await;
-    let hello = connected(
-        &mut sio,
-        &node,
-        "a",
-        "ann",
-        json!({"transports": ["websocket"]}),
-    )
-    .await;
+    let (node, mut sio) = node_and_driver().await;
+    connect_over(&mut sio, &node, "a", "ann", "websocket").await;
+    let hello = sio.event("a", "hello").await.remove(0);
     sio.emit("a", "subscribe", json!("game")).await;
     let mut ws = Client::connect(&format!("{}?token={}", node.ws_url(), token("wes"))).await;
     ws.subscribe("game").await;
@@ -314,8 +308,7 @@ async fn a_publication_through_node_a_reaches_a_socketio_client_on_node_b() {
 
 #[tokio::test]
 async fn publications_missed_while_disconnected_are_recovered_in_order() {
-    let node = jwt_node().await;
-    let mut sio = SioDriver::start().await;
+    let (node, mut sio) = node_and_driver().await;
     connected(&mut sio, &node, "a", "ann", json!({})).await;
     let ack = sio.emit("a", "subscribe", json!("feed")).await;
     let epoch = ack["epoch"].clone();
@@ -376,16 +369,8 @@ async fn publications_missed_while_disconnected_are_recovered_in_order() {
 
 #[tokio::test]
 async fn sigterm_drains_socketio_clients() {
-    let node = jwt_node().await;
-    let mut sio = SioDriver::start().await;
-    connected(
-        &mut sio,
-        &node,
-        "a",
-        "ann",
-        json!({"transports": ["websocket"]}),
-    )
-    .await;
+    let (node, mut sio) = node_and_driver().await;
+    connect_over(&mut sio, &node, "a", "ann", "websocket").await;
     node.0.signal(SIGTERM);
     let gone = sio
         .next_where("the drain's disconnect", |l| l["type"] == "disconnect")
