@@ -61,6 +61,17 @@ pub enum AuthError {
     Invalid(String),
 }
 
+impl AuthError {
+    /// The reason label of metrics and logs, and the code of an error frame.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Missing => "auth_missing",
+            Self::Expired => "auth_expired",
+            Self::Invalid(_) => "auth_invalid",
+        }
+    }
+}
+
 /// The claims rules of `mode = jwt` beside the signature.
 #[derive(Debug, Clone)]
 pub struct JwtRules {

@@ -254,6 +254,7 @@ fn gateway_view(i: ConnectionInfo) -> pb::Connection {
             state: i.state.into(),
             node: i.node,
             remote: i.remote,
+            client_kind: i.kind.into(),
         })),
     }
 }
@@ -473,6 +474,7 @@ impl WsGate for GrpcApi {
                         channel: r.channel,
                         data,
                         exclude_user: r.exclude_user,
+                        event: r.event,
                     })
                     .await
             }

@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod proxy;
+pub mod socketio;
 pub mod traffic;
 
 use std::net::SocketAddr;

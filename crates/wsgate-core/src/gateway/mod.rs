@@ -13,8 +13,8 @@ mod testing;
 mod tests;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::seams::{
@@ -172,7 +172,7 @@ impl Gateway {
         self.presence.is_healthy()
     }
 
-    /// Registers a new client connection; the caller sends `hello`, arms the token's expiry
+    /// Registers a new `/ws` client connection; the caller sends `hello`, arms the token's expiry
     /// ([`Gateway::arm_expiry`]) and runs its task.
     pub fn open(
         &self,
@@ -180,9 +180,21 @@ impl Gateway {
         remote: Option<SocketAddr>,
         transport: Arc<dyn Transport>,
     ) -> Arc<Connection> {
+        self.open_kind("gateway", identity, remote, transport)
+    }
+
+    /// Registers a new client connection of `kind` (`gateway`: `/ws`; `socketio`).
+    pub fn open_kind(
+        &self,
+        kind: &'static str,
+        identity: Identity,
+        remote: Option<SocketAddr>,
+        transport: Arc<dyn Transport>,
+    ) -> Arc<Connection> {
         let id = crate::ids::new_connection_id(&self.config.node);
         let conn = Arc::new(Connection::new(
             id,
+            kind,
             identity,
             remote,
             self.clock.now_ms(),
@@ -191,7 +203,7 @@ impl Gateway {
         self.registry.insert(conn.clone());
         self.metrics.connections.inc();
         self.metrics.active_connections.inc();
-        info!(connection_id = %conn.id, user = %conn.user(), remote = ?remote, "connected");
+        info!(connection_id = %conn.id, kind, user = %conn.user(), remote = ?remote, "connected");
         conn
     }
 
@@ -250,17 +262,20 @@ impl Gateway {
         }
     }
 
-    /// Publishes to a channel through the broker (every node, in offset order).
+    /// Publishes to a channel through the broker (every node, in offset order). `event` names
+    /// the Socket.IO event it is emitted as (`message` when `None`).
     pub async fn publish(
         &self,
         channel: &str,
         data: Bytes,
         exclude_user: Option<&str>,
+        event: Option<&str>,
     ) -> Result<(u64, Arc<str>, usize), GatewayError> {
         let req = PublishRequest {
             channel: channel.into(),
             data,
             exclude_user: exclude_user.map(Into::into),
+            event: event.map(Into::into),
         };
         let (pos, delivered) = self.broker.publish(req).await.inspect_err(|_| {
             self.metrics.broker_errors.inc();
@@ -450,6 +465,8 @@ impl Deliver for LocalDelivery {
             wire: protocol::wire_text(frame.as_bytes()),
             noticed: None,
             published_at_us: 0,
+            publication: None,
+            decoded: OnceLock::new(),
         }));
         let n = subs
             .iter()
@@ -473,6 +490,8 @@ impl Deliver for LocalDelivery {
                     wire: protocol::wire_text(frame.as_bytes()),
                     noticed: None,
                     published_at_us: p.published_at_us,
+                    publication: Some(p.clone()),
+                    decoded: OnceLock::new(),
                 };
                 if changed {
                     // The stream the subscribers knew is gone: each gets `epoch_changed`

@@ -220,6 +220,7 @@ fn from_new_epoch(node: &Node, epoch: &str, offsets: std::ops::RangeInclusive<u6
             epoch: epoch.into(),
             data: bytes::Bytes::from(offset.to_string()),
             exclude_user: None,
+            event: None,
             published_at_us: 0,
         };
         crate::seams::Deliver::deliver(&sink, &crate::seams::Envelope::Channel(p));

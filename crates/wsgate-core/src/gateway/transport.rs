@@ -7,9 +7,11 @@
 //! `send` never blocks and never waits for a socket: a full backlog is `Overflow`, and the
 //! gateway closes that connection as a slow consumer.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+
+use crate::seams::Publication;
 
 /// A channel publication encoded once per node and shared by every local subscriber.
 #[derive(Debug)]
@@ -24,6 +26,12 @@ pub struct Delivery {
     /// `epoch_changed` frame followed by `wire`, in one buffer (two frames back to back).
     pub noticed: Option<Bytes>,
     pub published_at_us: u64,
+    /// The publication itself (data, event: `Arc`s and `Bytes`, no copy), for transports
+    /// that frame it their own way (Socket.IO); `None` for a notice (`gap`) in `wire`.
+    pub publication: Option<Publication>,
+    /// `data` as a JSON value, decoded once per node by the first transport that needs it;
+    /// `/ws` never touches it.
+    pub decoded: OnceLock<serde_json::Value>,
 }
 
 impl Delivery {
@@ -143,6 +151,8 @@ mod tests {
             wire: Bytes::from(format!("{channel}/{epoch}/{offset}")),
             noticed: None,
             published_at_us: 0,
+            publication: None,
+            decoded: OnceLock::new(),
         }
     }
 

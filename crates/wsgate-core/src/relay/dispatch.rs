@@ -355,6 +355,7 @@ mod tests {
                 epoch: self.epoch.lock().clone(),
                 data: req.data,
                 exclude_user: req.exclude_user,
+                event: req.event,
                 published_at_us: offset,
             };
             history.push_back(p.clone());
@@ -430,6 +431,7 @@ mod tests {
                 channel: "c".into(),
                 data: Bytes::from(i.to_string()),
                 exclude_user: None,
+                event: None,
             };
             out.push(log.append(req).await.unwrap());
         }

@@ -18,6 +18,7 @@ pub struct PublishBody {
     channel: String,
     data: Payload,
     exclude_user: Option<String>,
+    event: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -40,6 +41,7 @@ pub async fn publish(
             channel: body.channel,
             data: body.data,
             exclude_user: body.exclude_user,
+            event: body.event,
         })
         .await?;
     Ok(Json(json!({
