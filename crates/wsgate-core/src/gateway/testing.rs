@@ -42,13 +42,16 @@ struct Recorded {
 #[derive(Debug)]
 pub struct Recording {
     capacity: usize,
+    /// The byte budget the server's socket would have.
+    budget: usize,
     state: Mutex<Recorded>,
 }
 
 impl Recording {
-    fn new(capacity: usize) -> Self {
+    fn new(capacity: usize, budget: usize) -> Self {
         Self {
             capacity,
+            budget,
             state: Mutex::new(Recorded::default()),
         }
     }
@@ -109,6 +112,10 @@ impl Transport for Recording {
         self.state.lock().skips.forget(channel)
     }
 
+    fn byte_budget(&self) -> usize {
+        self.budget
+    }
+
     fn backlog(&self) -> usize {
         let st = self.state.lock();
         st.held
@@ -157,11 +164,16 @@ impl Node {
 
     /// A connected client whose transport holds at most `capacity` untaken frames.
     pub fn connect(&self, user: &str, capacity: usize) -> Peer {
-        let transport = Arc::new(Recording::new(capacity));
         let identity = Identity {
             user: user.into(),
             channels: Default::default(),
         };
+        self.connect_with(identity, capacity, usize::MAX)
+    }
+
+    /// [`Node::connect`] with a token's identity and a byte budget.
+    pub fn connect_with(&self, identity: Identity, capacity: usize, budget: usize) -> Peer {
+        let transport = Arc::new(Recording::new(capacity, budget));
         let conn = self.gw.open(identity, None, transport.clone());
         Peer {
             session: Session::new(conn),

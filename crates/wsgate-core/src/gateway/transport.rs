@@ -55,6 +55,12 @@ pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
 
     /// Frames waiting for the socket.
     fn backlog(&self) -> usize;
+
+    /// Bytes this connection may have queued at once (answers, recovered history and
+    /// publications together); a recovery larger than this is answered `gap: too_large`.
+    fn byte_budget(&self) -> usize {
+        usize::MAX
+    }
 }
 
 /// Per-channel skip positions of one connection. Usually empty, so the check on the hot path

@@ -14,6 +14,12 @@ use super::model::{Envelope, NodeId, PublishRequest, Recovery, StreamPosition};
 /// offset order.
 pub trait Deliver: Send + Sync + 'static {
     fn deliver(&self, envelope: &Envelope) -> usize;
+
+    /// Whether a local connection is subscribed to `channel` (a broker keeps the state of
+    /// such channels however idle they are). Unknown: assume so.
+    fn has_subscribers(&self, _channel: &str) -> bool {
+        true
+    }
 }
 
 /// Who a direct send (not a channel publication) is for.
