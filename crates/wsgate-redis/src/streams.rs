@@ -30,6 +30,8 @@ pub struct ChannelStreams {
     conn: ConnectionManager,
     keys: Keys,
     history_size: usize,
+    /// Milliseconds the channel's keys live after its last publication (0: forever).
+    ttl_ms: u64,
     publish: Script,
     recover: Script,
     pub(crate) health: Arc<Health>,
@@ -42,13 +44,14 @@ impl ChannelStreams {
     pub(crate) fn new(
         conn: ConnectionManager,
         keys: Keys,
-        history_size: usize,
+        config: &RedisConfig,
         metrics: ClusterMetrics,
     ) -> Self {
         Self {
             conn,
             keys,
-            history_size,
+            history_size: config.history_size,
+            ttl_ms: config.channel_ttl.as_millis() as u64,
             publish: Script::new(include_str!("lua/publish.lua")),
             recover: Script::new(include_str!("lua/recover.lua")),
             health: Arc::new(Health::default()),
@@ -64,7 +67,7 @@ impl ChannelStreams {
         let mut streams = Self::new(
             conn.clone(),
             Keys::new(&config.key_prefix),
-            config.history_size,
+            config,
             metrics,
         );
         streams.watch = Some(tokio::spawn(watch(conn, streams.health.clone())));
@@ -105,6 +108,7 @@ impl ChannelStreams {
             .arg(&req.data[..])
             .arg(req.exclude_user.as_deref().unwrap_or(""))
             .arg(self.history_size)
+            .arg(self.ttl_ms)
             .invoke_async(&mut self.conn.clone())
             .await;
         self.observe(&r);
@@ -140,6 +144,7 @@ impl ChannelStreams {
             .key(self.keys.stream(channel))
             .arg(offset)
             .arg(epoch)
+            .arg(self.ttl_ms)
             .invoke_async(&mut self.conn.clone())
             .await;
         self.observe(&r);

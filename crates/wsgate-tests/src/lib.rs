@@ -408,6 +408,19 @@ impl Process {
         Self { child, addr }
     }
 
+    /// The process's resident set size in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        wsgate::procfs::rss_kib(self.child.id().expect("running")).expect("VmRSS")
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
     pub fn signal(&self, sig: i32) {
         let pid = self.child.id().expect("running") as i32;
         // SAFETY: kill(2) on our own child's pid.

@@ -4,6 +4,8 @@
 --
 -- KEYS[1] meta hash   KEYS[2] history stream
 -- ARGV[1] since offset (-1 = position only)   ARGV[2] since epoch
+-- ARGV[3] milliseconds a meta hash created here lives (0 = forever): a subscriber of a
+--         channel nobody publishes to leaves no lasting key
 -- Returns { epoch, offset, [entry_offset, data, published_at_us, exclude]... }
 local meta = redis.call('HMGET', KEYS[1], 'e', 'o')
 local epoch = meta[1]
@@ -12,6 +14,9 @@ if not epoch then
   local t = redis.call('TIME')
   epoch = string.format('%x%05x', tonumber(t[1]), tonumber(t[2]))
   redis.call('HSET', KEYS[1], 'e', epoch)
+  if tonumber(ARGV[3]) > 0 then
+    redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+  end
   -- Whatever history is left belongs to the lost epoch: its ids would collide with ours.
   redis.call('DEL', KEYS[2])
 end
