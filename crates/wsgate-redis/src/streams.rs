@@ -64,12 +64,7 @@ impl ChannelStreams {
     /// background and keeps its own health current. Needs a Tokio runtime.
     pub fn start(config: &RedisConfig, metrics: ClusterMetrics) -> Result<Self, BrokerError> {
         let conn = config.manager().map_err(broker_error)?;
-        let mut streams = Self::new(
-            conn.clone(),
-            Keys::new(&config.key_prefix),
-            config,
-            metrics,
-        );
+        let mut streams = Self::new(conn.clone(), Keys::new(&config.key_prefix), config, metrics);
         streams.watch = Some(tokio::spawn(watch(conn, streams.health.clone())));
         Ok(streams)
     }

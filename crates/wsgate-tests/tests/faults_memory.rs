@@ -17,9 +17,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::{Bytes, Message};
-use wsgate_tests::{
-    Client, Process, TestServer, eventually_within, metric_value, tune, within,
-};
+use wsgate_tests::{Client, Process, TestServer, eventually_within, metric_value, tune, within};
 
 #[tokio::test]
 async fn pings_count_against_the_message_limit() {
@@ -97,10 +95,17 @@ async fn presence_needs_a_subscription() {
     let mut nosy = Client::connect(&srv.ws_url()).await;
     let ask = json!({"op":"presence","channel":"room"});
     let refused = nosy.request(ask.clone()).await;
-    assert_eq!((&refused["op"], &refused["code"]), (&json!("error"), &json!("forbidden")));
+    assert_eq!(
+        (&refused["op"], &refused["code"]),
+        (&json!("error"), &json!("forbidden"))
+    );
     nosy.subscribe("room").await;
     let p = nosy.request(ask).await;
-    assert_eq!((&p["op"], &p["connections"]), (&json!("presence"), &json!(2)), "{p}");
+    assert_eq!(
+        (&p["op"], &p["connections"]),
+        (&json!("presence"), &json!(2)),
+        "{p}"
+    );
     srv.shutdown().await;
 }
 
@@ -214,7 +219,10 @@ async fn hostile_clients(scale: Scale) {
     let history = HISTORY.to_string();
     let node = Process::spawn_env(
         &["--history-size", &history],
-        &[("WSGATE_MAX_CONNECTIONS_PER_IP", "0"), ("WSGATE_IP_CONNECT_RATE", "0")],
+        &[
+            ("WSGATE_MAX_CONNECTIONS_PER_IP", "0"),
+            ("WSGATE_IP_CONNECT_RATE", "0"),
+        ],
     )
     .await;
     let url = node.ws_url();
@@ -224,7 +232,11 @@ async fn hostile_clients(scale: Scale) {
     publish_many(&node.http(""), "hot", HISTORY, PAYLOAD).await;
     let mut fast = Vec::new();
     for _ in 0..scale.fast {
-        fast.push(reader(Client::subscribed(&url, "hot").await, HISTORY as u64, 2 * HISTORY as u64));
+        fast.push(reader(
+            Client::subscribed(&url, "hot").await,
+            HISTORY as u64,
+            2 * HISTORY as u64,
+        ));
     }
     let before = node.rss_kib();
     let (rss, stop) = watch_rss(&node);
@@ -248,7 +260,10 @@ async fn hostile_clients(scale: Scale) {
     let flooders = scale.hostile.div_ceil(2) as f64;
     let limited = eventually_within("ping flooders closed", Duration::from_secs(60), || async {
         let m = wsgate_tests::get_text(&node.http("/metrics")).await;
-        let n = metric_value(&m, r#"websocket_disconnections_total{reason="rate_limited"}"#)?;
+        let n = metric_value(
+            &m,
+            r#"websocket_disconnections_total{reason="rate_limited"}"#,
+        )?;
         (n >= flooders).then_some(n)
     })
     .await;
@@ -331,7 +346,10 @@ async fn churn_names(url: &str, round: &str, names: usize, conns: usize) {
 async fn channel_churn(scale: Scale) {
     let node = Process::spawn_env(
         &[],
-        &[("WSGATE_CLIENT_MESSAGE_RATE", "0"), ("WSGATE_CLIENT_BYTE_RATE", "0")],
+        &[
+            ("WSGATE_CLIENT_MESSAGE_RATE", "0"),
+            ("WSGATE_CLIENT_BYTE_RATE", "0"),
+        ],
     )
     .await;
     let url = node.ws_url();

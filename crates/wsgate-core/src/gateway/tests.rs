@@ -218,7 +218,11 @@ async fn a_recovery_larger_than_the_budget_answers_too_large() {
     let frames = recover(&node, &mut small, 0, &epoch).await;
     assert_eq!(frames.len(), 1, "nothing replayed: {}", frames.len());
     assert_eq!(
-        (&frames[0]["recovered"], &frames[0]["gap"], &frames[0]["offset"]),
+        (
+            &frames[0]["recovered"],
+            &frames[0]["gap"],
+            &frames[0]["offset"]
+        ),
         (&json!(false), &json!("too_large"), &json!(64))
     );
     node.publish("c", "65").await;
@@ -226,7 +230,10 @@ async fn a_recovery_larger_than_the_budget_answers_too_large() {
 
     let mut roomy = node.connect_with(identity(), 128, 1024 * 1024);
     let frames = recover(&node, &mut roomy, 60, &epoch).await;
-    assert_eq!(frames[0]["recovered"], true, "a recovery that fits is replayed");
+    assert_eq!(
+        frames[0]["recovered"], true,
+        "a recovery that fits is replayed"
+    );
     assert_eq!(offsets(&frames[1..]), vec![61, 62, 63, 64, 65]);
 }
 
@@ -258,7 +265,10 @@ async fn presence_needs_a_subscription_and_is_capped_and_cached() {
     let p = &members[0].take_json()[0];
     assert_eq!(p["op"], "presence");
     assert_eq!(p["users"].as_array().unwrap().len(), 3, "capped: {p}");
-    assert_eq!((&p["connections"], &p["truncated"]), (&json!(5), &json!(true)));
+    assert_eq!(
+        (&p["connections"], &p["truncated"]),
+        (&json!(5), &json!(true))
+    );
 
     // A token that grants the channel by name may look without subscribing.
     let granted = crate::auth::Identity {

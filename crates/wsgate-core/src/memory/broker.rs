@@ -105,7 +105,11 @@ impl MemoryBroker {
     }
 
     /// Where `channel` stands, and its history, without creating anything.
-    fn read<T>(&self, channel: &str, f: impl FnOnce(&VecDeque<Publication>, StreamPosition) -> T) -> T {
+    fn read<T>(
+        &self,
+        channel: &str,
+        f: impl FnOnce(&VecDeque<Publication>, StreamPosition) -> T,
+    ) -> T {
         loop {
             let Some(stream) = self.streams.get(channel).map(|s| s.clone()) else {
                 let position = StreamPosition {
@@ -145,11 +149,10 @@ impl MemoryBroker {
         let idle = |channel: &str, s: &Stream| {
             s.last_publish.elapsed() >= ttl && !sink.is_some_and(|k| k.has_subscribers(channel))
         };
-        let any = self.streams.iter().any(|e| {
-            e.value()
-                .try_lock()
-                .is_some_and(|s| idle(e.key(), &s))
-        });
+        let any = self
+            .streams
+            .iter()
+            .any(|e| e.value().try_lock().is_some_and(|s| idle(e.key(), &s)));
         if !any {
             return 0;
         }
@@ -281,8 +284,8 @@ pub fn recover_from(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
     use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
 
     #[derive(Default)]
     struct Recorder(parking_lot::Mutex<Vec<u64>>, AtomicU64);
@@ -371,7 +374,15 @@ mod tests {
         let (again, _) = b.publish(req("gone", 3)).await.unwrap();
         assert_eq!(again.offset, 1);
         assert_ne!(again.epoch, old.epoch);
-        let r = b.recover("gone", &StreamPosition { offset: 2, epoch: old.epoch }).await;
+        let r = b
+            .recover(
+                "gone",
+                &StreamPosition {
+                    offset: 2,
+                    epoch: old.epoch,
+                },
+            )
+            .await;
         assert_eq!(r.unwrap().gap, Some(RecoveryGap::EpochChanged));
     }
 
@@ -387,7 +398,11 @@ mod tests {
             tokio::time::sleep(ttl * 2).await;
         }
         b.publish(req("last", 1)).await.unwrap();
-        assert!(b.channel_count() <= 2001, "{} channels kept", b.channel_count());
+        assert!(
+            b.channel_count() <= 2001,
+            "{} channels kept",
+            b.channel_count()
+        );
     }
 
     #[tokio::test]
