@@ -17,15 +17,20 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::{Bytes, Message};
-use wsgate_tests::{Client, Process, TestServer, eventually_within, metric_value, tune, within};
+use wsgate_tests::{Client, Process, TestServer, eventually_within, metric_value, within};
 
 #[tokio::test]
 async fn pings_count_against_the_message_limit() {
-    let srv = TestServer::with(|c| {
-        tune::message_rate(c, 10, 10);
-        c.ws.rate_limit_strikes = 20;
-    })
-    .await;
+    // 10 frames a second, bursts of 10, closed after 20 refused in a row.
+    let limits = |c: &mut wsgate_server::Config| {
+        let ws = &mut c.ws;
+        (
+            ws.client_message_rate,
+            ws.client_message_burst,
+            ws.rate_limit_strikes,
+        ) = (10, 10, 20);
+    };
+    let srv = TestServer::with(limits).await;
     let mut flood = Client::connect(&srv.ws_url()).await;
     for _ in 0..100 {
         let ping = Message::Ping(Bytes::from_static(&[7; 125]));
