@@ -265,7 +265,10 @@ async fn hostile_clients(scale: Scale) {
     // consumers once publications pass it). Counted here, not awaited: how soon depends on
     // how fast the node reads the flood (pings are limited in faults_memory's own test).
     let m = wsgate_tests::get_text(&node.http("/metrics")).await;
-    let limited = metric_value(&m, r#"websocket_disconnections_total{reason="rate_limited"}"#);
+    let limited = metric_value(
+        &m,
+        r#"websocket_disconnections_total{reason="rate_limited"}"#,
+    );
     let limited = limited.unwrap_or(0.0);
     let m = wsgate_tests::get_text(&node.http("/metrics")).await;
     let slow = metric_value(&m, "websocket_slow_consumers_total").unwrap_or(0.0);
@@ -388,4 +391,36 @@ async fn subscribe_unsubscribe_churn_leaves_memory_at_its_level() {
 #[ignore = "full scale (1,000,000 names): run with --ignored, figures in docs/reliability.md"]
 async fn subscribe_unsubscribe_churn_full_scale() {
     channel_churn(FULL).await;
+}
+
+/// In Redis, a channel's keys expire once it is idle: every publication renews their TTL, and
+/// a subscriber of a channel nobody publishes to leaves only an expiring meta hash.
+#[tokio::test]
+async fn redis_channel_keys_expire_when_idle() {
+    use wsgate_tests::cluster::{Cluster, Via};
+    let cluster = Cluster::start(Via::Redis).await;
+    let ttl = [
+        ("WSGATE_CHANNEL_IDLE_TTL_MS", "5000"),
+        ("WSGATE_HISTORY_TTL_MS", "4000"),
+    ];
+    let node = cluster.node_env("n1", &[], &ttl).await;
+    node.publish("ttl:published", json!(1)).await;
+    let mut c = Client::connect(&node.ws_url()).await;
+    c.subscribe("ttl:quiet").await;
+    let redis = &cluster.redis;
+    let pttl = |channel: &str, part: &str| {
+        let key = format!("{}:{{{channel}}}:{part}", cluster.prefix);
+        async move {
+            let out = redis.cli(&["PTTL", &key]).await;
+            out.trim().parse::<i64>().expect("PTTL answers a number")
+        }
+    };
+    for (channel, part) in [
+        ("ttl:published", "meta"),
+        ("ttl:published", "stream"),
+        ("ttl:quiet", "meta"),
+    ] {
+        let left = pttl(channel, part).await;
+        assert!((1..=5000).contains(&left), "{channel} {part}: PTTL {left}");
+    }
 }

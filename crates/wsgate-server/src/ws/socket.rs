@@ -210,18 +210,16 @@ impl SharedSocket {
         if st.closing {
             return Ok(Wrote::Done);
         }
-        if st.held.is_some() {
-            let len = match item {
-                Outbound::Publication(d) => d.wire.len(),
-                Outbound::Frame(b) => b.len(),
-            };
-            let queued = st.queued_bytes();
-            let held = st.held.as_mut().expect("checked");
+        let queued = st.queued_bytes();
+        if let Some(held) = &mut st.held {
             if held.len() >= self.capacity || queued >= self.budget {
                 return Err(Overflow);
             }
             held.push(item.clone());
-            st.held_bytes += len;
+            st.held_bytes += match item {
+                Outbound::Publication(d) => d.wire.len(),
+                Outbound::Frame(b) => b.len(),
+            };
             return Ok(Wrote::Done);
         }
         let bytes = match item {
@@ -240,7 +238,7 @@ impl SharedSocket {
         if st.failed {
             return Ok(Wrote::Done);
         }
-        if st.backlog.len() + st.in_flight >= self.capacity || st.queued_bytes() >= self.budget {
+        if st.backlog.len() + st.in_flight >= self.capacity || queued >= self.budget {
             return Err(Overflow);
         }
         // The task is woken when the backlog stops being empty; while it writes, it comes
