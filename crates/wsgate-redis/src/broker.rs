@@ -49,7 +49,7 @@ impl RedisBroker {
         let streams = Arc::new(ChannelStreams::new(
             conn.clone(),
             keys.clone(),
-            config.history_size,
+            config,
             metrics.clone(),
         ));
         let relay = Arc::new(Relay::new(streams.clone(), metrics));

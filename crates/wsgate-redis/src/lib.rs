@@ -14,8 +14,8 @@
 //!
 //! | key | type | what |
 //! | --- | --- | --- |
-//! | `P:{<channel>}:meta` | hash `e`, `o`, `r` | the channel's epoch, newest offset, and the run id of the Redis process that wrote them |
-//! | `P:{<channel>}:stream` | stream | bounded history (`MAXLEN ~ history_size`), entry id `<offset>-0`, fields `d` data, `t` µs, `x` excluded user, `e` Socket.IO event |
+//! | `P:{<channel>}:meta` | hash `e`, `o`, `r`, TTL | the channel's epoch, newest offset, and the run id of the Redis process that wrote them; expires `channel_ttl` after the last publication (or after a first read that created it) |
+//! | `P:{<channel>}:stream` | stream, TTL | bounded history (`MAXLEN ~ history_size`), entry id `<offset>-0`, fields `d` data, `t` µs, `x` excluded user, `e` Socket.IO event; expires with the meta |
 //! | `P:presence:<channel>` | hash | connection id → `<node>\n<user>` |
 //! | `P:alive:<node>` | string, TTL | the node's lease: the token of the one process running under that id; renewed every TTL/3 |
 //! | `P:pub` | pub/sub | channel publications, for every node |
@@ -82,6 +82,9 @@ pub struct RedisConfig {
     pub key_prefix: String,
     /// Publications kept per channel (approximately: `MAXLEN ~`). 0 keeps none.
     pub history_size: usize,
+    /// A channel's meta hash and history stream expire this long after its last
+    /// publication (`Duration::ZERO`: never). Default 10 minutes.
+    pub channel_ttl: Duration,
     /// How long a dead node's presence entries survive it. Default 15 s.
     pub presence_ttl: Duration,
     /// Bound on one command's round trip. Default 2 s.
@@ -104,6 +107,7 @@ impl RedisConfig {
             url: url.into(),
             key_prefix: "wsgate".into(),
             history_size: 256,
+            channel_ttl: Duration::from_secs(600),
             presence_ttl: Duration::from_secs(15),
             response_timeout: Duration::from_secs(2),
             lease_ttl: Duration::from_secs(3),

@@ -30,6 +30,8 @@ pub struct ChannelStreams {
     conn: ConnectionManager,
     keys: Keys,
     history_size: usize,
+    /// Milliseconds the channel's keys live after its last publication (0: forever).
+    ttl_ms: u64,
     publish: Script,
     recover: Script,
     pub(crate) health: Arc<Health>,
@@ -42,13 +44,14 @@ impl ChannelStreams {
     pub(crate) fn new(
         conn: ConnectionManager,
         keys: Keys,
-        history_size: usize,
+        config: &RedisConfig,
         metrics: ClusterMetrics,
     ) -> Self {
         Self {
             conn,
             keys,
-            history_size,
+            history_size: config.history_size,
+            ttl_ms: config.channel_ttl.as_millis() as u64,
             publish: Script::new(concat!(
                 include_str!("lua/timeline.lua"),
                 include_str!("lua/publish.lua")
@@ -67,12 +70,7 @@ impl ChannelStreams {
     /// background and keeps its own health current. Needs a Tokio runtime.
     pub fn start(config: &RedisConfig, metrics: ClusterMetrics) -> Result<Self, BrokerError> {
         let conn = config.manager().map_err(broker_error)?;
-        let mut streams = Self::new(
-            conn.clone(),
-            Keys::new(&config.key_prefix),
-            config.history_size,
-            metrics,
-        );
+        let mut streams = Self::new(conn.clone(), Keys::new(&config.key_prefix), config, metrics);
         streams.watch = Some(wsgate_core::tasks::supervised(
             "history watch",
             watch(conn, streams.health.clone()),
@@ -115,6 +113,7 @@ impl ChannelStreams {
             .arg(req.exclude_user.as_deref().unwrap_or(""))
             .arg(self.history_size)
             .arg(req.event.as_deref().unwrap_or(""))
+            .arg(self.ttl_ms)
             .invoke_async(&mut self.conn.clone())
             .await;
         self.observe(&r);
@@ -151,6 +150,7 @@ impl ChannelStreams {
             .key(self.keys.stream(channel))
             .arg(offset)
             .arg(epoch)
+            .arg(self.ttl_ms)
             .invoke_async(&mut self.conn.clone())
             .await;
         self.observe(&r);

@@ -6,7 +6,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use wsgate_core::gateway::{
     ClientPublish, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT,
-    DEFAULT_MAX_CHANNELS_PER_CONNECTION, DEFAULT_MAX_PROTOCOL_ERRORS, GatewayConfig,
+    DEFAULT_MAX_CHANNELS_PER_CONNECTION, DEFAULT_MAX_PROTOCOL_ERRORS, DEFAULT_PRESENCE_CACHE,
+    DEFAULT_PRESENCE_MAX_USERS, GatewayConfig,
 };
 use wsgate_core::seams::NodeId;
 
@@ -14,6 +15,8 @@ use wsgate_core::seams::NodeId;
 pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = DEFAULT_HEARTBEAT_INTERVAL.as_millis() as u64;
 /// Default of `heartbeat_timeout_ms` (seed 003): core's [`DEFAULT_HEARTBEAT_TIMEOUT`].
 pub const DEFAULT_HEARTBEAT_TIMEOUT_MS: u64 = DEFAULT_HEARTBEAT_TIMEOUT.as_millis() as u64;
+/// Default of `presence_cache_ms`: core's [`DEFAULT_PRESENCE_CACHE`].
+pub const DEFAULT_PRESENCE_CACHE_MS: u64 = DEFAULT_PRESENCE_CACHE.as_millis() as u64;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
@@ -28,6 +31,10 @@ pub struct GatewaySettings {
     pub max_protocol_errors: u32,
     /// Default [`DEFAULT_MAX_CHANNELS_PER_CONNECTION`].
     pub max_channels_per_connection: usize,
+    /// Users a client's `presence` answer lists at most. Default [`DEFAULT_PRESENCE_MAX_USERS`].
+    pub presence_max_users: usize,
+    /// A client's `presence` answer is reused this long. Default [`DEFAULT_PRESENCE_CACHE_MS`].
+    pub presence_cache_ms: u64,
 }
 
 impl Default for GatewaySettings {
@@ -38,6 +45,8 @@ impl Default for GatewaySettings {
             client_publish: ClientPublish::default(),
             max_protocol_errors: DEFAULT_MAX_PROTOCOL_ERRORS,
             max_channels_per_connection: DEFAULT_MAX_CHANNELS_PER_CONNECTION,
+            presence_max_users: DEFAULT_PRESENCE_MAX_USERS,
+            presence_cache_ms: DEFAULT_PRESENCE_CACHE_MS,
         }
     }
 }
@@ -61,6 +70,8 @@ impl GatewaySettings {
         g.client_publish = self.client_publish;
         g.max_protocol_errors = self.max_protocol_errors.max(1);
         g.max_channels_per_connection = self.max_channels_per_connection;
+        g.presence_max_users = self.presence_max_users;
+        g.presence_cache = Duration::from_millis(self.presence_cache_ms);
         g
     }
 }

@@ -50,6 +50,12 @@ pub const DEFAULT_KEY_PREFIX: &str = "wsgate";
 /// Default of `history_size` (messages per channel): a few seconds of a busy channel, enough
 /// for a reconnect to recover without a gap.
 pub const DEFAULT_HISTORY_SIZE: usize = 256;
+/// Default of `channel_idle_ttl_ms`: a channel nobody subscribes to and nobody published to
+/// for 5 minutes is forgotten (memory engine: evicted; Redis: its keys expire).
+pub const DEFAULT_CHANNEL_IDLE_TTL_MS: u64 = 300_000;
+/// Default of `history_ttl_ms`: a channel's history stays recoverable at least 10 minutes
+/// after its last publication, long enough for a laptop to wake up and resume with `since`.
+pub const DEFAULT_HISTORY_TTL_MS: u64 = 600_000;
 /// Default of `presence_ttl_ms`: a dead node's presence entries disappear within 15 s.
 pub const DEFAULT_PRESENCE_TTL_MS: u64 = 15_000;
 /// Shortest `presence_ttl_ms` accepted: presence is refreshed on a fraction of it.
@@ -99,6 +105,12 @@ pub struct ClusterConfig {
     pub key_prefix: String,
     /// Messages kept per channel for `since` recovery. Default [`DEFAULT_HISTORY_SIZE`].
     pub history_size: usize,
+    /// A channel with no subscriber on this node and no publication for this long is
+    /// forgotten (not before `history_ttl_ms` either). Default [`DEFAULT_CHANNEL_IDLE_TTL_MS`].
+    pub channel_idle_ttl_ms: u64,
+    /// History outlives a channel's last publication by at least this long.
+    /// Default [`DEFAULT_HISTORY_TTL_MS`].
+    pub history_ttl_ms: u64,
     /// A dead node's presence entries disappear within this bound.
     /// Default [`DEFAULT_PRESENCE_TTL_MS`].
     pub presence_ttl_ms: u64,
@@ -134,6 +146,8 @@ impl Default for ClusterConfig {
             nats_ca_file: None,
             key_prefix: DEFAULT_KEY_PREFIX.into(),
             history_size: DEFAULT_HISTORY_SIZE,
+            channel_idle_ttl_ms: DEFAULT_CHANNEL_IDLE_TTL_MS,
+            history_ttl_ms: DEFAULT_HISTORY_TTL_MS,
             presence_ttl_ms: DEFAULT_PRESENCE_TTL_MS,
             lease_ttl_ms: DEFAULT_LEASE_TTL_MS,
             clear_all_on_start: false,
@@ -145,6 +159,12 @@ impl Default for ClusterConfig {
 }
 
 impl ClusterConfig {
+    /// How long an idle channel's state lives: the longer of `channel_idle_ttl_ms` and
+    /// `history_ttl_ms` (the memory engine's eviction bound, the TTL of Redis channel keys).
+    pub fn channel_ttl(&self) -> Duration {
+        Duration::from_millis(self.channel_idle_ttl_ms.max(self.history_ttl_ms))
+    }
+
     /// Whether nodes share state through Redis or NATS (not only this process's memory).
     pub fn is_shared(&self) -> bool {
         self.store != StoreKind::Memory || self.broker != BrokerKind::Memory
@@ -229,6 +249,7 @@ impl ClusterConfig {
         }
         r.key_prefix = self.key_prefix.clone();
         r.history_size = self.history_size;
+        r.channel_ttl = self.channel_ttl();
         r.presence_ttl = Duration::from_millis(self.presence_ttl_ms);
         if let Some(ca) = &self.redis_ca_file {
             r.ca_bundle = Some(crate::trust::TrustBundle::with_ca_file(ca)?.pem());
@@ -286,7 +307,10 @@ pub fn build(
         }
     }
     let broker: Arc<dyn Broker> = match config.broker {
-        BrokerKind::Memory => Arc::new(MemoryBroker::new(node.clone(), config.history_size)),
+        BrokerKind::Memory => Arc::new(
+            MemoryBroker::new(node.clone(), config.history_size)
+                .with_idle_ttl(config.channel_ttl()),
+        ),
         #[cfg(feature = "redis")]
         BrokerKind::Redis => redis_broker(config, node, &metrics)?,
         #[cfg(feature = "nats")]

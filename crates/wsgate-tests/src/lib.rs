@@ -470,6 +470,19 @@ impl Process {
         self.logs.lock().unwrap().clone()
     }
 
+    /// The process's resident set size in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        wsgate::procfs::rss_kib(self.child.id().expect("running")).expect("VmRSS")
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
     pub fn signal(&self, sig: i32) {
         signal_pid(self.child.id().expect("running"), sig);
     }

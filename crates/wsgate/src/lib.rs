@@ -8,6 +8,10 @@ mod bench;
 mod cli;
 mod serve;
 
+/// What the kernel says about a process (RSS, descriptors, CPU): the benchmark's readings,
+/// also used by the fault suite (crates/wsgate-tests).
+pub use bench::procfs;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]

@@ -59,6 +59,12 @@ pub struct ServeArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     outbox_capacity: Option<usize>,
     #[arg(long, help = format!(
+        "Bytes a client's queue may hold, answers included, before it is closed (default {})",
+        ws::DEFAULT_OUTBOX_BYTES
+    ))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outbox_bytes: Option<usize>,
+    #[arg(long, help = format!(
         "Largest client frame in bytes (default {})",
         ws::DEFAULT_MAX_MESSAGE_SIZE
     ))]

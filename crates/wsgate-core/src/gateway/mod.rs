@@ -66,6 +66,12 @@ pub struct GatewayConfig {
     /// How long a connection whose token expired may take to send `refresh` before it is
     /// closed (4001). Default [`DEFAULT_TOKEN_GRACE`].
     pub token_grace: Duration,
+    /// Users a client's `presence` answer lists at most (`truncated: true` beyond).
+    /// Default [`DEFAULT_PRESENCE_MAX_USERS`].
+    pub presence_max_users: usize,
+    /// A client's `presence` answer is reused for this long (per channel, per node).
+    /// Default [`DEFAULT_PRESENCE_CACHE`].
+    pub presence_cache: Duration,
 }
 
 /// Seed 003's ping interval: 30 s keeps NAT and balancer idle timers (usually 60 s) open.
@@ -78,6 +84,13 @@ pub const DEFAULT_MAX_PROTOCOL_ERRORS: u32 = 10;
 pub const DEFAULT_MAX_CHANNELS_PER_CONNECTION: usize = 256;
 /// Enough for a client to fetch a new token once told its own expired.
 pub const DEFAULT_TOKEN_GRACE: Duration = Duration::from_secs(10);
+/// A roster a UI can show; bounds the answer (and the work) one `presence` request costs.
+pub const DEFAULT_PRESENCE_MAX_USERS: usize = 100;
+/// A presence read costs a Lua scan in Redis: one per channel per second per node at most,
+/// however many clients ask.
+pub const DEFAULT_PRESENCE_CACHE: Duration = Duration::from_secs(1);
+/// Cached presence answers kept before stale ones are dropped.
+const PRESENCE_CACHE_ENTRIES: usize = 4096;
 
 impl GatewayConfig {
     pub fn new(node: NodeId) -> Self {
@@ -89,6 +102,8 @@ impl GatewayConfig {
             max_protocol_errors: DEFAULT_MAX_PROTOCOL_ERRORS,
             max_channels_per_connection: DEFAULT_MAX_CHANNELS_PER_CONNECTION,
             token_grace: DEFAULT_TOKEN_GRACE,
+            presence_max_users: DEFAULT_PRESENCE_MAX_USERS,
+            presence_cache: DEFAULT_PRESENCE_CACHE,
         }
     }
 }
@@ -113,6 +128,17 @@ pub struct Presence {
     pub connections: usize,
 }
 
+/// A client's `presence` answer: capped, encoded once, shared while it is fresh.
+#[derive(Debug)]
+pub struct ClientPresence {
+    /// JSON array of at most `presence_max_users` user ids.
+    pub users_json: String,
+    pub connections: usize,
+    /// More users than the array lists.
+    pub truncated: bool,
+    at_ms: u64,
+}
+
 pub struct Gateway {
     pub config: GatewayConfig,
     pub registry: Arc<Registry>,
@@ -122,6 +148,7 @@ pub struct Gateway {
     pub clock: Clock,
     /// Due times of expiring tokens ([`Gateway::run_expiries`]).
     pub expiries: Expiries,
+    presence_cache: dashmap::DashMap<Arc<str>, Arc<ClientPresence>>,
 }
 
 impl Gateway {
@@ -145,6 +172,7 @@ impl Gateway {
             metrics,
             clock: Clock::new(),
             expiries: Expiries::default(),
+            presence_cache: dashmap::DashMap::new(),
         })
     }
 
@@ -348,6 +376,38 @@ impl Gateway {
             GatewayError::Broker(BrokerError::Unavailable(e.to_string()))
         })?;
         Ok(presence_of(channel, entries))
+    }
+
+    /// Presence as a client sees it: at most `presence_max_users` users, the same answer
+    /// for every asker of a channel for `presence_cache`.
+    pub async fn client_presence(
+        &self,
+        channel: &str,
+    ) -> Result<Arc<ClientPresence>, GatewayError> {
+        let now = self.clock.now_ms();
+        let fresh_for = self.config.presence_cache.as_millis() as u64;
+        let fresh = |p: &ClientPresence| now.saturating_sub(p.at_ms) < fresh_for;
+        if let Some(p) = self.presence_cache.get(channel)
+            && fresh(&p)
+        {
+            return Ok(p.clone());
+        }
+        let mut p = self.presence(channel).await?;
+        let truncated = p.users.len() > self.config.presence_max_users;
+        p.users.truncate(self.config.presence_max_users);
+        let answer = Arc::new(ClientPresence {
+            users_json: serde_json::to_string(&p.users).unwrap_or_else(|_| "[]".into()),
+            connections: p.connections,
+            truncated,
+            at_ms: now,
+        });
+        if fresh_for > 0 {
+            if self.presence_cache.len() >= PRESENCE_CACHE_ENTRIES {
+                self.presence_cache.retain(|_, p| fresh(p));
+            }
+            self.presence_cache.insert(channel.into(), answer.clone());
+        }
+        Ok(answer)
     }
 
     pub(crate) async fn presence_join(&self, channel: &str, conn: &Connection) {

@@ -10,13 +10,13 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::seams::{Recovery, StreamPosition};
+use crate::seams::{Publication, Recovery, RecoveryGap, StreamPosition};
 use serde_json::value::RawValue;
 use tungstenite::Utf8Bytes;
 
 use super::connection::{CloseRequest, Connection};
-use super::{ClientPublish, Gateway, Presence};
-use crate::auth::Authenticator;
+use super::{ClientPresence, ClientPublish, Gateway};
+use crate::auth::{Authenticator, ChannelGrant};
 use crate::metrics::ReasonLabel;
 use crate::protocol::{self, ClientOp, Frame, ProtocolError, close};
 use crate::upstream::TOPIC_PREFIX;
@@ -178,15 +178,15 @@ impl Session {
             ClientOp::Refresh { token } => self.refresh(gw, id, &token).await,
             ClientOp::Presence { channel } => {
                 let p = self.presence(gw, &channel).await?;
-                let users = serde_json::to_string(&p.users).unwrap_or_else(|_| "[]".into());
-                Ok(vec![
-                    Frame::op("presence")
-                        .id(id)
-                        .str("channel", &channel)
-                        .raw("users", &users)
-                        .num("connections", p.connections as u64)
-                        .finish(),
-                ])
+                let mut f = Frame::op("presence")
+                    .id(id)
+                    .str("channel", &channel)
+                    .raw("users", &p.users_json)
+                    .num("connections", p.connections as u64);
+                if p.truncated {
+                    f = f.bool("truncated", true);
+                }
+                Ok(vec![f.finish()])
             }
         }
     }
@@ -277,10 +277,15 @@ impl Session {
         Ok(offset)
     }
 
-    /// `presence` of a channel the token grants, cluster-wide.
-    pub async fn presence(&self, gw: &Gateway, channel: &str) -> Result<Presence, ProtocolError> {
-        self.check_grant(channel)?;
-        gw.presence(channel)
+    /// `presence` of a channel this connection subscribes to (or its token grants),
+    /// cluster-wide, capped and cached ([`Gateway::client_presence`]).
+    pub async fn presence(
+        &self,
+        gw: &Gateway,
+        channel: &str,
+    ) -> Result<Arc<ClientPresence>, ProtocolError> {
+        self.check_presence(channel)?;
+        gw.client_presence(channel)
             .await
             .map_err(|e| ProtocolError::new("unavailable", e.to_string()))
     }
@@ -292,6 +297,21 @@ impl Session {
             Err(ProtocolError::new(
                 "forbidden",
                 format!("token does not grant channel `{channel}`"),
+            ))
+        }
+    }
+
+    /// Presence names users: only for subscribers of the channel, or for a token whose
+    /// `channels` claim grants it explicitly (a backend's monitoring client, say).
+    fn check_presence(&self, channel: &str) -> Result<(), ProtocolError> {
+        let granted = matches!(&self.conn.identity.channels, ChannelGrant::Only(_))
+            && self.conn.identity.channels.allows(channel);
+        if granted || self.conn.is_subscribed(channel) {
+            Ok(())
+        } else {
+            Err(ProtocolError::new(
+                "forbidden",
+                format!("presence of `{channel}` needs a subscription to it"),
             ))
         }
     }
@@ -349,6 +369,14 @@ impl Session {
             recovery.position.epoch.clone(),
             recovery.position.offset,
         );
+        let mut recovery = recovery;
+        if recovery_bytes(&recovery.publications) > self.conn.transport.byte_budget() {
+            // More than the connection may queue: replaying it would only close the
+            // connection as a slow consumer (or let a client that never reads make the node
+            // hold it). The client goes on from the current offset.
+            recovery.publications = Vec::new();
+            recovery.gap = Some(RecoveryGap::TooLarge);
+        }
         if since.is_some() {
             let outcome = recovery.gap.map_or("recovered", |g| g.as_str());
             gw.metrics
@@ -358,4 +386,13 @@ impl Session {
         }
         Ok(recovery)
     }
+}
+
+/// What replaying `publications` costs in frame bytes, estimated before encoding them (the
+/// envelope `{"op":"message","channel":…,"offset":…,"data":…}` and the frame header).
+fn recovery_bytes(publications: &[Publication]) -> usize {
+    publications
+        .iter()
+        .map(|p| p.data.len() + p.channel.len() + 64)
+        .sum()
 }

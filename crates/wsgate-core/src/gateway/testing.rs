@@ -42,13 +42,16 @@ struct Recorded {
 #[derive(Debug)]
 pub struct Recording {
     capacity: usize,
+    /// The byte budget the server's socket would have.
+    budget: usize,
     state: Mutex<Recorded>,
 }
 
 impl Recording {
-    fn new(capacity: usize) -> Self {
+    fn new(capacity: usize, budget: usize) -> Self {
         Self {
             capacity,
+            budget,
             state: Mutex::new(Recorded::default()),
         }
     }
@@ -114,6 +117,10 @@ impl Transport for Recording {
 
     fn forget_skip(&self, channel: &str) {
         self.state.lock().skips.forget(channel)
+    }
+
+    fn byte_budget(&self) -> usize {
+        self.budget
     }
 
     fn backlog(&self) -> usize {
@@ -183,24 +190,23 @@ impl Node {
 
     /// A connected client whose transport holds at most `capacity` untaken frames.
     pub fn connect(&self, user: &str, capacity: usize) -> Peer {
-        self.open(
-            Identity {
-                user: user.into(),
-                channels: Default::default(),
-                expires_at: None,
-            },
-            capacity,
-        )
+        let identity = Identity {
+            user: user.into(),
+            channels: Default::default(),
+            expires_at: None,
+        };
+        self.connect_with(identity, capacity, usize::MAX)
     }
 
     /// A client connected with `token` (which must be valid).
     pub async fn connect_token(&self, token: &str, capacity: usize) -> Peer {
         let identity = self.auth.authenticate(Some(token)).await.expect("valid");
-        self.open(identity, capacity)
+        self.connect_with(identity, capacity, usize::MAX)
     }
 
-    fn open(&self, identity: Identity, capacity: usize) -> Peer {
-        let transport = Arc::new(Recording::new(capacity));
+    /// [`Node::connect`] with a token's identity and a byte budget.
+    pub fn connect_with(&self, identity: Identity, capacity: usize, budget: usize) -> Peer {
+        let transport = Arc::new(Recording::new(capacity, budget));
         let conn = self.gw.open(identity, None, transport.clone());
         self.gw.arm_expiry(&conn);
         Peer {

@@ -374,3 +374,87 @@ async fn an_expired_token_is_told_then_closed_after_the_grace_unless_refreshed()
     assert!(gw.expiries.is_empty());
     expiries.abort();
 }
+
+/// A recovery that would not fit the connection's byte budget replays nothing: the client
+/// learns `too_large` and the current offset to go on from.
+#[tokio::test]
+async fn a_recovery_larger_than_the_budget_answers_too_large() {
+    let (node, epoch) = stream_of(64, 0).await;
+    let big = format!("\"{}\"", "x".repeat(4096));
+    for _ in 0..64 {
+        node.publish("c", &big).await;
+    }
+    let identity = || crate::auth::Identity {
+        user: "alice".into(),
+        channels: Default::default(),
+        expires_at: None,
+    };
+    let mut small = node.connect_with(identity(), 16, 64 * 1024);
+    let frames = recover(&node, &mut small, 0, &epoch).await;
+    assert_eq!(frames.len(), 1, "nothing replayed: {}", frames.len());
+    assert_eq!(
+        (
+            &frames[0]["recovered"],
+            &frames[0]["gap"],
+            &frames[0]["offset"]
+        ),
+        (&json!(false), &json!("too_large"), &json!(64))
+    );
+    node.publish("c", "65").await;
+    assert_eq!(offsets(&small.take_json()), vec![65], "live from there on");
+
+    let mut roomy = node.connect_with(identity(), 128, 1024 * 1024);
+    let frames = recover(&node, &mut roomy, 60, &epoch).await;
+    assert_eq!(
+        frames[0]["recovered"], true,
+        "a recovery that fits is replayed"
+    );
+    assert_eq!(offsets(&frames[1..]), vec![61, 62, 63, 64, 65]);
+}
+
+/// Presence names users: a client must be subscribed to the channel (or hold an explicit
+/// token grant for it); answers are capped and reused briefly.
+#[tokio::test]
+async fn presence_needs_a_subscription_and_is_capped_and_cached() {
+    let node = Node::new(0, |c| {
+        c.presence_max_users = 3;
+        c.presence_cache = Duration::from_secs(3600);
+    });
+    let ask = json!({"op":"presence","channel":"room"}).to_string();
+    let mut nosy = node.connect("nosy", 16);
+    nosy.send(&node.gw, &ask).await.unwrap();
+    let refused = nosy.take_json();
+    assert_eq!(
+        (&refused[0]["op"], &refused[0]["code"]),
+        (&json!("error"), &json!("forbidden")),
+        "{refused:?}"
+    );
+
+    let mut members = Vec::new();
+    for u in 0..5 {
+        let mut p = node.connect(&format!("u{u}"), 16);
+        subscribe(&node, &mut p, json!({"op":"subscribe","channel":"room"})).await;
+        members.push(p);
+    }
+    members[0].send(&node.gw, &ask).await.unwrap();
+    let p = &members[0].take_json()[0];
+    assert_eq!(p["op"], "presence");
+    assert_eq!(p["users"].as_array().unwrap().len(), 3, "capped: {p}");
+    assert_eq!(
+        (&p["connections"], &p["truncated"]),
+        (&json!(5), &json!(true))
+    );
+
+    // A token that grants the channel by name may look without subscribing.
+    let granted = crate::auth::Identity {
+        user: "monitor".into(),
+        channels: crate::auth::ChannelGrant::Only(vec!["room".to_string()].into()),
+        expires_at: None,
+    };
+    let mut monitor = node.connect_with(granted, 16, usize::MAX);
+    let mut late = node.connect("u5", 16);
+    subscribe(&node, &mut late, json!({"op":"subscribe","channel":"room"})).await;
+    monitor.send(&node.gw, &ask).await.unwrap();
+    let cached = &monitor.take_json()[0];
+    assert_eq!(cached["connections"], 5, "the cached answer: {cached}");
+}

@@ -84,6 +84,12 @@ pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
 
     /// Frames waiting for the socket.
     fn backlog(&self) -> usize;
+
+    /// Bytes this connection may have queued at once (answers, recovered history and
+    /// publications together); a recovery larger than this is answered `gap: too_large`.
+    fn byte_budget(&self) -> usize {
+        usize::MAX
+    }
 }
 
 /// Per-channel skip positions of one connection, with the epoch each position belongs to.

@@ -1,12 +1,25 @@
 //! In-process broker: per-channel offsets, a bounded history ring, synchronous delivery.
+//!
+//! Channel state exists only for channels that were published to, and goes away again: a
+//! channel with no local subscriber and no publication for `idle_ttl` is evicted (checked
+//! when new channels appear, at most every quarter `idle_ttl`), so a client subscribing to
+//! ever new names, or a backend publishing to them, cannot grow the node without bound.
+//!
+//! Epochs: a channel that has no state reports offset 0 in the broker's *fresh* epoch, and a
+//! stream created later starts in that epoch, so a subscriber of an empty channel and its
+//! first publisher agree. Before any stream is evicted the fresh epoch changes, so a channel
+//! created again never reuses the epoch of its evicted offsets (a client recovering with an
+//! old position is told `epoch_changed`, never a wrong "nothing missed").
 
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use dashmap::DashMap;
-use parking_lot::Mutex;
+use dashmap::mapref::entry::Entry;
+use parking_lot::{Mutex, RwLock};
 
 use super::new_epoch;
 use crate::clock::unix_us as now_us;
@@ -15,6 +28,12 @@ use crate::seams::{
     Recovery, RecoveryGap, StreamPosition, StreamReads,
 };
 
+/// Default of the idle bound of [`MemoryBroker::new`]: the server passes the larger of its
+/// `channel_idle_ttl_ms` and `history_ttl_ms`.
+pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(600);
+/// Eviction sweeps are never closer than this, whatever the idle bound.
+const MIN_SWEEP_EVERY: Duration = Duration::from_millis(10);
+
 /// One channel's stream. Its mutex is held while a publication is handed to the local sink:
 /// that is what orders concurrent publishers, and it is cheap because the sink only
 /// enqueues (it never writes to a socket).
@@ -22,61 +41,21 @@ struct Stream {
     epoch: Arc<str>,
     offset: u64,
     history: VecDeque<Publication>,
-}
-
-/// Every channel's stream, created on first use.
-#[derive(Default)]
-struct Streams(DashMap<Arc<str>, Arc<Mutex<Stream>>>);
-
-impl Streams {
-    fn get(&self, channel: &str) -> Arc<Mutex<Stream>> {
-        if let Some(s) = self.0.get(channel) {
-            return s.clone();
-        }
-        self.0
-            .entry(channel.into())
-            .or_insert_with(|| {
-                Arc::new(Mutex::new(Stream {
-                    epoch: new_epoch(),
-                    offset: 0,
-                    history: VecDeque::new(),
-                }))
-            })
-            .clone()
-    }
-}
-
-#[async_trait]
-impl StreamReads for Streams {
-    async fn position(&self, channel: &str) -> Result<StreamPosition, BrokerError> {
-        let stream = self.get(channel);
-        let s = stream.lock();
-        Ok(StreamPosition {
-            offset: s.offset,
-            epoch: s.epoch.clone(),
-        })
-    }
-
-    async fn recover(
-        &self,
-        channel: &str,
-        since: &StreamPosition,
-    ) -> Result<Recovery, BrokerError> {
-        let stream = self.get(channel);
-        let s = stream.lock();
-        let position = StreamPosition {
-            offset: s.offset,
-            epoch: s.epoch.clone(),
-        };
-        Ok(recover_from(&s.history, position, since))
-    }
+    last_publish: Instant,
+    /// Removed from the map by a sweep: whoever still holds it must look the channel up again.
+    evicted: bool,
 }
 
 pub struct MemoryBroker {
     node: NodeId,
     history_size: usize,
-    streams: Streams,
+    idle_ttl: Duration,
+    streams: DashMap<Arc<str>, Arc<Mutex<Stream>>>,
     sink: OnceLock<Arc<dyn Deliver>>,
+    /// The epoch of streams created from now on, and of the position of a channel that has
+    /// no stream.
+    fresh_epoch: RwLock<Arc<str>>,
+    last_sweep: Mutex<Instant>,
 }
 
 impl MemoryBroker {
@@ -85,13 +64,134 @@ impl MemoryBroker {
         Self {
             node,
             history_size,
-            streams: Streams::default(),
+            idle_ttl: DEFAULT_IDLE_TTL,
+            streams: DashMap::new(),
             sink: OnceLock::new(),
+            fresh_epoch: RwLock::new(new_epoch()),
+            last_sweep: Mutex::new(Instant::now()),
         }
+    }
+
+    /// Evicts a channel with no local subscriber once it had no publication for `ttl`.
+    pub fn with_idle_ttl(mut self, ttl: Duration) -> Self {
+        self.idle_ttl = ttl;
+        self
+    }
+
+    /// Channels with state (published to and not yet evicted).
+    pub fn channel_count(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// The channel's stream, created (in the fresh epoch) if it has none.
+    fn stream(&self, channel: &Arc<str>) -> Arc<Mutex<Stream>> {
+        if let Some(s) = self.streams.get(&**channel) {
+            return s.clone();
+        }
+        let created = match self.streams.entry(channel.clone()) {
+            Entry::Occupied(e) => return e.get().clone(),
+            Entry::Vacant(e) => e
+                .insert(Arc::new(Mutex::new(Stream {
+                    epoch: self.fresh_epoch.read().clone(),
+                    offset: 0,
+                    history: VecDeque::new(),
+                    last_publish: Instant::now(),
+                    evicted: false,
+                })))
+                .clone(),
+        };
+        self.maybe_sweep();
+        created
+    }
+
+    /// Where `channel` stands, and its history, without creating anything.
+    fn read<T>(
+        &self,
+        channel: &str,
+        f: impl FnOnce(&VecDeque<Publication>, StreamPosition) -> T,
+    ) -> T {
+        loop {
+            let Some(stream) = self.streams.get(channel).map(|s| s.clone()) else {
+                let position = StreamPosition {
+                    offset: 0,
+                    epoch: self.fresh_epoch.read().clone(),
+                };
+                return f(&VecDeque::new(), position);
+            };
+            let s = stream.lock();
+            if s.evicted {
+                continue;
+            }
+            let position = StreamPosition {
+                offset: s.offset,
+                epoch: s.epoch.clone(),
+            };
+            return f(&s.history, position);
+        }
+    }
+
+    fn maybe_sweep(&self) {
+        let every = (self.idle_ttl / 4).max(MIN_SWEEP_EVERY);
+        {
+            let mut last = self.last_sweep.lock();
+            if last.elapsed() < every {
+                return;
+            }
+            *last = Instant::now();
+        }
+        self.evict_idle();
+    }
+
+    /// Evicts every channel idle for `idle_ttl` with no local subscriber; returns how many.
+    pub fn evict_idle(&self) -> usize {
+        let ttl = self.idle_ttl;
+        let sink = self.sink.get();
+        let idle = |channel: &str, s: &Stream| {
+            s.last_publish.elapsed() >= ttl && !sink.is_some_and(|k| k.has_subscribers(channel))
+        };
+        let any = self
+            .streams
+            .iter()
+            .any(|e| e.value().try_lock().is_some_and(|s| idle(e.key(), &s)));
+        if !any {
+            return 0;
+        }
+        // A new fresh epoch first: a channel evicted now and created again must not
+        // restart its offsets in an epoch that clients already hold positions of.
+        *self.fresh_epoch.write() = new_epoch();
+        let before = self.streams.len();
+        self.streams.retain(|channel, stream| {
+            let Some(mut s) = stream.try_lock() else {
+                return true;
+            };
+            if idle(channel, &s) {
+                s.evicted = true;
+                return false;
+            }
+            true
+        });
+        before.saturating_sub(self.streams.len())
     }
 
     fn deliver(&self, envelope: &Envelope) -> usize {
         self.sink.get().map_or(0, |s| s.deliver(envelope))
+    }
+}
+
+#[async_trait]
+impl StreamReads for MemoryBroker {
+    async fn position(&self, channel: &str) -> Result<StreamPosition, BrokerError> {
+        Ok(self.read(channel, |_, position| position))
+    }
+
+    async fn recover(
+        &self,
+        channel: &str,
+        since: &StreamPosition,
+    ) -> Result<Recovery, BrokerError> {
+        Ok(self.read(channel, |history, position| {
+            recover_from(history, position, since)
+        }))
     }
 }
 
@@ -102,34 +202,41 @@ impl Broker for MemoryBroker {
     }
 
     async fn publish(&self, req: PublishRequest) -> Result<(StreamPosition, usize), BrokerError> {
-        let stream = self.streams.get(&req.channel);
-        let mut s = stream.lock();
-        s.offset += 1;
-        let publication = Publication {
-            channel: req.channel,
-            offset: s.offset,
-            epoch: s.epoch.clone(),
-            data: req.data,
-            exclude_user: req.exclude_user,
-            event: req.event,
-            published_at_us: now_us(),
-        };
-        if self.history_size > 0 {
-            if s.history.len() == self.history_size {
-                s.history.pop_front();
+        loop {
+            let stream = self.stream(&req.channel);
+            let mut s = stream.lock();
+            if s.evicted {
+                // Evicted between the look-up and the lock (it was idle): look it up again.
+                continue;
             }
-            s.history.push_back(publication.clone());
+            s.offset += 1;
+            s.last_publish = Instant::now();
+            let publication = Publication {
+                channel: req.channel,
+                offset: s.offset,
+                epoch: s.epoch.clone(),
+                data: req.data,
+                exclude_user: req.exclude_user,
+                event: req.event,
+                published_at_us: now_us(),
+            };
+            if self.history_size > 0 {
+                if s.history.len() == self.history_size {
+                    s.history.pop_front();
+                }
+                s.history.push_back(publication.clone());
+            }
+            let position = StreamPosition {
+                offset: s.offset,
+                epoch: s.epoch.clone(),
+            };
+            let delivered = self.deliver(&Envelope::Channel(publication));
+            return Ok((position, delivered));
         }
-        let position = StreamPosition {
-            offset: s.offset,
-            epoch: s.epoch.clone(),
-        };
-        let delivered = self.deliver(&Envelope::Channel(publication));
-        Ok((position, delivered))
     }
 
     fn reads(&self) -> &dyn StreamReads {
-        &self.streams
+        self
     }
 
     async fn send(&self, to: Recipient<'_>, data: Bytes) -> Result<usize, BrokerError> {
@@ -186,6 +293,7 @@ pub fn recover_from(
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
 
     #[derive(Default)]
     struct Recorder(parking_lot::Mutex<Vec<u64>>, AtomicU64);
@@ -227,13 +335,90 @@ mod tests {
         }
         let seen = rec.0.lock().clone();
         assert_eq!(seen, (1..=1000).collect::<Vec<_>>());
-        assert_eq!(b.position("b").await.unwrap().offset, 0);
+        assert_eq!(b.reads().position("b").await.unwrap().offset, 0);
+    }
+
+    /// A sink with subscribers on the channels listed.
+    struct Subscribed(&'static [&'static str]);
+    impl Deliver for Subscribed {
+        fn deliver(&self, _: &Envelope) -> usize {
+            0
+        }
+        fn has_subscribers(&self, channel: &str) -> bool {
+            self.0.contains(&channel)
+        }
+    }
+
+    #[tokio::test]
+    async fn reading_a_channel_creates_no_state() {
+        let b = MemoryBroker::new("n1".into(), 4);
+        for i in 0..1000 {
+            let ch = format!("nobody-{i}");
+            let at = b.reads().position(&ch).await.unwrap();
+            assert_eq!(at.offset, 0);
+            let r = b.reads().recover(&ch, &at).await.unwrap();
+            assert_eq!(r.gap, None);
+        }
+        assert_eq!(b.channel_count(), 0);
+        // The first publication starts the stream in the epoch its subscribers were told.
+        let told = b.reads().position("first").await.unwrap();
+        let (at, _) = b.publish(req("first", 1)).await.unwrap();
+        assert_eq!((at.offset, at.epoch), (1, told.epoch));
+    }
+
+    #[tokio::test]
+    async fn idle_channels_without_subscribers_are_evicted_in_a_new_epoch() {
+        let ttl = Duration::from_millis(30);
+        let b = MemoryBroker::new("n1".into(), 4).with_idle_ttl(ttl);
+        b.attach(Arc::new(Subscribed(&["kept"])));
+        let (old, _) = b.publish(req("gone", 1)).await.unwrap();
+        b.publish(req("gone", 2)).await.unwrap();
+        b.publish(req("kept", 1)).await.unwrap();
+        assert_eq!(b.evict_idle(), 0, "nothing is idle yet");
+        tokio::time::sleep(ttl * 2).await;
+        assert_eq!(b.evict_idle(), 1, "the idle channel without subscribers");
+        assert_eq!(b.channel_count(), 1);
+        assert_eq!(b.reads().position("kept").await.unwrap().offset, 1);
+        // Created again: offsets restart, in an epoch nobody holds positions of.
+        let (again, _) = b.publish(req("gone", 3)).await.unwrap();
+        assert_eq!(again.offset, 1);
+        assert_ne!(again.epoch, old.epoch);
+        let r = b
+            .reads()
+            .recover(
+                "gone",
+                &StreamPosition {
+                    offset: 2,
+                    epoch: old.epoch,
+                },
+            )
+            .await;
+        assert_eq!(r.unwrap().gap, Some(RecoveryGap::EpochChanged));
+    }
+
+    #[tokio::test]
+    async fn churn_over_unique_names_leaves_the_channel_count_flat() {
+        let ttl = Duration::from_millis(20);
+        let b = MemoryBroker::new("n1".into(), 4).with_idle_ttl(ttl);
+        b.attach(Arc::new(Subscribed(&[])));
+        for round in 0..3 {
+            for i in 0..2000 {
+                b.publish(req(&format!("r{round}-{i}"), 1)).await.unwrap();
+            }
+            tokio::time::sleep(ttl * 2).await;
+        }
+        b.publish(req("last", 1)).await.unwrap();
+        assert!(
+            b.channel_count() <= 2001,
+            "{} channels kept",
+            b.channel_count()
+        );
     }
 
     #[tokio::test]
     async fn recovery_reports_what_history_cannot_fill() {
         let b = MemoryBroker::new("n1".into(), 3);
-        let start = b.position("c").await.unwrap();
+        let start = b.reads().position("c").await.unwrap();
         for i in 0..5 {
             b.publish(req("c", i)).await.unwrap();
         }
@@ -241,27 +426,27 @@ mod tests {
             offset: 3,
             epoch: start.epoch.clone(),
         };
-        let r = b.recover("c", &at3).await.unwrap();
+        let r = b.reads().recover("c", &at3).await.unwrap();
         assert_eq!(r.gap, None);
         assert_eq!(
             r.publications.iter().map(|p| p.offset).collect::<Vec<_>>(),
             [4, 5]
         );
-        let r = b.recover("c", &start).await.unwrap();
+        let r = b.reads().recover("c", &start).await.unwrap();
         assert_eq!(r.gap, Some(RecoveryGap::HistoryTruncated));
         assert_eq!(r.publications.len(), 3);
         let other = StreamPosition {
             offset: 3,
             epoch: "other".into(),
         };
-        let r = b.recover("c", &other).await.unwrap();
+        let r = b.reads().recover("c", &other).await.unwrap();
         assert_eq!(r.gap, Some(RecoveryGap::EpochChanged));
         let ahead = StreamPosition {
             offset: 9,
             epoch: start.epoch,
         };
         assert_eq!(
-            b.recover("c", &ahead).await.unwrap().gap,
+            b.reads().recover("c", &ahead).await.unwrap().gap,
             Some(RecoveryGap::OffsetAhead)
         );
     }

@@ -81,6 +81,10 @@ pub enum RecoveryGap {
     HistoryTruncated,
     /// The client claims an offset the stream has not reached.
     OffsetAhead,
+    /// What was missed is more than the connection's byte budget may queue at once: nothing
+    /// is replayed; the client goes on from the current offset (and fetches the rest
+    /// elsewhere if it needs it).
+    TooLarge,
 }
 
 impl RecoveryGap {
@@ -89,6 +93,7 @@ impl RecoveryGap {
             RecoveryGap::EpochChanged => "epoch_changed",
             RecoveryGap::HistoryTruncated => "history_truncated",
             RecoveryGap::OffsetAhead => "offset_ahead",
+            RecoveryGap::TooLarge => "too_large",
         }
     }
 }

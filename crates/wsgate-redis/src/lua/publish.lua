@@ -7,6 +7,7 @@
 -- KEYS[3] pub/sub channel of the nodes ("" = do not publish: the NATS broker does that)
 -- ARGV[1] channel name   ARGV[2] data   ARGV[3] excluded user ("" = none)
 -- ARGV[4] history size (0 = keep no history)   ARGV[5] Socket.IO event ("" = none)
+-- ARGV[6] milliseconds the channel's keys live after this publication (0 = forever)
 -- Returns { offset, epoch, published_at_us, receivers }
 local t = redis.call('TIME')
 -- Built as text: Lua numbers would print 16 digits in exponent notation.
@@ -26,6 +27,14 @@ if size > 0 then
     entry[#entry + 1] = ARGV[5]
   end
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', size, offset .. '-0', unpack(entry))
+end
+local ttl = tonumber(ARGV[6])
+if ttl > 0 then
+  -- An idle channel is forgotten: its keys expire (a later stream gets a new epoch).
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  if size > 0 then
+    redis.call('PEXPIRE', KEYS[2], ttl)
+  end
 end
 local receivers = 0
 if KEYS[3] ~= '' then

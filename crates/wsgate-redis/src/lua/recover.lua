@@ -4,11 +4,17 @@
 --
 -- KEYS[1] meta hash   KEYS[2] history stream
 -- ARGV[1] since offset (-1 = position only)   ARGV[2] since epoch
+-- ARGV[3] milliseconds a meta hash created here lives (0 = forever): a subscriber of a
+--         channel nobody publishes to leaves no lasting key
 -- Returns { epoch, offset, [entry_offset, data, published_at_us, exclude, event]... }
 -- stream_epoch: timeline.lua, prepended to this script (rotates the epoch when Redis's
 -- timeline changed).
 local epoch = stream_epoch()
 local offset = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
+if tonumber(ARGV[3]) > 0 and redis.call('PTTL', KEYS[1]) == -1 then
+  -- Created by this read (or by a version without TTLs): it expires like a published one.
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+end
 local out = { epoch, offset }
 local since = tonumber(ARGV[1])
 if since >= 0 and epoch == ARGV[2] and since < offset then

@@ -170,12 +170,17 @@ async fn run(
         Op::Presence => {
             let channel = channel_of(args)?;
             let p = session.presence(gw, &channel).await?;
-            let ack = json!({
+            let users: serde_json::Value =
+                serde_json::from_str(&p.users_json).unwrap_or_else(|_| json!([]));
+            let mut ack = json!({
                 "ok": true,
-                "channel": p.channel,
-                "users": p.users,
+                "channel": channel,
+                "users": users,
                 "connections": p.connections,
             });
+            if p.truncated {
+                ack["truncated"] = json!(true);
+            }
             Ok((ack, Vec::new()))
         }
     }

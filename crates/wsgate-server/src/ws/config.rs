@@ -11,6 +11,11 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024;
 /// Default of `outbox_capacity` (frames): about a second of a busy channel, so a client
 /// that merely hiccups is not cut, one that stopped reading is.
 pub const DEFAULT_OUTBOX_CAPACITY: usize = 1024;
+/// Default of `outbox_bytes`: 256 KiB, every queued frame counted (publications, answers,
+/// recovered history, pongs). A thousand 100-byte messages, or four of the largest client
+/// frames; a client that stops reading costs the node at most this (plus the kernel's
+/// socket buffer), however it floods. Recoveries larger than this answer `gap: too_large`.
+pub const DEFAULT_OUTBOX_BYTES: usize = 256 * 1024;
 /// Default of `close_grace_ms`: a close frame to a live client takes milliseconds; a dead
 /// one must not hold its task for long.
 pub const DEFAULT_CLOSE_GRACE_MS: u64 = 2_000;
@@ -41,6 +46,10 @@ pub struct WsConfig {
     /// Frames a connection's backlog may hold (the kernel's send buffer being full) before it
     /// is closed as a slow consumer (4029). Default [`DEFAULT_OUTBOX_CAPACITY`].
     pub outbox_capacity: usize,
+    /// Bytes a connection may have queued at once, its own answers included; beyond it the
+    /// connection is closed as a slow consumer (4029), and it is not read while more than
+    /// half of it waits. Default [`DEFAULT_OUTBOX_BYTES`].
+    pub outbox_bytes: usize,
     /// How long a close frame may take to write before the socket is dropped.
     /// Default [`DEFAULT_CLOSE_GRACE_MS`].
     pub close_grace_ms: u64,
@@ -65,6 +74,7 @@ impl Default for WsConfig {
         Self {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             outbox_capacity: DEFAULT_OUTBOX_CAPACITY,
+            outbox_bytes: DEFAULT_OUTBOX_BYTES,
             close_grace_ms: DEFAULT_CLOSE_GRACE_MS,
             read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
             client_message_rate: DEFAULT_CLIENT_MESSAGE_RATE,

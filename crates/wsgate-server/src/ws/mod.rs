@@ -100,7 +100,10 @@ pub async fn upgrade(
         // The accept loop serves plain TCP streams, or TLS streams over them when TLS is on.
         // Bytes the client sent right behind its handshake are copied out so that hyper's
         // whole read buffer (8 KiB or more) is not kept alive per connection by a slice.
-        let capacity = task_edge.config.outbox_capacity;
+        let capacity = socket::Bounds {
+            frames: task_edge.config.outbox_capacity,
+            bytes: task_edge.config.outbox_bytes,
+        };
         let (socket, io) = match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
                 let socket = SharedSocket::new(parts.io.into_inner(), capacity);

@@ -17,6 +17,14 @@
 //! rest of a partly written frame. The connection's own frames (hello, answers, pongs, the
 //! close frame) are written at once when nothing is queued or being written, else behind it.
 //!
+//! Memory: one byte budget per connection covers everything queued for it, publications and
+//! the connection's own frames alike (answers, recovered history, pongs, pings): a
+//! publication that finds the budget spent is refused (`Overflow`: a slow consumer), and an
+//! own frame that finds it spent marks the socket as overflowing, which the connection task
+//! turns into a 4029 close (queued frames are then dropped, the close frame goes out). The
+//! task stops reading the client while more than half the budget waits, so a client that
+//! sends requests and never reads their answers stalls itself instead of growing the node.
+//!
 //! The connection task reads through [`SocketIo`] (tungstenite parses frames and answers pings
 //! and closes through it too; its writes take the same path as everyone else's).
 //!
@@ -55,6 +63,19 @@ struct WriteState {
     writing: bool,
     /// Frames the task took and has not finished writing (counted against the capacity).
     in_flight: usize,
+    /// Bytes of `backlog`, of the frames in flight (as taken: an over-estimate until the
+    /// batch is written) and of `held`: together, what the budget bounds.
+    backlog_bytes: usize,
+    in_flight_bytes: usize,
+    held_bytes: usize,
+    /// An own frame found the budget spent: the connection must close (4029).
+    overflow: bool,
+}
+
+impl WriteState {
+    fn queued_bytes(&self) -> usize {
+        self.backlog_bytes + self.in_flight_bytes + self.held_bytes
+    }
 }
 
 /// A TLS connection as hyper's upgrade gives it back.
@@ -83,7 +104,11 @@ pub struct SharedSocket {
     state: Mutex<WriteState>,
     /// Signalled when the backlog stops being empty (or the socket fails).
     wake: Notify,
+    /// Signalled when an own frame found the budget spent.
+    overflowed: Notify,
     capacity: usize,
+    /// Bytes that may be queued at once (see the module's documentation).
+    budget: usize,
 }
 
 /// What a direct write did.
@@ -91,56 +116,86 @@ enum Wrote {
     Done,
     /// The backlog became non-empty: the connection task must drain it.
     Backlogged,
+    /// The budget is spent: the connection task must close the connection.
+    Overflowed,
+}
+
+/// How much a connection may queue: frames and bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Frames the backlog (and the hold) may keep before the client counts as a slow consumer.
+    pub frames: usize,
+    /// Bytes queued at once, every frame counted.
+    pub bytes: usize,
 }
 
 impl SharedSocket {
-    /// `capacity`: frames the backlog (and the hold) may keep before the client counts as a
-    /// slow consumer.
-    pub fn new(tcp: TcpStream, capacity: usize) -> Arc<Self> {
-        Self::with_wire(Wire::Tcp(tcp), capacity)
+    pub fn new(tcp: TcpStream, bounds: Bounds) -> Arc<Self> {
+        Self::with_wire(Wire::Tcp(tcp), bounds)
     }
 
     /// A TLS connection: the returned read half is for [`SocketIo::tls`].
-    pub fn new_tls(tls: TlsStream, capacity: usize) -> (Arc<Self>, ReadHalf<TlsStream>) {
+    pub fn new_tls(tls: TlsStream, bounds: Bounds) -> (Arc<Self>, ReadHalf<TlsStream>) {
         let (read, write) = tokio::io::split(tls);
-        let socket = Self::with_wire(Wire::Tls(tokio::sync::Mutex::new(write)), capacity);
+        let socket = Self::with_wire(Wire::Tls(tokio::sync::Mutex::new(write)), bounds);
         (socket, read)
     }
 
-    fn with_wire(wire: Wire, capacity: usize) -> Arc<Self> {
+    fn with_wire(wire: Wire, bounds: Bounds) -> Arc<Self> {
         Arc::new(Self {
             wire,
             state: Mutex::new(WriteState::default()),
             wake: Notify::new(),
-            capacity: capacity.max(1),
+            overflowed: Notify::new(),
+            capacity: bounds.frames.max(1),
+            budget: bounds.bytes.max(1),
         })
     }
 
+    /// Queues one of the connection's own frames behind what is queued, within the budget
+    /// (always once closing: the close frame must go out).
+    fn queue_own(&self, st: &mut WriteState, bytes: Bytes) -> bool {
+        if !st.closing && st.queued_bytes() >= self.budget {
+            st.overflow = true;
+            return false;
+        }
+        st.backlog_bytes += bytes.len();
+        st.backlog.push_back(bytes);
+        true
+    }
+
     /// The connection's own frames (hello, answers, pongs, close): written at once when
-    /// nothing is queued before them, else queued behind it. Never refused.
+    /// nothing is queued before them, else queued behind it, within the budget.
     fn write_or_queue(&self, st: &mut WriteState, bytes: Bytes) -> Wrote {
         if st.failed {
             return Wrote::Done;
         }
         if !st.backlog.is_empty() || st.writing {
-            st.backlog.push_back(bytes);
-            return Wrote::Done;
+            return match self.queue_own(st, bytes) {
+                true => Wrote::Done,
+                false => Wrote::Overflowed,
+            };
         }
         let tcp = match &self.wire {
             Wire::Tcp(tcp) => tcp,
             Wire::Tls(_) => {
                 // Only the task writes TLS records: queue and wake it.
-                st.backlog.push_back(bytes);
-                return Wrote::Backlogged;
+                return match self.queue_own(st, bytes) {
+                    true => Wrote::Backlogged,
+                    false => Wrote::Overflowed,
+                };
             }
         };
         match tcp.try_write(&bytes) {
             Ok(n) if n == bytes.len() => Wrote::Done,
             Ok(n) => {
+                // The rest of a frame already begun: always kept (the backlog was empty).
+                st.backlog_bytes += bytes.len() - n;
                 st.backlog.push_back(bytes.slice(n..));
                 Wrote::Backlogged
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                st.backlog_bytes += bytes.len();
                 st.backlog.push_back(bytes);
                 Wrote::Backlogged
             }
@@ -155,11 +210,16 @@ impl SharedSocket {
         if st.closing {
             return Ok(Wrote::Done);
         }
+        let queued = st.queued_bytes();
         if let Some(held) = &mut st.held {
-            if held.len() >= self.capacity {
+            if held.len() >= self.capacity || queued >= self.budget {
                 return Err(Overflow);
             }
             held.push(item.clone());
+            st.held_bytes += match item {
+                Outbound::Publication(d) => d.wire.len(),
+                Outbound::Frame(b) => b.len(),
+            };
             return Ok(Wrote::Done);
         }
         let bytes = match item {
@@ -176,19 +236,22 @@ impl SharedSocket {
         if st.failed {
             return Ok(Wrote::Done);
         }
-        if st.backlog.len() + st.in_flight >= self.capacity {
+        if st.backlog.len() + st.in_flight >= self.capacity || queued >= self.budget {
             return Err(Overflow);
         }
         // The task is woken when the backlog stops being empty; while it writes, it comes
         // back for more on its own.
         let wake = st.backlog.is_empty() && !st.writing;
+        st.backlog_bytes += bytes.len();
         st.backlog.push_back(bytes);
         Ok(if wake { Wrote::Backlogged } else { Wrote::Done })
     }
 
     fn woke(&self, w: Wrote) {
-        if let Wrote::Backlogged = w {
-            self.wake.notify_one();
+        match w {
+            Wrote::Done => {}
+            Wrote::Backlogged => self.wake.notify_one(),
+            Wrote::Overflowed => self.overflowed.notify_one(),
         }
     }
 
@@ -209,6 +272,7 @@ impl SharedSocket {
         let Some(held) = st.held.take() else {
             return Ok(());
         };
+        st.held_bytes = 0;
         let mut backlogged = false;
         for item in &held {
             if let Wrote::Backlogged = self.publish_locked(&mut st, item)? {
@@ -222,11 +286,32 @@ impl SharedSocket {
         Ok(())
     }
 
-    /// No more publications: what is queued still goes out, then the close frame.
-    pub fn stop_publications(&self) {
+    /// No more publications: what is queued still goes out, then the close frame. With
+    /// `discard` (a slow consumer) queued frames are dropped instead, but for the rest of a
+    /// frame already begun, so that the close frame is not stuck behind them.
+    pub fn stop_publications(&self, discard: bool) {
         let mut st = self.state.lock();
         st.closing = true;
         st.held = None;
+        st.held_bytes = 0;
+        if discard {
+            st.backlog.truncate(1);
+            st.backlog_bytes = st.backlog.front().map_or(0, Bytes::len);
+        }
+    }
+
+    /// Whether more than half the budget waits: the connection task stops reading the client
+    /// until the backlog is written.
+    pub fn reading_paused(&self) -> bool {
+        self.state.lock().queued_bytes() > self.budget / 2
+    }
+
+    /// Resolves once an own frame found the budget spent (at once if one already did).
+    pub async fn overflowing(&self) {
+        if self.state.lock().overflow {
+            return;
+        }
+        self.overflowed.notified().await
     }
 
     /// Whether [`Self::flush`] has work: queued frames, a failure to report, or a flush that
@@ -298,6 +383,11 @@ impl SharedSocket {
             st.writing = false;
             return Err(io::ErrorKind::BrokenPipe.into());
         }
+        // Frames still in `taken` (a flush that was cancelled) stay counted as they were.
+        if taken.is_empty() {
+            st.in_flight_bytes = 0;
+        }
+        st.in_flight_bytes += std::mem::take(&mut st.backlog_bytes);
         taken.extend(st.backlog.drain(..));
         st.in_flight = taken.len();
         Ok(st)
@@ -334,6 +424,7 @@ impl SharedSocket {
                 return Err(e);
             }
             st.in_flight = 0;
+            st.in_flight_bytes = 0;
             if st.backlog.is_empty() {
                 st.writing = false;
                 release_idle(&mut st.backlog, taken);
@@ -408,6 +499,10 @@ impl Transport for SharedSocket {
     fn backlog(&self) -> usize {
         let st = self.state.lock();
         st.backlog.len() + st.held.as_ref().map_or(0, Vec::len)
+    }
+
+    fn byte_budget(&self) -> usize {
+        self.budget
     }
 }
 

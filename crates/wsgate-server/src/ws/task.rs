@@ -1,7 +1,8 @@
 //! The life of one client connection after the upgrade.
 //!
-//! One task, one `select!`: a close request, the backlog (only when the client reads slower
-//! than it is sent to), and the socket's inbound frames. Publications do not pass through
+//! One task, one `select!`: a close request, an overflow of the byte budget, the backlog
+//! (only when the client reads slower than it is sent to), and the socket's inbound frames
+//! (not while more than half the budget waits: the client must read before it is read). Publications do not pass through
 //! here at all: they are written into the socket by the publisher (see [`super::socket`]).
 
 use std::collections::VecDeque;
@@ -28,6 +29,9 @@ use super::state::{WsState, WsView};
 use crate::limits::{Slot, quota};
 
 type Socket = WebSocketStream<SocketIo>;
+
+/// The close reason of a connection whose queue overflowed (frames or bytes).
+const OVERFLOW: &str = "slow consumer: backlog full";
 
 /// A client whose token failed: told why in the close frame (4001), then dropped.
 pub(super) async fn refuse(
@@ -176,7 +180,8 @@ async fn close_gracefully(
     code: u16,
     message: &str,
 ) {
-    socket.stop_publications();
+    // A slow consumer's queue is dropped, so that it gets the close frame at all.
+    socket.stop_publications(code == close::SLOW_CONSUMER);
     // Close reasons are limited to 123 bytes by RFC 6455.
     let mut reason = message.to_string();
     while reason.len() > 123 {
@@ -244,7 +249,7 @@ pub(super) async fn serve(
         close_gracefully(&edge, &socket, &mut ws, &mut taken, *code, message).await;
     } else if ending.reason == "client_closed" {
         // tungstenite queued the answer to the client's close frame; send it.
-        socket.stop_publications();
+        socket.stop_publications(false);
         let grace = edge.config.close_grace();
         let _ = tokio::time::timeout(grace, async {
             let _ = ws.flush().await;
@@ -271,9 +276,16 @@ async fn run(
     let conn = session.conn.clone();
     loop {
         let backlog = socket.has_backlog();
+        let paused = backlog && socket.reading_paused();
         tokio::select! {
             biased;
             () = conn.closing() => {
+                return conn.close_request().map_or(Ending::quiet("closed"), Ending::from_request);
+            }
+            () = socket.overflowing() => {
+                if conn.request_close(close::SLOW_CONSUMER, "slow_consumer", OVERFLOW) {
+                    gw.metrics.slow_consumer();
+                }
                 return conn.close_request().map_or(Ending::quiet("closed"), Ending::from_request);
             }
             flushed = socket.flush(taken), if backlog => {
@@ -283,7 +295,7 @@ async fn run(
                 }
             }
             () = socket.backlogged(), if !backlog => {}
-            frame = ws.next() => {
+            frame = ws.next(), if !paused => {
                 if let Some(ending) = inbound(gw, socket, session, limits, frame).await {
                     return ending;
                 }
@@ -307,9 +319,10 @@ async fn inbound(
         Some(Err(e)) => return Some(read_error(&conn, e)),
     };
     conn.touch(gw.now_ms());
+    // Pings count too: each one makes tungstenite queue a pong.
     let len = match &msg {
         Message::Text(t) => Some(t.len()),
-        Message::Binary(b) => Some(b.len()),
+        Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => Some(b.len()),
         _ => None,
     };
     if let Some(len) = len {
@@ -343,11 +356,7 @@ async fn inbound(
     }
     // Publications held back while a subscription was answered go out after the answer.
     if socket.release().is_err() {
-        let slow = conn.request_close(
-            close::SLOW_CONSUMER,
-            "slow_consumer",
-            "slow consumer: backlog full",
-        );
+        let slow = conn.request_close(close::SLOW_CONSUMER, "slow_consumer", OVERFLOW);
         if slow {
             gw.metrics.slow_consumer();
         }
