@@ -1,6 +1,7 @@
 //! A real `socket.io-client` (npm, v4) driven from a test: `clients/socketio-tests/driver.mjs`
 //! under Node, one JSON command per line in, one JSON line per socket happening out
-//! (installed by `npm ci` in that folder; `.ci/run` does it).
+//! (installed by `npm ci` in that folder: `.ci/run` does it, and so does the first test that
+//! finds it missing, so that `cargo test` on a fresh clone needs nothing else).
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -17,6 +18,26 @@ pub fn driver_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../clients/socketio-tests")
 }
 
+/// `npm ci` in `dir` unless its packages are there (once per test process; the tests of one
+/// binary may start together).
+fn install(dir: &std::path::Path) {
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+    if dir.join("node_modules/socket.io-client").exists() {
+        return;
+    }
+    let status = std::process::Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(dir)
+        .status()
+        .expect("run npm (Node.js >= 20 with npm is needed for the Socket.IO tests)");
+    assert!(
+        status.success(),
+        "`npm ci` in {} failed: {status}",
+        dir.display()
+    );
+}
+
 /// One Node process holding any number of named `socket.io-client` sockets.
 pub struct SioDriver {
     _child: Child,
@@ -29,11 +50,7 @@ pub struct SioDriver {
 impl SioDriver {
     pub async fn start() -> Self {
         let dir = driver_dir();
-        assert!(
-            dir.join("node_modules/socket.io-client").exists(),
-            "socket.io-client is not installed: run `npm ci` in {}",
-            dir.display()
-        );
+        install(&dir);
         let mut child = Command::new("node")
             .arg(dir.join("driver.mjs"))
             .stdin(Stdio::piped())
