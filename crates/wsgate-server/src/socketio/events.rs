@@ -45,7 +45,12 @@ struct Client {
 }
 
 /// The namespace's connect handler, after the middleware admitted the socket.
-pub fn connected(sio: SioEdge, s: SocketRef, identity: Identity, slot: Slot, remote: SocketAddr) {
+pub fn connected(
+    sio: SioEdge,
+    s: SocketRef,
+    (identity, slot, remote): (Identity, Slot, SocketAddr),
+    ready: Ready,
+) {
     let edge: &crate::ws::WsState = &sio;
     let gw = edge.gateway.clone();
     let transport = Arc::new(SioTransport::new(
@@ -76,15 +81,8 @@ pub fn connected(sio: SioEdge, s: SocketRef, identity: Identity, slot: Slot, rem
     // A token that expires closes the connection with 4001 after the grace (Socket.IO has no
     // `refresh`: socket.io-client reconnects, with a fresh token when `auth` is a function).
     gw.arm_expiry(&conn);
-    for op in [Op::Subscribe, Op::Unsubscribe, Op::Publish, Op::Presence] {
-        on(&s, &client, op);
-    }
-    let c = client.clone();
-    s.on_fallback(async move |s: SocketRef, ack: AckSender| {
-        let e = ProtocolError::new("unknown_op", "unknown event");
-        let mut session = c.session.lock().await;
-        c.reply(&s, &mut session, ack, Err(e));
-    });
+    // The handlers registered by the middleware run from now on.
+    ready.0.send_replace(Some(client.clone()));
     let c = client.clone();
     s.on_disconnect(async move |reason: DisconnectReason| {
         if let Some(gone) = c.gone.lock().take() {
@@ -117,12 +115,44 @@ impl Op {
 /// What an op answers: the acknowledgement, then the publications it recovered.
 type Answer = (Value, Vec<Publication>);
 
+/// The connection behind a socket's event handlers, once the connect handler opened it.
+///
+/// socketioxide sends the client its `40` (connected) before it runs the (spawned) connect
+/// handler, and `socket.io-client` sends the events emitted before that at once: handlers
+/// registered by the connect handler would miss them (an event without a handler is dropped).
+/// So the middleware registers the handlers, before `40`, and they wait for this.
+pub struct Ready(tokio::sync::watch::Sender<Option<Arc<Client>>>);
+
+/// Registers the client events on an admitted socket (from the connect middleware, before
+/// the client is told it is connected); [`connected`] makes them run.
+pub fn register(s: &SocketRef) -> Ready {
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    for op in [Op::Subscribe, Op::Unsubscribe, Op::Publish, Op::Presence] {
+        on(s, rx.clone(), op);
+    }
+    s.on_fallback(async move |s: SocketRef, ack: AckSender| {
+        let Some(c) = client_of(rx).await else { return };
+        let e = ProtocolError::new("unknown_op", "unknown event");
+        let mut session = c.session.lock().await;
+        c.reply(&s, &mut session, ack, Err(e));
+    });
+    Ready(tx)
+}
+
+/// The socket's connection, once ready; `None` when it never will be (the connect failed and
+/// the sender is gone).
+async fn client_of(mut rx: tokio::sync::watch::Receiver<Option<Arc<Client>>>) -> Option<Arc<Client>> {
+    rx.wait_for(Option::is_some).await.ok()?.clone()
+}
+
 /// Registers the op's event: the rate limits and liveness first, the answer after.
-fn on(s: &SocketRef, client: &Arc<Client>, op: Op) {
-    let client = client.clone();
+fn on(s: &SocketRef, ready: tokio::sync::watch::Receiver<Option<Arc<Client>>>, op: Op) {
     s.on(
         op.event(),
         async move |s: SocketRef, Data(args): Data<Value>, ack: AckSender| {
+            let Some(client) = client_of(ready).await else {
+                return;
+            };
             let gw = &client.sio.gateway;
             client.conn.touch(gw.now_ms());
             let len = args.to_string().len();

@@ -12,6 +12,7 @@ use socketioxide::extract::SocketRef;
 use tracing::{debug, warn};
 use wsgate_core::auth::Identity;
 
+use super::events;
 use crate::limits::Slot;
 use crate::reply::bearer;
 use crate::ws::WsState;
@@ -38,10 +39,14 @@ impl std::fmt::Display for Refused {
 /// What the middleware admitted, handed to the connect handler through the socket's
 /// extensions (taken once).
 #[derive(Clone)]
-pub struct Admitted(Arc<Mutex<Option<(Identity, Slot, SocketAddr)>>>);
+pub struct Admitted(Arc<Mutex<Option<Admission>>>);
+
+/// Who connected, the connection slot it holds, and its event handlers (registered before
+/// the client is told it is connected: [`events::register`]).
+pub type Admission = ((Identity, Slot, SocketAddr), events::Ready);
 
 impl Admitted {
-    pub fn take(&self) -> Option<(Identity, Slot, SocketAddr)> {
+    pub fn take(&self) -> Option<Admission> {
         self.0.lock().take()
     }
 }
@@ -86,8 +91,10 @@ pub async fn admit(edge: &WsState, s: &SocketRef, auth: Option<Auth>) -> Result<
     if !edge.limits.admit_user(&mut slot, &identity.user) {
         return reject("user_connections", "too many connections for this user");
     }
+    let ready = events::register(s);
     s.extensions.insert(Admitted(Arc::new(Mutex::new(Some((
-        identity, slot, remote,
+        (identity, slot, remote),
+        ready,
     ))))));
     Ok(())
 }

@@ -129,9 +129,7 @@ pub fn routes(edge: WsState) -> Router {
                     .get::<handshake::Admitted>()
                     .and_then(|a| a.take());
                 match admitted {
-                    Some((identity, slot, remote)) => {
-                        events::connected(sio, s, identity, slot, remote);
-                    }
+                    Some((who, ready)) => events::connected(sio, s, who, ready),
                     None => {
                         let _ = s.disconnect();
                     }
