@@ -325,6 +325,21 @@ pub fn wire_text(payload: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
+/// The payload of a frame made by [`wire_text`] (an unmasked server frame); `None` if `wire`
+/// is not one whole such frame. For transports that do not speak WebSocket frames.
+pub fn wire_payload(wire: &[u8]) -> Option<&[u8]> {
+    let (&len7, rest) = wire.get(1..)?.split_first()?;
+    let (len, rest) = match len7 & 0x7f {
+        126 => (
+            u64::from(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?)),
+            &rest[2..],
+        ),
+        127 => (u64::from_be_bytes(rest.get(..8)?.try_into().ok()?), &rest[8..]),
+        n => (u64::from(n), rest),
+    };
+    (len7 & 0x80 == 0 && rest.len() as u64 == len).then_some(rest)
+}
+
 /// A server→client ping frame with an empty payload.
 pub fn wire_ping() -> Bytes {
     use tungstenite::protocol::frame::Frame;
@@ -347,6 +362,16 @@ pub type Channel = Arc<str>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wire_payload_reads_back_what_wire_text_framed() {
+        for n in [0usize, 5, 125, 126, 300, 70_000] {
+            let text = "x".repeat(n);
+            assert_eq!(wire_payload(&wire_text(text.as_bytes())), Some(text.as_bytes()));
+        }
+        assert_eq!(wire_payload(&wire_text(b"abc")[..4]), None);
+        assert_eq!(wire_payload(b""), None);
+    }
 
     fn err(text: &str) -> &'static str {
         decode(text).unwrap_err().1.code

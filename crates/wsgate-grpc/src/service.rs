@@ -473,6 +473,7 @@ impl WsGate for GrpcApi {
                         channel: r.channel,
                         data,
                         exclude_user: r.exclude_user,
+                        event: r.event,
                     })
                     .await
             }

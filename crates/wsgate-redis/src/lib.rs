@@ -15,7 +15,7 @@
 //! | key | type | what |
 //! | --- | --- | --- |
 //! | `P:{<channel>}:meta` | hash `e`, `o` | the channel's epoch and newest offset |
-//! | `P:{<channel>}:stream` | stream | bounded history (`MAXLEN ~ history_size`), entry id `<offset>-0`, fields `d` data, `t` µs, `x` excluded user |
+//! | `P:{<channel>}:stream` | stream | bounded history (`MAXLEN ~ history_size`), entry id `<offset>-0`, fields `d` data, `t` µs, `x` excluded user, `e` Socket.IO event |
 //! | `P:presence:<channel>` | hash | connection id → `<node>\n<user>` |
 //! | `P:alive:<node>` | string, TTL | the node's lease: the token of the one process running under that id; renewed every TTL/3 |
 //! | `P:pub` | pub/sub | channel publications, for every node |

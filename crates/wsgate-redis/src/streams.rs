@@ -105,6 +105,7 @@ impl ChannelStreams {
             .arg(&req.data[..])
             .arg(req.exclude_user.as_deref().unwrap_or(""))
             .arg(self.history_size)
+            .arg(req.event.as_deref().unwrap_or(""))
             .invoke_async(&mut self.conn.clone())
             .await;
         self.observe(&r);
@@ -119,6 +120,7 @@ impl ChannelStreams {
                 epoch: text(epoch)?.into(),
                 data: req.data,
                 exclude_user: req.exclude_user,
+                event: req.event,
                 published_at_us: int(at)?,
             },
             receivers: int(receivers)? as usize,
@@ -152,17 +154,23 @@ impl ChannelStreams {
             epoch: text(&epoch)?.into(),
         };
         let channel: Arc<str> = channel.into();
-        let mut history = VecDeque::with_capacity(items.len() / 4);
-        while let (Some(o), Some(d), Some(t), Some(x)) =
-            (items.next(), items.next(), items.next(), items.next())
-        {
+        let mut history = VecDeque::with_capacity(items.len() / 5);
+        while let (Some(o), Some(d), Some(t), Some(x), Some(e)) = (
+            items.next(),
+            items.next(),
+            items.next(),
+            items.next(),
+            items.next(),
+        ) {
             let exclude = text(&x)?;
+            let event = text(&e)?;
             history.push_back(Publication {
                 channel: channel.clone(),
                 offset: int(&o)?,
                 epoch: position.epoch.clone(),
                 data: Bytes::from(bytes(d)?),
                 exclude_user: (!exclude.is_empty()).then(|| exclude.into()),
+                event: (!event.is_empty()).then(|| event.into()),
                 published_at_us: int(&t)?,
             });
         }

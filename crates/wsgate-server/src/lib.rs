@@ -8,12 +8,13 @@
 //!
 //! - [`node`]: the parts built once; [`supervisor`]: their start and stop order.
 //! - [`ws`]: the upgrade and the one task each connection runs ([`ws::WsState`]).
+//! - [`socketio`]: `/socket.io/` (socketioxide) adapted onto the same gateway core.
 //! - [`http`]: routes, the control API, operations endpoints ([`http::ApiState`]).
 //! - [`reply`]: JSON errors and bearer tokens, shared by both edges.
 //! - [`process`]: the process's own resources (`process_*`), read at scrape time.
 //! - [`config`]: the top-level settings, composed of each part's own.
 //!
-//! Modules depend downwards only: `supervisor` → `node` → `http` → `ws` → `reply`, `limits`,
+//! Modules depend downwards only: `supervisor` → `node` → `http` → `socketio` → `ws` → `reply`, `limits`,
 //! `lifecycle`; `config` composes the parts' settings and none of them imports it.
 
 pub mod auth;
@@ -29,6 +30,7 @@ pub mod process;
 pub mod reply;
 pub mod seams;
 mod secret;
+pub mod socketio;
 pub mod supervisor;
 pub mod tls;
 #[cfg(feature = "redis")]

@@ -111,6 +111,7 @@ async fn gateway_operations() {
             channel: "news".into(),
             data: r#"{"headline":"grpc"}"#.into(),
             exclude_user: None,
+            event: None,
         }
     );
     assert_eq!((r.channel.as_str(), r.offset, r.delivered), ("news", 1, 1));
@@ -179,6 +180,7 @@ async fn gateway_operations() {
             channel: String::new(),
             data: "1".into(),
             exclude_user: None,
+            event: None,
         }
     );
     assert!(!r.success);
@@ -190,6 +192,7 @@ async fn gateway_operations() {
             channel: "news".into(),
             data: "not json".into(),
             exclude_user: None,
+            event: None,
         }
     );
     assert!(!r.success);
@@ -411,7 +414,7 @@ async fn upstream_operations_and_connection_views() {
             ..Default::default()
         }
     );
-    assert_failed(l.success, &l.error, "kind is gateway or upstream");
+    assert_failed(l.success, &l.error, "kind is gateway, socketio or upstream");
 
     // StopPublish, then Disconnect; afterwards the id is unknown.
     call_ok!(

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::listing::page_limit;
-use super::{ConnectionKind, ConnectionView};
+use super::ConnectionView;
 use super::{Control, ControlError, ErrorCode, ListConnections, Page};
 use crate::seams::{Forwarding, Ownership, RequestHandler};
 
@@ -119,13 +119,6 @@ impl NodeReply {
     }
 }
 
-fn kind_name(k: ConnectionKind) -> &'static str {
-    match k {
-        ConnectionKind::Gateway => "gateway",
-        ConnectionKind::Upstream => "upstream",
-    }
-}
-
 impl Control {
     /// Cluster mode: route through `ownership`, reach other nodes through `forwarding`, and
     /// answer what other nodes forward here (cluster-wide views and upstream operations).
@@ -218,7 +211,7 @@ impl Control {
         let call = NodeCall::ListConnections {
             user: q.user.clone(),
             channel: q.channel.clone(),
-            kind: q.kind.map(|k| kind_name(k).to_string()),
+            kind: q.kind.map(|k| k.name().to_string()),
             first,
         };
         let others: Vec<&String> = live.iter().filter(|n| **n != me).collect();

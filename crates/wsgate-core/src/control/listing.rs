@@ -18,8 +18,10 @@ use crate::upstream::UpstreamView;
 /// Which side of the node a connection is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectionKind {
-    /// A client connected to the gateway.
+    /// A client connected to the gateway's `/ws`.
     Gateway,
+    /// A Socket.IO client connected to the gateway's `/socket.io/`.
+    SocketIo,
     /// An outbound connection held for a backend.
     Upstream,
 }
@@ -30,8 +32,22 @@ impl FromStr for ConnectionKind {
     fn from_str(s: &str) -> Result<Self, ControlError> {
         match s {
             "gateway" => Ok(Self::Gateway),
+            "socketio" => Ok(Self::SocketIo),
             "upstream" => Ok(Self::Upstream),
-            _ => Err(ControlError::invalid("kind is gateway or upstream")),
+            _ => Err(ControlError::invalid(
+                "kind is gateway, socketio or upstream",
+            )),
+        }
+    }
+}
+
+impl ConnectionKind {
+    /// The name in `kind=` and in a connection's view.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Gateway => "gateway",
+            Self::SocketIo => "socketio",
+            Self::Upstream => "upstream",
         }
     }
 }
@@ -57,12 +73,19 @@ pub(super) fn page_limit(limit: Option<usize>) -> usize {
 }
 
 impl ListConnections {
+    /// Whether client connections of `kind` (`gateway` or `socketio`) are selected.
+    pub(super) fn wants_clients(&self, kind: &str) -> bool {
+        self.kind.is_none_or(|k| k.name() == kind)
+    }
+
     pub(super) fn wants_gateway(&self) -> bool {
         self.kind != Some(ConnectionKind::Upstream)
     }
 
     pub(super) fn wants_upstreams(&self) -> bool {
-        self.kind != Some(ConnectionKind::Gateway) && self.user.is_none() && self.channel.is_none()
+        self.kind.is_none_or(|k| k == ConnectionKind::Upstream)
+            && self.user.is_none()
+            && self.channel.is_none()
     }
 }
 
@@ -164,8 +187,14 @@ mod tests {
         );
         assert_eq!(
             "".parse::<ConnectionKind>().unwrap_err().message,
-            "kind is gateway or upstream"
+            "kind is gateway, socketio or upstream"
         );
+        let sio = ListConnections {
+            kind: Some("socketio".parse().unwrap()),
+            ..Default::default()
+        };
+        assert!(sio.wants_clients("socketio") && !sio.wants_clients("gateway"));
+        assert!(sio.wants_gateway() && !sio.wants_upstreams());
         let mut q = ListConnections::default();
         assert!(q.wants_gateway() && q.wants_upstreams());
         q.channel = Some("c".into());

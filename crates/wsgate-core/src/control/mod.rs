@@ -54,6 +54,8 @@ pub struct Publish {
     pub channel: String,
     pub data: Payload,
     pub exclude_user: Option<String>,
+    /// Socket.IO clients get it as this event instead of `message` (docs/socketio.md).
+    pub event: Option<String>,
 }
 
 /// What Publish reports.
@@ -134,10 +136,18 @@ impl Control {
 
     pub async fn publish(&self, cmd: Publish) -> Result<Published, ControlError> {
         rules::check_channel(&cmd.channel)?;
+        if let Some(event) = &cmd.event {
+            rules::check_event(event)?;
+        }
         let data = cmd.data.into_bytes();
         let (offset, epoch, delivered) = self
             .gateway
-            .publish(&cmd.channel, data, cmd.exclude_user.as_deref())
+            .publish(
+                &cmd.channel,
+                data,
+                cmd.exclude_user.as_deref(),
+                cmd.event.as_deref(),
+            )
             .await?;
         Ok(Published {
             channel: cmd.channel,
@@ -213,6 +223,7 @@ impl Control {
             all.extend(
                 conns
                     .iter()
+                    .filter(|c| q.wants_clients(c.kind))
                     .filter(|c| q.channel.as_deref().is_none_or(|ch| c.is_subscribed(ch)))
                     .map(|c| ConnectionView::Gateway(c.info(gw.node(), now))),
             );

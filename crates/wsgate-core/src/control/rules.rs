@@ -12,6 +12,31 @@ use crate::protocol::{self, MAX_CHANNEL_LEN};
 pub const DEFAULT_CONNECT_WAIT: Duration = Duration::from_secs(10);
 /// Longest wait for an upstream's auth reply when the caller does not say.
 pub const DEFAULT_AUTH_TIMEOUT_MS: u64 = 10_000;
+/// Longest Socket.IO event name a publication may carry.
+pub const MAX_EVENT_LEN: usize = 64;
+
+/// Events a Socket.IO client reserves for itself: emitting them would break its client.
+const RESERVED_EVENTS: [&str; 6] = [
+    "connect",
+    "connect_error",
+    "disconnect",
+    "disconnecting",
+    "newListener",
+    "removeListener",
+];
+
+/// A publication's Socket.IO event: 1 to [`MAX_EVENT_LEN`] bytes without control characters,
+/// and not one of the events the client reserves.
+pub fn check_event(event: &str) -> Result<(), ControlError> {
+    if protocol::check_name(event, MAX_EVENT_LEN).is_err() || RESERVED_EVENTS.contains(&event) {
+        return Err(ControlError::invalid(format!(
+            "event names are 1 to {MAX_EVENT_LEN} bytes without control characters, and not one of {}",
+            RESERVED_EVENTS.join(", ")
+        )));
+    }
+    Ok(())
+}
+
 /// SendAsync's timeout when the caller does not say.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
 /// The longest SendAsync timeout accepted.

@@ -102,6 +102,7 @@ async fn gateway_operations_validate_and_report_seed_000_errors() {
         channel: channel.into(),
         data: payload(r#"{"n":1}"#),
         exclude_user: None,
+        event: None,
     };
     assert_error(
         c.publish(publish("")).await,

@@ -50,6 +50,8 @@ impl Stats {
 #[derive(Debug)]
 pub struct Connection {
     pub id: Arc<str>,
+    /// `gateway` (a `/ws` client) or `socketio` (a Socket.IO client), as listings show it.
+    pub kind: &'static str,
     pub identity: Identity,
     pub remote: Option<SocketAddr>,
     pub connected_at_unix_ms: u64,
@@ -64,6 +66,7 @@ pub struct Connection {
 impl Connection {
     pub(crate) fn new(
         id: Arc<str>,
+        kind: &'static str,
         identity: Identity,
         remote: Option<SocketAddr>,
         now_ms: u64,
@@ -73,6 +76,7 @@ impl Connection {
         stats.last_seen_ms.store(now_ms, Relaxed);
         Self {
             id,
+            kind,
             identity,
             remote,
             connected_at_unix_ms: crate::clock::unix_ms(),
@@ -163,7 +167,7 @@ impl Connection {
         let last_seen = s.last_seen_ms.load(Relaxed);
         ConnectionInfo {
             id: self.id.to_string(),
-            kind: "gateway",
+            kind: self.kind,
             user: self.identity.user.to_string(),
             channels: self.channels().iter().map(|c| c.to_string()).collect(),
             connected_at_ms: self.connected_at_unix_ms,

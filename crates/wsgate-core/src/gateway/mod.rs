@@ -12,7 +12,7 @@ mod testing;
 mod tests;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -161,9 +161,20 @@ impl Gateway {
         self.presence.is_healthy()
     }
 
-    /// Registers a new client connection; the caller sends `hello` and runs its task.
+    /// Registers a new `/ws` client connection; the caller sends `hello` and runs its task.
     pub fn open(
         &self,
+        identity: Identity,
+        remote: Option<SocketAddr>,
+        transport: Arc<dyn Transport>,
+    ) -> Arc<Connection> {
+        self.open_kind("gateway", identity, remote, transport)
+    }
+
+    /// Registers a new client connection of `kind` (`gateway`: `/ws`; `socketio`).
+    pub fn open_kind(
+        &self,
+        kind: &'static str,
         identity: Identity,
         remote: Option<SocketAddr>,
         transport: Arc<dyn Transport>,
@@ -171,6 +182,7 @@ impl Gateway {
         let id = crate::ids::new_connection_id(&self.config.node);
         let conn = Arc::new(Connection::new(
             id,
+            kind,
             identity,
             remote,
             self.clock.now_ms(),
@@ -179,7 +191,7 @@ impl Gateway {
         self.registry.insert(conn.clone());
         self.metrics.connections.inc();
         self.metrics.active_connections.inc();
-        info!(connection_id = %conn.id, user = %conn.user(), remote = ?remote, "connected");
+        info!(connection_id = %conn.id, kind, user = %conn.user(), remote = ?remote, "connected");
         conn
     }
 
@@ -218,17 +230,20 @@ impl Gateway {
         );
     }
 
-    /// Publishes to a channel through the broker (every node, in offset order).
+    /// Publishes to a channel through the broker (every node, in offset order). `event` names
+    /// the Socket.IO event it is emitted as (`message` when `None`).
     pub async fn publish(
         &self,
         channel: &str,
         data: Bytes,
         exclude_user: Option<&str>,
+        event: Option<&str>,
     ) -> Result<(u64, Arc<str>, usize), GatewayError> {
         let req = PublishRequest {
             channel: channel.into(),
             data,
             exclude_user: exclude_user.map(Into::into),
+            event: event.map(Into::into),
         };
         let (pos, delivered) = self.broker.publish(req).await.inspect_err(|_| {
             self.metrics.broker_errors.inc();
@@ -410,6 +425,8 @@ impl Deliver for LocalDelivery {
                     offset: p.offset,
                     wire: protocol::wire_text(frame.as_bytes()),
                     published_at_us: p.published_at_us,
+                    publication: p.clone(),
+                    decoded: OnceLock::new(),
                 }));
                 let exclude = p.exclude_user.as_deref();
                 let delivered = subs

@@ -15,9 +15,9 @@ use serde_json::value::RawValue;
 use tungstenite::Utf8Bytes;
 
 use super::connection::{CloseRequest, Connection};
-use super::{ClientPublish, Gateway};
+use super::{ClientPublish, Gateway, Presence};
 use crate::metrics::ReasonLabel;
-use crate::protocol::{self, ClientOp, Frame, ProtocolError, Since, close};
+use crate::protocol::{self, ClientOp, Frame, ProtocolError, close};
 
 pub struct Session {
     pub conn: Arc<Connection>,
@@ -61,7 +61,8 @@ impl Session {
         self.answer(gw, None, Err(e))
     }
 
-    fn count_in(&self, gw: &Gateway, len: usize) {
+    /// Counts one inbound message of `len` bytes (the connection's and the node's).
+    pub fn count_in(&self, gw: &Gateway, len: usize) {
         self.conn.stats.messages_in.fetch_add(1, Relaxed);
         self.conn.stats.bytes_in.fetch_add(len as u64, Relaxed);
         gw.metrics.messages_received.inc();
@@ -76,11 +77,18 @@ impl Session {
     ) -> Result<Vec<Utf8Bytes>, CloseRequest> {
         let e = match result {
             Ok(frames) => {
-                self.errors_in_row = 0;
+                self.succeeded();
                 return Ok(frames);
             }
             Err(e) => e,
         };
+        self.failed(gw, &e)?;
+        Ok(vec![protocol::error_frame(id, &e)])
+    }
+
+    /// Counts a failed op and tells whether the connection must close for repeated abuse
+    /// (`max_protocol_errors` in a row). Every edge reports its errors through here.
+    pub fn failed(&mut self, gw: &Gateway, e: &ProtocolError) -> Result<(), CloseRequest> {
         gw.metrics.protocol_error(e.code);
         self.conn
             .stats
@@ -93,7 +101,12 @@ impl Session {
                 message: format!("{} protocol errors in a row", self.errors_in_row),
             });
         }
-        Ok(vec![protocol::error_frame(id, &e)])
+        Ok(())
+    }
+
+    /// An op succeeded: the run of errors is over.
+    pub fn succeeded(&mut self) {
+        self.errors_in_row = 0;
     }
 
     async fn handle(
@@ -110,20 +123,36 @@ impl Session {
                 }
                 Ok(vec![f.finish()])
             }
-            ClientOp::Subscribe { channel, since } => self.subscribe(gw, id, &channel, since).await,
+            ClientOp::Subscribe { channel, since } => {
+                let since = since.map(|s| StreamPosition {
+                    offset: s.offset,
+                    epoch: s.epoch.as_str().into(),
+                });
+                let asked = since.is_some();
+                let recovery = self.subscribe(gw, &channel, since).await?;
+                let mut f = Frame::op("subscribed")
+                    .id(id)
+                    .str("channel", &channel)
+                    .num("offset", recovery.position.offset)
+                    .str("epoch", &recovery.position.epoch);
+                if asked {
+                    f = f.bool("recovered", recovery.gap.is_none());
+                    if let Some(gap) = recovery.gap {
+                        f = f.str("gap", gap.as_str());
+                    }
+                }
+                let mut frames = Vec::with_capacity(1 + recovery.publications.len());
+                frames.push(f.finish());
+                frames.extend(
+                    recovery
+                        .publications
+                        .iter()
+                        .map(|p| protocol::channel_message(&p.channel, p.offset, &p.data)),
+                );
+                Ok(frames)
+            }
             ClientOp::Unsubscribe { channel } => {
-                if !gw.registry.unsubscribe(&channel, &self.conn) {
-                    return Err(ProtocolError::new(
-                        "not_subscribed",
-                        format!("not subscribed to `{channel}`"),
-                    ));
-                }
-                gw.metrics.subscriptions.dec();
-                self.conn.transport.forget_skip(&channel);
-                if let Err(e) = gw.presence.presence_leave(&channel, &self.conn.id).await {
-                    gw.metrics.store_errors.inc();
-                    tracing::warn!(connection_id = %self.conn.id, error = %e, "presence leave failed");
-                }
+                self.unsubscribe(gw, &channel).await?;
                 Ok(vec![
                     Frame::op("unsubscribed")
                         .id(id)
@@ -132,23 +161,7 @@ impl Session {
                 ])
             }
             ClientOp::Publish { channel, data } => {
-                self.check_grant(&channel)?;
-                let allowed = match gw.config.client_publish {
-                    ClientPublish::Deny => false,
-                    ClientPublish::Subscribed => self.conn.is_subscribed(&channel),
-                    ClientPublish::Any => true,
-                };
-                if !allowed {
-                    return Err(ProtocolError::new(
-                        "forbidden",
-                        format!("publishing to `{channel}` is not allowed"),
-                    ));
-                }
-                let data = bytes::Bytes::copy_from_slice(data.get().as_bytes());
-                let (offset, _, _) = gw
-                    .publish(&channel, data, None)
-                    .await
-                    .map_err(|e| ProtocolError::new("unavailable", e.to_string()))?;
+                let offset = self.publish(gw, &channel, data.get()).await?;
                 Ok(vec![
                     Frame::op("published")
                         .id(id)
@@ -158,11 +171,7 @@ impl Session {
                 ])
             }
             ClientOp::Presence { channel } => {
-                self.check_grant(&channel)?;
-                let p = gw
-                    .presence(&channel)
-                    .await
-                    .map_err(|e| ProtocolError::new("unavailable", e.to_string()))?;
+                let p = self.presence(gw, &channel).await?;
                 let users = serde_json::to_string(&p.users).unwrap_or_else(|_| "[]".into());
                 Ok(vec![
                     Frame::op("presence")
@@ -176,6 +185,59 @@ impl Session {
         }
     }
 
+    /// `unsubscribe`: leaves the channel (and its presence).
+    pub async fn unsubscribe(&mut self, gw: &Gateway, channel: &str) -> Result<(), ProtocolError> {
+        if !gw.registry.unsubscribe(channel, &self.conn) {
+            return Err(ProtocolError::new(
+                "not_subscribed",
+                format!("not subscribed to `{channel}`"),
+            ));
+        }
+        gw.metrics.subscriptions.dec();
+        self.conn.transport.forget_skip(channel);
+        if let Err(e) = gw.presence.presence_leave(channel, &self.conn.id).await {
+            gw.metrics.store_errors.inc();
+            tracing::warn!(connection_id = %self.conn.id, error = %e, "presence leave failed");
+        }
+        Ok(())
+    }
+
+    /// `publish` from the client, under the token's grants and `client_publish`; `data` is
+    /// one JSON value as text. Returns the publication's offset.
+    pub async fn publish(
+        &mut self,
+        gw: &Gateway,
+        channel: &str,
+        data: &str,
+    ) -> Result<u64, ProtocolError> {
+        self.check_grant(channel)?;
+        let allowed = match gw.config.client_publish {
+            ClientPublish::Deny => false,
+            ClientPublish::Subscribed => self.conn.is_subscribed(channel),
+            ClientPublish::Any => true,
+        };
+        if !allowed {
+            return Err(ProtocolError::new(
+                "forbidden",
+                format!("publishing to `{channel}` is not allowed"),
+            ));
+        }
+        let data = bytes::Bytes::copy_from_slice(data.as_bytes());
+        let (offset, _, _) = gw
+            .publish(channel, data, None, None)
+            .await
+            .map_err(|e| ProtocolError::new("unavailable", e.to_string()))?;
+        Ok(offset)
+    }
+
+    /// `presence` of a channel the token grants, cluster-wide.
+    pub async fn presence(&self, gw: &Gateway, channel: &str) -> Result<Presence, ProtocolError> {
+        self.check_grant(channel)?;
+        gw.presence(channel)
+            .await
+            .map_err(|e| ProtocolError::new("unavailable", e.to_string()))
+    }
+
     fn check_grant(&self, channel: &str) -> Result<(), ProtocolError> {
         if self.conn.identity.channels.allows(channel) {
             Ok(())
@@ -187,13 +249,15 @@ impl Session {
         }
     }
 
-    async fn subscribe(
+    /// `subscribe` (with `since`: recovery). On success the transport holds this
+    /// connection's publications back and skips those the answer covers: the caller sends
+    /// the answer and the recovered publications, then releases the hold.
+    pub async fn subscribe(
         &mut self,
         gw: &Gateway,
-        id: Option<&RawValue>,
         channel: &str,
-        since: Option<Since>,
-    ) -> Result<Vec<Utf8Bytes>, ProtocolError> {
+        since: Option<StreamPosition>,
+    ) -> Result<Recovery, ProtocolError> {
         self.check_grant(channel)?;
         let channel: Arc<str> = channel.into();
         let fresh = !self.conn.is_subscribed(&channel);
@@ -212,13 +276,7 @@ impl Session {
             gw.metrics.subscriptions.inc();
         }
         let answer = match &since {
-            Some(s) => {
-                let since = StreamPosition {
-                    offset: s.offset,
-                    epoch: s.epoch.as_str().into(),
-                };
-                gw.broker.recover(&channel, &since).await
-            }
+            Some(since) => gw.broker.recover(&channel, since).await,
             None => gw.broker.position(&channel).await.map(|position| Recovery {
                 position,
                 publications: Vec::new(),
@@ -242,31 +300,13 @@ impl Session {
         self.conn
             .transport
             .skip_through(channel.clone(), recovery.position.offset);
-
-        let mut f = Frame::op("subscribed")
-            .id(id)
-            .str("channel", &channel)
-            .num("offset", recovery.position.offset)
-            .str("epoch", &recovery.position.epoch);
         if since.is_some() {
             let outcome = recovery.gap.map_or("recovered", |g| g.as_str());
             gw.metrics
                 .recoveries
                 .get_or_create(&ReasonLabel { reason: outcome })
                 .inc();
-            f = f.bool("recovered", recovery.gap.is_none());
-            if let Some(gap) = recovery.gap {
-                f = f.str("gap", gap.as_str());
-            }
         }
-        let mut frames = Vec::with_capacity(1 + recovery.publications.len());
-        frames.push(f.finish());
-        frames.extend(
-            recovery
-                .publications
-                .iter()
-                .map(|p| protocol::channel_message(&p.channel, p.offset, &p.data)),
-        );
-        Ok(frames)
+        Ok(recovery)
     }
 }

@@ -173,7 +173,7 @@ impl Node {
     pub async fn publish(&self, channel: &str, data: &str) -> u64 {
         let (offset, _, _) = self
             .gw
-            .publish(channel, Bytes::copy_from_slice(data.as_bytes()), None)
+            .publish(channel, Bytes::copy_from_slice(data.as_bytes()), None, None)
             .await
             .expect("memory broker publishes");
         offset

@@ -7,9 +7,11 @@
 //! `send` never blocks and never waits for a socket: a full backlog is `Overflow`, and the
 //! gateway closes that connection as a slow consumer.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+
+use crate::seams::Publication;
 
 /// A channel publication encoded once per node and shared by every local subscriber.
 #[derive(Debug)]
@@ -20,6 +22,12 @@ pub struct Delivery {
     /// same bytes serve every subscriber.
     pub wire: Bytes,
     pub published_at_us: u64,
+    /// The publication itself (epoch, data, event: `Arc`s and `Bytes`, no copy), for
+    /// transports that frame it their own way (Socket.IO).
+    pub publication: Publication,
+    /// `data` as a JSON value, decoded once per node by the first transport that needs it;
+    /// `/ws` never touches it.
+    pub decoded: OnceLock<serde_json::Value>,
 }
 
 /// What is sent to a client.
@@ -99,6 +107,16 @@ mod tests {
             offset,
             wire: Bytes::new(),
             published_at_us: 0,
+            publication: Publication {
+                channel: channel.into(),
+                offset,
+                epoch: "e".into(),
+                data: Bytes::new(),
+                exclude_user: None,
+                event: None,
+                published_at_us: 0,
+            },
+            decoded: OnceLock::new(),
         }
     }
 

@@ -79,6 +79,7 @@ impl Broker for MemoryBroker {
             epoch: s.epoch.clone(),
             data: req.data,
             exclude_user: req.exclude_user,
+            event: req.event,
             published_at_us: now_us(),
         };
         if self.history_size > 0 {
@@ -190,6 +191,7 @@ mod tests {
             channel: ch.into(),
             data: Bytes::from(n.to_string()),
             exclude_user: None,
+            event: None,
         }
     }
 

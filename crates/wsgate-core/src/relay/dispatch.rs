@@ -254,6 +254,7 @@ mod tests {
                 epoch: self.epoch.clone(),
                 data: req.data,
                 exclude_user: req.exclude_user,
+                event: req.event,
                 published_at_us: 0,
             };
             history.push_back(p.clone());
@@ -314,6 +315,7 @@ mod tests {
                 channel: "c".into(),
                 data: Bytes::from(i.to_string()),
                 exclude_user: None,
+                event: None,
             };
             out.push(log.append(req).await.unwrap());
         }

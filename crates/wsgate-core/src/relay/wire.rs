@@ -4,12 +4,13 @@
 //! a receiving node has to escape or parse JSON:
 //!
 //! ```text
-//! c <offset> <epoch> <published_at_us> <len(channel)> <len(exclude)>\n<channel><exclude><data>
+//! c <offset> <epoch> <published_at_us> <len(channel)> <len(exclude)> <len(event)>\n<channel><exclude><event><data>
 //! u <len(user)>\n<user><data>
 //! n <len(connection id)>\n<connection id><data>
 //! ```
 //!
-//! `data` is the publication's JSON text, passed through untouched. The `c` form is built by
+//! `data` is the publication's JSON text, passed through untouched. A `c` header without
+//! `<len(event)>` (nodes from before Socket.IO events) means no event. The `c` form is built by
 //! `wsgate-redis`'s `lua/publish.lua` (Redis broker) or by [`encode_channel`] (NATS broker).
 
 use std::sync::Arc;
@@ -24,19 +25,23 @@ pub struct WireError(&'static str);
 
 pub fn encode_channel(p: &Publication) -> Bytes {
     let exclude = p.exclude_user.as_deref().unwrap_or("");
+    let event = p.event.as_deref().unwrap_or("");
     let header = format!(
-        "c {} {} {} {} {}\n",
+        "c {} {} {} {} {} {}\n",
         p.offset,
         p.epoch,
         p.published_at_us,
         p.channel.len(),
-        exclude.len()
+        exclude.len(),
+        event.len()
     );
-    let mut b =
-        BytesMut::with_capacity(header.len() + p.channel.len() + exclude.len() + p.data.len());
+    let mut b = BytesMut::with_capacity(
+        header.len() + p.channel.len() + exclude.len() + event.len() + p.data.len(),
+    );
     b.put_slice(header.as_bytes());
     b.put_slice(p.channel.as_bytes());
     b.put_slice(exclude.as_bytes());
+    b.put_slice(event.as_bytes());
     b.put_slice(&p.data);
     b.freeze()
 }
@@ -76,17 +81,21 @@ pub fn decode(payload: Bytes) -> Result<Envelope, WireError> {
             let published_at_us = num(3)?;
             let ch_len = num(4)? as usize;
             let ex_len = num(5)? as usize;
-            if body.len() < ch_len + ex_len {
+            let ev_len = if fields.len() > 6 { num(6)? as usize } else { 0 };
+            let head = ch_len + ex_len + ev_len;
+            if body.len() < head {
                 return Err(WireError("short body"));
             }
             let channel = str_of(&body[..ch_len])?;
             let exclude = str_of(&body[ch_len..ch_len + ex_len])?;
+            let event = str_of(&body[ch_len + ex_len..head])?;
             Ok(Envelope::Channel(Publication {
                 channel: channel.into(),
                 offset,
                 epoch,
-                data: body.slice(ch_len + ex_len..),
+                data: body.slice(head..),
                 exclude_user: (!exclude.is_empty()).then(|| exclude.into()),
+                event: (!event.is_empty()).then(|| event.into()),
                 published_at_us,
             }))
         }
@@ -123,6 +132,7 @@ mod tests {
             epoch: "abc123".into(),
             data: Bytes::from_static(br#"{"a":"b\nc"}"#),
             exclude_user: Some("ann".into()),
+            event: Some("chat".into()),
             published_at_us: 99,
         };
         let Envelope::Channel(q) = decode(encode_channel(&p)).unwrap() else {
@@ -134,9 +144,10 @@ mod tests {
                 q.offset,
                 &*q.epoch,
                 &q.data[..],
-                q.exclude_user.as_deref()
+                q.exclude_user.as_deref(),
+                q.event.as_deref()
             ),
-            ("team:42", 7, "abc123", &p.data[..], Some("ann"))
+            ("team:42", 7, "abc123", &p.data[..], Some("ann"), Some("chat"))
         );
         assert_eq!(q.published_at_us, 99);
     }

@@ -25,6 +25,9 @@ pub struct PublishRequest {
     pub data: Bytes,
     /// Seed 003's "broadcast to a team excluding a user".
     pub exclude_user: Option<Arc<str>>,
+    /// The Socket.IO event name it is emitted as (`message` when `None`); `/ws` clients
+    /// always get a `message` frame.
+    pub event: Option<Arc<str>>,
 }
 
 /// One message of a channel's stream, with its place in that stream.
@@ -35,6 +38,8 @@ pub struct Publication {
     pub epoch: Arc<str>,
     pub data: Bytes,
     pub exclude_user: Option<Arc<str>>,
+    /// See [`PublishRequest::event`].
+    pub event: Option<Arc<str>>,
     /// Unix time in microseconds when the broker accepted it: the start of the
     /// publish→deliver latency that nodes report.
     pub published_at_us: u64,

@@ -23,7 +23,9 @@ pub trait Publisher: Send + Sync + 'static {
 #[async_trait::async_trait]
 impl Publisher for Gateway {
     async fn publish(&self, channel: &str, data: Bytes) -> Result<(), GatewayError> {
-        Gateway::publish(self, channel, data, None).await.map(drop)
+        Gateway::publish(self, channel, data, None, None)
+            .await
+            .map(drop)
     }
 }
 

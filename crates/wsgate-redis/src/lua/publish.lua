@@ -6,7 +6,7 @@
 -- KEYS[2] history stream (entry ids are "<offset>-0")
 -- KEYS[3] pub/sub channel of the nodes ("" = do not publish: the NATS broker does that)
 -- ARGV[1] channel name   ARGV[2] data   ARGV[3] excluded user ("" = none)
--- ARGV[4] history size (0 = keep no history)
+-- ARGV[4] history size (0 = keep no history)   ARGV[5] Socket.IO event ("" = none)
 -- Returns { offset, epoch, published_at_us, receivers }
 local t = redis.call('TIME')
 -- Built as text: Lua numbers would print 16 digits in exponent notation.
@@ -22,18 +22,23 @@ end
 local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
 local size = tonumber(ARGV[4])
 if size > 0 then
-  if ARGV[3] == '' then
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', size, offset .. '-0', 'd', ARGV[2], 't', now_us)
-  else
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', size, offset .. '-0', 'd', ARGV[2], 't', now_us, 'x', ARGV[3])
+  local entry = { 'd', ARGV[2], 't', now_us }
+  if ARGV[3] ~= '' then
+    entry[#entry + 1] = 'x'
+    entry[#entry + 1] = ARGV[3]
   end
+  if ARGV[5] ~= '' then
+    entry[#entry + 1] = 'e'
+    entry[#entry + 1] = ARGV[5]
+  end
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', size, offset .. '-0', unpack(entry))
 end
 local receivers = 0
 if KEYS[3] ~= '' then
-  -- Wire format (see wire.rs): "c <offset> <epoch> <us> <len(channel)> <len(exclude)>\n"
-  -- followed by channel, excluded user and data.
+  -- Wire format (see wire.rs): "c <offset> <epoch> <us> <len(channel)> <len(exclude)> <len(event)>\n"
+  -- followed by channel, excluded user, event and data.
   local msg = 'c ' .. offset .. ' ' .. epoch .. ' ' .. now_us .. ' ' .. #ARGV[1] .. ' ' .. #ARGV[3]
-    .. '\n' .. ARGV[1] .. ARGV[3] .. ARGV[2]
+    .. ' ' .. #ARGV[5] .. '\n' .. ARGV[1] .. ARGV[3] .. ARGV[5] .. ARGV[2]
   receivers = redis.call('PUBLISH', KEYS[3], msg)
 end
 return { offset, epoch, now_us, receivers }

@@ -19,6 +19,7 @@ pub struct PublishBody {
     channel: String,
     data: Box<RawValue>,
     exclude_user: Option<String>,
+    event: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -41,6 +42,7 @@ pub async fn publish(
             channel: body.channel,
             data: Payload::from(&*body.data),
             exclude_user: body.exclude_user,
+            event: body.event,
         })
         .await?;
     Ok(Json(json!({

@@ -25,7 +25,8 @@ pub use state::{ApiState, ApiView, BuildInfo};
 use crate::reply::{bearer, json_error};
 use crate::ws::WsState;
 
-/// Every route of the listener: `/ws` on the WebSocket edge's view, the rest on the API's.
+/// Every route of the listener: `/ws` and `/socket.io/` on the WebSocket edge's view, the rest
+/// on the API's.
 pub fn router(api: ApiState, ws: WsState) -> Router {
     let protected = Router::new()
         .route("/api/v1/publish", post(api::publish))
@@ -70,9 +71,11 @@ pub fn router(api: ApiState, ws: WsState) -> Router {
         .route("/connections/{id}", get(ops::get_connection))
         .layer(middleware::from_fn_with_state(api.clone(), require_api_key))
         .layer(DefaultBodyLimit::max(api.config.api_body_limit));
+    let socketio = crate::socketio::routes(ws.clone());
     let edge = Router::new()
         .route("/ws", get(crate::ws::upgrade))
-        .with_state(ws);
+        .with_state(ws)
+        .merge(socketio);
     Router::new()
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))

@@ -13,7 +13,7 @@
 mod config;
 mod socket;
 mod state;
-mod task;
+pub(crate) mod task;
 
 pub use config::*;
 pub use socket::{SharedSocket, SocketIo};

@@ -78,8 +78,9 @@ pub(super) async fn refuse_user(
 
 /// The per-connection inbound rate limits (governor): frames and payload bytes per second.
 /// A frame over either is dropped with one `rate_limited` error frame per streak; a streak
-/// of `rate_limit_strikes` dropped frames closes the connection with 4029.
-pub(super) struct Inbound {
+/// of `rate_limit_strikes` dropped frames closes the connection with 4029. The Socket.IO
+/// edge applies the same limits to its events.
+pub(crate) struct Inbound {
     messages: Option<DefaultDirectRateLimiter>,
     bytes: Option<DefaultDirectRateLimiter>,
     strikes: u32,
@@ -87,8 +88,18 @@ pub(super) struct Inbound {
     last_strike: Option<Instant>,
 }
 
+/// What [`Inbound::check`] decided about one inbound message.
+pub(crate) enum Verdict {
+    /// Handle it.
+    Pass,
+    /// Dropped by the `kind` limit (`messages` or `bytes`); `first` of its streak.
+    Dropped { kind: &'static str, first: bool },
+    /// Dropped, and the streak is long enough to close the connection (4029).
+    Close(CloseRequest),
+}
+
 impl Inbound {
-    pub(super) fn new(config: &WsConfig) -> Self {
+    pub(crate) fn new(config: &WsConfig) -> Self {
         let byte_burst = config
             .client_byte_burst
             .max(u32::try_from(config.max_message_size).unwrap_or(u32::MAX));
@@ -119,6 +130,44 @@ impl Inbound {
         }
         None
     }
+
+    /// Checks one inbound message of `len` bytes against the limits, counting strikes.
+    pub(crate) fn check(&mut self, gw: &Gateway, len: usize) -> Verdict {
+        if let Some(kind) = self.limited(len) {
+            gw.metrics.rate_limited_frame(kind);
+            self.strikes += 1;
+            self.last_strike = Some(Instant::now());
+            if self.strikes >= self.max_strikes {
+                return Verdict::Close(CloseRequest {
+                    code: close::SLOW_CONSUMER,
+                    reason: "rate_limited",
+                    message: format!("rate limit exceeded ({kind})"),
+                });
+            }
+            let first = self.strikes == 1;
+            if first {
+                gw.metrics.protocol_error("rate_limited");
+            }
+            return Verdict::Dropped { kind, first };
+        }
+        // A streak ends once messages pass again and a second went by without a drop.
+        if self
+            .last_strike
+            .is_some_and(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            self.strikes = 0;
+            self.last_strike = None;
+        }
+        Verdict::Pass
+    }
+}
+
+/// The error a client gets for the first message of a rate-limited streak.
+pub(crate) fn rate_limited(kind: &str) -> ProtocolError {
+    ProtocolError::new(
+        "rate_limited",
+        format!("too many {kind} per second; frames are being dropped"),
+    )
 }
 
 /// Sends a close frame after everything already queued, then waits (bounded) for the
@@ -263,38 +312,18 @@ async fn inbound(
         _ => None,
     };
     if let Some(len) = len {
-        if let Some(kind) = limits.limited(len) {
-            gw.metrics.rate_limited_frame(kind);
-            limits.strikes += 1;
-            limits.last_strike = Some(Instant::now());
-            if limits.strikes >= limits.max_strikes {
-                return Some(Ending {
-                    reason: "rate_limited",
-                    close: Some((
-                        close::SLOW_CONSUMER,
-                        format!("rate limit exceeded ({kind})"),
-                    )),
-                });
+        match limits.check(gw, len) {
+            Verdict::Pass => {}
+            Verdict::Close(close) => return Some(Ending::from_request(&close)),
+            Verdict::Dropped { kind, first } => {
+                if first {
+                    let e = rate_limited(kind);
+                    socket.write_frame(protocol::wire_text(
+                        protocol::error_frame(None, &e).as_bytes(),
+                    ));
+                }
+                return None;
             }
-            if limits.strikes == 1 {
-                gw.metrics.protocol_error("rate_limited");
-                let e = ProtocolError::new(
-                    "rate_limited",
-                    format!("too many {kind} per second; frames are being dropped"),
-                );
-                socket.write_frame(protocol::wire_text(
-                    protocol::error_frame(None, &e).as_bytes(),
-                ));
-            }
-            return None;
-        }
-        // A streak ends once frames pass again and a second went by without a drop.
-        if limits
-            .last_strike
-            .is_some_and(|t| t.elapsed() >= Duration::from_secs(1))
-        {
-            limits.strikes = 0;
-            limits.last_strike = None;
         }
     }
     let answer = match msg {

@@ -1,0 +1,327 @@
+//! One Socket.IO client on the gateway: its connection, its events and its end.
+//!
+//! The client events (`subscribe`, `unsubscribe`, `publish`, `presence`) are the `/ws` ops,
+//! run by the same core [`Session`] (grants, publish policy, channel limits, recovery,
+//! presence, error counting) and answered through the event's acknowledgement:
+//! `{"ok": true, …}` or `{"ok": false, "error": "<code>", "message": "…"}`. Each event passes
+//! the connection's rate limits first and counts as liveness.
+//!
+//! A connection ends once: the client leaves (the disconnect handler), or the gateway asks it
+//! to close (kick, slow consumer, heartbeat, protocol abuse, drain). One task per connection,
+//! tracked by the node's drain, waits for either, then forgets the connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use socketioxide::extract::{AckSender, Data, SocketRef};
+use socketioxide::socket::DisconnectReason;
+use tokio::sync::oneshot;
+use tracing::debug;
+use wsgate_core::auth::Identity;
+use wsgate_core::gateway::{CloseRequest, Connection, Session};
+use wsgate_core::protocol::{ProtocolError, close};
+use wsgate_core::seams::{Publication, Recovery, StreamPosition};
+
+use super::delivery::{SioTransport, decode, emit_publication};
+use super::{KIND, SioEdge};
+use crate::limits::Slot;
+use crate::ws::task::{Inbound, Verdict, rate_limited};
+
+/// The event a client gets before the server disconnects it: `{code, reason}` with the
+/// `/ws` close code (4003 kicked, 4029 slow consumer or rate limit, 1008, 4008, 1001).
+pub const CLOSE: &str = "close";
+
+struct Client {
+    sio: SioEdge,
+    conn: Arc<Connection>,
+    transport: Arc<SioTransport>,
+    session: tokio::sync::Mutex<Session>,
+    limits: Mutex<Inbound>,
+    /// Told once the client has gone, with why.
+    gone: Mutex<Option<oneshot::Sender<&'static str>>>,
+}
+
+/// The namespace's connect handler, after the middleware admitted the socket.
+pub fn connected(sio: SioEdge, s: SocketRef, identity: Identity, slot: Slot, remote: SocketAddr) {
+    let edge: &crate::ws::WsState = &sio;
+    let gw = edge.gateway.clone();
+    let transport = Arc::new(SioTransport::new(
+        s.clone(),
+        edge.config.outbox_capacity,
+        gw.clock,
+    ));
+    let conn = gw.open_kind(KIND, identity, Some(remote), transport.clone());
+    transport.attach(&conn);
+    let (gone, left) = oneshot::channel();
+    let client = Arc::new(Client {
+        sio: sio.clone(),
+        conn: conn.clone(),
+        transport: transport.clone(),
+        session: tokio::sync::Mutex::new(Session::new(conn.clone())),
+        limits: Mutex::new(Inbound::new(&edge.config)),
+        gone: Mutex::new(Some(gone)),
+    });
+    // The client's ids, as `/ws` says them in `hello`.
+    let _ = s.emit(
+        "hello",
+        &json!({
+            "connection_id": &*conn.id,
+            "node": &**gw.node(),
+            "user": &**conn.user(),
+        }),
+    );
+    for op in [Op::Subscribe, Op::Unsubscribe, Op::Publish, Op::Presence] {
+        on(&s, &client, op);
+    }
+    let c = client.clone();
+    s.on_fallback(async move |s: SocketRef, ack: AckSender| {
+        let e = ProtocolError::new("unknown_op", "unknown event");
+        let mut session = c.session.lock().await;
+        c.reply(&s, &mut session, ack, Err(e));
+    });
+    let c = client.clone();
+    s.on_disconnect(async move |reason: DisconnectReason| {
+        if let Some(gone) = c.gone.lock().take() {
+            let _ = gone.send(reason_of(reason));
+        }
+    });
+    edge.tasks.spawn(watch(client, s, slot, left));
+}
+
+/// The client events, each the `/ws` op of the same name.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Subscribe,
+    Unsubscribe,
+    Publish,
+    Presence,
+}
+
+impl Op {
+    fn event(self) -> &'static str {
+        match self {
+            Op::Subscribe => "subscribe",
+            Op::Unsubscribe => "unsubscribe",
+            Op::Publish => "publish",
+            Op::Presence => "presence",
+        }
+    }
+}
+
+/// What an op answers: the acknowledgement, then the publications it recovered.
+type Answer = (Value, Vec<Publication>);
+
+/// Registers the op's event: the rate limits and liveness first, the answer after.
+fn on(s: &SocketRef, client: &Arc<Client>, op: Op) {
+    let client = client.clone();
+    s.on(
+        op.event(),
+        async move |s: SocketRef, Data(args): Data<Value>, ack: AckSender| {
+            let gw = &client.sio.gateway;
+            client.conn.touch(gw.now_ms());
+            let len = args.to_string().len();
+            let verdict = client.limits.lock().check(gw, len);
+            let mut session = client.session.lock().await;
+            session.count_in(gw, len);
+            let result = match verdict {
+                Verdict::Pass => run(op, &client, &mut session, args).await,
+                Verdict::Dropped { kind, .. } => Err(rate_limited(kind)),
+                Verdict::Close(close) => {
+                    client.close(&close);
+                    return;
+                }
+            };
+            client.reply(&s, &mut session, ack, result);
+        },
+    );
+}
+
+async fn run(
+    op: Op,
+    c: &Client,
+    session: &mut Session,
+    args: Value,
+) -> Result<Answer, ProtocolError> {
+    let gw = &c.sio.gateway;
+    match op {
+        Op::Subscribe => subscribe(c, session, args).await,
+        Op::Unsubscribe => {
+            let channel = channel_of(args)?;
+            session.unsubscribe(gw, &channel).await?;
+            Ok((json!({"ok": true, "channel": channel}), Vec::new()))
+        }
+        Op::Publish => {
+            #[derive(Deserialize)]
+            struct Args {
+                channel: String,
+                data: Value,
+            }
+            let Args { channel, data } = parse(args)?;
+            let offset = session.publish(gw, &channel, &data.to_string()).await?;
+            let ack = json!({"ok": true, "channel": channel, "offset": offset});
+            Ok((ack, Vec::new()))
+        }
+        Op::Presence => {
+            let channel = channel_of(args)?;
+            let p = session.presence(gw, &channel).await?;
+            let ack = json!({
+                "ok": true,
+                "channel": p.channel,
+                "users": p.users,
+                "connections": p.connections,
+            });
+            Ok((ack, Vec::new()))
+        }
+    }
+}
+
+impl Client {
+    /// Acknowledges the event (errors counted as `/ws` counts them), emits what the op
+    /// recovered, then what its hold kept back: all through the socket's one queue, so the
+    /// client gets them in this order.
+    fn reply(
+        &self,
+        s: &SocketRef,
+        session: &mut Session,
+        ack: AckSender,
+        result: Result<Answer, ProtocolError>,
+    ) {
+        let gw = &self.sio.gateway;
+        let (answer, recovered) = match result {
+            Ok(answer) => {
+                session.succeeded();
+                answer
+            }
+            Err(e) => {
+                if let Err(close) = session.failed(gw, &e) {
+                    self.close(&close);
+                }
+                let ack = json!({"ok": false, "error": e.code, "message": e.message});
+                (ack, Vec::new())
+            }
+        };
+        let _ = ack.send(&answer);
+        for p in &recovered {
+            let _ = emit_publication(s, p, &decode(&p.data));
+        }
+        self.release();
+    }
+
+    /// Publications held back while a subscription was answered go out after the answer.
+    fn release(&self) {
+        if self.transport.release().is_err() {
+            let slow = self.conn.request_close(
+                close::SLOW_CONSUMER,
+                "slow_consumer",
+                "slow consumer: backlog full",
+            );
+            if slow {
+                self.sio.gateway.metrics.slow_consumer();
+            }
+        }
+    }
+
+    fn close(&self, r: &CloseRequest) {
+        self.conn.request_close(r.code, r.reason, r.message.clone());
+    }
+}
+
+/// `subscribe` with `"<channel>"` or `{"channel", "since": {"offset", "epoch"}}`.
+async fn subscribe(c: &Client, session: &mut Session, args: Value) -> Result<Answer, ProtocolError> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Args {
+        Channel(String),
+        Full {
+            channel: String,
+            since: Option<StreamPosition>,
+        },
+    }
+    let (channel, since) = match parse(args)? {
+        Args::Channel(channel) => (channel, None),
+        Args::Full { channel, since } => (channel, since),
+    };
+    let asked = since.is_some();
+    let Recovery {
+        position,
+        publications,
+        gap,
+    } = session.subscribe(&c.sio.gateway, &channel, since).await?;
+    let mut ack = json!({
+        "ok": true,
+        "channel": channel,
+        "offset": position.offset,
+        "epoch": &*position.epoch,
+        "recovered": asked && gap.is_none(),
+    });
+    if let (true, Some(gap)) = (asked, gap) {
+        ack["gap"] = gap.as_str().into();
+    }
+    Ok((ack, publications))
+}
+
+/// `"<channel>"` or `{"channel": "<channel>"}`.
+fn channel_of(args: Value) -> Result<String, ProtocolError> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Args {
+        Channel(String),
+        Full { channel: String },
+    }
+    Ok(match parse(args)? {
+        Args::Channel(c) | Args::Full { channel: c } => c,
+    })
+}
+
+fn parse<T: serde::de::DeserializeOwned>(args: Value) -> Result<T, ProtocolError> {
+    serde_json::from_value(args)
+        .map_err(|e| ProtocolError::new("invalid_frame", format!("invalid arguments: {e}")))
+}
+
+fn reason_of(reason: DisconnectReason) -> &'static str {
+    match reason {
+        DisconnectReason::TransportClose | DisconnectReason::ClientNSDisconnect => "client_closed",
+        DisconnectReason::HeartbeatTimeout => "heartbeat_timeout",
+        DisconnectReason::ClosingServer => "shutdown",
+        DisconnectReason::ServerNSDisconnect => "closed",
+        _ => "io_error",
+    }
+}
+
+/// The connection's one task: waits for the client to leave or for a close request, then
+/// forgets the connection (the drain waits for this task).
+async fn watch(
+    client: Arc<Client>,
+    s: SocketRef,
+    slot: Slot,
+    left: oneshot::Receiver<&'static str>,
+) {
+    let gw = client.sio.gateway.clone();
+    let conn = client.conn.clone();
+    let (reason, code) = tokio::select! {
+        left = left => (left.unwrap_or("io_error"), None),
+        () = conn.closing() => {
+            let r = conn.close_request().cloned().unwrap_or(CloseRequest {
+                code: close::GOING_AWAY,
+                reason: "closed",
+                message: String::new(),
+            });
+            let _ = s.emit(CLOSE, &json!({"code": r.code, "reason": r.message}));
+            if r.code == close::GOING_AWAY {
+                // Drain: close the transports (the client reconnects, to another node).
+                client.sio.close_all();
+            } else {
+                let _ = s.clone().disconnect();
+            }
+            (r.reason, Some(r.code))
+        }
+    };
+    client.transport.detach();
+    s.extensions.clear();
+    drop(slot);
+    debug!(connection_id = %conn.id, reason, "Socket.IO connection ended");
+    gw.close(&conn, reason, code).await;
+}

@@ -1,0 +1,105 @@
+//! Who may connect to the Socket.IO namespace: the checks of a `/ws` upgrade, run as the
+//! namespace's connect middleware. A refusal reaches the client as `connect_error` with the
+//! refusal's message (`unauthorized` for any token problem).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::ConnectInfo;
+use parking_lot::Mutex;
+use serde::Deserialize;
+use socketioxide::extract::SocketRef;
+use tracing::{debug, warn};
+use wsgate_core::auth::{AuthError, Identity};
+
+use crate::limits::Slot;
+use crate::reply::bearer;
+use crate::ws::WsState;
+
+/// The message of `connect_error` when the token is missing, expired or invalid.
+pub const UNAUTHORIZED: &str = "unauthorized";
+
+/// The handshake's `auth` payload (`io(url, { auth: { token } })`).
+#[derive(Debug, Default, Deserialize)]
+pub struct Auth {
+    token: Option<String>,
+}
+
+/// Why a connect was refused; its text is the `connect_error` message.
+#[derive(Debug)]
+pub struct Refused(&'static str);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// What the middleware admitted, handed to the connect handler through the socket's
+/// extensions (taken once).
+#[derive(Clone)]
+pub struct Admitted(Arc<Mutex<Option<(Identity, Slot, SocketAddr)>>>);
+
+impl Admitted {
+    pub fn take(&self) -> Option<(Identity, Slot, SocketAddr)> {
+        self.0.lock().take()
+    }
+}
+
+/// The connect middleware: drain, origin, per-IP and node limits, the token, per-user limit.
+pub fn admit(edge: &WsState, s: &SocketRef, auth: Option<Auth>) -> Result<(), Refused> {
+    let reject = |reason: &'static str, message: &'static str| {
+        edge.gateway.metrics.reject(reason);
+        Err(Refused(message))
+    };
+    if edge.lifecycle.is_draining() {
+        return reject("draining", "server is shutting down");
+    }
+    let parts = s.req_parts();
+    if !edge.limits.origin_allowed(&parts.headers) {
+        return reject("origin", "origin not allowed");
+    }
+    let remote = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
+    let client_ip = edge.limits.client_ip(remote, &parts.headers);
+    let mut slot = match edge.limits.admit(client_ip) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            debug!(%remote, %client_ip, reason = refusal.reason, "Socket.IO connect refused");
+            return reject(refusal.reason, refusal.message);
+        }
+    };
+    let token = auth
+        .and_then(|a| a.token)
+        .or_else(|| query_token(&parts.uri))
+        .or_else(|| bearer(&parts.headers));
+    let identity = match edge.auth.authenticate(token.as_deref()) {
+        Ok(identity) => identity,
+        Err(e) => {
+            let reason = match e {
+                AuthError::Missing => "auth_missing",
+                AuthError::Expired => "auth_expired",
+                AuthError::Invalid(_) => "auth_invalid",
+            };
+            warn!(%remote, reason, error = %e, "Socket.IO authentication failed");
+            return reject(reason, UNAUTHORIZED);
+        }
+    };
+    if !edge.limits.admit_user(&mut slot, &identity.user) {
+        return reject("user_connections", "too many connections for this user");
+    }
+    s.extensions.insert(Admitted(Arc::new(Mutex::new(Some((
+        identity, slot, remote,
+    ))))));
+    Ok(())
+}
+
+/// `?token=` of the handshake request.
+fn query_token(uri: &axum::http::Uri) -> Option<String> {
+    axum::extract::Query::<Auth>::try_from_uri(uri)
+        .ok()?
+        .0
+        .token
+}

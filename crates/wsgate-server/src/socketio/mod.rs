@@ -1,0 +1,171 @@
+//! The Socket.IO edge: `/socket.io/` on the node's listener, for unchanged
+//! `socket.io-client` v4 apps (docs/socketio.md is the contract).
+//!
+//! socketioxide speaks the protocol (Engine.IO v4 long-polling with upgrade, or WebSocket
+//! only; Socket.IO v5 packets, acknowledgements, Engine.IO pings); this module is the adapter
+//! that plugs its sockets into the same core as `/ws` connections:
+//!
+//! - [`handshake`]: the namespace's connect middleware: the upgrade checks of `/ws` (drain,
+//!   origin, per-IP, node and per-user limits, the token from `auth` or `?token=`).
+//! - [`events`]: each admitted socket becomes a gateway [`Connection`] of kind `socketio`
+//!   (registry, `/connections`, metrics, presence, drain) whose events run the core
+//!   [`Session`] ops and answer by acknowledgement.
+//! - [`delivery`]: the connection's [`Transport`]: what the gateway sends (channel
+//!   publications from any node through the broker, user and connection sends) becomes
+//!   Socket.IO events.
+//!
+//! [`Connection`]: wsgate_core::gateway::Connection
+//! [`Session`]: wsgate_core::gateway::Session
+//! [`Transport`]: wsgate_core::gateway::Transport
+
+mod delivery;
+mod events;
+mod handshake;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use socketioxide::extract::{SocketRef, TryData};
+use socketioxide::handler::ConnectHandler;
+use socketioxide::{SocketIo, TransportType};
+use tower::ServiceExt;
+use tower::util::BoxCloneSyncService;
+
+pub use delivery::MESSAGE;
+pub use events::CLOSE;
+pub use handshake::UNAUTHORIZED;
+
+use crate::reply::json_error;
+use crate::ws::WsState;
+
+/// The `kind` of Socket.IO connections in `/connections` and in logs.
+pub const KIND: &str = "socketio";
+
+/// The path socket.io-client uses by default.
+pub const PATH: &str = "/socket.io/";
+
+/// The Socket.IO edge's share of the node: the WebSocket edge's view (the same limits,
+/// authenticator, lifecycle, task tracker and settings) and the socketioxide handle.
+#[derive(Clone)]
+pub struct SioEdge(Arc<Parts>);
+
+struct Parts {
+    edge: WsState,
+    io: SocketIo,
+    closing: AtomicBool,
+}
+
+impl std::ops::Deref for SioEdge {
+    type Target = WsState;
+    fn deref(&self) -> &WsState {
+        &self.0.edge
+    }
+}
+
+impl SioEdge {
+    /// Drain: closes every Socket.IO transport once (clients see `transport close` and
+    /// reconnect, to another node while this one answers new handshakes with 503).
+    fn close_all(&self) {
+        if !self.0.closing.swap(true, Ordering::AcqRel) {
+            let io = self.0.io.clone();
+            tokio::spawn(async move { io.close().await });
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Svc {
+    sio: SioEdge,
+    svc: BoxCloneSyncService<Request<Body>, Response, Infallible>,
+}
+
+/// The `/socket.io/` route, served by socketioxide over `edge`'s parts.
+pub fn routes(edge: WsState) -> Router {
+    let gw = &edge.gateway.config;
+    // Engine.IO pings are the heartbeat: a ping each interval, and the socket closes when
+    // the pong is later than the rest of the gateway's silence bound.
+    let ping_timeout = gw
+        .heartbeat_timeout
+        .saturating_sub(gw.heartbeat_interval)
+        .max(Duration::from_secs(1));
+    let (svc, io) = SocketIo::builder()
+        .req_path(PATH.trim_end_matches('/'))
+        .ping_interval(gw.heartbeat_interval)
+        .ping_timeout(ping_timeout)
+        .max_buffer_size(edge.config.outbox_capacity)
+        .max_payload(edge.config.max_message_size as u64)
+        .ws_max_message_size(edge.config.max_message_size)
+        .ws_max_frame_size(edge.config.max_message_size)
+        .ws_read_buffer_size(edge.config.read_buffer_size)
+        .transports([TransportType::Polling, TransportType::Websocket])
+        .build_svc();
+    let sio = SioEdge(Arc::new(Parts {
+        edge,
+        io: io.clone(),
+        closing: AtomicBool::new(false),
+    }));
+    let admit = {
+        let sio = sio.clone();
+        move |s: SocketRef, TryData(auth): TryData<handshake::Auth>| {
+            let sio = sio.clone();
+            async move { handshake::admit(&sio, &s, auth.ok()) }
+        }
+    };
+    let connect = {
+        let sio = sio.clone();
+        move |s: SocketRef| {
+            let sio = sio.clone();
+            async move {
+                let admitted = s
+                    .extensions
+                    .get::<handshake::Admitted>()
+                    .and_then(|a| a.take());
+                match admitted {
+                    Some((identity, slot, remote)) => {
+                        events::connected(sio, s, identity, slot, remote);
+                    }
+                    None => {
+                        let _ = s.disconnect();
+                    }
+                }
+            }
+        }
+    };
+    io.ns("/", connect.with(admit));
+    Router::new()
+        .route(PATH, any(serve))
+        .with_state(Svc {
+            sio,
+            svc: BoxCloneSyncService::new(
+                ServiceExt::<Request<Body>>::map_response(svc, IntoResponse::into_response),
+            ),
+        })
+}
+
+/// Hands the request to socketioxide; while the node drains, a new session (a request
+/// without `sid`) gets 503 so the client's manager retries, against another node.
+async fn serve(State(s): State<Svc>, req: Request<Body>) -> Response {
+    if s.sio.lifecycle.is_draining() && !has_sid(req.uri().query()) {
+        s.sio.gateway.metrics.reject("draining");
+        let mut r = json_error(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
+    }
+    match s.svc.oneshot(req).await {
+        Ok(r) => r,
+        Err(e) => match e {},
+    }
+}
+
+fn has_sid(query: Option<&str>) -> bool {
+    query.is_some_and(|q| q.split('&').any(|kv| kv.starts_with("sid=")))
+}
