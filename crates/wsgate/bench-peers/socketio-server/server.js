@@ -73,7 +73,9 @@ const server = http.createServer((req, res) => {
   });
 });
 
-const io = new Server(server, { serveClient: false });
+// The heartbeat of a wsgate node with its defaults (a ping every 30 s, 35 s for the pong;
+// Socket.IO's own defaults are 25 s and 20 s), so both servers do the same idle work.
+const io = new Server(server, { serveClient: false, pingInterval: 30000, pingTimeout: 35000 });
 
 io.on('connection', (socket) => {
   socket.on('subscribe', (arg, ack) => {
