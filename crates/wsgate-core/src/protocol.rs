@@ -334,7 +334,10 @@ pub fn wire_payload(wire: &[u8]) -> Option<&[u8]> {
             u64::from(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?)),
             &rest[2..],
         ),
-        127 => (u64::from_be_bytes(rest.get(..8)?.try_into().ok()?), &rest[8..]),
+        127 => (
+            u64::from_be_bytes(rest.get(..8)?.try_into().ok()?),
+            &rest[8..],
+        ),
         n => (u64::from(n), rest),
     };
     (len7 & 0x80 == 0 && rest.len() as u64 == len).then_some(rest)
@@ -367,7 +370,10 @@ mod tests {
     fn wire_payload_reads_back_what_wire_text_framed() {
         for n in [0usize, 5, 125, 126, 300, 70_000] {
             let text = "x".repeat(n);
-            assert_eq!(wire_payload(&wire_text(text.as_bytes())), Some(text.as_bytes()));
+            assert_eq!(
+                wire_payload(&wire_text(text.as_bytes())),
+                Some(text.as_bytes())
+            );
         }
         assert_eq!(wire_payload(&wire_text(b"abc")[..4]), None);
         assert_eq!(wire_payload(b""), None);

@@ -20,8 +20,8 @@ use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::listing::page_limit;
 use super::ConnectionView;
+use super::listing::page_limit;
 use super::{Control, ControlError, ErrorCode, ListConnections, Page};
 use crate::seams::{Forwarding, Ownership, RequestHandler};
 

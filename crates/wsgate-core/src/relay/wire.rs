@@ -81,7 +81,11 @@ pub fn decode(payload: Bytes) -> Result<Envelope, WireError> {
             let published_at_us = num(3)?;
             let ch_len = num(4)? as usize;
             let ex_len = num(5)? as usize;
-            let ev_len = if fields.len() > 6 { num(6)? as usize } else { 0 };
+            let ev_len = if fields.len() > 6 {
+                num(6)? as usize
+            } else {
+                0
+            };
             let head = ch_len + ex_len + ev_len;
             if body.len() < head {
                 return Err(WireError("short body"));
@@ -147,7 +151,14 @@ mod tests {
                 q.exclude_user.as_deref(),
                 q.event.as_deref()
             ),
-            ("team:42", 7, "abc123", &p.data[..], Some("ann"), Some("chat"))
+            (
+                "team:42",
+                7,
+                "abc123",
+                &p.data[..],
+                Some("ann"),
+                Some("chat")
+            )
         );
         assert_eq!(q.published_at_us, 99);
     }

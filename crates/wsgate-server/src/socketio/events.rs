@@ -230,7 +230,11 @@ impl Client {
 }
 
 /// `subscribe` with `"<channel>"` or `{"channel", "since": {"offset", "epoch"}}`.
-async fn subscribe(c: &Client, session: &mut Session, args: Value) -> Result<Answer, ProtocolError> {
+async fn subscribe(
+    c: &Client,
+    session: &mut Session,
+    args: Value,
+) -> Result<Answer, ProtocolError> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Args {

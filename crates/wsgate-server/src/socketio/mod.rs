@@ -140,14 +140,13 @@ pub fn routes(edge: WsState) -> Router {
         }
     };
     io.ns("/", connect.with(admit));
-    Router::new()
-        .route(PATH, any(serve))
-        .with_state(Svc {
-            sio,
-            svc: BoxCloneSyncService::new(
-                ServiceExt::<Request<Body>>::map_response(svc, IntoResponse::into_response),
-            ),
-        })
+    Router::new().route(PATH, any(serve)).with_state(Svc {
+        sio,
+        svc: BoxCloneSyncService::new(ServiceExt::<Request<Body>>::map_response(
+            svc,
+            IntoResponse::into_response,
+        )),
+    })
 }
 
 /// Hands the request to socketioxide; while the node drains, a new session (a request

@@ -348,6 +348,13 @@ async fn run_one(args: &BenchArgs, target: Target, opts: &ServerOpts) -> anyhow:
     .await?;
     connecting.finish_and_clear();
     let connect_seconds = started.elapsed().as_secs_f64();
+    let resent = socketio::take_resent_subscribes();
+    if resent > 0 {
+        eprintln!(
+            "   {resent} subscriptions went unanswered for {} s and were sent again (events sent right after the Socket.IO connect were dropped)",
+            socketio::ACK_WAIT.as_secs()
+        );
+    }
     // Idle: let every connection task park and the kernel settle.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_idle = procfs::rss_kib(pid)?;

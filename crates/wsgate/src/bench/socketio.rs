@@ -14,6 +14,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -72,15 +73,45 @@ pub async fn subscriber(url: &str) -> anyhow::Result<Ws> {
         connect.starts_with("40"),
         "Socket.IO connect refused: {connect}"
     );
-    ws.send(Message::Text(r#"420["subscribe","bench"]"#.into()))
+    // An event sent right after `40` can reach a server before its connect handler has
+    // registered the event handlers (and be dropped without an answer): the subscription is
+    // sent again, with a new ack id, when its ack is late; `resent_subscribes` counts that.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    for id in 0.. {
+        ws.send(Message::Text(
+            format!(r#"42{id}["subscribe","bench"]"#).into(),
+        ))
         .await?;
-    loop {
-        let packet = next_packet(&mut ws).await?;
-        if let Some(ack) = packet.strip_prefix("430") {
-            anyhow::ensure!(ack.contains(r#""ok":true"#), "subscribe refused: {ack}");
-            return Ok(ws);
+        let acked = tokio::time::timeout(ACK_WAIT, async {
+            loop {
+                let packet = next_packet(&mut ws).await?;
+                if let Some(ack) = packet.strip_prefix("43") {
+                    anyhow::ensure!(ack.contains(r#""ok":true"#), "subscribe refused: {ack}");
+                    return Ok(());
+                }
+            }
+        })
+        .await;
+        match acked {
+            Ok(r) => return r.map(|()| ws),
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                RESENT_SUBSCRIBES.fetch_add(1, Relaxed);
+            }
+            Err(_) => break,
         }
     }
+    anyhow::bail!("no answer to subscribe within 30 s")
+}
+
+/// How long a subscriber waits for the subscription's ack before it sends it again.
+pub const ACK_WAIT: Duration = Duration::from_secs(2);
+
+/// Subscriptions sent again because their ack was late (see [`subscriber`]).
+static RESENT_SUBSCRIBES: AtomicU64 = AtomicU64::new(0);
+
+/// How many subscriptions went unanswered and were sent again since the last call.
+pub fn take_resent_subscribes() -> u64 {
+    RESENT_SUBSCRIBES.swap(0, Relaxed)
 }
 
 /// The next Socket.IO packet, answering pings on the way.
