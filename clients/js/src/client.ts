@@ -259,6 +259,7 @@ export class Wsgate extends Emitter<ClientEvents> {
       case 'join':
       case 'leave':
       case 'epoch_changed':
+      case 'gap':
         return sub && sub._event(f);
       case 'error':
         return this.emit('error', new WsgateError(f.code, f.message));

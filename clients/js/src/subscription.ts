@@ -108,10 +108,23 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     }
   }
 
-  /** @internal `join` / `leave` / `epoch_changed` frames for this channel. */
+  /** @internal `join` / `leave` / `epoch_changed` / `gap` frames for this channel. */
   _event(f: any): void {
     if (this.state !== 'subscribed') return;
-    if (f.op === 'epoch_changed') {
+    if (f.op === 'gap') {
+      // Publications of this stream up to `offset` that did not arrive are lost (the server
+      // could not get them): move past them and say so, as a truncated recovery does.
+      if (f.epoch !== this.epoch || (this.offset !== undefined && f.offset <= this.offset)) return;
+      this.offset = f.offset;
+      this.emit('subscribed', {
+        channel: this.channel,
+        offset: f.offset,
+        epoch: f.epoch,
+        resubscribed: true,
+        recovered: false,
+        gap: 'history_truncated',
+      });
+    } else if (f.op === 'epoch_changed') {
       // The stream this subscription knew is gone (DESIGN.md): follow the new one from its
       // current position, and say so the way a failed recovery does.
       const offset: number = typeof f.offset === 'number' ? f.offset : 0;

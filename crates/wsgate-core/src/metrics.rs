@@ -155,6 +155,10 @@ pub struct Metrics {
     pub publications: Family<KindLabel, Counter>,
     pub protocol_errors: Family<CodeLabel, Counter>,
     pub slow_consumers: Counter,
+    /// Channel epoch changes this node announced to its subscribers (`epoch_changed`).
+    pub epoch_notices: Counter,
+    /// Losses on the way to this node announced to its subscribers (`gap` frames).
+    pub gap_notices: Counter,
     pub delivery_latency: Histogram,
     pub subscriptions: Gauge,
     pub broker_errors: Counter,
@@ -209,6 +213,8 @@ impl Default for Metrics {
             publications: zeroed(&PUBLICATION_KINDS, |kind| KindLabel { kind }),
             protocol_errors: zeroed(&PROTOCOL_ERROR_CODES, |code| CodeLabel { code }),
             slow_consumers: Counter::default(),
+            epoch_notices: Counter::default(),
+            gap_notices: Counter::default(),
             delivery_latency: Histogram::new(buckets),
             subscriptions: Gauge::default(),
             broker_errors: Counter::default(),
@@ -306,6 +312,16 @@ impl Metrics {
             "websocket_slow_consumers",
             "Connections closed because their outbox overflowed",
             self.slow_consumers.clone(),
+        );
+        r.register(
+            "websocket_epoch_notices",
+            "Channel epoch changes announced to local subscribers (epoch_changed frames)",
+            self.epoch_notices.clone(),
+        );
+        r.register(
+            "websocket_gap_notices",
+            "Publications lost on their way to this node, announced to local subscribers (gap frames)",
+            self.gap_notices.clone(),
         );
         r.register(
             "websocket_delivery_latency_seconds",

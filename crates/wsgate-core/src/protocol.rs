@@ -297,6 +297,28 @@ pub fn channel_message(channel: &str, offset: u64, data: &Bytes) -> Utf8Bytes {
         .finish()
 }
 
+/// `{"op":"epoch_changed","channel","epoch","offset"}`: the stream this subscriber knew is
+/// gone (its history was lost); it follows `epoch` from `offset`, and the next `message` of
+/// the channel is the first of that epoch it gets.
+pub fn epoch_changed(channel: &str, epoch: &str, offset: u64) -> Utf8Bytes {
+    Frame::op("epoch_changed")
+        .str("channel", channel)
+        .str("epoch", epoch)
+        .num("offset", offset)
+        .finish()
+}
+
+/// `{"op":"gap","channel","epoch","offset"}`: publications of `epoch` up to `offset` that
+/// this subscriber has not received are lost (the node could not get them, history no longer
+/// holds them); the stream goes on after `offset`.
+pub fn gap(channel: &str, epoch: &str, offset: u64) -> Utf8Bytes {
+    Frame::op("gap")
+        .str("channel", channel)
+        .str("epoch", epoch)
+        .num("offset", offset)
+        .finish()
+}
+
 /// `{"op":"message","data":…}` for a message sent to a user or one connection.
 pub fn direct_message(data: &Bytes) -> Utf8Bytes {
     Frame::op("message").raw("data", json_text(data)).finish()

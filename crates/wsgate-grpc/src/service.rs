@@ -254,6 +254,7 @@ fn gateway_view(i: ConnectionInfo) -> pb::Connection {
             state: i.state.into(),
             node: i.node,
             remote: i.remote,
+            client_kind: i.kind.into(),
         })),
     }
 }

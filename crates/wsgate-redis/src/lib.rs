@@ -14,7 +14,7 @@
 //!
 //! | key | type | what |
 //! | --- | --- | --- |
-//! | `P:{<channel>}:meta` | hash `e`, `o` | the channel's epoch and newest offset |
+//! | `P:{<channel>}:meta` | hash `e`, `o`, `r` | the channel's epoch, newest offset, and the run id of the Redis process that wrote them |
 //! | `P:{<channel>}:stream` | stream | bounded history (`MAXLEN ~ history_size`), entry id `<offset>-0`, fields `d` data, `t` µs, `x` excluded user, `e` Socket.IO event |
 //! | `P:presence:<channel>` | hash | connection id → `<node>\n<user>` |
 //! | `P:alive:<node>` | string, TTL | the node's lease: the token of the one process running under that id; renewed every TTL/3 |
@@ -32,7 +32,11 @@
 //! - The epoch lives in Redis next to the offset and is made from the server clock when the
 //!   meta hash is missing: a Redis that restarts without persistence (or evicts the key)
 //!   loses both, and the next stream gets a new epoch. Old positions then answer
-//!   `epoch_changed`, never a silently wrong "nothing missed".
+//!   `epoch_changed`, never a silently wrong "nothing missed". The meta also records the
+//!   Redis run id (`lua/timeline.lua`): data that went through a restart with persistence
+//!   (an AOF missing its last second, a snapshot restore) or a fail-over (a replica behind
+//!   its master) may hold lower offsets than were handed out, so a different run id rotates
+//!   the epoch too; offsets never go back under one epoch.
 //! - Each node holds exactly three subscriptions (`P:pub`, `P:user`, `P:node:<self>`),
 //!   whatever the number of clients; the node filters locally. Sends to one connection only
 //!   reach the node named in the connection id.

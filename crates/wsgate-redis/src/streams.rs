@@ -49,8 +49,14 @@ impl ChannelStreams {
             conn,
             keys,
             history_size,
-            publish: Script::new(include_str!("lua/publish.lua")),
-            recover: Script::new(include_str!("lua/recover.lua")),
+            publish: Script::new(concat!(
+                include_str!("lua/timeline.lua"),
+                include_str!("lua/publish.lua")
+            )),
+            recover: Script::new(concat!(
+                include_str!("lua/timeline.lua"),
+                include_str!("lua/recover.lua")
+            )),
             health: Arc::new(Health::default()),
             metrics,
             watch: None,

@@ -296,8 +296,9 @@
     const counts = new Map();
     let offset = 0;
     for (let i = 0; i < MAX_SCAN && offset !== null; i++) {
-      const page = await api('GET', `/connections?kind=gateway&limit=1000&offset=${offset}`);
-      for (const c of page.connections) for (const ch of c.channels) counts.set(ch, (counts.get(ch) || 0) + 1);
+      // Every client connection (/ws and Socket.IO); upstream connections have no channels.
+      const page = await api('GET', `/connections?limit=1000&offset=${offset}`);
+      for (const c of page.connections) for (const ch of c.channels || []) counts.set(ch, (counts.get(ch) || 0) + 1);
       offset = page.next_offset;
     }
     const sorted = [...counts].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));

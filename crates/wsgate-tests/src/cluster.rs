@@ -27,17 +27,43 @@ pub fn free_port() -> u16 {
 /// fail-over have bounds of their own).
 pub use crate::eventually_within as poll;
 
-/// A `redis-server` of our own: no persistence, so a restart loses everything (on purpose).
+/// How a [`RedisServer`] keeps its data across a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persistence {
+    /// None: a restart loses everything (on purpose).
+    None,
+    /// An append-only file (`--appendonly yes`, fsync every second).
+    Aof,
+    /// Only snapshots the test takes (`SAVE`): a restart goes back to the last one.
+    Snapshot,
+}
+
+/// A `redis-server` of our own, by default without persistence.
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    persistence: Persistence,
+    /// Where the AOF or snapshot lives (removed on drop).
+    dir: std::path::PathBuf,
 }
 
 impl RedisServer {
     pub async fn start() -> Self {
+        Self::start_with(Persistence::None).await
+    }
+
+    pub async fn start_with(persistence: Persistence) -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("wsgate-redis-{port}"));
+        if persistence != Persistence::None {
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("redis data dir");
+        }
         let mut s = Self {
-            port: free_port(),
+            port,
             child: None,
+            persistence,
+            dir,
         };
         s.restart().await;
         s
@@ -47,12 +73,26 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Starts (again) on the same port, empty, and waits until it answers PING.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Starts (again) on the same port, with what its persistence kept, and waits until it
+    /// answers PING (and has loaded its data).
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--protected-mode", "no"]);
+        match self.persistence {
+            Persistence::None => cmd.args(["--appendonly", "no"]),
+            Persistence::Aof => cmd.args(["--appendonly", "yes", "--appendfsync", "everysec"]),
+            Persistence::Snapshot => cmd.args(["--appendonly", "no"]),
+        };
+        if self.persistence != Persistence::None {
+            cmd.arg("--dir").arg(&self.dir);
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -92,15 +132,45 @@ impl RedisServer {
     }
 }
 
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if self.persistence != Persistence::None {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
 /// A `nats-server` of our own.
 pub struct NatsServer {
     pub port: u16,
-    child: Child,
+    child: Option<Child>,
 }
 
 impl NatsServer {
     pub async fn start() -> Self {
-        let port = free_port();
+        let mut s = Self {
+            port: free_port(),
+            child: None,
+        };
+        s.restart().await;
+        s
+    }
+
+    /// SIGKILL, and wait until it is gone.
+    pub async fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.start_kill().unwrap();
+        within("nats-server to exit", child.wait()).await.unwrap();
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Starts (again) on the same port and waits until it greets.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let port = self.port;
         let child = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
@@ -115,7 +185,7 @@ impl NatsServer {
             (&buf == b"INFO ").then_some(())
         })
         .await;
-        Self { port, child }
+        self.child = Some(child);
     }
 
     pub fn url(&self) -> String {
@@ -141,7 +211,11 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start(via: Via) -> Self {
-        let redis = RedisServer::start().await;
+        Self::with_redis(via, RedisServer::start().await).await
+    }
+
+    /// [`Cluster::start`] on a Redis of the caller's (with persistence, say).
+    pub async fn with_redis(via: Via, redis: RedisServer) -> Self {
         let nats = match via {
             Via::Nats => Some(NatsServer::start().await),
             Via::Redis => None,
@@ -161,19 +235,32 @@ impl Cluster {
 
     /// [`Cluster::node`] with extra environment variables (they win over the defaults).
     pub async fn node_env(&self, name: &str, extra: &[&str], envs: &[(&str, &str)]) -> Node {
-        let redis_url = self.redis.url();
+        let nats_url = self.nats.as_ref().map(NatsServer::url);
+        self.node_at(name, &self.redis.url(), nats_url.as_deref(), extra, envs)
+            .await
+    }
+
+    /// [`Cluster::node_env`] reaching Redis (and NATS) at the given URLs (through a
+    /// [`crate::proxy::Proxy`], say).
+    pub async fn node_at(
+        &self,
+        name: &str,
+        redis_url: &str,
+        nats_url: Option<&str>,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Node {
         let mut args = vec![
             "--node-id",
             name,
             "--store",
             "redis",
             "--redis-url",
-            &redis_url,
+            redis_url,
             "--key-prefix",
             &self.prefix,
         ];
-        let nats_url = self.nats.as_ref().map(NatsServer::url);
-        match &nats_url {
+        match nats_url {
             Some(url) => args.extend(["--broker", "nats", "--nats-url", url]),
             None => args.extend(["--broker", "redis"]),
         }

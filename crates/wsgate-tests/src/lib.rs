@@ -6,6 +6,9 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod proxy;
+pub mod socketio;
+pub mod traffic;
 
 use std::net::SocketAddr;
 use std::process::Stdio;

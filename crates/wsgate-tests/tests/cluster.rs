@@ -262,8 +262,15 @@ async fn redis_outage_turns_ready_off_and_traffic_resumes() {
     assert!(ok > 0 && failed > 0, "ok {ok}, failed {failed}");
 
     // Publishing resumes and reaches the old subscription on the other node (the new
-    // stream starts again at offset 1: Redis lost everything).
+    // stream starts again at offset 1: Redis lost everything), behind the notice that the
+    // stream changed.
     assert_eq!(a.publish("live", json!("after")).await, 1);
+    let notice = on_b.recv().await;
+    assert_eq!(
+        (&notice["op"], &notice["offset"]),
+        (&json!("epoch_changed"), &json!(0)),
+        "{notice}"
+    );
     let m = on_b.recv().await;
     assert_eq!(
         (m["offset"].as_u64(), &m["data"]),

@@ -111,7 +111,8 @@ async fn gateway_operations() {
             channel: "news".into(),
             data: r#"{"headline":"grpc"}"#.into(),
             exclude_user: None,
-            event: None,
+            // Socket.IO clients get it as this event; /ws clients the usual message frame.
+            event: Some("headline".into()),
         }
     );
     assert_eq!((r.channel.as_str(), r.offset, r.delivered), ("news", 1, 1));

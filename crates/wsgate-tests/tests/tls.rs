@@ -210,7 +210,7 @@ async fn https_post_quiet(srv: &TestServer, i: u64) -> (u16, ()) {
     let r = srv
         .node
         .gateway()
-        .publish("secure", bytes::Bytes::from(i.to_string()), None)
+        .publish("secure", bytes::Bytes::from(i.to_string()), None, None)
         .await;
     (if r.is_ok() { 200 } else { 500 }, ())
 }

@@ -118,6 +118,21 @@ describe('cluster recovery (Redis store and broker, two nodes)', () => {
     c.disconnect();
   });
 
+  test('Redis restarts under a live subscription: epoch_changed arrives, then the new stream', async () => {
+    const { c, got } = await subscribed(a.ws, 'room:live-epoch');
+    await b.publish('room:live-epoch', 'old-1');
+    await b.publish('room:live-epoch', 'old-2');
+    await until(() => got.messages.length === 2, 'the old stream');
+    await redis.restart(); // no persistence: offsets start at 1 again, under a new epoch
+    await until(async () => (await b.publish('room:live-epoch', 'new-1').then(() => true, () => false)), 'a publication accepted again', 15_000);
+    await until(() => got.messages.length === 3, 'the new stream\'s first message (offset 1, below 2)', 15_000);
+    const notice = got.subscribed.at(-1);
+    assert.equal(notice.gap, 'epoch_changed');
+    assert.notEqual(notice.epoch, got.subscribed[0].epoch);
+    assert.deepEqual(got.messages.map((m) => m.data), ['old-1', 'old-2', 'new-1']);
+    c.disconnect();
+  });
+
   test('Redis loses its data: the gap is reported (epoch_changed), never hidden', async () => {
     const { c, got } = await subscribed(a.ws, 'room:epoch');
     await b.publish('room:epoch', 'old');

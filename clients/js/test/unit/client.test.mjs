@@ -523,6 +523,23 @@ describe('subscriptions', () => {
     ]);
   });
 
+  test('gap: publications the server lost are reported, and the stream goes on after them', async () => {
+    const c = client();
+    const ws = await connected(c);
+    const sub = await subscribed(c, ws, 'chat:1', 5, 'E');
+    const log = record(sub, ['subscribed', 'message']);
+    msg(ws, 'chat:1', 6);
+    ws.push({ op: 'gap', channel: 'chat:1', epoch: 'E', offset: 9 });
+    ws.push({ op: 'gap', channel: 'chat:1', epoch: 'E', offset: 8 }); // already past: ignored
+    msg(ws, 'chat:1', 10);
+    assert.deepEqual(log, [
+      ['message', { channel: 'chat:1', offset: 6, data: 6 }],
+      ['subscribed', { channel: 'chat:1', offset: 9, epoch: 'E', resubscribed: true, recovered: false, gap: 'history_truncated' }],
+      ['message', { channel: 'chat:1', offset: 10, data: 10 }],
+    ]);
+    assert.deepEqual(sub.position, { offset: 10, epoch: 'E' });
+  });
+
   test('a refused subscribe: error, then unsubscribed, and forgotten', async () => {
     const c = client();
     const ws = await connected(c);

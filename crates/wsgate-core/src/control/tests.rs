@@ -31,7 +31,7 @@ impl Transport for Nowhere {
     }
     fn send_control(&self, _: Bytes) {}
     fn hold(&self) {}
-    fn skip_through(&self, _: Arc<str>, _: u64) {}
+    fn skip_through(&self, _: Arc<str>, _: Arc<str>, _: u64) {}
     fn forget_skip(&self, _: &str) {}
     fn backlog(&self) -> usize {
         0

@@ -413,21 +413,62 @@ impl LocalDelivery {
 }
 
 impl Deliver for LocalDelivery {
+    fn has_subscribers(&self, channel: &str) -> bool {
+        self.registry.has_subscribers(channel)
+    }
+
+    fn gap(&self, channel: &Arc<str>, epoch: &Arc<str>, offset: u64) {
+        let Some(subs) = self.registry.subscribers(channel) else {
+            return;
+        };
+        self.metrics.gap_notices.inc();
+        warn!(%channel, %epoch, offset, subscribers = subs.len(), "publications lost on their way to this node: subscribers notified");
+        let frame = protocol::gap(channel, epoch, offset);
+        // Through the subscribers' skips: one whose subscription answer is past `offset`
+        // needs no notice.
+        let item = Outbound::Publication(Arc::new(Delivery {
+            channel: channel.clone(),
+            epoch: epoch.clone(),
+            offset,
+            wire: protocol::wire_text(frame.as_bytes()),
+            noticed: None,
+            published_at_us: 0,
+            publication: None,
+            decoded: OnceLock::new(),
+        }));
+        let n = subs
+            .iter()
+            .filter(|c| self.push(c, &item, frame.len()))
+            .count();
+        self.sent(n, frame.len());
+    }
+
     fn deliver(&self, envelope: &Envelope) -> usize {
         match envelope {
             Envelope::Channel(p) => {
-                let Some(subs) = self.registry.subscribers(&p.channel) else {
+                let Some((subs, changed)) = self.registry.subscribers_at(&p.channel, &p.epoch)
+                else {
                     return 0;
                 };
                 let frame = protocol::channel_message(&p.channel, p.offset, &p.data);
-                let item = Outbound::Publication(Arc::new(Delivery {
+                let mut delivery = Delivery {
                     channel: p.channel.clone(),
+                    epoch: p.epoch.clone(),
                     offset: p.offset,
                     wire: protocol::wire_text(frame.as_bytes()),
+                    noticed: None,
                     published_at_us: p.published_at_us,
-                    publication: p.clone(),
+                    publication: Some(p.clone()),
                     decoded: OnceLock::new(),
-                }));
+                };
+                if changed {
+                    // The stream the subscribers knew is gone: each gets `epoch_changed`
+                    // right before this first publication of the new epoch.
+                    self.metrics.epoch_notices.inc();
+                    warn!(channel = %p.channel, epoch = %p.epoch, offset = p.offset, "channel epoch changed: subscribers notified");
+                    delivery.noticed = Some(delivery.with_notice());
+                }
+                let item = Outbound::Publication(Arc::new(delivery));
                 let exclude = p.exclude_user.as_deref();
                 let delivered = subs
                     .iter()

@@ -8,16 +8,26 @@
 use std::sync::Arc;
 
 use dashmap::DashMap;
+use parking_lot::Mutex;
 
 use super::connection::Connection;
 
 pub type Subscribers = Arc<[Arc<Connection>]>;
 
+/// One channel with local subscribers.
+#[derive(Default)]
+struct Channel {
+    subs: Subscribers,
+    /// The epoch of the last publication delivered here: a publication of another epoch
+    /// tells every subscriber that the stream changed.
+    epoch: Mutex<Option<Arc<str>>>,
+}
+
 #[derive(Default)]
 pub struct Registry {
     by_id: DashMap<Arc<str>, Arc<Connection>>,
     by_user: DashMap<Arc<str>, Vec<Arc<Connection>>>,
-    channels: DashMap<Arc<str>, Subscribers>,
+    channels: DashMap<Arc<str>, Channel>,
 }
 
 impl Registry {
@@ -67,7 +77,25 @@ impl Registry {
     }
 
     pub fn subscribers(&self, channel: &str) -> Option<Subscribers> {
-        self.channels.get(channel).map(|s| s.clone())
+        self.channels.get(channel).map(|c| c.subs.clone())
+    }
+
+    /// Whether `channel` has subscribers on this node.
+    pub fn has_subscribers(&self, channel: &str) -> bool {
+        self.channels.contains_key(channel)
+    }
+
+    /// The subscribers of `channel` for a publication of `epoch`, and whether that epoch
+    /// differs from the one of the last publication delivered here (the stream changed).
+    pub fn subscribers_at(&self, channel: &str, epoch: &Arc<str>) -> Option<(Subscribers, bool)> {
+        let c = self.channels.get(channel)?;
+        let mut last = c.epoch.lock();
+        let changed = last.as_ref().is_some_and(|e| e != epoch);
+        if last.as_ref() != Some(epoch) {
+            *last = Some(epoch.clone());
+        }
+        drop(last);
+        Some((c.subs.clone(), changed))
     }
 
     /// Adds `conn` to `channel`. Returns false if it was already there.
@@ -75,12 +103,9 @@ impl Registry {
         if !conn.add_channel(channel.clone()) {
             return false;
         }
-        let mut entry = self
-            .channels
-            .entry(channel.clone())
-            .or_insert_with(|| Arc::new([]));
-        let next: Subscribers = entry.iter().cloned().chain([conn.clone()]).collect();
-        *entry = next;
+        let mut entry = self.channels.entry(channel.clone()).or_default();
+        let next: Subscribers = entry.subs.iter().cloned().chain([conn.clone()]).collect();
+        entry.subs = next;
         true
     }
 
@@ -94,9 +119,9 @@ impl Registry {
     }
 
     fn unlink(&self, channel: &str, id: &str) {
-        self.channels.remove_if_mut(channel, |_, subs| {
-            *subs = subs.iter().filter(|c| &*c.id != id).cloned().collect();
-            subs.is_empty()
+        self.channels.remove_if_mut(channel, |_, c| {
+            c.subs = c.subs.iter().filter(|c| &*c.id != id).cloned().collect();
+            c.subs.is_empty()
         });
     }
 }

@@ -297,9 +297,11 @@ impl Session {
         if fresh {
             gw.presence_join(&channel, &self.conn).await;
         }
-        self.conn
-            .transport
-            .skip_through(channel.clone(), recovery.position.offset);
+        self.conn.transport.skip_through(
+            channel.clone(),
+            recovery.position.epoch.clone(),
+            recovery.position.offset,
+        );
         if since.is_some() {
             let outcome = recovery.gap.map_or("recovered", |g| g.as_str());
             gw.metrics

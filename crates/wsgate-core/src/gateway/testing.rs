@@ -62,20 +62,27 @@ impl Recording {
             return Ok(());
         }
         let wire = match item {
-            Outbound::Publication(d) if st.skips.skips(d) => return Ok(()),
-            Outbound::Publication(d) => &d.wire,
-            Outbound::Frame(b) => b,
+            Outbound::Publication(d) => match st.skips.frame(d) {
+                Some(wire) => wire,
+                None => return Ok(()),
+            },
+            Outbound::Frame(b) => b.clone(),
         };
         if st.frames.len() >= self.capacity {
             return Err(Overflow);
         }
-        st.frames.push_back(decode(wire));
+        let mut rest = &wire[..];
+        while !rest.is_empty() {
+            let (frame, len) = decode(rest);
+            st.frames.push_back(frame);
+            rest = &rest[len..];
+        }
         Ok(())
     }
 
     /// The connection's own frames (answers): never refused.
     fn write_frame(&self, wire: &Bytes) {
-        self.state.lock().frames.push_back(decode(wire));
+        self.state.lock().frames.push_back(decode(wire).0);
     }
 
     /// Ends a hold, as the server's socket does after writing a subscription's answer.
@@ -101,8 +108,8 @@ impl Transport for Recording {
         self.state.lock().held.get_or_insert_with(Vec::new);
     }
 
-    fn skip_through(&self, channel: Arc<str>, offset: u64) {
-        self.state.lock().skips.set(channel, offset)
+    fn skip_through(&self, channel: Arc<str>, epoch: Arc<str>, offset: u64) {
+        self.state.lock().skips.set(channel, epoch, offset)
     }
 
     fn forget_skip(&self, channel: &str) {
@@ -117,8 +124,9 @@ impl Transport for Recording {
     }
 }
 
-/// An unmasked server frame (text or ping), as `protocol::wire_text` / `wire_ping` make them.
-fn decode(wire: &[u8]) -> Received {
+/// The first unmasked server frame (text or ping) of `wire`, as `protocol::wire_text` /
+/// `wire_ping` make them, and its length on the wire.
+fn decode(wire: &[u8]) -> (Received, usize) {
     let (len, header) = match wire[1] & 0x7f {
         126 => (u16::from_be_bytes([wire[2], wire[3]]) as usize, 4),
         127 => (
@@ -128,11 +136,12 @@ fn decode(wire: &[u8]) -> Received {
         n => (n as usize, 2),
     };
     let payload = &wire[header..header + len];
-    match wire[0] & 0x0f {
+    let frame = match wire[0] & 0x0f {
         0x1 => Received::Json(serde_json::from_slice(payload).expect("a JSON text frame")),
         0x9 => Received::Ping,
         op => panic!("unexpected opcode {op:#x}"),
-    }
+    };
+    (frame, header + len)
 }
 
 /// A gateway over the memory engine.
@@ -207,6 +216,12 @@ impl Peer {
             );
         }
         Ok(())
+    }
+
+    /// Sets this connection's skip as a `subscribed` answer at `offset` of `epoch` would.
+    pub fn transport_skip(&self, channel: &str, epoch: &str, offset: u64) {
+        self.transport
+            .skip_through(channel.into(), epoch.into(), offset);
     }
 
     /// Takes everything received so far.

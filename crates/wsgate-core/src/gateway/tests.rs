@@ -200,3 +200,108 @@ async fn a_backlog_over_capacity_closes_a_slow_consumer() {
     );
     assert_eq!(node.gw.metrics.slow_consumers.get(), 1);
 }
+
+/// The node's delivery, as a relaying broker holds it.
+fn sink(node: &Node) -> super::LocalDelivery {
+    super::LocalDelivery {
+        registry: node.gw.registry.clone(),
+        metrics: node.gw.metrics.clone(),
+    }
+}
+
+/// What a relaying broker hands this node after Redis lost the channel: publications of a
+/// new epoch, whose offsets start again at 1.
+fn from_new_epoch(node: &Node, epoch: &str, offsets: std::ops::RangeInclusive<u64>) {
+    let sink = sink(node);
+    for offset in offsets {
+        let p = crate::seams::Publication {
+            channel: "c".into(),
+            offset,
+            epoch: epoch.into(),
+            data: bytes::Bytes::from(offset.to_string()),
+            exclude_user: None,
+            event: None,
+            published_at_us: 0,
+        };
+        crate::seams::Deliver::deliver(&sink, &crate::seams::Envelope::Channel(p));
+    }
+}
+
+/// Regression: a subscriber that joined at offset 5 of the old epoch silently dropped offsets
+/// 1..=5 of the new one (the skip compared offsets only), and `message` frames carry no epoch.
+/// Now the new epoch's publications all arrive, behind one `epoch_changed`, for a subscriber
+/// still skipping as for one that already passed its position.
+#[tokio::test]
+async fn an_epoch_change_is_announced_and_its_low_offsets_delivered() {
+    let (node, old) = stream_of(16, 5).await;
+    let mut joined = node.connect("late", 16);
+    let answer = subscribe(&node, &mut joined, json!({"op":"subscribe","channel":"c"})).await;
+    assert_eq!(answer[0]["offset"], 5);
+
+    from_new_epoch(&node, "e2", 1..=3);
+
+    let frames = joined.take_json();
+    assert_eq!(
+        frames[0],
+        json!({"op":"epoch_changed","channel":"c","epoch":"e2","offset":0}),
+        "{frames:?}"
+    );
+    assert_eq!(offsets(&frames), vec![1, 2, 3], "{frames:?}");
+    assert_ne!(old, json!("e2"));
+    assert_eq!(
+        node.gw.metrics.epoch_notices.get(),
+        1,
+        "one change, one notice"
+    );
+
+    // A later change reaches everybody again, once each.
+    from_new_epoch(&node, "e3", 4..=4);
+    assert_eq!(
+        joined.take_json(),
+        vec![
+            json!({"op":"epoch_changed","channel":"c","epoch":"e3","offset":3}),
+            json!({"op":"message","channel":"c","offset":4,"data":4}),
+        ]
+    );
+}
+
+/// A subscriber whose answer already named the new epoch gets no notice for it.
+#[tokio::test]
+async fn no_notice_for_a_subscriber_that_joined_the_new_epoch() {
+    let (node, _) = stream_of(16, 2).await;
+    let mut early = node.connect("early", 16);
+    subscribe(&node, &mut early, json!({"op":"subscribe","channel":"c"})).await;
+    // The node still knows the old epoch; this subscriber's skip names "e2".
+    early.transport_skip("c", "e2", 1);
+    from_new_epoch(&node, "e2", 1..=2);
+    assert_eq!(
+        early.take_json(),
+        vec![json!({"op":"message","channel":"c","offset":2,"data":2})]
+    );
+}
+
+/// Publications the node could not get are announced to the subscribers that miss them,
+/// and not to one whose subscription answer is past them.
+#[tokio::test]
+async fn a_loss_on_the_way_to_the_node_is_announced_to_who_misses_it() {
+    let (node, epoch) = stream_of(16, 2).await;
+    let mut early = node.connect("early", 16);
+    subscribe(&node, &mut early, json!({"op":"subscribe","channel":"c"})).await;
+    node.publish("c", "3").await;
+    early.take();
+    let mut late = node.connect("late", 16);
+    subscribe(&node, &mut late, json!({"op":"subscribe","channel":"c"})).await;
+    late.transport_skip("c", epoch.as_str().unwrap(), 5);
+
+    let e: std::sync::Arc<str> = epoch.as_str().unwrap().into();
+    crate::seams::Deliver::gap(&sink(&node), &"c".into(), &e, 5);
+    assert_eq!(
+        early.take_json(),
+        vec![json!({"op":"gap","channel":"c","epoch":epoch,"offset":5})]
+    );
+    assert!(
+        late.take_json().is_empty(),
+        "its answer covered offsets up to 5"
+    );
+    assert_eq!(node.gw.metrics.gap_notices.get(), 1);
+}

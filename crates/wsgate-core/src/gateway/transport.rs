@@ -17,17 +17,37 @@ use crate::seams::Publication;
 #[derive(Debug)]
 pub struct Delivery {
     pub channel: Arc<str>,
+    pub epoch: Arc<str>,
     pub offset: u64,
     /// The complete WebSocket frame (header and payload). Server frames are unmasked, so the
     /// same bytes serve every subscriber.
     pub wire: Bytes,
+    /// When this node saw the channel's epoch change with this publication: the
+    /// `epoch_changed` frame followed by `wire`, in one buffer (two frames back to back).
+    pub noticed: Option<Bytes>,
     pub published_at_us: u64,
-    /// The publication itself (epoch, data, event: `Arc`s and `Bytes`, no copy), for
-    /// transports that frame it their own way (Socket.IO).
-    pub publication: Publication,
+    /// The publication itself (data, event: `Arc`s and `Bytes`, no copy), for transports
+    /// that frame it their own way (Socket.IO); `None` for a notice (`gap`) in `wire`.
+    pub publication: Option<Publication>,
     /// `data` as a JSON value, decoded once per node by the first transport that needs it;
     /// `/ws` never touches it.
     pub decoded: OnceLock<serde_json::Value>,
+}
+
+impl Delivery {
+    /// `wire` preceded by the `epoch_changed` frame that tells a subscriber the stream it knew
+    /// is gone and this publication starts its view of the new one.
+    pub fn with_notice(&self) -> Bytes {
+        if let Some(n) = &self.noticed {
+            return n.clone();
+        }
+        let notice = crate::protocol::epoch_changed(&self.channel, &self.epoch, self.offset - 1);
+        let notice = crate::protocol::wire_text(notice.as_bytes());
+        let mut b = bytes::BytesMut::with_capacity(notice.len() + self.wire.len());
+        b.extend_from_slice(&notice);
+        b.extend_from_slice(&self.wire);
+        b.freeze()
+    }
 }
 
 /// What is sent to a client.
@@ -54,9 +74,10 @@ pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
     /// any recovered history) reaches the client before live messages of that channel.
     fn hold(&self);
 
-    /// From now on, drops publications of `channel` at or below `offset`: the `subscribed`
-    /// answer covers them.
-    fn skip_through(&self, channel: Arc<str>, offset: u64);
+    /// From now on, drops publications of `channel` in `epoch` at or below `offset`: the
+    /// `subscribed` answer covers them. A publication of another epoch is never dropped: it
+    /// ends the skip and reaches the client behind an `epoch_changed` frame.
+    fn skip_through(&self, channel: Arc<str>, epoch: Arc<str>, offset: u64);
 
     /// Forgets the skip of `channel` (unsubscribed).
     fn forget_skip(&self, channel: &str);
@@ -65,35 +86,56 @@ pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
     fn backlog(&self) -> usize;
 }
 
-/// Per-channel skip positions of one connection. Usually empty, so the check on the hot path
-/// is one `is_empty`.
+/// Per-channel skip positions of one connection, with the epoch each position belongs to.
+/// Usually empty, so the check on the hot path is one `is_empty`.
 #[derive(Debug, Default)]
-pub struct Skips(Vec<(Arc<str>, u64)>);
+pub struct Skips(Vec<Skip>);
+
+#[derive(Debug)]
+struct Skip {
+    channel: Arc<str>,
+    epoch: Arc<str>,
+    offset: u64,
+}
 
 impl Skips {
-    pub fn set(&mut self, channel: Arc<str>, offset: u64) {
+    pub fn set(&mut self, channel: Arc<str>, epoch: Arc<str>, offset: u64) {
         self.forget(&channel);
-        self.0.push((channel, offset));
+        self.0.push(Skip {
+            channel,
+            epoch,
+            offset,
+        });
     }
 
     pub fn forget(&mut self, channel: &str) {
-        self.0.retain(|(c, _)| &**c != channel);
+        self.0.retain(|s| &*s.channel != channel);
     }
 
-    /// Whether `d` is already covered. The first publication past the position ends the
-    /// skipping for its channel.
-    pub fn skips(&mut self, d: &Delivery) -> bool {
+    /// The bytes to send this connection for `d`, or `None` when its subscription answer
+    /// already covered `d` (same epoch, offset at or below the position). The first
+    /// publication past the position ends the skipping for its channel; one of another epoch
+    /// ends it too and goes out behind an `epoch_changed` frame, since the client knows the
+    /// other epoch. Without a skip, the node's own notice (if `d` changed the epoch) applies.
+    pub fn frame(&mut self, d: &Delivery) -> Option<Bytes> {
+        let node_view = || d.noticed.as_ref().unwrap_or(&d.wire).clone();
         if self.0.is_empty() {
-            return false;
+            return Some(node_view());
         }
-        let Some(i) = self.0.iter().position(|(c, _)| *c == d.channel) else {
-            return false;
+        let Some(i) = self.0.iter().position(|s| s.channel == d.channel) else {
+            return Some(node_view());
         };
-        if d.offset <= self.0[i].1 {
-            return true;
+        let skip = &self.0[i];
+        if skip.epoch != d.epoch {
+            self.0.swap_remove(i);
+            return Some(d.with_notice());
+        }
+        if d.offset <= skip.offset {
+            return None;
         }
         self.0.swap_remove(i);
-        false
+        // The subscription answer named this epoch: no notice, whatever the node saw.
+        Some(d.wire.clone())
     }
 }
 
@@ -101,36 +143,67 @@ impl Skips {
 mod tests {
     use super::*;
 
-    fn d(channel: &str, offset: u64) -> Delivery {
+    fn d(channel: &str, epoch: &str, offset: u64) -> Delivery {
         Delivery {
             channel: channel.into(),
+            epoch: epoch.into(),
             offset,
-            wire: Bytes::new(),
+            wire: Bytes::from(format!("{channel}/{epoch}/{offset}")),
+            noticed: None,
             published_at_us: 0,
-            publication: Publication {
-                channel: channel.into(),
-                offset,
-                epoch: "e".into(),
-                data: Bytes::new(),
-                exclude_user: None,
-                event: None,
-                published_at_us: 0,
-            },
+            publication: None,
             decoded: OnceLock::new(),
         }
+    }
+
+    fn skipped(s: &mut Skips, d: &Delivery) -> bool {
+        s.frame(d).is_none()
     }
 
     #[test]
     fn skips_until_the_stream_passes_the_position() {
         let mut s = Skips::default();
-        assert!(!s.skips(&d("a", 1)));
-        s.set("a".into(), 5);
-        assert!(s.skips(&d("a", 4)) && s.skips(&d("a", 5)));
-        assert!(!s.skips(&d("b", 1)));
-        assert!(!s.skips(&d("a", 6)));
-        assert!(!s.skips(&d("a", 3)), "skipping ended with offset 6");
-        s.set("a".into(), 9);
+        assert!(!skipped(&mut s, &d("a", "e", 1)));
+        s.set("a".into(), "e".into(), 5);
+        assert!(skipped(&mut s, &d("a", "e", 4)) && skipped(&mut s, &d("a", "e", 5)));
+        assert!(!skipped(&mut s, &d("b", "e", 1)));
+        assert_eq!(s.frame(&d("a", "e", 6)).unwrap(), "a/e/6", "no notice");
+        assert!(
+            !skipped(&mut s, &d("a", "e", 3)),
+            "skipping ended with offset 6"
+        );
+        s.set("a".into(), "e".into(), 9);
         s.forget("a");
-        assert!(!s.skips(&d("a", 2)));
+        assert!(!skipped(&mut s, &d("a", "e", 2)));
+    }
+
+    /// Redis restarted empty: the channel's new epoch starts again at offset 1. A client that
+    /// subscribed at offset 5 of the old epoch must get offsets 1.. of the new one, behind a
+    /// notice, not lose them to a skip that compared offsets only.
+    #[test]
+    fn a_new_epoch_is_never_skipped_and_is_announced() {
+        let mut s = Skips::default();
+        s.set("a".into(), "old".into(), 5);
+        let first = s.frame(&d("a", "new", 1)).expect("not skipped");
+        let text = String::from_utf8_lossy(&first);
+        assert!(
+            text.contains(r#"{"op":"epoch_changed","channel":"a","epoch":"new","offset":0}"#),
+            "{text}"
+        );
+        assert!(text.ends_with("a/new/1"), "{text}");
+        assert_eq!(s.frame(&d("a", "new", 2)).unwrap(), "a/new/2");
+    }
+
+    /// A client that subscribed in the new epoch needs no notice even when this node saw the
+    /// change with that publication.
+    #[test]
+    fn the_nodes_notice_is_left_out_for_a_client_that_joined_the_new_epoch() {
+        let mut s = Skips::default();
+        s.set("a".into(), "new".into(), 1);
+        let mut p = d("a", "new", 2);
+        p.noticed = Some(Bytes::from_static(b"notice+a/new/2"));
+        assert_eq!(s.frame(&p).unwrap(), "a/new/2");
+        let mut other = Skips::default();
+        assert_eq!(other.frame(&p).unwrap(), "notice+a/new/2");
     }
 }

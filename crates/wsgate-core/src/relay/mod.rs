@@ -62,9 +62,29 @@ impl Relay {
         channel: &str,
         since: &StreamPosition,
     ) -> Result<Recovery, BrokerError> {
-        let recovery = self.log.recover(channel, since).await?;
+        let mut recovery = self.log.recover(channel, since).await?;
         self.joined(channel, &recovery.position);
+        recovery
+            .publications
+            .retain(|p| self.valid(&p.channel, &p.data));
         Ok(recovery)
+    }
+
+    /// Whether a payload from the broker is one JSON value (UTF-8), as every client frame
+    /// requires; counts and logs it when not. Checked on receipt: what the store or another
+    /// writer put there is never trusted to be what a node published.
+    pub fn valid(&self, whom: &str, data: &[u8]) -> bool {
+        let ok = std::str::from_utf8(data)
+            .is_ok_and(|s| serde_json::from_str::<&serde_json::value::RawValue>(s).is_ok());
+        if !ok {
+            self.metrics.invalid_payloads.inc();
+            tracing::warn!(
+                to = whom,
+                len = data.len(),
+                "dropping a broker payload that is not one JSON value"
+            );
+        }
+        ok
     }
 
     fn joined(&self, channel: &str, position: &StreamPosition) {

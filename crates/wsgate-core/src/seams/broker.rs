@@ -14,6 +14,17 @@ use super::model::{Envelope, NodeId, PublishRequest, Recovery, StreamPosition};
 /// offset order.
 pub trait Deliver: Send + Sync + 'static {
     fn deliver(&self, envelope: &Envelope) -> usize;
+
+    /// Whether a channel has subscribers here: a relaying broker keeps its ordering state
+    /// for such channels however long they stay quiet.
+    fn has_subscribers(&self, _channel: &str) -> bool {
+        true
+    }
+
+    /// Publications of `channel` in `epoch` up to `offset` that this node could not deliver
+    /// (neither live traffic nor history had them): subscribers are told before anything
+    /// after `offset` reaches them.
+    fn gap(&self, _channel: &Arc<str>, _epoch: &Arc<str>, _offset: u64) {}
 }
 
 /// Who a direct send (not a channel publication) is for.

@@ -15,6 +15,12 @@ pub struct ClusterMetrics {
     pub gap_lost: Counter,
     /// Publications received twice (live after a fill) and dropped.
     pub duplicates_dropped: Counter,
+    /// Publications dropped because their offset went back under the same epoch while they
+    /// are newer than the last one delivered: the store's timeline went back without an
+    /// epoch change (should stay 0: the Redis scripts rotate the epoch on a new run id).
+    pub offset_regressions: Counter,
+    /// Payloads from the broker (or its history) that were not one JSON value: dropped.
+    pub invalid_payloads: Counter,
     /// Epoch changes seen on live traffic: a channel's history was lost in the store.
     pub epoch_changes: Counter,
     /// Reconnections of the node's subscription to the broker.
@@ -28,7 +34,7 @@ pub struct ClusterMetrics {
 impl ClusterMetrics {
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("wsgate_cluster");
-        let all: [(&str, &str, &Counter); 8] = [
+        let all: [(&str, &str, &Counter); 10] = [
             (
                 "gaps_detected",
                 "Channel offset jumps seen on live traffic",
@@ -48,6 +54,16 @@ impl ClusterMetrics {
                 "duplicates_dropped",
                 "Publications received twice and dropped",
                 &self.duplicates_dropped,
+            ),
+            (
+                "offset_regressions",
+                "Publications dropped because offsets went back under the same epoch",
+                &self.offset_regressions,
+            ),
+            (
+                "invalid_payloads",
+                "Broker payloads that were not one JSON value, dropped",
+                &self.invalid_payloads,
             ),
             (
                 "epoch_changes",

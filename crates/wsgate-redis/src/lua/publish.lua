@@ -2,7 +2,7 @@
 -- One round trip orders everything: the offset increment, the history append and the
 -- PUBLISH happen atomically, so nodes see publications of a channel in offset order.
 --
--- KEYS[1] meta hash {e = epoch, o = offset}
+-- KEYS[1] meta hash {e = epoch, o = offset, r = run id}
 -- KEYS[2] history stream (entry ids are "<offset>-0")
 -- KEYS[3] pub/sub channel of the nodes ("" = do not publish: the NATS broker does that)
 -- ARGV[1] channel name   ARGV[2] data   ARGV[3] excluded user ("" = none)
@@ -11,14 +11,8 @@
 local t = redis.call('TIME')
 -- Built as text: Lua numbers would print 16 digits in exponent notation.
 local now_us = t[1] .. string.format('%06d', tonumber(t[2]))
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
-  -- A new stream (first use, or history lost): a new epoch, from the server's clock.
-  epoch = string.format('%x%05x', tonumber(t[1]), tonumber(t[2]))
-  redis.call('HSET', KEYS[1], 'e', epoch)
-  -- Whatever history is left belongs to the lost epoch: its ids would collide with ours.
-  redis.call('DEL', KEYS[2])
-end
+-- stream_epoch: timeline.lua, prepended to this script.
+local epoch = stream_epoch()
 local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
 local size = tonumber(ARGV[4])
 if size > 0 then

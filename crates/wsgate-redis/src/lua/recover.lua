@@ -5,16 +5,10 @@
 -- KEYS[1] meta hash   KEYS[2] history stream
 -- ARGV[1] since offset (-1 = position only)   ARGV[2] since epoch
 -- Returns { epoch, offset, [entry_offset, data, published_at_us, exclude, event]... }
-local meta = redis.call('HMGET', KEYS[1], 'e', 'o')
-local epoch = meta[1]
-local offset = tonumber(meta[2] or '0')
-if not epoch then
-  local t = redis.call('TIME')
-  epoch = string.format('%x%05x', tonumber(t[1]), tonumber(t[2]))
-  redis.call('HSET', KEYS[1], 'e', epoch)
-  -- Whatever history is left belongs to the lost epoch: its ids would collide with ours.
-  redis.call('DEL', KEYS[2])
-end
+-- stream_epoch: timeline.lua, prepended to this script (rotates the epoch when Redis's
+-- timeline changed).
+local epoch = stream_epoch()
+local offset = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
 local out = { epoch, offset }
 local since = tonumber(ARGV[1])
 if since >= 0 and epoch == ARGV[2] and since < offset then

@@ -5,7 +5,7 @@
 //! their pre-encoded WebSocket frames; this one emits Socket.IO events through socketioxide
 //! instead: a channel publication becomes `message` with `{channel, offset, epoch, data}`
 //! (or the publication's own event, with `data` as its only argument), a user or connection
-//! send becomes `message` with `{data}`. A publication's `data` is decoded into a JSON value
+//! send becomes `message` with `{data}`, a `gap` notice the event `gap`. A publication's `data` is decoded into a JSON value
 //! once per node (shared by every Socket.IO subscriber); socketioxide encodes the packet per
 //! socket. Emitting never waits: the socket's buffer (`outbox_capacity` packets) full is
 //! [`Overflow`], and the gateway closes the connection as a slow consumer.
@@ -14,7 +14,7 @@ use std::sync::Weak;
 
 use parking_lot::Mutex;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use socketioxide::extract::SocketRef;
 use socketioxide::{SendError, SocketError};
 use wsgate_core::clock::Clock;
@@ -32,12 +32,6 @@ struct ChannelMessage<'a> {
     channel: &'a str,
     offset: u64,
     epoch: &'a str,
-    data: &'a Value,
-}
-
-/// A user or connection send as the `message` event carries it.
-#[derive(Serialize)]
-struct DirectMessage<'a> {
     data: &'a Value,
 }
 
@@ -132,29 +126,40 @@ fn emit(st: &mut State, item: &Outbound) -> Result<(), Overflow> {
     };
     let sent = match item {
         Outbound::Publication(d) => {
-            if st.skips.skips(d) {
+            // The skips' frame is the `/ws` bytes; here only whether the answer covered `d`
+            // counts (a new epoch shows in each message's `epoch`).
+            if st.skips.frame(d).is_none() {
                 return Ok(());
             }
-            let data = d.decoded.get_or_init(|| decode(&d.publication.data));
-            emit_publication(socket, &d.publication, data)
-        }
-        Outbound::Frame(wire) => {
-            #[derive(serde::Deserialize)]
-            struct Direct {
-                data: Value,
+            match &d.publication {
+                Some(p) => {
+                    let data = d.decoded.get_or_init(|| decode(&p.data));
+                    emit_publication(socket, p, data)
+                }
+                None => emit_frame(socket, &d.wire),
             }
-            let Some(Ok(direct)) =
-                protocol::wire_payload(wire).map(serde_json::from_slice::<Direct>)
-            else {
-                return Ok(());
-            };
-            socket.emit(MESSAGE, &DirectMessage { data: &direct.data })
         }
+        Outbound::Frame(wire) => emit_frame(socket, wire),
     };
     match sent {
         Err(SendError::Socket(SocketError::InternalChannelFull)) => Err(Overflow),
         // Closed: the disconnect handler ends the connection. A value that does not encode
         // cannot happen (it came out of serde_json).
+        _ => Ok(()),
+    }
+}
+
+/// A gateway frame `{"op": "<op>", …}` as the event `<op>` with the other members: a user or
+/// connection send is `message` with `{data}`, a lost-publications notice `gap` with
+/// `{channel, epoch, offset}`.
+fn emit_frame(socket: &SocketRef, wire: &[u8]) -> Result<(), SendError> {
+    let Some(Ok(mut frame)) =
+        protocol::wire_payload(wire).map(serde_json::from_slice::<Map<String, Value>>)
+    else {
+        return Ok(());
+    };
+    match frame.remove("op") {
+        Some(Value::String(op)) => socket.emit(op, &frame),
         _ => Ok(()),
     }
 }
@@ -190,8 +195,8 @@ impl Transport for SioTransport {
         }
     }
 
-    fn skip_through(&self, channel: std::sync::Arc<str>, offset: u64) {
-        self.state.lock().skips.set(channel, offset);
+    fn skip_through(&self, channel: std::sync::Arc<str>, epoch: std::sync::Arc<str>, offset: u64) {
+        self.state.lock().skips.set(channel, epoch, offset);
     }
 
     fn forget_skip(&self, channel: &str) {

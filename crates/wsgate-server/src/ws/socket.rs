@@ -163,12 +163,10 @@ impl SharedSocket {
             return Ok(Wrote::Done);
         }
         let bytes = match item {
-            Outbound::Publication(d) => {
-                if st.skips.skips(d) {
-                    return Ok(Wrote::Done);
-                }
-                d.wire.clone()
-            }
+            Outbound::Publication(d) => match st.skips.frame(d) {
+                Some(wire) => wire,
+                None => return Ok(Wrote::Done),
+            },
             Outbound::Frame(b) => b.clone(),
         };
         // Publications are queued, never written here: the connection task writes everything
@@ -399,8 +397,8 @@ impl Transport for SharedSocket {
         self.state.lock().held.get_or_insert_with(Vec::new);
     }
 
-    fn skip_through(&self, channel: Arc<str>, offset: u64) {
-        self.state.lock().skips.set(channel, offset);
+    fn skip_through(&self, channel: Arc<str>, epoch: Arc<str>, offset: u64) {
+        self.state.lock().skips.set(channel, epoch, offset);
     }
 
     fn forget_skip(&self, channel: &str) {

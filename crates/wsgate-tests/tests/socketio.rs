@@ -1,0 +1,374 @@
+//! The Socket.IO edge end to end: the real `socket.io-client` (npm, v4, under Node) against
+//! the real `wsgate serve` program, one node or two on `redis-server` (docs/socketio.md).
+
+use wsgate_tests as support;
+
+use serde_json::{Value, json};
+use support::cluster::{Cluster, Node, Via};
+use support::socketio::SioDriver;
+use support::{Client, Process, SIGTERM, hs256_token, in_a_minute};
+
+const SECRET: &str = "sio-test-secret";
+
+fn token(user: &str) -> String {
+    hs256_token(SECRET, json!({"sub": user, "exp": in_a_minute()}))
+}
+
+/// One `wsgate serve` with JWT auth.
+async fn jwt_node() -> Node {
+    Node(
+        Process::spawn_env(
+            &[],
+            &[
+                ("WSGATE_AUTH__MODE", "jwt"),
+                ("WSGATE_AUTH__JWT_SECRET", SECRET),
+            ],
+        )
+        .await,
+    )
+}
+
+fn base(node: &Node) -> String {
+    node.url("")
+}
+
+/// `opts` plus the handshake's `auth: {token}` for `user`.
+fn as_user(user: &str, mut opts: Value) -> Value {
+    opts["auth"] = json!({"token": token(user)});
+    opts
+}
+
+/// Connects socket `name` as `user`; returns its `connect` line (with its transport).
+async fn connect_as(
+    sio: &mut SioDriver,
+    node: &Node,
+    name: &str,
+    user: &str,
+    opts: Value,
+) -> Value {
+    let line = sio.connect(name, &base(node), as_user(user, opts)).await;
+    assert_eq!(line["type"], "connect", "{line}");
+    line
+}
+
+/// [`connect_as`] with that one transport (`websocket` or `polling`).
+async fn connect_over(sio: &mut SioDriver, node: &Node, name: &str, user: &str, transport: &str) {
+    let opts = json!({"transports": [transport]});
+    let line = connect_as(sio, node, name, user, opts).await;
+    assert_eq!(line["transport"], transport, "{line}");
+}
+
+/// A JWT node and a Node driver for its clients.
+async fn node_and_driver() -> (Node, SioDriver) {
+    (jwt_node().await, SioDriver::start().await)
+}
+
+/// [`connect_as`], then its `hello` (connection id, node, user).
+async fn connected(sio: &mut SioDriver, node: &Node, name: &str, user: &str, opts: Value) -> Value {
+    connect_as(sio, node, name, user, opts).await;
+    sio.event(name, "hello").await.remove(0)
+}
+
+#[tokio::test]
+async fn websocket_transport_subscribe_publish_presence_and_listing() {
+    let (node, mut sio) = node_and_driver().await;
+    connect_over(&mut sio, &node, "a", "ann", "websocket").await;
+    let hello = sio.event("a", "hello").await.remove(0);
+    assert_eq!(hello["user"], "ann");
+
+    let ack = sio.emit("a", "subscribe", json!("news")).await;
+    assert_eq!(
+        (ack["ok"].clone(), ack["offset"].clone()),
+        (json!(true), json!(0)),
+        "{ack}"
+    );
+    let epoch = ack["epoch"].as_str().expect("epoch").to_string();
+
+    assert_eq!(node.publish("news", json!({"n": 1})).await, 1);
+    let msg = sio.event("a", "message").await;
+    assert_eq!(
+        msg,
+        vec![json!({"channel": "news", "offset": 1, "epoch": epoch, "data": {"n": 1}})]
+    );
+
+    // A client publish: acknowledged with its offset, and delivered to the subscriber.
+    let ack = sio
+        .emit("a", "publish", json!({"channel": "news", "data": "hi"}))
+        .await;
+    assert_eq!(ack, json!({"ok": true, "channel": "news", "offset": 2}));
+    assert_eq!(sio.event("a", "message").await[0]["data"], "hi");
+    // The publish policy of /ws clients (`subscribed`): not to a channel it is not in.
+    let ack = sio
+        .emit("a", "publish", json!({"channel": "other", "data": 1}))
+        .await;
+    assert_eq!(
+        (ack["ok"].clone(), ack["error"].clone()),
+        (json!(false), json!("forbidden"))
+    );
+
+    let ack = sio.emit("a", "presence", json!("news")).await;
+    assert_eq!(
+        (ack["users"].clone(), ack["connections"].clone()),
+        (json!(["ann"]), json!(1))
+    );
+    let (status, list) = node.get("/connections?kind=socketio").await;
+    assert_eq!(status, 200, "{list}");
+    let items = list["connections"].as_array().expect("connections").clone();
+    assert_eq!(items.len(), 1, "{list}");
+    assert_eq!(
+        (
+            items[0]["kind"].clone(),
+            items[0]["user"].clone(),
+            items[0]["id"].clone()
+        ),
+        (
+            json!("socketio"),
+            json!("ann"),
+            hello["connection_id"].clone()
+        )
+    );
+    assert_eq!(items[0]["channels"], json!(["news"]));
+    let (_, ws_only) = node.get("/connections?kind=gateway").await;
+    assert_eq!(ws_only["total"], 0, "{ws_only}");
+
+    let ack = sio.emit("a", "unsubscribe", json!("news")).await;
+    assert_eq!(ack["ok"], true);
+    let metrics = support::get_text(&node.url("/metrics")).await;
+    assert!(
+        support::metric_value(&metrics, "websocket_active_connections") == Some(1.0),
+        "a Socket.IO client counts as a connection"
+    );
+}
+
+#[tokio::test]
+async fn polling_only_and_polling_upgraded_to_websocket() {
+    let (node, mut sio) = node_and_driver().await;
+    connect_over(&mut sio, &node, "poll", "pat", "polling").await;
+    // The default: polling first, then the upgrade (which may complete before `connect`).
+    connect_as(&mut sio, &node, "up", "uma", json!({})).await;
+    let up = sio
+        .next_where("the upgrade", |l| {
+            l["type"] == "upgrade" && l["name"] == "up"
+        })
+        .await;
+    assert_eq!(up["transport"], "websocket");
+
+    for name in ["poll", "up"] {
+        let ack = sio
+            .emit(name, "subscribe", json!({"channel": "room"}))
+            .await;
+        assert_eq!(ack["ok"], true, "{ack}");
+    }
+    node.publish("room", json!("to both")).await;
+    for name in ["poll", "up"] {
+        assert_eq!(sio.event(name, "message").await[0]["data"], "to both");
+    }
+    assert!(
+        !sio.saw(|l| l["type"] == "upgrade" && l["name"] == "poll"),
+        "a polling-only client never upgrades"
+    );
+}
+
+#[tokio::test]
+async fn bad_tokens_fail_with_connect_error_unauthorized() {
+    let (node, mut sio) = node_and_driver().await;
+    let expired = hs256_token(SECRET, json!({"sub": "eve", "exp": 1_000_000}));
+    let forged = hs256_token(
+        "another-secret",
+        json!({"sub": "eve", "exp": in_a_minute()}),
+    );
+    for (name, opts) in [
+        ("none", json!({})),
+        ("garbage", json!({"auth": {"token": "garbage"}})),
+        ("expired", json!({"auth": {"token": expired}})),
+        ("forged", json!({"query": {"token": forged}})),
+    ] {
+        let line = sio.connect(name, &base(&node), opts).await;
+        assert_eq!(
+            (line["type"].clone(), line["message"].clone()),
+            (json!("connect_error"), json!("unauthorized")),
+            "{name}: {line}"
+        );
+    }
+    // `?token=` is read like `/ws` reads it.
+    let line = sio
+        .connect(
+            "query",
+            &base(&node),
+            json!({"query": {"token": token("quinn")}}),
+        )
+        .await;
+    assert_eq!(line["type"], "connect", "{line}");
+    assert_eq!(sio.event("query", "hello").await[0]["user"], "quinn");
+}
+
+#[tokio::test]
+async fn named_events_user_and_connection_sends() {
+    let (node, mut sio) = node_and_driver().await;
+    connect_over(&mut sio, &node, "a", "ann", "websocket").await;
+    let hello = sio.event("a", "hello").await.remove(0);
+    sio.emit("a", "subscribe", json!("game")).await;
+    let mut ws = Client::connect(&format!("{}?token={}", node.ws_url(), token("wes"))).await;
+    ws.subscribe("game").await;
+
+    let (status, body) = node
+        .post(
+            "/api/v1/publish",
+            json!({"channel": "game", "data": {"home": 2}, "event": "score"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Socket.IO: the event itself, `data` its only argument (io.to(room).emit(name, data)).
+    assert_eq!(sio.event("a", "score").await, vec![json!({"home": 2})]);
+    // /ws: the usual message frame.
+    let m = ws.recv().await;
+    assert_eq!(
+        (m["op"].clone(), m["data"].clone()),
+        (json!("message"), json!({"home": 2}))
+    );
+    // Reserved Socket.IO events are refused.
+    let (status, body) = node
+        .post(
+            "/api/v1/publish",
+            json!({"channel": "game", "data": 1, "event": "disconnect"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+
+    let (status, body) = node
+        .post("/api/v1/users/ann/send", json!({"data": {"to": "ann"}}))
+        .await;
+    assert_eq!(
+        (status, body["delivered"].clone()),
+        (200, json!(1)),
+        "{body}"
+    );
+    assert_eq!(
+        sio.event("a", "message").await,
+        vec![json!({"data": {"to": "ann"}})]
+    );
+    let id = hello["connection_id"].as_str().unwrap();
+    let (status, body) = node
+        .post(
+            &format!("/api/v1/connections/{id}/send"),
+            json!({"data": "direct"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        sio.event("a", "message").await,
+        vec![json!({"data": "direct"})]
+    );
+
+    // A kick: the `close` event with the /ws close code, then the server's disconnect.
+    let (status, _) = node.delete(&format!("/api/v1/connections/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(sio.event("a", "close").await[0]["code"], 4003);
+    let gone = sio
+        .next_where("the disconnect", |l| l["type"] == "disconnect")
+        .await;
+    assert_eq!(gone["reason"], "io server disconnect");
+}
+
+#[tokio::test]
+async fn a_publication_through_node_a_reaches_a_socketio_client_on_node_b() {
+    let cluster = Cluster::start(Via::Redis).await;
+    let a = cluster.node("node-a", &[]).await;
+    let b = cluster.node("node-b", &[]).await;
+    let mut sio = SioDriver::start().await;
+    let line = sio.connect("b", &base(&b), json!({})).await;
+    assert_eq!(line["type"], "connect", "{line}");
+    let hello = sio.event("b", "hello").await.remove(0);
+    assert_eq!(hello["node"], "node-b");
+    let ack = sio.emit("b", "subscribe", json!("team:7")).await;
+    assert_eq!(ack["ok"], true, "{ack}");
+
+    assert_eq!(a.publish("team:7", json!({"from": "a"})).await, 1);
+    let msg = sio.event("b", "message").await;
+    assert_eq!(
+        (msg[0]["offset"].clone(), msg[0]["data"].clone()),
+        (json!(1), json!({"from": "a"}))
+    );
+    let (status, _) = a
+        .post(
+            "/api/v1/publish",
+            json!({"channel": "team:7", "data": "named", "event": "news"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(sio.event("b", "news").await, vec![json!("named")]);
+    // Presence is cluster-wide: node A sees the Socket.IO client held by node B.
+    assert_eq!(a.presence("team:7").await["connections"], 1);
+}
+
+#[tokio::test]
+async fn publications_missed_while_disconnected_are_recovered_in_order() {
+    let (node, mut sio) = node_and_driver().await;
+    connected(&mut sio, &node, "a", "ann", json!({})).await;
+    let ack = sio.emit("a", "subscribe", json!("feed")).await;
+    let epoch = ack["epoch"].clone();
+    node.publish("feed", json!(1)).await;
+    let last = sio.event("a", "message").await[0]["offset"].clone();
+    assert_eq!(last, 1);
+
+    sio.cmd(json!({"cmd": "disconnect", "name": "a"})).await;
+    sio.next_where("a disconnect", |l| l["type"] == "disconnect")
+        .await;
+    // Missed: one plain publication and one named event.
+    node.publish("feed", json!(2)).await;
+    let (status, _) = node
+        .post(
+            "/api/v1/publish",
+            json!({"channel": "feed", "data": 3, "event": "tick"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    sio.cmd(json!({"cmd": "reconnect", "name": "a"})).await;
+    sio.next_where("the reconnect", |l| l["type"] == "connect")
+        .await;
+    let ack = sio
+        .emit(
+            "a",
+            "subscribe",
+            json!({"channel": "feed", "since": {"offset": last, "epoch": epoch}}),
+        )
+        .await;
+    assert_eq!(
+        (
+            ack["ok"].clone(),
+            ack["recovered"].clone(),
+            ack["offset"].clone()
+        ),
+        (json!(true), json!(true), json!(3)),
+        "{ack}"
+    );
+    node.publish("feed", json!(4)).await;
+    // Recovered ones first, in offset order, each as it was published; then live ones.
+    assert_eq!(sio.event("a", "message").await[0]["offset"], 2);
+    assert_eq!(sio.event("a", "tick").await, vec![json!(3)]);
+    assert_eq!(sio.event("a", "message").await[0]["offset"], 4);
+    // A position the stream never had is reported, not hidden.
+    let ack = sio
+        .emit(
+            "a",
+            "subscribe",
+            json!({"channel": "feed", "since": {"offset": 1, "epoch": "gone"}}),
+        )
+        .await;
+    assert_eq!(
+        (ack["recovered"].clone(), ack["gap"].clone()),
+        (json!(false), json!("epoch_changed"))
+    );
+}
+
+#[tokio::test]
+async fn sigterm_drains_socketio_clients() {
+    let (node, mut sio) = node_and_driver().await;
+    connect_over(&mut sio, &node, "a", "ann", "websocket").await;
+    node.0.signal(SIGTERM);
+    let gone = sio
+        .next_where("the drain's disconnect", |l| l["type"] == "disconnect")
+        .await;
+    assert_eq!(gone["reason"], "transport close", "{gone}");
+}
