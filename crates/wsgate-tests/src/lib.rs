@@ -556,9 +556,19 @@ fn expect_text(name: &str, text: &str, needle: &str, present: bool) {
     );
 }
 
-/// Runs the real `wsgate ARGS` with `envs` and `stdin` as its input, bounded (without the
-/// caller's `WSGATE_API_KEY` / `WSGATE_SERVER`).
+/// Runs the real `wsgate ARGS` with `envs` and `stdin` as its input, bounded by [`WAIT`]
+/// (without the caller's `WSGATE_API_KEY` / `WSGATE_SERVER`).
 pub async fn run_cli(args: &[&str], envs: &[(&str, &str)], stdin: &str) -> CliOutput {
+    run_cli_within(WAIT, args, envs, stdin).await
+}
+
+/// [`run_cli`] bounded by `limit` instead of [`WAIT`] (commands that run for a while: `bench`).
+pub async fn run_cli_within(
+    limit: Duration,
+    args: &[&str],
+    envs: &[(&str, &str)],
+    stdin: &str,
+) -> CliOutput {
     use tokio::io::AsyncWriteExt;
     let mut child = Command::new(wsgate_bin())
         .args(args)
@@ -574,8 +584,9 @@ pub async fn run_cli(args: &[&str], envs: &[(&str, &str)], stdin: &str) -> CliOu
     let mut input = child.stdin.take().unwrap();
     input.write_all(stdin.as_bytes()).await.unwrap();
     drop(input);
-    let out = within(&format!("wsgate {args:?}"), child.wait_with_output())
+    let out = tokio::time::timeout(limit, child.wait_with_output())
         .await
+        .unwrap_or_else(|_| panic!("timed out waiting for wsgate {args:?}"))
         .unwrap();
     let o = CliOutput {
         code: out.status.code().unwrap_or(-1),

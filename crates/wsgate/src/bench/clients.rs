@@ -13,6 +13,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use wsgate_core::clock::unix_us;
 
+use super::Protocol;
+use super::socketio::{self, Inbound};
+
 /// Connections opened at once while the fleet connects.
 const CONNECT_CONCURRENCY: usize = 200;
 
@@ -23,8 +26,10 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Connects `n` clients, each subscribed to the channel `bench`; `progress` counts them.
+    /// Connects `n` clients speaking `protocol`, each subscribed to the channel `bench`;
+    /// `progress` counts them.
     pub async fn connect(
+        protocol: Protocol,
         url: &str,
         n: usize,
         sample_every: usize,
@@ -34,7 +39,13 @@ impl Fleet {
         let latencies_us = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = JoinSet::new();
         let sockets: Vec<_> = stream::iter(0..n)
-            .map(|i| async move { (i, subscriber(url).await) })
+            .map(|i| async move {
+                let ws = match protocol {
+                    Protocol::Ws => subscriber(url).await,
+                    Protocol::Socketio => socketio::subscriber(url).await,
+                };
+                (i, ws)
+            })
             .buffer_unordered(CONNECT_CONCURRENCY)
             .inspect(|_| progress.inc(1))
             .collect()
@@ -45,11 +56,24 @@ impl Fleet {
             let sample = (sample_every > 0 && i % sample_every == 0).then(|| latencies_us.clone());
             tasks.spawn(async move {
                 while let Some(Ok(msg)) = ws.next().await {
-                    if let Message::Text(t) = msg {
-                        delivered.fetch_add(1, Relaxed);
-                        if let (Some(sample), Some(sent)) = (&sample, sent_at_us(t.as_str())) {
-                            sample.lock().push(unix_us().saturating_sub(sent));
+                    let Message::Text(t) = msg else { continue };
+                    let inbound = match protocol {
+                        Protocol::Ws => Inbound::Event,
+                        Protocol::Socketio => socketio::classify(t.as_str()),
+                    };
+                    match inbound {
+                        Inbound::Event => {
+                            delivered.fetch_add(1, Relaxed);
+                            if let (Some(sample), Some(sent)) = (&sample, sent_at_us(t.as_str())) {
+                                sample.lock().push(unix_us().saturating_sub(sent));
+                            }
                         }
+                        Inbound::Ping => {
+                            if ws.send(socketio::pong()).await.is_err() {
+                                return;
+                            }
+                        }
+                        Inbound::Other => {}
                     }
                 }
             });
@@ -119,17 +143,24 @@ impl DeliverySampler {
     }
 }
 
-type Ws =
+pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn subscriber(url: &str) -> anyhow::Result<Ws> {
+/// A bench client's WebSocket to `url` (4 KiB read buffer).
+pub async fn connect_ws(url: &str) -> anyhow::Result<Ws> {
     let config = WebSocketConfig::default().read_buffer_size(4096);
-    let (mut ws, _) = tokio::time::timeout(
+    let (ws, _) = tokio::time::timeout(
         Duration::from_secs(30),
         tokio_tungstenite::connect_async_with_config(url, Some(config), false),
     )
     .await
     .context("connect timeout")??;
+    Ok(ws)
+}
+
+/// A `/ws` client subscribed to `bench`.
+async fn subscriber(url: &str) -> anyhow::Result<Ws> {
+    let mut ws = connect_ws(url).await?;
     let hello = next_text(&mut ws).await?;
     anyhow::ensure!(
         hello.contains("\"hello\""),
@@ -144,7 +175,7 @@ async fn subscriber(url: &str) -> anyhow::Result<Ws> {
     Ok(ws)
 }
 
-async fn next_text(ws: &mut Ws) -> anyhow::Result<String> {
+pub async fn next_text(ws: &mut Ws) -> anyhow::Result<String> {
     loop {
         let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
             .await

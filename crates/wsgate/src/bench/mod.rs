@@ -13,21 +13,25 @@
 //! With `--baseline` both servers run the same workload in the same run, and the report gives
 //! wsgate's figures as ratios of the baseline's: the machine is shared and noisy, ratios are
 //! what carry over.
+//!
+//! `--protocol socketio` runs the same workload with clients speaking Socket.IO (`socketio`)
+//! against wsgate's `/socket.io/` edge; its baseline is a Socket.IO 4.8 server on Node.
 
 pub mod baseline;
 mod clients;
 pub mod procfs;
 mod progress;
 mod soak;
+mod socketio;
 mod storm;
 pub mod svg;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -51,10 +55,22 @@ pub struct BenchArgs {
     /// Every Nth client records latency (all clients count deliveries).
     #[arg(long, default_value_t = 50)]
     pub latency_sample: usize,
-    /// Also run the featureless axum + tungstenite fan-out server on the same workload and
-    /// report ratios against it.
+    /// What the clients speak: wsgate's own protocol on `/ws`, or Socket.IO v5 (Engine.IO v4
+    /// over WebSocket) on `/socket.io/`.
+    #[arg(long, value_enum, default_value_t = Protocol::Ws)]
+    pub protocol: Protocol,
+    /// Also run the protocol's reference server on the same workload and report ratios
+    /// against it: the featureless axum + tungstenite fan-out for `ws`, a Socket.IO 4.8 server
+    /// on Node (`bench-peers/socketio-server`, skipped when `node` is missing) for `socketio`.
     #[arg(long)]
     pub baseline: bool,
+    /// Run only the baseline (no wsgate): to calibrate the machine or check the peer.
+    #[arg(long)]
+    pub baseline_only: bool,
+    /// The Node Socket.IO peer's directory (server.js, package.json, package-lock.json);
+    /// default: the one in wsgate's source tree.
+    #[arg(long)]
+    pub socketio_peer_dir: Option<PathBuf>,
     /// Write the report as JSON to this file as well.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -97,6 +113,9 @@ pub struct BenchArgs {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub server: &'static str,
+    /// `server`'s name in the ratios line.
+    #[serde(skip)]
+    pub short: &'static str,
     pub connections: usize,
     pub rss_baseline_kib: u64,
     pub rss_idle_kib: u64,
@@ -129,10 +148,29 @@ pub fn main(args: BenchArgs) -> anyhow::Result<()> {
             return soak::run(&args).await;
         }
         let mut reports = Vec::new();
-        if args.baseline {
-            reports.push(run_one(&args, Target::Baseline).await?);
+        if args.baseline || args.baseline_only {
+            match args.protocol {
+                Protocol::Ws => {
+                    reports.push(run_one(&args, Target::Baseline, &ServerOpts::default()).await?)
+                }
+                Protocol::Socketio => {
+                    if let Some(dir) = socketio::peer(args.socketio_peer_dir.as_deref()).await? {
+                        let opts = ServerOpts {
+                            peer_dir: Some(dir),
+                            ..ServerOpts::default()
+                        };
+                        reports.push(run_one(&args, Target::NodeSocketIo, &opts).await?);
+                    }
+                }
+            }
         }
-        reports.push(run_one(&args, Target::Wsgate).await?);
+        if !args.baseline_only {
+            let target = match args.protocol {
+                Protocol::Ws => Target::Wsgate,
+                Protocol::Socketio => Target::WsgateSocketIo,
+            };
+            reports.push(run_one(&args, target, &ServerOpts::default()).await?);
+        }
         print_reports(&reports);
         if let Some(path) = &args.json {
             std::fs::write(path, serde_json::to_string_pretty(&reports)?)?;
@@ -147,10 +185,23 @@ pub fn main(args: BenchArgs) -> anyhow::Result<()> {
     })
 }
 
+/// The protocol the bench clients speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Protocol {
+    /// wsgate's JSON protocol on `/ws`.
+    Ws,
+    /// Socket.IO v5 over Engine.IO v4, WebSocket transport, on `/socket.io/`.
+    Socketio,
+}
+
 #[derive(Clone, Copy)]
 enum Target {
     Wsgate,
     Baseline,
+    /// wsgate's `/socket.io/` edge.
+    WsgateSocketIo,
+    /// Socket.IO 4.8 on Node (`ServerOpts::peer_dir`).
+    NodeSocketIo,
 }
 
 impl Target {
@@ -158,6 +209,32 @@ impl Target {
         match self {
             Target::Wsgate => "wsgate",
             Target::Baseline => "baseline (axum + tungstenite)",
+            Target::WsgateSocketIo => "wsgate /socket.io/",
+            Target::NodeSocketIo => "socket.io 4.8 (node)",
+        }
+    }
+
+    /// The name in the ratios line.
+    fn short(self) -> &'static str {
+        match self {
+            Target::Wsgate | Target::WsgateSocketIo => "wsgate",
+            Target::Baseline => "baseline",
+            Target::NodeSocketIo => "node socket.io",
+        }
+    }
+
+    fn protocol(self) -> Protocol {
+        match self {
+            Target::Wsgate | Target::Baseline => Protocol::Ws,
+            Target::WsgateSocketIo | Target::NodeSocketIo => Protocol::Socketio,
+        }
+    }
+
+    /// The URL the bench clients connect to on a server at `addr`.
+    fn url(self, addr: &str) -> String {
+        match self.protocol() {
+            Protocol::Ws => format!("ws://{addr}/ws"),
+            Protocol::Socketio => socketio::url(addr),
         }
     }
 }
@@ -177,6 +254,8 @@ pub(crate) struct ServerOpts {
     pub ip_connect_burst: Option<u32>,
     /// Drain timeout on SIGTERM in ms (`None`: the server's default).
     pub drain_timeout_ms: Option<u64>,
+    /// The Node Socket.IO peer's directory, dependencies installed (`Target::NodeSocketIo`).
+    pub peer_dir: Option<PathBuf>,
 }
 
 async fn spawn_server_with(
@@ -184,11 +263,16 @@ async fn spawn_server_with(
     outbox: usize,
     opts: &ServerOpts,
 ) -> anyhow::Result<(Child, String)> {
-    let exe = std::env::current_exe()?;
-    let mut cmd = Command::new(exe);
     let listen = opts.listen.as_deref().unwrap_or("127.0.0.1:0");
+    let mut cmd = match target {
+        Target::NodeSocketIo => {
+            let dir: &Path = opts.peer_dir.as_deref().context("no Socket.IO peer")?;
+            socketio::peer_command(dir, listen)
+        }
+        _ => Command::new(std::env::current_exe()?),
+    };
     match target {
-        Target::Wsgate => {
+        Target::Wsgate | Target::WsgateSocketIo => {
             cmd.args([
                 "serve",
                 "--listen",
@@ -218,6 +302,7 @@ async fn spawn_server_with(
         Target::Baseline => {
             cmd.args(["bench-baseline-server", "--listen", listen]);
         }
+        Target::NodeSocketIo => {}
     };
     let mut child = cmd
         .env("WSGATE_LOG", "warn")
@@ -243,9 +328,9 @@ async fn spawn_server_with(
 /// How often `--svg`'s deliveries-per-second line samples the delivered count.
 const DELIVERY_SAMPLE: Duration = Duration::from_millis(250);
 
-async fn run_one(args: &BenchArgs, target: Target) -> anyhow::Result<Report> {
+async fn run_one(args: &BenchArgs, target: Target, opts: &ServerOpts) -> anyhow::Result<Report> {
     eprintln!("== {}: {} connections", target.name(), args.connections);
-    let (child, addr) = spawn_server(target, 4096).await?;
+    let (child, addr) = spawn_server_with(target, 4096, opts).await?;
     let pid = child.id().context("server pid")?;
     // Let the allocator and runtime settle before the baseline reading.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -254,7 +339,8 @@ async fn run_one(args: &BenchArgs, target: Target) -> anyhow::Result<Report> {
     let started = Instant::now();
     let connecting = progress::bar(args.connections as u64, "connecting");
     let fleet = clients::Fleet::connect(
-        &format!("ws://{addr}/ws"),
+        target.protocol(),
+        &target.url(&addr),
         args.connections,
         args.latency_sample,
         &connecting,
@@ -262,6 +348,13 @@ async fn run_one(args: &BenchArgs, target: Target) -> anyhow::Result<Report> {
     .await?;
     connecting.finish_and_clear();
     let connect_seconds = started.elapsed().as_secs_f64();
+    let resent = socketio::take_resent_subscribes();
+    if resent > 0 {
+        eprintln!(
+            "   {resent} subscriptions went unanswered for {} s and were sent again (events sent right after the Socket.IO connect were dropped)",
+            socketio::ACK_WAIT.as_secs()
+        );
+    }
     // Idle: let every connection task park and the kernel settle.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_idle = procfs::rss_kib(pid)?;
@@ -297,6 +390,7 @@ async fn run_one(args: &BenchArgs, target: Target) -> anyhow::Result<Report> {
     };
     Ok(Report {
         server: target.name(),
+        short: target.short(),
         connections: args.connections,
         rss_baseline_kib: rss_baseline,
         rss_idle_kib: rss_idle,
@@ -346,7 +440,9 @@ fn print_reports(reports: &[Report]) {
     }
     if let [base, ours] = reports {
         println!(
-            "ratios wsgate/baseline: cpu per delivery {:.2}, memory per idle connection {:.2}, p99 latency {:.2}",
+            "ratios {}/{}: cpu per delivery {:.2}, memory per idle connection {:.2}, p99 latency {:.2}",
+            ours.short,
+            base.short,
             ours.server_cpu_us_per_delivery / base.server_cpu_us_per_delivery,
             ours.rss_per_idle_connection_kib / base.rss_per_idle_connection_kib,
             ours.latency_p99_ms / base.latency_p99_ms,

@@ -27,9 +27,14 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let cycles = progress::bar(args.soak_cycles as u64 + 1, "soak cycles");
     let quiet = ProgressBar::hidden();
     for cycle in 0..=args.soak_cycles {
-        let fleet =
-            clients::Fleet::connect(&format!("ws://{addr}/ws"), args.connections, 0, &quiet)
-                .await?;
+        let fleet = clients::Fleet::connect(
+            super::Protocol::Ws,
+            &format!("ws://{addr}/ws"),
+            args.connections,
+            0,
+            &quiet,
+        )
+        .await?;
         let published = clients::publish(
             &format!("http://{addr}/api/v1/publish"),
             args.rate,

@@ -182,6 +182,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         ip_connect_rate: args.storm_limit_rate,
         ip_connect_burst: (args.storm_limit_rate > 0).then_some(args.storm_limit_burst),
         drain_timeout_ms: Some(5_000),
+        ..ServerOpts::default()
     };
     let (child, _) = spawn_server_with(Target::Wsgate, 4096, &opts).await?;
     let t_up = Instant::now();
