@@ -141,7 +141,9 @@ pub fn register(s: &SocketRef) -> Ready {
 
 /// The socket's connection, once ready; `None` when it never will be (the connect failed and
 /// the sender is gone).
-async fn client_of(mut rx: tokio::sync::watch::Receiver<Option<Arc<Client>>>) -> Option<Arc<Client>> {
+async fn client_of(
+    mut rx: tokio::sync::watch::Receiver<Option<Arc<Client>>>,
+) -> Option<Arc<Client>> {
     rx.wait_for(Option::is_some).await.ok()?.clone()
 }
 
