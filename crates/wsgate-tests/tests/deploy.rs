@@ -1147,7 +1147,7 @@ fn kustomize_base_is_the_charts_default_install() {
         &base["ServiceAccount"]["automountServiceAccountToken"],
     );
 
-    // Ingress: the same annotations, and only /ws is public.
+    // Ingress: the same annotations, and only the client endpoints are public.
     let (ci, bi) = (&chart["Ingress"], &base["Ingress"]);
     same(
         "Ingress annotations",
@@ -1162,11 +1162,16 @@ fn kustomize_base_is_the_charts_default_install() {
             .iter()
             .flat_map(|r| r["http"]["paths"].as_array().unwrap())
             .collect();
-        assert!(!paths.is_empty());
-        for p in paths {
-            assert_eq!(p["path"], "/ws", "the ingress routes only the WebSocket");
-            assert_eq!(p["pathType"], "Exact");
-        }
+        let routed: Vec<(&Value, &Value)> =
+            paths.iter().map(|p| (&p["path"], &p["pathType"])).collect();
+        assert_eq!(
+            routed,
+            [
+                (&json!("/ws"), &json!("Exact")),
+                (&json!("/socket.io/"), &json!("Prefix")),
+            ],
+            "the ingress routes only the client endpoints"
+        );
     }
 }
 
