@@ -33,9 +33,10 @@
 //! 504 `Request timeout`, 400 bad input, 502 other upstream failures, 503 outbox full or
 //! store unavailable.
 
-use axum::Json;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{self, post};
+use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
@@ -53,6 +54,20 @@ use super::ApiState;
 use super::error::{ApiError, ApiJson};
 
 type ApiResult = Result<Json<Value>, ApiError>;
+
+/// The routes of the table above, below `/api/v1/upstreams`.
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/", post(connect).get(list))
+        .route("/{id}", routing::get(get).delete(disconnect))
+        .route("/{id}/reconnect", post(reconnect))
+        .route("/{id}/send", post(send))
+        .route("/{id}/send-raw", post(send_raw))
+        .route("/{id}/send-async", post(send_async))
+        .route("/{id}/subscriptions", post(subscriptions))
+        .route("/{id}/publish/start", post(publish_start))
+        .route("/{id}/publish/stop", post(publish_stop))
+}
 
 /// What each `POST …/{id}/<operation>` with a body takes, in the order a handler would
 /// extract it: the node, the upstream's id from the path, and the JSON body. A rejection
