@@ -262,10 +262,7 @@ impl fmt::Debug for ClientConfig {
         f.debug_struct("ClientConfig")
             .field("id", &self.id)
             .field("url", &crate::redact_url(&self.url))
-            .field(
-                "headers",
-                &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
-            )
+            .field("headers", &crate::header_names(&self.headers))
             .field("subprotocol", &self.subprotocol)
             .field("auto_reconnect", &self.auto_reconnect)
             .field("backoff", &self.backoff)

@@ -120,6 +120,11 @@ pub use wsgate_backoff::{
 /// This library's version (`/version` reports it as `library_version`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// The names of handshake headers, for logs and `Debug` (their values may be secrets).
+pub fn header_names(headers: &[(String, String)]) -> Vec<&str> {
+    headers.iter().map(|(k, _)| k.as_str()).collect()
+}
+
 /// A URL without the parts that commonly carry secrets: user info, query string, fragment.
 pub fn redact_url(url: &str) -> String {
     let end = url.find(['?', '#']).unwrap_or(url.len());

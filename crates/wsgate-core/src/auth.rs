@@ -4,7 +4,7 @@
 //! mode `jwt` verifies an HS256 or RS256 token whose `sub` is the user id. RS256 keys come
 //! from a PEM file or from a JWKS URL ([`Jwks`]: cached, fetched again for an unknown `kid`
 //! at most once per `min_refetch`). A token must carry `exp` unless
-//! [`JwtRules::require_exp`] is off; `aud` and `iss` are checked when configured. A token
+//! [`JwtRules::allow_missing_exp`] is on; `aud` and `iss` are checked when configured. A token
 //! may carry a `channels` claim: a list of channel names, or prefixes ending in `*`, that
 //! the client may subscribe and publish to. Verification errors are reported by kind,
 //! never with the key.
@@ -72,25 +72,16 @@ impl AuthError {
     }
 }
 
-/// The claims rules of `mode = jwt` beside the signature.
-#[derive(Debug, Clone)]
+/// The claims rules of `mode = jwt` beside the signature. The default is the strict one:
+/// `exp` required, `aud` and `iss` not checked.
+#[derive(Debug, Clone, Default)]
 pub struct JwtRules {
-    /// A token without `exp` is refused (default). Off: such a token never expires.
-    pub require_exp: bool,
+    /// A token without `exp` is let in, and never expires. Off (default): it is refused.
+    pub allow_missing_exp: bool,
     /// When not empty, `aud` must name one of these.
     pub audience: Vec<String>,
     /// When not empty, `iss` must be one of these.
     pub issuer: Vec<String>,
-}
-
-impl Default for JwtRules {
-    fn default() -> Self {
-        Self {
-            require_exp: true,
-            audience: Vec::new(),
-            issuer: Vec::new(),
-        }
-    }
 }
 
 /// Where a JWKS comes from (the server fetches it over HTTP; tests hand one in).
@@ -289,7 +280,7 @@ impl Authenticator {
         let mut validation = Validation::new(alg);
         validation.leeway = 5;
         let mut required = vec!["sub"];
-        if rules.require_exp {
+        if !rules.allow_missing_exp {
             required.push("exp");
         }
         validation.validate_aud = !rules.audience.is_empty();
@@ -418,7 +409,7 @@ mod tests {
             AuthError::Invalid("missing claim `exp`".into())
         );
         let lax = JwtRules {
-            require_exp: false,
+            allow_missing_exp: true,
             ..JwtRules::default()
         };
         let id = Authenticator::hs256(b"k", &lax)

@@ -123,7 +123,7 @@ impl AuthConfig {
             return Ok(Authenticator::None);
         }
         let rules = JwtRules {
-            require_exp: self.require_exp,
+            allow_missing_exp: !self.require_exp,
             audience: self.audience.clone(),
             issuer: self.issuer.clone(),
         };

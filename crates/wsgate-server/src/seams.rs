@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-#[cfg(feature = "redis")]
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;

@@ -570,17 +570,15 @@ pub async fn run_cli_within(
     stdin: &str,
 ) -> CliOutput {
     use tokio::io::AsyncWriteExt;
-    let mut child = Command::new(wsgate_bin())
-        .args(args)
-        .env_remove("WSGATE_API_KEY")
-        .env_remove("WSGATE_SERVER")
-        .envs(envs.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn wsgate");
+    let mut child = spawn_piped(
+        Command::new(wsgate_bin())
+            .args(args)
+            .env_remove("WSGATE_API_KEY")
+            .env_remove("WSGATE_SERVER")
+            .envs(envs.iter().copied()),
+        Stdio::piped(),
+        "spawn wsgate",
+    );
     let mut input = child.stdin.take().unwrap();
     input.write_all(stdin.as_bytes()).await.unwrap();
     drop(input);
@@ -595,6 +593,17 @@ pub async fn run_cli_within(
     };
     eprintln!("wsgate {args:?} → {}\n{}\n{}", o.code, o.stdout, o.stderr);
     o
+}
+
+/// Starts `cmd` with its stdin and stdout piped and its stderr to `stderr`, killed when
+/// dropped; panics with `what` when it cannot start.
+pub fn spawn_piped(cmd: &mut Command, stderr: Stdio, what: &str) -> Child {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .expect(what)
 }
 
 /// Tunings of a test node's [`Config`] that many tests share, for [`TestServer::with`]: a

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use crate::within;
+use crate::{spawn_piped, within};
 
 /// The folder of the Node driver.
 pub fn driver_dir() -> PathBuf {
@@ -51,14 +51,11 @@ impl SioDriver {
     pub async fn start() -> Self {
         let dir = driver_dir();
         install(&dir);
-        let mut child = Command::new("node")
-            .arg(dir.join("driver.mjs"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn node (Node.js >= 20 is needed)");
+        let mut child = spawn_piped(
+            Command::new("node").arg(dir.join("driver.mjs")),
+            Stdio::inherit(),
+            "spawn node (Node.js >= 20 is needed)",
+        );
         let stdin = child.stdin.take().unwrap();
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
         Self {

@@ -428,6 +428,27 @@ async fn publish_reaches_gateway_subscribers_until_stopped() {
 }
 
 #[tokio::test]
+async fn paths_beside_the_upstream_routes_are_not_found() {
+    let srv = TestServer::start().await;
+    for path in [
+        "/api/v1/upstreams/",
+        "/api/v1/upstreamsx",
+        "/api/v1/upstreams/x/nope",
+        "/api/v1/upstreams/x/send/",
+    ] {
+        let (status, r) = srv.get(path).await;
+        assert_eq!(status, 404, "{path}: {r}");
+        assert_eq!(r, json!({"success": false, "error": "Not found"}), "{path}");
+    }
+    let wrong_method = http()
+        .get(srv.http("/api/v1/upstreams/x/send"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_method.status(), 405, "GET on a POST route");
+}
+
+#[tokio::test]
 async fn seed_000_error_strings_over_http() {
     let srv = TestServer::start().await;
     let ghost = "0123456789abcdef-test-node";

@@ -152,12 +152,7 @@ impl Dispatcher {
             Ok(r) => r,
             Err(e) => {
                 warn!(%channel, error = %e, "could not fill from history");
-                self.lost(
-                    channel,
-                    &since.epoch,
-                    since.offset + 1,
-                    until.saturating_sub(1),
-                );
+                self.lost_between(channel, since, until);
                 return 0;
             }
         };
@@ -166,12 +161,7 @@ impl Dispatcher {
         };
         if recovery.position.epoch != track.epoch {
             // History is gone: the next live publication starts the new epoch.
-            self.lost(
-                channel,
-                &since.epoch,
-                since.offset + 1,
-                until.saturating_sub(1),
-            );
+            self.lost_between(channel, since, until);
             return 0;
         }
         let mut delivered = 0;
@@ -220,6 +210,16 @@ impl Dispatcher {
             pause *= 2;
         }
         self.relay.log.recover(channel, since).await
+    }
+
+    /// Counts and announces everything after `since` and before `until` as lost.
+    fn lost_between(&self, channel: &Arc<str>, since: &StreamPosition, until: u64) {
+        self.lost(
+            channel,
+            &since.epoch,
+            since.offset + 1,
+            until.saturating_sub(1),
+        );
     }
 
     /// Offsets `from..=to` of `epoch` will never reach this node's subscribers: counted, and

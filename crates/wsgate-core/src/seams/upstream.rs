@@ -96,10 +96,7 @@ impl fmt::Debug for UpstreamSpec {
         // Header values and auth messages may be secrets; the URL's query string too.
         f.debug_struct("UpstreamSpec")
             .field("url", &redact_url(&self.url))
-            .field(
-                "headers",
-                &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
-            )
+            .field("headers", &wsgate_client::header_names(&self.headers))
             .field("auth", &self.auth.is_some())
             .field("tls", &self.tls.is_some())
             .field(

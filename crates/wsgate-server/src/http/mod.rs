@@ -37,36 +37,7 @@ pub fn router(api: ApiState, ws: WsState) -> Router {
         )
         .route("/api/v1/connections/{id}", delete(api::disconnect))
         .route("/api/v1/channels/{channel}/presence", get(api::presence))
-        .route(
-            "/api/v1/upstreams",
-            post(upstreams::connect).get(upstreams::list),
-        )
-        .route(
-            "/api/v1/upstreams/{id}",
-            get(upstreams::get).delete(upstreams::disconnect),
-        )
-        .route(
-            "/api/v1/upstreams/{id}/reconnect",
-            post(upstreams::reconnect),
-        )
-        .route("/api/v1/upstreams/{id}/send", post(upstreams::send))
-        .route("/api/v1/upstreams/{id}/send-raw", post(upstreams::send_raw))
-        .route(
-            "/api/v1/upstreams/{id}/send-async",
-            post(upstreams::send_async),
-        )
-        .route(
-            "/api/v1/upstreams/{id}/subscriptions",
-            post(upstreams::subscriptions),
-        )
-        .route(
-            "/api/v1/upstreams/{id}/publish/start",
-            post(upstreams::publish_start),
-        )
-        .route(
-            "/api/v1/upstreams/{id}/publish/stop",
-            post(upstreams::publish_stop),
-        )
+        .nest("/api/v1/upstreams", upstreams::routes())
         .route("/connections", get(ops::list_connections))
         .route("/connections/{id}", get(ops::get_connection))
         .layer(middleware::from_fn_with_state(api.clone(), require_api_key))

@@ -33,12 +33,15 @@
 //! 504 `Request timeout`, 400 bad input, 502 other upstream failures, 503 outbox full or
 //! store unavailable.
 
-use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{self, post};
+use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use wsgate_client::Message;
 use wsgate_core::control::{Connect, ConnectAuth, Subscribe};
@@ -51,6 +54,47 @@ use super::ApiState;
 use super::error::{ApiError, ApiJson};
 
 type ApiResult = Result<Json<Value>, ApiError>;
+
+/// The routes of the table above, below `/api/v1/upstreams`.
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/", post(connect).get(list))
+        .route("/{id}", routing::get(get).delete(disconnect))
+        .route("/{id}/reconnect", post(reconnect))
+        .route("/{id}/send", post(send))
+        .route("/{id}/send-raw", post(send_raw))
+        .route("/{id}/send-async", post(send_async))
+        .route("/{id}/subscriptions", post(subscriptions))
+        .route("/{id}/publish/start", post(publish_start))
+        .route("/{id}/publish/stop", post(publish_stop))
+}
+
+/// What each `POST …/{id}/<operation>` with a body takes, in the order a handler would
+/// extract it: the node, the upstream's id from the path, and the JSON body. A rejection
+/// answers as that extractor's own would.
+pub struct UpstreamCall<B> {
+    node: ApiState,
+    id: String,
+    body: B,
+}
+
+impl<B: DeserializeOwned> FromRequest<ApiState> for UpstreamCall<B> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &ApiState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let State(node) = State::<ApiState>::from_request_parts(&mut parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let Path(id) = Path::<String>::from_request_parts(&mut parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let ApiJson(body) = ApiJson::<B>::from_request(Request::from_parts(parts, body), state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Self { node, id, body })
+    }
+}
 
 /// A message as a body gives it: a string is sent as is, any other JSON value as its text.
 fn wire_text(v: Value) -> String {
@@ -182,11 +226,7 @@ pub struct SendBody {
     message: Value,
 }
 
-pub async fn send(
-    State(node): State<ApiState>,
-    Path(id): Path<String>,
-    ApiJson(body): ApiJson<SendBody>,
-) -> ApiResult {
+pub async fn send(UpstreamCall { node, id, body }: UpstreamCall<SendBody>) -> ApiResult {
     node.control.send(&id, wire_text(body.message)).await?;
     Ok(Json(json!({"success": true})))
 }
@@ -203,11 +243,7 @@ fn decode(b64: &str) -> Result<Bytes, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("data_base64 is not base64: {e}")))
 }
 
-pub async fn send_raw(
-    State(node): State<ApiState>,
-    Path(id): Path<String>,
-    ApiJson(body): ApiJson<SendRawBody>,
-) -> ApiResult {
+pub async fn send_raw(UpstreamCall { node, id, body }: UpstreamCall<SendRawBody>) -> ApiResult {
     let data = decode(&body.data_base64)?;
     node.control.send_raw(&id, data).await?;
     Ok(Json(json!({"success": true})))
@@ -221,11 +257,7 @@ pub struct SendAsyncBody {
     timeout_ms: Option<u64>,
 }
 
-pub async fn send_async(
-    State(node): State<ApiState>,
-    Path(id): Path<String>,
-    ApiJson(body): ApiJson<SendAsyncBody>,
-) -> ApiResult {
+pub async fn send_async(UpstreamCall { node, id, body }: UpstreamCall<SendAsyncBody>) -> ApiResult {
     let msg = match (body.message, body.data_base64) {
         (Some(m), None) => Message::from(wire_text(m)),
         (None, Some(b)) => Message::Binary(decode(&b)?),
@@ -256,9 +288,7 @@ pub struct SubscriptionsBody {
 }
 
 pub async fn subscriptions(
-    State(node): State<ApiState>,
-    Path(id): Path<String>,
-    ApiJson(body): ApiJson<SubscriptionsBody>,
+    UpstreamCall { node, id, body }: UpstreamCall<SubscriptionsBody>,
 ) -> ApiResult {
     let add = body.add.into_iter().map(Into::into).collect();
     let keys = node
@@ -275,9 +305,7 @@ pub struct PublishStartBody {
 }
 
 pub async fn publish_start(
-    State(node): State<ApiState>,
-    Path(id): Path<String>,
-    ApiJson(body): ApiJson<PublishStartBody>,
+    UpstreamCall { node, id, body }: UpstreamCall<PublishStartBody>,
 ) -> ApiResult {
     let started = node.control.start_publish(&id, body.topic).await?;
     Ok(Json(json!({
