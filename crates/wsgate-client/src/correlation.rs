@@ -306,6 +306,9 @@ mod tests {
             .with_writer(move || sink.clone())
             .finish();
         tracing::subscriber::with_default(subscriber, || {
+            // Another test thread may have cached these callsites as uninteresting (no
+            // subscriber there) while this one was being set: ask again.
+            tracing::callsite::rebuild_interest_cache();
             // The driver runs inside this span: every line names the connection.
             let _span = tracing::info_span!("wsgate_client", id = %"up-1").entered();
             let mode = Correlation::UuidPrefix;
