@@ -19,17 +19,21 @@ pub fn driver_dir() -> PathBuf {
 }
 
 /// `npm ci` in `dir` unless its packages are there (once per test process; the tests of one
-/// binary may start together).
-fn install(dir: &std::path::Path) {
-    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+/// binary may start together), bounded like every other wait.
+async fn install(dir: &std::path::Path) {
+    static INSTALLING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one = INSTALLING.lock().await;
     if dir.join("node_modules/socket.io-client").exists() {
         return;
     }
-    let status = std::process::Command::new("npm")
+    let npm = Command::new("npm")
         .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
         .current_dir(dir)
-        .status()
+        .kill_on_drop(true)
+        .status();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(300), npm)
+        .await
+        .expect("`npm ci` for the Socket.IO driver took over 300 s")
         .expect("run npm (Node.js >= 20 with npm is needed for the Socket.IO tests)");
     assert!(
         status.success(),
@@ -50,7 +54,7 @@ pub struct SioDriver {
 impl SioDriver {
     pub async fn start() -> Self {
         let dir = driver_dir();
-        install(&dir);
+        install(&dir).await;
         let mut child = spawn_piped(
             Command::new("node").arg(dir.join("driver.mjs")),
             Stdio::inherit(),

@@ -83,12 +83,6 @@ pub fn connected(
     gw.arm_expiry(&conn);
     // The handlers registered by the middleware run from now on.
     ready.0.send_replace(Some(client.clone()));
-    let c = client.clone();
-    s.on_disconnect(async move |reason: DisconnectReason| {
-        if let Some(gone) = c.gone.lock().take() {
-            let _ = gone.send(reason_of(reason));
-        }
-    });
     edge.tasks.spawn(watch(client, s, slot, left));
 }
 
@@ -123,18 +117,29 @@ type Answer = (Value, Vec<Publication>);
 /// So the middleware registers the handlers, before `40`, and they wait for this.
 pub struct Ready(tokio::sync::watch::Sender<Option<Arc<Client>>>);
 
-/// Registers the client events on an admitted socket (from the connect middleware, before
-/// the client is told it is connected); [`connected`] makes them run.
+/// Registers the client events and the disconnect handler on an admitted socket (from the
+/// connect middleware, before the client is told it is connected); [`connected`] makes them
+/// run.
 pub fn register(s: &SocketRef) -> Ready {
     let (tx, rx) = tokio::sync::watch::channel(None);
     for op in [Op::Subscribe, Op::Unsubscribe, Op::Publish, Op::Presence] {
         on(s, rx.clone(), op);
     }
+    let on_fallback = rx.clone();
     s.on_fallback(async move |s: SocketRef, ack: AckSender| {
-        let Some(c) = client_of(rx).await else { return };
+        let Some(c) = client_of(on_fallback).await else {
+            return;
+        };
         let e = ProtocolError::new("unknown_op", "unknown event");
         let mut session = c.session.lock().await;
         c.reply(&s, &mut session, ack, Err(e));
+    });
+    // Here too: a client that leaves before the connect handler ran is still seen leaving.
+    s.on_disconnect(async move |reason: DisconnectReason| {
+        let Some(c) = client_of(rx).await else { return };
+        if let Some(gone) = c.gone.lock().take() {
+            let _ = gone.send(reason_of(reason));
+        }
     });
     Ready(tx)
 }
