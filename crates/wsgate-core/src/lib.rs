@@ -17,6 +17,7 @@
 //! - [`control`]: the control API as typed commands and results: authorization,
 //!   validation, defaults, paging and routing, once for HTTP and gRPC alike.
 //! - [`metrics`]: the Prometheus series every part of the node reports into.
+//! - [`namespace`]: channel namespaces and the options a channel takes from its own.
 //!
 //! Time is read through [`clock::Clock`], which follows tokio's clock: the gateway's tests
 //! (`gateway/tests.rs`, over the memory engine and a recording transport, no sockets) run
@@ -30,6 +31,7 @@ pub mod ids;
 pub mod memory;
 pub mod metrics;
 pub mod names;
+pub mod namespace;
 pub mod protocol;
 pub mod relay;
 pub mod seams;
