@@ -88,7 +88,7 @@ pub const REJECTION_REASONS: [&str; 11] = [
 /// Why control API calls were refused (`wsgate_api_rejections_total{reason}`).
 pub const API_REJECTION_REASONS: [&str; 2] = ["rate_limited", "unauthorized"];
 /// Error codes of refused client frames (`websocket_protocol_errors_total{code}`).
-pub const PROTOCOL_ERROR_CODES: [&str; 10] = [
+pub const PROTOCOL_ERROR_CODES: [&str; 11] = [
     "invalid_json",
     "invalid_frame",
     "invalid_channel",
@@ -99,13 +99,15 @@ pub const PROTOCOL_ERROR_CODES: [&str; 10] = [
     "too_many_channels",
     "unavailable",
     "rate_limited",
+    "unknown_namespace",
 ];
 /// Outcomes of subscriptions with `since` (`wsgate_recoveries_total{reason}`).
-pub const RECOVERY_OUTCOMES: [&str; 4] = [
+pub const RECOVERY_OUTCOMES: [&str; 5] = [
     "recovered",
     "epoch_changed",
     "history_truncated",
     "offset_ahead",
+    "recovery_disabled",
 ];
 /// Kinds of publication (`wsgate_publications_total{kind}`).
 pub const PUBLICATION_KINDS: [&str; 3] = ["channel", "user", "connection"];

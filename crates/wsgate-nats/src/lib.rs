@@ -182,7 +182,8 @@ impl Broker for NatsBroker {
         let client = self.connected()?;
         let payload = wire::encode_direct(to, &data);
         let node = match to {
-            Recipient::User(_) => {
+            // Every node reads the users' subject: a subscriber event reaches them all.
+            Recipient::User(_) | Recipient::Subscribers(_) => {
                 client
                     .publish(self.subjects.users.clone(), payload)
                     .await

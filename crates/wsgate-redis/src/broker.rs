@@ -129,7 +129,10 @@ impl Broker for RedisBroker {
     async fn send(&self, to: Recipient<'_>, data: Bytes) -> Result<usize, BrokerError> {
         let payload = wire::encode_direct(to, &data);
         match to {
-            Recipient::User(_) => self.announce(&self.keys.users, payload).await,
+            // Every node reads the users' channel: a subscriber event reaches them all.
+            Recipient::User(_) | Recipient::Subscribers(_) => {
+                self.announce(&self.keys.users, payload).await
+            }
             // Still through Redis when the node is this one, so a send and a later channel
             // message keep their order.
             Recipient::Connection { node, .. } => {

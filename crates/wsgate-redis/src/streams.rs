@@ -111,9 +111,9 @@ impl ChannelStreams {
             .arg(&*req.channel)
             .arg(&req.data[..])
             .arg(req.exclude_user.as_deref().unwrap_or(""))
-            .arg(self.history_size)
+            .arg(req.history.size.unwrap_or(self.history_size))
             .arg(req.event.as_deref().unwrap_or(""))
-            .arg(self.ttl_ms)
+            .arg(req.history.ttl_ms.unwrap_or(self.ttl_ms))
             .invoke_async(&mut self.conn.clone())
             .await;
         self.observe(&r);

@@ -25,6 +25,8 @@ pub struct GatewaySettings {
     pub heartbeat_interval_ms: u64,
     /// Close (4008) a connection silent this long. Default [`DEFAULT_HEARTBEAT_TIMEOUT_MS`].
     pub heartbeat_timeout_ms: u64,
+    /// Who may publish from a client connection, in the default namespace (`[channels]`
+    /// may say it too; docs/operations.md, "Channel namespaces").
     pub client_publish: ClientPublish,
     /// Protocol errors in a row before a connection is closed with 1008.
     /// Default [`DEFAULT_MAX_PROTOCOL_ERRORS`].
@@ -67,7 +69,6 @@ impl GatewaySettings {
         let mut g = GatewayConfig::new(node);
         g.heartbeat_interval = Duration::from_millis(self.heartbeat_interval_ms.max(1));
         g.heartbeat_timeout = Duration::from_millis(self.heartbeat_timeout_ms.max(1));
-        g.client_publish = self.client_publish;
         g.max_protocol_errors = self.max_protocol_errors.max(1);
         g.max_channels_per_connection = self.max_channels_per_connection;
         g.presence_max_users = self.presence_max_users;

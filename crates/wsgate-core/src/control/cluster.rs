@@ -79,6 +79,11 @@ pub(super) enum NodeCall {
         id: String,
         reason: Option<String>,
     },
+    /// This node's subscriber counts of the channels `name` selects (control/channels.rs).
+    Channels {
+        name: String,
+        how: super::channels::ChannelMatch,
+    },
 }
 
 /// A node's answer to a [`NodeCall`].
@@ -90,6 +95,7 @@ pub(super) enum NodeReply {
         items: Vec<ConnectionView>,
     },
     Connection(Box<ConnectionView>),
+    Channels(Vec<(String, usize)>),
     Done,
     Failed {
         code: ErrorCode,
@@ -169,6 +175,9 @@ impl Control {
             NodeCall::DisconnectClient { id, reason } => {
                 let kicked = self.kick_local(&id, reason.as_deref());
                 NodeReply::of(kicked, |()| NodeReply::Done)
+            }
+            NodeCall::Channels { name, how } => {
+                NodeReply::Channels(self.local_channel_counts(&name, how))
             }
         };
         serde_json::to_string(&reply).unwrap_or_default()
@@ -277,7 +286,7 @@ impl Control {
     /// Sends `call` to `node` and reads its answer: a node that nobody serves has no such
     /// connection; a store that does not carry the call is `Store unavailable`, a node that
     /// does not answer in time is named.
-    async fn ask(
+    pub(super) async fn ask(
         &self,
         link: &ClusterLink,
         node: &str,

@@ -46,6 +46,7 @@ macro_rules! named_options {
 }
 
 mod access;
+mod channels;
 mod cluster;
 mod connect;
 mod error;
@@ -59,6 +60,7 @@ use bytes::Bytes;
 use wsgate_client::Message;
 
 pub use access::{Access, ApiLimits, Caller, RATE_LIMITED, UNAUTHORIZED};
+pub use channels::{ChannelCount, ChannelInfo, ChannelList, MAX_CHANNELS_LISTED};
 pub use cluster::{Listing, NODE_QUERY_TIMEOUT, Scope};
 pub use connect::{Connect, ConnectAuth, HOST_NOT_ALLOWED, Subscribe, UpstreamHosts};
 pub use error::{ControlError, ErrorCode, STORE_UNAVAILABLE};
@@ -217,8 +219,18 @@ impl Control {
         Ok(self.gateway.kick(id, reason)?)
     }
 
+    /// Presence of a channel whose namespace keeps it (`presence = false`: 400).
     pub async fn presence(&self, channel: &str) -> Result<Presence, ControlError> {
         rules::check_channel(channel)?;
+        let ns = self
+            .gateway
+            .namespace_of(channel)
+            .map_err(|e| ControlError::invalid(e.to_string()))?;
+        if !ns.presence {
+            return Err(ControlError::invalid(format!(
+                "presence is off in the namespace of `{channel}`"
+            )));
+        }
         Ok(self.gateway.presence(channel).await?)
     }
 

@@ -3,6 +3,8 @@
 mod connection;
 mod expiry;
 mod heartbeat;
+mod membership;
+mod proxy;
 mod registry;
 mod session;
 mod transport;
@@ -28,12 +30,15 @@ use tracing::{info, warn};
 pub use connection::{CloseRequest, Connection, ConnectionInfo, Stats};
 pub use expiry::{Expiries, TokenClock};
 pub use heartbeat::Heartbeat;
+pub use membership::{Membership, membership_frame};
+pub use proxy::NO_SUBSCRIBE_HOOK;
 pub use registry::Registry;
 pub use session::Session;
 pub use transport::{Delivery, Outbound, Overflow, Skips, Transport};
 
 use crate::auth::Identity;
 use crate::clock::Clock;
+use crate::namespace::{NamespaceOptions, Namespaces, UnknownNamespace};
 use crate::metrics::Metrics;
 use crate::protocol::{self, close};
 
@@ -57,7 +62,6 @@ pub struct GatewayConfig {
     pub heartbeat_interval: Duration,
     /// Close (4008) a connection silent for this long. Default [`DEFAULT_HEARTBEAT_TIMEOUT`].
     pub heartbeat_timeout: Duration,
-    pub client_publish: ClientPublish,
     /// Protocol errors in a row before the connection is closed (1008).
     /// Default [`DEFAULT_MAX_PROTOCOL_ERRORS`].
     pub max_protocol_errors: u32,
@@ -98,7 +102,6 @@ impl GatewayConfig {
             node,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
-            client_publish: ClientPublish::default(),
             max_protocol_errors: DEFAULT_MAX_PROTOCOL_ERRORS,
             max_channels_per_connection: DEFAULT_MAX_CHANNELS_PER_CONNECTION,
             token_grace: DEFAULT_TOKEN_GRACE,
@@ -149,6 +152,8 @@ pub struct Gateway {
     /// Due times of expiring tokens ([`Gateway::run_expiries`]).
     pub expiries: Expiries,
     presence_cache: dashmap::DashMap<Arc<str>, Arc<ClientPresence>>,
+    /// The channel namespaces, swapped whole on reload ([`Gateway::set_namespaces`]).
+    namespaces: arc_swap::ArcSwap<Namespaces>,
 }
 
 impl Gateway {
@@ -173,7 +178,24 @@ impl Gateway {
             clock: Clock::new(),
             expiries: Expiries::default(),
             presence_cache: dashmap::DashMap::new(),
+            namespaces: arc_swap::ArcSwap::from_pointee(Namespaces::default()),
         })
+    }
+
+    /// The namespaces as configured now.
+    pub fn namespaces(&self) -> Arc<Namespaces> {
+        self.namespaces.load_full()
+    }
+
+    /// Replaces the namespaces at once (start, SIGHUP): subscriptions already held stay;
+    /// every operation from now on follows the new rules.
+    pub fn set_namespaces(&self, namespaces: Namespaces) {
+        self.namespaces.store(Arc::new(namespaces));
+    }
+
+    /// The options of `channel`'s namespace, as configured now.
+    pub fn namespace_of(&self, channel: &str) -> Result<Arc<NamespaceOptions>, UnknownNamespace> {
+        self.namespaces.load().resolve(channel).cloned()
     }
 
     pub fn node(&self) -> &NodeId {
@@ -251,7 +273,7 @@ impl Gateway {
     /// Forgets a connection whose task has ended. `reason` labels the metric and the log.
     /// Returns the channels whose presence entries remain to be removed: the caller releases
     /// the socket and the connection's admission slot first, then calls
-    /// [`Gateway::leave_presence`] (a store outage must not hold either).
+    /// [`Gateway::leave_channels`] (a store outage must not hold either).
     pub fn close(
         &self,
         conn: &Connection,
@@ -274,11 +296,16 @@ impl Gateway {
         channels
     }
 
-    /// Removes a closed connection's presence entries, in one call to the store. A store
-    /// that fails keeps them and retries on its own (the Redis store's liveness loop).
-    pub async fn leave_presence(&self, connection_id: &str, channels: &[Arc<str>]) {
+    /// Removes a closed connection's presence entries, in one call to the store (a store
+    /// that fails keeps them and retries on its own: the Redis store's liveness loop), and
+    /// announces its `leave` where the namespace has `join_leave`.
+    pub async fn leave_channels(&self, connection_id: &str, user: &str, channels: &[Arc<str>]) {
         if channels.is_empty() {
             return;
+        }
+        for channel in channels {
+            self.announce_for(Membership::Leave, channel, user, connection_id)
+                .await;
         }
         if let Err(e) = self
             .presence
@@ -292,6 +319,8 @@ impl Gateway {
 
     /// Publishes to a channel through the broker (every node, in offset order). `event` names
     /// the Socket.IO event it is emitted as (`message` when `None`).
+    /// A channel whose namespace is not configured is refused ([`UnknownNamespace`]); its
+    /// namespace's history bounds go with the publication.
     pub async fn publish(
         &self,
         channel: &str,
@@ -299,7 +328,14 @@ impl Gateway {
         exclude_user: Option<&str>,
         event: Option<&str>,
     ) -> Result<(u64, Arc<str>, usize), GatewayError> {
+        let ns = self
+            .namespace_of(channel)
+            .map_err(|e| GatewayError::InvalidData(e.to_string()))?;
         let req = PublishRequest {
+            history: crate::seams::HistoryPolicy {
+                size: ns.history_size,
+                ttl_ms: ns.history_ttl_ms,
+            },
             channel: channel.into(),
             data,
             exclude_user: exclude_user.map(Into::into),
@@ -584,6 +620,18 @@ impl Deliver for LocalDelivery {
                     .filter(|c| self.push(c, &item, frame.len()))
                     .count();
                 self.sent(delivered, frame.len());
+                delivered
+            }
+            Envelope::Subscribers { channel, data } => {
+                let Some(subs) = self.registry.subscribers(channel) else {
+                    return 0;
+                };
+                let item = Outbound::Frame(protocol::wire_text(data));
+                let delivered = subs
+                    .iter()
+                    .filter(|c| self.push(c, &item, data.len()))
+                    .count();
+                self.sent(delivered, data.len());
                 delivered
             }
             Envelope::Connection { id, data } => match self.registry.get(id) {

@@ -98,6 +98,25 @@ impl Registry {
         Some((c.subs.clone(), changed))
     }
 
+    /// The channels with subscribers here whose names start with `prefix`, with how many
+    /// local connections subscribe to each, sorted by name; at most `max`.
+    pub fn channel_counts(&self, prefix: &str, max: usize) -> Vec<(Arc<str>, usize)> {
+        let mut all: Vec<(Arc<str>, usize)> = self
+            .channels
+            .iter()
+            .filter(|e| e.key().starts_with(prefix))
+            .map(|e| (e.key().clone(), e.value().subs.len()))
+            .collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        all.truncate(max);
+        all
+    }
+
+    /// How many local connections subscribe to `channel`.
+    pub fn subscriber_count(&self, channel: &str) -> usize {
+        self.channels.get(channel).map_or(0, |c| c.subs.len())
+    }
+
     /// Adds `conn` to `channel`. Returns false if it was already there.
     pub fn subscribe(&self, channel: &Arc<str>, conn: &Arc<Connection>) -> bool {
         if !conn.add_channel(channel.clone()) {

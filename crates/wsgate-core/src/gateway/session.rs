@@ -15,11 +15,11 @@ use serde_json::value::RawValue;
 use tungstenite::Utf8Bytes;
 
 use super::connection::{CloseRequest, Connection};
-use super::{ClientPresence, ClientPublish, Gateway};
+use super::{ClientPresence, ClientPublish, Gateway, Membership};
 use crate::auth::{Authenticator, ChannelGrant};
 use crate::metrics::ReasonLabel;
+use crate::namespace::{NamespaceOptions, SubscribeRule, UNKNOWN_NAMESPACE};
 use crate::protocol::{self, ClientOp, Frame, ProtocolError, close};
-use crate::upstream::TOPIC_PREFIX;
 
 pub struct Session {
     pub conn: Arc<Connection>,
@@ -240,29 +240,42 @@ impl Session {
         }
         gw.metrics.subscriptions.dec();
         self.conn.transport.forget_skip(channel);
+        // Left whatever the namespace says now: a reload may have turned presence off
+        // after this connection's entry was written.
         if let Err(e) = gw.presence.presence_leave(channel, &self.conn.id).await {
             gw.metrics.store_errors.inc();
             tracing::warn!(connection_id = %self.conn.id, error = %e, "presence leave failed");
         }
+        gw.announce(Membership::Leave, channel, &self.conn).await;
         Ok(())
     }
 
-    /// `publish` from the client, under the token's grants and `client_publish`; `data` is
-    /// one JSON value as text. Returns the publication's offset.
+    /// `publish` from the client, under the namespace's `client_publish` (and the token's
+    /// grants where the namespace's subscriptions follow them); `data` is one JSON value
+    /// as text. Returns the publication's offset.
     pub async fn publish(
         &mut self,
         gw: &Gateway,
         channel: &str,
         data: &str,
     ) -> Result<u64, ProtocolError> {
-        self.check_grant(channel)?;
-        // `topic:*` carries what upstream servers said: only their pumps publish there.
-        let allowed = !channel.starts_with(TOPIC_PREFIX)
-            && match gw.config.client_publish {
-                ClientPublish::Deny => false,
-                ClientPublish::Subscribed => self.conn.is_subscribed(channel),
-                ClientPublish::Any => true,
-            };
+        let ns = namespace(gw, channel)?;
+        if ns.subscribe == SubscribeRule::Token {
+            self.check_grant(channel)?;
+        }
+        // `topic:*` (built in, `client_publish = deny`) carries what upstream servers said:
+        // only their pumps publish there.
+        let allowed = match ns.client_publish {
+            ClientPublish::Deny => false,
+            ClientPublish::Subscribed => self.conn.is_subscribed(channel),
+            // Where subscriptions follow the backend, so does publishing to channels this
+            // connection is not subscribed to: the token must grant them.
+            ClientPublish::Any => {
+                ns.subscribe != SubscribeRule::Proxy
+                    || self.conn.is_subscribed(channel)
+                    || self.check_grant(channel).is_ok()
+            }
+        };
         if !allowed {
             return Err(ProtocolError::new(
                 "forbidden",
@@ -284,10 +297,30 @@ impl Session {
         gw: &Gateway,
         channel: &str,
     ) -> Result<Arc<ClientPresence>, ProtocolError> {
+        if !namespace(gw, channel)?.presence {
+            return Err(ProtocolError::new(
+                "unsupported",
+                format!("presence is off in the namespace of `{channel}`"),
+            ));
+        }
         self.check_presence(channel)?;
         gw.client_presence(channel)
             .await
             .map_err(|e| ProtocolError::new("unavailable", e.to_string()))
+    }
+
+    /// Whether this connection may subscribe to `channel`, by its namespace's rule.
+    async fn check_subscribe(
+        &self,
+        gw: &Gateway,
+        ns: &NamespaceOptions,
+        channel: &str,
+    ) -> Result<(), ProtocolError> {
+        match ns.subscribe {
+            SubscribeRule::Token => self.check_grant(channel),
+            SubscribeRule::Any => Ok(()),
+            SubscribeRule::Proxy => super::proxy::subscribe_proxy(gw, &self.conn, channel).await,
+        }
     }
 
     fn check_grant(&self, channel: &str) -> Result<(), ProtocolError> {
@@ -325,7 +358,11 @@ impl Session {
         channel: &str,
         since: Option<StreamPosition>,
     ) -> Result<Recovery, ProtocolError> {
-        self.check_grant(channel)?;
+        let ns = namespace(gw, channel)?;
+        self.check_subscribe(gw, &ns, channel).await?;
+        // `recover = false`: the client is told so (`recovered: false`), not replayed to.
+        let asked = since.is_some();
+        let since = since.filter(|_| ns.recover);
         let channel: Arc<str> = channel.into();
         let fresh = !self.conn.is_subscribed(&channel);
         if fresh && self.conn.channel_count() >= gw.config.max_channels_per_connection {
@@ -362,7 +399,10 @@ impl Session {
             }
         };
         if fresh {
-            gw.presence_join(&channel, &self.conn).await;
+            if ns.presence {
+                gw.presence_join(&channel, &self.conn).await;
+            }
+            gw.announce(Membership::Join, &channel, &self.conn).await;
         }
         self.conn.transport.skip_through(
             channel.clone(),
@@ -377,7 +417,10 @@ impl Session {
             recovery.publications = Vec::new();
             recovery.gap = Some(RecoveryGap::TooLarge);
         }
-        if since.is_some() {
+        if asked && since.is_none() {
+            recovery.gap = Some(RecoveryGap::Disabled);
+        }
+        if asked {
             let outcome = recovery.gap.map_or("recovered", |g| g.as_str());
             gw.metrics
                 .recoveries
@@ -386,6 +429,12 @@ impl Session {
         }
         Ok(recovery)
     }
+}
+
+/// The options of `channel`'s namespace, or the client's `unknown_namespace` error.
+fn namespace(gw: &Gateway, channel: &str) -> Result<Arc<NamespaceOptions>, ProtocolError> {
+    gw.namespace_of(channel)
+        .map_err(|_| ProtocolError::new("unknown_namespace", UNKNOWN_NAMESPACE))
 }
 
 /// What replaying `publications` costs in frame bytes, estimated before encoding them (the

@@ -42,6 +42,9 @@ struct Stream {
     offset: u64,
     history: VecDeque<Publication>,
     last_publish: Instant,
+    /// How long the stream outlives its last publication without local subscribers: the
+    /// broker's idle bound, or longer when its namespace's `history_ttl_ms` says so.
+    idle_ttl: Duration,
     /// Removed from the map by a sweep: whoever still holds it must look the channel up again.
     evicted: bool,
 }
@@ -96,6 +99,7 @@ impl MemoryBroker {
                     offset: 0,
                     history: VecDeque::new(),
                     last_publish: Instant::now(),
+                    idle_ttl: self.idle_ttl,
                     evicted: false,
                 })))
                 .clone(),
@@ -144,10 +148,9 @@ impl MemoryBroker {
 
     /// Evicts every channel idle for `idle_ttl` with no local subscriber; returns how many.
     pub fn evict_idle(&self) -> usize {
-        let ttl = self.idle_ttl;
         let sink = self.sink.get();
         let idle = |channel: &str, s: &Stream| {
-            s.last_publish.elapsed() >= ttl && !sink.is_some_and(|k| k.has_subscribers(channel))
+            s.last_publish.elapsed() >= s.idle_ttl && !sink.is_some_and(|k| k.has_subscribers(channel))
         };
         let any = self
             .streams
@@ -211,6 +214,13 @@ impl Broker for MemoryBroker {
             }
             s.offset += 1;
             s.last_publish = Instant::now();
+            // The namespace's bound (the server already took the longer of it and
+            // `channel_idle_ttl_ms`, as it does for the node's).
+            s.idle_ttl = req
+                .history
+                .ttl_ms
+                .map_or(self.idle_ttl, Duration::from_millis);
+            let history_size = req.history.size.unwrap_or(self.history_size);
             let publication = Publication {
                 channel: req.channel,
                 offset: s.offset,
@@ -220,10 +230,11 @@ impl Broker for MemoryBroker {
                 event: req.event,
                 published_at_us: now_us(),
             };
-            if self.history_size > 0 {
-                if s.history.len() == self.history_size {
-                    s.history.pop_front();
-                }
+            // A size lowered by a reload trims what the old one kept.
+            while s.history.len() >= history_size.max(1) {
+                s.history.pop_front();
+            }
+            if history_size > 0 {
                 s.history.push_back(publication.clone());
             }
             let position = StreamPosition {
@@ -248,6 +259,10 @@ impl Broker for MemoryBroker {
             Recipient::Connection { node, .. } if *node != self.node => 0,
             Recipient::Connection { id, .. } => self.deliver(&Envelope::Connection {
                 id: id.into(),
+                data,
+            }),
+            Recipient::Subscribers(channel) => self.deliver(&Envelope::Subscribers {
+                channel: channel.into(),
                 data,
             }),
         })
@@ -309,6 +324,7 @@ mod tests {
 
     fn req(ch: &str, n: u32) -> PublishRequest {
         PublishRequest {
+            history: Default::default(),
             channel: ch.into(),
             data: Bytes::from(n.to_string()),
             exclude_user: None,

@@ -65,6 +65,7 @@ impl Dispatcher {
             Envelope::Channel(p) => (&p.channel, &p.data),
             Envelope::User { user, data } => (user, data),
             Envelope::Connection { id, data } => (id, data),
+            Envelope::Subscribers { channel, data } => (channel, data),
         };
         if !self.relay.valid(whom, data) {
             return 0;
@@ -428,6 +429,7 @@ mod tests {
         let mut out = Vec::new();
         for i in 0..n {
             let req = PublishRequest {
+                history: Default::default(),
                 channel: "c".into(),
                 data: Bytes::from(i.to_string()),
                 exclude_user: None,

@@ -7,7 +7,11 @@
 //! c <offset> <epoch> <published_at_us> <len(channel)> <len(exclude)> <len(event)>\n<channel><exclude><event><data>
 //! u <len(user)>\n<user><data>
 //! n <len(connection id)>\n<connection id><data>
+//! s <len(channel)>\n<channel><data>
 //! ```
+//!
+//! `s` goes to a channel's subscribers outside its stream (`join`/`leave`); a node from
+//! before it drops it as an unknown kind.
 //!
 //! `data` is the publication's JSON text, passed through untouched. A `c` header without
 //! `<len(event)>` (nodes from before Socket.IO events) means no event. The `c` form is built by
@@ -46,11 +50,12 @@ pub fn encode_channel(p: &Publication) -> Bytes {
     b.freeze()
 }
 
-/// `u` (to a user) or `n` (to one connection).
+/// `u` (to a user), `n` (to one connection) or `s` (to a channel's subscribers).
 pub fn encode_direct(to: Recipient<'_>, data: &[u8]) -> Bytes {
     let (kind, target) = match to {
         Recipient::User(user) => (b'u', user),
         Recipient::Connection { id, .. } => (b'n', id),
+        Recipient::Subscribers(channel) => (b's', channel),
     };
     let header = format!("{} {}\n", kind as char, target.len());
     let mut b = BytesMut::with_capacity(header.len() + target.len() + data.len());
@@ -105,17 +110,20 @@ pub fn decode(payload: Bytes) -> Result<Envelope, WireError> {
                 published_at_us,
             }))
         }
-        "u" | "n" => {
+        "u" | "n" | "s" => {
             let n = len(1)?;
             if body.len() < n {
                 return Err(WireError("short body"));
             }
             let target: Arc<str> = str_of(&body[..n])?.into();
             let data = body.slice(n..);
-            Ok(if fields[0] == "u" {
-                Envelope::User { user: target, data }
-            } else {
-                Envelope::Connection { id: target, data }
+            Ok(match fields[0] {
+                "u" => Envelope::User { user: target, data },
+                "n" => Envelope::Connection { id: target, data },
+                _ => Envelope::Subscribers {
+                    channel: target,
+                    data,
+                },
             })
         }
         _ => Err(WireError("unknown kind")),
@@ -184,6 +192,12 @@ mod tests {
             .unwrap(),
             Envelope::Connection { .. }
         ));
+        let Envelope::Subscribers { channel, data } =
+            decode(encode_direct(Recipient::Subscribers("chat:1"), b"{}")).unwrap()
+        else {
+            panic!("not a subscribers message")
+        };
+        assert_eq!((&*channel, &data[..]), ("chat:1", &b"{}"[..]));
         assert!(decode(Bytes::from_static(b"c 1 e 2 50 0\nshort")).is_err());
         assert!(decode(Bytes::from_static(b"garbage")).is_err());
     }

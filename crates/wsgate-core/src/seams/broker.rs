@@ -35,6 +35,9 @@ pub enum Recipient<'a> {
     User(&'a str),
     /// One connection, held by `node`.
     Connection { node: &'a NodeId, id: &'a str },
+    /// Every subscriber of a channel, on every node, outside the channel's stream (no
+    /// offset, no history): `join`/`leave` frames.
+    Subscribers(&'a str),
 }
 
 #[derive(Debug, thiserror::Error)]

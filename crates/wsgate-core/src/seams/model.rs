@@ -28,6 +28,19 @@ pub struct PublishRequest {
     /// The Socket.IO event name it is emitted as (`message` when `None`); `/ws` clients
     /// always get a `message` frame.
     pub event: Option<Arc<str>>,
+    /// The channel's namespace's history bounds ([`HistoryPolicy::default`]: the engine's).
+    pub history: HistoryPolicy,
+}
+
+/// How much history a publication's channel keeps, as its namespace says. A bound left
+/// `None` is the engine's own (the node's `history_size`, `history_ttl_ms`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HistoryPolicy {
+    /// Publications kept (0: none).
+    pub size: Option<usize>,
+    /// How long the channel's history (and its offset and epoch) outlive its last
+    /// publication.
+    pub ttl_ms: Option<u64>,
 }
 
 /// One message of a channel's stream, with its place in that stream.
@@ -59,6 +72,12 @@ pub enum Envelope {
         id: Arc<str>,
         data: Bytes,
     },
+    /// To every subscriber of a channel on this node, outside the channel's stream (no
+    /// offset, no history): `data` is the whole frame (`join`/`leave`).
+    Subscribers {
+        channel: Arc<str>,
+        data: Bytes,
+    },
 }
 
 /// What a subscriber that asked for `since` gets back.
@@ -85,6 +104,8 @@ pub enum RecoveryGap {
     /// is replayed; the client goes on from the current offset (and fetches the rest
     /// elsewhere if it needs it).
     TooLarge,
+    /// The channel's namespace has `recover = false`: `since` is ignored.
+    Disabled,
 }
 
 impl RecoveryGap {
@@ -94,6 +115,7 @@ impl RecoveryGap {
             RecoveryGap::HistoryTruncated => "history_truncated",
             RecoveryGap::OffsetAhead => "offset_ahead",
             RecoveryGap::TooLarge => "too_large",
+            RecoveryGap::Disabled => "recovery_disabled",
         }
     }
 }

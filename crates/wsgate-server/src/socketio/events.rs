@@ -373,5 +373,5 @@ async fn watch(
     drop(slot);
     debug!(connection_id = %conn.id, reason, "Socket.IO connection ended");
     let channels = gw.close(&conn, reason, code);
-    gw.leave_presence(&conn.id, &channels).await;
+    gw.leave_channels(&conn.id, conn.user(), &channels).await;
 }

@@ -258,9 +258,9 @@ pub(super) async fn serve(
         .await;
     }
     let channels = gw.close(&conn, ending.reason, ending.close.as_ref().map(|c| c.0));
-    let id = conn.id.clone();
+    let (id, user) = (conn.id.clone(), conn.user().clone());
     drop((ws, socket, taken, session, slot, conn));
-    gw.leave_presence(&id, &channels).await;
+    gw.leave_channels(&id, &user, &channels).await;
 }
 
 /// `taken` holds frames a flush took from the backlog and has not written yet; it outlives
