@@ -80,6 +80,8 @@ outcome!(
     pb::PublishReply,
     pb::DeliveryReply,
     pb::PresenceReply,
+    pb::ListChannelsReply,
+    pb::GetChannelReply,
 );
 
 /// The reply for `result`: `ok` builds the success, an error becomes `success = false`
@@ -541,6 +543,42 @@ impl WsGate for GrpcApi {
                 channel: p.channel,
                 users: p.users,
                 connections: p.connections as u64,
+                ..Default::default()
+            }
+        })
+    }
+
+    async fn list_channels(
+        &self,
+        req: Request<pb::ListChannelsRequest>,
+    ) -> Reply<pb::ListChannelsReply> {
+        let prefix = req.into_inner().prefix;
+        answer(self.control.list_channels(&prefix).await, |l| {
+            pb::ListChannelsReply {
+                channels: l
+                    .channels
+                    .into_iter()
+                    .map(|c| pb::ChannelCount {
+                        channel: c.channel,
+                        subscribers: c.subscribers as u64,
+                    })
+                    .collect(),
+                truncated: l.truncated,
+                missing_nodes: l.missing_nodes,
+                ..Default::default()
+            }
+        })
+    }
+
+    async fn get_channel(&self, req: Request<pb::GetChannelRequest>) -> Reply<pb::GetChannelReply> {
+        let channel = req.into_inner().channel;
+        answer(self.control.channel_info(&channel).await, |c| {
+            pb::GetChannelReply {
+                channel: c.channel,
+                subscribers: c.subscribers as u64,
+                offset: c.offset,
+                epoch: c.epoch.to_string(),
+                missing_nodes: c.missing_nodes,
                 ..Default::default()
             }
         })

@@ -17,6 +17,7 @@ pub use crate::gateway::GatewaySettings;
 pub use crate::grpc::GrpcConfig;
 pub use crate::http::ApiConfig;
 pub use crate::limits::LimitsConfig;
+pub use crate::namespaces::NamespacesConfig;
 pub use crate::listener::ListenerConfig;
 pub use crate::seams::{BrokerKind, ClusterConfig, StoreKind};
 pub use crate::secret::Secret;
@@ -87,6 +88,10 @@ pub struct Config {
     pub api: ApiConfig,
     #[serde(flatten)]
     pub grpc: GrpcConfig,
+    /// `[channels]` and `[namespaces.*]` (docs/operations.md, "Channel namespaces");
+    /// reloaded on SIGHUP.
+    #[serde(flatten)]
+    pub namespaces: NamespacesConfig,
 }
 
 impl Default for Config {
@@ -103,6 +108,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             api: ApiConfig::default(),
             grpc: GrpcConfig::default(),
+            namespaces: NamespacesConfig::default(),
         }
     }
 }
@@ -147,7 +153,8 @@ impl Config {
                 .or_else(|| part::<LimitsConfig>(figment))
                 .or_else(|| part::<ClusterConfig>(figment))
                 .or_else(|| part::<ApiConfig>(figment))
-                .or_else(|| part::<GrpcConfig>(figment));
+                .or_else(|| part::<GrpcConfig>(figment))
+                .or_else(|| part::<NamespacesConfig>(figment));
             anyhow::anyhow!("configuration: {}", named.unwrap_or(e))
         })
     }
@@ -167,6 +174,11 @@ impl Config {
             .collect();
         unknown.sort();
         unknown
+    }
+
+    /// The channel namespaces the file declares, checked.
+    pub fn channel_namespaces(&self) -> anyhow::Result<wsgate_core::namespace::Namespaces> {
+        self.namespaces.build(&self.gateway, &self.cluster)
     }
 
     pub fn node_id(&self) -> String {
@@ -200,6 +212,7 @@ impl Config {
         let mut api_listeners = vec![self.listener.listen];
         api_listeners.extend(self.grpc.listen());
         self.api.validate(&api_listeners)?;
+        self.channel_namespaces()?;
         Ok(())
     }
 }

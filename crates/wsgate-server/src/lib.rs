@@ -26,6 +26,7 @@ mod jwks;
 pub mod lifecycle;
 pub mod limits;
 pub mod listener;
+pub mod namespaces;
 mod node;
 pub mod process;
 pub mod reply;

@@ -57,6 +57,7 @@ impl Node {
             seams.presence,
             metrics.clone(),
         );
+        gateway.set_namespaces(config.channel_namespaces()?);
         let upstreams = UpstreamManager::new(UpstreamParts {
             node,
             records: seams.records,
@@ -143,6 +144,15 @@ impl Node {
             Some(tls) => tls.reload().map(|()| true),
             None => Ok(false),
         }
+    }
+
+    /// Applies the channel namespaces of a re-read config (SIGHUP): every connection stays,
+    /// subscriptions already held stay, new operations follow the new rules. On error
+    /// (the file is refused) the namespaces in use stay. Other settings need a restart.
+    pub fn reload_namespaces(&self, config: &Config) -> anyhow::Result<()> {
+        config.validate()?;
+        self.gateway().set_namespaces(config.channel_namespaces()?);
+        Ok(())
     }
 
     /// Cluster mode: takes this node id's lease before the node serves, waiting up to two

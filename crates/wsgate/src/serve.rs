@@ -135,10 +135,11 @@ pub struct ServeArgs {
 pub fn main(args: ServeArgs) -> anyhow::Result<()> {
     // The gRPC API is set with `grpc_listen` / `grpc_enabled` in the file or as
     // `WSGATE_GRPC_LISTEN` / `WSGATE_GRPC_ENABLED`.
-    let config = Config::extract(
-        &Config::figment(args.config.as_deref())
-            .merge(figment::providers::Serialized::defaults(&args)),
-    )?;
+    let sources = ConfigSources {
+        file: args.config.clone(),
+        flags: serde_json::to_value(&args)?,
+    };
+    let config = sources.read()?;
     init_logging(config.log_format);
     let unknown = Config::unknown_env();
     if !unknown.is_empty() {
@@ -163,11 +164,14 @@ pub fn main(args: ServeArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("binding {listen}: {e}"))?;
         // Signals are taken from here on: whoever reads the line below may send SIGTERM.
         let shutdown = shutdown_signal();
+        // SIGHUP's default would end the process: taken before anybody can send it.
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
         // Machines (tests, scripts) read the bound address from stdout; logs go to stderr.
         let scheme = if node.is_tls() { "https" } else { "http" };
         println!("wsgate listening on {scheme}://{}", listener.local_addr()?);
-        if node.is_tls() {
-            tokio::spawn(reload_tls_on_sighup(node.clone()));
+        match hup {
+            Ok(hup) => drop(tokio::spawn(reload_on_sighup(node.clone(), sources, hup))),
+            Err(e) => tracing::warn!(error = %e, "no SIGHUP handler: reloads disabled"),
         }
         // The gRPC address goes to the log only: stdout's single line is read by machines
         // that may close the pipe after it.
@@ -176,22 +180,44 @@ pub fn main(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-/// SIGHUP re-reads the TLS certificate and key; connections already open keep theirs.
-async fn reload_tls_on_sighup(node: std::sync::Arc<wsgate_server::Node>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(hup) => hup,
-        Err(e) => {
-            tracing::warn!(error = %e, "no SIGHUP handler: TLS certificate reload disabled");
-            return;
-        }
-    };
+/// Where the settings come from, kept to read them again on SIGHUP.
+struct ConfigSources {
+    file: Option<PathBuf>,
+    /// The command-line flags, which win over the file and the environment.
+    flags: serde_json::Value,
+}
+
+impl ConfigSources {
+    fn read(&self) -> anyhow::Result<Config> {
+        Config::extract(
+            &Config::figment(self.file.as_deref())
+                .merge(figment::providers::Serialized::defaults(&self.flags)),
+        )
+    }
+}
+
+/// SIGHUP re-reads the TLS certificate and key (connections already open keep theirs) and
+/// the config file's channel namespaces (connections and subscriptions stay). Either one
+/// that fails keeps what is in use and says why.
+async fn reload_on_sighup(
+    node: std::sync::Arc<wsgate_server::Node>,
+    sources: ConfigSources,
+    mut hup: tokio::signal::unix::Signal,
+) {
     while hup.recv().await.is_some() {
         match node.reload_tls() {
-            Ok(_) => info!("TLS certificate reloaded"),
+            Ok(true) => info!("TLS certificate reloaded"),
+            Ok(false) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "TLS certificate reload failed; keeping the old one")
             }
+        }
+        match sources.read().and_then(|c| node.reload_namespaces(&c)) {
+            Ok(()) => info!("channel namespaces reloaded"),
+            Err(e) => tracing::error!(
+                error = %format!("{e:#}"),
+                "config reload failed; keeping the channel namespaces in use"
+            ),
         }
     }
 }

@@ -27,6 +27,12 @@ pub struct DataBody {
 }
 
 #[derive(Deserialize, Default)]
+pub struct ChannelsQuery {
+    #[serde(default)]
+    prefix: String,
+}
+
+#[derive(Deserialize, Default)]
 pub struct DisconnectQuery {
     reason: Option<String>,
 }
@@ -89,5 +95,35 @@ pub async fn presence(State(node): State<ApiState>, Path(channel): Path<String>)
         "channel": p.channel,
         "users": p.users,
         "connections": p.connections,
+    })))
+}
+
+/// `GET /api/v1/channels?prefix=`: channels with subscribers, cluster-wide.
+pub async fn list_channels(
+    State(node): State<ApiState>,
+    Query(q): Query<ChannelsQuery>,
+) -> ApiResult {
+    let l = node.control.list_channels(&q.prefix).await?;
+    Ok(Json(json!({
+        "success": true,
+        "channels": l.channels.iter().map(|c| json!({
+            "channel": c.channel,
+            "subscribers": c.subscribers,
+        })).collect::<Vec<_>>(),
+        "truncated": l.truncated,
+        "missing_nodes": l.missing_nodes,
+    })))
+}
+
+/// `GET /api/v1/channels/{channel}`: subscribers (cluster-wide), offset and epoch.
+pub async fn channel_info(State(node): State<ApiState>, Path(channel): Path<String>) -> ApiResult {
+    let c = node.control.channel_info(&channel).await?;
+    Ok(Json(json!({
+        "success": true,
+        "channel": c.channel,
+        "subscribers": c.subscribers,
+        "offset": c.offset,
+        "epoch": &*c.epoch,
+        "missing_nodes": c.missing_nodes,
     })))
 }

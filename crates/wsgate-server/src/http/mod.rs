@@ -37,6 +37,8 @@ pub fn router(api: ApiState, ws: WsState) -> Router {
         )
         .route("/api/v1/connections/{id}", delete(api::disconnect))
         .route("/api/v1/channels/{channel}/presence", get(api::presence))
+        .route("/api/v1/channels", get(api::list_channels))
+        .route("/api/v1/channels/{channel}", get(api::channel_info))
         .nest("/api/v1/upstreams", upstreams::routes())
         .route("/connections", get(ops::list_connections))
         .route("/connections/{id}", get(ops::get_connection))
