@@ -141,7 +141,10 @@ mod tests {
         .unwrap();
         assert!(!ns.resolve("lobby").unwrap().recover);
         let chat = ns.resolve("chat:1").unwrap();
-        assert!(chat.join_leave && chat.recover, "named tables start from the defaults");
+        assert!(
+            chat.join_leave && chat.recover,
+            "named tables start from the defaults"
+        );
         assert_eq!(chat.subscribe, SubscribeRule::Proxy);
         // Never shorter than the idle bound of channels.
         let idle = ClusterConfig::default().channel_idle_ttl_ms;
@@ -165,7 +168,10 @@ mod tests {
         let e = build("[namespaces.chat]\nsubscribe = \"any\"\nsubscribe_proxy = true")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("[namespaces.chat]") && e.contains("contradict"), "{e}");
+        assert!(
+            e.contains("[namespaces.chat]") && e.contains("contradict"),
+            "{e}"
+        );
         let e = build("[namespaces.\"a b\"]\n").unwrap_err().to_string();
         assert!(e.contains("namespace names"), "{e}");
         assert!(build("[namespaces.topic]\n").is_err());

@@ -105,7 +105,11 @@ impl Control {
     }
 
     /// This node's counts for a [`NodeCall::Channels`].
-    pub(super) fn local_channel_counts(&self, name: &str, how: ChannelMatch) -> Vec<(String, usize)> {
+    pub(super) fn local_channel_counts(
+        &self,
+        name: &str,
+        how: ChannelMatch,
+    ) -> Vec<(String, usize)> {
         let registry = &self.gateway.registry;
         match how {
             ChannelMatch::Exact => match registry.subscriber_count(name) {

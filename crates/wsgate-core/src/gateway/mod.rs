@@ -10,6 +10,8 @@ mod session;
 mod transport;
 
 #[cfg(test)]
+mod namespace_tests;
+#[cfg(test)]
 mod testing;
 #[cfg(test)]
 mod tests;
@@ -38,8 +40,8 @@ pub use transport::{Delivery, Outbound, Overflow, Skips, Transport};
 
 use crate::auth::Identity;
 use crate::clock::Clock;
-use crate::namespace::{NamespaceOptions, Namespaces, UnknownNamespace};
 use crate::metrics::Metrics;
+use crate::namespace::{NamespaceOptions, Namespaces, UnknownNamespace};
 use crate::protocol::{self, close};
 
 /// Who may publish from a client connection (backends always may, through the API).

@@ -150,7 +150,8 @@ impl MemoryBroker {
     pub fn evict_idle(&self) -> usize {
         let sink = self.sink.get();
         let idle = |channel: &str, s: &Stream| {
-            s.last_publish.elapsed() >= s.idle_ttl && !sink.is_some_and(|k| k.has_subscribers(channel))
+            s.last_publish.elapsed() >= s.idle_ttl
+                && !sink.is_some_and(|k| k.has_subscribers(channel))
         };
         let any = self
             .streams
