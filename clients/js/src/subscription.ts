@@ -147,7 +147,8 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   private subscribed(f: any, hadSince: boolean, resubscribed: boolean): void {
     // With a recovered position (or a truncated history), the missed publications follow this
     // frame and move `offset` forward; otherwise the subscription starts at the stream's head.
-    if (!hadSince || f.epoch !== this.epoch || f.gap === 'epoch_changed' || f.gap === 'offset_ahead') {
+    const replayed = f.gap !== 'epoch_changed' && f.gap !== 'offset_ahead' && f.gap !== 'recovery_disabled';
+    if (!hadSince || f.epoch !== this.epoch || !replayed) {
       this.offset = f.offset;
     }
     this.epoch = f.epoch;

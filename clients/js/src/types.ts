@@ -95,10 +95,14 @@ export interface SubscribedInfo {
   resubscribed: boolean;
   /** Present when the subscribe carried `since`: were all missed messages recovered? */
   recovered?: boolean;
-  /** Why they were not: `history_truncated`, `epoch_changed`, `offset_ahead`. */
+  /**
+   * Why they were not: `history_truncated`, `epoch_changed`, `offset_ahead`, `too_large`,
+   * `recovery_disabled` (the channel's namespace has `recover = false`).
+   */
   gap?: string;
 }
 
+/** A `join` or `leave` of a channel whose namespace has `join_leave` (from any node). */
 export interface PresenceEvent {
   channel: string;
   user?: string;
