@@ -334,3 +334,36 @@ async fn join_leave_and_channel_info_span_two_nodes() {
     let (_, info) = a.get("/api/v1/channels/chat:1").await;
     assert_eq!(info["subscribers"], 1, "{info}");
 }
+
+#[tokio::test]
+async fn socketio_clients_get_join_leave_events_and_the_namespace_rules() {
+    let file = ConfigFile::new("socketio", "[namespaces.chat]\njoin_leave = true\n");
+    let node = Process::spawn(&["--config", file.arg()]).await;
+    let mut sio = support::socketio::SioDriver::start().await;
+    let base = node.http("");
+    let line = sio
+        .connect("a", &base, json!({"transports": ["websocket"]}))
+        .await;
+    assert_eq!(line["type"], "connect", "{line}");
+    let ack = sio.emit("a", "subscribe", json!("chat:1")).await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    let ack = sio.emit("a", "subscribe", json!("chta:1")).await;
+    assert_eq!(
+        (&ack["ok"], &ack["error"]),
+        (&json!(false), &json!("unknown_namespace")),
+        "{ack}"
+    );
+
+    let mut ws = Client::connect(&node.ws_url()).await;
+    subscribe(&mut ws, "chat:1").await;
+    let wanted = json!({"channel":"chat:1","user":ws.user(),"connection_id":ws.id()});
+    // The same members as the /ws frame, as the event of its op.
+    loop {
+        let args = sio.event("a", "join").await;
+        if args == [wanted.clone()] {
+            break;
+        }
+    }
+    ask(&mut ws, json!({"op":"unsubscribe","channel":"chat:1"})).await;
+    assert_eq!(sio.event("a", "leave").await, [wanted]);
+}

@@ -33,7 +33,7 @@ pub use connection::{CloseRequest, Connection, ConnectionInfo, Stats};
 pub use expiry::{Expiries, TokenClock};
 pub use heartbeat::Heartbeat;
 pub use membership::{Membership, membership_frame};
-pub use proxy::NO_SUBSCRIBE_HOOK;
+pub use proxy::{NO_PUBLISH_HOOK, NO_SUBSCRIBE_HOOK};
 pub use registry::Registry;
 pub use session::Session;
 pub use transport::{Delivery, Outbound, Overflow, Skips, Transport};

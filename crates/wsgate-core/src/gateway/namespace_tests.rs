@@ -59,12 +59,10 @@ async fn an_unknown_namespace_is_an_error_frame_and_an_api_error() {
     );
 }
 
-#[tokio::test]
-async fn recover_off_answers_recovered_false_and_replays_nothing() {
-    let node = node_with(NamespaceOptions {
-        recover: false,
-        ..Default::default()
-    });
+/// In namespace `chat` with `options`: a first subscriber, `n` publications (1..=n), then a
+/// late subscriber asking for everything since offset 0; its answer and replay.
+async fn late_recovery(options: NamespaceOptions, n: u64) -> Vec<Value> {
+    let node = node_with(options);
     let mut first = node.connect("ann", 16);
     let a = ask(
         &node,
@@ -72,16 +70,26 @@ async fn recover_off_answers_recovered_false_and_replays_nothing() {
         json!({"op":"subscribe","channel":"chat:1"}),
     )
     .await;
-    node.publish("chat:1", "1").await;
-    node.publish("chat:1", "2").await;
+    for i in 1..=n {
+        node.publish("chat:1", &i.to_string()).await;
+    }
     let mut late = node.connect("bob", 16);
     let since = json!({"offset": 0, "epoch": a[0]["epoch"]});
-    let r = ask(
+    ask(
         &node,
         &mut late,
         json!({"op":"subscribe","channel":"chat:1","since":since}),
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn recover_off_answers_recovered_false_and_replays_nothing() {
+    let off = NamespaceOptions {
+        recover: false,
+        ..Default::default()
+    };
+    let r = late_recovery(off, 2).await;
     assert_eq!(r.len(), 1, "nothing replayed: {r:?}");
     assert_eq!(
         (&r[0]["recovered"], &r[0]["gap"], &r[0]["offset"]),
@@ -91,28 +99,11 @@ async fn recover_off_answers_recovered_false_and_replays_nothing() {
 
 #[tokio::test]
 async fn history_size_is_the_namespaces() {
-    let node = node_with(NamespaceOptions {
+    let one = NamespaceOptions {
         history_size: Some(1),
         ..Default::default()
-    });
-    let mut first = node.connect("ann", 16);
-    let a = ask(
-        &node,
-        &mut first,
-        json!({"op":"subscribe","channel":"chat:1"}),
-    )
-    .await;
-    for i in 1..=3 {
-        node.publish("chat:1", &i.to_string()).await;
-    }
-    let mut late = node.connect("bob", 16);
-    let since = json!({"offset": 0, "epoch": a[0]["epoch"]});
-    let r = ask(
-        &node,
-        &mut late,
-        json!({"op":"subscribe","channel":"chat:1","since":since}),
-    )
-    .await;
+    };
+    let r = late_recovery(one, 3).await;
     assert_eq!(r[0]["gap"], "history_truncated", "{r:?}");
     assert_eq!(r.len(), 2, "only the last publication is kept: {r:?}");
     assert_eq!(r[1]["offset"], 3);
@@ -220,6 +211,28 @@ async fn subscribe_rule_client_publish_and_presence_follow_the_namespace() {
     );
     let r = ask(&node, &mut p, json!({"op":"subscribe","channel":"chat:2"})).await;
     assert_eq!(r[0]["message"], super::NO_SUBSCRIBE_HOOK, "{r:?}");
+    node.gw.set_namespaces(
+        Namespaces::new(
+            Default::default(),
+            [(
+                "chat".into(),
+                NamespaceOptions {
+                    subscribe: SubscribeRule::Any,
+                    publish_proxy: true,
+                    ..Default::default()
+                },
+            )]
+            .into(),
+        )
+        .unwrap(),
+    );
+    let r = ask(
+        &node,
+        &mut p,
+        json!({"op":"publish","channel":"chat:1","data":1}),
+    )
+    .await;
+    assert_eq!(r[0]["message"], super::NO_PUBLISH_HOOK, "{r:?}");
     // The subscription held before the reload stays.
     assert!(p.conn().is_subscribed("chat:1"));
 }

@@ -282,7 +282,11 @@ impl Session {
                 format!("publishing to `{channel}` is not allowed"),
             ));
         }
-        let data = bytes::Bytes::copy_from_slice(data.as_bytes());
+        let replaced = match ns.publish_proxy {
+            true => super::proxy::publish_proxy(gw, &self.conn, channel, data).await?,
+            false => None,
+        };
+        let data = bytes::Bytes::from(replaced.unwrap_or_else(|| data.to_string()));
         let (offset, _, _) = gw
             .publish(channel, data, None, None)
             .await
