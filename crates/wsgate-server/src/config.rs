@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::auth::{AuthConfig, AuthMode};
 pub use crate::gateway::GatewaySettings;
 pub use crate::grpc::GrpcConfig;
+pub use crate::hooks::{HooksConfig, NamespacesConfig};
 pub use crate::http::ApiConfig;
 pub use crate::limits::LimitsConfig;
 pub use crate::listener::ListenerConfig;
@@ -87,6 +88,11 @@ pub struct Config {
     pub api: ApiConfig,
     #[serde(flatten)]
     pub grpc: GrpcConfig,
+    /// `[hooks.<event>]`: the backend's proxy hooks (docs/backend.md).
+    pub hooks: HooksConfig,
+    /// `[namespaces.<name>]`, as far as the hooks read them (`subscribe = "proxy"`,
+    /// `publish_proxy`). Minimal on the hooks branch: the namespaces branch owns the key.
+    pub namespaces: NamespacesConfig,
 }
 
 impl Default for Config {
@@ -103,6 +109,8 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             api: ApiConfig::default(),
             grpc: GrpcConfig::default(),
+            hooks: HooksConfig::default(),
+            namespaces: NamespacesConfig::default(),
         }
     }
 }
@@ -193,6 +201,8 @@ impl Config {
             );
         }
         self.auth.validate()?;
+        self.hooks.validate()?;
+        crate::hooks::namespaces(&self.namespaces)?;
         self.gateway.validate()?;
         self.cluster.validate()?;
         self.limits.validate()?;

@@ -57,6 +57,13 @@ impl Node {
             seams.presence,
             metrics.clone(),
         );
+        if let Some(proxy) = crate::hooks::build(
+            &config.hooks,
+            crate::hooks::namespaces(&config.namespaces)?,
+            &gateway.metrics,
+        )? {
+            gateway.attach_proxy(proxy);
+        }
         let upstreams = UpstreamManager::new(UpstreamParts {
             node,
             records: seams.records,
@@ -84,6 +91,13 @@ impl Node {
             lifecycle: lifecycle.clone(),
             tasks: tasks.clone(),
             config: config.ws.clone(),
+            forward_headers: config
+                .hooks
+                .connect
+                .as_ref()
+                .map(|c| c.forward_headers.clone())
+                .unwrap_or_default()
+                .into(),
         });
         let api = ApiState::new(ApiView {
             gateway: gateway.clone(),

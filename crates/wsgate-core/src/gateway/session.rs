@@ -17,6 +17,7 @@ use tungstenite::Utf8Bytes;
 use super::connection::{CloseRequest, Connection};
 use super::{ClientPresence, ClientPublish, Gateway};
 use crate::auth::{Authenticator, ChannelGrant};
+use crate::hooks::{Caller, Data, Hook, PublishRequest, RpcRequest, SubscribeRequest};
 use crate::metrics::ReasonLabel;
 use crate::protocol::{self, ClientOp, Frame, ProtocolError, close};
 use crate::upstream::TOPIC_PREFIX;
@@ -134,27 +135,8 @@ impl Session {
                     epoch: s.epoch.as_str().into(),
                 });
                 let asked = since.is_some();
-                let recovery = self.subscribe(gw, &channel, since).await?;
-                let mut f = Frame::op("subscribed")
-                    .id(id)
-                    .str("channel", &channel)
-                    .num("offset", recovery.position.offset)
-                    .str("epoch", &recovery.position.epoch);
-                if asked {
-                    f = f.bool("recovered", recovery.gap.is_none());
-                    if let Some(gap) = recovery.gap {
-                        f = f.str("gap", gap.as_str());
-                    }
-                }
-                let mut frames = Vec::with_capacity(1 + recovery.publications.len());
-                frames.push(f.finish());
-                frames.extend(
-                    recovery
-                        .publications
-                        .iter()
-                        .map(|p| protocol::channel_message(&p.channel, p.offset, &p.data)),
-                );
-                Ok(frames)
+                let (recovery, data) = self.client_subscribe(gw, &channel, since).await?;
+                Ok(subscribed_frames(id, &channel, asked, recovery, data.as_deref()))
             }
             ClientOp::Unsubscribe { channel } => {
                 self.unsubscribe(gw, &channel).await?;
@@ -176,6 +158,11 @@ impl Session {
                 ])
             }
             ClientOp::Refresh { token } => self.refresh(gw, id, &token).await,
+            ClientOp::Rpc { method, data } => {
+                let data = self.rpc(gw, &method, data).await?;
+                let f = Frame::op("rpc_result").id(id).raw("data", data.get());
+                Ok(vec![f.finish()])
+            }
             ClientOp::Presence { channel } => {
                 let p = self.presence(gw, &channel).await?;
                 let mut f = Frame::op("presence")
@@ -269,6 +256,19 @@ impl Session {
                 format!("publishing to `{channel}` is not allowed"),
             ));
         }
+        let moderated;
+        let data = match gw.proxy().filter(|p| p.proxies_publish(channel)) {
+            Some(proxy) => {
+                let req = PublishRequest {
+                    caller: Caller::of(&self.conn, gw.node()),
+                    channel: channel.to_string(),
+                    data: raw(data)?,
+                };
+                moderated = proxy.publish(&req).await.map_err(|e| e.to_protocol())?;
+                moderated.data.as_deref().map_or(data, RawValue::get)
+            }
+            None => data,
+        };
         let data = bytes::Bytes::copy_from_slice(data.as_bytes());
         let (offset, _, _) = gw
             .publish(channel, data, None, None)
@@ -326,6 +326,78 @@ impl Session {
         since: Option<StreamPosition>,
     ) -> Result<Recovery, ProtocolError> {
         self.check_grant(channel)?;
+        self.join(gw, channel, since).await
+    }
+
+    /// A subscription the client asked for: in a namespace with `subscribe = "proxy"` the
+    /// subscribe hook decides (instead of the token's grant) and may give `data` for the
+    /// `subscribed` answer; elsewhere [`Session::subscribe`].
+    pub async fn client_subscribe(
+        &mut self,
+        gw: &Gateway,
+        channel: &str,
+        since: Option<StreamPosition>,
+    ) -> Result<(Recovery, Option<Data>), ProtocolError> {
+        let Some(proxy) = gw.proxy().filter(|p| p.proxies_subscribe(channel)) else {
+            return Ok((self.subscribe(gw, channel, since).await?, None));
+        };
+        let req = SubscribeRequest {
+            caller: Caller::of(&self.conn, gw.node()),
+            channel: channel.to_string(),
+        };
+        let reply = proxy.subscribe(&req).await.map_err(|e| e.to_protocol())?;
+        Ok((self.join(gw, channel, since).await?, reply.data))
+    }
+
+    /// The channels the connect hook chose, subscribed without the client asking: one
+    /// `subscribed` frame each (or an `error` frame naming the channel). The caller writes
+    /// them after `hello`, then releases the transport's hold.
+    pub async fn subscribe_initial(&mut self, gw: &Gateway, channels: &[String]) -> Vec<Utf8Bytes> {
+        let mut frames = Vec::with_capacity(channels.len());
+        for channel in channels {
+            // The backend chose these: its word stands in for the token's grant.
+            match self.join(gw, channel, None).await {
+                Ok(recovery) => frames.extend(subscribed_frames(None, channel, false, recovery, None)),
+                Err(mut e) => {
+                    e.message = format!("initial channel `{channel}`: {}", e.message);
+                    gw.metrics.protocol_error(e.code);
+                    frames.push(protocol::error_frame(None, &e));
+                }
+            }
+        }
+        frames
+    }
+
+    /// `rpc`: the backend's rpc hook answers; its `data` (`null` when it gave none) goes
+    /// back in `rpc_result`.
+    pub async fn rpc(
+        &mut self,
+        gw: &Gateway,
+        method: &str,
+        data: Option<&RawValue>,
+    ) -> Result<Data, ProtocolError> {
+        let Some(proxy) = gw.proxy().filter(|p| p.has(Hook::Rpc)) else {
+            return Err(ProtocolError::new(
+                "unsupported",
+                "rpc needs a backend: configure hooks.rpc",
+            ));
+        };
+        let req = RpcRequest {
+            caller: Caller::of(&self.conn, gw.node()),
+            method: method.to_string(),
+            data: raw(data.map_or("null", RawValue::get))?,
+        };
+        let reply = proxy.rpc(&req).await.map_err(|e| e.to_protocol())?;
+        Ok(reply.data.unwrap_or_else(null))
+    }
+
+    /// Subscribes without checking the token's grant (the caller decided).
+    async fn join(
+        &mut self,
+        gw: &Gateway,
+        channel: &str,
+        since: Option<StreamPosition>,
+    ) -> Result<Recovery, ProtocolError> {
         let channel: Arc<str> = channel.into();
         let fresh = !self.conn.is_subscribed(&channel);
         if fresh && self.conn.channel_count() >= gw.config.max_channels_per_connection {
@@ -386,6 +458,50 @@ impl Session {
         }
         Ok(recovery)
     }
+}
+
+/// The answer to a subscription: `subscribed` (with `data` from the subscribe hook, and
+/// the recovery outcome when the client `asked` for one), then the recovered publications.
+fn subscribed_frames(
+    id: Option<&RawValue>,
+    channel: &str,
+    asked: bool,
+    recovery: Recovery,
+    data: Option<&RawValue>,
+) -> Vec<Utf8Bytes> {
+    let mut f = Frame::op("subscribed")
+        .id(id)
+        .str("channel", channel)
+        .num("offset", recovery.position.offset)
+        .str("epoch", &recovery.position.epoch);
+    if asked {
+        f = f.bool("recovered", recovery.gap.is_none());
+        if let Some(gap) = recovery.gap {
+            f = f.str("gap", gap.as_str());
+        }
+    }
+    if let Some(data) = data {
+        f = f.raw("data", data.get());
+    }
+    let mut frames = Vec::with_capacity(1 + recovery.publications.len());
+    frames.push(f.finish());
+    frames.extend(
+        recovery
+            .publications
+            .iter()
+            .map(|p| protocol::channel_message(&p.channel, p.offset, &p.data)),
+    );
+    frames
+}
+
+/// Client JSON (already validated by the decoder) as a hook's `data`.
+fn raw(json: &str) -> Result<Data, ProtocolError> {
+    RawValue::from_string(json.to_string())
+        .map_err(|e| ProtocolError::new("invalid_frame", format!("invalid data: {e}")))
+}
+
+fn null() -> Data {
+    RawValue::from_string("null".into()).expect("null is JSON")
 }
 
 /// What replaying `publications` costs in frame bytes, estimated before encoding them (the

@@ -1,0 +1,195 @@
+//! The proxy hooks at the node's edge: their configuration (`[hooks.<event>]`), the HTTP
+//! client ([`HttpHooks`]), and the connect hook's part of a handshake ([`Entry`]).
+//!
+//! The hooks themselves (which channels are proxied, metrics, what the backend may answer)
+//! are `wsgate_core::hooks`; subscribe, publish, rpc and refresh run inside the core
+//! session and expiry, so every edge (`/ws`, Socket.IO) gets them alike.
+
+mod config;
+mod http;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::http::HeaderMap;
+use wsgate_core::auth::{ChannelGrant, Identity};
+use wsgate_core::gateway::Gateway;
+use wsgate_core::hooks::{
+    CLOSE_BACKEND_UNAVAILABLE, Caller, ConnectRequest, Data, Hook, HookError, Proxy,
+};
+use wsgate_core::metrics::Metrics;
+use wsgate_core::namespace::{NamespaceOptions, Namespaces};
+
+pub use config::{
+    DEFAULT_HOOK_RETRIES, DEFAULT_HOOK_TIMEOUT_MS, HookEndpoint, HooksConfig, MAX_HOOK_RETRIES,
+};
+pub use http::HttpHooks;
+
+// -- Minimal namespace configuration for the hooks branch. The `ns` branch wires namespaces
+// -- into the gateway with their own settings; at merge, `Proxy` takes that `Namespaces`
+// -- and this block goes.
+/// `namespaces.<name>` tables: the options of each named namespace (the default namespace
+/// keeps the defaults). Only `subscribe` and `publish_proxy` are read here (by the hooks).
+pub type NamespacesConfig = BTreeMap<String, NamespaceOptions>;
+
+/// The namespaces the hooks consult.
+pub fn namespaces(config: &NamespacesConfig) -> anyhow::Result<Namespaces> {
+    let named: HashMap<String, NamespaceOptions> =
+        config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    Ok(Namespaces::new(NamespaceOptions::default(), named)?)
+}
+// -- end of the minimal namespace configuration.
+
+/// The node's proxy, when any hook is configured.
+pub fn build(
+    hooks: &HooksConfig,
+    namespaces: Namespaces,
+    metrics: &Metrics,
+) -> anyhow::Result<Option<Arc<Proxy>>> {
+    if hooks.is_empty() {
+        return Ok(None);
+    }
+    let backend = Arc::new(HttpHooks::new(hooks)?);
+    Ok(Some(Arc::new(Proxy::new(backend, namespaces, metrics.clone()))))
+}
+
+/// What the connect hook adds to a new connection: `data` for `hello`, and channels
+/// subscribed for it at once.
+#[derive(Debug, Default)]
+pub struct Greeting {
+    pub data: Option<Data>,
+    pub channels: Vec<String>,
+}
+
+/// How a handshake that passed its token check goes on.
+pub enum Entry {
+    /// No connect hook: the token decided.
+    Token(Identity),
+    /// The connect hook decides; `verified` is the token's identity when a token was sent.
+    Hooked {
+        proxy: Arc<Proxy>,
+        verified: Option<Identity>,
+        token: Option<String>,
+        headers: BTreeMap<String, String>,
+    },
+}
+
+/// A connect the backend refused, or could not answer: the close code and message.
+#[derive(Debug)]
+pub struct Refusal {
+    pub code: u16,
+    /// `hook_denied` or `hook_unavailable` (metric label).
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Entry {
+    /// With a connect hook and no token, the backend alone decides who connects; with a
+    /// token, the token must be valid first (`authenticate`), then the backend decides.
+    pub async fn start<F>(
+        gw: &Gateway,
+        token: Option<String>,
+        request_headers: &HeaderMap,
+        forward_headers: &[String],
+        authenticate: impl FnOnce(Option<String>) -> F,
+    ) -> Result<Self, wsgate_core::auth::AuthError>
+    where
+        F: Future<Output = Result<Identity, wsgate_core::auth::AuthError>>,
+    {
+        let Some(proxy) = gw.proxy().filter(|p| p.has(Hook::Connect)).cloned() else {
+            return authenticate(token).await.map(Entry::Token);
+        };
+        let verified = match &token {
+            Some(_) => Some(authenticate(token.clone()).await?),
+            None => None,
+        };
+        Ok(Entry::Hooked {
+            headers: forwarded(request_headers, forward_headers),
+            proxy,
+            verified,
+            token,
+        })
+    }
+
+    /// The connection's identity and greeting, asking the backend when hooked.
+    pub async fn admit(
+        self,
+        gw: &Gateway,
+        id: &Arc<str>,
+        kind: &'static str,
+        remote: SocketAddr,
+    ) -> Result<(Identity, Greeting), Refusal> {
+        let (proxy, verified, token, headers) = match self {
+            Entry::Token(identity) => return Ok((identity, Greeting::default())),
+            Entry::Hooked {
+                proxy,
+                verified,
+                token,
+                headers,
+            } => (proxy, verified, token, headers),
+        };
+        let req = ConnectRequest {
+            caller: Caller {
+                connection_id: id.clone(),
+                user: verified.as_ref().map(|i| i.user.clone()),
+                transport: wsgate_core::hooks::transport_of(kind),
+                client: Some(remote.to_string()),
+                node: gw.node().as_ref().into(),
+            },
+            token,
+            headers,
+        };
+        let reply = proxy.connect(&req).await.map_err(|e| match e {
+            HookError::Rejected(r) => Refusal {
+                code: r.code,
+                reason: "hook_denied",
+                message: r.message,
+            },
+            HookError::Unavailable(f) => Refusal {
+                code: CLOSE_BACKEND_UNAVAILABLE,
+                reason: "hook_unavailable",
+                message: format!("backend_unavailable: {f}"),
+            },
+        })?;
+        let user: Arc<str> = match (reply.user, &verified) {
+            (Some(user), _) => user.into(),
+            (None, Some(v)) => v.user.clone(),
+            (None, None) => anonymous(),
+        };
+        let identity = Identity {
+            user,
+            channels: verified
+                .as_ref()
+                .map_or(ChannelGrant::All, |v| v.channels.clone()),
+            expires_at: reply
+                .expire_at
+                .or(verified.as_ref().and_then(|v| v.expires_at)),
+        };
+        Ok((
+            identity,
+            Greeting {
+                data: reply.data,
+                channels: reply.channels,
+            },
+        ))
+    }
+}
+
+/// An anonymous user's id (`anon-` and 12 hex digits), as `auth.mode = none` names them.
+fn anonymous() -> Arc<str> {
+    // A connection id's randomness: 16 hex digits, then `-` and the node given.
+    let id = wsgate_core::ids::new_connection_id("anon");
+    format!("anon-{}", &id[..12]).into()
+}
+
+/// The client's headers named in `names`, lowercase, each once (the first value).
+fn forwarded(headers: &HeaderMap, names: &[String]) -> BTreeMap<String, String> {
+    names
+        .iter()
+        .filter_map(|name| {
+            let value = headers.get(name.as_str())?.to_str().ok()?;
+            Some((name.to_ascii_lowercase(), value.to_string()))
+        })
+        .collect()
+}
