@@ -540,19 +540,22 @@ async fn a_failing_publish_hook_publishes_nothing() {
 #[tokio::test]
 async fn a_failing_refresh_hook_leaves_the_grace_then_closes() {
     let backend = Backend::start().await;
-    let good = backend.url("connect");
-    let broken = backend.url("fail");
-    let server = TestServer::with(|c| {
-        c.hooks.connect = Some(endpoint(good.clone()));
-        c.hooks.refresh = Some(endpoint(broken.clone()));
-        c.auth.token_grace_ms = 300;
-    })
-    .await;
-    let mut c = Client::connect(&ws_url_with_token(&server, "expiring")).await;
-    let (code, frames) = c.closed().await;
-    assert_eq!(code, 4001);
-    assert_eq!(frames.len(), 1, "{frames:?}");
-    assert_eq!(frames[0]["code"], "backend_unavailable");
+    let down = closed_port().await;
+    for broken in Broken::ALL {
+        let good = backend.url("connect");
+        let url = broken.url(&backend, down);
+        let server = TestServer::with(|c| {
+            c.hooks.connect = Some(endpoint(good.clone()));
+            c.hooks.refresh = Some(endpoint(url.clone()));
+            c.auth.token_grace_ms = 300;
+        })
+        .await;
+        let mut c = Client::connect(&ws_url_with_token(&server, "expiring")).await;
+        let (code, frames) = c.closed().await;
+        assert_eq!(code, 4001, "{broken:?}");
+        assert_eq!(frames.len(), 1, "{broken:?}: {frames:?}");
+        assert_eq!(frames[0]["code"], "backend_unavailable", "{broken:?}");
+    }
 }
 
 /// A node's configuration file pointing every hook at `backend`.
@@ -590,10 +593,12 @@ async fn connect_and_publish_hooks_on_two_nodes_with_redis() {
         .request(json!({"op": "publish", "channel": "chat:room", "data": {"text": "darn"}}))
         .await;
     assert_eq!(rejected["code"], "denied");
-    let ok = writer
-        .request(json!({"op": "publish", "channel": "chat:room", "data": {"text": "hi"}}))
+    writer
+        .send(json!({"op": "publish", "channel": "chat:room", "data": {"text": "hi"}}))
         .await;
-    assert_eq!(ok["op"], "published");
+    let mut ops = [writer.recv().await, writer.recv().await].map(|f| f["op"].clone());
+    ops.sort_by_key(|op| op.to_string());
+    assert_eq!(ops, [json!("message"), json!("published")]);
     let m = reader.recv().await;
     assert_eq!(m["data"], json!({"text": "hi", "by": "alice"}));
     let nodes: Vec<String> = backend
@@ -602,4 +607,37 @@ async fn connect_and_publish_hooks_on_two_nodes_with_redis() {
         .map(|b| b["node"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(nodes, ["hooks-b", "hooks-a"]);
+}
+
+#[tokio::test]
+async fn socketio_clients_get_the_same_hooks_through_acks() {
+    let backend = Backend::start().await;
+    let server = chat_node(&backend).await;
+    let mut sio = wsgate_tests::socketio::SioDriver::start().await;
+    let base = server.http("");
+    let opts = json!({"auth": {"token": "alice"}, "transports": ["websocket"]});
+    let line = sio.connect("a", &base, opts).await;
+    assert_eq!(line["type"], "connect", "{line}");
+    let hello = sio.event("a", "hello").await.remove(0);
+    assert_eq!(hello["user"], "alice");
+    assert_eq!(hello["data"], json!({"role": "member"}));
+    assert_eq!(backend.asked("connect")[0]["transport"], "socketio");
+    assert_eq!(backend.asked("connect")[0]["connection_id"], hello["connection_id"]);
+    let initial = sio.event("a", "subscribed").await.remove(0);
+    assert_eq!(initial["channel"], "news");
+
+    let ack = sio.emit("a", "rpc", json!({"method": "whoami"})).await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    assert_eq!(ack["data"]["user"], "alice");
+    assert_eq!(ack["data"]["transport"], "socketio");
+    let ok = sio.emit("a", "subscribe", json!("chat:lobby")).await;
+    assert_eq!(ok["data"], json!({"welcome": "chat:lobby"}), "{ok}");
+    let denied = sio.emit("a", "subscribe", json!("chat:secret")).await;
+    assert_eq!((denied["ok"].clone(), denied["error"].clone(), denied["backend_code"].clone()), (json!(false), json!("denied"), json!(403)));
+
+    let refused = sio
+        .connect("b", &base, json!({"auth": {"token": "banned"}, "transports": ["websocket"]}))
+        .await;
+    assert_eq!(refused["type"], "connect_error");
+    assert_eq!(refused["message"], "banned from this chat");
 }
