@@ -122,3 +122,82 @@ impl HooksConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(url: &str) -> HookEndpoint {
+        HookEndpoint {
+            url: url.into(),
+            timeout_ms: DEFAULT_HOOK_TIMEOUT_MS,
+            retries: None,
+            headers: BTreeMap::new(),
+            forward_headers: Vec::new(),
+        }
+    }
+
+    fn refused(config: HooksConfig) -> String {
+        config.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn only_idempotent_hooks_are_retried_by_default_or_at_all() {
+        let ep = endpoint("http://127.0.0.1:9000/x");
+        assert_eq!(ep.attempts(Hook::Connect), 1 + DEFAULT_HOOK_RETRIES);
+        assert_eq!(ep.attempts(Hook::Publish), 1);
+        assert_eq!(ep.attempts(Hook::Rpc), 1);
+        let e = refused(HooksConfig {
+            publish: Some(HookEndpoint {
+                retries: Some(1),
+                ..ep.clone()
+            }),
+            ..Default::default()
+        });
+        assert!(e.contains("hooks.publish.retries must be 0"), "{e}");
+        let e = refused(HooksConfig {
+            connect: Some(HookEndpoint {
+                retries: Some(MAX_HOOK_RETRIES + 1),
+                ..ep
+            }),
+            ..Default::default()
+        });
+        assert!(e.contains("at most"), "{e}");
+    }
+
+    #[test]
+    fn bad_urls_timeouts_and_headers_are_refused_by_name() {
+        let e = refused(HooksConfig {
+            rpc: Some(endpoint("https://backend/rpc")),
+            ..Default::default()
+        });
+        assert!(e.contains("hooks.rpc.url must be http://"), "{e}");
+        let e = refused(HooksConfig {
+            subscribe: Some(endpoint("not a url")),
+            ..Default::default()
+        });
+        assert!(e.contains("hooks.subscribe.url"), "{e}");
+        let mut zero = endpoint("http://b/connect");
+        zero.timeout_ms = 0;
+        let e = refused(HooksConfig {
+            connect: Some(zero),
+            ..Default::default()
+        });
+        assert!(e.contains("timeout_ms"), "{e}");
+        let mut forwarding = endpoint("http://b/publish");
+        forwarding.forward_headers = vec!["cookie".into()];
+        let e = refused(HooksConfig {
+            publish: Some(forwarding),
+            ..Default::default()
+        });
+        assert!(e.contains("only the connect hook"), "{e}");
+        let mut header = endpoint("http://b/connect");
+        header.headers.insert("bad header".into(), "x".into());
+        assert!(refused(HooksConfig {
+            connect: Some(header),
+            ..Default::default()
+        })
+        .contains("hooks.connect.headers"));
+        assert!(HooksConfig::default().validate().is_ok());
+    }
+}
