@@ -355,8 +355,19 @@ impl Session {
     pub async fn subscribe_initial(&mut self, gw: &Gateway, channels: &[String]) -> Vec<Utf8Bytes> {
         let mut frames = Vec::with_capacity(channels.len());
         for channel in channels {
-            // The backend chose these: its word stands in for the token's grant.
-            match self.join(gw, channel, None).await {
+            // The backend chose these: its word stands in for the token's grant, not for
+            // the channel-name rule.
+            let joined = match protocol::check_name(channel, protocol::MAX_CHANNEL_LEN) {
+                Ok(()) => self.join(gw, channel, None).await,
+                Err(_) => Err(ProtocolError::new(
+                    "invalid_channel",
+                    format!(
+                        "channel names are 1 to {} bytes without control characters",
+                        protocol::MAX_CHANNEL_LEN
+                    ),
+                )),
+            };
+            match joined {
                 Ok(recovery) => frames.extend(subscribed_frames(None, channel, false, recovery, None)),
                 Err(mut e) => {
                     e.message = format!("initial channel `{channel}`: {}", e.message);

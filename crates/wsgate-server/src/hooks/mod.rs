@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::http::HeaderMap;
-use wsgate_core::auth::{ChannelGrant, Identity};
+use wsgate_core::auth::{AuthError, Authenticator, ChannelGrant, Identity};
 use wsgate_core::gateway::Gateway;
 use wsgate_core::hooks::{
     CLOSE_BACKEND_UNAVAILABLE, Caller, ConnectRequest, Data, Hook, HookError, Proxy,
@@ -86,23 +86,21 @@ pub struct Refusal {
 
 impl Entry {
     /// With a connect hook and no token, the backend alone decides who connects; with a
-    /// token, the token must be valid first (`authenticate`), then the backend decides.
-    pub async fn start<F>(
+    /// token and `auth.mode = "jwt"`, the token must be valid first, then the backend
+    /// decides (with `auth.mode = "none"` the token goes to the backend unverified).
+    pub async fn start(
         gw: &Gateway,
+        auth: &Authenticator,
         token: Option<String>,
         request_headers: &HeaderMap,
         forward_headers: &[String],
-        authenticate: impl FnOnce(Option<String>) -> F,
-    ) -> Result<Self, wsgate_core::auth::AuthError>
-    where
-        F: Future<Output = Result<Identity, wsgate_core::auth::AuthError>>,
-    {
+    ) -> Result<Self, AuthError> {
         let Some(proxy) = gw.proxy().filter(|p| p.has(Hook::Connect)).cloned() else {
-            return authenticate(token).await.map(Entry::Token);
+            return auth.authenticate(token.as_deref()).await.map(Entry::Token);
         };
-        let verified = match &token {
-            Some(_) => Some(authenticate(token.clone()).await?),
-            None => None,
+        let verified = match (&token, auth) {
+            (Some(token), Authenticator::Jwt(_)) => Some(auth.authenticate(Some(token)).await?),
+            _ => None,
         };
         Ok(Entry::Hooked {
             headers: forwarded(request_headers, forward_headers),

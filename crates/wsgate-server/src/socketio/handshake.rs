@@ -80,13 +80,12 @@ pub async fn admit(edge: &WsState, s: &SocketRef, auth: Option<Auth>) -> Result<
         .and_then(|a| a.token)
         .or_else(|| query_token(&parts.uri))
         .or_else(|| bearer(&parts.headers));
-    let auth = edge.auth.clone();
     let entry = Entry::start(
         &edge.gateway,
+        &edge.auth,
         token,
         &parts.headers,
         &edge.forward_headers,
-        async move |token| auth.authenticate(token.as_deref()).await,
     )
     .await;
     let entry = match entry {

@@ -87,13 +87,12 @@ pub async fn upgrade(
         }
     };
     let token = query.token.or_else(|| bearer(req.headers()));
-    let auth = edge.auth.clone();
     let entry = Entry::start(
         &edge.gateway,
+        &edge.auth,
         token,
         req.headers(),
         &edge.forward_headers,
-        async move |token| auth.authenticate(token.as_deref()).await,
     )
     .await;
     let on_upgrade = hyper::upgrade::on(&mut req);
