@@ -478,7 +478,12 @@ impl Metrics {
     }
 
     /// One proxy hook call ended with `outcome` after `took`.
-    pub fn hook_called(&self, hook: &'static str, outcome: &'static str, took: std::time::Duration) {
+    pub fn hook_called(
+        &self,
+        hook: &'static str,
+        outcome: &'static str,
+        took: std::time::Duration,
+    ) {
         self.hook_latency
             .get_or_create(&HookLabel { hook })
             .observe(took.as_secs_f64());

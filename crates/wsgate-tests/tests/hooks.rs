@@ -241,10 +241,16 @@ async fn connect_hook_names_the_user_greets_and_subscribes_initial_channels() {
     let subscribed = alice.recv().await;
     assert_eq!(subscribed["op"], "subscribed", "{subscribed}");
     assert_eq!(subscribed["channel"], "news");
-    let offset = server.node.gateway().publish("news", r#"{"n":1}"#.into(), None, None);
+    let offset = server
+        .node
+        .gateway()
+        .publish("news", r#"{"n":1}"#.into(), None, None);
     offset.await.unwrap();
     let m = alice.recv().await;
-    assert_eq!((m["op"].clone(), m["data"].clone()), (json!("message"), json!({"n": 1})));
+    assert_eq!(
+        (m["op"].clone(), m["data"].clone()),
+        (json!("message"), json!({"n": 1}))
+    );
 }
 
 #[tokio::test]
@@ -263,7 +269,10 @@ async fn connect_hook_refusals_close_with_the_backends_code() {
     };
     let (code, frames) = banned.closed().await;
     assert_eq!(code, 4403);
-    assert!(frames.is_empty(), "no hello for a refused client: {frames:?}");
+    assert!(
+        frames.is_empty(),
+        "no hello for a refused client: {frames:?}"
+    );
     // A refusal with a code outside 4000-4999 is a malformed answer.
     let (ws, _) = tokio_tungstenite::connect_async(ws_url_with_token(&server, "bad-code"))
         .await
@@ -275,11 +284,17 @@ async fn connect_hook_refusals_close_with_the_backends_code() {
     assert_eq!(odd.closed().await.0, 4503);
     let metrics = server.metrics().await;
     assert_eq!(
-        metric_value(&metrics, r#"wsgate_hook_calls_total{hook="connect",outcome="rejected"}"#),
+        metric_value(
+            &metrics,
+            r#"wsgate_hook_calls_total{hook="connect",outcome="rejected"}"#
+        ),
         Some(1.0)
     );
     assert_eq!(
-        metric_value(&metrics, r#"wsgate_hook_calls_total{hook="connect",outcome="malformed"}"#),
+        metric_value(
+            &metrics,
+            r#"wsgate_hook_calls_total{hook="connect",outcome="malformed"}"#
+        ),
         Some(1.0)
     );
     assert!(metrics.contains(r#"wsgate_hook_latency_seconds_count{hook="connect"} 2"#));
@@ -296,7 +311,10 @@ async fn with_jwt_the_token_is_verified_before_the_backend_decides() {
     })
     .await;
     // A forged token never reaches the backend.
-    let forged = hs256_token("another-secret-entirely-32-bytes", json!({"sub": "mallory", "exp": wsgate_tests::in_a_minute()}));
+    let forged = hs256_token(
+        "another-secret-entirely-32-bytes",
+        json!({"sub": "mallory", "exp": wsgate_tests::in_a_minute()}),
+    );
     let (ws, _) = tokio_tungstenite::connect_async(ws_url_with_token(&server, &forged))
         .await
         .unwrap();
@@ -307,12 +325,19 @@ async fn with_jwt_the_token_is_verified_before_the_backend_decides() {
     assert_eq!(c.closed().await.0, 4001);
     assert!(backend.asked("connect").is_empty());
     // A valid one does, with the verified user; the backend still decides (here: renames).
-    let token = hs256_token(secret, json!({"sub": "bob", "exp": wsgate_tests::in_a_minute()}));
+    let token = hs256_token(
+        secret,
+        json!({"sub": "bob", "exp": wsgate_tests::in_a_minute()}),
+    );
     let c = Client::connect(&ws_url_with_token(&server, &token)).await;
     let asked = &backend.asked("connect")[0];
     assert_eq!(asked["user"], "bob");
     assert_eq!(asked["token"], token.as_str());
-    assert_eq!(c.hello["user"], token.as_str(), "the backend's answer names the user");
+    assert_eq!(
+        c.hello["user"],
+        token.as_str(),
+        "the backend's answer names the user"
+    );
 }
 
 #[tokio::test]
@@ -330,7 +355,12 @@ async fn subscribe_hook_allows_with_data_or_denies_in_proxied_namespaces_only() 
         .request(json!({"op": "subscribe", "channel": "chat:secret", "id": 2}))
         .await;
     assert_eq!(
-        (denied["op"].clone(), denied["code"].clone(), denied["backend_code"].clone(), denied["id"].clone()),
+        (
+            denied["op"].clone(),
+            denied["code"].clone(),
+            denied["backend_code"].clone(),
+            denied["id"].clone()
+        ),
         (json!("error"), json!("denied"), json!(403), json!(2)),
         "{denied}"
     );
@@ -352,9 +382,14 @@ async fn publish_hook_moderates_and_rewrites_what_subscribers_get() {
     writer.subscribe("chat:room").await;
 
     let rejected = writer
-        .request(json!({"op": "publish", "channel": "chat:room", "data": {"text": "darn it"}, "id": 7}))
+        .request(
+            json!({"op": "publish", "channel": "chat:room", "data": {"text": "darn it"}, "id": 7}),
+        )
         .await;
-    assert_eq!((rejected["code"].clone(), rejected["id"].clone()), (json!("denied"), json!(7)));
+    assert_eq!(
+        (rejected["code"].clone(), rejected["id"].clone()),
+        (json!("denied"), json!(7))
+    );
     assert_eq!(rejected["backend_code"], 400);
     writer
         .send(json!({"op": "publish", "channel": "chat:room", "data": {"text": "hello"}}))
@@ -394,13 +429,20 @@ async fn rpc_goes_to_the_backend_and_comes_back_with_its_id() {
         .request(json!({"op": "rpc", "id": 3, "method": "nope"}))
         .await;
     assert_eq!(
-        (unknown["op"].clone(), unknown["code"].clone(), unknown["backend_code"].clone(), unknown["id"].clone()),
+        (
+            unknown["op"].clone(),
+            unknown["code"].clone(),
+            unknown["backend_code"].clone(),
+            unknown["id"].clone()
+        ),
         (json!("error"), json!("denied"), json!(404), json!(3))
     );
     // Without an rpc hook, rpc is refused plainly.
     let bare = TestServer::start().await;
     let mut c = Client::connect(&bare.ws_url()).await;
-    let r = c.request(json!({"op": "rpc", "id": 1, "method": "x"})).await;
+    let r = c
+        .request(json!({"op": "rpc", "id": 1, "method": "x"}))
+        .await;
     assert_eq!(r["code"], "unsupported");
 }
 
@@ -439,7 +481,12 @@ enum Broken {
 }
 
 impl Broken {
-    const ALL: [Broken; 4] = [Broken::Timeout, Broken::ServerError, Broken::Malformed, Broken::Down];
+    const ALL: [Broken; 4] = [
+        Broken::Timeout,
+        Broken::ServerError,
+        Broken::Malformed,
+        Broken::Down,
+    ];
 
     fn outcome(self) -> &'static str {
         match self {
@@ -474,7 +521,9 @@ async fn every_hook_failure_is_backend_unavailable_and_nothing_hangs() {
         let url = broken.url(&backend, down);
         // connect: the client is closed with 4503 (within the bounded wait of `closed`).
         let server = TestServer::with(|c| all_hooks(c, |_| url.clone(), true)).await;
-        let (ws, _) = tokio_tungstenite::connect_async(server.ws_url()).await.unwrap();
+        let (ws, _) = tokio_tungstenite::connect_async(server.ws_url())
+            .await
+            .unwrap();
         let mut refused = Client {
             ws,
             hello: Value::Null,
@@ -488,7 +537,11 @@ async fn every_hook_failure_is_backend_unavailable_and_nothing_hangs() {
         let sub = c
             .request(json!({"op": "subscribe", "channel": "chat:x", "id": 1}))
             .await;
-        assert_eq!((sub["code"].clone(), sub["id"].clone()), (json!("backend_unavailable"), json!(1)), "{broken:?}: {sub}");
+        assert_eq!(
+            (sub["code"].clone(), sub["id"].clone()),
+            (json!("backend_unavailable"), json!(1)),
+            "{broken:?}: {sub}"
+        );
         c.subscribe("plain").await;
         let publish = c
             .request(json!({"op": "publish", "channel": "chat:x", "data": 1, "id": 2}))
@@ -507,7 +560,10 @@ async fn every_hook_failure_is_backend_unavailable_and_nothing_hangs() {
                 r#"wsgate_hook_calls_total{{hook="{hook}",outcome="{}"}}"#,
                 broken.outcome()
             );
-            assert!(metric_value(&metrics, &series).unwrap_or(0.0) >= 1.0, "{series}");
+            assert!(
+                metric_value(&metrics, &series).unwrap_or(0.0) >= 1.0,
+                "{series}"
+            );
         }
     }
 }
@@ -530,7 +586,11 @@ async fn a_failing_publish_hook_publishes_nothing() {
         let r = c
             .request(json!({"op": "publish", "channel": "chat:x", "data": {"text": "hi"}, "id": 9}))
             .await;
-        assert_eq!((r["code"].clone(), r["id"].clone()), (json!("backend_unavailable"), json!(9)), "{broken:?}: {r}");
+        assert_eq!(
+            (r["code"].clone(), r["id"].clone()),
+            (json!("backend_unavailable"), json!(9)),
+            "{broken:?}: {r}"
+        );
         // Nothing was published: the next frame is the pong, not a message.
         let pong = c.request(json!({"op": "ping"})).await;
         assert_eq!(pong["op"], "pong", "{broken:?}: {pong}");
@@ -622,7 +682,10 @@ async fn socketio_clients_get_the_same_hooks_through_acks() {
     assert_eq!(hello["user"], "alice");
     assert_eq!(hello["data"], json!({"role": "member"}));
     assert_eq!(backend.asked("connect")[0]["transport"], "socketio");
-    assert_eq!(backend.asked("connect")[0]["connection_id"], hello["connection_id"]);
+    assert_eq!(
+        backend.asked("connect")[0]["connection_id"],
+        hello["connection_id"]
+    );
     let initial = sio.event("a", "subscribed").await.remove(0);
     assert_eq!(initial["channel"], "news");
 
@@ -633,10 +696,21 @@ async fn socketio_clients_get_the_same_hooks_through_acks() {
     let ok = sio.emit("a", "subscribe", json!("chat:lobby")).await;
     assert_eq!(ok["data"], json!({"welcome": "chat:lobby"}), "{ok}");
     let denied = sio.emit("a", "subscribe", json!("chat:secret")).await;
-    assert_eq!((denied["ok"].clone(), denied["error"].clone(), denied["backend_code"].clone()), (json!(false), json!("denied"), json!(403)));
+    assert_eq!(
+        (
+            denied["ok"].clone(),
+            denied["error"].clone(),
+            denied["backend_code"].clone()
+        ),
+        (json!(false), json!("denied"), json!(403))
+    );
 
     let refused = sio
-        .connect("b", &base, json!({"auth": {"token": "banned"}, "transports": ["websocket"]}))
+        .connect(
+            "b",
+            &base,
+            json!({"auth": {"token": "banned"}, "transports": ["websocket"]}),
+        )
         .await;
     assert_eq!(refused["type"], "connect_error");
     assert_eq!(refused["message"], "banned from this chat");

@@ -136,7 +136,13 @@ impl Session {
                 });
                 let asked = since.is_some();
                 let (recovery, data) = self.client_subscribe(gw, &channel, since).await?;
-                Ok(subscribed_frames(id, &channel, asked, recovery, data.as_deref()))
+                Ok(subscribed_frames(
+                    id,
+                    &channel,
+                    asked,
+                    recovery,
+                    data.as_deref(),
+                ))
             }
             ClientOp::Unsubscribe { channel } => {
                 self.unsubscribe(gw, &channel).await?;
@@ -368,7 +374,9 @@ impl Session {
                 )),
             };
             match joined {
-                Ok(recovery) => frames.extend(subscribed_frames(None, channel, false, recovery, None)),
+                Ok(recovery) => {
+                    frames.extend(subscribed_frames(None, channel, false, recovery, None))
+                }
                 Err(mut e) => {
                     e.message = format!("initial channel `{channel}`: {}", e.message);
                     gw.metrics.protocol_error(e.code);

@@ -306,13 +306,19 @@ mod tests {
         assert!(!all.proxies_subscribe("news:today"));
         assert!(!all.proxies_publish("lobby"));
         assert!(!all.proxies_publish("topic:btc"), "topic is never proxied");
-        assert!(!all.proxies_subscribe("nope:x"), "unknown namespaces are refused elsewhere");
+        assert!(
+            !all.proxies_subscribe("nope:x"),
+            "unknown namespaces are refused elsewhere"
+        );
         let none = Proxy::new(
             Arc::new(Configured(&[Hook::Connect])),
             namespaces(),
             Metrics::default(),
         );
-        assert!(!none.proxies_subscribe("chat:room1"), "no subscribe endpoint");
+        assert!(
+            !none.proxies_subscribe("chat:room1"),
+            "no subscribe endpoint"
+        );
         assert!(!none.proxies_publish("chat:room1"), "no publish endpoint");
     }
 
@@ -331,6 +337,9 @@ mod tests {
             message: "no".into(),
         })
         .to_protocol();
-        assert_eq!((e.code, e.backend_code, e.message.as_str()), (DENIED, Some(4403), "no"));
+        assert_eq!(
+            (e.code, e.backend_code, e.message.as_str()),
+            (DENIED, Some(4403), "no")
+        );
     }
 }

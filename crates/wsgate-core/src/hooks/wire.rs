@@ -141,7 +141,11 @@ pub struct Rejection {
 
 impl std::fmt::Display for Rejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "refused by the backend ({}): {}", self.code, self.message)
+        write!(
+            f,
+            "refused by the backend ({}): {}",
+            self.code, self.message
+        )
     }
 }
 
@@ -169,7 +173,9 @@ impl Reply for RefreshReply {
     fn check(&self) -> Result<(), String> {
         match (self.expire_at, self.expired) {
             (None, false) => Err("a refresh result needs `expire_at` or `expired: true`".into()),
-            (Some(_), true) => Err("a refresh result has `expire_at` or `expired`, not both".into()),
+            (Some(_), true) => {
+                Err("a refresh result has `expire_at` or `expired`, not both".into())
+            }
             _ => Ok(()),
         }
     }
@@ -249,7 +255,12 @@ mod tests {
             br#"{"result":{"channels":"news"}}"#,
         ] {
             let e = parse::<ConnectReply>(Hook::Connect, body).unwrap_err();
-            assert_eq!(e.outcome(), "malformed", "{}", String::from_utf8_lossy(body));
+            assert_eq!(
+                e.outcome(),
+                "malformed",
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
         let e = parse::<RefreshReply>(Hook::Refresh, br#"{"result":{}}"#).unwrap_err();
         assert_eq!(e.outcome(), "malformed");

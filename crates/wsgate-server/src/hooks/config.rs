@@ -110,7 +110,9 @@ impl HooksConfig {
                 );
             }
             if !ep.forward_headers.is_empty() && hook != Hook::Connect {
-                anyhow::bail!("hooks.{name}.forward_headers: only the connect hook has a client request to forward from");
+                anyhow::bail!(
+                    "hooks.{name}.forward_headers: only the connect hook has a client request to forward from"
+                );
             }
             for (k, v) in &ep.headers {
                 reqwest::header::HeaderName::try_from(k.as_str())
@@ -193,11 +195,13 @@ mod tests {
         assert!(e.contains("only the connect hook"), "{e}");
         let mut header = endpoint("http://b/connect");
         header.headers.insert("bad header".into(), "x".into());
-        assert!(refused(HooksConfig {
-            connect: Some(header),
-            ..Default::default()
-        })
-        .contains("hooks.connect.headers"));
+        assert!(
+            refused(HooksConfig {
+                connect: Some(header),
+                ..Default::default()
+            })
+            .contains("hooks.connect.headers")
+        );
         assert!(HooksConfig::default().validate().is_ok());
     }
 }

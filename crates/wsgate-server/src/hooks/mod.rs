@@ -51,7 +51,11 @@ pub fn build(
         return Ok(None);
     }
     let backend = Arc::new(HttpHooks::new(hooks)?);
-    Ok(Some(Arc::new(Proxy::new(backend, namespaces, metrics.clone()))))
+    Ok(Some(Arc::new(Proxy::new(
+        backend,
+        namespaces,
+        metrics.clone(),
+    ))))
 }
 
 /// What the connect hook adds to a new connection: `data` for `hello`, and channels

@@ -144,7 +144,13 @@ pub struct Ready(tokio::sync::watch::Sender<Option<Arc<Client>>>);
 /// run.
 pub fn register(s: &SocketRef) -> Ready {
     let (tx, rx) = tokio::sync::watch::channel(None);
-    for op in [Op::Subscribe, Op::Unsubscribe, Op::Publish, Op::Presence, Op::Rpc] {
+    for op in [
+        Op::Subscribe,
+        Op::Unsubscribe,
+        Op::Publish,
+        Op::Presence,
+        Op::Rpc,
+    ] {
         on(s, rx.clone(), op);
     }
     let on_fallback = rx.clone();
@@ -359,7 +365,9 @@ async fn subscribe(
             gap,
         },
         data,
-    ) = session.client_subscribe(&c.sio.gateway, &channel, since).await?;
+    ) = session
+        .client_subscribe(&c.sio.gateway, &channel, since)
+        .await?;
     let mut ack = json!({
         "ok": true,
         "channel": channel,

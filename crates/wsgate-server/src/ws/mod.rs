@@ -144,7 +144,10 @@ pub async fn upgrade(
         // The connect hook (if any) runs once the socket is open, so a refusal can carry
         // the backend's close code.
         let id = task_edge.gateway.new_connection_id();
-        let (identity, greeting) = match entry.admit(&task_edge.gateway, &id, "gateway", remote).await {
+        let (identity, greeting) = match entry
+            .admit(&task_edge.gateway, &id, "gateway", remote)
+            .await
+        {
             Ok(admitted) => admitted,
             Err(refusal) => return task::refuse_hook(task_edge, socket, ws, refusal, remote).await,
         };
@@ -152,7 +155,11 @@ pub async fn upgrade(
             task::refuse_user(task_edge, socket, ws, remote).await;
             return;
         }
-        let opened = task::Opened { id, identity, greeting };
+        let opened = task::Opened {
+            id,
+            identity,
+            greeting,
+        };
         task::serve(task_edge, socket, ws, opened, remote, slot).await;
     });
     Response::builder()

@@ -24,9 +24,9 @@ use wsgate_core::gateway::{CloseRequest, Connection, Gateway, Session};
 use wsgate_core::protocol::{self, ProtocolError, close};
 
 use super::WsConfig;
-use crate::hooks::{Greeting, Refusal};
 use super::socket::{SharedSocket, SocketIo};
 use super::state::{WsState, WsView};
+use crate::hooks::{Greeting, Refusal};
 use crate::limits::{Slot, quota};
 
 type Socket = WebSocketStream<SocketIo>;

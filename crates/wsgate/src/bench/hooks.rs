@@ -64,7 +64,11 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             eprintln!(
                 "pass {}: {} {rate:.0} handshakes/s",
                 pass + 1,
-                if hooked { "with hook   " } else { "without hook" }
+                if hooked {
+                    "with hook   "
+                } else {
+                    "without hook"
+                }
             );
             if hooked { &mut with } else { &mut without }.push(rate);
         }
