@@ -18,6 +18,8 @@
 //!   validation, defaults, paging and routing, once for HTTP and gRPC alike.
 //! - [`metrics`]: the Prometheus series every part of the node reports into.
 //! - [`namespace`]: channel namespaces and the options a channel takes from its own.
+//! - [`hooks`]: proxy hooks, the backend asked before a connect, subscribe, publish, rpc or
+//!   refresh.
 //!
 //! Time is read through [`clock::Clock`], which follows tokio's clock: the gateway's tests
 //! (`gateway/tests.rs`, over the memory engine and a recording transport, no sockets) run
@@ -27,6 +29,7 @@ pub mod auth;
 pub mod clock;
 pub mod control;
 pub mod gateway;
+pub mod hooks;
 pub mod ids;
 pub mod memory;
 pub mod metrics;

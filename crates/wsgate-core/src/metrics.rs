@@ -27,6 +27,28 @@ pub struct CodeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookLabel {
+    pub hook: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookOutcomeLabel {
+    pub hook: &'static str,
+    pub outcome: &'static str,
+}
+
+/// A histogram per label set, all with the buckets of [`hook_latency_buckets`].
+pub type HookLatency = Family<HookLabel, Histogram, fn() -> Histogram>;
+
+/// 1 ms to ~16 s: a backend on the same host at the bottom, a hook's timeout times its
+/// retries at the top.
+fn hook_latency_buckets() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.001, 2.0, 15,
+    ))
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: &'static str,
 }
@@ -72,7 +94,7 @@ pub const DISCONNECT_REASONS: [&str; 10] = [
     "protocol_abuse",
 ];
 /// Why upgrades were refused (`websocket_connection_rejections_total{reason}`).
-pub const REJECTION_REASONS: [&str; 11] = [
+pub const REJECTION_REASONS: [&str; 13] = [
     "bad_handshake",
     "origin",
     "draining",
@@ -84,11 +106,13 @@ pub const REJECTION_REASONS: [&str; 11] = [
     "auth_invalid",
     "user_connections",
     "handshake_timeout",
+    "hook_denied",
+    "hook_unavailable",
 ];
 /// Why control API calls were refused (`wsgate_api_rejections_total{reason}`).
 pub const API_REJECTION_REASONS: [&str; 2] = ["rate_limited", "unauthorized"];
 /// Error codes of refused client frames (`websocket_protocol_errors_total{code}`).
-pub const PROTOCOL_ERROR_CODES: [&str; 11] = [
+pub const PROTOCOL_ERROR_CODES: [&str; 13] = [
     "invalid_json",
     "invalid_frame",
     "invalid_channel",
@@ -100,6 +124,8 @@ pub const PROTOCOL_ERROR_CODES: [&str; 11] = [
     "unavailable",
     "rate_limited",
     "unknown_namespace",
+    "backend_unavailable",
+    "denied",
 ];
 /// Outcomes of subscriptions with `since` (`wsgate_recoveries_total{reason}`).
 pub const RECOVERY_OUTCOMES: [&str; 5] = [
@@ -195,6 +221,11 @@ pub struct Metrics {
     pub upstream_connection_duration: Histogram,
     /// Upstream logins that failed, by reason (`rejected`, `timeout`).
     pub upstream_auth_failures: Family<ReasonLabel, Counter>,
+    /// Seconds each proxy hook call took (all attempts), by hook.
+    pub hook_latency: HookLatency,
+    /// Proxy hook calls, by hook and outcome (`ok`, `rejected`, `timeout`, `status`,
+    /// `malformed`, `down`).
+    pub hook_calls: Family<HookOutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -243,6 +274,19 @@ impl Default for Metrics {
                 prometheus_client::metrics::histogram::exponential_buckets(1.0, 4.0, 11),
             ),
             upstream_auth_failures: reasons(&AUTH_FAILURE_REASONS),
+            hook_latency: Family::new_with_constructor(hook_latency_buckets),
+            hook_calls: {
+                let f = Family::default();
+                for hook in crate::hooks::Hook::ALL {
+                    for outcome in crate::hooks::OUTCOMES {
+                        let _ = f.get_or_create(&HookOutcomeLabel {
+                            hook: hook.name(),
+                            outcome,
+                        });
+                    }
+                }
+                f
+            },
         }
     }
 }
@@ -422,6 +466,30 @@ impl Metrics {
             "Upstream logins that failed, by reason (rejected, timeout)",
             self.upstream_auth_failures.clone(),
         );
+        r.register_with_unit(
+            "wsgate_hook_latency",
+            "Time proxy hook calls to the backend took (every attempt), by hook",
+            prometheus_client::registry::Unit::Seconds,
+            self.hook_latency.clone(),
+        );
+        r.register(
+            "wsgate_hook_calls",
+            "Proxy hook calls to the backend, by hook and outcome",
+            self.hook_calls.clone(),
+        );
+    }
+
+    /// One proxy hook call ended with `outcome` after `took`.
+    pub fn hook_called(
+        &self,
+        hook: &'static str,
+        outcome: &'static str,
+        took: std::time::Duration,
+    ) {
+        self.hook_latency
+            .get_or_create(&HookLabel { hook })
+            .observe(took.as_secs_f64());
+        bump(&self.hook_calls, HookOutcomeLabel { hook, outcome });
     }
 
     pub fn disconnected(&self, reason: &'static str) {

@@ -74,6 +74,11 @@ pub enum ClientOp<'a> {
     Refresh {
         token: Cow<'a, str>,
     },
+    /// A call to the backend's rpc hook, answered `rpc_result`.
+    Rpc {
+        method: Cow<'a, str>,
+        data: Option<&'a RawValue>,
+    },
 }
 
 /// Why a frame was refused; `code` is stable and machine-readable.
@@ -81,6 +86,8 @@ pub enum ClientOp<'a> {
 pub struct ProtocolError {
     pub code: &'static str,
     pub message: String,
+    /// The backend's own code, when a proxy hook refused (`denied`).
+    pub backend_code: Option<u16>,
 }
 
 impl ProtocolError {
@@ -88,6 +95,7 @@ impl ProtocolError {
         Self {
             code,
             message: message.into(),
+            backend_code: None,
         }
     }
 }
@@ -121,6 +129,14 @@ struct PublishBody<'a> {
 struct RefreshBody<'a> {
     #[serde(borrow)]
     token: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct RpcBody<'a> {
+    #[serde(borrow)]
+    method: Cow<'a, str>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -223,6 +239,13 @@ pub fn decode(text: &str) -> Result<Request<'_>, (Option<&RawValue>, ProtocolErr
             let b: RefreshBody<'_> = body(text, op).map_err(fail)?;
             ClientOp::Refresh { token: b.token }
         }
+        Some(op @ "rpc") => {
+            let b: RpcBody<'_> = body(text, op).map_err(fail)?;
+            ClientOp::Rpc {
+                method: b.method,
+                data: b.data,
+            }
+        }
         Some(other) => {
             return Err(fail(ProtocolError::new(
                 "unknown_op",
@@ -295,11 +318,14 @@ impl Frame {
 
 /// `{"op":"error","code":…,"message":…}`.
 pub fn error_frame(id: Option<&RawValue>, e: &ProtocolError) -> Utf8Bytes {
-    Frame::op("error")
+    let f = Frame::op("error")
         .id(id)
         .str("code", e.code)
-        .str("message", &e.message)
-        .finish()
+        .str("message", &e.message);
+    match e.backend_code {
+        Some(code) => f.num("backend_code", code.into()).finish(),
+        None => f.finish(),
+    }
 }
 
 /// `{"op":"message","channel":…,"offset":…,"data":…}` for a channel publication.

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::auth::{AuthConfig, AuthMode};
 pub use crate::gateway::GatewaySettings;
 pub use crate::grpc::GrpcConfig;
+pub use crate::hooks::HooksConfig;
 pub use crate::http::ApiConfig;
 pub use crate::limits::LimitsConfig;
 pub use crate::listener::ListenerConfig;
@@ -88,6 +89,8 @@ pub struct Config {
     pub api: ApiConfig,
     #[serde(flatten)]
     pub grpc: GrpcConfig,
+    /// `[hooks.<event>]`: the backend's proxy hooks (docs/backend.md).
+    pub hooks: HooksConfig,
     /// `[channels]` and `[namespaces.*]` (docs/operations.md, "Channel namespaces");
     /// reloaded on SIGHUP.
     #[serde(flatten)]
@@ -108,6 +111,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             api: ApiConfig::default(),
             grpc: GrpcConfig::default(),
+            hooks: HooksConfig::default(),
             namespaces: NamespacesConfig::default(),
         }
     }
@@ -205,6 +209,7 @@ impl Config {
             );
         }
         self.auth.validate()?;
+        self.hooks.validate()?;
         self.gateway.validate()?;
         self.cluster.validate()?;
         self.limits.validate()?;

@@ -8,6 +8,8 @@
 //!
 //! - [`node`]: the parts built once; [`supervisor`]: their start and stop order.
 //! - [`ws`]: the upgrade and the one task each connection runs ([`ws::WsState`]).
+//! - [`hooks`]: proxy hooks to the application's backend (HTTP), and the connect hook's
+//!   part of a handshake.
 //! - [`socketio`]: `/socket.io/` (socketioxide) adapted onto the same gateway core.
 //! - [`http`]: routes, the control API, operations endpoints ([`http::ApiState`]).
 //! - [`reply`]: JSON errors and bearer tokens, shared by both edges.
@@ -21,6 +23,7 @@ pub mod auth;
 pub mod config;
 pub mod gateway;
 pub mod grpc;
+pub mod hooks;
 pub mod http;
 mod jwks;
 pub mod lifecycle;

@@ -58,6 +58,9 @@ impl Node {
             metrics.clone(),
         );
         gateway.set_namespaces(config.channel_namespaces()?);
+        if let Some(proxy) = crate::hooks::build(&config.hooks, &gateway.metrics)? {
+            gateway.attach_proxy(proxy);
+        }
         let upstreams = UpstreamManager::new(UpstreamParts {
             node,
             records: seams.records,
@@ -85,6 +88,13 @@ impl Node {
             lifecycle: lifecycle.clone(),
             tasks: tasks.clone(),
             config: config.ws.clone(),
+            forward_headers: config
+                .hooks
+                .connect
+                .as_ref()
+                .map(|c| c.forward_headers.clone())
+                .unwrap_or_default()
+                .into(),
         });
         let api = ApiState::new(ApiView {
             gateway: gateway.clone(),

@@ -40,6 +40,7 @@ pub use transport::{Delivery, Outbound, Overflow, Skips, Transport};
 
 use crate::auth::Identity;
 use crate::clock::Clock;
+use crate::hooks::Proxy;
 use crate::metrics::Metrics;
 use crate::namespace::{NamespaceOptions, Namespaces, UnknownNamespace};
 use crate::protocol::{self, close};
@@ -152,10 +153,12 @@ pub struct Gateway {
     pub metrics: Metrics,
     pub clock: Clock,
     /// Due times of expiring tokens ([`Gateway::run_expiries`]).
-    pub expiries: Expiries,
+    pub expiries: Arc<Expiries>,
     presence_cache: dashmap::DashMap<Arc<str>, Arc<ClientPresence>>,
     /// The channel namespaces, swapped whole on reload ([`Gateway::set_namespaces`]).
     namespaces: arc_swap::ArcSwap<Namespaces>,
+    /// The backend's proxy hooks, when configured ([`Gateway::attach_proxy`]).
+    proxy: OnceLock<Arc<Proxy>>,
 }
 
 impl Gateway {
@@ -178,9 +181,10 @@ impl Gateway {
             presence,
             metrics,
             clock: Clock::new(),
-            expiries: Expiries::default(),
+            expiries: Arc::default(),
             presence_cache: dashmap::DashMap::new(),
             namespaces: arc_swap::ArcSwap::from_pointee(Namespaces::default()),
+            proxy: OnceLock::new(),
         })
     }
 
@@ -198,6 +202,17 @@ impl Gateway {
     /// The options of `channel`'s namespace, as configured now.
     pub fn namespace_of(&self, channel: &str) -> Result<Arc<NamespaceOptions>, UnknownNamespace> {
         self.namespaces.load().resolve(channel).cloned()
+    }
+
+    /// Makes the gateway ask the backend through `proxy` (once, at build). Returns false
+    /// when a proxy was attached already.
+    pub fn attach_proxy(&self, proxy: Arc<Proxy>) -> bool {
+        self.proxy.set(proxy).is_ok()
+    }
+
+    /// The backend's proxy hooks, when configured.
+    pub fn proxy(&self) -> Option<&Arc<Proxy>> {
+        self.proxy.get()
     }
 
     pub fn node(&self) -> &NodeId {
@@ -243,7 +258,25 @@ impl Gateway {
         remote: Option<SocketAddr>,
         transport: Arc<dyn Transport>,
     ) -> Arc<Connection> {
-        let id = crate::ids::new_connection_id(&self.config.node);
+        let id = self.new_connection_id();
+        self.open_as(kind, id, identity, remote, transport)
+    }
+
+    /// A connection id of this node, for a connection about to open (the connect hook tells
+    /// the backend the id before the connection exists).
+    pub fn new_connection_id(&self) -> Arc<str> {
+        crate::ids::new_connection_id(&self.config.node)
+    }
+
+    /// [`Gateway::open_kind`] under an id from [`Gateway::new_connection_id`].
+    pub fn open_as(
+        &self,
+        kind: &'static str,
+        id: Arc<str>,
+        identity: Identity,
+        remote: Option<SocketAddr>,
+        transport: Arc<dyn Transport>,
+    ) -> Arc<Connection> {
         let conn = Arc::new(Connection::new(
             id,
             kind,
@@ -261,15 +294,23 @@ impl Gateway {
 
     /// The `hello` frame for a new connection.
     pub fn hello(&self, conn: &Connection) -> tungstenite::Utf8Bytes {
-        protocol::Frame::op("hello")
+        self.hello_with(conn, None)
+    }
+
+    /// The `hello` frame with the connect hook's `data` (valid JSON), if it gave any.
+    pub fn hello_with(&self, conn: &Connection, data: Option<&str>) -> tungstenite::Utf8Bytes {
+        let f = protocol::Frame::op("hello")
             .str("connection_id", &conn.id)
             .str("node", &self.config.node)
             .str("user", conn.user())
             .num(
                 "heartbeat_ms",
                 self.config.heartbeat_interval.as_millis() as u64,
-            )
-            .finish()
+            );
+        match data {
+            Some(data) => f.raw("data", data).finish(),
+            None => f.finish(),
+        }
     }
 
     /// Forgets a connection whose task has ended. `reason` labels the metric and the log.

@@ -1,8 +1,12 @@
 //! The backend's say on a client's operation, for namespaces that ask it (`subscribe =
-//! "proxy"`, `publish_proxy = true`). The proxy hooks fill this in; until one is configured the operation is
-//! refused with a clear error rather than allowed by default.
+//! "proxy"`, `publish_proxy = true`), through the node's proxy hooks ([`crate::hooks`]).
+//! Without the hook such an operation is refused with a clear error, never allowed by
+//! default: a moderated namespace is never published to unmoderated.
+
+use serde_json::value::RawValue;
 
 use super::{Connection, Gateway};
+use crate::hooks::{Caller, Data, Hook, Proxy, PublishRequest, SubscribeRequest};
 use crate::protocol::ProtocolError;
 
 /// What [`subscribe_proxy`] answers when no subscribe hook is configured.
@@ -13,23 +17,46 @@ pub const NO_SUBSCRIBE_HOOK: &str =
 pub const NO_PUBLISH_HOOK: &str =
     "this channel's namespace has publish_proxy = true but no publish hook is configured";
 
+fn hook<'g>(gw: &'g Gateway, hook: Hook, missing: &str) -> Result<&'g Proxy, ProtocolError> {
+    gw.proxy()
+        .filter(|p| p.has(hook))
+        .map(|p| &**p)
+        .ok_or_else(|| ProtocolError::new("unsupported", missing))
+}
+
 /// Whether the backend lets `conn` subscribe to `channel` (a channel of a namespace with
-/// `subscribe = "proxy"`).
+/// `subscribe = "proxy"`); `Some`: the channel-specific data for `subscribed`.
 pub(crate) async fn subscribe_proxy(
-    _gw: &Gateway,
-    _conn: &Connection,
-    _channel: &str,
-) -> Result<(), ProtocolError> {
-    Err(ProtocolError::new("unsupported", NO_SUBSCRIBE_HOOK))
+    gw: &Gateway,
+    conn: &Connection,
+    channel: &str,
+) -> Result<Option<Data>, ProtocolError> {
+    let proxy = hook(gw, Hook::Subscribe, NO_SUBSCRIBE_HOOK)?;
+    let req = SubscribeRequest {
+        caller: Caller::of(conn, gw.node()),
+        channel: channel.to_string(),
+    };
+    let reply = proxy.subscribe(&req).await.map_err(|e| e.to_protocol())?;
+    Ok(reply.data)
 }
 
 /// Whether the backend lets `conn` publish `data` to `channel` (a channel of a namespace
 /// with `publish_proxy = true`); `Some`: the data to publish instead.
 pub(crate) async fn publish_proxy(
-    _gw: &Gateway,
-    _conn: &Connection,
-    _channel: &str,
-    _data: &str,
+    gw: &Gateway,
+    conn: &Connection,
+    channel: &str,
+    data: &str,
 ) -> Result<Option<String>, ProtocolError> {
-    Err(ProtocolError::new("unsupported", NO_PUBLISH_HOOK))
+    let proxy = hook(gw, Hook::Publish, NO_PUBLISH_HOOK)?;
+    let req = PublishRequest {
+        caller: Caller::of(conn, gw.node()),
+        channel: channel.to_string(),
+        data: super::session::raw(data)?,
+    };
+    let reply = proxy.publish(&req).await.map_err(|e| e.to_protocol())?;
+    Ok(reply
+        .data
+        .as_deref()
+        .map(|d: &RawValue| d.get().to_string()))
 }

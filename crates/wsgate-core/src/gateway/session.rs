@@ -17,6 +17,7 @@ use tungstenite::Utf8Bytes;
 use super::connection::{CloseRequest, Connection};
 use super::{ClientPresence, ClientPublish, Gateway, Membership};
 use crate::auth::{Authenticator, ChannelGrant};
+use crate::hooks::{Caller, Data, Hook, RpcRequest};
 use crate::metrics::ReasonLabel;
 use crate::namespace::{NamespaceOptions, SubscribeRule, UNKNOWN_NAMESPACE};
 use crate::protocol::{self, ClientOp, Frame, ProtocolError, close};
@@ -134,27 +135,14 @@ impl Session {
                     epoch: s.epoch.as_str().into(),
                 });
                 let asked = since.is_some();
-                let recovery = self.subscribe(gw, &channel, since).await?;
-                let mut f = Frame::op("subscribed")
-                    .id(id)
-                    .str("channel", &channel)
-                    .num("offset", recovery.position.offset)
-                    .str("epoch", &recovery.position.epoch);
-                if asked {
-                    f = f.bool("recovered", recovery.gap.is_none());
-                    if let Some(gap) = recovery.gap {
-                        f = f.str("gap", gap.as_str());
-                    }
-                }
-                let mut frames = Vec::with_capacity(1 + recovery.publications.len());
-                frames.push(f.finish());
-                frames.extend(
-                    recovery
-                        .publications
-                        .iter()
-                        .map(|p| protocol::channel_message(&p.channel, p.offset, &p.data)),
-                );
-                Ok(frames)
+                let (recovery, data) = self.client_subscribe(gw, &channel, since).await?;
+                Ok(subscribed_frames(
+                    id,
+                    &channel,
+                    asked,
+                    recovery,
+                    data.as_deref(),
+                ))
             }
             ClientOp::Unsubscribe { channel } => {
                 self.unsubscribe(gw, &channel).await?;
@@ -176,6 +164,11 @@ impl Session {
                 ])
             }
             ClientOp::Refresh { token } => self.refresh(gw, id, &token).await,
+            ClientOp::Rpc { method, data } => {
+                let data = self.rpc(gw, &method, data).await?;
+                let f = Frame::op("rpc_result").id(id).raw("data", data.get());
+                Ok(vec![f.finish()])
+            }
             ClientOp::Presence { channel } => {
                 let p = self.presence(gw, &channel).await?;
                 let mut f = Frame::op("presence")
@@ -319,10 +312,10 @@ impl Session {
         gw: &Gateway,
         ns: &NamespaceOptions,
         channel: &str,
-    ) -> Result<(), ProtocolError> {
+    ) -> Result<Option<Data>, ProtocolError> {
         match ns.subscribe {
-            SubscribeRule::Token => self.check_grant(channel),
-            SubscribeRule::Any => Ok(()),
+            SubscribeRule::Token => self.check_grant(channel).map(|()| None),
+            SubscribeRule::Any => Ok(None),
             SubscribeRule::Proxy => super::proxy::subscribe_proxy(gw, &self.conn, channel).await,
         }
     }
@@ -362,8 +355,91 @@ impl Session {
         channel: &str,
         since: Option<StreamPosition>,
     ) -> Result<Recovery, ProtocolError> {
+        let (recovery, _) = self.client_subscribe(gw, channel, since).await?;
+        Ok(recovery)
+    }
+
+    /// A subscription the client asked for, under its namespace's rule; in a namespace with
+    /// `subscribe = "proxy"` the subscribe hook decides and may give `data` for the
+    /// `subscribed` answer.
+    pub async fn client_subscribe(
+        &mut self,
+        gw: &Gateway,
+        channel: &str,
+        since: Option<StreamPosition>,
+    ) -> Result<(Recovery, Option<Data>), ProtocolError> {
         let ns = namespace(gw, channel)?;
-        self.check_subscribe(gw, &ns, channel).await?;
+        let data = self.check_subscribe(gw, &ns, channel).await?;
+        Ok((self.join(gw, &ns, channel, since).await?, data))
+    }
+
+    /// The channels the connect hook chose, subscribed without the client asking: one
+    /// `subscribed` frame each (or an `error` frame naming the channel). The caller writes
+    /// them after `hello`, then releases the transport's hold.
+    pub async fn subscribe_initial(&mut self, gw: &Gateway, channels: &[String]) -> Vec<Utf8Bytes> {
+        let mut frames = Vec::with_capacity(channels.len());
+        for channel in channels {
+            // The backend chose these: its word stands in for the token's grant, not for
+            // the channel-name rule.
+            let joined = match protocol::check_name(channel, protocol::MAX_CHANNEL_LEN) {
+                Ok(()) => match namespace(gw, channel) {
+                    Ok(ns) => self.join(gw, &ns, channel, None).await,
+                    Err(e) => Err(e),
+                },
+                Err(_) => Err(ProtocolError::new(
+                    "invalid_channel",
+                    format!(
+                        "channel names are 1 to {} bytes without control characters",
+                        protocol::MAX_CHANNEL_LEN
+                    ),
+                )),
+            };
+            match joined {
+                Ok(recovery) => {
+                    frames.extend(subscribed_frames(None, channel, false, recovery, None))
+                }
+                Err(mut e) => {
+                    e.message = format!("initial channel `{channel}`: {}", e.message);
+                    gw.metrics.protocol_error(e.code);
+                    frames.push(protocol::error_frame(None, &e));
+                }
+            }
+        }
+        frames
+    }
+
+    /// `rpc`: the backend's rpc hook answers; its `data` (`null` when it gave none) goes
+    /// back in `rpc_result`.
+    pub async fn rpc(
+        &mut self,
+        gw: &Gateway,
+        method: &str,
+        data: Option<&RawValue>,
+    ) -> Result<Data, ProtocolError> {
+        let Some(proxy) = gw.proxy().filter(|p| p.has(Hook::Rpc)) else {
+            return Err(ProtocolError::new(
+                "unsupported",
+                "rpc needs a backend: configure hooks.rpc",
+            ));
+        };
+        let req = RpcRequest {
+            caller: Caller::of(&self.conn, gw.node()),
+            method: method.to_string(),
+            data: raw(data.map_or("null", RawValue::get))?,
+        };
+        let reply = proxy.rpc(&req).await.map_err(|e| e.to_protocol())?;
+        Ok(reply.data.unwrap_or_else(null))
+    }
+
+    /// Subscribes under `ns` without asking who may (the caller decided). With `since`,
+    /// recovery, unless the namespace turns it off (`recovered: false`, `gap: "disabled"`).
+    async fn join(
+        &mut self,
+        gw: &Gateway,
+        ns: &NamespaceOptions,
+        channel: &str,
+        since: Option<StreamPosition>,
+    ) -> Result<Recovery, ProtocolError> {
         // `recover = false`: the client is told so (`recovered: false`), not replayed to.
         let asked = since.is_some();
         let since = since.filter(|_| ns.recover);
@@ -439,6 +515,50 @@ impl Session {
 fn namespace(gw: &Gateway, channel: &str) -> Result<Arc<NamespaceOptions>, ProtocolError> {
     gw.namespace_of(channel)
         .map_err(|_| ProtocolError::new("unknown_namespace", UNKNOWN_NAMESPACE))
+}
+
+/// The answer to a subscription: `subscribed` (with `data` from the subscribe hook, and
+/// the recovery outcome when the client `asked` for one), then the recovered publications.
+fn subscribed_frames(
+    id: Option<&RawValue>,
+    channel: &str,
+    asked: bool,
+    recovery: Recovery,
+    data: Option<&RawValue>,
+) -> Vec<Utf8Bytes> {
+    let mut f = Frame::op("subscribed")
+        .id(id)
+        .str("channel", channel)
+        .num("offset", recovery.position.offset)
+        .str("epoch", &recovery.position.epoch);
+    if asked {
+        f = f.bool("recovered", recovery.gap.is_none());
+        if let Some(gap) = recovery.gap {
+            f = f.str("gap", gap.as_str());
+        }
+    }
+    if let Some(data) = data {
+        f = f.raw("data", data.get());
+    }
+    let mut frames = Vec::with_capacity(1 + recovery.publications.len());
+    frames.push(f.finish());
+    frames.extend(
+        recovery
+            .publications
+            .iter()
+            .map(|p| protocol::channel_message(&p.channel, p.offset, &p.data)),
+    );
+    frames
+}
+
+/// Client JSON (already validated by the decoder) as a hook's `data`.
+pub(super) fn raw(json: &str) -> Result<Data, ProtocolError> {
+    RawValue::from_string(json.to_string())
+        .map_err(|e| ProtocolError::new("invalid_frame", format!("invalid data: {e}")))
+}
+
+fn null() -> Data {
+    RawValue::from_string("null".into()).expect("null is JSON")
 }
 
 /// What replaying `publications` costs in frame bytes, estimated before encoding them (the

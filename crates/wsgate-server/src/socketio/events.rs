@@ -27,6 +27,7 @@ use wsgate_core::seams::{Publication, Recovery, StreamPosition};
 
 use super::delivery::{SioTransport, decode, emit_publication};
 use super::{KIND, SioEdge};
+use crate::hooks::Greeting;
 use crate::limits::Slot;
 use crate::ws::task::{Inbound, Verdict, rate_limited};
 
@@ -44,13 +45,25 @@ struct Client {
     gone: Mutex<Option<oneshot::Sender<&'static str>>>,
 }
 
+/// Who the middleware admitted: the connection's id (the connect hook was told it), its
+/// identity, what the connect hook added, and the admission slot it holds.
+pub struct Who {
+    pub id: Arc<str>,
+    pub identity: Identity,
+    pub greeting: Greeting,
+    pub slot: Slot,
+    pub remote: SocketAddr,
+}
+
 /// The namespace's connect handler, after the middleware admitted the socket.
-pub fn connected(
-    sio: SioEdge,
-    s: SocketRef,
-    (identity, slot, remote): (Identity, Slot, SocketAddr),
-    ready: Ready,
-) {
+pub fn connected(sio: SioEdge, s: SocketRef, who: Who, ready: Ready) {
+    let Who {
+        id,
+        identity,
+        greeting,
+        slot,
+        remote,
+    } = who;
     let edge: &crate::ws::WsState = &sio;
     let gw = edge.gateway.clone();
     let transport = Arc::new(SioTransport::new(
@@ -58,7 +71,7 @@ pub fn connected(
         edge.config.outbox_capacity,
         gw.clock,
     ));
-    let conn = gw.open_kind(KIND, identity, Some(remote), transport.clone());
+    let conn = gw.open_as(KIND, id, identity, Some(remote), transport.clone());
     transport.attach(&conn);
     let (gone, left) = oneshot::channel();
     let client = Arc::new(Client {
@@ -69,20 +82,26 @@ pub fn connected(
         limits: Mutex::new(Inbound::new(&edge.config)),
         gone: Mutex::new(Some(gone)),
     });
-    // The client's ids, as `/ws` says them in `hello`.
-    let _ = s.emit(
-        "hello",
-        &json!({
-            "connection_id": &*conn.id,
-            "node": &**gw.node(),
-            "user": &**conn.user(),
-        }),
-    );
+    // The client's ids, as `/ws` says them in `hello` (with the connect hook's `data`).
+    let mut hello = json!({
+        "connection_id": &*conn.id,
+        "node": &**gw.node(),
+        "user": &**conn.user(),
+    });
+    if let Some(data) = &greeting.data {
+        hello["data"] = serde_json::from_str(data.get()).unwrap_or(Value::Null);
+    }
+    let _ = s.emit("hello", &hello);
     // A token that expires closes the connection with 4001 after the grace (Socket.IO has no
     // `refresh`: socket.io-client reconnects, with a fresh token when `auth` is a function).
     gw.arm_expiry(&conn);
     // The handlers registered by the middleware run from now on.
     ready.0.send_replace(Some(client.clone()));
+    if !greeting.channels.is_empty() {
+        let (client, s, channels) = (client.clone(), s.clone(), greeting.channels);
+        edge.tasks
+            .spawn(async move { client.subscribe_initial(&s, &channels).await });
+    }
     edge.tasks.spawn(watch(client, s, slot, left));
 }
 
@@ -93,6 +112,8 @@ enum Op {
     Unsubscribe,
     Publish,
     Presence,
+    /// The `/ws` `rpc` op: `{method, data}`, acknowledged `{ok: true, data}`.
+    Rpc,
 }
 
 impl Op {
@@ -102,6 +123,7 @@ impl Op {
             Op::Unsubscribe => "unsubscribe",
             Op::Publish => "publish",
             Op::Presence => "presence",
+            Op::Rpc => "rpc",
         }
     }
 }
@@ -122,7 +144,13 @@ pub struct Ready(tokio::sync::watch::Sender<Option<Arc<Client>>>);
 /// run.
 pub fn register(s: &SocketRef) -> Ready {
     let (tx, rx) = tokio::sync::watch::channel(None);
-    for op in [Op::Subscribe, Op::Unsubscribe, Op::Publish, Op::Presence] {
+    for op in [
+        Op::Subscribe,
+        Op::Unsubscribe,
+        Op::Publish,
+        Op::Presence,
+        Op::Rpc,
+    ] {
         on(s, rx.clone(), op);
     }
     let on_fallback = rx.clone();
@@ -204,6 +232,20 @@ async fn run(
             let ack = json!({"ok": true, "channel": channel, "offset": offset});
             Ok((ack, Vec::new()))
         }
+        Op::Rpc => {
+            #[derive(Deserialize)]
+            struct Args {
+                method: String,
+                #[serde(default)]
+                data: Value,
+            }
+            let Args { method, data } = parse(args)?;
+            let data = serde_json::value::to_raw_value(&data)
+                .map_err(|e| ProtocolError::new("invalid_frame", e.to_string()))?;
+            let answer = session.rpc(gw, &method, Some(&data)).await?;
+            let data: Value = serde_json::from_str(answer.get()).unwrap_or(Value::Null);
+            Ok((json!({"ok": true, "data": data}), Vec::new()))
+        }
         Op::Presence => {
             let channel = channel_of(args)?;
             let p = session.presence(gw, &channel).await?;
@@ -244,7 +286,10 @@ impl Client {
                 if let Err(close) = session.failed(gw, &e) {
                     self.close(&close);
                 }
-                let ack = json!({"ok": false, "error": e.code, "message": e.message});
+                let mut ack = json!({"ok": false, "error": e.code, "message": e.message});
+                if let Some(code) = e.backend_code {
+                    ack["backend_code"] = code.into();
+                }
                 (ack, Vec::new())
             }
         };
@@ -267,6 +312,25 @@ impl Client {
                 self.sio.gateway.metrics.slow_consumer();
             }
         }
+    }
+
+    /// The connect hook's channels, subscribed as `/ws` does it: each emitted as a
+    /// `subscribed` event (`{channel, offset, epoch}`), or `error` when it failed.
+    async fn subscribe_initial(&self, s: &SocketRef, channels: &[String]) {
+        let gw = &self.sio.gateway;
+        let mut session = self.session.lock().await;
+        for frame in session.subscribe_initial(gw, channels).await {
+            let mut v: Value = serde_json::from_str(frame.as_str()).unwrap_or(Value::Null);
+            let event = match v["op"].as_str() {
+                Some("subscribed") => "subscribed",
+                _ => "error",
+            };
+            if let Some(o) = v.as_object_mut() {
+                o.remove("op");
+            }
+            let _ = s.emit(event, &v);
+        }
+        self.release();
     }
 
     fn close(&self, r: &CloseRequest) {
@@ -294,11 +358,16 @@ async fn subscribe(
         Args::Full { channel, since } => (channel, since),
     };
     let asked = since.is_some();
-    let Recovery {
-        position,
-        publications,
-        gap,
-    } = session.subscribe(&c.sio.gateway, &channel, since).await?;
+    let (
+        Recovery {
+            position,
+            publications,
+            gap,
+        },
+        data,
+    ) = session
+        .client_subscribe(&c.sio.gateway, &channel, since)
+        .await?;
     let mut ack = json!({
         "ok": true,
         "channel": channel,
@@ -308,6 +377,9 @@ async fn subscribe(
     });
     if let (true, Some(gap)) = (asked, gap) {
         ack["gap"] = gap.as_str().into();
+    }
+    if let Some(data) = data {
+        ack["data"] = serde_json::from_str(data.get()).unwrap_or(Value::Null);
     }
     Ok((ack, publications))
 }

@@ -10,10 +10,9 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use socketioxide::extract::SocketRef;
 use tracing::{debug, warn};
-use wsgate_core::auth::Identity;
 
 use super::events;
-use crate::limits::Slot;
+use crate::hooks::Entry;
 use crate::reply::bearer;
 use crate::ws::WsState;
 
@@ -28,11 +27,11 @@ pub struct Auth {
 
 /// Why a connect was refused; its text is the `connect_error` message.
 #[derive(Debug)]
-pub struct Refused(&'static str);
+pub struct Refused(std::borrow::Cow<'static, str>);
 
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.0)
+        f.write_str(&self.0)
     }
 }
 
@@ -41,9 +40,10 @@ impl std::fmt::Display for Refused {
 #[derive(Clone)]
 pub struct Admitted(Arc<Mutex<Option<Admission>>>);
 
-/// Who connected, the connection slot it holds, and its event handlers (registered before
-/// the client is told it is connected: [`events::register`]).
-pub type Admission = ((Identity, Slot, SocketAddr), events::Ready);
+/// Who connected (under which connection id, with what the connect hook added), the
+/// connection slot it holds, and its event handlers (registered before the client is told it
+/// is connected: [`events::register`]).
+pub type Admission = (events::Who, events::Ready);
 
 impl Admitted {
     pub fn take(&self) -> Option<Admission> {
@@ -55,7 +55,7 @@ impl Admitted {
 pub async fn admit(edge: &WsState, s: &SocketRef, auth: Option<Auth>) -> Result<(), Refused> {
     let reject = |reason: &'static str, message: &'static str| {
         edge.gateway.metrics.reject(reason);
-        Err(Refused(message))
+        Err(Refused(message.into()))
     };
     if edge.lifecycle.is_draining() {
         return reject("draining", "server is shutting down");
@@ -80,22 +80,46 @@ pub async fn admit(edge: &WsState, s: &SocketRef, auth: Option<Auth>) -> Result<
         .and_then(|a| a.token)
         .or_else(|| query_token(&parts.uri))
         .or_else(|| bearer(&parts.headers));
-    let identity = match edge.auth.authenticate(token.as_deref()).await {
-        Ok(identity) => identity,
+    let entry = Entry::start(
+        &edge.gateway,
+        &edge.auth,
+        token,
+        &parts.headers,
+        &edge.forward_headers,
+    )
+    .await;
+    let entry = match entry {
+        Ok(entry) => entry,
         Err(e) => {
             let reason = e.reason();
             warn!(%remote, reason, error = %e, "Socket.IO authentication failed");
             return reject(reason, UNAUTHORIZED);
         }
     };
+    // The connect hook's refusal reaches the client as `connect_error` with its message
+    // (Socket.IO has no close codes before the connection is admitted).
+    let id = edge.gateway.new_connection_id();
+    let (identity, greeting) = match entry.admit(&edge.gateway, &id, super::KIND, remote).await {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            edge.gateway.metrics.reject(refusal.reason);
+            warn!(%remote, reason = refusal.reason, code = refusal.code, "connect hook refused the Socket.IO connection");
+            return Err(Refused(refusal.message.into()));
+        }
+    };
     if !edge.limits.admit_user(&mut slot, &identity.user) {
         return reject("user_connections", "too many connections for this user");
     }
     let ready = events::register(s);
-    s.extensions.insert(Admitted(Arc::new(Mutex::new(Some((
-        (identity, slot, remote),
-        ready,
-    ))))));
+    let who = events::Who {
+        id,
+        identity,
+        greeting,
+        slot,
+        remote,
+    };
+    s.extensions
+        .insert(Admitted(Arc::new(Mutex::new(Some((who, ready))))));
     Ok(())
 }
 

@@ -33,6 +33,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tracing::{debug, warn};
 
+use crate::hooks::Entry;
 use crate::reply::{bearer, json_error};
 
 #[derive(Deserialize)]
@@ -86,7 +87,14 @@ pub async fn upgrade(
         }
     };
     let token = query.token.or_else(|| bearer(req.headers()));
-    let identity = edge.auth.authenticate(token.as_deref()).await;
+    let entry = Entry::start(
+        &edge.gateway,
+        &edge.auth,
+        token,
+        req.headers(),
+        &edge.forward_headers,
+    )
+    .await;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let task_edge = edge.clone();
     edge.tasks.spawn(async move {
@@ -129,16 +137,30 @@ pub async fn upgrade(
             .max_message_size(Some(task_edge.config.max_message_size))
             .max_frame_size(Some(task_edge.config.max_message_size));
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-        match identity {
-            Ok(identity) => {
-                if !task_edge.limits.admit_user(&mut slot, &identity.user) {
-                    task::refuse_user(task_edge, socket, ws, remote).await;
-                    return;
-                }
-                task::serve(task_edge, socket, ws, identity, remote, slot).await;
-            }
-            Err(e) => task::refuse(task_edge, socket, ws, e, remote).await,
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => return task::refuse(task_edge, socket, ws, e, remote).await,
+        };
+        // The connect hook (if any) runs once the socket is open, so a refusal can carry
+        // the backend's close code.
+        let id = task_edge.gateway.new_connection_id();
+        let (identity, greeting) = match entry
+            .admit(&task_edge.gateway, &id, "gateway", remote)
+            .await
+        {
+            Ok(admitted) => admitted,
+            Err(refusal) => return task::refuse_hook(task_edge, socket, ws, refusal, remote).await,
+        };
+        if !task_edge.limits.admit_user(&mut slot, &identity.user) {
+            task::refuse_user(task_edge, socket, ws, remote).await;
+            return;
         }
+        let opened = task::Opened {
+            id,
+            identity,
+            greeting,
+        };
+        task::serve(task_edge, socket, ws, opened, remote, slot).await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)

@@ -20,6 +20,8 @@ pub struct WsView {
     /// Every connection task, so the drain can wait for them.
     pub tasks: TaskTracker,
     pub config: WsConfig,
+    /// The client's handshake headers the connect hook passes on (`hooks.connect`).
+    pub forward_headers: std::sync::Arc<[String]>,
 }
 
 /// The WebSocket edge's view of the node (axum state of `/ws`).

@@ -26,6 +26,7 @@ use wsgate_core::protocol::{self, ProtocolError, close};
 use super::WsConfig;
 use super::socket::{SharedSocket, SocketIo};
 use super::state::{WsState, WsView};
+use crate::hooks::{Greeting, Refusal};
 use crate::limits::{Slot, quota};
 
 type Socket = WebSocketStream<SocketIo>;
@@ -54,6 +55,36 @@ pub(super) async fn refuse(
         &e.to_string(),
     )
     .await;
+}
+
+/// A client the connect hook refused (its close code, 4000 to 4999) or could not be asked
+/// about (4503): told so in the close frame, then dropped.
+pub(super) async fn refuse_hook(
+    edge: WsState,
+    socket: Arc<SharedSocket>,
+    mut ws: Socket,
+    refusal: Refusal,
+    remote: SocketAddr,
+) {
+    edge.gateway.metrics.reject(refusal.reason);
+    warn!(%remote, reason = refusal.reason, code = refusal.code, message = %refusal.message, "connect hook refused the connection");
+    close_gracefully(
+        &edge,
+        &socket,
+        &mut ws,
+        &mut VecDeque::new(),
+        refusal.code,
+        &refusal.message,
+    )
+    .await;
+}
+
+/// What a connection opens with: its id (told to the connect hook), who it is, and what the
+/// connect hook added.
+pub(super) struct Opened {
+    pub id: Arc<str>,
+    pub identity: Identity,
+    pub greeting: Greeting,
 }
 
 /// A user already at `max_connections_per_user`: told so in a 4029 close frame, then dropped.
@@ -233,15 +264,22 @@ pub(super) async fn serve(
     edge: WsState,
     socket: Arc<SharedSocket>,
     mut ws: Socket,
-    identity: Identity,
+    opened: Opened,
     remote: SocketAddr,
     slot: Slot,
 ) {
     let gw = edge.gateway.clone();
-    let conn = gw.open(identity, Some(remote), socket.clone());
+    let Opened {
+        id,
+        identity,
+        greeting,
+    } = opened;
+    let conn = gw.open_as("gateway", id, identity, Some(remote), socket.clone());
     let mut session = Session::new(conn.clone(), edge.auth.clone());
-    socket.write_frame(protocol::wire_text(gw.hello(&conn).as_bytes()));
+    let hello = gw.hello_with(&conn, greeting.data.as_deref().map(|d| d.get()));
+    socket.write_frame(protocol::wire_text(hello.as_bytes()));
     gw.arm_expiry(&conn);
+    subscribe_initial(&gw, &socket, &mut session, &greeting.channels).await;
     let mut taken = VecDeque::new();
     let mut limits = Inbound::new(&edge.config);
     let ending = run(&gw, &socket, &mut ws, &mut session, &mut taken, &mut limits).await;
@@ -362,6 +400,29 @@ async fn inbound(
         }
     }
     None
+}
+
+/// The connect hook's channels, subscribed through the session as if the client had asked
+/// (its `subscribed` frames follow `hello`), then the held publications released.
+async fn subscribe_initial(
+    gw: &Gateway,
+    socket: &SharedSocket,
+    session: &mut Session,
+    channels: &[String],
+) {
+    if channels.is_empty() {
+        return;
+    }
+    for f in session.subscribe_initial(gw, channels).await {
+        socket.write_frame(protocol::wire_text(f.as_bytes()));
+    }
+    if socket.release().is_err()
+        && session
+            .conn
+            .request_close(close::SLOW_CONSUMER, "slow_consumer", OVERFLOW)
+    {
+        gw.metrics.slow_consumer();
+    }
 }
 
 fn read_error(conn: &Connection, e: WsError) -> Ending {

@@ -19,6 +19,7 @@
 
 pub mod baseline;
 mod clients;
+mod hooks;
 pub mod procfs;
 mod progress;
 mod soak;
@@ -108,6 +109,13 @@ pub struct BenchArgs {
     /// Storm: give up waiting for the clients after this many seconds.
     #[arg(long, default_value_t = 120)]
     pub storm_timeout: u64,
+    /// Connect-hook mode instead of the fan-out: `--connections` handshakes against a node
+    /// without hooks and one whose connect hook is a local HTTP server, ratio of the rates.
+    #[arg(long, conflicts_with_all = ["storm", "soak_cycles", "baseline"])]
+    pub hooks: bool,
+    /// Hooks: handshakes in flight at once.
+    #[arg(long, default_value_t = 32)]
+    pub hooks_concurrency: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -143,6 +151,9 @@ pub fn main(args: BenchArgs) -> anyhow::Result<()> {
     rt.block_on(async move {
         if args.storm {
             return storm::run(&args).await;
+        }
+        if args.hooks {
+            return hooks::run(&args).await;
         }
         if args.soak_cycles > 0 {
             return soak::run(&args).await;
@@ -256,6 +267,8 @@ pub(crate) struct ServerOpts {
     pub drain_timeout_ms: Option<u64>,
     /// The Node Socket.IO peer's directory, dependencies installed (`Target::NodeSocketIo`).
     pub peer_dir: Option<PathBuf>,
+    /// A configuration file for `wsgate serve --config` (the hooks bench's connect hook).
+    pub config: Option<PathBuf>,
 }
 
 async fn spawn_server_with(
@@ -287,6 +300,9 @@ async fn spawn_server_with(
                 "--max-connections",
                 "0",
             ]);
+            if let Some(file) = &opts.config {
+                cmd.arg("--config").arg(file);
+            }
             if let Some(ms) = opts.drain_timeout_ms {
                 cmd.args(["--drain-timeout-ms", &ms.to_string()]);
             }
