@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use tungstenite::Utf8Bytes;
 
 use super::connection::{CloseRequest, Connection};
-use super::{ClientPresence, ClientPublish, Gateway};
+use super::{ClientPresence, ClientPublish, Gateway, ServerAnswer, ServerOp};
 use crate::auth::{Authenticator, ChannelGrant};
 use crate::metrics::ReasonLabel;
 use crate::protocol::{self, ClientOp, Frame, ProtocolError, close};
@@ -326,6 +326,47 @@ impl Session {
         since: Option<StreamPosition>,
     ) -> Result<Recovery, ProtocolError> {
         self.check_grant(channel)?;
+        self.join(gw, channel, since).await
+    }
+
+    /// Runs the server-side subscription changes waiting on this connection (see
+    /// `server_subs.rs`), in order. Like [`Session::subscribe`], a subscription leaves the
+    /// transport holding publications: the caller sends the answers, then releases the hold.
+    /// A change that changes nothing (already subscribed, not subscribed) answers nothing.
+    pub async fn server_ops(&mut self, gw: &Gateway) -> Vec<ServerAnswer> {
+        let mut answers = Vec::new();
+        for op in self.conn.take_server_ops() {
+            let answer = match op {
+                ServerOp::Subscribe(channel) if !self.conn.is_subscribed(&channel) => {
+                    match self.join(gw, &channel, None).await {
+                        Ok(r) => ServerAnswer::Subscribed {
+                            channel,
+                            position: r.position,
+                        },
+                        Err(error) => ServerAnswer::Failed { channel, error },
+                    }
+                }
+                ServerOp::Unsubscribe(channel) if self.conn.is_subscribed(&channel) => {
+                    match self.unsubscribe(gw, &channel).await {
+                        Ok(()) => ServerAnswer::Unsubscribed { channel },
+                        Err(error) => ServerAnswer::Failed { channel, error },
+                    }
+                }
+                _ => continue,
+            };
+            answers.push(answer);
+        }
+        answers
+    }
+
+    /// The subscription itself, once allowed: the channel limit, the hold, the position
+    /// (or recovery), presence, the skip.
+    async fn join(
+        &mut self,
+        gw: &Gateway,
+        channel: &str,
+        since: Option<StreamPosition>,
+    ) -> Result<Recovery, ProtocolError> {
         let channel: Arc<str> = channel.into();
         let fresh = !self.conn.is_subscribed(&channel);
         if fresh && self.conn.channel_count() >= gw.config.max_channels_per_connection {
