@@ -9,6 +9,7 @@ use wsgate_core::gateway::{
     DEFAULT_MAX_CHANNELS_PER_CONNECTION, DEFAULT_MAX_PROTOCOL_ERRORS, DEFAULT_PRESENCE_CACHE,
     DEFAULT_PRESENCE_MAX_USERS, GatewayConfig,
 };
+use wsgate_core::control::DEFAULT_IDEMPOTENCY_WINDOW;
 use wsgate_core::seams::NodeId;
 
 /// Default of `heartbeat_interval_ms` (seed 003): core's [`DEFAULT_HEARTBEAT_INTERVAL`].
@@ -17,6 +18,8 @@ pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = DEFAULT_HEARTBEAT_INTERVAL.as_mil
 pub const DEFAULT_HEARTBEAT_TIMEOUT_MS: u64 = DEFAULT_HEARTBEAT_TIMEOUT.as_millis() as u64;
 /// Default of `presence_cache_ms`: core's [`DEFAULT_PRESENCE_CACHE`].
 pub const DEFAULT_PRESENCE_CACHE_MS: u64 = DEFAULT_PRESENCE_CACHE.as_millis() as u64;
+/// Default of `idempotency_window_ms`: core's [`DEFAULT_IDEMPOTENCY_WINDOW`] (5 minutes).
+pub const DEFAULT_IDEMPOTENCY_WINDOW_MS: u64 = DEFAULT_IDEMPOTENCY_WINDOW.as_millis() as u64;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
@@ -35,6 +38,9 @@ pub struct GatewaySettings {
     pub presence_max_users: usize,
     /// A client's `presence` answer is reused this long. Default [`DEFAULT_PRESENCE_CACHE_MS`].
     pub presence_cache_ms: u64,
+    /// A publish repeating an `idempotency_key` this soon answers the first result and
+    /// publishes nothing (cluster-wide). Default [`DEFAULT_IDEMPOTENCY_WINDOW_MS`].
+    pub idempotency_window_ms: u64,
 }
 
 impl Default for GatewaySettings {
@@ -47,6 +53,7 @@ impl Default for GatewaySettings {
             max_channels_per_connection: DEFAULT_MAX_CHANNELS_PER_CONNECTION,
             presence_max_users: DEFAULT_PRESENCE_MAX_USERS,
             presence_cache_ms: DEFAULT_PRESENCE_CACHE_MS,
+            idempotency_window_ms: DEFAULT_IDEMPOTENCY_WINDOW_MS,
         }
     }
 }
@@ -60,7 +67,14 @@ impl GatewaySettings {
                 self.heartbeat_interval_ms
             );
         }
+        if self.idempotency_window_ms == 0 {
+            anyhow::bail!("idempotency_window_ms must be at least 1");
+        }
         Ok(())
+    }
+
+    pub fn idempotency_window(&self) -> Duration {
+        Duration::from_millis(self.idempotency_window_ms)
     }
 
     pub fn gateway_config(&self, node: NodeId) -> GatewayConfig {
