@@ -9,8 +9,8 @@ use bytes::Bytes;
 use tonic::{Request, Response, Status};
 use wsgate_client::Message;
 use wsgate_core::control::{
-    Broadcast, Connect, ConnectAuth, ConnectionView, Control, ControlError, ListConnections, Payload,
-    Publish, Published, Subscribe,
+    Broadcast, Connect, ConnectAuth, ConnectionView, Control, ControlError, ListConnections,
+    Payload, Publish, Published, Subscribe,
 };
 use wsgate_core::gateway::ConnectionInfo;
 use wsgate_core::seams::upstream::{

@@ -43,8 +43,8 @@ pub use connect::{NatsAuth, NatsConnect};
 use wsgate_core::relay::{Dispatcher, Relay, wire};
 use wsgate_core::seams::{
     Broker, BrokerError, ChannelLog, ClusterMetrics, Deliver, Envelope, Idempotency, Logged,
-    NodeId, Once, Publication, PublishRequest, ServerSubscription,
-    Recipient, StreamPosition, StreamReads,
+    NodeId, Once, Publication, PublishRequest, Recipient, ServerSubscription, StreamPosition,
+    StreamReads,
 };
 
 /// How long a send to one connection waits for the holding node's answer.

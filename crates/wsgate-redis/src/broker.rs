@@ -134,19 +134,21 @@ impl Broker for RedisBroker {
         req: PublishRequest,
         once: &Idempotency,
     ) -> Result<Once, BrokerError> {
-        Ok(match self.streams.append_announced(req, Some(once)).await? {
-            Appended::New {
-                publication: p,
-                receivers,
-            } => Once::Published {
-                position: StreamPosition {
-                    offset: p.offset,
-                    epoch: p.epoch,
+        Ok(
+            match self.streams.append_announced(req, Some(once)).await? {
+                Appended::New {
+                    publication: p,
+                    receivers,
+                } => Once::Published {
+                    position: StreamPosition {
+                        offset: p.offset,
+                        epoch: p.epoch,
+                    },
+                    delivered: receivers,
                 },
-                delivered: receivers,
+                Appended::Repeat(position) => Once::Repeat(position),
             },
-            Appended::Repeat(position) => Once::Repeat(position),
-        })
+        )
     }
 
     /// Through `P:user`, like a send to a user: every node changes its connections of

@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use wsgate_core::control::DEFAULT_IDEMPOTENCY_WINDOW;
 use wsgate_core::gateway::{
     ClientPublish, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT,
     DEFAULT_MAX_CHANNELS_PER_CONNECTION, DEFAULT_MAX_PROTOCOL_ERRORS, DEFAULT_PRESENCE_CACHE,
     DEFAULT_PRESENCE_MAX_USERS, GatewayConfig,
 };
-use wsgate_core::control::DEFAULT_IDEMPOTENCY_WINDOW;
 use wsgate_core::seams::NodeId;
 
 /// Default of `heartbeat_interval_ms` (seed 003): core's [`DEFAULT_HEARTBEAT_INTERVAL`].

@@ -46,14 +46,26 @@ pub struct Broadcast {
 pub enum Command {
     Publish(Publish),
     Broadcast(Broadcast),
-    SendToUser { user: String, data: Payload },
-    SendToConnection { connection_id: String, data: Payload },
+    SendToUser {
+        user: String,
+        data: Payload,
+    },
+    SendToConnection {
+        connection_id: String,
+        data: Payload,
+    },
     Disconnect {
         connection_id: String,
         reason: Option<String>,
     },
-    Subscribe { user: String, channel: String },
-    Unsubscribe { user: String, channel: String },
+    Subscribe {
+        user: String,
+        channel: String,
+    },
+    Unsubscribe {
+        user: String,
+        channel: String,
+    },
 }
 
 /// What one command of a batch did.
@@ -202,11 +214,7 @@ impl Control {
     }
 
     /// The reverse of [`Control::subscribe_user`].
-    pub async fn unsubscribe_user(
-        &self,
-        user: &str,
-        channel: &str,
-    ) -> Result<usize, ControlError> {
+    pub async fn unsubscribe_user(&self, user: &str, channel: &str) -> Result<usize, ControlError> {
         self.change_user(user, ServerSubscription::Unsubscribe(channel.into()))
             .await
     }
@@ -292,6 +300,10 @@ mod tests {
         assert_ne!(fingerprint(&user), fingerprint(&conn));
         let mut other_channel = a.clone();
         other_channel.channel = "d".into();
-        assert_eq!(fingerprint(&a), fingerprint(&other_channel), "the key's scope");
+        assert_eq!(
+            fingerprint(&a),
+            fingerprint(&other_channel),
+            "the key's scope"
+        );
     }
 }

@@ -530,7 +530,10 @@ async fn broadcast_and_batch_answer_each_in_order() {
     assert_eq!(a, [1, 2]);
     let mut none = b.clone();
     none.channels.clear();
-    assert_eq!(c.broadcast(none).await.unwrap_err().code, ErrorCode::InvalidArgument);
+    assert_eq!(
+        c.broadcast(none).await.unwrap_err().code,
+        ErrorCode::InvalidArgument
+    );
 
     let results = c
         .batch(vec![
@@ -553,5 +556,8 @@ async fn broadcast_and_batch_answer_each_in_order() {
     assert_eq!(results[2].as_ref().unwrap_err().message, "bad command");
     assert!(matches!(&results[3], Ok(CommandResult::Published(p)) if p.replayed));
     assert_eq!(results[4], Ok(CommandResult::Delivered(0)));
-    assert_eq!(c.batch(Vec::new()).await.unwrap_err().code, ErrorCode::InvalidArgument);
+    assert_eq!(
+        c.batch(Vec::new()).await.unwrap_err().code,
+        ErrorCode::InvalidArgument
+    );
 }

@@ -25,9 +25,8 @@ use super::new_epoch;
 use super::once::Remembered;
 use crate::clock::unix_us as now_us;
 use crate::seams::{
-    Broker, BrokerError, Deliver, Envelope, Idempotency, NodeId, Once, Publication,
-    PublishRequest, Recipient, Recovery, RecoveryGap, ServerSubscription, StreamPosition,
-    StreamReads,
+    Broker, BrokerError, Deliver, Envelope, Idempotency, NodeId, Once, Publication, PublishRequest,
+    Recipient, Recovery, RecoveryGap, ServerSubscription, StreamPosition, StreamReads,
 };
 
 /// Default of the idle bound of [`MemoryBroker::new`]: the server passes the larger of its

@@ -144,7 +144,15 @@ mod tests {
             r.record(&ch, &once(&i.to_string(), "f"), at(1), t0);
         }
         assert_eq!(r.len(), MAX_KEYS);
-        assert_eq!(r.check(&ch, &once("0", "f"), t0).unwrap(), None, "oldest forgotten");
-        assert!(r.check(&ch, &once(&MAX_KEYS.to_string(), "f"), t0).unwrap().is_some());
+        assert_eq!(
+            r.check(&ch, &once("0", "f"), t0).unwrap(),
+            None,
+            "oldest forgotten"
+        );
+        assert!(
+            r.check(&ch, &once(&MAX_KEYS.to_string(), "f"), t0)
+                .unwrap()
+                .is_some()
+        );
     }
 }

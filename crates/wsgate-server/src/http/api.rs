@@ -114,7 +114,9 @@ pub async fn broadcast(
     ApiJson(body): ApiJson<BroadcastBody>,
 ) -> ApiResult {
     let results = node.control.broadcast(body.into()).await?;
-    Ok(Json(json!({"success": true, "results": broadcast_results(&results)})))
+    Ok(Json(
+        json!({"success": true, "results": broadcast_results(&results)}),
+    ))
 }
 
 fn broadcast_results(results: &[Result<Published, ControlError>]) -> Vec<Value> {
