@@ -272,7 +272,7 @@ async fn batch_runs_in_order_and_a_failing_command_fails_alone() {
     // The server-side subscription is made by the connection's task, after the commands
     // before it: the broadcast's publication to `extra` may precede it (the frame's offset
     // says where the client starts), so only its order against `feed` is not asserted.
-    let mut frames = vec![c.recv().await, c.recv().await];
+    let mut frames = [c.recv().await, c.recv().await];
     frames.sort_by_key(|f| f["op"].as_str().unwrap().to_string());
     assert_eq!(
         (frames[0]["op"].clone(), frames[0]["offset"].clone()),
