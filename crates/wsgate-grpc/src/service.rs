@@ -96,6 +96,21 @@ fn answer<T: Outcome, V>(result: Result<V, ControlError>, ok: impl FnOnce(V) -> 
     }))
 }
 
+/// `call` with `data` checked as one JSON value (its error otherwise).
+async fn parsed<T, F>(data: &str, call: impl FnOnce(Payload) -> F) -> Result<T, ControlError>
+where
+    F: std::future::Future<Output = Result<T, ControlError>>,
+{
+    call(Payload::parse(data)?).await
+}
+
+fn delivered(n: Result<usize, ControlError>) -> Reply<pb::DeliveryReply> {
+    answer(n, |n| pb::DeliveryReply {
+        delivered: n as u64,
+        ..Default::default()
+    })
+}
+
 fn publish_reply(p: Published) -> pb::PublishReply {
     pb::PublishReply {
         channel: p.channel,
@@ -479,41 +494,33 @@ impl WsGate for GrpcApi {
 
     async fn publish(&self, req: Request<pb::PublishRequest>) -> Reply<pb::PublishReply> {
         let r = req.into_inner();
-        let published = match Payload::parse(&r.data) {
-            Ok(data) => {
-                self.control
-                    .publish(Publish {
-                        channel: r.channel,
-                        data,
-                        exclude_user: r.exclude_user,
-                        exclude_connection: r.exclude_connection,
-                        event: r.event,
-                        idempotency_key: r.idempotency_key,
-                    })
-                    .await
-            }
-            Err(e) => Err(e),
-        };
+        let published = parsed(&r.data, |data| {
+            self.control.publish(Publish {
+                channel: r.channel,
+                data,
+                exclude_user: r.exclude_user,
+                exclude_connection: r.exclude_connection,
+                event: r.event,
+                idempotency_key: r.idempotency_key,
+            })
+        })
+        .await;
         answer(published, publish_reply)
     }
 
     async fn broadcast(&self, req: Request<pb::BroadcastRequest>) -> Reply<pb::BroadcastReply> {
         let r = req.into_inner();
-        let results = match Payload::parse(&r.data) {
-            Ok(data) => {
-                self.control
-                    .broadcast(Broadcast {
-                        channels: r.channels,
-                        data,
-                        exclude_user: r.exclude_user,
-                        exclude_connection: r.exclude_connection,
-                        event: r.event,
-                        idempotency_key: r.idempotency_key,
-                    })
-                    .await
-            }
-            Err(e) => Err(e),
-        };
+        let results = parsed(&r.data, |data| {
+            self.control.broadcast(Broadcast {
+                channels: r.channels,
+                data,
+                exclude_user: r.exclude_user,
+                exclude_connection: r.exclude_connection,
+                event: r.event,
+                idempotency_key: r.idempotency_key,
+            })
+        })
+        .await;
         answer(results, |results| pb::BroadcastReply {
             results: results
                 .into_iter()
@@ -535,11 +542,7 @@ impl WsGate for GrpcApi {
         req: Request<pb::UserChannelRequest>,
     ) -> Reply<pb::DeliveryReply> {
         let r = req.into_inner();
-        let n = self.control.subscribe_user(&r.user, &r.channel).await;
-        answer(n, |n| pb::DeliveryReply {
-            delivered: n as u64,
-            ..Default::default()
-        })
+        delivered(self.control.subscribe_user(&r.user, &r.channel).await)
     }
 
     async fn unsubscribe_user(
@@ -547,11 +550,7 @@ impl WsGate for GrpcApi {
         req: Request<pb::UserChannelRequest>,
     ) -> Reply<pb::DeliveryReply> {
         let r = req.into_inner();
-        let n = self.control.unsubscribe_user(&r.user, &r.channel).await;
-        answer(n, |n| pb::DeliveryReply {
-            delivered: n as u64,
-            ..Default::default()
-        })
+        delivered(self.control.unsubscribe_user(&r.user, &r.channel).await)
     }
 
     async fn send_to_user(&self, req: Request<pb::SendToUserRequest>) -> Reply<pb::DeliveryReply> {

@@ -227,8 +227,8 @@ pub async fn subscribe_user(
     Path(user): Path<String>,
     ApiJson(body): ApiJson<ChannelBody>,
 ) -> ApiResult {
-    let n = node.control.subscribe_user(&user, &body.channel).await?;
-    Ok(Json(json!({"success": true, "delivered": n})))
+    let n = node.control.subscribe_user(&user, &body.channel).await;
+    delivered(n)
 }
 
 pub async fn unsubscribe_user(
@@ -236,8 +236,12 @@ pub async fn unsubscribe_user(
     Path(user): Path<String>,
     ApiJson(body): ApiJson<ChannelBody>,
 ) -> ApiResult {
-    let n = node.control.unsubscribe_user(&user, &body.channel).await?;
-    Ok(Json(json!({"success": true, "delivered": n})))
+    let n = node.control.unsubscribe_user(&user, &body.channel).await;
+    delivered(n)
+}
+
+fn delivered(n: Result<usize, ControlError>) -> ApiResult {
+    Ok(Json(json!({"success": true, "delivered": n?})))
 }
 
 pub async fn send_to_user(
@@ -245,8 +249,7 @@ pub async fn send_to_user(
     Path(user): Path<String>,
     ApiJson(body): ApiJson<DataBody>,
 ) -> ApiResult {
-    let delivered = node.control.send_to_user(&user, body.data).await?;
-    Ok(Json(json!({"success": true, "delivered": delivered})))
+    delivered(node.control.send_to_user(&user, body.data).await)
 }
 
 pub async fn send_to_connection(
