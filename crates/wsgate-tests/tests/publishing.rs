@@ -148,6 +148,16 @@ async fn idempotency_keys_across_two_nodes_on_redis() {
     expiry_scenario(&c, &mut sub).await;
 }
 
+/// NATS moves the messages; the Redis log checks and records the key with the append.
+#[tokio::test]
+async fn idempotency_keys_across_two_nodes_on_nats() {
+    let cluster = Cluster::start(Via::Nats).await;
+    let a = cluster.node("idem-na", &[]).await;
+    let b = cluster.node("idem-nb", &[]).await;
+    let mut sub = Client::subscribed(&b.ws_url(), "orders").await;
+    idempotency_scenario(&[&a, &b], &mut sub).await;
+}
+
 #[tokio::test]
 async fn exclude_connection_on_one_node_and_across_two_on_redis() {
     let single = node(&[]).await;
