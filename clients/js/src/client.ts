@@ -257,6 +257,14 @@ export class Wsgate extends Emitter<ClientEvents> {
       case 'message':
         if (f.channel === undefined) this.emit('message', { data: f.data });
         else if (sub) sub._message({ channel: f.channel, offset: f.offset, data: f.data });
+        else this.emit('publication', { channel: f.channel, offset: f.offset, data: f.data });
+        return;
+      case 'subscribed':
+        // Without an id: made by the server (`"server": true`), not answering a subscribe.
+        if (f.server) this.emit('serverSubscribed', { channel: f.channel, offset: f.offset, epoch: f.epoch });
+        return;
+      case 'unsubscribed':
+        if (f.server) this.emit('serverUnsubscribed', { channel: f.channel });
         return;
       case 'join':
       case 'leave':

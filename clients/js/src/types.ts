@@ -76,6 +76,17 @@ export interface ClientEvents {
   error: Error;
   /** A message sent to this user or this connection (not on a channel). */
   message: { data: unknown };
+  /**
+   * The server subscribed this connection to `channel` without being asked (the token's
+   * `subs` claim, the connect hook, or the backend's `POST /api/v1/users/{user}/subscribe`).
+   * Its publications arrive as `publication` events (unless `client.subscribe(channel)` made
+   * a Subscription for it).
+   */
+  serverSubscribed: { channel: string; offset: number; epoch: string };
+  /** The server ended such a subscription. */
+  serverUnsubscribed: { channel: string };
+  /** A publication on a channel this client has no Subscription for: a server-side one. */
+  publication: Publication;
   /** The token was refreshed on the live connection. */
   refreshed: { token: string };
 }

@@ -6,8 +6,10 @@
 //! at most once per `min_refetch`). A token must carry `exp` unless
 //! [`JwtRules::allow_missing_exp`] is on; `aud` and `iss` are checked when configured. A token
 //! may carry a `channels` claim: a list of channel names, or prefixes ending in `*`, that
-//! the client may subscribe and publish to. Verification errors are reported by kind,
-//! never with the key.
+//! the client may subscribe and publish to. A `subs` claim lists channels (exact names) the
+//! connection is subscribed to at connect without asking (server-side subscriptions, see
+//! `gateway::server_subs`); it grants nothing else. Verification errors are reported by
+//! kind, never with the key.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,6 +27,8 @@ use tokio::time::Instant;
 pub struct Identity {
     pub user: Arc<str>,
     pub channels: ChannelGrant,
+    /// The token's `subs` claim: channels subscribed at connect, server-side.
+    pub subscribe: Arc<[Arc<str>]>,
     /// The token's `exp` (Unix seconds); `None` without a token or without the claim.
     pub expires_at: Option<u64>,
 }
@@ -251,7 +255,29 @@ impl std::fmt::Debug for Authenticator {
 struct Claims {
     sub: Option<String>,
     channels: Option<Vec<String>>,
+    subs: Option<Vec<String>>,
     exp: Option<u64>,
+}
+
+/// Channels of a `subs` claim past this many make the token invalid: each costs a
+/// subscription, and a connection has at most a few hundred.
+pub const MAX_SUBS_CLAIM: usize = 1024;
+
+/// The `subs` claim, checked: channel names by the one rule, a bounded count.
+fn subs_claim(subs: Option<Vec<String>>) -> Result<Arc<[Arc<str>]>, AuthError> {
+    let subs = subs.unwrap_or_default();
+    if subs.len() > MAX_SUBS_CLAIM {
+        return Err(AuthError::Invalid(format!(
+            "`subs` lists more than {MAX_SUBS_CLAIM} channels"
+        )));
+    }
+    subs.into_iter()
+        .map(|c| {
+            crate::protocol::check_name(&c, crate::protocol::MAX_CHANNEL_LEN)
+                .map(|()| Arc::from(c))
+                .map_err(|_| AuthError::Invalid("`subs` holds an invalid channel name".into()))
+        })
+        .collect()
 }
 
 impl Authenticator {
@@ -304,6 +330,7 @@ impl Authenticator {
                     user: format!("anon-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
                         .into(),
                     channels: ChannelGrant::All,
+                    subscribe: Arc::default(),
                     expires_at: None,
                 });
             }
@@ -332,8 +359,10 @@ impl Authenticator {
             .sub
             .filter(|s| !s.is_empty())
             .ok_or_else(|| AuthError::Invalid("empty sub".into()))?;
+        let subscribe = subs_claim(data.claims.subs)?;
         Ok(Identity {
             user: user.into(),
+            subscribe,
             channels: data
                 .claims
                 .channels
@@ -359,6 +388,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn subs_claim_lists_channels_subscribed_at_connect() {
+        let auth = Authenticator::hs256(b"k", &JwtRules::default());
+        let exp = crate::clock::unix_ms() / 1000 + 60;
+        let t = token(
+            json!({"sub":"u1","exp":exp,"channels":["chat:*"],"subs":["news","alerts:u1"]}),
+            b"k",
+        );
+        let id = auth.authenticate(Some(&t)).await.unwrap();
+        let subs: Vec<&str> = id.subscribe.iter().map(|c| &**c).collect();
+        assert_eq!(subs, ["news", "alerts:u1"]);
+        assert!(!id.channels.allows("news"), "subs grant nothing else");
+        let bad = token(json!({"sub":"u1","exp":exp,"subs":[""]}), b"k");
+        assert!(matches!(
+            auth.authenticate(Some(&bad)).await,
+            Err(AuthError::Invalid(m)) if m.contains("subs")
+        ));
+    }
+
+    #[tokio::test]
     async fn jwt_modes() {
         let auth = Authenticator::hs256(b"s3cret", &JwtRules::default());
         let exp = crate::clock::unix_ms() / 1000 + 60;
@@ -371,6 +419,7 @@ mod tests {
         assert_eq!(id.expires_at, Some(exp));
         assert!(id.channels.allows("team:42") && id.channels.allows("news"));
         assert!(!id.channels.allows("news2") && !id.channels.allows("admin"));
+        assert!(id.subscribe.is_empty());
         assert_eq!(
             auth.authenticate(None).await.unwrap_err(),
             AuthError::Missing

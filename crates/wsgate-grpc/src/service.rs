@@ -9,8 +9,8 @@ use bytes::Bytes;
 use tonic::{Request, Response, Status};
 use wsgate_client::Message;
 use wsgate_core::control::{
-    Connect, ConnectAuth, ConnectionView, Control, ControlError, ListConnections, Payload, Publish,
-    Subscribe,
+    Broadcast, Connect, ConnectAuth, ConnectionView, Control, ControlError, ListConnections,
+    Payload, Publish, Published, Subscribe,
 };
 use wsgate_core::gateway::ConnectionInfo;
 use wsgate_core::seams::upstream::{
@@ -78,6 +78,7 @@ outcome!(
     pb::ListConnectionsReply,
     pb::GetConnectionReply,
     pb::PublishReply,
+    pb::BroadcastReply,
     pb::DeliveryReply,
     pb::PresenceReply,
     pb::ListChannelsReply,
@@ -95,6 +96,32 @@ fn answer<T: Outcome, V>(result: Result<V, ControlError>, ok: impl FnOnce(V) -> 
         }
         Err(e) => T::failed(e),
     }))
+}
+
+/// `call` with `data` checked as one JSON value (its error otherwise).
+async fn parsed<T, F>(data: &str, call: impl FnOnce(Payload) -> F) -> Result<T, ControlError>
+where
+    F: std::future::Future<Output = Result<T, ControlError>>,
+{
+    call(Payload::parse(data)?).await
+}
+
+fn delivered(n: Result<usize, ControlError>) -> Reply<pb::DeliveryReply> {
+    answer(n, |n| pb::DeliveryReply {
+        delivered: n as u64,
+        ..Default::default()
+    })
+}
+
+fn publish_reply(p: Published) -> pb::PublishReply {
+    pb::PublishReply {
+        channel: p.channel,
+        offset: p.offset,
+        epoch: p.epoch.to_string(),
+        delivered: p.delivered as u64,
+        replayed: p.replayed,
+        ..Default::default()
+    }
 }
 
 fn subscription(s: pb::Subscription) -> Subscribe {
@@ -469,26 +496,63 @@ impl WsGate for GrpcApi {
 
     async fn publish(&self, req: Request<pb::PublishRequest>) -> Reply<pb::PublishReply> {
         let r = req.into_inner();
-        let published = match Payload::parse(&r.data) {
-            Ok(data) => {
-                self.control
-                    .publish(Publish {
-                        channel: r.channel,
-                        data,
-                        exclude_user: r.exclude_user,
-                        event: r.event,
-                    })
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        answer(published, |p| pb::PublishReply {
-            channel: p.channel,
-            offset: p.offset,
-            epoch: p.epoch.to_string(),
-            delivered: p.delivered as u64,
+        let published = parsed(&r.data, |data| {
+            self.control.publish(Publish {
+                channel: r.channel,
+                data,
+                exclude_user: r.exclude_user,
+                exclude_connection: r.exclude_connection,
+                event: r.event,
+                idempotency_key: r.idempotency_key,
+            })
+        })
+        .await;
+        answer(published, publish_reply)
+    }
+
+    async fn broadcast(&self, req: Request<pb::BroadcastRequest>) -> Reply<pb::BroadcastReply> {
+        let r = req.into_inner();
+        let results = parsed(&r.data, |data| {
+            self.control.broadcast(Broadcast {
+                channels: r.channels,
+                data,
+                exclude_user: r.exclude_user,
+                exclude_connection: r.exclude_connection,
+                event: r.event,
+                idempotency_key: r.idempotency_key,
+            })
+        })
+        .await;
+        answer(results, |results| pb::BroadcastReply {
+            results: results
+                .into_iter()
+                .map(|r| match r {
+                    Ok(p) => {
+                        let mut reply = publish_reply(p);
+                        reply.set(true, String::new());
+                        reply
+                    }
+                    Err(e) => pb::PublishReply::failed(e),
+                })
+                .collect(),
             ..Default::default()
         })
+    }
+
+    async fn subscribe_user(
+        &self,
+        req: Request<pb::UserChannelRequest>,
+    ) -> Reply<pb::DeliveryReply> {
+        let r = req.into_inner();
+        delivered(self.control.subscribe_user(&r.user, &r.channel).await)
+    }
+
+    async fn unsubscribe_user(
+        &self,
+        req: Request<pb::UserChannelRequest>,
+    ) -> Reply<pb::DeliveryReply> {
+        let r = req.into_inner();
+        delivered(self.control.unsubscribe_user(&r.user, &r.channel).await)
     }
 
     async fn send_to_user(&self, req: Request<pb::SendToUserRequest>) -> Reply<pb::DeliveryReply> {

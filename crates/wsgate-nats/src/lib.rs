@@ -42,8 +42,9 @@ use tracing::{info, warn};
 pub use connect::{NatsAuth, NatsConnect};
 use wsgate_core::relay::{Dispatcher, Relay, wire};
 use wsgate_core::seams::{
-    Broker, BrokerError, ChannelLog, ClusterMetrics, Deliver, Envelope, NodeId, PublishRequest,
-    Recipient, StreamPosition, StreamReads,
+    Broker, BrokerError, ChannelLog, ClusterMetrics, Deliver, Envelope, Idempotency, Logged,
+    NodeId, Once, Publication, PublishRequest, Recipient, ServerSubscription, StreamPosition,
+    StreamReads,
 };
 
 /// How long a send to one connection waits for the holding node's answer.
@@ -156,20 +157,24 @@ impl Broker for NatsBroker {
     async fn publish(&self, req: PublishRequest) -> Result<(StreamPosition, usize), BrokerError> {
         let client = self.connected()?;
         let p = self.relay.log().append(req).await?;
-        let position = StreamPosition {
-            offset: p.offset,
-            epoch: p.epoch.clone(),
-        };
-        if let Err(e) = client
-            .publish(self.subjects.publications.clone(), wire::encode_channel(&p))
-            .await
-        {
-            // In history already: nodes fill it in at the next publication of the channel,
-            // and `since` recovers it.
-            self.relay.metrics().errors.inc();
-            warn!(channel = %p.channel, offset = p.offset, error = %e, "NATS publish failed after append");
-        }
-        Ok((position, 0))
+        Ok((self.announce(client, p).await, 0))
+    }
+
+    /// The log checks and records the key with the append (in one step); a repeat is not
+    /// announced.
+    async fn publish_once(
+        &self,
+        req: PublishRequest,
+        once: &Idempotency,
+    ) -> Result<Once, BrokerError> {
+        let client = self.connected()?;
+        Ok(match self.relay.log().append_once(req, once).await? {
+            Logged::New(p) => Once::Published {
+                position: self.announce(client, p).await,
+                delivered: 0,
+            },
+            Logged::Repeat(position) => Once::Repeat(position),
+        })
     }
 
     fn reads(&self) -> &dyn StreamReads {
@@ -204,8 +209,45 @@ impl Broker for NatsBroker {
         }
     }
 
+    /// Like a send to a user: every node changes its connections of `user`; returns 0.
+    async fn change_subscriptions(
+        &self,
+        user: &str,
+        change: &ServerSubscription,
+    ) -> Result<usize, BrokerError> {
+        let client = self.connected()?;
+        client
+            .publish(
+                self.subjects.users.clone(),
+                wire::encode_subscriptions(user, change),
+            )
+            .await
+            .map_err(nats_error)?;
+        Ok(0)
+    }
+
     fn is_healthy(&self) -> bool {
         self.connected().is_ok() && self.relay.log().is_healthy()
+    }
+}
+
+impl NatsBroker {
+    /// Announces an appended publication to every node; returns its position.
+    async fn announce(&self, client: &Client, p: Publication) -> StreamPosition {
+        let position = StreamPosition {
+            offset: p.offset,
+            epoch: p.epoch.clone(),
+        };
+        if let Err(e) = client
+            .publish(self.subjects.publications.clone(), wire::encode_channel(&p))
+            .await
+        {
+            // In history already: nodes fill it in at the next publication of the channel,
+            // and `since` recovers it.
+            self.relay.metrics().errors.inc();
+            warn!(channel = %p.channel, offset = p.offset, error = %e, "NATS publish failed after append");
+        }
+        position
     }
 }
 

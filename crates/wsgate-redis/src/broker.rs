@@ -13,10 +13,11 @@ use tracing::{info, warn};
 
 use wsgate_core::relay::{Dispatcher, Relay, wire};
 use wsgate_core::seams::{
-    Broker, BrokerError, ClusterMetrics, Deliver, NodeId, PublishRequest, Recipient,
-    StreamPosition, StreamReads,
+    Broker, BrokerError, ClusterMetrics, Deliver, Idempotency, NodeId, Once, PublishRequest,
+    Recipient, ServerSubscription, StreamPosition, StreamReads,
 };
 
+use super::streams::Appended;
 use super::{
     ChannelStreams, Health, Keys, RedisConfig, broker_error, next_delay, reconnect_backoff,
 };
@@ -109,15 +110,56 @@ impl Broker for RedisBroker {
     /// remote subscribers see one order): the count returned is the number of nodes that
     /// received the publication.
     async fn publish(&self, req: PublishRequest) -> Result<(StreamPosition, usize), BrokerError> {
-        let appended = self.streams.append_announced(req).await?;
-        let p = appended.publication;
-        Ok((
-            StreamPosition {
-                offset: p.offset,
-                epoch: p.epoch,
+        match self.streams.append_announced(req, None).await? {
+            Appended::New {
+                publication: p,
+                receivers,
+            } => Ok((
+                StreamPosition {
+                    offset: p.offset,
+                    epoch: p.epoch,
+                },
+                receivers,
+            )),
+            Appended::Repeat(_) => Err(BrokerError::Other(
+                "publish script answered a repeat without an idempotency key".into(),
+            )),
+        }
+    }
+
+    /// One script checks the key, publishes and records the key (all in the channel's
+    /// slot): concurrent repeats on any node publish once.
+    async fn publish_once(
+        &self,
+        req: PublishRequest,
+        once: &Idempotency,
+    ) -> Result<Once, BrokerError> {
+        Ok(
+            match self.streams.append_announced(req, Some(once)).await? {
+                Appended::New {
+                    publication: p,
+                    receivers,
+                } => Once::Published {
+                    position: StreamPosition {
+                        offset: p.offset,
+                        epoch: p.epoch,
+                    },
+                    delivered: receivers,
+                },
+                Appended::Repeat(position) => Once::Repeat(position),
             },
-            appended.receivers,
-        ))
+        )
+    }
+
+    /// Through `P:user`, like a send to a user: every node changes its connections of
+    /// `user`. Returns the number of nodes reached.
+    async fn change_subscriptions(
+        &self,
+        user: &str,
+        change: &ServerSubscription,
+    ) -> Result<usize, BrokerError> {
+        let payload = wire::encode_subscriptions(user, change);
+        self.announce(&self.keys.users, payload).await
     }
 
     fn reads(&self) -> &dyn StreamReads {

@@ -44,6 +44,12 @@ impl Keys {
         self.name(format_args!("{{{channel}}}:stream"))
     }
 
+    /// The record of an idempotency key of `channel`'s publications: in the channel's slot,
+    /// so that the publish script checks it, publishes and records it in one step.
+    pub fn once(&self, channel: &str, key: &str) -> String {
+        self.name(format_args!("{{{channel}}}:once:{key}"))
+    }
+
     pub fn presence(&self, channel: &str) -> String {
         self.name(format_args!("presence:{channel}"))
     }
@@ -96,6 +102,7 @@ mod tests {
         let k = Keys::new("wsgate");
         assert_eq!(k.meta("team:1"), "wsgate:{team:1}:meta");
         assert_eq!(k.stream("team:1"), "wsgate:{team:1}:stream");
+        assert_eq!(k.once("team:1", "k-9"), "wsgate:{team:1}:once:k-9");
         assert_eq!(k.presence("team:1"), "wsgate:presence:team:1");
         assert_eq!(k.alive("n1"), "wsgate:alive:n1");
         assert_eq!(k.node("n1"), "wsgate:node:n1");

@@ -16,6 +16,7 @@
 //! | --- | --- | --- |
 //! | `P:{<channel>}:meta` | hash `e`, `o`, `r`, TTL | the channel's epoch, newest offset, and the run id of the Redis process that wrote them; expires `channel_ttl` after the last publication (or after a first read that created it) |
 //! | `P:{<channel>}:stream` | stream, TTL | bounded history (`MAXLEN ~ history_size`), entry id `<offset>-0`, fields `d` data, `t` µs, `x` excluded user, `e` Socket.IO event; expires with the meta |
+//! | `P:{<channel>}:once:<key>` | hash `f`, `o`, `e`, `t`, TTL | an idempotency key of the channel's publications: the request's fingerprint and the first publication's offset, epoch and time; expires `idempotency_window_ms` after it |
 //! | `P:presence:<channel>` | hash | connection id → `<node>\n<user>` |
 //! | `P:alive:<node>` | string, TTL | the node's lease: the token of the one process running under that id; renewed every TTL/3 |
 //! | `P:pub` | pub/sub | channel publications, for every node |

@@ -12,16 +12,21 @@ use redis::{Script, Value};
 use tokio::task::JoinHandle;
 use wsgate_core::memory::recover_from;
 use wsgate_core::seams::{
-    BrokerError, ChannelLog, ClusterMetrics, Publication, PublishRequest, Recovery, StreamPosition,
+    BrokerError, ChannelLog, ClusterMetrics, Idempotency, Logged, Publication, PublishRequest,
+    Recovery, StreamPosition,
 };
 
 use super::{Health, Keys, RedisConfig, broker_error};
 
 /// What the publish script answers.
-pub(crate) struct Appended {
-    pub publication: Publication,
-    /// Nodes that received the announcement (0 when the caller announces it itself).
-    pub receivers: usize,
+pub(crate) enum Appended {
+    New {
+        publication: Publication,
+        /// Nodes that received the announcement (0 when the caller announces it itself).
+        receivers: usize,
+    },
+    /// An idempotency key seen within its window: the first publication's position.
+    Repeat(StreamPosition),
 }
 
 /// The channel log in Redis: the [`ChannelLog`] the Redis broker publishes through, and the
@@ -90,17 +95,19 @@ impl ChannelStreams {
     pub(crate) async fn append_announced(
         &self,
         req: PublishRequest,
+        once: Option<&Idempotency>,
     ) -> Result<Appended, BrokerError> {
-        self.append_with(req, true).await
+        self.append_with(req, true, once).await
     }
 
     async fn append_with(
         &self,
         req: PublishRequest,
         announce: bool,
+        once: Option<&Idempotency>,
     ) -> Result<Appended, BrokerError> {
-        let r: Result<Value, _> = self
-            .publish
+        let mut invocation = self.publish.prepare_invoke();
+        invocation
             .key(self.keys.meta(&req.channel))
             .key(self.keys.stream(&req.channel))
             .key(if announce {
@@ -114,20 +121,34 @@ impl ChannelStreams {
             .arg(req.history.size.unwrap_or(self.history_size))
             .arg(req.event.as_deref().unwrap_or(""))
             .arg(req.history.ttl_ms.unwrap_or(self.ttl_ms))
-            .invoke_async(&mut self.conn.clone())
-            .await;
+            .arg(req.exclude_connection.as_deref().unwrap_or(""));
+        if let Some(once) = once {
+            invocation
+                .key(self.keys.once(&req.channel, &once.key))
+                .arg(&*once.fingerprint)
+                .arg(once.window_ms);
+        }
+        let r: Result<Value, _> = invocation.invoke_async(&mut self.conn.clone()).await;
         self.observe(&r);
         let items = array(r.map_err(broker_error)?)?;
-        let [offset, epoch, at, receivers] = items.as_slice() else {
+        let [offset, epoch, at, receivers, repeat] = items.as_slice() else {
             return Err(bad("publish answer"));
         };
-        Ok(Appended {
+        let offset = int(offset)?;
+        let epoch: Arc<str> = text(epoch)?.into();
+        match int(repeat)? {
+            0 => {}
+            1 => return Ok(Appended::Repeat(StreamPosition { offset, epoch })),
+            _ => return Err(BrokerError::IdempotencyConflict),
+        }
+        Ok(Appended::New {
             publication: Publication {
                 channel: req.channel,
-                offset: int(offset)?,
-                epoch: text(epoch)?.into(),
+                offset,
+                epoch,
                 data: req.data,
                 exclude_user: req.exclude_user,
+                exclude_connection: req.exclude_connection,
                 event: req.event,
                 published_at_us: int(at)?,
             },
@@ -179,6 +200,7 @@ impl ChannelStreams {
                 epoch: position.epoch.clone(),
                 data: Bytes::from(bytes(d)?),
                 exclude_user: (!exclude.is_empty()).then(|| exclude.into()),
+                exclude_connection: None,
                 event: (!event.is_empty()).then(|| event.into()),
                 published_at_us: int(&t)?,
             });
@@ -232,7 +254,21 @@ impl Drop for ChannelStreams {
 #[async_trait]
 impl ChannelLog for ChannelStreams {
     async fn append(&self, req: PublishRequest) -> Result<Publication, BrokerError> {
-        Ok(self.append_with(req, false).await?.publication)
+        match self.append_with(req, false, None).await? {
+            Appended::New { publication, .. } => Ok(publication),
+            Appended::Repeat(_) => Err(bad("repeat without an idempotency key")),
+        }
+    }
+
+    async fn append_once(
+        &self,
+        req: PublishRequest,
+        once: &Idempotency,
+    ) -> Result<Logged, BrokerError> {
+        Ok(match self.append_with(req, false, Some(once)).await? {
+            Appended::New { publication, .. } => Logged::New(publication),
+            Appended::Repeat(position) => Logged::Repeat(position),
+        })
     }
 
     async fn position(&self, channel: &str) -> Result<StreamPosition, BrokerError> {

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use wsgate_core::control::DEFAULT_IDEMPOTENCY_WINDOW;
 use wsgate_core::gateway::{
     ClientPublish, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT,
     DEFAULT_MAX_CHANNELS_PER_CONNECTION, DEFAULT_MAX_PROTOCOL_ERRORS, DEFAULT_PRESENCE_CACHE,
@@ -17,6 +18,8 @@ pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = DEFAULT_HEARTBEAT_INTERVAL.as_mil
 pub const DEFAULT_HEARTBEAT_TIMEOUT_MS: u64 = DEFAULT_HEARTBEAT_TIMEOUT.as_millis() as u64;
 /// Default of `presence_cache_ms`: core's [`DEFAULT_PRESENCE_CACHE`].
 pub const DEFAULT_PRESENCE_CACHE_MS: u64 = DEFAULT_PRESENCE_CACHE.as_millis() as u64;
+/// Default of `idempotency_window_ms`: core's [`DEFAULT_IDEMPOTENCY_WINDOW`] (5 minutes).
+pub const DEFAULT_IDEMPOTENCY_WINDOW_MS: u64 = DEFAULT_IDEMPOTENCY_WINDOW.as_millis() as u64;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
@@ -37,6 +40,9 @@ pub struct GatewaySettings {
     pub presence_max_users: usize,
     /// A client's `presence` answer is reused this long. Default [`DEFAULT_PRESENCE_CACHE_MS`].
     pub presence_cache_ms: u64,
+    /// A publish repeating an `idempotency_key` this soon answers the first result and
+    /// publishes nothing (cluster-wide). Default [`DEFAULT_IDEMPOTENCY_WINDOW_MS`].
+    pub idempotency_window_ms: u64,
 }
 
 impl Default for GatewaySettings {
@@ -49,6 +55,7 @@ impl Default for GatewaySettings {
             max_channels_per_connection: DEFAULT_MAX_CHANNELS_PER_CONNECTION,
             presence_max_users: DEFAULT_PRESENCE_MAX_USERS,
             presence_cache_ms: DEFAULT_PRESENCE_CACHE_MS,
+            idempotency_window_ms: DEFAULT_IDEMPOTENCY_WINDOW_MS,
         }
     }
 }
@@ -62,7 +69,14 @@ impl GatewaySettings {
                 self.heartbeat_interval_ms
             );
         }
+        if self.idempotency_window_ms == 0 {
+            anyhow::bail!("idempotency_window_ms must be at least 1");
+        }
         Ok(())
+    }
+
+    pub fn idempotency_window(&self) -> Duration {
+        Duration::from_millis(self.idempotency_window_ms)
     }
 
     pub fn gateway_config(&self, node: NodeId) -> GatewayConfig {

@@ -72,9 +72,11 @@ impl Node {
             limits.api_rate(),
         );
         let control = Arc::new(
-            Control::new(gateway.clone(), upstreams.clone(), access).with_upstream_hosts(
-                UpstreamHosts::new(config.api.upstream_allowed_hosts.iter().cloned()),
-            ),
+            Control::new(gateway.clone(), upstreams.clone(), access)
+                .with_upstream_hosts(UpstreamHosts::new(
+                    config.api.upstream_allowed_hosts.iter().cloned(),
+                ))
+                .with_idempotency_window(config.gateway.idempotency_window()),
         );
         if let Some((ownership, forwarding)) = seams.cluster {
             control.attach_cluster(ownership, forwarding);

@@ -113,6 +113,7 @@ async fn gateway_operations() {
             exclude_user: None,
             // Socket.IO clients get it as this event; /ws clients the usual message frame.
             event: Some("headline".into()),
+            ..Default::default()
         }
     );
     assert_eq!((r.channel.as_str(), r.offset, r.delivered), ("news", 1, 1));
@@ -182,6 +183,7 @@ async fn gateway_operations() {
             data: "1".into(),
             exclude_user: None,
             event: None,
+            ..Default::default()
         }
     );
     assert!(!r.success);
@@ -194,6 +196,7 @@ async fn gateway_operations() {
             data: "not json".into(),
             exclude_user: None,
             event: None,
+            ..Default::default()
         }
     );
     assert!(!r.success);

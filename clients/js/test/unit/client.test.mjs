@@ -299,6 +299,20 @@ describe('connection', () => {
     assert.deepEqual(got, [{ data: { hi: 1 } }]);
   });
 
+  test('server-side subscriptions: announced, and their publications reach the client', async () => {
+    const c = client();
+    const log = record(c, ['serverSubscribed', 'publication', 'serverUnsubscribed']);
+    const ws = await connected(c);
+    ws.push({ op: 'subscribed', channel: 'news', offset: 4, epoch: 'e1', server: true });
+    msg(ws, 'news', 5, 'hi');
+    ws.push({ op: 'unsubscribed', channel: 'news', server: true });
+    assert.deepEqual(log, [
+      ['serverSubscribed', { channel: 'news', offset: 4, epoch: 'e1' }],
+      ['publication', { channel: 'news', offset: 5, data: 'hi' }],
+      ['serverUnsubscribed', { channel: 'news' }],
+    ]);
+  });
+
   test('an error frame without id goes to the client error event', async () => {
     const c = client();
     const errors = [];

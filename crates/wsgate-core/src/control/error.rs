@@ -69,6 +69,9 @@ impl From<GatewayError> for ControlError {
         let code = match &e {
             GatewayError::ConnectionNotFound => ErrorCode::NotFound,
             GatewayError::InvalidData(_) => ErrorCode::InvalidArgument,
+            GatewayError::Broker(crate::seams::BrokerError::IdempotencyConflict) => {
+                ErrorCode::Conflict
+            }
             GatewayError::Broker(_) => ErrorCode::Unavailable,
         };
         Self::new(code, e.to_string())

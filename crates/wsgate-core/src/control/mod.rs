@@ -51,6 +51,7 @@ mod cluster;
 mod connect;
 mod error;
 mod listing;
+mod publishing;
 mod rules;
 
 use std::sync::Arc;
@@ -65,6 +66,10 @@ pub use cluster::{Listing, NODE_QUERY_TIMEOUT, Scope};
 pub use connect::{Connect, ConnectAuth, HOST_NOT_ALLOWED, Subscribe, UpstreamHosts};
 pub use error::{ControlError, ErrorCode, STORE_UNAVAILABLE};
 pub use listing::{ConnectionKind, ConnectionView, ListConnections, Page};
+pub use publishing::{
+    Broadcast, Command, CommandResult, DEFAULT_IDEMPOTENCY_WINDOW, MAX_BATCH_COMMANDS,
+    MAX_BROADCAST_CHANNELS, MAX_IDEMPOTENCY_KEY_LEN,
+};
 pub use rules::{
     DEFAULT_AUTH_TIMEOUT_MS, DEFAULT_CONNECT_WAIT, DEFAULT_DISCONNECT_REASON, DEFAULT_PAGE_SIZE,
     DEFAULT_REQUEST_TIMEOUT_MS, MAX_PAGE_SIZE, MAX_REQUEST_TIMEOUT_MS, Payload,
@@ -76,14 +81,18 @@ use crate::upstream::{
     state_name,
 };
 
-/// Publish: `data` to every subscriber of `channel` (but `exclude_user`'s connections).
+/// Publish: `data` to every subscriber of `channel` (but `exclude_user`'s connections and
+/// `exclude_connection`).
 #[derive(Debug, Clone)]
 pub struct Publish {
     pub channel: String,
     pub data: Payload,
     pub exclude_user: Option<String>,
+    pub exclude_connection: Option<String>,
     /// Socket.IO clients get it as this event instead of `message` (docs/socketio.md).
     pub event: Option<String>,
+    /// At most once per key and channel within `idempotency_window_ms` (`publishing.rs`).
+    pub idempotency_key: Option<String>,
 }
 
 /// What Publish reports.
@@ -95,6 +104,9 @@ pub struct Published {
     pub epoch: Arc<str>,
     /// Local connections it was delivered to.
     pub delivered: usize,
+    /// A repeat of an idempotency key: nothing was published, this is the first answer's
+    /// position (and `delivered` is 0).
+    pub replayed: bool,
 }
 
 /// What Connect reports.
@@ -127,6 +139,8 @@ pub struct Control {
     upstream_hosts: UpstreamHosts,
     /// Set when the node starts to stop: new upstream connections are refused.
     draining: AtomicBool,
+    /// `idempotency_window_ms`.
+    idempotency_window: std::time::Duration,
 }
 
 impl Control {
@@ -138,6 +152,7 @@ impl Control {
             cluster: std::sync::OnceLock::new(),
             upstream_hosts: UpstreamHosts::default(),
             draining: AtomicBool::new(false),
+            idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
         }
     }
 
@@ -161,29 +176,6 @@ impl Control {
     }
 
     // Client connections (the gateway side).
-
-    pub async fn publish(&self, cmd: Publish) -> Result<Published, ControlError> {
-        rules::check_channel(&cmd.channel)?;
-        if let Some(event) = &cmd.event {
-            rules::check_event(event)?;
-        }
-        let data = cmd.data.into_bytes();
-        let (offset, epoch, delivered) = self
-            .gateway
-            .publish(
-                &cmd.channel,
-                data,
-                cmd.exclude_user.as_deref(),
-                cmd.event.as_deref(),
-            )
-            .await?;
-        Ok(Published {
-            channel: cmd.channel,
-            offset,
-            epoch,
-            delivered,
-        })
-    }
 
     /// Sends `data` to every connection of `user`; returns how many took it.
     pub async fn send_to_user(&self, user: &str, data: Payload) -> Result<usize, ControlError> {

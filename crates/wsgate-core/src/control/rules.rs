@@ -82,6 +82,10 @@ impl Payload {
     pub fn into_bytes(self) -> Bytes {
         self.0
     }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 /// A value a JSON decoder already checked.

@@ -102,7 +102,9 @@ async fn gateway_operations_validate_and_report_seed_000_errors() {
         channel: channel.into(),
         data: payload(r#"{"n":1}"#),
         exclude_user: None,
+        exclude_connection: None,
         event: None,
+        idempotency_key: None,
     };
     assert_error(
         c.publish(publish("")).await,
@@ -134,6 +136,7 @@ async fn gateway_operations_validate_and_report_seed_000_errors() {
 async fn listings_page_and_filter_both_kinds() {
     let f = fixture();
     let identity = |user: &str| Identity {
+        subscribe: Default::default(),
         user: user.into(),
         channels: ChannelGrant::default(),
         expires_at: None,
@@ -378,6 +381,7 @@ async fn two_nodes(users: [&str; 2]) -> (Vec<Fixture>, Vec<Arc<crate::gateway::C
         .zip(users)
         .map(|(f, u)| {
             let who = Identity {
+                subscribe: Default::default(),
                 user: u.into(),
                 channels: ChannelGrant::default(),
                 expires_at: None,
@@ -429,5 +433,131 @@ async fn listings_and_views_cover_every_live_node() {
         n1.get_connection("0123456789abcdef-n9").await,
         ErrorCode::NotFound,
         "Connection not found",
+    );
+}
+
+fn keyed(channel: &str, data: &str, key: &str) -> Publish {
+    Publish {
+        channel: channel.into(),
+        data: payload(data),
+        exclude_user: None,
+        exclude_connection: None,
+        event: None,
+        idempotency_key: Some(key.into()),
+    }
+}
+
+/// The embedded engine: a repeat answers the first publication, concurrent repeats publish
+/// once, another payload under the key is a conflict, another channel is another scope.
+#[tokio::test]
+async fn idempotency_keys_publish_once() {
+    let f = fixture();
+    let c = &f.control;
+    let first = c.publish(keyed("news", "1", "k1")).await.unwrap();
+    assert!(!first.replayed);
+    let again = c.publish(keyed("news", "1", "k1")).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!((again.offset, &again.epoch), (first.offset, &first.epoch));
+    assert_error(
+        c.publish(keyed("news", "2", "k1")).await,
+        ErrorCode::Conflict,
+        "idempotency_key already used for a different publication on this channel",
+    );
+    assert!(!c.publish(keyed("other", "1", "k1")).await.unwrap().replayed);
+    let racers: Vec<_> = (0..16)
+        .map(|_| {
+            let c = f.control.clone();
+            tokio::spawn(async move { c.publish(keyed("race", "1", "same")).await.unwrap() })
+        })
+        .collect();
+    let mut fresh = 0;
+    for r in racers {
+        let p = r.await.unwrap();
+        assert_eq!(p.offset, 1);
+        fresh += usize::from(!p.replayed);
+    }
+    assert_eq!(fresh, 1, "exactly one of the racers published");
+    assert_eq!(f.gateway.broker.position("race").await.unwrap().offset, 1);
+    assert_error(
+        c.publish(keyed("news", "1", "")).await,
+        ErrorCode::InvalidArgument,
+        "idempotency_key must be 1 to 128 bytes without control characters",
+    );
+}
+
+#[tokio::test]
+async fn idempotency_window_expires() {
+    let f = fixture();
+    let c = Control::new(
+        f.gateway.clone(),
+        UpstreamManager::new(UpstreamParts {
+            node: "n1".into(),
+            records: f.store.clone(),
+            publisher: f.gateway.clone(),
+            metrics: Metrics::default(),
+        }),
+        Access::new(None, Arc::new(())),
+    )
+    .with_idempotency_window(Duration::from_millis(50));
+    assert!(!c.publish(keyed("w", "1", "k")).await.unwrap().replayed);
+    assert!(c.publish(keyed("w", "1", "k")).await.unwrap().replayed);
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let later = c.publish(keyed("w", "1", "k")).await.unwrap();
+    assert_eq!((later.replayed, later.offset), (false, 2));
+}
+
+#[tokio::test]
+async fn broadcast_and_batch_answer_each_in_order() {
+    let f = fixture();
+    let c = &f.control;
+    let b = Broadcast {
+        channels: vec!["a".into(), "".into(), "b".into(), "a".into()],
+        data: payload("7"),
+        exclude_user: None,
+        exclude_connection: None,
+        event: None,
+        idempotency_key: None,
+    };
+    let results = c.broadcast(b.clone()).await.unwrap();
+    let offsets: Vec<Option<u64>> = results
+        .iter()
+        .map(|r| r.as_ref().ok().map(|p| p.offset))
+        .collect();
+    assert_eq!(offsets[1], None);
+    assert_eq!(offsets[2], Some(1));
+    let mut a = [offsets[0].unwrap(), offsets[3].unwrap()];
+    a.sort();
+    assert_eq!(a, [1, 2]);
+    let mut none = b.clone();
+    none.channels.clear();
+    assert_eq!(
+        c.broadcast(none).await.unwrap_err().code,
+        ErrorCode::InvalidArgument
+    );
+
+    let results = c
+        .batch(vec![
+            Ok(Command::Publish(keyed("x", "1", "k"))),
+            Ok(Command::SendToConnection {
+                connection_id: "nope-n1".into(),
+                data: payload("1"),
+            }),
+            Err(ControlError::invalid("bad command")),
+            Ok(Command::Publish(keyed("x", "1", "k"))),
+            Ok(Command::Subscribe {
+                user: "ann".into(),
+                channel: "x".into(),
+            }),
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(&results[0], Ok(CommandResult::Published(p)) if !p.replayed));
+    assert_eq!(results[1].as_ref().unwrap_err().code, ErrorCode::NotFound);
+    assert_eq!(results[2].as_ref().unwrap_err().message, "bad command");
+    assert!(matches!(&results[3], Ok(CommandResult::Published(p)) if p.replayed));
+    assert_eq!(results[4], Ok(CommandResult::Delivered(0)));
+    assert_eq!(
+        c.batch(Vec::new()).await.unwrap_err().code,
+        ErrorCode::InvalidArgument
     );
 }

@@ -6,6 +6,7 @@
 //! node: counters are atomics, the transport's backlog allocates nothing until it is used, and
 //! there is no per-connection timer (the sweep is one task for the whole node).
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
@@ -17,6 +18,11 @@ use tokio::sync::Notify;
 use super::expiry::TokenClock;
 use super::transport::Transport;
 use crate::auth::Identity;
+use crate::seams::ServerSubscription;
+
+/// Server-side subscription changes a connection may have waiting for its task; more are
+/// dropped (logged): a backend flooding one user's connections must not grow the node.
+pub const MAX_PENDING_SERVER_OPS: usize = 1024;
 
 /// Why and how a connection is being closed. Set once; the first reason wins.
 #[derive(Debug, Clone)]
@@ -64,6 +70,10 @@ pub struct Connection {
     channels: Mutex<Vec<Arc<str>>>,
     /// When the token expires and, once it has, when the grace ends (see `expiry.rs`).
     pub(crate) token: Mutex<TokenClock>,
+    /// Server-side subscription changes waiting for the connection task, which runs them
+    /// between client ops (see `server_subs.rs`).
+    server_ops: Mutex<VecDeque<ServerSubscription>>,
+    server_ops_ready: Notify,
 }
 
 impl Connection {
@@ -90,7 +100,36 @@ impl Connection {
             closing: Notify::new(),
             channels: Mutex::new(Vec::new()),
             token: Mutex::new(TokenClock::default()),
+            server_ops: Mutex::new(VecDeque::new()),
+            server_ops_ready: Notify::new(),
         }
+    }
+
+    /// Queues a server-side subscription change for the connection task. False when
+    /// [`MAX_PENDING_SERVER_OPS`] are already waiting (the change is dropped).
+    pub(crate) fn push_server_op(&self, op: ServerSubscription) -> bool {
+        {
+            let mut q = self.server_ops.lock();
+            if q.len() >= MAX_PENDING_SERVER_OPS {
+                tracing::warn!(connection_id = %self.id, channel = %op.channel(), "server-side subscription dropped: too many pending");
+                return false;
+            }
+            q.push_back(op);
+        }
+        self.server_ops_ready.notify_one();
+        true
+    }
+
+    /// Resolves once server-side subscription changes wait ([`Connection::take_server_ops`]).
+    pub async fn server_ops_ready(&self) {
+        if self.server_ops.lock().is_empty() {
+            self.server_ops_ready.notified().await;
+        }
+    }
+
+    /// The waiting server-side subscription changes, oldest first.
+    pub fn take_server_ops(&self) -> Vec<ServerSubscription> {
+        self.server_ops.lock().drain(..).collect()
     }
 
     pub fn user(&self) -> &Arc<str> {

@@ -6,6 +6,7 @@ mod heartbeat;
 mod membership;
 mod proxy;
 mod registry;
+mod server_subs;
 mod session;
 mod transport;
 
@@ -22,8 +23,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::seams::{
-    Broker, BrokerError, Deliver, Envelope, NodeId, PresenceEntry, PresenceStore, PublishRequest,
-    Recipient,
+    Broker, BrokerError, Deliver, Envelope, Idempotency, NodeId, Once, PresenceEntry,
+    PresenceStore, PublishRequest, Recipient,
 };
 use bytes::Bytes;
 use serde::Serialize;
@@ -35,6 +36,7 @@ pub use heartbeat::Heartbeat;
 pub use membership::{Membership, membership_frame};
 pub use proxy::{NO_PUBLISH_HOOK, NO_SUBSCRIBE_HOOK};
 pub use registry::Registry;
+pub use server_subs::{ServerAnswer, ServerOp};
 pub use session::Session;
 pub use transport::{Delivery, Outbound, Overflow, Skips, Transport};
 
@@ -286,6 +288,7 @@ impl Gateway {
             transport,
         ));
         self.registry.insert(conn.clone());
+        self.subscribe_from_token(&conn);
         self.metrics.connections.inc();
         self.metrics.active_connections.inc();
         info!(connection_id = %conn.id, kind, user = %conn.user(), remote = ?remote, "connected");
@@ -371,24 +374,58 @@ impl Gateway {
         exclude_user: Option<&str>,
         event: Option<&str>,
     ) -> Result<(u64, Arc<str>, usize), GatewayError> {
-        let ns = self
-            .namespace_of(channel)
-            .map_err(|e| GatewayError::InvalidData(e.to_string()))?;
         let req = PublishRequest {
-            history: crate::seams::HistoryPolicy {
-                size: ns.history_size,
-                ttl_ms: ns.history_ttl_ms,
-            },
+            history: Default::default(),
             channel: channel.into(),
             data,
             exclude_user: exclude_user.map(Into::into),
+            exclude_connection: None,
             event: event.map(Into::into),
         };
-        let (pos, delivered) = self.broker.publish(req).await.inspect_err(|_| {
-            self.metrics.broker_errors.inc();
+        match self.publish_request(req, None).await? {
+            Once::Published {
+                position,
+                delivered,
+            } => Ok((position.offset, position.epoch, delivered)),
+            Once::Repeat(position) => Ok((position.offset, position.epoch, 0)),
+        }
+    }
+
+    /// Publishes `req`, at most once per key and channel within its window when `once` is
+    /// given ([`Broker::publish_once`]). A repeat is not counted as a publication.
+    /// The channel's namespace decides the history bounds (an unknown one is refused).
+    pub async fn publish_request(
+        &self,
+        mut req: PublishRequest,
+        once: Option<&Idempotency>,
+    ) -> Result<Once, GatewayError> {
+        let ns = self
+            .namespace_of(&req.channel)
+            .map_err(|e| GatewayError::InvalidData(e.to_string()))?;
+        req.history = crate::seams::HistoryPolicy {
+            size: ns.history_size,
+            ttl_ms: ns.history_ttl_ms,
+        };
+        let outcome = match once {
+            None => self
+                .broker
+                .publish(req)
+                .await
+                .map(|(position, delivered)| Once::Published {
+                    position,
+                    delivered,
+                }),
+            Some(once) => self.broker.publish_once(req, once).await,
+        };
+        let outcome = outcome.inspect_err(|e| {
+            if !matches!(e, BrokerError::IdempotencyConflict) {
+                self.metrics.broker_errors.inc();
+            }
         })?;
-        self.count_publication("channel");
-        Ok((pos.offset, pos.epoch, delivered))
+        if matches!(outcome, Once::Published { .. }) {
+            self.count_publication("channel");
+        }
+        Ok(outcome)
     }
 
     pub async fn send_to_user(&self, user: &str, data: Bytes) -> Result<usize, GatewayError> {
@@ -641,9 +678,11 @@ impl Deliver for LocalDelivery {
                 }
                 let item = Outbound::Publication(Arc::new(delivery));
                 let exclude = p.exclude_user.as_deref();
+                let exclude_connection = p.exclude_connection.as_deref();
                 let delivered = subs
                     .iter()
                     .filter(|c| exclude != Some(&**c.user()))
+                    .filter(|c| exclude_connection != Some(&*c.id))
                     .filter(|c| self.push(c, &item, frame.len()))
                     .count();
                 self.sent(delivered, frame.len());
@@ -687,6 +726,13 @@ impl Deliver for LocalDelivery {
                 }
                 None => 0,
             },
+            Envelope::Subscriptions { user, change } => {
+                let conns = self.registry.of_user(user);
+                for c in &conns {
+                    c.push_server_op(change.clone());
+                }
+                conns.len()
+            }
         }
     }
 }

@@ -173,6 +173,7 @@ async fn subscribe_rule_client_publish_and_presence_follow_the_namespace() {
     let only_news = Identity {
         user: "ann".into(),
         channels: ChannelGrant::Only(vec!["news".to_string()].into()),
+        subscribe: Default::default(),
         expires_at: None,
     };
     let mut p = node.connect_with(only_news, 16, usize::MAX);

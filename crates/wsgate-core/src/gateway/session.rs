@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use tungstenite::Utf8Bytes;
 
 use super::connection::{CloseRequest, Connection};
-use super::{ClientPresence, ClientPublish, Gateway, Membership};
+use super::{ClientPresence, ClientPublish, Gateway, Membership, ServerAnswer, ServerOp};
 use crate::auth::{Authenticator, ChannelGrant};
 use crate::hooks::{Caller, Data, Hook, RpcRequest};
 use crate::metrics::ReasonLabel;
@@ -429,6 +429,40 @@ impl Session {
         };
         let reply = proxy.rpc(&req).await.map_err(|e| e.to_protocol())?;
         Ok(reply.data.unwrap_or_else(null))
+    }
+
+    /// Runs the server-side subscription changes waiting on this connection (see
+    /// `server_subs.rs`), in order. Like [`Session::subscribe`], a subscription leaves the
+    /// transport holding publications: the caller sends the answers, then releases the hold.
+    /// A change that changes nothing (already subscribed, not subscribed) answers nothing.
+    pub async fn server_ops(&mut self, gw: &Gateway) -> Vec<ServerAnswer> {
+        let mut answers = Vec::new();
+        for op in self.conn.take_server_ops() {
+            let answer = match op {
+                ServerOp::Subscribe(channel) if !self.conn.is_subscribed(&channel) => {
+                    let joined = match namespace(gw, &channel) {
+                        Ok(ns) => self.join(gw, &ns, &channel, None).await,
+                        Err(e) => Err(e),
+                    };
+                    match joined {
+                        Ok(r) => ServerAnswer::Subscribed {
+                            channel,
+                            position: r.position,
+                        },
+                        Err(error) => ServerAnswer::Failed { channel, error },
+                    }
+                }
+                ServerOp::Unsubscribe(channel) if self.conn.is_subscribed(&channel) => {
+                    match self.unsubscribe(gw, &channel).await {
+                        Ok(()) => ServerAnswer::Unsubscribed { channel },
+                        Err(error) => ServerAnswer::Failed { channel, error },
+                    }
+                }
+                _ => continue,
+            };
+            answers.push(answer);
+        }
+        answers
     }
 
     /// Subscribes under `ns` without asking who may (the caller decided). With `since`,

@@ -191,6 +191,7 @@ impl Node {
     /// A connected client whose transport holds at most `capacity` untaken frames.
     pub fn connect(&self, user: &str, capacity: usize) -> Peer {
         let identity = Identity {
+            subscribe: Default::default(),
             user: user.into(),
             channels: Default::default(),
             expires_at: None,

@@ -220,6 +220,7 @@ fn from_new_epoch(node: &Node, epoch: &str, offsets: std::ops::RangeInclusive<u6
             epoch: epoch.into(),
             data: bytes::Bytes::from(offset.to_string()),
             exclude_user: None,
+            exclude_connection: None,
             event: None,
             published_at_us: 0,
         };
@@ -385,6 +386,7 @@ async fn a_recovery_larger_than_the_budget_answers_too_large() {
         node.publish("c", &big).await;
     }
     let identity = || crate::auth::Identity {
+        subscribe: Default::default(),
         user: "alice".into(),
         channels: Default::default(),
         expires_at: None,
@@ -447,6 +449,7 @@ async fn presence_needs_a_subscription_and_is_capped_and_cached() {
 
     // A token that grants the channel by name may look without subscribing.
     let granted = crate::auth::Identity {
+        subscribe: Default::default(),
         user: "monitor".into(),
         channels: crate::auth::ChannelGrant::Only(vec!["room".to_string()].into()),
         expires_at: None,

@@ -22,10 +22,11 @@ use dashmap::mapref::entry::Entry;
 use parking_lot::{Mutex, RwLock};
 
 use super::new_epoch;
+use super::once::Remembered;
 use crate::clock::unix_us as now_us;
 use crate::seams::{
-    Broker, BrokerError, Deliver, Envelope, NodeId, Publication, PublishRequest, Recipient,
-    Recovery, RecoveryGap, StreamPosition, StreamReads,
+    Broker, BrokerError, Deliver, Envelope, Idempotency, NodeId, Once, Publication, PublishRequest,
+    Recipient, Recovery, RecoveryGap, ServerSubscription, StreamPosition, StreamReads,
 };
 
 /// Default of the idle bound of [`MemoryBroker::new`]: the server passes the larger of its
@@ -59,6 +60,9 @@ pub struct MemoryBroker {
     /// no stream.
     fresh_epoch: RwLock<Arc<str>>,
     last_sweep: Mutex<Instant>,
+    /// Idempotency keys seen: held across a keyed publish, which makes check, publish and
+    /// record one step (keyed publishes of the node take turns; others never touch it).
+    remembered: Mutex<Remembered>,
 }
 
 impl MemoryBroker {
@@ -72,6 +76,7 @@ impl MemoryBroker {
             sink: OnceLock::new(),
             fresh_epoch: RwLock::new(new_epoch()),
             last_sweep: Mutex::new(Instant::now()),
+            remembered: Mutex::new(Remembered::default()),
         }
     }
 
@@ -206,45 +211,26 @@ impl Broker for MemoryBroker {
     }
 
     async fn publish(&self, req: PublishRequest) -> Result<(StreamPosition, usize), BrokerError> {
-        loop {
-            let stream = self.stream(&req.channel);
-            let mut s = stream.lock();
-            if s.evicted {
-                // Evicted between the look-up and the lock (it was idle): look it up again.
-                continue;
-            }
-            s.offset += 1;
-            s.last_publish = Instant::now();
-            // The namespace's bound (the server already took the longer of it and
-            // `channel_idle_ttl_ms`, as it does for the node's).
-            s.idle_ttl = req
-                .history
-                .ttl_ms
-                .map_or(self.idle_ttl, Duration::from_millis);
-            let history_size = req.history.size.unwrap_or(self.history_size);
-            let publication = Publication {
-                channel: req.channel,
-                offset: s.offset,
-                epoch: s.epoch.clone(),
-                data: req.data,
-                exclude_user: req.exclude_user,
-                event: req.event,
-                published_at_us: now_us(),
-            };
-            // A size lowered by a reload trims what the old one kept.
-            while s.history.len() >= history_size.max(1) {
-                s.history.pop_front();
-            }
-            if history_size > 0 {
-                s.history.push_back(publication.clone());
-            }
-            let position = StreamPosition {
-                offset: s.offset,
-                epoch: s.epoch.clone(),
-            };
-            let delivered = self.deliver(&Envelope::Channel(publication));
-            return Ok((position, delivered));
+        Ok(self.publish_now(req))
+    }
+
+    async fn publish_once(
+        &self,
+        req: PublishRequest,
+        once: &Idempotency,
+    ) -> Result<Once, BrokerError> {
+        let now = Instant::now();
+        let mut remembered = self.remembered.lock();
+        if let Some(first) = remembered.check(&req.channel, once, now)? {
+            return Ok(Once::Repeat(first));
         }
+        let channel = req.channel.clone();
+        let (position, delivered) = self.publish_now(req);
+        remembered.record(&channel, once, position.clone(), now);
+        Ok(Once::Published {
+            position,
+            delivered,
+        })
     }
 
     fn reads(&self) -> &dyn StreamReads {
@@ -269,8 +255,65 @@ impl Broker for MemoryBroker {
         })
     }
 
+    async fn change_subscriptions(
+        &self,
+        user: &str,
+        change: &ServerSubscription,
+    ) -> Result<usize, BrokerError> {
+        Ok(self.deliver(&Envelope::Subscriptions {
+            user: user.into(),
+            change: change.clone(),
+        }))
+    }
+
     fn is_healthy(&self) -> bool {
         true
+    }
+}
+
+impl MemoryBroker {
+    /// Publishes (synchronously: the local sink only enqueues).
+    fn publish_now(&self, req: PublishRequest) -> (StreamPosition, usize) {
+        loop {
+            let stream = self.stream(&req.channel);
+            let mut s = stream.lock();
+            if s.evicted {
+                // Evicted between the look-up and the lock (it was idle): look it up again.
+                continue;
+            }
+            s.offset += 1;
+            s.last_publish = Instant::now();
+            // The namespace's bound (the server already took the longer of it and
+            // `channel_idle_ttl_ms`, as it does for the node's).
+            s.idle_ttl = req
+                .history
+                .ttl_ms
+                .map_or(self.idle_ttl, Duration::from_millis);
+            let history_size = req.history.size.unwrap_or(self.history_size);
+            let publication = Publication {
+                channel: req.channel,
+                offset: s.offset,
+                epoch: s.epoch.clone(),
+                data: req.data,
+                exclude_user: req.exclude_user,
+                exclude_connection: req.exclude_connection,
+                event: req.event,
+                published_at_us: now_us(),
+            };
+            // A size lowered by a reload trims what the old one kept.
+            while s.history.len() >= history_size.max(1) {
+                s.history.pop_front();
+            }
+            if history_size > 0 {
+                s.history.push_back(publication.clone());
+            }
+            let position = StreamPosition {
+                offset: s.offset,
+                epoch: s.epoch.clone(),
+            };
+            let delivered = self.deliver(&Envelope::Channel(publication));
+            return (position, delivered);
+        }
     }
 }
 
@@ -329,6 +372,7 @@ mod tests {
             channel: ch.into(),
             data: Bytes::from(n.to_string()),
             exclude_user: None,
+            exclude_connection: None,
             event: None,
         }
     }

@@ -1,9 +1,11 @@
 //! The embedded default: one node, no dependency, nothing leaves the process.
 
 mod broker;
+mod once;
 mod store;
 
 pub use broker::{MemoryBroker, recover_from};
+pub use once::MAX_KEYS as MAX_IDEMPOTENCY_KEYS;
 pub use store::MemoryStore;
 
 /// A fresh epoch: random, so a restarted process never reuses one.

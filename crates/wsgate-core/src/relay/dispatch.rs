@@ -66,6 +66,8 @@ impl Dispatcher {
             Envelope::User { user, data } => (user, data),
             Envelope::Connection { id, data } => (id, data),
             Envelope::Subscribers { channel, data } => (channel, data),
+            // No JSON payload: a channel name, checked by the node that sent it.
+            Envelope::Subscriptions { .. } => return self.deliver_direct(&envelope),
         };
         if !self.relay.valid(whom, data) {
             return 0;
@@ -356,11 +358,20 @@ mod tests {
                 epoch: self.epoch.lock().clone(),
                 data: req.data,
                 exclude_user: req.exclude_user,
+                exclude_connection: req.exclude_connection,
                 event: req.event,
                 published_at_us: offset,
             };
             history.push_back(p.clone());
             Ok(p)
+        }
+
+        async fn append_once(
+            &self,
+            _: PublishRequest,
+            _: &crate::seams::Idempotency,
+        ) -> Result<crate::seams::Logged, BrokerError> {
+            unreachable!("the relay never publishes idempotently")
         }
 
         async fn position(&self, _: &str) -> Result<StreamPosition, BrokerError> {
@@ -433,6 +444,7 @@ mod tests {
                 channel: "c".into(),
                 data: Bytes::from(i.to_string()),
                 exclude_user: None,
+                exclude_connection: None,
                 event: None,
             };
             out.push(log.append(req).await.unwrap());

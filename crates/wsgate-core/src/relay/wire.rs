@@ -4,24 +4,28 @@
 //! a receiving node has to escape or parse JSON:
 //!
 //! ```text
-//! c <offset> <epoch> <published_at_us> <len(channel)> <len(exclude)> <len(event)>\n<channel><exclude><event><data>
+//! c <offset> <epoch> <published_at_us> <len(channel)> <len(exclude)> <len(event)> <len(exclude connection)>\n<channel><exclude><event><exclude connection><data>
 //! u <len(user)>\n<user><data>
 //! n <len(connection id)>\n<connection id><data>
 //! s <len(channel)>\n<channel><data>
+//! m <+|-> <len(user)>\n<user><channel>
 //! ```
 //!
 //! `s` goes to a channel's subscribers outside its stream (`join`/`leave`); a node from
 //! before it drops it as an unknown kind.
 //!
 //! `data` is the publication's JSON text, passed through untouched. A `c` header without
-//! `<len(event)>` (nodes from before Socket.IO events) means no event. The `c` form is built by
+//! `<len(event)>` (nodes from before Socket.IO events) means no event, one without
+//! `<len(exclude connection)>` (nodes from before `exclude_connection`) excludes no
+//! connection. `m` subscribes (`+`) or unsubscribes (`-`) every connection of a user
+//! (server-side subscriptions). The `c` form is built by
 //! `wsgate-redis`'s `lua/publish.lua` (Redis broker) or by [`encode_channel`] (NATS broker).
 
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::seams::{Envelope, Publication, Recipient};
+use crate::seams::{Envelope, Publication, Recipient, ServerSubscription};
 
 #[derive(Debug, thiserror::Error)]
 #[error("malformed cluster message: {0}")]
@@ -30,23 +34,46 @@ pub struct WireError(&'static str);
 pub fn encode_channel(p: &Publication) -> Bytes {
     let exclude = p.exclude_user.as_deref().unwrap_or("");
     let event = p.event.as_deref().unwrap_or("");
+    let exclude_connection = p.exclude_connection.as_deref().unwrap_or("");
     let header = format!(
-        "c {} {} {} {} {} {}\n",
+        "c {} {} {} {} {} {} {}\n",
         p.offset,
         p.epoch,
         p.published_at_us,
         p.channel.len(),
         exclude.len(),
-        event.len()
+        event.len(),
+        exclude_connection.len()
     );
     let mut b = BytesMut::with_capacity(
-        header.len() + p.channel.len() + exclude.len() + event.len() + p.data.len(),
+        header.len()
+            + p.channel.len()
+            + exclude.len()
+            + event.len()
+            + exclude_connection.len()
+            + p.data.len(),
     );
     b.put_slice(header.as_bytes());
     b.put_slice(p.channel.as_bytes());
     b.put_slice(exclude.as_bytes());
     b.put_slice(event.as_bytes());
+    b.put_slice(exclude_connection.as_bytes());
     b.put_slice(&p.data);
+    b.freeze()
+}
+
+/// `m`: a change to every connection of `user`'s subscriptions.
+pub fn encode_subscriptions(user: &str, change: &ServerSubscription) -> Bytes {
+    let sign = match change {
+        ServerSubscription::Subscribe(_) => '+',
+        ServerSubscription::Unsubscribe(_) => '-',
+    };
+    let channel = change.channel();
+    let header = format!("m {sign} {}\n", user.len());
+    let mut b = BytesMut::with_capacity(header.len() + user.len() + channel.len());
+    b.put_slice(header.as_bytes());
+    b.put_slice(user.as_bytes());
+    b.put_slice(channel.as_bytes());
     b.freeze()
 }
 
@@ -91,24 +118,43 @@ pub fn decode(payload: Bytes) -> Result<Envelope, WireError> {
             let ch_len = len(4)?;
             let ex_len = len(5)?;
             let ev_len = if fields.len() > 6 { len(6)? } else { 0 };
+            let xc_len = if fields.len() > 7 { len(7)? } else { 0 };
             // Checked: lengths near `usize::MAX` would wrap and pass a plain `<`.
             let head = ch_len
                 .checked_add(ex_len)
                 .and_then(|n| n.checked_add(ev_len))
+                .and_then(|n| n.checked_add(xc_len))
                 .filter(|&end| end <= body.len())
                 .ok_or(WireError("short body"))?;
             let channel = str_of(&body[..ch_len])?;
             let exclude = str_of(&body[ch_len..ch_len + ex_len])?;
-            let event = str_of(&body[ch_len + ex_len..head])?;
+            let event = str_of(&body[ch_len + ex_len..ch_len + ex_len + ev_len])?;
+            let exclude_connection = str_of(&body[head - xc_len..head])?;
             Ok(Envelope::Channel(Publication {
                 channel: channel.into(),
                 offset,
                 epoch,
                 data: body.slice(head..),
                 exclude_user: (!exclude.is_empty()).then(|| exclude.into()),
+                exclude_connection: (!exclude_connection.is_empty())
+                    .then(|| exclude_connection.into()),
                 event: (!event.is_empty()).then(|| event.into()),
                 published_at_us,
             }))
+        }
+        "m" => {
+            let n = len(2)?;
+            if body.len() < n {
+                return Err(WireError("short body"));
+            }
+            let user: Arc<str> = str_of(&body[..n])?.into();
+            let channel: Arc<str> = str_of(&body[n..])?.into();
+            let change = match fields.get(1) {
+                Some(&"+") => ServerSubscription::Subscribe(channel),
+                Some(&"-") => ServerSubscription::Unsubscribe(channel),
+                _ => return Err(WireError("bad subscription change")),
+            };
+            Ok(Envelope::Subscriptions { user, change })
         }
         "u" | "n" | "s" => {
             let n = len(1)?;
@@ -146,6 +192,7 @@ mod tests {
             epoch: "abc123".into(),
             data: Bytes::from_static(br#"{"a":"b\nc"}"#),
             exclude_user: Some("ann".into()),
+            exclude_connection: Some("c1-n1".into()),
             event: Some("chat".into()),
             published_at_us: 99,
         };
@@ -171,6 +218,35 @@ mod tests {
             )
         );
         assert_eq!(q.published_at_us, 99);
+        assert_eq!(q.exclude_connection.as_deref(), Some("c1-n1"));
+    }
+
+    /// A header from a node that predates `exclude_connection` (six lengths) still decodes.
+    #[test]
+    fn older_channel_header_excludes_no_connection() {
+        let Envelope::Channel(p) = decode(Bytes::from_static(b"c 3 e 9 2 0 0\nch{}")).unwrap()
+        else {
+            panic!("not a channel message")
+        };
+        assert_eq!((&*p.channel, &p.data[..]), ("ch", &b"{}"[..]));
+        assert!(p.exclude_connection.is_none());
+    }
+
+    #[test]
+    fn subscription_change_round_trip() {
+        for change in [
+            ServerSubscription::Subscribe("news:1".into()),
+            ServerSubscription::Unsubscribe("a b".into()),
+        ] {
+            let Envelope::Subscriptions { user, change: got } =
+                decode(encode_subscriptions("ann", &change)).unwrap()
+            else {
+                panic!("not a subscription change")
+            };
+            assert_eq!((&*user, got), ("ann", change));
+        }
+        assert!(decode(Bytes::from_static(b"m * 3\nannch")).is_err());
+        assert!(decode(Bytes::from_static(b"m + 9\nann")).is_err());
     }
 
     #[test]

@@ -6,7 +6,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::history::StreamReads;
-use super::model::{Envelope, NodeId, PublishRequest, Recovery, StreamPosition};
+use super::model::{
+    Envelope, Idempotency, NodeId, Once, PublishRequest, Recovery, ServerSubscription,
+    StreamPosition,
+};
 
 /// A node's local delivery: the gateway implements it, the broker calls it.
 ///
@@ -46,6 +49,10 @@ pub enum BrokerError {
     Unavailable(String),
     #[error("broker error: {0}")]
     Other(String),
+    /// An idempotent publish whose key was used, within the window, for a different request
+    /// on the same channel.
+    #[error("idempotency_key already used for a different publication on this channel")]
+    IdempotencyConflict,
 }
 
 /// Moves messages between the nodes of a cluster (or within the one node of the embedded
@@ -59,6 +66,15 @@ pub trait Broker: Send + Sync + 'static {
     /// history and delivers it to every node, in offset order per channel. Returns the
     /// publication's position and how many local connections took it.
     async fn publish(&self, req: PublishRequest) -> Result<(StreamPosition, usize), BrokerError>;
+
+    /// [`Broker::publish`] at most once per `once.key` and channel within `once.window_ms`,
+    /// cluster-wide: the check, the publication and the record of the key are one atomic
+    /// step, so concurrent repeats publish once.
+    async fn publish_once(
+        &self,
+        req: PublishRequest,
+        once: &Idempotency,
+    ) -> Result<Once, BrokerError>;
 
     /// Where the channels' positions and histories are read.
     fn reads(&self) -> &dyn StreamReads;
@@ -80,6 +96,14 @@ pub trait Broker: Send + Sync + 'static {
     /// To every connection of a user, on every node (returns local deliveries), or to one
     /// connection (returns whether it was delivered locally).
     async fn send(&self, to: Recipient<'_>, data: Bytes) -> Result<usize, BrokerError>;
+
+    /// Changes the subscriptions of every connection of `user`, on every node (returns
+    /// what [`Broker::send`] to a user returns).
+    async fn change_subscriptions(
+        &self,
+        user: &str,
+        change: &ServerSubscription,
+    ) -> Result<usize, BrokerError>;
 
     /// Whether the broker can take traffic now (feeds `/ready`).
     fn is_healthy(&self) -> bool;

@@ -9,7 +9,7 @@
 use async_trait::async_trait;
 
 use super::broker::BrokerError;
-use super::model::{Publication, PublishRequest, Recovery, StreamPosition};
+use super::model::{Idempotency, Logged, Publication, PublishRequest, Recovery, StreamPosition};
 
 /// The read side of the channels' streams, as a node's subscribers ask it: what
 /// [`Broker::position`](super::Broker::position) and [`Broker::recover`](super::Broker::recover)
@@ -29,6 +29,14 @@ pub trait ChannelLog: Send + Sync + 'static {
     /// Assigns the channel's next offset and appends the publication to its bounded
     /// history. Announcing it to other nodes is the caller's job.
     async fn append(&self, req: PublishRequest) -> Result<Publication, BrokerError>;
+
+    /// [`ChannelLog::append`] at most once per key and channel within the window (see
+    /// [`Broker::publish_once`](super::Broker::publish_once)), atomically.
+    async fn append_once(
+        &self,
+        req: PublishRequest,
+        once: &Idempotency,
+    ) -> Result<Logged, BrokerError>;
 
     /// Where the channel stands now.
     async fn position(&self, channel: &str) -> Result<StreamPosition, BrokerError>;

@@ -33,8 +33,8 @@ pub use forwarding::{Forwarding, RequestHandler};
 pub use history::{ChannelLog, StreamReads};
 pub use metrics::ClusterMetrics;
 pub use model::{
-    Envelope, HistoryPolicy, NodeId, Publication, PublishRequest, Recovery, RecoveryGap,
-    StreamPosition,
+    Envelope, HistoryPolicy, Idempotency, Logged, NodeId, Once, Publication, PublishRequest,
+    Recovery, RecoveryGap, ServerSubscription, StreamPosition,
 };
 pub use ownership::{LeaseError, Ownership, Standing, Sweep};
 pub use presence::{PresenceEntry, PresenceStore, StoreError};

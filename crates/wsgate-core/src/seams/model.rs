@@ -25,6 +25,9 @@ pub struct PublishRequest {
     pub data: Bytes,
     /// Seed 003's "broadcast to a team excluding a user".
     pub exclude_user: Option<Arc<str>>,
+    /// One connection that does not get it (the publisher's own, typically). Live delivery
+    /// only: history does not keep it, so a recovery replays the publication to anyone.
+    pub exclude_connection: Option<Arc<str>>,
     /// The Socket.IO event name it is emitted as (`message` when `None`); `/ws` clients
     /// always get a `message` frame.
     pub event: Option<Arc<str>>,
@@ -43,6 +46,59 @@ pub struct HistoryPolicy {
     pub ttl_ms: Option<u64>,
 }
 
+/// What makes a publish happen once: the key a backend sent, scoped to the channel, and a
+/// fingerprint of everything else it asked (data, exclusions, event). A repeat of the key
+/// within `window_ms` answers the first publication's position and publishes nothing; a
+/// repeat with another fingerprint is refused ([`BrokerError::IdempotencyConflict`]).
+///
+/// [`BrokerError::IdempotencyConflict`]: super::BrokerError::IdempotencyConflict
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    pub key: Arc<str>,
+    /// Hex SHA-256 of the request's other fields (see `control::idempotency`).
+    pub fingerprint: Arc<str>,
+    pub window_ms: u64,
+}
+
+/// What an idempotent publish did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Once {
+    /// First time: published at `position`, `delivered` as [`Broker::publish`] counts it.
+    ///
+    /// [`Broker::publish`]: super::Broker::publish
+    Published {
+        position: StreamPosition,
+        delivered: usize,
+    },
+    /// The key was seen within the window: nothing published; the first one's position.
+    Repeat(StreamPosition),
+}
+
+/// What an idempotent append to a [`ChannelLog`](super::ChannelLog) did.
+#[derive(Debug, Clone)]
+pub enum Logged {
+    /// Appended: the caller announces it.
+    New(Publication),
+    /// The key was seen within the window: nothing appended.
+    Repeat(StreamPosition),
+}
+
+/// A change to the subscriptions of every connection of a user, made by the backend (not the
+/// client): `POST /api/v1/users/{user}/subscribe` and `unsubscribe`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerSubscription {
+    Subscribe(Arc<str>),
+    Unsubscribe(Arc<str>),
+}
+
+impl ServerSubscription {
+    pub fn channel(&self) -> &Arc<str> {
+        match self {
+            Self::Subscribe(c) | Self::Unsubscribe(c) => c,
+        }
+    }
+}
+
 /// One message of a channel's stream, with its place in that stream.
 #[derive(Debug, Clone)]
 pub struct Publication {
@@ -51,6 +107,8 @@ pub struct Publication {
     pub epoch: Arc<str>,
     pub data: Bytes,
     pub exclude_user: Option<Arc<str>>,
+    /// See [`PublishRequest::exclude_connection`].
+    pub exclude_connection: Option<Arc<str>>,
     /// See [`PublishRequest::event`].
     pub event: Option<Arc<str>>,
     /// Unix time in microseconds when the broker accepted it: the start of the
@@ -77,6 +135,11 @@ pub enum Envelope {
     Subscribers {
         channel: Arc<str>,
         data: Bytes,
+    },
+    /// Subscribe or unsubscribe every connection of a user on this node.
+    Subscriptions {
+        user: Arc<str>,
+        change: ServerSubscription,
     },
 }
 

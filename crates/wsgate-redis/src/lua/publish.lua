@@ -5,10 +5,24 @@
 -- KEYS[1] meta hash {e = epoch, o = offset, r = run id}
 -- KEYS[2] history stream (entry ids are "<offset>-0")
 -- KEYS[3] pub/sub channel of the nodes ("" = do not publish: the NATS broker does that)
+-- KEYS[4] (optional) the idempotency key's record, a hash {f = fingerprint, o, e, t}: a
+--         repeat within its TTL publishes nothing and answers the first publication
 -- ARGV[1] channel name   ARGV[2] data   ARGV[3] excluded user ("" = none)
 -- ARGV[4] history size (0 = keep no history)   ARGV[5] Socket.IO event ("" = none)
 -- ARGV[6] milliseconds the channel's keys live after this publication (0 = forever)
--- Returns { offset, epoch, published_at_us, receivers }
+-- ARGV[7] excluded connection ("" = none; delivery only, not kept in history)
+-- ARGV[8] request fingerprint   ARGV[9] idempotency window in ms (with KEYS[4] only)
+-- Returns { offset, epoch, published_at_us, receivers, repeat }: repeat 0 = published,
+-- 1 = a repeat (the first publication's position), 2 = the key was used for another request
+if KEYS[4] then
+  local seen = redis.call('HMGET', KEYS[4], 'f', 'o', 'e', 't')
+  if seen[1] then
+    if seen[1] ~= ARGV[8] then
+      return { 0, '', '0', 0, 2 }
+    end
+    return { tonumber(seen[2]), seen[3], seen[4], 0, 1 }
+  end
+end
 local t = redis.call('TIME')
 -- Built as text: Lua numbers would print 16 digits in exponent notation.
 local now_us = t[1] .. string.format('%06d', tonumber(t[2]))
@@ -38,10 +52,16 @@ if ttl > 0 then
 end
 local receivers = 0
 if KEYS[3] ~= '' then
-  -- Wire format (see wire.rs): "c <offset> <epoch> <us> <len(channel)> <len(exclude)> <len(event)>\n"
-  -- followed by channel, excluded user, event and data.
+  -- Wire format (see wire.rs): "c <offset> <epoch> <us> <len(channel)> <len(exclude)> <len(event)>
+  -- <len(exclude connection)>\n" followed by channel, excluded user, event, excluded connection
+  -- and data.
   local msg = 'c ' .. offset .. ' ' .. epoch .. ' ' .. now_us .. ' ' .. #ARGV[1] .. ' ' .. #ARGV[3]
-    .. ' ' .. #ARGV[5] .. '\n' .. ARGV[1] .. ARGV[3] .. ARGV[5] .. ARGV[2]
+    .. ' ' .. #ARGV[5] .. ' ' .. #ARGV[7] .. '\n' .. ARGV[1] .. ARGV[3] .. ARGV[5] .. ARGV[7]
+    .. ARGV[2]
   receivers = redis.call('PUBLISH', KEYS[3], msg)
 end
-return { offset, epoch, now_us, receivers }
+if KEYS[4] then
+  redis.call('HSET', KEYS[4], 'f', ARGV[8], 'o', offset, 'e', epoch, 't', now_us)
+  redis.call('PEXPIRE', KEYS[4], ARGV[9])
+end
+return { offset, epoch, now_us, receivers, 0 }

@@ -140,6 +140,10 @@ impl Entry {
             channels: verified
                 .as_ref()
                 .map_or(ChannelGrant::All, |v| v.channels.clone()),
+            // The token's `subs` still apply; the hook's channels come with the greeting.
+            subscribe: verified
+                .as_ref()
+                .map_or_else(Default::default, |v| v.subscribe.clone()),
             expires_at: reply
                 .expire_at
                 .or(verified.as_ref().and_then(|v| v.expires_at)),

@@ -30,7 +30,14 @@ use crate::ws::WsState;
 pub fn router(api: ApiState, ws: WsState) -> Router {
     let protected = Router::new()
         .route("/api/v1/publish", post(api::publish))
+        .route("/api/v1/broadcast", post(api::broadcast))
+        .route("/api/v1/batch", post(api::batch))
         .route("/api/v1/users/{user}/send", post(api::send_to_user))
+        .route("/api/v1/users/{user}/subscribe", post(api::subscribe_user))
+        .route(
+            "/api/v1/users/{user}/unsubscribe",
+            post(api::unsubscribe_user),
+        )
         .route(
             "/api/v1/connections/{id}/send",
             post(api::send_to_connection),

@@ -21,7 +21,7 @@ use socketioxide::socket::DisconnectReason;
 use tokio::sync::oneshot;
 use tracing::debug;
 use wsgate_core::auth::Identity;
-use wsgate_core::gateway::{CloseRequest, Connection, Session};
+use wsgate_core::gateway::{CloseRequest, Connection, ServerAnswer, Session};
 use wsgate_core::protocol::{ProtocolError, close};
 use wsgate_core::seams::{Publication, Recovery, StreamPosition};
 
@@ -333,6 +333,40 @@ impl Client {
         self.release();
     }
 
+    /// Runs the server-side subscription changes waiting on the connection, told to the
+    /// client as `subscribed` / `unsubscribed` / `error` events with `"server": true`, then
+    /// releases what the hold kept back.
+    async fn server_ops(&self, s: &SocketRef) {
+        let mut session = self.session.lock().await;
+        for answer in session.server_ops(&self.sio.gateway).await {
+            let _ = match answer {
+                ServerAnswer::Subscribed { channel, position } => s.emit(
+                    "subscribed",
+                    &json!({
+                        "channel": &*channel,
+                        "offset": position.offset,
+                        "epoch": &*position.epoch,
+                        "server": true,
+                    }),
+                ),
+                ServerAnswer::Unsubscribed { channel } => s.emit(
+                    "unsubscribed",
+                    &json!({"channel": &*channel, "server": true}),
+                ),
+                ServerAnswer::Failed { channel, error } => s.emit(
+                    "error",
+                    &json!({
+                        "error": error.code,
+                        "message": error.message,
+                        "channel": &*channel,
+                        "server": true,
+                    }),
+                ),
+            };
+        }
+        self.release();
+    }
+
     fn close(&self, r: &CloseRequest) {
         self.conn.request_close(r.code, r.reason, r.message.clone());
     }
@@ -422,8 +456,11 @@ async fn watch(
 ) {
     let gw = client.sio.gateway.clone();
     let conn = client.conn.clone();
-    let (reason, code) = tokio::select! {
-        left = left => (left.unwrap_or("io_error"), None),
+    let mut left = left;
+    let (reason, code) = loop {
+        tokio::select! {
+        left = &mut left => break (left.unwrap_or("io_error"), None),
+        () = conn.server_ops_ready() => client.server_ops(&s).await,
         () = conn.closing() => {
             let r = conn.close_request().cloned().unwrap_or(CloseRequest {
                 code: close::GOING_AWAY,
@@ -437,7 +474,8 @@ async fn watch(
             } else {
                 let _ = s.clone().disconnect();
             }
-            (r.reason, Some(r.code))
+            break (r.reason, Some(r.code));
+        }
         }
     };
     client.transport.detach();

@@ -333,6 +333,7 @@ async fn run(
                 }
             }
             () = socket.backlogged(), if !backlog => {}
+            () = conn.server_ops_ready() => server_ops(gw, socket, session).await,
             frame = ws.next(), if !paused => {
                 if let Some(ending) = inbound(gw, socket, session, limits, frame).await {
                     return ending;
@@ -392,14 +393,27 @@ async fn inbound(
     for f in frames {
         socket.write_frame(protocol::wire_text(f.as_bytes()));
     }
-    // Publications held back while a subscription was answered go out after the answer.
+    release(gw, socket, &conn);
+    None
+}
+
+/// Runs the server-side subscription changes waiting on the connection (see
+/// `wsgate_core::gateway::server_subs`): their frames first, then what the hold kept back.
+async fn server_ops(gw: &Gateway, socket: &SharedSocket, session: &mut Session) {
+    for answer in session.server_ops(gw).await {
+        socket.write_frame(protocol::wire_text(answer.frame().as_bytes()));
+    }
+    release(gw, socket, &session.conn);
+}
+
+/// Publications held back while a subscription was answered go out after the answer.
+fn release(gw: &Gateway, socket: &SharedSocket, conn: &Connection) {
     if socket.release().is_err() {
         let slow = conn.request_close(close::SLOW_CONSUMER, "slow_consumer", OVERFLOW);
         if slow {
             gw.metrics.slow_consumer();
         }
     }
-    None
 }
 
 /// The connect hook's channels, subscribed through the session as if the client had asked
