@@ -18,6 +18,8 @@
 //!   validation, defaults, paging and routing, once for HTTP and gRPC alike.
 //! - [`metrics`]: the Prometheus series every part of the node reports into.
 //! - [`namespace`]: channel namespaces and the options a channel takes from its own.
+//! - [`events`]: events out to the backend (connections, channel occupancy, presence,
+//!   upstream states), batched and queued per sink, once cluster-wide.
 //!
 //! Time is read through [`clock::Clock`], which follows tokio's clock: the gateway's tests
 //! (`gateway/tests.rs`, over the memory engine and a recording transport, no sockets) run
@@ -26,6 +28,7 @@
 pub mod auth;
 pub mod clock;
 pub mod control;
+pub mod events;
 pub mod gateway;
 pub mod ids;
 pub mod memory;

@@ -193,6 +193,8 @@ pub struct Metrics {
     pub upstream_connection_duration: Histogram,
     /// Upstream logins that failed, by reason (`rejected`, `timeout`).
     pub upstream_auth_failures: Family<ReasonLabel, Counter>,
+    /// Events out to the backend (`wsgate_events_*`, per sink).
+    pub events: crate::events::EventMetrics,
 }
 
 impl Default for Metrics {
@@ -241,6 +243,7 @@ impl Default for Metrics {
                 prometheus_client::metrics::histogram::exponential_buckets(1.0, 4.0, 11),
             ),
             upstream_auth_failures: reasons(&AUTH_FAILURE_REASONS),
+            events: crate::events::EventMetrics::default(),
         }
     }
 }
@@ -420,6 +423,7 @@ impl Metrics {
             "Upstream logins that failed, by reason (rejected, timeout)",
             self.upstream_auth_failures.clone(),
         );
+        self.events.register(r);
     }
 
     pub fn disconnected(&self, reason: &'static str) {

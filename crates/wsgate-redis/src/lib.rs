@@ -21,6 +21,11 @@
 //! | `P:pub` | pub/sub | channel publications, for every node |
 //! | `P:user` | pub/sub | sends to a user, for every node |
 //! | `P:node:<node>` | pub/sub | sends to one connection, for the node that holds it |
+//! | `P:{<channel>}:occ:members` | hash | events: connection → `<process>\n<user>` of the channel's subscribers, cluster-wide ([`RedisOccupancy`]) |
+//! | `P:{<channel>}:occ:users` | hash | events: user → how many of the user's connections subscribe |
+//! | `P:events:{<process>}:alive`, `:conns`, `:chans`, `:reaping` | string TTL, hash, set, string TTL | events: one process's liveness (`presence_ttl`), open connections, channels, and the lock of the survivor reaping it |
+//! | `P:events:processes` | set | events: every process registered for occupancy |
+//! | `P:events` | stream | the Redis Stream event sink's default stream (`MAXLEN ~`) |
 //!
 //! Why this shape:
 //! - The meta hash and the stream of a channel share a hash tag (`{<channel>}`), so they
@@ -55,6 +60,8 @@ mod broker;
 mod forwarding;
 mod keys;
 mod lease;
+mod occupancy;
+mod event_stream;
 mod ownership;
 mod sealed;
 mod store;
@@ -65,7 +72,9 @@ use std::time::Duration;
 
 pub use broker::RedisBroker;
 pub use forwarding::RedisForwarding;
+pub use event_stream::StreamSink;
 pub use keys::Keys;
+pub use occupancy::RedisOccupancy;
 pub use ownership::RedisOwnership;
 pub use sealed::ClusterKey;
 pub use store::RedisStore;

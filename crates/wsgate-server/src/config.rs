@@ -13,6 +13,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 pub use crate::auth::{AuthConfig, AuthMode};
+pub use crate::events::EventsConfig;
 pub use crate::gateway::GatewaySettings;
 pub use crate::grpc::GrpcConfig;
 pub use crate::http::ApiConfig;
@@ -87,6 +88,8 @@ pub struct Config {
     pub api: ApiConfig,
     #[serde(flatten)]
     pub grpc: GrpcConfig,
+    /// Events out to the backend (docs/events.md): the `[events]` table.
+    pub events: EventsConfig,
 }
 
 impl Default for Config {
@@ -103,6 +106,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             api: ApiConfig::default(),
             grpc: GrpcConfig::default(),
+            events: EventsConfig::default(),
         }
     }
 }
@@ -200,6 +204,7 @@ impl Config {
         let mut api_listeners = vec![self.listener.listen];
         api_listeners.extend(self.grpc.listen());
         self.api.validate(&api_listeners)?;
+        self.events.validate()?;
         Ok(())
     }
 }

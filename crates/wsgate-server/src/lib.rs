@@ -19,6 +19,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod events;
 pub mod gateway;
 pub mod grpc;
 pub mod http;
@@ -27,6 +28,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod listener;
 mod node;
+mod outbound;
 pub mod process;
 pub mod reply;
 pub mod seams;

@@ -61,7 +61,7 @@ impl Node {
             node,
             records: seams.records,
             publisher: gateway.clone(),
-            metrics,
+            metrics: metrics.clone(),
         });
         let access = Access::new(
             config.api.api_key.as_ref().map(|k| k.expose().to_string()),
@@ -72,6 +72,12 @@ impl Node {
                 UpstreamHosts::new(config.api.upstream_allowed_hosts.iter().cloned()),
             ),
         );
+        if let Some(events) =
+            crate::events::build(&config.events, &config.cluster, &node_id.clone().into(), &metrics)?
+        {
+            gateway.attach_events(events.clone());
+            upstreams.attach_events(events);
+        }
         if let Some((ownership, forwarding)) = seams.cluster {
             control.attach_cluster(ownership, forwarding);
         }

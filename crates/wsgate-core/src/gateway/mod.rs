@@ -149,6 +149,8 @@ pub struct Gateway {
     /// Due times of expiring tokens ([`Gateway::run_expiries`]).
     pub expiries: Expiries,
     presence_cache: dashmap::DashMap<Arc<str>, Arc<ClientPresence>>,
+    /// Events out to the backend, when configured ([`Gateway::attach_events`]).
+    events: OnceLock<Arc<crate::events::Events>>,
 }
 
 impl Gateway {
@@ -173,7 +175,18 @@ impl Gateway {
             clock: Clock::new(),
             expiries: Expiries::default(),
             presence_cache: dashmap::DashMap::new(),
+            events: OnceLock::new(),
         })
+    }
+
+    /// Sends this gateway's events (connections, occupancy, presence) to `events`. Once.
+    pub fn attach_events(&self, events: Arc<crate::events::Events>) {
+        let _ = self.events.set(events);
+    }
+
+    /// The node's event emitter, when events are configured.
+    pub fn events(&self) -> Option<&Arc<crate::events::Events>> {
+        self.events.get()
     }
 
     pub fn node(&self) -> &NodeId {
@@ -232,6 +245,9 @@ impl Gateway {
         self.metrics.connections.inc();
         self.metrics.active_connections.inc();
         info!(connection_id = %conn.id, kind, user = %conn.user(), remote = ?remote, "connected");
+        if let Some(events) = self.events() {
+            events.opened(&conn.id, conn.user(), kind, remote.map(|r| r.to_string()));
+        }
         conn
     }
 
@@ -271,12 +287,20 @@ impl Gateway {
             uptime_ms = self.clock.now_ms().saturating_sub(conn.connected_at_ms),
             "disconnected"
         );
+        if let Some(events) = self.events() {
+            events.closed(&conn.id, conn.user(), reason, code);
+        }
         channels
     }
 
     /// Removes a closed connection's presence entries, in one call to the store. A store
     /// that fails keeps them and retries on its own (the Redis store's liveness loop).
     pub async fn leave_presence(&self, connection_id: &str, channels: &[Arc<str>]) {
+        if let Some(events) = self.events() {
+            let id: Arc<str> = connection_id.into();
+            futures_util::future::join_all(channels.iter().map(|c| events.left(c, &id))).await;
+            events.forget(&id);
+        }
         if channels.is_empty() {
             return;
         }
@@ -419,6 +443,9 @@ impl Gateway {
         if let Err(e) = self.presence.presence_join(channel, entry).await {
             self.metrics.store_errors.inc();
             warn!(connection_id = %conn.id, channel, error = %e, "presence join failed");
+        }
+        if let Some(events) = self.events() {
+            events.joined(channel, &conn.id, conn.user()).await;
         }
     }
 

@@ -244,6 +244,9 @@ impl Session {
             gw.metrics.store_errors.inc();
             tracing::warn!(connection_id = %self.conn.id, error = %e, "presence leave failed");
         }
+        if let Some(events) = gw.events() {
+            events.left(channel, &self.conn.id).await;
+        }
         Ok(())
     }
 
