@@ -4,9 +4,11 @@
 //! Each subsystem owns its settings, their `DEFAULT_*` constants (with why) and their
 //! validation, beside the code that uses them: [`ListenerConfig`], [`WsConfig`],
 //! [`GatewaySettings`], [`LimitsConfig`], [`ClusterConfig`], [`ApiConfig`], [`GrpcConfig`],
-//! [`AuthConfig`]. [`Config`] composes them; all but `auth` are flattened, so every key stays
-//! top-level (`max_connections`, `WSGATE_MAX_CONNECTIONS`). Durations are in milliseconds
-//! so tests can run heartbeats in milliseconds too.
+//! [`AuthConfig`], [`EventsConfig`]. [`Config`] composes them; all but `auth` and `events`
+//! are flattened, so every other key stays top-level (`max_connections`,
+//! `WSGATE_MAX_CONNECTIONS`); those two are tables (`[events]`,
+//! `WSGATE_EVENTS__WEBHOOK_URL`). Durations are in milliseconds so tests can run heartbeats
+//! in milliseconds too.
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
