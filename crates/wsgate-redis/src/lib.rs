@@ -57,11 +57,11 @@
 //! publications made while it was away are delivered (in order) or counted as lost.
 
 mod broker;
+mod event_stream;
 mod forwarding;
 mod keys;
 mod lease;
 mod occupancy;
-mod event_stream;
 mod ownership;
 mod sealed;
 mod store;
@@ -71,8 +71,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub use broker::RedisBroker;
-pub use forwarding::RedisForwarding;
 pub use event_stream::StreamSink;
+pub use forwarding::RedisForwarding;
 pub use keys::Keys;
 pub use occupancy::RedisOccupancy;
 pub use ownership::RedisOwnership;

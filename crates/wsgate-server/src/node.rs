@@ -72,9 +72,12 @@ impl Node {
                 UpstreamHosts::new(config.api.upstream_allowed_hosts.iter().cloned()),
             ),
         );
-        if let Some(events) =
-            crate::events::build(&config.events, &config.cluster, &node_id.clone().into(), &metrics)?
-        {
+        if let Some(events) = crate::events::build(
+            &config.events,
+            &config.cluster,
+            &node_id.clone().into(),
+            &metrics,
+        )? {
             gateway.attach_events(events.clone());
             upstreams.attach_events(events);
         }

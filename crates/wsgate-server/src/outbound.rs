@@ -66,7 +66,10 @@ impl Endpoint {
     }
 
     /// Connects (TCP, then TLS for `https`) and sends `req`. Unbounded: callers time out.
-    pub async fn send(&self, req: hyper::Request<Body>) -> anyhow::Result<hyper::Response<Incoming>> {
+    pub async fn send(
+        &self,
+        req: hyper::Request<Body>,
+    ) -> anyhow::Result<hyper::Response<Incoming>> {
         let host = self.uri.host().unwrap_or_default();
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let port = self
@@ -87,7 +90,10 @@ impl Endpoint {
     }
 }
 
-async fn exchange<S>(stream: S, req: hyper::Request<Body>) -> anyhow::Result<hyper::Response<Incoming>>
+async fn exchange<S>(
+    stream: S,
+    req: hyper::Request<Body>,
+) -> anyhow::Result<hyper::Response<Incoming>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

@@ -18,8 +18,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use wsgate_tests::cluster::{Cluster, NatsServer, RedisServer, Via, free_port};
 use wsgate_tests::{
-    Client, Process, SIGKILL, SIGTERM, eventually, hs256_token, in_a_minute, metric_value,
-    within,
+    Client, Process, SIGKILL, SIGTERM, eventually, hs256_token, in_a_minute, metric_value, within,
 };
 
 const SECRET: &str = "whsec-test-0123456789";
@@ -241,7 +240,11 @@ async fn every_event_type_reaches_a_signed_webhook_once() {
     assert_eq!(occupied[0]["payload"]["connection_id"], a1.id().as_str());
     let ids: HashSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), events.len(), "event ids are unique");
-    assert!(events.iter().all(|e| e["node"] == "ev1" && e["time"].is_u64()));
+    assert!(
+        events
+            .iter()
+            .all(|e| e["node"] == "ev1" && e["time"].is_u64())
+    );
     assert_eq!(r.seen.bad_signatures.load(SeqCst), 0);
 }
 
@@ -260,8 +263,14 @@ async fn a_receiver_answering_500_gets_every_event_once_it_recovers() {
     }
     let events = r.events();
     for id in &ids {
-        assert_eq!(of(&events, "connection.opened", "connection_id", id).len(), 1);
-        assert_eq!(of(&events, "connection.closed", "connection_id", id).len(), 1);
+        assert_eq!(
+            of(&events, "connection.opened", "connection_id", id).len(),
+            1
+        );
+        assert_eq!(
+            of(&events, "connection.closed", "connection_id", id).len(),
+            1
+        );
     }
     assert_eq!(r.seen.fail.load(SeqCst), 0, "the 500s were served");
     let metrics = wsgate_tests::get_text(&n.http("/metrics")).await;
@@ -415,12 +424,9 @@ async fn events_go_to_a_redis_stream() {
             "channel.vacated"
         ]
     );
-    assert!(
-        kinds
-            .iter()
-            .all(|e| e["payload"]["connection_id"] == c.id().as_str()
-                || e["type"] == "channel.vacated")
-    );
+    assert!(kinds.iter().all(
+        |e| e["payload"]["connection_id"] == c.id().as_str() || e["type"] == "channel.vacated"
+    ));
 }
 
 /// The `event` fields of an XREAD reply, parsed.

@@ -248,9 +248,12 @@ impl Events {
     /// is queued until `deadline`; what is still undelivered then is counted as dropped.
     pub async fn drain(&self, deadline: tokio::time::Instant) {
         let (done, written) = oneshot::channel();
-        if self.ledger.send(LedgerMsg::Barrier(done)).await.is_ok() {
-            let _ = tokio::time::timeout_at(deadline, written).await;
-        }
+        let _ = tokio::time::timeout_at(deadline, async {
+            if self.ledger.send(LedgerMsg::Barrier(done)).await.is_ok() {
+                let _ = written.await;
+            }
+        })
+        .await;
         if let Ok(left) = tokio::time::timeout_at(deadline, self.occupancy.retire()).await {
             for r in left {
                 self.reaped(r);

@@ -85,7 +85,11 @@ impl EventsConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         if let Some(url) = &self.webhook_url {
             crate::outbound::check_url(url, "events.webhook_url")?;
-            if self.webhook_secret.as_ref().is_none_or(|s| s.expose().is_empty()) {
+            if self
+                .webhook_secret
+                .as_ref()
+                .is_none_or(|s| s.expose().is_empty())
+            {
                 anyhow::bail!(
                     "events.webhook_url needs events.webhook_secret (WSGATE_EVENTS__WEBHOOK_SECRET): \
                      receivers must be able to tell wsgate's requests from anyone's"
@@ -127,7 +131,11 @@ pub fn build(
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     if let (Some(url), Some(secret)) = (&config.webhook_url, &config.webhook_secret) {
         let timeout = Duration::from_millis(config.webhook_timeout_ms);
-        sinks.push(Arc::new(webhook::Webhook::new(url, secret.clone(), timeout)?));
+        sinks.push(Arc::new(webhook::Webhook::new(
+            url,
+            secret.clone(),
+            timeout,
+        )?));
     }
     if let Some(stream) = &config.redis_stream {
         sinks.push(redis_stream(cluster, stream, config.redis_stream_max_len)?);

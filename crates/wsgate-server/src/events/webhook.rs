@@ -79,8 +79,7 @@ impl Sink for Webhook {
 
     async fn send(&self, batch: &[Arc<Event>]) -> Result<(), SinkError> {
         let url = self.endpoint.redacted();
-        let status = match tokio::time::timeout(self.timeout, self.post(batch_json(batch))).await
-        {
+        let status = match tokio::time::timeout(self.timeout, self.post(batch_json(batch))).await {
             Ok(Ok(status)) => status,
             Ok(Err(e)) => return Err(SinkError::Retry(format!("{url}: {e}"))),
             Err(_) => {
