@@ -66,6 +66,13 @@ impl RedisOccupancy {
         })
     }
 
+    /// `script` on `channel`'s two occupancy keys (every channel script takes them).
+    fn on_channel<'a>(&self, script: &'a Script, channel: &str) -> redis::ScriptInvocation<'a> {
+        let mut invocation = script.key(self.keys.occupancy_members(channel));
+        invocation.key(self.keys.occupancy_users(channel));
+        invocation
+    }
+
     fn key(&self, what: ProcessKey) -> String {
         self.keys.event_process(&self.process, what)
     }
@@ -97,9 +104,7 @@ impl RedisOccupancy {
             .collect();
         for channel in &chans {
             let (vacated, left): (i64, Vec<String>) = self
-                .purge
-                .key(self.keys.occupancy_members(channel))
-                .key(self.keys.occupancy_users(channel))
+                .on_channel(&self.purge, channel)
                 .arg(process)
                 .invoke_async(&mut conn)
                 .await
@@ -176,9 +181,7 @@ impl Occupancy for RedisOccupancy {
                 .map_err(store_error)?;
         }
         let (channel_first, user_first): (i64, i64) = self
-            .join
-            .key(self.keys.occupancy_members(channel))
-            .key(self.keys.occupancy_users(channel))
+            .on_channel(&self.join, channel)
             .arg(connection_id)
             .arg(&self.process)
             .arg(user)
@@ -198,9 +201,7 @@ impl Occupancy for RedisOccupancy {
     ) -> Result<Option<(Arc<str>, Transition)>, StoreError> {
         let mut conn = self.conn.clone();
         let left: Option<(String, i64, i64)> = self
-            .leave
-            .key(self.keys.occupancy_members(channel))
-            .key(self.keys.occupancy_users(channel))
+            .on_channel(&self.leave, channel)
             .arg(connection_id)
             .invoke_async(&mut conn)
             .await
