@@ -16,13 +16,14 @@
 //! the keys of one slot only (Redis Cluster).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use dashmap::DashMap;
 use redis::Script;
 use redis::aio::ConnectionManager;
-use tracing::info;
+use tracing::{info, warn};
 
 use wsgate_core::events::{Ledger, Occupancy, Reaped, Transition};
 use wsgate_core::seams::{NodeId, StoreError};
@@ -46,6 +47,10 @@ pub struct RedisOccupancy {
     claim: Script,
     /// Subscriptions of this process per channel: `chans` lists the channel while any.
     local: DashMap<Arc<str>, usize>,
+    /// The liveness key was written once: from then on, finding it gone means it expired.
+    registered: AtomicBool,
+    /// [`Occupancy::retire`] ran: no more renewals (the node is going).
+    retired: AtomicBool,
 }
 
 impl RedisOccupancy {
@@ -63,6 +68,8 @@ impl RedisOccupancy {
             purge: Script::new(include_str!("lua/occ_purge.lua")),
             claim: Script::new(include_str!("lua/occ_claim.lua")),
             local: DashMap::new(),
+            registered: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
         })
     }
 
@@ -238,19 +245,31 @@ impl Occupancy for RedisOccupancy {
     }
 
     async fn tick(&self) -> Result<Vec<Reaped>, StoreError> {
-        let (processes,): (Vec<String>,) = redis::pipe()
+        if self.retired.load(Relaxed) {
+            return Ok(Vec::new());
+        }
+        let (was, processes): (Option<String>, Vec<String>) = redis::pipe()
             .cmd("SET")
             .arg(self.key(ProcessKey::Alive))
             .arg(1)
             .arg("PX")
             .arg(self.ttl.as_millis() as u64)
-            .ignore()
+            .arg("GET")
             .sadd(self.keys.event_processes(), &self.process)
             .ignore()
             .smembers(self.keys.event_processes())
             .query_async(&mut self.conn.clone())
             .await
             .map_err(store_error)?;
+        if was.is_none() && self.registered.swap(true, Relaxed) {
+            // Survivors may have reported this node's connections closed (`node_lost`) and
+            // its channels vacated meanwhile: docs/events.md, Guarantees.
+            warn!(
+                process = %self.process,
+                "this node's events liveness key had expired (cut off from Redis for longer \
+                 than presence_ttl): other nodes may have reported its connections closed"
+            );
+        }
         let mut out = Vec::new();
         for p in processes.iter().filter(|p| **p != self.process) {
             out.extend(self.reap(p).await?);
@@ -259,6 +278,7 @@ impl Occupancy for RedisOccupancy {
     }
 
     async fn retire(&self) -> Vec<Reaped> {
+        self.retired.store(true, Relaxed);
         let _ = redis::cmd("DEL")
             .arg(self.key(ProcessKey::Alive))
             .query_async::<()>(&mut self.conn.clone())

@@ -382,6 +382,39 @@ async fn two_nodes_report_occupancy_once_and_a_dead_nodes_leftovers_once() {
 }
 
 #[tokio::test]
+async fn many_joins_and_leaves_at_once_on_two_nodes_give_one_occupied_and_one_vacated() {
+    let cluster = Cluster::start(Via::Redis).await;
+    let r = Receiver::start(0).await;
+    let env = webhook_env(&r);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let n1 = cluster.node_env("n1", &[], &env).await;
+    let n2 = cluster.node_env("n2", &[], &env).await;
+    let urls: Vec<String> = (0..16)
+        .map(|i| if i % 2 == 0 { n1.ws_url() } else { n2.ws_url() })
+        .collect();
+    let mut clients =
+        futures_util::future::join_all(urls.iter().map(|u| Client::subscribed(u, "storm"))).await;
+    let users: Vec<String> = clients.iter().map(Client::user).collect();
+    for u in &users {
+        r.await_n(1, "presence.joined", "user", u).await;
+    }
+    futures_util::future::join_all(clients.iter_mut().map(|c| leave(c, "storm"))).await;
+    for u in &users {
+        r.await_n(1, "presence.left", "user", u).await;
+    }
+    r.await_n(1, "channel.vacated", "channel", "storm").await;
+    // Everything either node made is in once both have drained.
+    for mut n in [n1, n2] {
+        exit(&mut n.0, SIGTERM).await;
+    }
+    let events = r.events();
+    assert_eq!(of(&events, "channel.occupied", "channel", "storm").len(), 1);
+    assert_eq!(of(&events, "channel.vacated", "channel", "storm").len(), 1);
+    assert_eq!(of(&events, "presence.joined", "channel", "storm").len(), 16);
+    assert_eq!(of(&events, "presence.left", "channel", "storm").len(), 16);
+}
+
+#[tokio::test]
 async fn events_go_to_a_redis_stream() {
     let redis = RedisServer::start().await;
     let n = node(&[
