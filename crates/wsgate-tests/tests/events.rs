@@ -212,13 +212,20 @@ async fn every_event_type_reaches_a_signed_webhook_once() {
     .await;
     assert_eq!(status, 200, "{up}");
     let up_id = up["connection_id"].as_str().unwrap().to_string();
-    let states = r
-        .await_n(2, "upstream.state_changed", "upstream_id", &up_id)
-        .await;
-    assert_eq!(states[0]["payload"]["from"], Value::Null);
-    assert_eq!(states[0]["payload"]["to"], "connecting");
-    assert_eq!(states[1]["payload"]["from"], "connecting");
-    assert_eq!(states[1]["payload"]["to"], "connected");
+    // The first state the node sees may already be `connected` (a fast local handshake).
+    let states = eventually("upstream.state_changed to connected", || {
+        let got = r.matching("upstream.state_changed", "upstream_id", &up_id);
+        let done = got.iter().any(|e| e["payload"]["to"] == "connected");
+        std::future::ready(done.then_some(got))
+    })
+    .await;
+    assert_eq!(states[0]["payload"]["from"], Value::Null, "{states:#?}");
+    for w in states.windows(2) {
+        assert_eq!(
+            w[1]["payload"]["from"], w[0]["payload"]["to"],
+            "{states:#?}"
+        );
+    }
 
     // The drain sends what the shutdown caused before the process exits.
     exit(&mut n, SIGTERM).await;
