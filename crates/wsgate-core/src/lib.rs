@@ -20,6 +20,8 @@
 //! - [`namespace`]: channel namespaces and the options a channel takes from its own.
 //! - [`hooks`]: proxy hooks, the backend asked before a connect, subscribe, publish, rpc or
 //!   refresh.
+//! - [`events`]: events out to the backend (connections, channel occupancy, presence,
+//!   upstream states), batched and queued per sink, once cluster-wide.
 //!
 //! Time is read through [`clock::Clock`], which follows tokio's clock: the gateway's tests
 //! (`gateway/tests.rs`, over the memory engine and a recording transport, no sockets) run
@@ -28,6 +30,7 @@
 pub mod auth;
 pub mod clock;
 pub mod control;
+pub mod events;
 pub mod gateway;
 pub mod hooks;
 pub mod ids;

@@ -226,6 +226,8 @@ pub struct Metrics {
     /// Proxy hook calls, by hook and outcome (`ok`, `rejected`, `timeout`, `status`,
     /// `malformed`, `down`).
     pub hook_calls: Family<HookOutcomeLabel, Counter>,
+    /// Events out to the backend (`wsgate_events_*`, per sink).
+    pub events: crate::events::EventMetrics,
 }
 
 impl Default for Metrics {
@@ -287,6 +289,7 @@ impl Default for Metrics {
                 }
                 f
             },
+            events: crate::events::EventMetrics::default(),
         }
     }
 }
@@ -466,6 +469,7 @@ impl Metrics {
             "Upstream logins that failed, by reason (rejected, timeout)",
             self.upstream_auth_failures.clone(),
         );
+        self.events.register(r);
         r.register_with_unit(
             "wsgate_hook_latency",
             "Time proxy hook calls to the backend took (every attempt), by hook",

@@ -26,6 +26,7 @@
 //! show in `wsgate_cluster_gaps_detected_total` as well as real losses.
 
 mod connect;
+mod event_subject;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -40,6 +41,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 pub use connect::{NatsAuth, NatsConnect};
+pub use event_subject::SubjectSink;
 use wsgate_core::relay::{Dispatcher, Relay, wire};
 use wsgate_core::seams::{
     Broker, BrokerError, ChannelLog, ClusterMetrics, Deliver, Envelope, Idempotency, Logged,

@@ -4,6 +4,15 @@
 //! prefix gives seed 000's bare layout (`websocket-<id>`, `websocket-index`), so the seed's
 //! runbook commands (`redis-cli SMEMBERS websocket-index`) find the records as written.
 
+/// The keys of one process's occupancy registration ([`Keys::event_process`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessKey {
+    Alive,
+    Connections,
+    Channels,
+    Reaping,
+}
+
 /// Names under one prefix.
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -91,6 +100,39 @@ impl Keys {
     pub fn record_index(&self) -> String {
         self.name(format_args!("websocket-index"))
     }
+
+    /// Occupancy (events): connection → `"<process>\n<user>"` of a channel's subscribers,
+    /// cluster-wide. Same slot as the channel's other keys.
+    pub fn occupancy_members(&self, channel: &str) -> String {
+        self.name(format_args!("{{{channel}}}:occ:members"))
+    }
+
+    /// Occupancy (events): user → how many of the user's connections subscribe.
+    pub fn occupancy_users(&self, channel: &str) -> String {
+        self.name(format_args!("{{{channel}}}:occ:users"))
+    }
+
+    /// Every process that registered occupancy (events), alive or not yet reaped.
+    pub fn event_processes(&self) -> String {
+        self.name(format_args!("events:processes"))
+    }
+
+    /// One process's keys for events (liveness, its connections, its channels, the reaper's
+    /// lock), all in the process's own slot.
+    pub fn event_process(&self, process: &str, what: ProcessKey) -> String {
+        let what = match what {
+            ProcessKey::Alive => "alive",
+            ProcessKey::Connections => "conns",
+            ProcessKey::Channels => "chans",
+            ProcessKey::Reaping => "reaping",
+        };
+        self.name(format_args!("events:{{{process}}}:{what}"))
+    }
+
+    /// The Redis Stream sink's default stream.
+    pub fn events_stream(&self) -> String {
+        self.name(format_args!("events"))
+    }
 }
 
 #[cfg(test)]
@@ -110,6 +152,11 @@ mod tests {
         assert_eq!(k.record_index(), "wsgate:websocket-index");
         assert_eq!(k.publications, "wsgate:pub");
         assert_eq!(k.prefix(), "wsgate");
+        assert_eq!(k.occupancy_members("team:1"), "wsgate:{team:1}:occ:members");
+        assert_eq!(
+            k.event_process("n1.ab", ProcessKey::Channels),
+            "wsgate:events:{n1.ab}:chans"
+        );
     }
 
     #[test]

@@ -22,6 +22,11 @@
 //! | `P:pub` | pub/sub | channel publications, for every node |
 //! | `P:user` | pub/sub | sends to a user, for every node |
 //! | `P:node:<node>` | pub/sub | sends to one connection, for the node that holds it |
+//! | `P:{<channel>}:occ:members` | hash | events: connection → `<process>\n<user>` of the channel's subscribers, cluster-wide ([`RedisOccupancy`]) |
+//! | `P:{<channel>}:occ:users` | hash | events: user → how many of the user's connections subscribe |
+//! | `P:events:{<process>}:alive`, `:conns`, `:chans`, `:reaping` | string TTL, hash, set, string TTL | events: one process's liveness (`presence_ttl`), open connections, channels, and the lock of the survivor reaping it |
+//! | `P:events:processes` | set | events: every process registered for occupancy |
+//! | `P:events` | stream | the Redis Stream event sink's default stream (`MAXLEN ~`) |
 //!
 //! Why this shape:
 //! - The meta hash and the stream of a channel share a hash tag (`{<channel>}`), so they
@@ -53,9 +58,11 @@
 //! publications made while it was away are delivered (in order) or counted as lost.
 
 mod broker;
+mod event_stream;
 mod forwarding;
 mod keys;
 mod lease;
+mod occupancy;
 mod ownership;
 mod sealed;
 mod store;
@@ -65,8 +72,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub use broker::RedisBroker;
+pub use event_stream::StreamSink;
 pub use forwarding::RedisForwarding;
 pub use keys::Keys;
+pub use occupancy::RedisOccupancy;
 pub use ownership::RedisOwnership;
 pub use sealed::ClusterKey;
 pub use store::RedisStore;

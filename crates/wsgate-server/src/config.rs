@@ -4,15 +4,18 @@
 //! Each subsystem owns its settings, their `DEFAULT_*` constants (with why) and their
 //! validation, beside the code that uses them: [`ListenerConfig`], [`WsConfig`],
 //! [`GatewaySettings`], [`LimitsConfig`], [`ClusterConfig`], [`ApiConfig`], [`GrpcConfig`],
-//! [`AuthConfig`]. [`Config`] composes them; all but `auth` are flattened, so every key stays
-//! top-level (`max_connections`, `WSGATE_MAX_CONNECTIONS`). Durations are in milliseconds
-//! so tests can run heartbeats in milliseconds too.
+//! [`AuthConfig`], [`EventsConfig`]. [`Config`] composes them; all but `auth` and `events`
+//! are flattened, so every other key stays top-level (`max_connections`,
+//! `WSGATE_MAX_CONNECTIONS`); those two are tables (`[events]`,
+//! `WSGATE_EVENTS__WEBHOOK_URL`). Durations are in milliseconds so tests can run heartbeats
+//! in milliseconds too.
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 pub use crate::auth::{AuthConfig, AuthMode};
+pub use crate::events::EventsConfig;
 pub use crate::gateway::GatewaySettings;
 pub use crate::grpc::GrpcConfig;
 pub use crate::hooks::HooksConfig;
@@ -95,6 +98,8 @@ pub struct Config {
     /// reloaded on SIGHUP.
     #[serde(flatten)]
     pub namespaces: NamespacesConfig,
+    /// Events out to the backend (docs/events.md): the `[events]` table.
+    pub events: EventsConfig,
 }
 
 impl Default for Config {
@@ -113,6 +118,7 @@ impl Default for Config {
             grpc: GrpcConfig::default(),
             hooks: HooksConfig::default(),
             namespaces: NamespacesConfig::default(),
+            events: EventsConfig::default(),
         }
     }
 }
@@ -218,6 +224,7 @@ impl Config {
         api_listeners.extend(self.grpc.listen());
         self.api.validate(&api_listeners)?;
         self.channel_namespaces()?;
+        self.events.validate()?;
         Ok(())
     }
 }

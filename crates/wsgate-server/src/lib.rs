@@ -21,6 +21,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod events;
 pub mod gateway;
 pub mod grpc;
 pub mod hooks;
@@ -31,6 +32,7 @@ pub mod limits;
 pub mod listener;
 pub mod namespaces;
 mod node;
+mod outbound;
 pub mod process;
 pub mod reply;
 pub mod seams;

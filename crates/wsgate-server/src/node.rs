@@ -65,7 +65,7 @@ impl Node {
             node,
             records: seams.records,
             publisher: gateway.clone(),
-            metrics,
+            metrics: metrics.clone(),
         });
         let access = Access::new(
             config.api.api_key.as_ref().map(|k| k.expose().to_string()),
@@ -78,6 +78,15 @@ impl Node {
                 ))
                 .with_idempotency_window(config.gateway.idempotency_window()),
         );
+        if let Some(events) = crate::events::build(
+            &config.events,
+            &config.cluster,
+            &node_id.clone().into(),
+            &metrics,
+        )? {
+            gateway.attach_events(events.clone());
+            upstreams.attach_events(events);
+        }
         if let Some((ownership, forwarding)) = seams.cluster {
             control.attach_cluster(ownership, forwarding);
         }

@@ -13,7 +13,8 @@
 //!    survivors re-establish them within a sweep instead of after the drain;
 //! 3. every client is sent 1001 and the connection tasks are awaited (`drain_timeout_ms`);
 //! 4. upstream connections close (their records stay in the store): clients still connected
-//!    until then kept receiving what upstreams publish;
+//!    until then kept receiving what upstreams publish; then the event queues are sent
+//!    (docs/events.md) within what is left of `drain_timeout_ms`;
 //! 5. the accept loop, then the gRPC server, then the heartbeat stop.
 //!
 //! Supervision: the heartbeat, the reclaimer and the engines' background tasks
@@ -167,6 +168,7 @@ impl Running {
         node.gateway.close_all("server shutting down");
         node.tasks.close();
         let drain = Duration::from_millis(node.config().drain_timeout_ms);
+        let drained_by = tokio::time::Instant::now() + drain;
         if tokio::time::timeout(drain, node.tasks.wait())
             .await
             .is_err()
@@ -177,6 +179,11 @@ impl Running {
             );
         }
         node.upstreams.shutdown().await;
+        // The closes and state changes above are events too: sent within what is left of
+        // the drain timeout.
+        if let Some(events) = node.gateway.events() {
+            events.drain(drained_by).await;
+        }
         let _ = self.stop_http.send(true);
         self.grpc.stop().await;
         self.heartbeat.abort();

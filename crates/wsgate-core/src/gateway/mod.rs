@@ -161,6 +161,8 @@ pub struct Gateway {
     namespaces: arc_swap::ArcSwap<Namespaces>,
     /// The backend's proxy hooks, when configured ([`Gateway::attach_proxy`]).
     proxy: OnceLock<Arc<Proxy>>,
+    /// Events out to the backend, when configured ([`Gateway::attach_events`]).
+    events: OnceLock<Arc<crate::events::Events>>,
 }
 
 impl Gateway {
@@ -187,6 +189,7 @@ impl Gateway {
             presence_cache: dashmap::DashMap::new(),
             namespaces: arc_swap::ArcSwap::from_pointee(Namespaces::default()),
             proxy: OnceLock::new(),
+            events: OnceLock::new(),
         })
     }
 
@@ -215,6 +218,16 @@ impl Gateway {
     /// The backend's proxy hooks, when configured.
     pub fn proxy(&self) -> Option<&Arc<Proxy>> {
         self.proxy.get()
+    }
+
+    /// Sends this gateway's events (connections, occupancy, presence) to `events`. Once.
+    pub fn attach_events(&self, events: Arc<crate::events::Events>) {
+        let _ = self.events.set(events);
+    }
+
+    /// The node's event emitter, when events are configured.
+    pub fn events(&self) -> Option<&Arc<crate::events::Events>> {
+        self.events.get()
     }
 
     pub fn node(&self) -> &NodeId {
@@ -292,6 +305,9 @@ impl Gateway {
         self.metrics.connections.inc();
         self.metrics.active_connections.inc();
         info!(connection_id = %conn.id, kind, user = %conn.user(), remote = ?remote, "connected");
+        if let Some(events) = self.events() {
+            events.opened(&conn.id, conn.user(), kind, remote.map(|r| r.to_string()));
+        }
         conn
     }
 
@@ -339,6 +355,9 @@ impl Gateway {
             uptime_ms = self.clock.now_ms().saturating_sub(conn.connected_at_ms),
             "disconnected"
         );
+        if let Some(events) = self.events() {
+            events.closed(&conn.id, conn.user(), reason, code);
+        }
         channels
     }
 
@@ -346,6 +365,11 @@ impl Gateway {
     /// that fails keeps them and retries on its own: the Redis store's liveness loop), and
     /// announces its `leave` where the namespace has `join_leave`.
     pub async fn leave_channels(&self, connection_id: &str, user: &str, channels: &[Arc<str>]) {
+        if let Some(events) = self.events() {
+            let id: Arc<str> = connection_id.into();
+            futures_util::future::join_all(channels.iter().map(|c| events.left(c, &id))).await;
+            events.forget(&id);
+        }
         if channels.is_empty() {
             return;
         }

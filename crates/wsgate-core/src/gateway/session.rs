@@ -240,6 +240,9 @@ impl Session {
             tracing::warn!(connection_id = %self.conn.id, error = %e, "presence leave failed");
         }
         gw.announce(Membership::Leave, channel, &self.conn).await;
+        if let Some(events) = gw.events() {
+            events.left(channel, &self.conn.id).await;
+        }
         Ok(())
     }
 
@@ -517,6 +520,12 @@ impl Session {
                 gw.presence_join(&channel, &self.conn).await;
             }
             gw.announce(Membership::Join, &channel, &self.conn).await;
+            // Occupancy events whatever the namespace's presence setting says.
+            if let Some(events) = gw.events() {
+                events
+                    .joined(&channel, &self.conn.id, self.conn.user())
+                    .await;
+            }
         }
         self.conn.transport.skip_through(
             channel.clone(),

@@ -33,6 +33,8 @@ pub struct UpstreamManager {
     pub(super) cluster: std::sync::OnceLock<ClusterSeams>,
     /// Itself, for connections whose record write is refused (see [`Self::revoked`]).
     me: std::sync::Weak<UpstreamManager>,
+    /// `upstream.state_changed` goes here, when events are configured.
+    pub(super) events: std::sync::OnceLock<Arc<crate::events::Events>>,
 }
 
 /// What Connect reports.
@@ -52,7 +54,13 @@ impl UpstreamManager {
             conns: DashMap::new(),
             cluster: std::sync::OnceLock::new(),
             me: me.clone(),
+            events: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Reports every connection's state changes to `events` (`upstream.state_changed`).
+    pub fn attach_events(&self, events: Arc<crate::events::Events>) {
+        let _ = self.events.set(events);
     }
 
     /// The store refused a write of `shared`'s record (it is gone or names another owner):

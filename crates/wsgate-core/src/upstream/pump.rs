@@ -86,6 +86,11 @@ pub async fn run(
 async fn on_state(shared: &Shared, from: Option<ConnectionState>, to: ConnectionState) {
     let metrics = &shared.parts.metrics;
     shared.gauge.set(metrics, to);
+    if let Some(manager) = shared.manager.upgrade()
+        && let Some(events) = manager.events.get()
+    {
+        events.upstream_state(&shared.id, from.map(state_name), state_name(to));
+    }
     if to == ConnectionState::CircuitOpen && from != Some(ConnectionState::CircuitOpen) {
         metrics.upstream_breaker_opens.inc();
         warn!(upstream_id = %shared.id, "upstream circuit breaker open");
