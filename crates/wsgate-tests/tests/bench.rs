@@ -69,3 +69,73 @@ async fn socketio_bench_delivers_every_publication_on_wsgate_and_the_node_peer()
         assert!(r["latency_p50_ms"].as_f64().unwrap() >= 0.0, "{r}");
     }
 }
+
+#[tokio::test]
+async fn cluster_bench_delivers_every_publication_across_three_nodes_on_redis_and_nats() {
+    let json =
+        std::env::temp_dir().join(format!("wsgate-bench-cluster-{}.json", std::process::id()));
+    let json_arg = json.to_str().unwrap();
+    // The bench starts its own redis-server and nats-server; `--baseline` adds Socket.IO with
+    // the Redis adapter in three Node processes (skipped without `node`).
+    let out = run_cli_within(
+        Duration::from_secs(180),
+        &[
+            "bench",
+            "--nodes",
+            "3",
+            "--engine",
+            "redis,nats",
+            "--baseline",
+            "--connections",
+            "30",
+            "--rate",
+            "5",
+            "--seconds",
+            "1",
+            "--latency-sample",
+            "3",
+            "--json",
+            json_arg,
+        ],
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let reports: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    let reports = reports.as_array().expect("a list of reports");
+    let servers: Vec<&str> = reports
+        .iter()
+        .map(|r| r["server"].as_str().unwrap())
+        .collect();
+    if node_installed() {
+        assert_eq!(
+            servers,
+            [
+                "socket.io 4.8 + redis adapter ×3",
+                "wsgate ×3 (redis)",
+                "wsgate ×3 (nats)"
+            ]
+        );
+        out.stdout_has("ratios wsgate ×3 (nats)/socket.io");
+    } else {
+        assert_eq!(servers, ["wsgate ×3 (redis)", "wsgate ×3 (nats)"]);
+    }
+    for r in reports {
+        // Every client of every node got every publication made through the first node.
+        assert_eq!(r["published"], 5, "{r}");
+        assert_eq!(r["expected_deliveries"], 150, "{r}");
+        assert_eq!(r["delivered"], 150, "{r}");
+        assert_eq!(r["lost"], 0, "{r}");
+        assert_eq!(r["node_cpu_seconds"].as_array().unwrap().len(), 3, "{r}");
+        assert!(r["latency_p99_ms"].as_f64().unwrap() >= 0.0, "{r}");
+        // The publications went through the bench's own Redis.
+        let scripts_or_publishes = ["evalsha", "publish"]
+            .iter()
+            .filter_map(|c| r["redis_commands"][c].as_u64())
+            .sum::<u64>();
+        assert!(scripts_or_publishes >= 5, "{r}");
+    }
+    assert!(reports.iter().any(|r| r["nats_cpu_seconds"].is_number()));
+}

@@ -87,9 +87,12 @@ pub struct ClusterReport {
     /// Redis and NATS together.
     pub broker_cpu_us_per_delivery: f64,
     pub broker_cpu_us_per_publication: f64,
-    /// Every command Redis ran during the publish phase (the nodes' lease renewals and
-    /// subscription pings included) over the publications.
+    /// The commands Redis ran during the publish phase beyond its idle rate, over the
+    /// publications. Redis counts a script's commands one by one besides the `EVALSHA`.
     pub redis_commands_per_publication: f64,
+    /// Commands per second while the subscribers idled (leases, presence, pings, polls).
+    pub redis_background_commands_per_second: f64,
+    /// Every command of the publish phase, by name, the background included.
     pub redis_commands: BTreeMap<String, u64>,
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
@@ -189,7 +192,16 @@ async fn run_one(args: &BenchArgs, deployment: Deployment) -> anyhow::Result<Clu
     if resent > 0 {
         eprintln!("   {resent} subscriptions went unanswered and were sent again");
     }
+    // The idle wait also measures what Redis runs without publications (leases, presence,
+    // pings, the views' polls), to tell the publications' own commands apart.
+    let idle_calls = services::redis_command_calls(&redis.url).await?;
+    let idle_started = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let background = services::calls_between(
+        &idle_calls,
+        &services::redis_command_calls(&redis.url).await?,
+    );
+    let background_per_second = commands(&background) as f64 / idle_started.elapsed().as_secs_f64();
     let rss_idle = rss_sum(&nodes)?;
     eprintln!(
         "   connected in {connect_seconds:.1}s over {} nodes, RSS {rss_before} KiB -> {rss_idle} KiB",
@@ -198,6 +210,7 @@ async fn run_one(args: &BenchArgs, deployment: Deployment) -> anyhow::Result<Clu
 
     let cpu_before = Cpu::read(&nodes, &redis, nats.as_ref())?;
     let calls_before = services::redis_command_calls(&redis.url).await?;
+    let publish_started = Instant::now();
     let publishing = progress::bar(args.rate as u64 * args.seconds, "publishing");
     let published = clients::publish(
         &format!("http://{}/api/v1/publish", nodes[0].addr),
@@ -217,6 +230,7 @@ async fn run_one(args: &BenchArgs, deployment: Deployment) -> anyhow::Result<Clu
     }
     let cpu_after = Cpu::read(&nodes, &redis, nats.as_ref())?;
     let calls_after = services::redis_command_calls(&redis.url).await?;
+    let publish_phase = publish_started.elapsed().as_secs_f64();
     let mut latencies = Vec::new();
     for (fleet, _) in fleets {
         latencies.extend(fleet.stop().await);
@@ -239,8 +253,8 @@ async fn run_one(args: &BenchArgs, deployment: Deployment) -> anyhow::Result<Clu
     let nodes_cpu: f64 = cpu.nodes.iter().sum();
     let broker_cpu = cpu.redis + cpu.nats.unwrap_or(0.0);
     let redis_commands = services::calls_between(&calls_before, &calls_after);
-    // The two INFO calls of the bench itself are not the deployment's.
-    let commands = redis_commands.values().sum::<u64>().saturating_sub(2);
+    let own_commands =
+        (commands(&redis_commands) as f64 - background_per_second * publish_phase).max(0.0);
     Ok(ClusterReport {
         server: name,
         engine,
@@ -260,7 +274,8 @@ async fn run_one(args: &BenchArgs, deployment: Deployment) -> anyhow::Result<Clu
         nats_cpu_seconds: cpu.nats,
         broker_cpu_us_per_delivery: broker_cpu * 1e6 / delivered.max(1) as f64,
         broker_cpu_us_per_publication: broker_cpu * 1e6 / published.max(1) as f64,
-        redis_commands_per_publication: commands as f64 / published.max(1) as f64,
+        redis_commands_per_publication: own_commands / published.max(1) as f64,
+        redis_background_commands_per_second: background_per_second,
         redis_commands,
         latency_p50_ms: percentile_ms(&latencies, 0.50),
         latency_p99_ms: percentile_ms(&latencies, 0.99),
@@ -330,6 +345,15 @@ async fn await_ready(addr: &str) -> anyhow::Result<()> {
     })
     .await
     .with_context(|| format!("node {addr} not ready within {READY_TIMEOUT:?}"))
+}
+
+/// Commands in a [`services::calls_between`] result, the bench's own `INFO` left out.
+fn commands(calls: &BTreeMap<String, u64>) -> u64 {
+    calls
+        .iter()
+        .filter(|(name, _)| name.as_str() != "info")
+        .map(|(_, n)| n)
+        .sum()
 }
 
 fn rss_sum(nodes: &[Node]) -> anyhow::Result<u64> {
