@@ -25,7 +25,7 @@ use clap::ValueEnum;
 use serde::Serialize;
 use tokio::process::Child;
 
-use super::clients::{self, Fleet};
+use super::clients::Fleet;
 use super::{BenchArgs, Protocol, ServerOpts, Target, percentile_ms, procfs, progress, socketio};
 use services::Service;
 
@@ -211,16 +211,7 @@ async fn run_one(args: &BenchArgs, deployment: Deployment) -> anyhow::Result<Clu
     let cpu_before = Cpu::read(&nodes, &redis, nats.as_ref())?;
     let calls_before = services::redis_command_calls(&redis.url).await?;
     let publish_started = Instant::now();
-    let publishing = progress::bar(args.rate as u64 * args.seconds, "publishing");
-    let published = clients::publish(
-        &format!("http://{}/api/v1/publish", nodes[0].addr),
-        args.rate,
-        Duration::from_secs(args.seconds),
-        args.payload,
-        &publishing,
-    )
-    .await?;
-    publishing.finish_and_clear();
+    let published = super::publish_through(args, &nodes[0].addr).await?;
     // One deadline for the whole fleet: the last deliveries of every node arrive together.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut delivered = 0;

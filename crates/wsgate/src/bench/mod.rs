@@ -383,16 +383,7 @@ async fn run_one(args: &BenchArgs, target: Target, opts: &ServerOpts) -> anyhow:
 
     let cpu_before = procfs::cpu_seconds(pid)?;
     let sampler = fleet.sample_deliveries(DELIVERY_SAMPLE);
-    let publishing = progress::bar(args.rate as u64 * args.seconds, "publishing");
-    let published = clients::publish(
-        &format!("http://{addr}/api/v1/publish"),
-        args.rate,
-        Duration::from_secs(args.seconds),
-        args.payload,
-        &publishing,
-    )
-    .await?;
-    publishing.finish_and_clear();
+    let published = publish_through(args, &addr).await?;
     let expected = published * args.connections as u64;
     let delivered = fleet.wait_for(expected, Duration::from_secs(30)).await;
     let cpu_after = procfs::cpu_seconds(pid)?;
@@ -426,6 +417,22 @@ async fn run_one(args: &BenchArgs, target: Target, opts: &ServerOpts) -> anyhow:
             deliveries,
         },
     })
+}
+
+/// The measured publish phase: `--rate` publishes per second for `--seconds` through the
+/// API of the node at `addr`, behind a progress bar; returns how many were accepted.
+async fn publish_through(args: &BenchArgs, addr: &str) -> anyhow::Result<u64> {
+    let publishing = progress::bar(args.rate as u64 * args.seconds, "publishing");
+    let published = clients::publish(
+        &format!("http://{addr}/api/v1/publish"),
+        args.rate,
+        Duration::from_secs(args.seconds),
+        args.payload,
+        &publishing,
+    )
+    .await?;
+    publishing.finish_and_clear();
+    Ok(published)
 }
 
 /// The `p` quantile (0 to 1) of sorted µs samples, in ms (NaN without samples).
