@@ -111,10 +111,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         args.nodes
     );
     let mut reports = Vec::new();
-    if args.baseline || args.baseline_only {
-        if let Some(dir) = socketio::peer(args.socketio_peer_dir.as_deref()).await? {
-            reports.push(run_one(args, Deployment::SocketIo(dir)).await?);
-        }
+    if (args.baseline || args.baseline_only)
+        && let Some(dir) = socketio::peer(args.socketio_peer_dir.as_deref()).await?
+    {
+        reports.push(run_one(args, Deployment::SocketIo(dir)).await?);
     }
     if !args.baseline_only {
         for &engine in &args.engine {
