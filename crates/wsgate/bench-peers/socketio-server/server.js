@@ -5,6 +5,11 @@
 //
 //   node server.js [HOST:PORT]      (default 127.0.0.1:0; prints "listening on http://ADDR")
 //
+// With SOCKETIO_REDIS_URL set (`wsgate bench --nodes N --baseline`), the server takes
+// @socket.io/redis-adapter on that Redis: a broadcast reaches the sockets of every process
+// (each process PUBLISHes its broadcasts and receives the others'), the way Socket.IO
+// applications scale past one process. It listens only once both Redis clients are connected.
+//
 // Client events, each with an acknowledgement:
 //   subscribe "<channel>" | {channel}  -> {ok, offset, epoch, recovered}
 //   unsubscribe "<channel>"            -> {ok}
@@ -99,11 +104,29 @@ io.on('connection', (socket) => {
   });
 });
 
-server.listen(port, host, () => {
+async function useRedisAdapter(url) {
+  const { createAdapter } = require('@socket.io/redis-adapter');
+  const { createClient } = require('redis');
+  const pub = createClient({ url });
+  const sub = pub.duplicate();
+  for (const c of [pub, sub]) c.on('error', (e) => console.error(`redis: ${e.message}`));
+  await Promise.all([pub.connect(), sub.connect()]);
+  io.adapter(createAdapter(pub, sub));
+}
+
+const ready = process.env.SOCKETIO_REDIS_URL
+  ? useRedisAdapter(process.env.SOCKETIO_REDIS_URL)
+  : Promise.resolve();
+
+ready.then(() => server.listen(port, host, () => {
   const a = server.address();
   const h = a.family === 'IPv6' ? `[${a.address}]` : a.address;
   // The bench reads this line (the address after "http://").
-  console.log(`socket.io ${require('socket.io/package.json').version} listening on http://${h}:${a.port}`);
+  const adapter = process.env.SOCKETIO_REDIS_URL ? ' (redis adapter)' : '';
+  console.log(`socket.io ${require('socket.io/package.json').version}${adapter} listening on http://${h}:${a.port}`);
+}), (e) => {
+  console.error(`cannot start: ${e.message}`);
+  process.exit(1);
 });
 
 process.on('SIGTERM', () => process.exit(0));

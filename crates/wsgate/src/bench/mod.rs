@@ -16,10 +16,14 @@
 //!
 //! `--protocol socketio` runs the same workload with clients speaking Socket.IO (`socketio`)
 //! against wsgate's `/socket.io/` edge; its baseline is a Socket.IO 4.8 server on Node.
+//!
+//! `--nodes N` (N > 1) runs the cross-node fan-out instead (`cluster`): N nodes on a Redis or
+//! NATS broker of the bench's own, its baseline Socket.IO 4.8 with the Redis adapter.
 
 pub mod baseline;
 mod clients;
 mod hooks;
+mod cluster;
 pub mod procfs;
 mod progress;
 mod soak;
@@ -65,6 +69,14 @@ pub struct BenchArgs {
     /// on Node (`bench-peers/socketio-server`, skipped when `node` is missing) for `socketio`.
     #[arg(long)]
     pub baseline: bool,
+    /// Cross-node fan-out: this many nodes (more than 1) behind one broker, the subscribers
+    /// split evenly over them, publishes through the first; `--baseline` is then Socket.IO 4.8
+    /// with its Redis adapter in as many Node processes.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
+    /// Cross-node fan-out: the broker(s) between the wsgate nodes, one run each (`redis,nats`).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "redis")]
+    pub engine: Vec<cluster::Engine>,
     /// Run only the baseline (no wsgate): to calibrate the machine or check the peer.
     #[arg(long)]
     pub baseline_only: bool,
@@ -157,6 +169,9 @@ pub fn main(args: BenchArgs) -> anyhow::Result<()> {
         }
         if args.soak_cycles > 0 {
             return soak::run(&args).await;
+        }
+        if args.nodes > 1 {
+            return cluster::run(&args).await;
         }
         let mut reports = Vec::new();
         if args.baseline || args.baseline_only {
@@ -269,6 +284,10 @@ pub(crate) struct ServerOpts {
     pub peer_dir: Option<PathBuf>,
     /// A configuration file for `wsgate serve --config` (the hooks bench's connect hook).
     pub config: Option<PathBuf>,
+    /// More `wsgate serve` arguments (the cluster bench's store and broker).
+    pub args: Vec<String>,
+    /// More environment variables, for every target.
+    pub env: Vec<(String, String)>,
 }
 
 async fn spawn_server_with(
@@ -306,6 +325,7 @@ async fn spawn_server_with(
             if let Some(ms) = opts.drain_timeout_ms {
                 cmd.args(["--drain-timeout-ms", &ms.to_string()]);
             }
+            cmd.args(&opts.args);
             if let Some(burst) = opts.ip_connect_burst {
                 cmd.env("WSGATE_IP_CONNECT_BURST", burst.to_string());
             }
@@ -321,6 +341,7 @@ async fn spawn_server_with(
         Target::NodeSocketIo => {}
     };
     let mut child = cmd
+        .envs(opts.env.iter().map(|(k, v)| (k, v)))
         .env("WSGATE_LOG", "warn")
         // The bench publishes through the API as fast as it measures.
         .env("WSGATE_API_RATE", "0")
@@ -378,16 +399,7 @@ async fn run_one(args: &BenchArgs, target: Target, opts: &ServerOpts) -> anyhow:
 
     let cpu_before = procfs::cpu_seconds(pid)?;
     let sampler = fleet.sample_deliveries(DELIVERY_SAMPLE);
-    let publishing = progress::bar(args.rate as u64 * args.seconds, "publishing");
-    let published = clients::publish(
-        &format!("http://{addr}/api/v1/publish"),
-        args.rate,
-        Duration::from_secs(args.seconds),
-        args.payload,
-        &publishing,
-    )
-    .await?;
-    publishing.finish_and_clear();
+    let published = publish_through(args, &addr).await?;
     let expected = published * args.connections as u64;
     let delivered = fleet.wait_for(expected, Duration::from_secs(30)).await;
     let cpu_after = procfs::cpu_seconds(pid)?;
@@ -397,13 +409,7 @@ async fn run_one(args: &BenchArgs, target: Target, opts: &ServerOpts) -> anyhow:
     drop(child);
 
     let cpu = cpu_after - cpu_before;
-    let pct = |p: f64| -> f64 {
-        if latencies.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((latencies.len() - 1) as f64 * p).round() as usize;
-        latencies[i] as f64 / 1000.0
-    };
+    let pct = |p| percentile_ms(&latencies, p);
     Ok(Report {
         server: target.name(),
         short: target.short(),
@@ -427,6 +433,31 @@ async fn run_one(args: &BenchArgs, target: Target, opts: &ServerOpts) -> anyhow:
             deliveries,
         },
     })
+}
+
+/// The measured publish phase: `--rate` publishes per second for `--seconds` through the
+/// API of the node at `addr`, behind a progress bar; returns how many were accepted.
+async fn publish_through(args: &BenchArgs, addr: &str) -> anyhow::Result<u64> {
+    let publishing = progress::bar(args.rate as u64 * args.seconds, "publishing");
+    let published = clients::publish(
+        &format!("http://{addr}/api/v1/publish"),
+        args.rate,
+        Duration::from_secs(args.seconds),
+        args.payload,
+        &publishing,
+    )
+    .await?;
+    publishing.finish_and_clear();
+    Ok(published)
+}
+
+/// The `p` quantile (0 to 1) of sorted µs samples, in ms (NaN without samples).
+fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted_us.len() - 1) as f64 * p).round() as usize;
+    sorted_us[i] as f64 / 1000.0
 }
 
 fn print_reports(reports: &[Report]) {

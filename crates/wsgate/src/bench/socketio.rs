@@ -127,7 +127,7 @@ async fn next_packet(ws: &mut Ws) -> anyhow::Result<String> {
 }
 
 /// The Node peer: `node server.js` in its directory, dependencies installed with `npm ci` when
-/// `node_modules` is missing. `None` (with the reason printed) when `node` is not installed.
+/// one of them is missing from `node_modules`. `None` (with the reason printed) when `node` is not installed.
 pub async fn peer(dir: Option<&Path>) -> anyhow::Result<Option<PathBuf>> {
     let dir = dir.map_or_else(|| PathBuf::from(PEER_DIR), Path::to_path_buf);
     anyhow::ensure!(
@@ -147,7 +147,11 @@ pub async fn peer(dir: Option<&Path>) -> anyhow::Result<Option<PathBuf>> {
         );
         return Ok(None);
     };
-    if !dir.join("node_modules/socket.io").exists() {
+    // A copy installed before the Redis adapter joined package.json lacks it: install again.
+    let installed = ["socket.io", "@socket.io/redis-adapter", "redis"]
+        .iter()
+        .all(|m| dir.join("node_modules").join(m).exists());
+    if !installed {
         eprintln!("   node {version}: npm ci in {}", dir.display());
         let status = tokio::time::timeout(
             Duration::from_secs(300),
