@@ -4,10 +4,9 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use crate::Conn;
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -17,19 +16,15 @@ use wsgate_core::seams::{
     StreamPosition, StreamReads,
 };
 
+use super::feed::{Event, Feed};
 use super::{
     ChannelStreams, Health, Keys, RedisConfig, broker_error, next_delay, reconnect_backoff,
 };
 
-/// How often the subscription connection is pinged, and how long an answer may take: a
-/// half-open connection is noticed within about three seconds.
-const PING_EVERY: Duration = Duration::from_secs(1);
-const PING_TIMEOUT: Duration = Duration::from_secs(2);
-
 pub struct RedisBroker {
     streams: Arc<ChannelStreams>,
     relay: Arc<Relay>,
-    conn: ConnectionManager,
+    conn: Conn,
     keys: Keys,
     sink: Arc<OnceLock<Arc<dyn Deliver>>>,
     subscribed: Arc<Health>,
@@ -44,8 +39,8 @@ impl RedisBroker {
         config: &RedisConfig,
         metrics: ClusterMetrics,
     ) -> Result<Self, BrokerError> {
-        let conn = config.manager().map_err(broker_error)?;
-        let keys = Keys::new(&config.key_prefix);
+        let conn = config.conn().map_err(broker_error)?;
+        let keys = Keys::new(&config.key_prefix, config.cluster);
         let streams = Arc::new(ChannelStreams::new(
             conn.clone(),
             keys.clone(),
@@ -56,7 +51,7 @@ impl RedisBroker {
         let sink = Arc::new(OnceLock::new());
         let subscribed = Arc::new(Health::default());
         let subscription = Subscription {
-            client: config.client().map_err(broker_error)?,
+            config: config.clone(),
             channels: [
                 keys.publications.clone(),
                 keys.users.clone(),
@@ -143,11 +138,14 @@ impl Broker for RedisBroker {
     }
 }
 
+/// How often an owed catch-up from history is tried again.
+const CATCH_UP_RETRY: Duration = Duration::from_millis(500);
+
 /// The node's one subscription: reconnects with backoff, resubscribes, catches up.
 struct Subscription {
-    client: redis::Client,
+    config: RedisConfig,
     channels: [String; 3],
-    conn: ConnectionManager,
+    conn: Conn,
     dispatcher: Dispatcher,
     /// The command connection's health (shared with the streams).
     health: Arc<Health>,
@@ -159,22 +157,21 @@ impl Subscription {
         let mut backoff = reconnect_backoff();
         let mut connected_before = false;
         loop {
-            match self.connect().await {
-                Ok(pubsub) => {
+            match Feed::open(&self.config, &self.channels).await {
+                Ok(feed) => {
                     backoff.reset();
                     self.check_commands().await;
                     self.subscribed.set(true);
-                    if connected_before {
-                        self.dispatcher.metrics().resubscriptions.inc();
-                        info!("redis subscription restored; catching up from history");
-                        self.dispatcher.resync().await;
+                    let caught_up = if connected_before {
+                        self.catch_up().await
                     } else {
                         info!(channels = ?self.channels, "redis subscription established");
-                    }
+                        true
+                    };
                     connected_before = true;
-                    let why = self.pump(pubsub).await;
+                    self.pump(feed, caught_up).await;
                     self.subscribed.set(false);
-                    warn!(reason = why, "redis subscription lost; reconnecting");
+                    warn!("redis subscription lost; reconnecting");
                 }
                 Err(e) => {
                     self.subscribed.set(false);
@@ -187,22 +184,11 @@ impl Subscription {
         }
     }
 
-    async fn connect(&self) -> Result<redis::aio::PubSub, redis::RedisError> {
-        let connect = async {
-            let mut pubsub = self.client.get_async_pubsub().await?;
-            for channel in &self.channels {
-                pubsub.subscribe(channel).await?;
-            }
-            Ok(pubsub)
-        };
-        tokio::time::timeout(PING_TIMEOUT, connect)
-            .await
-            .unwrap_or_else(|_| {
-                Err(redis::RedisError::from(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "subscribe timed out",
-                )))
-            })
+    /// Returns whether every channel is caught up.
+    async fn catch_up(&mut self) -> bool {
+        self.dispatcher.metrics().resubscriptions.inc();
+        info!("redis subscription restored; catching up from history");
+        self.dispatcher.resync().await
     }
 
     /// The command connection reconnects on its own; this makes its health known again.
@@ -211,30 +197,37 @@ impl Subscription {
         self.health.observe(&r);
     }
 
-    /// Reads the subscription until it fails. Returns why.
-    async fn pump(&mut self, pubsub: redis::aio::PubSub) -> &'static str {
-        let (mut sink, mut stream) = pubsub.split();
-        let mut ping = tokio::time::interval(PING_EVERY);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    /// Reads the subscription until it is gone. `caught_up` false: a catch-up is owed (the
+    /// history of some channel could not be read, e.g. its shard is still down) and is
+    /// retried every [`CATCH_UP_RETRY`] until it succeeds.
+    async fn pump(&mut self, mut feed: Feed, mut caught_up: bool) {
+        let mut retry = tokio::time::interval(CATCH_UP_RETRY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                msg = stream.next() => {
-                    let Some(msg) = msg else { return "connection closed" };
-                    match wire::decode(Bytes::copy_from_slice(msg.get_payload_bytes())) {
-                        Ok(envelope) => {
-                            self.dispatcher.on_envelope(envelope).await;
-                        }
-                        Err(e) => {
-                            self.dispatcher.metrics().malformed.inc();
-                            warn!(error = %e, channel = msg.get_channel_name(), "dropping message");
-                        }
-                    }
+            let event = tokio::select! {
+                event = feed.next() => event,
+                _ = retry.tick(), if !caught_up => {
+                    caught_up = self.dispatcher.resync().await;
+                    continue;
                 }
-                _ = ping.tick() => {
-                    let pong = tokio::time::timeout(PING_TIMEOUT, sink.ping::<redis::Value>()).await;
-                    if !matches!(pong, Ok(Ok(_))) {
-                        return "ping failed";
+            };
+            let Some(event) = event else { return };
+            match event {
+                Event::Message { channel, payload } => match wire::decode(payload) {
+                    Ok(envelope) => {
+                        self.dispatcher.on_envelope(envelope).await;
                     }
+                    Err(e) => {
+                        self.dispatcher.metrics().malformed.inc();
+                        warn!(error = %e, %channel, "dropping message");
+                    }
+                },
+                Event::Lost => self.subscribed.set(false),
+                // The cluster client re-subscribed by itself after losing a node.
+                Event::Resubscribed => {
+                    self.subscribed.set(true);
+                    self.check_commands().await;
+                    caught_up = self.catch_up().await;
                 }
             }
         }

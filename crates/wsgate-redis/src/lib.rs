@@ -52,6 +52,8 @@
 //! publications made while it was away are delivered (in order) or counted as lost.
 
 mod broker;
+mod conn;
+mod feed;
 mod forwarding;
 mod keys;
 mod lease;
@@ -64,6 +66,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub use broker::RedisBroker;
+pub(crate) use conn::Conn;
 pub use forwarding::RedisForwarding;
 pub use keys::Keys;
 pub use ownership::RedisOwnership;
@@ -76,8 +79,12 @@ use wsgate_core::seams::{BrokerError, StoreError};
 /// Settings shared by the Redis broker and store.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// e.g. `redis://127.0.0.1:6379/0`.
+    /// e.g. `redis://127.0.0.1:6379/0`. With `cluster`: one or more seed nodes of the
+    /// Redis Cluster, comma-separated (any one reachable node is enough to find the rest).
     pub url: String,
+    /// `url` names a Redis Cluster: commands follow its slot map (`MOVED`/`ASK`, fail-over),
+    /// the keys shared across channels carry one hash tag (see [`Keys`]).
+    pub cluster: bool,
     /// Prefix of every key and pub/sub channel. Default `wsgate`.
     pub key_prefix: String,
     /// Publications kept per channel (approximately: `MAXLEN ~`). 0 keeps none.
@@ -105,6 +112,7 @@ impl RedisConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            cluster: false,
             key_prefix: "wsgate".into(),
             history_size: 256,
             channel_ttl: Duration::from_secs(600),
@@ -137,8 +145,60 @@ impl RedisConfig {
         }
     }
 
-    /// A command connection that connects lazily and reconnects by itself.
-    pub(crate) fn manager(&self) -> Result<redis::aio::ConnectionManager, redis::RedisError> {
+    /// A command connection that connects lazily and reconnects by itself (to the one
+    /// Redis, or to every master of the cluster).
+    pub(crate) fn conn(&self) -> Result<Conn, redis::RedisError> {
+        if !self.cluster {
+            return Ok(Conn::Single(self.manager()?));
+        }
+        let client = self.cluster_client(false)?;
+        let config = redis::cluster::ClusterConfig::new()
+            .set_connection_timeout(Duration::from_secs(1))
+            .set_response_timeout(self.response_timeout);
+        Ok(Conn::Cluster(
+            client.get_pending_async_connection_with_config(config),
+        ))
+    }
+
+    /// The cluster's seed nodes (`url`, comma-separated).
+    pub(crate) fn seeds(&self) -> Vec<&str> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
+
+    /// A Redis Cluster client over `url`'s seeds; `resp3` for the pub/sub connections (the
+    /// cluster client delivers subscriptions as RESP3 pushes, and re-subscribes by itself
+    /// after a disconnection or a slot move).
+    pub(crate) fn cluster_client(
+        &self,
+        resp3: bool,
+    ) -> Result<redis::cluster::ClusterClient, redis::RedisError> {
+        let mut b = redis::cluster::ClusterClientBuilder::new(self.seeds())
+            .connection_timeout(Duration::from_secs(1))
+            .response_timeout(self.response_timeout)
+            // A fail-over takes the cluster `cluster-node-timeout` plus an election: a
+            // command retries across it (bounded) rather than failing at the first `MOVED`
+            // to a node that is not there yet.
+            .retries(4)
+            .min_retry_wait(50)
+            .max_retry_wait(500);
+        if resp3 {
+            b = b.use_protocol(redis::ProtocolVersion::RESP3);
+        }
+        if let Some(pem) = &self.ca_bundle {
+            b = b.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            });
+        }
+        b.build()
+    }
+
+    /// A single Redis command connection that connects lazily and reconnects by itself.
+    fn manager(&self) -> Result<redis::aio::ConnectionManager, redis::RedisError> {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(self.response_timeout))

@@ -5,9 +5,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::Conn;
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 use tokio::task::JoinHandle;
 use wsgate_core::memory::recover_from;
@@ -27,7 +27,7 @@ pub(crate) struct Appended {
 /// The channel log in Redis: the [`ChannelLog`] the Redis broker publishes through, and the
 /// one the NATS broker sequences with.
 pub struct ChannelStreams {
-    conn: ConnectionManager,
+    conn: Conn,
     keys: Keys,
     history_size: usize,
     /// Milliseconds the channel's keys live after its last publication (0: forever).
@@ -42,7 +42,7 @@ pub struct ChannelStreams {
 
 impl ChannelStreams {
     pub(crate) fn new(
-        conn: ConnectionManager,
+        conn: Conn,
         keys: Keys,
         config: &RedisConfig,
         metrics: ClusterMetrics,
@@ -69,8 +69,13 @@ impl ChannelStreams {
     /// A channel log for a broker that moves messages elsewhere (NATS): connects in the
     /// background and keeps its own health current. Needs a Tokio runtime.
     pub fn start(config: &RedisConfig, metrics: ClusterMetrics) -> Result<Self, BrokerError> {
-        let conn = config.manager().map_err(broker_error)?;
-        let mut streams = Self::new(conn.clone(), Keys::new(&config.key_prefix), config, metrics);
+        let conn = config.conn().map_err(broker_error)?;
+        let mut streams = Self::new(
+            conn.clone(),
+            Keys::new(&config.key_prefix, config.cluster),
+            config,
+            metrics,
+        );
         streams.watch = Some(wsgate_core::tasks::supervised(
             "history watch",
             watch(conn, streams.health.clone()),
@@ -103,17 +108,17 @@ impl ChannelStreams {
             .publish
             .key(self.keys.meta(&req.channel))
             .key(self.keys.stream(&req.channel))
-            .key(if announce {
-                self.keys.publications.as_str()
-            } else {
-                ""
-            })
             .arg(&*req.channel)
             .arg(&req.data[..])
             .arg(req.exclude_user.as_deref().unwrap_or(""))
             .arg(self.history_size)
             .arg(req.event.as_deref().unwrap_or(""))
             .arg(self.ttl_ms)
+            .arg(if announce {
+                self.keys.publications.as_str()
+            } else {
+                ""
+            })
             .invoke_async(&mut self.conn.clone())
             .await;
         self.observe(&r);
@@ -255,7 +260,7 @@ impl ChannelLog for ChannelStreams {
 
 /// Keeps the log's health current even without traffic, in its own task so that a slow
 /// Redis never holds up deliveries.
-async fn watch(conn: ConnectionManager, health: Arc<Health>) {
+async fn watch(conn: Conn, health: Arc<Health>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

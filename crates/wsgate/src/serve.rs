@@ -84,6 +84,10 @@ pub struct ServeArgs {
     ))]
     #[serde(skip_serializing_if = "Option::is_none")]
     redis_url: Option<String>,
+    /// `--redis-url` names a Redis Cluster (comma-separated seed nodes).
+    #[arg(long, env = "WSGATE_REDIS_CLUSTER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_cluster: Option<bool>,
     #[arg(long, env = "WSGATE_NATS_URL", hide_env_values = true, help = format!(
         "NATS URL (default {})",
         seams::DEFAULT_NATS_URL
