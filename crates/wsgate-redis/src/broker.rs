@@ -7,6 +7,8 @@ use std::time::Duration;
 use crate::Conn;
 use async_trait::async_trait;
 use bytes::Bytes;
+use dashmap::DashSet;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -28,7 +30,66 @@ pub struct RedisBroker {
     keys: Keys,
     sink: Arc<OnceLock<Arc<dyn Deliver>>>,
     subscribed: Arc<Health>,
+    /// Per-channel pub/sub only: asks the subscription task to receive a channel.
+    watch: Option<WatchRequests>,
     task: JoinHandle<()>,
+}
+
+/// How long a subscriber waits for its node to receive the channel.
+const WATCH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A channel to receive, and where to say once it is (or why not).
+type WatchRequest = (Arc<str>, oneshot::Sender<Result<(), String>>);
+
+struct WatchRequests {
+    /// The channels received now (read without asking the task: the common case).
+    set: Arc<DashSet<Arc<str>>>,
+    requests: mpsc::UnboundedSender<WatchRequest>,
+}
+
+/// The subscription task's side of per-channel pub/sub.
+struct PerChannel {
+    set: Arc<DashSet<Arc<str>>>,
+    requests: mpsc::UnboundedReceiver<WatchRequest>,
+    keys: Keys,
+    sink: Arc<OnceLock<Arc<dyn Deliver>>>,
+}
+
+impl PerChannel {
+    fn has_subscribers(&self, channel: &str) -> bool {
+        self.sink.get().is_some_and(|s| s.has_subscribers(channel))
+    }
+
+    /// Receives `channel` (its own pub/sub channel), unless already. An error means the
+    /// feed is broken.
+    async fn add(&self, feed: &mut Feed, channel: Arc<str>) -> Result<(), redis::RedisError> {
+        if !self.set.contains(&channel) {
+            feed.add(&self.keys.channel_pubsub(&channel)).await?;
+            self.set.insert(channel);
+        }
+        Ok(())
+    }
+
+    /// Stops receiving the channels without a local subscriber left. Taken out of the set
+    /// first and looked at again: a subscriber arriving meanwhile either sees the channel
+    /// missing and asks for it (queued behind this), or is seen here and keeps it.
+    async fn prune(&self, feed: &mut Feed) -> Result<(), redis::RedisError> {
+        let idle: Vec<Arc<str>> = self
+            .set
+            .iter()
+            .filter(|c| !self.has_subscribers(c.key()))
+            .map(|c| c.key().clone())
+            .collect();
+        for channel in idle {
+            self.set.remove(&channel);
+            if self.has_subscribers(&channel) {
+                self.set.insert(channel);
+                continue;
+            }
+            feed.remove(&self.keys.channel_pubsub(&channel)).await?;
+        }
+        Ok(())
+    }
 }
 
 impl RedisBroker {
@@ -50,7 +111,26 @@ impl RedisBroker {
         let relay = Arc::new(Relay::new(streams.clone(), metrics));
         let sink = Arc::new(OnceLock::new());
         let subscribed = Arc::new(Health::default());
+        let (watch, per_channel) = if config.per_channel_pubsub {
+            let set = Arc::new(DashSet::new());
+            let (tx, rx) = mpsc::unbounded_channel();
+            (
+                Some(WatchRequests {
+                    set: set.clone(),
+                    requests: tx,
+                }),
+                Some(PerChannel {
+                    set,
+                    requests: rx,
+                    keys: keys.clone(),
+                    sink: sink.clone(),
+                }),
+            )
+        } else {
+            (None, None)
+        };
         let subscription = Subscription {
+            per_channel,
             config: config.clone(),
             channels: [
                 keys.publications.clone(),
@@ -70,6 +150,7 @@ impl RedisBroker {
             keys,
             sink,
             subscribed,
+            watch,
             task,
         })
     }
@@ -119,6 +200,26 @@ impl Broker for RedisBroker {
         &*self.relay
     }
 
+    async fn watch(&self, channel: &str) -> Result<(), BrokerError> {
+        let Some(w) = &self.watch else {
+            return Ok(());
+        };
+        if w.set.contains(channel) {
+            return Ok(());
+        }
+        let (tx, rx) = oneshot::channel();
+        let gone = || BrokerError::Unavailable("the broker subscription is not running".into());
+        w.requests.send((channel.into(), tx)).map_err(|_| gone())?;
+        match tokio::time::timeout(WATCH_TIMEOUT, rx).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(BrokerError::Unavailable(e)),
+            Ok(Err(_)) => Err(gone()),
+            Err(_) => Err(BrokerError::Unavailable(
+                "subscribing to the channel timed out".into(),
+            )),
+        }
+    }
+
     /// Returns the number of nodes the send reached: to a connection, 1 when the node that
     /// holds it is subscribed, 0 when no such node.
     async fn send(&self, to: Recipient<'_>, data: Bytes) -> Result<usize, BrokerError> {
@@ -138,11 +239,31 @@ impl Broker for RedisBroker {
     }
 }
 
+/// How often channels without local subscribers stop being received (per-channel pub/sub):
+/// a channel is received at most this long after its last local subscriber left.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
+
+/// What the subscription task does next.
+enum Step {
+    Event(Option<Event>),
+    CatchUp,
+    Watch(Option<WatchRequest>),
+    Prune,
+}
+
+async fn recv_request(per_channel: &mut Option<PerChannel>) -> Option<WatchRequest> {
+    match per_channel {
+        Some(pc) => pc.requests.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// How often an owed catch-up from history is tried again.
 const CATCH_UP_RETRY: Duration = Duration::from_millis(500);
 
 /// The node's one subscription: reconnects with backoff, resubscribes, catches up.
 struct Subscription {
+    per_channel: Option<PerChannel>,
     config: RedisConfig,
     channels: [String; 3],
     conn: Conn,
@@ -157,7 +278,7 @@ impl Subscription {
         let mut backoff = reconnect_backoff();
         let mut connected_before = false;
         loop {
-            match Feed::open(&self.config, &self.channels).await {
+            match self.open().await {
                 Ok(feed) => {
                     backoff.reset();
                     self.check_commands().await;
@@ -184,6 +305,18 @@ impl Subscription {
         }
     }
 
+    /// Subscribes to the node's channels and to every channel it received before.
+    async fn open(&self) -> Result<Feed, redis::RedisError> {
+        let mut feed = Feed::open(&self.config, &self.channels).await?;
+        if let Some(pc) = &self.per_channel {
+            let again: Vec<Arc<str>> = pc.set.iter().map(|c| c.key().clone()).collect();
+            for channel in again {
+                feed.add(&pc.keys.channel_pubsub(&channel)).await?;
+            }
+        }
+        Ok(feed)
+    }
+
     /// Returns whether every channel is caught up.
     async fn catch_up(&mut self) -> bool {
         self.dispatcher.metrics().resubscriptions.inc();
@@ -203,11 +336,38 @@ impl Subscription {
     async fn pump(&mut self, mut feed: Feed, mut caught_up: bool) {
         let mut retry = tokio::time::interval(CATCH_UP_RETRY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut prune = tokio::time::interval(PRUNE_EVERY);
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let per_channel = self.per_channel.is_some();
         loop {
-            let event = tokio::select! {
-                event = feed.next() => event,
-                _ = retry.tick(), if !caught_up => {
+            let step = tokio::select! {
+                event = feed.next() => Step::Event(event),
+                _ = retry.tick(), if !caught_up => Step::CatchUp,
+                request = recv_request(&mut self.per_channel), if per_channel => Step::Watch(request),
+                _ = prune.tick(), if per_channel => Step::Prune,
+            };
+            let event = match step {
+                Step::Event(event) => event,
+                Step::CatchUp => {
                     caught_up = self.dispatcher.resync().await;
+                    continue;
+                }
+                Step::Watch(None) => return,
+                Step::Watch(Some((channel, ack))) => {
+                    let Some(pc) = &self.per_channel else { return };
+                    let r = pc.add(&mut feed, channel).await;
+                    let failed = r.is_err();
+                    let _ = ack.send(r.map_err(|e| e.to_string()));
+                    if failed {
+                        return;
+                    }
+                    continue;
+                }
+                Step::Prune => {
+                    let Some(pc) = &self.per_channel else { return };
+                    if pc.prune(&mut feed).await.is_err() {
+                        return;
+                    }
                     continue;
                 }
             };

@@ -52,7 +52,7 @@ enum Inner {
     },
     Cluster {
         // Kept for the subscriptions' lifetime: dropping it ends them.
-        _conn: ClusterConnection,
+        conn: ClusterConnection,
         pushes: mpsc::UnboundedReceiver<PushInfo>,
         /// A disconnection was seen and no subscription confirmed since.
         lost: bool,
@@ -115,11 +115,30 @@ impl Feed {
         }
         Ok(Self {
             inner: Inner::Cluster {
-                _conn: conn,
+                conn,
                 pushes,
                 lost: false,
             },
         })
+    }
+
+    /// Starts receiving one channel's own pub/sub channel (`P:{<channel>}:pub`): a shard
+    /// channel (`SSUBSCRIBE`, served by the channel's own shard) on a cluster, a classic one
+    /// on a single Redis (where both cost the same, and redis-rs's single-server `PubSub`
+    /// has no `SSUBSCRIBE`). Returns once the server confirmed it.
+    pub async fn add(&mut self, channel: &str) -> Result<(), redis::RedisError> {
+        match &mut self.inner {
+            Inner::Single { sink, .. } => sink.subscribe(channel).await,
+            Inner::Cluster { conn, .. } => conn.ssubscribe(channel).await,
+        }
+    }
+
+    /// Stops receiving what [`Feed::add`] started.
+    pub async fn remove(&mut self, channel: &str) -> Result<(), redis::RedisError> {
+        match &mut self.inner {
+            Inner::Single { sink, .. } => sink.unsubscribe(channel).await,
+            Inner::Cluster { conn, .. } => conn.sunsubscribe(channel).await,
+        }
     }
 
     /// The next event; `None` once the subscription is gone for good (reconnect then).

@@ -93,6 +93,12 @@ impl Keys {
         self.channel(channel, "stream")
     }
 
+    /// The channel's own pub/sub channel (per-channel announcements): in the channel's slot,
+    /// so `publish.lua` may `SPUBLISH` on it.
+    pub fn channel_pubsub(&self, channel: &str) -> String {
+        self.channel(channel, "pub")
+    }
+
     pub fn presence(&self, channel: &str) -> String {
         self.name(format_args!("presence:{channel}"))
     }

@@ -18,13 +18,18 @@
 //! | `P:{<channel>}:stream` | stream, TTL | bounded history (`MAXLEN ~ history_size`), entry id `<offset>-0`, fields `d` data, `t` µs, `x` excluded user, `e` Socket.IO event; expires with the meta |
 //! | `P:presence:<channel>` | hash | connection id → `<node>\n<user>` |
 //! | `P:alive:<node>` | string, TTL | the node's lease: the token of the one process running under that id; renewed every TTL/3 |
+//! | `P:lease-takes:<node>`, `P:instances`, `P:websocket-<id>`, `P:websocket-index` | | take counts, registered instances, upstream records and their index |
+//!
+//! On a Redis Cluster (`RedisConfig::cluster`) the shared keys (leases, take counts,
+//! instances, records, index) become `P:{shared}:…`: one slot, so the scripts that update
+//! them together stay atomic. The rule for new keys is in `keys.rs`.
 //! | `P:pub` | pub/sub | channel publications, for every node |
 //! | `P:user` | pub/sub | sends to a user, for every node |
 //! | `P:node:<node>` | pub/sub | sends to one connection, for the node that holds it |
 //!
 //! Why this shape:
 //! - The meta hash and the stream of a channel share a hash tag (`{<channel>}`), so they
-//!   live in one slot if the deployment ever moves to Redis Cluster, and one Lua script
+//!   live in one slot on Redis Cluster, and one Lua script
 //!   (`lua/publish.lua`) can increment the offset, append to the
 //!   stream and `PUBLISH` in a single round trip. Redis runs scripts one at a time, so the
 //!   order of `PUBLISH`es is the order of offsets: nodes receive every channel in order.
@@ -44,8 +49,12 @@
 //!   A SIGKILLed node stops refreshing it, so its entries drop out of every presence read
 //!   (and are deleted by it) at most `presence_ttl` after its last refresh: default 15 s.
 //!
+//! Commands go through [`Conn`]: a `ConnectionManager` on a single Redis, a redis-rs
+//! `cluster_async::ClusterConnection` on a cluster (which follows `MOVED`/`ASK` and
+//! fail-overs); subscriptions through `feed::Feed`, which hides the same difference.
+//!
 //! # Failure behaviour
-//! Commands go through a [`redis::aio::ConnectionManager`] with connection and response
+//! Commands go through a connection (see above) with connection and response
 //! timeouts, so a missing Redis costs a bounded wait and an `Unavailable` error, never a
 //! hang or a queue. The pub/sub connection is a separate task that reconnects with capped
 //! exponential backoff, resubscribes, then re-reads every channel it had seen so that
@@ -85,6 +94,10 @@ pub struct RedisConfig {
     /// `url` names a Redis Cluster: commands follow its slot map (`MOVED`/`ASK`, fail-over),
     /// the keys shared across channels carry one hash tag (see [`Keys`]).
     pub cluster: bool,
+    /// Announce each publication on its channel's own pub/sub channel, which a node
+    /// subscribes to only while it has local subscribers (`SSUBSCRIBE` on a cluster),
+    /// instead of on `P:pub` to every node. Default false.
+    pub per_channel_pubsub: bool,
     /// Prefix of every key and pub/sub channel. Default `wsgate`.
     pub key_prefix: String,
     /// Publications kept per channel (approximately: `MAXLEN ~`). 0 keeps none.
@@ -113,6 +126,7 @@ impl RedisConfig {
         Self {
             url: url.into(),
             cluster: false,
+            per_channel_pubsub: false,
             key_prefix: "wsgate".into(),
             history_size: 256,
             channel_ttl: Duration::from_secs(600),

@@ -438,7 +438,7 @@ impl Liveness {
         }
     }
 
-    /// Retries the removals that failed, in one pipeline. Returns whether Redis took them.
+    /// Retries the removals that failed, in one pipeline (one by one on a cluster). Returns whether Redis took them.
     async fn remove_departed(&self) -> bool {
         let batch: Vec<(Arc<str>, Arc<str>)> = self
             .departed

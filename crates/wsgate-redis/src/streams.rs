@@ -17,6 +17,28 @@ use wsgate_core::seams::{
 
 use super::{Health, Keys, RedisConfig, broker_error};
 
+/// Where the publish script announces a publication.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Announce {
+    /// On `P:pub`, which every node subscribes to.
+    AllNodes,
+    /// On the channel's own `P:{<channel>}:pub`, which only nodes with local subscribers
+    /// subscribe to: `SPUBLISH` (served by the channel's shard alone) on a cluster.
+    PerChannel { sharded: bool },
+}
+
+impl Announce {
+    pub fn of(config: &RedisConfig) -> Self {
+        if config.per_channel_pubsub {
+            Announce::PerChannel {
+                sharded: config.cluster,
+            }
+        } else {
+            Announce::AllNodes
+        }
+    }
+}
+
 /// What the publish script answers.
 pub(crate) struct Appended {
     pub publication: Publication,
@@ -30,6 +52,7 @@ pub struct ChannelStreams {
     conn: Conn,
     keys: Keys,
     history_size: usize,
+    announce: Announce,
     /// Milliseconds the channel's keys live after its last publication (0: forever).
     ttl_ms: u64,
     publish: Script,
@@ -51,6 +74,7 @@ impl ChannelStreams {
             conn,
             keys,
             history_size: config.history_size,
+            announce: Announce::of(config),
             ttl_ms: config.channel_ttl.as_millis() as u64,
             publish: Script::new(concat!(
                 include_str!("lua/timeline.lua"),
@@ -104,23 +128,25 @@ impl ChannelStreams {
         req: PublishRequest,
         announce: bool,
     ) -> Result<Appended, BrokerError> {
-        let r: Result<Value, _> = self
-            .publish
-            .key(self.keys.meta(&req.channel))
+        let mut call = self.publish.prepare_invoke();
+        call.key(self.keys.meta(&req.channel))
             .key(self.keys.stream(&req.channel))
             .arg(&*req.channel)
             .arg(&req.data[..])
             .arg(req.exclude_user.as_deref().unwrap_or(""))
             .arg(self.history_size)
             .arg(req.event.as_deref().unwrap_or(""))
-            .arg(self.ttl_ms)
-            .arg(if announce {
-                self.keys.publications.as_str()
-            } else {
-                ""
-            })
-            .invoke_async(&mut self.conn.clone())
-            .await;
+            .arg(self.ttl_ms);
+        match (announce, self.announce) {
+            (false, _) => call.arg("").arg(""),
+            (true, Announce::AllNodes) => call.arg(self.keys.publications.as_str()).arg(""),
+            // The channel's own pub/sub channel is in the channel's slot: a key of the script.
+            (true, Announce::PerChannel { sharded }) => call
+                .key(self.keys.channel_pubsub(&req.channel))
+                .arg("")
+                .arg(if sharded { "SPUBLISH" } else { "PUBLISH" }),
+        };
+        let r: Result<Value, _> = call.invoke_async(&mut self.conn.clone()).await;
         self.observe(&r);
         let items = array(r.map_err(broker_error)?)?;
         let [offset, epoch, at, receivers] = items.as_slice() else {

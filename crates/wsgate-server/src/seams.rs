@@ -83,6 +83,10 @@ pub struct ClusterConfig {
     /// `redis_url` names a Redis Cluster: one or more of its nodes, comma-separated (any
     /// one reachable is enough to find the rest). Default false. See docs/cluster.md.
     pub redis_cluster: bool,
+    /// Redis broker: announce each publication on its channel's own pub/sub channel, which
+    /// a node receives only while it has local subscribers (`SSUBSCRIBE` on a cluster),
+    /// instead of on one channel every node receives. Default false. See docs/cluster.md.
+    pub redis_per_channel_pubsub: bool,
     /// `rediss://` only: PEM file of CA certificates trusted in addition to the platform's
     /// roots (a deployment's own CA). Default none.
     pub redis_ca_file: Option<PathBuf>,
@@ -139,6 +143,7 @@ impl Default for ClusterConfig {
             broker: BrokerKind::default(),
             redis_url: DEFAULT_REDIS_URL.into(),
             redis_cluster: false,
+            redis_per_channel_pubsub: false,
             redis_ca_file: None,
             nats_url: DEFAULT_NATS_URL.into(),
             nats_user: None,
@@ -249,6 +254,7 @@ impl ClusterConfig {
     pub fn redis(&self) -> anyhow::Result<wsgate_redis::RedisConfig> {
         let mut r = wsgate_redis::RedisConfig::new(self.redis_url.clone());
         r.cluster = self.redis_cluster;
+        r.per_channel_pubsub = self.redis_per_channel_pubsub;
         r.lease_ttl = Duration::from_millis(self.lease_ttl_ms);
         if let Some(key) = self.cluster_key_text()? {
             r.cluster_key = Some(

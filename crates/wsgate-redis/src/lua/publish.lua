@@ -4,12 +4,14 @@
 --
 -- KEYS[1] meta hash {e = epoch, o = offset, r = run id}
 -- KEYS[2] history stream (entry ids are "<offset>-0")
+-- KEYS[3] (optional) the channel's own pub/sub channel (same hash tag, so same slot)
 -- ARGV[1] channel name   ARGV[2] data   ARGV[3] excluded user ("" = none)
 -- ARGV[4] history size (0 = keep no history)   ARGV[5] Socket.IO event ("" = none)
 -- ARGV[6] milliseconds the channel's keys live after this publication (0 = forever)
 -- ARGV[7] pub/sub channel of the nodes ("" = do not publish: the NATS broker does that).
 --         An argument, not a key: a classic pub/sub channel belongs to no slot, and in a
 --         Redis Cluster every key of a script must hash to the slot of KEYS[1].
+-- ARGV[8] with KEYS[3]: 'SPUBLISH' (a shard channel, Redis Cluster) or 'PUBLISH'
 -- Returns { offset, epoch, published_at_us, receivers }
 local t = redis.call('TIME')
 -- Built as text: Lua numbers would print 16 digits in exponent notation.
@@ -39,11 +41,15 @@ if ttl > 0 then
   end
 end
 local receivers = 0
-if ARGV[7] ~= '' then
+if KEYS[3] or ARGV[7] ~= '' then
   -- Wire format (see wire.rs): "c <offset> <epoch> <us> <len(channel)> <len(exclude)> <len(event)>\n"
   -- followed by channel, excluded user, event and data.
   local msg = 'c ' .. offset .. ' ' .. epoch .. ' ' .. now_us .. ' ' .. #ARGV[1] .. ' ' .. #ARGV[3]
     .. ' ' .. #ARGV[5] .. '\n' .. ARGV[1] .. ARGV[3] .. ARGV[5] .. ARGV[2]
-  receivers = redis.call('PUBLISH', ARGV[7], msg)
+  if KEYS[3] then
+    receivers = redis.call(ARGV[8], KEYS[3], msg)
+  else
+    receivers = redis.call('PUBLISH', ARGV[7], msg)
+  end
 end
 return { offset, epoch, now_us, receivers }
