@@ -85,7 +85,7 @@ pub struct ClusterConfig {
     pub redis_cluster: bool,
     /// Redis broker: announce each publication on its channel's own pub/sub channel, which
     /// a node receives only while it has local subscribers (`SSUBSCRIBE` on a cluster),
-    /// instead of on one channel every node receives. Default false. See docs/cluster.md.
+    /// instead of on one channel every node receives. Default true. See docs/cluster.md.
     pub redis_per_channel_pubsub: bool,
     /// `rediss://` only: PEM file of CA certificates trusted in addition to the platform's
     /// roots (a deployment's own CA). Default none.
@@ -143,7 +143,7 @@ impl Default for ClusterConfig {
             broker: BrokerKind::default(),
             redis_url: DEFAULT_REDIS_URL.into(),
             redis_cluster: false,
-            redis_per_channel_pubsub: false,
+            redis_per_channel_pubsub: true,
             redis_ca_file: None,
             nats_url: DEFAULT_NATS_URL.into(),
             nats_user: None,

@@ -208,3 +208,132 @@ async fn a_killed_master_costs_its_shard_only_and_the_gateway_recovers() {
         .await;
     assert_eq!(r["gap"], "epoch_changed", "{r}");
 }
+
+const PER_CHANNEL: [&str; 2] = ["--redis-per-channel-pubsub", "true"];
+
+/// How many subscribers a shard channel has, asked of the master that serves it.
+async fn shard_subscribers(redis: &RedisClusterServer, channel: &str) -> u64 {
+    let master = redis.master_of(&meta(channel)).await;
+    let out = redis.masters[master]
+        .cli(&["PUBSUB", "SHARDNUMSUB", &format!("{PREFIX}:{{{channel}}}:pub")])
+        .await;
+    out.lines().last().and_then(|l| l.trim().parse().ok()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn sharded_pubsub_reaches_only_the_nodes_with_subscribers() {
+    let redis = RedisClusterServer::start().await;
+    let a = redis.node("rs-a", PREFIX, &PER_CHANNEL).await;
+    let b = redis.node("rs-b", PREFIX, &PER_CHANNEL).await;
+    let _idle = redis.node("rs-c", PREFIX, &PER_CHANNEL).await;
+    assert_eq!(shard_subscribers(&redis, "room").await, 0);
+
+    // One node with a subscriber: one shard subscription, taken before `subscribed`.
+    let mut c = Client::subscribed(&a.ws_url(), "room").await;
+    assert_eq!(shard_subscribers(&redis, "room").await, 1);
+    // In order, published through the other two nodes.
+    for i in 1..=30u64 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(node.publish("room", json!(i)).await, i);
+    }
+    for i in 1..=30u64 {
+        assert_eq!(
+            c.recv().await,
+            json!({"op":"message","channel":"room","offset":i,"data":i})
+        );
+    }
+    // A second node with a subscriber joins the shard channel; a user send still works.
+    let mut on_b = Client::subscribed(&b.ws_url(), "room").await;
+    assert_eq!(shard_subscribers(&redis, "room").await, 2);
+    a.publish("room", json!("both")).await;
+    assert_eq!(on_b.recv().await["data"], "both");
+    assert_eq!(c.recv().await["data"], "both");
+
+    // The last local subscriber leaves: the node stops receiving the channel.
+    drop(on_b);
+    poll("rs-b unsubscribed from the shard", WAIT, || async {
+        (shard_subscribers(&redis, "room").await == 1).then_some(())
+    })
+    .await;
+    drop(c);
+    poll("rs-a unsubscribed from the shard", WAIT, || async {
+        (shard_subscribers(&redis, "room").await == 0).then_some(())
+    })
+    .await;
+
+    // And subscribes again when a subscriber comes back, with history from its position.
+    let mut again = Client::connect(&a.ws_url()).await;
+    let r = again.subscribe("room").await;
+    assert_eq!(r["offset"], 31, "{r}");
+    assert_eq!(shard_subscribers(&redis, "room").await, 1);
+    b.publish("room", json!("again")).await;
+    assert_eq!(again.recv().await["offset"], 32);
+}
+
+/// CPU time (ns) of every thread of a process so far (`/proc/<pid>/task/*/schedstat`).
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// docs/benchmarks.md: ten nodes on the three-master cluster, one channel subscribed on one
+/// of them, 2,000 publications through that node: what the nine others spend, with every
+/// publication announced to every node (`P:pub`) and with sharded pub/sub. Run with
+/// `cargo test -p wsgate-tests --test redis_cluster -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement (about a minute), not a check"]
+async fn measure_what_idle_nodes_spend_per_publication() {
+    const NODES: usize = 10;
+    const PUBLICATIONS: u64 = 2_000;
+    let redis = RedisClusterServer::start().await;
+    for per_channel in [false, true] {
+        let prefix = if per_channel { "m-shard" } else { "m-all" };
+        let flag = if per_channel { "true" } else { "false" };
+        let mut nodes = Vec::new();
+        for i in 0..NODES {
+            let extra = ["--redis-per-channel-pubsub", flag];
+            nodes.push(redis.node(&format!("{prefix}-{i}"), prefix, &extra).await);
+        }
+        let mut sub = Client::subscribed(&nodes[0].ws_url(), "bench").await;
+        let idle: Vec<u32> = nodes[1..].iter().map(|n| n.0.child.id().unwrap()).collect();
+        let receivers = if per_channel {
+            let master = redis.master_of(&format!("{prefix}:{{bench}}:meta")).await;
+            redis.masters[master]
+                .cli(&["PUBSUB", "SHARDNUMSUB", &format!("{prefix}:{{bench}}:pub")])
+                .await
+        } else {
+            redis.cli(&["PUBSUB", "NUMSUB", &format!("{prefix}:pub")]).await
+        };
+        let before: u64 = idle.iter().map(|p| cpu_ns(*p)).sum();
+        let started = std::time::Instant::now();
+        let url = nodes[0].url("/api/v1/publish");
+        let publishers: Vec<_> = (0..2)
+            .map(|p| tokio::spawn(support::publish_numbered(url.clone(), "bench", p, PUBLICATIONS / 2)))
+            .collect();
+        for p in publishers {
+            within("publishers", p).await.unwrap();
+        }
+        for _ in 0..PUBLICATIONS {
+            sub.recv().await;
+        }
+        let elapsed = started.elapsed();
+        let after: u64 = idle.iter().map(|p| cpu_ns(*p)).sum();
+        let spent_us = (after - before) as f64 / 1e3;
+        // The same nine over a window as long without traffic: leases, pings, sweeps.
+        tokio::time::sleep(elapsed).await;
+        let background_us = (idle.iter().map(|p| cpu_ns(*p)).sum::<u64>() - after) as f64 / 1e3;
+        println!(
+            "{}: {PUBLICATIONS} publications in {elapsed:?}; the 9 idle nodes spent {:.0} ms CPU (background alone over as long: {:.0} ms), {:.1} µs per publication beyond background (all 9 together); subscribers on the announce channel (Redis): {}",
+            if per_channel { "sharded pub/sub" } else { "one channel to every node" },
+            spent_us / 1e3,
+            background_us / 1e3,
+            (spent_us - background_us) / PUBLICATIONS as f64,
+            receivers.split_whitespace().last().unwrap_or("?"),
+        );
+    }
+}
