@@ -23,7 +23,8 @@
 //! On a Redis Cluster (`RedisConfig::cluster`) the shared keys (leases, take counts,
 //! instances, records, index) become `P:{shared}:…`: one slot, so the scripts that update
 //! them together stay atomic. The rule for new keys is in `keys.rs`.
-//! | `P:pub` | pub/sub | channel publications, for every node |
+//! | `P:{<channel>}:pub` | pub/sub (shard channel on a cluster) | the channel's publications, for the nodes with local subscribers (`RedisConfig::per_channel_pubsub`) |
+//! | `P:pub` | pub/sub | channel publications, for every node (per-channel pub/sub off) |
 //! | `P:user` | pub/sub | sends to a user, for every node |
 //! | `P:node:<node>` | pub/sub | sends to one connection, for the node that holds it |
 //!
@@ -42,8 +43,9 @@
 //!   (an AOF missing its last second, a snapshot restore) or a fail-over (a replica behind
 //!   its master) may hold lower offsets than were handed out, so a different run id rotates
 //!   the epoch too; offsets never go back under one epoch.
-//! - Each node holds exactly three subscriptions (`P:pub`, `P:user`, `P:node:<self>`),
-//!   whatever the number of clients; the node filters locally. Sends to one connection only
+//! - Each node holds three subscriptions (`P:pub`, `P:user`, `P:node:<self>`) plus, in
+//!   per-channel mode, one per channel it has local subscribers for; the node filters
+//!   locally. Sends to one connection only
 //!   reach the node named in the connection id.
 //! - Presence entries carry their node; a node is alive while `P:alive:<node>` exists.
 //!   A SIGKILLed node stops refreshing it, so its entries drop out of every presence read

@@ -57,6 +57,16 @@ impl RedisServer {
     }
 
     pub async fn start_with(persistence: Persistence) -> Self {
+        Self::launch(persistence, None).await
+    }
+
+    /// A `redis-server --cluster-enabled yes` without slots yet (see [`RedisClusterServer`]).
+    async fn start_cluster_member() -> Self {
+        Self::launch(Persistence::None, Some(free_port())).await
+    }
+
+    /// On a free port, in a fresh working directory.
+    async fn launch(persistence: Persistence, bus_port: Option<u16>) -> Self {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("wsgate-redis-{port}"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -66,24 +76,7 @@ impl RedisServer {
             child: None,
             persistence,
             dir,
-            bus_port: None,
-        };
-        s.restart().await;
-        s
-    }
-
-    /// A `redis-server --cluster-enabled yes` without slots yet (see [`RedisClusterServer`]).
-    async fn start_cluster_member() -> Self {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("wsgate-redis-{port}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("redis data dir");
-        let mut s = Self {
-            port,
-            child: None,
-            persistence: Persistence::None,
-            dir,
-            bus_port: Some(free_port()),
+            bus_port,
         };
         s.restart().await;
         s
