@@ -73,7 +73,11 @@ impl PerChannel {
     /// Stops receiving the channels without a local subscriber left. Taken out of the set
     /// first and looked at again: a subscriber arriving meanwhile either sees the channel
     /// missing and asks for it (queued behind this), or is seen here and keeps it.
-    async fn prune(&self, feed: &mut Feed) -> Result<(), redis::RedisError> {
+    async fn prune(
+        &self,
+        feed: &mut Feed,
+        dispatcher: &mut Dispatcher,
+    ) -> Result<(), redis::RedisError> {
         let idle: Vec<Arc<str>> = self
             .set
             .iter()
@@ -87,6 +91,7 @@ impl PerChannel {
                 continue;
             }
             feed.remove(&self.keys.channel_pubsub(&channel)).await?;
+            dispatcher.forget(&channel);
         }
         Ok(())
     }
@@ -365,7 +370,7 @@ impl Subscription {
                 }
                 Step::Prune => {
                     let Some(pc) = &self.per_channel else { return };
-                    if pc.prune(&mut feed).await.is_err() {
+                    if pc.prune(&mut feed, &mut self.dispatcher).await.is_err() {
                         return;
                     }
                     continue;

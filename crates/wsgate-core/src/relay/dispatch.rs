@@ -234,6 +234,14 @@ impl Dispatcher {
         }
     }
 
+    /// This node stopped receiving `channel` (its last local subscriber left): its ordering
+    /// state goes, so that a later subscriber starts from its own position rather than
+    /// from an offset delivered long ago (which would look like a hole to fill).
+    pub fn forget(&mut self, channel: &str) {
+        self.channels.remove(channel);
+        self.relay.joins.remove(channel);
+    }
+
     /// After the subscription was lost: catches every known channel up with history.
     /// Returns whether every channel was read (false: the log did not answer for some;
     /// call again, what was caught up is not delivered twice).
