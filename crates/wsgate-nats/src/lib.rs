@@ -326,7 +326,8 @@ impl NodeLoop {
                 _ = reconnected.notified() => {
                     if connected_before {
                         self.dispatcher.metrics().resubscriptions.inc();
-                        self.dispatcher.resync().await;
+                        // Best effort here; a hole left shows at the channel's next publication.
+                        let _ = self.dispatcher.resync().await;
                     }
                     connected_before = true;
                 }

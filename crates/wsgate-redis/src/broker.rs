@@ -4,10 +4,11 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use crate::Conn;
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
+use dashmap::DashSet;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -17,24 +18,84 @@ use wsgate_core::seams::{
     Recipient, ServerSubscription, StreamPosition, StreamReads,
 };
 
+use super::feed::{Event, Feed};
 use super::streams::Appended;
 use super::{
     ChannelStreams, Health, Keys, RedisConfig, broker_error, next_delay, reconnect_backoff,
 };
 
-/// How often the subscription connection is pinged, and how long an answer may take: a
-/// half-open connection is noticed within about three seconds.
-const PING_EVERY: Duration = Duration::from_secs(1);
-const PING_TIMEOUT: Duration = Duration::from_secs(2);
-
 pub struct RedisBroker {
     streams: Arc<ChannelStreams>,
     relay: Arc<Relay>,
-    conn: ConnectionManager,
+    conn: Conn,
     keys: Keys,
     sink: Arc<OnceLock<Arc<dyn Deliver>>>,
     subscribed: Arc<Health>,
+    /// Per-channel pub/sub only: asks the subscription task to receive a channel.
+    watch: Option<WatchRequests>,
     task: JoinHandle<()>,
+}
+
+/// How long a subscriber waits for its node to receive the channel.
+const WATCH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A channel to receive, and where to say once it is (or why not).
+type WatchRequest = (Arc<str>, oneshot::Sender<Result<(), String>>);
+
+struct WatchRequests {
+    /// The channels received now (read without asking the task: the common case).
+    set: Arc<DashSet<Arc<str>>>,
+    requests: mpsc::UnboundedSender<WatchRequest>,
+}
+
+/// The subscription task's side of per-channel pub/sub.
+struct PerChannel {
+    set: Arc<DashSet<Arc<str>>>,
+    requests: mpsc::UnboundedReceiver<WatchRequest>,
+    keys: Keys,
+    sink: Arc<OnceLock<Arc<dyn Deliver>>>,
+}
+
+impl PerChannel {
+    fn has_subscribers(&self, channel: &str) -> bool {
+        self.sink.get().is_some_and(|s| s.has_subscribers(channel))
+    }
+
+    /// Receives `channel` (its own pub/sub channel), unless already. An error means the
+    /// feed is broken.
+    async fn add(&self, feed: &mut Feed, channel: Arc<str>) -> Result<(), redis::RedisError> {
+        if !self.set.contains(&channel) {
+            feed.add(&self.keys.channel_pubsub(&channel)).await?;
+            self.set.insert(channel);
+        }
+        Ok(())
+    }
+
+    /// Stops receiving the channels without a local subscriber left. Taken out of the set
+    /// first and looked at again: a subscriber arriving meanwhile either sees the channel
+    /// missing and asks for it (queued behind this), or is seen here and keeps it.
+    async fn prune(
+        &self,
+        feed: &mut Feed,
+        dispatcher: &mut Dispatcher,
+    ) -> Result<(), redis::RedisError> {
+        let idle: Vec<Arc<str>> = self
+            .set
+            .iter()
+            .filter(|c| !self.has_subscribers(c.key()))
+            .map(|c| c.key().clone())
+            .collect();
+        for channel in idle {
+            self.set.remove(&channel);
+            if self.has_subscribers(&channel) {
+                self.set.insert(channel);
+                continue;
+            }
+            feed.remove(&self.keys.channel_pubsub(&channel)).await?;
+            dispatcher.forget(&channel);
+        }
+        Ok(())
+    }
 }
 
 impl RedisBroker {
@@ -45,8 +106,8 @@ impl RedisBroker {
         config: &RedisConfig,
         metrics: ClusterMetrics,
     ) -> Result<Self, BrokerError> {
-        let conn = config.manager().map_err(broker_error)?;
-        let keys = Keys::new(&config.key_prefix);
+        let conn = config.conn().map_err(broker_error)?;
+        let keys = Keys::new(&config.key_prefix, config.cluster);
         let streams = Arc::new(ChannelStreams::new(
             conn.clone(),
             keys.clone(),
@@ -56,8 +117,27 @@ impl RedisBroker {
         let relay = Arc::new(Relay::new(streams.clone(), metrics));
         let sink = Arc::new(OnceLock::new());
         let subscribed = Arc::new(Health::default());
+        let (watch, per_channel) = if config.per_channel_pubsub {
+            let set = Arc::new(DashSet::new());
+            let (tx, rx) = mpsc::unbounded_channel();
+            (
+                Some(WatchRequests {
+                    set: set.clone(),
+                    requests: tx,
+                }),
+                Some(PerChannel {
+                    set,
+                    requests: rx,
+                    keys: keys.clone(),
+                    sink: sink.clone(),
+                }),
+            )
+        } else {
+            (None, None)
+        };
         let subscription = Subscription {
-            client: config.client().map_err(broker_error)?,
+            per_channel,
+            config: config.clone(),
             channels: [
                 keys.publications.clone(),
                 keys.users.clone(),
@@ -76,6 +156,7 @@ impl RedisBroker {
             keys,
             sink,
             subscribed,
+            watch,
             task,
         })
     }
@@ -166,6 +247,26 @@ impl Broker for RedisBroker {
         &*self.relay
     }
 
+    async fn watch(&self, channel: &str) -> Result<(), BrokerError> {
+        let Some(w) = &self.watch else {
+            return Ok(());
+        };
+        if w.set.contains(channel) {
+            return Ok(());
+        }
+        let (tx, rx) = oneshot::channel();
+        let gone = || BrokerError::Unavailable("the broker subscription is not running".into());
+        w.requests.send((channel.into(), tx)).map_err(|_| gone())?;
+        match tokio::time::timeout(WATCH_TIMEOUT, rx).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(BrokerError::Unavailable(e)),
+            Ok(Err(_)) => Err(gone()),
+            Err(_) => Err(BrokerError::Unavailable(
+                "subscribing to the channel timed out".into(),
+            )),
+        }
+    }
+
     /// Returns the number of nodes the send reached: to a connection, 1 when the node that
     /// holds it is subscribed, 0 when no such node.
     async fn send(&self, to: Recipient<'_>, data: Bytes) -> Result<usize, BrokerError> {
@@ -188,11 +289,34 @@ impl Broker for RedisBroker {
     }
 }
 
+/// How often channels without local subscribers stop being received (per-channel pub/sub):
+/// a channel is received at most this long after its last local subscriber left.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
+
+/// What the subscription task does next.
+enum Step {
+    Event(Option<Event>),
+    CatchUp,
+    Watch(Option<WatchRequest>),
+    Prune,
+}
+
+async fn recv_request(per_channel: &mut Option<PerChannel>) -> Option<WatchRequest> {
+    match per_channel {
+        Some(pc) => pc.requests.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How often an owed catch-up from history is tried again.
+const CATCH_UP_RETRY: Duration = Duration::from_millis(500);
+
 /// The node's one subscription: reconnects with backoff, resubscribes, catches up.
 struct Subscription {
-    client: redis::Client,
+    per_channel: Option<PerChannel>,
+    config: RedisConfig,
     channels: [String; 3],
-    conn: ConnectionManager,
+    conn: Conn,
     dispatcher: Dispatcher,
     /// The command connection's health (shared with the streams).
     health: Arc<Health>,
@@ -204,22 +328,21 @@ impl Subscription {
         let mut backoff = reconnect_backoff();
         let mut connected_before = false;
         loop {
-            match self.connect().await {
-                Ok(pubsub) => {
+            match self.open().await {
+                Ok(feed) => {
                     backoff.reset();
                     self.check_commands().await;
                     self.subscribed.set(true);
-                    if connected_before {
-                        self.dispatcher.metrics().resubscriptions.inc();
-                        info!("redis subscription restored; catching up from history");
-                        self.dispatcher.resync().await;
+                    let caught_up = if connected_before {
+                        self.catch_up().await
                     } else {
                         info!(channels = ?self.channels, "redis subscription established");
-                    }
+                        true
+                    };
                     connected_before = true;
-                    let why = self.pump(pubsub).await;
+                    self.pump(feed, caught_up).await;
                     self.subscribed.set(false);
-                    warn!(reason = why, "redis subscription lost; reconnecting");
+                    warn!("redis subscription lost; reconnecting");
                 }
                 Err(e) => {
                     self.subscribed.set(false);
@@ -232,22 +355,23 @@ impl Subscription {
         }
     }
 
-    async fn connect(&self) -> Result<redis::aio::PubSub, redis::RedisError> {
-        let connect = async {
-            let mut pubsub = self.client.get_async_pubsub().await?;
-            for channel in &self.channels {
-                pubsub.subscribe(channel).await?;
+    /// Subscribes to the node's channels and to every channel it received before.
+    async fn open(&self) -> Result<Feed, redis::RedisError> {
+        let mut feed = Feed::open(&self.config, &self.channels).await?;
+        if let Some(pc) = &self.per_channel {
+            let again: Vec<Arc<str>> = pc.set.iter().map(|c| c.key().clone()).collect();
+            for channel in again {
+                feed.add(&pc.keys.channel_pubsub(&channel)).await?;
             }
-            Ok(pubsub)
-        };
-        tokio::time::timeout(PING_TIMEOUT, connect)
-            .await
-            .unwrap_or_else(|_| {
-                Err(redis::RedisError::from(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "subscribe timed out",
-                )))
-            })
+        }
+        Ok(feed)
+    }
+
+    /// Returns whether every channel is caught up.
+    async fn catch_up(&mut self) -> bool {
+        self.dispatcher.metrics().resubscriptions.inc();
+        info!("redis subscription restored; catching up from history");
+        self.dispatcher.resync().await
     }
 
     /// The command connection reconnects on its own; this makes its health known again.
@@ -256,30 +380,64 @@ impl Subscription {
         self.health.observe(&r);
     }
 
-    /// Reads the subscription until it fails. Returns why.
-    async fn pump(&mut self, pubsub: redis::aio::PubSub) -> &'static str {
-        let (mut sink, mut stream) = pubsub.split();
-        let mut ping = tokio::time::interval(PING_EVERY);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    /// Reads the subscription until it is gone. `caught_up` false: a catch-up is owed (the
+    /// history of some channel could not be read, e.g. its shard is still down) and is
+    /// retried every [`CATCH_UP_RETRY`] until it succeeds.
+    async fn pump(&mut self, mut feed: Feed, mut caught_up: bool) {
+        let mut retry = tokio::time::interval(CATCH_UP_RETRY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut prune = tokio::time::interval(PRUNE_EVERY);
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let per_channel = self.per_channel.is_some();
         loop {
-            tokio::select! {
-                msg = stream.next() => {
-                    let Some(msg) = msg else { return "connection closed" };
-                    match wire::decode(Bytes::copy_from_slice(msg.get_payload_bytes())) {
-                        Ok(envelope) => {
-                            self.dispatcher.on_envelope(envelope).await;
-                        }
-                        Err(e) => {
-                            self.dispatcher.metrics().malformed.inc();
-                            warn!(error = %e, channel = msg.get_channel_name(), "dropping message");
-                        }
-                    }
+            let step = tokio::select! {
+                event = feed.next() => Step::Event(event),
+                _ = retry.tick(), if !caught_up => Step::CatchUp,
+                request = recv_request(&mut self.per_channel), if per_channel => Step::Watch(request),
+                _ = prune.tick(), if per_channel => Step::Prune,
+            };
+            let event = match step {
+                Step::Event(event) => event,
+                Step::CatchUp => {
+                    caught_up = self.dispatcher.resync().await;
+                    continue;
                 }
-                _ = ping.tick() => {
-                    let pong = tokio::time::timeout(PING_TIMEOUT, sink.ping::<redis::Value>()).await;
-                    if !matches!(pong, Ok(Ok(_))) {
-                        return "ping failed";
+                Step::Watch(None) => return,
+                Step::Watch(Some((channel, ack))) => {
+                    let Some(pc) = &self.per_channel else { return };
+                    let r = pc.add(&mut feed, channel).await;
+                    let failed = r.is_err();
+                    let _ = ack.send(r.map_err(|e| e.to_string()));
+                    if failed {
+                        return;
                     }
+                    continue;
+                }
+                Step::Prune => {
+                    let Some(pc) = &self.per_channel else { return };
+                    if pc.prune(&mut feed, &mut self.dispatcher).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let Some(event) = event else { return };
+            match event {
+                Event::Message { channel, payload } => match wire::decode(payload) {
+                    Ok(envelope) => {
+                        self.dispatcher.on_envelope(envelope).await;
+                    }
+                    Err(e) => {
+                        self.dispatcher.metrics().malformed.inc();
+                        warn!(error = %e, %channel, "dropping message");
+                    }
+                },
+                Event::Lost => self.subscribed.set(false),
+                // The cluster client re-subscribed by itself after losing a node.
+                Event::Resubscribed => {
+                    self.subscribed.set(true);
+                    self.check_commands().await;
+                    caught_up = self.catch_up().await;
                 }
             }
         }

@@ -5,15 +5,15 @@
 
 use std::sync::Arc;
 
+use crate::Conn;
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 
 use wsgate_core::events::{Event, Sink, SinkError};
 
 use super::{Keys, RedisConfig};
 
 pub struct StreamSink {
-    conn: ConnectionManager,
+    conn: Conn,
     stream: String,
     max_len: usize,
 }
@@ -26,8 +26,9 @@ impl StreamSink {
         max_len: usize,
     ) -> Result<Self, redis::RedisError> {
         Ok(Self {
-            conn: config.manager()?,
-            stream: stream.unwrap_or_else(|| Keys::new(&config.key_prefix).events_stream()),
+            conn: config.conn()?,
+            stream: stream
+                .unwrap_or_else(|| Keys::new(&config.key_prefix, config.cluster).events_stream()),
             max_len,
         })
     }

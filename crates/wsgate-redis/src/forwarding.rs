@@ -16,18 +16,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use crate::Conn;
 use async_trait::async_trait;
 use dashmap::DashMap;
-use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 use wsgate_core::clock::unix_ms;
 use wsgate_core::seams::{ClusterMetrics, Forwarding, NodeId, RequestHandler, StoreError};
 
+use super::feed::{Event, Feed};
 use super::sealed::ClusterKey;
-use super::{Keys, next_delay, reconnect_backoff, store_error};
+use super::{Keys, RedisConfig, next_delay, reconnect_backoff, store_error};
 
 /// How far a frame's time may be from the receiver's clock (and how long its tag is
 /// remembered against replays).
@@ -35,8 +35,8 @@ pub const MAX_SKEW: Duration = Duration::from_secs(30);
 
 pub struct RedisForwarding {
     pub(crate) node: NodeId,
-    pub(crate) conn: ConnectionManager,
-    pub(crate) client: redis::Client,
+    pub(crate) conn: Conn,
+    pub(crate) config: RedisConfig,
     pub(crate) keys: Keys,
     pub(crate) inner: Arc<Rpc>,
 }
@@ -153,7 +153,7 @@ impl RedisForwarding {
             return;
         }
         let task = RpcTask {
-            client: self.client.clone(),
+            config: self.config.clone(),
             conn: self.conn.clone(),
             channel: self.keys.rpc(&self.node),
             keys: self.keys.clone(),
@@ -203,8 +203,8 @@ impl Forwarding for RedisForwarding {
 
 /// The node's `P:rpc:<node>` subscription: requests in, replies to its own requests in.
 struct RpcTask {
-    client: redis::Client,
-    conn: ConnectionManager,
+    config: RedisConfig,
+    conn: Conn,
     channel: String,
     keys: Keys,
     rpc: Arc<Rpc>,
@@ -214,19 +214,16 @@ impl RpcTask {
     async fn run(self) {
         let mut backoff = reconnect_backoff();
         loop {
-            let connect = async {
-                let mut ps = self.client.get_async_pubsub().await?;
-                ps.subscribe(&self.channel).await?;
-                Ok::<_, redis::RedisError>(ps)
-            };
-            match tokio::time::timeout(Duration::from_secs(2), connect).await {
-                Ok(Ok(ps)) => {
+            match Feed::open(&self.config, std::slice::from_ref(&self.channel)).await {
+                Ok(mut feed) => {
                     backoff.reset();
                     debug!(channel = %self.channel, "forwarding channel subscribed");
-                    let mut stream = ps.into_on_message();
-                    while let Some(msg) = stream.next().await {
-                        let Ok(frame) = serde_json::from_slice::<Frame>(msg.get_payload_bytes())
-                        else {
+                    // A call lost with a connection is answered by its caller's timeout.
+                    while let Some(event) = feed.next().await {
+                        let Event::Message { payload, .. } = event else {
+                            continue;
+                        };
+                        let Ok(frame) = serde_json::from_slice::<Frame>(&payload) else {
                             continue;
                         };
                         if self.rpc.accept(&frame) {
@@ -235,7 +232,7 @@ impl RpcTask {
                     }
                     warn!("forwarding subscription lost; reconnecting");
                 }
-                _ => {
+                Err(_) => {
                     if backoff.retries() == 0 {
                         warn!("forwarding subscription failed; retrying");
                     }

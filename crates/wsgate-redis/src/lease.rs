@@ -18,8 +18,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::Conn;
 use redis::Script;
-use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 use wsgate_core::seams::{NodeId, Standing};
 
@@ -129,7 +129,7 @@ impl Lease {
 
     /// Takes or renews the lease (one script). A lease this process held and finds held
     /// by another is lost for good.
-    pub async fn take_or_renew(&self, conn: &ConnectionManager) -> redis::RedisResult<Renewal> {
+    pub async fn take_or_renew(&self, conn: &Conn) -> redis::RedisResult<Renewal> {
         let sent = Instant::now();
         let (what, ms): (String, i64) = self
             .take
@@ -189,7 +189,7 @@ impl Lease {
     }
 
     /// Hand-over: never renewed again; the key is deleted if it is still this process's.
-    pub async fn release(&self, conn: &ConnectionManager) -> redis::RedisResult<()> {
+    pub async fn release(&self, conn: &Conn) -> redis::RedisResult<()> {
         self.state.store(State::Released as u8, Ordering::Release);
         self.standing.send_replace(Standing::Pending);
         let _: i64 = self

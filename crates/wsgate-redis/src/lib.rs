@@ -19,7 +19,13 @@
 //! | `P:{<channel>}:once:<key>` | hash `f`, `o`, `e`, `t`, TTL | an idempotency key of the channel's publications: the request's fingerprint and the first publication's offset, epoch and time; expires `idempotency_window_ms` after it |
 //! | `P:presence:<channel>` | hash | connection id → `<node>\n<user>` |
 //! | `P:alive:<node>` | string, TTL | the node's lease: the token of the one process running under that id; renewed every TTL/3 |
-//! | `P:pub` | pub/sub | channel publications, for every node |
+//! | `P:lease-takes:<node>`, `P:instances`, `P:websocket-<id>`, `P:websocket-index` | | take counts, registered instances, upstream records and their index |
+//!
+//! On a Redis Cluster (`RedisConfig::cluster`) the shared keys (leases, take counts,
+//! instances, records, index) become `P:{shared}:…`: one slot, so the scripts that update
+//! them together stay atomic. The rule for new keys is in `keys.rs`.
+//! | `P:{<channel>}:pub` | pub/sub (shard channel on a cluster) | the channel's publications, for the nodes with local subscribers (`RedisConfig::per_channel_pubsub`) |
+//! | `P:pub` | pub/sub | channel publications, for every node (per-channel pub/sub off) |
 //! | `P:user` | pub/sub | sends to a user, for every node |
 //! | `P:node:<node>` | pub/sub | sends to one connection, for the node that holds it |
 //! | `P:{<channel>}:occ:members` | hash | events: connection → `<process>\n<user>` of the channel's subscribers, cluster-wide ([`RedisOccupancy`]) |
@@ -30,7 +36,7 @@
 //!
 //! Why this shape:
 //! - The meta hash and the stream of a channel share a hash tag (`{<channel>}`), so they
-//!   live in one slot if the deployment ever moves to Redis Cluster, and one Lua script
+//!   live in one slot on Redis Cluster, and one Lua script
 //!   (`lua/publish.lua`) can increment the offset, append to the
 //!   stream and `PUBLISH` in a single round trip. Redis runs scripts one at a time, so the
 //!   order of `PUBLISH`es is the order of offsets: nodes receive every channel in order.
@@ -43,22 +49,29 @@
 //!   (an AOF missing its last second, a snapshot restore) or a fail-over (a replica behind
 //!   its master) may hold lower offsets than were handed out, so a different run id rotates
 //!   the epoch too; offsets never go back under one epoch.
-//! - Each node holds exactly three subscriptions (`P:pub`, `P:user`, `P:node:<self>`),
-//!   whatever the number of clients; the node filters locally. Sends to one connection only
+//! - Each node holds three subscriptions (`P:pub`, `P:user`, `P:node:<self>`) plus, in
+//!   per-channel mode, one per channel it has local subscribers for; the node filters
+//!   locally. Sends to one connection only
 //!   reach the node named in the connection id.
 //! - Presence entries carry their node; a node is alive while `P:alive:<node>` exists.
 //!   A SIGKILLed node stops refreshing it, so its entries drop out of every presence read
 //!   (and are deleted by it) at most `presence_ttl` after its last refresh: default 15 s.
 //!
+//! Commands go through [`Conn`]: a `ConnectionManager` on a single Redis, a redis-rs
+//! `cluster_async::ClusterConnection` on a cluster (which follows `MOVED`/`ASK` and
+//! fail-overs); subscriptions through `feed::Feed`, which hides the same difference.
+//!
 //! # Failure behaviour
-//! Commands go through a [`redis::aio::ConnectionManager`] with connection and response
+//! Commands go through a connection (see above) with connection and response
 //! timeouts, so a missing Redis costs a bounded wait and an `Unavailable` error, never a
 //! hang or a queue. The pub/sub connection is a separate task that reconnects with capped
 //! exponential backoff, resubscribes, then re-reads every channel it had seen so that
 //! publications made while it was away are delivered (in order) or counted as lost.
 
 mod broker;
+mod conn;
 mod event_stream;
+mod feed;
 mod forwarding;
 mod keys;
 mod lease;
@@ -72,6 +85,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub use broker::RedisBroker;
+pub(crate) use conn::Conn;
 pub use event_stream::StreamSink;
 pub use forwarding::RedisForwarding;
 pub use keys::Keys;
@@ -86,8 +100,16 @@ use wsgate_core::seams::{BrokerError, StoreError};
 /// Settings shared by the Redis broker and store.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// e.g. `redis://127.0.0.1:6379/0`.
+    /// e.g. `redis://127.0.0.1:6379/0`. With `cluster`: one or more seed nodes of the
+    /// Redis Cluster, comma-separated (any one reachable node is enough to find the rest).
     pub url: String,
+    /// `url` names a Redis Cluster: commands follow its slot map (`MOVED`/`ASK`, fail-over),
+    /// the keys shared across channels carry one hash tag (see [`Keys`]).
+    pub cluster: bool,
+    /// Announce each publication on its channel's own pub/sub channel, which a node
+    /// subscribes to only while it has local subscribers (`SSUBSCRIBE` on a cluster),
+    /// instead of on `P:pub` to every node. Default false.
+    pub per_channel_pubsub: bool,
     /// Prefix of every key and pub/sub channel. Default `wsgate`.
     pub key_prefix: String,
     /// Publications kept per channel (approximately: `MAXLEN ~`). 0 keeps none.
@@ -115,6 +137,8 @@ impl RedisConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            cluster: false,
+            per_channel_pubsub: false,
             key_prefix: "wsgate".into(),
             history_size: 256,
             channel_ttl: Duration::from_secs(600),
@@ -147,8 +171,60 @@ impl RedisConfig {
         }
     }
 
-    /// A command connection that connects lazily and reconnects by itself.
-    pub(crate) fn manager(&self) -> Result<redis::aio::ConnectionManager, redis::RedisError> {
+    /// A command connection that connects lazily and reconnects by itself (to the one
+    /// Redis, or to every master of the cluster).
+    pub(crate) fn conn(&self) -> Result<Conn, redis::RedisError> {
+        if !self.cluster {
+            return Ok(Conn::Single(self.manager()?));
+        }
+        let client = self.cluster_client(false)?;
+        let config = redis::cluster::ClusterConfig::new()
+            .set_connection_timeout(Duration::from_secs(1))
+            .set_response_timeout(self.response_timeout);
+        Ok(Conn::Cluster(
+            client.get_pending_async_connection_with_config(config),
+        ))
+    }
+
+    /// The cluster's seed nodes (`url`, comma-separated).
+    pub(crate) fn seeds(&self) -> Vec<&str> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
+
+    /// A Redis Cluster client over `url`'s seeds; `resp3` for the pub/sub connections (the
+    /// cluster client delivers subscriptions as RESP3 pushes, and re-subscribes by itself
+    /// after a disconnection or a slot move).
+    pub(crate) fn cluster_client(
+        &self,
+        resp3: bool,
+    ) -> Result<redis::cluster::ClusterClient, redis::RedisError> {
+        let mut b = redis::cluster::ClusterClientBuilder::new(self.seeds())
+            .connection_timeout(Duration::from_secs(1))
+            .response_timeout(self.response_timeout)
+            // A fail-over takes the cluster `cluster-node-timeout` plus an election: a
+            // command retries across it (bounded) rather than failing at the first `MOVED`
+            // to a node that is not there yet.
+            .retries(4)
+            .min_retry_wait(50)
+            .max_retry_wait(500);
+        if resp3 {
+            b = b.use_protocol(redis::ProtocolVersion::RESP3);
+        }
+        if let Some(pem) = &self.ca_bundle {
+            b = b.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            });
+        }
+        b.build()
+    }
+
+    /// A single Redis command connection that connects lazily and reconnects by itself.
+    fn manager(&self) -> Result<redis::aio::ConnectionManager, redis::RedisError> {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(self.response_timeout))

@@ -19,10 +19,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
+use crate::Conn;
 use async_trait::async_trait;
 use dashmap::DashMap;
 use redis::Script;
-use redis::aio::ConnectionManager;
 use tracing::{info, warn};
 
 use wsgate_core::events::{Ledger, Occupancy, Reaped, Transition};
@@ -38,7 +38,7 @@ const REAP_LOCK_MS: u64 = 30_000;
 pub struct RedisOccupancy {
     /// `<node>.<random>`: this process, distinct from a restarted one with the same node id.
     process: String,
-    conn: ConnectionManager,
+    conn: Conn,
     keys: Keys,
     ttl: Duration,
     join: Script,
@@ -60,8 +60,8 @@ impl RedisOccupancy {
     pub fn new(node: &NodeId, config: &RedisConfig) -> Result<Self, StoreError> {
         Ok(Self {
             process: format!("{node}.{:08x}", rand::random::<u32>()),
-            conn: config.manager().map_err(store_error)?,
-            keys: Keys::new(&config.key_prefix),
+            conn: config.conn().map_err(store_error)?,
+            keys: Keys::new(&config.key_prefix, config.cluster),
             ttl: config.presence_ttl.max(Duration::from_millis(100)),
             join: Script::new(include_str!("lua/occ_join.lua")),
             leave: Script::new(include_str!("lua/occ_leave.lua")),

@@ -27,10 +27,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::Conn;
 use async_trait::async_trait;
 use rand::seq::SliceRandom;
 use redis::Script;
-use redis::aio::ConnectionManager;
 use serde::Deserialize;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -45,7 +45,7 @@ const FULL_SCAN_EVERY: u64 = 20;
 
 pub struct RedisOwnership {
     pub(crate) node: NodeId,
-    pub(crate) conn: ConnectionManager,
+    pub(crate) conn: Conn,
     pub(crate) keys: Keys,
     pub(crate) key: Option<ClusterKey>,
     /// This process's lease, shared with the store's liveness task that renews it.

@@ -2,9 +2,15 @@
 //!
 //! Entries live in one hash per channel and name their node; a node is alive while its
 //! `P:alive:<node>` key (its [`Lease`]) exists. Once the lease is taken, the node renews
-//! it every `min(ttl / 3, 1 s)` (which also tells `/ready` whether Redis answers). Reads go through `presence.lua`, which drops
-//! and deletes the entries of nodes whose key has expired: a SIGKILLed node disappears from
-//! presence at most `presence_ttl` after its last refresh.
+//! it every `min(ttl / 3, 1 s)` (which also tells `/ready` whether Redis answers). A read takes
+//! the hash (`HGETALL`), looks up the leases of the nodes it names (one `MGET`: leases are
+//! shared keys, one slot), and drops and deletes the entries of nodes whose lease has
+//! expired: a SIGKILLed node disappears from presence at most `presence_ttl` after its last
+//! refresh. Two round trips, not one script, because in a Redis Cluster the channel's hash
+//! and the leases live in different slots. The price: a node whose lease lapsed and was
+//! taken back between a reader's `MGET` and its `HDEL` (a few milliseconds) loses those
+//! entries until its next re-registration, which happens on every lease take; they are not
+//! shown in the meantime, never shown twice.
 //!
 //! The node also keeps its own entries in memory. When a refresh finds its alive key
 //! missing (Redis restarted empty, or the node was cut off longer than the TTL) it writes
@@ -12,15 +18,15 @@
 //! (Redis away while a connection leaves) are kept too and retried by every refresh until
 //! Redis takes them: no entry outlives its connection for longer than the outage.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use crate::Conn;
 use async_trait::async_trait;
 use dashmap::DashMap;
 use redis::Script;
-use redis::aio::ConnectionManager;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
@@ -43,13 +49,12 @@ type Departed = dashmap::DashSet<(Arc<str>, Arc<str>)>;
 
 pub struct RedisStore {
     node: NodeId,
-    conn: ConnectionManager,
+    conn: Conn,
     keys: Keys,
-    presence: Script,
     put: Script,
     key: Option<ClusterKey>,
     lease: Arc<Lease>,
-    client: redis::Client,
+    config: RedisConfig,
     local: Arc<Local>,
     departed: Arc<Departed>,
     health: Arc<Health>,
@@ -64,8 +69,8 @@ impl RedisStore {
         config: &RedisConfig,
         metrics: ClusterMetrics,
     ) -> Result<Self, StoreError> {
-        let conn = config.manager().map_err(store_error)?;
-        let keys = Keys::new(&config.key_prefix);
+        let conn = config.conn().map_err(store_error)?;
+        let keys = Keys::new(&config.key_prefix, config.cluster);
         let local = Arc::new(Local::new());
         let departed = Arc::new(Departed::default());
         let health = Arc::new(Health::default());
@@ -85,11 +90,10 @@ impl RedisStore {
             node,
             conn,
             keys,
-            presence: Script::new(include_str!("lua/presence.lua")),
             put: Script::new(include_str!("lua/put.lua")),
             key: config.cluster_key.clone(),
             lease,
-            client: config.client().map_err(store_error)?,
+            config: config.clone(),
             local,
             departed,
             health,
@@ -118,7 +122,7 @@ impl RedisStore {
         RedisForwarding {
             node: self.node.clone(),
             conn: self.conn.clone(),
-            client: self.client.clone(),
+            config: self.config.clone(),
             keys: self.keys.clone(),
             inner: Arc::new(super::forwarding::Rpc::new(
                 self.node.clone(),
@@ -140,6 +144,12 @@ impl Drop for RedisStore {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+fn hdel(key: &str, field: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("HDEL");
+    cmd.arg(key).arg(field);
+    cmd
 }
 
 fn entry_value(node: &str, user: &str) -> String {
@@ -182,16 +192,15 @@ impl PresenceStore for RedisStore {
         connection_id: &str,
     ) -> Result<(), StoreError> {
         let id: Arc<str> = connection_id.into();
-        let mut pipe = redis::pipe();
+        let mut cmds = Vec::with_capacity(channels.len());
         for channel in channels {
             self.local.remove_if_mut(channel, |_, members| {
                 members.remove(connection_id);
                 members.is_empty()
             });
-            pipe.hdel(self.keys.presence(channel), connection_id)
-                .ignore();
+            cmds.push(hdel(&self.keys.presence(channel), connection_id));
         }
-        let r: Result<(), _> = pipe.query_async(&mut self.conn.clone()).await;
+        let r = self.conn.run_each(cmds).await;
         self.observe(&r);
         if r.is_err() {
             for channel in channels {
@@ -202,27 +211,42 @@ impl PresenceStore for RedisStore {
     }
 
     async fn presence(&self, channel: &str) -> Result<Vec<PresenceEntry>, StoreError> {
-        let r: Result<Vec<Vec<u8>>, _> = self
-            .presence
-            .key(self.keys.presence(channel))
-            .arg(self.keys.alive_prefix())
-            .invoke_async(&mut self.conn.clone())
+        let key = self.keys.presence(channel);
+        let r: Result<Vec<(String, String)>, _> = redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut self.conn.clone())
             .await;
         self.observe(&r);
-        let flat = r.map_err(store_error)?;
-        let mut out = Vec::with_capacity(flat.len() / 2);
-        for pair in flat.chunks_exact(2) {
-            let (Ok(id), Ok(value)) =
-                (std::str::from_utf8(&pair[0]), std::str::from_utf8(&pair[1]))
-            else {
-                continue;
-            };
+        let entries = r.map_err(store_error)?;
+        let mut nodes: Vec<&str> = entries
+            .iter()
+            .map(|(_, v)| v.split_once('\n').map_or(v.as_str(), |(node, _)| node))
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        let live = self.live_among(&nodes).await?;
+        let mut out = Vec::with_capacity(entries.len());
+        let mut dead = Vec::new();
+        for (id, value) in &entries {
             let (node, user) = value.split_once('\n').unwrap_or((value, ""));
-            out.push(PresenceEntry {
-                connection_id: id.into(),
-                user: user.into(),
-                node: node.into(),
-            });
+            if live.contains(node) {
+                out.push(PresenceEntry {
+                    connection_id: id.as_str().into(),
+                    user: user.into(),
+                    node: node.into(),
+                });
+            } else {
+                dead.push(id.as_str());
+            }
+        }
+        if !dead.is_empty() {
+            // Best effort: the next read retries what this one could not delete.
+            let r: Result<i64, _> = redis::cmd("HDEL")
+                .arg(&key)
+                .arg(&dead)
+                .query_async(&mut self.conn.clone())
+                .await;
+            self.observe(&r);
         }
         Ok(out)
     }
@@ -233,6 +257,24 @@ impl PresenceStore for RedisStore {
 }
 
 impl RedisStore {
+    /// Which of `nodes` hold a lease now (one `MGET` of shared keys: one slot).
+    async fn live_among<'a>(&self, nodes: &[&'a str]) -> Result<HashSet<&'a str>, StoreError> {
+        if nodes.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let keys: Vec<String> = nodes.iter().map(|n| self.keys.alive(n)).collect();
+        let r: Result<Vec<Option<String>>, _> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut self.conn.clone())
+            .await;
+        self.observe(&r);
+        Ok(nodes
+            .iter()
+            .zip(r.map_err(store_error)?)
+            .filter_map(|(node, lease)| lease.map(|_| *node))
+            .collect())
+    }
+
     /// `put.lua`: 1 written, 0 the record names another owner, -1 (`update` only) the
     /// record is gone. Record and index change together, so the index never names a
     /// missing record (`wsgate doctor --redis` checks exactly that).
@@ -337,7 +379,7 @@ struct Liveness {
     lease: Arc<Lease>,
     node: NodeId,
     keys: Keys,
-    conn: ConnectionManager,
+    conn: Conn,
     local: Arc<Local>,
     departed: Arc<Departed>,
     health: Arc<Health>,
@@ -396,7 +438,7 @@ impl Liveness {
         }
     }
 
-    /// Retries the removals that failed, in one pipeline. Returns whether Redis took them.
+    /// Retries the removals that failed, in one pipeline (one by one on a cluster). Returns whether Redis took them.
     async fn remove_departed(&self) -> bool {
         let batch: Vec<(Arc<str>, Arc<str>)> = self
             .departed
@@ -407,11 +449,11 @@ impl Liveness {
         if batch.is_empty() {
             return true;
         }
-        let mut pipe = redis::pipe();
-        for (channel, id) in &batch {
-            pipe.hdel(self.keys.presence(channel), &**id).ignore();
-        }
-        let r: Result<(), _> = pipe.query_async(&mut self.conn.clone()).await;
+        let cmds = batch
+            .iter()
+            .map(|(channel, id)| hdel(&self.keys.presence(channel), id))
+            .collect();
+        let r = self.conn.run_each(cmds).await;
         match r {
             Ok(()) => {
                 for entry in &batch {
@@ -429,20 +471,20 @@ impl Liveness {
     }
 
     async fn rewrite(&self) -> bool {
-        let mut pipe = redis::pipe();
-        let mut n = 0usize;
+        let mut cmds = Vec::new();
         for channel in self.local.iter() {
             let key = self.keys.presence(channel.key());
             for (id, user) in channel.value() {
-                pipe.hset(&key, &**id, entry_value(&self.node, user))
-                    .ignore();
-                n += 1;
+                let mut cmd = redis::cmd("HSET");
+                cmd.arg(&key).arg(&**id).arg(entry_value(&self.node, user));
+                cmds.push(cmd);
             }
         }
+        let n = cmds.len();
         if n == 0 {
             return true;
         }
-        let r: Result<(), _> = pipe.query_async(&mut self.conn.clone()).await;
+        let r = self.conn.run_each(cmds).await;
         match r {
             Ok(()) => {
                 info!(entries = n, "presence re-registered in redis");

@@ -5,9 +5,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::Conn;
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 use tokio::task::JoinHandle;
 use wsgate_core::memory::recover_from;
@@ -17,6 +17,28 @@ use wsgate_core::seams::{
 };
 
 use super::{Health, Keys, RedisConfig, broker_error};
+
+/// Where the publish script announces a publication.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Announce {
+    /// On `P:pub`, which every node subscribes to.
+    AllNodes,
+    /// On the channel's own `P:{<channel>}:pub`, which only nodes with local subscribers
+    /// subscribe to: `SPUBLISH` (served by the channel's shard alone) on a cluster.
+    PerChannel { sharded: bool },
+}
+
+impl Announce {
+    pub fn of(config: &RedisConfig) -> Self {
+        if config.per_channel_pubsub {
+            Announce::PerChannel {
+                sharded: config.cluster,
+            }
+        } else {
+            Announce::AllNodes
+        }
+    }
+}
 
 /// What the publish script answers.
 pub(crate) enum Appended {
@@ -32,9 +54,10 @@ pub(crate) enum Appended {
 /// The channel log in Redis: the [`ChannelLog`] the Redis broker publishes through, and the
 /// one the NATS broker sequences with.
 pub struct ChannelStreams {
-    conn: ConnectionManager,
+    conn: Conn,
     keys: Keys,
     history_size: usize,
+    announce: Announce,
     /// Milliseconds the channel's keys live after its last publication (0: forever).
     ttl_ms: u64,
     publish: Script,
@@ -47,7 +70,7 @@ pub struct ChannelStreams {
 
 impl ChannelStreams {
     pub(crate) fn new(
-        conn: ConnectionManager,
+        conn: Conn,
         keys: Keys,
         config: &RedisConfig,
         metrics: ClusterMetrics,
@@ -56,6 +79,7 @@ impl ChannelStreams {
             conn,
             keys,
             history_size: config.history_size,
+            announce: Announce::of(config),
             ttl_ms: config.channel_ttl.as_millis() as u64,
             publish: Script::new(concat!(
                 include_str!("lua/timeline.lua"),
@@ -74,8 +98,13 @@ impl ChannelStreams {
     /// A channel log for a broker that moves messages elsewhere (NATS): connects in the
     /// background and keeps its own health current. Needs a Tokio runtime.
     pub fn start(config: &RedisConfig, metrics: ClusterMetrics) -> Result<Self, BrokerError> {
-        let conn = config.manager().map_err(broker_error)?;
-        let mut streams = Self::new(conn.clone(), Keys::new(&config.key_prefix), config, metrics);
+        let conn = config.conn().map_err(broker_error)?;
+        let mut streams = Self::new(
+            conn.clone(),
+            Keys::new(&config.key_prefix, config.cluster),
+            config,
+            metrics,
+        );
         streams.watch = Some(wsgate_core::tasks::supervised(
             "history watch",
             watch(conn, streams.health.clone()),
@@ -106,15 +135,9 @@ impl ChannelStreams {
         announce: bool,
         once: Option<&Idempotency>,
     ) -> Result<Appended, BrokerError> {
-        let mut invocation = self.publish.prepare_invoke();
-        invocation
-            .key(self.keys.meta(&req.channel))
+        let mut call = self.publish.prepare_invoke();
+        call.key(self.keys.meta(&req.channel))
             .key(self.keys.stream(&req.channel))
-            .key(if announce {
-                self.keys.publications.as_str()
-            } else {
-                ""
-            })
             .arg(&*req.channel)
             .arg(&req.data[..])
             .arg(req.exclude_user.as_deref().unwrap_or(""))
@@ -122,13 +145,23 @@ impl ChannelStreams {
             .arg(req.event.as_deref().unwrap_or(""))
             .arg(req.history.ttl_ms.unwrap_or(self.ttl_ms))
             .arg(req.exclude_connection.as_deref().unwrap_or(""));
-        if let Some(once) = once {
-            invocation
+        match (announce, self.announce) {
+            (false, _) => call.arg("").arg(""),
+            (true, Announce::AllNodes) => call.arg("ALL").arg(self.keys.publications.as_str()),
+            // The channel's own pub/sub channel is in the channel's slot: a key of the script.
+            (true, Announce::PerChannel { sharded }) => call
+                .key(self.keys.channel_pubsub(&req.channel))
+                .arg(if sharded { "SPUBLISH" } else { "PUBLISH" })
+                .arg(""),
+        };
+        match once {
+            Some(once) => call
                 .key(self.keys.once(&req.channel, &once.key))
                 .arg(&*once.fingerprint)
-                .arg(once.window_ms);
-        }
-        let r: Result<Value, _> = invocation.invoke_async(&mut self.conn.clone()).await;
+                .arg(once.window_ms),
+            None => call.arg("").arg(0),
+        };
+        let r: Result<Value, _> = call.invoke_async(&mut self.conn.clone()).await;
         self.observe(&r);
         let items = array(r.map_err(broker_error)?)?;
         let [offset, epoch, at, receivers, repeat] = items.as_slice() else {
@@ -291,7 +324,7 @@ impl ChannelLog for ChannelStreams {
 
 /// Keeps the log's health current even without traffic, in its own task so that a slow
 /// Redis never holds up deliveries.
-async fn watch(conn: ConnectionManager, health: Arc<Health>) {
+async fn watch(conn: Conn, health: Arc<Health>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

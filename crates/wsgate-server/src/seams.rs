@@ -80,6 +80,13 @@ pub struct ClusterConfig {
     /// Default [`DEFAULT_REDIS_URL`]. `rediss://` for TLS; `redis://user:password@host`
     /// (or `redis://:password@host`) for credentials. Never logged.
     pub redis_url: String,
+    /// `redis_url` names a Redis Cluster: one or more of its nodes, comma-separated (any
+    /// one reachable is enough to find the rest). Default false. See docs/cluster.md.
+    pub redis_cluster: bool,
+    /// Redis broker: announce each publication on its channel's own pub/sub channel, which
+    /// a node receives only while it has local subscribers (`SSUBSCRIBE` on a cluster),
+    /// instead of on one channel every node receives. Default true. See docs/cluster.md.
+    pub redis_per_channel_pubsub: bool,
     /// `rediss://` only: PEM file of CA certificates trusted in addition to the platform's
     /// roots (a deployment's own CA). Default none.
     pub redis_ca_file: Option<PathBuf>,
@@ -135,6 +142,8 @@ impl Default for ClusterConfig {
             store: StoreKind::default(),
             broker: BrokerKind::default(),
             redis_url: DEFAULT_REDIS_URL.into(),
+            redis_cluster: false,
+            redis_per_channel_pubsub: true,
             redis_ca_file: None,
             nats_url: DEFAULT_NATS_URL.into(),
             nats_user: None,
@@ -170,7 +179,16 @@ impl ClusterConfig {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        if self.redis_ca_file.is_some() && !self.redis_url.starts_with("rediss://") {
+        let redis_urls: Vec<&str> = self.redis_url.split(',').map(str::trim).collect();
+        if redis_urls.len() > 1 && !self.redis_cluster {
+            anyhow::bail!(
+                "redis_url lists several servers: set redis_cluster = true for a Redis Cluster"
+            );
+        }
+        if redis_urls.iter().any(|u| u.is_empty()) && self.redis_cluster {
+            anyhow::bail!("redis_url has an empty entry in its comma-separated list");
+        }
+        if self.redis_ca_file.is_some() && !redis_urls.iter().all(|u| u.starts_with("rediss://")) {
             anyhow::bail!("redis_ca_file is for TLS: redis_url must start with rediss://");
         }
         match (&self.nats_user, &self.nats_password) {
@@ -235,6 +253,8 @@ impl ClusterConfig {
     #[cfg(feature = "redis")]
     pub fn redis(&self) -> anyhow::Result<wsgate_redis::RedisConfig> {
         let mut r = wsgate_redis::RedisConfig::new(self.redis_url.clone());
+        r.cluster = self.redis_cluster;
+        r.per_channel_pubsub = self.redis_per_channel_pubsub;
         r.lease_ttl = Duration::from_millis(self.lease_ttl_ms);
         if let Some(key) = self.cluster_key_text()? {
             r.cluster_key = Some(
@@ -420,6 +440,18 @@ mod tests {
             c.redis_url = "rediss://r:6380".into();
         };
         assert!(validated(ca_with_tls).is_ok());
+        let seeds = |c: &mut ClusterConfig| c.redis_url = "redis://a:1,redis://b:2".into();
+        assert!(
+            validated(seeds).is_err(),
+            "several URLs without redis_cluster"
+        );
+        assert!(
+            validated(|c| {
+                seeds(c);
+                c.redis_cluster = true;
+            })
+            .is_ok()
+        );
         let user_only = |c: &mut ClusterConfig| c.nats_user = Some("u".into());
         assert!(validated(user_only).is_err());
         let e = validated(|c| {

@@ -46,6 +46,9 @@ pub struct RedisServer {
     persistence: Persistence,
     /// Its working directory: where the AOF or a snapshot lives (removed on drop).
     dir: std::path::PathBuf,
+    /// A Redis Cluster member: its cluster bus port (its `nodes.conf` is in `dir`, so a
+    /// restart rejoins the cluster with the same id and slots).
+    bus_port: Option<u16>,
 }
 
 impl RedisServer {
@@ -54,6 +57,16 @@ impl RedisServer {
     }
 
     pub async fn start_with(persistence: Persistence) -> Self {
+        Self::launch(persistence, None).await
+    }
+
+    /// A `redis-server --cluster-enabled yes` without slots yet (see [`RedisClusterServer`]).
+    async fn start_cluster_member() -> Self {
+        Self::launch(Persistence::None, Some(free_port())).await
+    }
+
+    /// On a free port, in a fresh working directory.
+    async fn launch(persistence: Persistence, bus_port: Option<u16>) -> Self {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("wsgate-redis-{port}"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -63,6 +76,7 @@ impl RedisServer {
             child: None,
             persistence,
             dir,
+            bus_port,
         };
         s.restart().await;
         s
@@ -105,6 +119,19 @@ impl RedisServer {
             Persistence::Aof => cmd.args(["--appendonly", "yes", "--appendfsync", "always"]),
             Persistence::None | Persistence::Snapshot => cmd.args(["--appendonly", "no"]),
         };
+        if let Some(bus) = self.bus_port {
+            cmd.args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ])
+            .args(["--cluster-port", &bus.to_string()])
+            // Failure detection (and a restarted master's return) within about a second.
+            .args(["--cluster-node-timeout", "1000"])
+            // As docs/cluster.md advises: a lost shard costs its own slots only.
+            .args(["--cluster-require-full-coverage", "no"]);
+        }
         let child = cmd
             .arg("--dir")
             .arg(&self.dir)
@@ -180,6 +207,98 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis Cluster of our own: three masters (no replicas), slots spread by
+/// `redis-cli --cluster create`. A killed master is brought back with [`Self::restart`]
+/// (its slots are unavailable meanwhile, and come back empty: no persistence).
+pub struct RedisClusterServer {
+    pub masters: Vec<RedisServer>,
+}
+
+impl RedisClusterServer {
+    pub async fn start() -> Self {
+        let mut masters = Vec::new();
+        for _ in 0..3 {
+            masters.push(RedisServer::start_cluster_member().await);
+        }
+        let addrs: Vec<String> = masters
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.port))
+            .collect();
+        let out = within(
+            "redis-cli --cluster create",
+            Command::new("redis-cli")
+                .arg("--cluster")
+                .arg("create")
+                .args(&addrs)
+                .arg("--cluster-yes")
+                .output(),
+        )
+        .await
+        .expect("redis-cli --cluster create (redis-tools installed?)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = Self { masters };
+        cluster.await_ok().await;
+        cluster
+    }
+
+    /// Waits until every master says `cluster_state:ok` and knows all three masters.
+    pub async fn await_ok(&self) {
+        for m in &self.masters {
+            poll("cluster_state:ok on every master", WAIT, || async move {
+                let info = m.cli(&["CLUSTER", "INFO"]).await;
+                (info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3"))
+                    .then_some(())
+            })
+            .await;
+        }
+    }
+
+    /// The seed list a node is given (`--redis-url`, comma-separated).
+    pub fn url(&self) -> String {
+        self.masters
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The master that serves `key`'s slot (the others answer `MOVED`).
+    pub async fn master_of(&self, key: &str) -> usize {
+        for (i, m) in self.masters.iter().enumerate() {
+            if !m.cli(&["GET", key]).await.contains("MOVED") {
+                return i;
+            }
+        }
+        panic!("no master serves {key}");
+    }
+
+    /// One command through redis-cli in cluster mode (`-c`: follows redirections).
+    pub async fn cli(&self, args: &[&str]) -> String {
+        let mut all = vec!["-c"];
+        all.extend_from_slice(args);
+        self.masters[0].cli(&all).await
+    }
+
+    /// Brings a killed master back on its port (same node id and slots, no data) and waits
+    /// until the cluster is whole again.
+    pub async fn restart(&mut self, i: usize) {
+        self.masters[i].restart().await;
+        self.await_ok().await;
+    }
+
+    /// A `wsgate serve` node on this cluster, ready before it is returned.
+    pub async fn node(&self, name: &str, prefix: &str, extra: &[&str]) -> Node {
+        let mut args = vec!["--redis-cluster", "true"];
+        args.extend_from_slice(extra);
+        spawn_node(name, &self.url(), prefix, None, &args, &[]).await
     }
 }
 
@@ -298,27 +417,40 @@ impl Cluster {
         extra: &[&str],
         envs: &[(&str, &str)],
     ) -> Node {
-        let mut args = vec![
-            "--node-id",
-            name,
-            "--store",
-            "redis",
-            "--redis-url",
-            redis_url,
-            "--key-prefix",
-            &self.prefix,
-        ];
-        match nats_url {
-            Some(url) => args.extend(["--broker", "nats", "--nats-url", url]),
-            None => args.extend(["--broker", "redis"]),
-        }
-        args.extend(extra);
-        let mut all = vec![("WSGATE_CLUSTER_KEY", CLUSTER_KEY)];
-        all.extend_from_slice(envs);
-        let node = Node(Process::spawn_env(&args, &all).await);
-        node.await_ready(true).await;
-        node
+        spawn_node(name, redis_url, &self.prefix, nats_url, extra, envs).await
     }
+}
+
+/// A `wsgate serve` node with a Redis store (and a Redis or NATS broker), ready (`/ready`
+/// 200) before it is returned.
+async fn spawn_node(
+    name: &str,
+    redis_url: &str,
+    prefix: &str,
+    nats_url: Option<&str>,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> Node {
+    let mut args = vec![
+        "--node-id",
+        name,
+        "--store",
+        "redis",
+        "--redis-url",
+        redis_url,
+        "--key-prefix",
+        prefix,
+    ];
+    match nats_url {
+        Some(url) => args.extend(["--broker", "nats", "--nats-url", url]),
+        None => args.extend(["--broker", "redis"]),
+    }
+    args.extend(extra);
+    let mut all = vec![("WSGATE_CLUSTER_KEY", CLUSTER_KEY)];
+    all.extend_from_slice(envs);
+    let node = Node(Process::spawn_env(&args, &all).await);
+    node.await_ready(true).await;
+    node
 }
 
 /// One `wsgate serve` process, with HTTP helpers.

@@ -84,6 +84,15 @@ pub struct ServeArgs {
     ))]
     #[serde(skip_serializing_if = "Option::is_none")]
     redis_url: Option<String>,
+    /// `--redis-url` names a Redis Cluster (comma-separated seed nodes).
+    #[arg(long, env = "WSGATE_REDIS_CLUSTER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_cluster: Option<bool>,
+    /// Redis broker: each channel on its own pub/sub channel, received only by the nodes
+    /// with local subscribers (sharded pub/sub on a cluster).
+    #[arg(long, env = "WSGATE_REDIS_PER_CHANNEL_PUBSUB")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_per_channel_pubsub: Option<bool>,
     #[arg(long, env = "WSGATE_NATS_URL", hide_env_values = true, help = format!(
         "NATS URL (default {})",
         seams::DEFAULT_NATS_URL

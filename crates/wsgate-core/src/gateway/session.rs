@@ -496,9 +496,12 @@ impl Session {
             gw.registry.subscribe(&channel, &self.conn);
             gw.metrics.subscriptions.inc();
         }
-        let answer = match &since {
-            Some(since) => gw.broker.recover(&channel, since).await,
-            None => gw.broker.position(&channel).await.map(|position| Recovery {
+        // Receiving the channel first, reading its position second: whatever is published
+        // after the read reaches this node.
+        let answer = match (gw.broker.watch(&channel).await, &since) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Some(since)) => gw.broker.recover(&channel, since).await,
+            (Ok(()), None) => gw.broker.position(&channel).await.map(|position| Recovery {
                 position,
                 publications: Vec::new(),
                 gap: None,

@@ -237,8 +237,42 @@ impl Dispatcher {
         }
     }
 
+    /// This node stopped receiving `channel` (its last local subscriber left): its ordering
+    /// state goes, so that a later subscriber starts from its own position rather than
+    /// from an offset delivered long ago (which would look like a hole to fill).
+    pub fn forget(&mut self, channel: &str) {
+        self.channels.remove(channel);
+        self.relay.joins.remove(channel);
+    }
+
     /// After the subscription was lost: catches every known channel up with history.
-    pub async fn resync(&mut self) {
+    /// Returns whether every channel was read (false: the log did not answer for some;
+    /// call again, what was caught up is not delivered twice).
+    #[must_use = "a false answer means some channels are not caught up yet"]
+    pub async fn resync(&mut self) -> bool {
+        let mut complete = true;
+        // Channels a local subscriber joined but no publication of reached this node yet:
+        // what was published while the subscription was away is theirs too.
+        let joined: Vec<Arc<str>> = self
+            .relay
+            .joins
+            .iter()
+            .filter(|j| !self.channels.contains_key(j.key()))
+            .map(|j| j.key().clone())
+            .collect();
+        for channel in joined {
+            if let Some((_, (join, _))) = self.relay.joins.remove(&channel) {
+                self.channels.insert(
+                    channel,
+                    Track {
+                        epoch: join.epoch,
+                        offset: join.offset,
+                        at_us: 0,
+                        seen: Instant::now(),
+                    },
+                );
+            }
+        }
         let known: Vec<(Arc<str>, StreamPosition)> = self
             .channels
             .iter()
@@ -258,6 +292,7 @@ impl Dispatcher {
                 Ok(r) => r,
                 Err(e) => {
                     warn!(%channel, error = %e, "resync failed");
+                    complete = false;
                     continue;
                 }
             };
@@ -283,6 +318,7 @@ impl Dispatcher {
                 self.fill(&channel, &since, until).await;
             }
         }
+        complete
     }
 
     fn prune(&mut self, now: Instant) {
@@ -500,7 +536,7 @@ mod tests {
         let ps = append(&n.log, 1).await;
         live(&mut n.dispatcher, &ps[0]).await;
         append(&n.log, 2).await;
-        n.dispatcher.resync().await;
+        assert!(n.dispatcher.resync().await);
         assert_eq!(*n.delivered.0.lock(), vec![1, 2, 3]);
     }
 

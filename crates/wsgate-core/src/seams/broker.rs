@@ -79,6 +79,16 @@ pub trait Broker: Send + Sync + 'static {
     /// Where the channels' positions and histories are read.
     fn reads(&self) -> &dyn StreamReads;
 
+    /// A local subscriber of `channel` is about to read its position. A broker that
+    /// receives channels only while this node has subscribers to them (Redis per-channel
+    /// pub/sub) starts receiving it before returning, so that nothing published after that
+    /// read can be missed; it stops on its own once the channel has no local subscriber
+    /// (`Deliver::has_subscribers`). Default: nothing to do, every node receives every
+    /// channel.
+    async fn watch(&self, _channel: &str) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
     /// Where the channel stands now.
     async fn position(&self, channel: &str) -> Result<StreamPosition, BrokerError> {
         self.reads().position(channel).await

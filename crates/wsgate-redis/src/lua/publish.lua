@@ -4,20 +4,35 @@
 --
 -- KEYS[1] meta hash {e = epoch, o = offset, r = run id}
 -- KEYS[2] history stream (entry ids are "<offset>-0")
--- KEYS[3] pub/sub channel of the nodes ("" = do not publish: the NATS broker does that)
--- KEYS[4] (optional) the idempotency key's record, a hash {f = fingerprint, o, e, t}: a
---         repeat within its TTL publishes nothing and answers the first publication
+-- Then, only when used (a Redis Cluster refuses a key of another slot, even an empty one):
+--   the channel's own pub/sub channel (ARGV[8] = 'PUBLISH' or 'SPUBLISH'; same hash tag)
+--   the idempotency key's record, a hash {f = fingerprint, o, e, t} (ARGV[10] not ''): a
+--   repeat within its TTL publishes nothing and answers the first publication
 -- ARGV[1] channel name   ARGV[2] data   ARGV[3] excluded user ("" = none)
 -- ARGV[4] history size (0 = keep no history)   ARGV[5] Socket.IO event ("" = none)
 -- ARGV[6] milliseconds the channel's keys live after this publication (0 = forever)
 -- ARGV[7] excluded connection ("" = none; delivery only, not kept in history)
--- ARGV[8] request fingerprint   ARGV[9] idempotency window in ms (with KEYS[4] only)
+-- ARGV[8] how to announce: '' (not: the NATS broker does that), 'ALL' (PUBLISH on ARGV[9],
+--         which every node subscribes to), 'PUBLISH' or 'SPUBLISH' (on the channel's own
+--         pub/sub channel, a key of this script)
+-- ARGV[9] the all-nodes pub/sub channel (with 'ALL'). An argument, not a key: a classic
+--         pub/sub channel belongs to no slot.
+-- ARGV[10] request fingerprint ("" = no idempotency key)   ARGV[11] idempotency window in ms
 -- Returns { offset, epoch, published_at_us, receivers, repeat }: repeat 0 = published,
 -- 1 = a repeat (the first publication's position), 2 = the key was used for another request
-if KEYS[4] then
-  local seen = redis.call('HMGET', KEYS[4], 'f', 'o', 'e', 't')
+local next_key = 3
+local channel_pubsub, once
+if ARGV[8] == 'PUBLISH' or ARGV[8] == 'SPUBLISH' then
+  channel_pubsub = KEYS[next_key]
+  next_key = next_key + 1
+end
+if ARGV[10] ~= '' then
+  once = KEYS[next_key]
+end
+if once then
+  local seen = redis.call('HMGET', once, 'f', 'o', 'e', 't')
   if seen[1] then
-    if seen[1] ~= ARGV[8] then
+    if seen[1] ~= ARGV[10] then
       return { 0, '', '0', 0, 2 }
     end
     return { tonumber(seen[2]), seen[3], seen[4], 0, 1 }
@@ -51,17 +66,21 @@ if ttl > 0 then
   end
 end
 local receivers = 0
-if KEYS[3] ~= '' then
+if ARGV[8] ~= '' then
   -- Wire format (see wire.rs): "c <offset> <epoch> <us> <len(channel)> <len(exclude)> <len(event)>
   -- <len(exclude connection)>\n" followed by channel, excluded user, event, excluded connection
   -- and data.
   local msg = 'c ' .. offset .. ' ' .. epoch .. ' ' .. now_us .. ' ' .. #ARGV[1] .. ' ' .. #ARGV[3]
     .. ' ' .. #ARGV[5] .. ' ' .. #ARGV[7] .. '\n' .. ARGV[1] .. ARGV[3] .. ARGV[5] .. ARGV[7]
     .. ARGV[2]
-  receivers = redis.call('PUBLISH', KEYS[3], msg)
+  if channel_pubsub then
+    receivers = redis.call(ARGV[8], channel_pubsub, msg)
+  else
+    receivers = redis.call('PUBLISH', ARGV[9], msg)
+  end
 end
-if KEYS[4] then
-  redis.call('HSET', KEYS[4], 'f', ARGV[8], 'o', offset, 'e', epoch, 't', now_us)
-  redis.call('PEXPIRE', KEYS[4], ARGV[9])
+if once then
+  redis.call('HSET', once, 'f', ARGV[10], 'o', offset, 'e', epoch, 't', now_us)
+  redis.call('PEXPIRE', once, ARGV[11])
 end
 return { offset, epoch, now_us, receivers, 0 }

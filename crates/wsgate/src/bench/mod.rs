@@ -22,8 +22,8 @@
 
 pub mod baseline;
 mod clients;
-mod hooks;
 mod cluster;
+mod hooks;
 pub mod procfs;
 mod progress;
 mod soak;
