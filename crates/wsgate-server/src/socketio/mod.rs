@@ -13,12 +13,15 @@
 //! - [`delivery`]: the connection's [`Transport`]: what the gateway sends (channel
 //!   publications from any node through the broker, user and connection sends) becomes
 //!   Socket.IO events.
+//! - [`encoded`]: a publication as a Socket.IO event, encoded once per node for all its
+//!   subscribers.
 //!
 //! [`Connection`]: wsgate_core::gateway::Connection
 //! [`Session`]: wsgate_core::gateway::Session
 //! [`Transport`]: wsgate_core::gateway::Transport
 
 mod delivery;
+mod encoded;
 mod events;
 mod handshake;
 
@@ -39,7 +42,7 @@ use socketioxide::{SocketIo, TransportType};
 use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
 
-pub use delivery::MESSAGE;
+pub use encoded::MESSAGE;
 pub use events::CLOSE;
 pub use handshake::UNAUTHORIZED;
 
@@ -61,6 +64,7 @@ struct Parts {
     edge: WsState,
     io: SocketIo,
     closing: AtomicBool,
+    encodings: Arc<encoded::Encodings>,
 }
 
 impl std::ops::Deref for SioEdge {
@@ -111,6 +115,7 @@ pub fn routes(edge: WsState) -> Router {
         edge,
         io: io.clone(),
         closing: AtomicBool::new(false),
+        encodings: Arc::default(),
     }));
     let admit = {
         let sio = sio.clone();
@@ -126,7 +131,7 @@ pub fn routes(edge: WsState) -> Router {
             async move {
                 let admitted = s
                     .extensions
-                    .get::<handshake::Admitted>()
+                    .remove::<handshake::Admitted>()
                     .and_then(|a| a.take());
                 match admitted {
                     Some((who, ready)) => events::connected(sio, s, who, ready),
