@@ -132,7 +132,10 @@ pub fn register(s: &SocketRef) -> Ready {
     let (tx, rx) = tokio::sync::watch::channel(None);
     let ready = rx.clone();
     s.on_fallback(
-        async move |s: SocketRef, Event(event): Event, TryData(args): TryData<Value>, ack: AckSender| {
+        async move |s: SocketRef,
+                    Event(event): Event,
+                    TryData(args): TryData<Value>,
+                    ack: AckSender| {
             if let Some(client) = client_of(ready).await {
                 client.event(&s, &event, args, ack).await;
             }
@@ -211,9 +214,8 @@ impl Client {
     ) {
         let gw = &self.sio.gateway;
         self.conn.touch(gw.now_ms());
-        let args = args.map_err(|e| {
-            ProtocolError::new("invalid_frame", format!("invalid arguments: {e}"))
-        });
+        let args = args
+            .map_err(|e| ProtocolError::new("invalid_frame", format!("invalid arguments: {e}")));
         let len = args.as_ref().map_or(0, |a| a.to_string().len());
         let verdict = self.limits.lock().check(gw, len);
         let mut session = self.session.lock().await;
