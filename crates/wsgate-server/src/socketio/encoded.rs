@@ -56,7 +56,7 @@ pub fn encode(p: &Publication) -> Event {
                 channel: &p.channel,
                 offset: p.offset,
                 epoch: &p.epoch,
-                data: &*data,
+                data: &data,
             })
             .unwrap_or_else(|_| null());
             Event {
