@@ -111,6 +111,13 @@ async fn websocket_transport_subscribe_publish_presence_and_listing() {
         (ack["users"].clone(), ack["connections"].clone()),
         (json!(["ann"]), json!(1))
     );
+    // Any other event is answered like an unknown op on /ws.
+    let ack = sio.emit("a", "dance", json!({"step": 1})).await;
+    assert_eq!(
+        (ack["ok"].clone(), ack["error"].clone()),
+        (json!(false), json!("unknown_op")),
+        "{ack}"
+    );
     let (status, list) = node.get("/connections?kind=socketio").await;
     assert_eq!(status, 200, "{list}");
     let items = list["connections"].as_array().expect("connections").clone();

@@ -5,59 +5,27 @@
 //! their pre-encoded WebSocket frames; this one emits Socket.IO events through socketioxide
 //! instead: a channel publication becomes `message` with `{channel, offset, epoch, data}`
 //! (or the publication's own event, with `data` as its only argument), a user or connection
-//! send becomes `message` with `{data}`, a `gap` notice the event `gap`. A publication's `data` is decoded into a JSON value
-//! once per node (shared by every Socket.IO subscriber); socketioxide encodes the packet per
-//! socket. Emitting never waits: the socket's buffer (`outbox_capacity` packets) full is
-//! [`Overflow`], and the gateway closes the connection as a slow consumer.
+//! send becomes `message` with `{data}`, a `gap` notice the event `gap`. A publication's
+//! event is encoded once per node ([`encoded`](super::encoded)) and shared by every Socket.IO
+//! subscriber; socketioxide only copies it into each socket's packet. Emitting never waits:
+//! the socket's buffer (`outbox_capacity` packets) full is [`Overflow`], and the gateway
+//! closes the connection as a slow consumer.
 
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
-use serde::Serialize;
 use serde_json::{Map, Value};
 use socketioxide::extract::SocketRef;
 use socketioxide::{SendError, SocketError};
 use wsgate_core::clock::Clock;
 use wsgate_core::gateway::{Connection, Outbound, Overflow, Skips, Transport};
 use wsgate_core::protocol;
-use wsgate_core::seams::Publication;
 
-/// The event every channel publication without an event of its own, and every direct
-/// message, is emitted as.
-pub const MESSAGE: &str = "message";
+use super::encoded::{Encodings, Event};
 
-/// A channel publication as the `message` event carries it.
-#[derive(Serialize)]
-struct ChannelMessage<'a> {
-    channel: &'a str,
-    offset: u64,
-    epoch: &'a str,
-    data: &'a Value,
-}
-
-/// `data` (validated JSON text on every path into the broker) as a value.
-pub(super) fn decode(data: &[u8]) -> Value {
-    serde_json::from_slice(data).unwrap_or(Value::Null)
-}
-
-/// Emits one channel publication the Socket.IO way.
-pub(super) fn emit_publication(
-    socket: &SocketRef,
-    p: &Publication,
-    data: &Value,
-) -> Result<(), SendError> {
-    match &p.event {
-        Some(event) => socket.emit(&**event, data),
-        None => socket.emit(
-            MESSAGE,
-            &ChannelMessage {
-                channel: &p.channel,
-                offset: p.offset,
-                epoch: &p.epoch,
-                data,
-            },
-        ),
-    }
+/// Emits one publication, already encoded, the Socket.IO way.
+pub(super) fn emit_event(socket: &SocketRef, e: &Event) -> Result<(), SendError> {
+    socket.emit(&*e.name, &*e.arg)
 }
 
 #[derive(Default)]
@@ -77,6 +45,8 @@ pub struct SioTransport {
     /// Items a hold may keep (`outbox_capacity`).
     capacity: usize,
     clock: Clock,
+    /// The node's encodings of the publications being fanned out.
+    encodings: Arc<Encodings>,
 }
 
 impl std::fmt::Debug for SioTransport {
@@ -88,7 +58,12 @@ impl std::fmt::Debug for SioTransport {
 }
 
 impl SioTransport {
-    pub(super) fn new(socket: SocketRef, capacity: usize, clock: Clock) -> Self {
+    pub(super) fn new(
+        socket: SocketRef,
+        capacity: usize,
+        clock: Clock,
+        encodings: Arc<Encodings>,
+    ) -> Self {
         Self {
             state: Mutex::new(State {
                 socket: Some(socket),
@@ -96,11 +71,12 @@ impl SioTransport {
             }),
             capacity,
             clock,
+            encodings,
         }
     }
 
-    pub(super) fn attach(&self, conn: &std::sync::Arc<Connection>) {
-        self.state.lock().conn = std::sync::Arc::downgrade(conn);
+    pub(super) fn attach(&self, conn: &Arc<Connection>) {
+        self.state.lock().conn = Arc::downgrade(conn);
     }
 
     /// The connection ended: nothing more is emitted, and the socket is let go.
@@ -116,11 +92,12 @@ impl SioTransport {
         let Some(held) = st.held.take() else {
             return Ok(());
         };
-        held.iter().try_for_each(|item| emit(&mut st, item))
+        held.iter()
+            .try_for_each(|item| emit(&mut st, &self.encodings, item))
     }
 }
 
-fn emit(st: &mut State, item: &Outbound) -> Result<(), Overflow> {
+fn emit(st: &mut State, encodings: &Encodings, item: &Outbound) -> Result<(), Overflow> {
     let Some(socket) = &st.socket else {
         return Ok(());
     };
@@ -132,10 +109,7 @@ fn emit(st: &mut State, item: &Outbound) -> Result<(), Overflow> {
                 return Ok(());
             }
             match &d.publication {
-                Some(p) => {
-                    let data = d.decoded.get_or_init(|| decode(&p.data));
-                    emit_publication(socket, p, data)
-                }
+                Some(p) => emit_event(socket, &encodings.of(d, p)),
                 None => emit_frame(socket, &d.wire),
             }
         }
@@ -174,7 +148,7 @@ impl Transport for SioTransport {
             held.push(item.clone());
             return Ok(());
         }
-        emit(&mut st, item)
+        emit(&mut st, &self.encodings, item)
     }
 
     /// The gateway's ping. Engine.IO pings Socket.IO clients itself and closes a socket that
@@ -195,7 +169,7 @@ impl Transport for SioTransport {
         }
     }
 
-    fn skip_through(&self, channel: std::sync::Arc<str>, epoch: std::sync::Arc<str>, offset: u64) {
+    fn skip_through(&self, channel: Arc<str>, epoch: Arc<str>, offset: u64) {
         self.state.lock().skips.set(channel, epoch, offset);
     }
 

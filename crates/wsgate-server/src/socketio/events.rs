@@ -16,7 +16,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use socketioxide::extract::{AckSender, Data, SocketRef};
+use socketioxide::ParserError;
+use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
 use socketioxide::socket::DisconnectReason;
 use tokio::sync::oneshot;
 use tracing::debug;
@@ -25,7 +26,8 @@ use wsgate_core::gateway::{CloseRequest, Connection, ServerAnswer, Session};
 use wsgate_core::protocol::{ProtocolError, close};
 use wsgate_core::seams::{Publication, Recovery, StreamPosition};
 
-use super::delivery::{SioTransport, decode, emit_publication};
+use super::delivery::{SioTransport, emit_event};
+use super::encoded::encode;
 use super::{KIND, SioEdge};
 use crate::hooks::Greeting;
 use crate::limits::Slot;
@@ -70,6 +72,7 @@ pub fn connected(sio: SioEdge, s: SocketRef, who: Who, ready: Ready) {
         s.clone(),
         edge.config.outbox_capacity,
         gw.clock,
+        sio.0.encodings.clone(),
     ));
     let conn = gw.open_as(KIND, id, identity, Some(remote), transport.clone());
     transport.attach(&conn);
@@ -117,14 +120,15 @@ enum Op {
 }
 
 impl Op {
-    fn event(self) -> &'static str {
-        match self {
-            Op::Subscribe => "subscribe",
-            Op::Unsubscribe => "unsubscribe",
-            Op::Publish => "publish",
-            Op::Presence => "presence",
-            Op::Rpc => "rpc",
-        }
+    fn of(event: &str) -> Option<Op> {
+        Some(match event {
+            "subscribe" => Op::Subscribe,
+            "unsubscribe" => Op::Unsubscribe,
+            "publish" => Op::Publish,
+            "presence" => Op::Presence,
+            "rpc" => Op::Rpc,
+            _ => return None,
+        })
     }
 }
 
@@ -142,26 +146,23 @@ pub struct Ready(tokio::sync::watch::Sender<Option<Arc<Client>>>);
 /// Registers the client events and the disconnect handler on an admitted socket (from the
 /// connect middleware, before the client is told it is connected); [`connected`] makes them
 /// run.
+///
+/// One handler takes every event and picks the op by name: socketioxide keeps handlers per
+/// socket, so each registered event would cost every connection a boxed handler and a map
+/// entry.
 pub fn register(s: &SocketRef) -> Ready {
     let (tx, rx) = tokio::sync::watch::channel(None);
-    for op in [
-        Op::Subscribe,
-        Op::Unsubscribe,
-        Op::Publish,
-        Op::Presence,
-        Op::Rpc,
-    ] {
-        on(s, rx.clone(), op);
-    }
-    let on_fallback = rx.clone();
-    s.on_fallback(async move |s: SocketRef, ack: AckSender| {
-        let Some(c) = client_of(on_fallback).await else {
-            return;
-        };
-        let e = ProtocolError::new("unknown_op", "unknown event");
-        let mut session = c.session.lock().await;
-        c.reply(&s, &mut session, ack, Err(e));
-    });
+    let ready = rx.clone();
+    s.on_fallback(
+        async move |s: SocketRef,
+                    Event(event): Event,
+                    TryData(args): TryData<Value>,
+                    ack: AckSender| {
+            if let Some(client) = client_of(ready).await {
+                client.event(&s, &event, args, ack).await;
+            }
+        },
+    );
     // Here too: a client that leaves before the connect handler ran is still seen leaving.
     s.on_disconnect(async move |reason: DisconnectReason| {
         let Some(c) = client_of(rx).await else { return };
@@ -178,33 +179,6 @@ async fn client_of(
     mut rx: tokio::sync::watch::Receiver<Option<Arc<Client>>>,
 ) -> Option<Arc<Client>> {
     rx.wait_for(Option::is_some).await.ok()?.clone()
-}
-
-/// Registers the op's event: the rate limits and liveness first, the answer after.
-fn on(s: &SocketRef, ready: tokio::sync::watch::Receiver<Option<Arc<Client>>>, op: Op) {
-    s.on(
-        op.event(),
-        async move |s: SocketRef, Data(args): Data<Value>, ack: AckSender| {
-            let Some(client) = client_of(ready).await else {
-                return;
-            };
-            let gw = &client.sio.gateway;
-            client.conn.touch(gw.now_ms());
-            let len = args.to_string().len();
-            let verdict = client.limits.lock().check(gw, len);
-            let mut session = client.session.lock().await;
-            session.count_in(gw, len);
-            let result = match verdict {
-                Verdict::Pass => run(op, &client, &mut session, args).await,
-                Verdict::Dropped { kind, .. } => Err(rate_limited(kind)),
-                Verdict::Close(close) => {
-                    client.close(&close);
-                    return;
-                }
-            };
-            client.reply(&s, &mut session, ack, result);
-        },
-    );
 }
 
 async fn run(
@@ -266,6 +240,39 @@ async fn run(
 }
 
 impl Client {
+    /// One client event: the rate limits and liveness first, the answer after.
+    async fn event(
+        &self,
+        s: &SocketRef,
+        event: &str,
+        args: Result<Value, ParserError>,
+        ack: AckSender,
+    ) {
+        let gw = &self.sio.gateway;
+        self.conn.touch(gw.now_ms());
+        let args = args
+            .map_err(|e| ProtocolError::new("invalid_frame", format!("invalid arguments: {e}")));
+        let len = args.as_ref().map_or(0, |a| a.to_string().len());
+        let verdict = self.limits.lock().check(gw, len);
+        let mut session = self.session.lock().await;
+        session.count_in(gw, len);
+        let result = match verdict {
+            Verdict::Pass => match Op::of(event) {
+                Some(op) => match args {
+                    Ok(args) => run(op, self, &mut session, args).await,
+                    Err(e) => Err(e),
+                },
+                None => Err(ProtocolError::new("unknown_op", "unknown event")),
+            },
+            Verdict::Dropped { kind, .. } => Err(rate_limited(kind)),
+            Verdict::Close(close) => {
+                self.close(&close);
+                return;
+            }
+        };
+        self.reply(s, &mut session, ack, result);
+    }
+
     /// Acknowledges the event (errors counted as `/ws` counts them), emits what the op
     /// recovered, then what its hold kept back: all through the socket's one queue, so the
     /// client gets them in this order.
@@ -295,7 +302,7 @@ impl Client {
         };
         let _ = ack.send(&answer);
         for p in &recovered {
-            let _ = emit_publication(s, p, &decode(&p.data));
+            let _ = emit_event(s, &encode(p));
         }
         self.release();
     }
