@@ -11,11 +11,13 @@
 //! plain `TcpStream`s, and an upgraded connection is downcast back to its stream.
 
 mod config;
+mod flusher;
 mod socket;
 mod state;
 pub(crate) mod task;
 
 pub use config::*;
+pub use flusher::Flusher;
 pub use socket::{SharedSocket, SocketIo};
 pub use state::{WsState, WsView};
 
@@ -89,7 +91,7 @@ pub async fn upgrade(
     let identity = edge.auth.authenticate(token.as_deref()).await;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let task_edge = edge.clone();
-    edge.tasks.spawn(async move {
+    let task = async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -106,10 +108,12 @@ pub async fn upgrade(
         };
         let (socket, io) = match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
-                let socket = SharedSocket::new(parts.io.into_inner(), capacity);
+                let flusher = task_edge.flusher.clone();
+                let socket = SharedSocket::new(parts.io.into_inner(), capacity, flusher);
                 let leftover = bytes::Bytes::copy_from_slice(&parts.read_buf);
                 drop(parts.read_buf);
-                (socket.clone(), SocketIo::new(socket, leftover))
+                let read_size = task_edge.config.read_buffer_size;
+                (socket.clone(), SocketIo::new(socket, leftover, read_size))
             }
             Err(upgraded) => match upgraded.downcast::<TokioIo<socket::TlsStream>>() {
                 Ok(parts) => {
@@ -125,21 +129,27 @@ pub async fn upgrade(
             },
         };
         let config = WebSocketConfig::default()
-            .read_buffer_size(task_edge.config.read_buffer_size)
+            .read_buffer_size(socket::FRAME_READ_CHUNK)
             .max_message_size(Some(task_edge.config.max_message_size))
             .max_frame_size(Some(task_edge.config.max_message_size));
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
         match identity {
             Ok(identity) => {
                 if !task_edge.limits.admit_user(&mut slot, &identity.user) {
-                    task::refuse_user(task_edge, socket, ws, remote).await;
+                    Box::pin(task::refuse_user(task_edge, socket, ws, remote)).await;
                     return;
                 }
                 task::serve(task_edge, socket, ws, identity, remote, slot).await;
             }
-            Err(e) => task::refuse(task_edge, socket, ws, e, remote).await,
+            // Boxed: a refusal's close handshake must not grow every connection's task.
+            Err(e) => Box::pin(task::refuse(task_edge, socket, ws, e, remote)).await,
         }
-    });
+    };
+    // Every connection keeps its task's future allocated while it lives (memory per idle
+    // connection is a target, issue 16): the size is worth a look after a change.
+    static TASK_SIZE: std::sync::Once = std::sync::Once::new();
+    TASK_SIZE.call_once(|| debug!(bytes = std::mem::size_of_val(&task), "connection task future"));
+    edge.tasks.spawn(task);
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")
