@@ -84,7 +84,6 @@ impl Node {
             lifecycle: lifecycle.clone(),
             tasks: tasks.clone(),
             config: config.ws.clone(),
-            flusher: Default::default(),
         });
         let api = ApiState::new(ApiView {
             gateway: gateway.clone(),

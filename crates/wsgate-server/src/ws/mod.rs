@@ -11,13 +11,11 @@
 //! plain `TcpStream`s, and an upgraded connection is downcast back to its stream.
 
 mod config;
-mod flusher;
 mod socket;
 mod state;
 pub(crate) mod task;
 
 pub use config::*;
-pub use flusher::Flusher;
 pub use socket::{SharedSocket, SocketIo};
 pub use state::{WsState, WsView};
 
@@ -108,8 +106,7 @@ pub async fn upgrade(
         };
         let (socket, io) = match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
-                let flusher = task_edge.flusher.clone();
-                let socket = SharedSocket::new(parts.io.into_inner(), capacity, flusher);
+                let socket = SharedSocket::new(parts.io.into_inner(), capacity);
                 let leftover = bytes::Bytes::copy_from_slice(&parts.read_buf);
                 drop(parts.read_buf);
                 let read_size = task_edge.config.read_buffer_size;

@@ -1,21 +1,16 @@
 //! A client socket shared by its connection task and every publisher.
 //!
 //! A publication arrives as a complete, pre-encoded WebSocket frame (`Bytes` shared by every
-//! subscriber of the node). The publisher appends it to the connection's bounded backlog and,
-//! when the backlog stops being empty, lists the socket with the node's [`Flusher`]: one task
-//! that writes each listed backlog with one vectored write per up to 256 frames (no wake-up
-//! of the connection task per delivery). No per-subscriber copy, no framing per subscriber,
-//! one syscall per burst, and no publisher ever waits for a syscall on somebody else's
-//! socket. When the kernel does not take everything (a slow reader), the connection task
-//! takes over: it takes everything queued under the lock and writes it *without* the lock as
-//! the socket becomes writable. Over TLS the task writes everything.
+//! subscriber of the node). The publisher appends it to the connection's bounded backlog and
+//! wakes the connection task only when the backlog stops being empty. The task takes
+//! everything queued under the lock and writes it *without* the lock, with one vectored write
+//! per up to 256 frames: no per-subscriber copy, no framing per subscriber, one syscall per
+//! burst, and no publisher ever waits for a syscall on somebody else's socket.
 //!
 //! We measured the alternative of publishers writing each frame straight into the kernel
 //! (`try_write`, queueing only on `WouldBlock`): lower latency at idle, but one syscall per
 //! delivery with no coalescing cost 5-7x more server CPU per delivery on the 10k fan-out
-//! (docs/benchmarks.md), so frames are queued and coalesced instead. The exception is a quiet
-//! connection (no publication for [`QUIET_GAP_US`]): nothing could coalesce with its frame,
-//! so the publisher writes it when nothing is queued, sparing the task's wake-up.
+//! (docs/benchmarks.md), so frames are queued and coalesced instead.
 //!
 //! Ordering: every write goes through one short mutex and the `writing` flag, so frames never
 //! interleave and never overtake one another; the front of what the task holds may be the
@@ -46,7 +41,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
@@ -56,8 +51,6 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use wsgate_core::gateway::{Outbound, Overflow, Skips, Transport};
 
-use super::flusher::Flusher;
-
 /// Frames written per vectored write when the backlog drains (Linux's IOV_MAX is 1024).
 const MAX_IOVECS: usize = 256;
 
@@ -65,13 +58,6 @@ const MAX_IOVECS: usize = 256;
 /// [`SocketIo`] for per call. Small, since it is kept per connection; the kernel is read in
 /// larger steps (the node's `read_buffer_size`) into the worker's scratch buffer.
 pub const FRAME_READ_CHUNK: usize = 256;
-
-/// A publication that comes this long (by publish time) after the previous one a connection
-/// got is written by the publisher straight into the socket when nothing is queued: on a
-/// quiet channel nothing could coalesce with it anyway, and waking the connection task to
-/// write it cost more than the write itself (issue 16: 10k subscribers at 2 publications/s).
-/// Closer publications are queued and written by the task, so that bursts coalesce.
-const QUIET_GAP_US: u64 = 20_000;
 
 thread_local! {
     /// The worker thread's landing place for socket reads (see the module's documentation).
@@ -99,24 +85,11 @@ struct WriteState {
     held_bytes: usize,
     /// An own frame found the budget spent: the connection must close (4029).
     overflow: bool,
-    /// The socket is in the node's flusher list (see [`Flusher`]).
-    listed: bool,
-    /// Publish time (µs, the origin's clock) of the latest publication sent here: how long
-    /// the connection has been quiet (see [`QUIET_GAP_US`]).
-    last_publication_us: u64,
 }
 
 impl WriteState {
     fn queued_bytes(&self) -> usize {
         self.backlog_bytes + self.in_flight_bytes + self.held_bytes
-    }
-
-    /// Records a publication's time; whether the connection was quiet before it (see
-    /// [`QUIET_GAP_US`]). A notice carries no time (0) and counts as busy.
-    fn quiet(&mut self, published_at_us: u64) -> bool {
-        let gap = published_at_us.saturating_sub(self.last_publication_us);
-        self.last_publication_us = self.last_publication_us.max(published_at_us);
-        published_at_us != 0 && gap >= QUIET_GAP_US
     }
 }
 
@@ -143,10 +116,6 @@ impl std::fmt::Debug for Wire {
 #[derive(Debug)]
 pub struct SharedSocket {
     wire: Wire,
-    /// Writes publications' backlogs (plain TCP); `None`: the connection task does.
-    flusher: Option<Arc<Flusher>>,
-    /// This socket, for the flusher's list.
-    me: Weak<SharedSocket>,
     state: Mutex<WriteState>,
     /// Signalled when the backlog stops being empty (or the socket fails).
     wake: Notify,
@@ -162,8 +131,6 @@ enum Wrote {
     Done,
     /// The backlog became non-empty: the connection task must drain it.
     Backlogged,
-    /// The backlog became non-empty: the flusher must write it.
-    Listed,
     /// The budget is spent: the connection task must close the connection.
     Overflowed,
 }
@@ -178,23 +145,20 @@ pub struct Bounds {
 }
 
 impl SharedSocket {
-    /// A plain TCP connection; publications' backlogs are written by `flusher`.
-    pub fn new(tcp: TcpStream, bounds: Bounds, flusher: Arc<Flusher>) -> Arc<Self> {
-        Self::with_wire(Wire::Tcp(tcp), bounds, Some(flusher))
+    pub fn new(tcp: TcpStream, bounds: Bounds) -> Arc<Self> {
+        Self::with_wire(Wire::Tcp(tcp), bounds)
     }
 
     /// A TLS connection: the returned read half is for [`SocketIo::tls`].
     pub fn new_tls(tls: TlsStream, bounds: Bounds) -> (Arc<Self>, ReadHalf<TlsStream>) {
         let (read, write) = tokio::io::split(tls);
-        let socket = Self::with_wire(Wire::Tls(tokio::sync::Mutex::new(write)), bounds, None);
+        let socket = Self::with_wire(Wire::Tls(tokio::sync::Mutex::new(write)), bounds);
         (socket, read)
     }
 
-    fn with_wire(wire: Wire, bounds: Bounds, flusher: Option<Arc<Flusher>>) -> Arc<Self> {
-        Arc::new_cyclic(|me| Self {
+    fn with_wire(wire: Wire, bounds: Bounds) -> Arc<Self> {
+        Arc::new(Self {
             wire,
-            flusher,
-            me: me.clone(),
             state: Mutex::new(WriteState::default()),
             wake: Notify::new(),
             overflowed: Notify::new(),
@@ -237,7 +201,24 @@ impl SharedSocket {
                 };
             }
         };
-        write_now(st, tcp, bytes)
+        match tcp.try_write(&bytes) {
+            Ok(n) if n == bytes.len() => Wrote::Done,
+            Ok(n) => {
+                // The rest of a frame already begun: always kept (the backlog was empty).
+                st.backlog_bytes += bytes.len() - n;
+                st.backlog.push_back(bytes.slice(n..));
+                Wrote::Backlogged
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                st.backlog_bytes += bytes.len();
+                st.backlog.push_back(bytes);
+                Wrote::Backlogged
+            }
+            Err(_) => {
+                st.failed = true;
+                Wrote::Backlogged
+            }
+        }
     }
 
     fn publish_locked(&self, st: &mut WriteState, item: &Outbound) -> Result<Wrote, Overflow> {
@@ -263,55 +244,28 @@ impl SharedSocket {
             },
             Outbound::Frame(b) => b.clone(),
         };
-        // Publications are queued, not written here, unless the connection was quiet (see
-        // QUIET_GAP_US): the connection task writes everything queued with one vectored
-        // write. Measured on the 10k-subscriber fan-out at 100/s, writing each frame from the
-        // publisher (one syscall per delivery, no coalescing) cost 5-7x more server CPU per
-        // delivery than letting a burst coalesce (docs/benchmarks.md).
+        // Publications are queued, never written here: the connection task writes everything
+        // queued with one vectored write. Measured on the 10k-subscriber fan-out, writing each
+        // frame from the publisher (one syscall per delivery, no coalescing) cost 5-7x more
+        // server CPU per delivery than letting a burst coalesce (docs/benchmarks.md).
         if st.failed {
             return Ok(Wrote::Done);
         }
         if st.backlog.len() + st.in_flight >= self.capacity || queued >= self.budget {
             return Err(Overflow);
         }
-        if let Outbound::Publication(d) = item
-            && st.quiet(d.published_at_us)
-            && st.backlog.is_empty()
-            && !st.writing
-            && let Wire::Tcp(tcp) = &self.wire
-        {
-            return Ok(write_now(st, tcp, bytes));
-        }
-        // The flusher (or, over TLS, the task) is called when the backlog stops being empty;
-        // while the task writes, it comes back for more on its own.
+        // The task is woken when the backlog stops being empty; while it writes, it comes
+        // back for more on its own.
         let wake = st.backlog.is_empty() && !st.writing;
         st.backlog_bytes += bytes.len();
         st.backlog.push_back(bytes);
-        Ok(match (wake, &self.flusher) {
-            (false, _) => Wrote::Done,
-            (true, None) => Wrote::Backlogged,
-            (true, Some(_)) if st.listed => Wrote::Done,
-            (true, Some(_)) => {
-                st.listed = true;
-                Wrote::Listed
-            }
-        })
+        Ok(if wake { Wrote::Backlogged } else { Wrote::Done })
     }
 
     fn woke(&self, w: Wrote) {
         match w {
             Wrote::Done => {}
             Wrote::Backlogged => self.wake.notify_one(),
-            Wrote::Listed => {
-                let listed = match (&self.flusher, self.me.upgrade()) {
-                    (Some(flusher), Some(me)) => flusher.push(me),
-                    _ => false,
-                };
-                if !listed {
-                    self.state.lock().listed = false;
-                    self.wake.notify_one();
-                }
-            }
             Wrote::Overflowed => self.overflowed.notify_one(),
         }
     }
@@ -334,16 +288,15 @@ impl SharedSocket {
             return Ok(());
         };
         st.held_bytes = 0;
-        let mut backlogged = None;
+        let mut backlogged = false;
         for item in &held {
-            let w = self.publish_locked(&mut st, item)?;
-            if matches!(w, Wrote::Backlogged | Wrote::Listed) {
-                backlogged = Some(w);
+            if let Wrote::Backlogged = self.publish_locked(&mut st, item)? {
+                backlogged = true;
             }
         }
         drop(st);
-        if let Some(w) = backlogged {
-            self.woke(w);
+        if backlogged {
+            self.wake.notify_one();
         }
         Ok(())
     }
@@ -433,50 +386,6 @@ impl SharedSocket {
 }
 
 impl SharedSocket {
-    /// The flusher's turn (see [`Flusher`]): writes the backlog out with vectored writes
-    /// under the lock, unless the connection task is writing (it takes the backlog itself).
-    /// What the kernel does not take is left for the task, which is woken to wait for the
-    /// socket.
-    pub(super) fn flush_listed(&self) {
-        let Wire::Tcp(tcp) = &self.wire else {
-            return;
-        };
-        let mut st = self.state.lock();
-        st.listed = false;
-        if st.writing || st.failed {
-            return;
-        }
-        while !st.backlog.is_empty() {
-            let written = {
-                let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
-                let n = fill_iovecs(&mut iov, &st.backlog);
-                tcp.try_write_vectored(&iov[..n])
-            };
-            match written {
-                Ok(n) if n > 0 => {
-                    st.backlog_bytes = st.backlog_bytes.saturating_sub(n);
-                    advance(&mut st.backlog, n);
-                }
-                Ok(_) => {
-                    drop(st);
-                    self.wake.notify_one();
-                    return;
-                }
-                Err(e) => {
-                    if e.kind() != io::ErrorKind::WouldBlock {
-                        st.failed = true;
-                    }
-                    drop(st);
-                    self.wake.notify_one();
-                    return;
-                }
-            }
-        }
-        if st.backlog.capacity() > 64 {
-            st.backlog = VecDeque::new();
-        }
-    }
-
     /// Moves the backlog into `taken` (counted as in flight), or fails once a write has
     /// failed. The lock stays held so that the caller decides, atomically, what `writing`
     /// becomes.
@@ -542,29 +451,6 @@ impl SharedSocket {
                 release_idle(&mut st.backlog, taken);
                 return Ok(());
             }
-        }
-    }
-}
-
-/// Writes `bytes` into the socket at once (nothing is queued or being written: `st`'s lock
-/// keeps it so); what the kernel does not take is queued for the connection task.
-fn write_now(st: &mut WriteState, tcp: &TcpStream, bytes: Bytes) -> Wrote {
-    match tcp.try_write(&bytes) {
-        Ok(n) if n == bytes.len() => Wrote::Done,
-        Ok(n) => {
-            // The rest of a frame already begun: always kept (the backlog was empty).
-            st.backlog_bytes += bytes.len() - n;
-            st.backlog.push_back(bytes.slice(n..));
-            Wrote::Backlogged
-        }
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-            st.backlog_bytes += bytes.len();
-            st.backlog.push_back(bytes);
-            Wrote::Backlogged
-        }
-        Err(_) => {
-            st.failed = true;
-            Wrote::Backlogged
         }
     }
 }

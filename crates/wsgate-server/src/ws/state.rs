@@ -6,7 +6,7 @@ use tokio_util::task::TaskTracker;
 use wsgate_core::auth::Authenticator;
 use wsgate_core::gateway::Gateway;
 
-use super::{Flusher, WsConfig};
+use super::WsConfig;
 use crate::lifecycle::Lifecycle;
 use crate::limits::Limits;
 use crate::view::View;
@@ -20,8 +20,6 @@ pub struct WsView {
     /// Every connection task, so the drain can wait for them.
     pub tasks: TaskTracker,
     pub config: WsConfig,
-    /// Writes publications into the node's plain-TCP sockets.
-    pub flusher: Arc<Flusher>,
 }
 
 /// The WebSocket edge's view of the node (axum state of `/ws`).
