@@ -145,7 +145,12 @@ pub async fn upgrade(
     // Every connection keeps its task's future allocated while it lives (memory per idle
     // connection is a target, issue 16): the size is worth a look after a change.
     static TASK_SIZE: std::sync::Once = std::sync::Once::new();
-    TASK_SIZE.call_once(|| debug!(bytes = std::mem::size_of_val(&task), "connection task future"));
+    TASK_SIZE.call_once(|| {
+        debug!(
+            bytes = std::mem::size_of_val(&task),
+            "connection task future"
+        )
+    });
     edge.tasks.spawn(task);
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)

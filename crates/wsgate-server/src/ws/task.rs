@@ -246,7 +246,10 @@ pub(super) async fn serve(
     let mut limits = Inbound::new(&edge.config);
     let ending = run(&gw, &socket, &mut ws, &mut session, &mut taken, &mut limits).await;
     if let Some((code, message)) = &ending.close {
-        Box::pin(close_gracefully(&edge, &socket, &mut ws, &mut taken, *code, message)).await;
+        Box::pin(close_gracefully(
+            &edge, &socket, &mut ws, &mut taken, *code, message,
+        ))
+        .await;
     } else if ending.reason == "client_closed" {
         // tungstenite queued the answer to the client's close frame; send it.
         socket.stop_publications(false);

@@ -340,7 +340,13 @@ async fn spawn_server_with(
                 baseline::Fanout::Queues => "queues",
                 baseline::Fanout::Broadcast => "broadcast",
             };
-            cmd.args(["bench-baseline-server", "--listen", listen, "--fanout", fanout]);
+            cmd.args([
+                "bench-baseline-server",
+                "--listen",
+                listen,
+                "--fanout",
+                fanout,
+            ]);
         }
         Target::NodeSocketIo => {}
     };
