@@ -19,9 +19,11 @@ pub const DEFAULT_OUTBOX_BYTES: usize = 256 * 1024;
 /// Default of `close_grace_ms`: a close frame to a live client takes milliseconds; a dead
 /// one must not hold its task for long.
 pub const DEFAULT_CLOSE_GRACE_MS: u64 = 2_000;
-/// Default of `read_buffer_size`: 2 KiB. Clients send small frames, and the buffer is
-/// zero-filled and kept per connection (tungstenite's 128 KiB default costs both memory
-/// and CPU; 4 KiB measured 8.0 KiB per idle connection, 2 KiB 6.1 KiB).
+/// Default of `read_buffer_size`: 2 KiB. Clients send small frames. On `/ws` it is how much
+/// one read from the kernel takes, into the worker thread's scratch buffer, not a buffer kept
+/// per connection (an idle `/ws` connection keeps none, see `socket.rs`); the Socket.IO edge's
+/// tungstenite keeps one of this size per connection (tungstenite's 128 KiB default costs
+/// both memory and CPU).
 pub const DEFAULT_READ_BUFFER_SIZE: usize = 2048;
 /// Default of `client_message_rate` (frames per second per connection): far above an
 /// interactive client, far below a flood.
@@ -53,7 +55,8 @@ pub struct WsConfig {
     /// How long a close frame may take to write before the socket is dropped.
     /// Default [`DEFAULT_CLOSE_GRACE_MS`].
     pub close_grace_ms: u64,
-    /// Socket read buffer per connection. Default [`DEFAULT_READ_BUFFER_SIZE`].
+    /// Bytes one socket read takes (`/ws`: into the worker's scratch buffer; Socket.IO: the
+    /// read buffer kept per connection). Default [`DEFAULT_READ_BUFFER_SIZE`].
     pub read_buffer_size: usize,
     /// Inbound frames per second per connection (`rate_limited` error frame, the frame is
     /// dropped), bursts of `client_message_burst`. 0: no limit.

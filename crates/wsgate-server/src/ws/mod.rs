@@ -97,7 +97,7 @@ pub async fn upgrade(
     .await;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let task_edge = edge.clone();
-    edge.tasks.spawn(async move {
+    let task = async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -117,7 +117,8 @@ pub async fn upgrade(
                 let socket = SharedSocket::new(parts.io.into_inner(), capacity);
                 let leftover = bytes::Bytes::copy_from_slice(&parts.read_buf);
                 drop(parts.read_buf);
-                (socket.clone(), SocketIo::new(socket, leftover))
+                let read_size = task_edge.config.read_buffer_size;
+                (socket.clone(), SocketIo::new(socket, leftover, read_size))
             }
             Err(upgraded) => match upgraded.downcast::<TokioIo<socket::TlsStream>>() {
                 Ok(parts) => {
@@ -133,26 +134,28 @@ pub async fn upgrade(
             },
         };
         let config = WebSocketConfig::default()
-            .read_buffer_size(task_edge.config.read_buffer_size)
+            .read_buffer_size(socket::FRAME_READ_CHUNK)
             .max_message_size(Some(task_edge.config.max_message_size))
             .max_frame_size(Some(task_edge.config.max_message_size));
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
         let entry = match entry {
             Ok(entry) => entry,
-            Err(e) => return task::refuse(task_edge, socket, ws, e, remote).await,
+            // Boxed: a refusal's close handshake must not grow every connection's task.
+            Err(e) => return Box::pin(task::refuse(task_edge, socket, ws, e, remote)).await,
         };
         // The connect hook (if any) runs once the socket is open, so a refusal can carry
-        // the backend's close code.
+        // the backend's close code. Boxed too: the hook's HTTP call is a large future that
+        // every connection's task would otherwise carry for its whole life.
         let id = task_edge.gateway.new_connection_id();
-        let (identity, greeting) = match entry
-            .admit(&task_edge.gateway, &id, "gateway", remote)
-            .await
-        {
+        let admitted = Box::pin(entry.admit(&task_edge.gateway, &id, "gateway", remote)).await;
+        let (identity, greeting) = match admitted {
             Ok(admitted) => admitted,
-            Err(refusal) => return task::refuse_hook(task_edge, socket, ws, refusal, remote).await,
+            Err(refusal) => {
+                return Box::pin(task::refuse_hook(task_edge, socket, ws, refusal, remote)).await;
+            }
         };
         if !task_edge.limits.admit_user(&mut slot, &identity.user) {
-            task::refuse_user(task_edge, socket, ws, remote).await;
+            Box::pin(task::refuse_user(task_edge, socket, ws, remote)).await;
             return;
         }
         let opened = task::Opened {
@@ -161,7 +164,17 @@ pub async fn upgrade(
             greeting,
         };
         task::serve(task_edge, socket, ws, opened, remote, slot).await;
+    };
+    // Every connection keeps its task's future allocated while it lives (memory per idle
+    // connection is a target, issue 16): the size is worth a look after a change.
+    static TASK_SIZE: std::sync::Once = std::sync::Once::new();
+    TASK_SIZE.call_once(|| {
+        debug!(
+            bytes = std::mem::size_of_val(&task),
+            "connection task future"
+        )
     });
+    edge.tasks.spawn(task);
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")

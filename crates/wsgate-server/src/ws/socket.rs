@@ -26,13 +26,18 @@
 //! sends requests and never reads their answers stalls itself instead of growing the node.
 //!
 //! The connection task reads through [`SocketIo`] (tungstenite parses frames and answers pings
-//! and closes through it too; its writes take the same path as everyone else's).
+//! and closes through it too; its writes take the same path as everyone else's). An idle
+//! connection keeps no read buffer of its own: the kernel's bytes land in the worker thread's
+//! scratch buffer, tungstenite takes [`FRAME_READ_CHUNK`] bytes per call into its own small
+//! buffer, and only what it did not take yet (the rest of a burst) is kept by the connection
+//! until it does. Measured with heaptrack in docs/benchmarks.md (issue 16).
 //!
 //! TLS: the kernel socket carries records, not frames, so nothing may ever be written to it
 //! directly. The `TlsStream` is split; [`SocketIo`] owns the read half, the connection task
 //! writes through the write half (behind an uncontended async mutex), and every frame, the
 //! connection's own included, is queued and written by the task's [`SharedSocket::flush`].
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -48,6 +53,16 @@ use wsgate_core::gateway::{Outbound, Overflow, Skips, Transport};
 
 /// Frames written per vectored write when the backlog drains (Linux's IOV_MAX is 1024).
 const MAX_IOVECS: usize = 256;
+
+/// tungstenite's read buffer per connection (`read_buffer_size` of its config): what it asks
+/// [`SocketIo`] for per call. Small, since it is kept per connection; the kernel is read in
+/// larger steps (the node's `read_buffer_size`) into the worker's scratch buffer.
+pub const FRAME_READ_CHUNK: usize = 256;
+
+thread_local! {
+    /// The worker thread's landing place for socket reads (see the module's documentation).
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
 #[derive(Debug, Default)]
 struct WriteState {
@@ -407,9 +422,15 @@ impl SharedSocket {
             self.take_backlog(taken)?.writing = true;
             let result = async {
                 while !taken.is_empty() {
-                    let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
-                    let n = fill_iovecs(&mut iov, taken);
-                    match w.write_vectored(&iov[..n]).await? {
+                    // The iovec array (4 KiB) lives on the stack of one poll, never in the
+                    // future: it would be kept by every idle connection's task otherwise.
+                    let written = std::future::poll_fn(|cx| {
+                        let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
+                        let n = fill_iovecs(&mut iov, taken);
+                        Pin::new(&mut *w).poll_write_vectored(cx, &iov[..n])
+                    })
+                    .await?;
+                    match written {
                         0 => return Err(io::Error::from(io::ErrorKind::WriteZero)),
                         n => advance(taken, n),
                     }
@@ -510,25 +531,32 @@ impl Transport for SharedSocket {
 /// (after any bytes hyper read past the handshake), writes go through [`SharedSocket`].
 pub struct SocketIo {
     socket: Arc<SharedSocket>,
+    /// Bytes read from the socket (or by hyper past the handshake) tungstenite has not taken.
     leftover: Bytes,
+    /// Bytes one read from the kernel may take (the node's `read_buffer_size`).
+    read_size: usize,
     /// TLS: records are read and decrypted through this half; `None` on plain TCP.
     tls: Option<ReadHalf<TlsStream>>,
 }
 
 impl SocketIo {
-    pub fn new(socket: Arc<SharedSocket>, leftover: Bytes) -> Self {
+    /// A plain TCP connection's reader; `read_size`: bytes per read from the kernel.
+    pub fn new(socket: Arc<SharedSocket>, leftover: Bytes, read_size: usize) -> Self {
         Self {
             socket,
             leftover,
+            read_size: read_size.max(FRAME_READ_CHUNK),
             tls: None,
         }
     }
 
-    /// A TLS connection's reader (from [`SharedSocket::new_tls`]).
+    /// A TLS connection's reader (from [`SharedSocket::new_tls`]): rustls keeps its own
+    /// buffers, tungstenite reads the plaintext from them.
     pub fn tls(socket: Arc<SharedSocket>, leftover: Bytes, read: ReadHalf<TlsStream>) -> Self {
         Self {
             socket,
             leftover,
+            read_size: FRAME_READ_CHUNK,
             tls: Some(read),
         }
     }
@@ -553,13 +581,33 @@ impl AsyncRead for SocketIo {
         let Wire::Tcp(tcp) = &this.socket.wire else {
             return Poll::Ready(Err(io::ErrorKind::Unsupported.into()));
         };
+        let read_size = this.read_size;
         loop {
             ready!(tcp.poll_read_ready(cx))?;
-            match tcp.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
+            if buf.remaining() >= read_size {
+                match tcp.try_read(buf.initialize_unfilled()) {
+                    Ok(n) => {
+                        buf.advance(n);
+                        return Poll::Ready(Ok(()));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
                 }
+            }
+            let read = SCRATCH.with_borrow_mut(|scratch| {
+                if scratch.len() < read_size {
+                    scratch.resize(read_size, 0);
+                }
+                let n = tcp.try_read(&mut scratch[..read_size])?;
+                let given = n.min(buf.remaining());
+                buf.put_slice(&scratch[..given]);
+                if n > given {
+                    this.leftover = Bytes::copy_from_slice(&scratch[given..n]);
+                }
+                io::Result::Ok(())
+            });
+            match read {
+                Ok(()) => return Poll::Ready(Ok(())),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Poll::Ready(Err(e)),
             }

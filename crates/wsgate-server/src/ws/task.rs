@@ -284,7 +284,10 @@ pub(super) async fn serve(
     let mut limits = Inbound::new(&edge.config);
     let ending = run(&gw, &socket, &mut ws, &mut session, &mut taken, &mut limits).await;
     if let Some((code, message)) = &ending.close {
-        close_gracefully(&edge, &socket, &mut ws, &mut taken, *code, message).await;
+        Box::pin(close_gracefully(
+            &edge, &socket, &mut ws, &mut taken, *code, message,
+        ))
+        .await;
     } else if ending.reason == "client_closed" {
         // tungstenite queued the answer to the client's close frame; send it.
         socket.stop_publications(false);
@@ -298,7 +301,8 @@ pub(super) async fn serve(
     let channels = gw.close(&conn, ending.reason, ending.close.as_ref().map(|c| c.0));
     let (id, user) = (conn.id.clone(), conn.user().clone());
     drop((ws, socket, taken, session, slot, conn));
-    gw.leave_channels(&id, &user, &channels).await;
+    // Boxed like the rest of the ending: this task's future stays the size of its idle state.
+    Box::pin(gw.leave_channels(&id, &user, &channels)).await;
 }
 
 /// `taken` holds frames a flush took from the backlog and has not written yet; it outlives
@@ -335,7 +339,9 @@ async fn run(
             () = socket.backlogged(), if !backlog => {}
             () = conn.server_ops_ready() => server_ops(gw, socket, session).await,
             frame = ws.next(), if !paused => {
-                if let Some(ending) = inbound(gw, socket, session, limits, frame).await {
+                // Boxed: the handling of a frame (subscribe, recovery, the store) is a large
+                // future, and this task's state is kept by every idle connection.
+                if let Some(ending) = Box::pin(inbound(gw, socket, session, limits, frame)).await {
                     return ending;
                 }
             }

@@ -1,5 +1,6 @@
 //! The client side of the benchmark: a fleet of subscribers and a paced publisher.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -16,8 +17,26 @@ use wsgate_core::clock::unix_us;
 use super::Protocol;
 use super::socketio::{self, Inbound};
 
-/// Connections opened at once while the fleet connects.
-const CONNECT_CONCURRENCY: usize = 200;
+/// How the fleet connects: how many at once, and from which local addresses.
+#[derive(Clone, Copy, Debug)]
+pub struct Ramp {
+    /// Connections being opened (and subscribed) at once.
+    pub concurrency: usize,
+    /// Source addresses 127.0.0.2, 127.0.0.3, ... the clients are spread over (round
+    /// robin), so that more connections than one address has ephemeral ports (about 28k on
+    /// Linux's default range) reach one server port; 0: the kernel's choice (127.0.0.1).
+    pub source_addrs: u8,
+}
+
+impl Ramp {
+    /// The local address client `i` connects from, if the ramp spreads them.
+    fn source(&self, i: usize) -> Option<IpAddr> {
+        (self.source_addrs > 0).then(|| {
+            let host = 2 + (i % usize::from(self.source_addrs)) as u8;
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, host))
+        })
+    }
+}
 
 pub struct Fleet {
     delivered: Arc<AtomicU64>,
@@ -33,6 +52,7 @@ impl Fleet {
         url: &str,
         n: usize,
         sample_every: usize,
+        ramp: Ramp,
         progress: &ProgressBar,
     ) -> anyhow::Result<Self> {
         let delivered = Arc::new(AtomicU64::new(0));
@@ -41,12 +61,12 @@ impl Fleet {
         let sockets: Vec<_> = stream::iter(0..n)
             .map(|i| async move {
                 let ws = match protocol {
-                    Protocol::Ws => subscriber(url).await,
+                    Protocol::Ws => subscriber(url, ramp.source(i)).await,
                     Protocol::Socketio => socketio::subscriber(url).await,
                 };
                 (i, ws)
             })
-            .buffer_unordered(CONNECT_CONCURRENCY)
+            .buffer_unordered(ramp.concurrency.max(1))
             .inspect(|_| progress.inc(1))
             .collect()
             .await;
@@ -158,9 +178,36 @@ pub async fn connect_ws(url: &str) -> anyhow::Result<Ws> {
     Ok(ws)
 }
 
-/// A `/ws` client subscribed to `bench`.
-async fn subscriber(url: &str) -> anyhow::Result<Ws> {
-    let mut ws = connect_ws(url).await?;
+/// A bench client's WebSocket to `url` from the local address `source` (4 KiB read buffer).
+async fn connect_ws_from(url: &str, source: Option<IpAddr>) -> anyhow::Result<Ws> {
+    let Some(source) = source else {
+        return connect_ws(url).await;
+    };
+    let server: SocketAddr = url
+        .strip_prefix("ws://")
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|authority| authority.parse().ok())
+        .with_context(|| format!("source addresses need a ws://IP:PORT/ URL, not {url}"))?;
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    let connect = async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .with_context(|| format!("bind {source}"))?;
+        let tcp = socket.connect(server).await?;
+        let stream = tokio_tungstenite::MaybeTlsStream::Plain(tcp);
+        let (ws, _) =
+            tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
+        anyhow::Ok(ws)
+    };
+    tokio::time::timeout(Duration::from_secs(30), connect)
+        .await
+        .context("connect timeout")?
+}
+
+/// A `/ws` client subscribed to `bench`, connected from `source` (see [`Ramp`]).
+async fn subscriber(url: &str, source: Option<IpAddr>) -> anyhow::Result<Ws> {
+    let mut ws = connect_ws_from(url, source).await?;
     let hello = next_text(&mut ws).await?;
     anyhow::ensure!(
         hello.contains("\"hello\""),

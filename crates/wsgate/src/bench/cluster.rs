@@ -180,6 +180,7 @@ async fn run_one(args: &BenchArgs, deployment: Deployment) -> anyhow::Result<Clu
             &target.url(&node.addr),
             share,
             args.latency_sample,
+            args.ramp(),
             &connecting,
         )
         .await

@@ -77,6 +77,11 @@ pub struct BenchArgs {
     /// Cross-node fan-out: the broker(s) between the wsgate nodes, one run each (`redis,nats`).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "redis")]
     pub engine: Vec<cluster::Engine>,
+    /// The `ws` baseline's fan-out: a queue per subscriber pushed to by the publisher (the
+    /// lean one, default), or one `tokio::sync::broadcast` channel (the baseline of the
+    /// figures before 2026-11-27).
+    #[arg(long, value_enum, default_value_t = baseline::Fanout::Queues)]
+    pub baseline_fanout: baseline::Fanout,
     /// Run only the baseline (no wsgate): to calibrate the machine or check the peer.
     #[arg(long)]
     pub baseline_only: bool,
@@ -84,6 +89,18 @@ pub struct BenchArgs {
     /// default: the one in wsgate's source tree.
     #[arg(long)]
     pub socketio_peer_dir: Option<PathBuf>,
+    /// Clients connecting (and subscribing) at once. The memory per connection depends on it:
+    /// every handshake in flight holds buffers the allocator keeps afterwards
+    /// (docs/benchmarks.md, "Memory per connection: two ways of counting").
+    #[arg(long, default_value_t = 100)]
+    pub connect_concurrency: usize,
+    /// Spread the clients over this many source addresses (127.0.0.2, ...), so that more
+    /// connections than one address has ephemeral ports reach the server; 0: 127.0.0.1 only.
+    #[arg(long, default_value_t = 0)]
+    pub source_addrs: u8,
+    /// How long the connections idle before the second RSS reading, in ms.
+    #[arg(long, default_value_t = 2000)]
+    pub settle_ms: u64,
     /// Write the report as JSON to this file as well.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -130,6 +147,16 @@ pub struct BenchArgs {
     pub hooks_concurrency: usize,
 }
 
+impl BenchArgs {
+    /// How the fleet connects.
+    pub(crate) fn ramp(&self) -> clients::Ramp {
+        clients::Ramp {
+            concurrency: self.connect_concurrency,
+            source_addrs: self.source_addrs,
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub server: &'static str,
@@ -137,6 +164,8 @@ pub struct Report {
     #[serde(skip)]
     pub short: &'static str,
     pub connections: usize,
+    /// Clients that connected and subscribed at once (see `--connect-concurrency`).
+    pub connect_concurrency: usize,
     pub rss_baseline_kib: u64,
     pub rss_idle_kib: u64,
     pub rss_per_idle_connection_kib: f64,
@@ -177,7 +206,12 @@ pub fn main(args: BenchArgs) -> anyhow::Result<()> {
         if args.baseline || args.baseline_only {
             match args.protocol {
                 Protocol::Ws => {
-                    reports.push(run_one(&args, Target::Baseline, &ServerOpts::default()).await?)
+                    let opts = ServerOpts {
+                        baseline_fanout: args.baseline_fanout,
+                        ..ServerOpts::default()
+                    };
+                    eprintln!("   baseline fan-out: {:?}", args.baseline_fanout);
+                    reports.push(run_one(&args, Target::Baseline, &opts).await?)
                 }
                 Protocol::Socketio => {
                     if let Some(dir) = socketio::peer(args.socketio_peer_dir.as_deref()).await? {
@@ -288,6 +322,8 @@ pub(crate) struct ServerOpts {
     pub args: Vec<String>,
     /// More environment variables, for every target.
     pub env: Vec<(String, String)>,
+    /// The `/ws` baseline's fan-out (`Target::Baseline`).
+    pub baseline_fanout: baseline::Fanout,
 }
 
 async fn spawn_server_with(
@@ -336,7 +372,17 @@ async fn spawn_server_with(
             cmd.env("WSGATE_ALLOW_UNAUTHENTICATED_API", "true");
         }
         Target::Baseline => {
-            cmd.args(["bench-baseline-server", "--listen", listen]);
+            let fanout = match opts.baseline_fanout {
+                baseline::Fanout::Queues => "queues",
+                baseline::Fanout::Broadcast => "broadcast",
+            };
+            cmd.args([
+                "bench-baseline-server",
+                "--listen",
+                listen,
+                "--fanout",
+                fanout,
+            ]);
         }
         Target::NodeSocketIo => {}
     };
@@ -380,6 +426,7 @@ async fn run_one(args: &BenchArgs, target: Target, opts: &ServerOpts) -> anyhow:
         &target.url(&addr),
         args.connections,
         args.latency_sample,
+        args.ramp(),
         &connecting,
     )
     .await?;
@@ -393,7 +440,7 @@ async fn run_one(args: &BenchArgs, target: Target, opts: &ServerOpts) -> anyhow:
         );
     }
     // Idle: let every connection task park and the kernel settle.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_millis(args.settle_ms)).await;
     let rss_idle = procfs::rss_kib(pid)?;
     eprintln!("   connected in {connect_seconds:.1}s, RSS {rss_baseline} KiB -> {rss_idle} KiB");
 
@@ -414,6 +461,7 @@ async fn run_one(args: &BenchArgs, target: Target, opts: &ServerOpts) -> anyhow:
         server: target.name(),
         short: target.short(),
         connections: args.connections,
+        connect_concurrency: args.connect_concurrency,
         rss_baseline_kib: rss_baseline,
         rss_idle_kib: rss_idle,
         rss_per_idle_connection_kib: rss_idle.saturating_sub(rss_baseline) as f64

@@ -32,6 +32,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             &format!("ws://{addr}/ws"),
             args.connections,
             0,
+            args.ramp(),
             &quiet,
         )
         .await?;
