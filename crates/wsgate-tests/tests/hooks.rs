@@ -22,10 +22,36 @@ use wsgate_server::config::{AuthMode, Secret};
 use wsgate_server::hooks::HookEndpoint;
 use wsgate_server::namespaces::NamespaceSettings;
 use wsgate_tests::cluster::{Cluster, Via};
-use wsgate_tests::{Client, TestServer, hs256_token, metric_value, within};
+use wsgate_tests::{Client, Process, TestServer, hs256_token, metric_value, within};
 
 /// What the backend was asked: the hook (path) and the JSON body, in order.
 type Seen = Arc<Mutex<Vec<(String, Value, HeaderMap)>>>;
+
+/// TLS connections for `axum::serve`; a handshake that fails is dropped, not served.
+struct TlsListener {
+    tcp: TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            if let Ok(tls) = self.tls.accept(tcp).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
 
 /// A chat backend: auth through the connect hook, moderation through the publish hook.
 struct Backend {
@@ -115,6 +141,31 @@ impl Backend {
             .with_state(seen.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { addr, seen }
+    }
+
+    /// The backend over TLS with `cert` (a self-signed certificate for `localhost`).
+    async fn start_tls(cert: &rcgen::CertifiedKey<rcgen::KeyPair>) -> Self {
+        use tokio_rustls::rustls::{self, pki_types::PrivatePkcs8KeyDer};
+        let seen = Seen::default();
+        let app = Router::new()
+            .route("/{hook}", post(answer))
+            .with_state(seen.clone());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key.into())
+            .unwrap();
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let listener = TlsListener {
+            tcp,
+            tls: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        };
         tokio::spawn(async move { axum::serve(listener, app).await });
         Self { addr, seen }
     }
@@ -715,4 +766,58 @@ async fn socketio_clients_get_the_same_hooks_through_acks() {
         .await;
     assert_eq!(refused["type"], "connect_error");
     assert_eq!(refused["message"], "banned from this chat");
+}
+
+#[tokio::test]
+async fn hooks_reach_an_https_backend_trusted_through_ssl_cert_file() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let backend = Backend::start_tls(&cert).await;
+    let dir = std::env::temp_dir().join(format!("wsgate-hooks-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("backend.pem");
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let config = dir.join("wsgate.toml");
+    let port = backend.addr.port();
+    std::fs::write(
+        &config,
+        format!(
+            "[hooks.connect]\nurl = \"https://localhost:{port}/connect\"\n\
+             [hooks.rpc]\nurl = \"https://localhost:{port}/rpc\"\n"
+        ),
+    )
+    .unwrap();
+    let node = Process::spawn_env(
+        &["--config", config.to_str().unwrap()],
+        &[("SSL_CERT_FILE", ca.to_str().unwrap())],
+    )
+    .await;
+    let mut alice = Client::connect(&format!("ws://{}/ws?token=alice", node.addr)).await;
+    assert_eq!(alice.hello["user"], "alice", "{}", alice.hello);
+    assert_eq!(alice.hello["data"], json!({"role": "member"}));
+    let initial = alice.recv().await;
+    assert_eq!(
+        (&initial["op"], &initial["channel"]),
+        (&json!("subscribed"), &json!("news"))
+    );
+    let r = alice
+        .request(json!({"op": "rpc", "id": 1, "method": "echo", "data": {"over": "tls"}}))
+        .await;
+    assert_eq!(r["op"], "rpc_result", "{r}");
+    assert_eq!(r["data"], json!({"over": "tls"}));
+    assert_eq!(backend.asked("connect").len(), 1);
+
+    // Without the CA the backend is not trusted: the connect hook cannot be asked (4503).
+    let untrusting = Process::spawn_env(
+        &["--config", config.to_str().unwrap()],
+        &[("SSL_CERT_FILE", "/nonexistent.pem")],
+    )
+    .await;
+    let url = format!("ws://{}/ws?token=bob", untrusting.addr);
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut refused = Client {
+        ws,
+        hello: Value::Null,
+    };
+    assert_eq!(refused.closed().await.0, 4503);
+    assert!(backend.asked("connect").iter().all(|b| b["token"] != "bob"));
 }

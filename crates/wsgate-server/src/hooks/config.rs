@@ -90,10 +90,9 @@ impl HooksConfig {
             let name = hook.name();
             let url = reqwest::Url::parse(&ep.url)
                 .map_err(|e| anyhow::anyhow!("hooks.{name}.url {:?}: {e}", ep.url))?;
-            if url.scheme() != "http" {
+            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
                 anyhow::bail!(
-                    "hooks.{name}.url must be http:// (the hook client speaks plain HTTP; put \
-                     the backend on a private network or behind a local TLS proxy): {:?}",
+                    "hooks.{name}.url must be an http:// or https:// URL: {:?}",
                     ep.url
                 );
             }
@@ -170,10 +169,13 @@ mod tests {
     #[test]
     fn bad_urls_timeouts_and_headers_are_refused_by_name() {
         let e = refused(HooksConfig {
-            rpc: Some(endpoint("https://backend/rpc")),
+            rpc: Some(endpoint("ftp://backend/rpc")),
             ..Default::default()
         });
-        assert!(e.contains("hooks.rpc.url must be http://"), "{e}");
+        assert!(
+            e.contains("hooks.rpc.url must be an http:// or https:// URL"),
+            "{e}"
+        );
         let e = refused(HooksConfig {
             subscribe: Some(endpoint("not a url")),
             ..Default::default()

@@ -36,6 +36,14 @@ fn slot(hook: Hook) -> usize {
     Hook::ALL.iter().position(|h| *h == hook).unwrap_or(0)
 }
 
+/// The rustls client configuration of the hooks (HTTP/1.1: one request per pooled
+/// connection at a time, as the plain-HTTP hooks speak).
+fn tls_config() -> anyhow::Result<tokio_rustls::rustls::ClientConfig> {
+    let mut config = (*wsgate_client::TlsOptions::default().client_config()?).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 impl HttpHooks {
     /// The hooks of a validated configuration ([`HooksConfig::validate`]).
     pub fn new(config: &HooksConfig) -> anyhow::Result<Self> {
@@ -57,6 +65,9 @@ impl HttpHooks {
         Ok(Self {
             client: reqwest::Client::builder()
                 .pool_idle_timeout(std::time::Duration::from_secs(60))
+                // https backends are trusted as every outbound connection's are: the
+                // platform's roots, or SSL_CERT_FILE / SSL_CERT_DIR.
+                .use_preconfigured_tls(tls_config()?)
                 .build()?,
             endpoints: [
                 endpoint(Hook::Connect)?,
