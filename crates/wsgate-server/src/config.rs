@@ -164,7 +164,12 @@ impl Config {
                 .or_else(|| part::<ClusterConfig>(figment))
                 .or_else(|| part::<ApiConfig>(figment))
                 .or_else(|| part::<GrpcConfig>(figment))
-                .or_else(|| part::<NamespacesConfig>(figment));
+                // Read alone, the namespace tables refuse every other key of the file: only
+                // an error of their own (a bad value) names the culprit.
+                .or_else(|| {
+                    part::<NamespacesConfig>(figment)
+                        .filter(|e| !matches!(e.kind, figment::error::Kind::UnknownField(..)))
+                });
             anyhow::anyhow!("configuration: {}", named.unwrap_or(e))
         })
     }
