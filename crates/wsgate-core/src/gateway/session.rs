@@ -376,41 +376,6 @@ impl Session {
         Ok((self.join(gw, &ns, channel, since).await?, data))
     }
 
-    /// The channels the connect hook chose, subscribed without the client asking: one
-    /// `subscribed` frame each (or an `error` frame naming the channel). The caller writes
-    /// them after `hello`, then releases the transport's hold.
-    pub async fn subscribe_initial(&mut self, gw: &Gateway, channels: &[String]) -> Vec<Utf8Bytes> {
-        let mut frames = Vec::with_capacity(channels.len());
-        for channel in channels {
-            // The backend chose these: its word stands in for the token's grant, not for
-            // the channel-name rule.
-            let joined = match protocol::check_name(channel, protocol::MAX_CHANNEL_LEN) {
-                Ok(()) => match namespace(gw, channel) {
-                    Ok(ns) => self.join(gw, &ns, channel, None).await,
-                    Err(e) => Err(e),
-                },
-                Err(_) => Err(ProtocolError::new(
-                    "invalid_channel",
-                    format!(
-                        "channel names are 1 to {} bytes without control characters",
-                        protocol::MAX_CHANNEL_LEN
-                    ),
-                )),
-            };
-            match joined {
-                Ok(recovery) => {
-                    frames.extend(subscribed_frames(None, channel, false, recovery, None))
-                }
-                Err(mut e) => {
-                    e.message = format!("initial channel `{channel}`: {}", e.message);
-                    gw.metrics.protocol_error(e.code);
-                    frames.push(protocol::error_frame(None, &e));
-                }
-            }
-        }
-        frames
-    }
-
     /// `rpc`: the backend's rpc hook answers; its `data` (`null` when it gave none) goes
     /// back in `rpc_result`.
     pub async fn rpc(
@@ -443,9 +408,20 @@ impl Session {
         for op in self.conn.take_server_ops() {
             let answer = match op {
                 ServerOp::Subscribe(channel) if !self.conn.is_subscribed(&channel) => {
-                    let joined = match namespace(gw, &channel) {
-                        Ok(ns) => self.join(gw, &ns, &channel, None).await,
-                        Err(e) => Err(e),
+                    // The backend chose the channel: its word stands in for the token's
+                    // grant, not for the channel-name rule or the namespace.
+                    let joined = match protocol::check_name(&channel, protocol::MAX_CHANNEL_LEN) {
+                        Err(_) => Err(ProtocolError::new(
+                            "invalid_channel",
+                            format!(
+                                "channel names are 1 to {} bytes without control characters",
+                                protocol::MAX_CHANNEL_LEN
+                            ),
+                        )),
+                        Ok(()) => match namespace(gw, &channel) {
+                            Ok(ns) => self.join(gw, &ns, &channel, None).await,
+                            Err(e) => Err(e),
+                        },
                     };
                     match joined {
                         Ok(r) => ServerAnswer::Subscribed {

@@ -34,12 +34,11 @@ pub fn build(hooks: &HooksConfig, metrics: &Metrics) -> anyhow::Result<Option<Ar
     Ok(Some(Arc::new(Proxy::new(backend, metrics.clone()))))
 }
 
-/// What the connect hook adds to a new connection: `data` for `hello`, and channels
-/// subscribed for it at once.
+/// What the connect hook adds to a new connection's `hello`: its `data`. (Its `channels`
+/// join the identity's server-side subscriptions, `gateway/server_subs.rs`.)
 #[derive(Debug, Default)]
 pub struct Greeting {
     pub data: Option<Data>,
-    pub channels: Vec<String>,
 }
 
 /// How a handshake that passed its token check goes on.
@@ -140,21 +139,17 @@ impl Entry {
             channels: verified
                 .as_ref()
                 .map_or(ChannelGrant::All, |v| v.channels.clone()),
-            // The token's `subs` still apply; the hook's channels come with the greeting.
+            // The token's `subs` and the hook's channels: one mechanism subscribes both.
             subscribe: verified
-                .as_ref()
-                .map_or_else(Default::default, |v| v.subscribe.clone()),
+                .iter()
+                .flat_map(|v| v.subscribe.iter().cloned())
+                .chain(reply.channels.iter().map(|c| Arc::from(c.as_str())))
+                .collect(),
             expires_at: reply
                 .expire_at
                 .or(verified.as_ref().and_then(|v| v.expires_at)),
         };
-        Ok((
-            identity,
-            Greeting {
-                data: reply.data,
-                channels: reply.channels,
-            },
-        ))
+        Ok((identity, Greeting { data: reply.data }))
     }
 }
 

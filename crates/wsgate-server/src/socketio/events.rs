@@ -100,11 +100,6 @@ pub fn connected(sio: SioEdge, s: SocketRef, who: Who, ready: Ready) {
     gw.arm_expiry(&conn);
     // The handlers registered by the middleware run from now on.
     ready.0.send_replace(Some(client.clone()));
-    if !greeting.channels.is_empty() {
-        let (client, s, channels) = (client.clone(), s.clone(), greeting.channels);
-        edge.tasks
-            .spawn(async move { client.subscribe_initial(&s, &channels).await });
-    }
     edge.tasks.spawn(watch(client, s, slot, left));
 }
 
@@ -319,25 +314,6 @@ impl Client {
                 self.sio.gateway.metrics.slow_consumer();
             }
         }
-    }
-
-    /// The connect hook's channels, subscribed as `/ws` does it: each emitted as a
-    /// `subscribed` event (`{channel, offset, epoch}`), or `error` when it failed.
-    async fn subscribe_initial(&self, s: &SocketRef, channels: &[String]) {
-        let gw = &self.sio.gateway;
-        let mut session = self.session.lock().await;
-        for frame in session.subscribe_initial(gw, channels).await {
-            let mut v: Value = serde_json::from_str(frame.as_str()).unwrap_or(Value::Null);
-            let event = match v["op"].as_str() {
-                Some("subscribed") => "subscribed",
-                _ => "error",
-            };
-            if let Some(o) = v.as_object_mut() {
-                o.remove("op");
-            }
-            let _ = s.emit(event, &v);
-        }
-        self.release();
     }
 
     /// Runs the server-side subscription changes waiting on the connection, told to the

@@ -279,7 +279,6 @@ pub(super) async fn serve(
     let hello = gw.hello_with(&conn, greeting.data.as_deref().map(|d| d.get()));
     socket.write_frame(protocol::wire_text(hello.as_bytes()));
     gw.arm_expiry(&conn);
-    subscribe_initial(&gw, &socket, &mut session, &greeting.channels).await;
     let mut taken = VecDeque::new();
     let mut limits = Inbound::new(&edge.config);
     let ending = run(&gw, &socket, &mut ws, &mut session, &mut taken, &mut limits).await;
@@ -419,29 +418,6 @@ fn release(gw: &Gateway, socket: &SharedSocket, conn: &Connection) {
         if slow {
             gw.metrics.slow_consumer();
         }
-    }
-}
-
-/// The connect hook's channels, subscribed through the session as if the client had asked
-/// (its `subscribed` frames follow `hello`), then the held publications released.
-async fn subscribe_initial(
-    gw: &Gateway,
-    socket: &SharedSocket,
-    session: &mut Session,
-    channels: &[String],
-) {
-    if channels.is_empty() {
-        return;
-    }
-    for f in session.subscribe_initial(gw, channels).await {
-        socket.write_frame(protocol::wire_text(f.as_bytes()));
-    }
-    if socket.release().is_err()
-        && session
-            .conn
-            .request_close(close::SLOW_CONSUMER, "slow_consumer", OVERFLOW)
-    {
-        gw.metrics.slow_consumer();
     }
 }
 
