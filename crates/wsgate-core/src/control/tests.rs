@@ -32,7 +32,7 @@ impl Transport for Nowhere {
     fn send_control(&self, _: Bytes) {}
     fn hold(&self) {}
     fn skip_through(&self, _: Arc<str>, _: Arc<str>, _: u64) {}
-    fn forget_skip(&self, _: &str) {}
+    fn forget_channel(&self, _: &str) {}
     fn backlog(&self) -> usize {
         0
     }

@@ -38,7 +38,7 @@ pub use proxy::{NO_PUBLISH_HOOK, NO_SUBSCRIBE_HOOK};
 pub use registry::Registry;
 pub use server_subs::{ServerAnswer, ServerOp};
 pub use session::Session;
-pub use transport::{Delivery, Outbound, Overflow, Skips, Transport};
+pub use transport::{Delivery, Outbound, Overflow, Skips, Transport, drop_held};
 
 use crate::auth::Identity;
 use crate::clock::Clock;

@@ -232,7 +232,7 @@ impl Session {
             ));
         }
         gw.metrics.subscriptions.dec();
-        self.conn.transport.forget_skip(channel);
+        self.conn.transport.forget_channel(channel);
         // Left whatever the namespace says now: a reload may have turned presence off
         // after this connection's entry was written.
         if let Err(e) = gw.presence.presence_leave(channel, &self.conn.id).await {
@@ -490,6 +490,9 @@ impl Session {
                 if fresh {
                     gw.registry.unsubscribe(&channel, &self.conn);
                     gw.metrics.subscriptions.dec();
+                    // What reached the hold while the channel was registered is not the
+                    // client's: it is told the subscription failed.
+                    self.conn.transport.forget_channel(&channel);
                 }
                 return Err(ProtocolError::new("unavailable", e.to_string()));
             }

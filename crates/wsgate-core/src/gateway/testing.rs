@@ -115,8 +115,12 @@ impl Transport for Recording {
         self.state.lock().skips.set(channel, epoch, offset)
     }
 
-    fn forget_skip(&self, channel: &str) {
-        self.state.lock().skips.forget(channel)
+    fn forget_channel(&self, channel: &str) {
+        let mut st = self.state.lock();
+        st.skips.forget(channel);
+        if let Some(held) = &mut st.held {
+            super::drop_held(held, channel);
+        }
     }
 
     fn byte_budget(&self) -> usize {
@@ -173,9 +177,19 @@ pub struct Node {
 impl Node {
     /// `history` publications per channel are kept for recovery.
     pub fn new(history: usize, tune: impl FnOnce(&mut GatewayConfig)) -> Self {
+        Self::with_broker(tune, |config| {
+            Arc::new(MemoryBroker::new(config.node.clone(), history))
+        })
+    }
+
+    /// A node over the broker `broker` makes (a test's wrapper around the memory engine).
+    pub fn with_broker(
+        tune: impl FnOnce(&mut GatewayConfig),
+        broker: impl FnOnce(&GatewayConfig) -> Arc<dyn crate::seams::Broker>,
+    ) -> Self {
         let mut config = GatewayConfig::new("n1".into());
         tune(&mut config);
-        let broker = Arc::new(MemoryBroker::new(config.node.clone(), history));
+        let broker = broker(&config);
         let gw = Gateway::new(
             config,
             broker,

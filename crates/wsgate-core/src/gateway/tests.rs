@@ -1,13 +1,22 @@
 //! The gateway's rules, driven without sockets (see [`super::testing`]): subscribe, recover,
 //! heartbeats in virtual time, slow consumers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use async_trait::async_trait;
+use bytes::Bytes;
+
 use super::Heartbeat;
 use super::testing::{Node, Peer, Received, token};
+use crate::memory::MemoryBroker;
 use crate::protocol::close;
+use crate::seams::{
+    Broker, BrokerError, Deliver, Idempotency, Once, PublishRequest, Recipient, Recovery,
+    ServerSubscription, StreamPosition, StreamReads,
+};
 
 /// Subscribes `peer` to `channel` and returns the `subscribed` answer (and anything after it).
 async fn subscribe(node: &Node, peer: &mut Peer, frame: Value) -> Vec<Value> {
@@ -218,7 +227,7 @@ fn from_new_epoch(node: &Node, epoch: &str, offsets: std::ops::RangeInclusive<u6
             channel: "c".into(),
             offset,
             epoch: epoch.into(),
-            data: bytes::Bytes::from(offset.to_string()),
+            data: Bytes::from(offset.to_string()),
             exclude_user: None,
             exclude_connection: None,
             event: None,
@@ -460,4 +469,77 @@ async fn presence_needs_a_subscription_and_is_capped_and_cached() {
     monitor.send(&node.gw, &ask).await.unwrap();
     let cached = &monitor.take_json()[0];
     assert_eq!(cached["connections"], 5, "the cached answer: {cached}");
+}
+
+/// The memory engine, but the read of a recovery fails after a publication reached the
+/// node (the store stalled mid-subscribe, as `DEBUG SLEEP` makes Redis do).
+struct RecoveryFails(Arc<MemoryBroker>);
+
+#[async_trait]
+impl Broker for RecoveryFails {
+    fn attach(&self, sink: Arc<dyn Deliver>) {
+        self.0.attach(sink)
+    }
+    async fn publish(&self, req: PublishRequest) -> Result<(StreamPosition, usize), BrokerError> {
+        self.0.publish(req).await
+    }
+    async fn publish_once(
+        &self,
+        req: PublishRequest,
+        once: &Idempotency,
+    ) -> Result<Once, BrokerError> {
+        self.0.publish_once(req, once).await
+    }
+    fn reads(&self) -> &dyn StreamReads {
+        self.0.reads()
+    }
+    async fn recover(&self, channel: &str, _: &StreamPosition) -> Result<Recovery, BrokerError> {
+        let req = PublishRequest {
+            history: Default::default(),
+            channel: channel.into(),
+            data: Bytes::from_static(b"\"in flight\""),
+            exclude_user: None,
+            exclude_connection: None,
+            event: None,
+        };
+        self.0.publish(req).await?;
+        Err(BrokerError::Unavailable("timed out".into()))
+    }
+    async fn send(&self, to: Recipient<'_>, data: Bytes) -> Result<usize, BrokerError> {
+        self.0.send(to, data).await
+    }
+    async fn change_subscriptions(
+        &self,
+        user: &str,
+        change: &ServerSubscription,
+    ) -> Result<usize, BrokerError> {
+        self.0.change_subscriptions(user, change).await
+    }
+    fn is_healthy(&self) -> bool {
+        true
+    }
+}
+
+/// Regression (a duplicate in the broker fault suite): a subscription that failed released
+/// what its hold had kept of the channel, so the client got a message after its `error`,
+/// took it for its position, and counted it twice when its next `since` replayed it.
+#[tokio::test]
+async fn a_failed_subscription_sends_nothing_of_its_channel() {
+    let node = Node::with_broker(
+        |_| {},
+        |config| {
+            let inner = MemoryBroker::new(config.node.clone(), 16);
+            Arc::new(RecoveryFails(Arc::new(inner)))
+        },
+    );
+    node.publish("c", "1").await;
+    let mut peer = node.connect("alice", 16);
+    let answer = recover(&node, &mut peer, 1, &json!("any")).await;
+    assert_eq!(answer.len(), 1, "the error and nothing else: {answer:?}");
+    assert_eq!(
+        (&answer[0]["op"], &answer[0]["code"]),
+        (&json!("error"), &json!("unavailable"))
+    );
+    node.publish("c", "3").await;
+    assert!(peer.take_json().is_empty(), "not subscribed");
 }

@@ -79,8 +79,12 @@ pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
     /// ends the skip and reaches the client behind an `epoch_changed` frame.
     fn skip_through(&self, channel: Arc<str>, epoch: Arc<str>, offset: u64);
 
-    /// Forgets the skip of `channel` (unsubscribed).
-    fn forget_skip(&self, channel: &str);
+    /// Forgets `channel` (unsubscribed, or its subscription failed): its skip, and the
+    /// publications of it that a hold kept back. The client was told it does not follow the
+    /// channel: a held one sent after that answer would be a message it never asked for (a
+    /// client resuming by offset would take it for its position, and count it twice when
+    /// its next subscription replays it).
+    fn forget_channel(&self, channel: &str);
 
     /// Frames waiting for the socket.
     fn backlog(&self) -> usize;
@@ -90,6 +94,20 @@ pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
     fn byte_budget(&self) -> usize {
         usize::MAX
     }
+}
+
+/// Drops the publications of `channel` from a hold ([`Transport::forget_channel`]);
+/// returns the frame bytes they took.
+pub fn drop_held(held: &mut Vec<Outbound>, channel: &str) -> usize {
+    let mut dropped = 0;
+    held.retain(|item| match item {
+        Outbound::Publication(d) if &*d.channel == channel => {
+            dropped += d.wire.len();
+            false
+        }
+        _ => true,
+    });
+    dropped
 }
 
 /// Per-channel skip positions of one connection, with the epoch each position belongs to.

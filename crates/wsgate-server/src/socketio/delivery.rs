@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use socketioxide::extract::SocketRef;
 use socketioxide::{SendError, SocketError};
 use wsgate_core::clock::Clock;
-use wsgate_core::gateway::{Connection, Outbound, Overflow, Skips, Transport};
+use wsgate_core::gateway::{Connection, Outbound, Overflow, Skips, Transport, drop_held};
 use wsgate_core::protocol;
 
 use super::encoded::{Encodings, Event};
@@ -173,8 +173,12 @@ impl Transport for SioTransport {
         self.state.lock().skips.set(channel, epoch, offset);
     }
 
-    fn forget_skip(&self, channel: &str) {
-        self.state.lock().skips.forget(channel);
+    fn forget_channel(&self, channel: &str) {
+        let mut st = self.state.lock();
+        st.skips.forget(channel);
+        if let Some(held) = &mut st.held {
+            drop_held(held, channel);
+        }
     }
 
     fn backlog(&self) -> usize {

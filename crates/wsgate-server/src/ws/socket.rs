@@ -49,7 +49,7 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use wsgate_core::gateway::{Outbound, Overflow, Skips, Transport};
+use wsgate_core::gateway::{Outbound, Overflow, Skips, Transport, drop_held};
 
 /// Frames written per vectored write when the backlog drains (Linux's IOV_MAX is 1024).
 const MAX_IOVECS: usize = 256;
@@ -513,8 +513,13 @@ impl Transport for SharedSocket {
         self.state.lock().skips.set(channel, epoch, offset);
     }
 
-    fn forget_skip(&self, channel: &str) {
-        self.state.lock().skips.forget(channel);
+    fn forget_channel(&self, channel: &str) {
+        let mut st = self.state.lock();
+        st.skips.forget(channel);
+        if let Some(held) = &mut st.held {
+            let dropped = drop_held(held, channel);
+            st.held_bytes -= dropped;
+        }
     }
 
     fn backlog(&self) -> usize {
