@@ -31,68 +31,148 @@ pub struct RedisBroker {
     keys: Keys,
     sink: Arc<OnceLock<Arc<dyn Deliver>>>,
     subscribed: Arc<Health>,
-    /// Per-channel pub/sub only: asks the subscription task to receive a channel.
+    /// Per-channel pub/sub only: asks the subscription task to receive a channel or a user.
     watch: Option<WatchRequests>,
+    /// `SPUBLISH` (a Redis Cluster's shard channels) rather than `PUBLISH`.
+    sharded: bool,
     task: JoinHandle<()>,
 }
 
-/// How long a subscriber waits for its node to receive the channel.
+/// How long a subscriber waits for its node to receive the channel (or the user).
 const WATCH_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A channel to receive, and where to say once it is (or why not).
-type WatchRequest = (Arc<str>, oneshot::Sender<Result<(), String>>);
+/// What a node receives only while it has local interest in it (per-channel pub/sub).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Interest {
+    /// A channel's publications (and join/leave), while it has local subscribers.
+    Channel,
+    /// Sends to a user (and its server-side subscription changes), while it has local
+    /// connections.
+    User,
+}
+
+/// A channel or user to receive, and where to say once it is (or why not).
+type WatchRequest = (Interest, Arc<str>, oneshot::Sender<Result<(), String>>);
+
+/// The names received now, per interest (read without asking the task: the common case).
+#[derive(Clone, Default)]
+struct Received {
+    channels: Arc<DashSet<Arc<str>>>,
+    users: Arc<DashSet<Arc<str>>>,
+}
+
+impl Received {
+    fn of(&self, interest: Interest) -> &DashSet<Arc<str>> {
+        match interest {
+            Interest::Channel => &self.channels,
+            Interest::User => &self.users,
+        }
+    }
+}
 
 struct WatchRequests {
-    /// The channels received now (read without asking the task: the common case).
-    set: Arc<DashSet<Arc<str>>>,
+    received: Received,
     requests: mpsc::UnboundedSender<WatchRequest>,
 }
 
 /// The subscription task's side of per-channel pub/sub.
 struct PerChannel {
-    set: Arc<DashSet<Arc<str>>>,
+    received: Received,
+    /// Names whose subscription failed (the feed broke meanwhile): subscribed with the
+    /// rest when the feed is open again. A user's connection opened anyway; a send to it
+    /// must find this node once Redis is back.
+    owed: Vec<(Interest, Arc<str>)>,
     requests: mpsc::UnboundedReceiver<WatchRequest>,
     keys: Keys,
     sink: Arc<OnceLock<Arc<dyn Deliver>>>,
 }
 
 impl PerChannel {
-    fn has_subscribers(&self, channel: &str) -> bool {
-        self.sink.get().is_some_and(|s| s.has_subscribers(channel))
+    fn wanted(&self, interest: Interest, name: &str) -> bool {
+        self.sink.get().is_some_and(|s| match interest {
+            Interest::Channel => s.has_subscribers(name),
+            Interest::User => s.has_user(name),
+        })
     }
 
-    /// Receives `channel` (its own pub/sub channel), unless already. An error means the
-    /// feed is broken.
-    async fn add(&self, feed: &mut Feed, channel: Arc<str>) -> Result<(), redis::RedisError> {
-        if !self.set.contains(&channel) {
-            feed.add(&self.keys.channel_pubsub(&channel)).await?;
-            self.set.insert(channel);
+    fn pubsub(&self, interest: Interest, name: &str) -> String {
+        match interest {
+            Interest::Channel => self.keys.channel_pubsub(name),
+            Interest::User => self.keys.user_pubsub(name),
         }
-        Ok(())
     }
 
-    /// Stops receiving the channels without a local subscriber left. Taken out of the set
-    /// first and looked at again: a subscriber arriving meanwhile either sees the channel
-    /// missing and asks for it (queued behind this), or is seen here and keeps it.
+    /// Every pub/sub channel to subscribe to when the feed opens; what was owed joins the
+    /// received names.
+    fn all(&mut self) -> Vec<String> {
+        for (interest, name) in self.owed.drain(..) {
+            self.received.of(interest).insert(name);
+        }
+        [Interest::Channel, Interest::User]
+            .into_iter()
+            .flat_map(|i| {
+                let names: Vec<Arc<str>> = self
+                    .received
+                    .of(i)
+                    .iter()
+                    .map(|n| n.key().clone())
+                    .collect();
+                names.into_iter().map(move |n| (i, n))
+            })
+            .map(|(i, n)| self.pubsub(i, &n))
+            .collect()
+    }
+
+    /// Receives `name` (its own pub/sub channel), unless already. An error means the feed
+    /// is broken; the name is owed to the next one.
+    async fn add(
+        &mut self,
+        feed: &mut Feed,
+        interest: Interest,
+        name: Arc<str>,
+    ) -> Result<(), redis::RedisError> {
+        if self.received.of(interest).contains(&name) {
+            return Ok(());
+        }
+        match feed.add(&self.pubsub(interest, &name)).await {
+            Ok(()) => {
+                self.received.of(interest).insert(name);
+                Ok(())
+            }
+            Err(e) => {
+                self.owed.push((interest, name));
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops receiving the channels without a local subscriber left, and the users without
+    /// a local connection. Taken out of the set first and looked at again: a subscriber
+    /// arriving meanwhile either sees the name missing and asks for it (queued behind
+    /// this), or is seen here and keeps it.
     async fn prune(
         &self,
         feed: &mut Feed,
         dispatcher: &mut Dispatcher,
     ) -> Result<(), redis::RedisError> {
-        let idle: Vec<Arc<str>> = self
-            .set
-            .iter()
-            .filter(|c| !self.has_subscribers(c.key()))
-            .map(|c| c.key().clone())
-            .collect();
-        for channel in idle {
-            self.set.remove(&channel);
-            if self.has_subscribers(&channel) {
-                self.set.insert(channel);
-                continue;
+        for interest in [Interest::Channel, Interest::User] {
+            let set = self.received.of(interest);
+            let idle: Vec<Arc<str>> = set
+                .iter()
+                .filter(|n| !self.wanted(interest, n.key()))
+                .map(|n| n.key().clone())
+                .collect();
+            for name in idle {
+                set.remove(&name);
+                if self.wanted(interest, &name) {
+                    set.insert(name);
+                    continue;
+                }
+                feed.remove(&self.pubsub(interest, &name)).await?;
+                if interest == Interest::Channel {
+                    dispatcher.forget(&name);
+                }
             }
-            feed.remove(&self.keys.channel_pubsub(&channel)).await?;
-            dispatcher.forget(&channel);
         }
         Ok(())
     }
@@ -118,15 +198,16 @@ impl RedisBroker {
         let sink = Arc::new(OnceLock::new());
         let subscribed = Arc::new(Health::default());
         let (watch, per_channel) = if config.per_channel_pubsub {
-            let set = Arc::new(DashSet::new());
+            let received = Received::default();
             let (tx, rx) = mpsc::unbounded_channel();
             (
                 Some(WatchRequests {
-                    set: set.clone(),
+                    received: received.clone(),
                     requests: tx,
                 }),
                 Some(PerChannel {
-                    set,
+                    received,
+                    owed: Vec::new(),
                     requests: rx,
                     keys: keys.clone(),
                     sink: sink.clone(),
@@ -157,12 +238,60 @@ impl RedisBroker {
             sink,
             subscribed,
             watch,
+            sharded: config.cluster,
             task,
         })
     }
 
-    async fn announce(&self, channel: &str, payload: Bytes) -> Result<usize, BrokerError> {
-        let r: Result<i64, _> = redis::cmd("PUBLISH")
+    /// Where a send to `user` goes: the user's own pub/sub channel in per-channel mode
+    /// (only the nodes holding the user hear it), `P:user` for every node otherwise.
+    fn user_route(&self, user: &str) -> (String, bool) {
+        match self.watch {
+            Some(_) => (self.keys.user_pubsub(user), self.sharded),
+            None => (self.keys.users.clone(), false),
+        }
+    }
+
+    /// Where a channel's join/leave goes: beside its publications in per-channel mode.
+    fn subscribers_route(&self, channel: &str) -> (String, bool) {
+        match self.watch {
+            Some(_) => (self.keys.channel_pubsub(channel), self.sharded),
+            None => (self.keys.users.clone(), false),
+        }
+    }
+
+    /// Asks the subscription task to receive `name`, unless it does already.
+    async fn watch_name(&self, interest: Interest, name: &str) -> Result<(), BrokerError> {
+        let Some(w) = &self.watch else {
+            return Ok(());
+        };
+        if w.received.of(interest).contains(name) {
+            return Ok(());
+        }
+        let (tx, rx) = oneshot::channel();
+        let gone = || BrokerError::Unavailable("the broker subscription is not running".into());
+        w.requests
+            .send((interest, name.into(), tx))
+            .map_err(|_| gone())?;
+        match tokio::time::timeout(WATCH_TIMEOUT, rx).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(BrokerError::Unavailable(e)),
+            Ok(Err(_)) => Err(gone()),
+            Err(_) => Err(BrokerError::Unavailable(
+                "subscribing to the channel timed out".into(),
+            )),
+        }
+    }
+
+    /// `PUBLISH` (or `SPUBLISH` on a shard channel, `sharded`); returns how many nodes
+    /// received it.
+    async fn announce(
+        &self,
+        (channel, sharded): (String, bool),
+        payload: Bytes,
+    ) -> Result<usize, BrokerError> {
+        let command = if sharded { "SPUBLISH" } else { "PUBLISH" };
+        let r: Result<i64, _> = redis::cmd(command)
             .arg(channel)
             .arg(&payload[..])
             .query_async(&mut self.conn.clone())
@@ -232,15 +361,15 @@ impl Broker for RedisBroker {
         )
     }
 
-    /// Through `P:user`, like a send to a user: every node changes its connections of
-    /// `user`. Returns the number of nodes reached.
+    /// The way a send to the user goes: every node holding the user changes its connections
+    /// of `user`. Returns the number of nodes reached.
     async fn change_subscriptions(
         &self,
         user: &str,
         change: &ServerSubscription,
     ) -> Result<usize, BrokerError> {
         let payload = wire::encode_subscriptions(user, change);
-        self.announce(&self.keys.users, payload).await
+        self.announce(self.user_route(user), payload).await
     }
 
     fn reads(&self) -> &dyn StreamReads {
@@ -248,40 +377,25 @@ impl Broker for RedisBroker {
     }
 
     async fn watch(&self, channel: &str) -> Result<(), BrokerError> {
-        let Some(w) = &self.watch else {
-            return Ok(());
-        };
-        if w.set.contains(channel) {
-            return Ok(());
-        }
-        let (tx, rx) = oneshot::channel();
-        let gone = || BrokerError::Unavailable("the broker subscription is not running".into());
-        w.requests.send((channel.into(), tx)).map_err(|_| gone())?;
-        match tokio::time::timeout(WATCH_TIMEOUT, rx).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(e))) => Err(BrokerError::Unavailable(e)),
-            Ok(Err(_)) => Err(gone()),
-            Err(_) => Err(BrokerError::Unavailable(
-                "subscribing to the channel timed out".into(),
-            )),
-        }
+        self.watch_name(Interest::Channel, channel).await
+    }
+
+    async fn watch_user(&self, user: &str) -> Result<(), BrokerError> {
+        self.watch_name(Interest::User, user).await
     }
 
     /// Returns the number of nodes the send reached: to a connection, 1 when the node that
     /// holds it is subscribed, 0 when no such node.
     async fn send(&self, to: Recipient<'_>, data: Bytes) -> Result<usize, BrokerError> {
         let payload = wire::encode_direct(to, &data);
-        match to {
-            // Every node reads the users' channel: a subscriber event reaches them all.
-            Recipient::User(_) | Recipient::Subscribers(_) => {
-                self.announce(&self.keys.users, payload).await
-            }
+        let route = match to {
+            Recipient::User(user) => self.user_route(user),
+            Recipient::Subscribers(channel) => self.subscribers_route(channel),
             // Still through Redis when the node is this one, so a send and a later channel
             // message keep their order.
-            Recipient::Connection { node, .. } => {
-                self.announce(&self.keys.node(node), payload).await
-            }
-        }
+            Recipient::Connection { node, .. } => (self.keys.node(node), false),
+        };
+        self.announce(route, payload).await
     }
 
     fn is_healthy(&self) -> bool {
@@ -356,12 +470,11 @@ impl Subscription {
     }
 
     /// Subscribes to the node's channels and to every channel it received before.
-    async fn open(&self) -> Result<Feed, redis::RedisError> {
+    async fn open(&mut self) -> Result<Feed, redis::RedisError> {
         let mut feed = Feed::open(&self.config, &self.channels).await?;
-        if let Some(pc) = &self.per_channel {
-            let again: Vec<Arc<str>> = pc.set.iter().map(|c| c.key().clone()).collect();
-            for channel in again {
-                feed.add(&pc.keys.channel_pubsub(&channel)).await?;
+        if let Some(pc) = &mut self.per_channel {
+            for pubsub in pc.all() {
+                feed.add(&pubsub).await?;
             }
         }
         Ok(feed)
@@ -403,9 +516,11 @@ impl Subscription {
                     continue;
                 }
                 Step::Watch(None) => return,
-                Step::Watch(Some((channel, ack))) => {
-                    let Some(pc) = &self.per_channel else { return };
-                    let r = pc.add(&mut feed, channel).await;
+                Step::Watch(Some((interest, name, ack))) => {
+                    let Some(pc) = &mut self.per_channel else {
+                        return;
+                    };
+                    let r = pc.add(&mut feed, interest, name).await;
                     let failed = r.is_err();
                     let _ = ack.send(r.map_err(|e| e.to_string()));
                     if failed {

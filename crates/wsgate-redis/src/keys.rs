@@ -108,6 +108,13 @@ impl Keys {
         self.channel(channel, "pub")
     }
 
+    /// A user's own pub/sub channel (per-channel announcements): sends to the user, heard by
+    /// the nodes holding one of its connections. Tagged by the user, so on a cluster it is a
+    /// shard channel of the user's slot (`SPUBLISH`/`SSUBSCRIBE`).
+    pub fn user_pubsub(&self, user: &str) -> String {
+        self.name(format_args!("{{{user}}}:user"))
+    }
+
     /// The record of an idempotency key of `channel`'s publications: in the channel's slot,
     /// so that the publish script checks it, publishes and records it in one step.
     pub fn once(&self, channel: &str, key: &str) -> String {
@@ -198,6 +205,7 @@ mod tests {
     fn layout() {
         let k = Keys::new("wsgate", false);
         assert_eq!(k.meta("team:1"), "wsgate:{team:1}:meta");
+        assert_eq!(k.user_pubsub("alice"), "wsgate:{alice}:user");
         assert_eq!(k.stream("team:1"), "wsgate:{team:1}:stream");
         assert_eq!(k.once("team:1", "k-9"), "wsgate:{team:1}:once:k-9");
         assert_eq!(k.presence("team:1"), "wsgate:presence:team:1");

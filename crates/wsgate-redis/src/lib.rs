@@ -26,7 +26,8 @@
 //! them together stay atomic. The rule for new keys is in `keys.rs`.
 //! | `P:{<channel>}:pub` | pub/sub (shard channel on a cluster) | the channel's publications, for the nodes with local subscribers (`RedisConfig::per_channel_pubsub`) |
 //! | `P:pub` | pub/sub | channel publications, for every node (per-channel pub/sub off) |
-//! | `P:user` | pub/sub | sends to a user, for every node |
+//! | `P:{<user>}:user` | pub/sub (shard channel on a cluster) | sends to a user (and server-side subscription changes), for the nodes holding one of its connections (`RedisConfig::per_channel_pubsub`) |
+//! | `P:user` | pub/sub | sends to a user, for every node (per-channel pub/sub off) |
 //! | `P:node:<node>` | pub/sub | sends to one connection, for the node that holds it |
 //! | `P:{<channel>}:occ:members` | hash | events: connection → `<process>\n<user>` of the channel's subscribers, cluster-wide ([`RedisOccupancy`]) |
 //! | `P:{<channel>}:occ:users` | hash | events: user → how many of the user's connections subscribe |
@@ -50,9 +51,10 @@
 //!   its master) may hold lower offsets than were handed out, so a different run id rotates
 //!   the epoch too; offsets never go back under one epoch.
 //! - Each node holds three subscriptions (`P:pub`, `P:user`, `P:node:<self>`) plus, in
-//!   per-channel mode, one per channel it has local subscribers for; the node filters
-//!   locally. Sends to one connection only
-//!   reach the node named in the connection id.
+//!   per-channel mode, one per channel it has local subscribers for and one per user it
+//!   has connections of (so a publication, a send to a user and a channel's join/leave
+//!   reach only the nodes that deliver them); the node filters locally. Sends to one
+//!   connection only reach the node named in the connection id.
 //! - Presence entries carry their node; a node is alive while `P:alive:<node>` exists.
 //!   A SIGKILLed node stops refreshing it, so its entries drop out of every presence read
 //!   (and are deleted by it) at most `presence_ttl` after its last refresh: default 15 s.

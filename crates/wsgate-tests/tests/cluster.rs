@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::cluster::{Cluster, Via, poll};
-use support::{Client, SIGKILL, WAIT};
+use support::{Client, SIGKILL, WAIT, hs256_token, in_a_minute};
 
 /// Reads channel messages until `n` arrived; returns their offsets in arrival order.
 async fn offsets(c: &mut Client, n: usize) -> Vec<u64> {
@@ -86,6 +86,88 @@ async fn cross_node_delivery_and_presence(via: Via) {
 }
 
 per_broker!(cross_node_delivery_and_presence: redis_cross_node_delivery_and_presence, nats_cross_node_delivery_and_presence);
+
+const SECRET: &str = "cluster-test-secret";
+const JWT: [(&str, &str); 2] = [
+    ("WSGATE_AUTH__MODE", "jwt"),
+    ("WSGATE_AUTH__JWT_SECRET", SECRET),
+];
+
+/// A client of `user` on `node`.
+async fn connect_as(node: &support::cluster::Node, user: &str) -> Client {
+    let token = hs256_token(SECRET, json!({"sub": user, "exp": in_a_minute()}));
+    Client::connect(&format!("{}?token={token}", node.ws_url())).await
+}
+
+/// How many nodes receive a Redis pub/sub channel (`PUBSUB NUMSUB`).
+async fn receivers(cluster: &Cluster, channel: &str) -> u64 {
+    let out = cluster.redis.cli(&["PUBSUB", "NUMSUB", channel]).await;
+    out.lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(u64::MAX)
+}
+
+/// Sends `data` to `user` through `node`; returns how many nodes it reached.
+async fn send_to_user(node: &support::cluster::Node, user: &str, data: Value) -> Value {
+    let (status, body) = node
+        .post(&format!("/api/v1/users/{user}/send"), json!({"data": data}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["delivered"].clone()
+}
+
+/// Issue 16: a send to a user reaches the nodes holding one of its connections, and no
+/// other (per-channel pub/sub, the default): each node receives a user's own pub/sub
+/// channel from before its first connection's `hello` until its last one closes.
+#[tokio::test]
+async fn user_sends_reach_only_the_nodes_holding_the_user() {
+    let cluster = Cluster::start(Via::Redis).await;
+    let a = cluster.node_env("user-a", &[], &JWT).await;
+    let b = cluster.node_env("user-b", &[], &JWT).await;
+    let c = cluster.node_env("user-c", &[], &JWT).await;
+    let ann = format!("{}:{{ann}}:user", cluster.prefix);
+    assert_eq!(receivers(&cluster, &ann).await, 0);
+
+    // Received by B before its `hello`: a send right after it arrives.
+    let mut on_b = connect_as(&b, "ann").await;
+    assert_eq!(receivers(&cluster, &ann).await, 1);
+    assert_eq!(send_to_user(&a, "ann", json!(1)).await, 1);
+    assert_eq!(on_b.recv().await, json!({"op":"message","data":1}));
+
+    // A second connection on B changes nothing; one on C adds C.
+    let mut again_b = connect_as(&b, "ann").await;
+    let mut on_c = connect_as(&c, "ann").await;
+    assert_eq!(receivers(&cluster, &ann).await, 2);
+    assert_eq!(send_to_user(&a, "ann", json!(2)).await, 2);
+    for client in [&mut on_b, &mut again_b, &mut on_c] {
+        assert_eq!(client.recv().await, json!({"op":"message","data":2}));
+    }
+    // Server-side subscriptions go the same way.
+    let (status, r) = a
+        .post("/api/v1/users/ann/subscribe", json!({"channel": "room"}))
+        .await;
+    assert_eq!((status, r["delivered"].clone()), (200, json!(2)), "{r}");
+    for client in [&mut on_b, &mut again_b, &mut on_c] {
+        assert_eq!(client.recv().await["op"], "subscribed");
+    }
+
+    // B's last connection of the user closes: B stops receiving the user's sends.
+    drop((on_b, again_b));
+    poll("user-b stops receiving ann's sends", WAIT, || async {
+        (receivers(&cluster, &ann).await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(send_to_user(&a, "ann", json!(3)).await, 1);
+    assert_eq!(on_c.recv().await, json!({"op":"message","data":3}));
+    drop(on_c);
+    poll("no node receives ann's sends", WAIT, || async {
+        (receivers(&cluster, &ann).await == 0).then_some(())
+    })
+    .await;
+    // Nobody holds the user: accepted, delivered nowhere, and said so.
+    assert_eq!(send_to_user(&a, "ann", json!(4)).await, 0);
+}
 
 async fn order_across_nodes(via: Via) {
     const PER_PUBLISHER: u64 = 100;

@@ -211,14 +211,20 @@ async fn a_killed_master_costs_its_shard_only_and_the_gateway_recovers() {
 
 const PER_CHANNEL: [&str; 2] = ["--redis-per-channel-pubsub", "true"];
 
-/// How many subscribers a shard channel has, asked of the master that serves it.
+/// How many subscribers a channel's shard channel has, asked of the master that serves it.
 async fn shard_subscribers(redis: &RedisClusterServer, channel: &str) -> u64 {
-    let master = redis.master_of(&meta(channel)).await;
+    shard_channel_subscribers(redis, channel, "pub").await
+}
+
+/// How many nodes receive the shard channel `P:{<tag>}:<what>` (a channel's publications,
+/// `pub`, or a user's sends, `user`).
+async fn shard_channel_subscribers(redis: &RedisClusterServer, tag: &str, what: &str) -> u64 {
+    let master = redis.master_of(&meta(tag)).await;
     let out = redis.masters[master]
         .cli(&[
             "PUBSUB",
             "SHARDNUMSUB",
-            &format!("{PREFIX}:{{{channel}}}:pub"),
+            &format!("{PREFIX}:{{{tag}}}:{what}"),
         ])
         .await;
     out.lines()
@@ -249,9 +255,20 @@ async fn sharded_pubsub_reaches_only_the_nodes_with_subscribers() {
             json!({"op":"message","channel":"room","offset":i,"data":i})
         );
     }
-    // A second node with a subscriber joins the shard channel; a user send still works.
+    // A second node with a subscriber joins the shard channel.
     let mut on_b = Client::subscribed(&b.ws_url(), "room").await;
     assert_eq!(shard_subscribers(&redis, "room").await, 2);
+    // A send to a user goes to its own shard channel, which only its node receives.
+    let user = on_b.user();
+    assert_eq!(shard_channel_subscribers(&redis, &user, "user").await, 1);
+    let (status, r) = a
+        .post(
+            &format!("/api/v1/users/{user}/send"),
+            json!({"data": "you"}),
+        )
+        .await;
+    assert_eq!((status, r["delivered"].clone()), (200, json!(1)), "{r}");
+    assert_eq!(on_b.recv().await, json!({"op":"message","data":"you"}));
     a.publish("room", json!("both")).await;
     assert_eq!(on_b.recv().await["data"], "both");
     assert_eq!(c.recv().await["data"], "both");

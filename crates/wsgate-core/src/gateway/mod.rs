@@ -311,6 +311,17 @@ impl Gateway {
         conn
     }
 
+    /// Makes sends to `user` reach this node before a connection of the user opens here
+    /// (see [`Broker::watch_user`]). A broker that cannot answer now is counted and logged:
+    /// the connection still opens (its channels answer for themselves), and the broker
+    /// keeps trying in the background.
+    pub async fn watch_user(&self, user: &str) {
+        if let Err(e) = self.broker.watch_user(user).await {
+            self.metrics.broker_errors.inc();
+            warn!(user, error = %e, "sends to this user may miss this node until the broker is back");
+        }
+    }
+
     /// The `hello` frame for a new connection.
     pub fn hello(&self, conn: &Connection) -> tungstenite::Utf8Bytes {
         self.hello_with(conn, None)
@@ -647,6 +658,10 @@ impl LocalDelivery {
 impl Deliver for LocalDelivery {
     fn has_subscribers(&self, channel: &str) -> bool {
         self.registry.has_subscribers(channel)
+    }
+
+    fn has_user(&self, user: &str) -> bool {
+        self.registry.has_user(user)
     }
 
     fn gap(&self, channel: &Arc<str>, epoch: &Arc<str>, offset: u64) {

@@ -69,6 +69,10 @@ impl Registry {
         self.by_id.iter().map(|e| e.value().clone()).collect()
     }
 
+    pub fn has_user(&self, user: &str) -> bool {
+        self.by_user.contains_key(user)
+    }
+
     pub fn of_user(&self, user: &str) -> Vec<Arc<Connection>> {
         self.by_user
             .get(user)

@@ -25,6 +25,12 @@ pub trait Deliver: Send + Sync + 'static {
         true
     }
 
+    /// Whether `user` has connections here: a broker that routes user sends to the nodes
+    /// holding the user keeps receiving them while this is true.
+    fn has_user(&self, _user: &str) -> bool {
+        true
+    }
+
     /// Publications of `channel` in `epoch` up to `offset` that this node could not deliver
     /// (neither live traffic nor history had them): subscribers are told before anything
     /// after `offset` reaches them.
@@ -86,6 +92,15 @@ pub trait Broker: Send + Sync + 'static {
     /// (`Deliver::has_subscribers`). Default: nothing to do, every node receives every
     /// channel.
     async fn watch(&self, _channel: &str) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    /// A connection of `user` is about to open here. A broker that routes sends to a user
+    /// only to the nodes holding that user (Redis per-channel pub/sub) starts receiving
+    /// them before returning, so that a send made after the connection opened reaches it;
+    /// it stops on its own once no local connection of the user is left
+    /// (`Deliver::has_user`). Default: nothing to do, every node receives every user send.
+    async fn watch_user(&self, _user: &str) -> Result<(), BrokerError> {
         Ok(())
     }
 

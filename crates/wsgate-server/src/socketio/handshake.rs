@@ -110,6 +110,8 @@ pub async fn admit(edge: &WsState, s: &SocketRef, auth: Option<Auth>) -> Result<
     if !edge.limits.admit_user(&mut slot, &identity.user) {
         return reject("user_connections", "too many connections for this user");
     }
+    // Sends to the user reach this node before the client hears `hello`.
+    edge.gateway.watch_user(&identity.user).await;
     let ready = events::register(s);
     let who = events::Who {
         id,

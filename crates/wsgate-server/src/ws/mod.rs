@@ -158,6 +158,9 @@ pub async fn upgrade(
             Box::pin(task::refuse_user(task_edge, socket, ws, remote)).await;
             return;
         }
+        // Sends to the user reach this node before `hello` tells anyone the connection is
+        // open.
+        Box::pin(task_edge.gateway.watch_user(&identity.user)).await;
         let opened = task::Opened {
             id,
             identity,
