@@ -273,6 +273,13 @@ impl RedisBroker {
         w.requests
             .send((interest, name.into(), tx))
             .map_err(|_| gone())?;
+        if interest == Interest::User && !self.subscribed.get() {
+            // Redis is away: the request waits in the queue for the feed to open again, and
+            // the user's connection need not wait for that.
+            return Err(BrokerError::Unavailable(
+                "the broker subscription is down; the user is received once it is back".into(),
+            ));
+        }
         match tokio::time::timeout(WATCH_TIMEOUT, rx).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(e))) => Err(BrokerError::Unavailable(e)),

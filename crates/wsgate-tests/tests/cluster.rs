@@ -335,6 +335,8 @@ async fn redis_outage_turns_ready_off_and_traffic_resumes() {
     assert_eq!(status, 503, "{body}");
     let (status, _) = b.get("/health").await;
     assert_eq!(status, 200, "liveness is not readiness");
+    // A client connecting meanwhile is let in (its user's sends cannot be routed to B yet).
+    let mut during = Client::connect(&b.ws_url()).await;
 
     cluster.redis.restart().await;
     a.await_ready(true).await;
@@ -342,6 +344,18 @@ async fn redis_outage_turns_ready_off_and_traffic_resumes() {
     let _ = stop_tx.send(());
     let (ok, failed) = support::within("traffic", traffic).await.unwrap();
     assert!(ok > 0 && failed > 0, "ok {ok}, failed {failed}");
+    // Once Redis is back, B receives that user's sends too.
+    let to_during = format!("/api/v1/users/{}/send", during.user());
+    poll(
+        "a send reaches the user who connected during the outage",
+        WAIT,
+        || async {
+            let (status, r) = a.post(&to_during, json!({"data": "found"})).await;
+            (status == 200 && r["delivered"] == 1).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(during.recv().await, json!({"op":"message","data":"found"}));
 
     // Publishing resumes and reaches the old subscription on the other node (the new
     // stream starts again at offset 1: Redis lost everything), behind the notice that the
