@@ -7,13 +7,15 @@
 //! there is no per-connection timer (the sweep is one task for the whole node).
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
 
 use super::expiry::TokenClock;
 use super::transport::Transport;
@@ -66,14 +68,25 @@ pub struct Connection {
     pub stats: Stats,
     pub transport: Arc<dyn Transport>,
     close: OnceLock<CloseRequest>,
-    closing: Notify,
+    /// Wakes the connection task (its one waiter) for [`Connection::attention`].
+    attention: AtomicWaker,
     channels: Mutex<Vec<Arc<str>>>,
     /// When the token expires and, once it has, when the grace ends (see `expiry.rs`).
     pub(crate) token: Mutex<TokenClock>,
     /// Server-side subscription changes waiting for the connection task, which runs them
     /// between client ops (see `server_subs.rs`).
     server_ops: Mutex<VecDeque<ServerSubscription>>,
-    server_ops_ready: Notify,
+    /// `server_ops` is not empty (read without its lock on every wake-up of the task).
+    server_ops_waiting: AtomicBool,
+}
+
+/// What the connection task must do besides reading and writing its socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attention {
+    /// A close was requested ([`Connection::close_request`]).
+    Close,
+    /// Server-side subscription changes wait ([`Connection::take_server_ops`]).
+    ServerOps,
 }
 
 impl Connection {
@@ -97,11 +110,11 @@ impl Connection {
             stats,
             transport,
             close: OnceLock::new(),
-            closing: Notify::new(),
+            attention: AtomicWaker::new(),
             channels: Mutex::new(Vec::new()),
             token: Mutex::new(TokenClock::default()),
             server_ops: Mutex::new(VecDeque::new()),
-            server_ops_ready: Notify::new(),
+            server_ops_waiting: AtomicBool::new(false),
         }
     }
 
@@ -115,21 +128,42 @@ impl Connection {
                 return false;
             }
             q.push_back(op);
+            self.server_ops_waiting.store(true, Ordering::Release);
         }
-        self.server_ops_ready.notify_one();
+        self.attention.wake();
         true
     }
 
-    /// Resolves once server-side subscription changes wait ([`Connection::take_server_ops`]).
-    pub async fn server_ops_ready(&self) {
-        if self.server_ops.lock().is_empty() {
-            self.server_ops_ready.notified().await;
+    /// Resolves once the connection task has something to do besides its socket: a close
+    /// was requested (first), or server-side subscription changes wait. One waker for both:
+    /// the task polls this on every wake-up (each delivery, when quiet), where a `Notify`
+    /// per event registered and unregistered a waiter under a lock each time.
+    pub fn attention(&self) -> impl Future<Output = Attention> + '_ {
+        std::future::poll_fn(move |cx| {
+            if let Some(a) = self.needs() {
+                return Poll::Ready(a);
+            }
+            self.attention.register(cx.waker());
+            // Set between the look and the registration: not missed.
+            self.needs().map_or(Poll::Pending, Poll::Ready)
+        })
+    }
+
+    fn needs(&self) -> Option<Attention> {
+        if self.close.get().is_some() {
+            Some(Attention::Close)
+        } else if self.server_ops_waiting.load(Ordering::Acquire) {
+            Some(Attention::ServerOps)
+        } else {
+            None
         }
     }
 
     /// The waiting server-side subscription changes, oldest first.
     pub fn take_server_ops(&self) -> Vec<ServerSubscription> {
-        self.server_ops.lock().drain(..).collect()
+        let mut q = self.server_ops.lock();
+        self.server_ops_waiting.store(false, Ordering::Release);
+        q.drain(..).collect()
     }
 
     pub fn user(&self) -> &Arc<str> {
@@ -152,20 +186,13 @@ impl Connection {
             })
             .is_ok();
         if first {
-            self.closing.notify_one();
+            self.attention.wake();
         }
         first
     }
 
     pub fn close_request(&self) -> Option<&CloseRequest> {
         self.close.get()
-    }
-
-    /// Resolves once a close was requested.
-    pub async fn closing(&self) {
-        if self.close.get().is_none() {
-            self.closing.notified().await;
-        }
     }
 
     pub fn touch(&self, now_ms: u64) {

@@ -30,7 +30,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tracing::{info, warn};
 
-pub use connection::{CloseRequest, Connection, ConnectionInfo, Stats};
+pub use connection::{Attention, CloseRequest, Connection, ConnectionInfo, Stats};
 pub use expiry::{Expiries, TokenClock};
 pub use heartbeat::Heartbeat;
 pub use membership::{Membership, membership_frame};

@@ -22,7 +22,7 @@ use socketioxide::socket::DisconnectReason;
 use tokio::sync::oneshot;
 use tracing::debug;
 use wsgate_core::auth::Identity;
-use wsgate_core::gateway::{CloseRequest, Connection, ServerAnswer, Session};
+use wsgate_core::gateway::{Attention, CloseRequest, Connection, ServerAnswer, Session};
 use wsgate_core::protocol::{ProtocolError, close};
 use wsgate_core::seams::{Publication, Recovery, StreamPosition};
 
@@ -443,8 +443,11 @@ async fn watch(
     let (reason, code) = loop {
         tokio::select! {
         left = &mut left => break (left.unwrap_or("io_error"), None),
-        () = conn.server_ops_ready() => client.server_ops(&s).await,
-        () = conn.closing() => {
+        attention = conn.attention() => {
+            if attention == Attention::ServerOps {
+                client.server_ops(&s).await;
+                continue;
+            }
             let r = conn.close_request().cloned().unwrap_or(CloseRequest {
                 code: close::GOING_AWAY,
                 reason: "closed",

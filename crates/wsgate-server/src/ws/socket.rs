@@ -42,13 +42,14 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 use wsgate_core::gateway::{Outbound, Overflow, Skips, Transport, drop_held};
 
 /// Frames written per vectored write when the backlog drains (Linux's IOV_MAX is 1024).
@@ -117,13 +118,26 @@ impl std::fmt::Debug for Wire {
 pub struct SharedSocket {
     wire: Wire,
     state: Mutex<WriteState>,
-    /// Signalled when the backlog stops being empty (or the socket fails).
-    wake: Notify,
-    /// Signalled when an own frame found the budget spent.
-    overflowed: Notify,
+    /// Wakes the connection task (its one waiter) for [`SharedSocket::signal`]: one waker
+    /// polled on each wake-up, where a `Notify` per event registered and unregistered a
+    /// waiter under a lock every time the task's `select!` ran (once per delivery, quiet).
+    waker: AtomicWaker,
+    /// The backlog stopped being empty (or the socket failed) since the task last looked.
+    backlogged: AtomicBool,
+    /// An own frame found the budget spent.
+    overflowed: AtomicBool,
     capacity: usize,
     /// Bytes that may be queued at once (see the module's documentation).
     budget: usize,
+}
+
+/// Socket work for the connection task ([`SharedSocket::signal`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// The backlog may have become non-empty.
+    Backlog,
+    /// An own frame found the budget spent: the connection must close (4029).
+    Overflow,
 }
 
 /// What a direct write did.
@@ -160,8 +174,9 @@ impl SharedSocket {
         Arc::new(Self {
             wire,
             state: Mutex::new(WriteState::default()),
-            wake: Notify::new(),
-            overflowed: Notify::new(),
+            waker: AtomicWaker::new(),
+            backlogged: AtomicBool::new(false),
+            overflowed: AtomicBool::new(false),
             capacity: bounds.frames.max(1),
             budget: bounds.bytes.max(1),
         })
@@ -265,8 +280,8 @@ impl SharedSocket {
     fn woke(&self, w: Wrote) {
         match w {
             Wrote::Done => {}
-            Wrote::Backlogged => self.wake.notify_one(),
-            Wrote::Overflowed => self.overflowed.notify_one(),
+            Wrote::Backlogged => self.raise(&self.backlogged),
+            Wrote::Overflowed => self.raise(&self.overflowed),
         }
     }
 
@@ -296,7 +311,7 @@ impl SharedSocket {
         }
         drop(st);
         if backlogged {
-            self.wake.notify_one();
+            self.raise(&self.backlogged);
         }
         Ok(())
     }
@@ -321,12 +336,34 @@ impl SharedSocket {
         self.state.lock().queued_bytes() > self.budget / 2
     }
 
-    /// Resolves once an own frame found the budget spent (at once if one already did).
-    pub async fn overflowing(&self) {
-        if self.state.lock().overflow {
-            return;
+    fn raise(&self, flag: &AtomicBool) {
+        flag.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Resolves when the connection task has socket work: an own frame found the budget
+    /// spent (`Overflow`, first), or, with `backlog` watched, the backlog stopped being
+    /// empty since the task last looked (`Backlog`; not watched while the task writes: it
+    /// comes back for more on its own).
+    pub fn signal(&self, backlog: bool) -> impl Future<Output = Signal> + '_ {
+        std::future::poll_fn(move |cx| {
+            if let Some(s) = self.signalled(backlog) {
+                return Poll::Ready(s);
+            }
+            self.waker.register(cx.waker());
+            // Raised between the look and the registration: not missed.
+            self.signalled(backlog).map_or(Poll::Pending, Poll::Ready)
+        })
+    }
+
+    fn signalled(&self, backlog: bool) -> Option<Signal> {
+        if self.overflowed.load(Ordering::Acquire) {
+            Some(Signal::Overflow)
+        } else if backlog && self.backlogged.swap(false, Ordering::AcqRel) {
+            Some(Signal::Backlog)
+        } else {
+            None
         }
-        self.overflowed.notified().await
     }
 
     /// Whether [`Self::flush`] has work: queued frames, a failure to report, or a flush that
@@ -335,11 +372,6 @@ impl SharedSocket {
     pub fn has_backlog(&self) -> bool {
         let st = self.state.lock();
         !st.backlog.is_empty() || st.failed || st.writing
-    }
-
-    /// Resolves when the backlog may have become non-empty.
-    pub async fn backlogged(&self) {
-        self.wake.notified().await
     }
 
     /// Writes the backlog out, waiting for the socket as the client reads. `taken` is the

@@ -20,11 +20,11 @@ use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 use tracing::{debug, warn};
 use wsgate_core::auth::{AuthError, Identity};
-use wsgate_core::gateway::{CloseRequest, Connection, Gateway, Session};
+use wsgate_core::gateway::{Attention, CloseRequest, Connection, Gateway, Session};
 use wsgate_core::protocol::{self, ProtocolError, close};
 
 use super::WsConfig;
-use super::socket::{SharedSocket, SocketIo};
+use super::socket::{SharedSocket, Signal, SocketIo};
 use super::state::{WsState, WsView};
 use crate::hooks::{Greeting, Refusal};
 use crate::limits::{Slot, quota};
@@ -320,23 +320,27 @@ async fn run(
         let paused = backlog && socket.reading_paused();
         tokio::select! {
             biased;
-            () = conn.closing() => {
-                return conn.close_request().map_or(Ending::quiet("closed"), Ending::from_request);
-            }
-            () = socket.overflowing() => {
-                if conn.request_close(close::SLOW_CONSUMER, "slow_consumer", OVERFLOW) {
-                    gw.metrics.slow_consumer();
+            attention = conn.attention() => match attention {
+                Attention::Close => {
+                    return conn.close_request().map_or(Ending::quiet("closed"), Ending::from_request);
                 }
-                return conn.close_request().map_or(Ending::quiet("closed"), Ending::from_request);
-            }
+                Attention::ServerOps => server_ops(gw, socket, session).await,
+            },
+            signal = socket.signal(!backlog) => match signal {
+                Signal::Overflow => {
+                    if conn.request_close(close::SLOW_CONSUMER, "slow_consumer", OVERFLOW) {
+                        gw.metrics.slow_consumer();
+                    }
+                    return conn.close_request().map_or(Ending::quiet("closed"), Ending::from_request);
+                }
+                Signal::Backlog => {}
+            },
             flushed = socket.flush(taken), if backlog => {
                 if let Err(e) = flushed {
                     conn.stats.record_error(e.to_string());
                     return Ending::quiet("io_error");
                 }
             }
-            () = socket.backlogged(), if !backlog => {}
-            () = conn.server_ops_ready() => server_ops(gw, socket, session).await,
             frame = ws.next(), if !paused => {
                 // Boxed: the handling of a frame (subscribe, recovery, the store) is a large
                 // future, and this task's state is kept by every idle connection.
