@@ -51,7 +51,8 @@ export interface WsgateOptions {
   maxReconnectDelay?: number;
   /**
    * Send an application `ping` when nothing was received for this long (ms). Default: the
-   * server's `heartbeat_ms` from `hello`, at most 25 000. 0 disables the liveness check.
+   * server's `heartbeat_ms` from `hello`, at most 25 000. 0 disables the liveness check. Not
+   * used with a `transport` (it checks liveness itself).
    */
   pingInterval?: number;
   /** A connection that sends nothing for this long after a ping is reconnected. Default 10 000. */
