@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { afterEach, describe, test } from 'node:test';
 import { Wsgate } from '../../dist/esm/index.js';
 import { CLOSE_TOKEN_REFRESH, socketIoTransport } from '../../dist/esm/socketio.js';
-import { jwt, sleep, until } from './fake.mjs';
+import { jwt, quick, record, sleep, until } from './fake.mjs';
 
 /** One `io()` socket: records emits, lets the test play the server. */
 class FakeSio {
@@ -53,14 +53,9 @@ const io = (url, opts) => {
 const last = () => sockets[sockets.length - 1];
 let clients = [];
 function client(opts = {}, sioOpts) {
-  const c = new Wsgate('http://gate.test', { transport: socketIoTransport(io, sioOpts), minReconnectDelay: 10, maxReconnectDelay: 80, random: () => 0.5, ...opts });
+  const c = new Wsgate('http://gate.test', { transport: socketIoTransport(io, sioOpts), ...quick, ...opts });
   clients.push(c);
   return c;
-}
-function record(emitter, names) {
-  const log = [];
-  for (const n of names) emitter.on(n, (a) => log.push([n, a]));
-  return log;
 }
 function connected(c) {
   c.connect();
