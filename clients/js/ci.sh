@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # CI for the JavaScript SDK (@wsgate/client): install (npm ci), build, check the size budget,
 # then run the unit tests (fake socket), the end-to-end tests (real `wsgate` nodes and
-# `redis-server`) and the browser tests (headless Chromium via playwright-core): the SDK's, and
-# the admin console's (test/browser/console.test.mjs, which rewrites docs/img/console*.png).
+# `redis-server`; over /ws, and over the Socket.IO edge with the real socket.io-client) and
+# the browser tests (headless Chromium via playwright-core): the SDK's, and the admin console's
+# (test/browser/console.test.mjs, which rewrites docs/img/console*.png).
 # Needs: node >= 20, redis-server, /usr/bin/chromium (or CHROMIUM=…), and the wsgate binary
 # (SDK_WSGATE_BIN, else target/debug/wsgate, built here when missing).
 # Closing line: `sdk: N passed, N failed`; the exit status is non-zero on any failure.
@@ -40,7 +41,7 @@ check build npm run --silent build || true
 log "type declarations (CommonJS and ESM consumers)"
 check types node node_modules/typescript/bin/tsc -p test/types
 
-log "size budget (minified + gzipped < 6 KiB)"
+log "size budget (minified + gzipped < 6 KiB; the Socket.IO transport < 2 KiB)"
 check size npm run --silent size
 
 if [ -z "${SDK_WSGATE_BIN:-}" ]; then

@@ -1,7 +1,7 @@
 import { backoffDelay, tokenExpiry } from './backoff.js';
 import { Emitter } from './emitter.js';
 import { Subscription } from './subscription.js';
-import type { ClientEvents, Presence, SocketConstructor, SocketLike, StreamPosition, WsgateOptions } from './types.js';
+import type { ClientEvents, Presence, SocketConstructor, SocketLike, StreamPosition, Transport, WsgateOptions } from './types.js';
 import { WsgateError } from './types.js';
 
 /**
@@ -35,7 +35,7 @@ export class Wsgate extends Emitter<ClientEvents> {
   node?: string;
   user?: string;
 
-  private readonly opts: Required<Omit<WsgateOptions, 'token' | 'getToken' | 'WebSocket' | 'pingInterval'>> &
+  private readonly opts: Required<Omit<WsgateOptions, 'token' | 'getToken' | 'WebSocket' | 'pingInterval' | 'transport'>> &
     WsgateOptions;
   private readonly Socket?: SocketConstructor;
   private token?: string;
@@ -214,7 +214,8 @@ export class Wsgate extends Emitter<ClientEvents> {
       }
       if (me !== this.opening) return;
     }
-    if (!this.Socket) {
+    const transport: Transport | undefined = this.opts.transport;
+    if (!transport && !this.Socket) {
       this.want = false;
       this.setState('disconnected');
       this.emit('error', new WsgateError('no_websocket', 'no WebSocket: pass options.WebSocket (e.g. the ws package)'));
@@ -222,7 +223,7 @@ export class Wsgate extends Emitter<ClientEvents> {
     }
     let ws: SocketLike;
     try {
-      ws = new this.Socket(withToken(this.url, this.token));
+      ws = transport ? transport(this.url, this.token) : new this.Socket!(withToken(this.url, this.token));
     } catch (e) {
       this.emit('error', asError(e));
       return this.retry(1006, 'connect failed');
@@ -266,6 +267,8 @@ export class Wsgate extends Emitter<ClientEvents> {
       case 'unsubscribed':
         if (f.server) this.emit('serverUnsubscribed', { channel: f.channel });
         return;
+      case 'event':
+        return this.emit('event', { event: f.event, data: f.data });
       case 'join':
       case 'leave':
       case 'epoch_changed':
@@ -287,7 +290,8 @@ export class Wsgate extends Emitter<ClientEvents> {
     this.connectionId = f.connection_id;
     this.node = f.node;
     this.user = f.user;
-    const interval = this.opts.pingInterval ?? Math.min(f.heartbeat_ms || 25_000, 25_000);
+    // A transport (Socket.IO: Engine.IO's heartbeat) checks liveness itself.
+    const interval = this.opts.transport ? 0 : (this.opts.pingInterval ?? Math.min(f.heartbeat_ms || 25_000, 25_000));
     if (interval > 0) {
       this.pingTimer = setInterval(() => {
         if (Date.now() - this.lastFrame >= interval && this.ws && this.deadTimer === undefined) {

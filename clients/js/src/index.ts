@@ -27,5 +27,6 @@ export type {
   StreamPosition,
   SubscribedInfo,
   SubscriptionEvents,
+  Transport,
   WsgateOptions,
 } from './types.js';

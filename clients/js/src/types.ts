@@ -15,6 +15,15 @@ export interface SocketLike {
 /** A WebSocket constructor: `globalThis.WebSocket`, or `WebSocket` from the `ws` package. */
 export type SocketConstructor = new (url: string) => SocketLike;
 
+/**
+ * Opens one connection for the client instead of `new WebSocket(url?token=…)`: `url` is the
+ * client's, `token` the current one. The socket it returns speaks the gateway's JSON frames
+ * (docs/protocol.md). `socketIoTransport(io)` from `@wsgate/client/socketio` is one: it runs
+ * the client over wsgate's Socket.IO edge. A transport checks liveness itself (the client
+ * sends no `ping` frames over it).
+ */
+export type Transport = (url: string, token: string | undefined) => SocketLike;
+
 /** A position in a channel's stream: the last offset seen and the stream's epoch. */
 export interface StreamPosition {
   offset: number;
@@ -31,13 +40,19 @@ export interface WsgateOptions {
   getToken?: () => string | Promise<string>;
   /** The WebSocket implementation. Default `globalThis.WebSocket` (browsers, Node ≥ 22). */
   WebSocket?: SocketConstructor;
+  /**
+   * Connect through this instead of a WebSocket to `url` (e.g. `socketIoTransport(io)` from
+   * `@wsgate/client/socketio`, with `url` the node's `http(s)://host:port`).
+   */
+  transport?: Transport;
   /** First reconnect delay window in ms. Default 500. */
   minReconnectDelay?: number;
   /** Largest reconnect delay window in ms (the cap). Default 20 000. */
   maxReconnectDelay?: number;
   /**
    * Send an application `ping` when nothing was received for this long (ms). Default: the
-   * server's `heartbeat_ms` from `hello`, at most 25 000. 0 disables the liveness check.
+   * server's `heartbeat_ms` from `hello`, at most 25 000. 0 disables the liveness check. Not
+   * used with a `transport` (it checks liveness itself).
    */
   pingInterval?: number;
   /** A connection that sends nothing for this long after a ping is reconnected. Default 10 000. */
@@ -87,6 +102,11 @@ export interface ClientEvents {
   serverUnsubscribed: { channel: string };
   /** A publication on a channel this client has no Subscription for: a server-side one. */
   publication: Publication;
+  /**
+   * Over Socket.IO: a publication made with `"event": "<name>"` (docs/socketio.md), which
+   * carries neither channel nor offset.
+   */
+  event: { event: string; data: unknown };
   /** The token was refreshed on the live connection. */
   refreshed: { token: string };
 }

@@ -20,7 +20,7 @@ function serveStatic() {
   const server = createServer((req, res) => {
     const path = normalize(decodeURIComponent(new URL(req.url, 'http://x').pathname)).replace(/^(\.\.[/\\])+/, '');
     const file = join(ROOT, path);
-    if (!file.startsWith(ROOT) || !existsSync(file) || !(path.startsWith('/dist/') || path.startsWith('/examples/') || path.startsWith('/test/browser/'))) {
+    if (!file.startsWith(ROOT) || !existsSync(file) || !(path.startsWith('/dist/') || path.startsWith('/examples/') || path.startsWith('/test/browser/') || path.startsWith('/node_modules/socket.io-client/dist/'))) {
       res.writeHead(404).end();
       return;
     }
@@ -53,34 +53,40 @@ describe('headless Chromium', () => {
   });
   const origin = () => `http://127.0.0.1:${web.address().port}`;
 
-  test('SIGKILL the page\'s node, publish through the other, restart: every message once, in order', async () => {
-    const page = await ctx.newPage();
-    const errors = [];
-    page.on('pageerror', (e) => errors.push(e));
-    await page.goto(`${origin()}/test/browser/page.html`);
-    const read = () => page.evaluate(() => ({ got: window.got, subs: window.subs, events: window.events }));
-    await page.evaluate(([url]) => window.start(url, 'room:browser'), [a.ws]);
-    await until(async () => (await read()).subs.length === 1, 'subscribed in the page');
-    for (const i of range(1, 5)) await b.publish('room:browser', { i });
-    await until(async () => (await read()).got.length === 5, 'the first 5 messages');
+  // Over /ws (the browser's WebSocket), and over the Socket.IO edge (socket.io-client's browser
+  // bundle with the SDK's Socket.IO transport).
+  for (const via of ['/ws', 'Socket.IO']) {
+    test(`${via}: SIGKILL the page's node, publish through the other, restart: every message once, in order`, async () => {
+      const room = via === '/ws' ? 'room:browser' : 'room:browser-sio';
+      const page = await ctx.newPage();
+      const errors = [];
+      page.on('pageerror', (e) => errors.push(e));
+      await page.goto(`${origin()}/test/browser/page.html`);
+      const read = () => page.evaluate(() => ({ got: window.got, subs: window.subs, events: window.events }));
+      const sio = via === 'Socket.IO';
+      await page.evaluate(([url, room, sio]) => window.start(url, room, sio), [sio ? a.http : a.ws, room, sio]);
+      await until(async () => (await read()).subs.length === 1, 'subscribed in the page');
+      for (const i of range(1, 5)) await b.publish(room, { i });
+      await until(async () => (await read()).got.length === 5, 'the first 5 messages');
 
-    await a.kill();
-    await until(async () => (await read()).events.some((e) => e[0] === 'disconnected'), 'the page to notice');
-    for (const i of range(6, 15)) await b.publish('room:browser', { i });
-    await a.start();
-    await until(async () => (await read()).subs.length === 2, 'the resubscription', 20_000);
-    for (const i of range(16, 20)) await b.publish('room:browser', { i });
-    await until(async () => (await read()).got.length >= 20, 'all 20 messages', 15_000);
-    await new Promise((r) => setTimeout(r, 200));
+      await a.kill();
+      await until(async () => (await read()).events.some((e) => e[0] === 'disconnected'), 'the page to notice');
+      for (const i of range(6, 15)) await b.publish(room, { i });
+      await a.start();
+      await until(async () => (await read()).subs.length === 2, 'the resubscription', 20_000);
+      for (const i of range(16, 20)) await b.publish(room, { i });
+      await until(async () => (await read()).got.length >= 20, 'all 20 messages', 15_000);
+      await new Promise((r) => setTimeout(r, 200));
 
-    const { got, subs } = await read();
-    assert.deepEqual(got.map((m) => m.data.i), range(1, 20), 'once each, in order');
-    assert.deepEqual(got.map((m) => m.offset), range(1, 20));
-    assert.equal(subs[1].resubscribed, true);
-    assert.equal(subs[1].recovered, true);
-    assert.deepEqual(errors, []);
-    await page.close();
-  });
+      const { got, subs } = await read();
+      assert.deepEqual(got.map((m) => m.data.i), range(1, 20), 'once each, in order');
+      assert.deepEqual(got.map((m) => m.offset), range(1, 20));
+      assert.equal(subs[1].resubscribed, true);
+      assert.equal(subs[1].recovered, true);
+      assert.deepEqual(errors, []);
+      await page.close();
+    });
+  }
 
   for (const from of ['http', 'file']) {
     test(`examples/chat.html (${from}://): connect, send, see the message and who is here`, async () => {

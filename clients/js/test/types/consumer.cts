@@ -8,3 +8,6 @@ s.on('message', (m) => {
 });
 c.on('disconnected', (d) => d.reconnect && d.delay);
 c.rpc('m', {}).catch((e: WsgateError) => e.code);
+import { socketIoTransport } from '@wsgate/client/socketio';
+import { io } from 'socket.io-client';
+new Wsgate('http://127.0.0.1:8080', { transport: socketIoTransport(io) });

@@ -2,20 +2,14 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { afterEach, beforeEach, describe, test } from 'node:test';
 import { Wsgate, WsgateError, backoffDelay, tokenExpiry, CLOSE_LIVENESS } from '../../dist/esm/index.js';
-import { FakeSocket, jwt, sleep, until } from './fake.mjs';
+import { FakeSocket, jwt, quick, record, sleep, until } from './fake.mjs';
 
 const URL = 'ws://gate.test/ws';
 let clients = [];
 function client(opts = {}) {
-  const c = new Wsgate(URL, { WebSocket: FakeSocket, minReconnectDelay: 10, maxReconnectDelay: 80, random: () => 0.5, ...opts });
+  const c = new Wsgate(URL, { WebSocket: FakeSocket, ...quick, ...opts });
   clients.push(c);
   return c;
-}
-/** Records every event of `emitter` as [name, arg]. */
-function record(emitter, names) {
-  const log = [];
-  for (const n of names) emitter.on(n, (a) => log.push([n, a]));
-  return log;
 }
 async function connected(c) {
   c.connect();

@@ -61,3 +61,13 @@ export function jwt(claims) {
   const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
   return `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64(claims)}.sig`;
 }
+
+/** Client options for tests: short backoff windows, a fixed jitter. */
+export const quick = { minReconnectDelay: 10, maxReconnectDelay: 80, random: () => 0.5 };
+
+/** Records every event of `emitter` as [name, arg]. */
+export function record(emitter, names) {
+  const log = [];
+  for (const n of names) emitter.on(n, (a) => log.push([n, a]));
+  return log;
+}
