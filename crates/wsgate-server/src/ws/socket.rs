@@ -330,12 +330,6 @@ impl SharedSocket {
         }
     }
 
-    /// Whether more than half the budget waits: the connection task stops reading the client
-    /// until the backlog is written.
-    pub fn reading_paused(&self) -> bool {
-        self.state.lock().queued_bytes() > self.budget / 2
-    }
-
     fn raise(&self, flag: &AtomicBool) {
         flag.store(true, Ordering::Release);
         self.waker.wake();
@@ -366,14 +360,6 @@ impl SharedSocket {
         }
     }
 
-    /// Whether [`Self::flush`] has work: queued frames, a failure to report, or a flush that
-    /// was interrupted (cancelled by the task's `select!`) with frames or TLS records taken
-    /// but not yet written.
-    pub fn has_backlog(&self) -> bool {
-        let st = self.state.lock();
-        !st.backlog.is_empty() || st.failed || st.writing
-    }
-
     /// Writes the backlog out, waiting for the socket as the client reads. `taken` is the
     /// task's scratch queue (kept between calls so a burst does not allocate each time).
     ///
@@ -384,13 +370,37 @@ impl SharedSocket {
             Wire::Tcp(tcp) => tcp,
             Wire::Tls(write) => return self.flush_tls(write, taken).await,
         };
+        while !self.write_until_blocked(tcp, taken)? {
+            tcp.writable().await?;
+        }
+        Ok(())
+    }
+
+    /// Plain TCP: writes what is queued at once, as far as the kernel takes it without
+    /// waiting (usually all of it), so a wake-up for one delivery costs one turn of the
+    /// connection task's loop, not two; what is left, [`Self::flush`] writes as the client
+    /// reads. TLS: nothing here (records are written by the flush).
+    pub fn write_now(&self, taken: &mut VecDeque<Bytes>) -> io::Result<()> {
+        match &self.wire {
+            Wire::Tcp(tcp) => self.write_until_blocked(tcp, taken).map(drop),
+            Wire::Tls(_) => Ok(()),
+        }
+    }
+
+    /// Writes the backlog until it is empty (`true`: idle again) or the socket would block
+    /// (`false`). Never waits.
+    fn write_until_blocked(
+        &self,
+        tcp: &TcpStream,
+        taken: &mut VecDeque<Bytes>,
+    ) -> io::Result<bool> {
         loop {
             {
                 let mut st = self.take_backlog(taken)?;
                 if taken.is_empty() {
                     st.writing = false;
                     release_idle(&mut st.backlog, taken);
-                    return Ok(());
+                    return Ok(true);
                 }
                 st.writing = true;
             }
@@ -402,9 +412,7 @@ impl SharedSocket {
                 };
                 match written {
                     Ok(n) => advance(taken, n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        tcp.writable().await?;
-                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                     Err(e) => {
                         let mut st = self.state.lock();
                         st.failed = true;
@@ -414,6 +422,17 @@ impl SharedSocket {
                 }
             }
         }
+    }
+
+    /// What the connection task's loop needs to know about the backlog, under one lock:
+    /// whether [`Self::flush`] has work (queued frames, a failure to report, or a flush that
+    /// was interrupted with frames or TLS records taken but not yet written), and whether
+    /// reading the client pauses (more than half the budget waits: the client sends
+    /// requests and does not read the answers).
+    pub fn backlog_state(&self) -> (bool, bool) {
+        let st = self.state.lock();
+        let backlog = !st.backlog.is_empty() || st.failed || st.writing;
+        (backlog, backlog && st.queued_bytes() > self.budget / 2)
     }
 }
 
@@ -442,7 +461,7 @@ impl SharedSocket {
 
     /// [`Self::flush`] over TLS: the backlog goes through the write half (vectored writes
     /// into rustls), then the records rustls holds are flushed to the kernel. `writing` stays
-    /// set until both are done, so a cancelled flush is resumed (see [`Self::has_backlog`])
+    /// set until both are done, so a cancelled flush is resumed (see [`Self::backlog_state`])
     /// and publishers do not wake the task meanwhile.
     async fn flush_tls(
         &self,

@@ -316,8 +316,7 @@ async fn run(
 ) -> Ending {
     let conn = session.conn.clone();
     loop {
-        let backlog = socket.has_backlog();
-        let paused = backlog && socket.reading_paused();
+        let (backlog, paused) = socket.backlog_state();
         tokio::select! {
             biased;
             attention = conn.attention() => match attention {
@@ -333,7 +332,12 @@ async fn run(
                     }
                     return conn.close_request().map_or(Ending::quiet("closed"), Ending::from_request);
                 }
-                Signal::Backlog => {}
+                Signal::Backlog => {
+                    if let Err(e) = socket.write_now(taken) {
+                        conn.stats.record_error(e.to_string());
+                        return Ending::quiet("io_error");
+                    }
+                }
             },
             flushed = socket.flush(taken), if backlog => {
                 if let Err(e) = flushed {
