@@ -67,7 +67,8 @@ pub struct Connection {
     pub connected_at_ms: u64,
     pub stats: Stats,
     pub transport: Arc<dyn Transport>,
-    close: OnceLock<CloseRequest>,
+    /// Boxed: set at most once, at the end; an open connection keeps one pointer.
+    close: OnceLock<Box<CloseRequest>>,
     /// Wakes the connection task (its one waiter) for [`Connection::attention`].
     attention: AtomicWaker,
     channels: Mutex<Vec<Arc<str>>>,
@@ -179,11 +180,11 @@ impl Connection {
     ) -> bool {
         let first = self
             .close
-            .set(CloseRequest {
+            .set(Box::new(CloseRequest {
                 code,
                 reason,
                 message: message.into(),
-            })
+            }))
             .is_ok();
         if first {
             self.attention.wake();
@@ -192,7 +193,7 @@ impl Connection {
     }
 
     pub fn close_request(&self) -> Option<&CloseRequest> {
-        self.close.get()
+        self.close.get().map(|c| &**c)
     }
 
     pub fn touch(&self, now_ms: u64) {
@@ -212,6 +213,8 @@ impl Connection {
         if c.contains(&channel) {
             return false;
         }
+        // Exact: most connections subscribe to one or two channels and keep them.
+        c.reserve_exact(1);
         c.push(channel);
         true
     }

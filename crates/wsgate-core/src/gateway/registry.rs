@@ -32,10 +32,11 @@ pub struct Registry {
 
 impl Registry {
     pub fn insert(&self, conn: Arc<Connection>) {
-        self.by_user
-            .entry(conn.user().clone())
-            .or_default()
-            .push(conn.clone());
+        let mut list = self.by_user.entry(conn.user().clone()).or_default();
+        // Exact: most users have one connection on a node.
+        list.reserve_exact(1);
+        list.push(conn.clone());
+        drop(list);
         self.by_id.insert(conn.id.clone(), conn);
     }
 

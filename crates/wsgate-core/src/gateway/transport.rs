@@ -125,6 +125,8 @@ struct Skip {
 impl Skips {
     pub fn set(&mut self, channel: Arc<str>, epoch: Arc<str>, offset: u64) {
         self.forget(&channel);
+        // Exact: an idle subscriber keeps its skip until the channel's next publication.
+        self.0.reserve_exact(1);
         self.0.push(Skip {
             channel,
             epoch,
@@ -134,6 +136,14 @@ impl Skips {
 
     pub fn forget(&mut self, channel: &str) {
         self.0.retain(|s| &*s.channel != channel);
+        self.release_if_empty();
+    }
+
+    /// An idle connection keeps no capacity for skips it no longer has.
+    fn release_if_empty(&mut self) {
+        if self.0.is_empty() && self.0.capacity() > 0 {
+            self.0 = Vec::new();
+        }
     }
 
     /// The bytes to send this connection for `d`, or `None` when its subscription answer
@@ -152,12 +162,14 @@ impl Skips {
         let skip = &self.0[i];
         if skip.epoch != d.epoch {
             self.0.swap_remove(i);
+            self.release_if_empty();
             return Some(d.with_notice());
         }
         if d.offset <= skip.offset {
             return None;
         }
         self.0.swap_remove(i);
+        self.release_if_empty();
         // The subscription answer named this epoch: no notice, whatever the node saw.
         Some(d.wire.clone())
     }

@@ -25,6 +25,9 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
+use futures_util::future::OptionFuture;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::net::TcpStream;
@@ -34,6 +37,8 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tracing::{debug, warn};
 
 use crate::hooks::Entry;
+use crate::limits::Slot;
+use wsgate_core::auth::AuthError;
 use crate::reply::{bearer, json_error};
 
 #[derive(Deserialize)]
@@ -72,7 +77,7 @@ pub async fn upgrade(
         return reject(StatusCode::FORBIDDEN, "origin", "origin not allowed");
     }
     let client_ip = edge.limits.client_ip(remote, req.headers());
-    let mut slot = match edge.limits.admit(client_ip) {
+    let slot = match edge.limits.admit(client_ip) {
         Ok(slot) => slot,
         Err(refusal) => {
             debug!(%remote, %client_ip, reason = refusal.reason, "upgrade refused");
@@ -96,84 +101,23 @@ pub async fn upgrade(
     )
     .await;
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let task_edge = edge.clone();
-    let task = async move {
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                debug!(%remote, error = %e, "upgrade failed");
-                return;
-            }
-        };
-        // The accept loop serves plain TCP streams, or TLS streams over them when TLS is on.
-        // Bytes the client sent right behind its handshake are copied out so that hyper's
-        // whole read buffer (8 KiB or more) is not kept alive per connection by a slice.
-        let capacity = socket::Bounds {
-            frames: task_edge.config.outbox_capacity,
-            bytes: task_edge.config.outbox_bytes,
-        };
-        let (socket, io) = match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => {
-                let socket = SharedSocket::new(parts.io.into_inner(), capacity);
-                let leftover = bytes::Bytes::copy_from_slice(&parts.read_buf);
-                drop(parts.read_buf);
-                let read_size = task_edge.config.read_buffer_size;
-                (socket.clone(), SocketIo::new(socket, leftover, read_size))
-            }
-            Err(upgraded) => match upgraded.downcast::<TokioIo<socket::TlsStream>>() {
-                Ok(parts) => {
-                    let (socket, read) = SharedSocket::new_tls(parts.io.into_inner(), capacity);
-                    let leftover = bytes::Bytes::copy_from_slice(&parts.read_buf);
-                    drop(parts.read_buf);
-                    (socket.clone(), SocketIo::tls(socket, leftover, read))
-                }
-                Err(_) => {
-                    warn!(%remote, "upgraded connection is not a TCP or TLS stream; dropped");
-                    return;
-                }
-            },
-        };
-        let config = WebSocketConfig::default()
-            .read_buffer_size(socket::FRAME_READ_CHUNK)
-            .max_message_size(Some(task_edge.config.max_message_size))
-            .max_frame_size(Some(task_edge.config.max_message_size));
-        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-        let entry = match entry {
-            Ok(entry) => entry,
-            // Boxed: a refusal's close handshake must not grow every connection's task.
-            Err(e) => return Box::pin(task::refuse(task_edge, socket, ws, e, remote)).await,
-        };
-        // The connect hook (if any) runs once the socket is open, so a refusal can carry
-        // the backend's close code. Boxed too: the hook's HTTP call is a large future that
-        // every connection's task would otherwise carry for its whole life.
-        let id = task_edge.gateway.new_connection_id();
-        let admitted = Box::pin(entry.admit(&task_edge.gateway, &id, "gateway", remote)).await;
-        let (identity, greeting) = match admitted {
-            Ok(admitted) => admitted,
-            Err(refusal) => {
-                return Box::pin(task::refuse_hook(task_edge, socket, ws, refusal, remote)).await;
-            }
-        };
-        if !task_edge.limits.admit_user(&mut slot, &identity.user) {
-            Box::pin(task::refuse_user(task_edge, socket, ws, remote)).await;
-            return;
-        }
-        // Sends to the user reach this node before `hello` tells anyone the connection is
-        // open.
-        Box::pin(task_edge.gateway.watch_user(&identity.user)).await;
-        let opened = task::Opened {
-            id,
-            identity,
-            greeting,
-        };
-        task::serve(task_edge, socket, ws, opened, remote, slot).await;
-    };
+    // The handshake (the upgrade, the token's verdict, the connect hook, the refusals) runs
+    // boxed and gives back the connection's `serve` future: the task's future is then the
+    // size of `serve` alone, and keeps none of the handshake's state (the verdict, the hook's
+    // request, the upgrade) while the connection lives.
+    let handshake = Box::pin(open(edge.clone(), on_upgrade, entry, slot, remote));
+    let task = handshake.map(OptionFuture::from).flatten().map(drop);
     // Every connection keeps its task's future allocated while it lives (memory per idle
     // connection is a target, issue 16): the size is worth a look after a change.
     static TASK_SIZE: std::sync::Once = std::sync::Once::new();
     TASK_SIZE.call_once(|| {
         debug!(
             bytes = std::mem::size_of_val(&task),
+            ws = std::mem::size_of::<WebSocketStream<SocketIo>>(),
+            inbound = std::mem::size_of::<task::Inbound>(),
+            connection = std::mem::size_of::<wsgate_core::gateway::Connection>(),
+            socket = std::mem::size_of::<SharedSocket>(),
+            slot = std::mem::size_of::<Slot>(),
             "connection task future"
         )
     });
@@ -188,6 +132,91 @@ pub async fn upgrade(
         )
         .body(Body::empty())
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// The rest of the handshake once the 101 is answered: the upgraded socket, the token's
+/// verdict, the connect hook and the per-user limit. `None` when the connection was refused
+/// (told so) or the upgrade failed; else the connection's life, to be awaited.
+async fn open(
+    edge: WsState,
+    on_upgrade: OnUpgrade,
+    entry: Result<Entry, AuthError>,
+    mut slot: Slot,
+    remote: SocketAddr,
+) -> Option<impl Future<Output = ()> + Send + 'static> {
+    let upgraded = match on_upgrade.await {
+        Ok(u) => u,
+        Err(e) => {
+            debug!(%remote, error = %e, "upgrade failed");
+            return None;
+        }
+    };
+    // The accept loop serves plain TCP streams, or TLS streams over them when TLS is on.
+    // Bytes the client sent right behind its handshake are copied out so that hyper's
+    // whole read buffer (8 KiB or more) is not kept alive per connection by a slice.
+    let capacity = socket::Bounds {
+        frames: edge.config.outbox_capacity,
+        bytes: edge.config.outbox_bytes,
+    };
+    let (socket, io) = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let socket = SharedSocket::new(parts.io.into_inner(), capacity);
+            let leftover = bytes::Bytes::copy_from_slice(&parts.read_buf);
+            drop(parts.read_buf);
+            let read_size = edge.config.read_buffer_size;
+            (socket.clone(), SocketIo::new(socket, leftover, read_size))
+        }
+        Err(upgraded) => match upgraded.downcast::<TokioIo<socket::TlsStream>>() {
+            Ok(parts) => {
+                let (socket, read) = SharedSocket::new_tls(parts.io.into_inner(), capacity);
+                let leftover = bytes::Bytes::copy_from_slice(&parts.read_buf);
+                drop(parts.read_buf);
+                (socket.clone(), SocketIo::tls(socket, leftover, read))
+            }
+            Err(_) => {
+                warn!(%remote, "upgraded connection is not a TCP or TLS stream; dropped");
+                return None;
+            }
+        },
+    };
+    let config = WebSocketConfig::default()
+        .read_buffer_size(socket::FRAME_READ_CHUNK)
+        .max_message_size(Some(edge.config.max_message_size))
+        .max_frame_size(Some(edge.config.max_message_size));
+    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+    let entry = match entry {
+        Ok(entry) => entry,
+        // Boxed: a refusal's close handshake is not part of the handshake's own future.
+        Err(e) => {
+            Box::pin(task::refuse(edge, socket, ws, e, remote)).await;
+            return None;
+        }
+    };
+    // The connect hook (if any) runs once the socket is open, so a refusal can carry
+    // the backend's close code. Boxed too: the hook's HTTP call is a large future.
+    let id = edge.gateway.new_connection_id();
+    let admitted = Box::pin(entry.admit(&edge.gateway, &id, "gateway", remote)).await;
+    let (identity, greeting) = match admitted {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            Box::pin(task::refuse_hook(edge, socket, ws, refusal, remote)).await;
+            return None;
+        }
+    };
+    if !edge.limits.admit_user(&mut slot, &identity.user) {
+        Box::pin(task::refuse_user(edge, socket, ws, remote)).await;
+        return None;
+    }
+    // Sends to the user reach this node before `hello` tells anyone the connection is open.
+    Box::pin(edge.gateway.watch_user(&identity.user)).await;
+    let opened = task::Opened {
+        id,
+        identity,
+        greeting,
+    };
+    // The connection opens here, and its task's future holds only what its life needs.
+    let conn = task::open(&edge, &socket, opened, remote);
+    Some(task::serve(edge, socket, ws, conn, slot))
 }
 
 fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {

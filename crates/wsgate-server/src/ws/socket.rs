@@ -368,7 +368,9 @@ impl SharedSocket {
     pub async fn flush(&self, taken: &mut VecDeque<Bytes>) -> io::Result<()> {
         let tcp = match &self.wire {
             Wire::Tcp(tcp) => tcp,
-            Wire::Tls(write) => return self.flush_tls(write, taken).await,
+            // Boxed: the TLS path's future (the write half's lock, rustls' flush) would
+            // otherwise be part of every connection task's idle state, TLS or not.
+            Wire::Tls(write) => return Box::pin(self.flush_tls(write, taken)).await,
         };
         while !self.write_until_blocked(tcp, taken)? {
             tcp.writable().await?;

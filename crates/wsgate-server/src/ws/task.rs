@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use governor::{DefaultDirectRateLimiter, RateLimiter};
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
@@ -27,7 +26,7 @@ use super::WsConfig;
 use super::socket::{SharedSocket, Signal, SocketIo};
 use super::state::{WsState, WsView};
 use crate::hooks::{Greeting, Refusal};
-use crate::limits::{Slot, quota};
+use crate::limits::Slot;
 
 type Socket = WebSocketStream<SocketIo>;
 
@@ -107,16 +106,66 @@ pub(super) async fn refuse_user(
     .await;
 }
 
-/// The per-connection inbound rate limits (governor): frames and payload bytes per second.
+/// The per-connection inbound rate limits: frames and payload bytes per second.
 /// A frame over either is dropped with one `rate_limited` error frame per streak; a streak
 /// of `rate_limit_strikes` dropped frames closes the connection with 4029. The Socket.IO
 /// edge applies the same limits to its events.
 pub(crate) struct Inbound {
-    messages: Option<DefaultDirectRateLimiter>,
-    bytes: Option<DefaultDirectRateLimiter>,
+    messages: Option<Gcra>,
+    bytes: Option<Gcra>,
     strikes: u32,
     max_strikes: u32,
     last_strike: Option<Instant>,
+}
+
+/// One limiter: GCRA as `governor` does it (the node's other limits use `governor`, with
+/// the same quota: `limits::quota`), in 24 bytes instead of its 80, since every connection
+/// keeps two in its task (memory per idle connection is a target, issue 16). Times are
+/// nanoseconds since the process's [`epoch`].
+#[derive(Debug)]
+struct Gcra {
+    /// Nanoseconds per cell (the replenish interval).
+    t: NonZeroU64,
+    /// The burst's tolerance: `t * (burst - 1)`.
+    tau: u64,
+    /// The theoretical arrival time of the next cell; 0 before the first one.
+    tat: u64,
+}
+
+impl Gcra {
+    /// `per_sec` cells per second in bursts of `burst` (at least `per_sec`); `None` for 0.
+    fn new(per_sec: u32, burst: u32) -> Option<Self> {
+        let rate = NonZeroU32::new(per_sec)?;
+        let burst = burst.max(rate.get());
+        let t = NonZeroU64::new((1_000_000_000 / u64::from(rate.get())).max(1))?;
+        Some(Self {
+            t,
+            tau: t.get().saturating_mul(u64::from(burst - 1)),
+            tat: 0,
+        })
+    }
+
+    /// Whether `n` cells pass at `now` (all or none); counted when they do. More cells than
+    /// the burst never pass.
+    fn check_n(&mut self, n: NonZeroU32, now: u64) -> bool {
+        let t = self.t.get();
+        let extra = t.saturating_mul(u64::from(n.get() - 1));
+        if extra > self.tau {
+            return false;
+        }
+        let tat = if self.tat == 0 { now } else { self.tat };
+        if now < tat.saturating_add(extra).saturating_sub(self.tau) {
+            return false;
+        }
+        self.tat = tat.max(now).saturating_add(t).saturating_add(extra);
+        true
+    }
+}
+
+/// Nanoseconds since the first call in this process (the limiters' clock).
+fn epoch_nanos() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    u64::try_from(EPOCH.get_or_init(Instant::now).elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// What [`Inbound::check`] decided about one inbound message.
@@ -135,9 +184,8 @@ impl Inbound {
             .client_byte_burst
             .max(u32::try_from(config.max_message_size).unwrap_or(u32::MAX));
         Self {
-            messages: quota(config.client_message_rate, config.client_message_burst)
-                .map(RateLimiter::direct),
-            bytes: quota(config.client_byte_rate, byte_burst).map(RateLimiter::direct),
+            messages: Gcra::new(config.client_message_rate, config.client_message_burst),
+            bytes: Gcra::new(config.client_byte_rate, byte_burst),
             strikes: 0,
             max_strikes: config.rate_limit_strikes.max(1),
             last_strike: None,
@@ -145,16 +193,20 @@ impl Inbound {
     }
 
     /// `None`: the frame may be handled. `Some(kind)`: dropped by that limit.
-    fn limited(&self, len: usize) -> Option<&'static str> {
-        if let Some(m) = &self.messages
-            && m.check().is_err()
+    fn limited(&mut self, len: usize) -> Option<&'static str> {
+        if self.messages.is_none() && self.bytes.is_none() {
+            return None;
+        }
+        let now = epoch_nanos();
+        if let Some(m) = &mut self.messages
+            && !m.check_n(NonZeroU32::MIN, now)
         {
             return Some("messages");
         }
-        if let Some(b) = &self.bytes {
+        if let Some(b) = &mut self.bytes {
             let n = NonZeroU32::new(u32::try_from(len).unwrap_or(u32::MAX));
             if let Some(n) = n
-                && !matches!(b.check_n(n), Ok(Ok(())))
+                && !b.check_n(n, now)
             {
                 return Some("bytes");
             }
@@ -258,98 +310,130 @@ impl Ending {
     }
 }
 
-/// The life of one authenticated connection. `slot` (its admission) is released with the
-/// socket, before the presence entries are removed: a store outage holds neither.
-pub(super) async fn serve(
-    edge: WsState,
-    socket: Arc<SharedSocket>,
-    mut ws: Socket,
+/// Opens an authenticated connection: registers it and sends `hello`. The caller then
+/// awaits [`serve`] at once (nothing may come between, or the connection would stay
+/// registered without a task).
+pub(super) fn open(
+    edge: &WsView,
+    socket: &Arc<SharedSocket>,
     opened: Opened,
     remote: SocketAddr,
-    slot: Slot,
-) {
-    let gw = edge.gateway.clone();
+) -> Arc<Connection> {
+    let gw = &edge.gateway;
     let Opened {
         id,
         identity,
         greeting,
     } = opened;
     let conn = gw.open_as("gateway", id, identity, Some(remote), socket.clone());
-    let mut session = Session::new(conn.clone(), edge.auth.clone());
     let hello = gw.hello_with(&conn, greeting.data.as_deref().map(|d| d.get()));
     socket.write_frame(protocol::wire_text(hello.as_bytes()));
     gw.arm_expiry(&conn);
-    let mut taken = VecDeque::new();
-    let mut limits = Inbound::new(&edge.config);
-    let ending = run(&gw, &socket, &mut ws, &mut session, &mut taken, &mut limits).await;
-    if let Some((code, message)) = &ending.close {
-        Box::pin(close_gracefully(
-            &edge, &socket, &mut ws, &mut taken, *code, message,
-        ))
-        .await;
-    } else if ending.reason == "client_closed" {
-        // tungstenite queued the answer to the client's close frame; send it.
-        socket.stop_publications(false);
-        let grace = edge.config.close_grace();
-        let _ = tokio::time::timeout(grace, async {
-            let _ = ws.flush().await;
-            socket.flush(&mut taken).await
-        })
-        .await;
+    conn
+}
+
+/// The life of one connection [`open`] opened. `slot` (its admission) is released with the
+/// socket, before the presence entries are removed: a store outage holds neither.
+pub(super) fn serve(
+    edge: WsState,
+    socket: Arc<SharedSocket>,
+    mut ws: Socket,
+    conn: Arc<Connection>,
+    slot: Slot,
+) -> impl Future<Output = ()> + use<> {
+    // Not an `async fn`: its arguments would be kept twice in the future, as arguments and
+    // as the body's locals (rust-lang/rust#62958), and every connection keeps this future.
+    async move {
+        let gw = edge.gateway.clone();
+        let mut session = Session::new(conn.clone(), edge.auth.clone());
+        let mut taken = VecDeque::new();
+        let mut limits = Inbound::new(&edge.config);
+        static RUN_SIZE: std::sync::Once = std::sync::Once::new();
+        RUN_SIZE.call_once(|| {
+            let run = run(&gw, &socket, &mut ws, &mut session, &mut taken, &mut limits);
+            debug!(
+                run = std::mem::size_of_val(&run),
+                session = std::mem::size_of::<Session>(),
+                "connection run future (temporary)"
+            )
+        });
+        let ending = run(&gw, &socket, &mut ws, &mut session, &mut taken, &mut limits).await;
+        if let Some((code, message)) = &ending.close {
+            Box::pin(close_gracefully(
+                &edge, &socket, &mut ws, &mut taken, *code, message,
+            ))
+            .await;
+        } else if ending.reason == "client_closed" {
+            // tungstenite queued the answer to the client's close frame; send it. Boxed like
+            // the rest of the ending: this task's future stays the size of its idle state.
+            socket.stop_publications(false);
+            let grace = edge.config.close_grace();
+            Box::pin(async {
+                let _ = tokio::time::timeout(grace, async {
+                    let _ = ws.flush().await;
+                    socket.flush(&mut taken).await
+                })
+                .await;
+            })
+            .await;
+        }
+        let channels = gw.close(&conn, ending.reason, ending.close.as_ref().map(|c| c.0));
+        let (id, user) = (conn.id.clone(), conn.user().clone());
+        drop((ws, socket, taken, session, slot, conn));
+        Box::pin(gw.leave_channels(&id, &user, &channels)).await;
     }
-    let channels = gw.close(&conn, ending.reason, ending.close.as_ref().map(|c| c.0));
-    let (id, user) = (conn.id.clone(), conn.user().clone());
-    drop((ws, socket, taken, session, slot, conn));
-    // Boxed like the rest of the ending: this task's future stays the size of its idle state.
-    Box::pin(gw.leave_channels(&id, &user, &channels)).await;
 }
 
 /// `taken` holds frames a flush took from the backlog and has not written yet; it outlives
 /// this loop so the close path writes them (in order) before the close frame.
-async fn run(
-    gw: &Gateway,
-    socket: &SharedSocket,
-    ws: &mut Socket,
-    session: &mut Session,
-    taken: &mut VecDeque<Bytes>,
-    limits: &mut Inbound,
-) -> Ending {
-    let conn = session.conn.clone();
-    loop {
-        let (backlog, paused) = socket.backlog_state();
-        tokio::select! {
-            biased;
-            attention = conn.attention() => match attention {
-                Attention::Close => {
-                    return conn.close_request().map_or(Ending::quiet("closed"), Ending::from_request);
-                }
-                Attention::ServerOps => server_ops(gw, socket, session).await,
-            },
-            signal = socket.signal(!backlog) => match signal {
-                Signal::Overflow => {
-                    if conn.request_close(close::SLOW_CONSUMER, "slow_consumer", OVERFLOW) {
-                        gw.metrics.slow_consumer();
+fn run<'a>(
+    gw: &'a Gateway,
+    socket: &'a SharedSocket,
+    ws: &'a mut Socket,
+    session: &'a mut Session,
+    taken: &'a mut VecDeque<Bytes>,
+    limits: &'a mut Inbound,
+) -> impl Future<Output = Ending> + 'a {
+    // Not an `async fn`, like `serve`: its arguments would be kept twice.
+    async move {
+        let conn = session.conn.clone();
+        loop {
+            let (backlog, paused) = socket.backlog_state();
+            tokio::select! {
+                biased;
+                attention = conn.attention() => match attention {
+                    Attention::Close => {
+                        return conn.close_request().map_or(Ending::quiet("closed"), Ending::from_request);
                     }
-                    return conn.close_request().map_or(Ending::quiet("closed"), Ending::from_request);
-                }
-                Signal::Backlog => {
-                    if let Err(e) = socket.write_now(taken) {
+                    // Boxed like `inbound`: a server-side subscription is a large future too.
+                    Attention::ServerOps => Box::pin(server_ops(gw, socket, session)).await,
+                },
+                signal = socket.signal(!backlog) => match signal {
+                    Signal::Overflow => {
+                        if conn.request_close(close::SLOW_CONSUMER, "slow_consumer", OVERFLOW) {
+                            gw.metrics.slow_consumer();
+                        }
+                        return conn.close_request().map_or(Ending::quiet("closed"), Ending::from_request);
+                    }
+                    Signal::Backlog => {
+                        if let Err(e) = socket.write_now(taken) {
+                            conn.stats.record_error(e.to_string());
+                            return Ending::quiet("io_error");
+                        }
+                    }
+                },
+                flushed = socket.flush(taken), if backlog => {
+                    if let Err(e) = flushed {
                         conn.stats.record_error(e.to_string());
                         return Ending::quiet("io_error");
                     }
                 }
-            },
-            flushed = socket.flush(taken), if backlog => {
-                if let Err(e) = flushed {
-                    conn.stats.record_error(e.to_string());
-                    return Ending::quiet("io_error");
-                }
-            }
-            frame = ws.next(), if !paused => {
-                // Boxed: the handling of a frame (subscribe, recovery, the store) is a large
-                // future, and this task's state is kept by every idle connection.
-                if let Some(ending) = Box::pin(inbound(gw, socket, session, limits, frame)).await {
-                    return ending;
+                frame = ws.next(), if !paused => {
+                    // Boxed: the handling of a frame (subscribe, recovery, the store) is a large
+                    // future, and this task's state is kept by every idle connection.
+                    if let Some(ending) = Box::pin(inbound(gw, socket, session, limits, frame)).await {
+                        return ending;
+                    }
                 }
             }
         }
@@ -443,5 +527,39 @@ fn read_error(conn: &Connection, e: WsError) -> Ending {
     Ending {
         reason,
         close: Some((code, e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn gcra_lets_a_burst_through_then_the_rate() {
+        let one = NonZeroU32::MIN;
+        let mut g = Gcra::new(10, 20).unwrap();
+        let start = 5 * SEC;
+        assert!((0..20).all(|_| g.check_n(one, start)));
+        assert!(!g.check_n(one, start));
+        // One cell per 100 ms comes back.
+        assert!(!g.check_n(one, start + SEC / 10 - 1));
+        assert!(g.check_n(one, start + SEC / 10));
+        assert!(!g.check_n(one, start + SEC / 10));
+        // After a long pause the whole burst again, never more.
+        let later = start + 100 * SEC;
+        assert!((0..20).all(|_| g.check_n(one, later)));
+        assert!(!g.check_n(one, later));
+    }
+
+    #[test]
+    fn gcra_weighs_cells_all_or_none() {
+        let mut g = Gcra::new(100, 1000).unwrap();
+        assert!(!g.check_n(NonZeroU32::new(1001).unwrap(), SEC), "over the burst");
+        assert!(g.check_n(NonZeroU32::new(600).unwrap(), SEC));
+        assert!(!g.check_n(NonZeroU32::new(500).unwrap(), SEC), "only 400 left");
+        assert!(g.check_n(NonZeroU32::new(400).unwrap(), SEC));
+        assert!(Gcra::new(0, 10).is_none());
     }
 }
