@@ -38,8 +38,8 @@ use tracing::{debug, warn};
 
 use crate::hooks::Entry;
 use crate::limits::Slot;
-use wsgate_core::auth::AuthError;
 use crate::reply::{bearer, json_error};
+use wsgate_core::auth::AuthError;
 
 #[derive(Deserialize)]
 pub struct WsQuery {

@@ -348,15 +348,6 @@ pub(super) fn serve(
         let mut session = Session::new(conn.clone(), edge.auth.clone());
         let mut taken = VecDeque::new();
         let mut limits = Inbound::new(&edge.config);
-        static RUN_SIZE: std::sync::Once = std::sync::Once::new();
-        RUN_SIZE.call_once(|| {
-            let run = run(&gw, &socket, &mut ws, &mut session, &mut taken, &mut limits);
-            debug!(
-                run = std::mem::size_of_val(&run),
-                session = std::mem::size_of::<Session>(),
-                "connection run future (temporary)"
-            )
-        });
         let ending = run(&gw, &socket, &mut ws, &mut session, &mut taken, &mut limits).await;
         if let Some((code, message)) = &ending.close {
             Box::pin(close_gracefully(
@@ -556,9 +547,15 @@ mod tests {
     #[test]
     fn gcra_weighs_cells_all_or_none() {
         let mut g = Gcra::new(100, 1000).unwrap();
-        assert!(!g.check_n(NonZeroU32::new(1001).unwrap(), SEC), "over the burst");
+        assert!(
+            !g.check_n(NonZeroU32::new(1001).unwrap(), SEC),
+            "over the burst"
+        );
         assert!(g.check_n(NonZeroU32::new(600).unwrap(), SEC));
-        assert!(!g.check_n(NonZeroU32::new(500).unwrap(), SEC), "only 400 left");
+        assert!(
+            !g.check_n(NonZeroU32::new(500).unwrap(), SEC),
+            "only 400 left"
+        );
         assert!(g.check_n(NonZeroU32::new(400).unwrap(), SEC));
         assert!(Gcra::new(0, 10).is_none());
     }
