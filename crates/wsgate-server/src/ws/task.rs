@@ -334,6 +334,7 @@ pub(super) fn open(
 
 /// The life of one connection [`open`] opened. `slot` (its admission) is released with the
 /// socket, before the presence entries are removed: a store outage holds neither.
+#[allow(clippy::manual_async_fn)] // deliberately not an `async fn`: see the body
 pub(super) fn serve(
     edge: WsState,
     socket: Arc<SharedSocket>,
@@ -377,6 +378,7 @@ pub(super) fn serve(
 
 /// `taken` holds frames a flush took from the backlog and has not written yet; it outlives
 /// this loop so the close path writes them (in order) before the close frame.
+#[allow(clippy::manual_async_fn)] // deliberately not an `async fn`: see the body
 fn run<'a>(
     gw: &'a Gateway,
     socket: &'a SharedSocket,
