@@ -38,8 +38,15 @@ pub struct RedisBroker {
     task: JoinHandle<()>,
 }
 
-/// How long a subscriber waits for its node to receive the channel (or the user).
+/// How long a subscriber waits for its node to receive the channel (its `subscribe` is
+/// answered `unavailable` after that).
 const WATCH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a connection's `hello` waits for its node to receive the user's sends. A
+/// Redis that answers does so in a millisecond; a stalled one must not keep clients out
+/// (their address's slot, their channels): after this the connection opens, and the
+/// request stays queued until Redis answers it.
+const USER_WATCH_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// What a node receives only while it has local interest in it (per-channel pub/sub).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,12 +287,16 @@ impl RedisBroker {
                 "the broker subscription is down; the user is received once it is back".into(),
             ));
         }
-        match tokio::time::timeout(WATCH_TIMEOUT, rx).await {
+        let limit = match interest {
+            Interest::Channel => WATCH_TIMEOUT,
+            Interest::User => USER_WATCH_TIMEOUT,
+        };
+        match tokio::time::timeout(limit, rx).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(e))) => Err(BrokerError::Unavailable(e)),
             Ok(Err(_)) => Err(gone()),
             Err(_) => Err(BrokerError::Unavailable(
-                "subscribing to the channel timed out".into(),
+                "Redis did not confirm the subscription in time".into(),
             )),
         }
     }
