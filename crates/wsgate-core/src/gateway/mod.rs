@@ -718,10 +718,13 @@ impl Deliver for LocalDelivery {
                 let item = Outbound::Publication(Arc::new(delivery));
                 let exclude = p.exclude_user.as_deref();
                 let exclude_connection = p.exclude_connection.as_deref();
+                // The exclusions are looked at only when given: comparing against `None`
+                // would still read every subscriber's user and id (two cold heap strings
+                // per delivery on a 10k fan-out).
                 let delivered = subs
                     .iter()
-                    .filter(|c| exclude != Some(&**c.user()))
-                    .filter(|c| exclude_connection != Some(&*c.id))
+                    .filter(|c| exclude.is_none_or(|u| u != &**c.user()))
+                    .filter(|c| exclude_connection.is_none_or(|id| id != &*c.id))
                     .filter(|c| self.push(c, &item, frame.len()))
                     .count();
                 self.sent(delivered, frame.len());
