@@ -84,8 +84,6 @@ struct WriteState {
     backlog_bytes: usize,
     in_flight_bytes: usize,
     held_bytes: usize,
-    /// An own frame found the budget spent: the connection must close (4029).
-    overflow: bool,
 }
 
 impl WriteState {
@@ -183,10 +181,10 @@ impl SharedSocket {
     }
 
     /// Queues one of the connection's own frames behind what is queued, within the budget
-    /// (always once closing: the close frame must go out).
+    /// (always once closing: the close frame must go out). False: the budget is spent, which
+    /// the caller raises as the overflow (4029).
     fn queue_own(&self, st: &mut WriteState, bytes: Bytes) -> bool {
         if !st.closing && st.queued_bytes() >= self.budget {
-            st.overflow = true;
             return false;
         }
         st.backlog_bytes += bytes.len();
