@@ -208,7 +208,8 @@ async fn open(
         return None;
     }
     // Sends to the user reach this node before `hello` tells anyone the connection is open.
-    Box::pin(edge.gateway.watch_user(&identity.user)).await;
+    // (Not boxed: the handshake is, and its future does not outlive it.)
+    edge.gateway.watch_user(&identity.user).await;
     let opened = task::Opened {
         id,
         identity,
