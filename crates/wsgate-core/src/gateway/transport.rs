@@ -2,8 +2,11 @@
 //! server's WebSocket edge.
 //!
 //! Publishers hand the transport a frame encoded once per node; the server's implementation
-//! keeps a bounded per-connection backlog that its connection task writes out with one
-//! vectored write per burst (see `wsgate_server::ws::socket` for why, with measurements).
+//! keeps a bounded per-connection backlog that the node's flush lane ([`Flushers`]) writes out
+//! after a fan-out, with one vectored write per socket and pass (see
+//! `wsgate_server::ws::socket` for why, with measurements).
+//!
+//! [`Flushers`]: super::Flushers
 //! `send` never blocks and never waits for a socket: a full backlog is `Overflow`, and the
 //! gateway closes that connection as a slow consumer.
 

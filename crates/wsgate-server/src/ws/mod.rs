@@ -2,8 +2,9 @@
 //! connection runs.
 //!
 //! - [`socket`]: the socket shared by the connection task and every publisher. Publishers
-//!   queue pre-encoded frames into a bounded backlog the connection task writes out (over
-//!   TLS, through the task's half of the split `TlsStream`).
+//!   queue pre-encoded frames into a bounded backlog that the node's flush lane writes out
+//!   after each fan-out, and the connection task when the client reads slowly (and always
+//!   over TLS, through the task's half of the split `TlsStream`).
 //! - [`task`]: the connection task: reads and answers the client, drains the backlog, closes.
 //!
 //! The upgrade is done with hyper and tokio-tungstenite directly (not axum's `WebSocket`) so

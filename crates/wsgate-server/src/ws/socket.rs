@@ -1,16 +1,20 @@
 //! A client socket shared by its connection task and every publisher.
 //!
 //! A publication arrives as a complete, pre-encoded WebSocket frame (`Bytes` shared by every
-//! subscriber of the node). The publisher appends it to the connection's bounded backlog and
-//! wakes the connection task only when the backlog stops being empty. The task takes
-//! everything queued under the lock and writes it *without* the lock, with one vectored write
-//! per up to 256 frames: no per-subscriber copy, no framing per subscriber, one syscall per
-//! burst, and no publisher ever waits for a syscall on somebody else's socket.
+//! subscriber of the node). The publisher appends it to the connection's bounded backlog;
+//! once the whole fan-out is queued, the sockets whose backlog it started are written by the
+//! node's flush lane (`wsgate_core::gateway::Flushers`), one after the other, with one
+//! vectored write per up to 256 frames; only what the kernel does not take at once (a client
+//! that reads slowly) is handed back to the connection task, which waits for the socket. No
+//! per-subscriber copy, no framing per subscriber, no task wake-up per delivery, and no
+//! publisher ever waits for a syscall on somebody else's socket.
 //!
-//! We measured the alternative of publishers writing each frame straight into the kernel
-//! (`try_write`, queueing only on `WouldBlock`): lower latency at idle, but one syscall per
-//! delivery with no coalescing cost 5-7x more server CPU per delivery on the 10k fan-out
-//! (docs/benchmarks.md), so frames are queued and coalesced instead.
+//! Why one lane and not the publisher or every connection's task (measured on the 10k ×
+//! 100/s fan-out, docs/benchmarks.md "Flush lanes"): a socket is written once per pass of the
+//! lane, so under load each write carries every frame queued since the last pass (20 frames
+//! per write). Waking each connection's task coalesced by lag only (7 per write, 1.8x the
+//! CPU per delivery); the publisher writing each frame (or each fan-out) straight into the
+//! kernel coalesces nothing (1 per write, 5-9x).
 //!
 //! Ordering: every write goes through one short mutex and the one `writer`, so frames never
 //! interleave and never overtake one another; the front of what the task holds may be the
@@ -282,10 +286,10 @@ impl SharedSocket {
             },
             Outbound::Frame(b) => b.clone(),
         };
-        // Publications are queued, never written here: the connection task writes everything
-        // queued with one vectored write. Measured on the 10k-subscriber fan-out, writing each
-        // frame from the publisher (one syscall per delivery, no coalescing) cost 5-7x more
-        // server CPU per delivery than letting a burst coalesce (docs/benchmarks.md).
+        // Publications are queued, never written here: the flush lane (or the task) writes
+        // everything queued with one vectored write. Writing each frame from the publisher
+        // (one syscall per delivery, no coalescing) cost 5-9x more server CPU per delivery on
+        // the 10k-subscriber fan-out (see the module's documentation).
         if st.failed {
             return Ok(Wrote::Done);
         }

@@ -2,8 +2,10 @@
 //!
 //! One task, one `select!`: a close request, an overflow of the byte budget, the backlog
 //! (only when the client reads slower than it is sent to), and the socket's inbound frames
-//! (not while more than half the budget waits: the client must read before it is read). Publications do not pass through
-//! here at all: they are written into the socket by the publisher (see [`super::socket`]).
+//! (not while more than half the budget waits: the client must read before it is read).
+//! Publications pass through here only when the client reads slower than they come: the
+//! node's flush lane writes them (see [`super::socket`]) and hands the task what the socket
+//! did not take.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
