@@ -265,6 +265,17 @@ mod tests {
     }
 
     #[test]
+    fn flush_lanes_is_a_top_level_key_and_at_least_one() {
+        let c = extract("flush_lanes = 3").unwrap();
+        assert_eq!(c.gateway.flush_lanes, 3);
+        assert_eq!(c.gateway.gateway_config("n1".into()).flush_lanes, 3);
+        let none = extract("flush_lanes = 0").unwrap();
+        let e = none.validate().unwrap_err().to_string();
+        assert!(e.contains("flush_lanes must be at least 1"), "{e}");
+        assert_eq!(Config::default().gateway.flush_lanes, 1);
+    }
+
+    #[test]
     fn environment_keys_are_the_settings_and_nothing_else() {
         let known = known_keys();
         for key in [

@@ -6,9 +6,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use wsgate_core::control::DEFAULT_IDEMPOTENCY_WINDOW;
 use wsgate_core::gateway::{
-    ClientPublish, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT,
+    ClientPublish, DEFAULT_FLUSH_LANES, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT,
     DEFAULT_MAX_CHANNELS_PER_CONNECTION, DEFAULT_MAX_PROTOCOL_ERRORS, DEFAULT_PRESENCE_CACHE,
-    DEFAULT_FLUSH_LANES, DEFAULT_PRESENCE_MAX_USERS, GatewayConfig,
+    DEFAULT_PRESENCE_MAX_USERS, GatewayConfig,
 };
 use wsgate_core::seams::NodeId;
 

@@ -8,11 +8,16 @@
 //! push, a poll of the connection's future and the re-registration of its wakers). A socket
 //! that is still waiting to be written when the next publication arrives is not handed over
 //! again: its one write carries both.
+//!
+//! A lane observes the delivery latency of each fan-out it finishes (publication accepted →
+//! its last socket written), so `websocket_delivery_latency_seconds` includes the wait for the
+//! lane.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 
 use parking_lot::Mutex;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::Notify;
 
 use super::Connection;
@@ -23,25 +28,43 @@ pub struct Flushers {
     spawned: Once,
 }
 
+/// One fan-out's share of a lane: the sockets, and when the publication was accepted
+/// (microseconds since the epoch; 0: not a publication, nothing to observe).
+struct Handover {
+    conns: Vec<Arc<Connection>>,
+    published_at_us: u64,
+}
+
 #[derive(Default)]
 struct Lane {
-    pending: Mutex<Vec<Arc<Connection>>>,
+    pending: Mutex<Vec<Handover>>,
+    /// Where a finished fan-out's latency goes.
+    latency: Option<Histogram>,
     ready: Notify,
     /// The gateway is gone: the lane's task ends.
     closed: AtomicBool,
 }
 
 impl Flushers {
-    /// `lanes` tasks (at least one), spawned on first use.
-    pub fn new(lanes: usize) -> Self {
+    /// `lanes` tasks (at least one), spawned on first use; each observes the fan-outs it
+    /// finishes into `latency`.
+    pub fn new(lanes: usize, latency: Option<Histogram>) -> Self {
         Self {
-            lanes: (0..lanes.max(1)).map(|_| Arc::default()).collect(),
+            lanes: (0..lanes.max(1))
+                .map(|_| {
+                    Arc::new(Lane {
+                        latency: latency.clone(),
+                        ..Lane::default()
+                    })
+                })
+                .collect(),
             spawned: Once::new(),
         }
     }
 
-    /// Writes the sockets of one fan-out, `batch` in the order it was queued.
-    pub fn flush(&self, batch: Vec<Arc<Connection>>) {
+    /// Writes the sockets of one fan-out, `batch` in the order it was queued, of a
+    /// publication accepted at `published_at_us`.
+    pub fn flush(&self, batch: Vec<Arc<Connection>>, published_at_us: u64) {
         if batch.is_empty() {
             return;
         }
@@ -55,11 +78,19 @@ impl Flushers {
             }
         });
         let per_lane = batch.len().div_ceil(self.lanes.len());
-        let mut batch = batch.into_iter();
-        for lane in &self.lanes {
+        let mut shares = Vec::with_capacity(self.lanes.len());
+        if self.lanes.len() == 1 {
+            shares.push(batch);
+        } else {
+            shares.extend(batch.chunks(per_lane).map(<[_]>::to_vec));
+        }
+        for (lane, conns) in self.lanes.iter().zip(shares) {
             let mut pending = lane.pending.lock();
             let was_empty = pending.is_empty();
-            pending.extend(batch.by_ref().take(per_lane));
+            pending.push(Handover {
+                conns,
+                published_at_us,
+            });
             drop(pending);
             if was_empty {
                 lane.ready.notify_one();
@@ -95,8 +126,14 @@ async fn run(lane: Arc<Lane>) {
             if batch.is_empty() {
                 break;
             }
-            for conn in batch.drain(..) {
-                conn.transport.flush_queued();
+            for handover in batch.drain(..) {
+                write(handover.conns);
+                if let Some(latency) = &lane.latency
+                    && handover.published_at_us != 0
+                {
+                    let us = crate::clock::unix_us().saturating_sub(handover.published_at_us);
+                    latency.observe(us as f64 / 1e6);
+                }
             }
         }
     }
@@ -169,11 +206,12 @@ mod tests {
         for lanes in [1, 3] {
             let (told, mut flushes) = mpsc::unbounded_channel();
             let all = conns(100, &told);
-            let flushers = Flushers::new(lanes);
+            let flushers = Flushers::new(lanes, None);
             // Two fan-outs back to back (the second may find the lanes busy).
-            let batch = |range: std::ops::Range<usize>| all[range].iter().map(|c| c.0.clone()).collect();
-            flushers.flush(batch(0..60));
-            flushers.flush(batch(60..100));
+            let batch =
+                |range: std::ops::Range<usize>| all[range].iter().map(|c| c.0.clone()).collect();
+            flushers.flush(batch(0..60), 0);
+            flushers.flush(batch(60..100), 0);
             for _ in 0..100 {
                 tokio::time::timeout(Duration::from_secs(5), flushes.recv())
                     .await
@@ -191,7 +229,7 @@ mod tests {
     fn outside_a_runtime_the_caller_writes() {
         let (told, mut flushes) = mpsc::unbounded_channel();
         let all = conns(3, &told);
-        Flushers::new(1).flush(all.iter().map(|c| c.0.clone()).collect());
+        Flushers::new(1, None).flush(all.iter().map(|c| c.0.clone()).collect(), 0);
         for _ in 0..3 {
             flushes.try_recv().expect("written before flush returned");
         }

@@ -33,13 +33,13 @@ use tracing::{info, warn};
 
 pub use connection::{Attention, CloseRequest, Connection, ConnectionInfo, Stats};
 pub use expiry::{Expiries, TokenClock};
+pub use flush::Flushers;
 pub use heartbeat::Heartbeat;
 pub use membership::{Membership, membership_frame};
 pub use proxy::{NO_PUBLISH_HOOK, NO_SUBSCRIBE_HOOK};
 pub use registry::Registry;
 pub use server_subs::{ServerAnswer, ServerOp};
 pub use session::Session;
-pub use flush::Flushers;
 pub use transport::{Delivery, Outbound, Overflow, Queued, Skips, Transport, drop_held};
 
 use crate::auth::Identity;
@@ -187,7 +187,7 @@ impl Gateway {
         broker.attach(Arc::new(LocalDelivery {
             registry: registry.clone(),
             metrics: metrics.clone(),
-            flushers: Flushers::new(config.flush_lanes),
+            flushers: Flushers::new(config.flush_lanes, Some(metrics.delivery_latency.clone())),
         }));
         Arc::new(Self {
             config,
@@ -762,12 +762,15 @@ impl Deliver for LocalDelivery {
                     .filter(|c| exclude_connection.is_none_or(|id| id != &*c.id))
                     .filter(|c| self.queue(c, &item, frame.len(), &mut flush))
                     .count();
-                self.flushers.flush(flush);
                 self.sent(delivered, frame.len());
                 // One observation per publication and node: the time until the last local
-                // subscriber's socket took the frame (or its backlog did).
-                let us = crate::clock::unix_us().saturating_sub(p.published_at_us);
-                self.metrics.delivery_latency.observe(us as f64 / 1e6);
+                // subscriber's socket took the frame (the flush lane observes it when it has
+                // sockets to write; else it is now: the backlogs took the frame).
+                if flush.is_empty() {
+                    let us = crate::clock::unix_us().saturating_sub(p.published_at_us);
+                    self.metrics.delivery_latency.observe(us as f64 / 1e6);
+                }
+                self.flushers.flush(flush, p.published_at_us);
                 delivered
             }
             Envelope::User { user, data } => {

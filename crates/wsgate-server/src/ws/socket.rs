@@ -444,7 +444,9 @@ impl SharedSocket {
                 };
                 match written {
                     Ok(n) => advance(taken, n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Progress::Blocked),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        return Ok(Progress::Blocked);
+                    }
                     Err(e) => {
                         let mut st = self.state.lock();
                         st.failed = true;
@@ -812,7 +814,10 @@ mod tests {
             frames: 100_000,
             bytes: 1 << 30,
         };
-        (SharedSocket::new(accepted.unwrap().0, bounds), client.unwrap())
+        (
+            SharedSocket::new(accepted.unwrap().0, bounds),
+            client.unwrap(),
+        )
     }
 
     /// 64 KiB that say which frame they are.
@@ -875,6 +880,10 @@ mod tests {
             Ok(Queued::Flush)
         );
         socket.flush_queued();
-        assert_eq!(socket.backlog_state(), (false, false), "written by the lane");
+        assert_eq!(
+            socket.backlog_state(),
+            (false, false),
+            "written by the lane"
+        );
     }
 }
