@@ -24,6 +24,7 @@ mod delivery;
 mod encoded;
 mod events;
 mod handshake;
+mod native;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -65,6 +66,8 @@ struct Parts {
     io: SocketIo,
     closing: AtomicBool,
     encodings: Arc<encoded::Encodings>,
+    /// How the direct WebSocket clients' sockets frame what the gateway sends (one per node).
+    framing: Arc<dyn crate::ws::Framing>,
 }
 
 impl std::ops::Deref for SioEdge {
@@ -94,12 +97,7 @@ struct Svc {
 /// The `/socket.io/` route, served by socketioxide over `edge`'s parts.
 pub fn routes(edge: WsState) -> Router {
     let gw = &edge.gateway.config;
-    // Engine.IO pings are the heartbeat: a ping each interval, and the socket closes when
-    // the pong is later than the rest of the gateway's silence bound.
-    let ping_timeout = gw
-        .heartbeat_timeout
-        .saturating_sub(gw.heartbeat_interval)
-        .max(Duration::from_secs(1));
+    let ping_timeout = ping_timeout(gw);
     let (svc, io) = SocketIo::builder()
         .req_path(PATH.trim_end_matches('/'))
         .ping_interval(gw.heartbeat_interval)
@@ -111,11 +109,13 @@ pub fn routes(edge: WsState) -> Router {
         .ws_read_buffer_size(edge.config.read_buffer_size)
         .transports([TransportType::Polling, TransportType::Websocket])
         .build_svc();
+    let encodings = Arc::<encoded::Encodings>::default();
     let sio = SioEdge(Arc::new(Parts {
         edge,
         io: io.clone(),
         closing: AtomicBool::new(false),
-        encodings: Arc::default(),
+        framing: Arc::new(native::framing::SioFraming::new(encodings.clone())),
+        encodings,
     }));
     let admit = {
         let sio = sio.clone();
@@ -152,8 +152,17 @@ pub fn routes(edge: WsState) -> Router {
     })
 }
 
-/// Hands the request to socketioxide; while the node drains, a new session (a request
-/// without `sid`) gets 503 so the client's manager retries, against another node.
+/// Engine.IO pings are the heartbeat: a ping each interval, and the client is closed when
+/// its pong is later than the rest of the gateway's silence bound.
+fn ping_timeout(gw: &wsgate_core::gateway::GatewayConfig) -> Duration {
+    gw.heartbeat_timeout
+        .saturating_sub(gw.heartbeat_interval)
+        .max(Duration::from_secs(1))
+}
+
+/// Hands the request to the direct WebSocket path ([`native`]) or to socketioxide; while the
+/// node drains, a new session (a request without `sid`) gets 503 so the client's manager
+/// retries, against another node.
 async fn serve(State(s): State<Svc>, req: Request<Body>) -> Response {
     if s.sio.lifecycle.is_draining() && !has_sid(req.uri().query()) {
         s.sio.gateway.metrics.reject("draining");
@@ -161,6 +170,9 @@ async fn serve(State(s): State<Svc>, req: Request<Body>) -> Response {
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return r;
+    }
+    if native::is_direct(&req) {
+        return native::upgrade(&s.sio, req);
     }
     match s.svc.oneshot(owned_parts(req)).await {
         Ok(r) => r,
