@@ -83,7 +83,9 @@ impl SioEdge {
     fn close_all(&self) {
         if !self.0.closing.swap(true, Ordering::AcqRel) {
             let io = self.0.io.clone();
-            tokio::spawn(async move { io.close().await });
+            // Tracked: the drain waits for the transports' close frames before the process
+            // exits (untracked, a polling-upgraded client sometimes saw `transport error`).
+            self.0.edge.tasks.spawn(async move { io.close().await });
         }
     }
 }

@@ -252,7 +252,6 @@ async fn inbound(
 /// message}`, counted like a bad `/ws` frame (`max_protocol_errors` in a row close the
 /// connection with 1008).
 fn invalid(gw: &Gateway, socket: &SharedSocket, session: &mut Session, e: &ProtocolError) {
-    gw.metrics.protocol_error(e.code);
     socket.write_frame(codec::event("error", &events::error_ack(e)));
     if let Err(close) = session.failed(gw, e) {
         session
