@@ -596,3 +596,51 @@ async fn a_malformed_packet_gets_an_invalid_frame_error_event() {
         "counted as protocol errors"
     );
 }
+
+/// The limits of a `/ws` upgrade refuse a Socket.IO connect with their `connect_error` on
+/// both ways in; the per-connection rate limits answer `rate_limited`, then close with 4029.
+#[tokio::test]
+async fn limits_refuse_and_rate_limits_close_on_both_ways_in() {
+    let node = jwt_node_with(&[
+        ("WSGATE_MAX_CONNECTIONS_PER_USER", "1"),
+        ("WSGATE_CLIENT_MESSAGE_RATE", "1"),
+        ("WSGATE_CLIENT_MESSAGE_BURST", "1"),
+        ("WSGATE_RATE_LIMIT_STRIKES", "3"),
+    ])
+    .await;
+    let mut sio = SioDriver::start().await;
+    for w in WAYS {
+        let first = format!("first-{w}");
+        let line = sio.connect(&first, &base(&node), as_user(w, way(w))).await;
+        assert_eq!(line["type"], "connect", "{line}");
+        let line = sio
+            .connect(&format!("second-{w}"), &base(&node), as_user(w, way(w)))
+            .await;
+        assert_eq!(
+            (line["type"].clone(), line["message"].clone()),
+            (
+                json!("connect_error"),
+                json!("too many connections for this user")
+            ),
+            "{w}: {line}"
+        );
+        // One event per second passes; the next ones are refused, and a streak closes.
+        let mut answers = Vec::new();
+        for _ in 0..3 {
+            answers.push(sio.emit(&first, "subscribe", json!("fast")).await);
+        }
+        assert_eq!(answers[0]["ok"], true, "{w}: {answers:?}");
+        assert_eq!(answers[1]["error"], "rate_limited", "{w}: {answers:?}");
+        let tag = format!("last-{w}");
+        sio.cmd(json!({"cmd": "emit", "name": first, "event": "subscribe", "args": "fast", "tag": tag}))
+            .await;
+        let close = sio.event(&first, "close").await;
+        assert_eq!(close[0]["code"], 4029, "{w}: {close:?}");
+        let gone = sio
+            .next_where(&format!("{first}'s disconnect"), |l| {
+                l["type"] == "disconnect" && l["name"] == first.as_str()
+            })
+            .await;
+        assert_eq!(gone["reason"], "io server disconnect", "{w}");
+    }
+}
