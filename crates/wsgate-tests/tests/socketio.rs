@@ -200,8 +200,12 @@ async fn polling_only_and_polling_upgraded_to_websocket() {
     users.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(
         users,
-        [("pat", "socketio"), ("uma", "socketio"), ("wes", "socketio")]
-            .map(|(u, k)| (u.to_owned(), json!(k)))
+        [
+            ("pat", "socketio"),
+            ("uma", "socketio"),
+            ("wes", "socketio")
+        ]
+        .map(|(u, k)| (u.to_owned(), json!(k)))
     );
 }
 
@@ -353,7 +357,11 @@ async fn a_publication_through_node_a_reaches_a_socketio_client_on_node_b() {
         .await;
     assert_eq!(status, 200);
     for name in ["b", "bw"] {
-        assert_eq!(sio.event(name, "news").await, vec![json!("named")], "{name}");
+        assert_eq!(
+            sio.event(name, "news").await,
+            vec![json!("named")],
+            "{name}"
+        );
     }
     // Presence is cluster-wide: node A sees the Socket.IO clients held by node B.
     assert_eq!(a.presence("team:7").await["connections"], 2);
@@ -435,8 +443,10 @@ async fn sigterm_drains_socketio_clients() {
     connect_over(&mut sio, &node, "a", "ann", "websocket").await;
     // socketioxide's: upgraded to WebSocket (a poll cut by the drain is a `transport error`).
     connect_as(&mut sio, &node, "p", "pat", way(WAYS[1])).await;
-    sio.next_where("p's upgrade", |l| l["type"] == "upgrade" && l["name"] == "p")
-        .await;
+    sio.next_where("p's upgrade", |l| {
+        l["type"] == "upgrade" && l["name"] == "p"
+    })
+    .await;
     node.0.signal(SIGTERM);
     for name in ["a", "p"] {
         let gone = sio
@@ -578,8 +588,14 @@ async fn a_websocket_client_that_does_not_read_is_closed_as_a_slow_consumer() {
 async fn a_malformed_packet_gets_an_invalid_frame_error_event() {
     let (node, mut sio) = node_and_driver().await;
     connect_over(&mut sio, &node, "a", "ann", "websocket").await;
-    for raw in ["42[", "x", r#"42[7]"#, r#"451-["up",{"_placeholder":true,"num":0}]"#] {
-        sio.cmd(json!({"cmd": "raw", "name": "a", "data": raw})).await;
+    for raw in [
+        "42[",
+        "x",
+        r#"42[7]"#,
+        r#"451-["up",{"_placeholder":true,"num":0}]"#,
+    ] {
+        sio.cmd(json!({"cmd": "raw", "name": "a", "data": raw}))
+            .await;
         let error = sio.event("a", "error").await;
         assert_eq!(
             (error[0]["ok"].clone(), error[0]["error"].clone()),
@@ -632,8 +648,10 @@ async fn limits_refuse_and_rate_limits_close_on_both_ways_in() {
         assert_eq!(answers[0]["ok"], true, "{w}: {answers:?}");
         assert_eq!(answers[1]["error"], "rate_limited", "{w}: {answers:?}");
         let tag = format!("last-{w}");
-        sio.cmd(json!({"cmd": "emit", "name": first, "event": "subscribe", "args": "fast", "tag": tag}))
-            .await;
+        sio.cmd(
+            json!({"cmd": "emit", "name": first, "event": "subscribe", "args": "fast", "tag": tag}),
+        )
+        .await;
         let close = sio.event(&first, "close").await;
         assert_eq!(close[0]["code"], 4029, "{w}: {close:?}");
         let gone = sio

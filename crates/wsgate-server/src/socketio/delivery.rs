@@ -135,8 +135,8 @@ fn emit_frame(socket: &SocketRef, wire: &[u8]) -> Result<(), SendError> {
 /// connection send is `message` with `{data}`, a lost-publications notice `gap` with
 /// `{channel, epoch, offset}`. `None` for what is not such a frame.
 pub(super) fn frame_event(wire: &[u8]) -> Option<(String, Map<String, Value>)> {
-    let mut frame = serde_json::from_slice::<Map<String, Value>>(protocol::wire_payload(wire)?)
-        .ok()?;
+    let mut frame =
+        serde_json::from_slice::<Map<String, Value>>(protocol::wire_payload(wire)?).ok()?;
     match frame.remove("op") {
         Some(Value::String(op)) => Some((op, frame)),
         _ => None,

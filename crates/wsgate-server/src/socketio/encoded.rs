@@ -204,7 +204,11 @@ mod tests {
         assert!(Arc::ptr_eq(&b.arg, &enc.of(&d2, &p2).arg));
         assert!(!Arc::ptr_eq(&a.arg, &b.arg));
         let frame = enc.frame_of(&d1, &p1);
-        assert_eq!(frame.as_ptr(), enc.frame_of(&d1, &p1).as_ptr(), "built once");
+        assert_eq!(
+            frame.as_ptr(),
+            enc.frame_of(&d1, &p1).as_ptr(),
+            "built once"
+        );
         let text = wsgate_core::protocol::wire_payload(&frame).unwrap();
         assert_eq!(text, format!("42[\"message\",{}]", a.arg.get()).as_bytes());
     }

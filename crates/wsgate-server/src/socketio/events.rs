@@ -6,7 +6,11 @@
 //! `{"ok": true, …}` or `{"ok": false, "error": "<code>", "message": "…"}`. Each event passes
 //! the connection's rate limits first and counts as liveness.
 //!
-//! A connection ends once: the client leaves (the disconnect handler), or the gateway asks it
+//! [`answer`] runs one event for both ways in (socketioxide's sockets here, the direct
+//! WebSocket clients in [`super::native`]), with the helpers both use for what the client is
+//! told (`hello`, server-side subscription events, the `close` event).
+//!
+//! A socketioxide connection ends once: the client leaves (the disconnect handler), or the gateway asks it
 //! to close (kick, slow consumer, heartbeat, protocol abuse, drain). One task per connection,
 //! tracked by the node's drain, waits for either, then forgets the connection.
 
@@ -393,7 +397,6 @@ impl Client {
         }
         self.release();
     }
-
 }
 
 /// `subscribe` with `"<channel>"` or `{"channel", "since": {"offset", "epoch"}}`.
@@ -423,9 +426,7 @@ async fn subscribe(
             gap,
         },
         data,
-    ) = session
-        .client_subscribe(gw, &channel, since)
-        .await?;
+    ) = session.client_subscribe(gw, &channel, since).await?;
     let mut ack = json!({
         "ok": true,
         "channel": channel,

@@ -1,20 +1,32 @@
 //! The Socket.IO edge: `/socket.io/` on the node's listener, for unchanged
 //! `socket.io-client` v4 apps (docs/socketio.md is the contract).
 //!
-//! socketioxide speaks the protocol (Engine.IO v4 long-polling with upgrade, or WebSocket
-//! only; Socket.IO v5 packets, acknowledgements, Engine.IO pings); this module is the adapter
-//! that plugs its sockets into the same core as `/ws` connections:
+//! Two ways in, one behaviour (`kind: socketio` in `/connections`, metrics, presence, drain):
 //!
-//! - [`handshake`]: the namespace's connect middleware: the upgrade checks of `/ws` (drain,
-//!   origin, per-IP, node and per-user limits, the token from `auth` or `?token=`).
-//! - [`events`]: each admitted socket becomes a gateway [`Connection`] of kind `socketio`
-//!   (registry, `/connections`, metrics, presence, drain) whose events run the core
-//!   [`Session`] ops and answer by acknowledgement.
-//! - [`delivery`]: the connection's [`Transport`]: what the gateway sends (channel
+//! - A WebSocket opened directly (`?EIO=4&transport=websocket` without `sid`: what
+//!   `io(url, {transports: ['websocket']})` and the bench do) is served by the `/ws` edge's
+//!   connection machinery ([`native`]): one task, the shared socket with its backlog and
+//!   vectored writes, a publication's frame built once per node, the node's heartbeat sweep
+//!   sending Engine.IO pings. socketioxide's per-socket channel, tasks and per-packet work
+//!   were what kept this edge off its CPU and memory goals (docs/benchmarks.md).
+//! - Long-polling, and a polling session upgrading to WebSocket (a request with `sid`), are
+//!   served by socketioxide (Engine.IO v4 sessions, Socket.IO v5 packets, acknowledgements,
+//!   Engine.IO pings); the rest of this module adapts its sockets onto the same core.
+//!
+//! The parts:
+//!
+//! - [`handshake`]: who may connect, for both ways in: the upgrade checks of `/ws` (drain,
+//!   origin, per-IP, node and per-user limits, the token from `auth` or `?token=`), run as
+//!   socketioxide's connect middleware or on the direct client's connect packet.
+//! - [`events`]: each admitted socket becomes a gateway [`Connection`] of kind `socketio`;
+//!   its events run the core [`Session`] ops through one function both ways in call, and are
+//!   answered by acknowledgement.
+//! - [`delivery`]: socketioxide's sockets' [`Transport`]: what the gateway sends (channel
 //!   publications from any node through the broker, user and connection sends) becomes
 //!   Socket.IO events.
-//! - [`encoded`]: a publication as a Socket.IO event, encoded once per node for all its
-//!   subscribers.
+//! - [`encoded`]: a publication as a Socket.IO event (and, for direct clients, as its whole
+//!   WebSocket frame), encoded once per node for all its subscribers.
+//! - [`native`]: the direct WebSocket clients (handshake, packet codec, framing, task).
 //!
 //! [`Connection`]: wsgate_core::gateway::Connection
 //! [`Session`]: wsgate_core::gateway::Session

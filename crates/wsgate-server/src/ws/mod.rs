@@ -172,7 +172,8 @@ pub(crate) async fn accept(
         }
         Err(upgraded) => match upgraded.downcast::<TokioIo<socket::TlsStream>>() {
             Ok(parts) => {
-                let (socket, read) = SharedSocket::new_tls_framed(parts.io.into_inner(), capacity, framing);
+                let (socket, read) =
+                    SharedSocket::new_tls_framed(parts.io.into_inner(), capacity, framing);
                 let leftover = bytes::Bytes::copy_from_slice(&parts.read_buf);
                 drop(parts.read_buf);
                 (socket.clone(), SocketIo::tls(socket, leftover, read))

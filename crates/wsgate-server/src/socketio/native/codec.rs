@@ -218,19 +218,28 @@ mod tests {
     fn an_event_with_an_ack_id_and_its_first_argument() {
         match decode(r#"420["subscribe","news"]"#) {
             FromClient::Event { event, args, ack } => {
-                assert_eq!((event.as_str(), args.unwrap(), ack), ("subscribe", json!("news"), Some(0)))
+                assert_eq!(
+                    (event.as_str(), args.unwrap(), ack),
+                    ("subscribe", json!("news"), Some(0))
+                )
             }
             other => panic!("{other:?}"),
         }
         match decode(r#"4217["publish",{"channel":"c","data":{"x":[1]}}]"#) {
             FromClient::Event { event, args, ack } => assert_eq!(
                 (event.as_str(), args.unwrap(), ack),
-                ("publish", json!({"channel": "c", "data": {"x": [1]}}), Some(17))
+                (
+                    "publish",
+                    json!({"channel": "c", "data": {"x": [1]}}),
+                    Some(17)
+                )
             ),
             other => panic!("{other:?}"),
         }
         match decode(r#"42["dance"]"#) {
-            FromClient::Event { event, ack, .. } => assert_eq!((event.as_str(), ack), ("dance", None)),
+            FromClient::Event { event, ack, .. } => {
+                assert_eq!((event.as_str(), ack), ("dance", None))
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -267,29 +276,50 @@ mod tests {
 
     #[test]
     fn server_packets() {
-        let open = open(Duration::from_millis(25_000), Duration::from_millis(20_000), 65536);
+        let open = open(
+            Duration::from_millis(25_000),
+            Duration::from_millis(20_000),
+            65536,
+        );
         let open: Value = serde_json::from_str(text(&open).strip_prefix('0').unwrap()).unwrap();
         assert_eq!(open["upgrades"], json!([]));
         assert_eq!(
-            (open["pingInterval"].clone(), open["pingTimeout"].clone(), open["maxPayload"].clone()),
+            (
+                open["pingInterval"].clone(),
+                open["pingTimeout"].clone(),
+                open["maxPayload"].clone()
+            ),
             (json!(25_000), json!(20_000), json!(65536))
         );
         assert!(open["sid"].as_str().is_some_and(|s| !s.is_empty()));
         let connected = connected();
-        let sid: Value = serde_json::from_str(text(&connected).strip_prefix("40").unwrap()).unwrap();
+        let sid: Value =
+            serde_json::from_str(text(&connected).strip_prefix("40").unwrap()).unwrap();
         assert!(sid["sid"].is_string());
-        assert_eq!(text(&connect_error("/", "unauthorized")), r#"44{"message":"unauthorized"}"#);
-        assert_eq!(text(&connect_error("/admin", "x")), r#"44/admin,{"message":"x"}"#);
+        assert_eq!(
+            text(&connect_error("/", "unauthorized")),
+            r#"44{"message":"unauthorized"}"#
+        );
+        assert_eq!(
+            text(&connect_error("/admin", "x")),
+            r#"44/admin,{"message":"x"}"#
+        );
         assert_eq!(text(&disconnect()), "41");
         assert_eq!(text(&ping()), "2");
         assert_eq!(text(&ack(3, &json!({"ok": true}))), r#"433[{"ok":true}]"#);
-        assert_eq!(text(&event("hello", &json!({"a": 1}))), r#"42["hello",{"a":1}]"#);
+        assert_eq!(
+            text(&event("hello", &json!({"a": 1}))),
+            r#"42["hello",{"a":1}]"#
+        );
     }
 
     #[test]
     fn the_spliced_event_is_the_encoders_packet() {
         for (name, arg) in [
-            ("message", json!({"channel": "room:\"1\"", "offset": 7, "data": [1, "é"]})),
+            (
+                "message",
+                json!({"channel": "room:\"1\"", "offset": 7, "data": [1, "é"]}),
+            ),
             ("a \"quoted\" name", json!("text")),
             ("n", json!(null)),
         ] {

@@ -23,7 +23,7 @@ use wsgate_core::protocol::{ProtocolError, close};
 use super::codec::{self, FromClient, NS};
 use crate::limits::Slot;
 use crate::socketio::encoded::encode;
-use crate::socketio::events::{self, HELLO, Who};
+use crate::socketio::events::{self, HELLO};
 use crate::socketio::handshake::{self, Auth};
 use crate::socketio::{CLOSE, KIND, SioEdge};
 use crate::ws::task::{self, Inbound, OVERFLOW, Socket, close_gracefully, release};
@@ -79,25 +79,21 @@ pub(super) async fn handshake(
             return None;
         }
     };
-    let Who {
-        id,
-        identity,
-        greeting,
-        slot,
-        remote,
-    } = who;
-    let conn = gw.open_as(KIND, id, identity, Some(remote), socket.clone());
+    let conn = gw.open_as(KIND, who.id, who.identity, Some(who.remote), socket.clone());
     socket.write_frame(codec::connected());
-    socket.write_frame(codec::event(HELLO, &events::hello(gw, &conn, &greeting)));
+    socket.write_frame(codec::event(HELLO, &events::hello(gw, &conn, &who.greeting)));
     // A token that expires closes the connection with 4001 after the grace, as on socketioxide.
     gw.arm_expiry(&conn);
-    Some(serve(sio, socket, ws, conn, slot))
+    Some(serve(sio, socket, ws, conn, who.slot))
 }
 
 /// Reads until the client connects to `/`: `Some` with its `auth`; `None` when it left or
 /// sent something else first. A connect to another namespace is refused, as socketioxide
 /// refuses it.
-async fn connect_packet(socket: &SharedSocket, ws: &mut Socket) -> Option<Option<serde_json::Value>> {
+async fn connect_packet(
+    socket: &SharedSocket,
+    ws: &mut Socket,
+) -> Option<Option<serde_json::Value>> {
     loop {
         let text = match ws.next().await? {
             Ok(Message::Text(text)) => text,
