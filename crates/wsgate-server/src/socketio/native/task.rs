@@ -81,7 +81,10 @@ pub(super) async fn handshake(
     };
     let conn = gw.open_as(KIND, who.id, who.identity, Some(who.remote), socket.clone());
     socket.write_frame(codec::connected());
-    socket.write_frame(codec::event(HELLO, &events::hello(gw, &conn, &who.greeting)));
+    socket.write_frame(codec::event(
+        HELLO,
+        &events::hello(gw, &conn, &who.greeting),
+    ));
     // A token that expires closes the connection with 4001 after the grace, as on socketioxide.
     gw.arm_expiry(&conn);
     Some(serve(sio, socket, ws, conn, who.slot))
