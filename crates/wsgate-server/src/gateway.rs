@@ -8,7 +8,7 @@ use wsgate_core::control::DEFAULT_IDEMPOTENCY_WINDOW;
 use wsgate_core::gateway::{
     ClientPublish, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT,
     DEFAULT_MAX_CHANNELS_PER_CONNECTION, DEFAULT_MAX_PROTOCOL_ERRORS, DEFAULT_PRESENCE_CACHE,
-    DEFAULT_PRESENCE_MAX_USERS, GatewayConfig,
+    DEFAULT_FLUSH_LANES, DEFAULT_PRESENCE_MAX_USERS, GatewayConfig,
 };
 use wsgate_core::seams::NodeId;
 
@@ -43,6 +43,10 @@ pub struct GatewaySettings {
     /// A publish repeating an `idempotency_key` this soon answers the first result and
     /// publishes nothing (cluster-wide). Default [`DEFAULT_IDEMPOTENCY_WINDOW_MS`].
     pub idempotency_window_ms: u64,
+    /// Tasks that write a channel fan-out's sockets (docs/scaling.md, "Flush lanes"): one
+    /// keeps a busy fan-out's writes coalesced; more write a huge fan-out sooner on a node
+    /// with many cores. Default [`DEFAULT_FLUSH_LANES`].
+    pub flush_lanes: usize,
 }
 
 impl Default for GatewaySettings {
@@ -56,6 +60,7 @@ impl Default for GatewaySettings {
             presence_max_users: DEFAULT_PRESENCE_MAX_USERS,
             presence_cache_ms: DEFAULT_PRESENCE_CACHE_MS,
             idempotency_window_ms: DEFAULT_IDEMPOTENCY_WINDOW_MS,
+            flush_lanes: DEFAULT_FLUSH_LANES,
         }
     }
 }
@@ -68,6 +73,9 @@ impl GatewaySettings {
                 self.heartbeat_timeout_ms,
                 self.heartbeat_interval_ms
             );
+        }
+        if self.flush_lanes == 0 {
+            anyhow::bail!("flush_lanes must be at least 1");
         }
         if self.idempotency_window_ms == 0 {
             anyhow::bail!("idempotency_window_ms must be at least 1");
@@ -87,6 +95,7 @@ impl GatewaySettings {
         g.max_channels_per_connection = self.max_channels_per_connection;
         g.presence_max_users = self.presence_max_users;
         g.presence_cache = Duration::from_millis(self.presence_cache_ms);
+        g.flush_lanes = self.flush_lanes;
         g
     }
 }

@@ -2,6 +2,7 @@
 
 mod connection;
 mod expiry;
+mod flush;
 mod heartbeat;
 mod membership;
 mod proxy;
@@ -38,7 +39,8 @@ pub use proxy::{NO_PUBLISH_HOOK, NO_SUBSCRIBE_HOOK};
 pub use registry::Registry;
 pub use server_subs::{ServerAnswer, ServerOp};
 pub use session::Session;
-pub use transport::{Delivery, Outbound, Overflow, Skips, Transport, drop_held};
+pub use flush::Flushers;
+pub use transport::{Delivery, Outbound, Overflow, Queued, Skips, Transport, drop_held};
 
 use crate::auth::Identity;
 use crate::clock::Clock;
@@ -81,6 +83,9 @@ pub struct GatewayConfig {
     /// A client's `presence` answer is reused for this long (per channel, per node).
     /// Default [`DEFAULT_PRESENCE_CACHE`].
     pub presence_cache: Duration,
+    /// Tasks that write a channel fan-out's sockets ([`Flushers`]). Default
+    /// [`DEFAULT_FLUSH_LANES`].
+    pub flush_lanes: usize,
 }
 
 /// Seed 003's ping interval: 30 s keeps NAT and balancer idle timers (usually 60 s) open.
@@ -98,6 +103,10 @@ pub const DEFAULT_PRESENCE_MAX_USERS: usize = 100;
 /// A presence read costs a Lua scan in Redis: one per channel per second per node at most,
 /// however many clients ask.
 pub const DEFAULT_PRESENCE_CACHE: Duration = Duration::from_secs(1);
+/// One flush lane: a busy fan-out's writes then coalesce (20 frames per write on the 10k ×
+/// 100/s bench, against 7 with a wake-up per connection task and 1 with a lane per core:
+/// docs/benchmarks.md, "Flush lanes").
+pub const DEFAULT_FLUSH_LANES: usize = 1;
 /// Cached presence answers kept before stale ones are dropped.
 const PRESENCE_CACHE_ENTRIES: usize = 4096;
 
@@ -112,6 +121,7 @@ impl GatewayConfig {
             token_grace: DEFAULT_TOKEN_GRACE,
             presence_max_users: DEFAULT_PRESENCE_MAX_USERS,
             presence_cache: DEFAULT_PRESENCE_CACHE,
+            flush_lanes: DEFAULT_FLUSH_LANES,
         }
     }
 }
@@ -177,6 +187,7 @@ impl Gateway {
         broker.attach(Arc::new(LocalDelivery {
             registry: registry.clone(),
             metrics: metrics.clone(),
+            flushers: Flushers::new(config.flush_lanes),
         }));
         Arc::new(Self {
             config,
@@ -621,11 +632,34 @@ fn presence_of(channel: &str, entries: Vec<PresenceEntry>) -> Presence {
 struct LocalDelivery {
     registry: Arc<Registry>,
     metrics: Metrics,
+    flushers: Flushers,
 }
 
 impl LocalDelivery {
     fn push(&self, conn: &Connection, item: &Outbound, frame_len: usize) -> bool {
-        match conn.transport.send(item) {
+        let sent = conn.transport.send(item);
+        self.counted(conn, sent, frame_len)
+    }
+
+    /// [`Self::push`] for a channel fan-out: a socket whose backlog the frame started is
+    /// added to `flush`, written once the whole fan-out is queued.
+    fn queue(
+        &self,
+        conn: &Arc<Connection>,
+        item: &Outbound,
+        frame_len: usize,
+        flush: &mut Vec<Arc<Connection>>,
+    ) -> bool {
+        let queued = conn.transport.queue(item).map(|q| {
+            if q == Queued::Flush {
+                flush.push(conn.clone());
+            }
+        });
+        self.counted(conn, queued, frame_len)
+    }
+
+    fn counted(&self, conn: &Connection, sent: Result<(), Overflow>, frame_len: usize) -> bool {
+        match sent {
             Ok(()) => {
                 conn.stats.messages_out.fetch_add(1, Relaxed);
                 conn.stats.bytes_out.fetch_add(frame_len as u64, Relaxed);
@@ -721,12 +755,14 @@ impl Deliver for LocalDelivery {
                 // The exclusions are looked at only when given: comparing against `None`
                 // would still read every subscriber's user and id (two cold heap strings
                 // per delivery on a 10k fan-out).
+                let mut flush = Vec::new();
                 let delivered = subs
                     .iter()
                     .filter(|c| exclude.is_none_or(|u| u != &**c.user()))
                     .filter(|c| exclude_connection.is_none_or(|id| id != &*c.id))
-                    .filter(|c| self.push(c, &item, frame.len()))
+                    .filter(|c| self.queue(c, &item, frame.len(), &mut flush))
                     .count();
+                self.flushers.flush(flush);
                 self.sent(delivered, frame.len());
                 // One observation per publication and node: the time until the last local
                 // subscriber's socket took the frame (or its backlog did).

@@ -215,6 +215,7 @@ fn sink(node: &Node) -> super::LocalDelivery {
     super::LocalDelivery {
         registry: node.gw.registry.clone(),
         metrics: node.gw.metrics.clone(),
+        flushers: super::Flushers::new(1),
     }
 }
 

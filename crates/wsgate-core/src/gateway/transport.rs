@@ -62,10 +62,31 @@ pub enum Outbound {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Overflow;
 
+/// What [`Transport::queue`] leaves to the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    /// Nothing: sent, or on its way already.
+    Done,
+    /// The frame waits in a backlog that was empty: hand the transport to the node's
+    /// [`Flushers`](super::Flushers) once the whole fan-out is queued.
+    Flush,
+}
+
 /// A client socket as the gateway sees it.
 pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
     /// Sends a frame now, or keeps it in the bounded backlog; `Overflow` when that is full.
     fn send(&self, item: &Outbound) -> Result<(), Overflow>;
+
+    /// Queues a publication of a fan-out: like [`Transport::send`], but a transport that
+    /// writes better once per fan-out than once per frame answers [`Queued::Flush`] instead
+    /// of waking its writer, and is written by [`Transport::flush_queued`] after the fan-out.
+    fn queue(&self, item: &Outbound) -> Result<Queued, Overflow> {
+        self.send(item).map(|()| Queued::Done)
+    }
+
+    /// Writes what [`Transport::queue`] left waiting, from a flusher; never waits for the
+    /// socket (what the socket does not take now is left to the connection's own writer).
+    fn flush_queued(&self) {}
 
     /// Sends a control frame (a ping); never refused for lack of room.
     fn send_control(&self, frame: Bytes);

@@ -12,7 +12,7 @@
 //! delivery with no coalescing cost 5-7x more server CPU per delivery on the 10k fan-out
 //! (docs/benchmarks.md), so frames are queued and coalesced instead.
 //!
-//! Ordering: every write goes through one short mutex and the `writing` flag, so frames never
+//! Ordering: every write goes through one short mutex and the one `writer`, so frames never
 //! interleave and never overtake one another; the front of what the task holds may be the
 //! rest of a partly written frame. The connection's own frames (hello, answers, pongs, the
 //! close frame) are written at once when nothing is queued or being written, else behind it.
@@ -50,7 +50,7 @@ use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use wsgate_core::gateway::{Outbound, Overflow, Skips, Transport, drop_held};
+use wsgate_core::gateway::{Outbound, Overflow, Queued, Skips, Transport, drop_held};
 
 /// Frames written per vectored write when the backlog drains (Linux's IOV_MAX is 1024).
 const MAX_IOVECS: usize = 256;
@@ -63,6 +63,8 @@ pub const FRAME_READ_CHUNK: usize = 256;
 thread_local! {
     /// The worker thread's landing place for socket reads (see the module's documentation).
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// What a flush lane took from one backlog and is writing (empty between sockets).
+    static FLUSH_TAKEN: RefCell<VecDeque<Bytes>> = const { RefCell::new(VecDeque::new()) };
 }
 
 #[derive(Debug, Default)]
@@ -74,9 +76,9 @@ struct WriteState {
     /// No more publications: a close frame is on its way, or the socket failed.
     closing: bool,
     failed: bool,
-    /// The connection task is writing frames it took from the backlog (without the lock):
-    /// nothing may be written directly until it is done, or it would overtake them.
-    writing: bool,
+    /// Who is writing frames taken from the backlog (without the lock): nobody else may
+    /// write until it is done, or frames would overtake one another.
+    writer: Writer,
     /// Frames the task took and has not finished writing (counted against the capacity).
     in_flight: usize,
     /// Bytes of `backlog`, of the frames in flight (as taken: an over-estimate until the
@@ -90,6 +92,29 @@ impl WriteState {
     fn queued_bytes(&self) -> usize {
         self.backlog_bytes + self.in_flight_bytes + self.held_bytes
     }
+}
+
+/// Who writes the backlog out: at most one at a time.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    #[default]
+    Nobody,
+    /// The connection task (it may wait for the socket with frames taken).
+    Task,
+    /// A flush lane after a fan-out (never waits: what the socket does not take is given
+    /// back to the backlog and the task takes over).
+    Flusher,
+}
+
+/// How far a write went.
+#[derive(Debug, PartialEq, Eq)]
+enum Progress {
+    /// Everything queued is written.
+    Idle,
+    /// The socket would block with frames taken (the caller holds them).
+    Blocked,
+    /// Another writer holds the backlog; it writes what is queued.
+    Busy,
 }
 
 /// A TLS connection as hyper's upgrade gives it back.
@@ -230,7 +255,7 @@ impl SharedSocket {
         if st.failed {
             return Wrote::Done;
         }
-        if !st.backlog.is_empty() || st.writing {
+        if !st.backlog.is_empty() || st.writer != Writer::Nobody {
             return match self.queue_own(st, bytes) {
                 true => Wrote::Done,
                 false => Wrote::Overflowed,
@@ -308,7 +333,7 @@ impl SharedSocket {
         }
         // The task is woken when the backlog stops being empty; while it writes, it comes
         // back for more on its own.
-        let wake = st.backlog.is_empty() && !st.writing;
+        let wake = st.backlog.is_empty() && st.writer == Writer::Nobody;
         st.backlog_bytes += bytes.len();
         st.backlog.push_back(bytes);
         Ok(if wake { Wrote::Backlogged } else { Wrote::Done })
@@ -409,7 +434,7 @@ impl SharedSocket {
             // otherwise be part of every connection task's idle state, TLS or not.
             Wire::Tls(write) => return Box::pin(self.flush_tls(write, taken)).await,
         };
-        while !self.write_until_blocked(tcp, taken)? {
+        while self.write_until_blocked(tcp, taken, Writer::Task)? == Progress::Blocked {
             tcp.writable().await?;
         }
         Ok(())
@@ -421,27 +446,30 @@ impl SharedSocket {
     /// reads. TLS: nothing here (records are written by the flush).
     pub fn write_now(&self, taken: &mut VecDeque<Bytes>) -> io::Result<()> {
         match &self.wire {
-            Wire::Tcp(tcp) => self.write_until_blocked(tcp, taken).map(drop),
+            Wire::Tcp(tcp) => self.write_until_blocked(tcp, taken, Writer::Task).map(drop),
             Wire::Tls(_) => Ok(()),
         }
     }
 
-    /// Writes the backlog until it is empty (`true`: idle again) or the socket would block
-    /// (`false`). Never waits.
+    /// Writes the backlog as `who` until it is empty or the socket would block (with frames
+    /// left in `taken`), unless another writer holds it. Never waits.
     fn write_until_blocked(
         &self,
         tcp: &TcpStream,
         taken: &mut VecDeque<Bytes>,
-    ) -> io::Result<bool> {
+        who: Writer,
+    ) -> io::Result<Progress> {
         loop {
             {
-                let mut st = self.take_backlog(taken)?;
+                let Some(mut st) = self.take_backlog(taken, who)? else {
+                    return Ok(Progress::Busy);
+                };
                 if taken.is_empty() {
-                    st.writing = false;
+                    st.writer = Writer::Nobody;
                     release_idle(&mut st.backlog, taken);
-                    return Ok(true);
+                    return Ok(Progress::Idle);
                 }
-                st.writing = true;
+                st.writer = who;
             }
             while !taken.is_empty() {
                 let written = {
@@ -451,16 +479,29 @@ impl SharedSocket {
                 };
                 match written {
                     Ok(n) => advance(taken, n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Progress::Blocked),
                     Err(e) => {
                         let mut st = self.state.lock();
                         st.failed = true;
-                        st.writing = false;
+                        st.writer = Writer::Nobody;
                         return Err(e);
                     }
                 }
             }
         }
+    }
+
+    /// A flush lane's frames the socket did not take go back to the front of the backlog,
+    /// before anything queued since, and the backlog is nobody's again.
+    fn give_back(&self, taken: &mut VecDeque<Bytes>) {
+        let mut st = self.state.lock();
+        st.backlog_bytes += taken.iter().map(Bytes::len).sum::<usize>();
+        st.in_flight = 0;
+        st.in_flight_bytes = 0;
+        while let Some(frame) = taken.pop_back() {
+            st.backlog.push_front(frame);
+        }
+        st.writer = Writer::Nobody;
     }
 
     /// What the connection task's loop needs to know about the backlog, under one lock:
@@ -470,23 +511,33 @@ impl SharedSocket {
     /// requests and does not read the answers).
     pub fn backlog_state(&self) -> (bool, bool) {
         let st = self.state.lock();
-        let backlog = !st.backlog.is_empty() || st.failed || st.writing;
+        // What a flush lane is writing is its own business (it gives back what the socket
+        // does not take, and raises `backlogged`).
+        let backlog = (!st.backlog.is_empty() && st.writer != Writer::Flusher)
+            || st.failed
+            || st.writer == Writer::Task;
         (backlog, backlog && st.queued_bytes() > self.budget / 2)
     }
 }
 
 impl SharedSocket {
     /// Moves the backlog into `taken` (counted as in flight), or fails once a write has
-    /// failed. The lock stays held so that the caller decides, atomically, what `writing`
-    /// becomes.
+    /// failed; `None` while another writer than `who` holds the backlog. The lock stays held
+    /// so that the caller decides, atomically, who the writer becomes.
     fn take_backlog(
         &self,
         taken: &mut VecDeque<Bytes>,
-    ) -> io::Result<parking_lot::MutexGuard<'_, WriteState>> {
+        who: Writer,
+    ) -> io::Result<Option<parking_lot::MutexGuard<'_, WriteState>>> {
         let mut st = self.state.lock();
         if st.failed {
-            st.writing = false;
+            if st.writer == who {
+                st.writer = Writer::Nobody;
+            }
             return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        if st.writer != Writer::Nobody && st.writer != who {
+            return Ok(None);
         }
         // Frames still in `taken` (a flush that was cancelled) stay counted as they were.
         if taken.is_empty() {
@@ -495,12 +546,12 @@ impl SharedSocket {
         st.in_flight_bytes += std::mem::take(&mut st.backlog_bytes);
         taken.extend(st.backlog.drain(..));
         st.in_flight = taken.len();
-        Ok(st)
+        Ok(Some(st))
     }
 
     /// [`Self::flush`] over TLS: the backlog goes through the write half (vectored writes
-    /// into rustls), then the records rustls holds are flushed to the kernel. `writing` stays
-    /// set until both are done, so a cancelled flush is resumed (see [`Self::backlog_state`])
+    /// into rustls), then the records rustls holds are flushed to the kernel. The task stays the
+    /// writer until both are done, so a cancelled flush is resumed (see [`Self::backlog_state`])
     /// and publishers do not wake the task meanwhile.
     async fn flush_tls(
         &self,
@@ -509,7 +560,11 @@ impl SharedSocket {
     ) -> io::Result<()> {
         let mut w = write.lock().await;
         loop {
-            self.take_backlog(taken)?.writing = true;
+            match self.take_backlog(taken, Writer::Task)? {
+                Some(mut st) => st.writer = Writer::Task,
+                // Flush lanes never write TLS (see `flush_queued`).
+                None => return Ok(()),
+            }
             let result = async {
                 while !taken.is_empty() {
                     // The iovec array (4 KiB) lives on the stack of one poll, never in the
@@ -531,13 +586,13 @@ impl SharedSocket {
             let mut st = self.state.lock();
             if let Err(e) = result {
                 st.failed = true;
-                st.writing = false;
+                st.writer = Writer::Nobody;
                 return Err(e);
             }
             st.in_flight = 0;
             st.in_flight_bytes = 0;
             if st.backlog.is_empty() {
-                st.writing = false;
+                st.writer = Writer::Nobody;
                 release_idle(&mut st.backlog, taken);
                 return Ok(());
             }
@@ -589,6 +644,42 @@ impl Transport for SharedSocket {
         };
         self.woke(w);
         Ok(())
+    }
+
+    fn queue(&self, item: &Outbound) -> Result<Queued, Overflow> {
+        let w = {
+            let mut st = self.state.lock();
+            self.publish_locked(&mut st, item)?
+        };
+        Ok(match w {
+            Wrote::Backlogged => Queued::Flush,
+            w => {
+                self.woke(w);
+                Queued::Done
+            }
+        })
+    }
+
+    fn flush_queued(&self) {
+        let Wire::Tcp(tcp) = &self.wire else {
+            // Only the task writes TLS records.
+            return self.raise(&self.backlogged);
+        };
+        FLUSH_TAKEN.with_borrow_mut(|taken| {
+            match self.write_until_blocked(tcp, taken, Writer::Flusher) {
+                Ok(Progress::Idle | Progress::Busy) => {}
+                Ok(Progress::Blocked) => {
+                    // The client reads slower than it is sent to: the task waits for it.
+                    self.give_back(taken);
+                    self.raise(&self.backlogged);
+                }
+                Err(_) => {
+                    // The task finds the failure on its next look and ends the connection.
+                    taken.clear();
+                    self.raise(&self.backlogged);
+                }
+            }
+        });
     }
 
     fn send_control(&self, frame: Bytes) {
@@ -736,6 +827,7 @@ impl AsyncWrite for SocketIo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn advance_pops_whole_frames_and_cuts_the_partial_one() {
@@ -747,5 +839,80 @@ mod tests {
         );
         advance(&mut q, 4);
         assert!(q.is_empty());
+    }
+
+    /// A real loopback pair: the server side as a `SharedSocket`, the client side raw.
+    async fn pair() -> (Arc<SharedSocket>, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let bounds = Bounds {
+            frames: 100_000,
+            bytes: 1 << 30,
+        };
+        (SharedSocket::new(accepted.unwrap().0, bounds), client.unwrap())
+    }
+
+    /// 64 KiB that say which frame they are.
+    fn big(i: u32) -> Bytes {
+        Bytes::from(format!("{i:08}").repeat(8192))
+    }
+
+    #[tokio::test]
+    async fn a_flush_lane_and_the_task_write_one_backlog_in_order() {
+        use tokio::io::AsyncReadExt;
+        let (socket, mut client) = pair().await;
+        let mut expected = Vec::new();
+        let mut queue = |i: u32| {
+            let frame = big(i);
+            expected.extend_from_slice(&frame);
+            socket.queue(&Outbound::Frame(frame))
+        };
+        // The first frame of a fan-out asks for a flush, the rest ride along.
+        assert_eq!(queue(0), Ok(Queued::Flush));
+        for i in 1..100 {
+            assert_eq!(queue(i), Ok(Queued::Done));
+        }
+        // 6.4 MB do not fit the loopback buffers of a client that does not read: the lane
+        // writes what the kernel takes, gives the rest back and hands over to the task.
+        socket.flush_queued();
+        let told = tokio::time::timeout(Duration::from_secs(5), socket.signal(true)).await;
+        assert_eq!(told, Ok(Signal::Backlog));
+        assert!(socket.backlog_state().0, "the task has frames to write");
+        // The task takes the backlog and blocks; a lane that comes now must not write.
+        let mut taken = VecDeque::new();
+        socket.write_now(&mut taken).unwrap();
+        assert!(!taken.is_empty(), "the client reads nothing yet");
+        for i in 100..110 {
+            assert_eq!(queue(i), Ok(Queued::Done), "the task writes: no flush");
+        }
+        socket.flush_queued();
+        let own = Bytes::from_static(b"own frame");
+        expected.extend_from_slice(&own);
+        socket.write_frame(own);
+        // The client reads; the task writes everything, once, in order.
+        let len = expected.len();
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0; len];
+            client.read_exact(&mut got).await.map(|_| got)
+        });
+        tokio::time::timeout(Duration::from_secs(10), socket.flush(&mut taken))
+            .await
+            .expect("the backlog drains")
+            .unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), reader)
+            .await
+            .expect("the client gets every byte")
+            .unwrap()
+            .unwrap();
+        assert!(got == expected, "bytes arrived out of order or twice");
+        assert_eq!(socket.backlog_state(), (false, false));
+        // Idle again: the next fan-out's first frame asks for a flush, and the lane writes it.
+        assert_eq!(
+            socket.queue(&Outbound::Frame(Bytes::from_static(b"next"))),
+            Ok(Queued::Flush)
+        );
+        socket.flush_queued();
+        assert_eq!(socket.backlog_state(), (false, false), "written by the lane");
     }
 }
