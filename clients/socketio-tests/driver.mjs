@@ -7,6 +7,8 @@
 //                                         connect_error, disconnect, and every event
 //   {"cmd":"emit","event":…,"args":…,"tag":…}  emitWithAck (5 s); reports {"type":"ack"}
 //   {"cmd":"disconnect"} / {"cmd":"reconnect"}  socket.disconnect() / socket.connect()
+//   {"cmd":"raw","data":…}                  one raw WebSocket text frame (a malformed packet)
+//   {"cmd":"mute"}                          stops answering the server's pings (Engine.IO `3`)
 // Output lines: {"type":"connect"|"upgrade"|"connect_error"|"disconnect"|"event"|"ack", "name", …}
 // It exits when stdin closes, so a test that ends (or panics) takes it down.
 import { createInterface } from 'node:readline';
@@ -54,6 +56,16 @@ createInterface({ input: process.stdin }).on('line', (line) => {
     case 'reconnect':
       sockets.get(name).connect();
       break;
+    case 'raw':
+      sockets.get(name).io.engine.transport.ws.send(c.data);
+      break;
+    case 'mute': {
+      // engine.io-client 6 answers a ping with `_sendPacket("pong")`.
+      const engine = sockets.get(name).io.engine;
+      const send = engine._sendPacket.bind(engine);
+      engine._sendPacket = (type, ...rest) => (type === 'pong' ? undefined : send(type, ...rest));
+      break;
+    }
     default:
       out({ type: 'error', message: `unknown command ${c.cmd}` });
   }

@@ -16,16 +16,29 @@ fn token(user: &str) -> String {
 
 /// One `wsgate serve` with JWT auth.
 async fn jwt_node() -> Node {
-    Node(
-        Process::spawn_env(
-            &[],
-            &[
-                ("WSGATE_AUTH__MODE", "jwt"),
-                ("WSGATE_AUTH__JWT_SECRET", SECRET),
-            ],
-        )
-        .await,
-    )
+    jwt_node_with(&[]).await
+}
+
+/// [`jwt_node`] with more settings.
+async fn jwt_node_with(envs: &[(&str, &str)]) -> Node {
+    let mut all = vec![
+        ("WSGATE_AUTH__MODE", "jwt"),
+        ("WSGATE_AUTH__JWT_SECRET", SECRET),
+    ];
+    all.extend_from_slice(envs);
+    Node(Process::spawn_env(&[], &all).await)
+}
+
+/// The two ways in: WebSocket directly (served by the `/ws` machinery) and polling upgraded
+/// to WebSocket (the client's default, served by socketioxide).
+const WAYS: [&str; 2] = ["websocket", "polling-upgrade"];
+
+/// The client options of one of [`WAYS`].
+fn way(way: &str) -> Value {
+    match way {
+        "websocket" => json!({"transports": ["websocket"]}),
+        _ => json!({}),
+    }
 }
 
 fn base(node: &Node) -> String {
@@ -174,6 +187,26 @@ async fn polling_only_and_polling_upgraded_to_websocket() {
         !sio.saw(|l| l["type"] == "upgrade" && l["name"] == "poll"),
         "a polling-only client never upgrades"
     );
+    // socketioxide's sockets are `socketio` connections too, beside a direct WebSocket one.
+    connect_over(&mut sio, &node, "ws", "wes", "websocket").await;
+    let (status, list) = node.get("/connections?kind=socketio").await;
+    assert_eq!((status, list["total"].clone()), (200, json!(3)), "{list}");
+    let mut users: Vec<_> = list["connections"]
+        .as_array()
+        .expect("connections")
+        .iter()
+        .map(|c| (c["user"].as_str().unwrap().to_owned(), c["kind"].clone()))
+        .collect();
+    users.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        users,
+        [
+            ("pat", "socketio"),
+            ("uma", "socketio"),
+            ("wes", "socketio")
+        ]
+        .map(|(u, k)| (u.to_owned(), json!(k)))
+    );
 }
 
 #[tokio::test]
@@ -184,36 +217,50 @@ async fn bad_tokens_fail_with_connect_error_unauthorized() {
         "another-secret",
         json!({"sub": "eve", "exp": in_a_minute()}),
     );
-    for (name, opts) in [
-        ("none", json!({})),
-        ("garbage", json!({"auth": {"token": "garbage"}})),
-        ("expired", json!({"auth": {"token": expired}})),
-        ("forged", json!({"query": {"token": forged}})),
-    ] {
-        let line = sio.connect(name, &base(&node), opts).await;
-        assert_eq!(
-            (line["type"].clone(), line["message"].clone()),
-            (json!("connect_error"), json!("unauthorized")),
-            "{name}: {line}"
-        );
+    for w in WAYS {
+        for (name, extra) in [
+            ("none", json!({})),
+            ("garbage", json!({"auth": {"token": "garbage"}})),
+            ("expired", json!({"auth": {"token": expired}})),
+            ("forged", json!({"query": {"token": forged}})),
+        ] {
+            let mut opts = way(w);
+            opts.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            let name = format!("{name}-{w}");
+            let line = sio.connect(&name, &base(&node), opts).await;
+            assert_eq!(
+                (line["type"].clone(), line["message"].clone()),
+                (json!("connect_error"), json!("unauthorized")),
+                "{name}: {line}"
+            );
+        }
+        // `?token=` is read like `/ws` reads it.
+        let mut opts = way(w);
+        opts["query"] = json!({"token": token("quinn")});
+        let name = format!("query-{w}");
+        let line = sio.connect(&name, &base(&node), opts).await;
+        assert_eq!(line["type"], "connect", "{line}");
+        assert_eq!(sio.event(&name, "hello").await[0]["user"], "quinn");
     }
-    // `?token=` is read like `/ws` reads it.
-    let line = sio
-        .connect(
-            "query",
-            &base(&node),
-            json!({"query": {"token": token("quinn")}}),
-        )
-        .await;
-    assert_eq!(line["type"], "connect", "{line}");
-    assert_eq!(sio.event("query", "hello").await[0]["user"], "quinn");
+    let (_, list) = node.get("/connections?kind=socketio").await;
+    assert_eq!(list["total"], 2, "only the two admitted ones: {list}");
 }
 
 #[tokio::test]
-async fn named_events_user_and_connection_sends() {
+async fn named_events_user_and_connection_sends_over_websocket() {
+    named_events_user_and_connection_sends(WAYS[0]).await;
+}
+
+#[tokio::test]
+async fn named_events_user_and_connection_sends_over_polling_upgraded() {
+    named_events_user_and_connection_sends(WAYS[1]).await;
+}
+
+async fn named_events_user_and_connection_sends(w: &str) {
     let (node, mut sio) = node_and_driver().await;
-    connect_over(&mut sio, &node, "a", "ann", "websocket").await;
-    let hello = sio.event("a", "hello").await.remove(0);
+    let hello = connected(&mut sio, &node, "a", "ann", way(w)).await;
     sio.emit("a", "subscribe", json!("game")).await;
     let mut ws = Client::connect(&format!("{}?token={}", node.ws_url(), token("wes"))).await;
     ws.subscribe("game").await;
@@ -283,19 +330,25 @@ async fn a_publication_through_node_a_reaches_a_socketio_client_on_node_b() {
     let a = cluster.node("node-a", &[]).await;
     let b = cluster.node("node-b", &[]).await;
     let mut sio = SioDriver::start().await;
-    let line = sio.connect("b", &base(&b), json!({})).await;
-    assert_eq!(line["type"], "connect", "{line}");
-    let hello = sio.event("b", "hello").await.remove(0);
-    assert_eq!(hello["node"], "node-b");
-    let ack = sio.emit("b", "subscribe", json!("team:7")).await;
-    assert_eq!(ack["ok"], true, "{ack}");
+    // One socket each way in, both on node B.
+    for (name, w) in [("b", WAYS[1]), ("bw", WAYS[0])] {
+        let line = sio.connect(name, &base(&b), way(w)).await;
+        assert_eq!(line["type"], "connect", "{line}");
+        let hello = sio.event(name, "hello").await.remove(0);
+        assert_eq!(hello["node"], "node-b");
+        let ack = sio.emit(name, "subscribe", json!("team:7")).await;
+        assert_eq!(ack["ok"], true, "{ack}");
+    }
 
     assert_eq!(a.publish("team:7", json!({"from": "a"})).await, 1);
-    let msg = sio.event("b", "message").await;
-    assert_eq!(
-        (msg[0]["offset"].clone(), msg[0]["data"].clone()),
-        (json!(1), json!({"from": "a"}))
-    );
+    for name in ["b", "bw"] {
+        let msg = sio.event(name, "message").await;
+        assert_eq!(
+            (msg[0]["offset"].clone(), msg[0]["data"].clone()),
+            (json!(1), json!({"from": "a"})),
+            "{name}"
+        );
+    }
     let (status, _) = a
         .post(
             "/api/v1/publish",
@@ -303,15 +356,30 @@ async fn a_publication_through_node_a_reaches_a_socketio_client_on_node_b() {
         )
         .await;
     assert_eq!(status, 200);
-    assert_eq!(sio.event("b", "news").await, vec![json!("named")]);
-    // Presence is cluster-wide: node A sees the Socket.IO client held by node B.
-    assert_eq!(a.presence("team:7").await["connections"], 1);
+    for name in ["b", "bw"] {
+        assert_eq!(
+            sio.event(name, "news").await,
+            vec![json!("named")],
+            "{name}"
+        );
+    }
+    // Presence is cluster-wide: node A sees the Socket.IO clients held by node B.
+    assert_eq!(a.presence("team:7").await["connections"], 2);
 }
 
 #[tokio::test]
-async fn publications_missed_while_disconnected_are_recovered_in_order() {
+async fn publications_missed_while_disconnected_are_recovered_in_order_over_websocket() {
+    publications_missed_while_disconnected_are_recovered_in_order(WAYS[0]).await;
+}
+
+#[tokio::test]
+async fn publications_missed_while_disconnected_are_recovered_in_order_over_polling_upgraded() {
+    publications_missed_while_disconnected_are_recovered_in_order(WAYS[1]).await;
+}
+
+async fn publications_missed_while_disconnected_are_recovered_in_order(w: &str) {
     let (node, mut sio) = node_and_driver().await;
-    connected(&mut sio, &node, "a", "ann", json!({})).await;
+    connected(&mut sio, &node, "a", "ann", way(w)).await;
     let ack = sio.emit("a", "subscribe", json!("feed")).await;
     let epoch = ack["epoch"].clone();
     node.publish("feed", json!(1)).await;
@@ -373,11 +441,25 @@ async fn publications_missed_while_disconnected_are_recovered_in_order() {
 async fn sigterm_drains_socketio_clients() {
     let (node, mut sio) = node_and_driver().await;
     connect_over(&mut sio, &node, "a", "ann", "websocket").await;
+    // socketioxide's: upgraded to WebSocket (a poll cut by the drain is a `transport error`).
+    connect_as(&mut sio, &node, "p", "pat", way(WAYS[1])).await;
+    sio.next_where("p's upgrade", |l| {
+        l["type"] == "upgrade" && l["name"] == "p"
+    })
+    .await;
     node.0.signal(SIGTERM);
-    let gone = sio
-        .next_where("the drain's disconnect", |l| l["type"] == "disconnect")
-        .await;
-    assert_eq!(gone["reason"], "transport close", "{gone}");
+    for name in ["a", "p"] {
+        let gone = sio
+            .next_where(&format!("the drain's disconnect of {name}"), |l| {
+                l["type"] == "disconnect" && l["name"] == name
+            })
+            .await;
+        assert_eq!(gone["reason"], "transport close", "{gone}");
+    }
+    // Told why first, as `/ws` clients are (1001), and the transport closes without `41`: the
+    // client reconnects by itself.
+    let close = sio.event("a", "close").await;
+    assert_eq!(close[0]["code"], 1001, "{close:?}");
 }
 
 /// Regression: socketioxide tells the client it is connected (`40`) before it runs the connect
@@ -406,5 +488,177 @@ async fn events_emitted_before_connect_are_all_answered() {
             })
             .await;
         assert_eq!(line["ack"]["ok"], true, "{line}");
+    }
+}
+
+/// Direct WebSocket clients are pinged by the node's heartbeat sweep (Engine.IO `2`): one
+/// that answers (`3`) stays, one that stops answering is closed with the `close` event 4008
+/// once the heartbeat timeout passed.
+#[tokio::test]
+async fn a_websocket_client_that_stops_answering_pings_is_closed_and_one_that_answers_stays() {
+    let node = jwt_node_with(&[
+        ("WSGATE_HEARTBEAT_INTERVAL_MS", "200"),
+        ("WSGATE_HEARTBEAT_TIMEOUT_MS", "1200"),
+    ])
+    .await;
+    let mut sio = SioDriver::start().await;
+    connect_over(&mut sio, &node, "mute", "mo", "websocket").await;
+    connect_over(&mut sio, &node, "live", "li", "websocket").await;
+    let started = std::time::Instant::now();
+    sio.cmd(json!({"cmd": "mute", "name": "mute"})).await;
+
+    let close = sio.event("mute", "close").await;
+    assert_eq!(
+        close,
+        vec![json!({"code": 4008, "reason": "heartbeat timeout"})]
+    );
+    let gone = sio
+        .next_where("the mute one's disconnect", |l| {
+            l["type"] == "disconnect" && l["name"] == "mute"
+        })
+        .await;
+    assert_eq!(gone["reason"], "io server disconnect");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(1000),
+        "not before the timeout: {:?}",
+        started.elapsed()
+    );
+    // Six ping intervals later, the one that answers is still there and served.
+    assert!(!sio.saw(|l| l["type"] == "disconnect" && l["name"] == "live"));
+    let ack = sio.emit("live", "subscribe", json!("x")).await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    let (_, list) = node.get("/connections?kind=socketio").await;
+    assert_eq!(list["total"], 1, "{list}");
+}
+
+/// A direct WebSocket client that does not read is a slow consumer: its queue is dropped and
+/// it gets the `close` event 4029, then the server's disconnect, while publishing goes on.
+#[tokio::test]
+async fn a_websocket_client_that_does_not_read_is_closed_as_a_slow_consumer() {
+    let node = jwt_node_with(&[
+        ("WSGATE_OUTBOX_CAPACITY", "8"),
+        ("WSGATE_CLOSE_GRACE_MS", "10000"),
+    ])
+    .await;
+    let proxy = support::proxy::Proxy::start(node.addr()).await;
+    let mut sio = SioDriver::start().await;
+    let url = format!("http://{}", proxy.addr());
+    let line = sio
+        .connect("slow", &url, as_user("sam", way("websocket")))
+        .await;
+    assert_eq!(line["type"], "connect", "{line}");
+    let ack = sio.emit("slow", "subscribe", json!("firehose")).await;
+    assert_eq!(ack["ok"], true, "{ack}");
+
+    // The client stops reading (the proxy holds its bytes, so the node's socket fills).
+    proxy.stall();
+    let payload = "x".repeat(16 * 1024);
+    let mut closed = false;
+    for sent in 1..=4000u32 {
+        let (status, body) = node
+            .post(
+                "/api/v1/publish",
+                json!({"channel": "firehose", "data": payload}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        if sent % 25 == 0 {
+            let metrics = support::get_text(&node.url("/metrics")).await;
+            if support::metric_value(&metrics, "websocket_slow_consumers_total") == Some(1.0) {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "the client was never found slow");
+    proxy.restore();
+    let close = sio.event("slow", "close").await;
+    assert_eq!(close[0]["code"], 4029, "{close:?}");
+    let gone = sio
+        .next_where("the slow one's disconnect", |l| {
+            l["type"] == "disconnect" && l["name"] == "slow"
+        })
+        .await;
+    assert_eq!(gone["reason"], "io server disconnect");
+}
+
+/// What is not a Socket.IO v5 text packet gets the `error` event `invalid_frame` (and counts
+/// as a protocol error, as a bad `/ws` frame does); the connection goes on.
+#[tokio::test]
+async fn a_malformed_packet_gets_an_invalid_frame_error_event() {
+    let (node, mut sio) = node_and_driver().await;
+    connect_over(&mut sio, &node, "a", "ann", "websocket").await;
+    for raw in [
+        "42[",
+        "x",
+        r#"42[7]"#,
+        r#"451-["up",{"_placeholder":true,"num":0}]"#,
+    ] {
+        sio.cmd(json!({"cmd": "raw", "name": "a", "data": raw}))
+            .await;
+        let error = sio.event("a", "error").await;
+        assert_eq!(
+            (error[0]["ok"].clone(), error[0]["error"].clone()),
+            (json!(false), json!("invalid_frame")),
+            "{raw}: {error:?}"
+        );
+        assert!(error[0]["message"].is_string(), "{error:?}");
+    }
+    let ack = sio.emit("a", "subscribe", json!("still")).await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    let metrics = support::get_text(&node.url("/metrics")).await;
+    assert!(
+        metrics.contains("invalid_frame"),
+        "counted as protocol errors"
+    );
+}
+
+/// The limits of a `/ws` upgrade refuse a Socket.IO connect with their `connect_error` on
+/// both ways in; the per-connection rate limits answer `rate_limited`, then close with 4029.
+#[tokio::test]
+async fn limits_refuse_and_rate_limits_close_on_both_ways_in() {
+    let node = jwt_node_with(&[
+        ("WSGATE_MAX_CONNECTIONS_PER_USER", "1"),
+        ("WSGATE_CLIENT_MESSAGE_RATE", "1"),
+        ("WSGATE_CLIENT_MESSAGE_BURST", "1"),
+        ("WSGATE_RATE_LIMIT_STRIKES", "3"),
+    ])
+    .await;
+    let mut sio = SioDriver::start().await;
+    for w in WAYS {
+        let first = format!("first-{w}");
+        let line = sio.connect(&first, &base(&node), as_user(w, way(w))).await;
+        assert_eq!(line["type"], "connect", "{line}");
+        let line = sio
+            .connect(&format!("second-{w}"), &base(&node), as_user(w, way(w)))
+            .await;
+        assert_eq!(
+            (line["type"].clone(), line["message"].clone()),
+            (
+                json!("connect_error"),
+                json!("too many connections for this user")
+            ),
+            "{w}: {line}"
+        );
+        // One event per second passes; the next ones are refused, and a streak closes.
+        let mut answers = Vec::new();
+        for _ in 0..3 {
+            answers.push(sio.emit(&first, "subscribe", json!("fast")).await);
+        }
+        assert_eq!(answers[0]["ok"], true, "{w}: {answers:?}");
+        assert_eq!(answers[1]["error"], "rate_limited", "{w}: {answers:?}");
+        let tag = format!("last-{w}");
+        sio.cmd(
+            json!({"cmd": "emit", "name": first, "event": "subscribe", "args": "fast", "tag": tag}),
+        )
+        .await;
+        let close = sio.event(&first, "close").await;
+        assert_eq!(close[0]["code"], 4029, "{w}: {close:?}");
+        let gone = sio
+            .next_where(&format!("{first}'s disconnect"), |l| {
+                l["type"] == "disconnect" && l["name"] == first.as_str()
+            })
+            .await;
+        assert_eq!(gone["reason"], "io server disconnect", "{w}");
     }
 }

@@ -123,18 +123,23 @@ fn emit(st: &mut State, encodings: &Encodings, item: &Outbound) -> Result<(), Ov
     }
 }
 
+/// Emits a gateway frame as the Socket.IO event [`frame_event`] makes of it.
+fn emit_frame(socket: &SocketRef, wire: &[u8]) -> Result<(), SendError> {
+    match frame_event(wire) {
+        Some((op, args)) => socket.emit(op, &args),
+        None => Ok(()),
+    }
+}
+
 /// A gateway frame `{"op": "<op>", …}` as the event `<op>` with the other members: a user or
 /// connection send is `message` with `{data}`, a lost-publications notice `gap` with
-/// `{channel, epoch, offset}`.
-fn emit_frame(socket: &SocketRef, wire: &[u8]) -> Result<(), SendError> {
-    let Some(Ok(mut frame)) =
-        protocol::wire_payload(wire).map(serde_json::from_slice::<Map<String, Value>>)
-    else {
-        return Ok(());
-    };
+/// `{channel, epoch, offset}`. `None` for what is not such a frame.
+pub(super) fn frame_event(wire: &[u8]) -> Option<(String, Map<String, Value>)> {
+    let mut frame =
+        serde_json::from_slice::<Map<String, Value>>(protocol::wire_payload(wire)?).ok()?;
     match frame.remove("op") {
-        Some(Value::String(op)) => socket.emit(op, &frame),
-        _ => Ok(()),
+        Some(Value::String(op)) => Some((op, frame)),
+        _ => None,
     }
 }
 

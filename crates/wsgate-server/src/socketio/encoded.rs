@@ -12,6 +12,7 @@
 
 use std::sync::{Arc, Weak};
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -82,7 +83,9 @@ pub struct Encodings {
 
 #[derive(Default)]
 struct Slots {
-    recent: Vec<(Weak<Delivery>, Event)>,
+    /// A delivery, its event, and (once a direct WebSocket client needed it) the whole
+    /// WebSocket frame of its Socket.IO packet.
+    recent: Vec<(Weak<Delivery>, Event, Option<Bytes>)>,
     /// The slot the next new encoding replaces.
     next: usize,
 }
@@ -97,30 +100,49 @@ impl Encodings {
     /// `d`'s publication as an event, encoded by the first subscriber that needs it.
     pub fn of(&self, d: &Arc<Delivery>, p: &Publication) -> Event {
         let mut slots = self.slots.lock();
-        if let Some((_, e)) = slots
+        let i = slots.find_or_encode(d, p);
+        slots.recent[i].1.clone()
+    }
+
+    /// `d`'s publication as the whole WebSocket text frame `42["<event>",<arg>]`, built by the
+    /// first direct WebSocket subscriber that needs it; every other one queues the same
+    /// bytes (`socketio::native`), the way `/ws` subscribers share a publication's frame.
+    pub fn frame_of(&self, d: &Arc<Delivery>, p: &Publication) -> Bytes {
+        let mut slots = self.slots.lock();
+        let i = slots.find_or_encode(d, p);
+        let (_, e, frame) = &mut slots.recent[i];
+        frame
+            .get_or_insert_with(|| super::native::codec::event_raw(&e.name, &e.arg))
+            .clone()
+    }
+}
+
+impl Slots {
+    /// The slot of `d`, encoded into the oldest one when it is not remembered.
+    fn find_or_encode(&mut self, d: &Arc<Delivery>, p: &Publication) -> usize {
+        if let Some(i) = self
             .recent
             .iter()
-            .find(|(w, _)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(d)))
+            .position(|(w, ..)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(d)))
         {
-            return e.clone();
+            return i;
         }
-        let e = encode(p);
-        let entry = (Arc::downgrade(d), e.clone());
-        if slots.recent.len() < SLOTS {
-            slots.recent.push(entry);
+        let entry = (Arc::downgrade(d), encode(p), None);
+        let i = if self.recent.len() < SLOTS {
+            self.recent.push(entry);
+            self.recent.len() - 1
         } else {
-            let i = slots.next;
-            slots.recent[i] = entry;
-        }
-        slots.next = (slots.next + 1) % SLOTS;
-        e
+            self.recent[self.next] = entry;
+            self.next
+        };
+        self.next = (self.next + 1) % SLOTS;
+        i
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
     use std::sync::OnceLock;
 
     fn publication(data: &str, event: Option<&str>) -> Publication {
@@ -181,6 +203,14 @@ mod tests {
         assert!(Arc::ptr_eq(&a.arg, &enc.of(&d1, &p1).arg));
         assert!(Arc::ptr_eq(&b.arg, &enc.of(&d2, &p2).arg));
         assert!(!Arc::ptr_eq(&a.arg, &b.arg));
+        let frame = enc.frame_of(&d1, &p1);
+        assert_eq!(
+            frame.as_ptr(),
+            enc.frame_of(&d1, &p1).as_ptr(),
+            "built once"
+        );
+        let text = wsgate_core::protocol::wire_payload(&frame).unwrap();
+        assert_eq!(text, format!("42[\"message\",{}]", a.arg.get()).as_bytes());
     }
 
     #[test]

@@ -6,7 +6,11 @@
 //! `{"ok": true, …}` or `{"ok": false, "error": "<code>", "message": "…"}`. Each event passes
 //! the connection's rate limits first and counts as liveness.
 //!
-//! A connection ends once: the client leaves (the disconnect handler), or the gateway asks it
+//! [`answer`] runs one event for both ways in (socketioxide's sockets here, the direct
+//! WebSocket clients in [`super::native`]), with the helpers both use for what the client is
+//! told (`hello`, server-side subscription events, the `close` event).
+//!
+//! A socketioxide connection ends once: the client leaves (the disconnect handler), or the gateway asks it
 //! to close (kick, slow consumer, heartbeat, protocol abuse, drain). One task per connection,
 //! tracked by the node's drain, waits for either, then forgets the connection.
 
@@ -22,7 +26,7 @@ use socketioxide::socket::DisconnectReason;
 use tokio::sync::oneshot;
 use tracing::debug;
 use wsgate_core::auth::Identity;
-use wsgate_core::gateway::{Attention, CloseRequest, Connection, ServerAnswer, Session};
+use wsgate_core::gateway::{Attention, CloseRequest, Connection, Gateway, ServerAnswer, Session};
 use wsgate_core::protocol::{ProtocolError, close};
 use wsgate_core::seams::{Publication, Recovery, StreamPosition};
 
@@ -85,16 +89,7 @@ pub fn connected(sio: SioEdge, s: SocketRef, who: Who, ready: Ready) {
         limits: Mutex::new(Inbound::new(&edge.config)),
         gone: Mutex::new(Some(gone)),
     });
-    // The client's ids, as `/ws` says them in `hello` (with the connect hook's `data`).
-    let mut hello = json!({
-        "connection_id": &*conn.id,
-        "node": &**gw.node(),
-        "user": &**conn.user(),
-    });
-    if let Some(data) = &greeting.data {
-        hello["data"] = serde_json::from_str(data.get()).unwrap_or(Value::Null);
-    }
-    let _ = s.emit("hello", &hello);
+    let _ = s.emit(HELLO, &hello(&gw, &conn, &greeting));
     // A token that expires closes the connection with 4001 after the grace (Socket.IO has no
     // `refresh`: socket.io-client reconnects, with a fresh token when `auth` is a function).
     gw.arm_expiry(&conn);
@@ -128,7 +123,125 @@ impl Op {
 }
 
 /// What an op answers: the acknowledgement, then the publications it recovered.
-type Answer = (Value, Vec<Publication>);
+pub(super) type Answer = (Value, Vec<Publication>);
+
+/// The event a client gets once connected.
+pub(super) const HELLO: &str = "hello";
+
+/// The client's ids, as `/ws` says them in `hello` (with the connect hook's `data`).
+pub(super) fn hello(gw: &Gateway, conn: &Connection, greeting: &Greeting) -> Value {
+    let mut hello = json!({
+        "connection_id": &*conn.id,
+        "node": &**gw.node(),
+        "user": &**conn.user(),
+    });
+    if let Some(data) = &greeting.data {
+        hello["data"] = serde_json::from_str(data.get()).unwrap_or(Value::Null);
+    }
+    hello
+}
+
+/// One client event, whichever way the client came in (socketioxide's sockets and the direct
+/// WebSocket clients of [`super::native`] both call this): liveness and the rate limits
+/// (`check` weighs the event) first, then the op of the event's name run by the session, its
+/// errors counted as `/ws` counts them. `None`: the rate limits closed the connection, and
+/// the event gets no acknowledgement.
+pub(super) async fn answer(
+    gw: &Gateway,
+    session: &mut Session,
+    check: impl FnOnce(usize) -> Verdict,
+    event: &str,
+    args: Result<Value, ProtocolError>,
+) -> Option<Answer> {
+    session.conn.touch(gw.now_ms());
+    let len = args.as_ref().map_or(0, |a| a.to_string().len());
+    let verdict = check(len);
+    session.count_in(gw, len);
+    let result = match verdict {
+        Verdict::Pass => match (Op::of(event), args) {
+            (Some(op), Ok(args)) => run(op, gw, session, args).await,
+            (Some(_), Err(e)) => Err(e),
+            (None, _) => Err(ProtocolError::new("unknown_op", "unknown event")),
+        },
+        Verdict::Dropped { kind, .. } => Err(rate_limited(kind)),
+        Verdict::Close(close) => {
+            request(&session.conn, &close);
+            return None;
+        }
+    };
+    Some(match result {
+        Ok(answer) => {
+            session.succeeded();
+            answer
+        }
+        Err(e) => {
+            if let Err(close) = session.failed(gw, &e) {
+                request(&session.conn, &close);
+            }
+            (error_ack(&e), Vec::new())
+        }
+    })
+}
+
+/// An error as an acknowledgement (or an `error` event): `{"ok": false, "error", "message"
+/// [, "backend_code"]}`.
+pub(super) fn error_ack(e: &ProtocolError) -> Value {
+    let mut ack = json!({"ok": false, "error": e.code, "message": e.message});
+    if let Some(code) = e.backend_code {
+        ack["backend_code"] = code.into();
+    }
+    ack
+}
+
+/// Arguments that do not decode.
+pub(super) fn invalid_args(e: impl std::fmt::Display) -> ProtocolError {
+    ProtocolError::new("invalid_frame", format!("invalid arguments: {e}"))
+}
+
+/// A server-side subscription change as the event told to the client: `subscribed`,
+/// `unsubscribed` or `error`, with `"server": true`.
+pub(super) fn server_event(answer: ServerAnswer) -> (&'static str, Value) {
+    match answer {
+        ServerAnswer::Subscribed { channel, position } => (
+            "subscribed",
+            json!({
+                "channel": &*channel,
+                "offset": position.offset,
+                "epoch": &*position.epoch,
+                "server": true,
+            }),
+        ),
+        ServerAnswer::Unsubscribed { channel } => (
+            "unsubscribed",
+            json!({"channel": &*channel, "server": true}),
+        ),
+        ServerAnswer::Failed { channel, error } => (
+            "error",
+            json!({
+                "error": error.code,
+                "message": error.message,
+                "channel": &*channel,
+                "server": true,
+            }),
+        ),
+    }
+}
+
+/// Why the gateway closes `conn` (a drain's close when it asked for none), and the `close`
+/// event's argument `{code, reason}` the client gets first.
+pub(super) fn closing(conn: &Connection) -> (CloseRequest, Value) {
+    let r = conn.close_request().cloned().unwrap_or(CloseRequest {
+        code: close::GOING_AWAY,
+        reason: "closed",
+        message: String::new(),
+    });
+    let event = json!({"code": r.code, "reason": r.message});
+    (r, event)
+}
+
+fn request(conn: &Connection, r: &CloseRequest) {
+    conn.request_close(r.code, r.reason, r.message.clone());
+}
 
 /// The connection behind a socket's event handlers, once the connect handler opened it.
 ///
@@ -178,13 +291,12 @@ async fn client_of(
 
 async fn run(
     op: Op,
-    c: &Client,
+    gw: &Gateway,
     session: &mut Session,
     args: Value,
 ) -> Result<Answer, ProtocolError> {
-    let gw = &c.sio.gateway;
     match op {
-        Op::Subscribe => subscribe(c, session, args).await,
+        Op::Subscribe => subscribe(gw, session, args).await,
         Op::Unsubscribe => {
             let channel = channel_of(args)?;
             session.unsubscribe(gw, &channel).await?;
@@ -235,7 +347,9 @@ async fn run(
 }
 
 impl Client {
-    /// One client event: the rate limits and liveness first, the answer after.
+    /// One client event ([`answer`]), acknowledged, then what the op recovered and what its
+    /// hold kept back: all through the socket's one queue, so the client gets them in this
+    /// order.
     async fn event(
         &self,
         s: &SocketRef,
@@ -244,56 +358,12 @@ impl Client {
         ack: AckSender,
     ) {
         let gw = &self.sio.gateway;
-        self.conn.touch(gw.now_ms());
-        let args = args
-            .map_err(|e| ProtocolError::new("invalid_frame", format!("invalid arguments: {e}")));
-        let len = args.as_ref().map_or(0, |a| a.to_string().len());
-        let verdict = self.limits.lock().check(gw, len);
         let mut session = self.session.lock().await;
-        session.count_in(gw, len);
-        let result = match verdict {
-            Verdict::Pass => match Op::of(event) {
-                Some(op) => match args {
-                    Ok(args) => run(op, self, &mut session, args).await,
-                    Err(e) => Err(e),
-                },
-                None => Err(ProtocolError::new("unknown_op", "unknown event")),
-            },
-            Verdict::Dropped { kind, .. } => Err(rate_limited(kind)),
-            Verdict::Close(close) => {
-                self.close(&close);
-                return;
-            }
-        };
-        self.reply(s, &mut session, ack, result);
-    }
-
-    /// Acknowledges the event (errors counted as `/ws` counts them), emits what the op
-    /// recovered, then what its hold kept back: all through the socket's one queue, so the
-    /// client gets them in this order.
-    fn reply(
-        &self,
-        s: &SocketRef,
-        session: &mut Session,
-        ack: AckSender,
-        result: Result<Answer, ProtocolError>,
-    ) {
-        let gw = &self.sio.gateway;
-        let (answer, recovered) = match result {
-            Ok(answer) => {
-                session.succeeded();
-                answer
-            }
-            Err(e) => {
-                if let Err(close) = session.failed(gw, &e) {
-                    self.close(&close);
-                }
-                let mut ack = json!({"ok": false, "error": e.code, "message": e.message});
-                if let Some(code) = e.backend_code {
-                    ack["backend_code"] = code.into();
-                }
-                (ack, Vec::new())
-            }
+        let check = |len| self.limits.lock().check(gw, len);
+        let Some((answer, recovered)) =
+            answer(gw, &mut session, check, event, args.map_err(invalid_args)).await
+        else {
+            return;
         };
         let _ = ack.send(&answer);
         for p in &recovered {
@@ -322,42 +392,16 @@ impl Client {
     async fn server_ops(&self, s: &SocketRef) {
         let mut session = self.session.lock().await;
         for answer in session.server_ops(&self.sio.gateway).await {
-            let _ = match answer {
-                ServerAnswer::Subscribed { channel, position } => s.emit(
-                    "subscribed",
-                    &json!({
-                        "channel": &*channel,
-                        "offset": position.offset,
-                        "epoch": &*position.epoch,
-                        "server": true,
-                    }),
-                ),
-                ServerAnswer::Unsubscribed { channel } => s.emit(
-                    "unsubscribed",
-                    &json!({"channel": &*channel, "server": true}),
-                ),
-                ServerAnswer::Failed { channel, error } => s.emit(
-                    "error",
-                    &json!({
-                        "error": error.code,
-                        "message": error.message,
-                        "channel": &*channel,
-                        "server": true,
-                    }),
-                ),
-            };
+            let (event, arg) = server_event(answer);
+            let _ = s.emit(event, &arg);
         }
         self.release();
-    }
-
-    fn close(&self, r: &CloseRequest) {
-        self.conn.request_close(r.code, r.reason, r.message.clone());
     }
 }
 
 /// `subscribe` with `"<channel>"` or `{"channel", "since": {"offset", "epoch"}}`.
 async fn subscribe(
-    c: &Client,
+    gw: &Gateway,
     session: &mut Session,
     args: Value,
 ) -> Result<Answer, ProtocolError> {
@@ -382,9 +426,7 @@ async fn subscribe(
             gap,
         },
         data,
-    ) = session
-        .client_subscribe(&c.sio.gateway, &channel, since)
-        .await?;
+    ) = session.client_subscribe(gw, &channel, since).await?;
     let mut ack = json!({
         "ok": true,
         "channel": channel,
@@ -415,8 +457,7 @@ fn channel_of(args: Value) -> Result<String, ProtocolError> {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(args: Value) -> Result<T, ProtocolError> {
-    serde_json::from_value(args)
-        .map_err(|e| ProtocolError::new("invalid_frame", format!("invalid arguments: {e}")))
+    serde_json::from_value(args).map_err(invalid_args)
 }
 
 fn reason_of(reason: DisconnectReason) -> &'static str {
@@ -448,12 +489,8 @@ async fn watch(
                 client.server_ops(&s).await;
                 continue;
             }
-            let r = conn.close_request().cloned().unwrap_or(CloseRequest {
-                code: close::GOING_AWAY,
-                reason: "closed",
-                message: String::new(),
-            });
-            let _ = s.emit(CLOSE, &json!({"code": r.code, "reason": r.message}));
+            let (r, event) = closing(&conn);
+            let _ = s.emit(CLOSE, &event);
             if r.code == close::GOING_AWAY {
                 // Drain: close the transports (the client reconnects, to another node).
                 client.sio.close_all();

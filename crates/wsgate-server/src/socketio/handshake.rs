@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::ConnectInfo;
+use axum::http::{HeaderMap, Uri};
 use parking_lot::Mutex;
 use serde::Deserialize;
 use socketioxide::extract::SocketRef;
@@ -22,12 +23,12 @@ pub const UNAUTHORIZED: &str = "unauthorized";
 /// The handshake's `auth` payload (`io(url, { auth: { token } })`).
 #[derive(Debug, Default, Deserialize)]
 pub struct Auth {
-    token: Option<String>,
+    pub token: Option<String>,
 }
 
 /// Why a connect was refused; its text is the `connect_error` message.
 #[derive(Debug)]
-pub struct Refused(std::borrow::Cow<'static, str>);
+pub struct Refused(pub std::borrow::Cow<'static, str>);
 
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -51,8 +52,31 @@ impl Admitted {
     }
 }
 
-/// The connect middleware: drain, origin, per-IP and node limits, the token, per-user limit.
+/// The connect middleware: [`admit_request`] on the socket's handshake request, then the
+/// socket's event handlers, registered before the client is told it is connected.
 pub async fn admit(edge: &WsState, s: &SocketRef, auth: Option<Auth>) -> Result<(), Refused> {
+    let parts = s.req_parts();
+    let remote = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
+    let who = admit_request(edge, &parts.headers, &parts.uri, remote, auth).await?;
+    let ready = events::register(s);
+    s.extensions
+        .insert(Admitted(Arc::new(Mutex::new(Some((who, ready))))));
+    Ok(())
+}
+
+/// Who may connect, for both ways in (socketioxide's sockets and the direct WebSocket
+/// clients of [`super::native`]): drain, origin, per-IP and node limits, the token (`auth`,
+/// else `?token=`, else `Authorization: Bearer`), the connect hook, the per-user limit.
+pub async fn admit_request(
+    edge: &WsState,
+    headers: &HeaderMap,
+    uri: &Uri,
+    remote: SocketAddr,
+    auth: Option<Auth>,
+) -> Result<events::Who, Refused> {
     let reject = |reason: &'static str, message: &'static str| {
         edge.gateway.metrics.reject(reason);
         Err(Refused(message.into()))
@@ -60,15 +84,10 @@ pub async fn admit(edge: &WsState, s: &SocketRef, auth: Option<Auth>) -> Result<
     if edge.lifecycle.is_draining() {
         return reject("draining", "server is shutting down");
     }
-    let parts = s.req_parts();
-    if !edge.limits.origin_allowed(&parts.headers) {
+    if !edge.limits.origin_allowed(headers) {
         return reject("origin", "origin not allowed");
     }
-    let remote = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
-    let client_ip = edge.limits.client_ip(remote, &parts.headers);
+    let client_ip = edge.limits.client_ip(remote, headers);
     let mut slot = match edge.limits.admit(client_ip) {
         Ok(slot) => slot,
         Err(refusal) => {
@@ -78,13 +97,13 @@ pub async fn admit(edge: &WsState, s: &SocketRef, auth: Option<Auth>) -> Result<
     };
     let token = auth
         .and_then(|a| a.token)
-        .or_else(|| query_token(&parts.uri))
-        .or_else(|| bearer(&parts.headers));
+        .or_else(|| query_token(uri))
+        .or_else(|| bearer(headers));
     let entry = Entry::start(
         &edge.gateway,
         &edge.auth,
         token,
-        &parts.headers,
+        headers,
         &edge.forward_headers,
     )
     .await;
@@ -112,21 +131,17 @@ pub async fn admit(edge: &WsState, s: &SocketRef, auth: Option<Auth>) -> Result<
     }
     // Sends to the user reach this node before the client hears `hello`.
     edge.gateway.watch_user(&identity.user).await;
-    let ready = events::register(s);
-    let who = events::Who {
+    Ok(events::Who {
         id,
         identity,
         greeting,
         slot,
         remote,
-    };
-    s.extensions
-        .insert(Admitted(Arc::new(Mutex::new(Some((who, ready))))));
-    Ok(())
+    })
 }
 
 /// `?token=` of the handshake request.
-fn query_token(uri: &axum::http::Uri) -> Option<String> {
+fn query_token(uri: &Uri) -> Option<String> {
     axum::extract::Query::<Auth>::try_from_uri(uri)
         .ok()?
         .0

@@ -1,20 +1,32 @@
 //! The Socket.IO edge: `/socket.io/` on the node's listener, for unchanged
 //! `socket.io-client` v4 apps (docs/socketio.md is the contract).
 //!
-//! socketioxide speaks the protocol (Engine.IO v4 long-polling with upgrade, or WebSocket
-//! only; Socket.IO v5 packets, acknowledgements, Engine.IO pings); this module is the adapter
-//! that plugs its sockets into the same core as `/ws` connections:
+//! Two ways in, one behaviour (`kind: socketio` in `/connections`, metrics, presence, drain):
 //!
-//! - [`handshake`]: the namespace's connect middleware: the upgrade checks of `/ws` (drain,
-//!   origin, per-IP, node and per-user limits, the token from `auth` or `?token=`).
-//! - [`events`]: each admitted socket becomes a gateway [`Connection`] of kind `socketio`
-//!   (registry, `/connections`, metrics, presence, drain) whose events run the core
-//!   [`Session`] ops and answer by acknowledgement.
-//! - [`delivery`]: the connection's [`Transport`]: what the gateway sends (channel
+//! - A WebSocket opened directly (`?EIO=4&transport=websocket` without `sid`: what
+//!   `io(url, {transports: ['websocket']})` and the bench do) is served by the `/ws` edge's
+//!   connection machinery ([`native`]): one task, the shared socket with its backlog and
+//!   vectored writes, a publication's frame built once per node, the node's heartbeat sweep
+//!   sending Engine.IO pings. socketioxide's per-socket channel, tasks and per-packet work
+//!   were what kept this edge off its CPU and memory goals (docs/benchmarks.md).
+//! - Long-polling, and a polling session upgrading to WebSocket (a request with `sid`), are
+//!   served by socketioxide (Engine.IO v4 sessions, Socket.IO v5 packets, acknowledgements,
+//!   Engine.IO pings); the rest of this module adapts its sockets onto the same core.
+//!
+//! The parts:
+//!
+//! - [`handshake`]: who may connect, for both ways in: the upgrade checks of `/ws` (drain,
+//!   origin, per-IP, node and per-user limits, the token from `auth` or `?token=`), run as
+//!   socketioxide's connect middleware or on the direct client's connect packet.
+//! - [`events`]: each admitted socket becomes a gateway [`Connection`] of kind `socketio`;
+//!   its events run the core [`Session`] ops through one function both ways in call, and are
+//!   answered by acknowledgement.
+//! - [`delivery`]: socketioxide's sockets' [`Transport`]: what the gateway sends (channel
 //!   publications from any node through the broker, user and connection sends) becomes
 //!   Socket.IO events.
-//! - [`encoded`]: a publication as a Socket.IO event, encoded once per node for all its
-//!   subscribers.
+//! - [`encoded`]: a publication as a Socket.IO event (and, for direct clients, as its whole
+//!   WebSocket frame), encoded once per node for all its subscribers.
+//! - [`native`]: the direct WebSocket clients (handshake, packet codec, framing, task).
 //!
 //! [`Connection`]: wsgate_core::gateway::Connection
 //! [`Session`]: wsgate_core::gateway::Session
@@ -24,6 +36,7 @@ mod delivery;
 mod encoded;
 mod events;
 mod handshake;
+mod native;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -65,6 +78,8 @@ struct Parts {
     io: SocketIo,
     closing: AtomicBool,
     encodings: Arc<encoded::Encodings>,
+    /// How the direct WebSocket clients' sockets frame what the gateway sends (one per node).
+    framing: Arc<dyn crate::ws::Framing>,
 }
 
 impl std::ops::Deref for SioEdge {
@@ -80,7 +95,9 @@ impl SioEdge {
     fn close_all(&self) {
         if !self.0.closing.swap(true, Ordering::AcqRel) {
             let io = self.0.io.clone();
-            tokio::spawn(async move { io.close().await });
+            // Tracked: the drain waits for the transports' close frames before the process
+            // exits (untracked, a polling-upgraded client sometimes saw `transport error`).
+            self.0.edge.tasks.spawn(async move { io.close().await });
         }
     }
 }
@@ -94,12 +111,7 @@ struct Svc {
 /// The `/socket.io/` route, served by socketioxide over `edge`'s parts.
 pub fn routes(edge: WsState) -> Router {
     let gw = &edge.gateway.config;
-    // Engine.IO pings are the heartbeat: a ping each interval, and the socket closes when
-    // the pong is later than the rest of the gateway's silence bound.
-    let ping_timeout = gw
-        .heartbeat_timeout
-        .saturating_sub(gw.heartbeat_interval)
-        .max(Duration::from_secs(1));
+    let ping_timeout = ping_timeout(gw);
     let (svc, io) = SocketIo::builder()
         .req_path(PATH.trim_end_matches('/'))
         .ping_interval(gw.heartbeat_interval)
@@ -111,11 +123,13 @@ pub fn routes(edge: WsState) -> Router {
         .ws_read_buffer_size(edge.config.read_buffer_size)
         .transports([TransportType::Polling, TransportType::Websocket])
         .build_svc();
+    let encodings = Arc::<encoded::Encodings>::default();
     let sio = SioEdge(Arc::new(Parts {
         edge,
         io: io.clone(),
         closing: AtomicBool::new(false),
-        encodings: Arc::default(),
+        framing: Arc::new(native::framing::SioFraming::new(encodings.clone())),
+        encodings,
     }));
     let admit = {
         let sio = sio.clone();
@@ -152,8 +166,17 @@ pub fn routes(edge: WsState) -> Router {
     })
 }
 
-/// Hands the request to socketioxide; while the node drains, a new session (a request
-/// without `sid`) gets 503 so the client's manager retries, against another node.
+/// Engine.IO pings are the heartbeat: a ping each interval, and the client is closed when
+/// its pong is later than the rest of the gateway's silence bound.
+fn ping_timeout(gw: &wsgate_core::gateway::GatewayConfig) -> Duration {
+    gw.heartbeat_timeout
+        .saturating_sub(gw.heartbeat_interval)
+        .max(Duration::from_secs(1))
+}
+
+/// Hands the request to the direct WebSocket path ([`native`]) or to socketioxide; while the
+/// node drains, a new session (a request without `sid`) gets 503 so the client's manager
+/// retries, against another node.
 async fn serve(State(s): State<Svc>, req: Request<Body>) -> Response {
     if s.sio.lifecycle.is_draining() && !has_sid(req.uri().query()) {
         s.sio.gateway.metrics.reject("draining");
@@ -161,6 +184,9 @@ async fn serve(State(s): State<Svc>, req: Request<Body>) -> Response {
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return r;
+    }
+    if native::is_direct(&req) {
+        return native::upgrade(&s.sio, req);
     }
     match s.svc.oneshot(owned_parts(req)).await {
         Ok(r) => r,

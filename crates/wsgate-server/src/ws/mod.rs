@@ -17,7 +17,7 @@ mod state;
 pub(crate) mod task;
 
 pub use config::*;
-pub use socket::{SharedSocket, SocketIo};
+pub use socket::{Bounds, Framing, SharedSocket, Signal, SocketIo};
 pub use state::{WsState, WsView};
 
 use std::net::SocketAddr;
@@ -123,6 +123,11 @@ pub async fn upgrade(
         )
     });
     edge.tasks.spawn(task);
+    switching_protocols(&key)
+}
+
+/// The 101 answer to a valid WebSocket handshake with key `key`.
+pub(crate) fn switching_protocols(key: &str) -> Response {
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")
@@ -135,16 +140,15 @@ pub async fn upgrade(
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-/// The rest of the handshake once the 101 is answered: the upgraded socket, the token's
-/// verdict, the connect hook and the per-user limit. `None` when the connection was refused
-/// (told so) or the upgrade failed; else the connection's life, to be awaited.
-async fn open(
-    edge: WsState,
+/// The upgraded connection as the socket shared with publishers and the task's WebSocket
+/// stream over it; `framing` for a connection that is not a `/ws` client. `None` when the
+/// upgrade failed.
+pub(crate) async fn accept(
+    edge: &WsView,
     on_upgrade: OnUpgrade,
-    entry: Result<Entry, AuthError>,
-    mut slot: Slot,
     remote: SocketAddr,
-) -> Option<impl Future<Output = ()> + Send + 'static> {
+    framing: Option<std::sync::Arc<dyn Framing>>,
+) -> Option<(std::sync::Arc<SharedSocket>, task::Socket)> {
     let upgraded = match on_upgrade.await {
         Ok(u) => u,
         Err(e) => {
@@ -161,7 +165,7 @@ async fn open(
     };
     let (socket, io) = match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
-            let socket = SharedSocket::new(parts.io.into_inner(), capacity);
+            let socket = SharedSocket::new_framed(parts.io.into_inner(), capacity, framing);
             let leftover = bytes::Bytes::copy_from_slice(&parts.read_buf);
             drop(parts.read_buf);
             let read_size = edge.config.read_buffer_size;
@@ -169,7 +173,8 @@ async fn open(
         }
         Err(upgraded) => match upgraded.downcast::<TokioIo<socket::TlsStream>>() {
             Ok(parts) => {
-                let (socket, read) = SharedSocket::new_tls(parts.io.into_inner(), capacity);
+                let (socket, read) =
+                    SharedSocket::new_tls_framed(parts.io.into_inner(), capacity, framing);
                 let leftover = bytes::Bytes::copy_from_slice(&parts.read_buf);
                 drop(parts.read_buf);
                 (socket.clone(), SocketIo::tls(socket, leftover, read))
@@ -185,6 +190,20 @@ async fn open(
         .max_message_size(Some(edge.config.max_message_size))
         .max_frame_size(Some(edge.config.max_message_size));
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+    Some((socket, ws))
+}
+
+/// The rest of the handshake once the 101 is answered: the upgraded socket, the token's
+/// verdict, the connect hook and the per-user limit. `None` when the connection was refused
+/// (told so) or the upgrade failed; else the connection's life, to be awaited.
+async fn open(
+    edge: WsState,
+    on_upgrade: OnUpgrade,
+    entry: Result<Entry, AuthError>,
+    mut slot: Slot,
+    remote: SocketAddr,
+) -> Option<impl Future<Output = ()> + Send + 'static> {
+    let (socket, ws) = accept(&edge, on_upgrade, remote, None).await?;
     let entry = match entry {
         Ok(entry) => entry,
         // Boxed: a refusal's close handshake is not part of the handshake's own future.
@@ -231,7 +250,7 @@ fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> boo
 }
 
 /// RFC 6455 §4.2.1: what a client handshake must carry.
-fn handshake_key(headers: &HeaderMap) -> Result<String, &'static str> {
+pub(crate) fn handshake_key(headers: &HeaderMap) -> Result<String, &'static str> {
     if !header_has(headers, header::UPGRADE, "websocket") {
         return Err("expected a WebSocket upgrade (Upgrade: websocket)");
     }

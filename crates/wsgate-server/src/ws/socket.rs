@@ -156,6 +156,19 @@ pub struct SharedSocket {
     capacity: usize,
     /// Bytes that may be queued at once (see the module's documentation).
     budget: usize,
+    /// `Some` for a connection that is not a `/ws` client (see [`Framing`]).
+    framing: Option<Arc<dyn Framing>>,
+}
+
+/// How a connection that is not a `/ws` client frames what the gateway sends it: the
+/// Socket.IO edge's direct WebSocket clients (`socketio::native`) share this socket's
+/// queueing, budget, holds, skips and writes, and only the bytes differ.
+pub trait Framing: Send + Sync + std::fmt::Debug {
+    /// The bytes to queue for `item` instead of `ws`, what a `/ws` client gets for it (after
+    /// the skips); `None` sends nothing.
+    fn item(&self, item: &Outbound, ws: Bytes) -> Option<Bytes>;
+    /// The heartbeat's ping, instead of the WebSocket one.
+    fn ping(&self) -> Bytes;
 }
 
 /// Socket work for the connection task ([`SharedSocket::signal`]).
@@ -187,17 +200,35 @@ pub struct Bounds {
 
 impl SharedSocket {
     pub fn new(tcp: TcpStream, bounds: Bounds) -> Arc<Self> {
-        Self::with_wire(Wire::Tcp(tcp), bounds)
+        Self::with_wire(Wire::Tcp(tcp), bounds, None)
     }
 
     /// A TLS connection: the returned read half is for [`SocketIo::tls`].
     pub fn new_tls(tls: TlsStream, bounds: Bounds) -> (Arc<Self>, ReadHalf<TlsStream>) {
-        let (read, write) = tokio::io::split(tls);
-        let socket = Self::with_wire(Wire::Tls(tokio::sync::Mutex::new(write)), bounds);
-        (socket, read)
+        Self::new_tls_framed(tls, bounds, None)
     }
 
-    fn with_wire(wire: Wire, bounds: Bounds) -> Arc<Self> {
+    /// [`Self::new`] for a connection framed its own way ([`Framing`]).
+    pub fn new_framed(
+        tcp: TcpStream,
+        bounds: Bounds,
+        framing: Option<Arc<dyn Framing>>,
+    ) -> Arc<Self> {
+        Self::with_wire(Wire::Tcp(tcp), bounds, framing)
+    }
+
+    /// [`Self::new_tls`] for a connection framed its own way ([`Framing`]).
+    pub fn new_tls_framed(
+        tls: TlsStream,
+        bounds: Bounds,
+        framing: Option<Arc<dyn Framing>>,
+    ) -> (Arc<Self>, ReadHalf<TlsStream>) {
+        let (read, write) = tokio::io::split(tls);
+        let wire = Wire::Tls(tokio::sync::Mutex::new(write));
+        (Self::with_wire(wire, bounds, framing), read)
+    }
+
+    fn with_wire(wire: Wire, bounds: Bounds, framing: Option<Arc<dyn Framing>>) -> Arc<Self> {
         Arc::new(Self {
             wire,
             state: Mutex::new(WriteState::default()),
@@ -206,6 +237,7 @@ impl SharedSocket {
             overflowed: AtomicBool::new(false),
             capacity: bounds.frames.max(1),
             budget: bounds.bytes.max(1),
+            framing,
         })
     }
 
@@ -285,6 +317,13 @@ impl SharedSocket {
                 None => return Ok(Wrote::Done),
             },
             Outbound::Frame(b) => b.clone(),
+        };
+        let bytes = match &self.framing {
+            None => bytes,
+            Some(framing) => match framing.item(item, bytes) {
+                Some(bytes) => bytes,
+                None => return Ok(Wrote::Done),
+            },
         };
         // Publications are queued, never written here: the flush lane (or the task) writes
         // everything queued with one vectored write. Writing each frame from the publisher
@@ -650,7 +689,10 @@ impl Transport for SharedSocket {
     }
 
     fn send_control(&self, frame: Bytes) {
-        self.write_frame(frame);
+        match &self.framing {
+            None => self.write_frame(frame),
+            Some(framing) => self.write_frame(framing.ping()),
+        }
     }
 
     fn hold(&self) {

@@ -30,10 +30,10 @@ use super::state::{WsState, WsView};
 use crate::hooks::{Greeting, Refusal};
 use crate::limits::Slot;
 
-type Socket = WebSocketStream<SocketIo>;
+pub(crate) type Socket = WebSocketStream<SocketIo>;
 
 /// The close reason of a connection whose queue overflowed (frames or bytes).
-const OVERFLOW: &str = "slow consumer: backlog full";
+pub(crate) const OVERFLOW: &str = "slow consumer: backlog full";
 
 /// A client whose token failed: told why in the close frame (4001), then dropped.
 pub(super) async fn refuse(
@@ -257,7 +257,7 @@ pub(crate) fn rate_limited(kind: &str) -> ProtocolError {
 
 /// Sends a close frame after everything already queued, then waits (bounded) for the
 /// client's answer so the close handshake completes.
-async fn close_gracefully(
+pub(crate) async fn close_gracefully(
     edge: &WsView,
     socket: &SharedSocket,
     ws: &mut Socket,
@@ -291,10 +291,10 @@ async fn close_gracefully(
 }
 
 /// Why a connection task ended.
-struct Ending {
-    reason: &'static str,
+pub(crate) struct Ending {
+    pub(crate) reason: &'static str,
     /// Close frame we send, if any.
-    close: Option<(u16, String)>,
+    pub(crate) close: Option<(u16, String)>,
 }
 
 impl Ending {
@@ -499,7 +499,7 @@ async fn server_ops(gw: &Gateway, socket: &SharedSocket, session: &mut Session) 
 }
 
 /// Publications held back while a subscription was answered go out after the answer.
-fn release(gw: &Gateway, socket: &SharedSocket, conn: &Connection) {
+pub(crate) fn release(gw: &Gateway, socket: &SharedSocket, conn: &Connection) {
     if socket.release().is_err() {
         let slow = conn.request_close(close::SLOW_CONSUMER, "slow_consumer", OVERFLOW);
         if slow {
@@ -508,7 +508,7 @@ fn release(gw: &Gateway, socket: &SharedSocket, conn: &Connection) {
     }
 }
 
-fn read_error(conn: &Connection, e: WsError) -> Ending {
+pub(crate) fn read_error(conn: &Connection, e: WsError) -> Ending {
     conn.stats.record_error(e.to_string());
     let (reason, code) = match &e {
         WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
