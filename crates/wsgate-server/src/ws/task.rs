@@ -393,43 +393,85 @@ fn run<'a>(
     async move {
         let conn = session.conn.clone();
         loop {
+            match next(gw, &conn, socket, ws, taken).await {
+                Turn::Close => {
+                    return conn
+                        .close_request()
+                        .map_or(Ending::quiet("closed"), Ending::from_request);
+                }
+                // Boxed like `inbound`: a server-side subscription is a large future too.
+                Turn::ServerOps => Box::pin(server_ops(gw, socket, session)).await,
+                Turn::Failed => return Ending::quiet("io_error"),
+                Turn::Frame(frame) => {
+                    // Boxed: the handling of a frame (subscribe, recovery, the store) is a
+                    // large future, and this task's state is kept by every idle connection.
+                    if let Some(ending) =
+                        Box::pin(inbound(gw, socket, session, limits, frame)).await
+                    {
+                        return ending;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What a connection's loop handles in its own protocol ([`next`] does the socket's work).
+pub(crate) enum Turn {
+    /// A close was requested: by the gateway, or by the byte budget (4029, asked for here).
+    Close,
+    /// Server-side subscription changes wait.
+    ServerOps,
+    /// Writing failed (recorded in the connection's stats): the connection ends, `io_error`.
+    Failed,
+    /// The client sent a frame, or left (`None`), or its stream failed.
+    Frame(Option<Result<Message, WsError>>),
+}
+
+/// Waits for the next [`Turn`] of a connection, writing its backlog meanwhile: the loop of
+/// every protocol the `/ws` machinery speaks (`/ws` JSON here, Socket.IO's direct
+/// WebSocket in `socketio::native`). One `select!`: a close request, the byte budget's
+/// overflow, the backlog (only when the client reads slower than it is sent to), and the
+/// client's frames (not while more than half the budget waits: the client must read before
+/// it is read).
+#[allow(clippy::manual_async_fn)] // deliberately not an `async fn`, like `serve`
+pub(crate) fn next<'a>(
+    gw: &'a Gateway,
+    conn: &'a Connection,
+    socket: &'a SharedSocket,
+    ws: &'a mut Socket,
+    taken: &'a mut VecDeque<Bytes>,
+) -> impl Future<Output = Turn> + 'a {
+    async move {
+        loop {
             let (backlog, paused) = socket.backlog_state();
             tokio::select! {
                 biased;
-                attention = conn.attention() => match attention {
-                    Attention::Close => {
-                        return conn.close_request().map_or(Ending::quiet("closed"), Ending::from_request);
-                    }
-                    // Boxed like `inbound`: a server-side subscription is a large future too.
-                    Attention::ServerOps => Box::pin(server_ops(gw, socket, session)).await,
+                attention = conn.attention() => return match attention {
+                    Attention::Close => Turn::Close,
+                    Attention::ServerOps => Turn::ServerOps,
                 },
                 signal = socket.signal(!backlog) => match signal {
                     Signal::Overflow => {
                         if conn.request_close(close::SLOW_CONSUMER, "slow_consumer", OVERFLOW) {
                             gw.metrics.slow_consumer();
                         }
-                        return conn.close_request().map_or(Ending::quiet("closed"), Ending::from_request);
+                        return Turn::Close;
                     }
                     Signal::Backlog => {
                         if let Err(e) = socket.write_now(taken) {
                             conn.stats.record_error(e.to_string());
-                            return Ending::quiet("io_error");
+                            return Turn::Failed;
                         }
                     }
                 },
                 flushed = socket.flush(taken), if backlog => {
                     if let Err(e) = flushed {
                         conn.stats.record_error(e.to_string());
-                        return Ending::quiet("io_error");
+                        return Turn::Failed;
                     }
                 }
-                frame = ws.next(), if !paused => {
-                    // Boxed: the handling of a frame (subscribe, recovery, the store) is a large
-                    // future, and this task's state is kept by every idle connection.
-                    if let Some(ending) = Box::pin(inbound(gw, socket, session, limits, frame)).await {
-                        return ending;
-                    }
-                }
+                frame = ws.next(), if !paused => return Turn::Frame(frame),
             }
         }
     }

@@ -17,7 +17,7 @@ use hyper::upgrade::OnUpgrade;
 use tokio_tungstenite::tungstenite::error::Error as WsError;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tracing::debug;
-use wsgate_core::gateway::{Attention, Connection, Gateway, Session};
+use wsgate_core::gateway::{Connection, Gateway, Session};
 use wsgate_core::protocol::{ProtocolError, close};
 
 use super::codec::{self, FromClient, NS};
@@ -26,8 +26,8 @@ use crate::socketio::encoded::encode;
 use crate::socketio::events::{self, HELLO};
 use crate::socketio::handshake::{self, Auth};
 use crate::socketio::{CLOSE, KIND, SioEdge};
-use crate::ws::task::{self, Inbound, OVERFLOW, Socket, close_gracefully, release};
-use crate::ws::{self, SharedSocket, Signal, WsView};
+use crate::ws::task::{self, Inbound, Socket, Turn, close_gracefully, release};
+use crate::ws::{self, SharedSocket, WsView};
 
 /// A normal closure (RFC 6455): what ends the WebSocket once Socket.IO said why.
 const NORMAL: u16 = 1000;
@@ -161,34 +161,11 @@ async fn run(
 ) -> Ending {
     let conn = session.conn.clone();
     loop {
-        let (backlog, paused) = socket.backlog_state();
-        tokio::select! {
-            biased;
-            attention = conn.attention() => match attention {
-                Attention::Close => return Ending::Closed,
-                Attention::ServerOps => Box::pin(server_ops(gw, socket, session)).await,
-            },
-            signal = socket.signal(!backlog) => match signal {
-                Signal::Overflow => {
-                    if conn.request_close(close::SLOW_CONSUMER, "slow_consumer", OVERFLOW) {
-                        gw.metrics.slow_consumer();
-                    }
-                    return Ending::Closed;
-                }
-                Signal::Backlog => {
-                    if let Err(e) = socket.write_now(taken) {
-                        conn.stats.record_error(e.to_string());
-                        return failed("io_error");
-                    }
-                }
-            },
-            flushed = socket.flush(taken), if backlog => {
-                if let Err(e) = flushed {
-                    conn.stats.record_error(e.to_string());
-                    return failed("io_error");
-                }
-            }
-            frame = ws.next(), if !paused => {
+        match task::next(gw, &conn, socket, ws, taken).await {
+            Turn::Close => return Ending::Closed,
+            Turn::ServerOps => Box::pin(server_ops(gw, socket, session)).await,
+            Turn::Failed => return failed("io_error"),
+            Turn::Frame(frame) => {
                 // Boxed: an event's op is a large future, and every idle connection keeps
                 // this one.
                 if let Some(ending) = Box::pin(inbound(gw, socket, session, limits, frame)).await {
