@@ -402,11 +402,12 @@ fn run<'a>(
                 // Boxed like `inbound`: a server-side subscription is a large future too.
                 Turn::ServerOps => Box::pin(server_ops(gw, socket, session)).await,
                 Turn::Failed => return Ending::quiet("io_error"),
-                Turn::Frame(frame) => {
+                Turn::Gone => return Ending::quiet("client_gone"),
+                Turn::Broken(ending) => return ending,
+                Turn::Message(msg) => {
                     // Boxed: the handling of a frame (subscribe, recovery, the store) is a
                     // large future, and this task's state is kept by every idle connection.
-                    if let Some(ending) =
-                        Box::pin(inbound(gw, socket, session, limits, frame)).await
+                    if let Some(ending) = Box::pin(inbound(gw, socket, session, limits, msg)).await
                     {
                         return ending;
                     }
@@ -424,8 +425,12 @@ pub(crate) enum Turn {
     ServerOps,
     /// Writing failed (recorded in the connection's stats): the connection ends, `io_error`.
     Failed,
-    /// The client sent a frame, or left (`None`), or its stream failed.
-    Frame(Option<Result<Message, WsError>>),
+    /// The client sent a message (which counts as liveness: the connection is touched).
+    Message(Message),
+    /// The client's stream ended without a close frame.
+    Gone,
+    /// The client's stream failed (too large, not UTF-8, not WebSocket): how it ends.
+    Broken(Ending),
 }
 
 /// Waits for the next [`Turn`] of a connection, writing its backlog meanwhile: the loop of
@@ -471,27 +476,28 @@ pub(crate) fn next<'a>(
                         return Turn::Failed;
                     }
                 }
-                frame = ws.next(), if !paused => return Turn::Frame(frame),
+                frame = ws.next(), if !paused => return match frame {
+                    Some(Ok(msg)) => {
+                        conn.touch(gw.now_ms());
+                        Turn::Message(msg)
+                    }
+                    None => Turn::Gone,
+                    Some(Err(e)) => Turn::Broken(read_error(conn, e)),
+                },
             }
         }
     }
 }
 
-/// Handles one inbound frame; `Some` ends the connection.
+/// Handles one inbound message; `Some` ends the connection.
 async fn inbound(
     gw: &Gateway,
     socket: &SharedSocket,
     session: &mut Session,
     limits: &mut Inbound,
-    frame: Option<Result<Message, WsError>>,
+    msg: Message,
 ) -> Option<Ending> {
     let conn = session.conn.clone();
-    let msg = match frame {
-        None => return Some(Ending::quiet("client_gone")),
-        Some(Ok(msg)) => msg,
-        Some(Err(e)) => return Some(read_error(&conn, e)),
-    };
-    conn.touch(gw.now_ms());
     // Pings count too: each one makes tungstenite queue a pong.
     let len = match &msg {
         Message::Text(t) => Some(t.len()),
@@ -550,7 +556,7 @@ pub(crate) fn release(gw: &Gateway, socket: &SharedSocket, conn: &Connection) {
     }
 }
 
-pub(crate) fn read_error(conn: &Connection, e: WsError) -> Ending {
+fn read_error(conn: &Connection, e: WsError) -> Ending {
     conn.stats.record_error(e.to_string());
     let (reason, code) = match &e {
         WsError::Capacity(CapacityError::MessageTooLong { .. }) => {

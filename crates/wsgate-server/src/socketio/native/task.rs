@@ -14,7 +14,6 @@ use std::sync::Arc;
 use axum::http::{HeaderMap, Uri};
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::OnUpgrade;
-use tokio_tungstenite::tungstenite::error::Error as WsError;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tracing::debug;
 use wsgate_core::gateway::{Connection, Gateway, Session};
@@ -165,10 +164,12 @@ async fn run(
             Turn::Close => return Ending::Closed,
             Turn::ServerOps => Box::pin(server_ops(gw, socket, session)).await,
             Turn::Failed => return failed("io_error"),
-            Turn::Frame(frame) => {
+            Turn::Gone => return failed("client_gone"),
+            Turn::Broken(ending) => return Ending::Failed(ending),
+            Turn::Message(msg) => {
                 // Boxed: an event's op is a large future, and every idle connection keeps
                 // this one.
-                if let Some(ending) = Box::pin(inbound(gw, socket, session, limits, frame)).await {
+                if let Some(ending) = Box::pin(inbound(gw, socket, session, limits, msg)).await {
                     return ending;
                 }
             }
@@ -176,21 +177,15 @@ async fn run(
     }
 }
 
-/// One client frame; `Some` ends the connection.
+/// One client message; `Some` ends the connection.
 async fn inbound(
     gw: &Gateway,
     socket: &SharedSocket,
     session: &mut Session,
     limits: &mut Inbound,
-    frame: Option<Result<Message, WsError>>,
+    msg: Message,
 ) -> Option<Ending> {
     let conn = session.conn.clone();
-    let msg = match frame {
-        None => return Some(failed("client_gone")),
-        Some(Ok(msg)) => msg,
-        Some(Err(e)) => return Some(Ending::Failed(task::read_error(&conn, e))),
-    };
-    conn.touch(gw.now_ms());
     let packet = match msg {
         Message::Text(text) => codec::decode(text.as_str()),
         Message::Binary(_) => codec::binary(),
