@@ -273,6 +273,9 @@ mod tests {
         let e = none.validate().unwrap_err().to_string();
         assert!(e.contains("flush_lanes must be at least 1"), "{e}");
         assert_eq!(Config::default().gateway.flush_lanes, 1);
+        assert_eq!(extract("flush_rest = 0.5").unwrap().gateway.flush_rest, 0.5);
+        let e = extract("flush_rest = -1").unwrap().validate().unwrap_err();
+        assert!(e.to_string().contains("flush_rest must be"), "{e}");
     }
 
     #[test]

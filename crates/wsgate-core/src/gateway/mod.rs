@@ -86,6 +86,9 @@ pub struct GatewayConfig {
     /// Tasks that write a channel fan-out's sockets ([`Flushers`]). Default
     /// [`DEFAULT_FLUSH_LANES`].
     pub flush_lanes: usize,
+    /// How long a flush lane rests after a long pass, as a multiple of the pass (0: never).
+    /// Default [`DEFAULT_FLUSH_REST`].
+    pub flush_rest: f64,
 }
 
 /// Seed 003's ping interval: 30 s keeps NAT and balancer idle timers (usually 60 s) open.
@@ -107,6 +110,9 @@ pub const DEFAULT_PRESENCE_CACHE: Duration = Duration::from_secs(1);
 /// 100/s bench, against 7 with a wake-up per connection task and 1 with a lane per core:
 /// docs/benchmarks.md, "Flush lanes").
 pub const DEFAULT_FLUSH_LANES: usize = 1;
+/// A lane rests as long as its last long pass took: under a sustained large fan-out it writes
+/// half the time, and each write carries twice the frames (docs/benchmarks.md, "Flush lanes").
+pub const DEFAULT_FLUSH_REST: f64 = 1.0;
 /// Cached presence answers kept before stale ones are dropped.
 const PRESENCE_CACHE_ENTRIES: usize = 4096;
 
@@ -122,6 +128,7 @@ impl GatewayConfig {
             presence_max_users: DEFAULT_PRESENCE_MAX_USERS,
             presence_cache: DEFAULT_PRESENCE_CACHE,
             flush_lanes: DEFAULT_FLUSH_LANES,
+            flush_rest: DEFAULT_FLUSH_REST,
         }
     }
 }
@@ -187,7 +194,11 @@ impl Gateway {
         broker.attach(Arc::new(LocalDelivery {
             registry: registry.clone(),
             metrics: metrics.clone(),
-            flushers: Flushers::new(config.flush_lanes, Some(metrics.delivery_latency.clone())),
+            flushers: Flushers::new(
+                config.flush_lanes,
+                config.flush_rest,
+                Some(metrics.delivery_latency.clone()),
+            ),
         }));
         Arc::new(Self {
             config,

@@ -215,7 +215,7 @@ fn sink(node: &Node) -> super::LocalDelivery {
     super::LocalDelivery {
         registry: node.gw.registry.clone(),
         metrics: node.gw.metrics.clone(),
-        flushers: super::Flushers::new(1, None),
+        flushers: super::Flushers::new(1, 1.0, None),
     }
 }
 
