@@ -726,7 +726,7 @@ impl Deliver for LocalDelivery {
             noticed: None,
             published_at_us: 0,
             publication: None,
-            decoded: OnceLock::new(),
+            framed: OnceLock::new(),
         }));
         let n = subs
             .iter()
@@ -751,7 +751,7 @@ impl Deliver for LocalDelivery {
                     noticed: None,
                     published_at_us: p.published_at_us,
                     publication: Some(p.clone()),
-                    decoded: OnceLock::new(),
+                    framed: OnceLock::new(),
                 };
                 if changed {
                     // The stream the subscribers knew is gone: each gets `epoch_changed`

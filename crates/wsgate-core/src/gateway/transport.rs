@@ -32,9 +32,10 @@ pub struct Delivery {
     /// The publication itself (data, event: `Arc`s and `Bytes`, no copy), for transports
     /// that frame it their own way (Socket.IO); `None` for a notice (`gap`) in `wire`.
     pub publication: Option<Publication>,
-    /// `data` as a JSON value, decoded once per node by the first transport that needs it;
-    /// `/ws` never touches it.
-    pub decoded: OnceLock<serde_json::Value>,
+    /// The publication framed for subscribers of another protocol (a direct Socket.IO
+    /// WebSocket: `42["message",…]`), built once per node by the first of their transports
+    /// that needs it and shared by the others, as `wire` is; `/ws` never touches it.
+    pub framed: OnceLock<Bytes>,
 }
 
 impl Delivery {
@@ -212,7 +213,7 @@ mod tests {
             noticed: None,
             published_at_us: 0,
             publication: None,
-            decoded: OnceLock::new(),
+            framed: OnceLock::new(),
         }
     }
 

@@ -83,9 +83,8 @@ pub struct Encodings {
 
 #[derive(Default)]
 struct Slots {
-    /// A delivery, its event, and (once a direct WebSocket client needed it) the whole
-    /// WebSocket frame of its Socket.IO packet.
-    recent: Vec<(Weak<Delivery>, Event, Option<Bytes>)>,
+    /// A delivery and its event.
+    recent: Vec<(Weak<Delivery>, Event)>,
     /// The slot the next new encoding replaces.
     next: usize,
 }
@@ -103,18 +102,18 @@ impl Encodings {
         let i = slots.find_or_encode(d, p);
         slots.recent[i].1.clone()
     }
+}
 
-    /// `d`'s publication as the whole WebSocket text frame `42["<event>",<arg>]`, built by the
-    /// first direct WebSocket subscriber that needs it; every other one queues the same
-    /// bytes (`socketio::native`), the way `/ws` subscribers share a publication's frame.
-    pub fn frame_of(&self, d: &Arc<Delivery>, p: &Publication) -> Bytes {
-        let mut slots = self.slots.lock();
-        let i = slots.find_or_encode(d, p);
-        let (_, e, frame) = &mut slots.recent[i];
-        frame
-            .get_or_insert_with(|| super::native::codec::event_raw(&e.name, &e.arg))
-            .clone()
-    }
+/// `d`'s publication as the whole WebSocket text frame `42["<event>",<arg>]`, built by the
+/// first direct WebSocket subscriber that needs it and kept in the delivery; every other one
+/// queues the same bytes (`socketio::native`), the way `/ws` subscribers share `d.wire`.
+pub fn frame_of(d: &Delivery, p: &Publication) -> Bytes {
+    d.framed
+        .get_or_init(|| {
+            let e = encode(p);
+            super::native::codec::event_raw(&e.name, &e.arg)
+        })
+        .clone()
 }
 
 impl Slots {
@@ -127,7 +126,7 @@ impl Slots {
         {
             return i;
         }
-        let entry = (Arc::downgrade(d), encode(p), None);
+        let entry = (Arc::downgrade(d), encode(p));
         let i = if self.recent.len() < SLOTS {
             self.recent.push(entry);
             self.recent.len() - 1
@@ -167,7 +166,7 @@ mod tests {
             noticed: None,
             published_at_us: 0,
             publication: Some(p.clone()),
-            decoded: OnceLock::new(),
+            framed: OnceLock::new(),
         })
     }
 
@@ -203,12 +202,8 @@ mod tests {
         assert!(Arc::ptr_eq(&a.arg, &enc.of(&d1, &p1).arg));
         assert!(Arc::ptr_eq(&b.arg, &enc.of(&d2, &p2).arg));
         assert!(!Arc::ptr_eq(&a.arg, &b.arg));
-        let frame = enc.frame_of(&d1, &p1);
-        assert_eq!(
-            frame.as_ptr(),
-            enc.frame_of(&d1, &p1).as_ptr(),
-            "built once"
-        );
+        let frame = frame_of(&d1, &p1);
+        assert_eq!(frame.as_ptr(), frame_of(&d1, &p1).as_ptr(), "built once");
         let text = wsgate_core::protocol::wire_payload(&frame).unwrap();
         assert_eq!(text, format!("42[\"message\",{}]", a.arg.get()).as_bytes());
     }

@@ -128,7 +128,7 @@ pub fn routes(edge: WsState) -> Router {
         edge,
         io: io.clone(),
         closing: AtomicBool::new(false),
-        framing: Arc::new(native::framing::SioFraming::new(encodings.clone())),
+        framing: Arc::new(native::framing::SioFraming::new()),
         encodings,
     }));
     let admit = {

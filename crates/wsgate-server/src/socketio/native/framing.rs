@@ -2,31 +2,27 @@
 //! of its [`SharedSocket`](crate::ws::SharedSocket).
 //!
 //! A channel publication is the frame the node built once for all its direct subscribers
-//! ([`Encodings::frame_of`]); a user or connection send, or a `gap` notice, is the gateway's
+//! ([`frame_of`], kept in the delivery); a user or connection send, or a `gap` notice, is the gateway's
 //! `/ws` frame turned into its event once per client (they go to one client each); the
 //! heartbeat's ping is Engine.IO's `2`.
-
-use std::sync::Arc;
 
 use bytes::Bytes;
 use wsgate_core::gateway::Outbound;
 
 use super::codec;
 use crate::socketio::delivery::frame_event;
-use crate::socketio::encoded::Encodings;
+use crate::socketio::encoded::frame_of;
 use crate::ws::Framing;
 
 /// One per node, shared by every direct client's socket.
 #[derive(Debug)]
 pub struct SioFraming {
-    encodings: Arc<Encodings>,
     ping: Bytes,
 }
 
 impl SioFraming {
-    pub fn new(encodings: Arc<Encodings>) -> Self {
+    pub fn new() -> Self {
         Self {
-            encodings,
             ping: codec::ping(),
         }
     }
@@ -38,7 +34,7 @@ impl Framing for SioFraming {
             Outbound::Publication(d) => match &d.publication {
                 // `_ws` may carry `/ws`'s `epoch_changed` frame first: a Socket.IO client
                 // sees a new epoch in the message itself (docs/socketio.md).
-                Some(p) => Some(self.encodings.frame_of(d, p)),
+                Some(p) => Some(frame_of(d, p)),
                 None => reframe(&d.wire),
             },
             Outbound::Frame(wire) => reframe(wire),
