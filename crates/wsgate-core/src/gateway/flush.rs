@@ -89,13 +89,15 @@ impl Flushers {
                 rt.spawn(run(lane.clone()));
             }
         });
+        // Split by moving, not cloning the connections (one lane: the batch itself).
         let per_lane = batch.len().div_ceil(self.lanes.len());
         let mut shares = Vec::with_capacity(self.lanes.len());
-        if self.lanes.len() == 1 {
-            shares.push(batch);
-        } else {
-            shares.extend(batch.chunks(per_lane).map(<[_]>::to_vec));
+        let mut rest = batch;
+        while rest.len() > per_lane {
+            let tail = rest.split_off(per_lane);
+            shares.push(std::mem::replace(&mut rest, tail));
         }
+        shares.push(rest);
         for (lane, conns) in self.lanes.iter().zip(shares) {
             let mut pending = lane.pending.lock();
             let was_empty = pending.is_empty();

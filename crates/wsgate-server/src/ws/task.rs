@@ -290,6 +290,27 @@ pub(crate) async fn close_gracefully(
     .await;
 }
 
+/// The client is leaving: what is queued goes out, then the answer to its close frame, which
+/// tungstenite queued when it read it; `send` when the client left without a WebSocket close
+/// (Socket.IO's `41`) and the close frame is ours to send. Bounded by the close grace.
+pub(crate) async fn answer_close(
+    edge: &WsView,
+    socket: &SharedSocket,
+    ws: &mut Socket,
+    taken: &mut VecDeque<Bytes>,
+    send: bool,
+) {
+    socket.stop_publications(false);
+    let _ = tokio::time::timeout(edge.config.close_grace(), async {
+        if send {
+            let _ = ws.send(Message::Close(None)).await;
+        }
+        let _ = ws.flush().await;
+        socket.flush(taken).await
+    })
+    .await;
+}
+
 /// Why a connection task ended.
 pub(crate) struct Ending {
     pub(crate) reason: &'static str,
@@ -358,18 +379,9 @@ pub(super) fn serve(
             ))
             .await;
         } else if ending.reason == "client_closed" {
-            // tungstenite queued the answer to the client's close frame; send it. Boxed like
-            // the rest of the ending: this task's future stays the size of its idle state.
-            socket.stop_publications(false);
-            let grace = edge.config.close_grace();
-            Box::pin(async {
-                let _ = tokio::time::timeout(grace, async {
-                    let _ = ws.flush().await;
-                    socket.flush(&mut taken).await
-                })
-                .await;
-            })
-            .await;
+            // Boxed like the rest of the ending: this task's future stays the size of its
+            // idle state.
+            Box::pin(answer_close(&edge, &socket, &mut ws, &mut taken, false)).await;
         }
         let channels = gw.close(&conn, ending.reason, ending.close.as_ref().map(|c| c.0));
         let (id, user) = (conn.id.clone(), conn.user().clone());

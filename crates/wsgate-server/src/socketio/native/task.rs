@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, Uri};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use hyper::upgrade::OnUpgrade;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tracing::debug;
@@ -277,14 +277,8 @@ async fn end(
             (r.reason, Some(r.code))
         }
         Ending::Left => {
-            // tungstenite queued the answer to a close frame; a `41` gets one of ours.
-            socket.stop_publications(false);
-            let _ = tokio::time::timeout(edge.config.close_grace(), async {
-                let _ = ws.send(Message::Close(None)).await;
-                let _ = ws.flush().await;
-                socket.flush(taken).await
-            })
-            .await;
+            // A close frame was answered by tungstenite's queue; a `41` gets one of ours.
+            task::answer_close(edge, socket, ws, taken, true).await;
             ("client_closed", None)
         }
         Ending::Failed(task::Ending {
